@@ -1,0 +1,51 @@
+"""`gsv` entry point: dispatches to one module per subcommand (imported lazily)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "info": ("gaussianvision.cli.info", "header and statistics of a .gsv file"),
+    "render": ("gaussianvision.cli.render", "render a .gsv file to PNG at any resolution"),
+    "fit": ("gaussianvision.cli.fit", "fit images (files or folders) to splats"),
+    "show": ("gaussianvision.cli.show", "picture of the Gaussians as ellipses beside the render"),
+    "convert": ("gaussianvision.cli.convert", "convert image-text shards to splat shards"),
+    "model": ("gaussianvision.cli.model", "GS-CLIP model information"),
+    "train": ("gaussianvision.cli.train", "train the GS encoder (stage 1 or 2)"),
+    "eval": ("gaussianvision.cli.eval", "zero-shot evaluation, RGB vs GS"),
+    "bench": ("gaussianvision.cli.bench", "benchmarks: fit, load, codec, model"),
+    "demo": ("gaussianvision.cli.demo", "the whole pipeline on bundled data"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gsv COMMAND [options]   (gsv COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from gaussianvision import __version__
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"gsv: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if e.name == COMMANDS[name][0]:
+            print(f"gsv {name}: not available in this version", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Robust image input: any Pillow-readable file in, an RGB float tensor out.
+
+`load_image(src, size=224)` returns a [3, size, size] float32 tensor in [0, 1]:
+EXIF orientation applied; grayscale, palette, RGBA/LA (composited on white), CMYK,
+16-bit and float images converted to 8-bit-range RGB; the shorter side resized to
+`size` (bicubic, antialiased) and the centre cropped, as OpenCLIP's preprocessing does.
+`size=None` keeps the original resolution.
+
+Refused with ImageLoadError naming the input and the reason: missing, zero-byte,
+non-image, truncated or corrupt files, decompression bombs (more than `max_pixels`
+pixels), and images smaller than `min_side` pixels on a side.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTENSIONS",
+           "DEFAULT_MAX_PIXELS", "list_images"]
+
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class ImageLoadError(ValueError):
+    """An input could not be turned into an RGB image; the message says which and why."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if mode == "F" and arr.max(initial=0) <= 1.0:
+            hi = 1.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def _open(src, name: str, max_pixels: int) -> Image.Image:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise ImageLoadError(f"{name}: empty (zero bytes)")
+        fp = io.BytesIO(bytes(src))
+    else:
+        path = Path(src)
+        if not path.exists():
+            raise ImageLoadError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{name}: is a directory, expected an image file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name}: empty file (zero bytes)")
+        fp = path
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageLoadError(f"{name}: decompression bomb refused ({w}x{h} = {w * h} pixels "
+                                     f"> limit {max_pixels})")
+            img.load()
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"{name}: truncated or corrupt image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    return img
+
+
+def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> torch.Tensor:
+    """Any image -> [3, H, W] float32 in [0, 1] (H = W = size unless size is None)."""
+    name = name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview)) else "<bytes>")
+    img = _open(src, name, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block should not cost the image
+        pass
+    try:
+        img = _to_rgb(img)
+    except Exception as e:
+        raise ImageLoadError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
+    w, h = img.size
+    if min(w, h) < min_side:
+        raise ImageLoadError(f"{name}: too small ({w}x{h}; at least {min_side} pixels a side)")
+    if size is not None:
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_images(srcs, size: int = 224, **kw) -> torch.Tensor:
+    """Several images -> [B, 3, size, size]; raises on the first bad one."""
+    return torch.stack([load_image(s, size=size, **kw) for s in srcs])
+
+
+def list_images(inputs) -> list[Path]:
+    """Expand files and folders (recursively, sorted) to image paths by extension.
+
+    A named file is kept whatever its extension, so that bad inputs get reported."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            out.append(p)
+    return out
+
+
+def to_pil(img: torch.Tensor) -> Image.Image:
+    """[3, H, W] float (any range; clamped to [0, 1]) -> PIL RGB image."""
+    arr = (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def save_png(img: torch.Tensor, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    to_pil(img).save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -1,0 +1,258 @@
+"""The one byte format for splats (`.gsv` files and dataset samples).
+
+Layout of a file (all numbers little-endian, every id written explicitly):
+
+    offset size  field
+    0      4     magic  b"GSVF"
+    4      2     format version (currently 1)
+    6      2     layout id   (see LAYOUTS; 1 = interleaved, 2 = quantized)
+    8      2     dtype id    (1 = float16, 2 = float32; layouts that quantize ignore it: 0)
+    10     2     flags       (reserved, 0)
+    12     4     image height (pixels)
+    16     4     image width  (pixels)
+    20     4     number of images B (>= 1)
+    24     4     total number of Gaussians over all images
+    28     4     payload length in bytes
+    32     4*B   per-image Gaussian counts, present only when B > 1
+    ...          payload
+
+Layout 1 ("interleaved") stores 8 numbers per Gaussian, in this order:
+x_n, y_n, l11, l21, l22, r, g, b, where x_n = 2 x / W - 1 and y_n = 2 y / H - 1 are the
+means normalized to [-1, 1] (float16 pixel coordinates lose 0.3 dB at N = 3136; normalized
+ones under 0.1 dB), the Cholesky entries in pixels and the colors as they are. In float16
+that is exactly 16 bytes per Gaussian.
+
+Reading checks, in this order, and raises FormatError naming the input and the reason:
+magic, version, known layout/dtype, sizes within limits, header + table + payload length
+equal to the data length (so nothing allocates more than the data justifies), then
+finite values and positive Cholesky diagonals.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .types import Splats, SplatsError
+
+__all__ = [
+    "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
+    "encode", "decode", "read_header", "save", "load", "register_layout", "bytes_per_gaussian",
+]
+
+MAGIC = b"GSVF"
+VERSION = 1
+HEADER_SIZE = 32
+_HEADER = struct.Struct("<4sHHHHIIIII")
+assert _HEADER.size == HEADER_SIZE
+
+MAX_SIDE = 1 << 16  # pixels
+MAX_IMAGES = 1 << 24
+MAX_GAUSSIANS = 1 << 28
+
+DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
+DTYPE_IDS = {"float16": 1, "float32": 2}
+
+
+class FormatError(SplatsError):
+    """A .gsv byte string or file is malformed."""
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    layout: int
+    dtype: int
+    flags: int
+    height: int
+    width: int
+    n_images: int
+    n_total: int
+    payload_len: int
+
+    @property
+    def table_len(self) -> int:
+        return 4 * self.n_images if self.n_images > 1 else 0
+
+    @property
+    def total_len(self) -> int:
+        return HEADER_SIZE + self.table_len + self.payload_len
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one layout turns [n, 8] float rows (x_n, y_n, l11, l21, l22, r, g, b) into bytes.
+
+    payload_size(n, dtype_id) gives the exact payload length, or None when the layout is
+    variable-length; then decode must itself refuse to produce more than n rows.
+    """
+    id: int
+    name: str
+    encode: Callable[[np.ndarray, int], bytes]
+    decode: Callable[[memoryview, int, int], np.ndarray]
+    payload_size: Callable[[int, int], int | None]
+    dtype_free: bool = False
+
+
+LAYOUTS: dict[int, Layout] = {}
+LAYOUT_IDS: dict[str, int] = {}
+
+
+def register_layout(layout: Layout) -> None:
+    if layout.id in LAYOUTS and LAYOUTS[layout.id].name != layout.name:
+        raise ValueError(f"layout id {layout.id} already belongs to {LAYOUTS[layout.id].name!r}")
+    LAYOUTS[layout.id] = layout
+    LAYOUT_IDS[layout.name] = layout.id
+
+
+def _interleaved_encode(rows: np.ndarray, dtype_id: int) -> bytes:
+    return np.ascontiguousarray(rows, dtype=DTYPES[dtype_id]).tobytes()
+
+
+def _interleaved_decode(buf: memoryview, n: int, dtype_id: int) -> np.ndarray:
+    return np.frombuffer(buf, dtype=DTYPES[dtype_id], count=8 * n).reshape(n, 8).astype(np.float32)
+
+
+register_layout(Layout(
+    1, "interleaved", _interleaved_encode, _interleaved_decode,
+    lambda n, dtype_id: 8 * n * DTYPES[dtype_id].itemsize,
+))
+
+
+def bytes_per_gaussian(layout: str = "interleaved", dtype: str = "float16") -> float | None:
+    size = LAYOUTS[LAYOUT_IDS[layout]].payload_size(1000, DTYPE_IDS[dtype])
+    return None if size is None else size / 1000
+
+
+# ---------------------------------------------------------------------- writing
+def _rows(s: Splats) -> np.ndarray:
+    """[n_total, 8] float64 rows of all valid Gaussians, image after image."""
+    mask = s.mask().cpu()
+    means = s.means.detach().cpu().double()
+    norm = means / means.new_tensor([s.width, s.height]) * 2.0 - 1.0
+    allr = torch.cat([norm, s.chol.detach().cpu().double(), s.colors.detach().cpu().double()], -1)
+    return allr[mask].numpy()
+
+
+def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16") -> bytes:
+    """Splats (any batch size; counts respected) -> bytes."""
+    if layout not in LAYOUT_IDS:
+        raise FormatError(f"unknown layout {layout!r}; known: {sorted(LAYOUT_IDS)}")
+    if dtype not in DTYPE_IDS:
+        raise FormatError(f"unknown dtype {dtype!r}; known: {sorted(DTYPE_IDS)}")
+    splats.validate("splats to encode")
+    lay = LAYOUTS[LAYOUT_IDS[layout]]
+    dtype_id = 0 if lay.dtype_free else DTYPE_IDS[dtype]
+    if splats.height > MAX_SIDE or splats.width > MAX_SIDE:
+        raise FormatError(f"image size {splats.height}x{splats.width} exceeds {MAX_SIDE}")
+    rows = _rows(splats)
+    if dtype_id == 1 and np.abs(rows).max(initial=0.0) > 65504.0:
+        raise FormatError("a value exceeds the float16 range (65504); use dtype='float32'")
+    payload = lay.encode(rows, dtype_id)
+    counts = splats.num_gaussians().cpu().numpy().astype("<u4")
+    b = splats.batch_size
+    head = _HEADER.pack(MAGIC, VERSION, lay.id, dtype_id, 0, splats.height, splats.width, b,
+                        int(counts.sum()), len(payload))
+    table = counts.tobytes() if b > 1 else b""
+    return head + table + payload
+
+
+def save(path: str | os.PathLike, splats: Splats, **kw) -> int:
+    """Write splats to `path` atomically (temporary name, then rename). Returns bytes written."""
+    data = encode(splats, **kw)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+# ---------------------------------------------------------------------- reading
+def read_header(data: bytes | memoryview, name: str = "<bytes>") -> Header:
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"{name}: too short for a .gsv header ({len(data)} < {HEADER_SIZE} bytes)")
+    magic, ver, lay, dt, flags, h, w, b, n, plen = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise FormatError(f"{name}: not a .gsv file (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if ver != VERSION:
+        raise FormatError(f"{name}: unsupported format version {ver} (this reader knows {VERSION})")
+    if lay not in LAYOUTS:
+        raise FormatError(f"{name}: unknown layout id {lay} (known: {sorted(LAYOUTS)})")
+    if LAYOUTS[lay].dtype_free:
+        if dt != 0:
+            raise FormatError(f"{name}: layout {LAYOUTS[lay].name!r} takes dtype id 0, got {dt}")
+    elif dt not in DTYPES:
+        raise FormatError(f"{name}: unknown dtype id {dt} (known: {sorted(DTYPES)})")
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise FormatError(f"{name}: image size {h}x{w} outside 1..{MAX_SIDE}")
+    if not 0 < b <= MAX_IMAGES:
+        raise FormatError(f"{name}: image count {b} outside 1..{MAX_IMAGES}")
+    if n > MAX_GAUSSIANS:
+        raise FormatError(f"{name}: Gaussian count {n} exceeds {MAX_GAUSSIANS}")
+    hdr = Header(ver, lay, dt, flags, h, w, b, n, plen)
+    expect = LAYOUTS[lay].payload_size(n, dt)
+    if expect is not None and expect != plen:
+        raise FormatError(f"{name}: header says {n} Gaussians ({expect} payload bytes) "
+                          f"but a payload of {plen} bytes")
+    if hdr.total_len != len(data):
+        what = "truncated" if hdr.total_len > len(data) else "oversized"
+        raise FormatError(f"{name}: {what}: header and payload need {hdr.total_len} bytes, got {len(data)}")
+    return hdr
+
+
+def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.device = "cpu") -> Splats:
+    """bytes -> Splats (float32). B > 1 files come back padded with counts."""
+    view = memoryview(data).cast("B")
+    hdr = read_header(view, name)
+    b = hdr.n_images
+    if b > 1:
+        counts = np.frombuffer(view, dtype="<u4", count=b, offset=HEADER_SIZE).astype(np.int64)
+        if int(counts.sum()) != hdr.n_total:
+            raise FormatError(f"{name}: per-image counts sum to {int(counts.sum())}, header says {hdr.n_total}")
+    else:
+        counts = np.array([hdr.n_total], dtype=np.int64)
+    payload = view[HEADER_SIZE + hdr.table_len:]
+    try:
+        rows = LAYOUTS[hdr.layout].decode(payload, hdr.n_total, hdr.dtype)
+    except FormatError:
+        raise
+    except Exception as e:  # a layout's decoder failing on garbage is still a format error
+        raise FormatError(f"{name}: payload does not decode as layout {LAYOUTS[hdr.layout].name!r}: {e}") from e
+    if rows.shape != (hdr.n_total, 8):
+        raise FormatError(f"{name}: payload decoded to {rows.shape[0]} rows, header says {hdr.n_total}")
+    if not np.isfinite(rows).all():
+        bad = int(np.nonzero(~np.isfinite(rows).all(1))[0][0])
+        raise FormatError(f"{name}: non-finite value in Gaussian {bad}")
+    if (rows[:, [2, 4]] <= 0).any():
+        bad = int(np.nonzero((rows[:, [2, 4]] <= 0).any(1))[0][0])
+        raise FormatError(f"{name}: Gaussian {bad} has a non-positive Cholesky diagonal")
+    n_max = int(counts.max(initial=0))
+    out = np.zeros((b, n_max, 8), dtype=np.float32)
+    out[..., 2] = 1.0
+    out[..., 4] = 1.0
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for i in range(b):
+        out[i, : counts[i]] = rows[starts[i] : starts[i + 1]]
+    t = torch.from_numpy(out)
+    means = (t[..., 0:2].double() + 1.0) * 0.5 * torch.tensor([hdr.width, hdr.height], dtype=torch.float64)
+    s = Splats(
+        means.float(), t[..., 2:5].contiguous(), t[..., 5:8].contiguous(), hdr.height, hdr.width,
+        torch.from_numpy(counts) if b > 1 else None,
+    )
+    return s.to(device) if str(device) != "cpu" else s
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, expected a .gsv file") from None
+    return decode(data, name=str(path), device=device)

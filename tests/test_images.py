@@ -1,0 +1,80 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gaussianvision.data.images import ImageLoadError, load_image
+
+
+def png(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    b = io.BytesIO()
+    img.save(b, format=fmt, **kw)
+    return b.getvalue()
+
+
+def test_resize_center_crop_and_range():
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, 20:60] = 255  # the centre square is white, the side bands black
+    t = load_image(png(Image.fromarray(arr)), size=20)
+    assert t.shape == (3, 20, 20) and t.dtype == torch.float32
+    assert float(t.min()) >= 0 and float(t.max()) <= 1
+    assert float(t[:, :, 2:18].mean()) > 0.98  # crop keeps the centre
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "1"])
+def test_modes_become_rgb(mode):
+    base = Image.new("RGB", (16, 16), (200, 100, 50))
+    if mode == "I;16":
+        img = Image.fromarray(np.full((16, 16), 65535, np.uint16))
+    elif mode == "F":
+        img = Image.fromarray(np.full((16, 16), 1.0, np.float32))
+    else:
+        img = base.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "F", "I") else "PNG"
+    t = load_image(png(img, fmt), size=16)
+    assert t.shape == (3, 16, 16)
+    if mode in ("I;16", "F"):
+        assert float(t.min()) == pytest.approx(1.0)  # full-scale 16-bit / float -> white
+
+
+def test_rgba_composited_on_white():
+    img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    t = load_image(png(img), size=None)
+    assert float(t.min()) == 1.0
+
+
+def test_exif_orientation_applied():
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :10] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    t = load_image(png(img, "JPEG", exif=exif, quality=95), size=None)
+    assert t.shape == (3, 20, 10)  # portrait after orientation
+    assert float(t[:, :5].mean()) > 0.9  # white half now on top
+
+
+@pytest.mark.parametrize("data,msg", [
+    (b"", "empty"),
+    (b"hello, not an image", "not an image"),
+])
+def test_bad_bytes(data, msg):
+    with pytest.raises(ImageLoadError, match=msg):
+        load_image(data, name="x.jpg")
+
+
+def test_truncated_and_bomb_and_tiny(tmp_path):
+    good = png(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        load_image(good[: len(good) // 2], name="cut.jpg")
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(png(Image.new("L", (200, 200))), max_pixels=100 * 100)
+    with pytest.raises(ImageLoadError, match="too small"):
+        load_image(png(Image.new("RGB", (3, 3))))
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="zero.png: empty"):
+        load_image(tmp_path / "zero.png")
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "missing.png")
