@@ -1,0 +1,39 @@
+"""gsv bench SUITE: fit | load | codec | model | all. Each suite is a module cli/bench_SUITE.py."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = {
+    "fit": "fitting speed and quality (PSNR vs iterations, pruning, Kodak)",
+    "load": "data loading throughput, splat shards vs JPEG shards",
+    "codec": "rate-distortion: splats vs JPEG / WebP at equal bytes",
+    "model": "GS tower vs RGB ViT: latency and FLOPs",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: gsv bench SUITE [options]\n\nsuites:")
+        for k, v in SUITES.items():
+            print(f"  {k:<6} {v}")
+        print("  all    every suite with its defaults (--out DIR)")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name == "all":
+        rc = 0
+        for suite in SUITES:
+            rc |= main([suite, *rest])
+        return rc
+    if name not in SUITES:
+        print(f"gsv bench: unknown suite {name!r}; choose from {', '.join(SUITES)} or all", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"gaussianvision.cli.bench_{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"gaussianvision.cli.bench_{name}":
+            print(f"gsv bench {name}: not available in this version", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
