@@ -1,0 +1,191 @@
+"""The Triton render backend: tiled forward and backward kernels for CUDA devices.
+
+    render_triton(splats) -> [B, 3, H, W]     (same contract as reference.render_reference)
+
+Pipeline (every step batched over images; no per-image launches):
+  1. `_bin` (torch ops on the splats' device): each valid Gaussian's 3-sigma bounding box is
+     turned into the range of 16x16 pixel tiles whose pixel centres it can reach; the
+     (image, tile, Gaussian) pairs are sorted by (image, tile) into one id list with per-tile
+     offsets. Padding (beyond counts[b]) and Gaussians that miss the image are never binned.
+  2. `splat_fwd_kernel` on a grid (tile, image): each program sums its tile's Gaussians.
+  3. `splat_bwd_kernel` on the same grid and bins: per-pixel gradients are reduced over the
+     tile's pixels and atomically added into per-Gaussian gradients (means, chol, colors).
+
+Numerics: computed in float32 whatever the input dtype (the output has the reference's dtype,
+promote_types(dtype, float32)); the 3-sigma cut q <= CUTOFF_Q is exact as in the reference, the
+tile culling only skips pairs that the cut would zero anyway.
+
+Devices: CUDA tensors run the compiled kernels. CPU tensors run the same kernels in Triton's
+interpreter, only when TRITON_INTERPRET=1 (slow; this is how the project tests the kernels
+without a GPU). `probe()` tells `render(backend="auto")` whether this backend can load.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..splats.types import Splats, SplatsError
+from .reference import CUTOFF_Q
+
+__all__ = ["render_triton", "probe", "interpret_enabled", "TILE", "BLOCK_N"]
+
+TILE = 16  # tile side in pixels (TILE x TILE pixels per program)
+BLOCK_N = 32  # Gaussians per inner step of the forward kernel
+BLOCK_N_BWD = 16  # backward keeps ~8 live [BLOCK_N, TILE*TILE] arrays: smaller to limit registers
+_NUM_WARPS = 4
+# the 3-sigma box is widened by this much so that float rounding in q can never make the
+# box cull a pair that the kernel's own (exact) cut would keep
+_BOX_REL, _BOX_ABS = 1e-4, 1e-3
+
+_INSTALL_HINT = "pip install triton (Linux; normally installed with the CUDA build of torch)"
+
+
+def interpret_enabled() -> bool:
+    """True when TRITON_INTERPRET is set to a true value (read now, not at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _cuda_available() -> bool:
+    # a seam for tests that fake a CUDA-less (or CUDA) machine
+    return torch.cuda.is_available()
+
+
+def probe() -> None:
+    """Raise ImportError / RuntimeError with the reason when this backend cannot run."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as e:  # a broken triton install raises more than ImportError
+        raise ImportError(f"triton is not importable ({type(e).__name__}: {e}); {_INSTALL_HINT}") from e
+    if interpret_enabled():
+        return
+    if not _cuda_available():
+        raise RuntimeError("no CUDA device (torch.cuda.is_available() is False); the Triton kernels need a GPU, "
+                           "or TRITON_INTERPRET=1 to run them on CPU tensors (slow, for testing)")
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda" or (device.type == "cpu" and interpret_enabled()):
+        return
+    raise RuntimeError(f"render_triton: tensors on {device} need a CUDA device; set TRITON_INTERPRET=1 "
+                       f"to run the Triton kernels on CPU tensors (slow, for testing)")
+
+
+_interpreted: dict[str, object] = {}
+
+
+def _kernel(name: str, device: torch.device):
+    """The kernel `name` for tensors on `device`.
+
+    The interpreter is chosen per call rather than at import (triton decides at decoration
+    time), so setting TRITON_INTERPRET=1 after this module was imported still works.
+    """
+    from . import _triton_kernels as K
+
+    jitted = getattr(K, name)
+    _check_device(device)
+    if device.type == "cuda":
+        return jitted
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(jitted, InterpretedFunction):
+        return jitted
+    if name not in _interpreted:
+        _interpreted[name] = InterpretedFunction(jitted.fn)
+    return _interpreted[name]
+
+
+def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w: int):
+    """Sort (image, tile, Gaussian) overlaps by (image, tile).
+
+    means [B, N, 2], chol [B, N, 3] float32, valid [B, N] bool. Returns (ids [P] int64 flat
+    Gaussian indices b*N + n, offsets [B*T + 1] int64, tiles_x, tiles_per_image).
+    """
+    b, n = valid.shape
+    ntx, nty = -(-w // TILE), -(-h // TILE)
+    t = ntx * nty
+    dev = means.device
+    # the q <= 9 ellipse of Sigma = L L^T spans |dx| <= 3*sqrt(S_xx), |dy| <= 3*sqrt(S_yy)
+    s = CUTOFF_Q ** 0.5
+    rx = s * chol[..., 0].abs()
+    ry = s * torch.sqrt(chol[..., 1] ** 2 + chol[..., 2] ** 2)
+    rx = rx * (1 + _BOX_REL) + _BOX_ABS
+    ry = ry * (1 + _BOX_REL) + _BOX_ABS
+    mx, my = means[..., 0], means[..., 1]
+    # pixel j has its centre at j + 0.5: columns whose centres lie in [mx - rx, mx + rx];
+    # clamping in float first keeps huge or far-off values from overflowing the int cast
+    j0 = torch.ceil(mx - rx - 0.5).clamp(0, w)
+    j1 = torch.floor(mx + rx - 0.5).clamp(-1, w - 1)
+    i0 = torch.ceil(my - ry - 0.5).clamp(0, h)
+    i1 = torch.floor(my + ry - 0.5).clamp(-1, h - 1)
+    hit = valid & (j0 <= j1) & (i0 <= i1)  # NaN parameters compare False: never binned
+    tx0 = torch.where(hit, j0, 0).long() // TILE
+    tx1 = torch.where(hit, j1, 0).long() // TILE
+    ty0 = torch.where(hit, i0, 0).long() // TILE
+    ty1 = torch.where(hit, i1, 0).long() // TILE
+    wx = tx1 - tx0 + 1
+    per = torch.where(hit, wx * (ty1 - ty0 + 1), 0).reshape(-1)  # tiles touched per Gaussian
+    total = int(per.sum())  # one host sync: the pair list's length
+    if total == 0:
+        return (torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(b * t + 1, dtype=torch.long, device=dev),
+                ntx, t)
+    gid = torch.repeat_interleave(torch.arange(b * n, device=dev), per, output_size=total)
+    first = torch.cumsum(per, 0) - per
+    k = torch.arange(total, device=dev) - first[gid]
+    wxg = wx.reshape(-1)[gid]
+    tx = tx0.reshape(-1)[gid] + k % wxg
+    ty = ty0.reshape(-1)[gid] + k // wxg
+    key = (gid // n) * t + ty * ntx + tx
+    key, order = torch.sort(key, stable=True)  # stable: a tile sums its Gaussians in index order
+    ids = gid[order]
+    offsets = torch.zeros(b * t + 1, dtype=torch.long, device=dev)
+    offsets[1:] = torch.cumsum(torch.bincount(key, minlength=b * t), 0)
+    return ids, offsets, ntx, t
+
+
+class _RenderTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, chol, colors, valid, h, w):
+        m = means.detach().to(torch.float32).contiguous()
+        c = chol.detach().to(torch.float32).contiguous()
+        col = colors.detach().to(torch.float32).contiguous()
+        bsz = m.shape[0]
+        out = torch.zeros(bsz, 3, h, w, dtype=torch.float32, device=m.device)
+        ids, offsets, ntx, t = _bin(m, c, valid, h, w)
+        if bsz > 0 and ids.numel() > 0:
+            kern = _kernel("splat_fwd_kernel", m.device)
+            kern[(t, bsz)](m, c, col, ids, offsets, out, h, w, ntx, t,
+                           CUTOFF_Q=CUTOFF_Q, TILE_H=TILE, TILE_W=TILE, BLOCK_N=BLOCK_N, num_warps=_NUM_WARPS)
+        ctx.save_for_backward(m, c, col, ids, offsets)
+        ctx.meta = (h, w, ntx, t, means.dtype, chol.dtype, colors.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        m, c, col, ids, offsets = ctx.saved_tensors
+        h, w, ntx, t, dm, dc, dcol = ctx.meta
+        gm, gc, gcol = torch.zeros_like(m), torch.zeros_like(c), torch.zeros_like(col)
+        if ids.numel() > 0:
+            g = grad_out.to(torch.float32).contiguous()
+            kern = _kernel("splat_bwd_kernel", m.device)
+            kern[(t, m.shape[0])](m, c, col, ids, offsets, g, gm, gc, gcol, h, w, ntx, t,
+                                  CUTOFF_Q=CUTOFF_Q, TILE_H=TILE, TILE_W=TILE, BLOCK_N=BLOCK_N_BWD,
+                                  num_warps=_NUM_WARPS)
+        return gm.to(dm), gc.to(dc), gcol.to(dcol), None, None, None
+
+
+def render_triton(splats: Splats) -> torch.Tensor:
+    """[B, 3, H, W] image of `splats` at their own size, via the Triton kernels.
+
+    Differentiable with respect to means, chol and colors (padding gets zero gradients).
+    CUDA tensors, or CPU tensors with TRITON_INTERPRET=1.
+    """
+    if not isinstance(splats, Splats):
+        raise SplatsError(f"render_triton: expected Splats, got {type(splats).__name__}")
+    _check_device(splats.device)
+    h, w = int(splats.height), int(splats.width)
+    out_dtype = torch.promote_types(splats.dtype, torch.float32)
+    valid = splats.mask()
+    out = _RenderTriton.apply(splats.means, splats.chol, splats.colors, valid, h, w)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
