@@ -72,28 +72,29 @@ def _check_device(device: torch.device) -> None:
                        f"to run the Triton kernels on CPU tensors (slow, for testing)")
 
 
-_interpreted: dict[str, object] = {}
+_variants: dict[tuple[str, bool], object] = {}
 
 
 def _kernel(name: str, device: torch.device):
-    """The kernel `name` for tensors on `device`.
+    """The kernel `name` for tensors on `device`: compiled, or run by Triton's interpreter.
 
-    The interpreter is chosen per call rather than at import (triton decides at decoration
-    time), so setting TRITON_INTERPRET=1 after this module was imported still works.
+    Triton decides between the two when a kernel is decorated, i.e. when _triton_kernels is
+    first imported. The mode is re-decided here on every call from TRITON_INTERPRET, so that
+    setting or clearing the variable after import (tests, notebooks) takes effect.
     """
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
     from . import _triton_kernels as K
 
-    jitted = getattr(K, name)
     _check_device(device)
-    if device.type == "cuda":
-        return jitted
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if isinstance(jitted, InterpretedFunction):
-        return jitted
-    if name not in _interpreted:
-        _interpreted[name] = InterpretedFunction(jitted.fn)
-    return _interpreted[name]
+    interp = interpret_enabled()
+    key = (name, interp)
+    if key not in _variants:
+        decorated = getattr(K, name)
+        want = InterpretedFunction if interp else JITFunction
+        _variants[key] = decorated if isinstance(decorated, want) else want(decorated.fn)
+    return _variants[key]
 
 
 def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w: int):
