@@ -1,0 +1,136 @@
+"""Checkpoints of only the trainable parameters (safetensors), config in the metadata.
+
+File: a safetensors file whose tensors are GSCLIP's trainable parameters by name
+(``visual.*``, plus ``base.logit_scale`` when trained) and whose metadata holds
+  gsv.format = "gsclip-trainable", gsv.version = "1",
+  gsv.config = JSON of GSCLIP.config (GS config, base name, width, embed_dim),
+  gsv.pretrained = the base's pretrained tag/path ("" when random), and any extra
+  string metadata the caller passes (e.g. the training step).
+The frozen base is not stored: it is rebuilt from its name and pretrained weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+
+__all__ = ["CheckpointError", "save_trainable", "load_trainable", "read_checkpoint_config",
+           "create_gsclip_from_checkpoint"]
+
+FORMAT = "gsclip-trainable"
+VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A trainable-parameter checkpoint is unreadable or does not fit the model."""
+
+
+def save_trainable(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write model's trainable parameters to `path` atomically (temp name + rename)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.trainable_named_parameters()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({
+        "gsv.format": FORMAT, "gsv.version": VERSION,
+        "gsv.config": json.dumps(model.config, sort_keys=True),
+        "gsv.pretrained": model.pretrained or "",
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        f = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"checkpoint {path}: not a safetensors file ({e})") from None
+    meta = f.metadata() or {}
+    if meta.get("gsv.format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a GS-CLIP trainable checkpoint (gsv.format missing)")
+    if meta.get("gsv.version") != VERSION:
+        raise CheckpointError(f"checkpoint {path}: version {meta.get('gsv.version')!r}, this code reads {VERSION}")
+    return meta, f
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The model config and metadata stored in a checkpoint (no tensors loaded)."""
+    meta, _ = _read(path)
+    return {"config": json.loads(meta["gsv.config"]), "pretrained": meta.get("gsv.pretrained") or None,
+            "metadata": {k: v for k, v in meta.items() if not k.startswith("gsv.")}}
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: checkpoint {a!r}, model {b!r}"]
+
+
+def load_trainable(model, path: str | os.PathLike, strict_config: bool = True) -> dict[str, str]:
+    """Load trainable parameters into `model` (in place); returns the extra metadata.
+
+    Fails with CheckpointError naming the differences when the stored config does not
+    match the model's (``strict_config=False`` skips that comparison, names and shapes are
+    still checked).  Only the "name" key of the GS config may differ.
+    """
+    meta, f = _read(path)
+    saved = json.loads(meta["gsv.config"])
+    if strict_config:
+        mine = model.config
+        diffs = [d for d in _diff(saved, mine) if not d.startswith("gs.name:")]
+        if diffs:
+            raise CheckpointError(f"checkpoint {path}: config does not match the model: " + "; ".join(diffs))
+    params = dict(model.trainable_named_parameters())
+    names = set(f.keys())
+    missing, extra = sorted(set(params) - names), sorted(names - set(params))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {path}: parameter names differ (missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    with torch.no_grad():
+        for n in sorted(names):
+            t = f.get_tensor(n)
+            p = params[n]
+            if tuple(t.shape) != tuple(p.shape):
+                raise CheckpointError(f"checkpoint {path}: {n} has shape {list(t.shape)}, model {list(p.shape)}")
+            p.copy_(t.to(device=p.device, dtype=p.dtype))
+    return {k: v for k, v in meta.items() if not k.startswith("gsv.")}
+
+
+def create_gsclip_from_checkpoint(path: str | os.PathLike, pretrained: str | None = "stored",
+                                  device: str | torch.device = "cpu", precision: str = "fp32"):
+    """Rebuild the model a checkpoint was saved from and load it.
+
+    pretrained: "stored" = the base weights named in the checkpoint, None = random base,
+    or another tag/path.
+    """
+    from .gsclip import create_gsclip
+    info = read_checkpoint_config(path)
+    cfg = info["config"]
+    if pretrained == "stored":
+        pretrained = info["pretrained"]
+    try:
+        model = create_gsclip(cfg["base"], pretrained, cfg["gs"], device=device, precision=precision)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {e}") from None
+    load_trainable(model, path)
+    return model

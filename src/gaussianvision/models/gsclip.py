@@ -1,0 +1,248 @@
+"""GSCLIP: an OpenCLIP model whose image tower reads splats, and its factories.
+
+GSCLIP keeps the whole OpenCLIP base model (``.base``: frozen RGB image tower, frozen text
+tower, logit scale) and adds the trainable GS tower (``.visual``).  The GS tower runs its
+tokens through the base's own ``ln_pre`` and transformer blocks (shared, not copied), so the
+RGB teacher of stage 1 (``encode_rgb``) and the GS student use the same frozen weights.
+
+The OpenCLIP contract is kept: ``encode_image(splats, normalize)``, ``encode_text(tokens,
+normalize)`` and ``forward(image, text)`` returning ``{"image_features", "text_features",
+"logit_scale"[, "logit_bias"]}`` (features L2-normalized, logit_scale already exponentiated),
+so ``open_clip.loss.ClipLoss()(**model(splats, text))``, open_clip's zero-shot classifier
+builder and clip_benchmark's evaluation work unchanged (Splats has ``.to(device)``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gaussianvision.splats.types import Splats
+from .config import ConfigError, load_config, register_open_clip_configs
+from .tower import GSVisionTower
+
+__all__ = ["GSCLIP", "create_gsclip", "create_rgb_clip", "create_base", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16", "amp", "amp_bf16", "amp_bfloat16")
+
+
+def _tower_dtype(precision: str) -> torch.dtype:
+    if precision in ("bf16", "pure_bf16"):
+        return torch.bfloat16
+    if precision in ("fp16", "pure_fp16"):
+        return torch.float16
+    return torch.float32
+
+
+class GSCLIP(nn.Module):
+    """OpenCLIP-compatible CLIP with a splat image tower; see the module docstring.
+
+    Shapes: splats (B images, N Gaussians each, may mix N via counts) -> [B, D] image
+    features; text tokens [B, context_length] int64 -> [B, D]; images [B, 3, S, S] normalized
+    with ``rgb_mean``/``rgb_std`` -> [B, D] (``encode_rgb``).
+    """
+
+    output_dict = True
+
+    def __init__(self, base: nn.Module, config: Mapping[str, Any], base_name: str = "custom",
+                 pretrained: str | None = None):
+        super().__init__()
+        cfg = load_config(config)
+        self.base = base
+        self.visual = GSVisionTower(cfg, base.visual)
+        self.gs_config = cfg
+        self.base_name = base_name
+        self.pretrained = pretrained
+        self.lock_frozen()
+
+    # ---------------------------------------------------------------- freezing
+    def lock_frozen(self) -> None:
+        """THE place that freezes: every base parameter (RGB tower, blocks, text) is frozen;
+        the GS tower (and the logit scale when the config says so) trains."""
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        for p in self.visual.parameters():
+            p.requires_grad_(True)
+        if self.gs_config["train_logit_scale"]:
+            self.base.logit_scale.requires_grad_(True)
+        self.base.eval()
+
+    def train(self, mode: bool = True) -> "GSCLIP":
+        super().train(mode)
+        self.base.eval()  # frozen parts stay in eval mode (no dropout, fixed statistics)
+        return self
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What a trainable checkpoint must match: the GS config and the base's shape."""
+        return {
+            "gs": self.gs_config,
+            "base": self.base_name,
+            "width": self.visual.width,
+            "embed_dim": int(self.visual.proj.shape[1]),
+        }
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.trainable_named_parameters()]
+
+    def no_weight_decay(self) -> set[str]:
+        return {"visual.class_embedding", "visual.positional_embedding", "visual.resampler.latents",
+                "base.logit_scale"}
+
+    # ---------------------------------------------------------------- the base's facts
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.base.logit_scale
+
+    @property
+    def logit_bias(self):
+        return getattr(self.base, "logit_bias", None)
+
+    @property
+    def preprocess_cfg(self) -> dict:
+        return dict(getattr(self.base.visual, "preprocess_cfg", {}))
+
+    @property
+    def rgb_mean(self) -> tuple[float, ...]:
+        return tuple(self.base.visual.image_mean)
+
+    @property
+    def rgb_std(self) -> tuple[float, ...]:
+        return tuple(self.base.visual.image_std)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.base.visual.image_size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.base.context_length)
+
+    def tokenizer(self):
+        """open_clip's tokenizer for the base architecture."""
+        import open_clip
+        return open_clip.get_tokenizer(self.base_name)
+
+    # ---------------------------------------------------------------- encoders
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.base.visual
+        x = v.ln_pre(x.to(v.transformer.get_cast_dtype()))
+        return v.transformer(x)
+
+    def encode_image_with_tokens(self, image: Splats) -> tuple[torch.Tensor, torch.Tensor]:
+        """splats -> (embedding [B, D] unnormalized, output tokens [B, Q, width])."""
+        if not isinstance(image, Splats):
+            raise TypeError(
+                f"GSCLIP.encode_image: expected Splats, got {type(image).__name__} "
+                "(for pixel images use encode_rgb)"
+            )
+        return self.visual.head(self._backbone(self.visual.embed(image)))
+
+    def encode_image(self, image: Splats, normalize: bool = False) -> torch.Tensor:
+        feats, _ = self.encode_image_with_tokens(image)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.base.encode_text(text, normalize=normalize)
+
+    def encode_rgb_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original frozen RGB tower: images -> (embedding [B, D], tokens [B, P, width])."""
+        v = self.base.visual
+        x = v.transformer(v._embeds(images.to(v.conv1.weight.dtype)))
+        pooled, tokens = v._pool(x)
+        return pooled @ v.proj, tokens
+
+    def encode_rgb(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Images [B, 3, S, S], normalized with rgb_mean/rgb_std -> [B, D] (the stage-1 teacher)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"GSCLIP.encode_rgb: expected images [B, 3, H, W], got {got}")
+        feats = self.base.encode_image(images.to(self.base.visual.conv1.weight.dtype))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def forward(self, image: Splats | None = None, text: torch.Tensor | None = None) -> dict:
+        out = {
+            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
+            "text_features": self.encode_text(text, normalize=True) if text is not None else None,
+            "logit_scale": self.base.logit_scale.exp(),
+        }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+
+def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = None,
+                device: str | torch.device = "cpu", precision: str = "fp32",
+                cache_dir: str | None = None) -> nn.Module:
+    """An OpenCLIP model by name (our ``gsv-tiny`` included), dict output, eval mode.
+
+    pretrained: None (random init, no download), an OpenCLIP tag (downloads where the hub
+    is reachable) or a local checkpoint file (works offline).
+    """
+    register_open_clip_configs()
+    import open_clip
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    name = str(base)
+    if open_clip.get_model_config(name.replace("/", "-")) is None and ":" not in name:
+        known = open_clip.list_models()
+        hint = [m for m in known if name.lower()[:4] in m.lower()][:8] or known[:8]
+        raise ConfigError(f"base {name!r}: unknown OpenCLIP architecture (e.g. {', '.join(hint)})")
+    if pretrained is not None:
+        pretrained = str(pretrained)
+        tag = open_clip.get_pretrained_cfg(name, pretrained)
+        if not tag and not os.path.isfile(pretrained):
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ConfigError(
+                f"pretrained {pretrained!r}: neither a checkpoint file nor a tag of {name} "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
+    dev = torch.device(device)
+    try:
+        if dev.type == "meta":
+            # shape-only model (parameter counting): no memory, no initialization cost
+            with torch.device("meta"):
+                model = open_clip.create_model(name, pretrained=None, device=dev, precision=precision,
+                                               output_dict=True, cache_dir=cache_dir)
+        else:
+            model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
+                                           output_dict=True, cache_dir=cache_dir)
+    except RuntimeError as e:
+        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {e}") from None
+    return model.eval()
+
+
+def create_gsclip(base: str | None = None, pretrained: str | os.PathLike | None = None,
+                  config: str | os.PathLike | Mapping[str, Any] = "gs-196",
+                  device: str | torch.device = "cpu", precision: str = "fp32",
+                  cache_dir: str | None = None) -> GSCLIP:
+    """Build a GSCLIP: the OpenCLIP base (frozen) + a GS tower from a JSON config.
+
+    base: OpenCLIP architecture; None = the config's ``base``.  config: a shipped name
+    (``gs-196``, ``gs-98``, ``gs-tiny``), a JSON path or a dict.  ``device="meta"`` builds
+    shapes only (for parameter counts).  precision: as open_clip; with "bf16"/"fp16" (and
+    the "pure_" forms) the GS tower is cast to that dtype too, otherwise it stays float32.
+    """
+    cfg = load_config(config)
+    base_name = base or cfg["base"]
+    model = create_base(base_name, pretrained, device, precision, cache_dir)
+    gs = GSCLIP(model, cfg, base_name=base_name, pretrained=None if pretrained is None else str(pretrained))
+    gs.visual.to(dtype=_tower_dtype(precision))
+    return gs
+
+
+def create_rgb_clip(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = None,
+                    device: str | torch.device = "cpu", precision: str = "fp32",
+                    cache_dir: str | None = None) -> nn.Module:
+    """The RGB baseline: the plain OpenCLIP model (encode_image takes normalized images),
+    frozen and in eval mode, with the same forward dict as GSCLIP."""
+    model = create_base(base, pretrained, device, precision, cache_dir)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
