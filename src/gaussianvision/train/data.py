@@ -1,0 +1,89 @@
+"""Training data: samples of tar shards (splat shards from `gsv convert`, or img2dataset
+image-text shards for the RGB trainer) decoded and collated into batches, and the resumable
+source built from them.
+
+A sample becomes {"splats": Splats (one image), "image": [3, S, S] in [0, 1], "text": str, "key": str};
+a batch is {"splats": Splats padded with counts, "image": [B, 3, S, S], "text": list, "key": list}.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from gaussianvision.splats import Splats
+from .sources import IndexedSource, ShardSource
+
+__all__ = ["collate", "decode_sample", "build_source", "DataError", "IMAGE_EXTS"]
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+class DataError(ValueError):
+    """Training data missing or lacking what the stage needs."""
+
+
+def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None) -> dict | None:
+    """One raw tar sample -> decoded fields in `need` ("splats", "image", "text"); None if unusable."""
+    from gaussianvision.data.images import ImageLoadError, load_image
+    from gaussianvision.splats import FormatError, decode
+    out = {"key": raw.get("__key__", "")}
+    try:
+        if "splats" in need:
+            if "gsv" not in raw:
+                raise DataError(f"sample {out['key']} of {raw.get('__shard__')}: no .gsv member "
+                                "(give splat shards written by `gsv convert`)")
+            out["splats"] = decode(raw["gsv"], name=out["key"])
+        if "image" in need:
+            ext = next((e for e in IMAGE_EXTS if e in raw), None)
+            if ext is None:
+                raise DataError(f"sample {out['key']} of {raw.get('__shard__')}: no source image; this stage needs "
+                                "the images (convert with the images kept, or give the image shards)")
+            size = image_size or (out["splats"].height if "splats" in out else 224)
+            out["image"] = load_image(raw[ext], size=size, name=out["key"])
+        if "text" in need:
+            out["text"] = raw.get("txt", b"").decode("utf-8", "replace").strip()
+    except (ImageLoadError, FormatError):
+        return None  # a broken sample is skipped, as the loaders of the field do
+    return out
+
+
+def collate(items: list[dict]) -> dict:
+    batch: dict = {"key": [it["key"] for it in items]}
+    if "splats" in items[0]:
+        batch["splats"] = Splats.stack([it["splats"] for it in items])
+    if "image" in items[0]:
+        batch["image"] = torch.stack([it["image"] for it in items])
+    if "text" in items[0]:
+        batch["text"] = [it["text"] for it in items]
+    return batch
+
+
+class _ShardReader:
+    def __init__(self, need, image_size):
+        self.need, self.image_size = need, image_size
+
+    def __call__(self, url):
+        from gaussianvision.data.shards import read_samples
+        for raw in read_samples(url):
+            s = decode_sample(raw, self.need, self.image_size)
+            if s is not None:
+                yield s
+
+
+def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, image_size: int | None = None, buffer: int = 1000):
+    """Shards (dir, brace pattern, glob or list) -> a deterministic ShardSource for this rank."""
+    from gaussianvision.data.sources import expand_urls
+    urls = expand_urls(spec)
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if not urls or missing:
+        raise DataError(f"--data {spec}: " + (f"shard not found: {missing[0]}" if missing else "no .tar shards found"))
+    return ShardSource(urls, _ShardReader(need, image_size), collate, batch_size, seed=seed, rank=rank,
+                       world_size=world_size, buffer=buffer)
+
+
+def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    """Decoded samples held in memory -> an IndexedSource (epochs of known length)."""
+    return IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)

@@ -1,0 +1,96 @@
+"""Distributed setup for torchrun (env:// rendezvous): gloo on CPU, nccl on GPU.
+
+We all-reduce gradients ourselves (one flat buffer per dtype) instead of wrapping the model in
+DistributedDataParallel: the stages call encode_image / encode_rgb / encode_text directly rather
+than forward(), which DDP's reducer does not see. The result is the same averaged gradient.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "all_reduce_grads", "all_reduce_mean", "barrier", "cleanup"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK; start the process group when world > 1.
+
+    device: "cpu", "cuda" or None (auto: CUDA when available). Under torchrun each process uses
+    cuda:LOCAL_RANK.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
+    if want.startswith("cuda"):
+        dev = torch.device(f"cuda:{local}") if want == "cuda" else torch.device(want)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    backend = None
+    if world > 1:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    return DistInfo(rank, world, local, dev, backend)
+
+
+def all_reduce_grads(params, world_size: int) -> None:
+    """Average .grad of `params` over ranks (params without a grad contribute zeros)."""
+    if world_size <= 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world_size
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / info.world_size
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,173 @@
+"""The three training tasks: RGB CLIP from scratch, stage 1 (distillation), stage 2 (CLIP loss).
+
+Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1], "splats" (Splats with counts),
+"text" list[str].
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .losses import distill_loss, make_clip_loss, token_distill_loss
+
+__all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
+           "OPEN_CLIP_EXPORT"]
+
+OPEN_CLIP_EXPORT = "open_clip_model.safetensors"
+_TEXT_KEYS = {"text", "transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection",
+              "text_model", "text_tower"}
+_MAX_LOGIT_SCALE = 4.6052  # ln(100), open_clip's clamp
+
+
+def is_text_param(name: str) -> bool:
+    """True for parameters of the text tower (open_clip names), never for the image side."""
+    parts = name.split(".")
+    if any(p in ("visual", "stem", "resampler", "gs_visual", "image_tower") for p in parts):
+        return False
+    return any(p in _TEXT_KEYS for p in parts)
+
+
+def freeze_for_stage(model: torch.nn.Module, stage: str, unfreeze: list[str] | tuple = ()) -> list[str]:
+    """Apply the stage's freezing on top of the model's own (its frozen backbone stays frozen).
+
+    stage "1": only image-side trainable parts train (text tower and logit scale frozen: they do not
+    enter the distillation loss). stage "2": the text tower is frozen, the logit scale trains.
+    unfreeze: parameter-name prefixes to train in addition (e.g. "ln_final", "text_projection",
+    "transformer.resblocks.11"). Returns the names of the trainable parameters.
+    """
+    for name, p in model.named_parameters():
+        if is_text_param(name) or (stage == "1" and name.split(".")[-1] in ("logit_scale", "logit_bias")):
+            p.requires_grad_(False)
+    names = dict(model.named_parameters())
+    for prefix in unfreeze:
+        hit = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hit:
+            raise ValueError(f"--unfreeze {prefix!r} matches no parameter (examples: {', '.join(list(names)[:5])})")
+        for n in hit:
+            names[n].requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def pixel_input(images: torch.Tensor, visual) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> resized to the tower's input size and normalized with its mean/std."""
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+    std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+    size = getattr(visual, "image_size", None) or cfg.get("size")
+    if isinstance(size, int):
+        size = (size, size)
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+    m = images.new_tensor(mean).view(1, 3, 1, 1)
+    s = images.new_tensor(std).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+class _Base:
+    stage = ""
+
+    def __init__(self, model, info=None, meta: dict | None = None):
+        self.model = model
+        self.rank = getattr(info, "rank", 0)
+        self.world_size = getattr(info, "world_size", 1)
+        self.meta = dict(meta or {})
+
+    def describe(self) -> dict:
+        return {"stage": self.stage, **self.meta}
+
+    def after_step(self):
+        ls = getattr(self.model, "logit_scale", None)
+        if isinstance(ls, torch.nn.Parameter) and ls.requires_grad:
+            with torch.no_grad():
+                ls.clamp_(0, _MAX_LOGIT_SCALE)
+
+
+class RGBClipTask(_Base):
+    """Plain CLIP training of an open_clip model on (image, caption) pairs, all parameters trained.
+
+    The export is open_clip's full state dict, so open_clip.create_model(base, pretrained=PATH)
+    loads it as it loads a pretrained checkpoint.
+    """
+    stage = "rgb"
+
+    def __init__(self, model, tokenizer, info=None, meta=None):
+        super().__init__(model, info, meta)
+        self.tokenizer = tokenizer
+        self.clip_loss = make_clip_loss(self.rank, self.world_size)
+
+    def loss(self, batch):
+        if "image" not in batch or "text" not in batch:
+            raise ValueError("stage rgb needs batches with 'image' and 'text'")
+        device = batch["image"].device
+        x = pixel_input(batch["image"], self.model.visual)
+        tokens = self.tokenizer(batch["text"]).to(device)
+        img = self.model.encode_image(x, normalize=True)
+        txt = self.model.encode_text(tokens, normalize=True)
+        loss = self.clip_loss(img, txt, self.model.logit_scale.exp())
+        return loss, {"logit_scale": float(self.model.logit_scale.exp())}
+
+    def export(self, out_dir):
+        from safetensors.torch import save_file
+        out = Path(out_dir)
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = out / f".{OPEN_CLIP_EXPORT}.tmp{os.getpid()}"
+        save_file(sd, str(tmp))
+        os.replace(tmp, out / OPEN_CLIP_EXPORT)
+
+
+class Stage1Task(_Base):
+    """Align the GS encoder to the frozen RGB teacher on (image, splats of that image) pairs."""
+    stage = "1"
+
+    def __init__(self, model, kind="cosine", token_weight: float = 0.0, info=None, meta=None):
+        super().__init__(model, info, meta)
+        self.kind, self.token_weight = kind, float(token_weight)
+        if self.token_weight > 0 and not (hasattr(model, "encode_image_with_tokens")
+                                          and hasattr(model, "encode_rgb_with_tokens")):
+            raise ValueError("--token-weight needs a model with encode_image_with_tokens and encode_rgb_with_tokens")
+
+    def loss(self, batch):
+        if "image" not in batch or "splats" not in batch:
+            raise ValueError("stage 1 needs batches with 'splats' and their source 'image' (load with images)")
+        pixels = pixel_input(batch["image"], getattr(self.model, "base", self.model).visual)
+        if self.token_weight > 0:
+            with torch.no_grad():
+                teacher, t_tok = self.model.encode_rgb_with_tokens(pixels)
+            student, s_tok = self.model.encode_image_with_tokens(batch["splats"])
+        else:
+            with torch.no_grad():
+                teacher = self.model.encode_rgb(pixels)
+            student = self.model.encode_image(batch["splats"])
+        loss = distill_loss(student, teacher, self.kind)
+        logs = {"cos": float(F.cosine_similarity(student.detach().float(), teacher.float(), dim=-1).mean())}
+        if self.token_weight > 0:
+            tok = token_distill_loss(s_tok, t_tok, self.kind)
+            logs["token_loss"] = float(tok)
+            loss = loss + self.token_weight * tok
+        return loss, logs
+
+
+class Stage2Task(_Base):
+    """Contrastive training of the GS encoder against captions with open_clip's ClipLoss."""
+    stage = "2"
+
+    def __init__(self, model, tokenizer, info=None, meta=None):
+        super().__init__(model, info, meta)
+        self.tokenizer = tokenizer
+        self.clip_loss = make_clip_loss(self.rank, self.world_size)
+
+    def loss(self, batch):
+        if "splats" not in batch or "text" not in batch:
+            raise ValueError("stage 2 needs batches with 'splats' and 'text'")
+        device = batch["splats"].device
+        tokens = self.tokenizer(batch["text"]).to(device)
+        img = self.model.encode_image(batch["splats"], normalize=True)
+        txt = self.model.encode_text(tokens, normalize=True)
+        scale = self.model.logit_scale.exp()
+        bias = getattr(self.model, "logit_bias", None)
+        loss = self.clip_loss(img, txt, scale, bias) if bias is not None else self.clip_loss(img, txt, scale)
+        return loss, {"logit_scale": float(scale)}
