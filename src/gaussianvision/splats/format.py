@@ -256,3 +256,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, expected a .gsv file") from None
     return decode(data, name=str(path), device=device)
+
+# layout 2 registers itself with its explicit id on import
+from . import quantized as _quantized  # noqa: E402,F401

@@ -1,0 +1,164 @@
+"""Loading splat shards (made by `gsv convert`) for training: a torch IterableDataset.
+
+    loader = splat_loader("out/{000000..000127}.tar", batch_size=256, shuffle=True, num_workers=4)
+    for batch in loader:
+        batch["splats"]   # Splats: means [B, N, 2], chol [B, N, 3], colors [B, N, 3] (float32),
+                          #   padded to the batch's largest N; counts [B] (int64) = valid Gaussians
+        batch["text"]     # list[str] of B captions ("" when the source had none)
+        batch["key"]      # list[str] of B sample keys
+        batch["image"]    # only with with_images=True: [B, 3, H, W] float32 in [0, 1], the source
+                          #   image resized and center-cropped exactly as for fitting (H, W = the
+                          #   splats' size); needs shards converted with --keep-image
+This dict is the contract with the training code; keep it stable.
+
+Splitting: shards are dealt to (DDP rank, DataLoader worker) slots round-robin (rank and world
+size from torch.distributed when initialized, else $RANK / $WORLD_SIZE), so every sample is read
+once per epoch over the whole job. With shuffle, the shard order is permuted per epoch with the
+same seed on every rank (call `set_epoch(e)` or pass epoch=), and samples go through a shuffle
+buffer of `buffer` samples. For DDP, give every rank the same number of shards of equal size
+(convert's shards are) or use drop_last, so ranks see equal batch counts.
+
+A sample that does not decode is skipped with a warning (on_error="raise" to stop instead);
+so is the rest of a truncated shard.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tarfile
+import warnings
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..splats.format import FormatError, decode
+from ..splats.types import Splats
+from .images import ImageLoadError, load_image
+from .shards import read_samples
+from .sources import IMAGE_EXTS, expand_urls
+
+__all__ = ["SplatShards", "collate_splats", "splat_loader"]
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class SplatShards(IterableDataset):
+    """Samples {"splats": Splats (one image), "text", "key"[, "image"]} from splat tar shards."""
+
+    def __init__(self, urls, shuffle: bool = False, buffer: int = 1000, with_images: bool = False,
+                 seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
+                 on_error: str = "warn"):
+        self.urls = expand_urls(urls)
+        if not self.urls:
+            raise FileNotFoundError(f"{urls}: no splat shards (.tar) found")
+        missing = [u for u in self.urls if not os.path.isfile(u)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: no such splat shard")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.shuffle, self.buffer, self.with_images = shuffle, max(1, buffer), with_images
+        self.seed, self.epoch, self.on_error = seed, epoch, on_error
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def my_shards(self) -> list[str]:
+        rank, world = _dist_rank_world()
+        rank = rank if self.rank is None else self.rank
+        world = world if self.world_size is None else self.world_size
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = list(self.urls)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        slots = world * nw
+        if len(order) < slots and self.epoch == 0 and wid == 0:
+            warnings.warn(f"{len(order)} shards for {slots} rank x worker slots: some will read nothing")
+        return order[rank * nw + wid:: slots]
+
+    def _problem(self, msg: str) -> None:
+        if self.on_error == "raise":
+            raise FormatError(msg)
+        warnings.warn(msg)
+
+    def _decode(self, raw: dict) -> dict | None:
+        where = f"{raw['__shard__']}:{raw['__key__']}"
+        if "gsv" not in raw:
+            self._problem(f"{where}: sample has no .gsv member")
+            return None
+        try:
+            splats = decode(raw["gsv"], name=where)
+        except FormatError as e:
+            self._problem(str(e))
+            return None
+        item = {"splats": splats, "text": raw.get("txt", b"").decode("utf-8", errors="replace"),
+                "key": raw["__key__"]}
+        if self.with_images:
+            ext = next((e for e in IMAGE_EXTS if e in raw), None)
+            if ext is None:
+                raise FileNotFoundError(f"{where}: no source image in the shard; convert with --keep-image "
+                                        f"to train with images")
+            if splats.height != splats.width:
+                raise ValueError(f"{where}: with_images needs square splats, got {splats.height}x{splats.width}")
+            try:  # the source image as the fitter saw it: shorter side to the splats' size, center crop
+                item["image"] = load_image(raw[ext], size=splats.height, name=where)
+            except ImageLoadError as e:
+                self._problem(str(e))
+                return None
+        return item
+
+    def _samples(self) -> Iterator[dict]:
+        for url in self.my_shards():
+            try:
+                for raw in read_samples(url):
+                    item = self._decode(raw)
+                    if item is not None:
+                        yield item
+            except (tarfile.TarError, OSError, EOFError) as e:
+                self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.shuffle:
+            yield from self._samples()
+            return
+        info = get_worker_info()
+        rank, _ = _dist_rank_world()
+        rng = random.Random(hash((self.seed, self.epoch, rank, info.id if info else 0)))
+        buf: list[dict] = []
+        for item in self._samples():
+            if len(buf) < self.buffer:
+                buf.append(item)
+                continue
+            j = rng.randrange(len(buf))
+            buf[j], item = item, buf[j]
+            yield item
+        rng.shuffle(buf)
+        yield from buf
+
+
+def collate_splats(items: list[dict]) -> dict:
+    """List of samples -> the batch dict described in the module docstring."""
+    batch = {"splats": Splats.stack([it["splats"] for it in items]),
+             "text": [it["text"] for it in items], "key": [it["key"] for it in items]}
+    if "image" in items[0]:
+        batch["image"] = torch.stack([it["image"] for it in items])
+    return batch
+
+
+def splat_loader(urls, batch_size: int, shuffle: bool = False, with_images: bool = False, num_workers: int = 0,
+                 drop_last: bool = False, buffer: int = 1000, seed: int = 0, epoch: int = 0,
+                 rank: int | None = None, world_size: int | None = None, on_error: str = "warn",
+                 **loader_kw) -> DataLoader:
+    """A DataLoader of batch dicts over splat shards (a folder, brace pattern, glob or list)."""
+    ds = SplatShards(urls, shuffle=shuffle, buffer=buffer, with_images=with_images, seed=seed, epoch=epoch,
+                     rank=rank, world_size=world_size, on_error=on_error)
+    if num_workers > 0:
+        loader_kw.setdefault("persistent_workers", False)
+    return DataLoader(ds, batch_size=batch_size, collate_fn=collate_splats, num_workers=num_workers,
+                      drop_last=drop_last, **loader_kw)
