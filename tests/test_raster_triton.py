@@ -101,6 +101,16 @@ def test_interpreter_parity_several_blocks_per_tile(interp):
 
 
 @needs_triton
+def test_interpreter_parity_other_launch_shapes(interp, monkeypatch):
+    # the launch shapes are documented tunables: a different tile and block must give the same image
+    monkeypatch.setattr(gpu_triton, "TILE", 8)
+    monkeypatch.setattr(gpu_triton, "BLOCK_N", 4)
+    monkeypatch.setattr(gpu_triton, "BLOCK_N_BWD", 8)
+    name, s = CASES[3]  # Gaussians on 16-px tile borders are on 8-px borders too
+    _parity(s, name + "_tile8", RTOL_INTERP, ATOL_INTERP)
+
+
+@needs_triton
 def test_interpreter_float64_input_keeps_dtype(interp):
     name, s = CASES[2]
     s64 = Splats(s.means.double(), s.chol.double(), s.colors.double(), s.height, s.width, s.counts)

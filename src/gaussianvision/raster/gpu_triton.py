@@ -30,10 +30,15 @@ from .reference import CUTOFF_Q
 
 __all__ = ["render_triton", "probe", "interpret_enabled", "TILE", "BLOCK_N"]
 
-TILE = 16  # tile side in pixels (TILE x TILE pixels per program)
-BLOCK_N = 32  # Gaussians per inner step of the forward kernel
-BLOCK_N_BWD = 16  # backward keeps ~8 live [BLOCK_N, TILE*TILE] arrays: smaller to limit registers
-_NUM_WARPS = 4
+# Launch shapes. Untuned (no GPU here): a program holds [BLOCK_N, TILE*TILE] float32 arrays in
+# registers, so BLOCK_N * TILE^2 / (32 * num_warps) values per array per thread; the backward keeps
+# about twice as many arrays alive as the forward, hence more warps. Module attributes, so a user
+# with a GPU can tune them (docs/gpu.md) without editing the kernels.
+TILE = 16  # tile side in pixels (TILE x TILE pixels per program); a power of two
+BLOCK_N = 16  # Gaussians per inner step of the forward kernel
+BLOCK_N_BWD = 16
+NUM_WARPS = 4
+NUM_WARPS_BWD = 8
 # the 3-sigma box is widened by this much so that float rounding in q can never make the
 # box cull a pair that the kernel's own (exact) cut would keep
 _BOX_REL, _BOX_ABS = 1e-4, 1e-3
@@ -97,14 +102,15 @@ def _kernel(name: str, device: torch.device):
     return _variants[key]
 
 
-def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w: int):
+def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w: int, tile: int | None = None):
     """Sort (image, tile, Gaussian) overlaps by (image, tile).
 
     means [B, N, 2], chol [B, N, 3] float32, valid [B, N] bool. Returns (ids [P] int64 flat
     Gaussian indices b*N + n, offsets [B*T + 1] int64, tiles_x, tiles_per_image).
     """
+    tile = TILE if tile is None else int(tile)
     b, n = valid.shape
-    ntx, nty = -(-w // TILE), -(-h // TILE)
+    ntx, nty = -(-w // tile), -(-h // tile)
     t = ntx * nty
     dev = means.device
     # the q <= 9 ellipse of Sigma = L L^T spans |dx| <= 3*sqrt(S_xx), |dy| <= 3*sqrt(S_yy)
@@ -121,10 +127,10 @@ def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w
     i0 = torch.ceil(my - ry - 0.5).clamp(0, h)
     i1 = torch.floor(my + ry - 0.5).clamp(-1, h - 1)
     hit = valid & (j0 <= j1) & (i0 <= i1)  # NaN parameters compare False: never binned
-    tx0 = torch.where(hit, j0, 0).long() // TILE
-    tx1 = torch.where(hit, j1, 0).long() // TILE
-    ty0 = torch.where(hit, i0, 0).long() // TILE
-    ty1 = torch.where(hit, i1, 0).long() // TILE
+    tx0 = torch.where(hit, j0, 0).long() // tile
+    tx1 = torch.where(hit, j1, 0).long() // tile
+    ty0 = torch.where(hit, i0, 0).long() // tile
+    ty1 = torch.where(hit, i1, 0).long() // tile
     wx = tx1 - tx0 + 1
     per = torch.where(hit, wx * (ty1 - ty0 + 1), 0).reshape(-1)  # tiles touched per Gaussian
     total = int(per.sum())  # one host sync: the pair list's length
@@ -153,26 +159,27 @@ class _RenderTriton(torch.autograd.Function):
         col = colors.detach().to(torch.float32).contiguous()
         bsz = m.shape[0]
         out = torch.zeros(bsz, 3, h, w, dtype=torch.float32, device=m.device)
-        ids, offsets, ntx, t = _bin(m, c, valid, h, w)
+        tile = int(TILE)  # read once: backward must walk the same bins
+        ids, offsets, ntx, t = _bin(m, c, valid, h, w, tile)
         if bsz > 0 and ids.numel() > 0:
             kern = _kernel("splat_fwd_kernel", m.device)
             kern[(t, bsz)](m, c, col, ids, offsets, out, h, w, ntx, t,
-                           CUTOFF_Q=CUTOFF_Q, TILE_H=TILE, TILE_W=TILE, BLOCK_N=BLOCK_N, num_warps=_NUM_WARPS)
+                           CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
         ctx.save_for_backward(m, c, col, ids, offsets)
-        ctx.meta = (h, w, ntx, t, means.dtype, chol.dtype, colors.dtype)
+        ctx.meta = (h, w, ntx, t, tile, means.dtype, chol.dtype, colors.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         m, c, col, ids, offsets = ctx.saved_tensors
-        h, w, ntx, t, dm, dc, dcol = ctx.meta
+        h, w, ntx, t, tile, dm, dc, dcol = ctx.meta
         gm, gc, gcol = torch.zeros_like(m), torch.zeros_like(c), torch.zeros_like(col)
         if ids.numel() > 0:
             g = grad_out.to(torch.float32).contiguous()
             kern = _kernel("splat_bwd_kernel", m.device)
             kern[(t, m.shape[0])](m, c, col, ids, offsets, g, gm, gc, gcol, h, w, ntx, t,
-                                  CUTOFF_Q=CUTOFF_Q, TILE_H=TILE, TILE_W=TILE, BLOCK_N=BLOCK_N_BWD,
-                                  num_warps=_NUM_WARPS)
+                                  CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N_BWD,
+                                  num_warps=NUM_WARPS_BWD)
         return gm.to(dm), gc.to(dc), gcol.to(dcol), None, None, None
 
 
