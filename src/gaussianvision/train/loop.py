@@ -130,6 +130,11 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
     if per_epoch == 0:
         raise ValueError(f"the data holds less than one optimizer step ({cfg.accum} x batch {cfg.batch_size})")
 
+    if info.enabled:  # every rank starts from rank 0's weights, whatever its own initialization
+        import torch.distributed as dist
+        with torch.no_grad():
+            for p in params:
+                dist.broadcast(p.data, src=0)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   eps=cfg.eps)
     ac, amp_dtype = _autocast(device, cfg.precision)

@@ -1,0 +1,139 @@
+"""`gsv train`: stage 1 (distill the GS encoder onto the frozen RGB teacher), stage 2 (CLIP loss
+against captions) or `--stage rgb` (a plain CLIP trained from scratch, e.g. the demo's teacher).
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m gaussianvision.cli.main train ...`.
+"""
+from __future__ import annotations
+
+import math
+
+from .common import CliError, emit, parser, run
+
+
+def build_parser():
+    p = parser("train", "Train the GS encoder: --stage 1 (align to the RGB teacher), 2 (CLIP loss), "
+                        "or rgb (plain CLIP from scratch).")
+    p.add_argument("--stage", required=True, choices=["1", "2", "rgb"])
+    p.add_argument("--data", required=True, action="append",
+                   help="tar shards: folder, brace pattern (a-{000..009}.tar), glob; repeatable. Stages 1/2: "
+                        "splat shards from `gsv convert` (stage 1 needs the source images kept in them); "
+                        "rgb: image-text shards (img2dataset layout)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints/, log.jsonl, exports)")
+    p.add_argument("--model-config", default=None, help="GS config: gs-196 (default), gs-98, gs-tiny or a JSON path")
+    p.add_argument("--base", default=None, help="OpenCLIP architecture (default: the config's; rgb: gsv-tiny)")
+    p.add_argument("--pretrained", default=None, help="OpenCLIP pretrained tag or local checkpoint file of the base")
+    p.add_argument("--init-from", default=None, help="stage 2: the stage-1 output folder or checkpoint directory")
+    p.add_argument("--unfreeze", action="append", default=[],
+                   help="stage 2: also train parameters with this name prefix (e.g. base.ln_final); repeatable")
+    p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
+    p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    g.add_argument("--epochs", type=float, default=None, help="passes over the data (counted once at start)")
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches per step")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument("--precision", default="amp", choices=["amp", "fp32"], help="amp: mixed precision on CUDA "
+                   "(bf16 where supported, else fp16 with loss scaling); CPU always runs fp32")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-memory", action="store_true",
+                   help="decode all samples into memory: exact epochs and a global order shared by all ranks "
+                        "(small data: tests, the demo)")
+    p.add_argument("--shuffle-buffer", type=int, default=1000, help="samples mixed across shards")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps in this run")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _count_samples(urls) -> int:
+    import tarfile
+    n = 0
+    for u in urls:
+        keys = set()
+        with tarfile.open(u, "r|*") as tf:
+            for m in tf:
+                if m.isfile():
+                    base = m.name.rpartition("/")[2]
+                    keys.add(m.name.rpartition("/")[0] + "/" + base.partition(".")[0])
+        n += len(keys)
+    return n
+
+
+def _run(args) -> int:
+    from gaussianvision.train.checkpoint import CheckpointError
+    from gaussianvision.train.data import DataError, build_source
+    from gaussianvision.train.distributed import cleanup, init_distributed
+    from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
+    from gaussianvision.train.setup import build_task
+    if args.steps is None and args.epochs is None:
+        raise CliError("give --steps N or --epochs E")
+    if args.stage != "2" and (args.init_from or args.unfreeze):
+        raise CliError("--init-from and --unfreeze apply to --stage 2")
+    info = init_distributed(args.device)
+    try:
+        need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
+        try:
+            task = build_task(args.stage, base=args.base, pretrained=args.pretrained, model_config=args.model_config,
+                              init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
+                              token_weight=args.token_weight, info=info, seed=args.seed)
+        except (ValueError, CheckpointError) as e:
+            raise CliError(str(e)) from None
+        image_size = None
+        if "image" in need:
+            visual = getattr(task.model, "base", task.model).visual
+            image_size = int(visual.image_size[0]) if args.stage == "rgb" else None
+        try:
+            source = build_source(args.data, need, args.batch_size, seed=args.seed, rank=info.rank,
+                                  world_size=info.world_size, image_size=image_size, buffer=args.shuffle_buffer)
+        except (DataError, ValueError) as e:
+            raise CliError(str(e)) from None
+        steps = args.steps
+        if args.in_memory:
+            from gaussianvision.train.data import build_memory_source
+            samples = [x for u in source.shards for x in source.read_shard(u)]
+            try:
+                source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
+                                             world_size=info.world_size)
+            except ValueError as e:
+                raise CliError(f"--data: {e}") from None
+            if args.epochs is not None:
+                steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
+        elif args.epochs is not None:
+            n = _count_samples(source.shards)
+            steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
+        cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                          warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,
+                          grad_clip=args.grad_clip or None, precision=args.precision, seed=args.seed,
+                          log_every=args.log_every, save_every=args.save_every, keep=args.keep, resume=args.resume,
+                          stop_after=args.stop_after, tensorboard=args.tensorboard,
+                          progress=not args.no_progress and not args.json,
+                          extra={"data": args.data, "stage": args.stage})
+        try:
+            summary = train(task, source, cfg, info)
+        except (TrainingDiverged, CheckpointError, DataError) as e:
+            raise CliError(str(e)) from None
+        if info.is_main:
+            summary = {"stage": args.stage, "out": args.out, "world_size": info.world_size, **summary}
+            losses = summary.pop("losses")
+            summary["first_loss"] = losses[0] if losses else None
+            emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
+                                           f"loss {summary['first_loss']} -> {summary['final_loss']}; "
+                                           f"checkpoint {summary['checkpoint']}")
+        return 0
+    finally:
+        cleanup(info)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run("train", _run, args)

@@ -1,0 +1,90 @@
+"""Build the model and task of a training stage from plain settings (used by `gsv train`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_trainable
+from .stages import RGBClipTask, Stage1Task, Stage2Task, freeze_for_stage
+
+__all__ = ["build_task", "STAGES", "GS_EXPORT"]
+
+STAGES = ("1", "2", "rgb")
+GS_EXPORT = "gsclip.safetensors"
+
+
+class _GSExport:
+    """At the end of a GS stage, also write models' trainable checkpoint (create_gsclip_from_checkpoint)."""
+
+    def export(self, out_dir):
+        from gaussianvision.models import save_trainable
+        model = self.model
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        model.lock_frozen()  # the model's default trainable set is what its checkpoint format holds
+        default = {n for n, p in model.named_parameters() if p.requires_grad}
+        if trained - default:
+            print(f"gsv train: note: {len(trained - default)} unfrozen base parameter(s) are in the training "
+                  f"checkpoint (evaluate with gs:{out_dir}) but not in {GS_EXPORT}")
+        save_trainable(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage})
+
+
+class GSStage1(_GSExport, Stage1Task):
+    pass
+
+
+class GSStage2(_GSExport, Stage2Task):
+    pass
+
+
+def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
+               init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
+               info=None, seed: int = 0, precision: str = "fp32"):
+    """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
+    stage = str(stage)
+    if stage not in STAGES:
+        raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    device = getattr(info, "device", torch.device("cpu"))
+    torch.manual_seed(seed)
+    if stage == "rgb":
+        import open_clip
+        from gaussianvision.models import register_open_clip_configs
+        register_open_clip_configs()
+        base = base or "gsv-tiny"
+        if open_clip.get_model_config(base) is None:
+            raise ValueError(f"--base {base!r}: unknown OpenCLIP architecture")
+        if pretrained and not os.path.isfile(pretrained) and not open_clip.get_pretrained_cfg(base, pretrained):
+            raise ValueError(f"--pretrained {pretrained!r}: neither a file nor a pretrained tag of {base}")
+        model = open_clip.create_model(base, pretrained=pretrained or None)
+        model.to(device).train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if unfreeze:
+            raise ValueError("--unfreeze applies to stage 2 (everything trains in stage rgb)")
+        tok = open_clip.get_tokenizer(base)
+        return RGBClipTask(model, tok, info, meta={"base": base, "pretrained": pretrained})
+
+    from gaussianvision.models import create_gsclip
+    init_state = init_weights = None
+    if init_from:
+        init_state, init_weights, _ = load_checkpoint(init_from)
+        t = init_state.get("task", {})
+        if t.get("stage") not in ("1", "2"):
+            raise CheckpointError(f"--init-from {init_from}: not a GS training checkpoint (stage {t.get('stage')!r})")
+        model_config = model_config or t.get("model_config")
+        base = base or t.get("base")
+        pretrained = pretrained if pretrained is not None else t.get("pretrained")
+    model = create_gsclip(base, pretrained, model_config or "gs-196")
+    if init_weights is not None:
+        # stage-1 weights: the GS tower (names match); anything else the checkpoint holds must fit too
+        load_trainable(model, init_weights, strict=True)
+    model.to(device)
+    model.train()
+    names = freeze_for_stage(model, stage, list(unfreeze or ()))
+    meta = {"base": model.base_name, "pretrained": model.pretrained, "model_config": model.gs_config,
+            "init_from": str(init_from) if init_from else None, "unfreeze": list(unfreeze or ()),
+            "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+    if stage == "1":
+        return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight})
+    return GSStage2(model, model.tokenizer(), info, meta=meta)

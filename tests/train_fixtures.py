@@ -1,0 +1,58 @@
+"""Tiny training data for the train/eval tests: splat shards with source images and captions."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sample_image(i: int, size: int = 64) -> tuple[np.ndarray, str]:
+    name = list(COLORS)[i % len(COLORS)]
+    rng = np.random.default_rng(i)
+    arr = np.empty((size, size, 3), np.uint8)
+    arr[:] = COLORS[name]
+    arr = np.clip(arr.astype(int) + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+    return arr, name
+
+
+def random_splats_for(i: int, size: int = 64, n: int = 12):
+    from gaussianvision.splats import Splats
+    g = torch.Generator().manual_seed(1000 + i)
+    means = torch.rand(1, n, 2, generator=g) * size
+    chol = torch.stack([2 + 4 * torch.rand(1, n, generator=g), torch.rand(1, n, generator=g) - 0.5,
+                        2 + 4 * torch.rand(1, n, generator=g)], -1)
+    colors = torch.rand(1, n, 3, generator=g)
+    return Splats(means, chol, colors, size, size)
+
+
+def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size: int = 64) -> list[str]:
+    """Shards like `gsv convert` writes: key.gsv, key.png (source image), key.txt."""
+    from gaussianvision.data.shards import ShardWriter
+    from gaussianvision.splats import encode
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range((n_samples + per_shard - 1) // per_shard):
+        path = root / f"shard-{s:04d}.tar"
+        with ShardWriter(path) as w:
+            for i in range(s * per_shard, min(n_samples, (s + 1) * per_shard)):
+                arr, name = sample_image(i, size)
+                w.write(f"{i:06d}", {"gsv": encode(random_splats_for(i, size)), "png": png_bytes(arr),
+                                     "txt": f"a photo of something {name}".encode()})
+        paths.append(str(path))
+    return paths
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
