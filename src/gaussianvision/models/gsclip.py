@@ -233,8 +233,16 @@ def create_gsclip(base: str | None = None, pretrained: str | os.PathLike | None 
     base_name = base or cfg["base"]
     model = create_base(base_name, pretrained, device, precision, cache_dir)
     gs = GSCLIP(model, cfg, base_name=base_name, pretrained=None if pretrained is None else str(pretrained))
-    gs.visual.to(dtype=_tower_dtype(precision))
+    _cast_tower(gs.visual, _tower_dtype(precision))
     return gs
+
+
+def _cast_tower(tower: nn.Module, dtype: torch.dtype) -> None:
+    from open_clip.transformer import LayerNormFp32
+    tower.to(dtype=dtype)
+    for m in tower.modules():
+        if isinstance(m, LayerNormFp32):  # open_clip's fp32-only norm (copied from a "bf16" base)
+            m.float()
 
 
 def create_rgb_clip(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = None,

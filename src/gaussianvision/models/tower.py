@@ -124,6 +124,7 @@ class GSVisionTower(nn.Module):
 
     def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone output [B, 1 + Q, width] -> (embedding [B, D], tokens [B, Q, width])."""
+        x = x.to(self.proj.dtype)  # the base may run its blocks in another dtype (open_clip "bf16")
         if self.final_ln_after_pool:
             pooled, tokens = self._pool(x)
             pooled = self.ln_post(pooled)
