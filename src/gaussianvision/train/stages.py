@@ -108,7 +108,7 @@ class RGBClipTask(_Base):
         img = self.model.encode_image(x, normalize=True)
         txt = self.model.encode_text(tokens, normalize=True)
         loss = self.clip_loss(img, txt, self.model.logit_scale.exp())
-        return loss, {"logit_scale": float(self.model.logit_scale.exp())}
+        return loss, {"logit_scale": float(self.model.logit_scale.detach().exp())}
 
     def export(self, out_dir):
         from safetensors.torch import save_file
@@ -170,4 +170,4 @@ class Stage2Task(_Base):
         scale = self.model.logit_scale.exp()
         bias = getattr(self.model, "logit_bias", None)
         loss = self.clip_loss(img, txt, scale, bias) if bias is not None else self.clip_loss(img, txt, scale)
-        return loss, {"logit_scale": float(scale)}
+        return loss, {"logit_scale": float(scale.detach())}

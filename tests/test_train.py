@@ -1,0 +1,212 @@
+"""Training: schedule and losses, stage 1 / 2 / rgb smoke runs, frozen parts, exact resume, NaN stop."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import read_log, write_splat_shards  # noqa: E402
+
+pytest.importorskip("open_clip")
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_splat_shards(root, n_samples=16, per_shard=8)
+    return str(root)
+
+
+def _gsv_train(argv):
+    from gaussianvision.cli.train import main
+    return main(argv + ["--no-progress"])
+
+
+# ------------------------------------------------------------------ pieces
+def test_cosine_schedule():
+    from gaussianvision.train.schedule import cosine_lr
+    lrs = [cosine_lr(s, 1.0, warmup=4, total=12) for s in range(13)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and lrs[8] == pytest.approx(0.5) and lrs[12] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert cosine_lr(100, 1.0, warmup=0, total=10, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_distill_losses():
+    from gaussianvision.train.losses import distill_loss, token_distill_loss
+    a = torch.randn(5, 8)
+    assert float(distill_loss(a, 3 * a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(a, -a)) == pytest.approx(2.0, abs=1e-6)
+    b = torch.randn(5, 8)
+    cos = torch.nn.functional.cosine_similarity(a, b).mean()
+    assert float(distill_loss(a, b, "mse")) == pytest.approx(float(2 - 2 * cos), abs=1e-5)
+    assert float(token_distill_loss(a[None], a[None] * 2)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="token counts"):
+        token_distill_loss(torch.randn(2, 3, 8), torch.randn(2, 4, 8))
+    with pytest.raises(ValueError, match="kind"):
+        distill_loss(a, b, "l1")
+
+
+def test_freeze_rules():
+    from gaussianvision.train.stages import is_text_param
+    assert is_text_param("base.transformer.resblocks.0.attn.in_proj_weight")
+    assert is_text_param("base.token_embedding.weight") and is_text_param("text_projection")
+    assert not is_text_param("base.visual.transformer.resblocks.0.attn.in_proj_weight")
+    assert not is_text_param("visual.resampler.latents")
+
+
+# ------------------------------------------------------------------ stages through the CLI
+def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
+    from safetensors.torch import load_file
+    o1, o2 = tmp_path / "s1", tmp_path / "s2"
+    rc = _gsv_train(["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(o1), "--steps", "3",
+                     "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["steps"] == 3 and math.isfinite(res["final_loss"])
+    log = read_log(o1)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all({"loss", "lr", "samples_per_s", "cos"} <= set(r) for r in log)
+    ck = o1 / "checkpoints" / "step-00000003"
+    w1 = load_file(str(ck / "weights.safetensors"))
+    assert w1 and all(n.startswith("visual.") for n in w1)  # trainable parts only: no frozen base tensors
+    state = json.loads((ck / "state.json").read_text())
+    assert state["step"] == 3 and state["data_positions"] == [[0, 3]] and "torch" in state["rng"][0]
+    assert (ck / "optimizer.pt").is_file()
+
+    rc = _gsv_train(["--stage", "2", "--data", shards, "--init-from", str(o1), "--out", str(o2), "--steps", "2",
+                     "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    log2 = read_log(o2)
+    assert len(log2) == 2 and all(math.isfinite(r["loss"]) and "logit_scale" in r for r in log2)
+    # stage 2 starts from stage 1's weights
+    from gaussianvision.train.setup import build_task
+    task = build_task("2", init_from=str(o1))
+    params = dict(task.model.named_parameters())
+    assert all(torch.equal(params[n], t) for n, t in w1.items())
+    # the exported trainable checkpoint is what models' loader reads
+    from gaussianvision.models import create_gsclip_from_checkpoint
+    m = create_gsclip_from_checkpoint(o2 / "gsclip.safetensors")
+    w2 = load_file(str(o2 / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    mp = dict(m.named_parameters())
+    assert all(torch.equal(mp[n], t) for n, t in w2.items())
+    assert not all(torch.equal(w1[n], w2[n]) for n in w1)  # stage 2 trained them
+
+
+def test_stage2_needs_text_and_stage1_needs_images(tmp_path, capsys):
+    from gaussianvision.train.stages import Stage1Task
+    with pytest.raises(ValueError, match="image"):
+        Stage1Task(torch.nn.Linear(1, 1)).loss({"splats": None})
+    rc = _gsv_train(["--stage", "1", "--data", str(tmp_path / "nothing"), "--model-config", "gs-tiny",
+                     "--out", str(tmp_path / "o"), "--steps", "1"])
+    assert rc == 2 and "shard not found" in capsys.readouterr().err
+
+
+def test_frozen_parts_bit_identical_and_unfreeze(shards):
+    from gaussianvision.train.data import build_source
+    from gaussianvision.train.loop import TrainConfig, train
+    from gaussianvision.train.setup import build_task
+    import tempfile
+    task = build_task("2", model_config="gs-tiny", unfreeze=["base.ln_final"])
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("base.ln_final") for n in trainable)
+    assert all(n.startswith(("visual.", "base.ln_final")) for n in trainable)
+    src = build_source(shards, ("splats", "text"), 4, buffer=4)
+    with tempfile.TemporaryDirectory() as out:
+        train(task, src, TrainConfig(out=out, steps=2, batch_size=4, lr=1e-2, progress=False))
+    after = dict(task.model.named_parameters())
+    frozen = [n for n in before if n not in trainable]
+    assert len(frozen) > 20
+    for n in frozen:
+        assert torch.equal(before[n], after[n]), f"frozen {n} changed"
+    assert not torch.equal(before["base.ln_final.weight"], after["base.ln_final.weight"])
+    assert sum(not torch.equal(before[n], after[n]) for n in trainable) >= len(trainable) // 2
+
+
+def test_exact_resume(shards, tmp_path):
+    from safetensors.torch import load_file
+    common = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "5", "--batch-size", "2",
+              "--accum", "2", "--warmup", "2", "--lr", "3e-3", "--shuffle-buffer", "3", "--log-every", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _gsv_train(common + ["--out", str(a)]) == 0
+    assert _gsv_train(common + ["--out", str(b), "--stop-after", "2"]) == 0
+    assert [r["step"] for r in read_log(b)] == [1, 2]
+    assert not (b / "gsclip.safetensors").exists()  # unfinished: no final export yet
+    assert _gsv_train(common + ["--out", str(b), "--resume"]) == 0
+    la, lb = read_log(a), read_log(b)
+    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
+    # 5 steps x 2 micro-batches x 2 = 20 samples > 16: the run also crosses an epoch boundary
+    assert la[-1]["epoch"] == 1
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert [r["lr"] for r in la] == [r["lr"] for r in lb]
+    wa = load_file(str(a / "checkpoints" / "step-00000005" / "weights.safetensors"))
+    wb = load_file(str(b / "checkpoints" / "step-00000005" / "weights.safetensors"))
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_resume_refuses_changed_settings(shards, tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "2", "--out", str(out)]
+    assert _gsv_train(base + ["--batch-size", "4", "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert _gsv_train(base + ["--batch-size", "2", "--resume"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+class _ExplodingTask:
+    """A linear regression whose loss turns NaN at a chosen step."""
+
+    def __init__(self, nan_at):
+        self.model = torch.nn.Linear(3, 1)
+        self.calls, self.nan_at = 0, nan_at
+
+    def describe(self):
+        return {"stage": "test"}
+
+    def loss(self, batch):
+        self.calls += 1
+        loss = ((self.model(batch["x"]) - batch["y"]) ** 2).mean()
+        return (loss * float("nan") if self.calls == self.nan_at else loss), {}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    from gaussianvision.train.checkpoint import latest_checkpoint, load_checkpoint
+    from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
+    from gaussianvision.train.sources import IndexedSource
+    data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
+    src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
+    task = _ExplodingTask(nan_at=5)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 4.*step-00000004"):
+        train(task, src, TrainConfig(out=str(tmp_path), steps=10, batch_size=2, save_every=2, progress=False))
+    d = latest_checkpoint(tmp_path)
+    assert d.name == "step-00000004"
+    state, weights, _ = load_checkpoint(tmp_path)
+    assert state["step"] == 4 and all(torch.isfinite(t).all() for t in weights.values())
+    assert all(torch.isfinite(p).all() for p in task.model.parameters())  # the NaN step never applied
+
+
+def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys):
+    import open_clip
+    from gaussianvision.train.stages import OPEN_CLIP_EXPORT
+    root = tmp_path / "img"
+    write_splat_shards(root, n_samples=8, per_shard=8)  # image + caption members serve the RGB trainer
+    out = tmp_path / "rgb"
+    rc = _gsv_train(["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
+                     "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["steps"] == 2  # 8 samples / batch 4 = one epoch
+    m = open_clip.create_model("gsv-tiny", pretrained=str(out / OPEN_CLIP_EXPORT))
+    from safetensors.torch import load_file
+    w = load_file(str(out / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    sd = m.state_dict()
+    assert len(w) == len([n for n, p in m.named_parameters()])  # everything trained
+    assert all(torch.equal(sd[n], t) for n, t in w.items())
