@@ -106,13 +106,13 @@ def load_trainable(model, path: str | os.PathLike, strict_config: bool = True) -
         raise CheckpointError(
             f"checkpoint {path}: parameter names differ (missing {missing[:5]}, unexpected {extra[:5]})"
         )
+    tensors = {n: f.get_tensor(n) for n in sorted(names)}
+    for n, t in tensors.items():  # check everything before touching the model
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise CheckpointError(f"checkpoint {path}: {n} has shape {list(t.shape)}, model {list(params[n].shape)}")
     with torch.no_grad():
-        for n in sorted(names):
-            t = f.get_tensor(n)
-            p = params[n]
-            if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"checkpoint {path}: {n} has shape {list(t.shape)}, model {list(p.shape)}")
-            p.copy_(t.to(device=p.device, dtype=p.dtype))
+        for n, t in tensors.items():
+            params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
     return {k: v for k, v in meta.items() if not k.startswith("gsv.")}
 
 

@@ -1,0 +1,76 @@
+"""Trainable-only checkpoints: exact round trip, config in metadata, clear mismatch errors."""
+import json
+
+import pytest
+import torch
+
+from conftest import random_splats
+from gaussianvision.models import (CheckpointError, create_gsclip, create_gsclip_from_checkpoint,
+                                   load_trainable, read_checkpoint_config, save_trainable)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    m = create_gsclip(config="gs-tiny")
+    with torch.no_grad():  # move every trainable tensor away from its initialization
+        for _, p in m.trainable_named_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_round_trip_outputs_equal(trained, tmp_path):
+    from safetensors import safe_open
+    path = save_trainable(trained, tmp_path / "ck" / "gs.safetensors", metadata={"step": 12})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["gs.safetensors"]  # no temp file left
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
+    assert names == {n for n, _ in trained.trainable_named_parameters()}
+    assert all(n.startswith("visual.") for n in names)
+
+    torch.manual_seed(123)
+    fresh = create_gsclip(config="gs-tiny")
+    fresh.base.load_state_dict(trained.base.state_dict())  # same frozen base, as a pretrained tag gives
+    s = random_splats(3, 50, 64, 64)
+    with torch.no_grad():
+        assert not torch.equal(fresh.encode_image(s), trained.encode_image(s))
+        extra = load_trainable(fresh, path)
+        assert torch.equal(fresh.encode_image(s), trained.encode_image(s))
+    assert extra == {"step": "12"}
+    info = read_checkpoint_config(path)
+    assert info["config"] == json.loads(json.dumps(trained.config)) and info["pretrained"] is None
+    assert info["config"]["gs"]["resampler"]["num_latents"] == 16
+
+
+def test_rebuild_from_checkpoint(trained, tmp_path):
+    path = save_trainable(trained, tmp_path / "gs.safetensors")
+    m = create_gsclip_from_checkpoint(path, pretrained=None)
+    assert m.config == trained.config
+    for (n, p), (_, q) in zip(m.trainable_named_parameters(), trained.trainable_named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_mismatched_config_is_a_clear_error(trained, tmp_path):
+    path = save_trainable(trained, tmp_path / "gs.safetensors")
+    other = create_gsclip(config={"base": "gsv-tiny", "stem": {"hidden": 64},
+                                  "resampler": {"num_latents": 8, "layers": 2}})
+    before = {n: p.clone() for n, p in other.trainable_named_parameters()}
+    with pytest.raises(CheckpointError, match=r"config does not match.*num_latents: checkpoint 16, model 8"):
+        load_trainable(other, path)
+    # and nothing was half-loaded
+    assert all(torch.equal(p, before[n]) for n, p in other.trainable_named_parameters())
+    # without the config check, the shapes still refuse
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_trainable(other, path, strict_config=False)
+
+
+def test_unreadable_checkpoints(tmp_path, trained):
+    from safetensors.torch import save_file
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_trainable(trained, tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_trainable(trained, tmp_path / "junk.safetensors")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="not a GS-CLIP trainable checkpoint"):
+        load_trainable(trained, tmp_path / "plain.safetensors")
