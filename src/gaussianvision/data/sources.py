@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -190,17 +191,24 @@ def _iter_tar(unit: Unit) -> Iterator[RawSample]:
                     group.setdefault("__errors__", []).append(
                         f"member {m.name} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
                     continue
+                if ext in group:
+                    group.setdefault("__errors__", []).append(f"member {m.name} appears twice")
+                    continue
                 f = tf.extractfile(m)
                 group[ext] = f.read() if f is not None else b""
+            end = tf.offset
     except (tarfile.TarError, OSError, EOFError) as e:
         if key is not None:
             group.setdefault("__errors__", []).append(f"tar shard ends inside this sample ({e})")
             yield _finish(group, key, shard)
-            key = None
         yield RawSample("", shard, error=f"tar shard is truncated or corrupt after {len(seen)} samples ({e})")
         return
     if key is not None:
         yield _finish(group, key, shard)
+    # tarfile ends quietly at a cut-off header; a complete tar has its 1024-byte end marker
+    if os.path.getsize(shard) < end + 1024:
+        yield RawSample("", shard, error=f"tar shard is truncated (no end-of-archive marker after "
+                                         f"{len(seen)} samples); samples after the cut are lost")
 
 
 def iter_unit(unit: Unit) -> Iterator[RawSample]:
