@@ -30,15 +30,16 @@ from .reference import CUTOFF_Q
 
 __all__ = ["render_triton", "probe", "interpret_enabled", "TILE", "BLOCK_N"]
 
-# Launch shapes. Untuned (no GPU here): a program holds [BLOCK_N, TILE*TILE] float32 arrays in
-# registers, so BLOCK_N * TILE^2 / (32 * num_warps) values per array per thread; the backward keeps
-# about twice as many arrays alive as the forward, hence more warps. Module attributes, so a user
-# with a GPU can tune them (docs/gpu.md) without editing the kernels.
+# Launch shapes, chosen from compiled register counts (sm_80 cubin via cuobjdump, no GPU here,
+# not timed): a program holds [BLOCK_N, TILE*TILE] float32 arrays, and BLOCK_N = 16 pushed the
+# forward to 188 registers a thread; with 8 both kernels use about 110-120 and spill nothing
+# (tests/test_raster_triton.py checks the no-spill part). Module attributes, so a user with a GPU
+# can tune them (docs/gpu.md) without editing the kernels.
 TILE = 16  # tile side in pixels (TILE x TILE pixels per program); a power of two
-BLOCK_N = 16  # Gaussians per inner step of the forward kernel
-BLOCK_N_BWD = 16
+BLOCK_N = 8  # Gaussians per inner step of the forward kernel
+BLOCK_N_BWD = 8
 NUM_WARPS = 4
-NUM_WARPS_BWD = 8
+NUM_WARPS_BWD = 4
 # the 3-sigma box is widened by this much so that float rounding in q can never make the
 # box cull a pair that the kernel's own (exact) cut would keep
 _BOX_REL, _BOX_ABS = 1e-4, 1e-3
