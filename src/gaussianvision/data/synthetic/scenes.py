@@ -211,7 +211,9 @@ def place_objects(rng: np.random.Generator, img_size: int, groups: list[dict],
     """
     s = float(img_size)
     margin = 1.0
-    gap = max(1.5, 0.04 * s)  # keeps blobs apart so each object is its own connected component
+    # More than 2*sqrt(2) px between outlines: no two pixels touched by different objects are
+    # neighbours, even diagonally, so each object is its own connected component.
+    gap = max(3.0, 0.05 * s)
     specs = []
     for gi, g in enumerate(groups):
         lo, hi = SIZES[g["size"]]

@@ -1,0 +1,230 @@
+"""The synthetic world's drawing, labels and captions, checked against the pixels.
+
+Labels are re-derived from the rendered images (colors at object centres, connected components,
+shape descriptors, blob centroids) rather than read back from the generator's metadata.
+"""
+import copy
+import re
+
+import numpy as np
+import pytest
+
+from gaussianvision.data.synthetic import (COLORS, DEFAULT_HOLDOUT, SHAPES, TASKS, render_scene,
+                                           sample_scene, task_sample, train_sample)
+
+ndi = pytest.importorskip("scipy.ndimage")
+
+# Written out here (not imported) so a wrong palette entry in the generator cannot hide.
+PALETTE = {"red": (215, 40, 40), "orange": (245, 140, 25), "yellow": (240, 220, 45),
+           "green": (45, 165, 65), "blue": (40, 85, 220), "purple": (145, 55, 195)}
+
+
+def _arr(img):
+    return np.asarray(img, dtype=np.int32)
+
+
+def _plain(scene, gray=0.5, scale=1):
+    """The same scene on a flat gray background, optionally drawn `scale` times larger."""
+    s = copy.deepcopy(scene)
+    s["background"] = {"kind": "plain", "colors": [[gray, gray, gray]]}
+    if scale != 1:
+        s["size"] *= scale
+        for o in s["objects"]:
+            o["x"] *= scale
+            o["y"] *= scale
+            o["radius"] *= scale
+    return s
+
+
+EIGHT = np.ones((3, 3), dtype=int)  # thin star tips touch their star only diagonally
+
+
+def _saturated(a, thresh=60):
+    # Backgrounds are near-gray; every palette color has a channel spread of 120 or more.
+    return (a.max(-1) - a.min(-1)) > thresh
+
+
+def test_palette_is_the_documented_one():
+    assert {k: tuple(v) for k, v in COLORS.items()} == PALETTE
+
+
+def test_render_is_a_pure_function_of_the_scene():
+    rng = np.random.default_rng(5)
+    scene = sample_scene(rng, 48)
+    a, b = _arr(render_scene(scene)), _arr(render_scene(copy.deepcopy(scene)))
+    assert a.shape == (48, 48, 3) and np.array_equal(a, b)
+
+
+def test_edges_are_antialiased():
+    _, scene = task_sample(0, "shape", 0, 64, 0)  # a circle
+    a = _arr(render_scene(_plain(scene)))
+    bg = np.array([128, 128, 128])
+    rgb = np.array(scene["objects"][0]["rgb"])
+    # Fraction of the way from background to object color, per pixel.
+    t = ((a - bg) @ (rgb - bg)) / float((rgb - bg) @ (rgb - bg))
+    partial = (t > 0.05) & (t < 0.95)
+    assert partial.sum() >= 8, "a supersampled circle edge has partially covered pixels"
+
+
+@pytest.mark.parametrize("i", range(30))
+def test_color_task_centre_pixel_has_the_class_color(i):
+    label = i % len(TASKS["color"].classes)
+    img, scene = task_sample(3, "color", i, 64, label)
+    o = scene["objects"][0]
+    px = _arr(img)[int(o["y"]), int(o["x"])]
+    nearest = min(PALETTE, key=lambda k: np.sum((np.array(PALETTE[k]) - px) ** 2))
+    assert nearest == TASKS["color"].classes[label]
+    assert np.abs(px - np.array(PALETTE[nearest])).max() <= 12  # jitter is +-10 levels
+
+
+def test_count_task_blobs_match_the_label():
+    for i in range(24):
+        label = i % 4
+        img, scene = task_sample(1, "count", i, 64, label)
+        # On its own textured background, count saturated blobs ...
+        _, n_tex = ndi.label(_saturated(_arr(img)), EIGHT)
+        # ... and on a plain one, every non-background blob.
+        a = _arr(render_scene(_plain(scene)))
+        _, n_plain = ndi.label(np.abs(a - 128).max(-1) > 20, EIGHT)
+        assert n_tex == n_plain == label + 1, (i, n_tex, n_plain, label)
+
+
+def test_train_scene_object_count_matches_components_and_groups():
+    for i in range(40):
+        _, _, scene = train_sample(2, "train", i, 64, DEFAULT_HOLDOUT)
+        a = _arr(render_scene(_plain(scene)))
+        _, n = ndi.label(np.abs(a - 128).max(-1) > 20, EIGHT)
+        assert n == len(scene["objects"]) == sum(g["count"] for g in scene["groups"])
+        assert 1 <= n <= 4
+
+
+def _shape_of(mask_weight):
+    """Classify a single blob from coverage weights: area over the circumscribed disc, and
+    solidity (area over convex hull area)."""
+    from scipy.spatial import ConvexHull
+    w = mask_weight
+    ys, xs = np.nonzero(w > 0.5)
+    area = w.sum()
+    cy, cx = (w * np.arange(w.shape[0])[:, None]).sum() / area, (w * np.arange(w.shape[1])).sum() / area
+    rmax = np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max() + 0.5
+    fill = area / (np.pi * rmax ** 2)
+    pts = np.stack([xs, ys], 1).astype(float)
+    corners = np.concatenate([pts + d for d in ([0, 0], [1, 0], [0, 1], [1, 1])])
+    hull = ConvexHull(corners).volume
+    solidity = (w > 0.5).sum() / hull
+    if solidity > 0.85:
+        return "circle" if fill > 0.8 else ("square" if fill > 0.5 else "triangle")
+    return "star" if fill < 0.56 else "cross"
+
+
+@pytest.mark.parametrize("label", range(5))
+def test_shape_task_drawn_shape_matches_the_label(label):
+    pytest.importorskip("scipy.spatial")
+    for i in range(4):
+        _, scene = task_sample(4, "shape", 10 * label + i, 64, label)
+        a = _arr(render_scene(_plain(scene, scale=3))).astype(float)
+        rgb = np.array(scene["objects"][0]["rgb"], dtype=float)
+        bg = np.full(3, 128.0)
+        w = np.clip(((a - bg) @ (rgb - bg)) / ((rgb - bg) @ (rgb - bg)), 0, 1)
+        assert _shape_of(w) == SHAPES[label], (label, i)
+
+
+def _centroid(a, color):
+    d = np.sqrt(((a - np.array(PALETTE[color])) ** 2).sum(-1))
+    ys, xs = np.nonzero(d < 40)
+    assert len(xs) > 3, f"no {color} blob"
+    return xs.mean(), ys.mean()
+
+
+def test_relation_task_positions_match_the_label():
+    t = TASKS["relation"]
+    for i in range(24):
+        label = i % 4
+        img, _ = task_sample(6, "relation", i, 64, label)
+        a = _arr(img)
+        (rx, ry), (bx, by) = _centroid(a, "red"), _centroid(a, "blue")
+        dx, dy = bx - rx, by - ry  # from the red circle to the blue square; y grows downward
+        if abs(dx) > abs(dy):
+            found = "left of" if dx > 0 else "right of"
+        else:
+            found = "above" if dy > 0 else "below"
+        assert f" {found} " in t.classes[label], (i, found, t.classes[label])
+
+
+# --------------------------------------------------------------------------------- captions
+
+SHAPE_RE = {"circle": r"(circle|disk)", "square": r"square", "triangle": r"triangle",
+            "star": r"star", "cross": r"(cross|plus sign)"}
+PLURAL = {"circle": r"(circles|disks)", "square": r"squares", "triangle": r"triangles",
+          "star": r"stars", "cross": r"(crosses|plus signs)"}
+COLOR_RE = {"red": "red", "orange": "orange", "yellow": "yellow", "green": "green", "blue": "blue",
+            "purple": "(purple|violet)"}
+SIZE_RE = {"small": "(small|little|tiny)", "large": "(large|big)"}
+COUNT_RE = {1: "(a|an|one)", 2: "(two|a pair of)", 3: "three", 4: "four"}
+REL_RE = {"left of": "left of", "right of": "right of", "above": "(above|over)",
+          "below": "(below|under|beneath)"}
+INV = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def _group_re(g):
+    noun = SHAPE_RE[g["shape"]] if g["count"] == 1 else PLURAL[g["shape"]]
+    c, s, n = COLOR_RE[g["color"]], SIZE_RE[g["size"]], COUNT_RE[g["count"]]
+    # "two small red triangles" or "two triangles, small and red"
+    return rf"\b{n} ({s} {c} {noun}|{noun}, {s} and {c})\b"
+
+
+def test_captions_mention_every_group_and_the_relation():
+    seen_forms = set()
+    for i in range(150):
+        _, cap, scene = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        groups = scene["groups"]
+        spans = []
+        for g in groups:
+            m = re.search(_group_re(g), cap)
+            assert m, (cap, g)
+            spans.append(m.span())
+        rel = scene["relation"]
+        if rel:
+            a, b = spans[rel["a"]], spans[rel["b"]]
+            first, second, r = (a, b, rel["rel"]) if a < b else (b, a, INV[rel["rel"]])
+            between = cap[first[1]:second[0]]
+            assert re.fullmatch(rf" (to the )?{REL_RE[r]} ", between), (cap, rel)
+            seen_forms.add("relation")
+        if len(groups) == 3:
+            seen_forms.add("list")
+        if "background" in cap:
+            assert re.search(r"on an? \w+ background$", cap), cap
+            seen_forms.add("background")
+    assert seen_forms == {"relation", "list", "background"}
+
+
+def test_captions_vary():
+    caps = [train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)[1] for i in range(60)]
+    assert len(set(caps)) >= 55
+    prefixes = {c.split(" of ")[0] for c in caps if c.startswith(("a photo", "an image", "a picture", "a drawing"))}
+    assert len(prefixes) >= 3
+
+
+def test_train_scenes_avoid_the_heldout_combinations():
+    held = {tuple(h) for h in DEFAULT_HOLDOUT}
+    seen = set()
+    for i in range(400):
+        scene = sample_scene(np.random.default_rng([9, i]), 64, holdout=DEFAULT_HOLDOUT)
+        combos = {(g["color"], g["shape"]) for g in scene["groups"]}
+        assert not combos & held
+        seen |= combos
+    assert len(seen) == len(PALETTE) * len(SHAPES) - len(held)  # everything else does occur
+
+
+def test_objects_stay_inside_and_apart():
+    from gaussianvision.data.synthetic.scenes import extent
+    for i in range(200):
+        scene = sample_scene(np.random.default_rng([11, i]), 64)
+        objs = scene["objects"]
+        for o in objs:
+            e = extent(o["shape"], o["radius"])
+            assert e <= o["x"] <= 64 - e and e <= o["y"] <= 64 - e
+        for j, o in enumerate(objs):
+            for p in objs[j + 1:]:
+                d = np.hypot(o["x"] - p["x"], o["y"] - p["y"])
+                assert d > extent(o["shape"], o["radius"]) + extent(p["shape"], p["radius"])
