@@ -115,13 +115,18 @@ class SplatShards(IterableDataset):
 
     def _samples(self) -> Iterator[dict]:
         for url in self.my_shards():
-            try:
-                for raw in read_samples(url):
-                    item = self._decode(raw)
-                    if item is not None:
-                        yield item
-            except (tarfile.TarError, OSError, EOFError) as e:
-                self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
+            it = read_samples(url)
+            while True:
+                try:  # only the tar reading is guarded: decoding problems are reported per sample
+                    raw = next(it)
+                except StopIteration:
+                    break
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
+                    break
+                item = self._decode(raw)
+                if item is not None:
+                    yield item
 
     def __iter__(self) -> Iterator[dict]:
         if not self.shuffle:
