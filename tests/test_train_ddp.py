@@ -1,0 +1,63 @@
+"""DDP: `gsv train` under torchrun with 2 CPU processes (gloo) equals 1 process with the global batch."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import read_log, write_splat_shards  # noqa: E402
+
+pytest.importorskip("open_clip")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_single_process(tmp_path):
+    from safetensors.torch import load_file
+    data = tmp_path / "data"
+    write_splat_shards(data, n_samples=8, per_shard=4)
+    common = ["train", "--stage", "rgb", "--base", "gsv-tiny", "--data", str(data), "--in-memory", "--steps", "2",
+              "--lr", "2e-3", "--grad-clip", "0", "--log-every", "1", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "gaussianvision.cli.main", *common,
+         "--batch-size", "2", "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    from gaussianvision.cli.main import main
+    assert main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+
+    ld, l1 = read_log(tmp_path / "ddp"), read_log(tmp_path / "one")
+    assert len(ld) == len(l1) == 2
+    for a, b in zip(ld, l1):  # the mean of the ranks' local losses is the global CLIP loss
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    st = (tmp_path / "ddp" / "checkpoints" / "step-00000002" / "state.json").read_text()
+    assert '"world_size": 2' in st
+    wd = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    w1 = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    assert wd.keys() == w1.keys()
+    checked = 0
+    for n in w1:
+        if n.endswith("in_proj_bias"):
+            # its key third has a true gradient of 0 (softmax ignores a constant shift) and Adam
+            # rescales float noise there to a full step, so only the query and value parts compare
+            width = w1[n].shape[0] // 3
+            a, b = wd[n].clone(), w1[n].clone()
+            a[width:2 * width] = b[width:2 * width] = 0
+        else:
+            a, b = wd[n], w1[n]
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5, msg=lambda m, n=n: f"{n}: {m}")
+        checked += 1
+    assert checked == len(w1) > 20
