@@ -1,0 +1,121 @@
+"""Benchmark: GS tower vs the base's RGB tower, encode_image latency and FLOPs per image.
+
+FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions and
+attention; 2 FLOPs per multiply-add; element-wise ops such as LayerNorm, GELU and the stem's
+sin/cos are not counted) on one image.  The GS count is split into "embed" (stem + resampler
++ CLS/positions) and the rest (frozen blocks + head).  Latency is wall-clock median and minimum
+of `repeats` calls after one warm-up, under torch.no_grad, float32, on the current thread count.
+Inputs are synthetic (uniform means, sizes that tile the image, random colors): the cost does
+not depend on the content.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["synthetic_splats", "count_flops", "time_call", "run_model_bench", "markdown_table"]
+
+
+def synthetic_splats(batch: int, n: int, size: int = 224, seed: int = 0):
+    """Splats [batch, n] for a size x size image, Gaussians about as wide as the grid spacing."""
+    from gaussianvision.splats.types import Splats
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(batch, n, 2, generator=g) * size
+    sigma = 0.6 * size / math.sqrt(max(n, 1))
+    chol = torch.stack([sigma * (0.5 + torch.rand(batch, n, generator=g)),
+                        sigma * 0.3 * (torch.rand(batch, n, generator=g) - 0.5),
+                        sigma * (0.5 + torch.rand(batch, n, generator=g))], -1)
+    return Splats(means, chol, torch.rand(batch, n, 3, generator=g), size, size)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    # not under no_grad: FlopCounterMode's module tracker then trips over parameters that
+    # require grad but have no grad_fn; the forward graph is simply discarded
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def time_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median, min) seconds of `repeats` calls after one warm-up call.
+
+    The minimum is the better estimate on a shared machine (interference only adds time)."""
+    with torch.no_grad():
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", "gs-98"),
+                    n_gaussians: Sequence[int] = (400, 3136), batches: Sequence[int] = (1, 32),
+                    repeats: int = 3, progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every (tower, N, batch).  Returns {"env": ..., "rows": [...]}; one row per
+    tower x N with flops_per_image, embed_flops_per_image and latency_s / images_per_s per batch."""
+    from gaussianvision.models import create_gsclip
+    say = progress or (lambda _msg: None)
+    rows = []
+    models = {}
+    for cfg in configs:
+        torch.manual_seed(0)
+        models[cfg] = create_gsclip(base, None, cfg).eval()
+    first = models[configs[0]] if configs else create_gsclip(base, None, "gs-196").eval()
+    size = first.image_size[0]
+
+    # the RGB tower of the same base (GSCLIP.encode_rgb is exactly open_clip's encode_image)
+    img1 = torch.randn(1, 3, *first.image_size)
+    row = {"tower": f"RGB {base}", "config": None, "tokens": first.base.visual.grid_size[0] * first.base.visual.grid_size[1],
+           "n_gaussians": None, "flops_per_image": count_flops(lambda: first.encode_rgb(img1)),
+           "embed_flops_per_image": None, "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+    for b in batches:
+        say(f"RGB {base} batch {b}")
+        imgs = torch.randn(b, 3, *first.image_size)
+        t, best = time_call(lambda: first.encode_rgb(imgs), repeats)
+        row["latency_s"][str(b)], row["latency_min_s"][str(b)], row["images_per_s"][str(b)] = t, best, b / best
+    rows.append(row)
+
+    for cfg, m in models.items():
+        for n in n_gaussians:
+            s1 = synthetic_splats(1, n, size)
+            row = {"tower": f"GS {cfg}", "config": cfg, "tokens": m.visual.num_latents, "n_gaussians": n,
+                   "flops_per_image": count_flops(lambda: m.encode_image(s1)),
+                   "embed_flops_per_image": count_flops(lambda: m.visual.embed(s1)),
+                   "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+            for b in batches:
+                say(f"GS {cfg} N={n} batch {b}")
+                s = synthetic_splats(b, n, size, seed=b)
+                t, best = time_call(lambda: m.encode_image(s), repeats)
+                row["latency_s"][str(b)], row["latency_min_s"][str(b)], row["images_per_s"][str(b)] = t, best, b / best
+            rows.append(row)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "dtype": "float32",
+           "base": base, "repeats": repeats, "batches": list(batches)}
+    return {"env": env, "rows": rows}
+
+
+def markdown_table(result: dict) -> str:
+    batches = result["env"]["batches"]
+    head = ["tower", "tokens", "N", "GFLOPs/img", "of which stem+resampler"]
+    head += [f"ms/call median / min (batch {b})" for b in batches] + [f"img/s at min (batch {b})" for b in batches]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        cells = [r["tower"], str(r["tokens"]), "-" if r["n_gaussians"] is None else str(r["n_gaussians"]),
+                 f"{r['flops_per_image'] / 1e9:.3g}",
+                 "-" if r["embed_flops_per_image"] is None else f"{r['embed_flops_per_image'] / 1e9:.3g}"]
+        cells += [f"{1e3 * r['latency_s'][str(b)]:.0f} / {1e3 * r['latency_min_s'][str(b)]:.0f}" for b in batches]
+        cells += [f"{r['images_per_s'][str(b)]:.1f}" for b in batches]
+        lines.append("| " + " | ".join(cells) + " |")
+    e = result["env"]
+    lines.append("")
+    lines.append(f"torch {e['torch']}, {e['threads']} threads, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up; "
+                 "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add).")
+    return "\n".join(lines) + "\n"
