@@ -231,6 +231,23 @@ def test_render_backend_triton_through_dispatch(interp, fresh_dispatch):
     assert (out - ref).abs().max() <= RTOL_INTERP * ref.abs().max()
 
 
+@needs_triton
+def test_fitting_through_the_triton_backend_matches_the_reference(interp, fresh_dispatch):
+    from gaussianvision.fit.fitter import fit_images
+
+    # no symmetry in the images: a gradient that is exactly zero by symmetry is rounding noise in
+    # either backend, and Adam would turn the noise's sign into a full step
+    coarse = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(7))
+    images = torch.nn.functional.interpolate(coarse, size=(12, 14), mode="bilinear", align_corners=False)
+    runs = [fit_images(images, 9, iters=3, init="grid", backend=b) for b in ("triton", "reference")]
+    start = fit_images(images, 9, iters=0, init="grid", backend="reference")
+    for got, ref, before in zip(runs[0].metrics, runs[1].metrics, start.metrics):
+        # Adam turns a rounding-level gradient difference into a visible step where a gradient is
+        # near zero, so compare the fits' quality, not their parameters bit for bit
+        assert abs(got["psnr"] - ref["psnr"]) < 0.01
+        assert got["psnr"] > before["psnr"] + 0.1  # and the fit really moved
+
+
 # ----------------------------------------------------------------- real GPU
 @pytest.mark.parametrize("name,splats", CASES, ids=[c[0] for c in CASES])
 @requires_cuda
