@@ -65,6 +65,11 @@ def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
     assert all(a[k] != b[k] for k in tars)
 
 
+def test_worker_processes_write_the_same_bytes(world, tmp_path):
+    two = make_world(tmp_path / "two", seed=0, workers=2, **TINY)
+    assert _digests(world["out_dir"]) == _digests(two["out_dir"])
+
+
 def test_samples_do_not_depend_on_sharding(world, tmp_path):
     one = make_world(tmp_path / "one", seed=0, **dict(TINY, shard_size=100))
     assert len(one["splits"]["train"]["shards"]) == 1
@@ -152,3 +157,14 @@ def test_quick_defaults_and_bad_arguments(tmp_path):
         make_world(tmp_path / "x", **dict(TINY, size=8))
     with pytest.raises(FileNotFoundError):
         load_world(tmp_path / "nothing")
+
+
+def test_a_repeated_image_is_redrawn_with_the_next_attempt():
+    from gaussianvision.data.synthetic.world import _produce, _render_job
+    jobs = [("task", 0, "color", i, 32, i % 6, 0) for i in range(3)]
+    first = _render_job(jobs[1])
+    seen = {first[3]}  # pretend an earlier split already holds sample 1's pixels
+    out = list(_produce(jobs, map, seen, dedupe=True))
+    assert [a for _, a, _ in out] == [0, 1, 0]
+    assert out[1][2][3] != first[3] and out[1][2][3] in seen
+    assert out[1][2][2]["objects"][0]["color"] == "orange"  # still class 1

@@ -96,9 +96,10 @@ def _coords(size: int, ss: int) -> np.ndarray:
     return ((np.arange(size * ss, dtype=np.float32) + 0.5) / ss)
 
 
-def _box(w: np.ndarray, ss: int) -> np.ndarray:
-    n = w.shape[0] // ss
-    return w.reshape(n, ss, n, ss).mean(axis=(1, 3))
+def _box(bits: np.ndarray, ss: int) -> np.ndarray:
+    """Box-filter a 0/1 integer array by ss (PIL's reduce is several times faster than numpy)."""
+    img = Image.fromarray((bits * 255).astype(np.uint8), "L").reduce(ss)
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _background(bg: dict, size: int) -> np.ndarray:
@@ -120,10 +121,10 @@ def _background(bg: dict, size: int) -> np.ndarray:
         c = _coords(size, SUPERSAMPLE)
         t = math.radians(bg["angle"])
         proj = c[None, :] * math.cos(t) + c[:, None] * math.sin(t)
-        w = _box(np.floor(proj / (bg["period"] / 2) + bg["phase"]) % 2, SUPERSAMPLE)
+        w = _box(np.floor(proj / (bg["period"] / 2) + bg["phase"]).astype(np.int32) & 1, SUPERSAMPLE)
     elif kind == "checker":
-        c = np.floor(_coords(size, SUPERSAMPLE) / bg["cell"] + bg["phase"])
-        w = _box((c[None, :] + c[:, None]) % 2, SUPERSAMPLE)
+        c = np.floor(_coords(size, SUPERSAMPLE) / bg["cell"] + bg["phase"]).astype(np.int32)
+        w = _box((c[None, :] + c[:, None]) & 1, SUPERSAMPLE)
     elif kind == "noise":
         grid = np.asarray(bg["grid"], dtype=np.float32)
         w = np.asarray(Image.fromarray(grid, "F").resize((size, size), Image.BICUBIC), dtype=np.float32)

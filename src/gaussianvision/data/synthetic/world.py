@@ -122,34 +122,62 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 
 
-def _write_split(stage: Path, p: dict, split: str, n: int, seen: set, bar) -> list[str]:
+def _render_job(job: tuple):
+    """One sample from its job tuple: (png bytes, caption or None, scene, pixel digest).
+    A top-level function of plain arguments, so worker processes can run it."""
+    kind, seed, name, i, size, extra, attempt = job
+    if kind == "split":
+        img, caption, scene = train_sample(seed, name, i, size, extra, attempt)
+    else:
+        img, scene = task_sample(seed, name, i, size, extra, attempt)
+        caption = None
+    return _png(img), caption, scene, hashlib.sha1(img.tobytes()).digest()
+
+
+def _produce(jobs: list[tuple], mapper, seen: set, dedupe: bool):
+    """Yield (job index, attempt, result) in job order. A sample whose pixels repeat an earlier
+    split's is redrawn in this process with the next attempt number (deterministic whatever the
+    worker count)."""
+    for k, res in enumerate(mapper(_render_job, jobs)):
+        attempt = 0
+        while dedupe and res[3] in seen:
+            attempt += 1
+            job = jobs[k][:-1] + (attempt,)
+            res = _render_job(job)
+        seen.add(res[3])
+        yield k, attempt, res
+
+
+def _write_split(stage: Path, p: dict, split: str, n: int, seen: set, bar, mapper) -> list[str]:
     """Shards of one image-text split; `seen` holds pixel digests of earlier splits (no repeats)."""
-    paths = []
     size, ss = p["size"], p["shard_size"]
-    for shard in range(max(1, -(-n // ss)) if n else 0):
-        rel = f"{split}/shard-{shard:06d}.tar"
-        with TarShardWriter(stage / rel) as w:
-            for i in range(shard * ss, min(n, (shard + 1) * ss)):
-                attempt = 0
-                while True:
-                    img, caption, scene = train_sample(p["seed"], split, i, size, p["holdout"], attempt)
-                    digest = hashlib.sha1(img.tobytes()).digest()
-                    if split == "train" or digest not in seen:
-                        break
-                    attempt += 1
-                seen.add(digest)
-                key = f"{i:09d}"
-                meta = {"key": key, "caption": caption, "status": "success", "width": size,
-                        "height": size, "split": split, "attempt": attempt,
-                        "heldout": _has_heldout(scene, p["holdout"]), "scene": scene}
-                w.write(key, {"png": _png(img), "txt": caption.encode(), "json": dumps_json(meta)})
-                if bar is not None:
-                    bar.update(1)
-        paths.append(rel)
+    holdout = tuple(tuple(h) for h in p["holdout"])
+    jobs = [("split", p["seed"], split, i, size, holdout, 0) for i in range(n)]
+    paths = [f"{split}/shard-{k:06d}.tar" for k in range(-(-n // ss))]
+    writer = None
+    try:
+        for i, attempt, (png, caption, scene, _) in _produce(jobs, mapper, seen, dedupe=split != "train"):
+            if i % ss == 0:
+                if writer is not None:
+                    writer.close()
+                writer = TarShardWriter(stage / paths[i // ss])
+            key = f"{i:09d}"
+            meta = {"key": key, "caption": caption, "status": "success", "width": size,
+                    "height": size, "split": split, "attempt": attempt,
+                    "heldout": _has_heldout(scene, p["holdout"]), "scene": scene}
+            writer.write(key, {"png": png, "txt": caption.encode(), "json": dumps_json(meta)})
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
     return paths
 
 
-def _write_task(stage: Path, p: dict, task: str, seen: set, bar) -> dict:
+def _write_task(stage: Path, p: dict, task: str, seen: set, bar, mapper) -> dict:
     t = TASKS[task]
     n, size, ss = p["n_task"], p["size"], p["shard_size"]
     root = Path("tasks") / task
@@ -157,27 +185,26 @@ def _write_task(stage: Path, p: dict, task: str, seen: set, bar) -> dict:
     nshards = max(1, -(-n // ss))
     counts = [0] * len(t.classes)
     n_heldout = 0
-    for shard in range(nshards):
-        with TarShardWriter(stage / root / "test" / f"{shard}.tar") as w:
-            for i in range(shard * ss, min(n, (shard + 1) * ss)):
-                label = int(labels[i])
-                attempt = 0
-                while True:
-                    img, scene = task_sample(p["seed"], task, i, size, label, attempt)
-                    digest = hashlib.sha1(img.tobytes()).digest()
-                    if digest not in seen:
-                        break
-                    attempt += 1
-                seen.add(digest)
-                held = _has_heldout(scene, p["holdout"])
-                n_heldout += held
-                counts[label] += 1
-                key = f"{i:09d}"
-                meta = {"key": key, "task": task, "label": label, "class": t.classes[label],
-                        "attempt": attempt, "heldout": held, "scene": scene}
-                w.write(key, {"png": _png(img), "cls": str(label).encode(), "json": dumps_json(meta)})
-                if bar is not None:
-                    bar.update(1)
+    jobs = [("task", p["seed"], task, i, size, int(labels[i]), 0) for i in range(n)]
+    writers = [TarShardWriter(stage / root / "test" / f"{k}.tar") for k in range(nshards)]
+    try:
+        for i, attempt, (png, _, scene, _) in _produce(jobs, mapper, seen, dedupe=True):
+            label = int(labels[i])
+            held = _has_heldout(scene, p["holdout"])
+            n_heldout += held
+            counts[label] += 1
+            key = f"{i:09d}"
+            meta = {"key": key, "task": task, "label": label, "class": t.classes[label],
+                    "attempt": attempt, "heldout": held, "scene": scene}
+            writers[i // ss].write(key, {"png": png, "cls": str(label).encode(), "json": dumps_json(meta)})
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    for w in writers:  # an empty task still gets its one (empty) shard: clip_benchmark needs 0.tar
+        w.close()
     write_text_atomic(stage / root / "test" / "nshards.txt", f"{nshards}\n")
     write_text_atomic(stage / root / "classnames.txt", "".join(c + "\n" for c in t.classes))
     write_text_atomic(stage / root / "zeroshot_classification_templates.txt",
@@ -231,14 +258,16 @@ def load_world(out_dir: str | os.PathLike) -> dict:
 def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: int | None = None,
                size: int = 64, seed: int = 0, quick: bool = False, shard_size: int = 1000,
                n_task: int | None = None, holdout=DEFAULT_HOLDOUT, tasks=TASK_NAMES,
-               progress: bool = False, verify: bool = False, force: bool = False) -> dict:
+               progress: bool = False, verify: bool = False, force: bool = False,
+               workers: int = 1) -> dict:
     """Generate (or reuse) the offline world in out_dir; returns paths, counts and task info.
 
     n_train / n_test / n_task default to DEFAULTS, or QUICK when quick=True (explicit values
     win). An existing world with the same parameters and all its files present (sizes match;
     with verify=True also sha256) is reused and returned with cached=True. Otherwise the world
     is built in a staging directory and moved into place; manifest.json is written last, so an
-    interrupted run never looks complete.
+    interrupted run never looks complete. workers > 1 (0: one per CPU) draws samples in that
+    many processes; the bytes written do not depend on it.
     """
     out = Path(out_dir)
     p = resolve_params(n_train, n_test, n_task, size, seed, quick, shard_size, holdout, tasks)
@@ -255,15 +284,29 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
     total = p["n_train"] + p["n_test"] + p["n_task"] * len(p["tasks"])
     bar = _progress(total, "world", progress)
     t0 = time.perf_counter()
+    pool = None
+    if workers != 1:
+        import multiprocessing as mp
+        n_proc = (os.cpu_count() or 1) if workers <= 0 else workers
+        # fork starts in milliseconds; workers only use numpy and PIL, never the parent's torch.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = mp.get_context(method).Pool(n_proc) if n_proc > 1 else None
+
+    def mapper(fn, jobs):
+        return pool.imap(fn, jobs, chunksize=16) if pool is not None else map(fn, jobs)
+
     try:
         seen: set = set()
-        splits = {s: {"n": p[f"n_{s}"], "shards": _write_split(stage, p, s, p[f"n_{s}"], seen, bar)}
+        splits = {s: {"n": p[f"n_{s}"], "shards": _write_split(stage, p, s, p[f"n_{s}"], seen, bar, mapper)}
                   for s in ("train", "test")}
-        task_info = {t: _write_task(stage, p, t, seen, bar) for t in p["tasks"]}
+        task_info = {t: _write_task(stage, p, t, seen, bar, mapper) for t in p["tasks"]}
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
