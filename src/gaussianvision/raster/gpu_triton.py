@@ -21,6 +21,7 @@ without a GPU). `probe()` tells `render(backend="auto")` whether this backend ca
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -152,6 +153,11 @@ def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w
     return ids, offsets, ntx, t
 
 
+def _on_device(device: torch.device):
+    # Triton launches on the current CUDA device: make it the tensors' one (cuda:1, ...)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 class _RenderTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, chol, colors, valid, h, w):
@@ -164,8 +170,9 @@ class _RenderTriton(torch.autograd.Function):
         ids, offsets, ntx, t = _bin(m, c, valid, h, w, tile)
         if bsz > 0 and ids.numel() > 0:
             kern = _kernel("splat_fwd_kernel", m.device)
-            kern[(t, bsz)](m, c, col, ids, offsets, out, h, w, ntx, t,
-                           CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
+            with _on_device(m.device):
+                kern[(t, bsz)](m, c, col, ids, offsets, out, h, w, ntx, t,
+                               CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
         ctx.save_for_backward(m, c, col, ids, offsets)
         ctx.meta = (h, w, ntx, t, tile, means.dtype, chol.dtype, colors.dtype)
         return out
@@ -178,9 +185,10 @@ class _RenderTriton(torch.autograd.Function):
         if ids.numel() > 0:
             g = grad_out.to(torch.float32).contiguous()
             kern = _kernel("splat_bwd_kernel", m.device)
-            kern[(t, m.shape[0])](m, c, col, ids, offsets, g, gm, gc, gcol, h, w, ntx, t,
-                                  CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N_BWD,
-                                  num_warps=NUM_WARPS_BWD)
+            with _on_device(m.device):
+                kern[(t, m.shape[0])](m, c, col, ids, offsets, g, gm, gc, gcol, h, w, ntx, t,
+                                      CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N_BWD,
+                                      num_warps=NUM_WARPS_BWD)
         return gm.to(dm), gc.to(dc), gcol.to(dcol), None, None, None
 
 
