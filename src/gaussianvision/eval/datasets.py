@@ -1,0 +1,191 @@
+"""Evaluation datasets through clip_benchmark, and the splat side: images fitted on the fly
+with a disk cache keyed by image content, so a GS model reads batches of Splats.
+
+Dataset names are clip_benchmark's (`cifar10`, `imagenet1k`, `flickr30k`, ...) or its local /
+remote webdataset layout `wds/NAME` with --dataset-root pointing at the folder that holds
+classnames.txt, zeroshot_classification_templates.txt (or dataset_type.txt = retrieval) and
+test/nshards.txt + test/0.tar ... (`{dataset}` and `{dataset_cleaned}` in the root are filled in,
+as clip_benchmark does).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .models import EvalError, EvalModel
+
+__all__ = ["SplatSettings", "SplatCache", "SplatBatches", "dataset_task", "build_dataset", "build_loader",
+           "resolve_root"]
+
+
+@dataclass
+class SplatSettings:
+    """How a GS model's input is made from a dataset image (the conversion's settings)."""
+    n_gaussians: int = 400
+    iters: int = 500
+    init: str = "content"
+    size: int | None = None  # None: the model's input size
+    fit_batch: int = 32
+
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("fit_batch")
+        return json.dumps(d, sort_keys=True)
+
+
+class SplatCache:
+    """Fit images to splats, caching the encoded splats on disk by a hash of (pixels, settings).
+
+    Every result goes through the byte format (float16), cached or fresh, so a run gives the same
+    numbers whether the cache was warm or cold. The cache folder is also the "converted copy":
+    pre-filled folders are read without fitting anything.
+    """
+
+    def __init__(self, root: str | os.PathLike | None, settings: SplatSettings, progress: bool = False):
+        self.root = Path(root) if root else None
+        self.settings = settings
+        self.progress = progress
+        self.hits = self.fits = 0
+
+    def _path(self, h: str) -> Path | None:
+        return None if self.root is None else self.root / h[:2] / f"{h}.gsv"
+
+    def _hash(self, img_u8: torch.Tensor) -> str:
+        m = hashlib.sha256(self.settings.key().encode())
+        m.update(str(tuple(img_u8.shape)).encode())
+        m.update(img_u8.contiguous().numpy().tobytes())
+        return m.hexdigest()
+
+    def __call__(self, images: torch.Tensor):
+        """[B, 3, S, S] in [0, 1] -> Splats (padded, with counts)."""
+        from gaussianvision.fit import fit_images
+        from gaussianvision.splats import Splats, decode, encode
+        u8 = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        hashes = [self._hash(u8[b]) for b in range(u8.shape[0])]
+        out: list = [None] * len(hashes)
+        todo: dict[str, list[int]] = {}  # hash -> positions; identical images are fitted once
+        for b, h in enumerate(hashes):
+            p = self._path(h)
+            if h in todo:
+                todo[h].append(b)
+            elif p is not None and p.is_file():
+                out[b] = decode(p.read_bytes(), name=str(p))
+                self.hits += 1
+            else:
+                todo[h] = [b]
+        s = self.settings
+        pending = list(todo)
+        for i in range(0, len(pending), s.fit_batch):
+            chunk = pending[i:i + s.fit_batch]
+            imgs = u8[[todo[h][0] for h in chunk]].float() / 255.0
+            with torch.enable_grad():  # the evaluation runs under no_grad; fitting is an optimization
+                res = fit_images(imgs, s.n_gaussians, iters=s.iters, init=s.init, progress=self.progress)
+            for j, h in enumerate(chunk):
+                data = encode(res.splats[j])
+                for b in todo[h]:
+                    out[b] = decode(data)
+                p = self._path(h)
+                if p is not None:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, p)
+                self.fits += 1
+                self.hits += len(todo[h]) - 1
+        return Splats.stack(out)
+
+
+class _Classes:
+    def __init__(self, dataset):
+        self.classes = getattr(dataset, "classes", None)
+        self.templates = getattr(dataset, "templates", None)
+
+
+class SplatBatches:
+    """Wrap a loader of (images [B, 3, S, S] in [0, 1], target) into one of (Splats, target), the
+    shape clip_benchmark's evaluate() consumes (it only calls .to(device) and len())."""
+
+    def __init__(self, loader, cache: SplatCache, classes_from=None):
+        self.loader, self.cache = loader, cache
+        self.dataset = _Classes(classes_from if classes_from is not None else loader.dataset)
+
+    def __iter__(self):
+        for images, target in self.loader:
+            yield self.cache(images), target
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def resolve_root(root: str, dataset: str) -> str:
+    short = dataset[4:] if dataset.startswith("wds/") else dataset
+    return root.format(dataset=short, dataset_cleaned=short.replace("/", "-"))
+
+
+def _is_remote(root: str) -> bool:
+    return "://" in root
+
+
+def dataset_task(dataset: str, root: str) -> str:
+    """zeroshot_classification or zeroshot_retrieval (clip_benchmark's task names)."""
+    if dataset.startswith("wds/"):
+        if not _is_remote(root):
+            t = Path(root) / "dataset_type.txt"
+            kind = t.read_text().strip().lower() if t.is_file() else "classification"
+        else:
+            kind = "retrieval" if "retrieval" in dataset else "classification"
+        return "zeroshot_retrieval" if kind == "retrieval" else "zeroshot_classification"
+    from clip_benchmark.datasets.builder import get_dataset_default_task
+    return get_dataset_default_task(dataset)
+
+
+def _pixel_transform(size: int, mean=None, std=None):
+    from torchvision import transforms as T
+    steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+             T.Lambda(lambda im: im.convert("RGB")), T.ToTensor()]
+    if mean is not None:
+        steps.append(T.Normalize(mean, std))
+    return T.Compose(steps)
+
+
+def transform_for(em: EvalModel, splats: SplatSettings | None = None):
+    """RGB: the model's pixel preprocessing; GS: [0, 1] pixels at the fitting size."""
+    if em.kind == "rgb":
+        return _pixel_transform(em.image_size, em.mean, em.std)
+    size = (splats.size if splats and splats.size else None) or em.image_size
+    return _pixel_transform(size)
+
+
+def build_dataset(dataset: str, root: str, transform, task: str, split: str = "test"):
+    """clip_benchmark's dataset, with offline / missing-data failures turned into EvalError."""
+    from clip_benchmark.datasets.builder import build_dataset as cb_build
+    if dataset.startswith("wds/") and not _is_remote(root):
+        need = Path(root) / split / "nshards.txt"
+        if not need.is_file():
+            raise EvalError(f"{dataset}: {need} not found (a wds dataset folder holds {split}/nshards.txt, "
+                            f"{split}/0.tar ..., classnames.txt, zeroshot_classification_templates.txt)")
+    try:
+        ds = cb_build(dataset_name=dataset, root=root, transform=transform, split=split, download=True, task=task)
+    except EvalError:
+        raise
+    except (AssertionError, ValueError) as e:
+        raise EvalError(f"{dataset}: clip_benchmark cannot build it: {e}") from None
+    except Exception as e:  # downloads fail with many exception types (URLError, HTTPError, OSError, ...)
+        raise EvalError(f"{dataset}: cannot get the data into {root} ({type(e).__name__}: {str(e)[:200]}); "
+                        "without network access, give a local copy with --dataset-root "
+                        "(e.g. the wds/ layout)") from None
+    return ds
+
+
+def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0):
+    from clip_benchmark.datasets.builder import get_dataset_collate_fn
+    if dataset_name.startswith("wds/"):
+        return torch.utils.data.DataLoader(ds.batched(batch_size), batch_size=None, shuffle=False,
+                                           num_workers=num_workers)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=get_dataset_collate_fn(dataset_name))

@@ -1,0 +1,103 @@
+"""Models to evaluate, named on the command line:
+
+  rgb:BASE[:PRETRAINED]   an OpenCLIP model (PRETRAINED: an OpenCLIP tag or a local checkpoint file;
+                          omitted = random weights), reading pixels
+  gs:PATH[@PRETRAINED]    a GS model: a `gsv train` output folder or checkpoint directory, or a
+                          trainable checkpoint file (gsclip.safetensors); @PRETRAINED overrides the
+                          base weights recorded in it. It reads splats fitted to the dataset's images.
+
+`EvalModel` bundles what the evaluation needs: the model (open_clip contract: encode_image,
+encode_text), its tokenizer, how images enter it (pixels with a mean/std, or splats), and names.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["EvalModel", "load_eval_model", "EvalError"]
+
+
+class EvalError(ValueError):
+    """A model, dataset or option the evaluation cannot use (clear, user-facing)."""
+
+
+@dataclass
+class EvalModel:
+    kind: str  # "rgb" (pixels in) or "gs" (splats in)
+    model: Any
+    tokenizer: Callable
+    name: str  # clip_benchmark's "model" field
+    pretrained: str  # clip_benchmark's "pretrained" field
+    image_size: int = 224
+    mean: tuple = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    label: str = ""  # column name in the tables
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in ("rgb", "gs"):
+            raise EvalError(f"model kind must be rgb or gs, got {self.kind!r}")
+        self.label = self.label or f"{self.kind}:{self.name}:{self.pretrained}"
+
+
+def _visual_facts(visual) -> tuple[int, tuple, tuple]:
+    size = getattr(visual, "image_size", 224)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    return size, tuple(cfg.get("mean", EvalModel.mean)), tuple(cfg.get("std", EvalModel.std))
+
+
+def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
+    kind, _, rest = spec.partition(":")
+    if kind not in ("rgb", "gs") or not rest:
+        raise EvalError(f"--model {spec!r}: expected rgb:BASE[:PRETRAINED] or gs:PATH[@PRETRAINED]")
+    from gaussianvision.models import ConfigError, register_open_clip_configs
+    register_open_clip_configs()
+    if kind == "rgb":
+        base, _, pretrained = rest.partition(":")
+        from gaussianvision.models import create_rgb_clip
+        try:
+            model = create_rgb_clip(base, pretrained or None, device=device)
+        except (ConfigError, RuntimeError) as e:
+            raise EvalError(f"--model {spec}: {e}") from None
+        except Exception as e:  # hub download errors come in many types
+            raise EvalError(f"--model {spec}: cannot load the pretrained weights ({type(e).__name__}: {e}); "
+                            "offline, give a local checkpoint file as PRETRAINED") from None
+        import open_clip
+        size, mean, std = _visual_facts(model.visual)
+        slug = os.path.basename(pretrained) if pretrained and os.path.isfile(pretrained) else (pretrained or "random")
+        return EvalModel("rgb", model.eval(), open_clip.get_tokenizer(base), base, slug, size, mean, std,
+                         label=f"rgb:{base}:{slug}")
+    path, _, override = rest.partition("@")
+    model, meta = _load_gs(path, override or None, device)
+    size, mean, std = _visual_facts(model.base.visual)
+    name = f"gs-{model.gs_config.get('name', 'custom')}-{model.base_name}"
+    return EvalModel("gs", model.eval(), model.tokenizer(), name, str(path), size, mean, std,
+                     label=f"gs:{Path(path).name or path}", info=meta)
+
+
+def _load_gs(path: str, pretrained: str | None, device):
+    from gaussianvision.models import CheckpointError as ModelCheckpointError, create_gsclip, create_gsclip_from_checkpoint
+    from gaussianvision.models import ConfigError
+    from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_trainable
+    p = Path(path)
+    try:
+        if p.is_file():
+            model = create_gsclip_from_checkpoint(p, pretrained=pretrained or "stored", device=device)
+            return model, {"checkpoint": str(p)}
+        if latest_checkpoint(p) is None:
+            raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder")
+        state, weights, _ = load_checkpoint(p)
+        task = state.get("task", {})
+        if task.get("stage") not in ("1", "2"):
+            raise EvalError(f"gs:{path}: a stage {task.get('stage')!r} checkpoint is not a GS model "
+                            "(for an RGB model use rgb:BASE:PATH/open_clip_model.safetensors)")
+        model = create_gsclip(task["base"], pretrained or task.get("pretrained"), task["model_config"], device=device)
+        load_trainable(model, weights, strict=True)
+        return model, {"checkpoint": state["path"], "step": state["step"], "stage": task["stage"]}
+    except (ModelCheckpointError, CheckpointError, ConfigError) as e:
+        raise EvalError(f"gs:{path}: {e}") from None

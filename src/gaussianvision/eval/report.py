@@ -1,0 +1,118 @@
+"""Results: one JSON per (model, dataset) in clip_benchmark's schema, and the combined table
+(Markdown + CSV) with every model side by side and each GS model's ratio to the RGB model."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from .suites import main_metric
+
+__all__ = ["result_record", "write_result", "result_filename", "pick_metric", "comparison_table",
+           "write_tables"]
+
+_FALLBACK = ("acc1", "mean_average_precision", "mean_recall@1")
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # strict JSON: clip_benchmark's NaN (acc5 with < 5 classes) becomes null
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
+
+
+def result_record(dataset: str, model: str, pretrained: str, task: str, metrics: dict, **extra) -> dict:
+    """clip_benchmark's result schema (dataset, model, pretrained, task, metrics, language) + extras."""
+    return _clean({"dataset": dataset, "model": model, "pretrained": pretrained, "task": task,
+                   "metrics": metrics, "language": "en", **extra})
+
+
+def result_filename(rec: dict) -> str:
+    slug = lambda s: str(s).replace("/", "_").replace(":", "_")  # noqa: E731
+    ds = rec["dataset"][4:] if rec["dataset"].startswith("wds/") else rec["dataset"]
+    return f"{slug(ds)}_{slug(os.path.basename(str(rec['pretrained'])))}_{slug(rec['model'])}_en_{rec['task']}.json"
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_result(out_dir: str | os.PathLike, rec: dict) -> Path:
+    path = Path(out_dir) / result_filename(rec)
+    _atomic_json(path, rec)
+    return path
+
+
+def pick_metric(dataset: str, metrics: dict) -> tuple[str | None, float | None]:
+    name = main_metric(dataset)
+    if name in metrics and metrics[name] is not None:
+        return name, metrics[name]
+    for k in _FALLBACK:
+        if metrics.get(k) is not None:
+            return k, metrics[k]
+    return None, None
+
+
+def comparison_table(records: list[dict], labels: list[str], kinds: dict[str, str]) -> tuple[list[str], list[list]]:
+    """records carry "label" (model column) besides the schema. -> (header, rows): one row per
+    dataset with each model's main metric, then GS/RGB ratios against the first RGB model, and a
+    final mean row over the datasets every model has."""
+    rgb = next((l for l in labels if kinds[l] == "rgb"), None)
+    gs = [l for l in labels if kinds[l] == "gs"]
+    header = ["dataset", "metric", *labels] + ([f"{l} / {rgb}" for l in gs] if rgb else [])
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    by = {(r["dataset"], r["label"]): r for r in records}
+    rows, complete = [], []
+    for ds in datasets:
+        vals, metric = {}, None
+        for l in labels:
+            r = by.get((ds, l))
+            if r is None or "error" in r:
+                vals[l] = None
+                continue
+            m, v = pick_metric(ds, r["metrics"])
+            metric = metric or m
+            vals[l] = v
+        ratios = [(vals[l] / vals[rgb]) if rgb and vals[l] is not None and vals[rgb] else None for l in gs] if rgb else []
+        rows.append([ds, metric, *[vals[l] for l in labels], *ratios])
+        if all(vals[l] is not None for l in labels):
+            complete.append(vals)
+    if complete and len(datasets) > 1:
+        mean = {l: sum(v[l] for v in complete) / len(complete) for l in labels}
+        ratios = [(mean[l] / mean[rgb]) if mean[rgb] else None for l in gs] if rgb else []
+        rows.append([f"mean ({len(complete)} datasets)", "", *[mean[l] for l in labels], *ratios])
+    return header, rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def write_tables(out_dir: str | os.PathLike, header: list[str], rows: list[list], stem: str = "results") -> dict:
+    """OUT/results.md and OUT/results.csv; returns their paths and the Markdown text."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    text = "\n".join(md) + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+    for name, content in ((f"{stem}.md", text), (f"{stem}.csv", buf.getvalue())):
+        tmp = out / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(content)
+        os.replace(tmp, out / name)
+    return {"markdown": str(out / f"{stem}.md"), "csv": str(out / f"{stem}.csv"), "text": text}

@@ -1,0 +1,101 @@
+"""Run zero-shot evaluations of several models on several datasets and write the results."""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
+                       resolve_root, transform_for)
+from .models import EvalError, EvalModel
+from .report import comparison_table, result_record, write_result, write_tables
+from .retrieval import zeroshot_retrieval
+from .suites import DATACOMP38, UNSUPPORTED, suite_root
+from .zeroshot import zeroshot_classification
+
+__all__ = ["evaluate_one", "evaluate_all", "default_root", "check_reachable"]
+
+DEFAULT_ROOT = "data/eval/{dataset_cleaned}"
+
+
+def default_root(dataset: str, root: str | None) -> str:
+    if root:
+        return resolve_root(root, dataset)
+    short = dataset[4:] if dataset.startswith("wds/") else dataset
+    if dataset.startswith("wds/") and short in DATACOMP38:
+        return suite_root(dataset)
+    return resolve_root(DEFAULT_ROOT, dataset)
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail fast (and clearly) when a remote dataset's host cannot be reached."""
+    u = urlparse(url)
+    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise EvalError(f"{host} is not reachable ({e}); this dataset is downloaded from {url}. Offline, "
+                        "copy it beforehand and give --dataset-root") from None
+
+
+def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, device: str = "cpu",
+                 splats: SplatSettings | None = None, cache_dir: str | None = None, num_workers: int = 0,
+                 progress: bool = False) -> dict:
+    """One model on one dataset -> a result record (clip_benchmark schema + "label", "seconds", "gsv")."""
+    if dataset in UNSUPPORTED:
+        raise EvalError(f"{dataset}: {UNSUPPORTED[dataset]}")
+    if "://" in root:
+        check_reachable(root)
+    t0 = time.perf_counter()
+    task = dataset_task(dataset, root)
+    splats = splats or SplatSettings()
+    ds = build_dataset(dataset, root, transform_for(em, splats), task)
+    loader = build_loader(dataset, ds, batch_size, num_workers)
+    extra = {}
+    cache = None
+    if em.kind == "gs":
+        s = SplatSettings(**{**splats.__dict__, "size": splats.size or em.image_size})
+        cache = SplatCache(cache_dir, s, progress=progress)
+        loader = SplatBatches(loader, cache, classes_from=ds)
+    if task == "zeroshot_classification":
+        metrics = zeroshot_classification(em, loader, device)
+    elif task == "zeroshot_retrieval":
+        metrics = zeroshot_retrieval(em, loader, device)
+    else:
+        raise EvalError(f"{dataset}: task {task!r} is not supported (zero-shot classification and retrieval are)")
+    if cache is not None:
+        extra["gsv"] = {"splats": {k: v for k, v in cache.settings.__dict__.items() if k != "fit_batch"},
+                        "fitted": cache.fits, "cached": cache.hits}
+    rec = result_record(dataset, em.name, em.pretrained, task, metrics, label=em.label,
+                        seconds=round(time.perf_counter() - t0, 3), **extra)
+    return rec
+
+
+def evaluate_all(models: list[EvalModel], datasets: list[str], out_dir: str, root: str | None = None,
+                 batch_size: int = 64, device: str = "cpu", splats: SplatSettings | None = None,
+                 cache_dir: str | None = None, num_workers: int = 0, progress: bool = True) -> dict:
+    """Every model on every dataset; per-dataset JSON files, results.md / results.csv.
+
+    A dataset that fails is recorded with its error and the others still run.
+    """
+    out = Path(out_dir)
+    records, errors = [], []
+    labels = list(dict.fromkeys(m.label for m in models))
+    if len(labels) != len(models):
+        raise EvalError("two --model arguments resolve to the same name")
+    cache_dir = cache_dir if cache_dir is not None else str(out / "splat_cache")
+    for dataset in datasets:
+        ds_root = default_root(dataset, root)
+        for em in models:
+            try:
+                rec = evaluate_one(em, dataset, ds_root, batch_size, device, splats, cache_dir, num_workers, progress)
+            except EvalError as e:
+                errors.append(str(e))
+                records.append({"dataset": dataset, "label": em.label, "error": str(e)})
+                continue
+            rec["file"] = str(write_result(out, rec))
+            records.append(rec)
+    header, rows = comparison_table(records, labels, {m.label: m.kind for m in models})
+    tables = write_tables(out, header, rows)
+    return {"records": records, "errors": errors, "header": header, "rows": rows, **tables}

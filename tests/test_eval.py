@@ -1,0 +1,191 @@
+"""Zero-shot evaluation: known-answer classification and retrieval through clip_benchmark's code,
+for a pixel model and for a splat model (images fitted on the fly, cached), reports and the CLI."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import COLORS, png_bytes  # noqa: E402
+
+pytest.importorskip("clip_benchmark")
+pytest.importorskip("webdataset")
+
+NAMES = list(COLORS)
+RGB = torch.tensor([COLORS[n] for n in NAMES], dtype=torch.float32) / 255
+
+
+def write_wds_classification(root: Path, n: int = 16, size: int = 24) -> None:
+    """Solid-colour images; the first half labelled with their colour, the second half with the
+    next colour's label: a model that sees colours perfectly scores exactly 50 %."""
+    from gaussianvision.data.shards import ShardWriter
+    (root / "test").mkdir(parents=True)
+    with ShardWriter(root / "test" / "0.tar") as w:
+        for i in range(n):
+            c = i % len(NAMES)
+            label = c if i < n // 2 else (c + 1) % len(NAMES)
+            arr = np.empty((size, size, 3), np.uint8)
+            arr[:] = COLORS[NAMES[c]]
+            w.write(f"s{i:04d}", {"png": png_bytes(arr), "cls": str(label).encode()})
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(NAMES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c} thing.\na {c} object.\n")
+
+
+def write_wds_retrieval(root: Path, n: int = 12, size: int = 16) -> None:
+    """Grey level i <-> caption "item i"; captions of images 0..5 are swapped in pairs (0<->1, ...),
+    so exactly half of the recall@1 hits are correct in both directions."""
+    from gaussianvision.data.shards import ShardWriter
+    (root / "test").mkdir(parents=True)
+    with ShardWriter(root / "test" / "0.tar") as w:
+        for i in range(n):
+            arr = np.full((size, size, 3), 10 + 20 * i, np.uint8)
+            j = (i ^ 1) if i < n // 2 else i
+            w.write(f"r{i:04d}", {"png": png_bytes(arr), "txt": f"item {j}".encode()})
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "dataset_type.txt").write_text("retrieval\n")
+
+
+class StubTokenizer:
+    """Text -> the index of the colour (or of "item k") it names."""
+
+    def __call__(self, texts):
+        ids = []
+        for t in ([texts] if isinstance(texts, str) else texts):
+            if "item" in t:
+                ids.append(100 + int(t.split("item")[1].split()[0]))
+            else:
+                ids.append(next(k for k, name in enumerate(NAMES) if name in t))
+        return torch.tensor(ids)
+
+
+class StubModel(torch.nn.Module):
+    """One-hot embeddings: image -> its colour class (or grey level), text -> the class it names."""
+    D = 16
+
+    def __init__(self, kind, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def _onehot(self, idx):
+        return torch.nn.functional.one_hot(idx, self.D).float()
+
+    def encode_image(self, x, normalize=False):
+        if self.kind == "gs":
+            assert type(x).__name__ == "Splats", type(x)
+            m = x.mask().float()[..., None]
+            rgb = (x.colors * m).sum(1) / m.sum(1)  # the Gaussians' mean colour
+        else:
+            rgb = (x * self.std + self.mean).mean((2, 3))
+        grey = rgb.std(-1) < 0.02
+        cls = torch.cdist(rgb, RGB).argmin(-1)
+        level = 4 + ((rgb.mean(-1) * 255 - 10) / 20).round().long()  # grey i -> slot 4 + i
+        return self._onehot(torch.where(grey, level, cls))
+
+    def encode_text(self, tokens, normalize=False):
+        return self._onehot(torch.where(tokens >= 100, tokens - 100 + 4, tokens))
+
+
+def stub(kind):
+    from gaussianvision.eval.models import EvalModel
+    return EvalModel(kind, StubModel(kind).eval(), StubTokenizer(), f"stub-{kind}", "none", image_size=16,
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@pytest.fixture(scope="module")
+def wds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wds")
+    write_wds_classification(root / "colors")
+    write_wds_retrieval(root / "greys")
+    return root
+
+
+def test_known_answer_classification_rgb_and_gs(wds, tmp_path):
+    from gaussianvision.eval.datasets import SplatSettings
+    from gaussianvision.eval.run import evaluate_all
+    settings = SplatSettings(n_gaussians=4, iters=3, init="grid", size=12)
+    res = evaluate_all([stub("rgb"), stub("gs")], ["wds/colors"], str(tmp_path / "out"),
+                       root=str(wds / "{dataset}"), batch_size=5, splats=settings, progress=False)
+    assert not res["errors"], res["errors"]
+    recs = {r["label"]: r for r in res["records"]}
+    for label, r in recs.items():
+        assert r["metrics"]["acc1"] == pytest.approx(0.5), label
+        assert r["metrics"]["mean_per_class_recall"] == pytest.approx(0.5), label
+        assert r["metrics"]["acc5"] is None  # clip_benchmark: top-5 undefined for < 5 classes
+        saved = json.loads(Path(r["file"]).read_text())
+        assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(saved)
+        assert saved["task"] == "zeroshot_classification" and saved["dataset"] == "wds/colors"
+    gs = recs["gs:stub-gs:none"]
+    assert gs["gsv"]["fitted"] == 4 and gs["gsv"]["cached"] == 12  # 4 distinct images, each fitted once
+    # the table: both models side by side and the GS / RGB ratio
+    rows = list(csv.reader(io.StringIO(Path(res["csv"]).read_text())))
+    assert rows[0] == ["dataset", "metric", "rgb:stub-rgb:none", "gs:stub-gs:none", "gs:stub-gs:none / rgb:stub-rgb:none"]
+    assert rows[1][:2] == ["wds/colors", "acc1"] and float(rows[1][4]) == pytest.approx(1.0)
+    assert "| wds/colors | acc1 | 0.5000 | 0.5000 | 1.0000 |" in Path(res["markdown"]).read_text()
+
+    # second run: every splat comes from the cache, same numbers
+    res2 = evaluate_all([stub("gs")], ["wds/colors"], str(tmp_path / "out"), root=str(wds / "{dataset}"),
+                        batch_size=7, splats=settings, progress=False)
+    r2 = res2["records"][0]
+    assert r2["gsv"]["cached"] == 16 and r2["gsv"]["fitted"] == 0
+    assert r2["metrics"] == gs["metrics"]
+
+
+def test_known_answer_label_noise_is_measured():
+    """Sanity of the stub itself: with the labels of every image correct it scores 100 %."""
+    from clip_benchmark.metrics.zeroshot_classification import accuracy
+    m = StubModel("rgb")
+    x = ((RGB.view(4, 3, 1, 1).expand(4, 3, 8, 8)) - 0.5) / 0.25
+    logits = m.encode_image(x) @ m.encode_text(torch.arange(4)).T
+    assert accuracy(logits, torch.arange(4), topk=(1,)) == [1.0]
+
+
+def test_known_answer_retrieval(wds, tmp_path):
+    from gaussianvision.eval.run import evaluate_all
+    res = evaluate_all([stub("rgb")], ["wds/greys"], str(tmp_path), root=str(wds / "{dataset}"), batch_size=5,
+                       progress=False)
+    assert not res["errors"], res["errors"]
+    m = res["records"][0]["metrics"]
+    assert res["records"][0]["task"] == "zeroshot_retrieval"
+    assert m["image_retrieval_recall@1"] == pytest.approx(0.5)
+    assert m["text_retrieval_recall@1"] == pytest.approx(0.5)
+    assert m["mean_recall@1"] == pytest.approx(0.5)
+    assert m["image_retrieval_recall@1"] <= m["image_retrieval_recall@5"] <= m["image_retrieval_recall@10"]
+    assert res["rows"][0][1] == "mean_recall@1"
+
+
+def test_missing_and_offline_datasets_fail_clearly(tmp_path, monkeypatch):
+    from gaussianvision.eval import run as run_mod
+    from gaussianvision.eval.models import EvalError
+    from gaussianvision.eval.suites import DATACOMP38, suite_datasets, suite_root
+    assert len(suite_datasets("datacomp38")) == 38 == len(DATACOMP38)
+    assert suite_root("wds/vtab/dtd") == "https://huggingface.co/datasets/djghosh/wds_vtab-dtd_test/tree/main"
+    with pytest.raises(EvalError, match="nshards.txt"):
+        run_mod.evaluate_one(stub("rgb"), "wds/nothing", str(tmp_path / "nothing"))
+
+    def unreachable(address, timeout=None):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(run_mod.socket, "create_connection", unreachable)
+    res = run_mod.evaluate_all([stub("rgb")], ["wds/cifar10"], str(tmp_path / "o"), progress=False)
+    assert len(res["errors"]) == 1 and "huggingface.co is not reachable" in res["errors"][0]
+    assert res["rows"][0][2] is None
+
+
+def test_report_ratio_and_mean():
+    from gaussianvision.eval.report import comparison_table
+    recs = [{"dataset": d, "label": l, "metrics": {"acc1": v}} for d, l, v in
+            [("a", "R", 0.8), ("a", "G", 0.6), ("b", "R", 0.4), ("b", "G", 0.4)]]
+    header, rows = comparison_table(recs, ["R", "G"], {"R": "rgb", "G": "gs"})
+    assert header == ["dataset", "metric", "R", "G", "G / R"]
+    assert rows[0] == ["a", "acc1", 0.8, 0.6, pytest.approx(0.75)]
+    assert rows[2][0].startswith("mean (2") and rows[2][4] == pytest.approx(0.5 / 0.6)
