@@ -94,3 +94,12 @@ def test_bad_samples_are_skipped_with_a_warning(tmp_path):
         list(splat_loader(tmp_path / "s", batch_size=8, on_error="raise"))
     with pytest.raises(FileNotFoundError, match="no splat shards"):
         SplatShards(tmp_path / "empty-*.tar")
+
+
+def test_truncated_shard_keeps_the_samples_before_the_cut(tmp_path):
+    paths = make_shards(tmp_path / "s", n_shards=1, per_shard=5)
+    data = Path(paths[0]).read_bytes()
+    Path(paths[0]).write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="truncated or corrupt shard"):
+        keys = [k for b in splat_loader(paths, batch_size=8) for k in b["key"]]
+    assert keys and keys == ALL[: len(keys)] and len(keys) < 5

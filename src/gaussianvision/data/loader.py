@@ -29,10 +29,12 @@ import tarfile
 import warnings
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..splats.format import FormatError, decode
+from ..splats import format as fmt
+from ..splats.format import FormatError
 from ..splats.types import Splats
 from .images import ImageLoadError, load_image
 from .shards import read_samples
@@ -48,7 +50,8 @@ def _dist_rank_world() -> tuple[int, int]:
 
 
 class SplatShards(IterableDataset):
-    """Samples {"splats": Splats (one image), "text", "key"[, "image"]} from splat tar shards."""
+    """Samples {"splats": decoded rows (internal; collate_splats makes the Splats batch), "text",
+    "key"[, "image"]} from splat tar shards."""
 
     def __init__(self, urls, shuffle: bool = False, buffer: int = 1000, with_images: bool = False,
                  seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
@@ -93,7 +96,7 @@ class SplatShards(IterableDataset):
             self._problem(f"{where}: sample has no .gsv member")
             return None
         try:
-            splats = decode(raw["gsv"], name=where)
+            splats = _decode_one(raw["gsv"], where)
         except FormatError as e:
             self._problem(str(e))
             return None
@@ -104,10 +107,11 @@ class SplatShards(IterableDataset):
             if ext is None:
                 raise FileNotFoundError(f"{where}: no source image in the shard; convert with --keep-image "
                                         f"to train with images")
-            if splats.height != splats.width:
-                raise ValueError(f"{where}: with_images needs square splats, got {splats.height}x{splats.width}")
+            h, w = splats[3], splats[4]
+            if h != w:
+                raise ValueError(f"{where}: with_images needs square splats, got {h}x{w}")
             try:  # the source image as the fitter saw it: shorter side to the splats' size, center crop
-                item["image"] = load_image(raw[ext], size=splats.height, name=where)
+                item["image"] = load_image(raw[ext], size=h, name=where)
             except ImageLoadError as e:
                 self._problem(str(e))
                 return None
@@ -147,9 +151,50 @@ class SplatShards(IterableDataset):
         yield from buf
 
 
+def _decode_one(data: bytes, where: str) -> tuple:
+    """A one-image .gsv -> (rows [n, 8] float32 as stored, n, counts, height, width).
+
+    The per-sample path of a training loader, kept in numpy (one torch conversion per batch);
+    the checks are those of format.decode, which handles multi-image files."""
+    view = memoryview(data).cast("B")
+    hdr = fmt.read_header(view, where)
+    if hdr.n_images != 1:
+        raise FormatError(f"{where}: a dataset sample must hold one image, this file holds {hdr.n_images}")
+    try:
+        rows = fmt.LAYOUTS[hdr.layout].decode(view[fmt.HEADER_SIZE:], hdr.n_total, hdr.dtype)
+    except FormatError:
+        raise
+    except Exception as e:
+        raise FormatError(f"{where}: payload does not decode: {e}") from e
+    if rows.shape != (hdr.n_total, 8):
+        raise FormatError(f"{where}: payload decoded to {rows.shape[0]} rows, header says {hdr.n_total}")
+    if not np.isfinite(rows).all():
+        raise FormatError(f"{where}: non-finite value in a Gaussian")
+    if (rows[:, [2, 4]] <= 0).any():
+        raise FormatError(f"{where}: a Gaussian has a non-positive Cholesky diagonal")
+    return rows, hdr.n_total, None, hdr.height, hdr.width
+
+
+def _stack(parts: list[tuple]) -> Splats:
+    h, w = parts[0][3], parts[0][4]
+    for k, p in enumerate(parts):
+        if (p[3], p[4]) != (h, w):
+            raise ValueError(f"batch mixes splat sizes: sample {k} is {p[3]}x{p[4]}, sample 0 is {h}x{w}")
+    n_max = max(p[1] for p in parts)
+    out = np.zeros((len(parts), n_max, 8), dtype=np.float32)
+    out[..., 2] = 1.0  # padding keeps a valid (masked) factor
+    out[..., 4] = 1.0
+    for b, p in enumerate(parts):
+        out[b, : p[1]] = p[0]
+    t = torch.from_numpy(out)
+    means = (t[..., 0:2].double() + 1.0) * 0.5 * torch.tensor([w, h], dtype=torch.float64)
+    counts = torch.tensor([p[1] for p in parts], dtype=torch.long)
+    return Splats(means.float(), t[..., 2:5].contiguous(), t[..., 5:8].contiguous(), h, w, counts)
+
+
 def collate_splats(items: list[dict]) -> dict:
     """List of samples -> the batch dict described in the module docstring."""
-    batch = {"splats": Splats.stack([it["splats"] for it in items]),
+    batch = {"splats": _stack([it["splats"] for it in items]),
              "text": [it["text"] for it in items], "key": [it["key"] for it in items]}
     if "image" in items[0]:
         batch["image"] = torch.stack([it["image"] for it in items])

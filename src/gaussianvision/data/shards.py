@@ -73,9 +73,63 @@ class ShardWriter:
             self.abort()
 
 
+def _fast_members(data: bytes) -> tuple[list[tuple[str, int, int]], Exception | None] | None:
+    """(name, data offset, size) of the regular files of a plain USTAR tar, parsed directly
+    (several times faster than tarfile for small members); None when the tar uses features
+    this parser leaves to tarfile (pax/GNU long names, links, ...). A damaged tar gives the
+    members before the damage and the error to raise after them."""
+    out, pos, n = [], 0, len(data)
+    while pos + 512 <= n:
+        hdr = data[pos: pos + 512]
+        if hdr.count(0) == 512:
+            return out, None  # end-of-archive marker
+        if hdr[257:262] != b"ustar":
+            return None
+        try:
+            chk = int(hdr[148:156].rstrip(b"\0 ").decode() or "0", 8)
+            size = int(hdr[124:136].rstrip(b"\0 ").decode() or "0", 8)
+        except ValueError:
+            return out, tarfile.ReadError(f"corrupt tar header at byte {pos}")
+        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+            return out, tarfile.ReadError(f"bad tar header checksum at byte {pos}")
+        kind = hdr[156:157]
+        if kind not in (b"0", b"\0"):
+            return None
+        name = hdr[:100].split(b"\0", 1)[0]
+        prefix = hdr[345:500].split(b"\0", 1)[0]
+        name = (prefix + b"/" + name if prefix else name).decode("utf-8", errors="replace")
+        if pos + 512 + size > n:
+            return out, tarfile.ReadError(f"unexpected end of data in member {name}")
+        out.append((name, pos + 512, size))
+        pos += 512 + (size + 511) // 512 * 512
+    return out, tarfile.ReadError("tar ends without its end-of-archive marker (truncated)")
+
+
 def read_samples(path: str | os.PathLike, fileobj=None) -> Iterator[dict]:
     """Samples of one tar shard, in order, as {"__key__", "__shard__", ext: bytes}."""
     name = str(path)
+    if fileobj is None:
+        with open(name, "rb") as f:
+            data = f.read()
+        parsed = _fast_members(data)
+        if parsed is not None:
+            members, err = parsed
+            cur: dict | None = None
+            for mname, off, size in members:
+                d, _, base = mname.rpartition("/")
+                stem, _, ext = base.partition(".")
+                key = f"{d}/{stem}" if d else stem
+                if cur is None or cur["__key__"] != key:
+                    if cur is not None:
+                        yield cur
+                    cur = {"__key__": key, "__shard__": name}
+                cur[ext] = data[off: off + size]
+            if cur is not None and err is None:
+                yield cur  # with an error, the last sample may be missing members: dropped
+            if err is not None:
+                raise err
+            return
+        fileobj = io.BytesIO(data)
     cur: dict | None = None
     with tarfile.open(name if fileobj is None else None, "r|*", fileobj=fileobj) as tf:
         for m in tf:
