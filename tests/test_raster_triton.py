@@ -248,6 +248,22 @@ def test_fitting_through_the_triton_backend_matches_the_reference(interp, fresh_
         assert got["psnr"] > before["psnr"] + 0.1  # and the fit really moved
 
 
+@needs_triton
+def test_render_benchmark_prints_one_row_per_configuration(interp, fresh_dispatch, capsys):
+    import json
+
+    from gaussianvision.raster._triton_bench import main
+
+    args = ["--device", "cpu", "--backends", "triton", "reference", "--batch", "1", "--n", "2", "5",
+            "--size", "16", "--repeats", "1", "--warmup", "0"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["backend"], r["n"]) for r in rows] == [("triton", 2), ("triton", 5), ("reference", 2),
+                                                      ("reference", 5)]
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 and r["images_per_s_forward_backward"] > 0
+               for r in rows)
+
+
 # ----------------------------------------------------------------- real GPU
 @pytest.mark.parametrize("name,splats", CASES, ids=[c[0] for c in CASES])
 @requires_cuda
