@@ -189,3 +189,37 @@ def test_report_ratio_and_mean():
     assert header == ["dataset", "metric", "R", "G", "G / R"]
     assert rows[0] == ["a", "acc1", 0.8, 0.6, pytest.approx(0.75)]
     assert rows[2][0].startswith("mean (2") and rows[2][4] == pytest.approx(0.5 / 0.6)
+
+
+def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("open_clip")
+    from gaussianvision.cli.eval import main
+    from gaussianvision.models import create_gsclip, save_trainable
+    ckpt = save_trainable(create_gsclip(config="gs-tiny"), tmp_path / "gsclip.safetensors")
+    out = tmp_path / "ev"
+    rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--model", f"gs:{ckpt}", "--dataset", "wds/colors",
+               "--dataset-root", str(wds / "{dataset}"), "--out", str(out), "--batch-size", "8",
+               "--n-gaussians", "6", "--fit-iters", "2", "--fit-size", "16", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0, res["errors"]
+    assert res["models"] == ["rgb:gsv-tiny:random", "gs:gsclip.safetensors"]
+    assert len(res["results"]) == 2 and all(r["task"] == "zeroshot_classification" for r in res["results"])
+    for r in res["results"]:
+        assert 0.0 <= r["metrics"]["acc1"] <= 1.0 and Path(r["file"]).is_file()
+    assert res["table"]["header"][-1] == "gs:gsclip.safetensors / rgb:gsv-tiny:random"
+    assert (out / "results.md").is_file() and (out / "results.csv").is_file()
+    assert any((out / "splat_cache").rglob("*.gsv"))
+
+    # the suite offline: one clear line per dataset, exit code 2, fast
+    from gaussianvision.eval import run as run_mod
+
+    def unreachable(address, timeout=None):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(run_mod.socket, "create_connection", unreachable)
+    rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--suite", "datacomp38", "--out", str(tmp_path / "suite")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("huggingface.co is not reachable") == 37 and "WinoGAViL" in err
+
+    assert main(["zeroshot", "--model", "bogus", "--dataset", "cifar10"]) == 2
+    assert "expected rgb:BASE" in capsys.readouterr().err
