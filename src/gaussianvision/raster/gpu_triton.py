@@ -15,9 +15,9 @@ Numerics: computed in float32 whatever the input dtype (the output has the refer
 promote_types(dtype, float32)); the 3-sigma cut q <= CUTOFF_Q is exact as in the reference, the
 tile culling only skips pairs that the cut would zero anyway.
 
-Devices: CUDA tensors run the compiled kernels. CPU tensors run the same kernels in Triton's
-interpreter, only when TRITON_INTERPRET=1 (slow; this is how the project tests the kernels
-without a GPU). `probe()` tells `render(backend="auto")` whether this backend can load.
+Devices: CUDA tensors run the compiled kernels (or, with TRITON_INTERPRET=1, the interpreted
+ones). CPU tensors run the same kernels in Triton's interpreter, only when TRITON_INTERPRET=1
+(slow; this is how the project tests the kernels without a GPU). `probe()` tells `render(backend="auto")` whether this backend can load.
 """
 from __future__ import annotations
 
