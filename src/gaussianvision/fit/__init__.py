@@ -1,5 +1,8 @@
-"""Fitting images with 2D Gaussians: initializers, the batched optimizer loop, metrics."""
-from .fitter import FitConfig, FitResult, fit_images
+"""Fitting images with 2D Gaussians: initializers, the batched optimizer loop, pruning, metrics."""
+from .fitter import FitConfig, FitResult, Fitter, fit_images
+from .init import INITIALIZERS, initialize
 from .metrics import psnr, ssim
+from .prune import MEASURES, importance, prune_splats
 
-__all__ = ["FitConfig", "FitResult", "fit_images", "psnr", "ssim"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "INITIALIZERS", "initialize", "MEASURES",
+           "importance", "prune_splats", "psnr", "ssim"]

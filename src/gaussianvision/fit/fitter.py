@@ -1,38 +1,94 @@
 """Batched fitting: many images at once, one optimizer over the whole batch.
 
-    result = fit_images(images, n_gaussians=400, iters=500, init="grid")
-    result.splats        # Splats [B, N] (with counts after pruning)
-    result.metrics       # list of per-image dicts: psnr, ssim, n_gaussians, iterations, seconds
+    result = fit_images(images, n_gaussians=400, iters=500, init="content")
+    result.splats        # Splats [B, N] with per-image counts
+    result.metrics       # per-image dicts: psnr, ssim, n_gaussians, iterations, seconds, ...
+    result.history       # [{"iteration": k, "psnr": [B]}] at config.record_at
 
-Parameters are optimized directly (means in pixels, Cholesky entries, colors) with Adam
-and per-parameter learning rates; after each step the Cholesky diagonal is projected
-back to >= `min_scale` pixels so the factor stays valid.
+Parameters are optimized directly (means in pixels, Cholesky entries in pixels, colors)
+with a per-image Adam (fit/adam.py): Adam makes the step size about the learning rate, so
+the rates are "useful steps": ~0.8 px for means, ~0.4 for Cholesky entries, ~0.02 for
+colors. After each step the Cholesky diagonal is kept >= `min_scale` px and the means
+inside the image, so every iterate is a valid Splats.
+
+Loss per image: MSE (optionally mixed with 1 - SSIM) plus the luminance L1 penalty
+prune_lambda * mean_i |luma(c_i)|. The mean over the image's Gaussians (not the sum)
+scales the penalty with N, so one lambda means the same pressure at any N; the paper's
+lambda_reg on the sum corresponds to prune_lambda / N.
+
+Early stop is per image: an image that reaches `target_psnr`, or has not improved by
+`plateau_delta` dB for `plateau_patience` iterations, is frozen (no render, no update)
+and its iteration count is recorded. Pruning (fit/prune.py) happens after the main
+iterations, edits parameters and Adam moments together, then `finetune_iters` more
+iterations repair the damage.
+
+For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
+run(iters), prune(...), clone(), evaluate(), result().
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from ..raster import render
+from ..splats.convert import luminance
 from ..splats.types import Splats
+from .adam import BatchAdam
 from .init import initialize
 from .metrics import psnr, ssim
+from .prune import MEASURES, PAD_FILL, compact, importance, select_prune
 
-__all__ = ["FitConfig", "FitResult", "fit_images"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "SCHEDULES"]
+
+SCHEDULES = ("constant", "cosine", "exp")
+_NAMES = ("means", "chol", "colors")
 
 
 @dataclass
 class FitConfig:
     iters: int = 500
-    init: str = "grid"
-    lr_means: float = 0.5
-    lr_chol: float = 0.25
+    init: str = "content"          # grid | content | random
+    lr_means: float = 0.8          # Adam step sizes (pixels, pixels, color units)
+    lr_chol: float = 0.4
     lr_colors: float = 0.02
-    min_scale: float = 0.3
+    schedule: str = "constant"     # constant | cosine | exp (decay to lr_final x the rate)
+    lr_final: float = 0.1
+    ssim_weight: float = 0.0       # loss = (1 - w) MSE + w (1 - SSIM)
+    min_scale: float = 0.3         # pixels, lower bound of l11 and l22
+    target_psnr: float | None = None
+    plateau_patience: int | None = None
+    plateau_delta: float = 0.01    # dB
+    prune_lambda: float = 0.0      # L1 on luminance, times the mean over Gaussians
+    prune_measure: str = "energy"  # energy | max_color | luma (see fit/prune.py)
+    prune_tau: float | None = None
+    prune_fraction: float | None = None
+    finetune_iters: int = 0        # iterations after pruning
     backend: str = "auto"
+    device: str | None = None      # None: the images' device
     seed: int = 0
+    record_at: tuple = ()          # iterations at which to record every image's PSNR
+
+    def check(self) -> "FitConfig":
+        if self.iters < 0 or self.finetune_iters < 0:
+            raise ValueError(f"iters and finetune_iters must be >= 0, got {self.iters}, {self.finetune_iters}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
+        if self.prune_measure not in MEASURES:
+            raise ValueError(f"unknown prune measure {self.prune_measure!r}; choose one of {list(MEASURES)}")
+        if not 0.0 <= self.ssim_weight <= 1.0:
+            raise ValueError(f"ssim_weight must lie in [0, 1], got {self.ssim_weight}")
+        if self.prune_fraction is not None and not 0.0 <= self.prune_fraction <= 1.0:
+            raise ValueError(f"prune_fraction must lie in [0, 1], got {self.prune_fraction}")
+        if self.min_scale <= 0:
+            raise ValueError(f"min_scale must be positive, got {self.min_scale}")
+        return self
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_tau is not None or self.prune_fraction is not None
 
 
 @dataclass
@@ -40,69 +96,261 @@ class FitResult:
     splats: Splats
     metrics: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
 
 
-def _check_images(images: torch.Tensor) -> torch.Tensor:
+def _check_images(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"fit_images: images must be a tensor [B, 3, H, W], got {type(images).__name__}")
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"fit_images: images must be [B, 3, H, W], got {list(images.shape)}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"fit_images: empty image batch {list(images.shape)}")
     if not torch.isfinite(images).all():
         raise ValueError("fit_images: images contain NaN or Inf")
     return images.float()
 
 
-def fit_images(images: torch.Tensor, n_gaussians: int, iters: int | None = None, init: str | None = None,
-               config: FitConfig | None = None, progress: bool = False, **overrides) -> FitResult:
-    """Fit `n_gaussians` Gaussians to each of the B images [B, 3, H, W] in [0, 1]."""
-    cfg = config or FitConfig()
-    for k, v in dict(overrides, **({"iters": iters} if iters is not None else {}),
-                     **({"init": init} if init is not None else {})).items():
-        if not hasattr(cfg, k):
+def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
+    dev = torch.device(cfg.device) if cfg.device else images.device
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("fit_images: device 'cuda' was requested but CUDA is not available here")
+    return dev
+
+
+def _lr_scale(schedule: str, t: int, total: int, final: float) -> float:
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    x = t / (total - 1)
+    if schedule == "cosine":
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * x))
+    return final ** x  # exp
+
+
+class Fitter:
+    """The state of a batched fit: parameters, Adam moments, per-image progress."""
+
+    def __init__(self, images: torch.Tensor, n_gaussians: int | None, config: FitConfig | None = None,
+                 init: str | Splats | None = None):
+        t0 = time.perf_counter()
+        self.cfg = (config or FitConfig()).check()
+        images = _check_images(images)
+        self.device = _device(self.cfg, images)
+        self.images = images.to(self.device)
+        b, _, self.h, self.w = self.images.shape
+        init = self.cfg.init if init is None else init
+        if isinstance(init, Splats):
+            s = init.to(self.device)
+            if (s.height, s.width, s.batch_size) != (self.h, self.w, b):
+                raise ValueError(f"fit_images: init splats are {s.batch_size} x {s.height}x{s.width}, "
+                                 f"images are {b} x {self.h}x{self.w}")
+            s.validate("init splats")
+        else:
+            if n_gaussians is None or int(n_gaussians) < 1:
+                raise ValueError(f"fit_images: n_gaussians must be >= 1, got {n_gaussians}")
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            s = initialize(init, self.images, int(n_gaussians), generator=gen, backend=self.cfg.backend)
+        self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
+        self.counts = s.num_gaussians().to(self.device).clone()
+        self.opt = BatchAdam(self.params, {"means": self.cfg.lr_means, "chol": self.cfg.lr_chol,
+                                           "colors": self.cfg.lr_colors})
+        self.active = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.iterations = torch.zeros(b, dtype=torch.long, device=self.device)
+        self.stopped = [None] * b  # why each image stopped early: "target" | "plateau"
+        self.pruned = torch.zeros(b, dtype=torch.long, device=self.device)
+        self._reset_plateau()
+        self.history: list[dict] = []
+        self.steps_done = 0
+        self.seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def splats(self) -> Splats:
+        """The current Splats [B, N] (detached, counts set)."""
+        return Splats(*(self.params[k].detach() for k in _NAMES), self.h, self.w, self.counts.clone())
+
+    def clone(self) -> "Fitter":
+        new = object.__new__(Fitter)
+        new.__dict__.update(self.__dict__)
+        new.params = {k: v.clone() for k, v in self.params.items()}
+        new.opt = self.opt.clone(new.params)
+        for k in ("counts", "active", "iterations", "pruned", "best", "best_it"):
+            setattr(new, k, getattr(self, k).clone())
+        new.stopped = list(self.stopped)
+        new.history = list(self.history)
+        return new
+
+    def _reset_plateau(self) -> None:
+        self.best = torch.full((self.batch_size,), -math.inf, device=self.device)
+        self.best_it = self.iterations.clone()
+
+    # ------------------------------------------------------------------- loop
+    def _mask(self, counts: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.arange(n, device=self.device)[None, :] < counts[:, None]
+
+    def step(self, lr_scale: float = 1.0) -> torch.Tensor:
+        """One Adam step on the active images. Returns their training PSNR [A] (before the step)."""
+        cfg = self.cfg
+        idx = self.active.nonzero()[:, 0]
+        full = len(idx) == self.batch_size
+        leaves = {k: (p.detach() if full else p[idx]).requires_grad_(True) for k, p in self.params.items()}
+        counts = self.counts if full else self.counts[idx]
+        target = self.images if full else self.images[idx]
+        s = Splats(leaves["means"], leaves["chol"], leaves["colors"], self.h, self.w, counts)
+        pred = render(s, backend=cfg.backend)
+        err = ((pred - target) ** 2).flatten(1).mean(1)  # [A]
+        loss = err
+        if cfg.ssim_weight > 0:
+            loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
+        valid = self._mask(counts, leaves["colors"].shape[1])
+        if cfg.prune_lambda > 0:
+            l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
+            loss = loss + cfg.prune_lambda * l1
+        # sum over images keeps each image's gradient independent of B; the pixel-count
+        # factor keeps gradients well above Adam's eps near convergence
+        (loss.sum() * (self.h * self.w)).backward()
+        vf = valid[..., None].to(pred.dtype)
+        grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
+        self.opt.step(grads, None if full else idx, lr_scale)
+        with torch.no_grad():
+            ch = self.params["chol"]
+            ch[..., 0].clamp_(min=cfg.min_scale)
+            ch[..., 2].clamp_(min=cfg.min_scale)
+            m = self.params["means"]
+            m[..., 0].clamp_(0.0, float(self.w))
+            m[..., 1].clamp_(0.0, float(self.h))
+        self.iterations[idx] += 1
+        p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
+        self._update_stops(idx, p)
+        return p
+
+    def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> None:
+        cfg = self.cfg
+        stop = torch.zeros_like(p, dtype=torch.bool)
+        if cfg.target_psnr is not None:
+            hit = p >= cfg.target_psnr
+            for i in idx[hit].tolist():
+                self.stopped[i] = "target"
+            stop |= hit
+        if cfg.plateau_patience is not None:
+            better = p > self.best[idx] + cfg.plateau_delta
+            self.best[idx] = torch.where(better, p, self.best[idx])
+            self.best_it[idx] = torch.where(better, self.iterations[idx], self.best_it[idx])
+            stall = (self.iterations[idx] - self.best_it[idx] >= cfg.plateau_patience) & ~stop
+            for i in idx[stall].tolist():
+                self.stopped[i] = "plateau"
+            stop |= stall
+        if stop.any():
+            self.active[idx[stop]] = False
+
+    @torch.no_grad()
+    def evaluate(self, with_ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(PSNR [B], SSIM [B] or None) of the current splats, prediction clamped to [0, 1]."""
+        pred = render(self.splats(), backend=self.cfg.backend)
+        return psnr(pred, self.images), (ssim(pred, self.images) if with_ssim else None)
+
+    def _record(self) -> None:
+        p, _ = self.evaluate(with_ssim=False)
+        self.history.append({"iteration": self.steps_done, "psnr": p.cpu().tolist(),
+                             "seconds": self.seconds})
+
+    def run(self, iters: int, progress: bool = False, desc: str | None = None) -> "Fitter":
+        """`iters` more iterations (fewer for images that stop early)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        record = set(cfg.record_at)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=iters, desc=desc or f"fit {self.batch_size} img, N={self.params['means'].shape[1]}",
+                       unit="it", leave=False)
+        for t in range(iters):
+            if self.steps_done in record:
+                self.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._record()
+            if not bool(self.active.any()):
+                break
+            p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
+            self.steps_done += 1
+            if bar is not None:
+                bar.update(1)
+                if t % 10 == 0:
+                    bar.set_postfix(psnr=f"{float(p.mean()):.2f}", active=int(self.active.sum()))
+        if bar is not None:
+            bar.close()
+        self.seconds += time.perf_counter() - t0
+        if self.steps_done in record and not any(h["iteration"] == self.steps_done for h in self.history):
+            self._record()
+        return self
+
+    # ---------------------------------------------------------------- pruning
+    def prune(self, measure: str | None = None, tau: float | None = None,
+              fraction: float | None = None) -> torch.Tensor:
+        """Remove low-importance Gaussians from parameters and Adam state. Returns [B] removed."""
+        t0 = time.perf_counter()
+        s = self.splats()
+        valid = s.mask()
+        drop = select_prune(importance(s, measure or self.cfg.prune_measure), valid, tau, fraction)
+        tensors = dict(self.params)
+        fill = dict(PAD_FILL)
+        for k in _NAMES:
+            tensors[f"exp_avg.{k}"] = self.opt.exp_avg[k]
+            tensors[f"exp_avg_sq.{k}"] = self.opt.exp_avg_sq[k]
+        out, counts = compact(tensors, valid & ~drop, fill)
+        self.params = {k: out[k].contiguous() for k in _NAMES}
+        self.opt.replace(self.params, {k: out[f"exp_avg.{k}"] for k in _NAMES},
+                         {k: out[f"exp_avg_sq.{k}"] for k in _NAMES})
+        self.counts = counts
+        removed = drop.sum(1)
+        self.pruned += removed
+        # pruned images changed: let them fit again
+        self.active[:] = True
+        self.stopped = [None] * self.batch_size
+        self._reset_plateau()
+        self.seconds += time.perf_counter() - t0
+        return removed
+
+    # ----------------------------------------------------------------- result
+    def result(self) -> FitResult:
+        t0 = time.perf_counter()
+        p, q = self.evaluate()
+        self.seconds += time.perf_counter() - t0
+        per_image = self.seconds / self.batch_size
+        metrics = [
+            {"psnr": float(p[b]), "ssim": float(q[b]), "n_gaussians": int(self.counts[b]),
+             "iterations": int(self.iterations[b]), "seconds": per_image, "pruned": int(self.pruned[b]),
+             "stopped": self.stopped[b]}
+            for b in range(self.batch_size)
+        ]
+        return FitResult(self.splats(), metrics, list(self.history), asdict(self.cfg))
+
+
+def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None = None,
+               init: str | Splats | None = None, config: FitConfig | None = None, progress: bool = False,
+               **overrides) -> FitResult:
+    """Fit `n_gaussians` Gaussians to each of the B images [B, 3, H, W] in [0, 1].
+
+    init: an initializer name (grid | content | random) or Splats [B, N] to continue from.
+    overrides: any FitConfig field (e.g. lr_means=0.5, target_psnr=30, device="cuda").
+    Metrics per image: psnr, ssim, n_gaussians, iterations, seconds (the batch's wall time
+    divided by B), pruned, stopped."""
+    cfg = replace(config) if config is not None else FitConfig()
+    for k, v in dict(overrides, **({"iters": iters} if iters is not None else {})).items():
+        if k not in FitConfig.__dataclass_fields__:
             raise TypeError(f"fit_images: unknown option {k!r}")
         setattr(cfg, k, v)
-    if n_gaussians < 1:
-        raise ValueError(f"fit_images: n_gaussians must be >= 1, got {n_gaussians}")
-    images = _check_images(images)
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    s = initialize(cfg.init, images, n_gaussians, generator=gen, backend=cfg.backend)
-    params = {k: getattr(s, k).detach().clone().requires_grad_(True) for k in ("means", "chol", "colors")}
-    opt = torch.optim.Adam([
-        {"params": [params["means"]], "lr": cfg.lr_means},
-        {"params": [params["chol"]], "lr": cfg.lr_chol},
-        {"params": [params["colors"]], "lr": cfg.lr_colors},
-    ])
-    h, w = images.shape[-2:]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.iters, desc=f"fit B={images.shape[0]} N={n_gaussians}", unit="it")
-    for it in range(cfg.iters):
-        cur = Splats(params["means"], params["chol"], params["colors"], h, w, s.counts)
-        pred = render(cur, backend=cfg.backend)
-        loss = ((pred - images) ** 2).mean() * images.shape[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            params["chol"][..., 0].clamp_(min=cfg.min_scale)
-            params["chol"][..., 2].clamp_(min=cfg.min_scale)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    final = Splats(params["means"].detach(), params["chol"].detach(), params["colors"].detach(), h, w, s.counts)
-    with torch.no_grad():
-        pred = render(final, backend=cfg.backend)
-        p, q = psnr(pred, images), ssim(pred, images)
-    secs = (time.perf_counter() - t0) / images.shape[0]
-    counts = final.num_gaussians()
-    metrics = [
-        {"psnr": float(p[b]), "ssim": float(q[b]), "n_gaussians": int(counts[b]), "iterations": cfg.iters,
-         "seconds": secs}
-        for b in range(images.shape[0])
-    ]
-    return FitResult(final, metrics)
+    if isinstance(init, str):
+        cfg.init = init
+    f = Fitter(images, n_gaussians, cfg, init=init)
+    f.run(cfg.iters, progress=progress)
+    if cfg.prunes:
+        f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
+        if cfg.finetune_iters:
+            f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning")
+    return f.result()
