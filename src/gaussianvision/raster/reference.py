@@ -42,7 +42,9 @@ def render_reference(splats: Splats, max_pairs: int = 1 << 24) -> torch.Tensor:
     h, w = int(splats.height), int(splats.width)
     dtype = torch.promote_types(means.dtype, torch.float32)
     if n == 0:
-        return means.new_zeros((b, 3, h, w), dtype=dtype)
+        # stay attached to the graph so backward() works (and yields zero-size grads)
+        anchor = (means.sum() + chol.sum() + colors.sum()).to(dtype) * 0
+        return means.new_zeros((b, 3, h, w), dtype=dtype) + anchor
     valid = splats.mask().to(dtype)  # [B, N]
     # padding contributes nothing, and its colors get a zero gradient
     col = colors.to(dtype) * valid[..., None]
