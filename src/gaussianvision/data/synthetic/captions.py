@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .scenes import INVERSE
+
 __all__ = ["SHAPE_WORDS", "COLOR_WORDS", "SIZE_WORDS", "COUNT_WORDS", "RELATION_WORDS",
            "BACKGROUND_WORDS", "POSITION_WORDS", "caption_scene", "group_phrase", "region_of"]
 
@@ -77,7 +79,6 @@ def caption_scene(rng: np.random.Generator, scene: dict) -> str:
     if rel is not None:
         a, b, r = rel["a"], rel["b"], rel["rel"]
         if rng.uniform() < 0.5:  # say it from the other group's side
-            from .scenes import INVERSE
             a, b, r = b, a, INVERSE[r]
         body = f"{group_phrase(rng, groups[a])} {_word(rng, RELATION_WORDS[r])} {group_phrase(rng, groups[b])}"
     else:

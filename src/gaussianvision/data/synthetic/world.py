@@ -32,7 +32,7 @@ from PIL import Image
 from .captions import caption_scene
 from .scenes import render_scene, sample_scene
 from .tasks import TASK_NAMES, TASKS
-from .writer import TarShardWriter, dumps_json, file_sha256, iter_tar, write_text_atomic
+from .writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
 
 __all__ = ["GENERATOR_VERSION", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
            "resolve_params", "param_hash", "train_sample", "task_sample", "STREAMS"]
