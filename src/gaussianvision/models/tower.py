@@ -75,13 +75,12 @@ class GSVisionTower(nn.Module):
         token_dim = st["token_dim"] or width
         self.width = width
         self.num_latents = int(rs["num_latents"])
-        self.stem = SplatStem(token_dim, st["pos_bands"], st["shape_bands"], st["hidden"],
-                              st["log_sigma_center"], st["log_sigma_width"])
-        self.resampler = PerceiverResampler(width, self.num_latents, rs["layers"], rs["heads"],
-                                            rs["mlp_ratio"], token_dim)
         ref = base_visual.class_embedding
-        self.stem.to(device=ref.device)
-        self.resampler.to(device=ref.device)
+        with torch.device(ref.device):  # built where the base lives (meta: shapes only, no init cost)
+            self.stem = SplatStem(token_dim, st["pos_bands"], st["shape_bands"], st["hidden"],
+                                  st["log_sigma_center"], st["log_sigma_width"])
+            self.resampler = PerceiverResampler(width, self.num_latents, rs["layers"], rs["heads"],
+                                                rs["mlp_ratio"], token_dim)
         self.class_embedding = nn.Parameter(ref.detach().clone())
         self.positional_embedding = nn.Parameter(self._init_pos(cfg["pos_embed"], base_visual))
         self.pos_embed_mode = self._resolved_mode

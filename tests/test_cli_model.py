@@ -1,0 +1,73 @@
+"""gsv model info and gsv bench model, called through main(argv)."""
+import json
+
+import pytest
+import torch
+
+from gaussianvision.cli.main import main as gsv
+
+
+def _info(capsys, *args):
+    assert gsv(["model", "info", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_model_info_json_keys_and_vit_b16_fraction(capsys):
+    for cfg, tokens in (("gs-196", 196), ("gs-98", 98)):
+        d = _info(capsys, cfg)
+        assert {"total", "trainable", "trainable_fraction", "parts"} <= set(d)
+        assert d["base_total"] == 149_620_737 and d["base"] == "ViT-B-16"
+        assert d["config"]["resampler"]["num_latents"] == tokens
+        assert sum(p["params"] for p in d["parts"].values()) == d["total"]
+        assert sum(p["trainable"] for p in d["parts"].values()) == d["trainable"]
+        assert d["trainable_fraction"] == pytest.approx(d["trainable"] / d["total"])
+        assert 0.097 <= d["trainable_fraction"] <= 0.138
+        assert d["parts"]["vision.blocks (shared)"]["trainable"] == 0 and d["parts"]["text"]["trainable"] == 0
+
+
+def test_model_info_matches_a_real_model_and_table(capsys):
+    from gaussianvision.models import create_gsclip, parameter_report
+    d = _info(capsys, "gs-tiny")
+    real = parameter_report(create_gsclip(config="gs-tiny"))
+    assert d["total"] == real["total"] and d["trainable"] == real["trainable"] and d["parts"] == real["parts"]
+    assert gsv(["model", "info", "gs-tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable fraction" in out and f"{real['total']:,}" in out
+
+
+def test_model_info_base_override_json_file_and_checkpoint(tmp_path, capsys):
+    from gaussianvision.models import create_gsclip, save_trainable
+    cfg = tmp_path / "mine.json"
+    cfg.write_text(json.dumps({"name": "mine", "base": "ViT-B-16", "resampler": {"num_latents": 7, "layers": 1}}))
+    d = _info(capsys, str(cfg), "--base", "gsv-tiny")
+    assert d["base"] == "gsv-tiny" and d["parts"]["gs.cls_pos"]["params"] == (1 + 1 + 7) * 64
+    ck = save_trainable(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
+    d = _info(capsys, str(ck))
+    assert d["base"] == "gsv-tiny" and d["config"]["name"] == "gs-tiny"
+
+
+def test_model_info_errors_are_one_line(capsys):
+    assert gsv(["model", "info", "gs-nope"]) == 2
+    err = capsys.readouterr().err
+    assert "gs-nope" in err and "not a shipped config" in err and "Traceback" not in err
+    assert gsv(["model", "info", "gs-tiny", "--base", "ViT-Q-99"]) == 2
+    assert "unknown OpenCLIP architecture" in capsys.readouterr().err
+
+
+def test_bench_model_quick_on_tiny_base(tmp_path, capsys):
+    torch.manual_seed(0)
+    rc = gsv(["bench", "model", "--quick", "--json", "--out", str(tmp_path), "--base", "gsv-tiny",
+              "--configs", "gs-tiny", "--n", "5,50", "--batch", "1,2", "--repeats", "1"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "model_quick.json").read_text())
+    assert saved["rows"] == d["rows"] and (tmp_path / "model_quick.md").is_file()
+    rgb, gs5, gs50 = d["rows"]
+    assert rgb["tower"] == "RGB gsv-tiny" and rgb["tokens"] == 64
+    assert gs5["n_gaussians"] == 5 and gs50["n_gaussians"] == 50 and gs5["tokens"] == 16
+    # the stem and resampler cost grows with N, the frozen blocks' cost does not
+    assert gs50["embed_flops_per_image"] > gs5["embed_flops_per_image"] > 0
+    assert (gs50["flops_per_image"] - gs50["embed_flops_per_image"]
+            == gs5["flops_per_image"] - gs5["embed_flops_per_image"])
+    assert set(gs5["latency_s"]) == {"1", "2"} and all(v > 0 for v in gs5["latency_s"].values())
+    assert gsv(["bench", "model", "--n", "0", "--out", str(tmp_path)]) == 2
