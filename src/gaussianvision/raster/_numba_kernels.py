@@ -1,0 +1,316 @@
+"""numba kernels of the CPU render backend (design and math: see cpu_numba.py).
+
+Arrays (T = float32 or float64, the render dtype):
+    means [B, N, 2] T, chol [B, N, 3] T, colors [B, N, 3] T, counts [B] int64
+    xs [W] T, ys [H] T        pixel centres, built exactly like the reference's
+    params [B, N, NPARAM] float64   per-Gaussian constants from `setup`
+    image / grad_image [B, 3, H, W] T
+
+Importing this module imports numba; cpu_numba.py imports it lazily. The render kernels
+are serial, GIL-free loops over a range of work items [item0, item1); cpu_numba.py runs
+chunks of them on a thread pool (blocking waits, unlike an OpenMP team that spins: on a
+loaded machine a spinning team was 30x slower than one thread).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# columns of `params`
+MX, MY, L21, INV11, INV22, S2, A, RHO, XC, HW, NINE_S, ROW0, ROW1 = range(13)
+NPARAM = 13
+CUT = 9.0  # the reference's CUTOFF_Q, 3 sigma
+
+_jit = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_jit)
+def _inside(x, y, mx, my, l11, l21, l22, nine):
+    # The cut decision, computed op for op like the reference (same dtype, divisions, order),
+    # so that the set of pixels a Gaussian touches is bit-identical to the spec's.
+    y1 = (x - mx) / l11
+    y2 = ((y - my) - l21 * y1) / l22
+    return y1 * y1 + y2 * y2 <= nine
+
+
+@njit(**_jit)
+def setup(means, chol, counts, height, params, item0, item1):
+    """Fill params[b, k] for Gaussians item0..item1-1 of the flattened [B*N]; invalid ones
+    (padding, zero or non-finite factors, non-finite means) get an empty row range."""
+    n = means.shape[1]
+    for idx in range(item0, item1):
+        b = idx // n
+        k = idx - b * n
+        p = params[b, k]
+        p[ROW0] = 0.0
+        p[ROW1] = -1.0
+        if k >= counts[b]:
+            continue  # padding
+        mx = np.float64(means[b, k, 0])
+        my = np.float64(means[b, k, 1])
+        l11 = np.float64(chol[b, k, 0])
+        l21 = np.float64(chol[b, k, 1])
+        l22 = np.float64(chol[b, k, 2])
+        # the reference gives such Gaussians zero weight everywhere (q is inf or nan)
+        if not (math.isfinite(mx) and math.isfinite(my) and math.isfinite(l11) and math.isfinite(l21)
+                and math.isfinite(l22)) or l11 == 0.0 or l22 == 0.0:
+            continue
+        s = l21 * l21 + l22 * l22  # Sigma_yy
+        if not math.isfinite(s):
+            continue
+        inv11 = 1.0 / l11
+        inv22 = 1.0 / l22
+        s2 = -l21 * inv11 * inv22  # d y2 / d x along a row (d y1 / d x = inv11)
+        a = inv11 * inv11 + s2 * s2  # second difference of q along a row, per pixel^2
+        ext = 3.0 * math.sqrt(s)
+        hf = np.float64(height)
+        # one spare row each side: the exact cut test, not this float64 bound, decides
+        r0 = min(max(math.ceil(my - ext - 0.5) - 1.0, 0.0), hf)
+        r1 = min(max(math.floor(my + ext - 0.5) + 1.0, -1.0), hf - 1.0)
+        p[MX] = mx
+        p[MY] = my
+        p[L21] = l21
+        p[INV11] = inv11
+        p[INV22] = inv22
+        p[S2] = s2
+        p[A] = a
+        p[RHO] = math.exp(-a)
+        p[XC] = l11 * l21 / s
+        p[HW] = abs(l11 * l22) / s
+        p[NINE_S] = CUT * s
+        p[ROW0] = r0
+        p[ROW1] = r1
+
+
+
+# reassociation lets LLVM vectorize the per-row loops and their reductions; no nnan/ninf,
+# so non-finite values still propagate as they would in the reference
+_fast = dict(_jit, fastmath={"reassoc", "contract", "nsz", "arcp"})
+_TOL = 1e-4  # |q - 9| below which the float64 shortcut defers to the exact test
+
+
+@njit(**_jit)
+def _in(p, j, dy, x_t, y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+    # float64 q by multiplications decides all but the near-ties, which the exact test takes
+    y1 = ((j + 0.5) - p[MX]) * p[INV11]
+    y2 = (dy - p[L21] * y1) * p[INV22]
+    q = y1 * y1 + y2 * y2
+    if q < CUT - _TOL:
+        return True
+    if q > CUT + _TOL:
+        return False
+    return _inside(x_t, y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine)
+
+
+@njit(**_jit)
+def row_span(p, i, width, xs, y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+    """Columns [lo, hi] of row i inside the 3-sigma ellipse (lo > hi: none).
+
+    The exact x-extent of q <= 9 on the row comes from the conic in closed form;
+    its two end pixels are then re-decided as the reference decides them.
+    """
+    dy = (i + 0.5) - p[MY]
+    disc = p[NINE_S] - dy * dy
+    if disc < 0.0:
+        disc = 0.0  # a row just outside: still test the pixels nearest the axis
+    half = p[HW] * math.sqrt(disc)
+    xc = p[MX] + p[XC] * dy - 0.5
+    xlo = xc - half
+    xhi = xc + half
+    if xhi < -2.0 or xlo > width + 1.0:
+        return 0, -1
+    lo = int(math.ceil(max(xlo, -1.0)))
+    hi = int(math.floor(min(xhi, width + 0.0)))
+    lo = min(max(lo, 0), width)
+    hi = max(min(hi, width - 1), -1)
+    if lo >= 1 and _in(p, lo - 1, dy, xs[lo - 1], y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+        lo -= 1
+    if hi <= width - 2 and _in(p, hi + 1, dy, xs[hi + 1], y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+        hi += 1
+    while lo <= hi and not _in(p, lo, dy, xs[lo], y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+        lo += 1
+    while hi >= lo and not _in(p, hi, dy, xs[hi], y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
+        hi -= 1
+    return lo, hi
+
+
+@njit(**_jit)
+def row_weights(p, i, lo, n, wb):
+    """wb[0:n] = exp(-q/2) at columns lo..lo+n-1 of row i; returns float64 (y1, y2) at lo.
+
+    exp runs twice per row: along the row q is quadratic in the column, so
+    w_{j+1} = w_j r_j, r_{j+1} = r_j exp(-a). Four interleaved chains (stride 4) keep the
+    multiplier pipeline busy; they run in float64 (drift ~1e-16 per step) whatever wb is.
+    wb needs 4 spare slots past n.
+    """
+    inv11, s2, a, rho = p[INV11], p[S2], p[A], p[RHO]
+    dy = (i + 0.5) - p[MY]
+    y1 = ((lo + 0.5) - p[MX]) * inv11
+    y2 = (dy - p[L21] * y1) * p[INV22]
+    w0 = math.exp(-0.5 * (y1 * y1 + y2 * y2))
+    r = math.exp(-(y1 * inv11 + y2 * s2) - 0.5 * a)
+    w1 = w0 * r
+    r1 = r * rho
+    w2 = w1 * r1
+    r2 = r1 * rho
+    w3 = w2 * r2
+    if n > 4:
+        rho4 = rho * rho
+        rho4 *= rho4
+        big0 = r * r
+        big0 = big0 * big0 * rho4 * rho * rho  # r_j r_{j+1} r_{j+2} r_{j+3} = r_j^4 rho^6
+        big1 = big0 * rho4
+        big2 = big1 * rho4
+        big3 = big2 * rho4
+        rho16 = rho4 * rho4
+        rho16 *= rho16
+        for t in range(0, n, 4):
+            wb[t] = w0
+            wb[t + 1] = w1
+            wb[t + 2] = w2
+            wb[t + 3] = w3
+            w0 *= big0
+            w1 *= big1
+            w2 *= big2
+            w3 *= big3
+            big0 *= rho16
+            big1 *= rho16
+            big2 *= rho16
+            big3 *= rho16
+    else:
+        wb[0] = w0
+        wb[1] = w1
+        wb[2] = w2
+        wb[3] = w3
+    return y1, y2
+
+
+@njit(**_fast)
+def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb):
+    """Add every Gaussian to `image` (zeroed by the caller) for work items [item0, item1).
+
+    Item = (image b, band of rows): items never share pixels, so they may run concurrently.
+    wb: scratch [W + 8] of the image dtype, one per concurrent caller.
+    """
+    height, width = image.shape[2], image.shape[3]
+    band_h = (height + bands - 1) // bands
+    for item in range(item0, item1):
+        b = item // bands
+        row_a = (item - b * bands) * band_h
+        row_b = min(row_a + band_h, height) - 1
+        for k in range(counts[b]):
+            p = params[b, k]
+            r0 = max(int(p[ROW0]), row_a)
+            r1 = min(int(p[ROW1]), row_b)
+            if r0 > r1:
+                continue
+            mx_t, my_t = means[b, k, 0], means[b, k, 1]
+            l11_t, l21_t, l22_t = chol[b, k, 0], chol[b, k, 1], chol[b, k, 2]
+            c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
+            for i in range(r0, r1 + 1):
+                lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
+                n = hi - lo + 1
+                if n <= 0:
+                    continue
+                row_weights(p, i, lo, n, wb)
+                im = image[b, 0, i, lo:lo + n]
+                for t in range(n):
+                    im[t] += wb[t] * c0
+                im = image[b, 1, i, lo:lo + n]
+                for t in range(n):
+                    im[t] += wb[t] * c1
+                im = image[b, 2, i, lo:lo + n]
+                for t in range(n):
+                    im[t] += wb[t] * c2
+
+
+@njit(**_fast)
+def backward(means, chol, colors, counts, xs, ys, nine, params, grad_image, item0, item1,
+             g_means, g_chol, g_colors, wb, tb):
+    """Gradients of sum(grad_image * image) for Gaussians item0..item1-1 of the flattened [B*N].
+
+    Each Gaussian walks its own footprint and writes only its own gradient: no races, no
+    buffers to reduce. Padding and culled Gaussians get zeros. wb: scratch [W + 8];
+    tb: [W + 8] = 0, 1, 2, ... (the column offset); both of the image dtype.
+    """
+    n_max = means.shape[1]
+    width = grad_image.shape[3]
+    for idx in range(item0, item1):
+        b = idx // n_max
+        k = idx - b * n_max
+        p = params[b, k]
+        r0, r1 = int(p[ROW0]), int(p[ROW1])
+        inv11, inv22, s2 = p[INV11], p[INV22], p[S2]
+        gc0 = 0.0
+        gc1 = 0.0
+        gc2 = 0.0
+        m1 = 0.0  # sum of w (g . c) {y1, y2, y1^2, y1 y2, y2^2}
+        m2 = 0.0
+        m11 = 0.0
+        m12 = 0.0
+        m22 = 0.0
+        if r0 <= r1:
+            mx_t, my_t = means[b, k, 0], means[b, k, 1]
+            l11_t, l21_t, l22_t = chol[b, k, 0], chol[b, k, 1], chol[b, k, 2]
+            c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
+            zero = nine - nine
+            for i in range(r0, r1 + 1):
+                lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
+                n = hi - lo + 1
+                if n <= 0:
+                    continue
+                y1, y2 = row_weights(p, i, lo, n, wb)
+                g0 = grad_image[b, 0, i, lo:lo + n]
+                g1 = grad_image[b, 1, i, lo:lo + n]
+                g2 = grad_image[b, 2, i, lo:lo + n]
+                # row sums in the image dtype (vectorized); y1, y2 are affine in the column
+                # offset t, so sums of e, e t, e t^2 give the five y-moments below
+                a0 = zero
+                a1 = zero
+                a2 = zero
+                s0 = zero
+                st = zero
+                stt = zero
+                for t in range(n):
+                    u0 = wb[t] * g0[t]
+                    u1 = wb[t] * g1[t]
+                    u2 = wb[t] * g2[t]
+                    a0 += u0
+                    a1 += u1
+                    a2 += u2
+                    e = u0 * c0 + u1 * c1 + u2 * c2
+                    et = e * tb[t]
+                    s0 += e
+                    st += et
+                    stt += et * tb[t]
+                gc0 += a0
+                gc1 += a1
+                gc2 += a2
+                f0 = np.float64(s0)
+                f1 = np.float64(st)
+                f2 = np.float64(stt)
+                m1 += y1 * f0 + inv11 * f1
+                m2 += y2 * f0 + s2 * f1
+                m11 += y1 * y1 * f0 + 2.0 * y1 * inv11 * f1 + inv11 * inv11 * f2
+                m12 += y1 * y2 * f0 + (y1 * s2 + y2 * inv11) * f1 + inv11 * s2 * f2
+                m22 += y2 * y2 * f0 + 2.0 * y2 * s2 * f1 + s2 * s2 * f2
+        else:
+            inv11 = 0.0
+            inv22 = 0.0
+            s2 = 0.0
+        # dL/dq = -w (g . c) / 2 per pixel; chain through y1 = dx / l11, y2 = (dy - l21 y1) / l22
+        g_means[b, k, 0] = inv11 * m1 + s2 * m2
+        g_means[b, k, 1] = inv22 * m2
+        g_chol[b, k, 0] = inv11 * m11 + s2 * m12
+        g_chol[b, k, 1] = inv22 * m12
+        g_chol[b, k, 2] = inv22 * m22
+        g_colors[b, k, 0] = gc0
+        g_colors[b, k, 1] = gc1
+        g_colors[b, k, 2] = gc2
+
+
+@njit(cache=True)
+def _selftest(x):
+    return x * 2.0 + 1.0
