@@ -184,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
     src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
     task = _ExplodingTask(nan_at=5)
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 4.*step-00000004"):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5, micro-batch 1/1.*step-00000004"):
         train(task, src, TrainConfig(out=str(tmp_path), steps=10, batch_size=2, save_every=2, progress=False))
     d = latest_checkpoint(tmp_path)
     assert d.name == "step-00000004"

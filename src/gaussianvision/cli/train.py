@@ -100,11 +100,11 @@ def _run(args) -> int:
         steps = args.steps
         if args.in_memory:
             from gaussianvision.train.data import build_memory_source
-            samples = [x for u in source.shards for x in source.read_shard(u)]
             try:
+                samples = [x for u in source.shards for x in source.read_shard(u)]
                 source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
                                              world_size=info.world_size)
-            except ValueError as e:
+            except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
             if args.epochs is not None:
                 steps = max(1, math.ceil(args.epochs * len(source) / args.accum))

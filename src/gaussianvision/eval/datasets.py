@@ -46,8 +46,10 @@ class SplatCache:
     pre-filled folders are read without fitting anything.
     """
 
-    def __init__(self, root: str | os.PathLike | None, settings: SplatSettings, progress: bool = False):
+    def __init__(self, root: str | os.PathLike | None, settings: SplatSettings, progress: bool = False,
+                 device: str | torch.device = "cpu"):
         self.root = Path(root) if root else None
+        self.device = torch.device(device)  # where fitting runs (the GPU when evaluating on one)
         self.settings = settings
         self.progress = progress
         self.hits = self.fits = 0
@@ -82,11 +84,11 @@ class SplatCache:
         pending = list(todo)
         for i in range(0, len(pending), s.fit_batch):
             chunk = pending[i:i + s.fit_batch]
-            imgs = u8[[todo[h][0] for h in chunk]].float() / 255.0
+            imgs = u8[[todo[h][0] for h in chunk]].to(self.device).float() / 255.0
             with torch.enable_grad():  # the evaluation runs under no_grad; fitting is an optimization
                 res = fit_images(imgs, s.n_gaussians, iters=s.iters, init=s.init, progress=self.progress)
             for j, h in enumerate(chunk):
-                data = encode(res.splats[j])
+                data = encode(res.splats[j].to("cpu"))
                 for b in todo[h]:
                     out[b] = decode(data)
                 p = self._path(h)

@@ -56,7 +56,7 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
     cache = None
     if em.kind == "gs":
         s = SplatSettings(**{**splats.__dict__, "size": splats.size or em.image_size})
-        cache = SplatCache(cache_dir, s, progress=progress)
+        cache = SplatCache(cache_dir, s, progress=progress, device=device)
         loader = SplatBatches(loader, cache, classes_from=ds)
     if task == "zeroshot_classification":
         metrics = zeroshot_classification(em, loader, device)

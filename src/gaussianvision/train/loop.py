@@ -223,7 +223,7 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
                     loss, logs = task.loss(batch)
                 value = all_reduce_mean(loss.detach().float().item(), info)
                 if not math.isfinite(value):
-                    where = f"step {step}, micro-batch {micro}, epoch {epoch}"
+                    where = f"step {step + 1}, micro-batch {micro + 1}/{cfg.accum}, epoch {epoch}"
                     keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                     raise TrainingDiverged(f"loss is {value} at {where} (lr {lr:.3g}); training stopped; {keep}. "
                                            "Try a lower --lr, a longer --warmup, --grad-clip or --precision fp32.")
