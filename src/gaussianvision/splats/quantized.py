@@ -111,9 +111,12 @@ def _unpack(body: bytes, n: int, bits) -> np.ndarray:
     flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
     out = np.empty((n, 8), dtype=np.uint32)
     pos = 0
+    padded = np.zeros((n, 16), dtype=np.uint8)
     for c, b in enumerate(bits):
-        plane = flat[pos: pos + n * b].reshape(n, b).astype(np.uint32)
-        out[:, c] = plane @ (1 << np.arange(b - 1, -1, -1, dtype=np.uint32))
+        # right-align the b bits of each code in 16 and let packbits assemble big-endian uint16s
+        padded[:, : 16 - b] = 0
+        padded[:, 16 - b:] = flat[pos: pos + n * b].reshape(n, b)
+        out[:, c] = np.packbits(padded.ravel()).view(">u2")  # rows of 16 bits: flat packing is row packing
         pos += n * b
     return out
 
