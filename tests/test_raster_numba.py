@@ -1,0 +1,185 @@
+"""The numba CPU backend against the reference (the spec), forward and backward."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from raster_parity import check_parity, parity_cases
+
+from gaussianvision.raster import dispatch, render, render_reference
+from gaussianvision.splats import Splats
+
+numba_backend = pytest.importorskip("gaussianvision.raster.cpu_numba")
+try:
+    numba_backend.probe()
+except ImportError as e:  # pragma: no cover - only where numba is missing
+    pytest.skip(f"numba backend unavailable: {e}", allow_module_level=True)
+render_numba = numba_backend.render_numba
+
+# float64: both sides compute in float64; the weight recurrence drifts ~1e-15 per pixel.
+# float32: the reference sums in float32 (einsum over N) while we accumulate per row in
+# float32 from float64 weights: differences are a few float32 ulps of the largest value.
+TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 2e-6)}
+
+
+def _cases(dtype):
+    return [(name, s) for name, s in parity_cases(dtype) if s.max_gaussians > 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_parity_forward_backward(dtype):
+    rtol, atol = TOL[dtype]
+    for name, s in _cases(dtype):
+        check_parity(render_numba, s, rtol=rtol, atol=atol, name=f"{name}/{dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_support_matches_reference_exactly(dtype):
+    # the 3-sigma cut is decided as the spec decides it: same pixels, one Gaussian at a time
+    for name, s in _cases(dtype):
+        for b in range(s.batch_size):
+            for k in range(int(s.num_gaussians()[b])):
+                one = Splats(s.means[b:b + 1, k:k + 1], s.chol[b:b + 1, k:k + 1],
+                             torch.ones_like(s.colors[b:b + 1, k:k + 1]), s.height, s.width)
+                got = render_numba(one)[0, 0] > 0
+                want = render_reference(one)[0, 0] > 0
+                assert torch.equal(got, want), f"{name} image {b} Gaussian {k}: support differs"
+
+
+def test_cut_includes_q_equal_nine_and_excludes_beyond():
+    # d = 0..3 px have q = d^2 <= 9 (q = 9 exactly at d = 3); d = 4 is culled
+    s = Splats(torch.tensor([[[0.5, 0.5]]], dtype=torch.float64), torch.tensor([[[1.0, 0.0, 1.0]]], dtype=torch.float64),
+               torch.tensor([[[1.0, 0.5, 0.25]]], dtype=torch.float64), 1, 8)
+    row = render_numba(s)[0, 0, 0]
+    assert row[:4].tolist() == pytest.approx([math.exp(-0.5 * k * k) for k in range(4)], rel=1e-13)
+    assert row[4:].abs().max() == 0.0
+
+
+def test_empty_and_all_padding():
+    s = Splats(torch.zeros(2, 0, 2), torch.zeros(2, 0, 3), torch.zeros(2, 0, 3), 5, 7)
+    out = render_numba(s)
+    assert out.shape == (2, 3, 5, 7) and out.dtype == torch.float32 and not out.any()
+    # N > 0 but every image has count 0: black, and zero gradients everywhere
+    means = torch.rand(2, 3, 2, dtype=torch.float64).mul(5).requires_grad_(True)
+    chol = torch.ones(2, 3, 3, dtype=torch.float64).requires_grad_(True)
+    colors = torch.rand(2, 3, 3, dtype=torch.float64).requires_grad_(True)
+    out = render_numba(Splats(means, chol, colors, 5, 7, torch.tensor([0, 0])))
+    assert not out.any()
+    out.sum().backward()
+    for t in (means, chol, colors):
+        assert t.grad is not None and not t.grad.any()
+
+
+def test_padding_is_ignored_and_gets_zero_grad():
+    g = torch.Generator().manual_seed(3)
+    means = (torch.rand(2, 5, 2, generator=g, dtype=torch.float64) * 12)
+    chol = torch.cat([1 + torch.rand(2, 5, 1, generator=g, dtype=torch.float64),
+                      torch.rand(2, 5, 1, generator=g, dtype=torch.float64) - 0.5,
+                      1 + torch.rand(2, 5, 1, generator=g, dtype=torch.float64)], -1)
+    colors = torch.rand(2, 5, 3, generator=g, dtype=torch.float64)
+    means[0, 2:] = float("nan")  # garbage in padding must not leak
+    chol[0, 2:] = 0.0
+    leaves = [x.clone().requires_grad_(True) for x in (means, chol, colors)]
+    out = render_numba(Splats(*leaves, 12, 12, torch.tensor([2, 5])))
+    ref = render_reference(Splats(means[:1, :2], chol[:1, :2], colors[:1, :2], 12, 12))
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[0], ref[0], rtol=1e-12, atol=1e-13)
+    (out * torch.randn_like(out)).sum().backward()
+    for x in leaves:
+        assert torch.isfinite(x.grad).all() and not x.grad[0, 2:].any()
+        assert x.grad[1].abs().sum() > 0
+
+
+def test_gradcheck_tiny_float64():
+    g = torch.Generator().manual_seed(7)
+    means = torch.tensor([[[4.3, 3.6], [7.9, 6.2], [2.2, 8.1]]], dtype=torch.float64)
+    chol = torch.tensor([[[1.7, 0.4, 1.3], [2.1, -0.8, 1.6], [1.2, 0.3, 2.4]]], dtype=torch.float64)
+    colors = torch.rand(1, 3, 3, generator=g, dtype=torch.float64) + 0.2
+    fn = lambda m, c, col: render_numba(Splats(m, c, col, 10, 11))
+    # the q = 9 cut makes the image piecewise smooth; these parameters keep every pixel
+    # well away from the cut so finite differences do not straddle it
+    assert torch.autograd.gradcheck(fn, tuple(x.requires_grad_(True) for x in (means, chol, colors)),
+                                    eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_dtype_and_device_rules():
+    s = parity_cases(torch.float64)[2][1]
+    half = Splats(s.means.half(), s.chol.half(), s.colors.half(), s.height, s.width)
+    out = render_numba(half)
+    assert out.dtype == torch.float32 == render_reference(half).dtype
+    assert torch.allclose(out, render_reference(half), rtol=1e-4, atol=1e-4)
+    # gradients come back in each input's own dtype
+    m = half.means.clone().requires_grad_(True)
+    render_numba(Splats(m, half.chol, half.colors, s.height, s.width)).sum().backward()
+    assert m.grad.dtype == torch.float16 and torch.isfinite(m.grad).all()
+    # non-contiguous inputs and upstream gradients
+    mt = s.means.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)
+    out = render_numba(Splats(mt, s.chol, s.colors, s.height, s.width))
+    out.backward(torch.ones(1, 1, 1, 1, dtype=torch.float64).expand_as(out))
+    assert torch.isfinite(mt.grad).all()
+
+
+def test_bands_and_threads_give_the_same_image():
+    # one image (many bands) vs the same image in a large batch (one band per image)
+    s = parity_cases(torch.float64)[2][1]
+    single = Splats(s.means[:1], s.chol[:1], s.colors[:1], s.height, s.width)
+    many = Splats(s.means[:1].expand(9, -1, -1), s.chol[:1].expand(9, -1, -1), s.colors[:1].expand(9, -1, -1),
+                  s.height, s.width)
+    a = render_numba(single)
+    b = render_numba(many)
+    assert numba_backend._bands(1, s.height) > 1 and numba_backend._bands(9, s.height) == 1 or \
+        numba_backend._num_threads() == 1
+    assert torch.equal(b, a.expand_as(b))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(render_numba(single), a)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_rescaled_render_through_dispatch():
+    s = parity_cases(torch.float64)[2][1]
+    got = render(s, 2 * s.height, 3 * s.width, backend="numba")
+    want = render(s, 2 * s.height, 3 * s.width, backend="reference")
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_picks_numba_on_cpu(monkeypatch):
+    assert dispatch.resolve_backend("auto", torch.device("cpu")) == "numba"
+    assert dispatch.probe_backend("numba") == (True, "ok")
+    calls = []
+    monkeypatch.setitem(dispatch._loaded, "numba", lambda s: calls.append(1) or render_numba(s))
+    s = parity_cases(torch.float32)[1][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = render(s)
+    assert calls == [1] and torch.allclose(out, render_reference(s), rtol=1e-5, atol=1e-6)
+
+
+def test_probe_reports_a_missing_numba(monkeypatch):
+    import builtins
+    numba_backend._kernels.cache_clear()
+    real_import = builtins.__import__
+
+    def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "numba" or name.startswith("numba.") or (fromlist and "_numba_kernels" in fromlist):
+            raise ImportError("No module named 'numba'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    try:
+        with pytest.raises(ImportError, match="numba.*gaussianvision\\[fast\\]"):
+            numba_backend.probe()
+    finally:
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        numba_backend._kernels.cache_clear()
+    numba_backend.probe()  # and recovers once numba is importable again
+
+
+def test_bad_shapes_are_named():
+    from gaussianvision.splats import SplatsError
+    s = Splats(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), torch.zeros(1, 2, 3), 4, 4)
+    with pytest.raises(SplatsError, match="chol"):
+        render_numba(s)
