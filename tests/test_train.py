@@ -210,3 +210,13 @@ def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys):
     sd = m.state_dict()
     assert len(w) == len([n for n, p in m.named_parameters()])  # everything trained
     assert all(torch.equal(sd[n], t) for n, t in w.items())
+
+
+def test_fresh_run_refuses_an_existing_run(shards, tmp_path, capsys):
+    out = tmp_path / "x"
+    base = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4",
+            "--out", str(out)]
+    assert _gsv_train(base) == 0
+    capsys.readouterr()
+    assert _gsv_train(base) == 2
+    assert "already holds a training run" in capsys.readouterr().err

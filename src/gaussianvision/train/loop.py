@@ -164,6 +164,10 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
             set_rng_state(rngs[info.rank])
     elif cfg.resume and info.is_main:
         print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
+    elif latest_checkpoint(out) is not None:
+        raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out)}); "
+                              "continue it with --resume or choose another --out")
+    resumed = step > 0
 
     log_f = None
     tb = None
@@ -171,7 +175,7 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps({"train": config_json, "task": task.describe()},
                                                           indent=2, default=str) + "\n")
-        log_f = open(out / "log.jsonl", "a")
+        log_f = open(out / "log.jsonl", "a" if resumed else "w")
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
