@@ -42,12 +42,13 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops())
 
 
-def time_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+def time_call(fn: Callable[[], object], repeats: int, warmup: bool = True) -> tuple[float, float]:
     """(median, min) seconds of `repeats` calls after one warm-up call.
 
     The minimum is the better estimate on a shared machine (interference only adds time)."""
     with torch.no_grad():
-        fn()
+        if warmup:
+            fn()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -58,12 +59,32 @@ def time_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", "gs-98"),
                     n_gaussians: Sequence[int] = (400, 3136), batches: Sequence[int] = (1, 32),
-                    repeats: int = 3, progress: Callable[[str], None] | None = None) -> dict:
+                    repeats: int = 3, progress: Callable[[str], None] | None = None,
+                    large_batch_repeats: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
     """Measure every (tower, N, batch).  Returns {"env": ..., "rows": [...]}; one row per
-    tower x N with flops_per_image, embed_flops_per_image and latency_s / images_per_s per batch."""
+    tower x N with flops_per_image, embed_flops_per_image and latency_s / images_per_s per batch.
+
+    Batches above 8 get `large_batch_repeats` timed calls and no warm-up (the smaller batch
+    of the same tower warmed it up; one such call costs many seconds on a CPU).
+    `on_row(partial_result)` is called after every row, so long runs can save as they go."""
     from gaussianvision.models import create_gsclip
     say = progress or (lambda _msg: None)
     rows = []
+
+    def reps(b):
+        return (repeats, True) if b <= 8 else (large_batch_repeats, False)
+
+    def env():
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                "processor": platform.processor() or platform.machine(), "dtype": "float32",
+                "base": base, "repeats": repeats, "large_batch_repeats": large_batch_repeats,
+                "batches": list(batches)}
+
+    def done(row):
+        rows.append(row)
+        if on_row is not None:
+            on_row({"env": env(), "rows": list(rows)})
+
     models = {}
     for cfg in configs:
         torch.manual_seed(0)
@@ -79,9 +100,9 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
     for b in batches:
         say(f"RGB {base} batch {b}")
         imgs = torch.randn(b, 3, *first.image_size)
-        t, best = time_call(lambda: first.encode_rgb(imgs), repeats)
+        t, best = time_call(lambda: first.encode_rgb(imgs), *reps(b))
         row["latency_s"][str(b)], row["latency_min_s"][str(b)], row["images_per_s"][str(b)] = t, best, b / best
-    rows.append(row)
+    done(row)
 
     for cfg, m in models.items():
         for n in n_gaussians:
@@ -93,13 +114,10 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
             for b in batches:
                 say(f"GS {cfg} N={n} batch {b}")
                 s = synthetic_splats(b, n, size, seed=b)
-                t, best = time_call(lambda: m.encode_image(s), repeats)
+                t, best = time_call(lambda: m.encode_image(s), *reps(b))
                 row["latency_s"][str(b)], row["latency_min_s"][str(b)], row["images_per_s"][str(b)] = t, best, b / best
-            rows.append(row)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-           "processor": platform.processor() or platform.machine(), "dtype": "float32",
-           "base": base, "repeats": repeats, "batches": list(batches)}
-    return {"env": env, "rows": rows}
+            done(row)
+    return {"env": env(), "rows": rows}
 
 
 def markdown_table(result: dict) -> str:
@@ -116,6 +134,7 @@ def markdown_table(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     e = result["env"]
     lines.append("")
-    lines.append(f"torch {e['torch']}, {e['threads']} threads, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up; "
+    lines.append(f"torch {e['torch']}, {e['threads']} threads, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
+                 f"(batches > 8: {e.get('large_batch_repeats', e['repeats'])} call(s), no warm-up); "
                  "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add).")
     return "\n".join(lines) + "\n"

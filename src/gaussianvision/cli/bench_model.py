@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", default=None, help="Gaussians per image, comma-separated (default 400,3136)")
     p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1,32)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per point (default 3)")
+    p.add_argument("--large-batch-repeats", type=int, default=1, help="timed calls for batches > 8 (default 1)")
     args = p.parse_args(argv)
 
     def go(a):
@@ -36,18 +37,26 @@ def main(argv=None) -> int:
         batches = _ints(a.batch) if a.batch else ([1, 4] if a.quick else [1, 32])
         repeats = a.repeats or (2 if a.quick else 3)
         configs = [c for c in a.configs.split(",") if c]
+        stem = "model_quick" if a.quick else "model"
+        md = a.out / f"{stem}.md"
+
+        def save(res, partial):
+            res["env"]["quick"] = bool(a.quick)
+            res["env"]["partial"] = partial
+            write_json(a.out / f"{stem}.json", res)
+            tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
+            title = f"# gsv bench model ({'quick' if a.quick else 'full'}{', partial' if partial else ''})"
+            tmp.write_text(f"{title}\n\n" + markdown_table(res))
+            os.replace(tmp, md)
+
         try:
             res = run_model_bench(a.base, configs, n, batches, repeats,
-                                  progress=None if a.json else (lambda m: print(f"  {m}", file=sys.stderr)))
+                                  progress=None if a.json else (lambda m: print(f"  {m}", file=sys.stderr)),
+                                  large_batch_repeats=a.large_batch_repeats,
+                                  on_row=lambda r: save(r, True))
         except ConfigError as e:
             raise CliError(str(e)) from None
-        res["env"]["quick"] = bool(a.quick)
-        stem = "model_quick" if a.quick else "model"
-        write_json(a.out / f"{stem}.json", res)
-        md = a.out / f"{stem}.md"
-        tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
-        tmp.write_text(f"# gsv bench model ({'quick' if a.quick else 'full'})\n\n" + markdown_table(res))
-        os.replace(tmp, md)
+        save(res, False)
         res["files"] = [str(a.out / f"{stem}.json"), str(md)]
         emit(res, a.json, markdown_table(res))
     return run("bench model", go, args)
