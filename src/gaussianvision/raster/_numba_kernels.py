@@ -137,20 +137,26 @@ def row_span(p, i, width, xs, y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
 
 
 @njit(**_jit)
-def row_weights(p, i, lo, n, wb):
-    """wb[0:n] = exp(-q/2) at columns lo..lo+n-1 of row i; returns float64 (y1, y2) at lo.
-
-    exp runs twice per row: along the row q is quadratic in the column, so
-    w_{j+1} = w_j r_j, r_{j+1} = r_j exp(-a). Four interleaved chains (stride 4) keep the
-    multiplier pipeline busy; they run in float64 (drift ~1e-16 per step) whatever wb is.
-    wb needs 4 spare slots past n.
-    """
-    inv11, s2, a, rho = p[INV11], p[S2], p[A], p[RHO]
-    dy = (i + 0.5) - p[MY]
+def row_start(p, i, lo):
+    """float64 (y1, y2, w, r) at column lo of row i: y = L^{-1}(p - mu), w = exp(-q/2),
+    r = w(lo + 1) / w(lo)."""
+    inv11 = p[INV11]
     y1 = ((lo + 0.5) - p[MX]) * inv11
-    y2 = (dy - p[L21] * y1) * p[INV22]
-    w0 = math.exp(-0.5 * (y1 * y1 + y2 * y2))
-    r = math.exp(-(y1 * inv11 + y2 * s2) - 0.5 * a)
+    y2 = (((i + 0.5) - p[MY]) - p[L21] * y1) * p[INV22]
+    w = math.exp(-0.5 * (y1 * y1 + y2 * y2))
+    r = math.exp(-(y1 * inv11 + y2 * p[S2]) - 0.5 * p[A])
+    return y1, y2, w, r
+
+
+@njit(**_jit)
+def fill_weights(rho, w0, r, n, wb):
+    """wb[0:n] = the weights along a row from its first weight w0 and ratio r.
+
+    Along a row q is quadratic in the column, so w_{j+1} = w_j r_j, r_{j+1} = r_j rho,
+    rho = exp(-a): no exp per pixel. Four interleaved chains (stride 4) keep the
+    multiplier pipeline busy; they run in float64 (drift ~1e-16 per step) whatever wb
+    is. wb needs 4 spare slots past n.
+    """
     w1 = w0 * r
     r1 = r * rho
     w2 = w1 * r1
@@ -184,16 +190,19 @@ def row_weights(p, i, lo, n, wb):
         wb[1] = w1
         wb[2] = w2
         wb[3] = w3
-    return y1, y2
 
 
 @njit(**_fast)
-def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb):
+def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb,
+            offsets, spans):
     """Add every Gaussian to `image` (zeroed by the caller) for work items [item0, item1).
 
     Item = (image b, band of rows): items never share pixels, so they may run concurrently.
     wb: scratch [W + 8] of the image dtype, one per concurrent caller.
+    Row r of Gaussian (b, k) (counted from its ROW0) is recorded for the backward in
+    spans[offsets[b * N + k] + r] = (first column, pixel count, first weight, first ratio).
     """
+    n_max = means.shape[1]
     height, width = image.shape[2], image.shape[3]
     band_h = (height + bands - 1) // bands
     for item in range(item0, item1):
@@ -209,12 +218,21 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
             mx_t, my_t = means[b, k, 0], means[b, k, 1]
             l11_t, l21_t, l22_t = chol[b, k, 0], chol[b, k, 1], chol[b, k, 2]
             c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
+            slot0 = offsets[b * n_max + k] - int(p[ROW0])
+            rho = p[RHO]
             for i in range(r0, r1 + 1):
                 lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
                 n = hi - lo + 1
+                sp = spans[slot0 + i]
+                sp[1] = 0.0
                 if n <= 0:
                     continue
-                row_weights(p, i, lo, n, wb)
+                y1, y2, w0, r = row_start(p, i, lo)
+                sp[0] = lo
+                sp[1] = n
+                sp[2] = w0
+                sp[3] = r
+                fill_weights(rho, w0, r, n, wb)
                 im = image[b, 0, i, lo:lo + n]
                 for t in range(n):
                     im[t] += wb[t] * c0
@@ -227,16 +245,15 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
 
 
 @njit(**_fast)
-def backward(means, chol, colors, counts, xs, ys, nine, params, grad_image, item0, item1,
-             g_means, g_chol, g_colors, wb, tb):
+def backward(params, colors, grad_image, item0, item1, offsets, spans, g_means, g_chol, g_colors, wb, tb):
     """Gradients of sum(grad_image * image) for Gaussians item0..item1-1 of the flattened [B*N].
 
-    Each Gaussian walks its own footprint and writes only its own gradient: no races, no
-    buffers to reduce. Padding and culled Gaussians get zeros. wb: scratch [W + 8];
-    tb: [W + 8] = 0, 1, 2, ... (the column offset); both of the image dtype.
+    Each Gaussian walks its own footprint (the row spans the forward recorded) and writes
+    only its own gradient: no races, no buffers to reduce. Padding and culled Gaussians get
+    zeros. wb: scratch [W + 8]; tb: [W + 8] = 0, 1, 2, ... (the column offset); both of the
+    image dtype.
     """
-    n_max = means.shape[1]
-    width = grad_image.shape[3]
+    n_max = params.shape[1]
     for idx in range(item0, item1):
         b = idx // n_max
         k = idx - b * n_max
@@ -252,16 +269,19 @@ def backward(means, chol, colors, counts, xs, ys, nine, params, grad_image, item
         m12 = 0.0
         m22 = 0.0
         if r0 <= r1:
-            mx_t, my_t = means[b, k, 0], means[b, k, 1]
-            l11_t, l21_t, l22_t = chol[b, k, 0], chol[b, k, 1], chol[b, k, 2]
             c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
-            zero = nine - nine
+            zero = tb[0]
+            rho, mx, my, l21 = p[RHO], p[MX], p[MY], p[L21]
+            slot0 = offsets[idx] - r0
             for i in range(r0, r1 + 1):
-                lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
-                n = hi - lo + 1
+                sp = spans[slot0 + i]
+                n = int(sp[1])
                 if n <= 0:
                     continue
-                y1, y2 = row_weights(p, i, lo, n, wb)
+                lo = int(sp[0])
+                y1 = ((lo + 0.5) - mx) * inv11
+                y2 = (((i + 0.5) - my) - l21 * y1) * inv22
+                fill_weights(rho, sp[2], sp[3], n, wb)
                 g0 = grad_image[b, 0, i, lo:lo + n]
                 g1 = grad_image[b, 1, i, lo:lo + n]
                 g2 = grad_image[b, 2, i, lo:lo + n]

@@ -149,13 +149,20 @@ class _RenderNumba(torch.autograd.Function):
         b, n = m.shape[0], m.shape[1]
         params = np.empty((b, n, k.NPARAM), np.float64)
         _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), per_thread=1)
+        # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
+        # span and first weights there, so the backward needs neither the conic nor exp
+        rows = (params[:, :, k.ROW1] - params[:, :, k.ROW0] + 1).clip(min=0).astype(np.int64).ravel()
+        offsets = np.zeros(rows.size + 1, np.int64)
+        np.cumsum(rows, out=offsets[1:])
+        spans = np.empty((int(offsets[-1]), 4), np.float64)
         image = torch.zeros((b, 3, height, width), dtype=dtype)
         im = image.numpy()
         bands = _bands(b, height)
         _run(k.forward, b * bands,
-             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im, _scratch(width, xs.dtype)))
-        ctx.save_for_backward(means, chol, colors)
-        ctx.extra = (cnt, xs, ys, nine, params)
+             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im, _scratch(width, xs.dtype),
+                             offsets, spans))
+        ctx.save_for_backward(colors)
+        ctx.extra = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
         return image
 
     @staticmethod
@@ -165,21 +172,19 @@ class _RenderNumba(torch.autograd.Function):
         if not any(need[:3]):
             return None, None, None, None, None, None
         k = _kernels()
-        means, chol, colors = ctx.saved_tensors
-        cnt, xs, ys, nine, params = ctx.extra
-        m = means.detach().contiguous().numpy()
-        c = chol.detach().contiguous().numpy()
+        (colors,) = ctx.saved_tensors
+        params, offsets, spans, np_dtype, m_shape, c_shape = ctx.extra
         col = colors.detach().contiguous().numpy()
-        g = grad_image.to(means.dtype).contiguous().numpy()
-        g_means = np.empty(m.shape, m.dtype)
-        g_chol = np.empty(c.shape, c.dtype)
-        g_colors = np.empty(col.shape, col.dtype)
+        g = grad_image.to(colors.dtype).contiguous().numpy()
+        g_means = np.empty(m_shape, np_dtype)
+        g_chol = np.empty(c_shape, np_dtype)
+        g_colors = np.empty(col.shape, np_dtype)
         width = g.shape[3]
-        tb = np.arange(width + 8, dtype=xs.dtype)
-        b, n = m.shape[0], m.shape[1]
+        tb = np.arange(width + 8, dtype=np_dtype)
+        b, n = m_shape[0], m_shape[1]
         _run(k.backward, b * n,
-             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, g, i0, i1, g_means, g_chol, g_colors,
-                             _scratch(width, xs.dtype), tb))
+             lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
+                             _scratch(width, np_dtype), tb))
         out = [torch.from_numpy(x) if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors))]
         return out[0], out[1], out[2], None, None, None
 
