@@ -17,15 +17,20 @@ How it is fast
   * exp() once per row, not per pixel: along a row q is quadratic in the column, so
     w_{j+1} = w_j r_j and r_{j+1} = r_j exp(-a) (a constant per Gaussian). Two products
     per pixel; the chains run in float64 (relative drift ~1e-15 per pixel) whatever T is.
-  * Forward: parallel over (image, band of rows) work items, each writing only its own
-    rows, so there are no races; bands are used only when the batch is smaller than a few
-    items per thread. Backward: parallel over Gaussians; each walks its own spans reading
-    dL/dimage and writes only its own gradients (no atomics, no per-thread buffers). Per
-    pixel it accumulates only 6 sums (3 colour, and sum e, e t, e t^2 with e = w g.c and t
-    the column offset); the five moments w g.c {y1, y2, y1^2, y1 y2, y2^2} that the
-    gradients of mu and L need follow per row because y1, y2 are affine in t.
-  * Per-Gaussian constants (inverse factors, row range, conic coefficients) are computed
-    once in the forward and reused by the backward.
+  * Forward: work items are (image, band of rows), each writing only its own rows, so
+    there are no races; bands are used only when the batch is smaller than 2 items per
+    thread. It records every row's span and first weight/ratio (a few MB), so the backward
+    runs neither the conic nor exp. Backward: work items are Gaussians; each walks its own
+    spans reading dL/dimage and writes only its own gradients (no atomics, no per-thread
+    image buffers). Per pixel it accumulates 6 sums (3 colour; e, e t, e t^2 with
+    e = w g.c and t the column offset), vectorized in the image dtype; the five moments
+    w g.c {y1, y2, y1^2, y1 y2, y2^2} that the gradients of mu and L need follow per row,
+    because y1 and y2 are affine in t.
+  * Threads: the kernels are serial, GIL-free (nogil) loops over a range of work items;
+    a small thread pool runs chunks of them (torch.get_num_threads() workers). numba's
+    prange was tried first: its OpenMP team spin-waits, and on this shared 2-core machine
+    (load ~8) a parallel loop ran 30x slower than the same loop on one thread. A pool
+    blocks instead of spinning, is safe to call from several threads, and compiles faster.
 
 Gradients (per pixel, e = w * (dL/dC(p) . c_k), y1 = dx/l11, y2 = (dy - l21 y1)/l22,
 sums over the Gaussian's footprint):
@@ -39,10 +44,11 @@ who have no compiler toolchain guarantee, and our CI machines build from a clean
 numba ships as a wheel, compiles these kernels on first use and caches the machine code
 (cache=True, in raster/__pycache__), so no build step, no ABI coupling to the installed
 torch, and one source file holds readable math. What we give up: the first call of each
-dtype compiles (a few seconds, once per machine), and no SIMD across pixels (the weight
-recurrence is serial). The kernels are scalar loops with no Python objects, so LLVM's
-code is within the range a hand-written C++ loop would reach; the time goes into the
-per-pixel recurrence and memory traffic, not into interpreter or dispatch overhead.
+dtype compiles (about 15 s on a loaded 2-core machine, once per machine), and SIMD only
+where LLVM finds it (the per-row colour and gradient loops; the weight recurrence runs as
+four interleaved scalar chains). The kernels are loops with no Python objects, so LLVM's
+code is what a hand-written C++ loop would give; the time goes into per-row setup (span,
+two exp) and per-pixel memory traffic, not into interpreter or dispatch overhead.
 
 Dtypes and devices follow the reference: computation in promote(means.dtype, float32)
 (float32 or float64), output on the splats' device (non-CPU tensors are moved to the CPU
