@@ -44,7 +44,7 @@ who have no compiler toolchain guarantee, and our CI machines build from a clean
 numba ships as a wheel, compiles these kernels on first use and caches the machine code
 (cache=True, in raster/__pycache__), so no build step, no ABI coupling to the installed
 torch, and one source file holds readable math. What we give up: the first call of each
-dtype compiles (about 15 s on a loaded 2-core machine, once per machine), and SIMD only
+dtype compiles (about 10 s on a loaded 2-core machine, once per machine), and SIMD only
 where LLVM finds it (the per-row colour and gradient loops; the weight recurrence runs as
 four interleaved scalar chains). The kernels are loops with no Python objects, so LLVM's
 code is what a hand-written C++ loop would give; the time goes into per-row setup (span,
