@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from gaussianvision.fit import FitConfig, Fitter, fit_images
+from gaussianvision.fit.adam import BatchAdam
+from gaussianvision.fit.fitter import _lr_scale
+from gaussianvision.fit.metrics import psnr
+from gaussianvision.raster import render
+
+REF = {"backend": "reference"}
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from gaussianvision.data.photos import bundled_photos
+    return torch.stack([t for _, t in bundled_photos(24, names=("astronaut", "coffee"))])
+
+
+def test_batch_adam_matches_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    grads = [torch.randn(2, 5, 3, generator=g, dtype=torch.float64) for _ in range(6)]
+    ours = BatchAdam({"x": p0.clone()}, {"x": 0.1})
+    ref = p0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1)
+    for gr in grads:
+        ours.step({"x": gr})
+        ref.grad = gr.clone()
+        opt.step()
+    assert torch.allclose(ours.params["x"], ref.detach(), atol=1e-12, rtol=0)
+
+
+def test_batch_adam_subset_freezes_the_others():
+    g = torch.Generator().manual_seed(1)
+    p0 = torch.randn(3, 4, 2, generator=g)
+    grads = [torch.randn(3, 4, 2, generator=g) for _ in range(4)]
+    full = BatchAdam({"x": p0.clone()}, {"x": 0.05})
+    part = BatchAdam({"x": p0.clone()}, {"x": 0.05})
+    idx = torch.tensor([0, 2])
+    for gr in grads:
+        full.step({"x": gr})
+        part.step({"x": gr[idx]}, idx)
+    assert torch.equal(part.params["x"][1], p0[1]) and int(part.steps[1]) == 0
+    assert torch.allclose(part.params["x"][idx], full.params["x"][idx], atol=1e-7)
+    assert part.steps.tolist() == [4, 0, 4]
+
+
+def test_schedules():
+    assert _lr_scale("constant", 5, 10, 0.1) == 1.0
+    assert _lr_scale("cosine", 0, 10, 0.1) == pytest.approx(1.0)
+    assert _lr_scale("cosine", 9, 10, 0.1) == pytest.approx(0.1)
+    assert _lr_scale("exp", 9, 10, 0.1) == pytest.approx(0.1)
+    assert 0.1 < _lr_scale("exp", 4, 10, 0.1) < 1.0
+
+
+def test_fitting_improves_a_real_photo(photos):
+    res = fit_images(photos, 36, iters=40, init="grid", record_at=(0, 40), **REF)
+    h0, h1 = res.history[0], res.history[-1]
+    assert h0["iteration"] == 0 and h1["iteration"] == 40
+    for b in range(2):
+        assert h1["psnr"][b] > h0["psnr"][b] + 2.0
+        m = res.metrics[b]
+        assert m["iterations"] == 40 and m["n_gaussians"] == 36 and m["psnr"] == pytest.approx(h1["psnr"][b], abs=1e-4)
+        assert set(m) >= {"psnr", "ssim", "n_gaussians", "iterations", "seconds"}
+    # metrics describe the returned splats
+    p = psnr(render(res.splats, backend="reference"), photos)
+    assert torch.allclose(p, torch.tensor([m["psnr"] for m in res.metrics]), atol=1e-4)
+    assert res.splats.counts.tolist() == [36, 36]
+    res.splats.validate()
+
+
+def test_ssim_loss_and_schedule_options_fit(photos):
+    res = fit_images(photos[:1], 25, iters=20, init="content", ssim_weight=0.5, schedule="cosine", **REF)
+    start = fit_images(photos[:1], 25, iters=0, init="content", **REF)
+    assert res.metrics[0]["ssim"] > start.metrics[0]["ssim"] + 0.05
+
+
+def test_early_stop_at_target_freezes_the_image(photos):
+    flat = torch.full((1, 3, 24, 24), 0.4)
+    batch = torch.cat([flat, photos[:1]])
+    f = Fitter(batch, 36, FitConfig(init="grid", target_psnr=30.0, **REF))
+    f.run(60)
+    easy, hard = f.iterations.tolist()
+    assert easy < 60 and f.stopped[0] == "target" and hard == 60 and f.stopped[1] is None
+    frozen = f.params["colors"][0].clone()
+    f.active[1] = True
+    f.run(3)
+    assert torch.equal(f.params["colors"][0], frozen)  # a stopped image is not touched again
+    res = f.result()
+    assert res.metrics[0]["psnr"] >= 30.0 and res.metrics[0]["iterations"] == easy
+
+
+def test_early_stop_on_plateau(photos):
+    # no iteration can improve by 100 dB, so each image stops `patience` iterations after its first
+    res = fit_images(photos, 16, iters=50, init="grid", plateau_patience=3, plateau_delta=100.0, **REF)
+    assert [m["iterations"] for m in res.metrics] == [4, 4]
+    assert [m["stopped"] for m in res.metrics] == ["plateau", "plateau"]
+
+
+def test_warm_start_from_splats(photos):
+    first = fit_images(photos, 25, iters=15, init="grid", **REF)
+    more = fit_images(photos, None, iters=15, init=first.splats, **REF)
+    for a, b in zip(first.metrics, more.metrics):
+        assert b["psnr"] > a["psnr"]
+
+
+def test_bad_inputs_are_clear_errors(photos):
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        fit_images(torch.zeros(2, 4, 8, 8), 4)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_images(torch.full((1, 3, 8, 8), math.nan), 4)
+    with pytest.raises(TypeError, match="unknown option 'lr_mean'"):
+        fit_images(photos, 4, lr_mean=1.0)
+    with pytest.raises(ValueError, match="unknown initializer"):
+        fit_images(photos, 4, init="spiral")
+    with pytest.raises(ValueError, match="n_gaussians"):
+        fit_images(photos, 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on CPU-only machines")
+def test_cuda_request_without_cuda_is_a_clear_error(photos):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        fit_images(photos, 4, iters=1, device="cuda")
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_matches_cpu(photos):
+    cpu = fit_images(photos, 16, iters=5, init="grid", **REF)
+    gpu = fit_images(photos, 16, iters=5, init="grid", device="cuda", **REF)
+    assert gpu.splats.device.type == "cuda"
+    for a, b in zip(cpu.metrics, gpu.metrics):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05)

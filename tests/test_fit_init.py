@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from gaussianvision.fit.init import grid_means, hilbert_index, init_content, init_grid, init_random, initialize
+from gaussianvision.fit.metrics import psnr
+from gaussianvision.raster import render
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from gaussianvision.data.photos import bundled_photos
+    (_, img), = bundled_photos(32, names=("astronaut",))
+    return img[None]
+
+
+def test_grid_means_square_is_a_regular_lattice():
+    m = grid_means(64, 32, 32)
+    xs, ys = m[:, 0].unique(), m[:, 1].unique()
+    assert len(xs) == 8 and len(ys) == 8
+    assert torch.allclose(xs, (torch.arange(8) + 0.5) * 4) and torch.allclose(ys, (torch.arange(8) + 0.5) * 4)
+
+
+@pytest.mark.parametrize("n,h,w", [(37, 20, 30), (400, 224, 224), (100, 16, 64)])
+def test_grid_means_cover_the_image_evenly(n, h, w):
+    m = grid_means(n, h, w)
+    assert m.shape == (n, 2)
+    assert (m[:, 0] > 0).all() and (m[:, 0] < w).all() and (m[:, 1] > 0).all() and (m[:, 1] < h).all()
+    assert len({tuple(p) for p in m.tolist()}) == n
+    # nearest-neighbour distances are all close to the average spacing: no clumps, no holes
+    d = torch.cdist(m, m) + torch.eye(n) * 1e9
+    nn = d.min(1).values
+    spacing = math.sqrt(h * w / n)
+    assert nn.min() > 0.5 * spacing and nn.max() < 1.6 * spacing
+    # each quadrant holds about a quarter
+    q = ((m[:, 0] < w / 2).long() * 2 + (m[:, 1] < h / 2).long()).bincount(minlength=4)
+    assert (q - n / 4).abs().max() <= 0.15 * n + 2
+
+
+def test_hilbert_index_is_a_path_of_neighbours():
+    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    d = hilbert_index(xs.reshape(-1), ys.reshape(-1), 3)
+    assert sorted(d.tolist()) == list(range(64))
+    order = torch.argsort(d)
+    pts = torch.stack([xs.reshape(-1)[order], ys.reshape(-1)[order]], -1)
+    steps = (pts[1:] - pts[:-1]).abs().sum(-1)
+    assert (steps == 1).all()
+
+
+@pytest.mark.parametrize("name", ["grid", "content"])
+def test_first_render_approximates_the_image(photo, name):
+    s = initialize(name, photo, 64, generator=torch.Generator().manual_seed(0), backend="reference")
+    s.validate()
+    p0 = float(psnr(render(s, backend="reference"), photo)[0])
+    # the best constant image (the mean color) reaches about 11 dB on this photo
+    p_const = float(psnr(photo.mean((2, 3), keepdim=True).expand_as(photo), photo)[0])
+    assert p0 > 13.0 and p0 > p_const + 2.0
+
+
+def test_random_init_is_the_weak_baseline(photo):
+    g = lambda: torch.Generator().manual_seed(1)
+    r1, r2 = init_random(photo, 64, generator=g()), init_random(photo, 64, generator=g())
+    assert torch.equal(r1.means, r2.means)
+    assert (r1.means >= 0).all() and (r1.means[..., 0] <= 32).all()
+    pr = float(psnr(render(r1, backend="reference"), photo)[0])
+    pg = float(psnr(render(init_grid(photo, 64, backend="reference"), backend="reference"), photo)[0])
+    assert pg > pr + 5
+
+
+def test_content_init_puts_more_gaussians_on_detail():
+    h = w = 48
+    img = torch.full((1, 3, h, w), 0.5)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w // 2), indexing="ij")
+    img[0, :, :, w // 2:] = ((xx // 2 + yy // 2) % 2).float()  # fine checkerboard on the right
+    s = init_content(img, 100, generator=torch.Generator().manual_seed(0), backend="reference")
+    right = s.means[0, :, 0] >= w / 2
+    assert int(right.sum()) > 70
+    assert (s.means[..., 0] >= 0).all() and (s.means[..., 0] <= w).all()
+    # Gaussians on the detail are smaller than those on the flat half
+    assert s.chol[0, right, 0].mean() < s.chol[0, ~right, 0].mean()
