@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+from gaussianvision.cli.main import main as gsv
+from gaussianvision.data.images import save_png
+from gaussianvision.splats import load
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    save_png(torch.rand(3, 20, 28, generator=g), d / "noise.png")
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 24), indexing="ij")
+    save_png(torch.stack([xx, yy, xx * yy]), d / "sub" / "ramp.png")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return d
+
+
+def test_fit_folder_reports_bad_images_and_fits_the_rest(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = gsv(["fit", str(mixed_folder), "--gaussians", "20", "--iters", "8", "--size", "16", "--out", str(out),
+              "--save-png", "--backend", "reference", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert sorted(r["path"].split("/")[-1] for r in d["results"]) == ["noise.png", "ramp.png"]
+    bad = {f["path"].split("/")[-1]: f["error"] for f in d["failures"]}
+    assert set(bad) == {"broken.png", "empty.jpg"}
+    assert "zero bytes" in bad["empty.jpg"] and "broken.png" in bad["broken.png"]
+    for r in d["results"]:
+        s = load(r["output"])
+        assert (s.height, s.width, s.max_gaussians) == (16, 16, 20) == (16, 16, r["n_gaussians"])
+        assert r["bytes"] == 32 + 16 * 20 and r["compression_ratio"] == pytest.approx(3 * 16 * 16 / r["bytes"])
+        assert r["iterations"] == 8 and r["psnr"] > 5 and 0 < r["ssim"] <= 1 and r["seconds"] > 0
+        assert (out / (r["output"].split("/")[-1][:-4] + ".png")).exists()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["fitted"] == 2 and saved["failed"] == 2
+
+
+def test_fit_with_pruning_and_explicit_files(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = gsv(["fit", str(mixed_folder / "noise.png"), str(mixed_folder / "notes.txt"), "-n", "20", "--iters", "4",
+              "--size", "0", "--prune-fraction", "0.25", "--finetune", "2", "--out", str(out),
+              "--backend", "reference", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    (r,), (f,) = d["results"], d["failures"]
+    assert "notes.txt" in f["path"] and "not an image" in f["error"]
+    assert r["n_gaussians"] == 15 and r["iterations"] == 6 and (r["height"], r["width"]) == (20, 28)
+    assert load(r["output"]).max_gaussians == 15
+
+
+def test_fit_all_bad_and_bad_options(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"")
+    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), "--json"]) == 1
+    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--gaussians must be >= 1" in capsys.readouterr().err
+    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--prune-fraction", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "prune_fraction" in capsys.readouterr().err
+
+
+def test_show_writes_a_png(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert gsv(["fit", str(mixed_folder / "sub"), "-n", "12", "--iters", "3", "--size", "16", "--out", str(out),
+                "--backend", "reference", "--json"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "show.png"
+    assert gsv(["show", str(out / "ramp.gsv"), "--image", str(mixed_folder / "sub" / "ramp.png"), "--out", str(png),
+                "--backend", "reference", "--json"]) == 0
+    from PIL import Image
+    im = Image.open(png)
+    assert im.format == "PNG" and im.size[0] > 2 * im.size[1]  # three panels side by side
+    assert json.loads(capsys.readouterr().out)["n_gaussians"] == 12
+    (tmp_path / "bad.gsv").write_bytes(b"nope")
+    assert gsv(["show", str(tmp_path / "bad.gsv"), "--out", str(png)]) == 2
+    assert "bad.gsv" in capsys.readouterr().err
