@@ -54,7 +54,7 @@ def time_naive(image: torch.Tensor, n: int, iters: int = 3, lr: tuple[float, flo
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     one()  # warm-up (allocator, threads)
     t0 = time.perf_counter()
