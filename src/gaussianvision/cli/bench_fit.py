@@ -23,6 +23,10 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto")
     p.add_argument("--ns", default=None, help="comma-separated N values (default 400,900,1600,3136)")
     p.add_argument("--checkpoints", default=None, help="comma-separated iterations (default 0,...,2000)")
+    p.add_argument("--inits", default=None, help="comma-separated initializers (default grid,content,random)")
+    p.add_argument("--prune-fractions", default=None, help="comma-separated fractions for the pruning sweep")
+    p.add_argument("--prune-finetune", type=int, default=None)
+    p.add_argument("--naive-iters", type=int, default=None)
     p.add_argument("--photos", type=int, default=None, help="how many bundled photos (default 8)")
     p.add_argument("--speed-images", type=int, default=None)
     p.add_argument("--speed-iters", type=int, default=None)
@@ -41,7 +45,14 @@ def main(argv=None) -> int:
             if not torch.cuda.is_available():
                 raise CliError("--device cuda: CUDA is not available on this machine")
         kw = {"device": a.device, "backend": a.backend, "kodak_dir": a.kodak_dir}
-        for k in ("photos", "speed_images", "speed_iters", "prune_n", "prune_iters", "kodak_limit", "kodak_iters"):
+        if a.inits:
+            kw["inits"] = tuple(s.strip() for s in a.inits.split(","))
+        if a.prune_fractions:
+            try:
+                kw["prune_fractions"] = tuple(float(v) for v in a.prune_fractions.split(","))
+            except ValueError:
+                raise CliError(f"--prune-fractions: expected numbers, got {a.prune_fractions!r}") from None
+        for k in ("naive_iters", "prune_finetune", "photos", "speed_images", "speed_iters", "prune_n", "prune_iters", "kodak_limit", "kodak_iters"):
             if getattr(a, k) is not None:
                 kw[k] = getattr(a, k)
         if a.ns:
