@@ -220,3 +220,21 @@ def test_fresh_run_refuses_an_existing_run(shards, tmp_path, capsys):
     capsys.readouterr()
     assert _gsv_train(base) == 2
     assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_stage1_token_level_loss(shards, tmp_path):
+    from gaussianvision.models import load_config
+    from gaussianvision.train.data import build_source
+    from gaussianvision.train.loop import TrainConfig, train
+    from gaussianvision.train.setup import build_task
+    cfg = load_config("gs-tiny")
+    cfg["resampler"]["num_latents"] = 64  # as many tokens as gsv-tiny's 8x8 patches
+    task = build_task("1", model_config=cfg, token_weight=0.5, distill="mse")
+    src = build_source(shards, ("splats", "image"), 4, buffer=4)
+    train(task, src, TrainConfig(out=str(tmp_path), steps=1, batch_size=4, log_every=1, progress=False))
+    rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["token_loss"] > 0 and rec["loss"] > 0.5 * rec["token_loss"]
+    with pytest.raises(ValueError, match="token counts"):
+        task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 16 latents vs 64 patches
+        batch = next(build_source(shards, ("splats", "image"), 2, buffer=2).batches(0))
+        task2.loss(batch)

@@ -171,8 +171,12 @@ def build_dataset(dataset: str, root: str, transform, task: str, split: str = "t
         if not need.is_file():
             raise EvalError(f"{dataset}: {need} not found (a wds dataset folder holds {split}/nshards.txt, "
                             f"{split}/0.tar ..., classnames.txt, zeroshot_classification_templates.txt)")
+    import warnings
     try:
-        ds = cb_build(dataset_name=dataset, root=root, transform=transform, split=split, download=True, task=task)
+        with warnings.catch_warnings():  # clip_benchmark builds its wds pipeline without shardshuffle
+            warnings.filterwarnings("ignore", message=r".*shardshuffle")
+            ds = cb_build(dataset_name=dataset, root=root, transform=transform, split=split, download=True,
+                          task=task)
     except EvalError:
         raise
     except (AssertionError, ValueError) as e:
