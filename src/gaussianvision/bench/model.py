@@ -1,7 +1,7 @@
 """Benchmark: GS tower vs the base's RGB tower, encode_image latency and FLOPs per image.
 
-FLOPs are counted by torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions and
-attention; 2 FLOPs per multiply-add; element-wise ops such as LayerNorm, GELU and the stem's
+FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on a meta-device twin of the
+model (matmuls, convolutions and attention; 2 FLOPs per multiply-add; element-wise ops such as LayerNorm, GELU and the stem's
 sin/cos are not counted) on one image.  The GS count is split into "embed" (stem + resampler
 + CLS/positions) and the rest (frozen blocks + head).  Latency is wall-clock median and minimum
 of `repeats` calls after one warm-up, under torch.no_grad, float32, on the current thread count.
@@ -86,16 +86,22 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
             on_row({"env": env(), "rows": list(rows)})
 
     models = {}
+    metas = {}
     for cfg in configs:
         torch.manual_seed(0)
         models[cfg] = create_gsclip(base, None, cfg).eval()
-    first = models[configs[0]] if configs else create_gsclip(base, None, "gs-196").eval()
+        # FLOPs are counted on a shape-only twin: on CPU tensors, attention runs in fused
+        # kernels (MHA fast path, CPU flash SDPA) that FlopCounterMode does not see
+        metas[cfg] = create_gsclip(base, None, cfg, device="meta").eval()
+    if not configs:
+        raise ValueError("run_model_bench: give at least one GS config")
+    first = models[configs[0]]
     size = first.image_size[0]
 
     # the RGB tower of the same base (GSCLIP.encode_rgb is exactly open_clip's encode_image)
-    img1 = torch.randn(1, 3, *first.image_size)
+    img1 = torch.randn(1, 3, *first.image_size, device="meta")
     row = {"tower": f"RGB {base}", "config": None, "tokens": first.base.visual.grid_size[0] * first.base.visual.grid_size[1],
-           "n_gaussians": None, "flops_per_image": count_flops(lambda: first.encode_rgb(img1)),
+           "n_gaussians": None, "flops_per_image": count_flops(lambda: metas[configs[0]].encode_rgb(img1)),
            "embed_flops_per_image": None, "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
     for b in batches:
         say(f"RGB {base} batch {b}")
@@ -106,10 +112,11 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
 
     for cfg, m in models.items():
         for n in n_gaussians:
-            s1 = synthetic_splats(1, n, size)
+            s1 = synthetic_splats(1, n, size).to("meta")
+            mm = metas[cfg]
             row = {"tower": f"GS {cfg}", "config": cfg, "tokens": m.visual.num_latents, "n_gaussians": n,
-                   "flops_per_image": count_flops(lambda: m.encode_image(s1)),
-                   "embed_flops_per_image": count_flops(lambda: m.visual.embed(s1)),
+                   "flops_per_image": count_flops(lambda: mm.encode_image(s1)),
+                   "embed_flops_per_image": count_flops(lambda: mm.visual.embed(s1)),
                    "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
             for b in batches:
                 say(f"GS {cfg} N={n} batch {b}")
