@@ -183,3 +183,32 @@ def test_bad_shapes_are_named():
     s = Splats(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), torch.zeros(1, 2, 3), 4, 4)
     with pytest.raises(SplatsError, match="chol"):
         render_numba(s)
+
+
+def test_subpixel_gaussians_without_the_row_carry():
+    # second differences of q above CARRY_MAX per pixel step: these Gaussians get exp on every
+    # row instead of the cross-row carry; still the reference's image and gradients
+    k = numba_backend._kernels()
+    means = torch.tensor([[[5.3, 4.6], [9.1, 7.7], [3.5, 9.2], [12.2, 3.3]]], dtype=torch.float64)
+    chol = torch.tensor([[[0.1, 0.0, 0.12], [0.9, 0.3, 0.1], [0.11, 0.05, 2.0], [3.0, 2.5, 0.13]]],
+                        dtype=torch.float64)
+    colors = torch.rand(1, 4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    inv11, inv22 = 1 / chol[..., 0], 1 / chol[..., 2]
+    a = inv11 ** 2 + (chol[..., 1] * inv11 * inv22) ** 2
+    assert ((a > k.CARRY_MAX) | (inv22 ** 2 > k.CARRY_MAX)).all()
+    for dtype in (torch.float64, torch.float32):
+        rtol, atol = TOL[dtype]
+        s = Splats(means.to(dtype), chol.to(dtype), colors.to(dtype), 16, 15)
+        check_parity(render_numba, s, rtol=rtol, atol=atol, name=f"subpixel/{dtype}")
+
+
+def test_large_gaussians_carry_across_many_rows():
+    # footprints spanning several RESTART blocks and the whole image, sheared both ways:
+    # the carried weights (row to row and along rows, left and right) stay exact
+    means = torch.tensor([[[20.5, 30.2], [40.0, 25.0], [10.0, 60.0]]], dtype=torch.float64)
+    chol = torch.tensor([[[9.0, 6.0, 4.0], [7.0, -8.0, 3.0], [30.0, 0.5, 25.0]]], dtype=torch.float64)
+    colors = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        rtol, atol = TOL[dtype]
+        s = Splats(means.to(dtype), chol.to(dtype), colors.to(dtype), 70, 53)
+        check_parity(render_numba, s, rtol=rtol, atol=atol, name=f"large/{dtype}")

@@ -19,9 +19,12 @@ import numpy as np
 from numba import njit
 
 # columns of `params`
-MX, MY, L21, INV11, INV22, S2, A, RHO, XC, HW, NINE_S, ROW0, ROW1 = range(13)
-NPARAM = 13
+(MX, MY, L21, INV11, INV22, S2, A, RHO, XC, HW, NINE_S, ROW0, ROW1,
+ IRHO, KX, KXI, RHOV, CARRY) = range(18)
+NPARAM = 18
 CUT = 9.0  # the reference's CUTOFF_Q, 3 sigma
+CARRY_MAX = 50.0  # largest second difference of q per pixel step for the cross-row carry
+RESTART = 16  # the carried weights are recomputed with exp on rows i % RESTART == 0
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -82,6 +85,18 @@ def setup(means, chol, counts, height, params, item0, item1):
         p[NINE_S] = CUT * s
         p[ROW0] = r0
         p[ROW1] = r1
+        # cross-row carry (see `forward`): exp(-P_yy), exp(-+P_xy), exp(+a) with P = Sigma^-1.
+        # Only for Gaussians at least ~0.14 px wide in P's sense (a, P_yy <= 50): then every
+        # point the carry visits has q below ~110 and no ratio leaves float64's range.
+        pyy = inv22 * inv22
+        pxy = s2 * inv22
+        carry = a <= CARRY_MAX and pyy <= CARRY_MAX
+        p[CARRY] = 1.0 if carry else 0.0
+        if carry:
+            p[IRHO] = math.exp(a)
+            p[KX] = math.exp(-pxy)
+            p[KXI] = math.exp(pxy)
+            p[RHOV] = math.exp(-pyy)
 
 
 
@@ -149,34 +164,44 @@ def row_start(p, i, lo):
 
 
 @njit(**_jit)
-def fill_weights(rho, w0, r, n, wb):
+def rho_powers(rho):
+    """Per-Gaussian constants of `fill_weights`: (rho^3, rho^6, rho^10, rho^14, rho^18, rho^16)."""
+    rho2 = rho * rho
+    rho3 = rho2 * rho
+    rho4 = rho2 * rho2
+    rho6 = rho4 * rho2
+    rho10 = rho6 * rho4
+    rho14 = rho10 * rho4
+    rho16 = rho4 * rho4
+    rho16 *= rho16
+    return rho3, rho6, rho10, rho14, rho14 * rho4, rho16
+
+
+@njit(**_jit)
+def fill_weights(w0, r, rho, rp, n, wb):
     """wb[0:n] = the weights along a row from its first weight w0 and ratio r.
 
     Along a row q is quadratic in the column, so w_{j+1} = w_j r_j, r_{j+1} = r_j rho,
     rho = exp(-a): no exp per pixel. Four interleaved chains (stride 4) keep the
     multiplier pipeline busy; they run in float64 (drift ~1e-16 per step) whatever wb
-    is. wb needs 4 spare slots past n.
+    is. rp = rho_powers(rho). wb needs 4 spare slots past n.
     """
+    rho3, rho6, rho10, rho14, rho18, rho16 = rp
+    r2 = r * r
     w1 = w0 * r
-    r1 = r * rho
-    w2 = w1 * r1
-    r2 = r1 * rho
-    w3 = w2 * r2
+    w2 = w0 * r2 * rho
+    w3 = w1 * r2 * rho3
+    wb[0] = w0
+    wb[1] = w1
+    wb[2] = w2
+    wb[3] = w3
     if n > 4:
-        rho4 = rho * rho
-        rho4 *= rho4
-        big0 = r * r
-        big0 = big0 * big0 * rho4 * rho * rho  # r_j r_{j+1} r_{j+2} r_{j+3} = r_j^4 rho^6
-        big1 = big0 * rho4
-        big2 = big1 * rho4
-        big3 = big2 * rho4
-        rho16 = rho4 * rho4
-        rho16 *= rho16
-        for t in range(0, n, 4):
-            wb[t] = w0
-            wb[t + 1] = w1
-            wb[t + 2] = w2
-            wb[t + 3] = w3
+        r4 = r2 * r2
+        big0 = r4 * rho6  # r_j r_{j+1} r_{j+2} r_{j+3} = r_j^4 rho^6
+        big1 = r4 * rho10
+        big2 = r4 * rho14
+        big3 = r4 * rho18
+        for t in range(4, n, 4):
             w0 *= big0
             w1 *= big1
             w2 *= big2
@@ -185,30 +210,40 @@ def fill_weights(rho, w0, r, n, wb):
             big1 *= rho16
             big2 *= rho16
             big3 *= rho16
-    else:
-        wb[0] = w0
-        wb[1] = w1
-        wb[2] = w2
-        wb[3] = w3
+            wb[t] = w0
+            wb[t + 1] = w1
+            wb[t + 2] = w2
+            wb[t + 3] = w3
 
 
 @njit(**_fast)
 def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb,
             offsets, spans):
-    """Add every Gaussian to `image` (zeroed by the caller) for work items [item0, item1).
+    """Add every Gaussian to `image` for work items [item0, item1).
 
     Item = (image b, band of rows): items never share pixels, so they may run concurrently.
+    Each item zeroes its own rows of `image` first (the caller may pass np.empty).
     wb: scratch [W + 8] of the image dtype, one per concurrent caller.
     Row r of Gaussian (b, k) (counted from its ROW0) is recorded for the backward in
     spans[offsets[b * N + k] + r] = (first column, pixel count, first weight, first ratio).
+
+    Weights: on the first row of a Gaussian (and of every RESTART-row block, so that bands
+    give bit-identical images) the first weight and ratio come from exp; below that they are
+    carried: from the previous row's first pixel one row down (w *= v) and then along the
+    row to the new first pixel (w *= r or w *= l), the ratios themselves changing by the
+    constant factors exp(-P_xx), exp(-P_xy), exp(-P_yy) (q is quadratic in (x, y)).
     """
     n_max = means.shape[1]
     height, width = image.shape[2], image.shape[3]
     band_h = (height + bands - 1) // bands
+    band_h = (band_h + RESTART - 1) // RESTART * RESTART  # bands start on restart rows
     for item in range(item0, item1):
         b = item // bands
         row_a = (item - b * bands) * band_h
         row_b = min(row_a + band_h, height) - 1
+        if row_a > row_b:
+            continue
+        image[b, :, row_a:row_b + 1] = 0
         for k in range(counts[b]):
             p = params[b, k]
             r0 = max(int(p[ROW0]), row_a)
@@ -220,28 +255,63 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
             c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
             slot0 = offsets[b * n_max + k] - int(p[ROW0])
             rho = p[RHO]
+            rp = rho_powers(rho)
+            carry = p[CARRY] != 0.0
+            if carry:
+                irho, kx, kxi, rhov = p[IRHO], p[KX], p[KXI], p[RHOV]
+            else:
+                irho = kx = kxi = rhov = 1.0
+            # carried state at pixel (jr, i - 1): weight w, ratios to the right / left / next
+            # row neighbour (r, l, v); valid only right after a non-empty row
+            have = False
+            jr = 0
+            w0 = r = l = v = 0.0
             for i in range(r0, r1 + 1):
                 lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
                 n = hi - lo + 1
                 sp = spans[slot0 + i]
                 sp[1] = 0.0
                 if n <= 0:
+                    have = False
                     continue
-                y1, y2, w0, r = row_start(p, i, lo)
+                if have and i % RESTART != 0:
+                    # one row down, then along the row to lo: products only, no exp
+                    w0 *= v
+                    v *= rhov
+                    r *= kx
+                    l *= kxi
+                    while jr < lo:
+                        w0 *= r
+                        r *= rho
+                        l *= irho
+                        v *= kx
+                        jr += 1
+                    while jr > lo:
+                        w0 *= l
+                        l *= rho
+                        r *= irho
+                        v *= kxi
+                        jr -= 1
+                else:
+                    y1, y2, w0, r = row_start(p, i, lo)
+                    if carry:
+                        l = rho / r
+                        v = math.exp(-y2 * p[INV22] - 0.5 * p[INV22] * p[INV22])
+                        jr = lo
+                        have = True
                 sp[0] = lo
                 sp[1] = n
                 sp[2] = w0
                 sp[3] = r
-                fill_weights(rho, w0, r, n, wb)
-                im = image[b, 0, i, lo:lo + n]
+                fill_weights(w0, r, rho, rp, n, wb)
+                im0 = image[b, 0, i, lo:lo + n]
+                im1 = image[b, 1, i, lo:lo + n]
+                im2 = image[b, 2, i, lo:lo + n]
                 for t in range(n):
-                    im[t] += wb[t] * c0
-                im = image[b, 1, i, lo:lo + n]
-                for t in range(n):
-                    im[t] += wb[t] * c1
-                im = image[b, 2, i, lo:lo + n]
-                for t in range(n):
-                    im[t] += wb[t] * c2
+                    w = wb[t]
+                    im0[t] += w * c0
+                    im1[t] += w * c1
+                    im2[t] += w * c2
 
 
 @njit(**_fast)
@@ -272,6 +342,7 @@ def backward(params, colors, grad_image, item0, item1, offsets, spans, g_means, 
             c0, c1, c2 = colors[b, k, 0], colors[b, k, 1], colors[b, k, 2]
             zero = tb[0]
             rho, mx, my, l21 = p[RHO], p[MX], p[MY], p[L21]
+            rp = rho_powers(rho)
             slot0 = offsets[idx] - r0
             for i in range(r0, r1 + 1):
                 sp = spans[slot0 + i]
@@ -281,7 +352,7 @@ def backward(params, colors, grad_image, item0, item1, offsets, spans, g_means, 
                 lo = int(sp[0])
                 y1 = ((lo + 0.5) - mx) * inv11
                 y2 = (((i + 0.5) - my) - l21 * y1) * inv22
-                fill_weights(rho, sp[2], sp[3], n, wb)
+                fill_weights(sp[2], sp[3], rho, rp, n, wb)
                 g0 = grad_image[b, 0, i, lo:lo + n]
                 g1 = grad_image[b, 1, i, lo:lo + n]
                 g2 = grad_image[b, 2, i, lo:lo + n]

@@ -161,12 +161,12 @@ class _RenderNumba(torch.autograd.Function):
         offsets = np.zeros(rows.size + 1, np.int64)
         np.cumsum(rows, out=offsets[1:])
         spans = np.empty((int(offsets[-1]), 4), np.float64)
-        image = torch.zeros((b, 3, height, width), dtype=dtype)
+        image = torch.empty((b, 3, height, width), dtype=dtype)
         im = image.numpy()
         bands = _bands(b, height)
         _run(k.forward, b * bands,
-             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im, _scratch(width, xs.dtype),
-                             offsets, spans))
+             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im,
+                             _scratch(width, xs.dtype), offsets, spans))
         ctx.save_for_backward(colors)
         ctx.extra = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
         return image
