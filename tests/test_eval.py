@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import COLORS, png_bytes  # noqa: E402
+from test_train_fixtures import COLORS, png_bytes  # noqa: E402
 
 pytest.importorskip("clip_benchmark")
 pytest.importorskip("webdataset")

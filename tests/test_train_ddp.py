@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import read_log, write_splat_shards  # noqa: E402
+from test_train_fixtures import read_log, write_splat_shards  # noqa: E402
 
 pytest.importorskip("open_clip")
 

@@ -56,3 +56,21 @@ def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_fixture_shards_decode_and_collate(tmp_path):
+    """The helpers above, read back through the training data path (also used by test_train*)."""
+    from gaussianvision.data.shards import read_samples
+    from gaussianvision.train.data import collate, decode_sample
+    paths = write_splat_shards(tmp_path, n_samples=3, per_shard=2)
+    assert len(paths) == 2
+    items = [decode_sample(raw, ("splats", "image", "text"), None) for p in paths for raw in read_samples(p)]
+    assert [it["key"] for it in items] == ["000000", "000001", "000002"]
+    batch = collate(items)
+    assert batch["splats"].batch_size == 3 and batch["splats"].counts.tolist() == [12, 12, 12]
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["text"][1] == "a photo of something green"
+    assert decode_sample({"__key__": "k", "txt": b"x"}, ("text",), None)["text"] == "x"
+    import pytest
+    from gaussianvision.train.data import DataError
+    with pytest.raises(DataError, match="no source image"):
+        decode_sample({"__key__": "k", "gsv": next(read_samples(paths[0]))["gsv"]}, ("splats", "image"), None)
