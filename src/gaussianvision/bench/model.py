@@ -11,6 +11,7 @@ not depend on the content.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import statistics
 import time
@@ -19,6 +20,14 @@ from typing import Callable, Sequence
 import torch
 
 __all__ = ["synthetic_splats", "count_flops", "time_call", "run_model_bench", "markdown_table"]
+
+
+def _loadavg() -> float | None:
+    # a shared machine's load explains noisy latencies; record it with the numbers
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def synthetic_splats(batch: int, n: int, size: int = 224, seed: int = 0):
@@ -78,7 +87,7 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
         return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "processor": platform.processor() or platform.machine(), "dtype": "float32",
                 "base": base, "repeats": repeats, "large_batch_repeats": large_batch_repeats,
-                "batches": list(batches)}
+                "batches": list(batches), "loadavg_1min": _loadavg()}
 
     def done(row):
         rows.append(row)
@@ -141,7 +150,8 @@ def markdown_table(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     e = result["env"]
     lines.append("")
-    lines.append(f"torch {e['torch']}, {e['threads']} threads, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
+    load = f", load average {e['loadavg_1min']}" if e.get("loadavg_1min") is not None else ""
+    lines.append(f"torch {e['torch']}, {e['threads']} threads{load}, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
                  f"(batches > 8: {e.get('large_batch_repeats', e['repeats'])} call(s), no warm-up); "
                  "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add).")
     return "\n".join(lines) + "\n"
