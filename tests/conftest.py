@@ -4,6 +4,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Triton decides at its first import whether @triton.jit builds interpretable functions, and some
+# library may import triton before the Triton tests run: so the interpreter is on for the whole
+# session (it only matters on CPU tensors; the backend re-reads the variable on every call).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
