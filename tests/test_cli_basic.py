@@ -38,10 +38,3 @@ def test_render_scale(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     from PIL import Image
     assert Image.open(tmp_path / "a.png").size == (32, 24) and d["height"] == 24
-
-
-def test_demo_quick(tmp_path, capsys):
-    assert gsv(["demo", "--quick", "--out", str(tmp_path), "--json"]) == 0
-    d = json.loads(capsys.readouterr().out)
-    assert d["psnr"] > 15 and (tmp_path / "astronaut.gsv").exists() and (tmp_path / "astronaut_compare.png").exists()
-    assert d["compression_ratio_payload"] == pytest.approx(64 * 64 * 3 / 1600)

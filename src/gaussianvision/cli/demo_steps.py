@@ -1,0 +1,314 @@
+"""The steps of `gsv demo`, each a plain function over the library (no subprocesses), and the
+step cache that lets a rerun reuse every step whose inputs and settings are unchanged.
+
+Settings live in SETTINGS (full, quick, and tiny for tests); see docs/demo.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["SETTINGS", "StepCache", "settings_for", "step_world", "step_photos", "step_convert", "step_train",
+           "step_eval", "load_samples", "register_bases", "PIXEL_BYTES_PER_GAUSSIAN"]
+
+PIXEL_BYTES_PER_GAUSSIAN = 16  # 8 float16 numbers: mean (2), Cholesky factor (3), color (3)
+
+# Every number that determines a result. The full demo targets <= 10 minutes on an idle 2-core
+# machine, --quick <= 2 minutes; tiny is for the tests (seconds, meaningless accuracy).
+SETTINGS: dict[str, dict] = {
+    "full": {
+        "world": {"n_train": 4000, "n_test": 100, "n_task": 200, "seed": 0},
+        "photos": {"size": 224, "n": [100, 400, 900], "iters": 200, "init": "content", "names": None},
+        "convert": {"budgets": [64, 128], "iters": 60, "init": "content", "n_images": 2000, "batch": 64},
+        "teacher": {"base": "gsv-tiny", "epochs": 10, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1},
+        "stage1": {"config": "gs-tiny", "epochs": 10, "batch": 128, "lr": 2e-3, "warmup": 20},
+        "stage2": {"epochs": 4, "batch": 128, "lr": 5e-4, "warmup": 10},
+        "eval": {"batch": 200},
+        "seed": 0,
+    },
+    "quick": {
+        "world": {"n_train": 800, "n_test": 50, "n_task": 60, "seed": 0},
+        "photos": {"size": 128, "n": [100, 400], "iters": 100, "init": "content",
+                   "names": ["astronaut", "chelsea", "coffee", "rocket"]},
+        "convert": {"budgets": [48, 96], "iters": 40, "init": "content", "n_images": 800, "batch": 64},
+        "teacher": {"base": "gsv-tiny", "epochs": 8, "batch": 64, "lr": 2e-3, "warmup": 10, "weight_decay": 0.1},
+        "stage1": {"config": "gs-tiny", "epochs": 6, "batch": 64, "lr": 2e-3, "warmup": 10},
+        "stage2": {"epochs": 2, "batch": 64, "lr": 5e-4, "warmup": 5},
+        "eval": {"batch": 120},
+        "seed": 0,
+    },
+    "tiny": {
+        "world": {"n_train": 48, "n_test": 8, "n_task": 12, "seed": 0},
+        "photos": {"size": 32, "n": [16, 32], "iters": 5, "init": "grid", "names": ["astronaut", "coffee"]},
+        "convert": {"budgets": [16, 32], "iters": 5, "init": "grid", "n_images": 48, "batch": 48},
+        "teacher": {"base": "gsv-tiny", "epochs": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "weight_decay": 0.1},
+        "stage1": {"config": "gs-tiny", "epochs": 1, "batch": 16, "lr": 1e-3, "warmup": 1},
+        "stage2": {"epochs": 1, "batch": 16, "lr": 5e-4, "warmup": 1},
+        "eval": {"batch": 16},
+        "seed": 0,
+    },
+}
+
+# Extra OpenCLIP bases the demo can use (registered in-process, like models' gsv-tiny).
+EXTRA_BASES: dict[str, dict] = {}
+
+
+def settings_for(mode: str) -> dict:
+    return json.loads(json.dumps(SETTINGS[mode]))
+
+
+def register_bases() -> None:
+    import open_clip
+    from gaussianvision.models import register_open_clip_configs
+    register_open_clip_configs()
+    for name, cfg in EXTRA_BASES.items():
+        open_clip.factory._MODEL_CONFIGS.setdefault(name, cfg)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class StepCache:
+    """Runs named steps; a step's result is stored in DIR/steps/NAME.json with the hash of its key
+    (its settings and the hashes of the steps it reads), and reused when the key is unchanged."""
+
+    def __init__(self, out: Path, force: bool = False, total: int = 0):
+        self.out = Path(out)
+        self.dir = self.out / "steps"
+        self.force = force
+        self.timings: dict[str, dict] = {}
+        self.total, self.index = total, 0
+
+    def run(self, name: str, key: dict, fn, label: str | None = None, check=None) -> tuple[dict, str]:
+        """-> (result, hash). fn() returns a JSON-able dict; check(result) False (outputs gone) reruns."""
+        self.index += 1
+        h = _hash({"step": name, **key})
+        path = self.dir / f"{name}.json"
+        tag = f"[{self.index}/{self.total}] {label or name}"
+        if not self.force and path.is_file():
+            try:
+                rec = json.loads(path.read_text())
+            except ValueError:
+                rec = {}
+            if rec.get("hash") == h and "result" in rec and (check is None or check(rec["result"])):
+                self.timings[name] = {"seconds": 0.0, "cpu_seconds": 0.0, "cached": True,
+                                      "first_seconds": rec.get("seconds"), "first_cpu_seconds": rec.get("cpu_seconds")}
+                _log(f"{tag}: cached (first run took {rec.get('seconds', 0):.1f} s, cpu {rec.get('cpu_seconds', 0):.1f} s)")
+                return rec["result"], h
+        _log(f"{tag} ...")
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.timings[name] = {"seconds": round(secs, 2), "cpu_seconds": round(cpu, 2), "cached": False}
+        from .common import write_json
+        write_json(path, {"hash": h, "key": key, "seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
+                          "result": result})
+        _log(f"{tag}: done in {secs:.1f} s (cpu {cpu:.1f} s)")
+        return result, h
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# ---------------------------------------------------------------- world
+
+def step_world(out: Path, s: dict, force: bool) -> dict:
+    from gaussianvision.data.synthetic import make_world
+    w = make_world(out / "world", n_train=s["n_train"], n_test=s["n_test"], n_task=s["n_task"], seed=s["seed"],
+                   force=force)
+    return {"out_dir": str(w["out_dir"]), "param_hash": w["param_hash"], "n_images": w["n_images"],
+            "splits": {k: {"n": v["n"], "dir": str(v["dir"])} for k, v in w["splits"].items()},
+            "tasks": {k: {"root": str(v["root"]), "dataset": v["dataset"], "n": v["n"], "n_classes": v["n_classes"],
+                          "classes": v["classes"], "chance": v["chance"]} for k, v in w["tasks"].items()},
+            "seconds_world": w.get("seconds")}
+
+
+# ---------------------------------------------------------------- photos
+
+def step_photos(out: Path, s: dict, progress: bool) -> dict:
+    from gaussianvision.data.photos import PHOTO_NAMES, bundled_photos
+    from gaussianvision.fit import fit_images
+    from gaussianvision.raster import render
+    from gaussianvision.splats import encode, save
+    from gaussianvision.data.images import save_png
+    d = _fresh(out / "photos")
+    names = tuple(s["names"] or PHOTO_NAMES)
+    photos = bundled_photos(s["size"], names=names)
+    imgs = torch.stack([im for _, im in photos])
+    for (name, im) in photos:
+        save_png(im, d / f"{name}_original.png")
+    rows = []
+    for n in s["n"]:
+        t0 = time.perf_counter()
+        res = fit_images(imgs, n, iters=s["iters"], init=s["init"], progress=progress)
+        secs = time.perf_counter() - t0
+        save(d / f"photos_n{n}.gsv", res.splats)
+        rendered = render(res.splats).clamp(0, 1)
+        for b, (name, _) in enumerate(photos):
+            save_png(rendered[b], d / f"{name}_n{n}.png")
+        file_bytes = len(encode(res.splats[0]))
+        pixel = 3 * s["size"] * s["size"]
+        payload = PIXEL_BYTES_PER_GAUSSIAN * n
+        rows.append({"n_gaussians": n, "size": s["size"], "iters": s["iters"], "init": s["init"],
+                     "psnr": sum(m["psnr"] for m in res.metrics) / len(res.metrics),
+                     "ssim": sum(m["ssim"] for m in res.metrics) / len(res.metrics),
+                     "psnr_per_photo": {name: res.metrics[b]["psnr"] for b, (name, _) in enumerate(photos)},
+                     "pixel_bytes": pixel, "payload_bytes": payload, "file_bytes": file_bytes,
+                     "compression": pixel / payload, "seconds_per_image": secs / len(photos)})
+    return {"dir": str(d), "names": list(names), "rows": rows}
+
+
+# ---------------------------------------------------------------- conversion of the world
+
+def _train_shards(world: dict, n_images: int) -> list[str]:
+    from gaussianvision.data.sources import expand_urls
+    shards = expand_urls(world["splits"]["train"]["dir"])
+    return shards
+
+
+def step_convert(out: Path, world: dict, n: int, s: dict, progress: bool) -> dict:
+    """The world's train shards -> splat shards with N Gaussians, the images kept for stage 1.
+
+    Only the first `n_images` train images are converted: the world's shards are cut to that
+    many samples first (shard boundaries need not match)."""
+    from gaussianvision.data.convert import ConvertConfig, convert_dataset
+    from gaussianvision.data.shards import read_samples
+    d = _fresh(out / f"splats_n{n}")
+    src = _subset_shards(world, s["n_images"], out / "world_subset")
+    cfg = ConvertConfig(n_gaussians=n, size=64, fit_options={"iters": s["iters"], "init": s["init"]},
+                        keep_image=True, batch_size=s["batch"], shard_size=1000, workers=0, progress=progress)
+    summ = convert_dataset(src, d, cfg)
+    if not summ.get("complete") or summ["converted"] == 0:
+        raise RuntimeError(f"conversion to {d} incomplete: {summ}")
+    pixel = 3 * 64 * 64
+    payload = PIXEL_BYTES_PER_GAUSSIAN * n
+    return {"dir": str(d), "n_gaussians": n, "iters": s["iters"], "init": s["init"], "converted": summ["converted"],
+            "failed": summ["failed"], "psnr": summ.get("psnr_mean"), "pixel_bytes": pixel, "payload_bytes": payload,
+            "compression": pixel / payload}
+
+
+def _subset_shards(world: dict, n_images: int, dest: Path) -> list[str]:
+    """The train split's shards if they hold <= n_images samples, else a copy of the first n_images
+    samples as new shards under dest (same keys, same bytes per member)."""
+    import tarfile
+    from gaussianvision.data.sources import expand_urls
+    shards = expand_urls(world["splits"]["train"]["dir"])
+    if world["splits"]["train"]["n"] <= n_images:
+        return shards
+    marker = dest / f"subset-{world['param_hash']}-{n_images}.done"
+    out_shards = sorted(str(p) for p in dest.glob("subset-*.tar"))
+    if marker.is_file():
+        return out_shards
+    _fresh(dest)
+    keys_seen: set[str] = set()
+    written: list[str] = []
+    tw = None
+    count = 0
+    for url in shards:
+        with tarfile.open(url, "r") as tf:
+            for m in tf.getmembers():
+                key = m.name.rpartition("/")[2].partition(".")[0]
+                if key not in keys_seen:
+                    if len(keys_seen) >= n_images:
+                        break
+                    keys_seen.add(key)
+                    if count % 1000 == 0:
+                        if tw is not None:
+                            tw.close()
+                        p = dest / f"subset-{len(written):06d}.tar"
+                        written.append(str(p))
+                        tw = tarfile.open(p, "w")
+                    count += 1
+                tw.addfile(m, tf.extractfile(m))
+        if len(keys_seen) >= n_images:
+            break
+    if tw is not None:
+        tw.close()
+    marker.write_text(json.dumps({"n": len(keys_seen)}))
+    return written
+
+
+# ---------------------------------------------------------------- training
+
+def load_samples(spec, need: tuple[str, ...], image_size: int | None = None) -> list[dict]:
+    """All samples of tar shards, decoded as the trainer does (gsv train --in-memory)."""
+    from gaussianvision.train.data import build_source
+    src = build_source(spec, need, 1, image_size=image_size)
+    return [x for u in src.shards for x in src.read_shard(u)]
+
+
+def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=None, pretrained=None,
+               model_config=None, init_from=None, seed: int = 0, progress: bool = False) -> dict:
+    """One `gsv train` run in-process (the functions cli/train.py calls), on samples held in memory."""
+    from gaussianvision.train.data import build_memory_source
+    from gaussianvision.train.distributed import DistInfo
+    from gaussianvision.train.loop import TrainConfig, train
+    from gaussianvision.train.setup import build_task
+    out_dir = _fresh(Path(out_dir))
+    info = DistInfo()
+    task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
+                      init_from=str(init_from) if init_from else None, info=info, seed=seed)
+    source = build_memory_source(samples, s["batch"], seed=seed)
+    steps = max(1, math.ceil(s["epochs"] * len(source)))
+    cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),
+                      weight_decay=s.get("weight_decay", 0.1), precision="fp32", seed=seed,
+                      log_every=max(1, steps // 60), progress=progress,
+                      extra={"data": "in-memory (gsv demo)", "stage": stage})
+    summary = train(task, source, cfg, info)
+    losses = summary.pop("losses")
+    trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in task.model.parameters())
+    return {"out": str(out_dir), "stage": stage, "steps": summary["steps"], "samples": len(samples),
+            "first_loss": losses[0] if losses else None, "final_loss": summary["final_loss"],
+            "trainable_parameters": trainable, "parameters": total, "log": str(out_dir / "log.jsonl")}
+
+
+# ---------------------------------------------------------------- zero-shot evaluation
+
+def step_eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None, progress: bool = False) -> dict:
+    """One model (load_eval_model spec) on the world's four tasks -> per task acc1 / balanced acc."""
+    old = os.environ.get("TQDM_DISABLE")
+    if not progress:  # clip_benchmark draws its own bars
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _eval(spec, world, out_dir, batch, splats)
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+def _eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None) -> dict:
+    from gaussianvision.eval import evaluate_one, load_eval_model
+    from gaussianvision.eval.report import write_result
+    register_bases()
+    em = load_eval_model(spec, "cpu")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for task, t in world["tasks"].items():
+        rec = evaluate_one(em, t["dataset"], t["root"], batch_size=batch, device="cpu", splats=splats,
+                           cache_dir=str(out_dir / "splat_cache") if splats is not None else None)
+        write_result(out_dir, rec)
+        m = rec["metrics"]
+        res[task] = {"acc1": m["acc1"], "mean_per_class_recall": m.get("mean_per_class_recall"),
+                     "seconds": rec.get("seconds"), **({"fitted": rec["gsv"]["fitted"]} if "gsv" in rec else {})}
+    return {"model": spec, "tasks": res, "mean_acc1": sum(r["acc1"] for r in res.values()) / len(res)}
