@@ -284,16 +284,14 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
 
 def step_eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None, progress: bool = False) -> dict:
     """One model (load_eval_model spec) on the world's four tasks -> per task acc1 / balanced acc."""
-    old = os.environ.get("TQDM_DISABLE")
-    if not progress:  # clip_benchmark draws its own bars
-        os.environ["TQDM_DISABLE"] = "1"
+    from clip_benchmark.metrics import zeroshot_classification as zc
+    bar = zc.tqdm
+    if not progress:  # clip_benchmark draws its own bars (tqdm reads TQDM_DISABLE only at import)
+        zc.tqdm = lambda it, *a, **k: it
     try:
         return _eval(spec, world, out_dir, batch, splats)
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        zc.tqdm = bar
 
 
 def _eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None) -> dict:
