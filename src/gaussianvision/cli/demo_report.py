@@ -146,6 +146,14 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
              f"teacher: {100 * zs['ratio']:.1f}% of the teacher (target: >= 90% at >= 10x; chance "
              f"{_pct(zs['chance_mean'])}).")
 
+    weak = [t for t, v in zs["tasks"].items() if v["rgb"] < v["chance"] + 0.1]
+    if weak:
+        rep.text(f"Caveat: the RGB teacher is not well above chance on {', '.join(weak)} (within 10 points of "
+                 "chance), so the GS/RGB ratio there measures agreement with a weak teacher; the tasks where the "
+                 "teacher is strong are the meaningful comparison.", note=False)
+    first = [v.get("first_cpu_seconds") if v["cached"] else v["cpu_seconds"] for v in results["timings"].values()]
+    rep.text(f"Wall / CPU totals above are this run's (cached steps cost nothing); the steps' first runs took "
+             f"{sum(x or 0 for x in first):.0f} s of CPU in all.", note=True)
     rep.heading("Zero-shot: RGB teacher vs GS encoders, per task and budget")
     budgets = list(zs["budgets"])
     rows = []
@@ -194,7 +202,9 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
     rep.figure(figs["curves"], "Training curves (from each run's log.jsonl)", width=1000)
 
     rep.heading("Timings per step")
-    rep.table([{"step": k, "wall s": v["seconds"], "CPU s": v["cpu_seconds"], "cached": "yes" if v["cached"] else "no"}
+    rep.table([{"step": k, "wall s": v["seconds"], "CPU s": v["cpu_seconds"], "cached": "yes" if v["cached"] else "no",
+                "first run wall s": v.get("first_seconds", v["seconds"]),
+                "first run CPU s": v.get("first_cpu_seconds", v["cpu_seconds"])}
                for k, v in results["timings"].items()])
     rep.text("CPU seconds count every thread of the process; on a busy machine the wall time is inflated, the "
              "CPU time much less so.", note=True)

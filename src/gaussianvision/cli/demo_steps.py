@@ -29,7 +29,7 @@ SETTINGS: dict[str, dict] = {
         "photos": {"size": 224, "n": [100, 400, 900], "iters": 200, "init": "content", "names": None},
         "convert": {"budgets": [64, 128], "iters": 60, "init": "content", "n_images": 2000, "batch": 64},
         "teacher": {"base": "gsv-tiny", "epochs": 10, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1},
-        "stage1": {"config": "gs-tiny", "epochs": 12, "batch": 128, "lr": 3e-3, "warmup": 20},
+        "stage1": {"config": "gs-tiny", "epochs": 16, "batch": 64, "lr": 3e-3, "warmup": 20},
         "stage2": {"epochs": 2, "batch": 128, "lr": 1e-4, "warmup": 5},
         "eval": {"batch": 200},
         "seed": 0,
