@@ -7,12 +7,14 @@ A shard is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
+
+# the world's shards use the project's one deterministic, atomic tar writer
+from ..shards import ShardWriter as TarShardWriter
 
 __all__ = ["TarShardWriter", "iter_tar", "file_sha256", "write_text_atomic"]
 
@@ -31,51 +33,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-class TarShardWriter:
-    """Write samples (key -> {ext: bytes}) to one tar; members of a sample stay together.
-
-    Used as a context manager; on an exception the partial file is removed instead of renamed.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
-        self.count = 0
-
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        if "." in key or "/" in key:
-            raise ValueError(f"sample key {key!r} must not contain '.' or '/' (webdataset splits on them)")
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-        self.count += 1
-
-    def close(self) -> None:
-        self._tar.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        self._tar.close()
-        self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
 
 
 def iter_tar(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
