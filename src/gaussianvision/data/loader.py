@@ -37,7 +37,7 @@ from ..splats import format as fmt
 from ..splats.format import FormatError
 from ..splats.types import Splats
 from .images import ImageLoadError, load_image
-from .shards import read_samples
+from .shards import read_samples, shuffle_buffer
 from .sources import IMAGE_EXTS, expand_urls
 
 __all__ = ["SplatShards", "collate_splats", "splat_loader"]
@@ -139,16 +139,7 @@ class SplatShards(IterableDataset):
         info = get_worker_info()
         rank, _ = _dist_rank_world()
         rng = random.Random(hash((self.seed, self.epoch, rank, info.id if info else 0)))
-        buf: list[dict] = []
-        for item in self._samples():
-            if len(buf) < self.buffer:
-                buf.append(item)
-                continue
-            j = rng.randrange(len(buf))
-            buf[j], item = item, buf[j]
-            yield item
-        rng.shuffle(buf)
-        yield from buf
+        yield from shuffle_buffer(self._samples(), self.buffer, rng)
 
 
 def _decode_one(data: bytes, where: str) -> tuple:

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["ShardWriter", "read_samples", "tmp_name"]
+__all__ = ["ShardWriter", "read_samples", "tmp_name", "shuffle_buffer"]
 
 
 def tmp_name(path: Path) -> Path:
@@ -73,6 +73,30 @@ class ShardWriter:
             self.abort()
 
 
+def _split_member(name: str) -> tuple[str, str]:
+    """Tar member name -> (sample key, extension): the key is everything before the first dot
+    of the base name, with its folder kept, as webdataset groups members."""
+    d, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext
+
+
+def shuffle_buffer(items, size: int, rng):
+    """Yield `items` mixed through a buffer of `size` (webdataset-style): once the buffer is full,
+    each new item swaps with a random buffered one, which is yielded; the rest come out shuffled.
+    The order is a pure function of the items and `rng`'s state."""
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = rng.randrange(len(buf))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
 def _fast_members(data: bytes) -> tuple[list[tuple[str, int, int]], Exception | None] | None:
     """(name, data offset, size) of the regular files of a plain USTAR tar, parsed directly
     (several times faster than tarfile for small members); None when the tar uses features
@@ -116,9 +140,7 @@ def read_samples(path: str | os.PathLike, fileobj=None) -> Iterator[dict]:
             members, err = parsed
             cur: dict | None = None
             for mname, off, size in members:
-                d, _, base = mname.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{d}/{stem}" if d else stem
+                key, ext = _split_member(mname)
                 if cur is None or cur["__key__"] != key:
                     if cur is not None:
                         yield cur
@@ -135,9 +157,7 @@ def read_samples(path: str | os.PathLike, fileobj=None) -> Iterator[dict]:
         for m in tf:
             if not m.isfile():
                 continue
-            d, _, base = m.name.rpartition("/")
-            stem, _, ext = base.partition(".")
-            key = f"{d}/{stem}" if d else stem
+            key, ext = _split_member(m.name)
             if cur is None or cur["__key__"] != key:
                 if cur is not None:
                     yield cur

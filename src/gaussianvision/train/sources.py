@@ -18,6 +18,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..data.shards import shuffle_buffer
+
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed"]
 
 
@@ -78,17 +80,8 @@ class ShardSource:
         rng = random.Random(epoch_seed(self.seed, epoch, self.rank))
         order = list(self.shards)
         random.Random(epoch_seed(self.seed, epoch)).shuffle(order)
-        buf: list = []
-        for url in order[self.rank::self.world_size]:
-            for sample in self.read_shard(url):
-                if len(buf) < self.buffer:
-                    buf.append(sample)
-                    continue
-                k = rng.randrange(len(buf))
-                buf[k], sample = sample, buf[k]
-                yield sample
-        rng.shuffle(buf)
-        yield from buf
+        mine = (sample for url in order[self.rank::self.world_size] for sample in self.read_shard(url))
+        yield from shuffle_buffer(mine, self.buffer, rng)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         items: list = []
