@@ -228,3 +228,37 @@ def test_objects_stay_inside_and_apart():
             for p in objs[j + 1:]:
                 d = np.hypot(o["x"] - p["x"], o["y"] - p["y"])
                 assert d > extent(o["shape"], o["radius"]) + extent(p["shape"], p["radius"])
+
+
+@pytest.mark.parametrize("cells", [8, 4])
+def test_layout_grid_puts_every_centre_near_a_cell_centre(cells):
+    """cells > 0: each object centre is within LAYOUT_JITTER of a cell of the centre of one of
+    cells x cells cells, in train scenes and in every task; the jitter is used (not always 0)."""
+    from gaussianvision.data.synthetic import TASK_NAMES
+    from gaussianvision.data.synthetic.scenes import LAYOUT_JITTER
+    step = 64 / cells
+    offsets = []
+    scenes = [train_sample(0, "train", i, 64, DEFAULT_HOLDOUT, cells=cells)[2] for i in range(40)]
+    scenes += [task_sample(0, t, i, 64, i % len(TASKS[t].classes), cells=cells)[1]
+               for t in TASK_NAMES for i in range(10)]
+    for s in scenes:
+        for o in s["objects"]:
+            for v in (o["x"], o["y"]):
+                k = np.floor(v / step)
+                offsets.append(v - (k + 0.5) * step)
+    offsets = np.abs(offsets)
+    assert offsets.max() <= LAYOUT_JITTER * step + 1e-3
+    assert offsets.mean() > 0.2 * LAYOUT_JITTER * step
+
+
+def test_free_placement_without_cells():
+    xs = [o["x"] for i in range(40)
+          for o in train_sample(0, "train", i, 64, DEFAULT_HOLDOUT, cells=0)[2]["objects"]]
+    off = np.abs(np.asarray(xs) % 8 - 4)
+    assert off.max() > 2  # centres away from the 8-px cell centres occur
+
+
+def test_world_rejects_bad_cells(tmp_path):
+    from gaussianvision.data.synthetic import make_world
+    with pytest.raises(ValueError, match="cells"):
+        make_world(tmp_path / "w", n_train=2, n_test=1, n_task=1, cells=32)  # 2-px cells at 64 px

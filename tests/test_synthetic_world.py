@@ -162,7 +162,7 @@ def test_quick_defaults_and_bad_arguments(tmp_path):
 
 def test_a_repeated_image_is_redrawn_with_the_next_attempt():
     from gaussianvision.data.synthetic.world import _produce, _render_job
-    jobs = [("task", 0, "color", i, 32, i % 6, 0) for i in range(3)]
+    jobs = [("task", 0, "color", i, 32, i % 6, 8, 0) for i in range(3)]
     first = _render_job(jobs[1])
     seen = {first[3]}  # pretend an earlier split already holds sample 1's pixels
     out = list(_produce(jobs, map, seen, dedupe=True))

@@ -238,3 +238,36 @@ def test_stage1_token_level_loss(shards, tmp_path):
         task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 16 latents vs 64 patches
         batch = next(build_source(shards, ("splats", "image"), 2, buffer=2).batches(0))
         task2.loss(batch)
+
+
+def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsys):
+    """--lock-text-steps 2: after 2 steps every text parameter (and its optimizer state) is
+    bit-identical to its initialization while the image tower moved; after 4 the text moved too."""
+    import open_clip
+    from safetensors.torch import load_file
+    from gaussianvision.models import register_open_clip_configs
+    from gaussianvision.train.stages import is_text_param
+    register_open_clip_configs()
+    root = tmp_path / "img"
+    write_splat_shards(root, n_samples=16, per_shard=16)
+    out = tmp_path / "rgb"
+    rc = _gsv_train(["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
+                     "--steps", "4", "--batch-size", "4", "--lr", "1e-3", "--lock-text-steps", "2",
+                     "--save-every", "2", "--log-every", "1", "--json"])
+    assert rc == 0
+    torch.manual_seed(0)  # build_task seeds 0 before creating the model: the same initialization
+    init = open_clip.create_model("gsv-tiny").state_dict()
+    w2 = load_file(str(out / "checkpoints" / "step-00000002" / "weights.safetensors"))
+    w4 = load_file(str(out / "checkpoints" / "step-00000004" / "weights.safetensors"))
+    text = [n for n in w2 if is_text_param(n)]
+    image = [n for n in w2 if n.startswith("visual.")]
+    assert len(text) > 5 and len(image) > 5
+    assert all(torch.equal(w2[n], init[n]) for n in text)
+    assert not all(torch.equal(w2[n], init[n]) for n in image)
+    assert not all(torch.equal(w4[n], init[n]) for n in text)
+    logs = read_log(out)
+    assert [r["text_locked"] for r in logs] == [1.0, 1.0, 0.0, 0.0]
+    capsys.readouterr()
+    assert _gsv_train(["--stage", "1", "--data", str(root), "--out", str(tmp_path / "s1"), "--steps", "1",
+                       "--lock-text-steps", "2"]) == 2
+    assert "--lock-text-steps applies to --stage rgb" in capsys.readouterr().err

@@ -25,7 +25,7 @@ PIXEL_BYTES_PER_GAUSSIAN = 16  # 8 float16 numbers: mean (2), Cholesky factor (3
 # machine, --quick <= 2 minutes; tiny is for the tests (seconds, meaningless accuracy).
 SETTINGS: dict[str, dict] = {
     "full": {
-        "world": {"n_train": 4000, "n_test": 100, "n_task": 200, "seed": 0},
+        "world": {"n_train": 4000, "n_test": 100, "n_task": 200, "seed": 0, "cells": 8},
         "photos": {"size": 224, "n": [100, 400, 900], "iters": 200, "init": "content", "names": None},
         "convert": {"budgets": [64, 128], "iters": 60, "init": "content", "n_images": 2000, "batch": 64},
         "teacher": {"base": "gsv-tiny", "epochs": 10, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1},
@@ -35,7 +35,7 @@ SETTINGS: dict[str, dict] = {
         "seed": 0,
     },
     "quick": {
-        "world": {"n_train": 800, "n_test": 50, "n_task": 60, "seed": 0},
+        "world": {"n_train": 800, "n_test": 50, "n_task": 60, "seed": 0, "cells": 8},
         "photos": {"size": 128, "n": [100, 400], "iters": 100, "init": "content",
                    "names": ["astronaut", "chelsea", "coffee", "rocket"]},
         "convert": {"budgets": [48, 96], "iters": 40, "init": "content", "n_images": 800, "batch": 64},
@@ -46,7 +46,7 @@ SETTINGS: dict[str, dict] = {
         "seed": 0,
     },
     "tiny": {
-        "world": {"n_train": 48, "n_test": 8, "n_task": 12, "seed": 0},
+        "world": {"n_train": 48, "n_test": 8, "n_task": 12, "seed": 0, "cells": 8},
         "photos": {"size": 32, "n": [16, 32], "iters": 5, "init": "grid", "names": ["astronaut", "coffee"]},
         "convert": {"budgets": [16, 32], "iters": 5, "init": "grid", "n_images": 48, "batch": 48},
         "teacher": {"base": "gsv-tiny", "epochs": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "weight_decay": 0.1},
@@ -132,7 +132,7 @@ def _fresh(path: Path) -> Path:
 def step_world(out: Path, s: dict, force: bool) -> dict:
     from gaussianvision.data.synthetic import make_world
     w = make_world(out / "world", n_train=s["n_train"], n_test=s["n_test"], n_task=s["n_task"], seed=s["seed"],
-                   force=force)
+                   cells=s.get("cells", 8), force=force)
     return {"out_dir": str(w["out_dir"]), "param_hash": w["param_hash"], "n_images": w["n_images"],
             "splits": {k: {"n": v["n"], "dir": str(v["dir"])} for k, v in w["splits"].items()},
             "tasks": {k: {"root": str(v["root"]), "dataset": v["dataset"], "n": v["n"], "n_classes": v["n_classes"],
@@ -263,10 +263,12 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     from gaussianvision.train.setup import build_task
     out_dir = _fresh(Path(out_dir))
     info = DistInfo()
-    task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
-                      init_from=str(init_from) if init_from else None, info=info, seed=seed)
     source = build_memory_source(samples, s["batch"], seed=seed)
     steps = max(1, math.ceil(s["epochs"] * len(source)))
+    lock = int(round(s.get("lock_text", 0.0) * steps))  # stage rgb: a fraction of the steps
+    task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
+                      init_from=str(init_from) if init_from else None, info=info, seed=seed,
+                      lock_text_steps=lock)
     cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),
                       weight_decay=s.get("weight_decay", 0.1), precision="fp32", seed=seed,
                       log_every=max(1, steps // 60), progress=progress,
@@ -276,6 +278,7 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in task.model.parameters())
     return {"out": str(out_dir), "stage": stage, "steps": summary["steps"], "samples": len(samples),
+            "lock_text_steps": lock,
             "first_loss": losses[0] if losses else None, "final_loss": summary["final_loss"],
             "trainable_parameters": trainable, "parameters": total, "log": str(out_dir / "log.jsonl")}
 

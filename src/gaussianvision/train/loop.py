@@ -212,6 +212,9 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
             lr = cosine_lr(step, cfg.lr, cfg.warmup, total, cfg.min_lr)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
+            # Parameters the task holds fixed this step (stage rgb's locked text tower): no gradient,
+            # so AdamW leaves them and their moments untouched (no weight decay either).
+            held = task.begin_step(step) if hasattr(task, "begin_step") else ()
             step_loss, step_logs = 0.0, {}
             for micro in range(cfg.accum):
                 batch = next(it, None)
@@ -236,6 +239,8 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
                 for k, v in logs.items():
                     step_logs[k] = step_logs.get(k, 0.0) + float(v) / cfg.accum
             all_reduce_grads(params, info.world_size)
+            for p in held:
+                p.grad = None
             grad_norm = None
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)

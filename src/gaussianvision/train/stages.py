@@ -91,13 +91,29 @@ class RGBClipTask(_Base):
 
     The export is open_clip's full state dict, so open_clip.create_model(base, pretrained=PATH)
     loads it as it loads a pretrained checkpoint.
+
+    lock_text_steps > 0 holds the text tower at its (random) initialization for that many optimizer
+    steps, then trains it with the rest. The image tower first learns to match a fixed, random
+    text embedding of the captions, in which every word moves the embedding; otherwise both towers
+    settle on the attribute that is easiest to see (colour) and suppress the others together
+    (shape, count: see docs/world.md, "Training the teacher").
     """
     stage = "rgb"
 
-    def __init__(self, model, tokenizer, info=None, meta=None):
-        super().__init__(model, info, meta)
+    def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0):
+        if lock_text_steps < 0:
+            raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
+        super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps)})
         self.tokenizer = tokenizer
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
+        self.lock_text_steps = int(lock_text_steps)
+        self._text_params = [p for n, p in model.named_parameters() if is_text_param(n)]
+        self._text_locked = False
+
+    def begin_step(self, step: int) -> list:
+        """Called by the loop before each optimizer step: the parameters to hold fixed in it."""
+        self._text_locked = step < self.lock_text_steps
+        return self._text_params if self._text_locked else []
 
     def loss(self, batch):
         if "image" not in batch or "text" not in batch:
@@ -106,9 +122,11 @@ class RGBClipTask(_Base):
         x = pixel_input(batch["image"], self.model.visual)
         tokens = self.tokenizer(batch["text"]).to(device)
         img = self.model.encode_image(x, normalize=True)
-        txt = self.model.encode_text(tokens, normalize=True)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_locked):
+            txt = self.model.encode_text(tokens, normalize=True)
         loss = self.clip_loss(img, txt, self.model.logit_scale.exp())
-        return loss, {"logit_scale": float(self.model.logit_scale.detach().exp())}
+        return loss, {"logit_scale": float(self.model.logit_scale.detach().exp()),
+                      "text_locked": float(self._text_locked)}
 
     def export(self, out_dir):
         from safetensors.torch import save_file

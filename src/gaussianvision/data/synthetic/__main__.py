@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-task", type=int, help="images per zero-shot task")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cells", type=int, default=8,
+                   help="layout grid: object centres on the centres of cells x cells cells (0: anywhere)")
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1, help="processes (0: one per CPU)")
     p.add_argument("--force", action="store_true", help="regenerate even if a matching world exists")
@@ -26,7 +28,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     res = make_world(a.out, n_train=a.n_train, n_test=a.n_test, n_task=a.n_task, size=a.size, seed=a.seed,
                      quick=a.quick, shard_size=a.shard_size, workers=a.workers, force=a.force,
-                     verify=a.verify, progress=sys.stderr.isatty())
+                     verify=a.verify, cells=a.cells, progress=sys.stderr.isatty())
     print(json.dumps(res, indent=1))
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ["SHAPES", "COLORS", "SIZES", "BACKGROUNDS", "ALL_BACKGROUNDS", "RELATIONS", "INVERSE",
-           "SUPERSAMPLE", "render_scene", "sample_scene", "place_objects", "sample_background",
+           "SUPERSAMPLE", "LAYOUT_JITTER", "render_scene", "sample_scene", "place_objects", "sample_background",
            "make_group", "extent", "relation_of", "nearest_color"]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -51,6 +51,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 SUPERSAMPLE = 4
+LAYOUT_JITTER = 0.125  # of a cell (1 px at 64 px and 8 cells): see place_objects
 _COLOR_JITTER = 10  # +- levels per channel: variety without blurring the named colors
 
 # Outer radius of each shape relative to its nominal radius (for placement and margins).
@@ -204,11 +205,17 @@ def make_group(shape: str, color: str, size: str, count: int) -> dict:
 
 def place_objects(rng: np.random.Generator, img_size: int, groups: list[dict],
                   regions: list[tuple[float, float, float, float]] | None = None,
-                  tries: int = 60) -> list[dict] | None:
+                  tries: int = 60, cells: int = 0) -> list[dict] | None:
     """Non-overlapping objects for each group, centres inside each group's region.
 
     regions[g] = (x0, y0, x1, y1) as fractions of the image for group g's centres. Returns None
     when a random layout did not fit after `tries` attempts per object (the caller resamples).
+
+    cells > 0 puts every centre on a layout grid: the centre of one of cells x cells equal cells,
+    moved by at most LAYOUT_JITTER of a cell in each direction. With cells = image side / patch
+    size, every object sits at the same place relative to a ViT's patch grid, which a tiny ViT
+    trained from scratch needs to learn shapes in minutes (see docs/world.md). cells = 0 places
+    centres anywhere.
     """
     s = float(img_size)
     margin = 1.0
@@ -233,7 +240,12 @@ def place_objects(rng: np.random.Generator, img_size: int, groups: list[dict],
         lo_y, hi_y = max(y0 * s, ext + margin), min(y1 * s, s - ext - margin)
         if lo_x > hi_x or lo_y > hi_y:
             return None
-        xs, ys = rng.uniform(lo_x, hi_x, tries), rng.uniform(lo_y, hi_y, tries)
+        if cells:
+            xs, ys = _grid_positions(rng, s, cells, lo_x, hi_x, tries), _grid_positions(rng, s, cells, lo_y, hi_y, tries)
+            if xs is None or ys is None:
+                return None
+        else:
+            xs, ys = rng.uniform(lo_x, hi_x, tries), rng.uniform(lo_y, hi_y, tries)
         ok = np.ones(tries, dtype=bool)
         for p in placed.values():
             ok &= np.hypot(xs - p["x"], ys - p["y"]) >= ext + p["_ext"] + gap
@@ -249,6 +261,18 @@ def place_objects(rng: np.random.Generator, img_size: int, groups: list[dict],
     for o in objs:
         del o["_ext"]
     return objs
+
+
+def _grid_positions(rng: np.random.Generator, side: float, cells: int, lo: float, hi: float,
+                    n: int) -> np.ndarray | None:
+    """n coordinates in [lo, hi], each a cell centre plus jitter; None when no cell centre fits."""
+    step = side / cells
+    jit = LAYOUT_JITTER * step
+    centres = (np.arange(cells) + 0.5) * step
+    centres = centres[(centres - jit >= lo) & (centres + jit <= hi)]
+    if centres.size == 0:
+        return None
+    return centres[rng.integers(0, centres.size, n)] + rng.uniform(-jit, jit, n)
 
 
 def _centroid(objs: list[dict], gi: int) -> tuple[float, float]:
@@ -305,7 +329,7 @@ def _choice(rng: np.random.Generator, seq, p=None):
 
 
 def sample_scene(rng: np.random.Generator, size: int = 64, holdout=(), backgrounds=BACKGROUNDS,
-                 relation_ratio: float = 1.0) -> dict:
+                 relation_ratio: float = 1.0, cells: int = 0) -> dict:
     """A training-distribution scene: 1-3 groups of identical objects, 1-4 objects in all.
 
     `holdout` lists (color, shape) pairs that must not appear (the held-out combinations of the
@@ -340,7 +364,7 @@ def sample_scene(rng: np.random.Generator, size: int = 64, holdout=(), backgroun
             regions = list(relation_regions(rel))
         objs = None
         for _ in range(10):
-            objs = place_objects(rng, size, groups, regions)
+            objs = place_objects(rng, size, groups, regions, cells=cells)
             if objs is not None and (relation is None or
                                      relation_of(objs, 0, 1, relation_ratio) == relation["rel"]):
                 break

@@ -48,10 +48,11 @@ class Task:
     def chance(self) -> float:
         return 1.0 / len(self.classes)
 
-    def sample(self, rng: np.random.Generator, size: int, label: int) -> dict:
-        """A test-distribution scene whose class is `label` (index into classes)."""
+    def sample(self, rng: np.random.Generator, size: int, label: int, cells: int = 0) -> dict:
+        """A test-distribution scene whose class is `label` (index into classes); `cells` as in
+        scenes.place_objects."""
         while True:
-            scene = self.sampler(rng, size, label)
+            scene = self.sampler(rng, size, label, cells)
             if scene is not None:
                 return scene
 
@@ -64,36 +65,36 @@ def _pick(rng, seq):
     return seq[int(rng.integers(0, len(seq)))]
 
 
-def _single(rng, size, shape, color, sz):
+def _single(rng, size, shape, color, sz, cells):
     groups = [make_group(shape, color, sz, 1)]
-    objs = place_objects(rng, size, groups)
+    objs = place_objects(rng, size, groups, cells=cells)
     if objs is None:
         return None
     return {"size": int(size), "background": _bg(rng, size), "groups": groups, "objects": objs,
             "relation": None}
 
 
-def _shape_sampler(rng, size, label):
-    return _single(rng, size, SHAPES[label], _pick(rng, tuple(COLORS)), _pick(rng, tuple(SIZES)))
+def _shape_sampler(rng, size, label, cells):
+    return _single(rng, size, SHAPES[label], _pick(rng, tuple(COLORS)), _pick(rng, tuple(SIZES)), cells)
 
 
-def _color_sampler(rng, size, label):
-    return _single(rng, size, _pick(rng, SHAPES), tuple(COLORS)[label], _pick(rng, tuple(SIZES)))
+def _color_sampler(rng, size, label, cells):
+    return _single(rng, size, _pick(rng, SHAPES), tuple(COLORS)[label], _pick(rng, tuple(SIZES)), cells)
 
 
-def _count_sampler(rng, size, label):
+def _count_sampler(rng, size, label, cells):
     groups = [make_group(COUNT_SHAPE, _pick(rng, tuple(COLORS)), _pick(rng, tuple(SIZES)), label + 1)]
-    objs = place_objects(rng, size, groups)
+    objs = place_objects(rng, size, groups, cells=cells)
     if objs is None:
         return None
     return {"size": int(size), "background": _bg(rng, size), "groups": groups, "objects": objs,
             "relation": None}
 
 
-def _relation_sampler(rng, size, label):
+def _relation_sampler(rng, size, label, cells):
     rel = RELATIONS[label]
     groups = [make_group(s, c, z, 1) for s, c, z in RELATION_PAIR]
-    objs = place_objects(rng, size, groups, list(relation_regions(rel)))
+    objs = place_objects(rng, size, groups, list(relation_regions(rel)), cells=cells)
     if objs is None or relation_of(objs, 0, 1, ratio=1.5) != rel:
         return None
     return {"size": int(size), "background": _bg(rng, size), "groups": groups, "objects": objs,

@@ -34,10 +34,14 @@ from .scenes import render_scene, sample_scene
 from .tasks import TASK_NAMES, TASKS
 from .writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
 
-__all__ = ["GENERATOR_VERSION", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
+__all__ = ["GENERATOR_VERSION", "CELLS", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
            "resolve_params", "param_hash", "train_sample", "task_sample", "STREAMS"]
 
-GENERATOR_VERSION = 1  # bump when drawing or wording changes: invalidates cached worlds
+GENERATOR_VERSION = 2  # bump when drawing or wording changes: invalidates cached worlds
+
+# Objects sit on a layout grid of CELLS x CELLS cells (scenes.place_objects): at 64 px, one cell is
+# one 8-px patch of the demo teacher (gsv-tiny). 0 places objects anywhere.
+CELLS = 8
 
 # (color, shape) pairs never drawn in the train split; test split and tasks draw all pairs.
 DEFAULT_HOLDOUT = (("green", "star"), ("purple", "triangle"))
@@ -50,7 +54,7 @@ STREAMS = {"train": 1, "test": 2, "task:shape": 101, "task:color": 102, "task:co
 
 
 def resolve_params(n_train=None, n_test=None, n_task=None, size=64, seed=0, quick=False,
-                   shard_size=1000, holdout=DEFAULT_HOLDOUT, tasks=TASK_NAMES) -> dict:
+                   shard_size=1000, holdout=DEFAULT_HOLDOUT, tasks=TASK_NAMES, cells=CELLS) -> dict:
     base = QUICK if quick else DEFAULTS
     p = {
         "n_train": int(base["n_train"] if n_train is None else n_train),
@@ -58,10 +62,12 @@ def resolve_params(n_train=None, n_test=None, n_task=None, size=64, seed=0, quic
         "n_task": int(base["n_task"] if n_task is None else n_task),
         "size": int(size), "seed": int(seed), "shard_size": int(shard_size),
         "holdout": sorted([list(h) for h in holdout]),
-        "tasks": list(tasks), "image_ext": "png", "version": GENERATOR_VERSION,
+        "tasks": list(tasks), "image_ext": "png", "version": GENERATOR_VERSION, "cells": int(cells),
     }
     if p["size"] < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if p["cells"] < 0 or (p["cells"] and p["size"] / p["cells"] < 4):
+        raise ValueError(f"cells must be 0 (free placement) or leave cells of at least 4 pixels, got {cells} at size {size}")
     if p["shard_size"] < 1 or min(p["n_train"], p["n_test"], p["n_task"]) < 0:
         raise ValueError("shard_size must be >= 1 and sample counts >= 0")
     unknown = [t for t in p["tasks"] if t not in TASKS]
@@ -90,18 +96,18 @@ def _has_heldout(scene: dict, holdout) -> bool:
     return any((g["color"], g["shape"]) in held for g in scene["groups"])
 
 
-def train_sample(seed: int, split: str, index: int, size: int, holdout, attempt: int = 0):
+def train_sample(seed: int, split: str, index: int, size: int, holdout, attempt: int = 0, cells: int = CELLS):
     """(PIL image, caption, scene) of one image-text sample; the train split avoids `holdout`."""
     rng = _rng(seed, split, index, attempt)
-    scene = sample_scene(rng, size, holdout=holdout if split == "train" else ())
+    scene = sample_scene(rng, size, holdout=holdout if split == "train" else (), cells=cells)
     caption = caption_scene(rng, scene)
     return render_scene(scene), caption, scene
 
 
-def task_sample(seed: int, task: str, index: int, size: int, label: int, attempt: int = 0):
+def task_sample(seed: int, task: str, index: int, size: int, label: int, attempt: int = 0, cells: int = CELLS):
     """(PIL image, scene) of one task sample of class `label`."""
     rng = _rng(seed, f"task:{task}", index, attempt)
-    scene = TASKS[task].sample(rng, size, label)
+    scene = TASKS[task].sample(rng, size, label, cells)
     return render_scene(scene), scene
 
 
@@ -125,11 +131,11 @@ def _progress(total: int, desc: str, enabled: bool):
 def _render_job(job: tuple):
     """One sample from its job tuple: (png bytes, caption or None, scene, pixel digest).
     A top-level function of plain arguments, so worker processes can run it."""
-    kind, seed, name, i, size, extra, attempt = job
+    kind, seed, name, i, size, extra, cells, attempt = job
     if kind == "split":
-        img, caption, scene = train_sample(seed, name, i, size, extra, attempt)
+        img, caption, scene = train_sample(seed, name, i, size, extra, attempt, cells)
     else:
-        img, scene = task_sample(seed, name, i, size, extra, attempt)
+        img, scene = task_sample(seed, name, i, size, extra, attempt, cells)
         caption = None
     return _png(img), caption, scene, hashlib.sha1(img.tobytes()).digest()
 
@@ -152,7 +158,7 @@ def _write_split(stage: Path, p: dict, split: str, n: int, seen: set, bar, mappe
     """Shards of one image-text split; `seen` holds pixel digests of earlier splits (no repeats)."""
     size, ss = p["size"], p["shard_size"]
     holdout = tuple(tuple(h) for h in p["holdout"])
-    jobs = [("split", p["seed"], split, i, size, holdout, 0) for i in range(n)]
+    jobs = [("split", p["seed"], split, i, size, holdout, p["cells"], 0) for i in range(n)]
     paths = [f"{split}/shard-{k:06d}.tar" for k in range(-(-n // ss))]
     writer = None
     try:
@@ -185,7 +191,7 @@ def _write_task(stage: Path, p: dict, task: str, seen: set, bar, mapper) -> dict
     nshards = max(1, -(-n // ss))
     counts = [0] * len(t.classes)
     n_heldout = 0
-    jobs = [("task", p["seed"], task, i, size, int(labels[i]), 0) for i in range(n)]
+    jobs = [("task", p["seed"], task, i, size, int(labels[i]), p["cells"], 0) for i in range(n)]
     writers = [TarShardWriter(stage / root / "test" / f"{k}.tar") for k in range(nshards)]
     try:
         for i, attempt, (png, _, scene, _) in _produce(jobs, mapper, seen, dedupe=True):
@@ -259,7 +265,7 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
                size: int = 64, seed: int = 0, quick: bool = False, shard_size: int = 1000,
                n_task: int | None = None, holdout=DEFAULT_HOLDOUT, tasks=TASK_NAMES,
                progress: bool = False, verify: bool = False, force: bool = False,
-               workers: int = 1) -> dict:
+               workers: int = 1, cells: int = CELLS) -> dict:
     """Generate (or reuse) the offline world in out_dir; returns paths, counts and task info.
 
     n_train / n_test / n_task default to DEFAULTS, or QUICK when quick=True (explicit values
@@ -270,7 +276,7 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
     many processes; the bytes written do not depend on it.
     """
     out = Path(out_dir)
-    p = resolve_params(n_train, n_test, n_task, size, seed, quick, shard_size, holdout, tasks)
+    p = resolve_params(n_train, n_test, n_task, size, seed, quick, shard_size, holdout, tasks, cells)
     if not force:
         m = _manifest_ok(out, p, verify)
         if m is not None:
