@@ -56,6 +56,9 @@ def test_results_schema_and_numbers(demo):
     assert all(v["seconds"] >= 0 and v["cpu_seconds"] >= 0 for v in r["timings"].values())
     # the teacher is an open_clip checkpoint, the GS runs wrote their trainable checkpoints
     assert (out / "teacher" / "open_clip_model.safetensors").is_file()
+    teacher = r["training"]["teacher"]
+    assert teacher["lock_text_steps"] == round(r["settings"]["teacher"]["lock_text"] * teacher["steps"]) > 0
+    assert json.loads((out / "world" / "manifest.json").read_text())["params"]["cells"] == 8
     assert all((out / f"stage2_n{b}" / "gsclip.safetensors").is_file() for b in budgets)
 
 
