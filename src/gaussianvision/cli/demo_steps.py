@@ -39,7 +39,7 @@ SETTINGS: dict[str, dict] = {
         "world": {"n_train": 800, "n_test": 50, "n_task": 60, "seed": 0, "cells": 8},
         "photos": {"size": 128, "n": [100, 400], "iters": 100, "init": "content",
                    "names": ["astronaut", "chelsea", "coffee", "rocket"]},
-        "convert": {"budgets": [48, 64], "iters": 40, "init": "content", "n_images": 800, "batch": 64},
+        "convert": {"budgets": [48, 64], "iters": 40, "init": "content", "n_images": 640, "batch": 64},
         "teacher": {"base": "gsv-tiny", "epochs": 8, "batch": 64, "lr": 2e-3, "warmup": 10, "weight_decay": 0.1,
                     "lock_text": 0.6},
         "stage1": {"config": "gs-tiny", "epochs": 12, "batch": 64, "lr": 3e-3, "warmup": 10},
