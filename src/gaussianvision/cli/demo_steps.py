@@ -26,7 +26,7 @@ PIXEL_BYTES_PER_GAUSSIAN = 16  # 8 float16 numbers: mean (2), Cholesky factor (3
 SETTINGS: dict[str, dict] = {
     "full": {
         "world": {"n_train": 4000, "n_test": 100, "n_task": 200, "seed": 0, "cells": 8},
-        "photos": {"size": 224, "n": [100, 400, 900], "iters": 200, "init": "content", "names": None},
+        "photos": {"size": 224, "n": [100, 400], "iters": 150, "init": "content", "names": None},
         "convert": {"budgets": [48, 64], "iters": 45, "init": "content", "n_images": 2000, "batch": 64},
         "teacher": {"base": "gsv-tiny", "epochs": 24, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1,
                     "lock_text": 0.4},
