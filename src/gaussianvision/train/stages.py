@@ -96,7 +96,7 @@ class RGBClipTask(_Base):
     steps, then trains it with the rest. The image tower first learns to match a fixed, random
     text embedding of the captions, in which every word moves the embedding; otherwise both towers
     settle on the attribute that is easiest to see (colour) and suppress the others together
-    (shape, count: see docs/world.md, "Training the teacher").
+    (shape: see docs/training.md and benchmarks/results/demo_teacher_trials.md).
     """
     stage = "rgb"
 
