@@ -169,3 +169,10 @@ def test_a_repeated_image_is_redrawn_with_the_next_attempt():
     assert [a for _, a, _ in out] == [0, 1, 0]
     assert out[1][2][3] != first[3] and out[1][2][3] in seen
     assert out[1][2][2]["objects"][0]["color"] == "orange"  # still class 1
+
+
+def test_cli_reports_bad_parameters_in_one_line(tmp_path, capsys):
+    from gaussianvision.data.synthetic.__main__ import main
+    assert main(["--out", str(tmp_path / "w"), "--cells", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cells must be 0" in err and "Traceback" not in err

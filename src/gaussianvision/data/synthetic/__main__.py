@@ -26,9 +26,13 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="regenerate even if a matching world exists")
     p.add_argument("--verify", action="store_true", help="check every file's sha256 before reusing")
     a = p.parse_args(argv)
-    res = make_world(a.out, n_train=a.n_train, n_test=a.n_test, n_task=a.n_task, size=a.size, seed=a.seed,
-                     quick=a.quick, shard_size=a.shard_size, workers=a.workers, force=a.force,
-                     verify=a.verify, cells=a.cells, progress=sys.stderr.isatty())
+    try:
+        res = make_world(a.out, n_train=a.n_train, n_test=a.n_test, n_task=a.n_task, size=a.size, seed=a.seed,
+                         quick=a.quick, shard_size=a.shard_size, workers=a.workers, force=a.force,
+                         verify=a.verify, cells=a.cells, progress=sys.stderr.isatty())
+    except ValueError as e:  # bad parameters: one line, no traceback
+        print(f"python -m gaussianvision.data.synthetic: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(res, indent=1))
     return 0
 
