@@ -180,19 +180,12 @@ def step_photos(out: Path, s: dict, progress: bool) -> dict:
 
 # ---------------------------------------------------------------- conversion of the world
 
-def _train_shards(world: dict, n_images: int) -> list[str]:
-    from gaussianvision.data.sources import expand_urls
-    shards = expand_urls(world["splits"]["train"]["dir"])
-    return shards
-
-
 def step_convert(out: Path, world: dict, n: int, s: dict, progress: bool) -> dict:
     """The world's train shards -> splat shards with N Gaussians, the images kept for stage 1.
 
     Only the first `n_images` train images are converted: the world's shards are cut to that
     many samples first (shard boundaries need not match)."""
     from gaussianvision.data.convert import ConvertConfig, convert_dataset
-    from gaussianvision.data.shards import read_samples
     d = _fresh(out / f"splats_n{n}")
     src = _subset_shards(world, s["n_images"], out / "world_subset")
     cfg = ConvertConfig(n_gaussians=n, size=64, fit_options={"iters": s["iters"], "init": s["init"]},
@@ -209,42 +202,30 @@ def step_convert(out: Path, world: dict, n: int, s: dict, progress: bool) -> dic
 
 def _subset_shards(world: dict, n_images: int, dest: Path) -> list[str]:
     """The train split's shards if they hold <= n_images samples, else a copy of the first n_images
-    samples as new shards under dest (same keys, same bytes per member)."""
-    import tarfile
+    samples as new shards of 1000 under dest (same keys, same bytes per member)."""
+    from itertools import islice
+    from gaussianvision.data.shards import ShardWriter, read_samples
     from gaussianvision.data.sources import expand_urls
     shards = expand_urls(world["splits"]["train"]["dir"])
     if world["splits"]["train"]["n"] <= n_images:
         return shards
     marker = dest / f"subset-{world['param_hash']}-{n_images}.done"
-    out_shards = sorted(str(p) for p in dest.glob("subset-*.tar"))
     if marker.is_file():
-        return out_shards
+        return sorted(str(p) for p in dest.glob("subset-*.tar"))
     _fresh(dest)
-    keys_seen: set[str] = set()
     written: list[str] = []
-    tw = None
-    count = 0
-    for url in shards:
-        with tarfile.open(url, "r") as tf:
-            for m in tf.getmembers():
-                key = m.name.rpartition("/")[2].partition(".")[0]
-                if key not in keys_seen:
-                    if len(keys_seen) >= n_images:
-                        break
-                    keys_seen.add(key)
-                    if count % 1000 == 0:
-                        if tw is not None:
-                            tw.close()
-                        p = dest / f"subset-{len(written):06d}.tar"
-                        written.append(str(p))
-                        tw = tarfile.open(p, "w")
-                    count += 1
-                tw.addfile(m, tf.extractfile(m))
-        if len(keys_seen) >= n_images:
-            break
-    if tw is not None:
-        tw.close()
-    marker.write_text(json.dumps({"n": len(keys_seen)}))
+    writer = None
+    samples = islice((x for url in shards for x in read_samples(url)), n_images)
+    for i, x in enumerate(samples):
+        if i % 1000 == 0:
+            if writer is not None:
+                writer.close()
+            writer = ShardWriter(dest / f"subset-{len(written):06d}.tar")
+            written.append(str(writer.path))
+        writer.write(x["__key__"], {k: v for k, v in x.items() if not k.startswith("__")})
+    if writer is not None:
+        writer.close()
+    marker.write_text(json.dumps({"n": n_images}))
     return written
 
 
