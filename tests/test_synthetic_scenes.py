@@ -5,6 +5,7 @@ shape descriptors, blob centroids) rather than read back from the generator's me
 """
 import copy
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def test_count_task_blobs_match_the_label():
 
 def test_train_scene_object_count_matches_components_and_groups():
     for i in range(40):
-        _, _, scene = train_sample(2, "train", i, 64, DEFAULT_HOLDOUT)
+        _, _, scene, _ = train_sample(2, "train", i, 64, DEFAULT_HOLDOUT)
         a = _arr(render_scene(_plain(scene)))
         _, n = ndi.label(np.abs(a - 128).max(-1) > 20, EIGHT)
         assert n == len(scene["objects"]) == sum(g["count"] for g in scene["groups"])
@@ -176,7 +177,7 @@ def _group_re(g):
 def test_captions_mention_every_group_and_the_relation():
     seen_forms = set()
     for i in range(150):
-        _, cap, scene = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        _, cap, scene, _ = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
         groups = scene["groups"]
         spans = []
         for g in groups:
@@ -196,6 +197,68 @@ def test_captions_mention_every_group_and_the_relation():
             assert re.search(r"on an? \w+ background$", cap), cap
             seen_forms.add("background")
     assert seen_forms == {"relation", "list", "background"}
+
+
+# The documented naming order of a relation's groups: palette color, then shape, then size.
+COLOR_ORDER = ["red", "orange", "yellow", "green", "blue", "purple"]
+SHAPE_ORDER = ["circle", "square", "triangle", "star", "cross"]
+
+
+def test_relations_are_stated_from_the_group_named_first_in_palette_order():
+    n_rel = 0
+    for i in range(200):
+        _, cap, scene, _ = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        rel = scene["relation"]
+        if not rel:
+            continue
+        n_rel += 1
+        ga, gb = scene["groups"][rel["a"]], scene["groups"][rel["b"]]
+        rank = [(COLOR_ORDER.index(g["color"]), SHAPE_ORDER.index(g["shape"]), ["small", "large"].index(g["size"]))
+                for g in (ga, gb)]
+        first, second, r = (ga, gb, rel["rel"]) if rank[0] <= rank[1] else (gb, ga, INV[rel["rel"]])
+        m1, m2 = re.search(_group_re(first), cap), re.search(_group_re(second), cap)
+        assert m1 and m2 and m1.end() < m2.start(), (cap, scene["groups"])
+        assert re.fullmatch(rf" (to the )?{REL_RE[r]} ", cap[m1.end():m2.start()]), (cap, rel)
+    assert n_rel > 50
+
+
+KIND_WORDS = {
+    "relation": {"left", "right", "of", "to", "the", "above", "over", "below", "under", "beneath"},
+    "count": {"a", "an", "one", "two", "pair", "of", "three", "four"} | {w for v in SHAPE_RE.values()
+                                                                      for w in re.findall(r"[a-z]+", v)}
+             | {w for v in PLURAL.values() for w in re.findall(r"[a-z]+", v)},
+    "shape": {w for v in list(SHAPE_RE.values()) + list(PLURAL.values()) for w in re.findall(r"[a-z]+", v)}
+             | {"a", "an"},
+    "color": {w for v in COLOR_RE.values() for w in re.findall(r"[a-z]+", v)},
+    "size": {w for v in SIZE_RE.values() for w in re.findall(r"[a-z]+", v)} | {"a", "an"},
+}
+
+
+def _changed_words(a: str, b: str) -> tuple[list, list]:
+    """Words of a missing from b and words of b missing from a (as multisets: a change that
+    moves a group to the front of a relation reorders words without changing them)."""
+    x, y = Counter(a.replace(",", " ,").split()), Counter(b.replace(",", " ,").split())
+    return list((x - y).elements()), list((y - x).elements())
+
+
+def test_hard_negative_is_the_caption_with_one_fact_false():
+    kinds = set()
+    for i in range(200):
+        _, cap, scene, neg = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        kind, text = neg["kind"], neg["caption"]
+        kinds.add(kind)
+        assert text != cap
+        old, new = _changed_words(cap, text)
+        assert 1 <= max(len(old), len(new)) <= 4, (cap, text)
+        allowed = KIND_WORDS[kind] | (KIND_WORDS["relation"] if scene["relation"] else set())
+        assert set(old) | set(new) <= allowed, (kind, cap, text)
+        # false for the image: some group of the scene, or its relation, is no longer described
+        described = all(re.search(_group_re(g), text) for g in scene["groups"])
+        if kind == "relation":
+            assert described and scene["relation"] is not None
+        else:
+            assert not described, (kind, cap, text)
+    assert kinds == {"relation", "count", "shape", "color", "size"}
 
 
 def test_captions_vary():

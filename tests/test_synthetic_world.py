@@ -39,9 +39,10 @@ def test_layout_and_counts(world):
     assert world["splits"]["test"]["n"] == 6
     with tarfile.open(world["splits"]["train"]["shards"][0]) as t:
         names = t.getnames()
-    # img2dataset layout: consecutive KEY.png, KEY.txt, KEY.json with 9-digit keys.
-    assert names[:3] == ["000000000.png", "000000000.txt", "000000000.json"]
-    assert len(names) == 15
+    # img2dataset layout: consecutive KEY.png, KEY.txt, KEY.neg.txt (hard negative), KEY.json
+    # with 9-digit keys.
+    assert names[:4] == ["000000000.png", "000000000.txt", "000000000.neg.txt", "000000000.json"]
+    assert len(names) == 20
     assert set(world["tasks"]) == set(TASK_NAMES)
     for name, t in world["tasks"].items():
         d = os.path.join(root, "tasks", name)

@@ -271,3 +271,56 @@ def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsy
     assert _gsv_train(["--stage", "1", "--data", str(root), "--out", str(tmp_path / "s1"), "--steps", "1",
                        "--lock-text-steps", "2"]) == 2
     assert "--lock-text-steps applies to --stage rgb" in capsys.readouterr().err
+
+
+def test_negclip_loss_matches_a_written_out_reference():
+    """Loss and gradients against the NegCLIP definition written with explicit sums."""
+    from gaussianvision.train.losses import make_clip_loss, make_negclip_loss
+    g = torch.Generator().manual_seed(3)
+    img, txt, neg = (torch.nn.functional.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=-1)
+                     .requires_grad_(True) for _ in range(3))
+    scale = 7.0
+
+    def reference(img, txt, neg):
+        total = 0.0
+        for i in range(5):
+            pos = scale * (img[i] * txt[i]).sum()
+            den = sum(torch.exp(scale * (img[i] * t).sum()) for t in list(txt) + list(neg))
+            total = total - (pos - torch.log(den)) / 2
+            den_t = sum(torch.exp(scale * (txt[i] * m).sum()) for m in img)
+            total = total - (pos - torch.log(den_t)) / 2
+        return total / 5
+
+    ours = make_negclip_loss()(img, txt, neg, scale)
+    ref = reference(img, txt, neg)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, (img, txt, neg)), torch.autograd.grad(ref, (img, txt, neg))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the negatives only add to the image -> text denominators: the loss is above plain CLIP's
+    clip = make_clip_loss()(img, txt, scale)
+    assert ours.item() > clip.item()
+    with pytest.raises(ValueError, match="same shape"):
+        make_negclip_loss()(img, txt, neg[:3], scale)
+
+
+def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
+    root = tmp_path / "img"
+    write_splat_shards(root, n_samples=8, per_shard=8, negatives=True)
+    common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--steps", "2",
+              "--batch-size", "4", "--lr", "1e-3", "--log-every", "1"]
+    assert _gsv_train(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert _gsv_train(common + ["--out", str(tmp_path / "neg"), "--hard-negatives"]) == 0
+    plain, neg = read_log(tmp_path / "plain"), read_log(tmp_path / "neg")
+    # same seed, model and batches: extra false captions in every image's softmax raise the loss
+    assert neg[0]["loss"] > plain[0]["loss"] + 1e-3
+    state = json.loads((tmp_path / "neg" / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert state["task"]["hard_negatives"] is True
+    bare = tmp_path / "bare"
+    write_splat_shards(bare, n_samples=8, per_shard=8)
+    capsys.readouterr()
+    assert _gsv_train(common[:5] + [str(bare)] + common[6:] + ["--out", str(tmp_path / "x"), "--hard-negatives"]) == 2
+    err = capsys.readouterr().err
+    assert "no .neg.txt member" in err and "000000" in err
+    assert _gsv_train(["--stage", "2", "--data", str(root), "--out", str(tmp_path / "s2"), "--steps", "1",
+                       "--hard-negatives"]) == 2
+    assert "--hard-negatives applies to --stage rgb" in capsys.readouterr().err

@@ -23,12 +23,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_equals_single_process(tmp_path):
+@pytest.mark.parametrize("negatives", [False, True], ids=["clip", "hard-negatives"])
+def test_two_process_gloo_equals_single_process(tmp_path, negatives):
     from safetensors.torch import load_file
     data = tmp_path / "data"
-    write_splat_shards(data, n_samples=8, per_shard=4)
+    write_splat_shards(data, n_samples=8, per_shard=4, negatives=negatives)
     common = ["train", "--stage", "rgb", "--base", "gsv-tiny", "--data", str(data), "--in-memory", "--steps", "2",
               "--lr", "2e-3", "--grad-clip", "0", "--log-every", "1", "--device", "cpu", "--no-progress"]
+    common += ["--hard-negatives"] if negatives else []
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -37,8 +37,10 @@ def random_splats_for(i: int, size: int = 64, n: int = 12):
     return Splats(means, chol, colors, size, size)
 
 
-def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size: int = 64) -> list[str]:
-    """Shards like `gsv convert` writes: key.gsv, key.png (source image), key.txt."""
+def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size: int = 64,
+                       negatives: bool = False) -> list[str]:
+    """Shards like `gsv convert` writes: key.gsv, key.png (source image), key.txt; with
+    `negatives` also key.neg.txt (a hard-negative caption, as the synthetic world writes)."""
     from gaussianvision.data.shards import ShardWriter
     from gaussianvision.splats import encode
     root.mkdir(parents=True, exist_ok=True)
@@ -48,8 +50,11 @@ def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size
         with ShardWriter(path) as w:
             for i in range(s * per_shard, min(n_samples, (s + 1) * per_shard)):
                 arr, name = sample_image(i, size)
-                w.write(f"{i:06d}", {"gsv": encode(random_splats_for(i, size)), "png": png_bytes(arr),
-                                     "txt": f"a photo of something {name}".encode()})
+                fields = {"gsv": encode(random_splats_for(i, size)), "png": png_bytes(arr),
+                          "txt": f"a photo of something {name}".encode()}
+                if negatives:
+                    fields["neg.txt"] = f"a photo of nothing {name}".encode()
+                w.write(f"{i:06d}", fields)
         paths.append(str(path))
     return paths
 

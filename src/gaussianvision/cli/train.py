@@ -28,6 +28,9 @@ def build_parser():
     p.add_argument("--lock-text-steps", type=int, default=0,
                    help="stage rgb: hold the text tower at its initialization for the first N steps "
                         "(see docs/training.md; the demo's teacher uses it)")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="stage rgb: also contrast each image with its false caption KEY.neg.txt (NegCLIP; "
+                        "the synthetic world writes one per sample; see docs/training.md)")
     p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
     p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
     g = p.add_mutually_exclusive_group()
@@ -84,14 +87,18 @@ def _run(args) -> int:
         raise CliError("--init-from and --unfreeze apply to --stage 2")
     if args.lock_text_steps and args.stage != "rgb":
         raise CliError("--lock-text-steps applies to --stage rgb")
+    if args.hard_negatives and args.stage != "rgb":
+        raise CliError("--hard-negatives applies to --stage rgb")
     info = init_distributed(args.device)
     try:
         need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
+        if args.hard_negatives:
+            need += ("negative",)
         try:
             task = build_task(args.stage, base=args.base, pretrained=args.pretrained, model_config=args.model_config,
                               init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
                               token_weight=args.token_weight, info=info, seed=args.seed,
-                              lock_text_steps=args.lock_text_steps)
+                              lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None

@@ -2,8 +2,9 @@
 image-text shards for the RGB trainer) decoded and collated into batches, and the resumable
 source built from them.
 
-A sample becomes {"splats": Splats (one image), "image": [3, S, S] in [0, 1], "text": str, "key": str};
-a batch is {"splats": Splats padded with counts, "image": [B, 3, S, S], "text": list, "key": list}.
+A sample becomes {"splats": Splats (one image), "image": [3, S, S] in [0, 1], "text": str,
+"negative": str (hard-negative caption, from KEY.neg.txt), "key": str}; a batch is
+{"splats": Splats padded with counts, "image": [B, 3, S, S], "text": list, "negative": list, "key": list}.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class DataError(ValueError):
 
 
 def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None) -> dict | None:
-    """One raw tar sample -> decoded fields in `need` ("splats", "image", "text"); None if unusable."""
+    """One raw tar sample -> decoded fields in `need` ("splats", "image", "text", "negative");
+    None if unusable."""
     from gaussianvision.data.images import ImageLoadError, load_image
     from gaussianvision.splats import FormatError, decode
     out = {"key": raw.get("__key__", "")}
@@ -44,6 +46,11 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None) -> d
             out["image"] = load_image(raw[ext], size=size, name=out["key"])
         if "text" in need:
             out["text"] = raw.get("txt", b"").decode("utf-8", "replace").strip()
+        if "negative" in need:
+            if "neg.txt" not in raw:
+                raise DataError(f"sample {out['key']} of {raw.get('__shard__')}: no .neg.txt member (hard negatives "
+                                "need one false caption per sample, as the synthetic world writes them)")
+            out["negative"] = raw["neg.txt"].decode("utf-8", "replace").strip()
     except (ImageLoadError, FormatError):
         return None  # a broken sample is skipped, as the loaders of the field do
     return out
@@ -55,8 +62,9 @@ def collate(items: list[dict]) -> dict:
         batch["splats"] = Splats.stack([it["splats"] for it in items])
     if "image" in items[0]:
         batch["image"] = torch.stack([it["image"] for it in items])
-    if "text" in items[0]:
-        batch["text"] = [it["text"] for it in items]
+    for field in ("text", "negative"):
+        if field in items[0]:
+            batch[field] = [it[field] for it in items]
     return batch
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distill_loss", "token_distill_loss", "make_clip_loss", "DISTILL_KINDS"]
+__all__ = ["distill_loss", "token_distill_loss", "make_clip_loss", "make_negclip_loss", "DISTILL_KINDS"]
 
 DISTILL_KINDS = ("cosine", "mse")
 
@@ -45,3 +45,30 @@ def make_clip_loss(rank: int = 0, world_size: int = 1):
     from open_clip.loss import ClipLoss
     return ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, cache_labels=True,
                     rank=rank, world_size=world_size)
+
+
+def make_negclip_loss(rank: int = 0, world_size: int = 1):
+    """CLIP loss with one hard-negative caption per image (NegCLIP, Yuksekgonul et al. 2023).
+
+    loss(img [B, D], txt [B, D], neg [B, D], scale) = mean of
+      image -> text: each image against all captions and all negatives of the global batch;
+      text -> image: each caption against all images (negatives are never a row here).
+    With no negatives' influence (neg far from every image) it is the CLIP loss. Under DDP the
+    features are gathered with gradients and each rank takes the rows of its own samples, as
+    make_clip_loss does.
+    """
+    def loss(img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, scale) -> torch.Tensor:
+        if not (img.shape == txt.shape == neg.shape):
+            raise ValueError(f"negclip loss: image {list(img.shape)}, text {list(txt.shape)} and negatives "
+                             f"{list(neg.shape)} must have the same shape")
+        b = img.shape[0]
+        if world_size > 1:
+            import torch.distributed.nn as dnn
+            all_img, all_txt, all_neg = (torch.cat(dnn.all_gather(t), 0) for t in (img, txt, neg))
+        else:
+            all_img, all_txt, all_neg = img, txt, neg
+        labels = torch.arange(b, device=img.device) + rank * b
+        to_text = scale * img @ torch.cat([all_txt, all_neg], 0).T
+        to_image = scale * txt @ all_img.T
+        return (F.cross_entropy(to_text, labels) + F.cross_entropy(to_image, labels)) / 2
+    return loss

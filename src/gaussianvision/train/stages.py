@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .losses import distill_loss, make_clip_loss, token_distill_loss
+from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
 
 __all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
            "OPEN_CLIP_EXPORT"]
@@ -97,15 +97,22 @@ class RGBClipTask(_Base):
     text embedding of the captions, in which every word moves the embedding; otherwise both towers
     settle on the attribute that is easiest to see (colour) and suppress the others together
     (shape: see docs/training.md and benchmarks/results/demo_teacher_trials.md).
+
+    hard_negatives: batches carry "negative" (one false caption per image, KEY.neg.txt) and the
+    loss is make_negclip_loss's: each image must also beat its own near-identical false caption.
     """
     stage = "rgb"
 
-    def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0):
+    def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
+                 hard_negatives: bool = False):
         if lock_text_steps < 0:
             raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
-        super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps)})
+        super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
+                                       "hard_negatives": bool(hard_negatives)})
         self.tokenizer = tokenizer
+        self.hard_negatives = bool(hard_negatives)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
+        self.negclip_loss = make_negclip_loss(self.rank, self.world_size)
         self.lock_text_steps = int(lock_text_steps)
         self._text_params = [p for n, p in model.named_parameters() if is_text_param(n)]
         self._text_locked = False
@@ -118,13 +125,21 @@ class RGBClipTask(_Base):
     def loss(self, batch):
         if "image" not in batch or "text" not in batch:
             raise ValueError("stage rgb needs batches with 'image' and 'text'")
+        if self.hard_negatives and "negative" not in batch:
+            raise ValueError("stage rgb with hard negatives needs batches with 'negative' (KEY.neg.txt captions)")
         device = batch["image"].device
         x = pixel_input(batch["image"], self.model.visual)
-        tokens = self.tokenizer(batch["text"]).to(device)
+        texts = list(batch["text"]) + (list(batch["negative"]) if self.hard_negatives else [])
+        tokens = self.tokenizer(texts).to(device)
         img = self.model.encode_image(x, normalize=True)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_locked):
             txt = self.model.encode_text(tokens, normalize=True)
-        loss = self.clip_loss(img, txt, self.model.logit_scale.exp())
+        scale = self.model.logit_scale.exp()
+        if self.hard_negatives:
+            b = img.shape[0]
+            loss = self.negclip_loss(img, txt[:b], txt[b:], scale)
+        else:
+            loss = self.clip_loss(img, txt, scale)
         return loss, {"logit_scale": float(self.model.logit_scale.detach().exp()),
                       "text_locked": float(self._text_locked)}
 

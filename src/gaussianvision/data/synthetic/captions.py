@@ -2,8 +2,15 @@
 
 Every caption names each group's count, size, color and shape (in one of two word orders:
 "two small red triangles" or "two triangles, small and red"), the relation between the two
-groups of a two-group scene (possibly stated from the other side: "a blue circle right of two
-small red triangles"), and optionally the background and, for a lone object, where it is.
+groups of a two-group scene, and optionally the background and, for a lone object, where it is.
+
+A relation is always stated from the group that comes first in a fixed order of the groups'
+words (palette color, then shape, then size: `first_named`): "two small red triangles left of
+a blue circle", never "a blue circle right of two small red triangles". The words of a caption
+then fix its meaning whatever their order, so a text tower that reads a caption as a bag of
+words (what small contrastive text towers become: Yuksekgonul et al., ICLR 2023) can still
+learn relations; with both phrasings, "red ... left ... blue" and "blue ... left ... red" hold
+the same words and opposite meanings (docs/world.md).
 The canonical words (first in each list) are the ones the zero-shot prompts use; synonyms are
 rarer so a tiny text encoder trained on a few thousand captions still sees the canonical words
 most.
@@ -12,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scenes import INVERSE
+from .scenes import COLORS, INVERSE, SHAPES, SIZES
 
 __all__ = ["SHAPE_WORDS", "COLOR_WORDS", "SIZE_WORDS", "COUNT_WORDS", "RELATION_WORDS",
-           "BACKGROUND_WORDS", "POSITION_WORDS", "caption_scene", "group_phrase", "region_of"]
+           "BACKGROUND_WORDS", "POSITION_WORDS", "caption_scene", "group_phrase", "region_of", "first_named"]
 
 # (singular, plural); the first entry is canonical.
 SHAPE_WORDS = {
@@ -45,9 +52,19 @@ _P_SYNONYM = 0.2  # how often a non-canonical synonym replaces the canonical wor
 
 
 def _word(rng: np.random.Generator, options: list):
-    if len(options) == 1 or rng.uniform() >= _P_SYNONYM:
+    # Always two draws, whatever the number of options: a caption of a scene with one word
+    # changed (negatives.caption_pair) then keeps every other choice of the original.
+    u, k = rng.uniform(), int(rng.integers(0, 1 << 30))
+    if len(options) == 1 or u >= _P_SYNONYM:
         return options[0]
-    return options[1 + int(rng.integers(0, len(options) - 1))]
+    return options[1 + k % (len(options) - 1)]
+
+
+def first_named(ga: dict, gb: dict) -> bool:
+    """True if group `ga` is named before group `gb` in a relation (palette color, shape, size order)."""
+    def rank(g):
+        return list(COLORS).index(g["color"]), SHAPES.index(g["shape"]), list(SIZES).index(g["size"])
+    return rank(ga) <= rank(gb)
 
 
 def _article(count_word: str, next_word: str) -> str:
@@ -75,15 +92,22 @@ def region_of(x: float, y: float, size: int) -> tuple[int, int]:
 def caption_scene(rng: np.random.Generator, scene: dict) -> str:
     groups = scene["groups"]
     prefix = _PREFIXES[int(rng.integers(0, len(_PREFIXES)))]
+    # Each group's words come from its own generator, so naming the groups in another order
+    # (a changed color can move a group to the front of a relation) keeps every group's wording.
+    seeds = [int(rng.integers(0, 2 ** 63 - 1)) for _ in groups]
+
+    def phrase(i: int, allow_postfix: bool = True) -> str:
+        return group_phrase(np.random.default_rng(seeds[i]), groups[i], allow_postfix)
+
     rel = scene.get("relation")
     if rel is not None:
         a, b, r = rel["a"], rel["b"], rel["rel"]
-        if rng.uniform() < 0.5:  # say it from the other group's side
+        if not first_named(groups[a], groups[b]):
             a, b, r = b, a, INVERSE[r]
-        body = f"{group_phrase(rng, groups[a])} {_word(rng, RELATION_WORDS[r])} {group_phrase(rng, groups[b])}"
+        body = f"{phrase(a)} {_word(rng, RELATION_WORDS[r])} {phrase(b)}"
     else:
         # "x, small and red" inside a comma-separated list would be ambiguous.
-        phrases = [group_phrase(rng, g, allow_postfix=len(groups) == 1) for g in groups]
+        phrases = [phrase(i, allow_postfix=len(groups) == 1) for i in range(len(groups))]
         body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         objs = scene["objects"]
         if len(objs) == 1 and rng.uniform() < 0.4:

@@ -2,7 +2,8 @@
 
 Layout under out_dir::
 
-    train/shard-000000.tar ...   img2dataset layout: KEY.png, KEY.txt (caption), KEY.json
+    train/shard-000000.tar ...   img2dataset layout: KEY.png, KEY.txt (caption), KEY.json,
+                                 KEY.neg.txt (hard-negative caption: one fact false, negatives.py)
     test/shard-000000.tar ...    (KEY = 9-digit sample index within the split)
     tasks/<task>/                clip_benchmark's local wds layout (dataset "wds/<task>",
         classnames.txt               dataset_root out_dir/tasks/<task>):
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .captions import caption_scene
+from .negatives import caption_pair
 from .scenes import render_scene, sample_scene
 from .tasks import TASK_NAMES, TASKS
 from .writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
@@ -37,7 +38,7 @@ from .writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
 __all__ = ["GENERATOR_VERSION", "CELLS", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
            "resolve_params", "param_hash", "train_sample", "task_sample", "STREAMS"]
 
-GENERATOR_VERSION = 2  # bump when drawing or wording changes: invalidates cached worlds
+GENERATOR_VERSION = 3  # bump when drawing or wording changes: invalidates cached worlds
 
 # Objects sit on a layout grid of CELLS x CELLS cells (scenes.place_objects): at 64 px, one cell is
 # one 8-px patch of the demo teacher (gsv-tiny). 0 places objects anywhere.
@@ -97,11 +98,12 @@ def _has_heldout(scene: dict, holdout) -> bool:
 
 
 def train_sample(seed: int, split: str, index: int, size: int, holdout, attempt: int = 0, cells: int = CELLS):
-    """(PIL image, caption, scene) of one image-text sample; the train split avoids `holdout`."""
+    """(PIL image, caption, scene, negative) of one image-text sample; the train split avoids
+    `holdout`. negative = {"caption": the caption with one fact false, "kind": which fact}."""
     rng = _rng(seed, split, index, attempt)
     scene = sample_scene(rng, size, holdout=holdout if split == "train" else (), cells=cells)
-    caption = caption_scene(rng, scene)
-    return render_scene(scene), caption, scene
+    caption, negative, kind = caption_pair(rng, scene)
+    return render_scene(scene), caption, scene, {"caption": negative, "kind": kind}
 
 
 def task_sample(seed: int, task: str, index: int, size: int, label: int, attempt: int = 0, cells: int = CELLS):
@@ -129,15 +131,16 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _render_job(job: tuple):
-    """One sample from its job tuple: (png bytes, caption or None, scene, pixel digest).
-    A top-level function of plain arguments, so worker processes can run it."""
+    """One sample from its job tuple: (png bytes, (caption, negative) or None, scene, pixel
+    digest). A top-level function of plain arguments, so worker processes can run it."""
     kind, seed, name, i, size, extra, cells, attempt = job
     if kind == "split":
-        img, caption, scene = train_sample(seed, name, i, size, extra, attempt, cells)
+        img, caption, scene, negative = train_sample(seed, name, i, size, extra, attempt, cells)
+        text = (caption, negative)
     else:
         img, scene = task_sample(seed, name, i, size, extra, attempt, cells)
-        caption = None
-    return _png(img), caption, scene, hashlib.sha1(img.tobytes()).digest()
+        text = None
+    return _png(img), text, scene, hashlib.sha1(img.tobytes()).digest()
 
 
 def _produce(jobs: list[tuple], mapper, seen: set, dedupe: bool):
@@ -162,7 +165,8 @@ def _write_split(stage: Path, p: dict, split: str, n: int, seen: set, bar, mappe
     paths = [f"{split}/shard-{k:06d}.tar" for k in range(-(-n // ss))]
     writer = None
     try:
-        for i, attempt, (png, caption, scene, _) in _produce(jobs, mapper, seen, dedupe=split != "train"):
+        for i, attempt, (png, (caption, negative), scene, _) in _produce(jobs, mapper, seen,
+                                                                          dedupe=split != "train"):
             if i % ss == 0:
                 if writer is not None:
                     writer.close()
@@ -170,8 +174,9 @@ def _write_split(stage: Path, p: dict, split: str, n: int, seen: set, bar, mappe
             key = f"{i:09d}"
             meta = {"key": key, "caption": caption, "status": "success", "width": size,
                     "height": size, "split": split, "attempt": attempt,
-                    "heldout": _has_heldout(scene, p["holdout"]), "scene": scene}
-            writer.write(key, {"png": png, "txt": caption.encode(), "json": dumps_json(meta)})
+                    "heldout": _has_heldout(scene, p["holdout"]), "scene": scene, "negative": negative}
+            writer.write(key, {"png": png, "txt": caption.encode(), "neg.txt": negative["caption"].encode(),
+                               "json": dumps_json(meta)})
             if bar is not None:
                 bar.update(1)
     except BaseException:
