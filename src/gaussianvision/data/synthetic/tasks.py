@@ -7,8 +7,11 @@ color ("a photo of a small red {c}."), the color task's over every size and shap
 
 - shape:    one object; class = its shape (5 classes).
 - color:    one object; class = its color (6 classes).
-- count:    1-4 identical circles (same color and size); class = the count, named with its
-            noun ("two circles") because the count word and the noun's number go together.
+- count:    1-4 small red circles; class = the count, named as the captions name such a group
+            ("a small red circle", "two small red circles"). Size and color are fixed, as the
+            relation task's pair is: a small text tower's count direction depends on the
+            color and size words around it, so prompts averaged over every color and size
+            (templates cannot put words between the count and the noun) blur it.
 - relation: a small red circle and a large blue square; class = where the circle is relative
             to the square ("a small red circle left of a large blue square", "... right of ...",
             "... above ...", "... below ..."). The four prompts hold the same words except the
@@ -28,12 +31,12 @@ from .captions import BACKGROUND_WORDS
 from .scenes import (BACKGROUNDS, COLORS, RELATIONS, SHAPES, SIZES, make_group, place_objects,
                      relation_of, relation_regions, sample_background)
 
-__all__ = ["Task", "TASKS", "TASK_NAMES", "RELATION_PAIR"]
+__all__ = ["Task", "TASKS", "TASK_NAMES", "RELATION_PAIR", "COUNT_GROUP"]
 
 # The relation task's fixed pair: group a is the circle, group b the square.
 RELATION_PAIR = (("circle", "red", "small"), ("square", "blue", "large"))
-COUNT_SHAPE = "circle"
-_COUNT_NAMES = ["one circle", "two circles", "three circles", "four circles"]
+COUNT_GROUP = ("circle", "red", "small")
+_COUNT_NAMES = ["a small red circle", "two small red circles", "three small red circles", "four small red circles"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def _color_sampler(rng, size, label, cells):
 
 
 def _count_sampler(rng, size, label, cells):
-    groups = [make_group(COUNT_SHAPE, _pick(rng, tuple(COLORS)), _pick(rng, tuple(SIZES)), label + 1)]
+    groups = [make_group(*COUNT_GROUP, label + 1)]
     objs = place_objects(rng, size, groups, cells=cells)
     if objs is None:
         return None
@@ -121,9 +124,8 @@ TASKS: dict[str, Task] = {
         "one object on a textured background; class = its color", _color_sampler),
     "count": Task(
         "count", tuple(_COUNT_NAMES),
-        _bg_templates(("a photo of {c}.", "an image of {c}.", "{c}."))
-        + tuple(f"a photo of {{c}}, {z} and {c}." for z in SIZES for c in COLORS),
-        "1-4 identical circles (same color and size); class = how many", _count_sampler),
+        _bg_templates(("a photo of {c}.", "an image of {c}.", "a picture of {c}.", "{c}.")),
+        "1-4 small red circles; class = how many", _count_sampler),
     "relation": Task(
         "relation", tuple(f"a {_pair_a} {r} a {_pair_b}" for r in RELATIONS),
         _bg_templates(("a photo of {c}.", "an image of {c}.", "a picture of {c}.", "{c}.")),
