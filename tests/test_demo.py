@@ -58,6 +58,7 @@ def test_results_schema_and_numbers(demo):
     assert (out / "teacher" / "open_clip_model.safetensors").is_file()
     teacher = r["training"]["teacher"]
     assert teacher["lock_text_steps"] == round(r["settings"]["teacher"]["lock_text"] * teacher["steps"]) > 0
+    assert teacher["hard_negatives"] is True  # trained on the world's KEY.neg.txt captions
     assert json.loads((out / "world" / "manifest.json").read_text())["params"]["cells"] == 8
     assert all((out / f"stage2_n{b}" / "gsclip.safetensors").is_file() for b in budgets)
 

@@ -222,6 +222,13 @@ def test_relations_are_stated_from_the_group_named_first_in_palette_order():
     assert n_rel > 50
 
 
+def test_most_relations_are_between_two_single_objects():
+    counts = [tuple(g["count"] for g in s["groups"])
+              for s in (train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)[2] for i in range(300)) if s["relation"]]
+    single = sum(c == (1, 1) for c in counts) / len(counts)
+    assert 0.75 < single < 0.95 and any(max(c) > 1 for c in counts)  # 0.7 + 0.3 x P(1, 1 drawn)
+
+
 KIND_WORDS = {
     "relation": {"left", "right", "of", "to", "the", "above", "over", "below", "under", "beneath"},
     "count": {"a", "an", "one", "two", "pair", "of", "three", "four"} | {w for v in SHAPE_RE.values()

@@ -71,9 +71,10 @@ def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool 
     training = {}
     teacher_dir = out / "teacher"
     ts = s["teacher"]
+    teacher_need = ("image", "text", "negative") if ts.get("hard_negatives") else ("image", "text")
     training["teacher"], h_teacher = steps.run(
         "teacher", {"world": h_world, "teacher": ts, "seed": seed},
-        lambda: S.step_train(teacher_dir, "rgb", S.load_samples(world["splits"]["train"]["dir"], ("image", "text"), 64),
+        lambda: S.step_train(teacher_dir, "rgb", S.load_samples(world["splits"]["train"]["dir"], teacher_need, 64),
                              ts, base=ts["base"], seed=seed, progress=progress),
         label=f"train the RGB teacher ({ts['base']}, from scratch)",
         check=lambda r: _ok(teacher_dir / "open_clip_model.safetensors"))

@@ -38,7 +38,7 @@ from .writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
 __all__ = ["GENERATOR_VERSION", "CELLS", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
            "resolve_params", "param_hash", "train_sample", "task_sample", "STREAMS"]
 
-GENERATOR_VERSION = 4  # bump when drawing or wording changes: invalidates cached worlds
+GENERATOR_VERSION = 5  # bump when drawing or wording changes: invalidates cached worlds
 
 # Objects sit on a layout grid of CELLS x CELLS cells (scenes.place_objects): at 64 px, one cell is
 # one 8-px patch of the demo teacher (gsv-tiny). 0 places objects anywhere.
