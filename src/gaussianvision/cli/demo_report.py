@@ -176,8 +176,9 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
                 "GS mean top-1": _pct(v["gs_mean_top1"]), "GS / RGB": f"{v['ratio']:.3f}"}
                for b, v in zs["budgets"].items()])
     rep.figure(figs["zeroshot"], "Zero-shot top-1 per task: chance, RGB teacher, GS encoder at each budget", width=760)
-    rep.text("Chance levels: shape 5 classes, color 6, count 4, relation 4. The relation task needs word order "
-             "in the text encoder (a bag-of-words encoder tops out at 50%).", note=True)
+    rep.text("Chance levels: shape 5 classes, color 6, count 4, relation 4. Captions state a relation from "
+             "the group first in palette order (red before blue), so the relation prompts' words alone decide "
+             "the class (docs/world.md).", note=True)
 
     rep.heading("Bundled photos fitted at several N")
     rep.table([{"N": r["n_gaussians"], "size": f"{r['size']}x{r['size']}", "iterations": r["iters"],

@@ -15,8 +15,8 @@ color ("a photo of a small red {c}."), the color task's over every size and shap
 - relation: a small red circle and a large blue square; class = where the circle is relative
             to the square ("a small red circle left of a large blue square", "... right of ...",
             "... above ...", "... below ..."). The four prompts hold the same words except the
-            relation, so a bag-of-words text encoder can tell the axis (left/right vs
-            above/below) but not the side: its ceiling is 50%, chance 25%.
+            relation; captions state a relation from the group first in palette order (red
+            before blue: captions.first_named), so the words decide the class.
             The layout is unambiguous: along the relation's axis the centres are apart by at
             least 1.5 times their offset across it.
 """
