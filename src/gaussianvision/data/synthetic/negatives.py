@@ -6,8 +6,10 @@ stay a bag of words). Training against a near-identical false caption per image 
 Yuksekgonul et al., ICLR 2023) makes every such fact count. The world writes one negative per
 training sample (`KEY.neg.txt`); `gsv train --hard-negatives` uses it.
 
-The negative is worded exactly like the caption (the same template, synonyms and optional
-phrases: both are drawn from one generator state), so the changed fact is the only difference:
+The negative is worded like the caption (the same template, synonyms and optional phrases:
+both are drawn from one generator state, each group's words from its own), so the changed fact
+is the only difference, except that a changed color or shape can move a group to the front of
+a relation (captions.first_named), which reorders the same phrases:
 
     caption   "two small red triangles left of a blue circle on a striped background"
     relation  "two small red triangles right of a blue circle on a striped background"
