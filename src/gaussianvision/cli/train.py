@@ -85,10 +85,6 @@ def _run(args) -> int:
         raise CliError("give --steps N or --epochs E")
     if args.stage != "2" and (args.init_from or args.unfreeze):
         raise CliError("--init-from and --unfreeze apply to --stage 2")
-    if args.lock_text_steps and args.stage != "rgb":
-        raise CliError("--lock-text-steps applies to --stage rgb")
-    if args.hard_negatives and args.stage != "rgb":
-        raise CliError("--hard-negatives applies to --stage rgb")
     info = init_distributed(args.device)
     try:
         need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
