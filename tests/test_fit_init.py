@@ -79,3 +79,16 @@ def test_content_init_puts_more_gaussians_on_detail():
     assert (s.means[..., 0] >= 0).all() and (s.means[..., 0] <= w).all()
     # Gaussians on the detail are smaller than those on the flat half
     assert s.chol[0, right, 0].mean() < s.chol[0, ~right, 0].mean()
+
+
+def test_content_init_sees_edges_of_equal_luminance():
+    """A red square on a gray of the same luminance (0.299 R + 0.587 G + 0.114 B) is detail too:
+    the density follows the color gradient, not the luminance gradient."""
+    h = w = 48
+    red = torch.tensor([0.8, 0.4, 0.3])
+    gray = float((red * torch.tensor([0.299, 0.587, 0.114])).sum())
+    img = torch.full((1, 3, h, w), gray)
+    img[0, :, 16:32, 16:32] = red[:, None, None]
+    s = init_content(img, 100, generator=torch.Generator().manual_seed(0), backend="reference")
+    near = ((s.means[0] - 24).abs() <= 12).all(-1)  # the square and a 4-px band around its edge
+    assert int(near.sum()) > 2 * 100 * (24 * 24) / (h * w)  # over twice the area's share

@@ -332,3 +332,101 @@ def test_world_rejects_bad_cells(tmp_path):
     from gaussianvision.data.synthetic import make_world
     with pytest.raises(ValueError, match="cells"):
         make_world(tmp_path / "w", n_train=2, n_test=1, n_task=1, cells=32)  # 2-px cells at 64 px
+
+
+# --------------------------------------------------------------------------------- mirror twins
+
+def _mirrored(scene, axis):
+    s = copy.deepcopy(scene)
+    key = "x" if axis == "x" else "y"
+    for o in s["objects"]:
+        o[key] = s["size"] - o[key]
+        o["angle"] = -o["angle"]
+    return s
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_mirror_caption_states_the_mirrored_scenes_relation(axis):
+    """The twin's caption is true of the mirrored scene: its relation (recomputed from the mirrored
+    positions) is stated from the same palette-first group, and captions without a direction on
+    that axis (or with a triangle or star, top-bottom) have no twin."""
+    from gaussianvision.data.synthetic.mirror import mirror_caption
+    from gaussianvision.data.synthetic.scenes import relation_of
+    on_axis = {"x": ("left of", "right of"), "y": ("above", "below")}[axis]
+    twins = 0
+    for i in range(300):
+        _, cap, scene, _ = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        twin = mirror_caption(cap, axis)
+        rel = scene["relation"]
+        asym = any(g["shape"] in ("triangle", "star") for g in scene["groups"])
+        if rel is None or rel["rel"] not in on_axis:
+            if rel is not None or len(scene["objects"]) > 1:
+                assert twin is None, (cap, twin)
+            continue
+        if axis == "y" and asym:
+            assert twin is None, cap
+            continue
+        assert twin is not None, cap
+        twins += 1
+        m = _mirrored(scene, axis)
+        new_rel = relation_of(m["objects"], rel["a"], rel["b"])
+        assert new_rel == INV[rel["rel"]]
+        ga, gb = scene["groups"][rel["a"]], scene["groups"][rel["b"]]
+        rank = [(COLOR_ORDER.index(g["color"]), SHAPE_ORDER.index(g["shape"]), ["small", "large"].index(g["size"]))
+                for g in (ga, gb)]
+        first, second, r = (ga, gb, new_rel) if rank[0] <= rank[1] else (gb, ga, INV[new_rel])
+        m1, m2 = re.search(_group_re(first), twin), re.search(_group_re(second), twin)
+        assert m1 and m2 and re.fullmatch(rf" (to the )?{REL_RE[r]} ", twin[m1.end():m2.start()]), (cap, twin)
+        # every word but the direction is kept
+        assert [w for w in cap.split() if w not in INV_WORDS] == [w for w in twin.split() if w not in INV_WORDS]
+    assert twins > 15
+
+
+INV_WORDS = {"left", "right", "above", "below", "over", "under", "beneath", "top", "bottom"}
+
+
+def test_mirror_caption_position_words_and_errors():
+    from gaussianvision.data.synthetic.mirror import mirror_caption
+    assert mirror_caption("a red cross in the top left corner", "x") == "a red cross in the top right corner"
+    assert mirror_caption("a red cross in the top left corner", "y") == "a red cross in the bottom left corner"
+    assert mirror_caption("a red star at the top", "y") is None  # a mirrored star points down
+    assert mirror_caption("a blue square beneath a red disk", "y") == "a blue square over a red disk"
+    assert mirror_caption("a bright red circle in the middle", "x") is None
+    with pytest.raises(ValueError, match="axis"):
+        mirror_caption("a red circle", "z")
+
+
+def test_mirrored_image_is_the_mirrored_scene():
+    """Flipping the drawn image left-right = drawing the scene mirrored (plain background). PIL's
+    polygon fill is not mirror-symmetric, so edge pixels may differ by up to two of their 16
+    subsamples (32 levels on the strongest edge); the unflipped drawing differs far more."""
+    for i in range(40):
+        _, cap, scene, _ = train_sample(0, "train", i, 64, DEFAULT_HOLDOUT)
+        if not scene["relation"]:
+            continue
+        drawn = _arr(render_scene(_plain(scene)))
+        b = _arr(render_scene(_mirrored(_plain(scene), "x")))
+        d = np.abs(drawn[:, ::-1] - b)
+        assert d.max() <= 40 and d.mean() < 1.0, (i, d.max(), d.mean())
+        assert np.abs(drawn - b).mean() > 3 * d.mean() + 1
+
+
+def test_mirror_pairs_keeps_the_batch_size_and_pairs_twins():
+    import torch
+    from gaussianvision.data.synthetic.mirror import mirror_pairs
+    imgs = torch.rand(6, 3, 4, 5)
+    texts = ["a red circle", "a red circle left of a blue square", "a red star above a blue square",
+             "a red cross above a blue square", "a green square", "a red circle right of a blue disk"]
+    negs = [t + " x" for t in texts]
+    out, t2, n2 = mirror_pairs(imgs, texts, 2, negs)
+    assert out.shape == imgs.shape
+    # two twins (the star has none top-bottom), then the rest in order, two left out
+    assert t2 == [texts[1], texts[3], "a red circle right of a blue square", "a red cross below a blue square",
+                  texts[0], texts[2]]
+    assert n2[2] == "a red circle right of a blue square x" and n2[4] == negs[0]
+    assert torch.equal(out[0], imgs[1]) and torch.equal(out[2], imgs[1].flip(-1))
+    assert torch.equal(out[3], imgs[3].flip(-2)) and torch.equal(out[5], imgs[2])
+    same, t3, n3 = mirror_pairs(imgs, texts, 0)
+    assert torch.equal(same, imgs) and t3 == texts and n3 is None
+    with pytest.raises(ValueError, match="6 images but 5 captions"):
+        mirror_pairs(imgs, texts[:5], 1)

@@ -324,3 +324,33 @@ def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
     assert _gsv_train(["--stage", "2", "--data", str(root), "--out", str(tmp_path / "s2"), "--steps", "1",
                        "--hard-negatives"]) == 2
     assert "--hard-negatives applies to --stage rgb" in capsys.readouterr().err
+
+
+def test_rgb_mirror_pairs_contrast_each_twin_in_the_batch(capsys):
+    """--mirror-pairs: the loss is the CLIP loss of the batch rebuilt by data.synthetic.mirror
+    (twins beside their originals, same batch size), and the flag is refused outside stage rgb."""
+    from gaussianvision.data.synthetic.mirror import mirror_pairs
+    from gaussianvision.train.losses import make_clip_loss
+    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.stages import pixel_input
+    task = build_task("rgb", base="gsv-tiny", mirror_pairs=0.5)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(4, 3, 64, 64, generator=g),
+             "text": ["a red circle left of a blue square", "a green star", "a red cross above a blue disk",
+                      "two small red squares"]}
+    with torch.no_grad():
+        loss, _ = task.loss(batch)
+        images, texts, _ = mirror_pairs(batch["image"], batch["text"], 1)
+        m = task.model
+        img = m.encode_image(pixel_input(images, m.visual), normalize=True)
+        txt = m.encode_text(task.tokenizer(texts), normalize=True)
+        want = make_clip_loss()(img, txt, m.logit_scale.exp())
+        plain = make_clip_loss()(m.encode_image(pixel_input(batch["image"], m.visual), normalize=True),
+                                 m.encode_text(task.tokenizer(batch["text"]), normalize=True), m.logit_scale.exp())
+    assert texts[1] == "a red circle right of a blue square" and torch.equal(images[1], batch["image"][0].flip(-1))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
+    assert task.describe()["mirror_pairs"] == 0.5
+    with pytest.raises(ValueError, match="--mirror-pairs must be a fraction"):
+        build_task("rgb", base="gsv-tiny", mirror_pairs=1.5)
+    assert _gsv_train(["--stage", "2", "--data", "x", "--out", "y", "--steps", "1", "--mirror-pairs", "0.5"]) == 2
+    assert "--mirror-pairs applies to --stage rgb" in capsys.readouterr().err

@@ -254,7 +254,8 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     lock = int(round(s.get("lock_text", 0.0) * steps))  # stage rgb: a fraction of the steps
     task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
                       init_from=str(init_from) if init_from else None, info=info, seed=seed,
-                      lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)))
+                      lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)),
+                      mirror_pairs=float(s.get("mirror_pairs", 0.0)))
     cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),
                       weight_decay=s.get("weight_decay", 0.1), precision="fp32", seed=seed,
                       log_every=max(1, steps // 60), progress=progress,

@@ -31,6 +31,10 @@ def build_parser():
     p.add_argument("--hard-negatives", action="store_true",
                    help="stage rgb: also contrast each image with its false caption KEY.neg.txt (NegCLIP; "
                         "the synthetic world writes one per sample; see docs/training.md)")
+    p.add_argument("--mirror-pairs", type=float, default=0.0, metavar="FRACTION",
+                   help="stage rgb: give this fraction of each batch to mirror twins (samples whose caption "
+                        "states a direction, with the image flipped and left/right or above/below swapped; "
+                        "see docs/training.md)")
     p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
     p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
     g = p.add_mutually_exclusive_group()
@@ -94,7 +98,8 @@ def _run(args) -> int:
             task = build_task(args.stage, base=args.base, pretrained=args.pretrained, model_config=args.model_config,
                               init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
                               token_weight=args.token_weight, info=info, seed=args.seed,
-                              lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives)
+                              lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
+                              mirror_pairs=args.mirror_pairs)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None

@@ -119,11 +119,12 @@ def detail_density(images: torch.Tensor, n: int, floor: float = 0.5, gamma: floa
     they do not take every Gaussian."""
     b, _, h, w = images.shape
     spacing = math.sqrt(h * w / max(n, 1))
-    gray = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    gray = _blur(gray, 0.5)
-    gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0), mode="replicate") * 0.5
-    gy = F.pad(gray[..., 2:, :] - gray[..., :-2, :], (0, 0, 1, 1), mode="replicate") * 0.5
-    mag = torch.sqrt(gx * gx + gy * gy).clamp_min(0) ** gamma
+    img = _blur(images, 0.5)
+    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") * 0.5
+    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") * 0.5
+    # the color gradient's norm over R, G, B (/ sqrt 3: a gray edge scores as its luminance step),
+    # not the luminance gradient: an object can have the luminance of its background
+    mag = (torch.sqrt((gx * gx + gy * gy).sum(1, keepdim=True) / 3.0) ** gamma)
     mag = _blur(mag, 0.5 * spacing)[:, 0]
     mean = mag.flatten(1).mean(1).clamp_min(1e-8)[:, None, None]
     dens = mag / mean + floor

@@ -41,7 +41,7 @@ class GSStage2(_GSExport, Stage2Task):
 def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
                info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
-               hard_negatives: bool = False):
+               hard_negatives: bool = False, mirror_pairs: float = 0.0):
     """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
     stage = str(stage)
     if stage not in STAGES:
@@ -65,9 +65,12 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
             raise ValueError("--unfreeze applies to stage 2 (everything trains in stage rgb)")
         tok = open_clip.get_tokenizer(base)
         return RGBClipTask(model, tok, info, meta={"base": base, "pretrained": pretrained},
-                           lock_text_steps=lock_text_steps, hard_negatives=hard_negatives)
+                           lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
+                           mirror_pairs=mirror_pairs)
     if hard_negatives:
         raise ValueError("--hard-negatives applies to --stage rgb")
+    if mirror_pairs:
+        raise ValueError("--mirror-pairs applies to --stage rgb")
     if lock_text_steps:
         raise ValueError("--lock-text-steps applies to --stage rgb (stages 1 and 2 keep the text tower frozen)")
 

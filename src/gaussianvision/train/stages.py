@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gaussianvision.data.synthetic.mirror import mirror_pairs as make_mirror_pairs
 from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
 
 __all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
@@ -100,15 +101,22 @@ class RGBClipTask(_Base):
 
     hard_negatives: batches carry "negative" (one false caption per image, KEY.neg.txt) and the
     loss is make_negclip_loss's: each image must also beat its own near-identical false caption.
+
+    mirror_pairs: the fraction of each batch given to mirror twins (data.synthetic.mirror): samples
+    whose captions state a direction are joined by their image flipped and caption's directions
+    swapped, so relations are contrasted on both sides; the batch keeps its size.
     """
     stage = "rgb"
 
     def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
-                 hard_negatives: bool = False):
+                 hard_negatives: bool = False, mirror_pairs: float = 0.0):
         if lock_text_steps < 0:
             raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
+        if not 0.0 <= mirror_pairs <= 1.0:
+            raise ValueError(f"--mirror-pairs must be a fraction of the batch in [0, 1], got {mirror_pairs}")
         super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
-                                       "hard_negatives": bool(hard_negatives)})
+                                       "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs)})
+        self.mirror_pairs = float(mirror_pairs)
         self.tokenizer = tokenizer
         self.hard_negatives = bool(hard_negatives)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
@@ -128,8 +136,13 @@ class RGBClipTask(_Base):
         if self.hard_negatives and "negative" not in batch:
             raise ValueError("stage rgb with hard negatives needs batches with 'negative' (KEY.neg.txt captions)")
         device = batch["image"].device
-        x = pixel_input(batch["image"], self.model.visual)
-        texts = list(batch["text"]) + (list(batch["negative"]) if self.hard_negatives else [])
+        images, texts = batch["image"], list(batch["text"])
+        negatives = list(batch["negative"]) if self.hard_negatives else None
+        if self.mirror_pairs > 0:
+            images, texts, negatives = make_mirror_pairs(images, texts, round(self.mirror_pairs * len(texts) / 2),
+                                                         negatives)
+        x = pixel_input(images, self.model.visual)
+        texts = texts + (negatives or [])
         tokens = self.tokenizer(texts).to(device)
         img = self.model.encode_image(x, normalize=True)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_locked):
@@ -179,7 +192,7 @@ class Stage1Task(_Base):
         logs = {"cos": float(F.cosine_similarity(student.detach().float(), teacher.float(), dim=-1).mean())}
         if self.token_weight > 0:
             tok = token_distill_loss(s_tok, t_tok, self.kind)
-            logs["token_loss"] = float(tok)
+            logs["token_loss"] = float(tok.detach())
             loss = loss + self.token_weight * tok
         return loss, logs
 
