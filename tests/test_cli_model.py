@@ -68,7 +68,7 @@ def test_bench_model_quick_on_tiny_base(tmp_path, capsys):
     # 64) qkv 3*64^2*65 + out 64^2*65 + MLP 8*64^2*65 + attention 2*65^2*64, 2 blocks, proj 64*64
     block = 3 * 64 ** 2 * 65 + 64 ** 2 * 65 + 8 * 64 ** 2 * 65 + 2 * 65 ** 2 * 64
     assert rgb["flops_per_image"] == 2 * (64 * 192 * 64 + 2 * block + 64 * 64)
-    assert gs5["n_gaussians"] == 5 and gs50["n_gaussians"] == 50 and gs5["tokens"] == 16
+    assert gs5["n_gaussians"] == 5 and gs50["n_gaussians"] == 50 and gs5["tokens"] == 32
     # the stem and resampler cost grows with N, the frozen blocks' cost does not
     assert gs50["embed_flops_per_image"] > gs5["embed_flops_per_image"] > 0
     assert (gs50["flops_per_image"] - gs50["embed_flops_per_image"]

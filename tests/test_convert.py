@@ -252,6 +252,12 @@ def test_cli_json_and_keep_image(tmp_path):
     assert first["jpg"] == dict(good_sample("k1", 1))["k1.jpg"]  # source bytes kept verbatim
     rc = main(["convert", "--input", str(tmp_path / "nothing-*.tar"), "--output", str(out), *CLI_ARGS])
     assert rc == 2
+    # bad fit options: one clear error before any image is fitted
+    for bad in (["--relocate-every", "-1"], ["--fit-option", "lr_mean=1"]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["convert", "--input", str(a), "--output", str(tmp_path / "bad"), *CLI_ARGS, *bad])
+        assert rc == 2 and "fit options" in err.getvalue() and not (tmp_path / "bad").exists()
 
 
 def test_brace_expansion():

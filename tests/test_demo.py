@@ -29,8 +29,13 @@ def test_results_schema_and_numbers(demo):
     assert r["mode"] == "tiny"
     for k in ("rgb_mean_top1", "gs_mean_top1", "ratio", "compression", "main_budget", "tasks", "budgets"):
         assert k in zs
-    budgets = r["settings"]["convert"]["budgets"]
-    assert sorted(zs["budgets"]) == sorted(str(b) for b in budgets)
+    budgets = r["settings"]["convert"]["budgets"]  # converted and trained
+    evaluated = r["settings"]["eval"]["budgets"]  # tiny: [16, 32, 24]; 24 was never trained
+    assert sorted(zs["budgets"]) == sorted(str(b) for b in evaluated)
+    assert {b: zs["budgets"][str(b)]["trained_at"] for b in evaluated} == {16: 16, 32: 32, 24: 16}
+    assert zs["budgets"]["24"]["psnr"] is None  # no conversion at 24; the task images' fits have a PSNR
+    assert all(zs["budgets"][str(b)]["psnr"] > 5 for b in budgets)
+    assert all(zs["budgets"][str(b)]["task_psnr"] > 5 for b in evaluated)
     assert set(zs["tasks"]) == set(TASKS)
     for t, v in zs["tasks"].items():
         assert v["chance"] == pytest.approx(TASKS[t], abs=1e-3)
@@ -50,8 +55,8 @@ def test_results_schema_and_numbers(demo):
     for x in rows:
         assert x["compression"] == pytest.approx(x["pixel_bytes"] / x["payload_bytes"]) and x["psnr"] > 10
     # every step timed (wall and CPU)
-    names = {"world", "photos", "teacher", "eval_rgb", "report"} | {f"{p}_n{b}" for b in budgets
-                                                                    for p in ("convert", "stage1", "stage2", "eval_gs")}
+    names = ({"world", "photos", "teacher", "eval_rgb", "report"} | {f"eval_gs_n{b}" for b in evaluated}
+             | {f"{p}_n{b}" for b in budgets for p in ("convert", "stage1", "stage2")})
     assert names <= set(r["timings"])
     assert all(v["seconds"] >= 0 and v["cpu_seconds"] >= 0 for v in r["timings"].values())
     # the teacher is an open_clip checkpoint, the GS runs wrote their trainable checkpoints
@@ -106,4 +111,6 @@ def test_changed_setting_reruns_only_downstream(demo, tmp_path):
               *(f"stage1_n{b}" for b in budgets)):
         assert t[k]["cached"], k
     for b in budgets:
-        assert not t[f"stage2_n{b}"]["cached"] and not t[f"eval_gs_n{b}"]["cached"]
+        assert not t[f"stage2_n{b}"]["cached"]
+    for b in r["settings"]["eval"]["budgets"]:
+        assert not t[f"eval_gs_n{b}"]["cached"]

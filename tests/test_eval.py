@@ -223,3 +223,30 @@ def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
 
     assert main(["zeroshot", "--model", "bogus", "--dataset", "cifar10"]) == 2
     assert "expected rgb:BASE" in capsys.readouterr().err
+
+
+def test_splat_settings_fit_options_reach_the_fitter(capsys):
+    """Evaluation must fit task images as the conversion did: extra fit options go to fit_images,
+    change the cache key (an empty dict keeps the key of settings made before the field), and
+    unknown ones are refused up front."""
+    from gaussianvision.eval.datasets import SplatCache, SplatSettings
+    from gaussianvision.fit import fit_images
+    from gaussianvision.splats import decode, encode
+    plain = SplatSettings(n_gaussians=6, iters=12, init="grid", size=16)
+    opts = SplatSettings(n_gaussians=6, iters=12, init="grid", size=16,
+                         fit_options={"relocate_every": 3, "relocate_fraction": 0.5})
+    assert json.loads(plain.key()) == {"n_gaussians": 6, "iters": 12, "init": "grid", "size": 16}
+    assert plain.key() != opts.key()
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(2, 3, 16, 16, generator=g).mul(255).round().div(255)
+    got = SplatCache(None, opts)(imgs)
+    want = fit_images(imgs, 6, iters=12, init="grid", relocate_every=3, relocate_fraction=0.5)
+    assert torch.equal(got.means, decode(encode(want.splats)).means)
+    assert not torch.equal(got.means, SplatCache(None, plain)(imgs).means)
+    with pytest.raises(ValueError, match=r"\['lr_mean'\]: not fit_images options"):
+        SplatSettings(fit_options={"lr_mean": 1.0})
+    with pytest.raises(ValueError, match="relocate_every must be >= 0"):
+        SplatSettings(fit_options={"relocate_every": -1})
+    from gaussianvision.cli.eval import main
+    assert main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--fit-option", "iters=3"]) == 2
+    assert "--fit-option: fit options ['iters']" in capsys.readouterr().err

@@ -133,3 +133,70 @@ def test_fit_on_cuda_matches_cpu(photos):
     assert gpu.splats.device.type == "cuda"
     for a, b in zip(cpu.metrics, gpu.metrics):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05)
+
+
+def _missed_square(counts=(16,)):
+    """32x32 images, gray on the left, black on the right with a red 4x4 square; Gaussians only
+    on the left half (counts per image; padding rows hold garbage that must stay untouched)."""
+    from gaussianvision.splats import Splats
+    b, n = len(counts), max(counts)
+    img = torch.zeros(b, 3, 32, 32)
+    img[:, :, :, :16] = 0.5
+    img[:, :, 14:18, 24:28] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    g = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1).reshape(-1, 2).float()
+    means = torch.stack([g[:, 1] * 4 + 2, g[:, 0] * 8 + 4], -1)[:n].repeat(b, 1, 1)  # x < 16
+    chol = torch.tensor([3.0, 0.0, 3.0]).repeat(b, n, 1)
+    colors = torch.full((b, n, 3), 0.3)
+    for i, c in enumerate(counts):
+        means[i, c:] = 7.0
+    return img, Splats(means, chol, colors, 32, 32, torch.tensor(counts))
+
+
+def test_relocation_moves_the_weakest_gaussians_to_the_error():
+    img, init = _missed_square(counts=(16, 8))
+    f = Fitter(img, None, FitConfig(iters=0, **REF), init=init)
+    f.run(30)
+    before = {k: v.clone() for k, v in f.params.items()}
+    moved = f.relocate(0.25)
+    assert moved.tolist() == [4, 2]  # floor(0.25 x count) per image
+    changed = (f.params["means"] != before["means"]).any(-1)  # [B, N]
+    assert changed.sum(1).tolist() == [4, 2]
+    assert not changed[1, 8:].any()  # padding untouched
+    for k in ("means", "chol", "colors"):
+        assert (f.opt.exp_avg[k][changed] == 0).all() and (f.opt.exp_avg_sq[k][changed] == 0).all()
+        assert torch.equal(f.params[k][~changed], before[k][~changed])
+    # image 0 has fitted its left half by now and its largest error is the square: the moved
+    # means go there (drawn from the blurred error, so also just beside it), colored with the
+    # residual at their pixel: red on the square
+    m, c = f.params["means"][0, changed[0]], f.params["colors"][0, changed[0]]
+    near = (m[:, 0] > 21) & (m[:, 0] < 31) & (m[:, 1] > 10) & (m[:, 1] < 22)
+    on = (m[:, 0] > 24) & (m[:, 0] < 28) & (m[:, 1] > 14) & (m[:, 1] < 18)
+    assert bool(near.all()) and int(on.sum()) >= 2 and (c[on, 0] > c[on, 1] + 0.3).all()
+
+
+def test_relocation_during_fitting_recovers_a_missed_object():
+    img, init = _missed_square()
+    plain = fit_images(img, None, iters=40, init=init, **REF)
+    moved = fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, **REF)
+    again = fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, **REF)
+    assert moved.metrics[0]["psnr"] > plain.metrics[0]["psnr"] + 3
+    assert torch.equal(moved.splats.means, again.splats.means)  # seeded: reproducible
+    for bad in ({"relocate_fraction": 0.0}, {"relocate_fraction": 1.0}, {"relocate_every": -1},
+                {"relocate_until": 1.5}):
+        with pytest.raises(ValueError, match="relocate"):
+            fit_images(img, 4, iters=1, **bad, **REF)
+
+
+def test_relocation_schedule(monkeypatch):
+    """Every K iterations within the first `until` share of a run, never after its last iteration,
+    and not in the fine-tune after pruning."""
+    img, init = _missed_square()
+    calls = []
+    monkeypatch.setattr(Fitter, "relocate", lambda self, fraction: calls.append(self.steps_done))
+    for iters, every, until, want in ((10, 5, 1.0, [5]), (20, 5, 0.6, [5, 10]), (30, 10, 0.7, [10, 20])):
+        calls.clear()
+        fit_images(img, None, iters=iters, init=init, relocate_every=every, relocate_until=until, **REF)
+        assert calls == want, (iters, every, until)
+    calls.clear()
+    fit_images(img, None, iters=10, init=init, relocate_every=5, prune_fraction=0.2, finetune_iters=10, **REF)
+    assert calls == [5]

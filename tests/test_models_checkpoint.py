@@ -39,7 +39,7 @@ def test_round_trip_outputs_equal(trained, tmp_path):
     assert extra == {"step": "12"}
     info = read_checkpoint_config(path)
     assert info["config"] == json.loads(json.dumps(trained.config)) and info["pretrained"] is None
-    assert info["config"]["gs"]["resampler"]["num_latents"] == 16
+    assert info["config"]["gs"]["resampler"]["num_latents"] == 32
 
 
 def test_rebuild_from_checkpoint(trained, tmp_path):
@@ -55,7 +55,7 @@ def test_mismatched_config_is_a_clear_error(trained, tmp_path):
     other = create_gsclip(config={"base": "gsv-tiny", "stem": {"hidden": 64},
                                   "resampler": {"num_latents": 8, "layers": 2}})
     before = {n: p.clone() for n, p in other.trainable_named_parameters()}
-    with pytest.raises(CheckpointError, match=r"config does not match.*num_latents: checkpoint 16, model 8"):
+    with pytest.raises(CheckpointError, match=r"config does not match.*num_latents: checkpoint 32, model 8"):
         load_trainable(other, path)
     # and nothing was half-loaded
     assert all(torch.equal(p, before[n]) for n, p in other.trainable_named_parameters())

@@ -170,16 +170,20 @@ def test_zero_shot_builders_from_open_clip_and_clip_benchmark(model):
 
 
 def test_pos_embed_modes(model):
-    base_pos = model.base.visual.positional_embedding
     m = create_gsclip(config={"base": "gsv-tiny", "resampler": {"num_latents": 64, "layers": 1}})
     assert m.visual.pos_embed_mode == "copy"
     assert torch.equal(m.visual.positional_embedding, m.base.visual.positional_embedding)
-    assert model.visual.positional_embedding.shape == (17, 64)
-    assert torch.equal(model.visual.positional_embedding[0], base_pos[0])
+    m16 = create_gsclip(config={"base": "gsv-tiny", "resampler": {"num_latents": 16, "layers": 1}})
+    base_pos = m16.base.visual.positional_embedding
+    assert m16.visual.positional_embedding.shape == (17, 64)
+    assert torch.equal(m16.visual.positional_embedding[0], base_pos[0])
     # 16 latents: the 8 x 8 grid resized to 4 x 4 is the mean of each 2 x 2 block
     grid = base_pos[1:].reshape(8, 8, 64)
     block = grid.reshape(4, 2, 4, 2, 64).mean((1, 3)).reshape(16, 64)
-    torch.testing.assert_close(model.visual.positional_embedding[1:].detach(), block.detach())
+    torch.testing.assert_close(m16.visual.positional_embedding[1:].detach(), block.detach())
+    # gs-tiny's 32 latents: 4 x 8, each the mean of two rows
+    rows = model.base.visual.positional_embedding[1:].reshape(4, 2, 8, 64).mean(1).reshape(32, 64)
+    torch.testing.assert_close(model.visual.positional_embedding[1:].detach(), rows.detach())
     assert grid_for(98, (14, 14)) == (7, 14) and grid_for(196, (14, 14)) == (14, 14) and grid_for(7, (2, 2)) == (1, 7)
     with pytest.raises(ConfigError, match="'copy' needs num_latents"):
         create_gsclip(config={"base": "gsv-tiny", "pos_embed": "copy", "resampler": {"num_latents": 10}})

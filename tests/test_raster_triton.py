@@ -169,10 +169,18 @@ def test_bins_of_nothing():
 @pytest.mark.slow
 @needs_triton
 def test_kernels_compile_for_sm80_without_spills(no_interp):
-    """The real compiler (not the interpreter) accepts the kernels; about 30 s cold, 2 s cached."""
-    from gaussianvision.raster._triton_aot import compile_kernels
-
-    report = compile_kernels(80)
+    """The real compiler (not the interpreter) accepts the kernels; about 30 s cold, 2 s cached.
+    In a fresh process: kernels run in the interpreter earlier in this one leave triton.language
+    patched, and a cold compile after them fails inside Triton's code generator."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import json; from gaussianvision.raster._triton_aot import compile_kernels; print(json.dumps(compile_kernels(80)))"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(report) == {"splat_fwd_kernel", "splat_bwd_kernel"}
     for name, info in report.items():
         # y1 and y2 are IEEE divisions in every [BLOCK_N, pixels] element, as in the reference

@@ -235,7 +235,7 @@ def test_stage1_token_level_loss(shards, tmp_path):
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["token_loss"] > 0 and rec["loss"] > 0.5 * rec["token_loss"]
     with pytest.raises(ValueError, match="token counts"):
-        task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 16 latents vs 64 patches
+        task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 32 latents vs 64 patches
         batch = next(build_source(shards, ("splats", "image"), 2, buffer=2).batches(0))
         task2.loss(batch)
 

@@ -36,6 +36,17 @@ def emit(obj, as_json: bool, human: str | None = None) -> None:
         print(human)
 
 
+def fit_option(text: str) -> tuple[str, object]:
+    """--fit-option KEY=VALUE -> (KEY, VALUE parsed as JSON, or the bare word)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise CliError(f"--fit-option must look like KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value  # a bare word such as backend=numba
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)

@@ -7,23 +7,12 @@ torchrun (RANK and WORLD_SIZE pick the shards; --device cuda uses LOCAL_RANK).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from gaussianvision.data.convert import ConvertConfig, ConvertError, convert_dataset, resolve_rank
 from gaussianvision.data.sources import SourceError
-from .common import CliError, emit, parser, run
-
-
-def _fit_option(text: str):
-    key, eq, value = text.partition("=")
-    if not eq or not key:
-        raise CliError(f"--fit-option must look like KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value  # a bare word such as backend=numba
+from .common import CliError, emit, fit_option, parser, run
 
 
 def main(argv=None) -> int:
@@ -36,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--prune-lambda", type=float, default=None, help="luminance L1 penalty (pruning)")
     p.add_argument("--prune-tau", type=float, default=None, help="pruning threshold")
     p.add_argument("--target-psnr", type=float, default=None, help="stop fitting an image at this PSNR")
+    p.add_argument("--relocate-every", type=int, default=None,
+                   help="every K iterations move the least important Gaussians to where the error is")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fit_images option (JSON value), repeatable")
     p.add_argument("--size", type=int, default=224, help="images are resized and center-cropped to this")
@@ -56,10 +47,16 @@ def main(argv=None) -> int:
     def go(a):
         fit = {}
         for k, v in (("iters", a.iters), ("init", a.init), ("prune_lambda", a.prune_lambda),
-                     ("prune_tau", a.prune_tau), ("target_psnr", a.target_psnr)):
+                     ("prune_tau", a.prune_tau), ("target_psnr", a.target_psnr),
+                     ("relocate_every", a.relocate_every)):
             if v is not None:
                 fit[k] = v
-        fit.update(dict(_fit_option(t) for t in a.fit_option))
+        fit.update(dict(fit_option(t) for t in a.fit_option))
+        from gaussianvision.fit import FitConfig
+        try:  # bad fit options are one clear error here, not a failure per image later
+            FitConfig(**fit).check()
+        except (TypeError, ValueError) as e:
+            raise CliError(f"fit options {fit}: {e}") from None
         try:
             rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
             cfg = ConvertConfig(

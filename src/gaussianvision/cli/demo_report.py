@@ -172,7 +172,10 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
     rows.append(mean)
     rep.table(rows)
     rep.table([{"budget": f"N={b}", "payload bytes": v["payload_bytes"], "pixel bytes": v["pixel_bytes"],
-                "compression": f"{v['compression']:.1f}x", "fit PSNR (dB)": f"{v['psnr']:.2f}" if v.get("psnr") else "-",
+                "compression": f"{v['compression']:.1f}x",
+                "conversion PSNR (dB)": f"{v['psnr']:.2f}" if v.get("psnr") else "-",
+                "task images PSNR (dB)": f"{v['task_psnr']:.2f}" if v.get("task_psnr") else "-",
+                "encoder trained at": f"N={v['trained_at']}" if v.get("trained_at") else "-",
                 "GS mean top-1": _pct(v["gs_mean_top1"]), "GS / RGB": f"{v['ratio']:.3f}"}
                for b, v in zs["budgets"].items()])
     rep.figure(figs["zeroshot"], "Zero-shot top-1 per task: chance, RGB teacher, GS encoder at each budget", width=760)

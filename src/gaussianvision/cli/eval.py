@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import CliError, emit, parser, run
+from .common import CliError, emit, fit_option, parser, run
 
 
 def build_parser():
@@ -29,6 +29,8 @@ def build_parser():
     g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"])
     g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default: the model's input size)")
     g.add_argument("--fit-batch", type=int, default=32)
+    g.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fit_images option (JSON value), repeatable; use the conversion's options")
     g.add_argument("--splat-cache", default=None,
                    help="cache folder of fitted splats (default OUT/splat_cache); a pre-filled one is a converted copy")
     return p
@@ -47,10 +49,14 @@ def _run(args) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError("--device cuda requested but CUDA is not available")
     try:
+        settings = SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
+                                 dict(fit_option(t) for t in args.fit_option))
+    except ValueError as e:
+        raise CliError(f"--fit-option: {e}") from None
+    try:
         models = [load_eval_model(spec, device) for spec in args.model]
     except EvalError as e:
         raise CliError(str(e)) from None
-    settings = SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch)
     try:
         res = evaluate_all(models, datasets, args.out, root=args.dataset_root, batch_size=args.batch_size,
                            device=device, splats=settings, cache_dir=args.splat_cache, num_workers=args.num_workers,

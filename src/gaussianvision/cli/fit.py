@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--prune-fraction", type=float, default=None, help="prune this fraction (the least important)")
     p.add_argument("--prune-measure", default="energy", choices=list(MEASURES))
     p.add_argument("--finetune", type=int, default=None, help="iterations after pruning (default iters/5)")
+    p.add_argument("--relocate-every", type=int, default=0,
+                   help="every K iterations move the least important Gaussians to where the error is (0: off)")
+    p.add_argument("--relocate-fraction", type=float, default=0.1, help="share of each image's Gaussians moved")
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "exp"])
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
                             prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
                             prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
                             finetune_iters=(a.finetune if a.finetune is not None else (a.iters // 5 if prunes else 0)),
+                            relocate_every=a.relocate_every, relocate_fraction=a.relocate_fraction,
                             backend=a.backend, device=a.device, seed=a.seed).check()
         except ValueError as e:
             raise CliError(str(e)) from None

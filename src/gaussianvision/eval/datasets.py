@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,10 +31,25 @@ class SplatSettings:
     init: str = "content"
     size: int | None = None  # None: the model's input size
     fit_batch: int = 32
+    fit_options: dict = field(default_factory=dict)  # any other fit_images option (e.g. relocate_every)
+
+    def __post_init__(self):
+        from gaussianvision.fit import FitConfig
+        own = {"iters", "init"}
+        bad = sorted(k for k in self.fit_options if k not in FitConfig.__dataclass_fields__ or k in own)
+        if bad:
+            raise ValueError(f"fit options {bad}: not fit_images options (iters and init have their own settings; "
+                             f"others: {', '.join(sorted(set(FitConfig.__dataclass_fields__) - own))})")
+        try:
+            FitConfig(**self.fit_options).check()
+        except TypeError as e:  # e.g. a value of the wrong type
+            raise ValueError(f"fit options {self.fit_options}: {e}") from None
 
     def key(self) -> str:
         d = asdict(self)
         d.pop("fit_batch")
+        if not d["fit_options"]:
+            d.pop("fit_options")  # keys (and caches) made before the field existed stay valid
         return json.dumps(d, sort_keys=True)
 
 
@@ -53,6 +68,12 @@ class SplatCache:
         self.settings = settings
         self.progress = progress
         self.hits = self.fits = 0
+        self.psnr_sum, self.psnr_count = 0.0, 0  # of every returned splat set against its image
+
+    @property
+    def psnr_mean(self) -> float | None:
+        """Mean PSNR (dB) of the splats handed out so far, rendered at the images' size."""
+        return self.psnr_sum / self.psnr_count if self.psnr_count else None
 
     def _path(self, h: str) -> Path | None:
         return None if self.root is None else self.root / h[:2] / f"{h}.gsv"
@@ -86,7 +107,8 @@ class SplatCache:
             chunk = pending[i:i + s.fit_batch]
             imgs = u8[[todo[h][0] for h in chunk]].to(self.device).float() / 255.0
             with torch.enable_grad():  # the evaluation runs under no_grad; fitting is an optimization
-                res = fit_images(imgs, s.n_gaussians, iters=s.iters, init=s.init, progress=self.progress)
+                res = fit_images(imgs, s.n_gaussians, iters=s.iters, init=s.init, progress=self.progress,
+                                 **s.fit_options)
             for j, h in enumerate(chunk):
                 data = encode(res.splats[j].to("cpu"))
                 for b in todo[h]:
@@ -99,7 +121,13 @@ class SplatCache:
                     os.replace(tmp, p)
                 self.fits += 1
                 self.hits += len(todo[h]) - 1
-        return Splats.stack(out)
+        batch = Splats.stack(out)
+        from gaussianvision.fit.metrics import psnr
+        from gaussianvision.raster import render
+        p = psnr(render(batch.to(self.device)).clamp(0, 1), u8.to(self.device).float() / 255.0)
+        self.psnr_sum += float(p.sum())
+        self.psnr_count += int(p.numel())
+        return batch
 
 
 class _Classes:

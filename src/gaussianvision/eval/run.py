@@ -66,7 +66,7 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
         raise EvalError(f"{dataset}: task {task!r} is not supported (zero-shot classification and retrieval are)")
     if cache is not None:
         extra["gsv"] = {"splats": {k: v for k, v in cache.settings.__dict__.items() if k != "fit_batch"},
-                        "fitted": cache.fits, "cached": cache.hits}
+                        "fitted": cache.fits, "cached": cache.hits, "psnr": cache.psnr_mean}
     rec = result_record(dataset, em.name, em.pretrained, task, metrics, label=em.label,
                         seconds=round(time.perf_counter() - t0, 3), **extra)
     return rec

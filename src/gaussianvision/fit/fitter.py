@@ -20,7 +20,9 @@ Early stop is per image: an image that reaches `target_psnr`, or has not improve
 `plateau_delta` dB for `plateau_patience` iterations, is frozen (no render, no update)
 and its iteration count is recorded. Pruning (fit/prune.py) happens after the main
 iterations, edits parameters and Adam moments together, then `finetune_iters` more
-iterations repair the damage.
+iterations repair the damage. With `relocate_every` > 0 the least important Gaussians are moved
+to where the error is largest during the first `relocate_until` of the iterations
+(fit/relocate.py).
 
 For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
 run(iters), prune(...), clone(), evaluate(), result().
@@ -40,6 +42,7 @@ from .adam import BatchAdam
 from .init import initialize
 from .metrics import psnr, ssim
 from .prune import MEASURES, PAD_FILL, compact, importance, select_prune
+from .relocate import relocation_plan
 
 __all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "SCHEDULES"]
 
@@ -66,6 +69,9 @@ class FitConfig:
     prune_tau: float | None = None
     prune_fraction: float | None = None
     finetune_iters: int = 0        # iterations after pruning
+    relocate_every: int = 0        # move the least important Gaussians to the error every k iterations (0: off)
+    relocate_fraction: float = 0.1  # share of each image's Gaussians moved each time (fit/relocate.py)
+    relocate_until: float = 0.6    # relocate only in this first share of the iterations (the rest settles)
     backend: str = "auto"
     device: str | None = None      # None: the images' device
     seed: int = 0
@@ -82,6 +88,9 @@ class FitConfig:
             raise ValueError(f"ssim_weight must lie in [0, 1], got {self.ssim_weight}")
         if self.prune_fraction is not None and not 0.0 <= self.prune_fraction <= 1.0:
             raise ValueError(f"prune_fraction must lie in [0, 1], got {self.prune_fraction}")
+        if self.relocate_every < 0 or not 0.0 < self.relocate_fraction < 1.0 or not 0.0 <= self.relocate_until <= 1.0:
+            raise ValueError(f"relocate_every must be >= 0, relocate_fraction in (0, 1) and relocate_until in "
+                             f"[0, 1], got {self.relocate_every}, {self.relocate_fraction}, {self.relocate_until}")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self
@@ -162,6 +171,7 @@ class Fitter:
         self.pruned = torch.zeros(b, dtype=torch.long, device=self.device)
         self._reset_plateau()
         self.history: list[dict] = []
+        self._generator: torch.Generator | None = None  # relocation's draws (seeded on first use)
         self.steps_done = 0
         self.seconds = time.perf_counter() - t0
 
@@ -182,6 +192,8 @@ class Fitter:
         for k in ("counts", "active", "iterations", "pruned", "best", "best_it"):
             setattr(new, k, getattr(self, k).clone())
         new.stopped = list(self.stopped)
+        if self._generator is not None:
+            new._generator = torch.Generator().set_state(self._generator.get_state())
         new.history = list(self.history)
         return new
 
@@ -259,8 +271,10 @@ class Fitter:
         self.history.append({"iteration": self.steps_done, "psnr": p.cpu().tolist(),
                              "seconds": self.seconds})
 
-    def run(self, iters: int, progress: bool = False, desc: str | None = None) -> "Fitter":
-        """`iters` more iterations (fewer for images that stop early)."""
+    def run(self, iters: int, progress: bool = False, desc: str | None = None, relocate: bool = True) -> "Fitter":
+        """`iters` more iterations (fewer for images that stop early). With relocate (and
+        cfg.relocate_every > 0), Gaussians are relocated every relocate_every iterations of this
+        call while within its first relocate_until share, never after its last iteration."""
         t0 = time.perf_counter()
         cfg = self.cfg
         record = set(cfg.record_at)
@@ -278,6 +292,9 @@ class Fitter:
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
             self.steps_done += 1
+            if (relocate and cfg.relocate_every and (t + 1) % cfg.relocate_every == 0 and t + 1 < iters
+                    and t + 1 <= int(cfg.relocate_until * iters + 1e-9)):
+                self.relocate(cfg.relocate_fraction)
             if bar is not None:
                 bar.update(1)
                 if t % 10 == 0:
@@ -288,6 +305,30 @@ class Fitter:
         if self.steps_done in record and not any(h["iteration"] == self.steps_done for h in self.history):
             self._record()
         return self
+
+    # ------------------------------------------------------------- relocation
+    @torch.no_grad()
+    def relocate(self, fraction: float) -> torch.Tensor:
+        """Move the `fraction` least important Gaussians of each active image to where its error
+        is largest (fit/relocate.py); their Adam moments restart. Returns [B] moved.
+        (Its time counts in `seconds` when run() calls it.)"""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+        idx = self.active.nonzero()[:, 0]
+        moved = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        if len(idx):
+            s = self.splats()
+            sub = Splats(s.means[idx], s.chol[idx], s.colors[idx], self.h, self.w, s.counts[idx])
+            index, valid, means, chol, colors = relocation_plan(sub, render(sub, backend=self.cfg.backend),
+                                                                self.images[idx], fraction, self._generator)
+            rows = idx[:, None].expand_as(index)[valid]
+            cols = index[valid]
+            for name, new in (("means", means), ("chol", chol), ("colors", colors)):
+                self.params[name][rows, cols] = new[valid].to(self.params[name].dtype)
+                self.opt.exp_avg[name][rows, cols] = 0
+                self.opt.exp_avg_sq[name][rows, cols] = 0
+            moved[idx] = valid.sum(1)
+        return moved
 
     # ---------------------------------------------------------------- pruning
     def prune(self, measure: str | None = None, tau: float | None = None,
@@ -352,5 +393,5 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
     if cfg.prunes:
         f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
         if cfg.finetune_iters:
-            f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning")
+            f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning", relocate=False)
     return f.result()
