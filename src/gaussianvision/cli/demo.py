@@ -1,8 +1,9 @@
 """gsv demo: the whole pipeline on one CPU, with a report.
 
 Generates the offline world, fits the bundled photos at several N, converts the world's train
-shards to splats at two budgets, trains the RGB teacher from scratch, runs stage 1 and stage 2
-per budget, evaluates zero-shot RGB vs GS on the four tasks, and writes DIR/report/index.html and
+shards to splats at the trained budget(s), trains the RGB teacher from scratch, runs stage 1 and
+stage 2 per trained budget, evaluates zero-shot RGB vs GS on the four tasks at every evaluated
+budget (an untrained one is read by the nearest trained encoder), and writes DIR/report/index.html and
 DIR/results.json. Each step is cached in DIR and reused when its settings and inputs are unchanged
 (--force redoes everything). See docs/demo.md.
 """
