@@ -354,3 +354,34 @@ def test_rgb_mirror_pairs_contrast_each_twin_in_the_batch(capsys):
         build_task("rgb", base="gsv-tiny", mirror_pairs=1.5)
     assert _gsv_train(["--stage", "2", "--data", "x", "--out", "y", "--steps", "1", "--mirror-pairs", "0.5"]) == 2
     assert "--mirror-pairs applies to --stage rgb" in capsys.readouterr().err
+
+
+def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypatch):
+    """--cache-teacher: the same losses step by step as computing the teacher every step, with
+    the teacher run once per sample; a key whose image changed is recomputed."""
+    from gaussianvision.models.gsclip import GSCLIP
+    from gaussianvision.train.data import build_memory_source
+    from gaussianvision.train.loop import TrainConfig, train
+    from gaussianvision.train.setup import build_task
+    from gaussianvision.cli.demo_steps import load_samples
+    samples = load_samples(shards, ("splats", "image"))
+    calls = []
+    real = GSCLIP.encode_rgb
+    monkeypatch.setattr(GSCLIP, "encode_rgb", lambda self, x, **k: calls.append(len(x)) or real(self, x, **k))
+    logs = {}
+    for cached in (False, True):
+        calls.clear()
+        task = build_task("1", model_config="gs-tiny", cache_teacher=cached)
+        out = tmp_path / str(cached)
+        train(task, build_memory_source(samples, 4), TrainConfig(out=str(out), steps=3 * len(samples) // 4,
+                                                                 batch_size=4, log_every=1, progress=False))
+        logs[cached] = [r["loss"] for r in read_log(out)]
+        assert sum(calls) == (len(samples) if cached else 3 * len(samples))
+    assert logs[True] == logs[False]
+    batch = {"key": ["a", "b"], "image": torch.rand(2, 3, 64, 64)}
+    first = task._teacher(batch, batch["image"])
+    batch["image"][1] += 0.5  # same key, another image: not served from the cache
+    second = task._teacher(batch, batch["image"])
+    assert torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
+    with pytest.raises(ValueError, match="--cache-teacher applies to --stage 1"):
+        build_task("rgb", base="gsv-tiny", cache_teacher=True)

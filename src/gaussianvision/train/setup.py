@@ -41,11 +41,13 @@ class GSStage2(_GSExport, Stage2Task):
 def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
                info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
-               hard_negatives: bool = False, mirror_pairs: float = 0.0):
+               hard_negatives: bool = False, mirror_pairs: float = 0.0, cache_teacher: bool = False):
     """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
     stage = str(stage)
     if stage not in STAGES:
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if cache_teacher and stage != "1":
+        raise ValueError("--cache-teacher applies to --stage 1")
     device = getattr(info, "device", torch.device("cpu"))
     torch.manual_seed(seed)
     if stage == "rgb":
@@ -95,5 +97,6 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
             "init_from": str(init_from) if init_from else None, "unfreeze": list(unfreeze or ()),
             "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
     if stage == "1":
-        return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight})
+        return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight},
+                        cache_teacher=cache_teacher)
     return GSStage2(model, model.tokenizer(), info, meta=meta)

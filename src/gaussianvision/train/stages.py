@@ -169,9 +169,14 @@ class Stage1Task(_Base):
     """Align the GS encoder to the frozen RGB teacher on (image, splats of that image) pairs."""
     stage = "1"
 
-    def __init__(self, model, kind="cosine", token_weight: float = 0.0, info=None, meta=None):
-        super().__init__(model, info, meta)
+    def __init__(self, model, kind="cosine", token_weight: float = 0.0, info=None, meta=None,
+                 cache_teacher: bool = False):
+        super().__init__(model, info, {**(meta or {}), "cache_teacher": bool(cache_teacher)})
         self.kind, self.token_weight = kind, float(token_weight)
+        # key -> (image checksum, teacher embedding): the teacher is frozen and the images are not
+        # augmented, so each sample's target is computed once (a quarter of a step on the demo's
+        # tiny tower). One embedding per sample stays in memory: for data sets that fit in it.
+        self._teacher_cache: dict | None = {} if cache_teacher else None
         if self.token_weight > 0 and not (hasattr(model, "encode_image_with_tokens")
                                           and hasattr(model, "encode_rgb_with_tokens")):
             raise ValueError("--token-weight needs a model with encode_image_with_tokens and encode_rgb_with_tokens")
@@ -186,7 +191,7 @@ class Stage1Task(_Base):
             student, s_tok = self.model.encode_image_with_tokens(batch["splats"])
         else:
             with torch.no_grad():
-                teacher = self.model.encode_rgb(pixels)
+                teacher = self._teacher(batch, pixels)
             student = self.model.encode_image(batch["splats"])
         loss = distill_loss(student, teacher, self.kind)
         logs = {"cos": float(F.cosine_similarity(student.detach().float(), teacher.float(), dim=-1).mean())}
@@ -195,6 +200,20 @@ class Stage1Task(_Base):
             logs["token_loss"] = float(tok.detach())
             loss = loss + self.token_weight * tok
         return loss, logs
+
+
+    def _teacher(self, batch, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's embeddings [B, D], from the cache where the same key holds the same image."""
+        cache, keys = self._teacher_cache, batch.get("key")
+        if cache is None or keys is None:
+            return self.model.encode_rgb(pixels)
+        sums = batch["image"].detach().flatten(1).double().sum(1).tolist()
+        todo = [i for i, (k, c) in enumerate(zip(keys, sums)) if k not in cache or cache[k][0] != c]
+        if todo:
+            fresh = self.model.encode_rgb(pixels[todo])
+            for j, i in enumerate(todo):
+                cache[keys[i]] = (sums[i], fresh[j].detach())
+        return torch.stack([cache[k][1] for k in keys])
 
 
 class Stage2Task(_Base):
