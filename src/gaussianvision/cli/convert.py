@@ -54,8 +54,8 @@ def main(argv=None) -> int:
         fit.update(dict(fit_option(t) for t in a.fit_option))
         from gaussianvision.fit import FitConfig
         try:  # bad fit options are one clear error here, not a failure per image later
-            FitConfig(**fit).check()
-        except (TypeError, ValueError) as e:
+            FitConfig.from_options(fit)
+        except ValueError as e:
             raise CliError(f"fit options {fit}: {e}") from None
         try:
             rank, world, device = resolve_rank(a.rank, a.world_size, a.device)

@@ -134,7 +134,7 @@ def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool 
     rgb_mean = rgb_eval["mean_acc1"]
     per_budget = {}
     for n in eval_budgets:
-        payload, pixel = S.PIXEL_BYTES_PER_GAUSSIAN * n, 3 * 64 * 64
+        payload, pixel = S.budget_bytes(n)
         per_budget[str(n)] = {"n_gaussians": n, "payload_bytes": payload, "pixel_bytes": pixel,
                               "compression": pixel / payload, "trained_at": reader[n],
                               "psnr": convert[n]["psnr"] if n in convert else None, "task_psnr": gs_eval[n].get("psnr"),

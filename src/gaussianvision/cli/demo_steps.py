@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["SETTINGS", "StepCache", "settings_for", "step_world", "step_photos", "step_convert", "step_train",
-           "step_eval", "load_samples", "register_bases", "cpu_time", "PIXEL_BYTES_PER_GAUSSIAN"]
+           "step_eval", "load_samples", "register_bases", "cpu_time", "budget_bytes", "PIXEL_BYTES_PER_GAUSSIAN"]
 
 PIXEL_BYTES_PER_GAUSSIAN = 16  # 8 float16 numbers: mean (2), Cholesky factor (3), color (3)
 
@@ -79,6 +79,11 @@ def register_bases() -> None:
     register_open_clip_configs()
     for name, cfg in EXTRA_BASES.items():
         open_clip.factory._MODEL_CONFIGS.setdefault(name, cfg)
+
+
+def budget_bytes(n: int, size: int = 64) -> tuple[int, int]:
+    """(payload bytes of N Gaussians, bytes of the size x size RGB image they stand for)."""
+    return PIXEL_BYTES_PER_GAUSSIAN * n, 3 * size * size
 
 
 def cpu_time() -> float:
@@ -206,8 +211,7 @@ def step_convert(out: Path, world: dict, n: int, s: dict, progress: bool) -> dic
     summ = convert_dataset(src, d, cfg)
     if not summ.get("complete") or summ["converted"] == 0:
         raise RuntimeError(f"conversion to {d} incomplete: {summ}")
-    pixel = 3 * 64 * 64
-    payload = PIXEL_BYTES_PER_GAUSSIAN * n
+    payload, pixel = budget_bytes(n)
     return {"dir": str(d), "n_gaussians": n, "iters": s["iters"], "init": s["init"], "converted": summ["converted"],
             "failed": summ["failed"], "psnr": summ.get("psnr_mean"), "pixel_bytes": pixel, "payload_bytes": payload,
             "compression": pixel / payload}

@@ -35,15 +35,7 @@ class SplatSettings:
 
     def __post_init__(self):
         from gaussianvision.fit import FitConfig
-        own = {"iters", "init"}
-        bad = sorted(k for k in self.fit_options if k not in FitConfig.__dataclass_fields__ or k in own)
-        if bad:
-            raise ValueError(f"fit options {bad}: not fit_images options (iters and init have their own settings; "
-                             f"others: {', '.join(sorted(set(FitConfig.__dataclass_fields__) - own))})")
-        try:
-            FitConfig(**self.fit_options).check()
-        except TypeError as e:  # e.g. a value of the wrong type
-            raise ValueError(f"fit options {self.fit_options}: {e}") from None
+        FitConfig.from_options(self.fit_options, exclude=("iters", "init"))
 
     def key(self) -> str:
         d = asdict(self)

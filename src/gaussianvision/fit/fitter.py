@@ -95,6 +95,21 @@ class FitConfig:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self
 
+    @classmethod
+    def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":
+        """A checked FitConfig from fit_images keyword options; unknown names (or names in
+        `exclude`) and bad values raise one ValueError naming them."""
+        fields = set(cls.__dataclass_fields__) - set(exclude)
+        bad = sorted(k for k in options if k not in fields)
+        if bad:
+            raise ValueError(f"fit options {bad}: not fit_images options"
+                             + (f" ({', '.join(exclude)} have their own settings)" if exclude else "")
+                             + f"; the options: {', '.join(sorted(fields))}")
+        try:
+            return cls(**options).check()
+        except TypeError as e:  # e.g. a value of the wrong type
+            raise ValueError(f"fit options {options}: {e}") from None
+
     @property
     def prunes(self) -> bool:
         return self.prune_tau is not None or self.prune_fraction is not None

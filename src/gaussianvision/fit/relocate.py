@@ -14,8 +14,6 @@ Shapes: images / renders [B, 3, H, W]; splats [B, N] with counts (padding is nev
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..splats.types import Splats
