@@ -50,3 +50,28 @@ def test_scaled_matches_geometry():
     from gaussianvision.splats.convert import chol_to_cov
     cov, cov2 = chol_to_cov(s.chol), chol_to_cov(t.chol)
     assert torch.allclose(cov2, cov * torch.tensor([4.0, 6.0, 9.0]), rtol=1e-5)
+
+
+def test_hflip_renders_the_mirrored_image():
+    """Splats.hflip: x -> width - x and l21 -> -l21; its render is the render flipped left-right
+    (to float precision, by the reference renderer), for an odd-width, non-square image."""
+    from gaussianvision.raster.reference import render_reference
+    s = random_splats(3, 7, h=12, w=17)
+    s.counts = torch.tensor([7, 3, 0])
+    f = s.hflip()
+    torch.testing.assert_close(render_reference(f), render_reference(s).flip(-1), atol=1e-5, rtol=0)
+    cov = __import__("gaussianvision.splats.convert", fromlist=["chol_to_cov"]).chol_to_cov
+    torch.testing.assert_close(cov(f.chol), cov(s.chol) * torch.tensor([1.0, -1.0, 1.0]))
+    torch.testing.assert_close(f.hflip().means, s.means, rtol=0, atol=1e-5)  # width - (width - x): rounding only
+    assert torch.equal(f.hflip().chol, s.chol)
+    assert torch.equal(f.colors, s.colors) and torch.equal(f.counts, s.counts)
+
+
+def test_hflip_of_some_images_only():
+    s = random_splats(3, 5, h=16, w=16)
+    f = s.hflip(torch.tensor([False, True, False]))
+    for b, flipped in enumerate((False, True, False)):
+        want = s.hflip() if flipped else s
+        assert torch.equal(f.means[b], want.means[b]) and torch.equal(f.chol[b], want.chol[b])
+    with pytest.raises(SplatsError, match="hflip: `which` has 2 entries for a batch of 3"):
+        s.hflip(torch.tensor([True, False]))

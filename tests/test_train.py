@@ -385,3 +385,74 @@ def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypa
     assert torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
     with pytest.raises(ValueError, match="--cache-teacher applies to --stage 1"):
         build_task("rgb", base="gsv-tiny", cache_teacher=True)
+
+
+def test_stage1_hflip_mirrors_image_and_splats_together(shards, capsys):
+    """--hflip P: in a training step each sample is mirrored with probability P, its image flipped
+    and its splats by Splats.hflip; the loss is that of the mirrored batch, the cached teacher
+    keeps a separate target for the mirrored image, and nothing is mirrored without gradients."""
+    from gaussianvision.cli.demo_steps import load_samples
+    from gaussianvision.splats import Splats
+    from gaussianvision.train.setup import build_task
+    samples = load_samples(shards, ("splats", "image"))[:4]
+    batch = {"key": [s["key"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
+             "splats": Splats.stack([s["splats"] for s in samples])}
+    mirrored = {**batch, "image": batch["image"].flip(-1), "splats": batch["splats"].hflip()}
+    plain = build_task("1", model_config="gs-tiny", seed=3)
+    flip = build_task("1", model_config="gs-tiny", seed=3, hflip=1.0, cache_teacher=True)
+    assert flip.describe()["hflip"] == 1.0
+    want, _ = plain.loss(mirrored)
+    got, _ = flip.loss(batch)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, plain.loss(batch)[0])
+    assert sorted(flip._teacher_cache) == sorted((k, True) for k in batch["key"])
+    with torch.no_grad():  # evaluation: never mirrored
+        torch.testing.assert_close(flip.loss(batch)[0], plain.loss(batch)[0])
+    with pytest.raises(ValueError, match=r"--hflip must be a probability in \[0, 1\], got 2.0"):
+        build_task("1", model_config="gs-tiny", hflip=2.0)
+    assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--hflip", "0.5"]) == 2
+    assert "--hflip applies to --stage 1" in capsys.readouterr().err
+
+
+def test_cached_tokenizer_tokenizes_each_caption_once():
+    """train.tokens.CachedTokenizer: the same rows as the tokenizer, each distinct caption sent
+    to it once, and past max_entries captions are tokenized again rather than stored."""
+    import open_clip
+    from gaussianvision.models import register_open_clip_configs
+    from gaussianvision.train.tokens import CachedTokenizer
+    register_open_clip_configs()
+    tok = open_clip.get_tokenizer("gsv-tiny")
+    seen = []
+    cached = CachedTokenizer(lambda texts: seen.extend(texts) or tok(texts), max_entries=2)
+    texts = ["a red circle.", "two blue squares.", "a red circle.", "a green star left of a red cross."]
+    assert torch.equal(cached(texts), tok(texts))
+    assert seen == ["a red circle.", "two blue squares.", "a green star left of a red cross."]
+    assert len(cached) == 2
+    seen.clear()
+    assert torch.equal(cached(texts[::-1]), tok(texts[::-1]))
+    assert seen == ["a green star left of a red cross."]  # not stored: the memo was full
+    with pytest.raises(ValueError, match="max_entries must be >= 0"):
+        CachedTokenizer(tok, max_entries=-1)
+
+
+def test_adamw_is_fused_where_torch_has_it_and_matches_the_loop():
+    """The loop's AdamW is torch's fused kernel on CPU tensors; ten steps of it equal ten steps of
+    the per-tensor AdamW (with and without weight decay) to float rounding."""
+    from gaussianvision.train.loop import TrainConfig, _adamw
+    cfg = TrainConfig(out="unused", steps=10, batch_size=1, lr=1e-2)
+    torch.manual_seed(0)
+    w0 = [torch.randn(5, 3), torch.randn(7)]
+    runs = []
+    for fused in (True, False):
+        ps = [torch.nn.Parameter(w.clone()) for w in w0]
+        groups = [{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}]
+        opt = _adamw(groups, cfg) if fused else torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        assert opt.defaults.get("fused") is (True if fused else None)
+        for step in range(10):
+            opt.zero_grad()
+            (sum((p ** 2).sum() * (step + 1) for p in ps)).backward()
+            opt.step()
+        runs.append([p.detach() for p in ps])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(runs[0][0], w0[0])

@@ -34,7 +34,8 @@ SETTINGS: dict[str, dict] = {
         # without, no clear gain, for 288 s of training instead of 224 s: over 10 minutes in all
         "teacher": {"base": "gsv-tiny", "epochs": 24, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1,
                     "lock_text": 0.4, "hard_negatives": False},
-        "stage1": {"config": "gs-tiny", "epochs": 40, "batch": 64, "lr": 3e-3, "warmup": 20, "cache_teacher": True},
+        "stage1": {"config": "gs-tiny", "epochs": 50, "batch": 64, "lr": 3e-3, "warmup": 20, "cache_teacher": True,
+                   "hflip": 0.5},
         "stage2": {"epochs": 2, "batch": 128, "lr": 1e-4, "warmup": 5},
         "eval": {"batch": 160, "budgets": [76, 48]},
         "seed": 0,
@@ -47,7 +48,8 @@ SETTINGS: dict[str, dict] = {
                     "fit": {"relocate_every": 10, "relocate_fraction": 0.15}},
         "teacher": {"base": "gsv-tiny", "epochs": 8, "batch": 64, "lr": 2e-3, "warmup": 10, "weight_decay": 0.1,
                     "lock_text": 0.6, "hard_negatives": False},
-        "stage1": {"config": "gs-tiny", "epochs": 12, "batch": 64, "lr": 3e-3, "warmup": 10, "cache_teacher": True},
+        "stage1": {"config": "gs-tiny", "epochs": 12, "batch": 64, "lr": 3e-3, "warmup": 10, "cache_teacher": True,
+                   "hflip": 0.5},
         "stage2": {"epochs": 2, "batch": 64, "lr": 1e-4, "warmup": 5},
         "eval": {"batch": 120, "budgets": [64, 48]},
         "seed": 0,
@@ -58,7 +60,8 @@ SETTINGS: dict[str, dict] = {
         "convert": {"budgets": [16, 32], "iters": 5, "init": "grid", "n_images": 48, "batch": 48},
         "teacher": {"base": "gsv-tiny", "epochs": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "weight_decay": 0.1,
                     "lock_text": 0.5, "hard_negatives": True},
-        "stage1": {"config": "gs-tiny", "epochs": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "cache_teacher": True},
+        "stage1": {"config": "gs-tiny", "epochs": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "cache_teacher": True,
+                   "hflip": 0.5},
         "stage2": {"epochs": 1, "batch": 16, "lr": 5e-4, "warmup": 1},
         "eval": {"batch": 16, "budgets": [16, 32, 24]},  # 24 is read by the N=16 encoder (nearest)
         "seed": 0,
@@ -271,7 +274,7 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
                       init_from=str(init_from) if init_from else None, info=info, seed=seed,
                       lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)),
                       mirror_pairs=float(s.get("mirror_pairs", 0.0)),
-                      cache_teacher=bool(s.get("cache_teacher", False)))
+                      cache_teacher=bool(s.get("cache_teacher", False)), hflip=float(s.get("hflip", 0.0)))
     cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),
                       weight_decay=s.get("weight_decay", 0.1), precision="fp32", seed=seed,
                       log_every=max(1, steps // 60), progress=progress,

@@ -38,6 +38,9 @@ def build_parser():
     p.add_argument("--cache-teacher", action="store_true",
                    help="stage 1: compute each sample's teacher embedding once and keep it in memory "
                         "(by key; for data sets whose embeddings fit in memory)")
+    p.add_argument("--hflip", type=float, default=0.0, metavar="P",
+                   help="stage 1: mirror each sample left-right with probability P in each step, image and "
+                        "splats together (the target is the teacher's embedding of the mirrored image)")
     p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
     p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
     g = p.add_mutually_exclusive_group()
@@ -102,7 +105,8 @@ def _run(args) -> int:
                               init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
                               token_weight=args.token_weight, info=info, seed=args.seed,
                               lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
-                              mirror_pairs=args.mirror_pairs, cache_teacher=args.cache_teacher)
+                              mirror_pairs=args.mirror_pairs, cache_teacher=args.cache_teacher,
+                              hflip=args.hflip)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None

@@ -153,6 +153,24 @@ class Splats:
         scale_c = self.chol.new_tensor([sx, sy, sy])
         return replace(self, means=self.means * scale_m, chol=self.chol * scale_c, height=height, width=width)
 
+    def hflip(self, which: torch.Tensor | None = None) -> "Splats":
+        """The splats of the image mirrored left-right (images `which` [B] bool only; all if None).
+
+        Mirroring maps x -> width - x (the origin is the left edge of the image) and
+        Sigma = [[a, b], [b, c]] -> [[a, -b], [-b, c]], i.e. l21 -> -l21 with l11, l22 kept.
+        Rendering the result equals flipping the render along its last axis.
+        """
+        if which is None:
+            which = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        which = torch.as_tensor(which, dtype=torch.bool, device=self.device).reshape(-1)
+        if which.numel() != self.batch_size:
+            raise SplatsError(f"Splats.hflip: `which` has {which.numel()} entries for a batch of {self.batch_size}")
+        flipped = which[:, None]  # [B, 1]
+        x = torch.where(flipped, self.width - self.means[..., 0], self.means[..., 0])
+        l21 = torch.where(flipped, -self.chol[..., 1], self.chol[..., 1])
+        return replace(self, means=torch.stack([x, self.means[..., 1]], -1),
+                       chol=torch.stack([self.chol[..., 0], l21, self.chol[..., 2]], -1))
+
     @staticmethod
     def stack(items: Sequence["Splats"]) -> "Splats":
         """Pad a list of splats (same image size) to a batch with counts."""

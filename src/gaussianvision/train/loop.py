@@ -62,6 +62,20 @@ class TrainConfig:
     RESUME_KEYS = ("batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
 
 
+def _adamw(groups, cfg) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has it for the parameters' device:
+    about 5x faster than the per-tensor loop on the CPU for the demo's teacher, whose 3.2M-entry
+    token embedding dominates the step. The same update up to float rounding."""
+    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, ValueError):  # fused not available for this build or device
+            pass
+    return torch.optim.AdamW(groups, **kw)
+
+
 def _param_groups(model, weight_decay):
     # no decay on gains, biases, scalars and what the model names (embeddings, latents): open_clip's rule
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -135,8 +149,7 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         with torch.no_grad():
             for p in params:
                 dist.broadcast(p.data, src=0)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  eps=cfg.eps)
+    optimizer = _adamw(_param_groups(model, cfg.weight_decay), cfg)
     ac, amp_dtype = _autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 

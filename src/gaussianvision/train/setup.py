@@ -41,13 +41,16 @@ class GSStage2(_GSExport, Stage2Task):
 def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
                info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
-               hard_negatives: bool = False, mirror_pairs: float = 0.0, cache_teacher: bool = False):
+               hard_negatives: bool = False, mirror_pairs: float = 0.0, cache_teacher: bool = False,
+               hflip: float = 0.0):
     """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
     stage = str(stage)
     if stage not in STAGES:
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     if cache_teacher and stage != "1":
         raise ValueError("--cache-teacher applies to --stage 1")
+    if hflip and stage != "1":
+        raise ValueError("--hflip applies to --stage 1 (stage rgb mirrors with --mirror-pairs)")
     device = getattr(info, "device", torch.device("cpu"))
     torch.manual_seed(seed)
     if stage == "rgb":
@@ -98,5 +101,5 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
             "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
     if stage == "1":
         return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight},
-                        cache_teacher=cache_teacher)
+                        cache_teacher=cache_teacher, hflip=hflip)
     return GSStage2(model, model.tokenizer(), info, meta=meta)

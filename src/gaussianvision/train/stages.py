@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from gaussianvision.data.synthetic.mirror import mirror_pairs as make_mirror_pairs
 from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
+from .tokens import CachedTokenizer
 
 __all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
            "OPEN_CLIP_EXPORT"]
@@ -117,7 +118,7 @@ class RGBClipTask(_Base):
         super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
                                        "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs)})
         self.mirror_pairs = float(mirror_pairs)
-        self.tokenizer = tokenizer
+        self.tokenizer = CachedTokenizer(tokenizer)
         self.hard_negatives = bool(hard_negatives)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
         self.negclip_loss = make_negclip_loss(self.rank, self.world_size)
@@ -170,9 +171,15 @@ class Stage1Task(_Base):
     stage = "1"
 
     def __init__(self, model, kind="cosine", token_weight: float = 0.0, info=None, meta=None,
-                 cache_teacher: bool = False):
-        super().__init__(model, info, {**(meta or {}), "cache_teacher": bool(cache_teacher)})
+                 cache_teacher: bool = False, hflip: float = 0.0):
+        if not 0.0 <= hflip <= 1.0:
+            raise ValueError(f"--hflip must be a probability in [0, 1], got {hflip}")
+        super().__init__(model, info, {**(meta or {}), "cache_teacher": bool(cache_teacher), "hflip": float(hflip)})
         self.kind, self.token_weight = kind, float(token_weight)
+        # Each sample is mirrored left-right with this probability in a training step, image and
+        # splats together (Splats.hflip), so the target is the teacher's embedding of the mirrored
+        # image: twice the distinct (splats, target) pairs from one conversion.
+        self.hflip = float(hflip)
         # key -> (image checksum, teacher embedding): the teacher is frozen and the images are not
         # augmented, so each sample's target is computed once (a quarter of a step on the demo's
         # tiny tower). One embedding per sample stays in memory: for data sets that fit in it.
@@ -184,6 +191,8 @@ class Stage1Task(_Base):
     def loss(self, batch):
         if "image" not in batch or "splats" not in batch:
             raise ValueError("stage 1 needs batches with 'splats' and their source 'image' (load with images)")
+        if self.hflip > 0 and torch.is_grad_enabled():
+            batch = mirror_some(batch, torch.rand(batch["image"].shape[0]) < self.hflip)
         pixels = pixel_input(batch["image"], getattr(self.model, "base", self.model).visual)
         if self.token_weight > 0:
             with torch.no_grad():
@@ -207,6 +216,8 @@ class Stage1Task(_Base):
         cache, keys = self._teacher_cache, batch.get("key")
         if cache is None or keys is None:
             return self.model.encode_rgb(pixels)
+        if "mirrored" in batch:  # a mirrored image has its own target (and the same checksum)
+            keys = [(k, bool(m)) for k, m in zip(keys, batch["mirrored"])]
         sums = batch["image"].detach().flatten(1).double().sum(1).tolist()
         todo = [i for i, (k, c) in enumerate(zip(keys, sums)) if k not in cache or cache[k][0] != c]
         if todo:
@@ -216,13 +227,26 @@ class Stage1Task(_Base):
         return torch.stack([cache[k][1] for k in keys])
 
 
+def mirror_some(batch: dict, which: torch.Tensor) -> dict:
+    """A copy of a stage-1 batch with the samples `which` [B] bool mirrored left-right: their
+    images flipped along the width and their splats by Splats.hflip. Adds batch["mirrored"]."""
+    which = which.to(torch.bool)
+    out = dict(batch)
+    if bool(which.any()):
+        img = batch["image"]
+        out["image"] = torch.where(which.to(img.device)[:, None, None, None], img.flip(-1), img)
+        out["splats"] = batch["splats"].hflip(which)
+    out["mirrored"] = which.tolist()
+    return out
+
+
 class Stage2Task(_Base):
     """Contrastive training of the GS encoder against captions with open_clip's ClipLoss."""
     stage = "2"
 
     def __init__(self, model, tokenizer, info=None, meta=None):
         super().__init__(model, info, meta)
-        self.tokenizer = tokenizer
+        self.tokenizer = CachedTokenizer(tokenizer)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
 
     def loss(self, batch):
