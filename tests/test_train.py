@@ -456,3 +456,70 @@ def test_adamw_is_fused_where_torch_has_it_and_matches_the_loop():
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert not torch.equal(runs[0][0], w0[0])
+
+
+def test_caption_words_loss_against_a_hand_computation():
+    """train.words.CaptionWords: multi-hot of the caption's ids without the special ones, IDF over
+    the captions seen so far (this batch included) times the boost, softmax cross-entropy."""
+    from gaussianvision.train.words import CaptionWords
+    torch.manual_seed(0)
+    cw = CaptionWords(4, ignore_ids=(0, 9), boost={5: 3.0}, buckets=8)
+    tokens = torch.tensor([[9, 5, 2, 0, 0], [9, 2, 3, 3, 0], [9, 2, 0, 0, 0], [9, 2, 0, 0, 0]])
+    hot = cw.targets(tokens)
+    assert hot[:2].tolist() == [[0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0]]
+    emb = torch.randn(4, 4)
+    loss = cw(emb, tokens)
+    # after this batch: 4 captions; word 2 in all (log 4/5 < 0: the floor 0.05), 3 and 5 in one each
+    idf = {2: 0.05, 3: math.log(4 / 2), 5: 3.0 * math.log(4 / 2)}
+    logp = cw.head(emb).log_softmax(-1)
+    want = 0.0
+    for row, words in enumerate(([2, 5], [2, 3], [2], [2])):
+        total = sum(idf[w] for w in words)
+        want -= sum(idf[w] / total * logp[row, w] for w in words)
+    torch.testing.assert_close(loss, want / 4)
+    assert cw.docs.item() == 4 and cw.doc_freq[2].item() == 4 and cw.doc_freq[3].item() == 1
+    with pytest.raises(ValueError, match="the boost of token 5 must be a positive number"):
+        CaptionWords(4, boost={5: 0.0})
+
+
+def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsys):
+    """--word-loss W: the loss is the CLIP loss of the same model plus W x the caption-word loss;
+    the head trains with the model but is left out of the OpenCLIP export; bad values refused."""
+    from safetensors.torch import load_file
+    from gaussianvision.train.setup import build_task
+    batch = {"image": torch.rand(6, 3, 64, 64),
+             "text": ["a small red circle left of a large blue square."] * 3 + ["two green stars."] * 3}
+    plain = build_task("rgb", base="gsv-tiny", seed=1)
+    words = build_task("rgb", base="gsv-tiny", seed=1, word_loss=0.5, word_boost={"left": 4.0})
+    clip, _ = plain.loss(batch)
+    total, logs = words.loss(batch)
+    torch.testing.assert_close(logs["clip_loss"], float(clip))
+    torch.testing.assert_close(float(total), float(clip) + 0.5 * logs["word_loss"], rtol=1e-5, atol=1e-5)
+    total.backward()
+    assert words.model.word_head.head.weight.grad.abs().sum() > 0
+    assert words.describe()["word_boost"] == {"left": 4.0}
+    words.export(tmp_path)
+    keys = load_file(str(tmp_path / "open_clip_model.safetensors"))
+    assert not any(k.startswith("word_head") for k in keys) and set(keys) == set(plain.model.state_dict())
+    with pytest.raises(ValueError, match="--word-loss must be a weight >= 0"):
+        build_task("rgb", base="gsv-tiny", word_loss=-1.0)
+    with pytest.raises(ValueError, match="not a single token"):
+        build_task("rgb", base="gsv-tiny", word_loss=1.0, word_boost={"left of": 2.0})
+    with pytest.raises(ValueError, match="--word-loss and --word-boost apply to --stage rgb"):
+        build_task("1", model_config="gs-tiny", word_loss=1.0)
+    assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
+                       "--word-boost", "left"]) == 2
+    assert "--word-boost 'left': expected WORD=FACTOR" in capsys.readouterr().err
+
+
+def test_demo_relation_oversampling_repeats_direction_captions():
+    """The demo teacher's relation_oversample k: captions that state a direction k times in all,
+    the others once."""
+    from gaussianvision.cli.demo_steps import oversample_relations
+    samples = [{"text": "a red circle left of a blue square."}, {"text": "two red circles."},
+               {"text": "a star above a cross."}, {"text": "a cross below a circle."}]
+    out = oversample_relations(samples, 3)
+    assert len(out) == 4 + 2 * 3 and sum("two red circles" in x["text"] for x in out) == 1
+    assert oversample_relations(samples, 1) is samples
+    with pytest.raises(ValueError, match="relation_oversample must be >= 1"):
+        oversample_relations(samples, 0)

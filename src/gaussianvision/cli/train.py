@@ -38,6 +38,12 @@ def build_parser():
     p.add_argument("--cache-teacher", action="store_true",
                    help="stage 1: compute each sample's teacher embedding once and keep it in memory "
                         "(by key; for data sets whose embeddings fit in memory)")
+    p.add_argument("--word-loss", type=float, default=0.0, metavar="W",
+                   help="stage rgb: add W x a caption-word loss (a head on the image embedding predicts the "
+                        "caption's words, IDF-weighted; not exported; see docs/training.md)")
+    p.add_argument("--word-boost", action="append", default=[], metavar="WORD=F",
+                   help="stage rgb with --word-loss: weigh WORD F times (repeatable; the demo boosts "
+                        "left, right, above, below x4)")
     p.add_argument("--hflip", type=float, default=0.0, metavar="P",
                    help="stage 1: mirror each sample left-right with probability P in each step, image and "
                         "splats together (the target is the teacher's embedding of the mirrored image)")
@@ -106,7 +112,8 @@ def _run(args) -> int:
                               token_weight=args.token_weight, info=info, seed=args.seed,
                               lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
                               mirror_pairs=args.mirror_pairs, cache_teacher=args.cache_teacher,
-                              hflip=args.hflip)
+                              hflip=args.hflip, word_loss=args.word_loss,
+                              word_boost=_word_boost(args.word_boost))
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None
@@ -158,3 +165,18 @@ def _run(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run("train", _run, args)
+
+
+def _word_boost(items: list[str]) -> dict[str, float]:
+    """["left=4", ...] -> {"left": 4.0}; CliError naming the bad item."""
+    out = {}
+    for item in items:
+        word, sep, value = item.partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = None
+        if not sep or not word.strip() or factor is None:
+            raise CliError(f"--word-boost {item!r}: expected WORD=FACTOR, e.g. left=4")
+        out[word.strip()] = factor
+    return out

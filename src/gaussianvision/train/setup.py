@@ -42,7 +42,7 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
                info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
                hard_negatives: bool = False, mirror_pairs: float = 0.0, cache_teacher: bool = False,
-               hflip: float = 0.0):
+               hflip: float = 0.0, word_loss: float = 0.0, word_boost: dict | None = None):
     """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
     stage = str(stage)
     if stage not in STAGES:
@@ -71,7 +71,9 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
         tok = open_clip.get_tokenizer(base)
         return RGBClipTask(model, tok, info, meta={"base": base, "pretrained": pretrained},
                            lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
-                           mirror_pairs=mirror_pairs)
+                           mirror_pairs=mirror_pairs, word_loss=word_loss, word_boost=word_boost)
+    if word_loss or word_boost:
+        raise ValueError("--word-loss and --word-boost apply to --stage rgb")
     if hard_negatives:
         raise ValueError("--hard-negatives applies to --stage rgb")
     if mirror_pairs:

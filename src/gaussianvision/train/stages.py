@@ -6,6 +6,7 @@ Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1], "splats" (Sp
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from gaussianvision.data.synthetic.mirror import mirror_pairs as make_mirror_pairs
 from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
 from .tokens import CachedTokenizer
+from .words import WORD_HEAD, CaptionWords
 
 __all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
            "OPEN_CLIP_EXPORT"]
@@ -110,13 +112,26 @@ class RGBClipTask(_Base):
     stage = "rgb"
 
     def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
-                 hard_negatives: bool = False, mirror_pairs: float = 0.0):
+                 hard_negatives: bool = False, mirror_pairs: float = 0.0, word_loss: float = 0.0,
+                 word_boost: dict[str, float] | None = None):
+        if not (word_loss >= 0 and math.isfinite(word_loss)):
+            raise ValueError(f"--word-loss must be a weight >= 0, got {word_loss}")
+        if word_boost and not word_loss:
+            raise ValueError("--word-boost needs --word-loss > 0")
         if lock_text_steps < 0:
             raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
         if not 0.0 <= mirror_pairs <= 1.0:
             raise ValueError(f"--mirror-pairs must be a fraction of the batch in [0, 1], got {mirror_pairs}")
         super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
-                                       "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs)})
+                                       "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs),
+                                       "word_loss": float(word_loss), "word_boost": dict(word_boost or {})})
+        self.word_loss = float(word_loss)
+        if self.word_loss > 0:  # the head trains with the model (named WORD_HEAD), is left out of the export
+            ids = {"sot_token_id", "eot_token_id"}
+            special = [0] + [int(getattr(tokenizer, a)) for a in ids if getattr(tokenizer, a, None) is not None]
+            head = CaptionWords(int(model.visual.output_dim), ignore_ids=special,
+                                boost={_one_token(tokenizer, w): f for w, f in (word_boost or {}).items()})
+            model.add_module(WORD_HEAD, head.to(next(model.parameters()).device))
         self.mirror_pairs = float(mirror_pairs)
         self.tokenizer = CachedTokenizer(tokenizer)
         self.hard_negatives = bool(hard_negatives)
@@ -145,22 +160,28 @@ class RGBClipTask(_Base):
         x = pixel_input(images, self.model.visual)
         texts = texts + (negatives or [])
         tokens = self.tokenizer(texts).to(device)
-        img = self.model.encode_image(x, normalize=True)
+        feat = self.model.encode_image(x)
+        img = F.normalize(feat, dim=-1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_locked):
             txt = self.model.encode_text(tokens, normalize=True)
         scale = self.model.logit_scale.exp()
+        b = img.shape[0]
         if self.hard_negatives:
-            b = img.shape[0]
             loss = self.negclip_loss(img, txt[:b], txt[b:], scale)
         else:
             loss = self.clip_loss(img, txt, scale)
-        return loss, {"logit_scale": float(self.model.logit_scale.detach().exp()),
-                      "text_locked": float(self._text_locked)}
+        logs = {"logit_scale": float(self.model.logit_scale.detach().exp()), "text_locked": float(self._text_locked)}
+        if self.word_loss > 0:
+            words = getattr(self.model, WORD_HEAD)(feat, tokens[:b])
+            logs["clip_loss"], logs["word_loss"] = float(loss.detach()), float(words.detach())
+            loss = loss + self.word_loss * words
+        return loss, logs
 
     def export(self, out_dir):
         from safetensors.torch import save_file
         out = Path(out_dir)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+              if not k.startswith(WORD_HEAD + ".")}
         tmp = out / f".{OPEN_CLIP_EXPORT}.tmp{os.getpid()}"
         save_file(sd, str(tmp))
         os.replace(tmp, out / OPEN_CLIP_EXPORT)
@@ -225,6 +246,14 @@ class Stage1Task(_Base):
             for j, i in enumerate(todo):
                 cache[keys[i]] = (sums[i], fresh[j].detach())
         return torch.stack([cache[k][1] for k in keys])
+
+
+def _one_token(tokenizer, word: str) -> int:
+    """The token id of a word the tokenizer keeps whole (for --word-boost)."""
+    row = [int(t) for t in tokenizer([word])[0] if int(t) != 0]
+    if len(row) != 3:  # start, the word, end
+        raise ValueError(f"--word-boost {word!r}: not a single token of the tokenizer ({len(row) - 2} tokens)")
+    return row[1]
 
 
 def mirror_some(batch: dict, which: torch.Tensor) -> dict:
