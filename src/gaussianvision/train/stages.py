@@ -201,9 +201,10 @@ class Stage1Task(_Base):
         # splats together (Splats.hflip), so the target is the teacher's embedding of the mirrored
         # image: twice the distinct (splats, target) pairs from one conversion.
         self.hflip = float(hflip)
-        # key -> (image checksum, teacher embedding): the teacher is frozen and the images are not
-        # augmented, so each sample's target is computed once (a quarter of a step on the demo's
-        # tiny tower). One embedding per sample stays in memory: for data sets that fit in it.
+        # key (with the side, when mirrored) -> (image checksum, teacher embedding): the teacher is
+        # frozen and the only augmentation is the mirror, so each sample's target is computed once
+        # per side (a quarter of a step on the demo's tiny tower). Up to two embeddings per sample
+        # stay in memory: for data sets that fit in it.
         self._teacher_cache: dict | None = {} if cache_teacher else None
         if self.token_weight > 0 and not (hasattr(model, "encode_image_with_tokens")
                                           and hasattr(model, "encode_rgb_with_tokens")):
