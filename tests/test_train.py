@@ -493,8 +493,8 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     words = build_task("rgb", base="gsv-tiny", seed=1, word_loss=0.5, word_boost={"left": 4.0})
     clip, _ = plain.loss(batch)
     total, logs = words.loss(batch)
-    torch.testing.assert_close(logs["clip_loss"], float(clip))
-    torch.testing.assert_close(float(total), float(clip) + 0.5 * logs["word_loss"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logs["clip_loss"], float(clip.detach()))
+    torch.testing.assert_close(float(total.detach()), float(clip.detach()) + 0.5 * logs["word_loss"], rtol=1e-5, atol=1e-5)
     total.backward()
     assert words.model.word_head.head.weight.grad.abs().sum() > 0
     assert words.describe()["word_boost"] == {"left": 4.0}
@@ -523,3 +523,29 @@ def test_demo_relation_oversampling_repeats_direction_captions():
     assert oversample_relations(samples, 1) is samples
     with pytest.raises(ValueError, match="relation_oversample must be >= 1"):
         oversample_relations(samples, 0)
+
+
+def test_caption_words_keep_a_word_that_shares_a_bucket_with_padding():
+    """An ignored id (padding 0) hashed into the same bucket as a word must not erase the word."""
+    from gaussianvision.train.words import CaptionWords
+    cw = CaptionWords(4, ignore_ids=(0, 9), buckets=8)
+    hot = cw.targets(torch.tensor([[9, 16, 0, 0], [9, 0, 16, 0]]))  # 16 % 8 == 0, the bucket of padding
+    assert hot[:, 0].tolist() == [1.0, 1.0] and hot.sum().item() == 2
+
+
+def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_path, capsys):
+    """--resume with another --word-loss: one error naming the setting, no traceback; a boost of
+    zero names the word."""
+    root = tmp_path / "img"
+    write_splat_shards(root, n_samples=8, per_shard=8)
+    out = tmp_path / "rgb"
+    common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
+              "--batch-size", "4", "--lr", "1e-3", "--save-every", "1"]
+    assert _gsv_train(common + ["--steps", "1", "--word-loss", "1", "--word-boost", "left=4"]) == 0
+    capsys.readouterr()
+    assert _gsv_train(common + ["--steps", "2", "--resume"]) == 2
+    assert "--resume: word-loss was 1.0" in capsys.readouterr().err
+    assert _gsv_train(common + ["--steps", "2", "--resume", "--word-loss", "1", "--word-boost", "left=4"]) == 0
+    assert _gsv_train(["--stage", "rgb", "--data", str(root), "--out", str(tmp_path / "z"), "--steps", "1",
+                       "--word-loss", "1", "--word-boost", "left=0"]) == 2
+    assert "--word-boost left=0.0: the factor must be a positive number" in capsys.readouterr().err

@@ -165,9 +165,22 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         if state.get("world_size", 1) != info.world_size:
             raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
                                   "the data order depends on it")
+        old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
+        for k in ("word_loss", "word_boost", "hflip"):
+            if k in old_task and k in now_task and old_task[k] != now_task[k]:
+                raise CheckpointError(f"--resume: {k.replace('_', '-')} was {old_task[k]!r} in {state['path']}, "
+                                      f"now {now_task[k]!r}; resume with the run's settings")
         load_trainable(model, weights)
         if opt_state is not None:
-            optimizer.load_state_dict(opt_state["optimizer"])
+            saved = opt_state["optimizer"]
+            for g in saved.get("param_groups", []):  # this build's kernel choice, not the saving run's
+                g["fused"] = optimizer.defaults.get("fused")
+            try:
+                optimizer.load_state_dict(saved)
+            except ValueError as e:
+                raise CheckpointError(f"--resume: the optimizer state in {state['path']} does not match the "
+                                      f"trainable parameters ({e}); was the run started with other "
+                                      "--word-loss or --unfreeze settings?") from None
             if opt_state.get("scaler"):
                 scaler.load_state_dict(opt_state["scaler"])
         step = int(state["step"])

@@ -118,6 +118,9 @@ class RGBClipTask(_Base):
             raise ValueError(f"--word-loss must be a weight >= 0, got {word_loss}")
         if word_boost and not word_loss:
             raise ValueError("--word-boost needs --word-loss > 0")
+        for w, f in (word_boost or {}).items():
+            if not (isinstance(f, (int, float)) and f > 0 and math.isfinite(f)):
+                raise ValueError(f"--word-boost {w}={f}: the factor must be a positive number")
         if lock_text_steps < 0:
             raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
         if not 0.0 <= mirror_pairs <= 1.0:
@@ -127,10 +130,10 @@ class RGBClipTask(_Base):
                                        "word_loss": float(word_loss), "word_boost": dict(word_boost or {})})
         self.word_loss = float(word_loss)
         if self.word_loss > 0:  # the head trains with the model (named WORD_HEAD), is left out of the export
-            ids = {"sot_token_id", "eot_token_id"}
-            special = [0] + [int(getattr(tokenizer, a)) for a in ids if getattr(tokenizer, a, None) is not None]
-            head = CaptionWords(int(model.visual.output_dim), ignore_ids=special,
-                                boost={_one_token(tokenizer, w): f for w, f in (word_boost or {}).items()})
+            special = sorted(set(int(t) for t in tokenizer([""])[0]))  # padding, start, end
+            dim = getattr(model.visual, "output_dim", None) or int(model.text_projection.shape[-1])
+            head = CaptionWords(int(dim), ignore_ids=special,
+                                boost={_one_token(tokenizer, w, special): f for w, f in (word_boost or {}).items()})
             model.add_module(WORD_HEAD, head.to(next(model.parameters()).device))
         self.mirror_pairs = float(mirror_pairs)
         self.tokenizer = CachedTokenizer(tokenizer)
@@ -238,8 +241,8 @@ class Stage1Task(_Base):
         cache, keys = self._teacher_cache, batch.get("key")
         if cache is None or keys is None:
             return self.model.encode_rgb(pixels)
-        if "mirrored" in batch:  # a mirrored image has its own target (and the same checksum)
-            keys = [(k, bool(m)) for k, m in zip(keys, batch["mirrored"])]
+        if self.hflip > 0:  # a mirrored image has its own target (and the same checksum)
+            keys = [(k, bool(m)) for k, m in zip(keys, batch.get("mirrored", [False] * len(keys)))]
         sums = batch["image"].detach().flatten(1).double().sum(1).tolist()
         todo = [i for i, (k, c) in enumerate(zip(keys, sums)) if k not in cache or cache[k][0] != c]
         if todo:
@@ -249,12 +252,13 @@ class Stage1Task(_Base):
         return torch.stack([cache[k][1] for k in keys])
 
 
-def _one_token(tokenizer, word: str) -> int:
-    """The token id of a word the tokenizer keeps whole (for --word-boost)."""
-    row = [int(t) for t in tokenizer([word])[0] if int(t) != 0]
-    if len(row) != 3:  # start, the word, end
-        raise ValueError(f"--word-boost {word!r}: not a single token of the tokenizer ({len(row) - 2} tokens)")
-    return row[1]
+def _one_token(tokenizer, word: str, special) -> int:
+    """The token id of a word the tokenizer keeps whole (for --word-boost); `special` are the ids
+    of padding, start and end."""
+    row = [int(t) for t in tokenizer([word])[0] if int(t) not in set(special)]
+    if len(row) != 1:
+        raise ValueError(f"--word-boost {word!r}: not a single token of the tokenizer ({len(row)} tokens)")
+    return row[0]
 
 
 def mirror_some(batch: dict, which: torch.Tensor) -> dict:

@@ -37,8 +37,8 @@ class CaptionWords(nn.Module):
                 raise ValueError(f"caption words: the boost of token {token} must be a positive number, got {factor}")
             w[int(token) % self.buckets] = float(factor)
         self.register_buffer("boost", w, persistent=False)
-        self.register_buffer("doc_freq", torch.zeros(self.buckets), persistent=False)
-        self.register_buffer("docs", torch.zeros(()), persistent=False)
+        self.register_buffer("doc_freq", torch.zeros(self.buckets, dtype=torch.float64), persistent=False)
+        self.register_buffer("docs", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def targets(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, buckets] multi-hot of the caption's words (special ids left out)."""
@@ -46,7 +46,8 @@ class CaptionWords(nn.Module):
         for i in self.ignore:
             keep &= tokens != i
         hot = torch.zeros(tokens.shape[0], self.buckets, device=tokens.device)
-        hot.scatter_(1, tokens % self.buckets, keep.float())
+        # add, not write: an ignored id that shares a bucket with a word must not erase it
+        hot.scatter_add_(1, tokens % self.buckets, keep.float())
         return (hot > 0).float()
 
     def forward(self, embedding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -54,9 +55,9 @@ class CaptionWords(nn.Module):
         captions' words into the document frequencies first (training and evaluation alike)."""
         hot = self.targets(tokens)
         with torch.no_grad():
-            self.doc_freq += hot.sum(0)
+            self.doc_freq += hot.sum(0).double()
             self.docs += hot.shape[0]
-            idf = torch.log(self.docs / (1.0 + self.doc_freq)).clamp(min=0.05) * self.boost
+            idf = torch.log(self.docs / (1.0 + self.doc_freq)).clamp(min=0.05).float() * self.boost
         weight = hot * idf
         weight = weight / weight.sum(1, keepdim=True).clamp(min=1e-12)
         logp = self.head(embedding.float()).log_softmax(-1)
