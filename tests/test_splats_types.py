@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -41,6 +43,20 @@ def test_stack_pads_with_counts():
     assert s.counts.tolist() == [3, 5, 5] and s.max_gaussians == 5
     assert torch.equal(s.means[0, :3], a.means[0]) and torch.equal(s.colors[2], b.colors[1])
     s.validate()
+
+
+def test_stack_of_full_images_equals_the_padding_path():
+    """Full images of one size take the concatenation shortcut; it must give exactly what the
+    general trim-and-pad path gives (forced here by an explicit, equal, counts tensor)."""
+    items = [random_splats(1, 4, seed=k) for k in range(3)] + [random_splats(2, 4, seed=9)]
+    fast = Splats.stack(items)
+    forced = [replace(items[0], counts=torch.tensor([4]))] + items[1:]
+    slow = Splats.stack(forced)
+    assert fast.counts.tolist() == [4] * 5 == slow.counts.tolist()
+    for f in ("means", "chol", "colors"):
+        assert torch.equal(getattr(fast, f), getattr(slow, f))
+    mixed = Splats.stack([random_splats(1, 4), random_splats(1, 3)])  # sizes differ: padded
+    assert mixed.counts.tolist() == [4, 3] and mixed.max_gaussians == 4
 
 
 def test_scaled_matches_geometry():

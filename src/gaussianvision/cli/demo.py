@@ -56,7 +56,8 @@ def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool 
     t_start, c_start = time.perf_counter(), S.cpu_time()
     seed = s["seed"]
 
-    world, h_world = steps.run("world", {"world": s["world"]},
+    # workers: the same bytes, so not part of the key
+    world, h_world = steps.run("world", {"world": {k: v for k, v in s["world"].items() if k != "workers"}},
                                lambda: S.step_world(out, s["world"], force), label="world (make_world)",
                                check=lambda r: _ok(Path(r["out_dir"]) / "manifest.json"))
     photos, _ = steps.run("photos", {"photos": s["photos"]}, lambda: S.step_photos(out, s["photos"], progress),

@@ -181,6 +181,15 @@ class Splats:
         for k, s in enumerate(items):
             if (s.height, s.width) != (h, w):
                 raise SplatsError(f"Splats.stack: item {k} is {s.height}x{s.width}, item 0 is {h}x{w}")
+        first = items[0].means
+        if all(s.counts is None and s.max_gaussians == first.shape[1] and s.means.dtype == first.dtype
+               and s.means.device == first.device for s in items):
+            # every image full and of one size: no trimming or padding, one concatenation per field
+            # (the training loaders' common case; the same tensors as the general path below)
+            cat = {k: torch.cat([getattr(s, k) for s in items]) for k in ("means", "chol", "colors")}
+            counts = torch.full((cat["means"].shape[0],), first.shape[1], dtype=torch.long, device=first.device)
+            return Splats(cat["means"], cat["chol"], cat["colors"], h, w, counts)
+        for s in items:
             parts.extend(s[b] for b in range(s.batch_size))
         n_max = max(p.max_gaussians for p in parts)
         ref = parts[0].means
