@@ -510,6 +510,13 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
                        "--word-boost", "left"]) == 2
     assert "--word-boost 'left': expected WORD=FACTOR" in capsys.readouterr().err
+    assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
+                       "--word-boost", "left=x"]) == 2
+    assert "--word-boost 'left=x': FACTOR must be a number" in capsys.readouterr().err
+    from gaussianvision.cli.common import CliError, fit_option
+    assert fit_option(" iters =40") == ("iters", 40) and fit_option("backend=numba") == ("backend", "numba")
+    with pytest.raises(CliError, match="--fit-option '=3': expected KEY=VALUE"):
+        fit_option("=3")
 
 
 def test_demo_relation_oversampling_repeats_direction_captions():

@@ -36,11 +36,18 @@ def emit(obj, as_json: bool, human: str | None = None) -> None:
         print(human)
 
 
+def key_value(text: str, option: str, form: str = "KEY=VALUE", example: str = "") -> tuple[str, str]:
+    """One "KEY=VALUE" item of a repeatable option -> (KEY stripped, VALUE as given); a CliError
+    naming the option and the item when there is no '=' or no key."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise CliError(f"{option} {text!r}: expected {form}" + (f", e.g. {example}" if example else ""))
+    return key.strip(), value
+
+
 def fit_option(text: str) -> tuple[str, object]:
     """--fit-option KEY=VALUE -> (KEY, VALUE parsed as JSON, or the bare word)."""
-    key, eq, value = text.partition("=")
-    if not eq or not key:
-        raise CliError(f"--fit-option must look like KEY=VALUE, got {text!r}")
+    key, value = key_value(text, "--fit-option", example="relocate_every=10")
     try:
         return key, json.loads(value)
     except ValueError:

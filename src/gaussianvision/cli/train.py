@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .common import CliError, emit, parser, run
+from .common import CliError, emit, key_value, parser, run
 
 
 def build_parser():
@@ -171,12 +171,9 @@ def _word_boost(items: list[str]) -> dict[str, float]:
     """["left=4", ...] -> {"left": 4.0}; CliError naming the bad item."""
     out = {}
     for item in items:
-        word, sep, value = item.partition("=")
+        word, value = key_value(item, "--word-boost", "WORD=FACTOR", "left=4")
         try:
-            factor = float(value)
+            out[word] = float(value)
         except ValueError:
-            factor = None
-        if not sep or not word.strip() or factor is None:
-            raise CliError(f"--word-boost {item!r}: expected WORD=FACTOR, e.g. left=4")
-        out[word.strip()] = factor
+            raise CliError(f"--word-boost {item!r}: FACTOR must be a number, e.g. left=4") from None
     return out
