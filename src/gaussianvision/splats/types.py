@@ -182,8 +182,8 @@ class Splats:
             if (s.height, s.width) != (h, w):
                 raise SplatsError(f"Splats.stack: item {k} is {s.height}x{s.width}, item 0 is {h}x{w}")
         first = items[0].means
-        if all(s.counts is None and s.max_gaussians == first.shape[1] and s.means.dtype == first.dtype
-               and s.means.device == first.device for s in items):
+        if all(s.counts is None and s.max_gaussians == first.shape[1] and s.means.device == first.device
+               and s.means.dtype == s.chol.dtype == s.colors.dtype == first.dtype for s in items):
             # every image full and of one size: no trimming or padding, one concatenation per field
             # (the training loaders' common case; the same tensors as the general path below)
             cat = {k: torch.cat([getattr(s, k) for s in items]) for k in ("means", "chol", "colors")}
