@@ -36,6 +36,11 @@ def _ok(*paths) -> bool:
     return all(Path(p).exists() for p in paths)
 
 
+def _result_settings(step_settings: dict) -> dict:
+    """A step's settings as its cache key: without `workers`, which changes the speed, not the bytes."""
+    return {k: v for k, v in step_settings.items() if k != "workers"}
+
+
 def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool = False, threads: int = 0,
              overrides: dict | None = None) -> dict:
     import torch
@@ -56,8 +61,7 @@ def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool 
     t_start, c_start = time.perf_counter(), S.cpu_time()
     seed = s["seed"]
 
-    # workers: the same bytes, so not part of the key
-    world, h_world = steps.run("world", {"world": {k: v for k, v in s["world"].items() if k != "workers"}},
+    world, h_world = steps.run("world", {"world": _result_settings(s["world"])},
                                lambda: S.step_world(out, s["world"], force), label="world (make_world)",
                                check=lambda r: _ok(Path(r["out_dir"]) / "manifest.json"))
     photos, _ = steps.run("photos", {"photos": s["photos"]}, lambda: S.step_photos(out, s["photos"], progress),
@@ -68,7 +72,7 @@ def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool 
     for n in budgets:
         convert[n], h_convert[n] = steps.run(
             f"convert_n{n}", {"world": h_world, "n": n,
-                              "convert": {k: v for k, v in conv_s.items() if k != "workers"}},  # workers: same bytes
+                              "convert": _result_settings(conv_s)},
             lambda n=n: S.step_convert(out, world, n, conv_s, progress), label=f"convert the world to splats, N={n}",
             check=lambda r: _ok(Path(r["dir"]) / "summary.json"))
 

@@ -255,7 +255,8 @@ class Stage1Task(_Base):
 def _one_token(tokenizer, word: str, special) -> int:
     """The token id of a word the tokenizer keeps whole (for --word-boost); `special` are the ids
     of padding, start and end."""
-    row = [int(t) for t in tokenizer([word])[0] if int(t) not in set(special)]
+    special = set(special)
+    row = [int(t) for t in tokenizer([word])[0] if int(t) not in special]
     if len(row) != 1:
         raise ValueError(f"--word-boost {word!r}: not a single token of the tokenizer ({len(row)} tokens)")
     return row[0]
