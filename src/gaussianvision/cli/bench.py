@@ -1,4 +1,4 @@
-"""gsv bench SUITE: fit | load | codec | model | all. Each suite is a module cli/bench_SUITE.py."""
+"""gsv bench SUITE: fit | load | codec | model | gpu | all. Each suite is a module cli/bench_SUITE.py."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +9,9 @@ SUITES = {
     "load": "data loading throughput, splat shards vs JPEG shards",
     "codec": "rate-distortion: splats vs JPEG / WebP at equal bytes",
     "model": "GS tower vs RGB ViT: latency and FLOPs",
+    "gpu": "the one-shot GPU check (make gpu-check; --tiny on CPU); not part of all",
 }
+ALL = ("fit", "load", "codec", "model")
 
 
 def main(argv=None) -> int:
@@ -18,12 +20,12 @@ def main(argv=None) -> int:
         print("usage: gsv bench SUITE [options]\n\nsuites:")
         for k, v in SUITES.items():
             print(f"  {k:<6} {v}")
-        print("  all    every suite with its defaults (--out DIR)")
+        print(f"  all    {', '.join(ALL)} with their defaults (--out DIR)")
         return 0
     name, rest = argv[0], argv[1:]
     if name == "all":
         rc = 0
-        for suite in SUITES:
+        for suite in ALL:
             rc |= main([suite, *rest])
         return rc
     if name not in SUITES:

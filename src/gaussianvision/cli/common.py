@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["CliError", "emit", "write_json", "parser", "run"]
+__all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run"]
 
 
 class CliError(Exception):
@@ -54,13 +54,18 @@ def fit_option(text: str) -> tuple[str, object]:
         return key, value  # a bare word such as backend=numba
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically (temporary name, then rename), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
 
 
 def run(cmd: str, fn, args) -> int:

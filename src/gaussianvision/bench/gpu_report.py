@@ -1,0 +1,138 @@
+"""Markdown of a `gsv bench gpu` result (gpu.json -> gpu.md) and the table it fills in docs/gpu.md.
+
+    md = to_markdown(res)
+    fill_docs(Path("docs/gpu.md"), res)    # rewrites the block between the two markers
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["to_markdown", "tables", "fill_docs", "BEGIN", "END"]
+
+BEGIN = "<!-- gpu-check:begin (generated from benchmarks/results/gpu.json by gsv bench gpu --render) -->"
+END = "<!-- gpu-check:end -->"
+
+
+def _f(v, fmt: str = ".1f", none: str = "-") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def _error_row(lead: list, error: str, width: int) -> str:
+    """A table row for a failed measurement: its keys, the error, empty cells to `width`."""
+    return "| " + " | ".join([*map(str, lead), error] + [""] * (width - len(lead) - 1)) + " |"
+
+
+def _machine(res: dict) -> str:
+    m = res["machine"]
+    gpu = (f"{m['gpu']} ({m['gpu_memory_gib']} GiB, compute {m.get('gpu_capability')}), driver {m['driver']}"
+           if m.get("gpu") else "no GPU")
+    return (f"{gpu}; CUDA {m.get('cuda_runtime')}, torch {m['torch']}, triton {m.get('triton')}, "
+            f"python {m['python']}; CPU {m['cpu']} ({m['cores']} cores), load {m.get('loadavg_start')} at start, "
+            f"{m.get('loadavg_end')} at end.")
+
+
+def _status(res: dict) -> list[str]:
+    lines = ["| step | status | seconds (limit) |", "|---|---|---|"]
+    for name, s in res["steps"].items():
+        lines.append(f"| {name} | {s['status']} | {s['seconds']} ({s['limit_s']:.0f}) |")
+    return lines
+
+
+def _parity(step: dict) -> list[str]:
+    r = step.get("result")
+    if not r:
+        return [f"Parity: {step['status']}."]
+    line = (f"Parity (`{r['command']}`): {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped"
+            + (f" ({r['skipped_note']})" if r.get("skipped_note") else "") + f", {r['seconds']:.0f} s.")
+    return [line] + [f"- failed: {f}" for f in r["failures"]]
+
+
+def _fit(step: dict, res: dict) -> list[str]:
+    if not step.get("rows"):
+        return [f"Fitting: {step['status']}."]
+    c = res["config"]
+    lines = [f"Fitting with `fit_images(..., device=\"{c['device']}\")`, {c['size']}x{c['size']}, content init, "
+             f"{c['iters']} iterations, the {c['photos']} bundled photos tiled to B (initialization included):", "",
+             "| B | N | images/s | iterations run | PSNR (dB) | ms/iteration | peak GiB | raster kernels | GPU busy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in step["rows"]:
+        if "error" in r:
+            lines.append(_error_row([r["batch"], r["n"]], r["error"], 9))
+            continue
+        ips = _f(r["images_per_s"])
+        if "images_per_s_projected" in r:
+            ips = f"{_f(r['images_per_s_projected'])} (projected; {ips} measured)"
+        lines.append(f"| {r['batch']} | {r['n']} | {ips} | {r['iters_run']} | {r['mean_psnr']:.2f} | "
+                     f"{r['ms_per_iter']:.2f} | {_f(r['peak_gib'], '.2f')} | {_pct(r.get('raster_kernel_share'))} | "
+                     f"{_pct(r.get('gpu_busy_share'))} |")
+    return lines
+
+
+def _baseline(step: dict, res: dict) -> list[str]:
+    if not step.get("rows"):
+        return [f"LIG-style baseline: {step['status']}."]
+    lines = ["LIG-style baseline (random init, one image per launch, the same iterations) against our "
+             "fitter at the same B:", "",
+             "| N | images timed | baseline images/s | baseline PSNR | ours images/s | ours PSNR | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    sp = res.get("summary", {}).get("speedup_vs_lig", {})
+    for r in step["rows"]:
+        if "error" in r:
+            lines.append(_error_row([r["n"]], r["error"], 7))
+            continue
+        s = sp.get(str(r["n"]), {})
+        lines.append(f"| {r['n']} | {r['images_done']} of {r['batch']} | {r['images_per_s']:.2f} | "
+                     f"{r['mean_psnr']:.2f} | {_f(s.get('ours_images_per_s'))} | {_f(s.get('ours_psnr'), '.2f')} | "
+                     f"{_f(s.get('ratio'), '.0f')}x |")
+    return lines
+
+
+def _tower(step: dict, res: dict) -> list[str]:
+    if not step.get("rows"):
+        return [f"Towers: {step['status']}."]
+    lines = [f"Towers, batch {res['config']['tower_batch']}, bf16 autocast (forward under no_grad; training = "
+             "forward + backward into the parameters that train: the GS tower's stem, resampler and head, "
+             "the whole RGB tower):", "",
+             "| tower | N | trainable params | forward images/s | training images/s | peak GiB |",
+             "|---|---|---|---|---|---|"]
+    for r in step["rows"]:
+        n = "-" if r["n"] is None else r["n"]
+        if "error" in r:
+            lines.append(_error_row([r["tower"], n], r["error"], 6))
+            continue
+        lines.append(f"| {r['tower']} | {n} | {r['trainable_params'] / 1e6:.1f}M | {r['forward_images_per_s']:.0f} | "
+                     f"{r['train_images_per_s']:.0f} | {_f(r.get('peak_gib'), '.2f')} |")
+    return lines
+
+
+def tables(res: dict) -> str:
+    """The result tables (the part docs/gpu.md shows)."""
+    st = res["steps"]
+    parts = [_machine(res), "", *_status(res), ""]
+    for name, fn in (("parity", lambda s: _parity(s)), ("fit", lambda s: _fit(s, res)),
+                     ("baseline", lambda s: _baseline(s, res)), ("tower", lambda s: _tower(s, res))):
+        if name in st:
+            parts += fn(st[name]) + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def to_markdown(res: dict) -> str:
+    title = "# GPU check" + (" (tiny: CPU, small images; checks the script, not the GPU)" if res["mode"] == "tiny" else "")
+    return f"{title}\n\nRun {res['started_utc']}, {res['wall_s']} s wall in all.\n\n" + tables(res)
+
+
+def fill_docs(path: Path, res: dict) -> None:
+    """Replace the text between BEGIN and END in `path` by tables(res) (atomic)."""
+    text = path.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: no '{BEGIN}' ... '{END}' block to fill")
+    new = text[: i + len(BEGIN)] + "\n\n" + tables(res) + "\n" + text[j:]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(new)
+    os.replace(tmp, path)
