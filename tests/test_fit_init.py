@@ -92,3 +92,26 @@ def test_content_init_sees_edges_of_equal_luminance():
     s = init_content(img, 100, generator=torch.Generator().manual_seed(0), backend="reference")
     near = ((s.means[0] - 24).abs() <= 12).all(-1)  # the square and a 4-px band around its edge
     assert int(near.sum()) > 2 * 100 * (24 * 24) / (h * w)  # over twice the area's share
+
+
+def test_content_init_batched_sampling_equals_the_per_image_loop():
+    """The batched inverse-CDF draw gives exactly what drawing image by image gives."""
+    import math
+    from gaussianvision.fit.init import detail_density
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(3, 3, 20, 28, generator=g)
+    n = 37
+    s = init_content(img, n, generator=torch.Generator().manual_seed(1), backend="reference")
+    dens = detail_density(img, n, floor=0.5, gamma=0.7).double()
+    ys, xs = torch.meshgrid(torch.arange(20), torch.arange(28), indexing="ij")
+    curve = torch.argsort(hilbert_index(xs.reshape(-1), ys.reshape(-1), math.ceil(math.log2(28))))
+    u = torch.rand(3, n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for i in range(3):
+        d = dens[i].reshape(-1)[curve]
+        cdf = torch.cumsum(d, 0) / d.sum()
+        k = torch.searchsorted(cdf, (torch.arange(n, dtype=torch.float64) + u[i, :, 0]) / n).clamp_max(20 * 28 - 1)
+        x = (curve[k] % 28).double() + u[i, :, 1]
+        y = (curve[k] // 28).double() + u[i, :, 2]
+        assert torch.equal(s.means[i], torch.stack([x, y], -1).float())
+        sigma = 0.6 * torch.sqrt(1.0 / (n * d[k])).clamp(0.5, 14)
+        assert torch.allclose(s.chol[i, :, 0], sigma.float())

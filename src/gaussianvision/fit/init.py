@@ -142,18 +142,15 @@ def init_content(images: torch.Tensor, n: int, generator: torch.Generator | None
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     curve = torch.argsort(hilbert_index(xs.reshape(-1), ys.reshape(-1), order))  # pixel ids along the curve
     u = torch.rand(b, n, 3, generator=generator, dtype=torch.float64)
-    means = torch.empty(b, n, 2, dtype=torch.float64)
-    area = torch.empty(b, n, dtype=torch.float64)
-    for i in range(b):
-        d = dens[i].reshape(-1)[curve]
-        cdf = torch.cumsum(d, 0)
-        cdf = cdf / cdf[-1]
-        strata = (torch.arange(n, dtype=torch.float64) + u[i, :, 0]) / n  # one draw per 1/n of the mass
-        k = torch.searchsorted(cdf, strata).clamp_max(h * w - 1)
-        pix = curve[k]
-        means[i, :, 0] = (pix % w).double() + u[i, :, 1]
-        means[i, :, 1] = torch.div(pix, w, rounding_mode="floor").double() + u[i, :, 2]
-        area[i] = 1.0 / (n * d[k])  # pixels per Gaussian around this one
+    d = dens.reshape(b, -1)[:, curve]  # [B, HW] along the curve
+    cdf = torch.cumsum(d, 1)
+    cdf = cdf / cdf[:, -1:]
+    strata = (torch.arange(n, dtype=torch.float64) + u[..., 0]) / n  # one draw per 1/n of the mass
+    k = torch.searchsorted(cdf, strata.contiguous()).clamp_max(h * w - 1)  # [B, n]
+    pix = curve[k]
+    means = torch.stack([(pix % w).double() + u[..., 1],
+                         torch.div(pix, w, rounding_mode="floor").double() + u[..., 2]], -1)
+    area = 1.0 / (n * torch.gather(d, 1, k))  # pixels per Gaussian around each one
     sigma = width_factor * torch.sqrt(area).clamp(0.5, 0.5 * max(h, w))
     means = means.to(dev, dt)
     s = Splats(means, _iso_chol(sigma.to(dev, dt)), means.new_zeros(b, n, 3), h, w)
