@@ -548,7 +548,7 @@ def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_pat
     out = tmp_path / "rgb"
     common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
               "--batch-size", "4", "--lr", "1e-3", "--save-every", "1"]
-    assert _gsv_train(common + ["--steps", "1", "--word-loss", "1", "--word-boost", "left=4"]) == 0
+    assert _gsv_train(common + ["--steps", "2", "--stop-after", "1", "--word-loss", "1", "--word-boost", "left=4"]) == 0
     capsys.readouterr()
     assert _gsv_train(common + ["--steps", "2", "--resume"]) == 2
     assert "--resume: word-loss was 1.0" in capsys.readouterr().err

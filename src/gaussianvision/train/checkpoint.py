@@ -2,12 +2,14 @@
 
 Layout of OUT/checkpoints/:
   step-00000120/weights.safetensors   trainable parameters only (names as in model.named_parameters())
-  step-00000120/optimizer.pt          AdamW (and GradScaler) state
+  step-00000120/optimizer.pt          AdamW (and GradScaler) state: tensors and plain values only
+                                      (read with weights_only=True, and only by --resume)
   step-00000120/state.json            step, epoch, data position, config, RNG states
   latest                              text file naming the newest complete step directory
 
 A step directory is written under a temporary name and renamed when complete; `latest` is then
-replaced atomically, so a crash at any moment leaves the previous checkpoint usable.
+replaced atomically, so a crash at any moment leaves the previous checkpoint usable. Loading OUT
+takes the newest complete step directory (a damaged or half-deleted newer one is named in a warning).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
-           "trainable_state", "load_trainable", "CheckpointError"]
+           "trainable_state", "load_trainable", "CheckpointError", "step_dirs",
+           "holds_checkpoints"]
 
 
 class CheckpointError(ValueError):
@@ -92,7 +96,8 @@ def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], str
 
 def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer_state: dict,
                     state: dict, keep: int = 2) -> Path:
-    """Write OUT/checkpoints/step-XXXXXXXX atomically and point `latest` at it; keep `keep` newest."""
+    """Write OUT/checkpoints/step-XXXXXXXX atomically and point `latest` at it; keep `keep` newest
+    (0: all). Only older steps are removed: a newer directory is never touched."""
     from safetensors.torch import save_file
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -111,36 +116,127 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     ptr = root / f".latest.tmp{os.getpid()}"
     ptr.write_text(name + "\n")
     os.replace(ptr, root / "latest")
-    old = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for p in old[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+    older = [d for d in step_dirs(root) if _step_of(d) < step]
+    for d in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
+        shutil.rmtree(d, ignore_errors=True)
     return final
 
 
+def _step_of(d: Path) -> int:
+    return int(d.name[len("step-"):])
+
+
+def step_dirs(root: str | os.PathLike) -> list[Path]:
+    """The step-N directories of a checkpoints folder, oldest first (complete or not)."""
+    root = Path(root)
+    found = [d for d in root.glob("step-*") if d.is_dir() and d.name[len("step-"):].isdigit()]
+    return sorted(found, key=_step_of)
+
+
+def _root(path: Path) -> Path:
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def holds_checkpoints(path: str | os.PathLike) -> bool:
+    """Whether OUT (or OUT/checkpoints) holds any step directory or a `latest` pointer."""
+    root = _root(Path(path))
+    return bool(step_dirs(root)) or (root / "latest").is_file()
+
+
 def latest_checkpoint(path: str | os.PathLike) -> Path | None:
-    """Resolve OUT, OUT/checkpoints or a step directory to the newest complete step directory."""
+    """OUT, OUT/checkpoints or a step directory -> the newest step directory with a state.json
+    (load_checkpoint checks the rest and falls back further when it must)."""
     p = Path(path)
     if (p / "state.json").is_file():
         return p
-    for root in (p / "checkpoints", p):
-        ptr = root / "latest"
-        if ptr.is_file():
-            d = root / ptr.read_text().strip()
-            if (d / "state.json").is_file():
-                return d
-    return None
+    done = [d for d in step_dirs(_root(p)) if (d / "state.json").is_file()]
+    return done[-1] if done else None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    """(state, trainable weights, optimizer state or None) of a checkpoint directory (or OUT)."""
+def _read_state(d: Path) -> dict:
+    f = d / "state.json"
+    if not f.is_file():
+        raise CheckpointError(f"{d}: no state.json")
+    try:
+        state = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("data_positions"), list):
+        raise CheckpointError(f"{f}: no step or data positions")
+    return state
+
+
+def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
-    d = latest_checkpoint(path)
-    if d is None:
-        raise CheckpointError(f"no checkpoint found at {path} (expected OUT/checkpoints/latest or a step directory)")
-    state = json.loads((d / "state.json").read_text())
-    weights = load_file(str(d / "weights.safetensors"))
-    opt = None
-    if (d / "optimizer.pt").is_file():
-        opt = torch.load(d / "optimizer.pt", map_location=map_location, weights_only=False)
+    f = d / "weights.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"{d}: no weights.safetensors")
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for cut or garbled files
+        raise CheckpointError(f"{f}: unreadable ({e})") from None
+
+
+def _read_optimizer(d: Path, map_location) -> dict:
+    """optimizer.pt, unpickled with weights_only=True: tensors and plain values only, never code."""
+    import pickle
+    import re
+    f = d / "optimizer.pt"
+    if not f.is_file():
+        raise CheckpointError(f"{d}: no optimizer.pt")
+    try:
+        opt = torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"{f}: refused: it holds {what.group(1) if what else 'an object'}, not only tensors "
+                              "and plain values (nothing in it was run)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(opt, dict) or not isinstance(opt.get("optimizer"), dict):
+        raise CheckpointError(f"{f}: no optimizer state")
+    return opt
+
+
+def _load_dir(d: Path, optimizer: bool, map_location) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    state = _read_state(d)
+    weights = _read_weights(d)
+    opt = _read_optimizer(d, map_location) if optimizer else None
     state["path"] = str(d)
     return state, weights, opt
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu",
+                    optimizer: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """(state, trainable weights, optimizer state or None) of a step directory, or of the newest
+    complete one under OUT / OUT/checkpoints (each unusable newer one named in a warning on stderr).
+
+    optimizer: also read optimizer.pt (only --resume needs it; it is never read otherwise).
+    Raises CheckpointError when there is no checkpoint or none is complete.
+    """
+    p = Path(path)
+    if (p / "state.json").is_file() or p.name.startswith("step-"):
+        return _load_dir(p, optimizer, map_location)
+    root = _root(p)
+    dirs = step_dirs(root)
+    if not dirs:
+        raise CheckpointError(f"no checkpoint found at {path} (expected OUT/checkpoints/step-N directories)")
+    bad = _missing_latest(root, dirs)
+    for d in reversed(dirs):
+        try:
+            found = _load_dir(d, optimizer, map_location)
+        except CheckpointError as e:
+            bad.append(str(e))
+            continue
+        for why in bad:
+            print(f"warning: checkpoint unusable: {why}; using {d}", file=sys.stderr)
+        return found
+    raise CheckpointError(f"{root}: no complete checkpoint ({'; '.join(bad)})")
+
+
+def _missing_latest(root: Path, dirs: list[Path]) -> list[str]:
+    ptr = root / "latest"
+    name = ptr.read_text(errors="replace").strip() if ptr.is_file() else ""
+    if name and name not in {d.name for d in dirs}:
+        return [f"{ptr} names {name}, which is missing"]
+    return []

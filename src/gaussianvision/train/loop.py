@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_trainable, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, holds_checkpoints, latest_checkpoint, load_checkpoint, load_trainable,
+                         rng_state, save_checkpoint, set_rng_state)
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier
 from .schedule import cosine_lr, set_lr
 
@@ -59,7 +59,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # stage-specific settings, saved in state.json
 
     # settings a resumed run must share with the original one
-    RESUME_KEYS = ("batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
+    RESUME_KEYS = ("steps", "batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
 
 
 def _adamw(groups, cfg) -> torch.optim.AdamW:
@@ -156,42 +156,12 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
     out = Path(cfg.out)
     step, epoch, position = 0, 0, 0
     config_json = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "stop_after")}
-    if cfg.resume and latest_checkpoint(out) is not None:
-        state, weights, opt_state = load_checkpoint(out)
-        old = state.get("train_config", {})
-        for k in TrainConfig.RESUME_KEYS:
-            if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
-                raise CheckpointError(f"--resume: {k} was {old[k]!r} in {state['path']}, now {config_json[k]!r}")
-        if state.get("world_size", 1) != info.world_size:
-            raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
-                                  "the data order depends on it")
-        old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
-        for k in ("word_loss", "word_boost", "hflip"):
-            if k in old_task and k in now_task and old_task[k] != now_task[k]:
-                raise CheckpointError(f"--resume: {k.replace('_', '-')} was {old_task[k]!r} in {state['path']}, "
-                                      f"now {now_task[k]!r}; resume with the run's settings")
-        load_trainable(model, weights)
-        if opt_state is not None:
-            saved = opt_state["optimizer"]
-            for g in saved.get("param_groups", []):  # this build's kernel choice, not the saving run's
-                g["fused"] = optimizer.defaults.get("fused")
-            try:
-                optimizer.load_state_dict(saved)
-            except ValueError as e:
-                raise CheckpointError(f"--resume: the optimizer state in {state['path']} does not match the "
-                                      f"trainable parameters ({e}); was the run started with other "
-                                      "--word-loss or --unfreeze settings?") from None
-            if opt_state.get("scaler"):
-                scaler.load_state_dict(opt_state["scaler"])
-        step = int(state["step"])
-        epoch, position = state["data_positions"][info.rank]
-        rngs = state.get("rng", [])
-        if len(rngs) > info.rank:
-            set_rng_state(rngs[info.rank])
+    if cfg.resume and holds_checkpoints(out):
+        step, epoch, position = _restore(out, config_json, task, info, model, optimizer, scaler)
     elif cfg.resume and info.is_main:
         print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
-    elif latest_checkpoint(out) is not None:
-        raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out)}); "
+    elif holds_checkpoints(out):
+        raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out) or out / 'checkpoints'}); "
                               "continue it with --resume or choose another --out")
     resumed = step > 0
 
@@ -201,6 +171,8 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps({"train": config_json, "task": task.describe()},
                                                           indent=2, default=str) + "\n")
+        if resumed:
+            _trim_log(out / "log.jsonl", step)
         log_f = open(out / "log.jsonl", "a" if resumed else "w")
         if cfg.tensorboard:
             try:
@@ -309,6 +281,68 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
     barrier(info)
     return {"steps": step, "total_steps": total, "losses": losses, "final_loss": losses[-1] if losses else None,
             "checkpoint": str(last_ckpt) if last_ckpt else None, "epoch": epoch, "position": position}
+
+
+def _check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
+    """CheckpointError naming the first setting that differs from the run being resumed."""
+    old = state.get("train_config", {})
+    for k in TrainConfig.RESUME_KEYS:
+        if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
+            why = "; the learning-rate schedule depends on it" if k in ("steps", "warmup", "lr", "min_lr") else ""
+            raise CheckpointError(f"--resume: {k} was {old[k]!r} in {state['path']}, now {config_json[k]!r}{why}")
+    if state.get("world_size", 1) != info.world_size:
+        raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
+                              "the data order depends on it")
+    old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
+    for k in ("word_loss", "word_boost", "hflip"):
+        if k in old_task and k in now_task and old_task[k] != now_task[k]:
+            raise CheckpointError(f"--resume: {k.replace('_', '-')} was {old_task[k]!r} in {state['path']}, "
+                                  f"now {now_task[k]!r}; resume with the run's settings")
+
+
+def _restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+    """Load the newest complete checkpoint of `out` into model, optimizer and scaler; set the RNGs.
+    -> (step, epoch, position) of this rank."""
+    state, weights, opt_state = load_checkpoint(out, optimizer=True)
+    _check_resume(state, config_json, task, info)
+    load_trainable(model, weights)
+    saved = opt_state["optimizer"]
+    for g in saved.get("param_groups", []):  # this build's kernel choice, not the saving run's
+        g["fused"] = optimizer.defaults.get("fused")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"--resume: the optimizer state in {state['path']} does not match the "
+                              f"trainable parameters ({e}); was the run started with other "
+                              "--word-loss or --unfreeze settings?") from None
+    if opt_state.get("scaler"):
+        scaler.load_state_dict(opt_state["scaler"])
+    positions = state["data_positions"]
+    if len(positions) <= info.rank:
+        raise CheckpointError(f"--resume: {state['path']} holds no data position for rank {info.rank}")
+    rngs = state.get("rng", [])
+    if len(rngs) > info.rank:
+        set_rng_state(rngs[info.rank])
+    epoch, position = positions[info.rank]
+    return int(state["step"]), int(epoch), int(position)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the log lines after `step` (logged after the checkpoint, before the run stopped) and a
+    torn last line, so the resumed run's lines follow without repeats."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _gather_rng(info: DistInfo) -> list:

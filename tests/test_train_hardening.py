@@ -1,0 +1,198 @@
+"""Issue 18, checkpoints and trainer: nothing on disk runs code, resume never loses or repeats work,
+damaged data is skipped and counted, bad options are one line with exit code 2."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_fixtures import random_splats_for, read_log, write_splat_shards  # noqa: E402
+
+pytest.importorskip("open_clip")
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_splat_shards(root, n_samples=16, per_shard=8)
+    return str(root)
+
+
+def _gsv_train(argv):
+    from gaussianvision.cli.train import main
+    return main(argv + ["--no-progress"])
+
+
+def _common(shards, out, steps=4):
+    return ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", str(steps),
+            "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--save-every", "1", "--out", str(out)]
+
+
+def _ck(out, step):
+    return Path(out) / "checkpoints" / f"step-{step:08d}"
+
+
+class _Planted:
+    """Unpickling this creates `path`: the proof that code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ------------------------------------------------------------------ 1. no code from optimizer.pt
+def test_planted_object_in_optimizer_pt_is_refused_and_never_runs(shards, tmp_path, capsys):
+    from gaussianvision.eval.models import _load_gs
+    from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint
+    from gaussianvision.train.setup import build_task
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    assert _gsv_train(_common(shards, out, steps=3) + ["--stop-after", "2"]) == 0
+    torch.save({"optimizer": _Planted(marker)}, _ck(out, 2) / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=r"step-00000002/optimizer.pt: refused.*open"):
+        load_checkpoint(_ck(out, 2), optimizer=True)
+    state, weights, opt = load_checkpoint(out)  # eval and --init-from: the optimizer file is never read
+    assert state["step"] == 2 and opt is None
+    _load_gs(str(out), None, "cpu")  # gsv eval --model gs:OUT
+    build_task("2", init_from=str(out))  # gsv train --init-from OUT
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out, steps=3) + ["--resume"]) == 0  # falls back to step 1
+    err = capsys.readouterr().err
+    assert "step-00000002" in err and "refused" in err and "step-00000001" in err
+    assert not marker.exists()
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ 2. resume uses the newest complete checkpoint
+@pytest.mark.parametrize("damage", ["missing_dir", "no_state", "half_state", "cut_weights", "cut_optimizer"])
+def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert _gsv_train(_common(shards, out) + ["--stop-after", "3", "--keep", "2"]) == 0
+    bad = _ck(out, 3)
+    if damage == "missing_dir":
+        shutil.rmtree(bad)
+    elif damage == "no_state":
+        (bad / "state.json").unlink()
+    else:
+        name = {"half_state": "state.json", "cut_weights": "weights.safetensors", "cut_optimizer": "optimizer.pt"}
+        f = bad / name[damage]
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out) + ["--resume", "--keep", "2", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "step-00000003" in cap.err and "unusable" in cap.err and "step-00000002" in cap.err
+    assert "starting fresh" not in cap.out
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000004"]
+    assert json.loads((_ck(out, 3) / "state.json").read_text())["step"] == 3  # rewritten, complete
+
+
+def test_resume_refuses_when_no_checkpoint_is_complete_and_deletes_nothing(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _gsv_train(_common(shards, out) + ["--stop-after", "2", "--keep", "2"]) == 0
+    for s in (1, 2):
+        (_ck(out, s) / "state.json").unlink()
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out) + ["--resume", "--keep", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no complete checkpoint" in err and "step-00000002" in err
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
+    assert [r["step"] for r in read_log(out)] == [1, 2]  # nothing overwritten
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out)) == 2  # a fresh run does not take over the folder either
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_saving_an_older_step_never_deletes_newer_checkpoints(tmp_path):
+    from gaussianvision.train.checkpoint import save_checkpoint
+    model = torch.nn.Linear(2, 1)
+    for s in (1, 2, 5):
+        save_checkpoint(tmp_path, s, model, {"optimizer": {}}, {"data_positions": [[0, s]]}, keep=0)
+    save_checkpoint(tmp_path, 3, model, {"optimizer": {}}, {"data_positions": [[0, 3]]}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == \
+        ["step-00000002", "step-00000003", "step-00000005"]
+
+
+# ------------------------------------------------------------------ 3. schedule and log on resume
+def test_resume_refuses_a_different_step_count(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _gsv_train(_common(shards, out, steps=4) + ["--stop-after", "2"]) == 0
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out, steps=8) + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "steps was 4" in err and "now 8" in err
+    assert not _ck(out, 3).exists()
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    assert _gsv_train(_common(shards, out) + ["--stop-after", "2"]) == 0
+    with open(out / "log.jsonl", "a") as f:  # the run was killed after logging step 3, before its checkpoint
+        f.write(json.dumps({"step": 3, "loss": -1.0}) + "\n" + '{"step": 4, "lo')
+    assert _gsv_train(_common(shards, out) + ["--resume"]) == 0
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and log[2]["loss"] != -1.0
+
+
+# ------------------------------------------------------------------ 4. damaged data: skip and count
+def _multi_image_shard(path):
+    from gaussianvision.data.shards import ShardWriter
+    from gaussianvision.splats import Splats, encode
+    from test_train_fixtures import png_bytes, sample_image
+    with ShardWriter(path) as w:
+        for i in range(8):
+            sp = random_splats_for(i)
+            if i == 3:
+                sp = Splats.stack([sp, random_splats_for(99)])
+            w.write(f"m{i:05d}", {"gsv": encode(sp), "png": png_bytes(sample_image(i)[0]), "txt": b"a photo"})
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_truncated_shard_and_multi_image_samples_are_skipped_and_counted(tmp_path, capsys, in_memory):
+    root = tmp_path / "data"
+    paths = write_splat_shards(root, n_samples=16, per_shard=8)
+    raw = Path(paths[1]).read_bytes()
+    Path(paths[1]).write_bytes(raw[: len(raw) // 2])
+    _multi_image_shard(root / "shard-0002.tar")
+    argv = ["--stage", "1", "--data", str(root), "--model-config", "gs-tiny", "--out", str(tmp_path / "o"),
+            "--steps", "3", "--batch-size", "4", "--json"] + (["--in-memory"] if in_memory else [])
+    assert _gsv_train(argv) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out.strip().splitlines()[-1])
+    assert res["steps"] == 3 and res["damaged_shards"] == 1 and res["skipped_samples"] == 1
+    assert "shard-0001.tar" in cap.err
+
+
+# ------------------------------------------------------------------ 5. one clear line, exit code 2
+@pytest.mark.parametrize("option,value", [
+    ("--batch-size", "0"), ("--steps", "0"), ("--epochs", "0"), ("--epochs", "nan"), ("--lr", "0"),
+    ("--lr", "inf"), ("--min-lr", "-1"), ("--warmup", "-1"), ("--weight-decay", "-0.1"), ("--accum", "0"),
+    ("--grad-clip", "-1"), ("--keep", "-1"), ("--log-every", "0"), ("--save-every", "-2"),
+    ("--stop-after", "0"), ("--shuffle-buffer", "0"), ("--token-weight", "-1"), ("--hflip", "1.5"),
+    ("--device", "tpu"),
+])
+def test_bad_numeric_options_are_one_line_and_exit_2(shards, tmp_path, capsys, option, value):
+    out = tmp_path / "o"
+    argv = ["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(out)]
+    if option not in ("--steps", "--epochs"):
+        argv += ["--steps", "1"]
+    assert _gsv_train(argv + [option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"gsv train: {option}") and value in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(shards, tmp_path, capsys):
+    argv = ["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "o"),
+            "--steps", "1", "--device", "cuda"]
+    assert _gsv_train(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "gsv train: --device cuda: CUDA is not available on this machine; use --device cpu"
