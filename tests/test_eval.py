@@ -250,3 +250,21 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
     from gaussianvision.cli.eval import main
     assert main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--fit-option", "iters=3"]) == 2
     assert "--fit-option: fit options ['iters']" in capsys.readouterr().err
+
+
+def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys, monkeypatch):
+    """Issue 18: offline, rgb:ViT-B-16:openai fails at once with one clear line (no hub retries)."""
+    import huggingface_hub
+    import open_clip.pretrained
+    from gaussianvision.cli.eval import main
+    from gaussianvision.models import gsclip
+    downloads = []
+    monkeypatch.setattr(gsclip, "_reachable", lambda host, timeout=2.0: False)
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", lambda *a, **k: downloads.append(a))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    rc = main(["zeroshot", "--model", "rgb:ViT-B-16:openai", "--dataset", "cifar10", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and downloads == [] and "\n" not in err
+    assert err.startswith("gsv eval: --model rgb:ViT-B-16:openai: pretrained 'openai'")
+    assert "not reachable" in err and "local checkpoint file" in err

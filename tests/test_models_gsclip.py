@@ -239,3 +239,71 @@ def test_vit_b16_trainable_fraction_in_paper_range():
     assert m98["base_total"] == 149_620_737
     assert 0.097 <= m98["trainable_fraction"] <= 0.138, m98["trainable_fraction"]
     assert m98["trainable"] < r["trainable"]
+
+
+# ---------------------------------------------------------------- offline hub (issue 18)
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every socket connect fails (counted); hub downloads are counted too."""
+    import socket
+
+    import huggingface_hub
+    import open_clip.pretrained
+    from gaussianvision.models import gsclip
+    calls = {"connect": 0, "download": 0}
+
+    def connect(*a, **k):
+        calls["connect"] += 1
+        raise OSError("[Errno -2] Name or service not known")
+
+    def download(*a, **k):
+        calls["download"] += 1
+        raise OSError("no network")
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", download)
+    monkeypatch.setattr(gsclip, "_REACHABLE", {}, raising=False)  # forget earlier probes
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # empty cache
+    return calls
+
+
+def test_offline_hub_tag_fails_at_once_with_one_clear_line(offline):
+    for _ in range(2):
+        with pytest.raises(ConfigError) as e:
+            create_rgb_clip("ViT-B-16", "openai")
+        msg = str(e.value)
+        assert "\n" not in msg and "'openai'" in msg and "not reachable" in msg
+        assert "local checkpoint file" in msg and "HF_HUB_OFFLINE" in msg
+    assert offline == {"connect": 1, "download": 0}  # one probe per process, no download retries
+
+
+def test_hf_hub_offline_env_skips_the_probe(offline, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        create_gsclip(base="ViT-B-16", pretrained="openai", config=TINY)
+    assert offline == {"connect": 0, "download": 0}
+
+
+def test_offline_local_checkpoint_file_needs_no_network(offline, tmp_path):
+    import open_clip
+    path = tmp_path / "tiny.safetensors"
+    from safetensors.torch import save_file
+    save_file(open_clip.create_model("gsv-tiny").state_dict(), str(path))
+    assert create_rgb_clip("gsv-tiny", path) is not None
+    assert offline == {"connect": 0, "download": 0}
+
+
+def test_offline_hub_tag_in_the_local_cache_loads_without_network(offline, monkeypatch, tmp_path):
+    import huggingface_hub
+    import open_clip
+    from huggingface_hub import constants
+    seen = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **k: str(tmp_path / name))
+
+    def create_model(name, pretrained=None, **k):
+        seen["offline"], seen["pretrained"] = constants.HF_HUB_OFFLINE, pretrained
+        return torch.nn.Linear(1, 1)
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    create_base("ViT-B-16", "openai")
+    assert seen == {"offline": True, "pretrained": "openai"} and offline["connect"] == 1
+    assert constants.HF_HUB_OFFLINE is False  # restored afterwards

@@ -13,8 +13,11 @@ builder and clip_benchmark's evaluation work unchanged (Splats has ``.to(device)
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,7 @@ from gaussianvision.splats.types import Splats
 from .config import ConfigError, load_config, register_open_clip_configs
 from .tower import GSVisionTower
 
-__all__ = ["GSCLIP", "create_gsclip", "create_rgb_clip", "create_base", "PRECISIONS"]
+__all__ = ["GSCLIP", "create_gsclip", "create_rgb_clip", "create_base", "hub_access", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16", "amp", "amp_bf16", "amp_bfloat16")
 
@@ -211,11 +214,79 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                 model = open_clip.create_model(name, pretrained=None, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
         else:
-            model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
-                                           output_dict=True, cache_dir=cache_dir)
+            with hub_access(name, pretrained, cache_dir):
+                model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
+                                               output_dict=True, cache_dir=cache_dir)
     except RuntimeError as e:
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {e}") from None
     return model.eval()
+
+
+_REACHABLE: dict[str, bool] = {}  # host -> reachable, probed once per process
+
+
+def _reachable(host: str, timeout: float = 2.0) -> bool:
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
+def _offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used now (None: it can): HF_HUB_OFFLINE, or no
+    connection to its host (one short probe per process instead of the hub's retries)."""
+    from huggingface_hub import constants
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    if constants.HF_HUB_OFFLINE or env:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    return None if _reachable(host) else f"{host} is not reachable (offline?)"
+
+
+def _cached_weights(name: str, tag: str, cache_dir: str | None) -> bool | None:
+    """Whether the hub weights of an OpenCLIP tag are in the local cache (None: cannot tell)."""
+    import huggingface_hub
+    import open_clip
+    hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = [filename, os.path.splitext(filename)[0] + ".safetensors", "open_clip_model.safetensors"]
+    return any(isinstance(huggingface_hub.try_to_load_from_cache(repo, n, cache_dir=cache_dir), str)
+               for n in names)
+
+
+OFFLINE_FIX = ("give a local checkpoint file instead of the tag (--pretrained PATH, or rgb:BASE:PATH in gsv eval: "
+               "an open_clip .safetensors/.bin/.pt), or download it once online; HF_HUB_OFFLINE=1 skips "
+               "the network check and uses the local Hugging Face cache")
+
+
+@contextlib.contextmanager
+def hub_access(name: str, pretrained: str | None, cache_dir: str | None):
+    """Offline, hub weights load from the local cache at once or fail with one clear line
+    (instead of ~50 s of download retries); online, or for local files, nothing changes."""
+    from_hub = (pretrained and not os.path.isfile(pretrained)) or name.startswith("hf-hub:")
+    reason = _offline_reason() if from_hub else None
+    if reason is None:
+        yield
+        return
+    what = f"pretrained {pretrained!r} of {name}" if pretrained else name
+    if pretrained and _cached_weights(name, pretrained, cache_dir) is False:
+        raise ConfigError(f"{what}: {reason} and its weights are not in the local Hugging Face cache; "
+                          f"{OFFLINE_FIX}")
+    from huggingface_hub import constants
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    except Exception as e:
+        raise ConfigError(f"{what}: {reason} and loading from the local cache failed "
+                          f"({type(e).__name__}: {str(e)[:160]}); {OFFLINE_FIX}") from None
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def create_gsclip(base: str | None = None, pretrained: str | os.PathLike | None = None,
