@@ -78,17 +78,53 @@ def build_parser():
 
 
 def _count_samples(urls) -> int:
+    """Samples in the shards (a damaged shard counts those before the damage)."""
     import tarfile
+    from gaussianvision.data.shards import read_samples
     n = 0
     for u in urls:
-        keys = set()
-        with tarfile.open(u, "r|*") as tf:
-            for m in tf:
-                if m.isfile():
-                    base = m.name.rpartition("/")[2]
-                    keys.add(m.name.rpartition("/")[0] + "/" + base.partition(".")[0])
-        n += len(keys)
+        try:
+            for _ in read_samples(u):
+                n += 1
+        except (tarfile.TarError, OSError, EOFError, ValueError):
+            pass  # the reader names the shard when training reaches it
     return n
+
+
+# option: (smallest allowed value, whether the smallest is allowed); NaN and infinities never are
+_LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "lr": (0, False),
+           "min_lr": (0, True), "warmup": (0, True), "weight_decay": (0, True), "accum": (1, True),
+           "grad_clip": (0, True), "keep": (0, True), "log_every": (1, True), "save_every": (0, True),
+           "stop_after": (1, True), "shuffle_buffer": (1, True), "token_weight": (0, True),
+           "lock_text_steps": (0, True), "word_loss": (0, True), "hflip": (0, True), "mirror_pairs": (0, True)}
+_AT_MOST_ONE = ("hflip", "mirror_pairs")
+
+
+def _check_options(args) -> None:
+    """CliError naming the first numeric option out of range, or an unusable --device."""
+    for name, (low, closed) in _LIMITS.items():
+        v = getattr(args, name)
+        if v is None:
+            continue
+        ok = math.isfinite(v) and (v >= low if closed else v > low) and (name not in _AT_MOST_ONE or v <= 1)
+        if not ok:
+            rng = f">= {low}" if closed else f"> {low}"
+            rng += " and <= 1" if name in _AT_MOST_ONE else ""
+            raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
+    _check_device(args.device)
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+    if device is None or device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CliError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _run(args) -> int:
@@ -99,6 +135,7 @@ def _run(args) -> int:
     from gaussianvision.train.setup import build_task
     if args.steps is None and args.epochs is None:
         raise CliError("give --steps N or --epochs E")
+    _check_options(args)
     if args.stage != "2" and (args.init_from or args.unfreeze):
         raise CliError("--init-from and --unfreeze apply to --stage 2")
     info = init_distributed(args.device)
@@ -131,7 +168,7 @@ def _run(args) -> int:
             try:
                 samples = [x for u in source.shards for x in source.read_shard(u)]
                 source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
-                                             world_size=info.world_size)
+                                             world_size=info.world_size, skipped=source.skipped())
             except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
             if args.epochs is not None:
@@ -156,7 +193,7 @@ def _run(args) -> int:
             summary["first_loss"] = losses[0] if losses else None
             emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
                                            f"loss {summary['first_loss']} -> {summary['final_loss']}; "
-                                           f"checkpoint {summary['checkpoint']}")
+                                           f"checkpoint {summary['checkpoint']}" + _skipped_note(summary))
         return 0
     finally:
         cleanup(info)
@@ -177,3 +214,8 @@ def _word_boost(items: list[str]) -> dict[str, float]:
         except ValueError:
             raise CliError(f"--word-boost {item!r}: FACTOR must be a number, e.g. left=4") from None
     return out
+
+
+def _skipped_note(summary: dict) -> str:
+    n, d = summary.get("skipped_samples", 0), summary.get("damaged_shards", 0)
+    return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage" if n or d else ""

@@ -9,6 +9,8 @@ A sample becomes {"splats": Splats (one image), "image": [3, S, S] in [0, 1], "t
 from __future__ import annotations
 
 import os
+import sys
+import tarfile
 from pathlib import Path
 
 import torch
@@ -37,6 +39,8 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None) -> d
                 raise DataError(f"sample {out['key']} of {raw.get('__shard__')}: no .gsv member "
                                 "(give splat shards written by `gsv convert`)")
             out["splats"] = decode(raw["gsv"], name=out["key"])
+            if out["splats"].batch_size != 1:  # a multi-image .gsv is not one training sample
+                return None
         if "image" in need:
             ext = next((e for e in IMAGE_EXTS if e in raw), None)
             if ext is None:
@@ -69,15 +73,41 @@ def collate(items: list[dict]) -> dict:
 
 
 class _ShardReader:
+    """url -> decoded samples. A damaged shard (cut, garbled) ends at the damage, keeping the samples
+    before it; an undecodable sample is skipped. Both are counted (see `skipped`) and each damaged
+    shard is named once on stderr."""
+
     def __init__(self, need, image_size):
         self.need, self.image_size = need, image_size
+        self.bad_samples: set[tuple[str, str]] = set()
+        self.damaged: dict[str, str] = {}
 
     def __call__(self, url):
         from gaussianvision.data.shards import read_samples
-        for raw in read_samples(url):
+        raws = read_samples(url)
+        while True:
+            try:
+                raw = next(raws, None)
+            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+                self._damage(url, e)
+                return
+            if raw is None:
+                return
             s = decode_sample(raw, self.need, self.image_size)
-            if s is not None:
+            if s is None:
+                self.bad_samples.add((str(url), str(raw.get("__key__", ""))))
+            else:
                 yield s
+
+    def _damage(self, url, e) -> None:
+        if url not in self.damaged:
+            self.damaged[url] = f"{type(e).__name__}: {e}"
+            print(f"gsv train: warning: shard {url} is damaged ({self.damaged[url]}); "
+                  "its samples before the damage are used", file=sys.stderr)
+
+    def skipped(self) -> dict:
+        """{"skipped_samples": undecodable samples, "damaged_shards": shards cut short}, distinct."""
+        return {"skipped_samples": len(self.bad_samples), "damaged_shards": len(self.damaged)}
 
 
 def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, rank: int = 0,
@@ -92,6 +122,10 @@ def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, ra
                        world_size=world_size, buffer=buffer)
 
 
-def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-    """Decoded samples held in memory -> an IndexedSource (epochs of known length)."""
-    return IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)
+def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                        skipped: dict | None = None):
+    """Decoded samples held in memory -> an IndexedSource (epochs of known length); `skipped`: the
+    counts of what reading them left out (reported in the training summary)."""
+    src = IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)
+    src.skipped_counts = dict(skipped or {})
+    return src

@@ -280,7 +280,15 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         task.export(out)
     barrier(info)
     return {"steps": step, "total_steps": total, "losses": losses, "final_loss": losses[-1] if losses else None,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "epoch": epoch, "position": position}
+            "checkpoint": str(last_ckpt) if last_ckpt else None, "epoch": epoch, "position": position,
+            **_skipped(source, info)}
+
+
+def _skipped(source, info: DistInfo) -> dict:
+    """The source's counts of left-out samples and damaged shards, summed over ranks."""
+    counts = source.skipped() if hasattr(source, "skipped") else {}
+    return {k: int(round(all_reduce_mean(float(counts.get(k, 0)), info) * info.world_size))
+            for k in ("skipped_samples", "damaged_shards")}
 
 
 def _check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:

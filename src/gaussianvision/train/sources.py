@@ -43,6 +43,10 @@ class IndexedSource:
         """Micro-batches per epoch (the incomplete last global batch is dropped)."""
         return len(self.dataset) // (self.batch_size * self.world_size)
 
+    def skipped(self) -> dict:
+        """Counts of samples left out when the data was read (set by build_memory_source)."""
+        return dict(getattr(self, "skipped_counts", {}))
+
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.dataset)
         if not self.shuffle:
@@ -75,6 +79,10 @@ class ShardSource:
 
     def __len__(self):  # unknown without reading: epochs end when this rank's shards run out
         raise TypeError("ShardSource has no length")
+
+    def skipped(self) -> dict:
+        """What the shard reader left out so far (damaged shards, undecodable samples), if it counts."""
+        return self.read_shard.skipped() if hasattr(self.read_shard, "skipped") else {}
 
     def _samples(self, epoch: int) -> Iterator[dict]:
         rng = random.Random(epoch_seed(self.seed, epoch, self.rank))
