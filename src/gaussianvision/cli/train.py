@@ -71,7 +71,8 @@ def build_parser():
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps in this run")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--keep", type=int, default=2, help="checkpoints kept (0: all); only steps older than the one just saved are removed")
+    p.add_argument("--keep", type=int, default=2,
+                   help="checkpoints kept (0: all); only steps older than the one just saved are removed")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
