@@ -311,7 +311,11 @@ def _check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
 def _restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
     """Load the newest complete checkpoint of `out` into model, optimizer and scaler; set the RNGs.
     -> (step, epoch, position) of this rank."""
-    state, weights, opt_state = load_checkpoint(out, optimizer=True)
+    try:
+        state, weights, opt_state = load_checkpoint(out, optimizer=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"--resume: {e}; nothing was deleted (to start over, move it away or choose "
+                              "another --out)") from None
     _check_resume(state, config_json, task, info)
     load_trainable(model, weights)
     saved = opt_state["optimizer"]
