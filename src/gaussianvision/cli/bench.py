@@ -14,13 +14,19 @@ SUITES = {
 ALL = ("fit", "load", "codec", "model")
 
 
+def usage() -> str:
+    lines = ["usage: gsv bench SUITE [options]   (gsv bench SUITE --help for each)", "", "suites:"]
+    lines += [f"  {k:<6} {v}" for k, v in SUITES.items()]
+    lines.append(f"  all    {', '.join(ALL)} in turn, each with its defaults; the options given")
+    lines.append("         go to every suite (e.g. --out DIR)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: gsv bench SUITE [options]\n\nsuites:")
-        for k, v in SUITES.items():
-            print(f"  {k:<6} {v}")
-        print(f"  all    {', '.join(ALL)} with their defaults (--out DIR)")
+    help_all = argv[:1] == ["all"] and any(a in ("-h", "--help") for a in argv[1:])
+    if not argv or argv[0] in ("-h", "--help") or help_all:
+        print(usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name == "all":

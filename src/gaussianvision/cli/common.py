@@ -2,22 +2,64 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
-__all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run"]
+__all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run", "json_error", "HelpFormatter"]
 
 
 class CliError(Exception):
     """A user-facing error: printed as 'gsv CMD: message', exit code 2."""
 
 
-def parser(cmd: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"gsv {cmd}", description=description)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help line (unless the help names it already); the line
+    breaks of descriptions and epilogs are kept (each line still wraps to the terminal)."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent,
+                                        subsequent_indent=indent + " " * (len(line) - len(line.lstrip())))
+                         for line in textwrap.dedent(text).splitlines())
+
+    def _format_action(self, action):
+        d = action.default
+        shown = (action.option_strings and d is not None and d is not False and d != []
+                 and d is not argparse.SUPPRESS and action.help is not argparse.SUPPRESS
+                 and "default" not in (action.help or "").lower())
+        if shown:
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+        return super()._format_action(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser; with --json among the arguments, an option error is JSON on stdout."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        if "--json" in getattr(self, "_argv", ()):
+            json_error(self.prog, message)
+            self.exit(2)
+        super().error(message)
+
+
+def parser(cmd: str, description: str, **kwargs) -> ArgumentParser:
+    p = ArgumentParser(prog=f"gsv {cmd}", description=description, formatter_class=HelpFormatter, **kwargs)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     return p
+
+
+def json_error(command: str, message: str) -> None:
+    """The error of a --json run: {"error", "command"} on stdout, the one line on stderr."""
+    print(json.dumps({"error": str(message), "command": command}))
+    print(f"{command}: {message}", file=sys.stderr)
 
 
 def _default(o):
@@ -75,5 +117,8 @@ def run(cmd: str, fn, args) -> int:
     try:
         return int(fn(args) or 0)
     except (CliError, SplatsError, ImageLoadError, FileNotFoundError) as e:
-        print(f"gsv {cmd}: {e}", file=sys.stderr)
+        if getattr(args, "json", False):
+            json_error(f"gsv {cmd}", e)
+        else:
+            print(f"gsv {cmd}: {e}", file=sys.stderr)
         return 2

@@ -11,9 +11,9 @@ COMMANDS = {
     "show": ("gaussianvision.cli.show", "picture of the Gaussians as ellipses beside the render"),
     "convert": ("gaussianvision.cli.convert", "convert image-text shards to splat shards"),
     "model": ("gaussianvision.cli.model", "GS-CLIP model information"),
-    "train": ("gaussianvision.cli.train", "train the GS encoder (stage 1 or 2)"),
+    "train": ("gaussianvision.cli.train", "train the GS encoder or an RGB CLIP (stage 1, 2 or rgb)"),
     "eval": ("gaussianvision.cli.eval", "zero-shot evaluation, RGB vs GS"),
-    "bench": ("gaussianvision.cli.bench", "benchmarks: fit, load, codec, model"),
+    "bench": ("gaussianvision.cli.bench", "benchmarks: fit, load, codec, model, gpu"),
     "demo": ("gaussianvision.cli.demo", "the whole pipeline on bundled data"),
 }
 

@@ -1,9 +1,7 @@
 """gsv model info CONFIG: parameter counts of a GS-CLIP model (total, trainable, by part)."""
 from __future__ import annotations
 
-import argparse
-
-from .common import CliError, emit, run
+from .common import ArgumentParser, CliError, HelpFormatter, emit, run
 
 
 def describe(config: str, base: str | None) -> dict:
@@ -39,9 +37,12 @@ def table(rep: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="gsv model", description="GS-CLIP model information.")
-    sub = p.add_subparsers(dest="action", required=True)
-    info = sub.add_parser("info", help="parameter table: total, trainable, by part")
+    p = ArgumentParser(prog="gsv model", description="GS-CLIP model information.", formatter_class=HelpFormatter,
+                       epilog="example:\n  gsv model info gs-196 --json")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = sub.add_parser("info", help="parameter table: total, trainable, by part", formatter_class=HelpFormatter,
+                          description="Parameter table of a GS-CLIP model (total, trainable, by part); "
+                                      "shapes only: no weights are loaded, nothing is downloaded.")
     info.add_argument("config", help="shipped config name (gs-196, gs-98, gs-tiny), JSON path or .safetensors checkpoint")
     info.add_argument("--base", default=None, help="OpenCLIP base (default: the config's)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
