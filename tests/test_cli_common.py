@@ -92,3 +92,9 @@ def test_plain_errors_stay_plain(tmp_path, capsys):
     assert gsv(["info", str(tmp_path / "bad.gsv")]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith("gsv info: ")
+
+
+def test_json_error_for_unknown_command_suite_and_evaluation(capsys):
+    assert "frobnicate" in _json_error(capsys, ["frobnicate", "--json"], "gsv")
+    assert "nosuch" in _json_error(capsys, ["bench", "nosuch", "--json"], "gsv bench")
+    assert "nosuch" in _json_error(capsys, ["eval", "nosuch", "--json"], "gsv eval")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .common import fail
+
 SUITES = {
     "fit": "fitting speed and quality (PSNR vs iterations, pruning, Kodak)",
     "load": "data loading throughput, splat shards vs JPEG shards",
@@ -35,13 +37,11 @@ def main(argv=None) -> int:
             rc |= main([suite, *rest])
         return rc
     if name not in SUITES:
-        print(f"gsv bench: unknown suite {name!r}; choose from {', '.join(SUITES)} or all", file=sys.stderr)
-        return 2
+        return fail("gsv bench", f"unknown suite {name!r}; choose from {', '.join(SUITES)} or all", rest)
     try:
         module = importlib.import_module(f"gaussianvision.cli.bench_{name}")
     except ModuleNotFoundError as e:
         if e.name == f"gaussianvision.cli.bench_{name}":
-            print(f"gsv bench {name}: not available in this version", file=sys.stderr)
-            return 2
+            return fail(f"gsv bench {name}", "not available in this version", rest)
         raise
     return int(module.main(rest) or 0)

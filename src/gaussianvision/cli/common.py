@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-__all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run", "json_error", "HelpFormatter"]
+__all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run", "json_error", "fail", "HelpFormatter"]
 
 
 class CliError(Exception):
@@ -60,6 +60,15 @@ def json_error(command: str, message: str) -> None:
     """The error of a --json run: {"error", "command"} on stdout, the one line on stderr."""
     print(json.dumps({"error": str(message), "command": command}))
     print(f"{command}: {message}", file=sys.stderr)
+
+
+def fail(command: str, message: str, argv) -> int:
+    """Report an error before the options are parsed (JSON when --json is among argv); 2."""
+    if "--json" in argv:
+        json_error(command, message)
+    else:
+        print(f"{command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _default(o):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import CliError, emit, fit_option, parser, run
+from .common import CliError, emit, fail, fit_option, parser, run
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -110,7 +110,6 @@ def main(argv=None) -> int:
         print(HELP, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] != "zeroshot":
-        print(f"gsv eval: unknown evaluation {argv[0]!r} (available: zeroshot)", file=sys.stderr)
-        return 2
+        return fail("gsv eval", f"unknown evaluation {argv[0]!r} (available: zeroshot)", argv)
     args = build_parser().parse_args(argv[1:])
     return run("eval", _run, args)

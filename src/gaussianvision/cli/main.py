@@ -34,15 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
+    from .common import fail
     if name not in COMMANDS:
-        print(f"gsv: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return fail("gsv", f"unknown command {name!r}; choose from {', '.join(COMMANDS)} (gsv --help)", rest)
     try:
         module = importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as e:
         if e.name == COMMANDS[name][0]:
-            print(f"gsv {name}: not available in this version", file=sys.stderr)
-            return 2
+            return fail(f"gsv {name}", "not available in this version", rest)
         raise
     return int(module.main(rest) or 0)
 
