@@ -196,7 +196,7 @@ class _Converter:
             sh = _Shard(unit)
             pos_batch, img_batch = [], []
             for pos, raw in enumerate(iter_unit(unit)):
-                if raw.key == "":
+                if raw.whole_shard:
                     sh.shard_errors.append(raw.error)
                     continue
                 sh.inputs += 1

@@ -19,7 +19,9 @@ buffer of `buffer` samples. For DDP, give every rank the same number of shards o
 (convert's shards are) or use drop_last, so ranks see equal batch counts.
 
 A sample that does not decode is skipped with a warning (on_error="raise" to stop instead);
-so is the rest of a truncated shard.
+so is the rest of a truncated or corrupt shard (the samples before the damage are kept), and a
+member the reader did not read (a link, a device) is warned about; `problems` counts the
+warnings of this process.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class SplatShards(IterableDataset):
         self.shuffle, self.buffer, self.with_images = shuffle, max(1, buffer), with_images
         self.seed, self.epoch, self.on_error = seed, epoch, on_error
         self.rank, self.world_size = rank, world_size
+        self.problems = 0  # problems reported (warned) so far in this process: samples skipped, shards cut short
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -86,15 +89,19 @@ class SplatShards(IterableDataset):
         return order[rank * nw + wid:: slots]
 
     def _problem(self, msg: str) -> None:
+        self.problems += 1
         if self.on_error == "raise":
             raise FormatError(msg)
         warnings.warn(msg)
 
     def _decode(self, raw: dict) -> dict | None:
         where = f"{raw['__shard__']}:{raw['__key__']}"
+        skipped = "; ".join(raw.get("__skipped__", ()))
         if "gsv" not in raw:
-            self._problem(f"{where}: sample has no .gsv member")
+            self._problem(f"{where}: sample has no .gsv member" + (f" ({skipped})" if skipped else ""))
             return None
+        if skipped:  # kept: its .gsv is whole; what it lost is said
+            self._problem(f"{where}: {skipped}")
         try:
             splats = _decode_one(raw["gsv"], where)
         except FormatError as e:

@@ -5,17 +5,37 @@ same samples give the same bytes; it writes to a temporary name beside `path` an
 `close()` (a killed run leaves only a `.tmp` file, never a half shard under the final name).
 
 `read_samples(path)` yields dicts {"__key__": key, ext: bytes, ...} grouped by key the way
-webdataset does (consecutive members sharing the part of the name before the first dot).
+webdataset does (consecutive members sharing the part of the name before the first dot). It is
+the project's one tar reader (`iter_members` below it): plain USTAR/pax/GNU tars, also gzip,
+bzip2 or xz compressed; a damaged shard gives the samples before the damage, then raises
+ShardDamage (a tarfile.ReadError) naming where and what was lost; links, devices and other
+non-files are not read and are listed per sample in "__skipped__". It never hangs: every
+header moves forward, and memory stays bounded by the shard's size.
+
+Sample keys written by ShardWriter are plain names (`check_key`: no '/', '..', absolute paths,
+NUL, newlines or dots), so no member of our output can name a path outside its folder.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import io
+import lzma
 import os
+import re
 import tarfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["ShardWriter", "read_samples", "tmp_name", "shuffle_buffer"]
+__all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "iter_members", "check_key", "split_member",
+           "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES"]
+
+MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is skipped without reading it
+_META_LIMIT = 1 << 20  # pax / GNU long-name entries
+_MAX_KEY_BYTES = 90  # key + '.' + extension must fit a USTAR name (100 bytes)
 
 
 def tmp_name(path: Path) -> Path:
@@ -34,8 +54,9 @@ class ShardWriter:
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
         """One sample: fields maps extension ('gsv', 'txt', 'json', ...) to bytes."""
-        if "." in key.rpartition("/")[2] or not key:
-            raise ValueError(f"sample key {key!r}: must be non-empty without a dot in its last component")
+        bad = check_key(key)
+        if bad:
+            raise ValueError(f"{bad}: cannot name members of {self.path}")
         for ext, data in fields.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
@@ -81,6 +102,26 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext
 
 
+split_member = _split_member
+
+
+def check_key(key: str) -> str | None:
+    """Why `key` cannot name the members of an output shard, or None when it can: a key is one
+    plain name (no '/' or '\\', hence no '..' and no absolute path), without dots, control
+    characters (NUL, newline, ...), and short enough for a USTAR member name."""
+    if not key:
+        return "empty sample key"
+    if "/" in key or "\\" in key:
+        return f"sample key {key!r} holds a path separator (keys must be plain names)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return f"sample key {key!r} holds a control character (NUL, newline, ...)"
+    if "." in key:
+        return f"sample key {key!r} holds a dot"
+    if len(key.encode("utf-8", "surrogateescape")) > _MAX_KEY_BYTES:
+        return f"sample key of {len(key.encode('utf-8', 'surrogateescape'))} bytes (limit {_MAX_KEY_BYTES})"
+    return None
+
+
 def shuffle_buffer(items, size: int, rng):
     """Yield `items` mixed through a buffer of `size` (webdataset-style): once the buffer is full,
     each new item swaps with a random buffered one, which is yielded; the rest come out shuffled.
@@ -97,71 +138,204 @@ def shuffle_buffer(items, size: int, rng):
     yield from buf
 
 
-def _fast_members(data: bytes) -> tuple[list[tuple[str, int, int]], Exception | None] | None:
-    """(name, data offset, size) of the regular files of a plain USTAR tar, parsed directly
-    (several times faster than tarfile for small members); None when the tar uses features
-    this parser leaves to tarfile (pax/GNU long names, links, ...). A damaged tar gives the
-    members before the damage and the error to raise after them."""
-    out, pos, n = [], 0, len(data)
-    while pos + 512 <= n:
-        hdr = data[pos: pos + 512]
-        if hdr.count(0) == 512:
-            return out, None  # end-of-archive marker
-        if hdr[257:262] != b"ustar":
-            return None
+class ShardDamage(tarfile.ReadError):
+    """A tar shard is damaged (truncated, corrupt header, bad compressed stream) from some point
+    on; the members before that point are good. `member`: the member whose data was cut (None
+    when the damage is in a header)."""
+
+    def __init__(self, message: str, member: str | None = None):
+        super().__init__(message)
+        self.member = member
+
+
+@dataclass
+class Member:
+    """One tar entry: `data` holds a regular file's bytes; entries that are not read (links,
+    devices, directories with data, members over the size limit) have data None and `skipped`
+    saying why."""
+    name: str
+    data: bytes | None
+    skipped: str | None = None
+
+
+_OCTAL = re.compile(rb" *([0-7]*)[ \0]*")
+_NOT_FILES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
+              b"5": "directory", b"6": "fifo"}
+_META = (b"x", b"g", b"L", b"K")
+_COMPRESSED = {b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+               b"BZh": ("bzip2", bz2.BZ2File), b"\xfd7zXZ": ("xz", lzma.LZMAFile)}
+
+
+def _number(field: bytes, what: str, pos: int) -> int:
+    """A header number: octal digits (NUL/space padded) or GNU base-256 (positive only)."""
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    m = _OCTAL.fullmatch(field)
+    if m is None:
+        raise ShardDamage(f"corrupt tar header at byte {pos} ({what} field {bytes(field)!r})")
+    return int(m.group(1) or b"0", 8)
+
+
+def _parse_header(hdr: bytes, pos: int) -> tuple[bytes, str, int]:
+    """A 512-byte header -> (type flag, name, size), or ShardDamage."""
+    if hdr[257:262] != b"ustar":
+        raise ShardDamage(f"corrupt tar header at byte {pos} (not a USTAR/POSIX header)")
+    chk = _number(hdr[148:156], "checksum", pos)
+    unsigned = sum(hdr[:148]) + 256 + sum(hdr[156:])
+    signed = unsigned - 2 * sum(b for b in hdr[:148] + hdr[156:] if b >= 128)
+    if chk not in (unsigned, signed):
+        raise ShardDamage(f"bad tar header checksum at byte {pos}")
+    size = _number(hdr[124:136], "size", pos)
+    name = hdr[:100].split(b"\0", 1)[0]
+    prefix = hdr[345:500].split(b"\0", 1)[0] if hdr[257:263] == b"ustar\0" else b""
+    name = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+    kind = hdr[156:157]
+    if kind == b"\0" and name.endswith("/"):
+        kind = b"5"
+    return kind, name, size
+
+
+def _pax(data: bytes, pos: int) -> dict[str, str]:
+    """Records 'LEN key=value\\n' of a pax extended header."""
+    out, i = {}, 0
+    while i < len(data) and data[i:i + 1] != b"\0":
+        sp = data.find(b" ", i, i + 20)
+        length = int(data[i:sp]) if sp > i and data[i:sp].isdigit() else 0
+        rec = data[sp + 1: i + length]
+        if length <= 0 or i + length > len(data) or not rec.endswith(b"\n") or b"=" not in rec:
+            raise ShardDamage(f"corrupt pax header at byte {pos}")
+        k, _, v = rec[:-1].partition(b"=")
+        out[k.decode("utf-8", "replace")] = v.decode("utf-8", "surrogateescape")
+        i += length
+    return out
+
+
+class _Stream:
+    """Reads of a (possibly compressed) tar stream with its position; read errors of the
+    stream (a cut or corrupt compressed stream, an I/O error) become ShardDamage."""
+
+    def __init__(self, f):
+        head = f.read(6)
+        f.seek(0)
+        self.kind, opener = next((c for magic, c in _COMPRESSED.items() if head.startswith(magic)), ("", None))
+        self.f = opener(f) if opener else f
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
         try:
-            chk = int(hdr[148:156].rstrip(b"\0 ").decode() or "0", 8)
-            size = int(hdr[124:136].rstrip(b"\0 ").decode() or "0", 8)
-        except ValueError:
-            return out, tarfile.ReadError(f"corrupt tar header at byte {pos}")
-        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-            return out, tarfile.ReadError(f"bad tar header checksum at byte {pos}")
-        kind = hdr[156:157]
-        if kind not in (b"0", b"\0"):
-            return None
-        name = hdr[:100].split(b"\0", 1)[0]
-        prefix = hdr[345:500].split(b"\0", 1)[0]
-        name = (prefix + b"/" + name if prefix else name).decode("utf-8", errors="replace")
-        if pos + 512 + size > n:
-            return out, tarfile.ReadError(f"unexpected end of data in member {name}")
-        out.append((name, pos + 512, size))
-        pos += 512 + (size + 511) // 512 * 512
-    return out, tarfile.ReadError("tar ends without its end-of-archive marker (truncated)")
+            data = self.f.read(n)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            what = f"{self.kind} stream is cut or corrupt" if self.kind else "read error"
+            raise ShardDamage(f"{what} at tar byte {self.pos} ({e})") from None
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> int:
+        """Skip n bytes in bounded chunks; the number skipped (less at the end of the data)."""
+        left = n
+        while left > 0:
+            got = len(self.read(min(left, 1 << 20)))
+            if got == 0:
+                break
+            left -= got
+        return n - left
+
+
+def iter_members(f, max_member: int = MAX_MEMBER_BYTES) -> Iterator[Member]:
+    """The entries of the tar stream `f` (a binary file object, seekable; plain, gzip, bzip2 or
+    xz), in order. Empty directory entries and pax/GNU metadata are consumed, not yielded.
+    Damage raises ShardDamage after the members before it; time and memory stay bounded by
+    the stream's length (a member is read only when its data is there, and at most
+    `max_member` bytes of it)."""
+    s = _Stream(f)
+    ext: dict[str, str] = {}
+    while True:
+        pos = s.pos
+        hdr = s.read(512)
+        if len(hdr) < 512:
+            where = "inside a member header" if hdr else "at a member boundary"
+            raise ShardDamage(f"tar ends {where} at byte {s.pos}: no end-of-archive marker (truncated)")
+        if hdr.count(0) == 512:
+            return
+        kind, name, size = _parse_header(hdr, pos)
+        name, size = ext.pop("path", name), _pax_size(ext.pop("size", None), size, pos)
+        ext.clear()
+        data = _member_data(s, name, size, kind, max_member)
+        if kind in _META:
+            ext = _metadata(kind, name, data, pos)
+        elif kind in (b"0", b"\0", b"7"):
+            yield Member(name, data) if data is not None else Member(
+                name, None, f"member {name} is {size} bytes (limit {max_member}), not read")
+        elif kind == b"5" and size == 0:
+            continue
+        else:
+            what = _NOT_FILES.get(kind, f"member of unsupported type {kind!r}")
+            yield Member(name, None, f"member {name} is a {what}, not a regular file: not read")
+
+
+def _metadata(kind: bytes, name: str, data: bytes, pos: int) -> dict[str, str]:
+    """The overrides a pax ('x'; 'g' is checked, then ignored) or GNU long-name ('L'; 'K', the
+    long link name, is ignored) entry gives the next member."""
+    if kind in (b"L", b"K"):
+        if name != "././@LongLink":
+            raise ShardDamage(f"corrupt tar header at byte {pos} (GNU long-name entry named {name!r})")
+        return {"path": data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")} if kind == b"L" else {}
+    records = _pax(data, pos)
+    return records if kind == b"x" else {}
+
+
+def _pax_size(value: str | None, size: int, pos: int) -> int:
+    if value is None:
+        return size
+    if not value.isdigit():
+        raise ShardDamage(f"corrupt pax header at byte {pos} (size {value!r})")
+    return int(value)
+
+
+def _member_data(s: _Stream, name: str, size: int, kind: bytes, max_member: int) -> bytes | None:
+    """A member's data (None: skipped, over the limit or not a file) and its block padding."""
+    read = kind in (b"0", b"\0", b"7") + _META and size <= (_META_LIMIT if kind in _META else max_member)
+    if not read and kind in _META:
+        raise ShardDamage(f"tar metadata entry of {size} bytes at byte {s.pos - 512} (limit {_META_LIMIT})")
+    data = s.read(size) if read else None
+    got = len(data) if read else s.skip(size)
+    if got < size or s.skip(-size % 512) < -size % 512:
+        raise ShardDamage(f"unexpected end of data in member {name} at byte {s.pos} (truncated)", name)
+    return data
+
+
+def _open(path, fileobj):
+    return contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")
 
 
 def read_samples(path: str | os.PathLike, fileobj=None) -> Iterator[dict]:
-    """Samples of one tar shard, in order, as {"__key__", "__shard__", ext: bytes}."""
-    name = str(path)
-    if fileobj is None:
-        with open(name, "rb") as f:
-            data = f.read()
-        parsed = _fast_members(data)
-        if parsed is not None:
-            members, err = parsed
-            cur: dict | None = None
-            for mname, off, size in members:
-                key, ext = _split_member(mname)
+    """Samples of one tar shard, in order, as {"__key__", "__shard__", ext: bytes}; members that
+    were not read (links, devices, oversize) are listed in the sample's "__skipped__". A damaged
+    shard raises ShardDamage (a tarfile.ReadError) after the complete samples before the damage,
+    its message naming the first sample lost."""
+    name, cur = str(path), None
+    with _open(path, fileobj) as f:
+        try:
+            for m in iter_members(f):
+                key, ext = _split_member(m.name)
                 if cur is None or cur["__key__"] != key:
                     if cur is not None:
                         yield cur
                     cur = {"__key__": key, "__shard__": name}
-                cur[ext] = data[off: off + size]
-            if cur is not None and err is None:
-                yield cur  # with an error, the last sample may be missing members: dropped
-            if err is not None:
-                raise err
-            return
-        fileobj = io.BytesIO(data)
-    cur: dict | None = None
-    with tarfile.open(name if fileobj is None else None, "r|*", fileobj=fileobj) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, ext = _split_member(m.name)
-            if cur is None or cur["__key__"] != key:
+                if m.data is None:
+                    cur.setdefault("__skipped__", []).append(m.skipped)
+                else:
+                    cur[ext] = m.data
+        except ShardDamage as e:
+            cut = None if e.member is None else _split_member(e.member)[0]
+            if cur is None or cut not in (None, cur["__key__"]):
+                lost = "the whole shard is lost" if cur is None else f"the samples from {cut!r} on are lost"
                 if cur is not None:
                     yield cur
-                cur = {"__key__": key, "__shard__": name}
-            cur[ext] = tf.extractfile(m).read()
+                raise ShardDamage(f"{name}: {e}; {lost}", e.member) from None
+            cur.setdefault("__skipped__", []).append(f"the shard is damaged after this sample's last member read "
+                                                     f"({e}): any later member of it is lost")
+            yield cur
+            raise ShardDamage(f"{name}: {e}; the samples after {cur['__key__']!r} are lost", e.member) from None
     if cur is not None:
         yield cur

@@ -11,26 +11,28 @@ k depends only on the input order (what makes conversion resumable and splittabl
     input tar, keeping the input keys.
 
 `iter_unit(unit)` yields `RawSample(key, source, image_bytes | None, image_ext, caption | None,
-meta | None, error | None)`; a problem with one sample (or a truncated tar) is reported in
-`error` and iteration goes on.
+meta | None, error | None)`; a problem with one sample is reported in `error` and iteration goes
+on; a problem of the shard itself (truncated or corrupt; a member ignored) comes as a RawSample
+with `whole_shard` set. Tars are read by the project's one tar reader (shards.iter_members:
+plain, gzip, bzip2 or xz). A sample key must be a plain name (shards.check_key): a key with '/',
+'..', an absolute path, NUL, a newline, or an empty key (a member named '.jpg') makes its sample
+fail with the reason, so no output member can name a path outside its folder.
 """
 from __future__ import annotations
 
 import glob
 import json
-import os
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from .images import IMAGE_EXTENSIONS
+from .shards import MAX_MEMBER_BYTES, Member, ShardDamage, check_key, iter_members, split_member
 
 __all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
 
 IMAGE_EXTS = tuple(e.lstrip(".") for e in sorted(IMAGE_EXTENSIONS))
-MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is refused without reading it
 
 
 class SourceError(ValueError):
@@ -56,6 +58,7 @@ class RawSample:
     meta: dict | None = None
     error: str | None = None
     extras: list[str] = field(default_factory=list)
+    whole_shard: bool = False  # not a sample: a problem of the shard itself (in error)
 
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -134,16 +137,13 @@ def _iter_files(unit: Unit) -> Iterator[RawSample]:
         yield s
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is everything up to the first dot of the basename."""
-    d, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return (f"{d}/{stem}" if d else stem), ext.lower()
-
-
 def _finish(group: dict, key: str, shard: str) -> RawSample:
     s = RawSample(key, f"{shard}:{key}")
     errors = group.pop("__errors__", [])
+    names = group.pop("__members__", [])
+    bad_key = check_key(key)
+    if bad_key:  # refused: such a key would name output members outside their folder
+        errors.insert(0, f"{bad_key} (member{'s' if len(names) > 1 else ''} {', '.join(names)})")
     for ext in IMAGE_EXTS:
         if ext in group:
             s.image, s.image_ext = group.pop(ext), ext
@@ -165,50 +165,57 @@ def _finish(group: dict, key: str, shard: str) -> RawSample:
     return s
 
 
+def _shard_note(shard: str, text: str) -> RawSample:
+    return RawSample("", shard, error=text, whole_shard=True)
+
+
+def _add(group: dict, m: Member, ext: str) -> None:
+    """One member into its sample's group; problems go to the group's errors."""
+    group.setdefault("__members__", []).append(m.name)
+    if m.data is None:
+        group.setdefault("__errors__", []).append(m.skipped)
+    elif ext in group:
+        group.setdefault("__errors__", []).append(f"member {m.name} appears twice")
+    else:
+        group[ext] = m.data
+
+
 def _iter_tar(unit: Unit) -> Iterator[RawSample]:
     shard = unit.paths[0]
     key, group = None, {}
     seen: set[str] = set()
     try:
-        with tarfile.open(shard, "r|*") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                k, ext = _split_name(m.name)
+        with open(shard, "rb") as f:
+            for m in iter_members(f, MAX_MEMBER_BYTES):
+                k, ext = split_member(m.name)
                 if k.startswith("__") or not ext:
+                    yield _shard_note(shard, f"member {m.name!r} ignored (no extension, or a reserved __ name)")
                     continue
                 if k != key:
                     if key is not None:
                         yield _finish(group, key, shard)
-                    if k in seen:
-                        # webdataset groups by runs of one key: a reappearing key is a new sample
-                        # that would duplicate the first one downstream, so it is refused
-                        key, group = k, {"__errors__": ["duplicate key: appears twice in the shard"]}
-                    else:
-                        key, group = k, {}
+                    # webdataset groups by runs of one key: a reappearing key is a new sample
+                    # that would duplicate the first one downstream, so it is refused
+                    group = {"__errors__": ["duplicate key: appears twice in the shard"]} if k in seen else {}
+                    key = k
                     seen.add(k)
-                if m.size > MAX_MEMBER_BYTES:
-                    group.setdefault("__errors__", []).append(
-                        f"member {m.name} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
-                    continue
-                if ext in group:
-                    group.setdefault("__errors__", []).append(f"member {m.name} appears twice")
-                    continue
-                f = tf.extractfile(m)
-                group[ext] = f.read() if f is not None else b""
-            end = tf.offset
-    except (tarfile.TarError, OSError, EOFError) as e:
-        if key is not None:
+                _add(group, m, ext.lower())
+    except (ShardDamage, OSError) as e:
+        member = getattr(e, "member", None)  # None: the damage is in a header
+        cut = split_member(member)[0] if member else None
+        if key is not None and cut != key:
+            yield _finish(group, key, shard)  # its members are whole
+        if cut is not None:  # the sample whose member was cut fails
+            if cut != key:
+                group = {"__members__": [member]}
+                seen.add(cut)
             group.setdefault("__errors__", []).append(f"tar shard ends inside this sample ({e})")
-            yield _finish(group, key, shard)
-        yield RawSample("", shard, error=f"tar shard is truncated or corrupt after {len(seen)} samples ({e})")
+            yield _finish(group, cut, shard)
+        yield _shard_note(shard, f"tar shard is truncated or corrupt after {len(seen)} samples ({e}); "
+                                 f"samples after the damage are lost")
         return
     if key is not None:
         yield _finish(group, key, shard)
-    # tarfile ends quietly at a cut-off header; a complete tar has its 1024-byte end marker
-    if os.path.getsize(shard) < end + 1024:
-        yield RawSample("", shard, error=f"tar shard is truncated (no end-of-archive marker after "
-                                         f"{len(seen)} samples); samples after the cut are lost")
 
 
 def iter_unit(unit: Unit) -> Iterator[RawSample]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
 # the world's shards use the project's one deterministic, atomic tar writer
 from ..shards import ShardWriter as TarShardWriter
+from ..shards import read_samples
 
 __all__ = ["TarShardWriter", "iter_tar", "file_sha256", "write_text_atomic"]
 
@@ -37,21 +37,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def iter_tar(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {ext: bytes}) per sample, grouping consecutive members by key as webdataset
-    does (the key is everything before the first '.' of the member's base name)."""
-    key, cur = None, {}
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            base = os.path.basename(m.name)
-            k, _, ext = base.partition(".")
-            if k != key and cur:
-                yield key, cur
-                cur = {}
-            key = k
-            cur[ext] = tar.extractfile(m).read()
-    if cur:
-        yield key, cur
+    does (the key is everything before the first '.' of the member's base name); read by the
+    project's one tar reader (a damaged tar raises after the samples before the damage)."""
+    for raw in read_samples(path):
+        yield raw["__key__"].rpartition("/")[2], {k: v for k, v in raw.items() if not k.startswith("__")}
 
 
 def dumps_json(obj) -> bytes:
