@@ -108,8 +108,59 @@ def test_zstd_bomb_is_refused_before_decompressing():
     body = zstandard.ZstdCompressor().compress(b"\0" * ((n * sum(BITS) + 7) // 8))
     payload = struct.pack("<B8B16f", 1, *BITS, *([0.0, 1.0] * 8)) + body
     head = struct.pack("<4sHHHHIIIII", b"GSVF", 1, 2, 0, 0, 8, 8, 1, n, len(payload))
-    with pytest.raises(FormatError, match="within ratio"):
+    with pytest.raises(FormatError, match="limit"):
         decode(head + payload)
+
+
+def _peak(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    except Exception as e:
+        return e, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _zstd_file(n: int, raw: bytes) -> bytes:
+    import zstandard
+    body = zstandard.ZstdCompressor().compress(raw)
+    payload = struct.pack("<B8B16f", 1, *BITS, *([0.0, 1.0] * 8)) + body
+    return struct.pack("<4sHHHHIIIII", b"GSVF", 1, 2, 0, 0, 8, 8, 1, n, len(payload)) + payload
+
+
+def test_zstd_frame_larger_than_the_header_says_is_refused_without_allocating_it():
+    data = _zstd_file(1000, bytes(64 << 20))  # 2 KB file whose frame claims 64 MB
+    err, peak = _peak(lambda: decode(data, name="z.gsv"))
+    assert isinstance(err, FormatError) and "z.gsv" in str(err) and "more than" in str(err), err
+    assert peak < 4 << 20
+
+
+def test_zstd_body_denser_than_one_gaussian_per_byte_is_refused():
+    n = 100_000
+    raw = bytes(np.where(np.arange(quantized_size(n) - PRE - 73) % 8 == 0, 5, 0).astype(np.uint8))
+    data = _zstd_file(n, raw)  # ~13x compression: 100,000 Gaussians from ~60 KB
+    err, peak = _peak(lambda: decode(data, name="dense.gsv"))
+    assert isinstance(err, FormatError) and "limit" in str(err) and "dense.gsv" in str(err), err
+    assert peak < 1 << 20
+
+
+def test_writer_never_writes_a_zstd_file_the_reader_refuses():
+    s = random_splats(1, 5000, 32, 32, seed=2)
+    s.means[:] = s.means[0, 0]
+    s.chol[:] = s.chol[0, 0]
+    s.colors[:] = s.colors[0, 0]  # identical Gaussians: zstd would shrink the body ~1000x
+    z, raw = encode_quantized(s, zstd=True), encode_quantized(s)
+    assert z == raw  # stored without zstd rather than past the reader's limit
+    t = random_splats(1, 3000, 32, 32, seed=3)
+    assert decode(encode_quantized(t, zstd=True)).means.equal(decode(encode_quantized(t)).means)
+
+
+def test_quantized_decode_memory_is_a_small_multiple_of_the_file():
+    data = encode_quantized(random_splats(1, 100_000, 224, 224, seed=1))
+    s, peak = _peak(lambda: decode(data))
+    assert s.max_gaussians == 100_000 and peak < 10 * len(data)
 
 
 VALID_Z = encode_quantized(random_splats(1, 12, 16, 16, seed=7), zstd=True)

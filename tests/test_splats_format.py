@@ -157,3 +157,71 @@ def test_fuzz_mutated_files(base, flips, cut):
     # whatever decodes is a valid, bounded batch
     s.validate()
     assert s.means.numel() <= len(d)
+
+
+# ---------------------------------------------------------------- bounded memory (issue 18)
+def _sparse_batch(b=1024, n=1024) -> bytes:
+    """A valid float16 file of b images whose count table gives image 0 all n Gaussians."""
+    rows = f16_exact_splats(1, n, 16, 16, seed=2)
+    one = encode(rows)
+    counts = np.zeros(b, dtype="<u4")
+    counts[0] = n
+    head = struct.pack("<4sHHHHIIIII", b"GSVF", 1, 1, 1, 0, 16, 16, b, n, 16 * n)
+    return head + counts.tobytes() + one[fmt.HEADER_SIZE:]
+
+
+def _peak(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    except Exception as e:
+        return e, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_padding_bomb_is_refused_naming_the_limit_before_allocating():
+    data = _sparse_batch()  # 1024 x 1024 padded rows from 1024 stored: 1,000x the Gaussians
+    err, peak = _peak(lambda: decode(data, name="bomb.gsv"))
+    assert isinstance(err, FormatError), err
+    assert "bomb.gsv" in str(err) and "limit" in str(err) and "iter_images" in str(err)
+    assert peak < 4 * len(data) + (1 << 20)
+
+
+def test_sparse_batch_reads_image_by_image_exactly():
+    data = _sparse_batch(b=300, n=40)
+    imgs = list(fmt.iter_images(data))
+    assert len(imgs) == 300 and [t.max_gaussians for t in imgs[:3]] == [40, 0, 0]
+    s = f16_exact_splats(1, 40, 16, 16, seed=2)
+    assert torch.equal(imgs[0].means, s.means) and torch.equal(imgs[0].chol, s.chol)
+    assert torch.equal(imgs[0].colors, s.colors)
+    r = fmt.decode_rows(data)
+    assert r.counts.tolist() == [40] + [0] * 299 and r.rows.shape == (40, 8)
+
+
+def test_legit_batch_padding_is_allowed_and_exact():
+    parts = [f16_exact_splats(1, n, seed=n) for n in (1, 30, 9, 0)]
+    s = Splats.stack(parts)
+    t = decode(encode(s))
+    assert t.counts.tolist() == [1, 30, 9, 0] and t.max_gaussians == 30
+    for i, p in enumerate(parts):
+        assert torch.equal(t[i].means[:, : p.max_gaussians], p.means)
+        assert torch.equal(next(x for k, x in enumerate(fmt.iter_images(encode(s))) if k == i).chol, p.chol)
+
+
+def test_decode_memory_is_a_small_multiple_of_the_file():
+    data = encode(random_splats(1, 100_000, 224, 224, seed=1))
+    s, peak = _peak(lambda: decode(data))
+    assert s.max_gaussians == 100_000 and peak < 6 * len(data)
+
+
+def test_load_reads_no_more_than_the_header_declares(tmp_path):
+    if not Path("/dev/zero").exists():
+        pytest.skip("needs /dev/zero")
+    with pytest.raises(FormatError, match="not a .gsv file"):
+        load("/dev/zero")  # an endless source: only the 32 header bytes are read
+    big = tmp_path / "big.gsv"
+    big.write_bytes(encode(f16_exact_splats()) + bytes(1 << 20))
+    err, peak = _peak(lambda: load(big))
+    assert isinstance(err, FormatError) and "oversized" in str(err) and peak < 1 << 19

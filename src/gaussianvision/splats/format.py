@@ -26,6 +26,12 @@ Reading checks, in this order, and raises FormatError naming the input and the r
 magic, version, known layout/dtype, sizes within limits, header + table + payload length
 equal to the data length (so nothing allocates more than the data justifies), then
 finite values and positive Cholesky diagonals.
+
+Memory stays a small multiple of the file size: `load` reads no more than the header declares;
+the rows take 32 bytes a Gaussian (layout 2 bounds its Gaussians per byte, zstd included);
+`decode` pads a B > 1 file to [B, N_max] only up to PAD_FACTOR x the Gaussians stored (+
+PAD_SLACK rows) and otherwise refuses, naming the limit; `iter_images` reads such a file one
+image at a time and `decode_rows` gives the checked rows without padding (what `gsv info` uses).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +48,8 @@ from .types import Splats, SplatsError
 
 __all__ = [
     "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
-    "encode", "decode", "read_header", "save", "load", "register_layout", "bytes_per_gaussian",
+    "encode", "decode", "decode_rows", "iter_images", "read_header", "read_file", "save", "load",
+    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means", "write_atomic",
 ]
 
 MAGIC = b"GSVF"
@@ -54,6 +61,10 @@ assert _HEADER.size == HEADER_SIZE
 MAX_SIDE = 1 << 16  # pixels
 MAX_IMAGES = 1 << 24
 MAX_GAUSSIANS = 1 << 28
+# B > 1 files decode padded to [B, N_max]: at most PAD_FACTOR x the Gaussians stored (+ PAD_SLACK
+# rows); sparser count tables are refused by `decode` and read by `iter_images` instead
+PAD_FACTOR = 4
+PAD_SLACK = 1 << 16
 
 DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
 DTYPE_IDS = {"float16": 1, "float32": 2}
@@ -162,13 +173,23 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16") 
     return head + table + payload
 
 
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """write(tmp) to a temporary name beside `path`, then rename it to `path`; on any failure
+    the temporary file is removed and the error re-raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save(path: str | os.PathLike, splats: Splats, **kw) -> int:
     """Write splats to `path` atomically (temporary name, then rename). Returns bytes written."""
     data = encode(splats, **kw)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
     return len(data)
 
 
@@ -205,24 +226,31 @@ def read_header(data: bytes | memoryview, name: str = "<bytes>") -> Header:
     return hdr
 
 
-def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.device = "cpu") -> Splats:
-    """bytes -> Splats (float32). B > 1 files come back padded with counts."""
-    view = memoryview(data).cast("B")
-    hdr = read_header(view, name)
-    b = hdr.n_images
-    if b > 1:
-        counts = np.frombuffer(view, dtype="<u4", count=b, offset=HEADER_SIZE).astype(np.int64)
-        if int(counts.sum()) != hdr.n_total:
-            raise FormatError(f"{name}: per-image counts sum to {int(counts.sum())}, header says {hdr.n_total}")
-    else:
-        counts = np.array([hdr.n_total], dtype=np.int64)
-    payload = view[HEADER_SIZE + hdr.table_len:]
+@dataclass(frozen=True)
+class Rows:
+    """A checked file before any padding: header, per-image counts [B] and rows [n_total, 8]."""
+    header: Header
+    counts: np.ndarray  # int64
+    rows: np.ndarray  # float32: x_n, y_n, l11, l21, l22, r, g, b, image after image
+
+
+def _counts(view: memoryview, hdr: Header, name: str) -> np.ndarray:
+    if hdr.n_images == 1:
+        return np.array([hdr.n_total], dtype=np.int64)
+    counts = np.frombuffer(view, dtype="<u4", count=hdr.n_images, offset=HEADER_SIZE).astype(np.int64)
+    if int(counts.sum()) != hdr.n_total:
+        raise FormatError(f"{name}: per-image counts sum to {int(counts.sum())}, header says {hdr.n_total}")
+    return counts
+
+
+def _payload_rows(view: memoryview, hdr: Header, name: str) -> np.ndarray:
+    lay = LAYOUTS[hdr.layout]
     try:
-        rows = LAYOUTS[hdr.layout].decode(payload, hdr.n_total, hdr.dtype)
-    except FormatError:
-        raise
+        rows = lay.decode(view[HEADER_SIZE + hdr.table_len:], hdr.n_total, hdr.dtype)
+    except FormatError as e:
+        raise FormatError(f"{name}: {e}") from None
     except Exception as e:  # a layout's decoder failing on garbage is still a format error
-        raise FormatError(f"{name}: payload does not decode as layout {LAYOUTS[hdr.layout].name!r}: {e}") from e
+        raise FormatError(f"{name}: payload does not decode as layout {lay.name!r}: {e}") from e
     if rows.shape != (hdr.n_total, 8):
         raise FormatError(f"{name}: payload decoded to {rows.shape[0]} rows, header says {hdr.n_total}")
     if not np.isfinite(rows).all():
@@ -231,31 +259,107 @@ def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.
     if (rows[:, [2, 4]] <= 0).any():
         bad = int(np.nonzero((rows[:, [2, 4]] <= 0).any(1))[0][0])
         raise FormatError(f"{name}: Gaussian {bad} has a non-positive Cholesky diagonal")
-    n_max = int(counts.max(initial=0))
+    return rows
+
+
+def decode_rows(data: bytes | memoryview, name: str = "<bytes>") -> Rows:
+    """bytes -> Rows: every check of `decode`, no padding (memory: the rows, 32 bytes a Gaussian)."""
+    view = memoryview(data).cast("B")
+    hdr = read_header(view, name)
+    counts = _counts(view, hdr, name)
+    return Rows(hdr, counts, _payload_rows(view, hdr, name))
+
+
+def pixel_means(rows: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Normalized (x_n, y_n) in rows[..., 0:2] -> float32 pixel means, as `decode` computes them."""
+    m = rows[..., 0:2].astype(np.float64)
+    m += 1.0  # in place: ((x_n + 1) * 0.5) * W, the same roundings without temporaries
+    m *= 0.5
+    m *= np.array([width, height], dtype=np.float64)
+    return m.astype(np.float32)
+
+
+def _splats(t: np.ndarray, hdr: Header, counts: np.ndarray | None) -> Splats:
+    """[B, N, 8] float32 rows -> Splats (float32)."""
+    return Splats(torch.from_numpy(pixel_means(t, hdr.width, hdr.height)),
+                  torch.from_numpy(np.ascontiguousarray(t[..., 2:5])),
+                  torch.from_numpy(np.ascontiguousarray(t[..., 5:8])), hdr.height, hdr.width,
+                  None if counts is None else torch.from_numpy(counts))
+
+
+def _padded(r: Rows, name: str) -> np.ndarray:
+    """Rows -> [B, N_max, 8], refused when padding would exceed the reader's limit."""
+    b, n_max = r.header.n_images, int(r.counts.max(initial=0))
+    if b == 1:
+        return r.rows[None]
+    limit = PAD_FACTOR * r.header.n_total + PAD_SLACK
+    if b * n_max > limit:
+        raise FormatError(
+            f"{name}: padding {b} images to the largest one's {n_max} Gaussians needs {b * n_max} rows, "
+            f"over the reader's limit of {PAD_FACTOR} x the {r.header.n_total} stored + {PAD_SLACK}; "
+            f"read it image by image with format.iter_images")
     out = np.zeros((b, n_max, 8), dtype=np.float32)
     out[..., 2] = 1.0
     out[..., 4] = 1.0
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    for i in range(b):
-        out[i, : counts[i]] = rows[starts[i] : starts[i + 1]]
-    t = torch.from_numpy(out)
-    means = (t[..., 0:2].double() + 1.0) * 0.5 * torch.tensor([hdr.width, hdr.height], dtype=torch.float64)
-    s = Splats(
-        means.float(), t[..., 2:5].contiguous(), t[..., 5:8].contiguous(), hdr.height, hdr.width,
-        torch.from_numpy(counts) if b > 1 else None,
-    )
+    img = np.repeat(np.arange(b), r.counts)
+    starts = np.cumsum(r.counts) - r.counts
+    out[img, np.arange(r.header.n_total) - np.repeat(starts, r.counts)] = r.rows
+    return out
+
+
+def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.device = "cpu") -> Splats:
+    """bytes -> Splats (float32). B > 1 files come back padded with counts."""
+    r = decode_rows(data, name)
+    s = _splats(_padded(r, name), r.header, r.counts if r.header.n_images > 1 else None)
     return s.to(device) if str(device) != "cpu" else s
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
+def iter_images(data: bytes | memoryview, name: str = "<bytes>") -> Iterator[Splats]:
+    """bytes -> one Splats (B = 1, no padding) per image, in order; for any file `decode` reads
+    and for sparse batches it refuses."""
+    r = decode_rows(data, name)
+    starts = np.concatenate([[0], np.cumsum(r.counts)])
+    for i in range(r.header.n_images):
+        yield _splats(r.rows[None, starts[i]: starts[i + 1]], r.header, None)
+
+
+def _declared_len(head: bytes) -> int:
+    """Bytes a file with this header needs (just the header's own length if it is no .gsv header)."""
+    if len(head) < HEADER_SIZE or head[:4] != MAGIC:
+        return len(head)
+    b, _, plen = struct.unpack_from("<III", head, 20)
+    return HEADER_SIZE + (4 * b if b > 1 else 0) + plen
+
+
+def _read_bounded(f, limit: int) -> bytes:
+    parts, got = [], 0
+    while got < limit:
+        chunk = f.read(min(limit - got, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A .gsv file's bytes, reading no more than its header declares (plus one byte, so that
+    an oversized file is still reported): an endless or huge input costs no memory."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = _read_bounded(f, HEADER_SIZE)
+            return head + _read_bounded(f, _declared_len(head) - len(head) + 1)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, expected a .gsv file") from None
-    return decode(data, name=str(path), device=device)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
+    return decode(read_file(path), name=str(path), device=device)
 
 # layout 2 registers itself with its explicit id on import
 from . import quantized as _quantized  # noqa: E402,F401

@@ -24,7 +24,9 @@ Payload of layout 2:
     73     ...   body: ceil(n * sum(bits) / 8) bytes of packed codes (zstd-compressed if flagged)
 
 Decoding is bounded: the body length is checked against n and the bit widths before any
-allocation, a zstd body may not claim to expand more than MAX_ZSTD_RATIO times, and the
+allocation; a zstd body may describe at most one Gaussian per compressed byte (+ ZSTD_SLACK)
+and is streamed out no further than the length n implies, whatever its frame header claims;
+codes are unpacked one channel at a time (no 8 bytes per bit expansion of the whole body); the
 rows then go through the same finiteness and positive-diagonal checks as layout 1.
 
 Use `encode_quantized(splats, bits=..., zstd=...)` to choose options; `format.encode(splats,
@@ -45,7 +47,10 @@ __all__ = ["BITS", "LAYOUT_ID", "encode_quantized", "quantized_size", "quantize_
 
 LAYOUT_ID = 2
 BITS = (11, 11, 7, 7, 7, 8, 8, 8)
-MAX_ZSTD_RATIO = 64
+# a zstd body may describe at most one Gaussian per compressed byte (+ ZSTD_SLACK): no denser
+# than a raw body at 1 bit a channel, so decoded rows stay within 32x the file; the writer stores
+# the body raw whenever zstd would shrink it past that, so no file it writes is refused
+ZSTD_SLACK = 64
 _PRE = struct.Struct("<B8B16f")
 _HALF_PI = np.pi / 2 - 1e-6  # keeps cos(theta) > 0 after float32 rounding of the range
 
@@ -87,18 +92,6 @@ def _to_channels(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _from_channels(ch: np.ndarray) -> np.ndarray:
-    out = np.empty_like(ch, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        rho = np.exp(ch[:, 3])
-        out[:, 0:2] = ch[:, 0:2]
-        out[:, 2] = np.exp(ch[:, 2])
-        out[:, 3] = rho * np.sin(ch[:, 4])
-        out[:, 4] = rho * np.cos(ch[:, 4])
-        out[:, 5:8] = ch[:, 5:8]
-    return out
-
-
 def _pack(codes: np.ndarray, bits) -> bytes:
     planes = []
     for c, b in enumerate(bits):
@@ -107,17 +100,35 @@ def _pack(codes: np.ndarray, bits) -> bytes:
     return np.packbits(np.concatenate(planes)).tobytes() if planes else b""
 
 
-def _unpack(body: bytes, n: int, bits) -> np.ndarray:
-    flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
-    out = np.empty((n, 8), dtype=np.uint32)
+def _channel_codes(body, pos: int, n: int, b: int) -> np.ndarray:
+    """The n b-bit big-endian codes starting at bit `pos` of body -> uint32 [n]."""
+    first, last = pos // 8, (pos + n * b + 7) // 8
+    bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8, count=last - first, offset=first))
+    bits = bits[pos % 8: pos % 8 + n * b].reshape(n, b)
+    codes = np.zeros(n, dtype=np.uint32)
+    for k in range(b):
+        codes <<= 1
+        codes |= bits[:, k]
+    return codes
+
+
+def _decode_body(body, n: int, bits, ranges: np.ndarray) -> np.ndarray:
+    """Packed codes -> rows [n, 8] float32, one channel at a time (the inverse of _to_channels)."""
+    out = np.empty((n, 8), dtype=np.float32)
+    polar = {}
     pos = 0
-    padded = np.zeros((n, 16), dtype=np.uint8)
-    for c, b in enumerate(bits):
-        # right-align the b bits of each code in 16 and let packbits assemble big-endian uint16s
-        padded[:, : 16 - b] = 0
-        padded[:, 16 - b:] = flat[pos: pos + n * b].reshape(n, b)
-        out[:, c] = np.packbits(padded.ravel()).view(">u2")  # rows of 16 bits: flat packing is row packing
-        pos += n * b
+    with np.errstate(over="ignore", invalid="ignore"):
+        for c, b in enumerate(bits):
+            lo, hi = ranges[c]
+            ch = lo + _channel_codes(body, pos, n, b).astype(np.float64) / ((1 << b) - 1) * (hi - lo)
+            pos += n * b
+            if c in (3, 4):
+                polar[c] = ch
+            else:
+                out[:, c] = np.exp(ch) if c == 2 else ch
+        rho = np.exp(polar[3])
+        out[:, 3] = rho * np.sin(polar[4])
+        out[:, 4] = rho * np.cos(polar[4])
     return out
 
 
@@ -143,7 +154,9 @@ def _encode(rows: np.ndarray, dtype_id: int) -> bytes:
     codes = np.clip(np.rint((ch - lo) * scale), 0, levels).astype(np.uint32)
     body = _pack(codes, bits)
     if use_zstd:
-        body = _zstd().ZstdCompressor(level=19).compress(body)
+        packed = _zstd().ZstdCompressor(level=19).compress(body)
+        use_zstd = not _zstd_dense(n, len(packed))  # else stored raw: the reader would refuse it
+        body = packed if use_zstd else body
     ranges = np.stack([lo, hi], 1).ravel().tolist()
     return _PRE.pack(1 if use_zstd else 0, *bits, *ranges) + body
 
@@ -159,25 +172,36 @@ def _decode(buf: memoryview, n: int, dtype_id: int) -> np.ndarray:
         raise fmt.FormatError(f"quantized payload: bit widths must be 1..16, got {list(bits)}")
     if not np.isfinite(ranges).all() or (ranges[:, 1] < ranges[:, 0]).any():
         raise fmt.FormatError("quantized payload: invalid channel ranges (non-finite or hi < lo)")
-    body = bytes(buf[_PRE.size:])
+    body = buf[_PRE.size:]
     expect = _body_len(n, bits)
     if flags & 1:
-        if expect > MAX_ZSTD_RATIO * max(len(body), 1) + 1024:
-            raise fmt.FormatError(f"quantized payload: {len(body)} zstd bytes cannot hold {n} Gaussians "
-                                  f"({expect} bytes) within ratio {MAX_ZSTD_RATIO}")
-        try:
-            body = _zstd().ZstdDecompressor().decompress(body, max_output_size=expect)
-        except fmt.FormatError:
-            raise
-        except Exception as e:
-            raise fmt.FormatError(f"quantized payload: zstd body does not decompress ({e})") from None
+        body = _unzstd(bytes(body), n, expect)
     if len(body) != expect:
         raise fmt.FormatError(f"quantized payload: body of {len(body)} bytes, {n} Gaussians at "
                               f"{sum(bits)} bits need {expect}")
-    codes = _unpack(body, n, bits).astype(np.float64)
-    levels = np.array([(1 << b) - 1 for b in bits], dtype=np.float64)
-    ch = ranges[:, 0] + codes / levels * (ranges[:, 1] - ranges[:, 0])
-    return _from_channels(ch)
+    return _decode_body(body, n, bits, ranges)
+
+
+def _zstd_dense(n: int, zbytes: int) -> bool:
+    return n > zbytes + ZSTD_SLACK
+
+
+def _unzstd(body: bytes, n: int, expect: int) -> bytes:
+    """Stream a zstd body out, refusing before `expect` + 1 bytes whatever its frame claims."""
+    if _zstd_dense(n, len(body)):
+        raise fmt.FormatError(f"quantized payload: {len(body)} zstd bytes claim {n} Gaussians, over the "
+                              f"limit of one Gaussian per compressed byte + {ZSTD_SLACK}")
+    try:
+        with _zstd().ZstdDecompressor().stream_reader(body) as reader:
+            out = fmt._read_bounded(reader, expect + 1)
+    except fmt.FormatError:
+        raise
+    except Exception as e:
+        raise fmt.FormatError(f"quantized payload: zstd body does not decompress ({e})") from None
+    if len(out) > expect:
+        raise fmt.FormatError(f"quantized payload: zstd body expands to more than the {expect} bytes "
+                              f"{n} Gaussians need")
+    return out
 
 
 fmt.register_layout(fmt.Layout(LAYOUT_ID, "quantized", _encode, _decode, lambda n, dtype_id: None,
