@@ -268,3 +268,50 @@ def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys
     assert rc == 2 and downloads == [] and "\n" not in err
     assert err.startswith("gsv eval: --model rgb:ViT-B-16:openai: pretrained 'openai'")
     assert "not reachable" in err and "local checkpoint file" in err
+
+
+def _failing_download(monkeypatch):
+    """clip_benchmark's builder as offline: it makes the root folder, then the download fails."""
+    import urllib.error
+
+    import clip_benchmark.datasets.builder as cb
+
+    def build(dataset_name, root, **k):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(cb, "build_dataset", build)
+
+
+def test_failed_dataset_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """Issue 18: a failed download left an empty data/eval/cifar10/ behind."""
+    from gaussianvision.eval.datasets import build_dataset
+    from gaussianvision.eval.models import EvalError
+    _failing_download(monkeypatch)
+    with pytest.raises(EvalError, match="cannot get the data"):
+        build_dataset("cifar10", str(tmp_path / "data" / "eval" / "cifar10"), None, "zeroshot_classification")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_dataset_download_keeps_folders_that_were_there(tmp_path, monkeypatch):
+    from gaussianvision.eval.datasets import build_dataset
+    from gaussianvision.eval.models import EvalError
+    _failing_download(monkeypatch)
+    (tmp_path / "data").mkdir()
+    kept = tmp_path / "data" / "eval" / "mnist"
+    kept.mkdir(parents=True)
+    (kept / "part.bin").write_bytes(b"x")
+    with pytest.raises(EvalError):
+        build_dataset("mnist", str(kept), None, "zeroshot_classification")
+    with pytest.raises(EvalError):
+        build_dataset("cifar10", str(tmp_path / "data" / "eval" / "cifar10"), None, "zeroshot_classification")
+    assert sorted(p.name for p in (tmp_path / "data" / "eval").iterdir()) == ["mnist"]
+    assert (kept / "part.bin").is_file()
+
+
+def test_cli_eval_offline_dataset_leaves_no_data_folder(tmp_path, capsys, monkeypatch):
+    from gaussianvision.cli.eval import main
+    _failing_download(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--out", "o", "--device", "cpu"])
+    assert rc == 2 and "cifar10: cannot get the data" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

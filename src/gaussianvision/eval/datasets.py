@@ -183,8 +183,7 @@ def transform_for(em: EvalModel, splats: SplatSettings | None = None):
     return _pixel_transform(size)
 
 
-def build_dataset(dataset: str, root: str, transform, task: str, split: str = "test"):
-    """clip_benchmark's dataset, with offline / missing-data failures turned into EvalError."""
+def _build(dataset: str, root: str, transform, task: str, split: str):
     from clip_benchmark.datasets.builder import build_dataset as cb_build
     if dataset.startswith("wds/") and not _is_remote(root):
         need = Path(root) / split / "nshards.txt"
@@ -192,11 +191,42 @@ def build_dataset(dataset: str, root: str, transform, task: str, split: str = "t
             raise EvalError(f"{dataset}: {need} not found (a wds dataset folder holds {split}/nshards.txt, "
                             f"{split}/0.tar ..., classnames.txt, zeroshot_classification_templates.txt)")
     import warnings
+    created = [] if _is_remote(root) else _missing_folders(Path(root))
     try:
         with warnings.catch_warnings():  # clip_benchmark builds its wds pipeline without shardshuffle
             warnings.filterwarnings("ignore", message=r".*shardshuffle")
             ds = cb_build(dataset_name=dataset, root=root, transform=transform, split=split, download=True,
                           task=task)
+    except BaseException:
+        _remove_empty(created)  # a failed download leaves no empty data/eval/NAME/ behind
+        raise
+    return ds
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """path and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that are still empty; stop at the first that is not."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (something was written) or not ours to remove
+            return
+
+
+def build_dataset(dataset: str, root: str, transform, task: str, split: str = "test"):
+    """clip_benchmark's dataset, with offline / missing-data failures turned into EvalError."""
+    try:
+        return _build(dataset, root, transform, task, split)
     except EvalError:
         raise
     except (AssertionError, ValueError) as e:
@@ -205,7 +235,6 @@ def build_dataset(dataset: str, root: str, transform, task: str, split: str = "t
         raise EvalError(f"{dataset}: cannot get the data into {root} ({type(e).__name__}: {str(e)[:200]}); "
                         "without network access, give a local copy with --dataset-root "
                         "(e.g. the wds/ layout)") from None
-    return ds
 
 
 def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0):
