@@ -259,7 +259,7 @@ def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys
     from gaussianvision.cli.eval import main
     from gaussianvision.models import gsclip
     downloads = []
-    monkeypatch.setattr(gsclip, "_reachable", lambda host, timeout=2.0: False)
+    monkeypatch.setattr(gsclip, "_reachable", lambda *a, **k: False)
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", lambda *a, **k: downloads.append(a))
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -225,10 +225,10 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
 _REACHABLE: dict[str, bool] = {}  # host -> reachable, probed once per process
 
 
-def _reachable(host: str, timeout: float = 2.0) -> bool:
+def _reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
     if host not in _REACHABLE:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             _REACHABLE[host] = True
         except OSError:
             _REACHABLE[host] = False
@@ -242,8 +242,10 @@ def _offline_reason() -> str | None:
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
     if constants.HF_HUB_OFFLINE or env:
         return "HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    return None if _reachable(host) else f"{host} is not reachable (offline?)"
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    return None if _reachable(host, port) else f"{host} is not reachable (offline?)"
 
 
 def _cached_weights(name: str, tag: str, cache_dir: str | None) -> bool | None:
