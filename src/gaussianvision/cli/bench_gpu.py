@@ -81,7 +81,6 @@ def main(argv=None) -> int:
     p = parser("bench gpu", "The GPU check: Triton parity on CUDA, fitting throughput by batch and N, the "
                             "LIG-style baseline and the towers' throughput, each step time-boxed.")
     p.epilog = EPILOG
-    p.formatter_class = __import__("argparse").RawDescriptionHelpFormatter
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--tiny", action="store_true", help="every step on CPU with a few small images (a test of "
                                                        "the script; writes gpu_tiny.json / .md)")

@@ -62,7 +62,9 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
             raise ValueError(f"--base {base!r}: unknown OpenCLIP architecture")
         if pretrained and not os.path.isfile(pretrained) and not open_clip.get_pretrained_cfg(base, pretrained):
             raise ValueError(f"--pretrained {pretrained!r}: neither a file nor a pretrained tag of {base}")
-        model = open_clip.create_model(base, pretrained=pretrained or None)
+        from ..models.gsclip import hub_access
+        with hub_access(base, pretrained or None, None):  # offline: one clear line, no retries
+            model = open_clip.create_model(base, pretrained=pretrained or None)
         model.to(device).train()
         for p in model.parameters():
             p.requires_grad_(True)
