@@ -264,3 +264,103 @@ def test_brace_expansion():
     assert expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
     assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def cli_main(args):
+    """gsv convert in this process -> (exit code, stdout, stderr)."""
+    import contextlib
+    from gaussianvision.cli.main import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
+               (["--size", "0"], "size must be >= 1"), (["--device", "gpu0"], "device 'gpu0'")]
+if not __import__("torch").cuda.is_available():
+    BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize("bad, says", BAD_OPTIONS)
+def test_bad_options_fail_before_anything_is_written(tmp_path, bad, says):
+    src = write_tar(tmp_path / "s.tar", good_sample("k1", 1) + good_sample("k2", 2))
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS, *bad])
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gsv convert: ") and not out.exists()
+    rc, _, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS])  # the corrected rerun
+    assert rc == 0, err
+
+
+def test_a_run_that_converts_nothing_exits_nonzero(tmp_path):
+    src = write_tar(tmp_path / "s.tar", [("a.jpg", b"nope"), ("b.jpg", b"nope"), ("c.txt", b"no image")])
+    rc, out, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 1, err
+    assert "inputs 3 = converted 0 + failed 3" in out
+    assert err.strip() == "gsv convert: no sample converted: all 3 failed (decode 2, read 1); see " \
+                          f"{tmp_path / 'out' / 'failures.jsonl'}"
+
+
+def test_empty_key_is_a_counted_failure_and_gzip_tar_is_not_truncated(tmp_path):
+    import gzip
+    plain = write_tar(tmp_path / "p.tar", good_sample("k1", 1) + [(".jpg", img_bytes(fmt="JPEG", seed=2))])
+    (tmp_path / "g.tar").write_bytes(gzip.compress(plain.read_bytes()))
+    for name in ("p.tar", "g.tar"):
+        s = convert_dataset(str(tmp_path / name), tmp_path / f"out-{name}", cfg())
+        assert (s["inputs"], s["converted"], s["failed"]) == (2, 1, 1) and s["shard_errors"] == [], s
+        fail = json.loads((tmp_path / f"out-{name}" / "failures.jsonl").read_text())
+        assert (fail["key"], fail["stage"], fail["reason"]) == ("", "read", "empty sample key (member .jpg)")
+
+
+def test_duplicate_keys_across_shards_are_reported(tmp_path):
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1) + good_sample("k2", 2))
+    write_tar(tmp_path / "b.tar", good_sample("k3", 3) + good_sample("k1", 4))
+    rc, out, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 0, err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["converted"] == 4 and s["duplicate_keys"] == 1
+    assert s["duplicates"] == ["k1: 000000.tar, 000001.tar"]
+    assert "duplicate keys across shards: 1 (k1: 000000.tar, 000001.tar)" in out
+
+
+def _failing_write(code, on_shard):
+    """ShardWriter.write that fails in `on_shard` like a full disk (tarfile's write raising)."""
+    from gaussianvision.data.shards import ShardWriter
+    real = ShardWriter.write
+
+    def write(self, key, fields):
+        if self.path.name == on_shard:
+            raise OSError(code, os.strerror(code))
+        return real(self, key, fields)
+    return write
+
+
+def test_full_disk_keeps_finished_shards_and_says_so(tmp_path, monkeypatch):
+    import errno
+    from gaussianvision.data.shards import ShardWriter
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+    write_tar(tmp_path / "b.tar", good_sample("k2", 2))
+    monkeypatch.setattr(ShardWriter, "write", _failing_write(errno.ENOSPC, "000001.tar"))
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.strip() == (f"gsv convert: {out}: No space left on device while writing 000001.tar; "
+                           f"kept the 1 shard finished in this run (000000.tar); free space and rerun to resume")
+    assert sorted(p.name for p in out.iterdir()) == ["000000.failures.jsonl", "000000.stats.json", "000000.tar",
+                                                     "config.json"]
+    monkeypatch.undo()
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    assert rc == 0 and json.loads((out / "summary.json").read_text())["converted"] == 2
+
+
+def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
+    import errno
+    from gaussianvision.data import convert
+    src = write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+
+    def refuse(path, data):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(convert, "_write_atomic", refuse)
+    rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'out'}: cannot write the output (Read-only file system)"

@@ -209,3 +209,18 @@ def test_no_member_of_a_converted_shard_escapes_its_folder(tmp_path):
         tf.extractall(tmp_path / "x")
     assert sorted(p.name for p in (tmp_path / "x").rglob("*")) == sorted(names)
     assert not (tmp_path / "etc").exists() and sorted({n.split(".")[0] for n in names}) == ["fine", "ok"]
+
+
+def test_a_shard_that_cannot_be_finished_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    from gaussianvision.data import shards
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    w = ShardWriter(tmp_path / "000000.tar")
+    w.write("k", {"txt": b"x"})
+    monkeypatch.setattr(shards.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        w.close()
+    assert list(tmp_path.iterdir()) == []

@@ -52,11 +52,6 @@ def main(argv=None) -> int:
             if v is not None:
                 fit[k] = v
         fit.update(dict(fit_option(t) for t in a.fit_option))
-        from gaussianvision.fit import FitConfig
-        try:  # bad fit options are one clear error here, not a failure per image later
-            FitConfig.from_options(fit)
-        except ValueError as e:
-            raise CliError(f"fit options {fit}: {e}") from None
         try:
             rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
             cfg = ConvertConfig(
@@ -75,9 +70,19 @@ def main(argv=None) -> int:
                  f"shards {s['shards_done']}/{s['shards_total']}"
                  f"{'' if s['complete'] else ' (incomplete: other ranks or a rerun will finish it)'}\n"
                  f"failures: {a.output / 'failures.jsonl'}; summary: {a.output / 'summary.json'}")
-        if s["failed_by_stage"]:
-            human += "\nfailed by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(s["failed_by_stage"].items()))
+        by_stage = ", ".join(f"{k} {v}" for k, v in sorted(s["failed_by_stage"].items()))
+        if by_stage:
+            human += f"\nfailed by stage: {by_stage}"
+        if s["shard_errors"]:
+            human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
+        if s["duplicate_keys"]:
+            human += (f"\nduplicate keys across shards: {s['duplicate_keys']} ({'; '.join(s['duplicates'][:3])}"
+                      f"{'; ...' if s['duplicate_keys'] > 3 else ''})")
         emit(s, a.json, human)
+        if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
+            print(f"gsv convert: no sample converted: all {s['failed']} failed ({by_stage}); see "
+                  f"{a.output / 'failures.jsonl'}", file=sys.stderr)
+            return 1
         return 0 if s["reconciled"] else 1
     return run("convert", go, args)
 

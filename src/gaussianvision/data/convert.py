@@ -44,6 +44,7 @@ __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "sha
 
 # settings that do not change the bytes of the output and may differ between runs
 _RUNTIME_FIELDS = {"workers", "rank", "world_size", "device", "progress"}
+_MAX_LISTED = 20  # duplicate keys listed by name in summary.json
 
 
 class ConvertError(ValueError):
@@ -176,11 +177,15 @@ def _json_bytes(obj) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
 
 
 class _Converter:
@@ -188,6 +193,7 @@ class _Converter:
         self.out, self.cfg = out, cfg
         self.kill_after = int(os.environ.get("GSV_TEST_KILL_AFTER_SAMPLES", "0"))  # test hook: SIGKILL
         self.written = 0
+        self.writing = ""  # the shard being written (for the message of a write error)
 
     def samples(self, pending: list[Unit]):
         """Work items in order: ("batch", shard, positions, uint8 images) and ("end", shard)."""
@@ -236,7 +242,8 @@ class _Converter:
     def finish(self, sh: _Shard) -> dict:
         cfg, out = self.cfg, self.out
         failures, psnrs, ssims, ngs, secs, sizes = [], [], [], [], 0.0, []
-        missing_caption = 0
+        missing_caption, keys = 0, []
+        self.writing = f"{sh.name}.tar"
         with ShardWriter(out / f"{sh.name}.tar") as w:
             for pos in sorted(sh.entries):
                 e = sh.entries[pos]
@@ -256,6 +263,7 @@ class _Converter:
                 if cfg.keep_image and raw.image is not None:
                     fields[raw.image_ext] = raw.image
                 w.write(raw.key, fields)
+                keys.append(raw.key)
                 missing_caption += raw.caption is None
                 psnrs.append(info["psnr"]); ssims.append(info["ssim"]); ngs.append(info["n_gaussians"])
                 secs += float(m.get("seconds", 0.0)); sizes.append(len(data))
@@ -275,7 +283,7 @@ class _Converter:
             "n_gaussians_mean": float(np.mean(ngs)) if ngs else None,
             "gsv_bytes_mean": float(np.mean(sizes)) if sizes else None,
             "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
-            "fit_seconds": secs, "wall_seconds": time.perf_counter() - sh.t0,
+            "fit_seconds": secs, "wall_seconds": time.perf_counter() - sh.t0, "keys": keys,
         }
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
         _write_atomic(out / f"{sh.name}.stats.json", _json_bytes(stats))
@@ -318,8 +326,15 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
            "shard_errors": []}
     failures = []
     psnr_w = 0.0
+    first_shard: dict[str, str] = {}
+    dups: dict[str, list[str]] = {}
     for p in stats_files:
         st = json.loads(p.read_text())
+        for key in st.get("keys", ()):
+            if key in first_shard:
+                dups.setdefault(key, [first_shard[key]]).append(st["shard"])
+            else:
+                first_shard[key] = st["shard"]
         for k in ("inputs", "converted", "failed", "missing_captions"):
             tot[k] += st[k]
         for k, v in st["failed_by_stage"].items():
@@ -336,23 +351,61 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
         tot["complete"] = all(_is_done(out, u) for u in units)
     tot["psnr_mean"] = psnr_w / tot["converted"] if tot["converted"] else None
     tot["reconciled"] = tot["inputs"] == tot["converted"] + tot["failed"]
+    tot["duplicate_keys"] = len(dups)  # keys converted in more than one shard
+    tot["duplicates"] = [f"{k}: {', '.join(v)}" for k, v in sorted(dups.items())[:_MAX_LISTED]]
     _write_atomic(out / "summary.json", (json.dumps(tot, indent=2, sort_keys=True) + "\n").encode())
     return tot
+
+
+def _check_settings(cfg: ConvertConfig) -> None:
+    """Every setting checked without fitting (see _probe_fit for the rest); ConvertError."""
+    from ..fit import FitConfig
+    if cfg.n_gaussians < 1:
+        raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
+    if cfg.size < 1:
+        raise ConvertError(f"size must be >= 1, got {cfg.size}")
+    if cfg.batch_size < 1 or cfg.workers < 0:
+        raise ConvertError("batch_size must be >= 1 and workers >= 0")
+    if cfg.layout not in ("interleaved", "quantized"):
+        raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
+    try:
+        FitConfig.from_options(cfg.fit_options)
+    except ValueError as e:
+        raise ConvertError(str(e) if str(e).startswith("fit options") else f"fit options {cfg.fit_options}: {e}") from None
+    try:
+        dev = torch.device(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise ConvertError(f"device {cfg.device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConvertError(f"device {cfg.device!r}: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConvertError(f"device {cfg.device!r}: CUDA is not available on this machine (use --device cpu)")
+
+
+def _probe_fit(cfg: ConvertConfig) -> None:
+    """Fit one blank image for one iteration with the run's options, device and encoding: what
+    the fitter refuses (an unknown init, a value of the wrong type) fails here, once, instead of
+    failing every sample of the run."""
+    opts = dict(cfg.fit_options, iters=1, finetune_iters=min(1, cfg.fit_options.get("finetune_iters", 0)))
+    blank = np.full((1, 3, cfg.size, cfg.size), 128, np.uint8)
+    _, _, err = _fit_job(blank, cfg.n_gaussians, opts, cfg.layout, cfg.dtype, cfg.zstd, cfg.device)[0]
+    if err is not None:
+        raise ConvertError(f"fit options {cfg.fit_options} (size {cfg.size}, {cfg.n_gaussians} Gaussians, "
+                           f"device {cfg.device}): {err}")
 
 
 def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     """Convert this rank's pending shards of `src` into `out`; returns the summary dict
     (with this run's "run" counts: shards converted now and skipped as already finished)."""
-    if cfg.n_gaussians < 1:
-        raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
-    if cfg.batch_size < 1 or cfg.workers < 0:
-        raise ConvertError("batch_size must be >= 1 and workers >= 0")
-    if cfg.layout not in ("interleaved", "quantized"):
-        raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg)
     units = plan_units(src, cfg.shard_size)
-    _check_config(out, cfg.fingerprint(src))
+    _probe_fit(cfg)  # every option checked before anything is written
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_config(out, cfg.fingerprint(src))
+    except OSError as e:
+        raise ConvertError(f"{out}: cannot write the output ({e.strerror or e})") from None
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
     pending = [u for u in mine if not _is_done(out, u)]
     for u in pending:  # leftovers of a killed run of this rank's shards
@@ -360,58 +413,84 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
             stale.unlink(missing_ok=True)
 
     conv = _Converter(out, cfg)
-    known = sum(len(u.paths) for u in pending if u.kind == "files")
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=known or None, unit="img", desc=f"convert rank {cfg.rank}/{cfg.world_size}",
-                   dynamic_ncols=True)
+    bar = _Progress(cfg, pending)
     pool = None
     if cfg.workers > 0:
         pool = ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker)
-    args = (cfg.n_gaussians, dict(cfg.fit_options), cfg.layout, cfg.dtype, cfg.zstd, cfg.device)
-    max_inflight = max(2, 2 * cfg.workers)
-    fifo: deque = deque()
-    n_batches = 0
     done_shards: list[dict] = []
-
-    def pop_one():
-        nonlocal n_batches
-        kind, sh, positions, fut = fifo.popleft()
-        if kind == "batch":
-            n_batches -= 1
-            conv.collect(sh, positions, fut.result())
-            if bar is not None:
-                bar.update(len(positions))
-        else:
-            st = conv.finish(sh)
-            done_shards.append(st)
-            if bar is not None:
-                bar.update(st["failed"] - st["failed_by_stage"].get("fit", 0))  # fit failures were counted
-                if not known and done_shards:  # tar inputs: estimate the total from shards so far
-                    per = sum(s["inputs"] for s in done_shards) / len(done_shards)
-                    bar.total = int(per * len(pending))
-                bar.set_postfix(shards=f"{len(done_shards)}/{len(pending)}", failed=sum(s["failed"] for s in done_shards))
-                bar.refresh()
-
     try:
-        for kind, sh, positions, imgs in conv.samples(pending):
-            if kind == "batch":
-                fut = pool.submit(_fit_job, imgs, *args) if pool else _Done(_fit_job(imgs, *args))
-                fifo.append((kind, sh, positions, fut))
-                n_batches += 1
-            else:
-                fifo.append((kind, sh, None, None))
-            while fifo and (fifo[0][0] == "end" or n_batches > max_inflight):
-                pop_one()
-        while fifo:
-            pop_one()
+        _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
+        summary = summarize(out, units)
+    except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
+        raise ConvertError(_write_error(out, e, conv.writing, [st["shard"] for st in done_shards])) from None
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-    summary = summarize(out, units)
+        bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
                       "shards_skipped": len(mine) - len(pending), "shards_of_this_rank": len(mine)}
     return summary
+
+
+def _write_error(out: Path, e: OSError, writing: str, done: list[str]) -> str:
+    kept = f"kept the {len(done)} shard{'s' if len(done) != 1 else ''} finished in this run" + \
+        (f" ({', '.join(done)})" if done else "")
+    return f"{out}: {e.strerror or e} while writing {writing or 'the summary'}; {kept}; free space and rerun to resume"
+
+
+def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:
+    """Fit the batches of `pending` in order (in `pool`, or here) and write each shard when its
+    batches are back; finished shards' stats go to `done_shards`."""
+    cfg = conv.cfg
+    args = (cfg.n_gaussians, dict(cfg.fit_options), cfg.layout, cfg.dtype, cfg.zstd, cfg.device)
+    fifo: deque = deque()
+
+    def pop() -> None:
+        kind, sh, positions, fut = fifo.popleft()
+        if kind == "batch":
+            conv.collect(sh, positions, fut.result())
+            bar.batch(len(positions))
+        else:
+            done_shards.append(conv.finish(sh))
+            bar.shard(done_shards)
+
+    for kind, sh, positions, imgs in conv.samples(pending):
+        fut = None
+        if kind == "batch":
+            fut = pool.submit(_fit_job, imgs, *args) if pool else _Done(_fit_job(imgs, *args))
+        fifo.append((kind, sh, positions, fut))
+        while fifo and (fifo[0][0] == "end" or sum(e[0] == "batch" for e in fifo) > max_inflight):
+            pop()
+    while fifo:
+        pop()
+
+
+class _Progress:
+    """The progress bar (nothing without cfg.progress); with tar inputs, the total is estimated
+    from the shards done so far."""
+
+    def __init__(self, cfg: ConvertConfig, pending: list[Unit]):
+        self.known = sum(len(u.paths) for u in pending if u.kind == "files")
+        self.n_pending, self.bar = len(pending), None
+        if cfg.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.known or None, unit="img", desc=f"convert rank {cfg.rank}/{cfg.world_size}",
+                            dynamic_ncols=True)
+
+    def batch(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def shard(self, done: list[dict]) -> None:
+        if self.bar is None:
+            return
+        st = done[-1]
+        self.bar.update(st["failed"] - st["failed_by_stage"].get("fit", 0))  # fit failures were counted
+        if not self.known:
+            self.bar.total = int(sum(s["inputs"] for s in done) / len(done) * self.n_pending)
+        self.bar.set_postfix(shards=f"{len(done)}/{self.n_pending}", failed=sum(s["failed"] for s in done))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -69,20 +69,25 @@ class ShardWriter:
         self.count += 1
 
     def close(self) -> Path:
-        """Finish the tar, flush it to disk and move it to its final name."""
-        self._tar.close()
-        self._fp.flush()
-        os.fsync(self._fp.fileno())
-        self._fp.close()
-        os.replace(self.tmp, self.path)
+        """Finish the tar, flush it to disk and move it to its final name; on a write error
+        (a full disk) the temporary file is removed and the error raised."""
+        try:
+            self._tar.close()
+            self._fp.flush()
+            os.fsync(self._fp.fileno())
+            self._fp.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
-        try:
-            self._tar.close()
-            self._fp.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        """Drop the unfinished shard (its temporary file); errors of closing it are ignored."""
+        for close in (self._tar.close, self._fp.close):
+            with contextlib.suppress(OSError, ValueError):
+                close()
+        self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
