@@ -57,7 +57,10 @@ def test_fit_with_pruning_and_explicit_files(mixed_folder, tmp_path, capsys):
 
 def test_fit_all_bad_and_bad_options(tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"")
-    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), "--json"]) == 1
+    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), "--json"]) == 2
+    cap = capsys.readouterr()  # one JSON document: the failures and the reason
+    d = json.loads(cap.out)
+    assert d["failed"] == 1 and d["error"].startswith("every input failed") and d["error"] in cap.err
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--gaussians must be >= 1" in capsys.readouterr().err
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--prune-fraction", "2", "--out", str(tmp_path / "o")]) == 2

@@ -5,17 +5,18 @@ Gaussian drawn as its 1-sigma ellipse filled with its own color (clamped to [0, 
 """
 from __future__ import annotations
 
+import itertools
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from gaussianvision.data.images import load_image
 from gaussianvision.raster import render
-from gaussianvision.splats import load
+from gaussianvision.splats import format as fmt
 from gaussianvision.splats.convert import chol_to_scale_rot
 from .common import CliError, emit, parser, run
+from .render import check_backend, check_out_file
 
 
 def _import_mpl():
@@ -63,10 +64,21 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        fmt.write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
+    except OSError as e:
+        raise CliError(f"cannot write {out} ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+
+
+def _one_image(path: Path, index: int):
+    """Image `index` of a .gsv file (B = 1), read image by image: no padding of a batch."""
+    data = fmt.read_file(path)
+    n = fmt.read_header(data, str(path)).n_images
+    if not 0 <= index < n:
+        raise CliError(f"--index {index} out of range: {path} holds {n} image(s)")
+    return next(itertools.islice(fmt.iter_images(data, str(path)), index, None))
 
 
 def main(argv=None) -> int:
@@ -80,12 +92,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go(a):
-        s = load(a.file)
-        if not 0 <= a.index < s.batch_size:
-            raise CliError(f"--index {a.index} out of range: {a.file} holds {s.batch_size} image(s)")
         if not (math.isfinite(a.sigma) and a.sigma > 0):
             raise CliError(f"--sigma must be positive, got {a.sigma}")
-        one = s[a.index]
+        check_backend(a.backend)
+        one = _one_image(a.file, a.index)
+        check_out_file(a.out)
         orig = None
         if a.image is not None:
             orig = load_image(a.image, size=None)
@@ -94,9 +105,8 @@ def main(argv=None) -> int:
                 orig = load_image(a.image, size=min(one.height, one.width))
                 orig = torch.nn.functional.interpolate(orig[None], size=(one.height, one.width), mode="bilinear",
                                                        antialias=True, align_corners=False)[0]
-        a.out.parent.mkdir(parents=True, exist_ok=True)
         draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
-             title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.height}x{one.width}")
+             title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
         emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians}, a.json,
              f"wrote {a.out}")
     return run("show", go, args)

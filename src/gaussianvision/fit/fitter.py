@@ -2,7 +2,8 @@
 
     result = fit_images(images, n_gaussians=400, iters=500, init="content")
     result.splats        # Splats [B, N] with per-image counts
-    result.metrics       # per-image dicts: psnr, ssim, n_gaussians, iterations, seconds, ...
+    result.metrics       # per-image dicts: psnr, ssim, n_gaussians, iterations, seconds
+                         # (batch_seconds / B), batch_seconds, ...
     result.history       # [{"iteration": k, "psnr": [B]}] at config.record_at
 
 Parameters are optimized directly (means in pixels, Cholesky entries in pixels, colors)
@@ -380,7 +381,8 @@ class Fitter:
         per_image = self.seconds / self.batch_size
         metrics = [
             {"psnr": float(p[b]), "ssim": float(q[b]), "n_gaussians": int(self.counts[b]),
-             "iterations": int(self.iterations[b]), "seconds": per_image, "pruned": int(self.pruned[b]),
+             "iterations": int(self.iterations[b]), "seconds": per_image, "batch_seconds": self.seconds,
+             "pruned": int(self.pruned[b]),
              "stopped": self.stopped[b]}
             for b in range(self.batch_size)
         ]
@@ -394,8 +396,8 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
 
     init: an initializer name (grid | content | random) or Splats [B, N] to continue from.
     overrides: any FitConfig field (e.g. lr_means=0.5, target_psnr=30, device="cuda").
-    Metrics per image: psnr, ssim, n_gaussians, iterations, seconds (the batch's wall time
-    divided by B), pruned, stopped."""
+    Metrics per image: psnr, ssim, n_gaussians, iterations, seconds (the image's share: the
+    batch's wall time divided by B), batch_seconds (the whole batch's wall time), pruned, stopped."""
     cfg = replace(config) if config is not None else FitConfig()
     for k, v in dict(overrides, **({"iters": iters} if iters is not None else {})).items():
         if k not in FitConfig.__dataclass_fields__:

@@ -1,0 +1,177 @@
+"""Issue 18: one clear line and exit code 2 for every bad option or output path of gsv fit,
+render and show; no temporary file left on any failure; --size is WIDTHxHEIGHT; fit's progress
+bar and per-image seconds."""
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_splats
+from gaussianvision.cli.main import main as gsv
+from gaussianvision.data.images import save_png
+from gaussianvision.splats import save
+
+
+def _one_line(capsys, *words) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def _leftovers(*folders) -> list[str]:
+    return [p.name for d in folders for p in Path(d).iterdir() if ".tmp" in p.name]
+
+
+@pytest.fixture()
+def gsv_file(tmp_path):
+    path = tmp_path / "a.gsv"
+    save(path, random_splats(1, 10, 12, 16))
+    return path
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "in" / "p.png"
+    path.parent.mkdir()
+    save_png(torch.rand(3, 20, 28, generator=torch.Generator().manual_seed(0)), path)
+    return path
+
+
+# ------------------------------------------------------------------ render and show --out
+@pytest.mark.parametrize("cmd", ["render", "show"])
+def test_out_naming_a_folder_is_one_line_and_leaves_no_temp_file(cmd, gsv_file, tmp_path, capsys):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    assert gsv([cmd, str(gsv_file), "--out", str(folder), "--backend", "reference"]) == 2
+    _one_line(capsys, "is a folder")
+    assert _leftovers(folder, tmp_path) == [] and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["render", "show"])
+def test_out_naming_a_pipe_is_refused_and_the_pipe_kept(cmd, gsv_file, tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert gsv([cmd, str(gsv_file), "--out", str(fifo), "--backend", "reference"]) == 2
+    _one_line(capsys, "not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("cmd", ["render", "show"])
+def test_out_under_a_file_is_one_line(cmd, gsv_file, tmp_path, capsys):
+    assert gsv([cmd, str(gsv_file), "--out", str(gsv_file / "x.png"), "--backend", "reference"]) == 2
+    _one_line(capsys, "cannot create its folder")
+
+
+@pytest.mark.parametrize("cmd", ["render", "show"])
+def test_unknown_backend_is_an_option_error(cmd, gsv_file, tmp_path, capsys):
+    assert gsv([cmd, str(gsv_file), "--out", str(tmp_path / "o.png"), "--backend", "bogus"]) == 2
+    _one_line(capsys, "--backend bogus", "unknown render backend")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_render_size_is_width_by_height(gsv_file, tmp_path, capsys):
+    out = tmp_path / "w.png"
+    assert gsv(["render", str(gsv_file), "--out", str(out), "--size", "30x10", "--backend", "reference"]) == 0
+    assert Image.open(out).size == (30, 10)  # PIL: (width, height)
+    assert "(30x10, width x height)" in capsys.readouterr().out
+    assert gsv(["render", str(gsv_file), "--out", str(out), "--size", "8x6", "--json", "--backend", "reference"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["width"], d["height"]) == (8, 6) and Image.open(out).size == (8, 6)
+    assert "width first" in _help(["render", "--help"], capsys)
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        gsv(argv)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", ["0x10", "3x-4", "10", "axb", "10x10x3", "100000x100000"])
+def test_render_bad_size_is_one_line(size, gsv_file, tmp_path, capsys):
+    assert gsv(["render", str(gsv_file), "--out", str(tmp_path / "o.png"), "--size", size]) == 2
+    _one_line(capsys, "--size")
+    assert not (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ fit options and --out
+@pytest.mark.parametrize("opts,words", [
+    (["--size", "-1"], ["--size", "-1"]),
+    (["--size", "3"], ["--size", "3", "11"]),
+    (["--size", "100x300"], ["--size"]),
+    (["--backend", "bogus"], ["--backend bogus"]),
+])
+def test_fit_bad_option_is_refused_before_any_work(opts, words, photo, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert gsv(["fit", str(photo), "-n", "4", "--iters", "1", "--out", str(out), *opts]) == 2
+    _one_line(capsys, *words)
+    assert not out.exists()
+
+
+def test_fit_out_naming_a_file_or_a_device_is_one_line(photo, tmp_path, capsys):
+    for out in (photo, Path("/dev/null")):
+        assert gsv(["fit", str(photo), "-n", "4", "--iters", "1", "--out", str(out)]) == 2
+        _one_line(capsys, "--out", "not a folder")
+    assert Path("/dev/null").is_char_device()
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs")
+def test_fit_out_where_no_folder_can_be_made_is_one_line(photo, capsys):
+    assert gsv(["fit", str(photo), "-n", "4", "--iters", "1", "--out", "/sys/kernel/x"]) == 2
+    _one_line(capsys, "--out /sys/kernel/x", "cannot create")
+
+
+def test_fit_every_input_failing_is_exit_2_with_a_summary(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"")
+    (tmp_path / "y.png").write_bytes(b"not an image")
+    out = tmp_path / "o"
+    assert gsv(["fit", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "-n", "4", "--out", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "gsv fit: every input failed (2 of 2)" in cap.err and "Traceback" not in cap.err
+    assert "x.png" in cap.out and "y.png" in cap.out  # which, and why
+    assert json.loads((out / "results.json").read_text())["failed"] == 2
+
+
+def test_fit_some_inputs_failing_names_them_and_exits_0(photo, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"")
+    out = tmp_path / "o"
+    assert gsv(["fit", str(photo), str(tmp_path / "x.png"), "-n", "4", "--iters", "1", "--size", "16",
+                "--out", str(out), "--backend", "reference"]) == 0
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "x.png" in text and "fitted 1, failed 1" in text
+
+
+# ------------------------------------------------------------------ fit progress and seconds
+def test_fit_draws_a_progress_bar_unless_json_or_no_progress(photo, tmp_path, capsys):
+    args = ["fit", str(photo), "-n", "4", "--iters", "2", "--size", "16", "--out", str(tmp_path / "o"),
+            "--backend", "reference"]
+    assert gsv(args) == 0
+    err = capsys.readouterr().err
+    assert "gsv fit" in err and "1/1" in err
+    assert gsv(args + ["--no-progress"]) == 0
+    assert "gsv fit" not in capsys.readouterr().err
+    assert gsv(args + ["--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_seconds_is_the_per_image_share_of_the_batch(photo, tmp_path, capsys):
+    save_png(torch.rand(3, 20, 28), photo.parent / "q.png")
+    assert gsv(["fit", str(photo.parent), "-n", "4", "--iters", "2", "--size", "16", "--batch-size", "2",
+                "--out", str(tmp_path / "o"), "--backend", "reference", "--json"]) == 0
+    rs = json.loads(capsys.readouterr().out)["results"]
+    assert len(rs) == 2 and rs[0]["batch_seconds"] == rs[1]["batch_seconds"] > 0
+    for r in rs:
+        assert r["batch_size"] == 2 and r["seconds"] == pytest.approx(r["batch_seconds"] / 2)
+
+
+def test_fit_images_metrics_name_the_batch_time_and_the_share():
+    from gaussianvision.fit import fit_images
+    res = fit_images(torch.rand(3, 3, 12, 12), 4, iters=2, backend="reference")
+    total = res.metrics[0]["batch_seconds"]
+    assert total > 0 and all(m["batch_seconds"] == total for m in res.metrics)
+    assert all(m["seconds"] == total / 3 for m in res.metrics)
