@@ -225,3 +225,17 @@ def test_load_reads_no_more_than_the_header_declares(tmp_path):
     big.write_bytes(encode(f16_exact_splats()) + bytes(1 << 20))
     err, peak = _peak(lambda: load(big))
     assert isinstance(err, FormatError) and "oversized" in str(err) and peak < 1 << 19
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "d.gsv").mkdir()
+    with pytest.raises(OSError):
+        save(tmp_path / "d.gsv", f16_exact_splats())  # the rename onto a folder fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.gsv"]
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space"):
+        fmt.write_atomic(tmp_path / "x.gsv", half_then_fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.gsv"]
