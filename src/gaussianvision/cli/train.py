@@ -78,20 +78,6 @@ def build_parser():
     return p
 
 
-def _count_samples(urls) -> int:
-    """Samples in the shards (a damaged shard counts those before the damage)."""
-    import tarfile
-    from gaussianvision.data.shards import read_samples
-    n = 0
-    for u in urls:
-        try:
-            for _ in read_samples(u):
-                n += 1
-        except (tarfile.TarError, OSError, EOFError, ValueError):
-            pass  # the reader names the shard when training reaches it
-    return n
-
-
 # option: (smallest allowed value, whether the smallest is allowed); NaN and infinities never are
 _LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "lr": (0, False),
            "min_lr": (0, True), "warmup": (0, True), "weight_decay": (0, True), "accum": (1, True),
@@ -175,7 +161,8 @@ def _run(args) -> int:
             if args.epochs is not None:
                 steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
         elif args.epochs is not None:
-            n = _count_samples(source.shards)
+            from gaussianvision.train.data import count_samples
+            n = count_samples(source.shards)
             steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
         cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                           warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,

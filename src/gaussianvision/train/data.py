@@ -8,19 +8,22 @@ A sample becomes {"splats": Splats (one image), "image": [3, S, S] in [0, 1], "t
 """
 from __future__ import annotations
 
-import os
 import sys
-import tarfile
 from pathlib import Path
 
 import torch
 
+from gaussianvision.data.shards import ShardDamage, read_samples
 from gaussianvision.splats import Splats
 from .sources import IndexedSource, ShardSource
 
-__all__ = ["collate", "decode_sample", "build_source", "DataError", "IMAGE_EXTS"]
+__all__ = ["collate", "decode_sample", "build_source", "DataError", "IMAGE_EXTS", "SHARD_ERRORS", "count_samples"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+# What reading a shard can raise after the samples before the problem: damage (cut, garbled:
+# ShardDamage) or a file that cannot be opened or read (OSError). The one list, for every reader.
+SHARD_ERRORS = (ShardDamage, OSError)
 
 
 class DataError(ValueError):
@@ -72,10 +75,24 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+def count_samples(urls) -> int:
+    """Usable samples in the shards: a damaged shard counts those before the damage, and a sample
+    the reader flags (cut by the damage, members not read) is not counted."""
+    n = 0
+    for u in urls:
+        try:
+            for raw in read_samples(u):
+                n += "__skipped__" not in raw
+        except SHARD_ERRORS:
+            pass  # the reader names the shard when training reaches it
+    return n
+
+
 class _ShardReader:
     """url -> decoded samples. A damaged shard (cut, garbled) ends at the damage, keeping the samples
-    before it; an undecodable sample is skipped. Both are counted (see `skipped`) and each damaged
-    shard is named once on stderr."""
+    before it; an undecodable sample, or one the reader flags in "__skipped__" (cut by the damage,
+    members not read), is skipped. Both are counted (see `skipped`) and each damaged shard is named
+    once on stderr."""
 
     def __init__(self, need, image_size):
         self.need, self.image_size = need, image_size
@@ -83,17 +100,16 @@ class _ShardReader:
         self.damaged: dict[str, str] = {}
 
     def __call__(self, url):
-        from gaussianvision.data.shards import read_samples
         raws = read_samples(url)
         while True:
             try:
                 raw = next(raws, None)
-            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            except SHARD_ERRORS as e:
                 self._damage(url, e)
                 return
             if raw is None:
                 return
-            s = decode_sample(raw, self.need, self.image_size)
+            s = None if "__skipped__" in raw else decode_sample(raw, self.need, self.image_size)
             if s is None:
                 self.bad_samples.add((str(url), str(raw.get("__key__", ""))))
             else:
