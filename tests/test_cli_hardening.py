@@ -175,3 +175,21 @@ def test_fit_images_metrics_name_the_batch_time_and_the_share():
     total = res.metrics[0]["batch_seconds"]
     assert total > 0 and all(m["batch_seconds"] == total for m in res.metrics)
     assert all(m["seconds"] == total / 3 for m in res.metrics)
+
+
+def test_text_and_png_writes_leave_no_temporary_file_on_failure(tmp_path, monkeypatch):
+    """cli.common.write_text and data.images.save_png go through the one atomic write."""
+    from gaussianvision.cli.common import write_text
+
+    def half_then_full(self, *a, **k):
+        with open(self if isinstance(self, (str, Path)) else a[0], "w") as f:
+            f.write("half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        write_text(tmp_path / "sub" / "a.json", "{}")
+    assert list((tmp_path / "sub").iterdir()) == []
+    monkeypatch.setattr(Image.Image, "save", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        save_png(torch.zeros(3, 4, 4), tmp_path / "a.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]

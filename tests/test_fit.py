@@ -200,3 +200,15 @@ def test_relocation_schedule(monkeypatch):
     calls.clear()
     fit_images(img, None, iters=10, init=init, relocate_every=5, prune_fraction=0.2, finetune_iters=10, **REF)
     assert calls == [5]
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"lr_means": "abc"}, "fit option lr_means='abc': expected a number"),
+    ({"iters": "5"}, "fit option iters='5': expected a number"),
+    ({"init": "bogus"}, "fit option init='bogus': unknown initializer"),
+])
+def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, message):
+    with pytest.raises(ValueError) as e:
+        FitConfig.from_options(options)
+    assert str(e.value).startswith(message)
+    assert FitConfig.from_options({"lr_means": 1, "target_psnr": None}).lr_means == 1

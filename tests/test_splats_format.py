@@ -233,9 +233,11 @@ def test_failed_save_leaves_no_temporary_file(tmp_path):
         save(tmp_path / "d.gsv", f16_exact_splats())  # the rename onto a folder fails
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.gsv"]
 
+    from gaussianvision.atomic import write_atomic
+
     def half_then_fail(tmp):
         tmp.write_bytes(b"half")
         raise OSError(28, "No space left on device")
     with pytest.raises(OSError, match="No space"):
-        fmt.write_atomic(tmp_path / "x.gsv", half_then_fail)
+        write_atomic(tmp_path / "x.gsv", half_then_fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.gsv"]

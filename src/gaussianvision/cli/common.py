@@ -106,12 +106,9 @@ def fit_option(text: str) -> tuple[str, object]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (temporary name, then rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text atomically (temporary name, then rename; removed on failure), creating the folder."""
+    from gaussianvision.atomic import write_text_atomic
+    write_text_atomic(path, text, mkdir=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import to_pil
 from gaussianvision.raster import probe_backend, render
 from gaussianvision.splats import format as fmt
@@ -48,7 +49,7 @@ def check_out_file(path: Path, option: str = "--out") -> None:
 def write_png(img: torch.Tensor, path: Path) -> None:
     """[3, H, W] -> PNG at path, atomically; an OSError becomes one clear line."""
     try:
-        fmt.write_atomic(path, lambda tmp: to_pil(img).save(tmp, format="PNG"))
+        write_atomic(path, lambda tmp: to_pil(img).save(tmp, format="PNG"))
     except OSError as e:
         raise CliError(f"cannot write {path} ({e.strerror or e})") from None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import load_image
 from gaussianvision.raster import render
 from gaussianvision.splats import format as fmt
@@ -65,7 +66,7 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     try:
-        fmt.write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
+        write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
     except OSError as e:
         raise CliError(f"cannot write {out} ({e.strerror or e})") from None
     finally:

@@ -144,7 +144,6 @@ def to_pil(img: torch.Tensor) -> Image.Image:
 
 
 def save_png(img: torch.Tensor, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    to_pil(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from ..atomic import write_atomic
+    pil = to_pil(img)
+    write_atomic(path, lambda tmp: pil.save(tmp, format="PNG"))

@@ -40,7 +40,7 @@ from ..raster import render
 from ..splats.convert import luminance
 from ..splats.types import Splats
 from .adam import BatchAdam
-from .init import initialize
+from .init import INITIALIZERS, initialize
 from .metrics import psnr, ssim
 from .prune import MEASURES, PAD_FILL, compact, importance, select_prune
 from .relocate import relocation_plan
@@ -78,7 +78,20 @@ class FitConfig:
     seed: int = 0
     record_at: tuple = ()          # iterations at which to record every image's PSNR
 
+    def _check_types(self) -> None:
+        """Every numeric option a number (not a string from a command line), init a known name."""
+        for name, f in self.__dataclass_fields__.items():
+            v = getattr(self, name)
+            want = str(f.type).replace("'", "")
+            if not want.startswith(("int", "float")) or (v is None and "None" in want):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"fit option {name}={v!r}: expected a number")
+        if not isinstance(self.init, str) or self.init not in INITIALIZERS:
+            raise ValueError(f"fit option init={self.init!r}: unknown initializer; choose one of {sorted(INITIALIZERS)}")
+
     def check(self) -> "FitConfig":
+        self._check_types()
         if self.iters < 0 or self.finetune_iters < 0:
             raise ValueError(f"iters and finetune_iters must be >= 0, got {self.iters}, {self.finetune_iters}")
         if self.schedule not in SCHEDULES:

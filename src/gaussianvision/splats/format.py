@@ -44,12 +44,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from .types import Splats, SplatsError
 
 __all__ = [
     "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
     "encode", "decode", "decode_rows", "iter_images", "read_header", "read_file", "save", "load",
-    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means", "write_atomic",
+    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means",
 ]
 
 MAGIC = b"GSVF"
@@ -171,19 +172,6 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16") 
                         int(counts.sum()), len(payload))
     table = counts.tobytes() if b > 1 else b""
     return head + table + payload
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """write(tmp) to a temporary name beside `path`, then rename it to `path`; on any failure
-    the temporary file is removed and the error re-raised."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save(path: str | os.PathLike, splats: Splats, **kw) -> int:

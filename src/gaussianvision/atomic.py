@@ -1,0 +1,32 @@
+"""The one atomic write: a file appears complete under its name or not at all.
+
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+    write_text_atomic(path, text)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["write_atomic", "write_text_atomic"]
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """write(tmp) to a temporary name beside `path` (same suffix, so writers that go by the
+    suffix still work), then rename it to `path`; on any failure the temporary file is removed
+    and the error re-raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, mkdir: bool = False) -> None:
+    if mkdir:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
