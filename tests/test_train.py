@@ -78,7 +78,8 @@ def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
     assert w1 and all(n.startswith("visual.") for n in w1)  # trainable parts only: no frozen base tensors
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == 3 and state["data_positions"] == [[0, 3]] and "torch" in state["rng"][0]
-    assert (ck / "optimizer.pt").is_file()
+    assert (ck / "optimizer.safetensors").is_file() and (ck / "optimizer.json").is_file()
+    assert not list(ck.glob("*.pt"))  # no pickle is ever written
 
     rc = _gsv_train(["--stage", "2", "--data", shards, "--init-from", str(o1), "--out", str(o2), "--steps", "2",
                      "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])

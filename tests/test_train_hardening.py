@@ -48,16 +48,26 @@ class _Planted:
         return (open, (self.path, "w"))
 
 
-# ------------------------------------------------------------------ 1. no code from optimizer.pt
-def test_planted_object_in_optimizer_pt_is_refused_and_never_runs(shards, tmp_path, capsys):
+# ------------------------------------------------------------------ 1. no code from the optimizer files
+def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(shards, tmp_path, capsys, monkeypatch):
+    """New checkpoints hold no pickle. An optimizer.pt (older gsv) is read only with weights_only=True
+    on torch >= 2.6 (CVE-2025-32434 before), and a planted object is refused; eval and --init-from
+    never read the optimizer state at all."""
     from gaussianvision.eval.models import _load_gs
+    from gaussianvision.train import optstate
     from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint
     from gaussianvision.train.setup import build_task
     out, marker = tmp_path / "run", tmp_path / "pwned"
     assert _gsv_train(_common(shards, out, steps=3) + ["--stop-after", "2"]) == 0
+    for f in ("optimizer.safetensors", "optimizer.json"):
+        (_ck(out, 2) / f).unlink()
     torch.save({"optimizer": _Planted(marker)}, _ck(out, 2) / "optimizer.pt")
     with pytest.raises(CheckpointError, match=r"step-00000002/optimizer.pt: refused.*open"):
         load_checkpoint(_ck(out, 2), optimizer=True)
+    with monkeypatch.context() as m:  # torch <= 2.5.1: weights_only is bypassable, so not even tried
+        m.setattr(optstate, "_torch_version", lambda: (2, 5))
+        with pytest.raises(CheckpointError, match=r"optimizer.pt: refused.*torch >= 2.6.*CVE-2025-32434"):
+            load_checkpoint(_ck(out, 2), optimizer=True)
     state, weights, opt = load_checkpoint(out)  # eval and --init-from: the optimizer file is never read
     assert state["step"] == 2 and opt is None
     _load_gs(str(out), None, "cpu")  # gsv eval --model gs:OUT
@@ -68,10 +78,158 @@ def test_planted_object_in_optimizer_pt_is_refused_and_never_runs(shards, tmp_pa
     assert "step-00000002" in err and "refused" in err and "step-00000001" in err
     assert not marker.exists()
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+    assert not list((out / "checkpoints").glob("step-*/optimizer.pt"))
+
+
+def _stepped_adamw(fused):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW([{"params": [model[0].weight, model[1].weight], "weight_decay": 0.1},
+                             {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.98), fused=fused)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).square().sum().backward()
+        opt.step()
+    return model, opt
+
+
+_SCALER = {"scale": 32768.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
+
+
+def _assert_same_state(a: dict, b: dict):
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k, v in a["state"][i].items():
+            assert v.dtype == b["state"][i][k].dtype and torch.equal(v, b["state"][i][k]), (i, k)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_state_round_trips_bit_identical_without_pickle(tmp_path, fused):
+    from gaussianvision.train.checkpoint import load_checkpoint, save_checkpoint
+    from gaussianvision.train.optstate import apply_optimizer_state
+    model, opt = _stepped_adamw(fused)
+    d = save_checkpoint(tmp_path, 3, model, {"optimizer": opt.state_dict(), "scaler": dict(_SCALER)},
+                        {"data_positions": [[0, 3]]})
+    assert sorted(p.name for p in d.iterdir()) == ["optimizer.json", "optimizer.safetensors", "state.json",
+                                                   "weights.safetensors"]
+    _, _, got = load_checkpoint(d, optimizer=True)
+    assert got["scaler"] == _SCALER
+    _assert_same_state(got["optimizer"], opt.state_dict())  # tuples (betas) come back as tuples
+    model2, opt2 = _stepped_adamw(fused)
+    opt2.zero_grad()
+    model2(torch.randn(5, 3)).sum().backward()
+    opt2.step()  # now different from opt
+    model2.load_state_dict(model.state_dict())
+    apply_optimizer_state(opt2, load_checkpoint(d, optimizer=True)[2]["optimizer"], str(d))
+    _assert_same_state(opt2.state_dict(), opt.state_dict())
+    x = torch.randn(5, 3)
+    for m, o in ((model, opt), (model2, opt2)):  # the next step is the same, bit for bit
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+
+
+def test_a_legacy_optimizer_pt_is_still_read_on_a_safe_torch(tmp_path):
+    from gaussianvision.train import optstate
+    from gaussianvision.train.checkpoint import load_checkpoint, save_checkpoint
+    if optstate._torch_version() < (2, 6):
+        pytest.skip("legacy optimizer.pt is refused on torch < 2.6")
+    model, opt = _stepped_adamw(False)
+    d = save_checkpoint(tmp_path, 1, model, {"optimizer": opt.state_dict(), "scaler": None}, {"data_positions": [[0, 1]]})
+    for f in ("optimizer.safetensors", "optimizer.json"):
+        (d / f).unlink()
+    torch.save({"optimizer": opt.state_dict(), "scaler": None}, d / "optimizer.pt")
+    _assert_same_state(load_checkpoint(d, optimizer=True)[2]["optimizer"], opt.state_dict())
+
+
+def _mutations(data: bytes, n: int, seed: int):
+    """n deterministic damages of `data`: byte flips, truncations, zeroed and duplicated spans."""
+    import random
+    rng = random.Random(seed)
+    for i in range(n):
+        b = bytearray(data)
+        kind = i % 4
+        if kind == 0:
+            for _ in range(rng.randint(1, 4)):
+                j = rng.randrange(len(b))
+                b[j] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            b = b[:rng.randrange(len(b))]
+        elif kind == 2:
+            j = rng.randrange(len(b))
+            b[j:j + rng.randint(1, 16)] = bytes(min(16, len(b) - j))
+        else:
+            j = rng.randrange(min(len(b), 200))  # headers: the safetensors JSON header, the JSON's keys
+            b[j] = rng.randrange(256)
+        yield bytes(b)
+
+
+@pytest.mark.parametrize("name", ["optimizer.safetensors", "optimizer.json"])
+def test_damaged_optimizer_files_load_or_raise_checkpoint_error_never_escape(tmp_path, name):
+    """100 deterministic mutations of each optimizer file: every one either loads (and then applies to
+    the optimizer or is refused as not matching) or is a CheckpointError; nothing else escapes."""
+    from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from gaussianvision.train.optstate import apply_optimizer_state
+    model, opt = _stepped_adamw(False)
+    d = save_checkpoint(tmp_path, 1, model, {"optimizer": opt.state_dict(), "scaler": dict(_SCALER)},
+                        {"data_positions": [[0, 1]]})
+    f = d / name
+    good = f.read_bytes()
+    outcomes = {"loaded": 0, "unreadable": 0, "mismatch": 0}
+    for bad in _mutations(good, 100, seed=len(name)):
+        f.write_bytes(bad)
+        try:
+            saved = load_checkpoint(d, optimizer=True)[2]["optimizer"]
+        except CheckpointError as e:
+            assert "unreadable" in str(e), e
+            outcomes["unreadable"] += 1
+            continue
+        try:
+            apply_optimizer_state(_stepped_adamw(False)[1], saved, str(d))
+            outcomes["loaded"] += 1
+        except CheckpointError as e:
+            assert "does not match" in str(e), e
+            outcomes["mismatch"] += 1
+    f.write_bytes(good)
+    assert outcomes["unreadable"] >= 30, outcomes  # damage is noticed, not only survived
+    if name == "optimizer.safetensors":  # flips in the tensor data (past the header) still load
+        start = 8 + int.from_bytes(good[:8], "little")
+        for bad in _mutations(good[start:], 20, seed=1):
+            f.write_bytes(good[:start] + bad.ljust(len(good) - start, b"\0")[:len(good) - start])
+            apply_optimizer_state(_stepped_adamw(False)[1], load_checkpoint(d, optimizer=True)[2]["optimizer"], str(d))
+
+
+_JSON_EDITS = [  # valid JSON that no longer describes AdamW's state: each a CheckpointError, not a KeyError later
+    lambda d: d.pop("format"), lambda d: d.update(format="gsv-optimizer/9"), lambda d: d.pop("state"),
+    lambda d: d.pop("param_groups"), lambda d: d["param_groups"][0].pop("betas"),
+    lambda d: d["param_groups"][0].update(betas={"__tuple__": [0.9]}), lambda d: d["param_groups"][0].pop("lr"),
+    lambda d: d["param_groups"][0].update(lr="0.001"), lambda d: d["param_groups"][1].update(params=[0, 3]),
+    lambda d: d["param_groups"][0].update(params=[0, "1"]), lambda d: d["param_groups"].append(7),
+    lambda d: d["state"].update({"9": {}}), lambda d: d["state"].update({"x": {}}), lambda d: d["scaler"].pop("scale"),
+    lambda d: d.update(scaler=[1, 2]), lambda d: d.update(scaler={**{k: 1 for k in _SCALER}, "scale": True}),
+]
+
+
+@pytest.mark.parametrize("edit", range(len(_JSON_EDITS)))
+def test_optimizer_json_that_parses_but_does_not_fit_is_unreadable(tmp_path, edit):
+    from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    model, opt = _stepped_adamw(False)
+    d = save_checkpoint(tmp_path, 1, model, {"optimizer": opt.state_dict(), "scaler": dict(_SCALER)},
+                        {"data_positions": [[0, 1]]})
+    doc = json.loads((d / "optimizer.json").read_text())
+    _JSON_EDITS[edit](doc)
+    (d / "optimizer.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="optimizer.*: unreadable"):
+        load_checkpoint(d, optimizer=True)
 
 
 # ------------------------------------------------------------------ 2. resume uses the newest complete checkpoint
-@pytest.mark.parametrize("damage", ["missing_dir", "no_state", "half_state", "cut_weights", "cut_optimizer"])
+@pytest.mark.parametrize("damage", ["missing_dir", "no_state", "half_state", "cut_weights", "cut_optimizer",
+                                    "cut_optimizer_json"])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, capsys, damage):
     out = tmp_path / "run"
     assert _gsv_train(_common(shards, out) + ["--stop-after", "3", "--keep", "2"]) == 0
@@ -81,7 +239,8 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, c
     elif damage == "no_state":
         (bad / "state.json").unlink()
     else:
-        name = {"half_state": "state.json", "cut_weights": "weights.safetensors", "cut_optimizer": "optimizer.pt"}
+        name = {"half_state": "state.json", "cut_weights": "weights.safetensors",
+                "cut_optimizer": "optimizer.safetensors", "cut_optimizer_json": "optimizer.json"}
         f = bad / name[damage]
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     capsys.readouterr()

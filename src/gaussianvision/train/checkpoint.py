@@ -2,8 +2,8 @@
 
 Layout of OUT/checkpoints/:
   step-00000120/weights.safetensors   trainable parameters only (names as in model.named_parameters())
-  step-00000120/optimizer.pt          AdamW (and GradScaler) state: tensors and plain values only
-                                      (read with weights_only=True, and only by --resume)
+  step-00000120/optimizer.safetensors AdamW state tensors   } no pickle (see optstate.py);
+  step-00000120/optimizer.json        the rest, scaler state  } read only by --resume
   step-00000120/state.json            step, epoch, data position, config, RNG states
   latest                              text file naming the newest complete step directory
 
@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from .optstate import read_optimizer, write_optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "trainable_state", "load_trainable", "CheckpointError", "step_dirs",
@@ -108,7 +110,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    write_optimizer(tmp, optimizer_state)
     (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
@@ -178,30 +180,10 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{f}: unreadable ({e})") from None
 
 
-def _read_optimizer(d: Path, map_location) -> dict:
-    """optimizer.pt, unpickled with weights_only=True: tensors and plain values only, never code."""
-    import pickle
-    import re
-    f = d / "optimizer.pt"
-    if not f.is_file():
-        raise CheckpointError(f"{d}: no optimizer.pt")
-    try:
-        opt = torch.load(f, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        raise CheckpointError(f"{f}: refused: it holds {what.group(1) if what else 'an object'}, not only tensors "
-                              "and plain values (nothing in it was run)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: unreadable ({str(e).splitlines()[0]})") from None
-    if not isinstance(opt, dict) or not isinstance(opt.get("optimizer"), dict):
-        raise CheckpointError(f"{f}: no optimizer state")
-    return opt
-
-
 def _load_dir(d: Path, optimizer: bool, map_location) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
     state = _read_state(d)
     weights = _read_weights(d)
-    opt = _read_optimizer(d, map_location) if optimizer else None
+    opt = read_optimizer(d, map_location) if optimizer else None
     state["path"] = str(d)
     return state, weights, opt
 
@@ -211,7 +193,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu",
     """(state, trainable weights, optimizer state or None) of a step directory, or of the newest
     complete one under OUT / OUT/checkpoints (each unusable newer one named in a warning on stderr).
 
-    optimizer: also read optimizer.pt (only --resume needs it; it is never read otherwise).
+    optimizer: also read the optimizer state (only --resume needs it; it is never read otherwise).
     Raises CheckpointError when there is no checkpoint or none is complete.
     """
     p = Path(path)

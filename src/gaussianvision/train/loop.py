@@ -23,6 +23,7 @@ import torch
 
 from .checkpoint import (CheckpointError, holds_checkpoints, latest_checkpoint, load_checkpoint, load_trainable,
                          rng_state, save_checkpoint, set_rng_state)
+from .optstate import apply_optimizer_state
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier
 from .schedule import cosine_lr, set_lr
 
@@ -318,15 +319,7 @@ def _restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[in
                               "another --out)") from None
     _check_resume(state, config_json, task, info)
     load_trainable(model, weights)
-    saved = opt_state["optimizer"]
-    for g in saved.get("param_groups", []):  # this build's kernel choice, not the saving run's
-        g["fused"] = optimizer.defaults.get("fused")
-    try:
-        optimizer.load_state_dict(saved)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"--resume: the optimizer state in {state['path']} does not match the "
-                              f"trainable parameters ({e}); was the run started with other "
-                              "--word-loss or --unfreeze settings?") from None
+    apply_optimizer_state(optimizer, opt_state["optimizer"], state["path"])
     if opt_state.get("scaler"):
         scaler.load_state_dict(opt_state["scaler"])
     positions = state["data_positions"]
