@@ -78,7 +78,8 @@ def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(shard
     assert "step-00000002" in err and "refused" in err and "step-00000001" in err
     assert not marker.exists()
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
-    assert not list((out / "checkpoints").glob("step-*/optimizer.pt"))
+    # the planted file stays only in the refused directory, renamed aside; no new checkpoint writes a .pt
+    assert [p.parent.name for p in (out / "checkpoints").glob("*/optimizer.pt")] == ["step-00000002.bad"]
 
 
 def _stepped_adamw(fused):
@@ -243,14 +244,55 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, c
                 "cut_optimizer": "optimizer.safetensors", "cut_optimizer_json": "optimizer.json"}
         f = bad / name[damage]
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    logged = (out / "log.jsonl").read_text().splitlines(keepends=True)
     capsys.readouterr()
     assert _gsv_train(_common(shards, out) + ["--resume", "--keep", "2", "--json"]) == 0
     cap = capsys.readouterr()
     assert "step-00000003" in cap.err and "unusable" in cap.err and "step-00000002" in cap.err
     assert "starting fresh" not in cap.out
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
-    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000004"]
+    # resumed from step 2, not restarted: the lines of steps 1 and 2 are the very same bytes
+    assert (out / "log.jsonl").read_text().splitlines(keepends=True)[:2] == logged[:2]
+    moved = [] if damage == "missing_dir" else ["step-00000003.bad"]  # the damaged one, kept, renamed
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == \
+        sorted(["step-00000003", "step-00000004"] + moved)
+    assert all(m in cap.err and "renamed" in cap.err for m in moved)
     assert json.loads((_ck(out, 3) / "state.json").read_text())["step"] == 3  # rewritten, complete
+
+
+def test_a_fallback_resume_sets_the_newer_directory_aside_and_latest_is_honoured(shards, tmp_path, capsys):
+    """step-4's optimizer is cut; --resume falls back to step 2 and stops at 3: step-4 must not stay
+    where `gsv eval gs:OUT` or --init-from would load its abandoned weights."""
+    from gaussianvision.train.checkpoint import load_checkpoint
+    out = tmp_path / "run"
+    assert _gsv_train(_common(shards, out, steps=6) + ["--stop-after", "4", "--save-every", "2", "--keep", "0"]) == 0
+    f = _ck(out, 4) / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    capsys.readouterr()
+    assert _gsv_train(_common(shards, out, steps=6) + ["--resume", "--stop-after", "1", "--save-every", "2",
+                                                      "--keep", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "step-00000004 -> step-00000004.bad" in err
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert not _ck(out, 4).exists() and (out / "checkpoints" / "step-00000004.bad" / "weights.safetensors").is_file()
+    state, _, _ = load_checkpoint(out)  # what gsv eval and --init-from read
+    assert state["step"] == 3
+    # `latest` names the checkpoint to use when it is complete, even with a newer complete one beside it
+    shutil.copytree(_ck(out, 3), _ck(out, 9))
+    (out / "checkpoints" / "latest").write_text("step-00000002\n")
+    assert load_checkpoint(out)[0]["path"] == str(_ck(out, 2))
+    (out / "checkpoints" / "latest").write_text("step-00000007\n")  # missing: newest complete, with a warning
+    capsys.readouterr()
+    assert load_checkpoint(out)[0]["path"] == str(_ck(out, 9))
+    assert "names step-00000007, which is missing" in capsys.readouterr().err
+
+
+def test_an_out_folder_named_like_a_step_directory_is_a_run_folder(shards, tmp_path, capsys):
+    from gaussianvision.train.checkpoint import load_checkpoint
+    out = tmp_path / "step-2-ft"
+    assert _gsv_train(_common(shards, out, steps=2)) == 0
+    assert load_checkpoint(out)[0]["step"] == 2
+    assert _gsv_train(_common(shards, out, steps=3)[:-2] + ["--out", str(out), "--steps", "2", "--resume"]) == 0
 
 
 def test_resume_refuses_when_no_checkpoint_is_complete_and_deletes_nothing(shards, tmp_path, capsys):

@@ -155,7 +155,7 @@ def _run(args) -> int:
             try:
                 samples = [x for u in source.shards for x in source.read_shard(u)]
                 source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
-                                             world_size=info.world_size, skipped=source.skipped())
+                                             world_size=info.world_size, left_out=source.left_out())
             except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
             if args.epochs is not None:

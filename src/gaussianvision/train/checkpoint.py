@@ -9,7 +9,9 @@ Layout of OUT/checkpoints/:
 
 A step directory is written under a temporary name and renamed when complete; `latest` is then
 replaced atomically, so a crash at any moment leaves the previous checkpoint usable. Loading OUT
-takes the newest complete step directory (a damaged or half-deleted newer one is named in a warning).
+takes the step directory `latest` names when it is complete, else the newest complete one (each
+damaged or missing one tried first is named in a warning). A resume that falls back renames the
+newer step directories to step-N.bad (set_aside_newer), so nothing later loads them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +30,7 @@ from .optstate import read_optimizer, write_optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "trainable_state", "load_trainable", "CheckpointError", "step_dirs",
-           "holds_checkpoints"]
+           "holds_checkpoints", "find_checkpoint", "set_aside_newer"]
 
 
 class CheckpointError(ValueError):
@@ -124,14 +127,18 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     return final
 
 
+_STEP_DIR = re.compile(r"step-[0-9]+")
+
+
 def _step_of(d: Path) -> int:
     return int(d.name[len("step-"):])
 
 
 def step_dirs(root: str | os.PathLike) -> list[Path]:
-    """The step-N directories of a checkpoints folder, oldest first (complete or not)."""
+    """The step-N directories of a checkpoints folder (named exactly step-<digits>), oldest first
+    (complete or not)."""
     root = Path(root)
-    found = [d for d in root.glob("step-*") if d.is_dir() and d.name[len("step-"):].isdigit()]
+    found = [d for d in root.glob("step-*") if _STEP_DIR.fullmatch(d.name) and d.is_dir()]
     return sorted(found, key=_step_of)
 
 
@@ -146,13 +153,16 @@ def holds_checkpoints(path: str | os.PathLike) -> bool:
 
 
 def latest_checkpoint(path: str | os.PathLike) -> Path | None:
-    """OUT, OUT/checkpoints or a step directory -> the newest step directory with a state.json
-    (load_checkpoint checks the rest and falls back further when it must)."""
+    """OUT, OUT/checkpoints or a step directory -> the step directory `latest` names if it has a
+    state.json, else the newest that has one (load_checkpoint checks the rest and falls back
+    further when it must)."""
     p = Path(path)
     if (p / "state.json").is_file():
         return p
-    done = [d for d in step_dirs(_root(p)) if (d / "state.json").is_file()]
-    return done[-1] if done else None
+    root = _root(p)
+    done = [d for d in step_dirs(root) if (d / "state.json").is_file()]
+    named = [d for d in done if d.name == _latest_name(root)]
+    return (named or done or [None])[-1]
 
 
 def _read_state(d: Path) -> dict:
@@ -188,37 +198,65 @@ def _load_dir(d: Path, optimizer: bool, map_location) -> tuple[dict, dict[str, t
     return state, weights, opt
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu",
-                    optimizer: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    """(state, trainable weights, optimizer state or None) of a step directory, or of the newest
-    complete one under OUT / OUT/checkpoints (each unusable newer one named in a warning on stderr).
+def find_checkpoint(path: str | os.PathLike, map_location="cpu", optimizer: bool = False
+                    ) -> tuple[tuple[dict, dict[str, torch.Tensor], dict | None], list[str]]:
+    """((state, weights, optimizer state or None), [why each candidate tried first was unusable]).
 
-    optimizer: also read the optimizer state (only --resume needs it; it is never read otherwise).
-    Raises CheckpointError when there is no checkpoint or none is complete.
-    """
+    path: a step directory (loaded as it is), or OUT / OUT/checkpoints: the directory `latest` names
+    when it is complete, else the newest complete one. Prints nothing; CheckpointError when there
+    is no checkpoint or none is complete."""
     p = Path(path)
-    if (p / "state.json").is_file() or p.name.startswith("step-"):
-        return _load_dir(p, optimizer, map_location)
+    if (p / "state.json").is_file() or _STEP_DIR.fullmatch(p.name):
+        return _load_dir(p, optimizer, map_location), []
     root = _root(p)
     dirs = step_dirs(root)
     if not dirs:
         raise CheckpointError(f"no checkpoint found at {path} (expected OUT/checkpoints/step-N directories)")
-    bad = _missing_latest(root, dirs)
-    for d in reversed(dirs):
+    named = _latest_name(root)
+    bad = [f"{root / 'latest'} names {named}, which is missing"] if named and named not in {d.name for d in dirs} else []
+    for d in sorted(dirs, key=lambda d: (d.name == named, _step_of(d)), reverse=True):
         try:
-            found = _load_dir(d, optimizer, map_location)
+            return _load_dir(d, optimizer, map_location), bad
         except CheckpointError as e:
             bad.append(str(e))
-            continue
-        for why in bad:
-            print(f"warning: checkpoint unusable: {why}; using {d}", file=sys.stderr)
-        return found
     raise CheckpointError(f"{root}: no complete checkpoint ({'; '.join(bad)})")
 
 
-def _missing_latest(root: Path, dirs: list[Path]) -> list[str]:
+def load_checkpoint(path: str | os.PathLike, map_location="cpu",
+                    optimizer: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """(state, trainable weights, optimizer state or None) of a step directory, or of the checkpoint
+    find_checkpoint chooses under OUT / OUT/checkpoints (each unusable one tried first named in a
+    warning on stderr).
+
+    optimizer: also read the optimizer state (only --resume needs it; it is never read otherwise).
+    Raises CheckpointError when there is no checkpoint or none is complete.
+    """
+    found, bad = find_checkpoint(path, map_location, optimizer)
+    for why in bad:
+        print(f"warning: checkpoint unusable: {why}; using {found[0]['path']}", file=sys.stderr)
+    return found
+
+
+def set_aside_newer(used: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Rename the step directories newer than `used` (the checkpoint a resume continues from) to
+    step-N.bad (step-N.bad2, ... when taken): kept for inspection, never loaded, never deleted.
+    -> [(old name, new path)]."""
+    used = Path(used)
+    moved = []
+    for d in step_dirs(used.parent):
+        if _step_of(d) > _step_of(used):
+            new, n = d.with_name(d.name + ".bad"), 1
+            while new.exists():
+                n += 1
+                new = d.with_name(f"{d.name}.bad{n}")
+            os.replace(d, new)
+            moved.append((d.name, new))
+    return moved
+
+
+def _latest_name(root: Path) -> str:
     ptr = root / "latest"
-    name = ptr.read_text(errors="replace").strip() if ptr.is_file() else ""
-    if name and name not in {d.name for d in dirs}:
-        return [f"{ptr} names {name}, which is missing"]
-    return []
+    try:
+        return ptr.read_text(errors="replace").strip() if ptr.is_file() else ""
+    except OSError:
+        return ""

@@ -121,9 +121,13 @@ class _ShardReader:
             print(f"gsv train: warning: shard {url} is damaged ({self.damaged[url]}); "
                   "its samples before the damage are used", file=sys.stderr)
 
+    def left_out(self) -> dict:
+        """{"skipped_samples": {(url, key)} undecodable or cut samples, "damaged_shards": {url} shards cut short}."""
+        return {"skipped_samples": set(self.bad_samples), "damaged_shards": set(self.damaged)}
+
     def skipped(self) -> dict:
-        """{"skipped_samples": undecodable samples, "damaged_shards": shards cut short}, distinct."""
-        return {"skipped_samples": len(self.bad_samples), "damaged_shards": len(self.damaged)}
+        """Counts of what left_out() names."""
+        return {k: len(v) for k, v in self.left_out().items()}
 
 
 def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, rank: int = 0,
@@ -139,9 +143,9 @@ def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, ra
 
 
 def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                        skipped: dict | None = None):
-    """Decoded samples held in memory -> an IndexedSource (epochs of known length); `skipped`: the
-    counts of what reading them left out (reported in the training summary)."""
+                        left_out: dict | None = None):
+    """Decoded samples held in memory -> an IndexedSource (epochs of known length); `left_out`: what
+    reading them left out, as _ShardReader.left_out() names it (reported in the training summary)."""
     src = IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)
-    src.skipped_counts = dict(skipped or {})
+    src.left_out_sets = {k: set(v) for k, v in (left_out or {}).items()}
     return src

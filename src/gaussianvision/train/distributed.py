@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_grads", "all_reduce_mean", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_grads", "all_reduce_mean", "barrier", "cleanup",
+           "broadcast_object", "gather_object"]
 
 
 @dataclass
@@ -84,6 +85,24 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / info.world_size
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` (picklable, from our own code only) on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_object(obj, info: DistInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(info: DistInfo) -> None:

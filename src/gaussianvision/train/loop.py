@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CheckpointError, holds_checkpoints, latest_checkpoint, load_checkpoint, load_trainable,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, find_checkpoint, holds_checkpoints, latest_checkpoint, load_checkpoint,
+                         load_trainable, rng_state, save_checkpoint, set_aside_newer, set_rng_state)
 from .optstate import apply_optimizer_state
-from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier
+from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, broadcast_object, gather_object
 from .schedule import cosine_lr, set_lr
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
@@ -105,25 +106,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def _gather_positions(pos: tuple[int, int], info: DistInfo) -> list:
-    if not info.enabled:
-        return [list(pos)]
-    import torch.distributed as dist
-    out = [None] * info.world_size
-    dist.all_gather_object(out, list(pos))
-    return out
-
-
-def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
-    """Run (or resume) training; returns a summary with the per-step losses.
-
-    source: an object with batches(epoch, start) (see sources.py) yielding this rank's micro-batches.
-    Raises TrainingDiverged on a non-finite loss, CheckpointError on an unusable --resume.
-    """
-    info = info or DistInfo()
-    model = task.model
-    device = info.device
-    params = [p for p in model.parameters() if p.requires_grad]
+def _total_steps(source, cfg: TrainConfig, params) -> int:
+    """The run's optimizer steps (from --steps, or --epochs over a source of known length), after
+    checking the settings train() relies on."""
     if not params:
         raise ValueError("nothing to train: the model has no parameter with requires_grad=True")
     if cfg.accum < 1:
@@ -144,149 +129,207 @@ def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
         raise ValueError("give --steps or --epochs")
     if per_epoch == 0:
         raise ValueError(f"the data holds less than one optimizer step ({cfg.accum} x batch {cfg.batch_size})")
+    return total
 
-    if info.enabled:  # every rank starts from rank 0's weights, whatever its own initialization
-        import torch.distributed as dist
-        with torch.no_grad():
-            for p in params:
-                dist.broadcast(p.data, src=0)
-    optimizer = _adamw(_param_groups(model, cfg.weight_decay), cfg)
-    ac, amp_dtype = _autocast(device, cfg.precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    out = Path(cfg.out)
-    step, epoch, position = 0, 0, 0
-    config_json = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "stop_after")}
-    if cfg.resume and holds_checkpoints(out):
-        step, epoch, position = _restore(out, config_json, task, info, model, optimizer, scaler)
-    elif cfg.resume and info.is_main:
-        print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
-    elif holds_checkpoints(out):
-        raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out) or out / 'checkpoints'}); "
-                              "continue it with --resume or choose another --out")
-    resumed = step > 0
+def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
+    """Run (or resume) training; returns a summary with the per-step losses.
 
-    log_f = None
-    tb = None
-    if info.is_main:
+    source: an object with batches(epoch, start) (see sources.py) yielding this rank's micro-batches.
+    Raises TrainingDiverged on a non-finite loss, CheckpointError on an unusable --resume.
+    """
+    run = _Run(task, source, cfg, info or DistInfo())
+    logs = _Logs(run)
+    try:
+        while run.step < run.stop_at:
+            run.one_step(logs)
+    finally:
+        logs.close()
+    return run.finish()
+
+
+class _Run:
+    """One run's model, optimizer, data position and schedule: set up (fresh or resumed) on creation;
+    one_step() trains one optimizer step, save() writes a checkpoint, finish() exports and sums up."""
+
+    def __init__(self, task, source, cfg: TrainConfig, info: DistInfo):
+        self.task, self.source, self.cfg, self.info = task, source, cfg, info
+        self.model = task.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.total = _total_steps(source, cfg, self.params)
+        if info.enabled:  # every rank starts from rank 0's weights, whatever its own initialization
+            import torch.distributed as dist
+            with torch.no_grad():
+                for p in self.params:
+                    dist.broadcast(p.data, src=0)
+        self.optimizer = _adamw(_param_groups(self.model, cfg.weight_decay), cfg)
+        self.ac, amp_dtype = _autocast(info.device, cfg.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.out = Path(cfg.out)
+        self.config_json = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "stop_after")}
+        self.step, self.epoch, self.position = self._start()
+        self.resumed = self.step > 0
+        self.stop_at = self.total if not cfg.stop_after else min(self.total, self.step + int(cfg.stop_after))
+        self.it = source.batches(self.epoch, self.position)
+        self.losses: list[float] = []
+        self.last_ckpt = latest_checkpoint(self.out)
+        self.global_batch = cfg.batch_size * info.world_size
+
+    def _start(self) -> tuple[int, int, int]:
+        """(step, epoch, position) to start from: a resumed checkpoint's, or zeros for a fresh run."""
+        cfg, out = self.cfg, self.out
+        if cfg.resume and holds_checkpoints(out):
+            return _restore(out, self.config_json, self.task, self.info, self.model, self.optimizer, self.scaler)
+        if cfg.resume and self.info.is_main:
+            print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
+        elif not cfg.resume and holds_checkpoints(out):
+            raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out) or out / 'checkpoints'}); "
+                                  "continue it with --resume or choose another --out")
+        return 0, 0, 0
+
+    def one_step(self, logs: "_Logs") -> None:
+        cfg, task = self.cfg, self.task
+        lr = cosine_lr(self.step, cfg.lr, cfg.warmup, self.total, cfg.min_lr)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Parameters the task holds fixed this step (stage rgb's locked text tower): no gradient,
+        # so AdamW leaves them and their moments untouched (no weight decay either).
+        held = task.begin_step(self.step) if hasattr(task, "begin_step") else ()
+        step_loss, step_logs = self._accumulate(lr)
+        all_reduce_grads(self.params, self.info.world_size)
+        for p in held:
+            p.grad = None
+        grad_norm = None
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if hasattr(task, "after_step"):
+            task.after_step()
+        self.step += 1
+        self.losses.append(step_loss)
+        logs.record(self, step_loss, lr, step_logs, grad_norm)
+        if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.stop_at:
+            self.save()
+
+    def _accumulate(self, lr: float) -> tuple[float, dict]:
+        """Forward and backward over cfg.accum micro-batches -> (mean loss over ranks, mean logs)."""
+        cfg = self.cfg
+        step_loss, step_logs = 0.0, {}
+        for micro in range(cfg.accum):
+            batch = self._next_batch()
+            with self.ac:
+                loss, logs = self.task.loss(batch)
+            value = all_reduce_mean(loss.detach().float().item(), self.info)
+            if not math.isfinite(value):
+                where = f"step {self.step + 1}, micro-batch {micro + 1}/{cfg.accum}, epoch {self.epoch}"
+                keep = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written yet"
+                raise TrainingDiverged(f"loss is {value} at {where} (lr {lr:.3g}); training stopped; {keep}. "
+                                       "Try a lower --lr, a longer --warmup, --grad-clip or --precision fp32.")
+            self.scaler.scale(loss / cfg.accum).backward()
+            step_loss += value / cfg.accum
+            for k, v in logs.items():
+                step_logs[k] = step_logs.get(k, 0.0) + float(v) / cfg.accum
+        return step_loss, step_logs
+
+    def _next_batch(self) -> dict:
+        batch = next(self.it, None)
+        if batch is None:  # this rank's epoch is over: next epoch, deterministic order
+            self.epoch, self.position = self.epoch + 1, 0
+            self.it = self.source.batches(self.epoch, 0)
+            batch = next(self.it, None)
+            if batch is None:
+                raise ValueError("the data source yielded no batch for a whole epoch")
+        self.position += 1
+        return _to_device(batch, self.info.device)
+
+    def save(self) -> None:
+        info, step = self.info, self.step
+        positions = gather_object([self.epoch, self.position], info)
+        rngs = gather_object(rng_state(), info)
+        if info.is_main:
+            opt_state = {"optimizer": self.optimizer.state_dict(),
+                         "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+            state = {"train_config": self.config_json, "task": self.task.describe(), "epoch": self.epoch,
+                     "data_positions": positions, "rng": rngs, "world_size": info.world_size,
+                     "samples_seen": step * self.global_batch * self.cfg.accum}
+            self.last_ckpt = save_checkpoint(self.out, step, self.model, opt_state, state, keep=self.cfg.keep)
+        barrier(info)
+
+    def finish(self) -> dict:
+        if self.info.is_main and self.step == self.total and hasattr(self.task, "export"):
+            self.task.export(self.out)
+        barrier(self.info)
+        losses = self.losses
+        return {"steps": self.step, "total_steps": self.total, "losses": losses,
+                "final_loss": losses[-1] if losses else None,
+                "checkpoint": str(self.last_ckpt) if self.last_ckpt else None, "epoch": self.epoch,
+                "position": self.position, **_skipped(self.source, self.info)}
+
+
+class _Logs:
+    """Rank 0's train_config.json, log.jsonl (trimmed to the resumed step), TensorBoard writer and
+    progress bar; nothing on the other ranks."""
+
+    def __init__(self, run: _Run):
+        self.f = self.tb = self.bar = None
+        self.t_last, self.samples_since = time.perf_counter(), 0
+        info, cfg, out = run.info, run.cfg, run.out
+        if not info.is_main:
+            return
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps({"train": config_json, "task": task.describe()},
+        (out / "train_config.json").write_text(json.dumps({"train": run.config_json, "task": run.task.describe()},
                                                           indent=2, default=str) + "\n")
-        if resumed:
-            _trim_log(out / "log.jsonl", step)
-        log_f = open(out / "log.jsonl", "a" if resumed else "w")
+        if run.resumed:
+            _trim_log(out / "log.jsonl", run.step)
+        self.f = open(out / "log.jsonl", "a" if run.resumed else "w")
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
+                self.close()
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-            tb = SummaryWriter(str(out / "tensorboard"))
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=run.total, initial=run.step, desc=f"train {run.task.describe().get('stage', '')}",
+                            unit="step")
+        self.t_last = time.perf_counter()
 
-    bar = None
-    if cfg.progress and info.is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=step, desc=f"train {task.describe().get('stage', '')}", unit="step")
+    def record(self, run: _Run, step_loss: float, lr: float, step_logs: dict, grad_norm: float | None) -> None:
+        step = run.step
+        self.samples_since += run.global_batch * run.cfg.accum
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if self.f is None or not (step % max(1, run.cfg.log_every) == 0 or step == run.total):
+            return
+        now = time.perf_counter()
+        rec = {"step": step, "epoch": run.epoch, "loss": step_loss, "lr": lr,
+               "samples_per_s": self.samples_since / max(now - self.t_last, 1e-9), **step_logs}
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        self.t_last, self.samples_since = now, 0
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, step)
 
-    it = source.batches(epoch, position)
-    losses: list[float] = []
-    last_ckpt = latest_checkpoint(out)
-    t_last, samples_since = time.perf_counter(), 0
-    global_batch = cfg.batch_size * info.world_size
-
-    def save(step_):
-        nonlocal last_ckpt
-        positions = _gather_positions((epoch, position), info)
-        rngs = _gather_rng(info)
-        if info.is_main:
-            opt_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            state = {"train_config": config_json, "task": task.describe(), "epoch": epoch,
-                     "data_positions": positions, "rng": rngs, "world_size": info.world_size,
-                     "samples_seen": step_ * global_batch * cfg.accum}
-            last_ckpt = save_checkpoint(out, step_, model, opt_state, state, keep=cfg.keep)
-        barrier(info)
-
-    stop_at = total if not cfg.stop_after else min(total, step + int(cfg.stop_after))
-    try:
-        while step < stop_at:
-            lr = cosine_lr(step, cfg.lr, cfg.warmup, total, cfg.min_lr)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            # Parameters the task holds fixed this step (stage rgb's locked text tower): no gradient,
-            # so AdamW leaves them and their moments untouched (no weight decay either).
-            held = task.begin_step(step) if hasattr(task, "begin_step") else ()
-            step_loss, step_logs = 0.0, {}
-            for micro in range(cfg.accum):
-                batch = next(it, None)
-                if batch is None:  # this rank's epoch is over: next epoch, deterministic order
-                    epoch, position = epoch + 1, 0
-                    it = source.batches(epoch, 0)
-                    batch = next(it, None)
-                    if batch is None:
-                        raise ValueError("the data source yielded no batch for a whole epoch")
-                position += 1
-                batch = _to_device(batch, device)
-                with ac:
-                    loss, logs = task.loss(batch)
-                value = all_reduce_mean(loss.detach().float().item(), info)
-                if not math.isfinite(value):
-                    where = f"step {step + 1}, micro-batch {micro + 1}/{cfg.accum}, epoch {epoch}"
-                    keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    raise TrainingDiverged(f"loss is {value} at {where} (lr {lr:.3g}); training stopped; {keep}. "
-                                           "Try a lower --lr, a longer --warmup, --grad-clip or --precision fp32.")
-                scaler.scale(loss / cfg.accum).backward()
-                step_loss += value / cfg.accum
-                for k, v in logs.items():
-                    step_logs[k] = step_logs.get(k, 0.0) + float(v) / cfg.accum
-            all_reduce_grads(params, info.world_size)
-            for p in held:
-                p.grad = None
-            grad_norm = None
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            if hasattr(task, "after_step"):
-                task.after_step()
-            step += 1
-            losses.append(step_loss)
-            samples_since += global_batch * cfg.accum
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            if info.is_main and (step % max(1, cfg.log_every) == 0 or step == total):
-                now = time.perf_counter()
-                rec = {"step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
-                       "samples_per_s": samples_since / max(now - t_last, 1e-9), **step_logs}
-                if grad_norm is not None:
-                    rec["grad_norm"] = grad_norm
-                t_last, samples_since = now, 0
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                if tb is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            tb.add_scalar(f"train/{k}", v, step)
-            if (cfg.save_every and step % cfg.save_every == 0) or step == stop_at:
-                save(step)
-    finally:
-        if bar is not None:
-            bar.close()
-        if log_f is not None:
-            log_f.close()
-        if tb is not None:
-            tb.close()
-
-    if info.is_main and step == total and hasattr(task, "export"):
-        task.export(out)
-    barrier(info)
-    return {"steps": step, "total_steps": total, "losses": losses, "final_loss": losses[-1] if losses else None,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "epoch": epoch, "position": position,
-            **_skipped(source, info)}
+    def close(self) -> None:
+        for h in (self.bar, self.f, self.tb):
+            if h is not None:
+                h.close()
 
 
 def _skipped(source, info: DistInfo) -> dict:
-    """The source's counts of left-out samples and damaged shards, summed over ranks."""
+    """Distinct left-out samples and damaged shards over all ranks: the union of each rank's sets
+    (with --in-memory every rank reads every shard; streamed, a shard may be read by two ranks)."""
+    if hasattr(source, "left_out"):
+        sets = gather_object(source.left_out(), info)
+        return {k: len(set().union(*(s.get(k, ()) for s in sets))) for k in ("skipped_samples", "damaged_shards")}
     counts = source.skipped() if hasattr(source, "skipped") else {}
     return {k: int(round(all_reduce_mean(float(counts.get(k, 0)), info) * info.world_size))
             for k in ("skipped_samples", "damaged_shards")}
@@ -310,26 +353,64 @@ def _check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
 
 
 def _restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
-    """Load the newest complete checkpoint of `out` into model, optimizer and scaler; set the RNGs.
-    -> (step, epoch, position) of this rank."""
+    """Resume: rank 0 chooses the checkpoint of `out` (see _choose), every rank loads that exact
+    directory into model, optimizer and scaler and sets its RNGs; the ranks agree before going on
+    (a failure on any rank is a CheckpointError on all). -> (step, epoch, position) of this rank."""
+    found, err = None, None
+    if info.is_main:
+        try:
+            found = _choose(out)
+        except CheckpointError as e:
+            err = (f"--resume: {e}; nothing was deleted (to start over, move it away or choose "
+                   "another --out)")
+    path, err = broadcast_object((found[0]["path"] if found else None, err), info)
+    if err:
+        raise CheckpointError(err)
+    err, got = None, None
     try:
-        state, weights, opt_state = load_checkpoint(out, optimizer=True)
+        got = _apply(found or load_checkpoint(path, optimizer=True), config_json, task, info, model, optimizer, scaler)
     except CheckpointError as e:
-        raise CheckpointError(f"--resume: {e}; nothing was deleted (to start over, move it away or choose "
-                              "another --out)") from None
+        err = str(e)
+    errors = [(r, e) for r, e in enumerate(gather_object(err, info)) if e]
+    if errors:
+        r, e = errors[0]
+        raise CheckpointError(e if r == info.rank or not info.enabled else f"rank {r}: {e}")
+    return got
+
+
+def _choose(out: Path) -> tuple[dict, dict, dict]:
+    """Rank 0: the checkpoint to resume from (the one `latest` names when complete, else the newest
+    complete one); the step directories newer than it are renamed step-N.bad so nothing loads them
+    later; each unusable one and each one moved aside is named in one warning line."""
+    found, bad = find_checkpoint(out, optimizer=True)
+    used = found[0]["path"]
+    moved = set_aside_newer(used)
+    for why in bad:
+        print(f"warning: checkpoint unusable: {why}; using {used}", file=sys.stderr)
+    if moved:
+        print(f"warning: resuming from {used}: the newer step directories are renamed, kept and never loaded: "
+              + ", ".join(f"{old} -> {new.name}" for old, new in moved), file=sys.stderr)
+    return found
+
+
+def _apply(found, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+    state, weights, opt_state = found
     _check_resume(state, config_json, task, info)
     load_trainable(model, weights)
     apply_optimizer_state(optimizer, opt_state["optimizer"], state["path"])
-    if opt_state.get("scaler"):
-        scaler.load_state_dict(opt_state["scaler"])
-    positions = state["data_positions"]
-    if len(positions) <= info.rank:
-        raise CheckpointError(f"--resume: {state['path']} holds no data position for rank {info.rank}")
-    rngs = state.get("rng", [])
-    if len(rngs) > info.rank:
-        set_rng_state(rngs[info.rank])
-    epoch, position = positions[info.rank]
-    return int(state["step"]), int(epoch), int(position)
+    try:
+        if opt_state.get("scaler"):
+            scaler.load_state_dict(opt_state["scaler"])
+        positions = state["data_positions"]
+        if len(positions) <= info.rank:
+            raise CheckpointError(f"--resume: {state['path']} holds no data position for rank {info.rank}")
+        rngs = state.get("rng", [])
+        if len(rngs) > info.rank:
+            set_rng_state(rngs[info.rank])
+        epoch, position = positions[info.rank]
+        return int(state["step"]), int(epoch), int(position)
+    except (ValueError, KeyError, TypeError, IndexError, SyntaxError, RuntimeError) as e:
+        raise CheckpointError(f"--resume: {state['path']}: unusable state ({type(e).__name__}: {e})") from None
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -348,13 +429,3 @@ def _trim_log(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)
-
-
-def _gather_rng(info: DistInfo) -> list:
-    st = rng_state()
-    if not info.enabled:
-        return [st]
-    import torch.distributed as dist
-    out = [None] * info.world_size
-    dist.all_gather_object(out, st)
-    return out

@@ -43,9 +43,14 @@ class IndexedSource:
         """Micro-batches per epoch (the incomplete last global batch is dropped)."""
         return len(self.dataset) // (self.batch_size * self.world_size)
 
+    def left_out(self) -> dict:
+        """{"skipped_samples": {(url, key)}, "damaged_shards": {url}} left out when the data was read
+        (set by build_memory_source)."""
+        return {k: set(v) for k, v in getattr(self, "left_out_sets", {}).items()}
+
     def skipped(self) -> dict:
-        """Counts of samples left out when the data was read (set by build_memory_source)."""
-        return dict(getattr(self, "skipped_counts", {}))
+        """Counts of what left_out() names."""
+        return {k: len(v) for k, v in self.left_out().items()}
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.dataset)
@@ -80,9 +85,13 @@ class ShardSource:
     def __len__(self):  # unknown without reading: epochs end when this rank's shards run out
         raise TypeError("ShardSource has no length")
 
+    def left_out(self) -> dict:
+        """What the shard reader left out so far: {"skipped_samples": {(url, key)}, "damaged_shards": {url}}."""
+        return self.read_shard.left_out() if hasattr(self.read_shard, "left_out") else {}
+
     def skipped(self) -> dict:
-        """What the shard reader left out so far (damaged shards, undecodable samples), if it counts."""
-        return self.read_shard.skipped() if hasattr(self.read_shard, "skipped") else {}
+        """Counts of what left_out() names."""
+        return {k: len(v) for k, v in self.left_out().items()}
 
     def _samples(self, epoch: int) -> Iterator[dict]:
         rng = random.Random(epoch_seed(self.seed, epoch, self.rank))
