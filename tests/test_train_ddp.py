@@ -63,3 +63,43 @@ def test_two_process_gloo_equals_single_process(tmp_path, negatives):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5, msg=lambda m, n=n: f"{n}: {m}")
         checked += 1
     assert checked == len(w1) > 20
+
+
+def _torchrun(args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "gaussianvision.cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_processes_count_skips_once_and_fall_back_to_the_same_checkpoint(tmp_path):
+    """--in-memory: both ranks read every shard, yet each bad sample and damaged shard counts once.
+    A fallback resume: rank 0 chooses, both ranks load that checkpoint, one warning, log kept."""
+    import json
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_hardening import _multi_image_shard
+    data, out = tmp_path / "data", tmp_path / "out"
+    paths = write_splat_shards(data, n_samples=16, per_shard=8)
+    raw = Path(paths[1]).read_bytes()
+    Path(paths[1]).write_bytes(raw[: len(raw) // 2])
+    _multi_image_shard(data / "shard-0002.tar")
+    args = ["train", "--stage", "1", "--model-config", "gs-tiny", "--data", str(data), "--in-memory", "--steps", "4",
+            "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--save-every", "1", "--keep", "0",
+            "--device", "cpu", "--no-progress", "--json", "--out", str(out)]
+    first = _torchrun(args + ["--stop-after", "3"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = json.loads([ln for ln in first.stdout.splitlines() if ln.startswith("{")][-1])
+    assert (res["steps"], res["skipped_samples"], res["damaged_shards"]) == (3, 2, 1)  # not 4 and 2
+    logged = (out / "log.jsonl").read_text().splitlines(keepends=True)
+    cut = out / "checkpoints" / "step-00000003" / "optimizer.safetensors"
+    cut.write_bytes(cut.read_bytes()[:64])
+    again = _torchrun(args + ["--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("warning: checkpoint unusable") == 1  # rank 0 only
+    assert again.stderr.count("step-00000003 -> step-00000003.bad") == 1
+    assert (out / "log.jsonl").read_text().splitlines(keepends=True)[:2] == logged[:2]
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    st = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert len(st["data_positions"]) == 2 and st["data_positions"][0] == st["data_positions"][1]
