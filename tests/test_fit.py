@@ -206,9 +206,15 @@ def test_relocation_schedule(monkeypatch):
     ({"lr_means": "abc"}, "fit option lr_means='abc': expected a number"),
     ({"iters": "5"}, "fit option iters='5': expected a number"),
     ({"init": "bogus"}, "fit option init='bogus': unknown initializer"),
+    ({"iters": 2.0}, "fit option iters=2.0: expected a whole number"),
+    ({"finetune_iters": 1.5}, "fit option finetune_iters=1.5: expected a whole number"),
+    ({"plateau_patience": 3.0}, "fit option plateau_patience=3.0: expected a whole number"),
+    ({"iters": True}, "fit option iters=True: expected a number"),
+    ({"lr_chol": False}, "fit option lr_chol=False: expected a number"),
 ])
 def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, message):
     with pytest.raises(ValueError) as e:
         FitConfig.from_options(options)
     assert str(e.value).startswith(message)
     assert FitConfig.from_options({"lr_means": 1, "target_psnr": None}).lr_means == 1
+    assert FitConfig.from_options({"iters": 7, "plateau_patience": None, "target_psnr": 30}).iters == 7

@@ -79,7 +79,8 @@ class FitConfig:
     record_at: tuple = ()          # iterations at which to record every image's PSNR
 
     def _check_types(self) -> None:
-        """Every numeric option a number (not a string from a command line), init a known name."""
+        """Every numeric option a number (not a string from a command line; an int option an
+        int, not 2.0 or True), init a known name."""
         for name, f in self.__dataclass_fields__.items():
             v = getattr(self, name)
             want = str(f.type).replace("'", "")
@@ -87,6 +88,8 @@ class FitConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"fit option {name}={v!r}: expected a number")
+            if want.startswith("int") and not isinstance(v, int):
+                raise ValueError(f"fit option {name}={v!r}: expected a whole number (an int)")
         if not isinstance(self.init, str) or self.init not in INITIALIZERS:
             raise ValueError(f"fit option init={self.init!r}: unknown initializer; choose one of {sorted(INITIALIZERS)}")
 
