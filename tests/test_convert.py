@@ -141,11 +141,14 @@ def test_truncated_tar_keeps_earlier_samples_and_records_the_damage(tmp_path):
     assert (s["inputs"], s["converted"], s["failed"]) == (2, 1, 1) and s["reconciled"]
     assert "truncated or corrupt" in s["shard_errors"][0]
     fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
-    assert fail["key"] == "b" and "ends inside this sample" in fail["reason"]
+    assert fail["key"] == "b" and "any later member of it is lost" in fail["reason"]
     src.write_bytes(data[: cut - 100 - 512 + 200])  # inside b's header: tarfile itself would stop quietly
     s = convert_dataset(str(src), tmp_path / "out2", cfg())
-    assert (s["inputs"], s["converted"], s["failed"]) == (1, 1, 0)
+    # the open sample a may have lost members after the cut header: it fails, never passes as complete
+    assert (s["inputs"], s["converted"], s["failed"]) == (1, 0, 1)
     assert "no end-of-archive marker" in s["shard_errors"][0]
+    fail = json.loads((tmp_path / "out2" / "failures.jsonl").read_text())
+    assert fail["key"] == "a" and "any later member of it is lost" in fail["reason"]
 
 
 def make_folder(root: Path, n=7) -> Path:
@@ -277,7 +280,8 @@ def cli_main(args):
 
 
 BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
-               (["--size", "0"], "size must be >= 1"), (["--device", "gpu0"], "device 'gpu0'")]
+               (["--size", "0"], "size must be >= 1"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number")]
 if not __import__("torch").cuda.is_available():
     BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
 
@@ -364,3 +368,26 @@ def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(convert, "_write_atomic", refuse)
     rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
     assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'out'}: cannot write the output (Read-only file system)"
+
+
+def test_non_utf8_member_names_and_sources_fail_one_sample_not_the_run(tmp_path):
+    """A latin-1 member name (b'caf\\xe9.jpg') and a lone surrogate in a source's JSON: the first
+    sample fails with the reason, the second converts; every record is written; a rerun resumes."""
+    members = good_sample("ok", 1) + [(n.replace("caf", "caf\udce9"), d) for n, d in good_sample("caf", 2)]
+    members += [("odd.jpg", img_bytes(fmt="JPEG", seed=3)), ("odd.json", b'{"t": "\\udce9"}')]
+    src = tmp_path / "s.tar"
+    with tarfile.open(src, "w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    for _ in range(2):
+        rc, stdout, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS])
+        assert rc == 0 and "Traceback" not in err, err
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["inputs"], s["converted"], s["failed"]) == (3, 2, 1)
+    fail = json.loads((out / "failures.jsonl").read_text())
+    assert fail["key"] == "caf\udce9" and "not valid UTF-8" in fail["reason"]
+    odd = [x for x in read_samples(out / "000000.tar") if x["__key__"] == "odd"][0]
+    assert json.loads(odd["json"])["meta"] == {"t": "\udce9"}

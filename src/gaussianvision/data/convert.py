@@ -172,7 +172,9 @@ def _source_label(unit: Unit) -> str:
 
 
 def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    """One JSON line; any string can be written: a lone surrogate (a tar name's byte that is
+    not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX."""
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -25,15 +25,18 @@ import lzma
 import os
 import re
 import tarfile
+import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 __all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "iter_members", "check_key", "split_member",
-           "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES"]
+           "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES", "MAX_SAMPLE_BYTES", "ShardWarning", "Group",
+           "iter_groups", "show"]
 
 MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is skipped without reading it
+MAX_SAMPLE_BYTES = 256 << 20  # members past this many bytes held by their sample are skipped likewise
 _META_LIMIT = 1 << 20  # pax / GNU long-name entries
 _MAX_KEY_BYTES = 90  # key + '.' + extension must fit a USTAR name (100 bytes)
 
@@ -113,7 +116,7 @@ split_member = _split_member
 def check_key(key: str) -> str | None:
     """Why `key` cannot name the members of an output shard, or None when it can: a key is one
     plain name (no '/' or '\\', hence no '..' and no absolute path), without dots, control
-    characters (NUL, newline, ...), and short enough for a USTAR member name."""
+    characters (NUL, newline, ...), valid UTF-8, and short enough for a USTAR member name."""
     if not key:
         return "empty sample key"
     if "/" in key or "\\" in key:
@@ -122,8 +125,12 @@ def check_key(key: str) -> str | None:
         return f"sample key {key!r} holds a control character (NUL, newline, ...)"
     if "." in key:
         return f"sample key {key!r} holds a dot"
-    if len(key.encode("utf-8", "surrogateescape")) > _MAX_KEY_BYTES:
-        return f"sample key of {len(key.encode('utf-8', 'surrogateescape'))} bytes (limit {_MAX_KEY_BYTES})"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes of the tar name that are not UTF-8 (kept as surrogates)
+        return f"sample key {key!r} is not valid UTF-8"
+    if size > _MAX_KEY_BYTES:
+        return f"sample key of {size} bytes (limit {_MAX_KEY_BYTES})"
     return None
 
 
@@ -153,6 +160,18 @@ class ShardDamage(tarfile.ReadError):
         self.member = member
 
 
+class ShardWarning(UserWarning):
+    """Something of a readable shard was not read (data after its end-of-archive marker, a
+    member without extension or with a reserved '__' name)."""
+
+
+def show(name: str) -> str:
+    """A member name for messages: bytes that are not UTF-8 (kept as surrogates) as \\xNN-like
+    escapes, so a message can always be printed and written."""
+    text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 @dataclass
 class Member:
     """One tar entry: `data` holds a regular file's bytes; entries that are not read (links,
@@ -166,9 +185,13 @@ class Member:
 _OCTAL = re.compile(rb" *([0-7]*)[ \0]*")
 _NOT_FILES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
               b"5": "directory", b"6": "fifo"}
+_FILES = (b"0", b"\0", b"7")
 _META = (b"x", b"g", b"L", b"K")
 _COMPRESSED = {b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
                b"BZh": ("bzip2", bz2.BZ2File), b"\xfd7zXZ": ("xz", lzma.LZMAFile)}
+_CHUNK = 1 << 20  # member data is read in chunks: memory follows the data that is really there
+_BOMB_RATIO, _BOMB_SLACK = 200, 64 << 20  # decompressed bytes allowed per compressed byte, plus this
+_TAIL_SCAN = 1 << 20  # bytes after the end-of-archive marker looked at for a concatenated tar
 
 
 def _number(field: bytes, what: str, pos: int) -> int:
@@ -205,7 +228,7 @@ def _pax(data: bytes, pos: int) -> dict[str, str]:
     out, i = {}, 0
     while i < len(data) and data[i:i + 1] != b"\0":
         sp = data.find(b" ", i, i + 20)
-        length = int(data[i:sp]) if sp > i and data[i:sp].isdigit() else 0
+        length = int(data[i:sp]) if sp > i and data[i:sp].isdigit() else 0  # bytes.isdigit: ASCII only
         rec = data[sp + 1: i + length]
         if length <= 0 or i + length > len(data) or not rec.endswith(b"\n") or b"=" not in rec:
             raise ShardDamage(f"corrupt pax header at byte {pos}")
@@ -215,43 +238,75 @@ def _pax(data: bytes, pos: int) -> dict[str, str]:
     return out
 
 
-class _Stream:
-    """Reads of a (possibly compressed) tar stream with its position; read errors of the
-    stream (a cut or corrupt compressed stream, an I/O error) become ShardDamage."""
+class _Counted:
+    """The compressed file under a decompressor, counting the bytes read from it."""
 
     def __init__(self, f):
-        head = f.read(6)
-        f.seek(0)
+        self.f, self.count = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+
+class _Stream:
+    """Reads of a (possibly compressed) tar stream with its position; read errors of the
+    stream (a cut or corrupt compressed stream, an I/O error) become ShardDamage, and so does
+    a compressed stream expanding more than _BOMB_RATIO times (past _BOMB_SLACK): a bomb."""
+
+    def __init__(self, f):
+        try:
+            head = f.read(6)
+            f.seek(0)
+        except (OSError, ValueError) as e:
+            raise ShardDamage(f"cannot read the shard ({e})") from None
         self.kind, opener = next((c for magic, c in _COMPRESSED.items() if head.startswith(magic)), ("", None))
-        self.f = opener(f) if opener else f
+        self.raw = _Counted(f) if opener else None
+        self.f = opener(self.raw) if opener else f
         self.pos = 0
 
     def read(self, n: int) -> bytes:
         try:
             data = self.f.read(n)
-        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
             what = f"{self.kind} stream is cut or corrupt" if self.kind else "read error"
             raise ShardDamage(f"{what} at tar byte {self.pos} ({e})") from None
         self.pos += len(data)
+        if self.raw is not None and self.pos > _BOMB_RATIO * self.raw.count + _BOMB_SLACK:
+            raise ShardDamage(f"{self.kind} stream expands more than {_BOMB_RATIO}x ({self.raw.count} bytes "
+                              f"gave {self.pos}): a decompression bomb? not read further")
         return data
+
+    def read_chunked(self, n: int) -> bytes:
+        """Up to n bytes (less at the end of the data), read in chunks of _CHUNK."""
+        chunks, left = [], n
+        while left > 0:
+            chunk = self.read(min(left, _CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
     def skip(self, n: int) -> int:
         """Skip n bytes in bounded chunks; the number skipped (less at the end of the data)."""
         left = n
         while left > 0:
-            got = len(self.read(min(left, 1 << 20)))
+            got = len(self.read(min(left, _CHUNK)))
             if got == 0:
                 break
             left -= got
         return n - left
 
 
-def iter_members(f, max_member: int = MAX_MEMBER_BYTES) -> Iterator[Member]:
+def iter_members(f, max_member: int = MAX_MEMBER_BYTES, room=None, notes: list | None = None) -> Iterator[Member]:
     """The entries of the tar stream `f` (a binary file object, seekable; plain, gzip, bzip2 or
     xz), in order. Empty directory entries and pax/GNU metadata are consumed, not yielded.
     Damage raises ShardDamage after the members before it; time and memory stay bounded by
-    the stream's length (a member is read only when its data is there, and at most
-    `max_member` bytes of it)."""
+    the stream's length (member data is read in chunks, as far as it is there, and at most
+    `max_member` bytes, or `room(name)` when smaller, of one member). Data after the
+    end-of-archive marker (a concatenated tar) is not read: said in `notes`."""
     s = _Stream(f)
     ext: dict[str, str] = {}
     while True:
@@ -261,21 +316,40 @@ def iter_members(f, max_member: int = MAX_MEMBER_BYTES) -> Iterator[Member]:
             where = "inside a member header" if hdr else "at a member boundary"
             raise ShardDamage(f"tar ends {where} at byte {s.pos}: no end-of-archive marker (truncated)")
         if hdr.count(0) == 512:
+            _check_tail(s, pos, notes)
             return
         kind, name, size = _parse_header(hdr, pos)
-        name, size = ext.pop("path", name), _pax_size(ext.pop("size", None), size, pos)
-        ext.clear()
-        data = _member_data(s, name, size, kind, max_member)
-        if kind in _META:
-            ext = _metadata(kind, name, data, pos)
-        elif kind in (b"0", b"\0", b"7"):
-            yield Member(name, data) if data is not None else Member(
-                name, None, f"member {name} is {size} bytes (limit {max_member}), not read")
-        elif kind == b"5" and size == 0:
+        if kind in _META:  # overrides for the next member that is not metadata, merged in any order
+            ext.update(_metadata(kind, name, _member_data(s, name, size, _META_LIMIT, True), pos))
             continue
-        else:
-            what = _NOT_FILES.get(kind, f"member of unsupported type {kind!r}")
-            yield Member(name, None, f"member {name} is a {what}, not a regular file: not read")
+        name, size = ext.pop("path", name), _pax_size(ext.pop("size", None), size, pos)
+        ext = {}
+        m = _member(s, kind, name, size, min(max_member, room(name) if room else max_member))
+        if m is not None:
+            yield m
+
+
+def _member(s: _Stream, kind: bytes, name: str, size: int, limit: int) -> Member | None:
+    if kind in _FILES:
+        data = _member_data(s, name, size, limit)
+        return Member(name, data) if data is not None else Member(
+            name, None, f"member {show(name)} is {size} bytes (limit {limit}), not read")
+    _member_data(s, name, size, -1)
+    if kind == b"5" and size == 0:
+        return None  # an empty directory entry: nothing to say
+    what = _NOT_FILES.get(kind, f"member of unsupported type {kind!r}")
+    return Member(name, None, f"member {show(name)} is a {what}, not a regular file: not read")
+
+
+def _check_tail(s: _Stream, pos: int, notes: list | None) -> None:
+    """After the first zero block: anything but zeros (in the next _TAIL_SCAN bytes) is a
+    concatenated tar or other data, which is not read."""
+    try:
+        tail = s.read(_TAIL_SCAN)
+    except ShardDamage:
+        return  # a cut or bad stream after the end marker loses nothing
+    if tail.count(0) != len(tail) and notes is not None:
+        notes.append(f"data after the end-of-archive marker at byte {pos} (a concatenated tar?) is not read")
 
 
 def _metadata(kind: bytes, name: str, data: bytes, pos: int) -> dict[str, str]:
@@ -283,7 +357,7 @@ def _metadata(kind: bytes, name: str, data: bytes, pos: int) -> dict[str, str]:
     long link name, is ignored) entry gives the next member."""
     if kind in (b"L", b"K"):
         if name != "././@LongLink":
-            raise ShardDamage(f"corrupt tar header at byte {pos} (GNU long-name entry named {name!r})")
+            raise ShardDamage(f"corrupt tar header at byte {pos} (GNU long-name entry named {show(name)!r})")
         return {"path": data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")} if kind == b"L" else {}
     records = _pax(data, pos)
     return records if kind == b"x" else {}
@@ -292,20 +366,20 @@ def _metadata(kind: bytes, name: str, data: bytes, pos: int) -> dict[str, str]:
 def _pax_size(value: str | None, size: int, pos: int) -> int:
     if value is None:
         return size
-    if not value.isdigit():
-        raise ShardDamage(f"corrupt pax header at byte {pos} (size {value!r})")
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise ShardDamage(f"corrupt pax header at byte {pos} (size {value[:30]!r})")
     return int(value)
 
 
-def _member_data(s: _Stream, name: str, size: int, kind: bytes, max_member: int) -> bytes | None:
-    """A member's data (None: skipped, over the limit or not a file) and its block padding."""
-    read = kind in (b"0", b"\0", b"7") + _META and size <= (_META_LIMIT if kind in _META else max_member)
-    if not read and kind in _META:
-        raise ShardDamage(f"tar metadata entry of {size} bytes at byte {s.pos - 512} (limit {_META_LIMIT})")
-    data = s.read(size) if read else None
-    got = len(data) if read else s.skip(size)
+def _member_data(s: _Stream, name: str, size: int, limit: int, meta: bool = False) -> bytes | None:
+    """A member's data (None: over `limit`, not read) and its block padding; a metadata entry
+    over the limit is damage."""
+    if meta and size > limit:
+        raise ShardDamage(f"tar metadata entry of {size} bytes at byte {s.pos - 512} (limit {limit})")
+    data = s.read_chunked(size) if size <= limit else None
+    got = len(data) if data is not None else s.skip(size)
     if got < size or s.skip(-size % 512) < -size % 512:
-        raise ShardDamage(f"unexpected end of data in member {name} at byte {s.pos} (truncated)", name)
+        raise ShardDamage(f"unexpected end of data in member {show(name)} at byte {s.pos} (truncated)", name)
     return data
 
 
@@ -313,34 +387,120 @@ def _open(path, fileobj):
     return contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")
 
 
-def read_samples(path: str | os.PathLike, fileobj=None) -> Iterator[dict]:
-    """Samples of one tar shard, in order, as {"__key__", "__shard__", ext: bytes}; members that
-    were not read (links, devices, oversize) are listed in the sample's "__skipped__". A damaged
-    shard raises ShardDamage (a tarfile.ReadError) after the complete samples before the damage,
-    its message naming the first sample lost."""
-    name, cur = str(path), None
+def read_samples(path: str | os.PathLike, fileobj=None, max_sample: int | None = None) -> Iterator[dict]:
+    """Samples of one tar shard, in order, as {"__key__", "__shard__", ext: bytes} (iter_groups);
+    what was not read (links, devices, oversize members, a duplicate, a sample cut by damage)
+    is listed in the sample's "__skipped__". A damaged shard raises ShardDamage (a
+    tarfile.ReadError) after the samples before the damage, its message naming what was lost;
+    members ignored and data after the end-of-archive marker are a ShardWarning."""
+    name = str(path)
     with _open(path, fileobj) as f:
-        try:
-            for m in iter_members(f):
-                key, ext = _split_member(m.name)
-                if cur is None or cur["__key__"] != key:
-                    if cur is not None:
-                        yield cur
-                    cur = {"__key__": key, "__shard__": name}
-                if m.data is None:
-                    cur.setdefault("__skipped__", []).append(m.skipped)
-                else:
-                    cur[ext] = m.data
-        except ShardDamage as e:
-            cut = None if e.member is None else _split_member(e.member)[0]
-            if cur is None or cut not in (None, cur["__key__"]):
-                lost = "the whole shard is lost" if cur is None else f"the samples from {cut!r} on are lost"
-                if cur is not None:
-                    yield cur
-                raise ShardDamage(f"{name}: {e}; {lost}", e.member) from None
-            cur.setdefault("__skipped__", []).append(f"the shard is damaged after this sample's last member read "
-                                                     f"({e}): any later member of it is lost")
-            yield cur
-            raise ShardDamage(f"{name}: {e}; the samples after {cur['__key__']!r} are lost", e.member) from None
-    if cur is not None:
-        yield cur
+        for g in iter_groups(f, name, max_sample=max_sample):
+            if g.note is not None:
+                warnings.warn(f"{name}: {g.note}", ShardWarning, stacklevel=2)
+                continue
+            sample = {"__key__": g.key, "__shard__": name, **g.fields}
+            if g.problems:
+                sample["__skipped__"] = g.problems
+            yield sample
+
+
+# ------------------------------------------------------------------ members -> samples
+@dataclass
+class Group:
+    """One sample: a run of consecutive members sharing a key (webdataset's grouping), with
+    its fields {ext: bytes} (extensions lower-cased), member names and the problems that make
+    it incomplete. A Group with `note` set is no sample: a member ignored or data not read."""
+    key: str
+    fields: dict[str, bytes] = field(default_factory=dict)
+    members: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    note: str | None = None
+    held: int = 0
+
+
+def _ignored(key: str, ext: str) -> bool:
+    return not ext or key.startswith("__") or ext.startswith("__")
+
+
+class _Grouper:
+    def __init__(self, max_sample: int):
+        self.max_sample, self.cur, self.last = max_sample, None, None
+        self.seen: set[str] = set()
+        self.notes: list[str] = []
+
+    def room(self, name: str) -> int:
+        """Bytes the member `name` may hold: what its sample has left of max_sample."""
+        key, ext = split_member(name)
+        if _ignored(key, ext):
+            return 0
+        return self.max_sample - (self.cur.held if self.cur is not None and self.cur.key == key else 0)
+
+    def add(self, m: Member) -> Iterator[Group]:
+        key, ext = split_member(m.name)
+        ext = ext.lower()
+        if _ignored(key, ext):
+            self.notes.append(f"member {show(repr(m.name))} ignored (no extension, or a reserved __ name)")
+        else:
+            if self.cur is None or self.cur.key != key:
+                yield from self.flush()
+                self._open(key)
+            g = self.cur
+            g.members.append(m.name)
+            if m.data is None:
+                g.problems.append(m.skipped)
+            elif ext in g.fields:
+                g.problems.append(f"member {show(m.name)} appears twice")
+            else:
+                g.fields[ext], g.held = m.data, g.held + len(m.data)
+        yield from self.pending_notes()
+
+    def _open(self, key: str) -> None:
+        # a key that appears again after other keys would duplicate its first sample downstream
+        self.cur = Group(key, problems=["duplicate key: appears twice in the shard"] if key in self.seen else [])
+        self.seen.add(key)
+
+    def damaged(self, e: ShardDamage) -> Iterator[Group]:
+        """The open sample, and the one whose member the damage cut, flagged as incomplete."""
+        cut = None if e.member is None else split_member(e.member)
+        if cut is not None and _ignored(*cut):
+            cut = None
+        if self.cur is not None and cut is not None and cut[0] != self.cur.key:
+            yield from self.flush()  # its members are whole
+        if cut is not None and self.cur is None:
+            self._open(cut[0])
+            self.cur.members.append(e.member)
+        if self.cur is not None:
+            self.cur.problems.append(f"the shard is damaged after this sample's last member read ({e}): "
+                                     f"any later member of it is lost")
+        yield from self.flush()
+
+    def flush(self) -> Iterator[Group]:
+        if self.cur is not None:
+            self.last, g, self.cur = self.cur.key, self.cur, None
+            yield g
+        yield from self.pending_notes()
+
+    def pending_notes(self) -> Iterator[Group]:
+        while self.notes:
+            yield Group("", note=self.notes.pop(0))
+
+
+def iter_groups(f, shard: str = "", max_member: int = MAX_MEMBER_BYTES,
+                max_sample: int | None = None) -> Iterator[Group]:
+    """The samples of the tar stream `f` (see iter_members), grouped as webdataset does:
+    consecutive members sharing the part of the name before the first dot of the base name.
+    The one grouping of the project (read_samples, conversion input), so both report alike:
+    a member over the sample's room (at most `max_sample` bytes held per sample, default
+    MAX_SAMPLE_BYTES), a non-file member, an extension twice, a key seen before, or the damage
+    are the sample's `problems`; members without extension (or named '__...') and data after
+    the end marker come as notes. Damage: the groups before it, then ShardDamage."""
+    g = _Grouper(MAX_SAMPLE_BYTES if max_sample is None else max_sample)
+    try:
+        for m in iter_members(f, max_member, g.room, g.notes):
+            yield from g.add(m)
+    except ShardDamage as e:
+        yield from g.damaged(e)
+        lost = "the whole shard is lost" if g.last is None else f"the samples after {g.last!r} are lost"
+        raise ShardDamage(f"{shard + ': ' if shard else ''}{e}; {lost}", e.member) from None
+    yield from g.flush()

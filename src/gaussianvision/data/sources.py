@@ -13,8 +13,8 @@ k depends only on the input order (what makes conversion resumable and splittabl
 `iter_unit(unit)` yields `RawSample(key, source, image_bytes | None, image_ext, caption | None,
 meta | None, error | None)`; a problem with one sample is reported in `error` and iteration goes
 on; a problem of the shard itself (truncated or corrupt; a member ignored) comes as a RawSample
-with `whole_shard` set. Tars are read by the project's one tar reader (shards.iter_members:
-plain, gzip, bzip2 or xz). A sample key must be a plain name (shards.check_key): a key with '/',
+with `whole_shard` set. Tars are read by the project's one tar reader and grouped by its one
+grouping (shards.iter_groups: plain, gzip, bzip2 or xz; the same problems read_samples reports). A sample key must be a plain name (shards.check_key): a key with '/',
 '..', an absolute path, NUL, a newline, or an empty key (a member named '.jpg') makes its sample
 fail with the reason, so no output member can name a path outside its folder.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .images import IMAGE_EXTENSIONS
-from .shards import MAX_MEMBER_BYTES, Member, ShardDamage, check_key, iter_members, split_member
+from .shards import Group, ShardDamage, check_key, iter_groups, show
 
 __all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
 
@@ -137,13 +137,13 @@ def _iter_files(unit: Unit) -> Iterator[RawSample]:
         yield s
 
 
-def _finish(group: dict, key: str, shard: str) -> RawSample:
-    s = RawSample(key, f"{shard}:{key}")
-    errors = group.pop("__errors__", [])
-    names = group.pop("__members__", [])
-    bad_key = check_key(key)
+def _finish(g: Group, shard: str) -> RawSample:
+    s = RawSample(g.key, f"{shard}:{g.key}")
+    errors, group = list(g.problems), dict(g.fields)
+    bad_key = check_key(g.key)
     if bad_key:  # refused: such a key would name output members outside their folder
-        errors.insert(0, f"{bad_key} (member{'s' if len(names) > 1 else ''} {', '.join(names)})")
+        names = ", ".join(show(n) for n in g.members)
+        errors.insert(0, f"{bad_key} (member{'s' if len(g.members) > 1 else ''} {names})")
     for ext in IMAGE_EXTS:
         if ext in group:
             s.image, s.image_ext = group.pop(ext), ext
@@ -169,53 +169,20 @@ def _shard_note(shard: str, text: str) -> RawSample:
     return RawSample("", shard, error=text, whole_shard=True)
 
 
-def _add(group: dict, m: Member, ext: str) -> None:
-    """One member into its sample's group; problems go to the group's errors."""
-    group.setdefault("__members__", []).append(m.name)
-    if m.data is None:
-        group.setdefault("__errors__", []).append(m.skipped)
-    elif ext in group:
-        group.setdefault("__errors__", []).append(f"member {m.name} appears twice")
-    else:
-        group[ext] = m.data
-
-
 def _iter_tar(unit: Unit) -> Iterator[RawSample]:
-    shard = unit.paths[0]
-    key, group = None, {}
-    seen: set[str] = set()
+    """The samples of one tar (shards.iter_groups, the grouping read_samples uses too); the
+    shard's own problems (damage, members ignored, data after its end) as notes."""
+    shard, n = unit.paths[0], 0
     try:
         with open(shard, "rb") as f:
-            for m in iter_members(f, MAX_MEMBER_BYTES):
-                k, ext = split_member(m.name)
-                if k.startswith("__") or not ext:
-                    yield _shard_note(shard, f"member {m.name!r} ignored (no extension, or a reserved __ name)")
+            for g in iter_groups(f):
+                if g.note is not None:
+                    yield _shard_note(shard, g.note)
                     continue
-                if k != key:
-                    if key is not None:
-                        yield _finish(group, key, shard)
-                    # webdataset groups by runs of one key: a reappearing key is a new sample
-                    # that would duplicate the first one downstream, so it is refused
-                    group = {"__errors__": ["duplicate key: appears twice in the shard"]} if k in seen else {}
-                    key = k
-                    seen.add(k)
-                _add(group, m, ext.lower())
+                n += 1
+                yield _finish(g, shard)
     except (ShardDamage, OSError) as e:
-        member = getattr(e, "member", None)  # None: the damage is in a header
-        cut = split_member(member)[0] if member else None
-        if key is not None and cut != key:
-            yield _finish(group, key, shard)  # its members are whole
-        if cut is not None:  # the sample whose member was cut fails
-            if cut != key:
-                group = {"__members__": [member]}
-                seen.add(cut)
-            group.setdefault("__errors__", []).append(f"tar shard ends inside this sample ({e})")
-            yield _finish(group, cut, shard)
-        yield _shard_note(shard, f"tar shard is truncated or corrupt after {len(seen)} samples ({e}); "
-                                 f"samples after the damage are lost")
-        return
-    if key is not None:
-        yield _finish(group, key, shard)
+        yield _shard_note(shard, f"tar shard is truncated or corrupt after {n} samples ({e})")
 
 
 def iter_unit(unit: Unit) -> Iterator[RawSample]:
