@@ -391,3 +391,26 @@ def test_non_utf8_member_names_and_sources_fail_one_sample_not_the_run(tmp_path)
     assert fail["key"] == "caf\udce9" and "not valid UTF-8" in fail["reason"]
     odd = [x for x in read_samples(out / "000000.tar") if x["__key__"] == "odd"][0]
     assert json.loads(odd["json"])["meta"] == {"t": "\udce9"}
+
+
+@pytest.mark.parametrize("fails_on, says", [("000001.stats.json", "000001.stats.json"),
+                                            ("000001.failures.jsonl", "000001.failures.jsonl"),
+                                            ("summary.json", "the summary (failures.jsonl, summary.json)")])
+def test_a_write_error_names_the_file_being_written(tmp_path, monkeypatch, fails_on, says):
+    import errno
+    from gaussianvision.data import convert
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+    write_tar(tmp_path / "b.tar", good_sample("k2", 2))
+    real = convert._write_atomic
+
+    def write(path, data):
+        if path.name == fails_on:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+    monkeypatch.setattr(convert, "_write_atomic", write)
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    done = "1 shard finished in this run (000000.tar)" if fails_on.startswith("000001") else \
+        "2 shards finished in this run (000000.tar, 000001.tar)"
+    assert rc == 2 and err.strip() == (f"gsv convert: {out}: No space left on device while writing {says}; "
+                                       f"kept the {done}; free space and rerun to resume"), err

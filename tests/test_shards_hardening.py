@@ -465,3 +465,26 @@ def test_a_concatenated_tar_is_reported_not_dropped_silently(shard, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(read_samples(tmp_path / "one.tar"))) == 4
+
+
+@pytest.mark.parametrize("which", ["convert", "world"])
+def test_the_data_writers_leave_no_temp_file_when_interrupted(tmp_path, monkeypatch, which):
+    """convert's JSON files and the world's text files go through gaussianvision/atomic.py: an
+    interrupted write (here Ctrl-C in the middle) leaves neither the file nor a temporary."""
+    from gaussianvision.data import convert
+    from gaussianvision.data.synthetic import writer
+
+    def half_then_interrupt(self, data, *a, **k):
+        open(self, "w").write(data[:1])
+        raise KeyboardInterrupt
+    if which == "convert":
+        def interrupt(fd):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(convert.os, "fsync", interrupt)  # after the data is written, before the rename
+        with pytest.raises(KeyboardInterrupt):
+            convert._write_atomic(tmp_path / "summary.json", b"{}")
+    else:
+        monkeypatch.setattr(Path, "write_text", half_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            writer.write_text_atomic(tmp_path / "sub" / "manifest.json", "{}")
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -15,7 +15,10 @@ from gaussianvision.data.sources import SourceError
 from .common import CliError, emit, fit_option, parser, run
 
 
-def main(argv=None) -> int:
+_FIT_FLAGS = ("iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
+
+
+def _parser():
     p = parser("convert", __doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="image folder, tar shard(s), brace pattern or glob")
     p.add_argument("--output", required=True, type=Path)
@@ -42,49 +45,60 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=None, help="default: $RANK or 0")
     p.add_argument("--world-size", type=int, default=None, help="default: $WORLD_SIZE or 1")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
 
-    def go(a):
-        fit = {}
-        for k, v in (("iters", a.iters), ("init", a.init), ("prune_lambda", a.prune_lambda),
-                     ("prune_tau", a.prune_tau), ("target_psnr", a.target_psnr),
-                     ("relocate_every", a.relocate_every)):
-            if v is not None:
-                fit[k] = v
-        fit.update(dict(fit_option(t) for t in a.fit_option))
-        try:
-            rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
-            cfg = ConvertConfig(
-                n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
-                zstd=a.zstd, batch_size=a.batch_size, shard_size=a.shard_size, keep_image=a.keep_image,
-                require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
-                device=device, progress=not a.no_progress and not a.json)
-            s = convert_dataset(a.input, a.output, cfg)
-        except (ConvertError, SourceError) as e:
-            raise CliError(str(e)) from None
-        r = s["run"]
-        human = (f"rank {r['rank']}/{r['world_size']}: converted {r['shards_converted']} shards, skipped "
-                 f"{r['shards_skipped']} finished\n"
-                 f"inputs {s['inputs']} = converted {s['converted']} + failed {s['failed']}"
-                 f" ({'reconciled' if s['reconciled'] else 'NOT reconciled'}); "
-                 f"shards {s['shards_done']}/{s['shards_total']}"
-                 f"{'' if s['complete'] else ' (incomplete: other ranks or a rerun will finish it)'}\n"
-                 f"failures: {a.output / 'failures.jsonl'}; summary: {a.output / 'summary.json'}")
-        by_stage = ", ".join(f"{k} {v}" for k, v in sorted(s["failed_by_stage"].items()))
-        if by_stage:
-            human += f"\nfailed by stage: {by_stage}"
-        if s["shard_errors"]:
-            human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
-        if s["duplicate_keys"]:
-            human += (f"\nduplicate keys across shards: {s['duplicate_keys']} ({'; '.join(s['duplicates'][:3])}"
-                      f"{'; ...' if s['duplicate_keys'] > 3 else ''})")
-        emit(s, a.json, human)
-        if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
-            print(f"gsv convert: no sample converted: all {s['failed']} failed ({by_stage}); see "
-                  f"{a.output / 'failures.jsonl'}", file=sys.stderr)
-            return 1
-        return 0 if s["reconciled"] else 1
-    return run("convert", go, args)
+
+def _config(a) -> ConvertConfig:
+    """The settings of the command line (fit flags, then --fit-option KEY=VALUE over them)."""
+    fit = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
+    fit.update(dict(fit_option(t) for t in a.fit_option))
+    rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
+    return ConvertConfig(
+        n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
+        zstd=a.zstd, batch_size=a.batch_size, shard_size=a.shard_size, keep_image=a.keep_image,
+        require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
+        device=device, progress=not a.no_progress and not a.json)
+
+
+def _report(s: dict, output: Path) -> str:
+    """The human summary of a run."""
+    r = s["run"]
+    human = (f"rank {r['rank']}/{r['world_size']}: converted {r['shards_converted']} shards, skipped "
+             f"{r['shards_skipped']} finished\n"
+             f"inputs {s['inputs']} = converted {s['converted']} + failed {s['failed']}"
+             f" ({'reconciled' if s['reconciled'] else 'NOT reconciled'}); "
+             f"shards {s['shards_done']}/{s['shards_total']}"
+             f"{'' if s['complete'] else ' (incomplete: other ranks or a rerun will finish it)'}\n"
+             f"failures: {output / 'failures.jsonl'}; summary: {output / 'summary.json'}")
+    if s["failed_by_stage"]:
+        human += f"\nfailed by stage: {_by_stage(s)}"
+    if s["shard_errors"]:
+        human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
+    if s["duplicate_keys"]:
+        human += (f"\nduplicate keys across shards: {s['duplicate_keys']} ({'; '.join(s['duplicates'][:3])}"
+                  f"{'; ...' if s['duplicate_keys'] > 3 else ''})")
+    return human
+
+
+def _by_stage(s: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(s["failed_by_stage"].items()))
+
+
+def _go(a) -> int:
+    try:
+        s = convert_dataset(a.input, a.output, _config(a))
+    except (ConvertError, SourceError) as e:
+        raise CliError(str(e)) from None
+    emit(s, a.json, _report(s, a.output))
+    if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
+        print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
+              f"{a.output / 'failures.jsonl'}", file=sys.stderr)
+        return 1
+    return 0 if s["reconciled"] else 1
+
+
+def main(argv=None) -> int:
+    return run("convert", _go, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

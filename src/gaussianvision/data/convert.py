@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from .shards import ShardWriter
 from .sources import RawSample, Unit, iter_unit, plan_units
@@ -177,17 +178,16 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
+def _write_synced(tmp: Path, data: bytes) -> None:
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
-        raise
+    """The project's one atomic write (a full disk leaves no half file behind), synced to disk."""
+    write_atomic(path, lambda tmp: _write_synced(tmp, data))
 
 
 class _Converter:
@@ -195,7 +195,7 @@ class _Converter:
         self.out, self.cfg = out, cfg
         self.kill_after = int(os.environ.get("GSV_TEST_KILL_AFTER_SAMPLES", "0"))  # test hook: SIGKILL
         self.written = 0
-        self.writing = ""  # the shard being written (for the message of a write error)
+        self.writing = ""  # the file being written (for the message of a write error)
 
     def samples(self, pending: list[Unit]):
         """Work items in order: ("batch", shard, positions, uint8 images) and ("end", shard)."""
@@ -272,7 +272,8 @@ class _Converter:
                 self.written += 1
                 if self.kill_after and self.written >= self.kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-        _write_atomic(out / f"{sh.name}.failures.jsonl", b"".join(_json_bytes(f) for f in failures))
+        self.writing = f"{sh.name}.failures.jsonl"
+        _write_atomic(out / self.writing, b"".join(_json_bytes(f) for f in failures))
         by_stage: dict[str, int] = {}
         for f in failures:
             by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
@@ -288,7 +289,9 @@ class _Converter:
             "fit_seconds": secs, "wall_seconds": time.perf_counter() - sh.t0, "keys": keys,
         }
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
-        _write_atomic(out / f"{sh.name}.stats.json", _json_bytes(stats))
+        self.writing = f"{sh.name}.stats.json"
+        _write_atomic(out / self.writing, _json_bytes(stats))
+        self.writing = ""
         return stats
 
 
@@ -422,6 +425,7 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     done_shards: list[dict] = []
     try:
         _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
+        conv.writing = "the summary (failures.jsonl, summary.json)"
         summary = summarize(out, units)
     except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
         raise ConvertError(_write_error(out, e, conv.writing, [st["shard"] for st in done_shards])) from None
@@ -437,7 +441,7 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
 def _write_error(out: Path, e: OSError, writing: str, done: list[str]) -> str:
     kept = f"kept the {len(done)} shard{'s' if len(done) != 1 else ''} finished in this run" + \
         (f" ({', '.join(done)})" if done else "")
-    return f"{out}: {e.strerror or e} while writing {writing or 'the summary'}; {kept}; free space and rerun to resume"
+    return f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {kept}; free space and rerun to resume"
 
 
 def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:

@@ -1,5 +1,6 @@
 """Reading the world back: (image tensor, caption, meta) from image-text shards, and
-(image tensor, label, meta) from a task, without webdataset (tarfile only)."""
+(image tensor, label, meta) from a task, without webdataset: the project's one tar reader
+(data/shards.py read_samples, through writer.iter_tar)."""
 from __future__ import annotations
 
 import io

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Iterator
+
+from ...atomic import write_text_atomic as _write_text_atomic
 
 # the world's shards use the project's one deterministic, atomic tar writer
 from ..shards import ShardWriter as TarShardWriter
@@ -28,11 +29,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """The project's one atomic write (gaussianvision/atomic.py), making the folder."""
+    _write_text_atomic(path, text, mkdir=True)
 
 
 def iter_tar(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
