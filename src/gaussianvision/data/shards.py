@@ -6,11 +6,15 @@ same samples give the same bytes; it writes to a temporary name beside `path` an
 
 `read_samples(path)` yields dicts {"__key__": key, ext: bytes, ...} grouped by key the way
 webdataset does (consecutive members sharing the part of the name before the first dot). It is
-the project's one tar reader (`iter_members` below it): plain USTAR/pax/GNU tars, also gzip,
-bzip2 or xz compressed; a damaged shard gives the samples before the damage, then raises
-ShardDamage (a tarfile.ReadError) naming where and what was lost; links, devices and other
-non-files are not read and are listed per sample in "__skipped__". It never hangs: every
-header moves forward, and memory stays bounded by the shard's size.
+the project's one tar reader (`iter_members`, and `iter_groups`, the one grouping, used by the
+conversion input too): plain USTAR/pax/GNU tars, also gzip, bzip2 or xz compressed; a damaged
+shard gives the samples before the damage, then raises ShardDamage (a tarfile.ReadError) naming
+where and what was lost; links, devices, members over the size limits, duplicates and a sample
+the damage may have cut are listed per sample in "__skipped__". Nothing but ShardDamage or
+OSError comes out of it. It never hangs and memory follows the data: every header moves forward,
+member data is read in 1 MiB chunks, a sample holds at most MAX_SAMPLE_BYTES, and a compressed
+stream may expand at most 200x (+64 MiB). Data after the end-of-archive marker (a concatenated
+tar) is not read: a ShardWarning.
 
 Sample keys written by ShardWriter are plain names (`check_key`: no '/', '..', absolute paths,
 NUL, newlines or dots), so no member of our output can name a path outside its folder.
