@@ -488,3 +488,13 @@ def test_the_data_writers_leave_no_temp_file_when_interrupted(tmp_path, monkeypa
         with pytest.raises(KeyboardInterrupt):
             writer.write_text_atomic(tmp_path / "sub" / "manifest.json", "{}")
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_compressed_stream_cut_inside_a_member_flags_that_sample_only(shard):
+    """The damage lies inside k2.gsv's data (the first member of k2): k1 is whole and unflagged."""
+    import gzip
+    start = [h for n, h, _ in layout(shard) if n == "k2.gsv"][0] + 512 + 50
+    packed = gzip.compress(shard[:start]) + b"garbage"  # a bad gzip stream right inside k2.gsv
+    got, _, error = read_all(packed)
+    assert [(s["__key__"], "__skipped__" in s) for s in got] == [("k0", False), ("k1", False), ("k2", True)]
+    assert "gzip stream is cut or corrupt" in error and "in member k2.gsv" in error and "after 'k2' are lost" in error

@@ -380,9 +380,13 @@ def _member_data(s: _Stream, name: str, size: int, limit: int, meta: bool = Fals
     over the limit is damage."""
     if meta and size > limit:
         raise ShardDamage(f"tar metadata entry of {size} bytes at byte {s.pos - 512} (limit {limit})")
-    data = s.read_chunked(size) if size <= limit else None
-    got = len(data) if data is not None else s.skip(size)
-    if got < size or s.skip(-size % 512) < -size % 512:
+    try:
+        data = s.read_chunked(size) if size <= limit else None
+        got = len(data) if data is not None else s.skip(size)
+        padded = s.skip(-size % 512) == -size % 512
+    except ShardDamage as e:  # a bad stream (or a bomb) inside this member's data: it is the one cut
+        raise ShardDamage(f"{e} in member {show(name)}", name) from None
+    if got < size or not padded:
         raise ShardDamage(f"unexpected end of data in member {show(name)} at byte {s.pos} (truncated)", name)
     return data
 
