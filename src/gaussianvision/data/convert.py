@@ -242,15 +242,42 @@ class _Converter:
                 sh.entries[pos] = ("ok", raw, data, metrics)
 
     def finish(self, sh: _Shard) -> dict:
-        cfg, out = self.cfg, self.out
-        failures, psnrs, ssims, ngs, secs, sizes = [], [], [], [], 0.0, []
-        missing_caption, keys = 0, []
+        """Write the shard's tar, failures and stats (last: it marks the shard finished)."""
+        out = self.out
         self.writing = f"{sh.name}.tar"
-        with ShardWriter(out / f"{sh.name}.tar") as w:
-            for pos in sorted(sh.entries):
-                e = sh.entries[pos]
+        done = self._write_tar(sh)
+        failures = [e[1] for _, e in sorted(sh.entries.items()) if e[0] == "fail"]
+        self.writing = f"{sh.name}.failures.jsonl"
+        _write_atomic(out / self.writing, b"".join(_json_bytes(f) for f in failures))
+        by_stage: dict[str, int] = {}
+        for f in failures:
+            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
+
+        def mean(k):
+            return float(np.mean([d[k] for d in done])) if done else None
+        stats = {
+            "shard": f"{sh.name}.tar", "unit": sh.unit.index, "source": _source_label(sh.unit),
+            "inputs": sh.inputs, "converted": len(done), "failed": len(failures),
+            "failed_by_stage": by_stage, "missing_captions": sum(d["caption_missing"] for d in done),
+            "shard_errors": sh.shard_errors, "psnr_mean": mean("psnr"), "ssim_mean": mean("ssim"),
+            "n_gaussians_mean": mean("n_gaussians"), "gsv_bytes_mean": mean("gsv_bytes"),
+            "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
+            "fit_seconds": sum(d["seconds"] for d in done), "wall_seconds": time.perf_counter() - sh.t0,
+            "keys": [d["key"] for d in done],
+        }
+        assert stats["inputs"] == stats["converted"] + stats["failed"], stats
+        self.writing = f"{sh.name}.stats.json"
+        _write_atomic(out / self.writing, _json_bytes(stats))
+        self.writing = ""
+        return stats
+
+    def _write_tar(self, sh: _Shard) -> list[dict]:
+        """The converted samples into NNNNNN.tar, in input order; per sample its info (+ seconds,
+        gsv_bytes) for the stats."""
+        done = []
+        with ShardWriter(self.out / f"{sh.name}.tar") as w:
+            for _, e in sorted(sh.entries.items()):
                 if e[0] == "fail":
-                    failures.append(e[1])
                     continue
                 _, raw, data, m = e
                 meta = dict(raw.meta or {})
@@ -262,37 +289,14 @@ class _Converter:
                 if meta:
                     info["meta"] = meta
                 fields = {"gsv": data, "txt": (raw.caption or "").encode("utf-8"), "json": _json_bytes(info)}
-                if cfg.keep_image and raw.image is not None:
+                if self.cfg.keep_image and raw.image is not None:
                     fields[raw.image_ext] = raw.image
                 w.write(raw.key, fields)
-                keys.append(raw.key)
-                missing_caption += raw.caption is None
-                psnrs.append(info["psnr"]); ssims.append(info["ssim"]); ngs.append(info["n_gaussians"])
-                secs += float(m.get("seconds", 0.0)); sizes.append(len(data))
+                done.append(dict(info, seconds=float(m.get("seconds", 0.0)), gsv_bytes=len(data)))
                 self.written += 1
                 if self.kill_after and self.written >= self.kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-        self.writing = f"{sh.name}.failures.jsonl"
-        _write_atomic(out / self.writing, b"".join(_json_bytes(f) for f in failures))
-        by_stage: dict[str, int] = {}
-        for f in failures:
-            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
-        stats = {
-            "shard": f"{sh.name}.tar", "unit": sh.unit.index, "source": _source_label(sh.unit),
-            "inputs": sh.inputs, "converted": len(psnrs), "failed": len(failures),
-            "failed_by_stage": by_stage, "missing_captions": missing_caption, "shard_errors": sh.shard_errors,
-            "psnr_mean": float(np.mean(psnrs)) if psnrs else None,
-            "ssim_mean": float(np.mean(ssims)) if ssims else None,
-            "n_gaussians_mean": float(np.mean(ngs)) if ngs else None,
-            "gsv_bytes_mean": float(np.mean(sizes)) if sizes else None,
-            "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
-            "fit_seconds": secs, "wall_seconds": time.perf_counter() - sh.t0, "keys": keys,
-        }
-        assert stats["inputs"] == stats["converted"] + stats["failed"], stats
-        self.writing = f"{sh.name}.stats.json"
-        _write_atomic(out / self.writing, _json_bytes(stats))
-        self.writing = ""
-        return stats
+        return done
 
 
 def _original_size(data: bytes) -> tuple[int, int]:
