@@ -126,6 +126,7 @@ def _run(args) -> int:
     if args.stage != "2" and (args.init_from or args.unfreeze):
         raise CliError("--init-from and --unfreeze apply to --stage 2")
     info = init_distributed(args.device)
+    done = False
     try:
         need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
         if args.hard_negatives:
@@ -182,9 +183,10 @@ def _run(args) -> int:
             emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
                                            f"loss {summary['first_loss']} -> {summary['final_loss']}; "
                                            f"checkpoint {summary['checkpoint']}" + _skipped_note(summary))
+        done = True
         return 0
     finally:
-        cleanup(info)
+        cleanup(info, together=done)
 
 
 def main(argv=None) -> int:
