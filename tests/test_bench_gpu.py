@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gaussianvision.bench import gpu_check, gpu_report, gpu_steps
-from gaussianvision.bench.gpu_check import GpuCheckConfig, run_gpu_check, summarize
-from gaussianvision.cli import bench_gpu
+from gaussianvision.apps.bench import gpu_check, gpu_report, gpu_steps
+from gaussianvision.apps.bench.gpu_check import GpuCheckConfig, run_gpu_check, summarize
+from gaussianvision.apps.cli import bench_gpu
 
 REPO = Path(__file__).resolve().parents[1]
 

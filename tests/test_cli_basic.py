@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import random_splats
-from gaussianvision.cli.main import main as gsv
+from gaussianvision.apps.cli.main import main as gsv
 from gaussianvision.splats import save
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from gaussianvision.cli.main import COMMANDS, main as gsv
+from gaussianvision.apps.cli.main import COMMANDS, main as gsv
 
 
 def _help(capsys, *argv) -> str:

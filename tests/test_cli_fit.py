@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from gaussianvision.cli.main import main as gsv
+from gaussianvision.apps.cli.main import main as gsv
 from gaussianvision.data.images import save_png
 from gaussianvision.splats import load
 

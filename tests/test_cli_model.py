@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from gaussianvision.cli.main import main as gsv
+from gaussianvision.apps.cli.main import main as gsv
 
 
 def _info(capsys, *args):

@@ -1,6 +1,6 @@
 """Small known-answer checks of the load and codec benchmarks (the real runs are `gsv bench`)."""
 import numpy as np
-from gaussianvision.bench.codec import _psnr, at_budget
+from gaussianvision.apps.bench.codec import _psnr, at_budget
 
 
 def test_at_budget_respects_the_byte_budget():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gaussianvision.cli.main import main as gsv
-from gaussianvision.report import check_in_browser, find_chromium
+from gaussianvision.apps.cli.main import main as gsv
+from gaussianvision.apps.report import check_in_browser, find_chromium
 
 TASKS = {"shape": 0.2, "color": 1 / 6, "count": 0.25, "relation": 0.25}
 
@@ -102,7 +102,7 @@ def test_rerun_reuses_every_step(demo, capsys):
 
 def test_changed_setting_reruns_only_downstream(demo, tmp_path):
     """A changed stage-2 setting redoes stage 2 and its evaluation, nothing upstream."""
-    from gaussianvision.cli.demo import run_demo
+    from gaussianvision.apps.demo.run import run_demo
     out, _, _, _ = demo
     r = run_demo(out, mode="tiny", threads=1, overrides={"stage2": {"lr": 1e-4}})
     t = r["timings"]

@@ -193,7 +193,7 @@ def test_report_ratio_and_mean():
 
 def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
     pytest.importorskip("open_clip")
-    from gaussianvision.cli.eval import main
+    from gaussianvision.apps.cli.eval import main
     from gaussianvision.models import create_gsclip, save_trainable
     ckpt = save_trainable(create_gsclip(config="gs-tiny"), tmp_path / "gsclip.safetensors")
     out = tmp_path / "ev"
@@ -247,7 +247,7 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
         SplatSettings(fit_options={"lr_mean": 1.0})
     with pytest.raises(ValueError, match="relocate_every must be >= 0"):
         SplatSettings(fit_options={"relocate_every": -1})
-    from gaussianvision.cli.eval import main
+    from gaussianvision.apps.cli.eval import main
     assert main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--fit-option", "iters=3"]) == 2
     assert "--fit-option: fit options ['iters']" in capsys.readouterr().err
 
@@ -256,7 +256,7 @@ def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys
     """Issue 18: offline, rgb:ViT-B-16:openai fails at once with one clear line (no hub retries)."""
     import huggingface_hub
     import open_clip.pretrained
-    from gaussianvision.cli.eval import main
+    from gaussianvision.apps.cli.eval import main
     from gaussianvision.models import gsclip
     downloads = []
     monkeypatch.setattr(gsclip, "_reachable", lambda *a, **k: False)
@@ -309,7 +309,7 @@ def test_failed_dataset_download_keeps_folders_that_were_there(tmp_path, monkeyp
 
 
 def test_cli_eval_offline_dataset_leaves_no_data_folder(tmp_path, capsys, monkeypatch):
-    from gaussianvision.cli.eval import main
+    from gaussianvision.apps.cli.eval import main
     _failing_download(monkeypatch)
     monkeypatch.chdir(tmp_path)
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--out", "o", "--device", "cpu"])

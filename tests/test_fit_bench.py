@@ -1,7 +1,7 @@
 import json
 
-from gaussianvision.bench.fit import FitBenchConfig, pairs_per_image_iter, run_fit_bench, to_markdown
-from gaussianvision.bench.naive import render_dense
+from gaussianvision.apps.bench.fit import FitBenchConfig, pairs_per_image_iter, run_fit_bench, to_markdown
+from gaussianvision.apps.bench.naive import render_dense
 from gaussianvision.raster import render
 from conftest import random_splats
 

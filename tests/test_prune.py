@@ -99,5 +99,5 @@ def test_l1_luminance_penalty_shrinks_luminance(tmp_path):
     images = torch.rand(1, 3, 16, 16, generator=g) * 0.2
     plain = fit_images(images, 16, iters=30, init="grid", **REF)
     pen = fit_images(images, 16, iters=30, init="grid", prune_lambda=0.05, **REF)
-    from gaussianvision.splats.convert import luminance
+    from gaussianvision.splats.params import luminance
     assert luminance(pen.splats.colors).abs().mean() < luminance(plain.splats.colors).abs().mean()

@@ -260,7 +260,7 @@ def test_fitting_through_the_triton_backend_matches_the_reference(interp, fresh_
 def test_render_benchmark_prints_one_row_per_configuration(interp, fresh_dispatch, capsys):
     import json
 
-    from gaussianvision.raster._triton_bench import main
+    from gaussianvision.apps.bench.render import main
 
     args = ["--device", "cpu", "--backends", "triton", "reference", "--batch", "1", "--n", "2", "5",
             "--size", "16", "--repeats", "1", "--warmup", "0"]

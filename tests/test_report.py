@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gaussianvision.data.images import save_png
-from gaussianvision.report import Report, check_in_browser, find_chromium
+from gaussianvision.apps.report import Report, check_in_browser, find_chromium
 
 
 def test_report_html_and_errors(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import random_splats
 from gaussianvision.data.shards import ShardWriter, read_samples
-from gaussianvision.data.sources import Unit, iter_unit
+from gaussianvision.data.inputs import Unit, iter_unit
 from gaussianvision.splats import encode
 
 KEYS = [f"k{i}" for i in range(4)]
@@ -198,8 +198,8 @@ def test_hostile_source_members_become_failed_samples(tmp_path):
 
 def test_no_member_of_a_converted_shard_escapes_its_folder(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_convert import cfg, good_sample, write_tar
-    from gaussianvision.data.convert import convert_dataset
+    from test_data_conversion import cfg, good_sample, write_tar
+    from gaussianvision.data.conversion import convert_dataset
     members = good_sample("ok", 1) + good_sample("../../etc/evil", 2) + good_sample("/tmp/x", 3)
     src = write_tar(tmp_path / "src.tar", members + good_sample("sub/k", 4) + good_sample("fine", 5))
     s = convert_dataset(str(src), tmp_path / "out", cfg())
@@ -431,7 +431,7 @@ def test_a_sample_over_the_sample_limit_fails_in_conversion_input(tmp_path, monk
 
 def test_a_sample_cut_at_a_header_is_not_converted_as_complete(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_convert import good_sample, write_tar
+    from test_data_conversion import good_sample, write_tar
     p = write_tar(tmp_path / "c.tar", good_sample("k1", 1) + good_sample("k2", 2))
     cut = [o for n, o, _ in layout(p.read_bytes()) if n == "k2.txt"][0]
     p.write_bytes(p.read_bytes()[:cut])  # k2.jpg whole, then the shard ends at k2.txt's header
@@ -442,7 +442,7 @@ def test_a_sample_cut_at_a_header_is_not_converted_as_complete(tmp_path):
 
 def test_duplicates_are_reported_the_same_way_by_both_readers(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_convert import write_tar
+    from test_data_conversion import write_tar
     p = write_tar(tmp_path / "d.tar", [("a.gsv", b"1"), ("a.gsv", b"2"), ("b.gsv", b"3"), ("a.txt", b"4")])
     got = list(read_samples(p))
     assert [(s["__key__"], s.get("gsv"), s.get("__skipped__")) for s in got] == [
@@ -471,8 +471,8 @@ def test_a_concatenated_tar_is_reported_not_dropped_silently(shard, tmp_path):
 def test_the_data_writers_leave_no_temp_file_when_interrupted(tmp_path, monkeypatch, which):
     """convert's JSON files and the world's text files go through gaussianvision/atomic.py: an
     interrupted write (here Ctrl-C in the middle) leaves neither the file nor a temporary."""
-    from gaussianvision.data import convert
-    from gaussianvision.data.synthetic import writer
+    from gaussianvision.data import conversion as convert
+    from gaussianvision.apps.demo.world import writer
 
     def half_then_interrupt(self, data, *a, **k):
         open(self, "w").write(data[:1])

@@ -63,7 +63,7 @@ def test_scaled_matches_geometry():
     s = random_splats(1, 2, h=10, w=20)
     t = s.scaled(30, 40)  # sx = 2, sy = 3
     assert torch.allclose(t.means, s.means * torch.tensor([2.0, 3.0]))
-    from gaussianvision.splats.convert import chol_to_cov
+    from gaussianvision.splats.params import chol_to_cov
     cov, cov2 = chol_to_cov(s.chol), chol_to_cov(t.chol)
     assert torch.allclose(cov2, cov * torch.tensor([4.0, 6.0, 9.0]), rtol=1e-5)
 
@@ -76,7 +76,7 @@ def test_hflip_renders_the_mirrored_image():
     s.counts = torch.tensor([7, 3, 0])
     f = s.hflip()
     torch.testing.assert_close(render_reference(f), render_reference(s).flip(-1), atol=1e-5, rtol=0)
-    cov = __import__("gaussianvision.splats.convert", fromlist=["chol_to_cov"]).chol_to_cov
+    cov = __import__("gaussianvision.splats.params", fromlist=["chol_to_cov"]).chol_to_cov
     torch.testing.assert_close(cov(f.chol), cov(s.chol) * torch.tensor([1.0, -1.0, 1.0]))
     torch.testing.assert_close(f.hflip().means, s.means, rtol=0, atol=1e-5)  # width - (width - x): rounding only
     assert torch.equal(f.hflip().chol, s.chol)

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gaussianvision.data.synthetic import (COLORS, DEFAULT_HOLDOUT, SHAPES, TASKS, render_scene,
+from gaussianvision.apps.demo.world import (COLORS, DEFAULT_HOLDOUT, SHAPES, TASKS, render_scene,
                                            sample_scene, task_sample, train_sample)
 
 ndi = pytest.importorskip("scipy.ndimage")
@@ -287,7 +287,7 @@ def test_train_scenes_avoid_the_heldout_combinations():
 
 
 def test_objects_stay_inside_and_apart():
-    from gaussianvision.data.synthetic.scenes import extent
+    from gaussianvision.apps.demo.world.scenes import extent
     for i in range(200):
         scene = sample_scene(np.random.default_rng([11, i]), 64)
         objs = scene["objects"]
@@ -304,8 +304,8 @@ def test_objects_stay_inside_and_apart():
 def test_layout_grid_puts_every_centre_near_a_cell_centre(cells):
     """cells > 0: each object centre is within LAYOUT_JITTER of a cell of the centre of one of
     cells x cells cells, in train scenes and in every task; the jitter is used (not always 0)."""
-    from gaussianvision.data.synthetic import TASK_NAMES
-    from gaussianvision.data.synthetic.scenes import LAYOUT_JITTER
+    from gaussianvision.apps.demo.world import TASK_NAMES
+    from gaussianvision.apps.demo.world.scenes import LAYOUT_JITTER
     step = 64 / cells
     offsets = []
     scenes = [train_sample(0, "train", i, 64, DEFAULT_HOLDOUT, cells=cells)[2] for i in range(40)]
@@ -329,7 +329,7 @@ def test_free_placement_without_cells():
 
 
 def test_world_rejects_bad_cells(tmp_path):
-    from gaussianvision.data.synthetic import make_world
+    from gaussianvision.apps.demo.world import make_world
     with pytest.raises(ValueError, match="cells"):
         make_world(tmp_path / "w", n_train=2, n_test=1, n_task=1, cells=32)  # 2-px cells at 64 px
 
@@ -350,8 +350,8 @@ def test_mirror_caption_states_the_mirrored_scenes_relation(axis):
     """The twin's caption is true of the mirrored scene: its relation (recomputed from the mirrored
     positions) is stated from the same palette-first group, and captions without a direction on
     that axis (or with a triangle or star, top-bottom) have no twin."""
-    from gaussianvision.data.synthetic.mirror import mirror_caption
-    from gaussianvision.data.synthetic.scenes import relation_of
+    from gaussianvision.apps.demo.world.mirror import mirror_caption
+    from gaussianvision.apps.demo.world.scenes import relation_of
     on_axis = {"x": ("left of", "right of"), "y": ("above", "below")}[axis]
     twins = 0
     for i in range(300):
@@ -386,7 +386,7 @@ INV_WORDS = {"left", "right", "above", "below", "over", "under", "beneath", "top
 
 
 def test_mirror_caption_position_words_and_errors():
-    from gaussianvision.data.synthetic.mirror import mirror_caption
+    from gaussianvision.apps.demo.world.mirror import mirror_caption
     assert mirror_caption("a red cross in the top left corner", "x") == "a red cross in the top right corner"
     assert mirror_caption("a red cross in the top left corner", "y") == "a red cross in the bottom left corner"
     assert mirror_caption("a red star at the top", "y") is None  # a mirrored star points down
@@ -413,7 +413,7 @@ def test_mirrored_image_is_the_mirrored_scene():
 
 def test_mirror_pairs_keeps_the_batch_size_and_pairs_twins():
     import torch
-    from gaussianvision.data.synthetic.mirror import mirror_pairs
+    from gaussianvision.apps.demo.world.mirror import mirror_pairs
     imgs = torch.rand(6, 3, 4, 5)
     texts = ["a red circle", "a red circle left of a blue square", "a red star above a blue square",
              "a red cross above a blue square", "a green square", "a red circle right of a blue disk"]

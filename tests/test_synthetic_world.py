@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaussianvision.data.synthetic import (TASK_NAMES, iter_samples, iter_task, load_world, make_world,
+from gaussianvision.apps.demo.world import (TASK_NAMES, iter_samples, iter_task, load_world, make_world,
                                            render_scene)
 
 TINY = dict(n_train=12, n_test=6, n_task=8, size=32, shard_size=5)
@@ -150,7 +150,7 @@ def test_cache_reuse_and_invalidation(tmp_path):
 
 
 def test_quick_defaults_and_bad_arguments(tmp_path):
-    from gaussianvision.data.synthetic.world import QUICK, resolve_params
+    from gaussianvision.apps.demo.world.world import QUICK, resolve_params
     p = resolve_params(quick=True, n_task=3)
     assert p["n_train"] == QUICK["n_train"] and p["n_task"] == 3
     with pytest.raises(ValueError):
@@ -162,7 +162,7 @@ def test_quick_defaults_and_bad_arguments(tmp_path):
 
 
 def test_a_repeated_image_is_redrawn_with_the_next_attempt():
-    from gaussianvision.data.synthetic.world import _produce, _render_job
+    from gaussianvision.apps.demo.world.world import _produce, _render_job
     jobs = [("task", 0, "color", i, 32, i % 6, 8, 0) for i in range(3)]
     first = _render_job(jobs[1])
     seen = {first[3]}  # pretend an earlier split already holds sample 1's pixels
@@ -173,7 +173,7 @@ def test_a_repeated_image_is_redrawn_with_the_next_attempt():
 
 
 def test_cli_reports_bad_parameters_in_one_line(tmp_path, capsys):
-    from gaussianvision.data.synthetic.__main__ import main
+    from gaussianvision.apps.demo.world.__main__ import main
     assert main(["--out", str(tmp_path / "w"), "--cells", "40"]) == 2
     err = capsys.readouterr().err
     assert "error: cells must be 0" in err and "Traceback" not in err

@@ -24,7 +24,7 @@ def shards(tmp_path_factory):
 
 
 def _gsv_train(argv):
-    from gaussianvision.cli.train import main
+    from gaussianvision.apps.cli.train import main
     return main(argv + ["--no-progress"])
 
 
@@ -328,13 +328,13 @@ def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
 
 
 def test_rgb_mirror_pairs_contrast_each_twin_in_the_batch(capsys):
-    """--mirror-pairs: the loss is the CLIP loss of the batch rebuilt by data.synthetic.mirror
+    """--mirror-pairs: the loss is the CLIP loss of the batch rebuilt by apps.demo.world.mirror
     (twins beside their originals, same batch size), and the flag is refused outside stage rgb."""
-    from gaussianvision.data.synthetic.mirror import mirror_pairs
+    from gaussianvision.apps.demo.world.mirror import mirror_pairs
     from gaussianvision.train.losses import make_clip_loss
     from gaussianvision.train.setup import build_task
     from gaussianvision.train.stages import pixel_input
-    task = build_task("rgb", base="gsv-tiny", mirror_pairs=0.5)
+    task = build_task("rgb", base="gsv-tiny", mirror_pairs=0.5, mirror_fn=mirror_pairs)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(4, 3, 64, 64, generator=g),
              "text": ["a red circle left of a blue square", "a green star", "a red cross above a blue disk",
@@ -364,7 +364,7 @@ def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypa
     from gaussianvision.train.data import build_memory_source
     from gaussianvision.train.loop import TrainConfig, train
     from gaussianvision.train.setup import build_task
-    from gaussianvision.cli.demo_steps import load_samples
+    from gaussianvision.apps.demo.steps import load_samples
     samples = load_samples(shards, ("splats", "image"))
     calls = []
     real = GSCLIP.encode_rgb
@@ -392,7 +392,7 @@ def test_stage1_hflip_mirrors_image_and_splats_together(shards, capsys):
     """--hflip P: in a training step each sample is mirrored with probability P, its image flipped
     and its splats by Splats.hflip; the loss is that of the mirrored batch, the cached teacher
     keeps a separate target for the mirrored image, and nothing is mirrored without gradients."""
-    from gaussianvision.cli.demo_steps import load_samples
+    from gaussianvision.apps.demo.steps import load_samples
     from gaussianvision.splats import Splats
     from gaussianvision.train.setup import build_task
     samples = load_samples(shards, ("splats", "image"))[:4]
@@ -514,7 +514,7 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
                        "--word-boost", "left=x"]) == 2
     assert "--word-boost 'left=x': FACTOR must be a number" in capsys.readouterr().err
-    from gaussianvision.cli.common import CliError, fit_option
+    from gaussianvision.apps.cli.common import CliError, fit_option
     assert fit_option(" iters =40") == ("iters", 40) and fit_option("backend=numba") == ("backend", "numba")
     with pytest.raises(CliError, match="--fit-option '=3': expected KEY=VALUE"):
         fit_option("=3")
@@ -523,7 +523,7 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
 def test_demo_relation_oversampling_repeats_direction_captions():
     """The demo teacher's relation_oversample k: captions that state a direction k times in all,
     the others once."""
-    from gaussianvision.cli.demo_steps import oversample_relations
+    from gaussianvision.apps.demo.steps import oversample_relations
     samples = [{"text": "a red circle left of a blue square."}, {"text": "two red circles."},
                {"text": "a star above a cross."}, {"text": "a cross below a circle."}]
     out = oversample_relations(samples, 3)

@@ -34,11 +34,11 @@ def test_two_process_gloo_equals_single_process(tmp_path, negatives):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "gaussianvision.cli.main", *common,
+         "--master_port", str(_free_port()), "-m", "gaussianvision.apps.cli.main", *common,
          "--batch-size", "2", "--out", str(tmp_path / "ddp")],
         env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    from gaussianvision.cli.main import main
+    from gaussianvision.apps.cli.main import main
     assert main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
 
     ld, l1 = read_log(tmp_path / "ddp"), read_log(tmp_path / "one")
@@ -69,7 +69,7 @@ def _torchrun(args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "gaussianvision.cli.main", *args],
+         "--master_port", str(_free_port()), "-m", "gaussianvision.apps.cli.main", *args],
         env=env, capture_output=True, text=True, timeout=timeout)
 
 

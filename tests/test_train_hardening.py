@@ -25,7 +25,7 @@ def shards(tmp_path_factory):
 
 
 def _gsv_train(argv):
-    from gaussianvision.cli.train import main
+    from gaussianvision.apps.cli.train import main
     return main(argv + ["--no-progress"])
 
 

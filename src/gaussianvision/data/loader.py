@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..splats import format as fmt
-from ..splats.format import FormatError
-from ..splats.types import Splats
-from .images import ImageLoadError, load_image
-from .shards import read_samples, shuffle_buffer
-from .sources import IMAGE_EXTS, expand_urls
+from gaussianvision.splats import format as fmt
+from gaussianvision.splats.format import FormatError
+from gaussianvision.splats.types import Splats
+from gaussianvision.data.images import ImageLoadError, load_image
+from gaussianvision.data.shards import read_samples, shuffle_buffer
+from gaussianvision.data.inputs import IMAGE_EXTS, expand_urls
 
 __all__ = ["SplatShards", "collate_splats", "splat_loader"]
 

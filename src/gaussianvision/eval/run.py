@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
+from gaussianvision.eval.datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
                        resolve_root, transform_for)
-from .models import EvalError, EvalModel
-from .report import comparison_table, result_record, write_result, write_tables
-from .retrieval import zeroshot_retrieval
-from .suites import DATACOMP38, UNSUPPORTED, suite_root
-from .zeroshot import zeroshot_classification
+from gaussianvision.eval.models import EvalError, EvalModel
+from gaussianvision.eval.report import comparison_table, result_record, write_result, write_tables
+from gaussianvision.eval.retrieval import zeroshot_retrieval
+from gaussianvision.eval.suites import DATACOMP38, UNSUPPORTED, suite_root
+from gaussianvision.eval.zeroshot import zeroshot_classification
 
 __all__ = ["evaluate_one", "evaluate_all", "default_root", "check_reachable"]
 

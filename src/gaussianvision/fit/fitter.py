@@ -36,14 +36,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..raster import render
-from ..splats.convert import luminance
-from ..splats.types import Splats
-from .adam import BatchAdam
-from .init import INITIALIZERS, initialize
-from .metrics import psnr, ssim
-from .prune import MEASURES, PAD_FILL, compact, importance, select_prune
-from .relocate import relocation_plan
+from gaussianvision.raster import render
+from gaussianvision.splats.params import luminance
+from gaussianvision.splats.types import Splats
+from gaussianvision.fit.adam import BatchAdam
+from gaussianvision.fit.init import INITIALIZERS, initialize
+from gaussianvision.fit.metrics import psnr, ssim
+from gaussianvision.fit.prune import MEASURES, PAD_FILL, compact, importance, select_prune
+from gaussianvision.fit.relocate import relocation_plan
 
 __all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "SCHEDULES"]
 

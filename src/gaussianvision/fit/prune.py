@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from ..splats.convert import luminance
-from ..splats.types import Splats
+from gaussianvision.splats.params import luminance
+from gaussianvision.splats.types import Splats
 
 __all__ = ["MEASURES", "importance", "select_prune", "compact", "prune_splats", "PAD_FILL"]
 

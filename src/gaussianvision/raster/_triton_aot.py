@@ -55,9 +55,9 @@ def compile_kernels(capability: int = 80) -> dict[str, dict[str, int]]:
     from triton.compiler.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from . import _triton_kernels as K
-    from . import gpu_triton as G
-    from .reference import CUTOFF_Q
+    from gaussianvision.raster import _triton_kernels as K
+    from gaussianvision.raster import gpu_triton as G
+    from gaussianvision.raster.reference import CUTOFF_Q
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     shapes = {"splat_fwd_kernel": (G.BLOCK_N, G.NUM_WARPS), "splat_bwd_kernel": (G.BLOCK_N_BWD, G.NUM_WARPS_BWD)}

@@ -71,8 +71,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..splats.types import Splats, SplatsError
-from .reference import CUTOFF_Q
+from gaussianvision.splats.types import Splats, SplatsError
+from gaussianvision.raster.reference import CUTOFF_Q
 
 __all__ = ["render_numba", "probe"]
 
@@ -82,7 +82,7 @@ _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 @functools.lru_cache(maxsize=1)
 def _kernels():
     try:
-        from . import _numba_kernels as k
+        from gaussianvision.raster import _numba_kernels as k
     except ImportError as e:
         raise ImportError(f"numba is not importable ({e}); {_INSTALL_HINT}") from e
     return k

@@ -26,8 +26,8 @@ import os
 
 import torch
 
-from ..splats.types import Splats, SplatsError
-from .reference import CUTOFF_Q
+from gaussianvision.splats.types import Splats, SplatsError
+from gaussianvision.raster.reference import CUTOFF_Q
 
 __all__ = ["render_triton", "probe", "interpret_enabled", "TILE", "BLOCK_N"]
 
@@ -92,7 +92,7 @@ def _kernel(name: str, device: torch.device):
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    from . import _triton_kernels as K
+    from gaussianvision.raster import _triton_kernels as K
 
     _check_device(device)
     interp = interpret_enabled()

@@ -44,8 +44,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..atomic import write_atomic
-from .types import Splats, SplatsError
+from gaussianvision.atomic import write_atomic
+from gaussianvision.splats.types import Splats, SplatsError
 
 __all__ = [
     "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
@@ -350,4 +350,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
     return decode(read_file(path), name=str(path), device=device)
 
 # layout 2 registers itself with its explicit id on import
-from . import quantized as _quantized  # noqa: E402,F401
+from gaussianvision.splats import quantized as _quantized  # noqa: E402,F401

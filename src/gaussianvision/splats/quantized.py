@@ -40,8 +40,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import format as fmt
-from .types import Splats
+from gaussianvision.splats import format as fmt
+from gaussianvision.splats.types import Splats
 
 __all__ = ["BITS", "LAYOUT_ID", "encode_quantized", "quantized_size", "quantize_options"]
 

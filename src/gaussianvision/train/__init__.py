@@ -1,8 +1,8 @@
 """Training: stage 1 (align the GS encoder with the frozen RGB teacher), stage 2 (CLIP loss against
 captions), plain RGB CLIP from scratch; checkpoints, exact resume, DDP. See docs/training.md."""
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .loop import TrainConfig, TrainingDiverged, train
-from .sources import IndexedSource, ShardSource
+from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
+from gaussianvision.train.sources import IndexedSource, ShardSource
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "CheckpointError", "latest_checkpoint", "load_checkpoint",
            "save_checkpoint", "IndexedSource", "ShardSource"]

@@ -15,7 +15,7 @@ import torch
 
 from gaussianvision.data.shards import ShardDamage, read_samples
 from gaussianvision.splats import Splats
-from .sources import IndexedSource, ShardSource
+from gaussianvision.train.sources import IndexedSource, ShardSource
 
 __all__ = ["collate", "decode_sample", "build_source", "DataError", "IMAGE_EXTS", "SHARD_ERRORS", "count_samples"]
 
@@ -133,7 +133,7 @@ class _ShardReader:
 def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, image_size: int | None = None, buffer: int = 1000):
     """Shards (dir, brace pattern, glob or list) -> a deterministic ShardSource for this rank."""
-    from gaussianvision.data.sources import expand_urls
+    from gaussianvision.data.inputs import expand_urls
     urls = expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if not urls or missing:

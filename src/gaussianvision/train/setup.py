@@ -41,7 +41,7 @@ class GSStage2(_GSExport, Stage2Task):
 def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
                info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
-               hard_negatives: bool = False, mirror_pairs: float = 0.0, cache_teacher: bool = False,
+               hard_negatives: bool = False, mirror_pairs: float = 0.0, mirror_fn=None, cache_teacher: bool = False,
                hflip: float = 0.0, word_loss: float = 0.0, word_boost: dict | None = None):
     """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
     stage = str(stage)
@@ -73,7 +73,7 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
         tok = open_clip.get_tokenizer(base)
         return RGBClipTask(model, tok, info, meta={"base": base, "pretrained": pretrained},
                            lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
-                           mirror_pairs=mirror_pairs, word_loss=word_loss, word_boost=word_boost)
+                           mirror_pairs=mirror_pairs, mirror_fn=mirror_fn, word_loss=word_loss, word_boost=word_boost)
     if word_loss or word_boost:
         raise ValueError("--word-loss and --word-boost apply to --stage rgb")
     if hard_negatives:

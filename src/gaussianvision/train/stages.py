@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gaussianvision.data.synthetic.mirror import mirror_pairs as make_mirror_pairs
 from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
 from .tokens import CachedTokenizer
 from .words import WORD_HEAD, CaptionWords
@@ -105,14 +104,15 @@ class RGBClipTask(_Base):
     hard_negatives: batches carry "negative" (one false caption per image, KEY.neg.txt) and the
     loss is make_negclip_loss's: each image must also beat its own near-identical false caption.
 
-    mirror_pairs: the fraction of each batch given to mirror twins (data.synthetic.mirror): samples
+    mirror_pairs: the fraction of each batch given to mirror twins made by mirror_fn(images, texts, k,
+    negatives) (the demo's world supplies one for its caption grammar: apps.demo.world.mirror): samples
     whose captions state a direction are joined by their image flipped and caption's directions
     swapped, so relations are contrasted on both sides; the batch keeps its size.
     """
     stage = "rgb"
 
     def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
-                 hard_negatives: bool = False, mirror_pairs: float = 0.0, word_loss: float = 0.0,
+                 hard_negatives: bool = False, mirror_pairs: float = 0.0, mirror_fn=None, word_loss: float = 0.0,
                  word_boost: dict[str, float] | None = None):
         if not (word_loss >= 0 and math.isfinite(word_loss)):
             raise ValueError(f"--word-loss must be a weight >= 0, got {word_loss}")
@@ -125,6 +125,8 @@ class RGBClipTask(_Base):
             raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
         if not 0.0 <= mirror_pairs <= 1.0:
             raise ValueError(f"--mirror-pairs must be a fraction of the batch in [0, 1], got {mirror_pairs}")
+        if mirror_pairs and mirror_fn is None:
+            raise ValueError("--mirror-pairs needs a mirror function (the caption grammar's: the app supplies it)")
         super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
                                        "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs),
                                        "word_loss": float(word_loss), "word_boost": dict(word_boost or {})})
@@ -136,6 +138,7 @@ class RGBClipTask(_Base):
                                 boost={_one_token(tokenizer, w, special): f for w, f in (word_boost or {}).items()})
             model.add_module(WORD_HEAD, head.to(next(model.parameters()).device))
         self.mirror_pairs = float(mirror_pairs)
+        self.mirror_fn = mirror_fn
         self.tokenizer = CachedTokenizer(tokenizer)
         self.hard_negatives = bool(hard_negatives)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
@@ -158,7 +161,7 @@ class RGBClipTask(_Base):
         images, texts = batch["image"], list(batch["text"])
         negatives = list(batch["negative"]) if self.hard_negatives else None
         if self.mirror_pairs > 0:
-            images, texts, negatives = make_mirror_pairs(images, texts, round(self.mirror_pairs * len(texts) / 2),
+            images, texts, negatives = self.mirror_fn(images, texts, round(self.mirror_pairs * len(texts) / 2),
                                                          negatives)
         x = pixel_input(images, self.model.visual)
         texts = texts + (negatives or [])

@@ -1,0 +1,167 @@
+"""Benchmark: loading throughput, splat shards vs JPEG shards, same batch size and workers.
+
+JPEG side: tar shards of JPEGs (the bundled photos at their original sizes, quality 90, as
+img2dataset stores them), each decoded with Pillow and put through OpenCLIP's own eval
+preprocessing (resize shorter side to 224 bicubic, center crop, to tensor, normalize) when
+open_clip is installed (torchvision's equivalent otherwise), then collated to [B, 3, 224, 224].
+Splat side: shards of the same samples as .gsv (float16 layout 1 and quantized layout 2), read
+by `data.loader.splat_loader` into padded Splats batches. Both read the same captions and keys.
+The splats come from the grid initializer (no fitting): loading cost depends only on N and bytes.
+"""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gaussianvision.data.shards import ShardWriter, read_samples
+
+__all__ = ["make_jpeg_shards", "make_splat_shards", "jpeg_loader", "time_loader", "run_load_bench", "markdown"]
+
+
+def _openclip_transform(size: int):
+    try:
+        import open_clip
+        return open_clip.image_transform(size, is_train=False), "open_clip.image_transform(is_train=False)"
+    except ImportError:
+        from torchvision import transforms as T
+        return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                          T.ToTensor(), T.Normalize((0.48145466, 0.4578275, 0.40821073),
+                                                    (0.26862954, 0.26130258, 0.27577711))]), "torchvision equivalent"
+
+
+def make_jpeg_shards(root: Path, n_samples: int, per_shard: int) -> list[str]:
+    from gaussianvision.data.photos import bundled_photos
+    photos = bundled_photos(size=None)
+    blobs = []
+    for name, img in photos:
+        arr = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        blobs.append((name, buf.getvalue(), arr.shape[:2]))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(0, n_samples, per_shard):
+        path = root / f"{k // per_shard:06d}.tar"
+        with ShardWriter(path) as w:
+            for i in range(k, min(k + per_shard, n_samples)):
+                name, data, _ = blobs[i % len(blobs)]
+                w.write(f"{i:09d}", {"jpg": data, "txt": f"a photo of {name}".encode(), "json": b"{}"})
+        paths.append(str(path))
+    return paths
+
+
+def make_splat_shards(root: Path, n_samples: int, per_shard: int, n_gaussians: int, layout: str) -> list[str]:
+    from gaussianvision.data.photos import bundled_photos
+    from gaussianvision.fit.init import initialize
+    from gaussianvision.splats.format import encode
+    from gaussianvision.splats.quantized import encode_quantized
+    images = torch.stack([p for _, p in bundled_photos(224)])
+    s = initialize("grid", images, n_gaussians, generator=torch.Generator().manual_seed(0))
+    blobs = [encode_quantized(s[b]) if layout == "quantized" else encode(s[b]) for b in range(len(images))]
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(0, n_samples, per_shard):
+        path = root / f"{k // per_shard:06d}.tar"
+        with ShardWriter(path) as w:
+            for i in range(k, min(k + per_shard, n_samples)):
+                w.write(f"{i:09d}", {"gsv": blobs[i % len(blobs)], "txt": b"a photo", "json": b"{}"})
+        paths.append(str(path))
+    return paths
+
+
+class _JpegShards(IterableDataset):
+    def __init__(self, urls, size=224):
+        self.urls, self.size = urls, size
+        self.transform, _ = _openclip_transform(size)
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for url in self.urls[wid::nw]:
+            for raw in read_samples(url):
+                img = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
+                yield self.transform(img), raw["txt"].decode(), raw["__key__"]
+
+
+def _collate_jpeg(items):
+    return {"image": torch.stack([i[0] for i in items]), "text": [i[1] for i in items], "key": [i[2] for i in items]}
+
+
+def jpeg_loader(urls, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(_JpegShards(urls), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_jpeg)
+
+
+def time_loader(make, repeats: int = 1) -> tuple[float, int]:
+    """Best (seconds, samples) over `repeats` full passes of a fresh loader (worker start included)."""
+    best = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = sum(len(b["key"]) for b in make())
+        dt = time.perf_counter() - t0
+        best = (dt, n) if best is None or dt < best[0] else best
+    return best
+
+
+def _bytes_per_sample(urls, ext: str) -> tuple[float, float]:
+    total = sum(Path(u).stat().st_size for u in urls)
+    members, n = 0, 0
+    for u in urls:
+        for raw in read_samples(u):
+            members += len(raw[ext])
+            n += 1
+    return total / n, members / n
+
+
+def run_load_bench(work: Path, n_samples: int = 2000, per_shard: int = 250, batch_size: int = 64,
+                   workers=(0, 2), n_gaussians=(400, 3136), repeats: int = 2, log=print) -> dict:
+    from gaussianvision.data.loader import splat_loader
+    work = Path(work)
+    jpeg = make_jpeg_shards(work / "jpeg", n_samples, per_shard)
+    sets = {"JPEG (decode + OpenCLIP preprocess)": ("jpg", jpeg, None)}
+    for n in n_gaussians:
+        for layout in ("interleaved", "quantized"):
+            urls = make_splat_shards(work / f"gsv-{n}-{layout}", n_samples, per_shard, n, layout)
+            label = f"splats N={n} {'float16' if layout == 'interleaved' else 'quantized'}"
+            sets[label] = ("gsv", urls, n)
+    rows = []
+    threads = torch.get_num_threads()
+    # DataLoader workers run torch with one thread; the in-process (workers=0) runs do the same:
+    # fair to both sides, and no OpenMP oversubscription on a shared machine
+    torch.set_num_threads(1)
+    try:
+        for label, (ext, urls, n) in sets.items():
+            per_sample, member = _bytes_per_sample(urls, ext)
+            for w in workers:
+                if ext == "jpg":
+                    make = lambda urls=urls, w=w: jpeg_loader(urls, batch_size, num_workers=w)  # noqa: E731
+                else:
+                    make = lambda urls=urls, w=w: splat_loader(urls, batch_size, num_workers=w)  # noqa: E731
+                secs, count = time_loader(make, repeats)
+                rows.append({"data": label, "workers": w, "batch_size": batch_size, "samples": count,
+                             "seconds": secs, "samples_per_s": count / secs, "tar_bytes_per_sample": per_sample,
+                             "payload_bytes_per_sample": member})
+                log(f"load: {label}, workers {w}: {count / secs:,.0f} samples/s")
+    finally:
+        torch.set_num_threads(threads)
+    for r in rows:
+        base = next(x for x in rows if x["data"].startswith("JPEG") and x["workers"] == r["workers"])
+        r["speedup_vs_jpeg"] = r["samples_per_s"] / base["samples_per_s"]
+    return {"rows": rows, "n_samples": n_samples, "per_shard": per_shard, "batch_size": batch_size,
+            "jpeg_transform": _openclip_transform(224)[1],
+            "jpeg_source_sizes": "bundled photos at original size (about 300x450 to 600x800), quality 90"}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['n_samples']} samples in shards of {result['per_shard']}, batch {result['batch_size']}; "
+             f"JPEG preprocessing: {result['jpeg_transform']}; JPEG sources: {result['jpeg_source_sizes']}.", "",
+             "| data | workers | samples/s | x JPEG | tar bytes/sample | payload bytes/sample |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['data']} | {r['workers']} | {r['samples_per_s']:,.0f} | {r['speedup_vs_jpeg']:.1f}x | "
+                     f"{r['tar_bytes_per_sample']:,.0f} | {r['payload_bytes_per_sample']:,.0f} |")
+    return "\n".join(lines) + "\n"

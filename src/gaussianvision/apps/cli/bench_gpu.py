@@ -1,0 +1,98 @@
+"""gsv bench gpu: the one-shot GPU check (make gpu-check); library code in gaussianvision.apps.bench.gpu_check."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from gaussianvision.apps.cli.common import CliError, emit, key_value, parser, run, write_json, write_text
+
+EPILOG = """\
+On a GPU machine with nothing installed but torch and triton (no network, no pip install):
+  python3 benchmarks/gpu_check.py            # or: make gpu-check
+writes benchmarks/results/gpu.json and gpu.md (and copies them into $OUT when that is set).
+The tower step needs open_clip: run `make gpu-wheels` where PyPI is reachable and bring the
+repository's .whl folder along; its wheels are installed into a temporary folder for the run.
+Afterwards, with the files back in benchmarks/results:
+  gsv bench gpu --render benchmarks/results/gpu.json --docs docs/gpu.md
+rewrites gpu.md and the results table of docs/gpu.md from the JSON.
+"""
+
+
+def _limits(items: list[str], cfg) -> dict:
+    limits = dict(cfg.limits)
+    for item in items:
+        step, value = key_value(item, "--limit", "STEP=SECONDS", "fit=300")
+        if step not in limits:
+            raise CliError(f"--limit {item!r}: unknown step {step!r}; the steps: {', '.join(limits)}")
+        try:
+            limits[step] = float(value)
+        except ValueError:
+            raise CliError(f"--limit {item!r}: {value!r} is not a number of seconds") from None
+        if limits[step] <= 0:
+            raise CliError(f"--limit {item!r}: the limit must be positive")
+    return limits
+
+
+def _render(a) -> int:
+    from gaussianvision.apps.bench.gpu_report import fill_docs, to_markdown
+    try:
+        res = json.loads(Path(a.render).read_text())
+        md = to_markdown(res)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CliError(f"--render {a.render}: not a gsv bench gpu result ({type(e).__name__}: {e})") from None
+    target = Path(a.render).with_suffix(".md")
+    write_text(target, md)
+    files = [str(target)]
+    if a.docs:
+        try:
+            fill_docs(Path(a.docs), res)
+        except (OSError, ValueError) as e:
+            raise CliError(f"--docs: {e}") from None
+        files.append(str(a.docs))
+    emit({"files": files}, a.json, md + "\nwrote " + ", ".join(files))
+    return 0
+
+
+def _measure(a) -> int:
+    from dataclasses import replace
+    from gaussianvision.apps.bench.gpu_check import GpuCheckConfig, copy_to, run_gpu_check, with_steps
+    from gaussianvision.apps.bench.gpu_report import to_markdown
+    cfg = GpuCheckConfig.tiny_preset() if a.tiny else GpuCheckConfig()
+    if a.device:
+        cfg = replace(cfg, device=a.device)
+    if a.steps:
+        try:
+            cfg = with_steps(cfg, tuple(s.strip() for s in a.steps.split(",") if s.strip()))
+        except ValueError as e:
+            raise CliError(f"--steps: {e}") from None
+    cfg = replace(cfg, limits=_limits(a.limit, cfg))
+    res = run_gpu_check(cfg, log=(lambda *_: None) if a.json else print)
+    stem = "gpu_tiny" if a.tiny else "gpu"
+    files = [a.out / f"{stem}.json", a.out / f"{stem}.md"]
+    write_json(files[0], res)
+    write_text(files[1], to_markdown(res))
+    res["files"] = [str(f) for f in files] + copy_to(files, os.environ.get("OUT"))
+    emit(res, a.json, to_markdown(res) + "\nwrote " + ", ".join(res["files"]))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = parser("bench gpu", "The GPU check: Triton parity on CUDA, fitting throughput by batch and N, the "
+                            "LIG-style baseline and the towers' throughput, each step time-boxed.")
+    p.epilog = EPILOG
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+    p.add_argument("--tiny", action="store_true", help="every step on CPU with a few small images (a test of "
+                                                       "the script; writes gpu_tiny.json / .md)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="where the steps run (default cuda; cpu with --tiny)")
+    p.add_argument("--steps", default=None, help="comma-separated subset of parity,fit,baseline,tower")
+    p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
+                   help="time limit of one step (repeatable; defaults parity 90, fit 200, baseline 80, tower 90)")
+    p.add_argument("--render", default=None, metavar="GPU.json",
+                   help="measure nothing: rewrite the .md beside this result (and --docs)")
+    p.add_argument("--docs", default=None, metavar="DOCS.md", help="with --render: fill this file's results block")
+    args = p.parse_args(argv)
+    if args.docs and not args.render:
+        p.error("--docs goes with --render")
+    return run("bench gpu", _render if args.render else _measure, args)

@@ -1,0 +1,62 @@
+"""gsv bench model: GS tower vs RGB ViT, encode_image latency and FLOPs per image."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise CliError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = parser("bench model", "Latency and FLOPs of the GS tower (196/98 tokens) vs the RGB ViT.")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    p.add_argument("--quick", action="store_true", help="batches 1 and 4, N=400 only, 2 repeats")
+    p.add_argument("--base", default="ViT-B-16", help="OpenCLIP base architecture (default ViT-B-16)")
+    p.add_argument("--configs", default="gs-196,gs-98", help="comma-separated GS configs")
+    p.add_argument("--n", default=None, help="Gaussians per image, comma-separated (default 400,3136)")
+    p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1,32)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per point (default 3)")
+    p.add_argument("--large-batch-repeats", type=int, default=1, help="timed calls for batches > 8 (default 1)")
+    args = p.parse_args(argv)
+
+    def go(a):
+        from gaussianvision.apps.bench.model import markdown_table, run_model_bench
+        from gaussianvision.models import ConfigError
+        n = _ints(a.n) if a.n else ([400] if a.quick else [400, 3136])
+        batches = _ints(a.batch) if a.batch else ([1, 4] if a.quick else [1, 32])
+        repeats = a.repeats or (2 if a.quick else 3)
+        configs = [c for c in a.configs.split(",") if c]
+        stem = "model_quick" if a.quick else "model"
+        md = a.out / f"{stem}.md"
+
+        def save(res, partial):
+            res["env"]["quick"] = bool(a.quick)
+            res["env"]["partial"] = partial
+            write_json(a.out / f"{stem}.json", res)
+            tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
+            title = f"# gsv bench model ({'quick' if a.quick else 'full'}{', partial' if partial else ''})"
+            tmp.write_text(f"{title}\n\n" + markdown_table(res))
+            os.replace(tmp, md)
+
+        try:
+            res = run_model_bench(a.base, configs, n, batches, repeats,
+                                  progress=None if a.json else (lambda m: print(f"  {m}", file=sys.stderr)),
+                                  large_batch_repeats=a.large_batch_repeats,
+                                  on_row=lambda r: save(r, True))
+        except ConfigError as e:
+            raise CliError(str(e)) from None
+        save(res, False)
+        res["files"] = [str(a.out / f"{stem}.json"), str(md)]
+        emit(res, a.json, markdown_table(res))
+    return run("bench model", go, args)

@@ -1,0 +1,105 @@
+"""gsv convert --input SRC --output DIR --gaussians N: image(-text) data -> splat shards.
+
+SRC: a folder of images (captions from sidecar .txt), or webdataset tar shards (img2dataset
+layout; a folder of .tar, brace patterns like 'shard-{000000..000009}.tar', or globs).
+Resumable: rerun the same command after an interruption. Several machines / GPUs: run under
+torchrun (RANK and WORLD_SIZE pick the shards; --device cuda uses LOCAL_RANK).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
+from gaussianvision.data.inputs import SourceError
+from gaussianvision.apps.cli.common import CliError, emit, fit_option, parser, run
+
+
+_FIT_FLAGS = ("iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
+
+
+def _parser():
+    p = parser("convert", __doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="image folder, tar shard(s), brace pattern or glob")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--gaussians", type=int, required=True, help="Gaussians per image (N)")
+    p.add_argument("--iters", type=int, default=None, help="fitting iterations")
+    p.add_argument("--init", default=None, help="initializer (grid, random, ...)")
+    p.add_argument("--prune-lambda", type=float, default=None, help="luminance L1 penalty (pruning)")
+    p.add_argument("--prune-tau", type=float, default=None, help="pruning threshold")
+    p.add_argument("--target-psnr", type=float, default=None, help="stop fitting an image at this PSNR")
+    p.add_argument("--relocate-every", type=int, default=None,
+                   help="every K iterations move the least important Gaussians to where the error is")
+    p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fit_images option (JSON value), repeatable")
+    p.add_argument("--size", type=int, default=224, help="images are resized and center-cropped to this")
+    p.add_argument("--layout", choices=("interleaved", "quantized"), default="interleaved")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--zstd", action="store_true", help="zstd-compress quantized payloads")
+    p.add_argument("--workers", type=int, default=0, help="fitting processes (0: in this process)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per output shard (folder input)")
+    p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
+    p.add_argument("--keep-image", action="store_true", help="store the source image bytes in the shards")
+    p.add_argument("--require-caption", action="store_true", help="count samples without a caption as failed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--rank", type=int, default=None, help="default: $RANK or 0")
+    p.add_argument("--world-size", type=int, default=None, help="default: $WORLD_SIZE or 1")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _config(a) -> ConvertConfig:
+    """The settings of the command line (fit flags, then --fit-option KEY=VALUE over them)."""
+    fit = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
+    fit.update(dict(fit_option(t) for t in a.fit_option))
+    rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
+    return ConvertConfig(
+        n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
+        zstd=a.zstd, batch_size=a.batch_size, shard_size=a.shard_size, keep_image=a.keep_image,
+        require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
+        device=device, progress=not a.no_progress and not a.json)
+
+
+def _report(s: dict, output: Path) -> str:
+    """The human summary of a run."""
+    r = s["run"]
+    human = (f"rank {r['rank']}/{r['world_size']}: converted {r['shards_converted']} shards, skipped "
+             f"{r['shards_skipped']} finished\n"
+             f"inputs {s['inputs']} = converted {s['converted']} + failed {s['failed']}"
+             f" ({'reconciled' if s['reconciled'] else 'NOT reconciled'}); "
+             f"shards {s['shards_done']}/{s['shards_total']}"
+             f"{'' if s['complete'] else ' (incomplete: other ranks or a rerun will finish it)'}\n"
+             f"failures: {output / 'failures.jsonl'}; summary: {output / 'summary.json'}")
+    if s["failed_by_stage"]:
+        human += f"\nfailed by stage: {_by_stage(s)}"
+    if s["shard_errors"]:
+        human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
+    if s["duplicate_keys"]:
+        human += (f"\nduplicate keys across shards: {s['duplicate_keys']} ({'; '.join(s['duplicates'][:3])}"
+                  f"{'; ...' if s['duplicate_keys'] > 3 else ''})")
+    return human
+
+
+def _by_stage(s: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(s["failed_by_stage"].items()))
+
+
+def _go(a) -> int:
+    try:
+        s = convert_dataset(a.input, a.output, _config(a))
+    except (ConvertError, SourceError) as e:
+        raise CliError(str(e)) from None
+    emit(s, a.json, _report(s, a.output))
+    if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
+        print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
+              f"{a.output / 'failures.jsonl'}", file=sys.stderr)
+        return 1
+    return 0 if s["reconciled"] else 1
+
+
+def main(argv=None) -> int:
+    return run("convert", _go, _parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

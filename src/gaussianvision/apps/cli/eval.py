@@ -1,0 +1,115 @@
+"""`gsv eval zeroshot`: zero-shot classification / retrieval of RGB and GS models side by side,
+through clip_benchmark (its templates, class names and metrics)."""
+from __future__ import annotations
+
+import sys
+
+from gaussianvision.apps.cli.common import CliError, emit, fail, fit_option, parser, run
+
+EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
+
+
+def build_parser():
+    p = parser("eval zeroshot", "Zero-shot classification (acc1, acc5, mean per-class recall) and retrieval "
+                                "(recall@1/5/10) of RGB and GS models, through clip_benchmark.",
+               epilog=f"example:\n  {EXAMPLE}")
+    p.add_argument("--model", action="append", required=True,
+                   help="rgb:ARCH[:PRETRAINED] (OpenCLIP architecture + tag or local checkpoint file) or "
+                        "gs:DIR[@PRETRAINED] (a `gsv train` output folder / checkpoint directory, or "
+                        "gsclip.safetensors); repeatable")
+    p.add_argument("--dataset", action="append", default=[],
+                   help="clip_benchmark dataset name (cifar10, imagenet1k, flickr30k, ...) or wds/NAME; repeatable")
+    p.add_argument("--suite", choices=["datacomp38"], help="add the paper's 38 DataComp datasets")
+    p.add_argument("--dataset-root", default=None,
+                   help="dataset folder or URL; {dataset} and {dataset_cleaned} are filled in "
+                        "(default: data/eval/{dataset_cleaned}; suite datasets: DataComp's hub copies)")
+    p.add_argument("--out", default="out/eval", help="folder for the per-dataset JSON files and results.md/.csv")
+    p.add_argument("--batch-size", type=int, default=64, help="images per evaluation batch")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g = p.add_argument_group("splats for GS models (images are fitted on the fly, cached by content)")
+    g.add_argument("--n-gaussians", type=int, default=400, help="Gaussians per image")
+    g.add_argument("--fit-iters", type=int, default=500, help="fitting iterations per image")
+    g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"],
+                   help="initialization of the fit")
+    g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default: the model's input size)")
+    g.add_argument("--fit-batch", type=int, default=32, help="images fitted together")
+    g.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fit_images option (JSON value), repeatable; use the conversion's options")
+    g.add_argument("--splat-cache", default=None,
+                   help="cache folder of fitted splats (default OUT/splat_cache); a pre-filled one is a converted copy")
+    return p
+
+
+def _run(args) -> int:
+    import torch
+    from gaussianvision.eval import EvalError, SplatSettings, evaluate_all, load_eval_model, suite_datasets
+    datasets = list(args.dataset)
+    if args.suite:
+        datasets += suite_datasets(args.suite)
+    datasets = list(dict.fromkeys(datasets))
+    if not datasets:
+        raise CliError("give --dataset NAME (repeatable) or --suite datacomp38")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError("--device cuda requested but CUDA is not available")
+    try:
+        settings = SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
+                                 dict(fit_option(t) for t in args.fit_option))
+    except ValueError as e:
+        raise CliError(f"--fit-option: {e}") from None
+    try:
+        models = [load_eval_model(spec, device) for spec in args.model]
+    except EvalError as e:
+        raise CliError(str(e)) from None
+    try:
+        res = evaluate_all(models, datasets, args.out, root=args.dataset_root, batch_size=args.batch_size,
+                           device=device, splats=settings, cache_dir=args.splat_cache, num_workers=args.num_workers,
+                           progress=not args.json)
+    except EvalError as e:
+        raise CliError(str(e)) from None
+    summary = {"out": args.out, "models": [m.label for m in models], "datasets": datasets,
+               "results": [{k: r.get(k) for k in ("dataset", "label", "task", "metrics", "file", "error")}
+                           for r in res["records"]],
+               "table": {"header": res["header"], "rows": res["rows"]},
+               "markdown": res["markdown"], "csv": res["csv"], "errors": res["errors"]}
+    emit(summary, args.json, human=res["text"] + f"\nresults in {args.out} (results.md, results.csv)")
+    if res["errors"]:
+        for e in res["errors"]:
+            print(f"gsv eval: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+HELP = f"""usage: gsv eval EVALUATION [options]   (gsv eval zeroshot --help for all options)
+
+Evaluate RGB and GS models side by side; one JSON file per dataset and model, and a comparison
+table (results.md, results.csv) with the GS / RGB ratio.
+
+evaluations:
+  zeroshot  zero-shot classification (acc1, acc5, mean per-class recall) and retrieval
+            (recall@1/5/10) through clip_benchmark: its datasets, templates and metrics
+
+--model (repeatable), one of:
+  rgb:ARCH[:PRETRAINED]   an OpenCLIP model reading pixels; ARCH an OpenCLIP architecture
+                          (ViT-B-16, gsv-tiny, ...), PRETRAINED a tag (openai, laion2b_s34b_b88k:
+                          needs the network or the Hugging Face cache) or a local checkpoint file;
+                          omitted: random weights
+  gs:DIR[@PRETRAINED]     a GS model reading splats fitted to the images: a `gsv train` output
+                          folder or checkpoint folder (DIR), or a gsclip.safetensors file;
+                          @PRETRAINED replaces the base weights recorded in it
+
+example:
+  {EXAMPLE}
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(argv or [])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] != "zeroshot":
+        return fail("gsv eval", f"unknown evaluation {argv[0]!r} (available: zeroshot)", argv)
+    args = build_parser().parse_args(argv[1:])
+    return run("eval", _run, args)

@@ -1,0 +1,205 @@
+"""gsv fit INPUT... --gaussians N: fit image files or folders to splats, one .gsv per image.
+
+Bad options and output folders are refused before any work (one line, exit code 2). Bad
+inputs (missing, empty, corrupt, not images) are reported with their reason and skipped; the
+rest are fitted in batches. Writes OUT/NAME.gsv (and OUT/NAME.png with --save-png) plus
+OUT/results.json: {"results": [per image], "failures": [...], "config": {...}}; per image,
+`seconds` is its share of its batch (`batch_seconds` / `batch_size`). Exit code 0 when at least
+one image was fitted, 2 when every input failed (after the report) or on a bad option.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from gaussianvision.data.images import ImageLoadError, list_images, load_image
+from gaussianvision.fit import FitConfig, INITIALIZERS, MEASURES, fit_images
+from gaussianvision.raster import render
+from gaussianvision.splats import save
+from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.render import check_backend, write_png
+
+MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Output stems, unique even when two folders hold files of the same name."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = p.stem or "image"
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        out.append(stem if k == 0 else f"{stem}_{k}")
+    return out
+
+
+def _parser():
+    p = parser("fit", "Fit images (files or folders) to 2D Gaussian splats; one .gsv per image.")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image")
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--init", default="content", choices=sorted(INITIALIZERS))
+    p.add_argument("--size", default="224", help="side in pixels of the square centre crop the images are "
+                   f"resized to (at least {MIN_SIZE}; 0: keep each image's own width and height)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--target-psnr", type=float, default=None, help="stop an image once it reaches this PSNR")
+    p.add_argument("--plateau", type=int, default=None, help="stop an image after this many iterations without gain")
+    p.add_argument("--prune-lambda", type=float, default=0.0, help="L1 luminance penalty (times the mean over N)")
+    p.add_argument("--prune-tau", type=float, default=None, help="prune Gaussians whose importance is under TAU")
+    p.add_argument("--prune-fraction", type=float, default=None, help="prune this fraction (the least important)")
+    p.add_argument("--prune-measure", default="energy", choices=list(MEASURES))
+    p.add_argument("--finetune", type=int, default=None, help="iterations after pruning (default iters/5)")
+    p.add_argument("--relocate-every", type=int, default=0,
+                   help="every K iterations move the least important Gaussians to where the error is (0: off)")
+    p.add_argument("--relocate-fraction", type=float, default=0.1, help="share of each image's Gaussians moved")
+    p.add_argument("--ssim-weight", type=float, default=0.0)
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "exp"])
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
+    p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder")
+    p.add_argument("--save-png", action="store_true", help="also write the reconstruction as NAME.png")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="auto", help="render backend: auto, reference, numba or triton")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (--json implies it)")
+    return p
+
+
+def _size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = -1
+    if size != 0 and size < MIN_SIZE:
+        raise CliError(f"--size must be 0 (keep the original size) or one side of at least {MIN_SIZE} pixels "
+                       f"(the fit crops squares), got {text!r}")
+    return size
+
+
+def _config(a) -> FitConfig:
+    """The checked FitConfig of the options, or a CliError naming the bad one."""
+    if a.gaussians < 1:
+        raise CliError(f"--gaussians must be >= 1, got {a.gaussians}")
+    if a.batch_size < 1 or a.iters < 0:
+        raise CliError("--batch-size must be >= 1 and --iters >= 0")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: CUDA is not available on this machine")
+    check_backend(a.backend)
+    prunes = a.prune_tau is not None or a.prune_fraction is not None
+    try:
+        return FitConfig(iters=a.iters, init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
+                         prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
+                         prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
+                         finetune_iters=(a.finetune if a.finetune is not None else (a.iters // 5 if prunes else 0)),
+                         relocate_every=a.relocate_every, relocate_fraction=a.relocate_fraction,
+                         backend=a.backend, device=a.device, seed=a.seed).check()
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def _out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is not a folder (fit writes NAME.gsv files and results.json into it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+
+
+class _Batches:
+    """Images loaded lazily and fitted in batches of one size, written as each batch is done."""
+
+    def __init__(self, a, cfg: FitConfig, bar, progress: bool):
+        self.a, self.cfg, self.bar, self.progress = a, cfg, bar, progress
+        self.results: list[dict] = []
+        self.failures: list[dict] = []
+        self.pending: dict[tuple, list] = {}
+
+    def add(self, path: Path, name: str) -> None:
+        try:
+            img = load_image(path, size=self.a.size or None, min_side=8 if self.a.size else MIN_SIZE)
+        except ImageLoadError as e:
+            self.failures.append({"path": str(path), "error": str(e)})
+            self.bar.update(1)
+            return
+        items = self.pending.setdefault(tuple(img.shape[-2:]), [])
+        items.append((path, name, img))
+        if len(items) >= self.a.batch_size:
+            self.flush(tuple(img.shape[-2:]))
+
+    def flush(self, key: tuple) -> None:
+        items = self.pending.pop(key, [])
+        if not items:
+            return
+        try:
+            res = fit_images(torch.stack([t for _, _, t in items]), self.a.gaussians, config=self.cfg,
+                             progress=self.progress)
+        except (RuntimeError, ValueError) as e:  # one failed batch must not cost the others
+            self.failures += [{"path": str(p), "error": f"{p}: fit failed: {e}"} for p, _, _ in items]
+        else:
+            for b, (path, name, _) in enumerate(items):
+                self.results.append(self._write(path, name, res.splats[b], res.metrics[b], len(items)))
+        self.bar.update(len(items))
+
+    def _write(self, path: Path, name: str, s, m: dict, batch: int) -> dict:
+        gsv_path = self.a.out / f"{name}.gsv"
+        try:
+            nbytes = save(gsv_path, s, dtype=self.a.dtype)
+        except OSError as e:
+            raise CliError(f"cannot write {gsv_path} ({e.strerror or e})") from None
+        rec = {"path": str(path), "output": str(gsv_path), "psnr": m["psnr"], "ssim": m["ssim"],
+               "n_gaussians": m["n_gaussians"], "bytes": nbytes, "compression_ratio": s.pixel_bytes() / nbytes,
+               "iterations": m["iterations"], "seconds": m["seconds"], "batch_seconds": m["batch_seconds"],
+               "batch_size": batch, "height": s.height, "width": s.width, "pruned": m["pruned"],
+               "stopped": m["stopped"]}
+        if self.a.save_png:
+            rec["png"] = str(self.a.out / f"{name}.png")
+            write_png(render(s, backend=self.a.backend)[0], Path(rec["png"]))
+        return rec
+
+
+def _report(a, cfg: FitConfig, paths: list[Path], r: _Batches) -> int:
+    order = {str(p): i for i, p in enumerate(paths)}
+    r.results.sort(key=lambda x: order[x["path"]])
+    summary = {"results": r.results, "failures": r.failures, "fitted": len(r.results), "failed": len(r.failures),
+               "config": {**vars(cfg), "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
+    if not r.results:  # still one JSON document on stdout, the reason in it and on stderr
+        summary["error"] = f"every input failed ({len(r.failures)} of {len(paths)}); nothing was fitted"
+    try:
+        write_json(a.out / "results.json", summary)
+    except OSError as e:
+        raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
+    lines = [f"{Path(x['path']).name}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
+             f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {x['width']}x{x['height']}"
+             for x in r.results]
+    lines += [f"FAILED {f['error']}" for f in r.failures]
+    lines.append(f"fitted {len(r.results)}, failed {len(r.failures)}; wrote {a.out}/")
+    emit(summary, a.json, "\n".join(lines))
+    if "error" in summary:
+        print(f"gsv fit: {summary['error']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+
+    def go(a):
+        a.size = _size(a.size)
+        cfg = _config(a)
+        paths = list_images(a.inputs)
+        if not paths:
+            raise CliError(f"no images found in {', '.join(a.inputs)}")
+        _out_folder(a.out)
+        from tqdm import tqdm
+        progress = not (a.json or a.no_progress)
+        with tqdm(total=len(paths), desc="gsv fit", unit="img", disable=not progress) as bar:
+            r = _Batches(a, cfg, bar, progress)
+            for path, name in zip(paths, _names(paths)):
+                r.add(path, name)
+            for key in list(r.pending):
+                r.flush(key)
+        return _report(a, cfg, paths, r)
+    return run("fit", go, args)

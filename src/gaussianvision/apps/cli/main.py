@@ -1,0 +1,50 @@
+"""`gsv` entry point: dispatches to one module per subcommand (imported lazily)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "info": ("gaussianvision.apps.cli.info", "header and statistics of a .gsv file"),
+    "render": ("gaussianvision.apps.cli.render", "render a .gsv file to PNG at any resolution"),
+    "fit": ("gaussianvision.apps.cli.fit", "fit images (files or folders) to splats"),
+    "show": ("gaussianvision.apps.cli.show", "picture of the Gaussians as ellipses beside the render"),
+    "convert": ("gaussianvision.apps.cli.convert", "convert image-text shards to splat shards"),
+    "model": ("gaussianvision.apps.cli.model", "GS-CLIP model information"),
+    "train": ("gaussianvision.apps.cli.train", "train the GS encoder or an RGB CLIP (stage 1, 2 or rgb)"),
+    "eval": ("gaussianvision.apps.cli.eval", "zero-shot evaluation, RGB vs GS"),
+    "bench": ("gaussianvision.apps.cli.bench", "benchmarks: fit, load, codec, model, gpu"),
+    "demo": ("gaussianvision.apps.demo.run", "the whole pipeline on bundled data"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gsv COMMAND [options]   (gsv COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from gaussianvision import __version__
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    from gaussianvision.apps.cli.common import fail
+    if name not in COMMANDS:
+        return fail("gsv", f"unknown command {name!r}; choose from {', '.join(COMMANDS)} (gsv --help)", rest)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if e.name == COMMANDS[name][0]:
+            return fail(f"gsv {name}", "not available in this version", rest)
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

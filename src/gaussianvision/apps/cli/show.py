@@ -1,0 +1,113 @@
+"""gsv show FILE --out PNG [--image ORIGINAL]: the Gaussians as ellipses beside the render.
+
+Panels (as the paper's Figure 4): the original (with --image), the render, and every
+Gaussian drawn as its 1-sigma ellipse filled with its own color (clamped to [0, 1]).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+
+from gaussianvision.atomic import write_atomic
+from gaussianvision.data.images import load_image
+from gaussianvision.raster import render
+from gaussianvision.splats import format as fmt
+from gaussianvision.splats.params import chol_to_scale_rot
+from gaussianvision.apps.cli.common import CliError, emit, parser, run
+from gaussianvision.apps.cli.render import check_backend, check_out_file
+
+
+def _import_mpl():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.collections import EllipseCollection
+    except ImportError as e:
+        raise CliError(f"gsv show needs matplotlib (pip install 'gaussianvision[photos]'): {e}") from None
+    return plt, EllipseCollection
+
+
+def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0, backend: str = "auto",
+         title: str | None = None) -> None:
+    """Write the figure for one image's splats (batch of one) to `out` (PNG, atomically)."""
+    plt, EllipseCollection = _import_mpl()
+    img = render(splats, backend=backend)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    h, w = splats.height, splats.width
+    panels = ([("original", original.clamp(0, 1).permute(1, 2, 0).cpu().numpy())] if original is not None else [])
+    panels += [("render", img), (f"Gaussians ({n_sigma:g}-sigma ellipses)", None)]
+    scale = 4.0 / max(h, w)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale + 0.5, h * scale + 0.6), dpi=150)
+    for ax, (name, arr) in zip(axes, panels):
+        ax.set_title(name, fontsize=8)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if arr is not None:
+            ax.imshow(arr, extent=(0, w, h, 0), interpolation="nearest")
+            continue
+        ax.set_facecolor("black")
+        sr = chol_to_scale_rot(splats.chol[0].double()).cpu()  # (sigma1, sigma2, theta)
+        cols = splats.colors[0].clamp(0, 1).cpu().numpy()
+        # draw the largest first so small detail Gaussians stay visible on top
+        order = torch.argsort(sr[:, 0] * sr[:, 1], descending=True)
+        sr = sr[order]
+        ec = EllipseCollection(widths=(2 * n_sigma * sr[:, 0]).numpy(), heights=(2 * n_sigma * sr[:, 1]).numpy(),
+                               angles=torch.rad2deg(sr[:, 2]).numpy(), units="xy",
+                               offsets=splats.means[0].cpu()[order].numpy(), offset_transform=ax.transData,
+                               facecolors=cols[order.numpy()], edgecolors="none", alpha=0.75)
+        ax.add_collection(ec)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    try:
+        write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
+    except OSError as e:
+        raise CliError(f"cannot write {out} ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+
+
+def _one_image(path: Path, index: int):
+    """Image `index` of a .gsv file (B = 1), read image by image: no padding of a batch."""
+    data = fmt.read_file(path)
+    n = fmt.read_header(data, str(path)).n_images
+    if not 0 <= index < n:
+        raise CliError(f"--index {index} out of range: {path} holds {n} image(s)")
+    return next(itertools.islice(fmt.iter_images(data, str(path)), index, None))
+
+
+def main(argv=None) -> int:
+    p = parser("show", "Draw the Gaussians of a .gsv file as ellipses beside its render (and the original).")
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="output PNG")
+    p.add_argument("--image", type=Path, default=None, help="the original image, shown first")
+    p.add_argument("--index", type=int, default=0, help="which image of a batch file")
+    p.add_argument("--sigma", type=float, default=1.0, help="ellipse radius in standard deviations")
+    p.add_argument("--backend", default="auto")
+    args = p.parse_args(argv)
+
+    def go(a):
+        if not (math.isfinite(a.sigma) and a.sigma > 0):
+            raise CliError(f"--sigma must be positive, got {a.sigma}")
+        check_backend(a.backend)
+        one = _one_image(a.file, a.index)
+        check_out_file(a.out)
+        orig = None
+        if a.image is not None:
+            orig = load_image(a.image, size=None)
+            if tuple(orig.shape[-2:]) != (one.height, one.width):
+                # the same centre crop the fit used, then the splats' size
+                orig = load_image(a.image, size=min(one.height, one.width))
+                orig = torch.nn.functional.interpolate(orig[None], size=(one.height, one.width), mode="bilinear",
+                                                       antialias=True, align_corners=False)[0]
+        draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
+             title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
+        emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians}, a.json,
+             f"wrote {a.out}")
+    return run("show", go, args)

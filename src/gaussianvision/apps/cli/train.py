@@ -1,0 +1,219 @@
+"""`gsv train`: stage 1 (distill the GS encoder onto the frozen RGB teacher), stage 2 (CLIP loss
+against captions) or `--stage rgb` (a plain CLIP trained from scratch, e.g. the demo's teacher).
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m gaussianvision.apps.cli.main train ...`.
+"""
+from __future__ import annotations
+
+import math
+
+from gaussianvision.apps.cli.common import CliError, emit, key_value, parser, run
+
+
+def build_parser():
+    p = parser("train", "Train the GS encoder: --stage 1 (align to the RGB teacher), 2 (CLIP loss), "
+                        "or rgb (plain CLIP from scratch).")
+    p.add_argument("--stage", required=True, choices=["1", "2", "rgb"])
+    p.add_argument("--data", required=True, action="append",
+                   help="tar shards: folder, brace pattern (a-{000..009}.tar), glob; repeatable. Stages 1/2: "
+                        "splat shards from `gsv convert` (stage 1 needs the source images kept in them); "
+                        "rgb: image-text shards (img2dataset layout)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints/, log.jsonl, exports)")
+    p.add_argument("--model-config", default=None, help="GS config: gs-196 (default), gs-98, gs-tiny or a JSON path")
+    p.add_argument("--base", default=None, help="OpenCLIP architecture (default: the config's; rgb: gsv-tiny)")
+    p.add_argument("--pretrained", default=None, help="OpenCLIP pretrained tag or local checkpoint file of the base")
+    p.add_argument("--init-from", default=None, help="stage 2: the stage-1 output folder or checkpoint directory")
+    p.add_argument("--unfreeze", action="append", default=[],
+                   help="stage 2: also train parameters with this name prefix (e.g. base.ln_final); repeatable")
+    p.add_argument("--lock-text-steps", type=int, default=0,
+                   help="stage rgb: hold the text tower at its initialization for the first N steps "
+                        "(see docs/training.md; the demo's teacher uses it)")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="stage rgb: also contrast each image with its false caption KEY.neg.txt (NegCLIP; "
+                        "the synthetic world writes one per sample; see docs/training.md)")
+    p.add_argument("--mirror-pairs", type=float, default=0.0, metavar="FRACTION",
+                   help="stage rgb: give this fraction of each batch to mirror twins (samples whose caption "
+                        "states a direction, with the image flipped and left/right or above/below swapped; "
+                        "see docs/training.md)")
+    p.add_argument("--cache-teacher", action="store_true",
+                   help="stage 1: compute each sample's teacher embedding once and keep it in memory "
+                        "(by key; for data sets whose embeddings fit in memory)")
+    p.add_argument("--word-loss", type=float, default=0.0, metavar="W",
+                   help="stage rgb: add W x a caption-word loss (a head on the image embedding predicts the "
+                        "caption's words, IDF-weighted; not exported; see docs/training.md)")
+    p.add_argument("--word-boost", action="append", default=[], metavar="WORD=F",
+                   help="stage rgb with --word-loss: weigh WORD F times (repeatable; the demo boosts "
+                        "left, right, above, below x4)")
+    p.add_argument("--hflip", type=float, default=0.0, metavar="P",
+                   help="stage 1: mirror each sample left-right with probability P in each step, image and "
+                        "splats together (the target is the teacher's embedding of the mirrored image)")
+    p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
+    p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    g.add_argument("--epochs", type=float, default=None, help="passes over the data (counted once at start)")
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches per step")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument("--precision", default="amp", choices=["amp", "fp32"], help="amp: mixed precision on CUDA "
+                   "(bf16 where supported, else fp16 with loss scaling); CPU always runs fp32")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-memory", action="store_true",
+                   help="decode all samples into memory: exact epochs and a global order shared by all ranks "
+                        "(small data: tests, the demo)")
+    p.add_argument("--shuffle-buffer", type=int, default=1000, help="samples mixed across shards")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps in this run")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--keep", type=int, default=2,
+                   help="checkpoints kept (0: all); only steps older than the one just saved are removed")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+# option: (smallest allowed value, whether the smallest is allowed); NaN and infinities never are
+_LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "lr": (0, False),
+           "min_lr": (0, True), "warmup": (0, True), "weight_decay": (0, True), "accum": (1, True),
+           "grad_clip": (0, True), "keep": (0, True), "log_every": (1, True), "save_every": (0, True),
+           "stop_after": (1, True), "shuffle_buffer": (1, True), "token_weight": (0, True),
+           "lock_text_steps": (0, True), "word_loss": (0, True), "hflip": (0, True), "mirror_pairs": (0, True)}
+_AT_MOST_ONE = ("hflip", "mirror_pairs")
+
+
+def _check_options(args) -> None:
+    """CliError naming the first numeric option out of range, or an unusable --device."""
+    for name, (low, closed) in _LIMITS.items():
+        v = getattr(args, name)
+        if v is None:
+            continue
+        ok = math.isfinite(v) and (v >= low if closed else v > low) and (name not in _AT_MOST_ONE or v <= 1)
+        if not ok:
+            rng = f">= {low}" if closed else f"> {low}"
+            rng += " and <= 1" if name in _AT_MOST_ONE else ""
+            raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
+    _check_device(args.device)
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+    if device is None or device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CliError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _run(args) -> int:
+    from gaussianvision.train.checkpoint import CheckpointError
+    from gaussianvision.train.data import DataError, build_source
+    from gaussianvision.train.distributed import cleanup, init_distributed
+    from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
+    from gaussianvision.train.setup import build_task
+    if args.steps is None and args.epochs is None:
+        raise CliError("give --steps N or --epochs E")
+    _check_options(args)
+    if args.stage != "2" and (args.init_from or args.unfreeze):
+        raise CliError("--init-from and --unfreeze apply to --stage 2")
+    info = init_distributed(args.device)
+    done = False
+    try:
+        need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
+        if args.hard_negatives:
+            need += ("negative",)
+        try:
+            task = build_task(args.stage, base=args.base, pretrained=args.pretrained, model_config=args.model_config,
+                              init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
+                              token_weight=args.token_weight, info=info, seed=args.seed,
+                              lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
+                              mirror_pairs=args.mirror_pairs, mirror_fn=_mirror_fn(args.mirror_pairs), cache_teacher=args.cache_teacher,
+                              hflip=args.hflip, word_loss=args.word_loss,
+                              word_boost=_word_boost(args.word_boost))
+        except (ValueError, CheckpointError) as e:
+            raise CliError(str(e)) from None
+        image_size = None
+        if "image" in need:
+            visual = getattr(task.model, "base", task.model).visual
+            image_size = int(visual.image_size[0]) if args.stage == "rgb" else None
+        try:
+            source = build_source(args.data, need, args.batch_size, seed=args.seed, rank=info.rank,
+                                  world_size=info.world_size, image_size=image_size, buffer=args.shuffle_buffer)
+        except (DataError, ValueError) as e:
+            raise CliError(str(e)) from None
+        steps = args.steps
+        if args.in_memory:
+            from gaussianvision.train.data import build_memory_source
+            try:
+                samples = [x for u in source.shards for x in source.read_shard(u)]
+                source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
+                                             world_size=info.world_size, left_out=source.left_out())
+            except (DataError, ValueError) as e:
+                raise CliError(f"--data: {e}") from None
+            if args.epochs is not None:
+                steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
+        elif args.epochs is not None:
+            from gaussianvision.train.data import count_samples
+            n = count_samples(source.shards)
+            steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
+        cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                          warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,
+                          grad_clip=args.grad_clip or None, precision=args.precision, seed=args.seed,
+                          log_every=args.log_every, save_every=args.save_every, keep=args.keep, resume=args.resume,
+                          stop_after=args.stop_after, tensorboard=args.tensorboard,
+                          progress=not args.no_progress and not args.json,
+                          extra={"data": args.data, "stage": args.stage})
+        try:
+            summary = train(task, source, cfg, info)
+        except (TrainingDiverged, CheckpointError, DataError) as e:
+            raise CliError(str(e)) from None
+        if info.is_main:
+            summary = {"stage": args.stage, "out": args.out, "world_size": info.world_size, **summary}
+            losses = summary.pop("losses")
+            summary["first_loss"] = losses[0] if losses else None
+            emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
+                                           f"loss {summary['first_loss']} -> {summary['final_loss']}; "
+                                           f"checkpoint {summary['checkpoint']}" + _skipped_note(summary))
+        done = True
+        return 0
+    finally:
+        cleanup(info, together=done)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run("train", _run, args)
+
+
+def _word_boost(items: list[str]) -> dict[str, float]:
+    """["left=4", ...] -> {"left": 4.0}; CliError naming the bad item."""
+    out = {}
+    for item in items:
+        word, value = key_value(item, "--word-boost", "WORD=FACTOR", "left=4")
+        try:
+            out[word] = float(value)
+        except ValueError:
+            raise CliError(f"--word-boost {item!r}: FACTOR must be a number, e.g. left=4") from None
+    return out
+
+
+def _skipped_note(summary: dict) -> str:
+    n, d = summary.get("skipped_samples", 0), summary.get("damaged_shards", 0)
+    return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage" if n or d else ""
+
+
+def _mirror_fn(fraction: float):
+    """--mirror-pairs: the twins come from the demo world's caption grammar (its direction words)."""
+    if not fraction:
+        return None
+    from gaussianvision.apps.demo.world.mirror import mirror_pairs
+    return mirror_pairs

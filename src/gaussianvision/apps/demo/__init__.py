@@ -1,0 +1,1 @@
+"""The offline demo: its synthetic world (world/), its steps and their cache, its report."""

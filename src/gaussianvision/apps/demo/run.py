@@ -1,0 +1,219 @@
+"""gsv demo: the whole pipeline on one CPU, with a report.
+
+Generates the offline world, fits the bundled photos at several N, converts the world's train
+shards to splats at the trained budget(s), trains the RGB teacher from scratch, runs stage 1 and
+stage 2 per trained budget, evaluates zero-shot RGB vs GS on the four tasks at every evaluated
+budget (an untrained one is read by the nearest trained encoder), and writes DIR/report/index.html and
+DIR/results.json. Each step is cached in DIR and reused when its settings and inputs are unchanged
+(--force redoes everything). See docs/demo.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from gaussianvision.apps.cli.common import emit, parser, run, write_json
+
+__all__ = ["main", "run_demo"]
+
+
+def _threads(n: int) -> int:
+    """0 = auto: all cores, but one thread when the machine is already busy (torch's thread pool
+    spins and thrashes against other jobs: 4x slower training measured at load 8 on 2 cores)."""
+    if n > 0:
+        return n
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return 1 if load > cores - 0.5 else cores
+
+
+def _ok(*paths) -> bool:
+    return all(Path(p).exists() for p in paths)
+
+
+def _result_settings(step_settings: dict) -> dict:
+    """A step's settings as its cache key: without `workers`, which changes the speed, not the bytes."""
+    return {k: v for k, v in step_settings.items() if k != "workers"}
+
+
+def run_demo(out: Path, mode: str = "full", force: bool = False, progress: bool = False, threads: int = 0,
+             overrides: dict | None = None) -> dict:
+    import torch
+    from gaussianvision.apps.demo import report as R
+    from gaussianvision.apps.demo import steps as S
+    s = S.settings_for(mode)
+    for k, v in (overrides or {}).items():
+        s[k].update(v)
+    n_threads = _threads(threads)
+    torch.set_num_threads(n_threads)
+    S.register_bases()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budgets = list(s["convert"]["budgets"])  # converted and trained
+    eval_budgets = list(s["eval"].get("budgets") or budgets)  # evaluated (any N: the encoder reads any)
+    total = 4 + 3 * len(budgets) + len(eval_budgets)
+    steps = S.StepCache(out, force=force, total=total)
+    t_start, c_start = time.perf_counter(), S.cpu_time()
+    seed = s["seed"]
+
+    world, h_world = steps.run("world", {"world": _result_settings(s["world"])},
+                               lambda: S.step_world(out, s["world"], force), label="world (make_world)",
+                               check=lambda r: _ok(Path(r["out_dir"]) / "manifest.json"))
+    photos, _ = steps.run("photos", {"photos": s["photos"]}, lambda: S.step_photos(out, s["photos"], progress),
+                          label="fit the bundled photos",
+                          check=lambda r: all(_ok(Path(r["dir"]) / f"photos_n{x['n_gaussians']}.gsv") for x in r["rows"]))
+    conv_s = {k: v for k, v in s["convert"].items() if k != "budgets"}
+    convert, h_convert = {}, {}
+    for n in budgets:
+        convert[n], h_convert[n] = steps.run(
+            f"convert_n{n}", {"world": h_world, "n": n,
+                              "convert": _result_settings(conv_s)},
+            lambda n=n: S.step_convert(out, world, n, conv_s, progress), label=f"convert the world to splats, N={n}",
+            check=lambda r: _ok(Path(r["dir"]) / "summary.json"))
+
+    training = {}
+    teacher_dir = out / "teacher"
+    ts = s["teacher"]
+    teacher_need = ("image", "text", "negative") if ts.get("hard_negatives") else ("image", "text")
+    training["teacher"], h_teacher = steps.run(
+        "teacher", {"world": h_world, "teacher": ts, "seed": seed},
+        lambda: S.step_train(teacher_dir, "rgb", S.load_samples(world["splits"]["train"]["dir"], teacher_need, 64),
+                             ts, base=ts["base"], seed=seed, progress=progress),
+        label=f"train the RGB teacher ({ts['base']}, from scratch)",
+        check=lambda r: _ok(teacher_dir / "open_clip_model.safetensors"))
+    teacher_ckpt = str(teacher_dir / "open_clip_model.safetensors")
+
+    h_s2 = {}
+    for n in budgets:
+        cache: dict = {}
+
+        def samples(n=n, cache=cache):
+            if "x" not in cache:
+                cache["x"] = S.load_samples(convert[n]["dir"], ("splats", "image", "text"))
+            return cache["x"]
+        d1, d2 = out / f"stage1_n{n}", out / f"stage2_n{n}"
+        training[f"stage1_n{n}"], h1 = steps.run(
+            f"stage1_n{n}", {"convert": h_convert[n], "teacher": h_teacher, "stage1": s["stage1"], "seed": seed},
+            lambda d1=d1, samples=samples: S.step_train(d1, "1", samples(), s["stage1"], base=ts["base"],
+                                                        pretrained=teacher_ckpt, model_config=s["stage1"]["config"],
+                                                        seed=seed, progress=progress),
+            label=f"stage 1 (align to the teacher), N={n}", check=lambda r, d1=d1: _ok(d1 / "gsclip.safetensors"))
+        training[f"stage2_n{n}"], h_s2[n] = steps.run(
+            f"stage2_n{n}", {"stage1": h1, "stage2": s["stage2"], "seed": seed},
+            lambda d1=d1, d2=d2, samples=samples: S.step_train(d2, "2", samples(), s["stage2"], init_from=d1,
+                                                               seed=seed, progress=progress),
+            label=f"stage 2 (CLIP loss on captions), N={n}", check=lambda r, d2=d2: _ok(d2 / "gsclip.safetensors"))
+
+    from gaussianvision.eval import SplatSettings
+    ev = s["eval"]
+    ev_key = {"batch": ev["batch"]}  # which budgets are evaluated does not change any one evaluation
+    rgb_eval, _ = steps.run("eval_rgb", {"teacher": h_teacher, "world": h_world, "eval": ev_key},
+                            lambda: S.step_eval(f"rgb:{ts['base']}:{teacher_ckpt}", world, out / "eval" / "rgb",
+                                                ev["batch"], progress=progress),
+                            label="zero-shot eval, RGB teacher")
+    gs_eval, reader = {}, {}
+    for n in eval_budgets:
+        # a budget that was not trained is read by the encoder of the nearest trained budget
+        reader[n] = min(budgets, key=lambda b: (abs(b - n), b))
+        st = SplatSettings(n_gaussians=n, iters=conv_s["iters"], init=conv_s["init"], size=64, fit_batch=64,
+                           fit_options=conv_s.get("fit", {}))
+        gs_eval[n], _ = steps.run(
+            f"eval_gs_n{n}", {"stage2": h_s2[reader[n]], "world": h_world, "eval": ev_key, "splats": st.key()},
+            lambda n=n, st=st: S.step_eval(f"gs:{out / f'stage2_n{reader[n]}'}", world, out / "eval" / f"gs_n{n}",
+                                           ev["batch"], splats=st, progress=progress),
+            label=f"zero-shot eval, GS N={n} (task images fitted on the fly, cached)")
+
+    # ---- results
+    tasks = {}
+    for t, info in world["tasks"].items():
+        tasks[t] = {"rgb": rgb_eval["tasks"][t]["acc1"],
+                    "gs": {str(n): gs_eval[n]["tasks"][t]["acc1"] for n in eval_budgets},
+                    "chance": info["chance"], "n_classes": info["n_classes"], "n_images": info["n"],
+                    "rgb_balanced": rgb_eval["tasks"][t]["mean_per_class_recall"],
+                    "gs_balanced": {str(n): gs_eval[n]["tasks"][t]["mean_per_class_recall"] for n in eval_budgets}}
+    rgb_mean = rgb_eval["mean_acc1"]
+    per_budget = {}
+    for n in eval_budgets:
+        payload, pixel = S.budget_bytes(n)
+        per_budget[str(n)] = {"n_gaussians": n, "payload_bytes": payload, "pixel_bytes": pixel,
+                              "compression": pixel / payload, "trained_at": reader[n],
+                              "psnr": convert[n]["psnr"] if n in convert else None, "task_psnr": gs_eval[n].get("psnr"),
+                              "fit_iters": conv_s["iters"], "fit_init": conv_s["init"],
+                              "gs_mean_top1": gs_eval[n]["mean_acc1"],
+                              "ratio": gs_eval[n]["mean_acc1"] / rgb_mean if rgb_mean else None,
+                              "per_task": {t: gs_eval[n]["tasks"][t]["acc1"] for t in tasks}}
+    big = [b for b in per_budget if per_budget[b]["compression"] >= 10] or list(per_budget)
+    main_b = max(big, key=lambda b: (per_budget[b]["gs_mean_top1"], per_budget[b]["compression"]))
+    zs = {"rgb_mean_top1": rgb_mean, "gs_mean_top1": per_budget[main_b]["gs_mean_top1"],
+          "ratio": per_budget[main_b]["ratio"], "compression": per_budget[main_b]["compression"],
+          "main_budget": int(main_b),
+          "main_budget_rule": "the budget with >= 10x compression (if any) whose GS mean top-1 is highest",
+          "chance_mean": sum(v["chance"] for v in tasks.values()) / len(tasks),
+          "target_met": bool(per_budget[main_b]["ratio"] is not None and per_budget[main_b]["ratio"] >= 0.9
+                             and per_budget[main_b]["compression"] >= 10),
+          "teacher_above_chance": {t: v["rgb"] - v["chance"] for t, v in tasks.items()},
+          "tasks": tasks, "budgets": per_budget}
+    results = {"mode": mode, "out": str(out), "threads": n_threads, "settings": s,
+               "world": {k: world[k] for k in ("param_hash", "n_images", "splits", "tasks")},
+               "photos": {"rows": photos["rows"], "names": photos["names"]},
+               "convert": {str(n): convert[n] for n in budgets}, "training": training, "zeroshot": zs}
+
+    t0, c0 = time.perf_counter(), S.cpu_time()
+    fig_dir = out / "report" / "figures"
+    figs = {"photos_grid": R.photo_grid(photos, fig_dir), "ellipses": R.ellipse_figures(photos, fig_dir),
+            "curves": R.curves_figure([("teacher", training["teacher"]["log"])]
+                                      + [(f"stage 1 N={n}", training[f"stage1_n{n}"]["log"]) for n in budgets]
+                                      + [(f"stage 2 N={n}", training[f"stage2_n{n}"]["log"]) for n in budgets], fig_dir),
+            "zeroshot": R.zeroshot_figure(zs, fig_dir)}
+    steps.timings["report"] = {"seconds": 0.0, "cpu_seconds": 0.0, "cached": False}
+    results["timings"] = steps.timings
+    results["total_seconds"] = time.perf_counter() - t_start
+    results["total_cpu_seconds"] = S.cpu_time() - c_start
+    page = R.write_report(out, results, figs)
+    steps.timings["report"] = {"seconds": round(time.perf_counter() - t0, 2),
+                               "cpu_seconds": round(S.cpu_time() - c0, 2), "cached": False}
+    results["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    results["total_cpu_seconds"] = round(S.cpu_time() - c_start, 2)
+    results["report"] = str(page)
+    results["figures"] = [str(p) for p in [figs["photos_grid"], *figs["ellipses"], figs["curves"], figs["zeroshot"]]]
+    write_json(out / "results.json", results)
+    return results
+
+
+def _human(r: dict) -> str:
+    zs = r["zeroshot"]
+    budgets = list(zs["budgets"])
+    lines = ["task      chance  RGB    " + "  ".join(f"GS N={b:<4}" for b in budgets)]
+    for t, v in zs["tasks"].items():
+        lines.append(f"{t:<9} {v['chance']:.3f}   {v['rgb']:.3f}  " + "  ".join(f"{v['gs'][b]:.3f}    " for b in budgets))
+    lines.append(f"{'mean':<9} {zs['chance_mean']:.3f}   {zs['rgb_mean_top1']:.3f}  "
+                 + "  ".join(f"{zs['budgets'][b]['gs_mean_top1']:.3f}    " for b in budgets))
+    lines.append(f"GS (N={zs['main_budget']}, {zs['compression']:.1f}x compression) / RGB = {zs['ratio']:.3f}"
+                 f" ({'target met' if zs['target_met'] else 'below the 90% target'})")
+    lines.append(f"report: {r['report']}\nresults: {Path(r['out']) / 'results.json'}\n"
+                 f"total {r['total_seconds']:.1f} s wall, {r['total_cpu_seconds']:.1f} s CPU")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = parser("demo", "The whole pipeline on one CPU (world, photos, conversion, teacher, stages 1 and 2, "
+                       "zero-shot RGB vs GS) with an HTML report.")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--quick", action="store_true", help="a smaller world and shorter training (<= 2 minutes)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: seconds, meaningless numbers
+    p.add_argument("--force", action="store_true", help="redo every step (ignore the cache in --out)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: all cores, or 1 when the machine is already busy)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    def go(a):
+        mode = "tiny" if a.tiny or os.environ.get("GSV_DEMO_TINY") == "1" else ("quick" if a.quick else "full")
+        r = run_demo(a.out, mode=mode, force=a.force, progress=not a.no_progress and not a.json, threads=a.threads)
+        emit(r, a.json, _human(r))
+    return run("demo", go, args)

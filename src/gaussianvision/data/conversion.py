@@ -1,0 +1,506 @@
+"""Convert image(-text) datasets to splat shards: resumable, atomic, parallel, rank-splittable.
+
+    summary = convert_dataset("in/{00000..00009}.tar", "out/", ConvertConfig(n_gaussians=400,
+                              fit_options={"iters": 500, "init": "grid"}, workers=2))
+
+Output directory:
+    NNNNNN.tar              webdataset shard: per sample key.gsv (splat bytes), key.txt (caption),
+                            key.json ({key, source, original_size [w, h], psnr, ssim, n_gaussians,
+                            iterations, caption_missing, meta}), and key.<ext> (the source image
+                            bytes) with keep_image
+    NNNNNN.stats.json       per-shard counts (inputs = converted + failed), quality, sizes, timing
+    NNNNNN.failures.jsonl   per-shard failures: {key, source, stage, reason}
+    failures.jsonl          all failures, shard after shard (rebuilt at the end of each run)
+    summary.json            totals over the finished shards and whether every shard is done
+    config.json             the settings that determine the output; a rerun must match them
+
+Output shard k is made from input unit k alone (see sources.plan_units), images are fitted in
+batches formed inside the shard in input order, and the tar is written under a temporary name
+and renamed only when complete; its stats file is written last and marks it finished. So a
+rerun after a kill at any moment skips finished shards and redoes the others, giving exactly
+the samples of an uninterrupted run. Rank r of world w converts the units with k % w == r
+(torchrun's RANK / WORLD_SIZE; one process per GPU with device="cuda" uses LOCAL_RANK).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gaussianvision.atomic import write_atomic
+from gaussianvision.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from gaussianvision.data.shards import ShardWriter
+from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
+
+__all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
+
+# settings that do not change the bytes of the output and may differ between runs
+_RUNTIME_FIELDS = {"workers", "rank", "world_size", "device", "progress"}
+_MAX_LISTED = 20  # duplicate keys listed by name in summary.json
+
+
+class ConvertError(ValueError):
+    """Conversion cannot start (bad settings, or an output directory made with other settings)."""
+
+
+@dataclass
+class ConvertConfig:
+    n_gaussians: int
+    size: int = 224
+    fit_options: dict = field(default_factory=dict)  # passed to fit_images as keyword arguments
+    layout: str = "interleaved"
+    dtype: str = "float16"
+    zstd: bool = False
+    batch_size: int = 16
+    shard_size: int = 1000
+    keep_image: bool = False
+    require_caption: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = 8
+    workers: int = 0  # 0: fit in this process
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    progress: bool = True
+
+    def fingerprint(self, src) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in _RUNTIME_FIELDS}
+        d["input"] = str(src)
+        return json.loads(json.dumps(d, default=str))
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}"
+
+
+def resolve_rank(rank=None, world_size=None, device="cpu") -> tuple[int, int, str]:
+    """(rank, world_size, device) from arguments, else torchrun's RANK / WORLD_SIZE / LOCAL_RANK."""
+    r = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+    if not 0 <= r < w:
+        raise ConvertError(f"rank {r} must lie in [0, world size {w})")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return r, w, device
+
+
+# ------------------------------------------------------------------------- fitting job
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # W worker processes share the cores; oversubscription only slows them
+
+
+def _fit_job(images_u8: np.ndarray, n: int, fit_options: dict, layout: str, dtype: str, zstd: bool,
+             device: str) -> list[tuple[bytes | None, dict | None, str | None]]:
+    """Fit a batch [B, 3, S, S] uint8; per image (gsv bytes, metrics, None) or (None, None, reason)."""
+    from gaussianvision.fit import fit_images
+    from gaussianvision.splats.format import encode
+    from gaussianvision.splats.quantized import encode_quantized
+
+    def enc(s):
+        if layout == "quantized":
+            return encode_quantized(s, zstd=zstd)
+        return encode(s, layout=layout, dtype=dtype)
+
+    def one_batch(u8):
+        images = torch.from_numpy(u8).to(device).float().div_(255.0)
+        t0 = time.perf_counter()
+        res = fit_images(images, n, **fit_options)
+        secs = (time.perf_counter() - t0) / len(u8)
+        out = []
+        splats = res.splats.detach().to("cpu")
+        for b in range(len(u8)):
+            try:
+                data = enc(splats[b])
+            except Exception as e:  # a diverged fit (NaN) or an out-of-range value
+                out.append((None, None, f"fit result not storable: {e}"))
+                continue
+            m = dict(res.metrics[b])
+            m["seconds"] = secs
+            out.append((data, m, None))
+        return out
+
+    try:
+        return one_batch(images_u8)
+    except Exception as e:
+        if len(images_u8) == 1:
+            return [(None, None, f"fit failed: {type(e).__name__}: {e}")]
+    # one bad image must not cost its batch: refit one by one to find it
+    out = []
+    for b in range(len(images_u8)):
+        try:
+            out.extend(one_batch(images_u8[b: b + 1]))
+        except Exception as e:
+            out.append((None, None, f"fit failed: {type(e).__name__}: {e}"))
+    return out
+
+
+class _Done:
+    """A finished 'future' for in-process fitting."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+# ------------------------------------------------------------------------- one shard
+class _Shard:
+    def __init__(self, unit: Unit):
+        self.unit = unit
+        self.name = shard_name(unit.index)
+        self.inputs = 0
+        self.entries: dict[int, tuple] = {}  # position -> ("ok", raw, gsv, metrics) | ("fail", dict)
+        self.waiting: dict[int, RawSample] = {}
+        self.shard_errors: list[str] = []
+        self.t0 = time.perf_counter()
+
+    def fail(self, pos: int, raw: RawSample, stage: str, reason: str) -> None:
+        self.entries[pos] = ("fail", {"key": raw.key, "source": raw.source, "stage": stage, "reason": reason})
+
+
+def _source_label(unit: Unit) -> str:
+    return unit.paths[0] if unit.kind == "tar" else f"{unit.root} [{unit.first_key}:{unit.first_key + len(unit.paths)}]"
+
+
+def _json_bytes(obj) -> bytes:
+    """One JSON line; any string can be written: a lone surrogate (a tar name's byte that is
+    not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX."""
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def _write_synced(tmp: Path, data: bytes) -> None:
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """The project's one atomic write (a full disk leaves no half file behind), synced to disk."""
+    write_atomic(path, lambda tmp: _write_synced(tmp, data))
+
+
+class _Converter:
+    def __init__(self, out: Path, cfg: ConvertConfig):
+        self.out, self.cfg = out, cfg
+        self.kill_after = int(os.environ.get("GSV_TEST_KILL_AFTER_SAMPLES", "0"))  # test hook: SIGKILL
+        self.written = 0
+        self.writing = ""  # the file being written (for the message of a write error)
+
+    def samples(self, pending: list[Unit]):
+        """Work items in order: ("batch", shard, positions, uint8 images) and ("end", shard)."""
+        cfg = self.cfg
+        for unit in pending:
+            sh = _Shard(unit)
+            pos_batch, img_batch = [], []
+            for pos, raw in enumerate(iter_unit(unit)):
+                if raw.whole_shard:
+                    sh.shard_errors.append(raw.error)
+                    continue
+                sh.inputs += 1
+                if raw.error:
+                    sh.fail(pos, raw, "read", raw.error)
+                    continue
+                if raw.caption is None and cfg.require_caption:
+                    sh.fail(pos, raw, "caption", "missing caption (no .txt)")
+                    continue
+                try:
+                    img = load_image(raw.image, size=cfg.size, name=raw.source, max_pixels=cfg.max_pixels,
+                                     min_side=cfg.min_side)
+                    raw.meta = dict(raw.meta or {}, __original_size__=list(_original_size(raw.image)))
+                except ImageLoadError as e:
+                    sh.fail(pos, raw, "decode", str(e))
+                    continue
+                if not cfg.keep_image:
+                    raw.image = None
+                sh.waiting[pos] = raw
+                pos_batch.append(pos)
+                img_batch.append((img * 255.0).round_().to(torch.uint8).numpy())
+                if len(pos_batch) == cfg.batch_size:
+                    yield "batch", sh, pos_batch, np.stack(img_batch)
+                    pos_batch, img_batch = [], []
+            if pos_batch:
+                yield "batch", sh, pos_batch, np.stack(img_batch)
+            yield "end", sh, None, None
+
+    def collect(self, sh: _Shard, positions, results) -> None:
+        for pos, (data, metrics, err) in zip(positions, results):
+            raw = sh.waiting.pop(pos)
+            if err is not None:
+                sh.fail(pos, raw, "fit", err)
+            else:
+                sh.entries[pos] = ("ok", raw, data, metrics)
+
+    def finish(self, sh: _Shard) -> dict:
+        """Write the shard's tar, failures and stats (last: it marks the shard finished)."""
+        out = self.out
+        self.writing = f"{sh.name}.tar"
+        done = self._write_tar(sh)
+        failures = [e[1] for _, e in sorted(sh.entries.items()) if e[0] == "fail"]
+        self.writing = f"{sh.name}.failures.jsonl"
+        _write_atomic(out / self.writing, b"".join(_json_bytes(f) for f in failures))
+        by_stage: dict[str, int] = {}
+        for f in failures:
+            by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
+
+        def mean(k):
+            return float(np.mean([d[k] for d in done])) if done else None
+        stats = {
+            "shard": f"{sh.name}.tar", "unit": sh.unit.index, "source": _source_label(sh.unit),
+            "inputs": sh.inputs, "converted": len(done), "failed": len(failures),
+            "failed_by_stage": by_stage, "missing_captions": sum(d["caption_missing"] for d in done),
+            "shard_errors": sh.shard_errors, "psnr_mean": mean("psnr"), "ssim_mean": mean("ssim"),
+            "n_gaussians_mean": mean("n_gaussians"), "gsv_bytes_mean": mean("gsv_bytes"),
+            "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
+            "fit_seconds": sum(d["seconds"] for d in done), "wall_seconds": time.perf_counter() - sh.t0,
+            "keys": [d["key"] for d in done],
+        }
+        assert stats["inputs"] == stats["converted"] + stats["failed"], stats
+        self.writing = f"{sh.name}.stats.json"
+        _write_atomic(out / self.writing, _json_bytes(stats))
+        self.writing = ""
+        return stats
+
+    def _write_tar(self, sh: _Shard) -> list[dict]:
+        """The converted samples into NNNNNN.tar, in input order; per sample its info (+ seconds,
+        gsv_bytes) for the stats."""
+        done = []
+        with ShardWriter(self.out / f"{sh.name}.tar") as w:
+            for _, e in sorted(sh.entries.items()):
+                if e[0] == "fail":
+                    continue
+                _, raw, data, m = e
+                meta = dict(raw.meta or {})
+                orig = meta.pop("__original_size__", None)
+                info = {"key": raw.key, "source": raw.source, "original_size": orig,
+                        "psnr": round(float(m["psnr"]), 4), "ssim": round(float(m["ssim"]), 5),
+                        "n_gaussians": int(m["n_gaussians"]), "iterations": m.get("iterations"),
+                        "caption_missing": raw.caption is None}
+                if meta:
+                    info["meta"] = meta
+                fields = {"gsv": data, "txt": (raw.caption or "").encode("utf-8"), "json": _json_bytes(info)}
+                if self.cfg.keep_image and raw.image is not None:
+                    fields[raw.image_ext] = raw.image
+                w.write(raw.key, fields)
+                done.append(dict(info, seconds=float(m.get("seconds", 0.0)), gsv_bytes=len(data)))
+                self.written += 1
+                if self.kill_after and self.written >= self.kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return done
+
+
+def _original_size(data: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+def _is_done(out: Path, unit: Unit) -> bool:
+    n = shard_name(unit.index)
+    return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
+
+
+def _check_config(out: Path, fp: dict) -> None:
+    path = out / "config.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != fp:
+            diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
+            raise ConvertError(f"{out}: made with different settings ({', '.join(diff)} differ); "
+                               f"rerun with the same settings to resume, or use a new --output")
+    else:
+        _write_atomic(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
+
+
+def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
+    """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
+    out = Path(out)
+    stats_files = sorted(out.glob("[0-9]*.stats.json"))
+    tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "failed_by_stage": {},
+           "shard_errors": []}
+    failures = []
+    psnr_w = 0.0
+    first_shard: dict[str, str] = {}
+    dups: dict[str, list[str]] = {}
+    for p in stats_files:
+        st = json.loads(p.read_text())
+        for key in st.get("keys", ()):
+            if key in first_shard:
+                dups.setdefault(key, [first_shard[key]]).append(st["shard"])
+            else:
+                first_shard[key] = st["shard"]
+        for k in ("inputs", "converted", "failed", "missing_captions"):
+            tot[k] += st[k]
+        for k, v in st["failed_by_stage"].items():
+            tot["failed_by_stage"][k] = tot["failed_by_stage"].get(k, 0) + v
+        tot["shard_errors"] += [f"{st['shard']}: {e}" for e in st["shard_errors"]]
+        psnr_w += (st["psnr_mean"] or 0.0) * st["converted"]
+        fp = p.with_name(p.name.replace(".stats.json", ".failures.jsonl"))
+        if fp.is_file():
+            failures.append(fp.read_bytes())
+    _write_atomic(out / "failures.jsonl", b"".join(failures))
+    tot["shards_done"] = len(stats_files)
+    if units is not None:
+        tot["shards_total"] = len(units)
+        tot["complete"] = all(_is_done(out, u) for u in units)
+    tot["psnr_mean"] = psnr_w / tot["converted"] if tot["converted"] else None
+    tot["reconciled"] = tot["inputs"] == tot["converted"] + tot["failed"]
+    tot["duplicate_keys"] = len(dups)  # keys converted in more than one shard
+    tot["duplicates"] = [f"{k}: {', '.join(v)}" for k, v in sorted(dups.items())[:_MAX_LISTED]]
+    _write_atomic(out / "summary.json", (json.dumps(tot, indent=2, sort_keys=True) + "\n").encode())
+    return tot
+
+
+def _check_settings(cfg: ConvertConfig) -> None:
+    """Every setting checked without fitting (see _probe_fit for the rest); ConvertError."""
+    from gaussianvision.fit import FitConfig
+    if cfg.n_gaussians < 1:
+        raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
+    if cfg.size < 1:
+        raise ConvertError(f"size must be >= 1, got {cfg.size}")
+    if cfg.batch_size < 1 or cfg.workers < 0:
+        raise ConvertError("batch_size must be >= 1 and workers >= 0")
+    if cfg.layout not in ("interleaved", "quantized"):
+        raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
+    try:
+        FitConfig.from_options(cfg.fit_options)
+    except ValueError as e:
+        raise ConvertError(str(e) if str(e).startswith("fit options") else f"fit options {cfg.fit_options}: {e}") from None
+    try:
+        dev = torch.device(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise ConvertError(f"device {cfg.device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConvertError(f"device {cfg.device!r}: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConvertError(f"device {cfg.device!r}: CUDA is not available on this machine (use --device cpu)")
+
+
+def _probe_fit(cfg: ConvertConfig) -> None:
+    """Fit one blank image for one iteration with the run's options, device and encoding: what
+    the fitter refuses (an unknown init, a value of the wrong type) fails here, once, instead of
+    failing every sample of the run."""
+    opts = dict(cfg.fit_options, iters=1, finetune_iters=min(1, cfg.fit_options.get("finetune_iters", 0)))
+    blank = np.full((1, 3, cfg.size, cfg.size), 128, np.uint8)
+    _, _, err = _fit_job(blank, cfg.n_gaussians, opts, cfg.layout, cfg.dtype, cfg.zstd, cfg.device)[0]
+    if err is not None:
+        raise ConvertError(f"fit options {cfg.fit_options} (size {cfg.size}, {cfg.n_gaussians} Gaussians, "
+                           f"device {cfg.device}): {err}")
+
+
+def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
+    """Convert this rank's pending shards of `src` into `out`; returns the summary dict
+    (with this run's "run" counts: shards converted now and skipped as already finished)."""
+    _check_settings(cfg)
+    units = plan_units(src, cfg.shard_size)
+    _probe_fit(cfg)  # every option checked before anything is written
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_config(out, cfg.fingerprint(src))
+    except OSError as e:
+        raise ConvertError(f"{out}: cannot write the output ({e.strerror or e})") from None
+    mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
+    pending = [u for u in mine if not _is_done(out, u)]
+    for u in pending:  # leftovers of a killed run of this rank's shards
+        for stale in out.glob(f".{shard_name(u.index)}.*.tmp*"):
+            stale.unlink(missing_ok=True)
+
+    conv = _Converter(out, cfg)
+    bar = _Progress(cfg, pending)
+    pool = None
+    if cfg.workers > 0:
+        pool = ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    done_shards: list[dict] = []
+    try:
+        _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
+        conv.writing = "the summary (failures.jsonl, summary.json)"
+        summary = summarize(out, units)
+    except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
+        raise ConvertError(_write_error(out, e, conv.writing, [st["shard"] for st in done_shards])) from None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
+                      "shards_skipped": len(mine) - len(pending), "shards_of_this_rank": len(mine)}
+    return summary
+
+
+def _write_error(out: Path, e: OSError, writing: str, done: list[str]) -> str:
+    kept = f"kept the {len(done)} shard{'s' if len(done) != 1 else ''} finished in this run" + \
+        (f" ({', '.join(done)})" if done else "")
+    return f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {kept}; free space and rerun to resume"
+
+
+def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:
+    """Fit the batches of `pending` in order (in `pool`, or here) and write each shard when its
+    batches are back; finished shards' stats go to `done_shards`."""
+    cfg = conv.cfg
+    args = (cfg.n_gaussians, dict(cfg.fit_options), cfg.layout, cfg.dtype, cfg.zstd, cfg.device)
+    fifo: deque = deque()
+
+    def pop() -> None:
+        kind, sh, positions, fut = fifo.popleft()
+        if kind == "batch":
+            conv.collect(sh, positions, fut.result())
+            bar.batch(len(positions))
+        else:
+            done_shards.append(conv.finish(sh))
+            bar.shard(done_shards)
+
+    for kind, sh, positions, imgs in conv.samples(pending):
+        fut = None
+        if kind == "batch":
+            fut = pool.submit(_fit_job, imgs, *args) if pool else _Done(_fit_job(imgs, *args))
+        fifo.append((kind, sh, positions, fut))
+        while fifo and (fifo[0][0] == "end" or sum(e[0] == "batch" for e in fifo) > max_inflight):
+            pop()
+    while fifo:
+        pop()
+
+
+class _Progress:
+    """The progress bar (nothing without cfg.progress); with tar inputs, the total is estimated
+    from the shards done so far."""
+
+    def __init__(self, cfg: ConvertConfig, pending: list[Unit]):
+        self.known = sum(len(u.paths) for u in pending if u.kind == "files")
+        self.n_pending, self.bar = len(pending), None
+        if cfg.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.known or None, unit="img", desc=f"convert rank {cfg.rank}/{cfg.world_size}",
+                            dynamic_ncols=True)
+
+    def batch(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def shard(self, done: list[dict]) -> None:
+        if self.bar is None:
+            return
+        st = done[-1]
+        self.bar.update(st["failed"] - st["failed_by_stage"].get("fit", 0))  # fit failures were counted
+        if not self.known:
+            self.bar.total = int(sum(s["inputs"] for s in done) / len(done) * self.n_pending)
+        self.bar.set_postfix(shards=f"{len(done)}/{self.n_pending}", failed=sum(s["failed"] for s in done))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,189 @@
+"""Inputs for dataset conversion: a folder of images, or webdataset tar shards.
+
+A source is planned into *units*, each becoming exactly one output shard, so that output shard
+k depends only on the input order (what makes conversion resumable and splittable by rank):
+
+  * folder: image files found recursively, sorted by relative path, cut into units of
+    `shard_size`; sample keys are the global index (`%09d`), the relative path is the source;
+    the caption is the sidecar `name.txt` beside the image, when present;
+  * tar shards (img2dataset layout: key.jpg|jpeg|png|webp + key.txt + key.json), given as files,
+    brace patterns (`shard-{000000..000009}.tar`), globs or a folder of .tar files: one unit per
+    input tar, keeping the input keys.
+
+`iter_unit(unit)` yields `RawSample(key, source, image_bytes | None, image_ext, caption | None,
+meta | None, error | None)`; a problem with one sample is reported in `error` and iteration goes
+on; a problem of the shard itself (truncated or corrupt; a member ignored) comes as a RawSample
+with `whole_shard` set. Tars are read by the project's one tar reader and grouped by its one
+grouping (shards.iter_groups: plain, gzip, bzip2 or xz; the same problems read_samples reports). A sample key must be a plain name (shards.check_key): a key with '/',
+'..', an absolute path, NUL, a newline, or an empty key (a member named '.jpg') makes its sample
+fail with the reason, so no output member can name a path outside its folder.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from gaussianvision.data.images import IMAGE_EXTENSIONS
+from gaussianvision.data.shards import Group, ShardDamage, check_key, iter_groups, show
+
+__all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
+
+IMAGE_EXTS = tuple(e.lstrip(".") for e in sorted(IMAGE_EXTENSIONS))
+
+
+class SourceError(ValueError):
+    """The conversion input as a whole is unusable (missing, empty, unknown kind)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    kind: str  # "files" or "tar"
+    paths: tuple[str, ...]  # image files (kind files) or one tar (kind tar)
+    root: str = ""
+    first_key: int = 0  # global index of the first file (kind files)
+
+
+@dataclass
+class RawSample:
+    key: str
+    source: str
+    image: bytes | None = None
+    image_ext: str | None = None
+    caption: str | None = None
+    meta: dict | None = None
+    error: str | None = None
+    extras: list[str] = field(default_factory=list)
+    whole_shard: bool = False  # not a sample: a problem of the shard itself (in error)
+
+
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (zero padding kept)."""
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():]))
+    return out
+
+
+def expand_urls(spec) -> list[str]:
+    """Tar shards from a directory, brace patterns, globs or lists of those; order kept."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    out: list[str] = []
+    for item in items:
+        item = str(item)
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(str(q) for q in p.glob("*.tar")))
+            continue
+        for one in expand_braces(item):
+            if any(c in one for c in "*?["):
+                out.extend(sorted(glob.glob(one)))
+            else:
+                out.append(one)
+    return out
+
+
+def plan_units(src, shard_size: int = 1000) -> list[Unit]:
+    """The ordered list of units of a conversion input."""
+    if shard_size < 1:
+        raise SourceError(f"shard size must be >= 1, got {shard_size}")
+    p = Path(str(src))
+    if p.is_dir() and not any(p.glob("*.tar")):
+        files = sorted((q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS),
+                       key=lambda q: q.relative_to(p).as_posix())
+        if not files:
+            raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no .tar shards")
+        return [Unit(k, "files", tuple(str(f) for f in files[i: i + shard_size]), str(p), i)
+                for k, i in enumerate(range(0, len(files), shard_size))]
+    tars = expand_urls(src)
+    if not tars:
+        raise SourceError(f"{src}: matches no tar shards")
+    missing = [t for t in tars if not Path(t).is_file()]
+    if missing:
+        raise SourceError(f"{missing[0]}: no such tar shard" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return [Unit(k, "tar", (t,)) for k, t in enumerate(tars)]
+
+
+def _read_caption(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _iter_files(unit: Unit) -> Iterator[RawSample]:
+    root = Path(unit.root)
+    for j, f in enumerate(unit.paths):
+        path = Path(f)
+        s = RawSample(f"{unit.first_key + j:09d}", path.relative_to(root).as_posix())
+        try:
+            s.image = path.read_bytes()
+            s.image_ext = path.suffix.lower().lstrip(".")
+        except OSError as e:
+            s.error = f"cannot read file ({e.strerror or e})"
+        s.caption = _read_caption(path.with_suffix(".txt"))
+        yield s
+
+
+def _finish(g: Group, shard: str) -> RawSample:
+    s = RawSample(g.key, f"{shard}:{g.key}")
+    errors, group = list(g.problems), dict(g.fields)
+    bad_key = check_key(g.key)
+    if bad_key:  # refused: such a key would name output members outside their folder
+        names = ", ".join(show(n) for n in g.members)
+        errors.insert(0, f"{bad_key} (member{'s' if len(g.members) > 1 else ''} {names})")
+    for ext in IMAGE_EXTS:
+        if ext in group:
+            s.image, s.image_ext = group.pop(ext), ext
+            break
+    if "txt" in group:
+        s.caption = group.pop("txt").decode("utf-8", errors="replace").strip()
+    if "json" in group:
+        try:
+            meta = json.loads(group.pop("json"))
+            s.meta = meta if isinstance(meta, dict) else {"value": meta}
+        except ValueError:
+            s.meta = {"invalid_json": True}
+    s.extras = sorted(group)
+    if errors:
+        s.error = "; ".join(errors)
+    elif s.image is None:
+        s.error = f"no image in sample (found: {', '.join(s.extras) or 'nothing'}" + \
+                  (", txt" if s.caption is not None else "") + ")"
+    return s
+
+
+def _shard_note(shard: str, text: str) -> RawSample:
+    return RawSample("", shard, error=text, whole_shard=True)
+
+
+def _iter_tar(unit: Unit) -> Iterator[RawSample]:
+    """The samples of one tar (shards.iter_groups, the grouping read_samples uses too); the
+    shard's own problems (damage, members ignored, data after its end) as notes."""
+    shard, n = unit.paths[0], 0
+    try:
+        with open(shard, "rb") as f:
+            for g in iter_groups(f):
+                if g.note is not None:
+                    yield _shard_note(shard, g.note)
+                    continue
+                n += 1
+                yield _finish(g, shard)
+    except (ShardDamage, OSError) as e:
+        yield _shard_note(shard, f"tar shard is truncated or corrupt after {n} samples ({e})")
+
+
+def iter_unit(unit: Unit) -> Iterator[RawSample]:
+    return _iter_files(unit) if unit.kind == "files" else _iter_tar(unit)

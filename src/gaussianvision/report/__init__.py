@@ -1,5 +1,0 @@
-"""HTML reports with PNG figures (used by `gsv demo`), and a headless-browser check."""
-from .html import Report
-from .browser import check_in_browser, find_chromium
-
-__all__ = ["Report", "check_in_browser", "find_chromium"]

@@ -1,0 +1,82 @@
+"""The layout rules of docs/architecture.md: the library never imports the applications.
+
+Library: gaussianvision.{splats, raster, fit, data, models, train, eval} and the top-level
+modules. Applications: gaussianvision.apps.* (cli, bench, demo with its world, report). An app
+may import the library and other apps; a library module may not import an app, at module level
+or inside a function, absolutely or relatively, nor name one in a string given to importlib.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "gaussianvision"
+APPS = "gaussianvision.apps"
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(text: str, package: str) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in a module of `package`, relative ones resolved."""
+    tree = ast.parse(text)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out += [(node.lineno, f"{target}.{a.name}") for a in node.names]
+    return out
+
+
+def library_files() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if (PKG / "apps") not in p.parents)
+
+
+def violations(text: str, package: str, where: str) -> list[str]:
+    bad = [f"{where}:{line} imports {name}" for line, name in _imports(text, package)
+           if name == APPS or name.startswith(APPS + ".")]
+    bad += [f"{where} names {m.group(0)} in a string" for m in re.finditer(r"[\"']gaussianvision\.apps[\w.]*[\"']", text)]
+    return bad
+
+
+def _package(path: Path) -> str:
+    mod = _module(path)
+    return mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+
+
+def test_the_library_never_imports_the_applications():
+    files = library_files()
+    assert len(files) > 40, "the library's modules were not found"
+    bad = [v for f in files for v in violations(f.read_text(), _package(f), str(f.relative_to(SRC)))]
+    assert bad == []
+
+
+@pytest.mark.parametrize("form", [
+    "from gaussianvision.apps.cli import main", "import gaussianvision.apps.bench.fit",
+    "from ..apps.demo import world", "from .. import apps",
+    "def f():\n    from ..apps.demo.world import mirror", "X = 'gaussianvision.apps.cli.main'"])
+def test_the_rule_catches_every_form_of_import(form):
+    """A module of gaussianvision.train that imports an app, in any form, is reported."""
+    assert violations(form + "\n", "gaussianvision.train", "probe")
+
+
+def test_the_rule_lets_the_library_import_itself():
+    text = "from ..fit import fit_images\nfrom . import losses\nimport gaussianvision.splats\n"
+    assert violations(text, "gaussianvision.train", "probe") == []
+
+
+@pytest.mark.parametrize("package", ["splats", "raster", "fit", "data", "models", "train", "eval"])
+def test_each_library_package_exists(package):
+    assert (PKG / package / "__init__.py").is_file()

@@ -1,0 +1,416 @@
+"""Dataset conversion: bad inputs, reconciliation, kill-and-resume, two ranks, CLI."""
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, summarize
+from gaussianvision.data.shards import read_samples
+from gaussianvision.data.inputs import expand_braces, plan_units
+from gaussianvision.splats import decode
+
+FIT = {"iters": 2, "init": "grid", "backend": "reference"}
+
+
+def cfg(**kw):
+    base = dict(n_gaussians=8, size=16, fit_options=FIT, batch_size=3, shard_size=3, progress=False)
+    base.update(kw)
+    return ConvertConfig(**base)
+
+
+def img_bytes(mode="RGB", size=(24, 20), fmt="PNG", seed=0):
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+    elif mode in ("L", "P", "CMYK"):
+        im = im.convert(mode)
+    elif mode == "I;16":
+        im = Image.new("I;16", im.size)
+        im.frombytes((np.asarray(im.convert("L"), dtype="<u2") * 257).tobytes(), "raw", "I;16")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def bomb_png(w=20000, h=20000) -> bytes:
+    """A tiny PNG whose header claims w x h pixels (400M > the 64M default limit)."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def good_sample(key, seed, caption=True, ext="jpg"):
+    m = [(f"{key}.{ext}", img_bytes(fmt="JPEG" if ext == "jpg" else ext.upper(), seed=seed))]
+    if caption:
+        m.append((f"{key}.txt", f"caption {key}".encode()))
+    m.append((f"{key}.json", json.dumps({"url": f"http://x/{key}"}).encode()))
+    return m
+
+
+MIXED_GOOD = ["good", "rgba", "pal", "gray", "cmyk", "i16ok", "webp", "nocap", "dup"]
+MIXED_BAD = {  # key -> (stage, reason pattern)
+    "zero": ("decode", "empty"),
+    "trunc": ("decode", "truncated or corrupt"),
+    "nonimg": ("decode", "not an image"),
+    "tiny": ("decode", "too small"),
+    "bomb": ("decode", "decompression bomb"),
+    "noimage": ("read", "no image in sample"),
+    "i16": ("read", "i16.txt appears twice"),
+}
+
+
+def mixed_members():
+    jpg = img_bytes(fmt="JPEG", size=(64, 48), seed=9)
+    m = good_sample("good", 1)
+    m += [("rgba.png", img_bytes("RGBA", seed=2)), ("rgba.txt", b"transparent")]
+    m += [("pal.png", img_bytes("P", seed=3)), ("pal.txt", b"palette")]
+    m += [("gray.jpg", img_bytes("L", fmt="JPEG", seed=4)), ("gray.txt", b"gray")]
+    m += [("cmyk.jpg", img_bytes("CMYK", fmt="JPEG", seed=5)), ("cmyk.txt", b"cmyk")]
+    m += [("i16.png", img_bytes("I;16", seed=6)), ("i16.txt", b"sixteen bit"), ("i16.txt", b"again")]
+    m += [("i16ok.png", img_bytes("I;16", seed=6)), ("i16ok.txt", b"sixteen bit")]
+    m += [("webp.webp", img_bytes(fmt="WEBP", seed=7)), ("webp.txt", b"webp")]
+    m += [("nocap.png", img_bytes(seed=8))]
+    m += [("zero.jpg", b""), ("zero.txt", b"zero bytes")]
+    m += [("trunc.jpg", jpg[: len(jpg) // 2]), ("trunc.txt", b"truncated")]
+    m += [("nonimg.png", b"this is not an image at all"), ("nonimg.txt", b"text")]
+    m += [("tiny.png", img_bytes(size=(4, 4))), ("tiny.txt", b"tiny")]
+    m += [("bomb.png", bomb_png()), ("bomb.txt", b"bomb")]
+    m += good_sample("dup", 10)
+    m += [("noimage.txt", b"caption only"), ("noimage.json", b"{}")]
+    m += [("dup.jpg", img_bytes(fmt="JPEG", seed=11))]  # key dup again, not adjacent: a second sample
+    return m
+
+
+def test_mixed_shard_good_and_broken_samples(tmp_path):
+    src = write_tar(tmp_path / "mixed.tar", mixed_members())
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    inputs = len(MIXED_GOOD) + len(MIXED_BAD) + 1  # + the duplicate of "dup"
+    assert (s["inputs"], s["converted"], s["failed"]) == (inputs, len(MIXED_GOOD), len(MIXED_BAD) + 1)
+    assert s["reconciled"] and s["complete"] and s["missing_captions"] == 1
+    stats = json.loads((tmp_path / "out" / "000000.stats.json").read_text())
+    assert stats["inputs"] == stats["converted"] + stats["failed"] == inputs
+    fails = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    by_key = {f["key"]: f for f in fails}
+    for key, (stage, pattern) in MIXED_BAD.items():
+        assert by_key[key]["stage"] == stage and pattern in by_key[key]["reason"], by_key[key]
+        assert by_key[key]["source"].endswith(f"mixed.tar:{key}")
+    dup = [f for f in fails if f["key"] == "dup"]
+    assert len(dup) == 1 and "duplicate key" in dup[0]["reason"]
+    samples = list(read_samples(tmp_path / "out" / "000000.tar"))
+    assert [x["__key__"] for x in samples] == MIXED_GOOD  # input order, each once
+    for x in samples:
+        sp = decode(x["gsv"])
+        assert (sp.height, sp.width, sp.max_gaussians) == (16, 16, 8)
+        info = json.loads(x["json"])
+        assert info["key"] == x["__key__"] and info["n_gaussians"] == 8 and np.isfinite(info["psnr"])
+        assert info["caption_missing"] == (x["__key__"] == "nocap")
+        assert set(x) == {"__key__", "__shard__", "gsv", "txt", "json"}
+    assert json.loads(samples[0]["json"])["original_size"] == [24, 20]
+    assert json.loads(samples[0]["json"])["meta"] == {"url": "http://x/good"}
+    assert samples[1]["txt"] == b"transparent" and samples[7]["txt"] == b""
+
+
+def test_truncated_tar_keeps_earlier_samples_and_records_the_damage(tmp_path):
+    src = write_tar(tmp_path / "t.tar", good_sample("a", 1) + good_sample("b", 2) + good_sample("c", 3))
+    with tarfile.open(src) as tf:
+        cut = tf.getmember("b.jpg").offset_data + 100
+    data = src.read_bytes()
+    src.write_bytes(data[:cut])  # inside b's image
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    assert (s["inputs"], s["converted"], s["failed"]) == (2, 1, 1) and s["reconciled"]
+    assert "truncated or corrupt" in s["shard_errors"][0]
+    fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert fail["key"] == "b" and "any later member of it is lost" in fail["reason"]
+    src.write_bytes(data[: cut - 100 - 512 + 200])  # inside b's header: tarfile itself would stop quietly
+    s = convert_dataset(str(src), tmp_path / "out2", cfg())
+    # the open sample a may have lost members after the cut header: it fails, never passes as complete
+    assert (s["inputs"], s["converted"], s["failed"]) == (1, 0, 1)
+    assert "no end-of-archive marker" in s["shard_errors"][0]
+    fail = json.loads((tmp_path / "out2" / "failures.jsonl").read_text())
+    assert fail["key"] == "a" and "any later member of it is lost" in fail["reason"]
+
+
+def make_folder(root: Path, n=7) -> Path:
+    root.mkdir()
+    for i in range(n):
+        sub = root / ("sub" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        (sub / f"img{i}.png").write_bytes(img_bytes(seed=20 + i, size=(20 + i, 18)))
+        if i != 3:
+            (sub / f"img{i}.txt").write_text(f"photo number {i}\n")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return root
+
+
+def tar_bytes(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def folder_and_reference(tmp_path_factory):
+    base = tmp_path_factory.mktemp("conv")
+    src = make_folder(base / "photos")
+    ref = convert_dataset(str(src), base / "ref", cfg())
+    return src, base / "ref", ref
+
+
+def run_cli(args, env_extra=None, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("MASTER_ADDR", None)
+    return subprocess.Popen([sys.executable, "-m", "gaussianvision.apps.cli.main", "convert", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+
+
+CLI_ARGS = ["--gaussians", "8", "--size", "16", "--iters", "2", "--init", "grid", "--fit-option",
+            "backend=reference", "--batch-size", "3", "--shard-size", "3", "--no-progress"]
+
+
+def test_folder_reference_run(folder_and_reference):
+    src, ref, s = folder_and_reference
+    assert (s["inputs"], s["converted"], s["failed"], s["shards_total"]) == (8, 7, 1, 3)
+    keys = [x["__key__"] for p in sorted(ref.glob("*.tar")) for x in read_samples(p)]
+    assert keys == [f"{i:09d}" for i in range(8) if i != 0]  # broken.jpg sorts first and fails
+    texts = {json.loads(x["json"])["source"]: x["txt"] for p in sorted(ref.glob("*.tar")) for x in read_samples(p)}
+    assert texts["sub/img1.png"] == b"photo number 1" and texts["sub/img3.png"] == b""
+
+
+def test_kill_and_resume_equals_uninterrupted_run(folder_and_reference, tmp_path):
+    src, ref, s_ref = folder_and_reference
+    out = tmp_path / "out"
+    # SIGKILL in the middle of shard 1 (shard 0 holds 2 samples + 1 failure, so the 3rd write is in shard 1)
+    p = run_cli(["--input", str(src), "--output", str(out), *CLI_ARGS], {"GSV_TEST_KILL_AFTER_SAMPLES": "3"})
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == -9, err.decode()[-2000:]
+    assert (out / "000000.tar").is_file() and (out / "000000.stats.json").is_file()
+    assert not (out / "000001.tar").exists() and not (out / "000001.stats.json").exists()
+    assert list(out.glob(".000001.tar.tmp*"))  # the half-written shard only under its temporary name
+    s = convert_dataset(str(src), out, cfg())
+    assert s["run"]["shards_skipped"] == 1 and s["run"]["shards_converted"] == 2
+    assert not list(out.glob(".*tmp*"))
+    assert tar_bytes(out) == tar_bytes(ref)  # same samples, same bytes: no loss, no duplicates
+    assert {k: s[k] for k in ("inputs", "converted", "failed")} == {k: s_ref[k] for k in ("inputs", "converted", "failed")}
+    assert (out / "failures.jsonl").read_bytes() == (ref / "failures.jsonl").read_bytes()
+    again = convert_dataset(str(src), out, cfg())
+    assert again["run"]["shards_converted"] == 0 and tar_bytes(out) == tar_bytes(ref)
+
+
+def test_two_ranks_split_the_shards(folder_and_reference, tmp_path):
+    src, ref, _ = folder_and_reference
+    out = tmp_path / "out"
+    procs = [run_cli(["--input", str(src), "--output", str(out), "--json", *CLI_ARGS],
+                     {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in range(2)]
+    results = []
+    for p in procs:
+        o, e = p.communicate(timeout=300)
+        assert p.returncode == 0, e.decode()[-2000:]
+        results.append(json.loads(o))
+    assert [r["run"]["shards_converted"] for r in results] == [2, 1]  # units 0, 2 and unit 1
+    assert tar_bytes(out) == tar_bytes(ref)
+    s = summarize(out, plan_units(str(src), 3))
+    assert s["complete"] and (s["inputs"], s["converted"], s["failed"]) == (8, 7, 1)
+
+
+def test_rerun_with_other_settings_is_refused(folder_and_reference, tmp_path):
+    src, ref, _ = folder_and_reference
+    with pytest.raises(ConvertError, match="n_gaussians"):
+        convert_dataset(str(src), ref, cfg(n_gaussians=9))
+
+
+def test_cli_json_and_keep_image(tmp_path):
+    from gaussianvision.apps.cli.main import main
+    a = write_tar(tmp_path / "s-000.tar", good_sample("k1", 1) + good_sample("k2", 2, ext="png"))
+    write_tar(tmp_path / "s-001.tar", good_sample("k3", 3) + [("bad.jpg", b"nope")])
+    assert a.is_file()
+    out = tmp_path / "out"
+    import contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["convert", "--input", str(tmp_path / "s-{000..001}.tar"), "--output", str(out), "--json",
+                   "--keep-image", *CLI_ARGS])
+    assert rc == 0
+    s = json.loads(buf.getvalue())
+    assert (s["inputs"], s["converted"], s["failed"], s["shards_total"]) == (4, 3, 1, 2)
+    first = next(read_samples(out / "000000.tar"))
+    assert first["jpg"] == dict(good_sample("k1", 1))["k1.jpg"]  # source bytes kept verbatim
+    rc = main(["convert", "--input", str(tmp_path / "nothing-*.tar"), "--output", str(out), *CLI_ARGS])
+    assert rc == 2
+    # bad fit options: one clear error before any image is fitted
+    for bad in (["--relocate-every", "-1"], ["--fit-option", "lr_mean=1"]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["convert", "--input", str(a), "--output", str(tmp_path / "bad"), *CLI_ARGS, *bad])
+        assert rc == 2 and "fit options" in err.getvalue() and not (tmp_path / "bad").exists()
+
+
+def test_brace_expansion():
+    assert expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
+    assert expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def cli_main(args):
+    """gsv convert in this process -> (exit code, stdout, stderr)."""
+    import contextlib
+    from gaussianvision.apps.cli.main import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["convert", *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
+               (["--size", "0"], "size must be >= 1"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number")]
+if not __import__("torch").cuda.is_available():
+    BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize("bad, says", BAD_OPTIONS)
+def test_bad_options_fail_before_anything_is_written(tmp_path, bad, says):
+    src = write_tar(tmp_path / "s.tar", good_sample("k1", 1) + good_sample("k2", 2))
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS, *bad])
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gsv convert: ") and not out.exists()
+    rc, _, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS])  # the corrected rerun
+    assert rc == 0, err
+
+
+def test_a_run_that_converts_nothing_exits_nonzero(tmp_path):
+    src = write_tar(tmp_path / "s.tar", [("a.jpg", b"nope"), ("b.jpg", b"nope"), ("c.txt", b"no image")])
+    rc, out, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 1, err
+    assert "inputs 3 = converted 0 + failed 3" in out
+    assert err.strip() == "gsv convert: no sample converted: all 3 failed (decode 2, read 1); see " \
+                          f"{tmp_path / 'out' / 'failures.jsonl'}"
+
+
+def test_empty_key_is_a_counted_failure_and_gzip_tar_is_not_truncated(tmp_path):
+    import gzip
+    plain = write_tar(tmp_path / "p.tar", good_sample("k1", 1) + [(".jpg", img_bytes(fmt="JPEG", seed=2))])
+    (tmp_path / "g.tar").write_bytes(gzip.compress(plain.read_bytes()))
+    for name in ("p.tar", "g.tar"):
+        s = convert_dataset(str(tmp_path / name), tmp_path / f"out-{name}", cfg())
+        assert (s["inputs"], s["converted"], s["failed"]) == (2, 1, 1) and s["shard_errors"] == [], s
+        fail = json.loads((tmp_path / f"out-{name}" / "failures.jsonl").read_text())
+        assert (fail["key"], fail["stage"], fail["reason"]) == ("", "read", "empty sample key (member .jpg)")
+
+
+def test_duplicate_keys_across_shards_are_reported(tmp_path):
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1) + good_sample("k2", 2))
+    write_tar(tmp_path / "b.tar", good_sample("k3", 3) + good_sample("k1", 4))
+    rc, out, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 0, err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["converted"] == 4 and s["duplicate_keys"] == 1
+    assert s["duplicates"] == ["k1: 000000.tar, 000001.tar"]
+    assert "duplicate keys across shards: 1 (k1: 000000.tar, 000001.tar)" in out
+
+
+def _failing_write(code, on_shard):
+    """ShardWriter.write that fails in `on_shard` like a full disk (tarfile's write raising)."""
+    from gaussianvision.data.shards import ShardWriter
+    real = ShardWriter.write
+
+    def write(self, key, fields):
+        if self.path.name == on_shard:
+            raise OSError(code, os.strerror(code))
+        return real(self, key, fields)
+    return write
+
+
+def test_full_disk_keeps_finished_shards_and_says_so(tmp_path, monkeypatch):
+    import errno
+    from gaussianvision.data.shards import ShardWriter
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+    write_tar(tmp_path / "b.tar", good_sample("k2", 2))
+    monkeypatch.setattr(ShardWriter, "write", _failing_write(errno.ENOSPC, "000001.tar"))
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.strip() == (f"gsv convert: {out}: No space left on device while writing 000001.tar; "
+                           f"kept the 1 shard finished in this run (000000.tar); free space and rerun to resume")
+    assert sorted(p.name for p in out.iterdir()) == ["000000.failures.jsonl", "000000.stats.json", "000000.tar",
+                                                     "config.json"]
+    monkeypatch.undo()
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    assert rc == 0 and json.loads((out / "summary.json").read_text())["converted"] == 2
+
+
+def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
+    import errno
+    from gaussianvision.data import conversion as convert
+    src = write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+
+    def refuse(path, data):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(convert, "_write_atomic", refuse)
+    rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'out'}: cannot write the output (Read-only file system)"
+
+
+def test_non_utf8_member_names_and_sources_fail_one_sample_not_the_run(tmp_path):
+    """A latin-1 member name (b'caf\\xe9.jpg') and a lone surrogate in a source's JSON: the first
+    sample fails with the reason, the second converts; every record is written; a rerun resumes."""
+    members = good_sample("ok", 1) + [(n.replace("caf", "caf\udce9"), d) for n, d in good_sample("caf", 2)]
+    members += [("odd.jpg", img_bytes(fmt="JPEG", seed=3)), ("odd.json", b'{"t": "\\udce9"}')]
+    src = tmp_path / "s.tar"
+    with tarfile.open(src, "w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    for _ in range(2):
+        rc, stdout, err = cli_main(["--input", str(src), "--output", str(out), *CLI_ARGS])
+        assert rc == 0 and "Traceback" not in err, err
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["inputs"], s["converted"], s["failed"]) == (3, 2, 1)
+    fail = json.loads((out / "failures.jsonl").read_text())
+    assert fail["key"] == "caf\udce9" and "not valid UTF-8" in fail["reason"]
+    odd = [x for x in read_samples(out / "000000.tar") if x["__key__"] == "odd"][0]
+    assert json.loads(odd["json"])["meta"] == {"t": "\udce9"}
+
+
+@pytest.mark.parametrize("fails_on, says", [("000001.stats.json", "000001.stats.json"),
+                                            ("000001.failures.jsonl", "000001.failures.jsonl"),
+                                            ("summary.json", "the summary (failures.jsonl, summary.json)")])
+def test_a_write_error_names_the_file_being_written(tmp_path, monkeypatch, fails_on, says):
+    import errno
+    from gaussianvision.data import conversion as convert
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1))
+    write_tar(tmp_path / "b.tar", good_sample("k2", 2))
+    real = convert._write_atomic
+
+    def write(path, data):
+        if path.name == fails_on:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+    monkeypatch.setattr(convert, "_write_atomic", write)
+    out = tmp_path / "out"
+    rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
+    done = "1 shard finished in this run (000000.tar)" if fails_on.startswith("000001") else \
+        "2 shards finished in this run (000000.tar, 000001.tar)"
+    assert rc == 2 and err.strip() == (f"gsv convert: {out}: No space left on device while writing {says}; "
+                                       f"kept the {done}; free space and rerun to resume"), err
