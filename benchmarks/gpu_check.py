@@ -19,5 +19,5 @@ if __name__ == "__main__":
         print(f"gpu_check: {sys.executable} has no torch ({e}); run it with the python that has torch "
               f"(make gpu-check GPU_PYTHON=/path/to/python3)", file=sys.stderr)
         sys.exit(2)
-    from gaussianvision.cli.bench_gpu import main
+    from gaussianvision.apps.cli.bench_gpu import main
     sys.exit(main(sys.argv[1:]))
