@@ -80,3 +80,58 @@ def test_the_rule_lets_the_library_import_itself():
 @pytest.mark.parametrize("package", ["splats", "raster", "fit", "data", "models", "train", "eval"])
 def test_each_library_package_exists(package):
     assert (PKG / package / "__init__.py").is_file()
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Library modules imported at the top level of a file (not inside functions)."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            text = ast.get_source_segment(path.read_text(), node) or ""
+            for _, name in _imports(text, _package(path)):
+                out.add(name)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_file_level_import_circle_in_the_library():
+    """e.g. splats/format.py <-> splats/quantized.py (issue 19): modules import each other only one way."""
+    mods = {_module(f): f for f in library_files()}
+
+    def resolve(name):  # "pkg.mod.symbol" -> the longest module prefix that is a library module
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in mods:
+                return ".".join(parts[:k])
+        return None
+
+    graph = {m: {r for n in _module_level_imports(f) if (r := resolve(n)) and r != m
+                 and not (mods[m].name == "__init__.py" and r.startswith(m + "."))}
+             for m, f in mods.items()}
+    # a package's __init__ importing its own submodules is not a circle; a submodule importing its
+    # package's __init__ only for a sibling is resolved to the package: drop package nodes' own edges
+    graph = {m: {r for r in deps if not (mods[r].name == "__init__.py" and m.startswith(r + "."))}
+             for m, deps in graph.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]

@@ -10,7 +10,8 @@ from conftest import random_splats
 from gaussianvision.raster import render
 from gaussianvision.splats import FormatError, Splats, decode, encode, read_header
 from gaussianvision.splats import format as fmt
-from gaussianvision.splats.quantized import BITS, encode_quantized, quantized_size
+from gaussianvision.splats.format import encode_quantized, quantized_size
+from gaussianvision.splats.quantized import BITS
 
 PRE = fmt.HEADER_SIZE  # payload starts here for single-image files
 
@@ -184,3 +185,18 @@ def test_fuzz_mutated_files_raise_only_format_errors(base, flips, cut):
     except FormatError:
         return
     assert s.max_gaussians <= 1 << 20 and np.isfinite(s.means.numpy()).all()
+
+
+def test_layout_options_are_arguments_not_context():
+    """bits and zstd go to format.encode as arguments (no context variable); the interleaved layout
+    refuses options it does not have; bad bit widths are one clear error."""
+    s = random_splats(b=2, n=9, h=12, w=10)
+    bits = (10, 10, 6, 6, 6, 7, 7, 7)
+    a = encode(s, layout="quantized", bits=bits)
+    assert a == encode_quantized(s, bits=bits)
+    assert a != encode(s, layout="quantized")  # the defaults, not a leftover setting
+    assert fmt.read_header(a).layout == 2 and len(a) == quantized_size(18, bits, n_images=2)
+    with pytest.raises(FormatError, match="takes no options"):
+        encode(s, layout="interleaved", bits=bits)
+    with pytest.raises(ValueError, match="bits must be 8 integers"):
+        encode(s, layout="quantized", bits=(8, 8))

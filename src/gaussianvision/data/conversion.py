@@ -103,7 +103,7 @@ def _fit_job(images_u8: np.ndarray, n: int, fit_options: dict, layout: str, dtyp
     """Fit a batch [B, 3, S, S] uint8; per image (gsv bytes, metrics, None) or (None, None, reason)."""
     from gaussianvision.fit import fit_images
     from gaussianvision.splats.format import encode
-    from gaussianvision.splats.quantized import encode_quantized
+    from gaussianvision.splats.format import encode_quantized
 
     def enc(s):
         if layout == "quantized":

@@ -45,12 +45,15 @@ import numpy as np
 import torch
 
 from gaussianvision.atomic import write_atomic
+from gaussianvision.splats import quantized as _quantized  # registers layout 2
+from gaussianvision.splats.layouts import (DTYPE_IDS, DTYPES, LAYOUT_IDS, LAYOUTS, FormatError, Layout,  # noqa: F401
+                                          bytes_per_gaussian, read_bounded, register_layout)
 from gaussianvision.splats.types import Splats, SplatsError
 
 __all__ = [
     "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
     "encode", "decode", "decode_rows", "iter_images", "read_header", "read_file", "save", "load",
-    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means",
+    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means", "encode_quantized", "quantized_size",
 ]
 
 MAGIC = b"GSVF"
@@ -66,14 +69,6 @@ MAX_GAUSSIANS = 1 << 28
 # rows); sparser count tables are refused by `decode` and read by `iter_images` instead
 PAD_FACTOR = 4
 PAD_SLACK = 1 << 16
-
-DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
-DTYPE_IDS = {"float16": 1, "float32": 2}
-
-
-class FormatError(SplatsError):
-    """A .gsv byte string or file is malformed."""
-
 
 @dataclass(frozen=True)
 class Header:
@@ -96,51 +91,6 @@ class Header:
         return HEADER_SIZE + self.table_len + self.payload_len
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How one layout turns [n, 8] float rows (x_n, y_n, l11, l21, l22, r, g, b) into bytes.
-
-    payload_size(n, dtype_id) gives the exact payload length, or None when the layout is
-    variable-length; then decode must itself refuse to produce more than n rows.
-    """
-    id: int
-    name: str
-    encode: Callable[[np.ndarray, int], bytes]
-    decode: Callable[[memoryview, int, int], np.ndarray]
-    payload_size: Callable[[int, int], int | None]
-    dtype_free: bool = False
-
-
-LAYOUTS: dict[int, Layout] = {}
-LAYOUT_IDS: dict[str, int] = {}
-
-
-def register_layout(layout: Layout) -> None:
-    if layout.id in LAYOUTS and LAYOUTS[layout.id].name != layout.name:
-        raise ValueError(f"layout id {layout.id} already belongs to {LAYOUTS[layout.id].name!r}")
-    LAYOUTS[layout.id] = layout
-    LAYOUT_IDS[layout.name] = layout.id
-
-
-def _interleaved_encode(rows: np.ndarray, dtype_id: int) -> bytes:
-    return np.ascontiguousarray(rows, dtype=DTYPES[dtype_id]).tobytes()
-
-
-def _interleaved_decode(buf: memoryview, n: int, dtype_id: int) -> np.ndarray:
-    return np.frombuffer(buf, dtype=DTYPES[dtype_id], count=8 * n).reshape(n, 8).astype(np.float32)
-
-
-register_layout(Layout(
-    1, "interleaved", _interleaved_encode, _interleaved_decode,
-    lambda n, dtype_id: 8 * n * DTYPES[dtype_id].itemsize,
-))
-
-
-def bytes_per_gaussian(layout: str = "interleaved", dtype: str = "float16") -> float | None:
-    size = LAYOUTS[LAYOUT_IDS[layout]].payload_size(1000, DTYPE_IDS[dtype])
-    return None if size is None else size / 1000
-
-
 # ---------------------------------------------------------------------- writing
 def _rows(s: Splats) -> np.ndarray:
     """[n_total, 8] float64 rows of all valid Gaussians, image after image."""
@@ -151,8 +101,9 @@ def _rows(s: Splats) -> np.ndarray:
     return allr[mask].numpy()
 
 
-def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16") -> bytes:
-    """Splats (any batch size; counts respected) -> bytes."""
+def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", **options) -> bytes:
+    """Splats (any batch size; counts respected) -> bytes. options: the layout's own (quantized:
+    bits=8 widths, zstd=bool)."""
     if layout not in LAYOUT_IDS:
         raise FormatError(f"unknown layout {layout!r}; known: {sorted(LAYOUT_IDS)}")
     if dtype not in DTYPE_IDS:
@@ -165,13 +116,23 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16") 
     rows = _rows(splats)
     if dtype_id == 1 and np.abs(rows).max(initial=0.0) > 65504.0:
         raise FormatError("a value exceeds the float16 range (65504); use dtype='float32'")
-    payload = lay.encode(rows, dtype_id)
+    payload = lay.encode(rows, dtype_id, **options)
     counts = splats.num_gaussians().cpu().numpy().astype("<u4")
     b = splats.batch_size
     head = _HEADER.pack(MAGIC, VERSION, lay.id, dtype_id, 0, splats.height, splats.width, b,
                         int(counts.sum()), len(payload))
     table = counts.tobytes() if b > 1 else b""
     return head + table + payload
+
+
+def encode_quantized(splats: Splats, bits=_quantized.BITS, zstd: bool = False) -> bytes:
+    """Splats -> .gsv bytes in layout 2 with the given bit widths (8 channels) and zstd choice."""
+    return encode(splats, layout="quantized", bits=bits, zstd=zstd)
+
+
+def quantized_size(n: int, bits=_quantized.BITS, n_images: int = 1) -> int:
+    """File bytes of n Gaussians in layout 2 without zstd (header + table + payload)."""
+    return HEADER_SIZE + (4 * n_images if n_images > 1 else 0) + _quantized.payload_size(n, bits)
 
 
 def save(path: str | os.PathLike, splats: Splats, **kw) -> int:
@@ -319,25 +280,14 @@ def _declared_len(head: bytes) -> int:
     return HEADER_SIZE + (4 * b if b > 1 else 0) + plen
 
 
-def _read_bounded(f, limit: int) -> bytes:
-    parts, got = [], 0
-    while got < limit:
-        chunk = f.read(min(limit - got, 1 << 20))
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
 def read_file(path: str | os.PathLike) -> bytes:
     """A .gsv file's bytes, reading no more than its header declares (plus one byte, so that
     an oversized file is still reported): an endless or huge input costs no memory."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = _read_bounded(f, HEADER_SIZE)
-            return head + _read_bounded(f, _declared_len(head) - len(head) + 1)
+            head = read_bounded(f, HEADER_SIZE)
+            return head + read_bounded(f, _declared_len(head) - len(head) + 1)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -350,4 +300,3 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
     return decode(read_file(path), name=str(path), device=device)
 
 # layout 2 registers itself with its explicit id on import
-from gaussianvision.splats import quantized as _quantized  # noqa: E402,F401

@@ -29,21 +29,18 @@ and is streamed out no further than the length n implies, whatever its frame hea
 codes are unpacked one channel at a time (no 8 bytes per bit expansion of the whole body); the
 rows then go through the same finiteness and positive-diagonal checks as layout 1.
 
-Use `encode_quantized(splats, bits=..., zstd=...)` to choose options; `format.encode(splats,
-layout="quantized")` uses the defaults (no zstd).
+Options are arguments: `format.encode(splats, layout="quantized", bits=..., zstd=...)` or
+`format.encode_quantized(splats, bits=..., zstd=...)`; the defaults are BITS and no zstd.
 """
 from __future__ import annotations
 
-import contextvars
 import struct
-from contextlib import contextmanager
 
 import numpy as np
 
-from gaussianvision.splats import format as fmt
-from gaussianvision.splats.types import Splats
+from .layouts import FormatError, Layout, read_bounded, register_layout
 
-__all__ = ["BITS", "LAYOUT_ID", "encode_quantized", "quantized_size", "quantize_options"]
+__all__ = ["BITS", "LAYOUT_ID", "check_bits", "payload_size"]
 
 LAYOUT_ID = 2
 BITS = (11, 11, 7, 7, 7, 8, 8, 8)
@@ -54,30 +51,18 @@ ZSTD_SLACK = 64
 _PRE = struct.Struct("<B8B16f")
 _HALF_PI = np.pi / 2 - 1e-6  # keeps cos(theta) > 0 after float32 rounding of the range
 
-_options: contextvars.ContextVar[tuple[tuple[int, ...], bool]] = contextvars.ContextVar(
-    "gsv_quantized_options", default=(BITS, False))
-
-
-@contextmanager
-def quantize_options(bits=BITS, zstd: bool = False):
-    """Within this block, `format.encode(..., layout="quantized")` uses these options."""
+def check_bits(bits) -> tuple[int, ...]:
     bits = tuple(int(b) for b in bits)
     if len(bits) != 8 or not all(1 <= b <= 16 for b in bits):
         raise ValueError(f"bits must be 8 integers in 1..16, got {bits}")
-    if zstd:
-        _zstd()  # fail early with the install hint
-    token = _options.set((bits, bool(zstd)))
-    try:
-        yield
-    finally:
-        _options.reset(token)
+    return bits
 
 
 def _zstd():
     try:
         import zstandard
     except ImportError:
-        raise fmt.FormatError("zstd-compressed splats need the zstandard package "
+        raise FormatError("zstd-compressed splats need the zstandard package "
                               "(pip install 'gaussianvision[data]')") from None
     return zstandard
 
@@ -136,8 +121,8 @@ def _body_len(n: int, bits) -> int:
     return (n * sum(bits) + 7) // 8
 
 
-def _encode(rows: np.ndarray, dtype_id: int) -> bytes:
-    bits, use_zstd = _options.get()
+def _encode(rows: np.ndarray, dtype_id: int, bits=BITS, zstd: bool = False) -> bytes:
+    bits, use_zstd = check_bits(bits), bool(zstd)
     ch = _to_channels(rows)
     n = ch.shape[0]
     if n:
@@ -163,21 +148,21 @@ def _encode(rows: np.ndarray, dtype_id: int) -> bytes:
 
 def _decode(buf: memoryview, n: int, dtype_id: int) -> np.ndarray:
     if len(buf) < _PRE.size:
-        raise fmt.FormatError(f"quantized payload too short ({len(buf)} < {_PRE.size} bytes)")
+        raise FormatError(f"quantized payload too short ({len(buf)} < {_PRE.size} bytes)")
     vals = _PRE.unpack_from(buf, 0)
     flags, bits, ranges = vals[0], vals[1:9], np.array(vals[9:], dtype=np.float64).reshape(8, 2)
     if flags & ~1:
-        raise fmt.FormatError(f"quantized payload: unknown flags {flags:#x}")
+        raise FormatError(f"quantized payload: unknown flags {flags:#x}")
     if not all(1 <= b <= 16 for b in bits):
-        raise fmt.FormatError(f"quantized payload: bit widths must be 1..16, got {list(bits)}")
+        raise FormatError(f"quantized payload: bit widths must be 1..16, got {list(bits)}")
     if not np.isfinite(ranges).all() or (ranges[:, 1] < ranges[:, 0]).any():
-        raise fmt.FormatError("quantized payload: invalid channel ranges (non-finite or hi < lo)")
+        raise FormatError("quantized payload: invalid channel ranges (non-finite or hi < lo)")
     body = buf[_PRE.size:]
     expect = _body_len(n, bits)
     if flags & 1:
         body = _unzstd(bytes(body), n, expect)
     if len(body) != expect:
-        raise fmt.FormatError(f"quantized payload: body of {len(body)} bytes, {n} Gaussians at "
+        raise FormatError(f"quantized payload: body of {len(body)} bytes, {n} Gaussians at "
                               f"{sum(bits)} bits need {expect}")
     return _decode_body(body, n, bits, ranges)
 
@@ -189,31 +174,24 @@ def _zstd_dense(n: int, zbytes: int) -> bool:
 def _unzstd(body: bytes, n: int, expect: int) -> bytes:
     """Stream a zstd body out, refusing before `expect` + 1 bytes whatever its frame claims."""
     if _zstd_dense(n, len(body)):
-        raise fmt.FormatError(f"quantized payload: {len(body)} zstd bytes claim {n} Gaussians, over the "
+        raise FormatError(f"quantized payload: {len(body)} zstd bytes claim {n} Gaussians, over the "
                               f"limit of one Gaussian per compressed byte + {ZSTD_SLACK}")
     try:
         with _zstd().ZstdDecompressor().stream_reader(body) as reader:
-            out = fmt._read_bounded(reader, expect + 1)
-    except fmt.FormatError:
+            out = read_bounded(reader, expect + 1)
+    except FormatError:
         raise
     except Exception as e:
-        raise fmt.FormatError(f"quantized payload: zstd body does not decompress ({e})") from None
+        raise FormatError(f"quantized payload: zstd body does not decompress ({e})") from None
     if len(out) > expect:
-        raise fmt.FormatError(f"quantized payload: zstd body expands to more than the {expect} bytes "
+        raise FormatError(f"quantized payload: zstd body expands to more than the {expect} bytes "
                               f"{n} Gaussians need")
     return out
 
 
-fmt.register_layout(fmt.Layout(LAYOUT_ID, "quantized", _encode, _decode, lambda n, dtype_id: None,
-                               dtype_free=True))
+register_layout(Layout(LAYOUT_ID, "quantized", _encode, _decode, lambda n, dtype_id: None, dtype_free=True))
 
 
-def encode_quantized(splats: Splats, bits=BITS, zstd: bool = False) -> bytes:
-    """Splats -> .gsv bytes in layout 2 with the given bit widths (8 channels) and compression."""
-    with quantize_options(bits, zstd):
-        return fmt.encode(splats, layout="quantized")
-
-
-def quantized_size(n: int, bits=BITS, n_images: int = 1) -> int:
-    """File bytes of n Gaussians in layout 2 without zstd (header + table + payload)."""
-    return fmt.HEADER_SIZE + (4 * n_images if n_images > 1 else 0) + _PRE.size + _body_len(n, bits)
+def payload_size(n: int, bits=BITS) -> int:
+    """Payload bytes of n Gaussians in layout 2 without zstd."""
+    return _PRE.size + _body_len(n, bits)

@@ -54,7 +54,7 @@ def run_codec_bench(size: int = 224, n_list=(400, 900), iters: int = 300, names=
     from gaussianvision.fit import fit_images
     from gaussianvision.raster import render
     from gaussianvision.splats.format import decode, encode
-    from gaussianvision.splats.quantized import encode_quantized
+    from gaussianvision.splats.format import encode_quantized
 
     photos = bundled_photos(size, names or PHOTO_NAMES)
     names = [n for n, _ in photos]

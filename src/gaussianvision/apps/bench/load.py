@@ -59,7 +59,7 @@ def make_splat_shards(root: Path, n_samples: int, per_shard: int, n_gaussians: i
     from gaussianvision.data.photos import bundled_photos
     from gaussianvision.fit.init import initialize
     from gaussianvision.splats.format import encode
-    from gaussianvision.splats.quantized import encode_quantized
+    from gaussianvision.splats.format import encode_quantized
     images = torch.stack([p for _, p in bundled_photos(224)])
     s = initialize("grid", images, n_gaussians, generator=torch.Generator().manual_seed(0))
     blobs = [encode_quantized(s[b]) if layout == "quantized" else encode(s[b]) for b in range(len(images))]
