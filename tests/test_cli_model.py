@@ -36,12 +36,12 @@ def test_model_info_matches_a_real_model_and_table(capsys):
 
 
 def test_model_info_base_override_json_file_and_checkpoint(tmp_path, capsys):
-    from gaussianvision.models import create_gsclip, save_trainable
+    from gaussianvision.models import create_gsclip, save_weights
     cfg = tmp_path / "mine.json"
     cfg.write_text(json.dumps({"name": "mine", "base": "ViT-B-16", "resampler": {"num_latents": 7, "layers": 1}}))
     d = _info(capsys, str(cfg), "--base", "gsv-tiny")
     assert d["base"] == "gsv-tiny" and d["parts"]["gs.cls_pos"]["params"] == (1 + 1 + 7) * 64
-    ck = save_trainable(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
+    ck = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
     d = _info(capsys, str(ck))
     assert d["base"] == "gsv-tiny" and d["config"]["name"] == "gs-tiny"
 

@@ -194,8 +194,8 @@ def test_report_ratio_and_mean():
 def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
     pytest.importorskip("open_clip")
     from gaussianvision.apps.cli.eval import main
-    from gaussianvision.models import create_gsclip, save_trainable
-    ckpt = save_trainable(create_gsclip(config="gs-tiny"), tmp_path / "gsclip.safetensors")
+    from gaussianvision.models import create_gsclip, save_weights
+    ckpt = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "gsclip.safetensors")
     out = tmp_path / "ev"
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--model", f"gs:{ckpt}", "--dataset", "wds/colors",
                "--dataset-root", str(wds / "{dataset}"), "--out", str(out), "--batch-size", "8",

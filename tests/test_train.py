@@ -93,8 +93,8 @@ def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
     params = dict(task.model.named_parameters())
     assert all(torch.equal(params[n], t) for n, t in w1.items())
     # the exported trainable checkpoint is what models' loader reads
-    from gaussianvision.models import create_gsclip_from_checkpoint
-    m = create_gsclip_from_checkpoint(o2 / "gsclip.safetensors")
+    from gaussianvision.models import create_gsclip_from_weights
+    m = create_gsclip_from_weights(o2 / "gsclip.safetensors")
     w2 = load_file(str(o2 / "checkpoints" / "step-00000002" / "weights.safetensors"))
     mp = dict(m.named_parameters())
     assert all(torch.equal(mp[n], t) for n, t in w2.items())

@@ -81,13 +81,13 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
 
 
 def _load_gs(path: str, pretrained: str | None, device):
-    from gaussianvision.models import CheckpointError as ModelCheckpointError, create_gsclip, create_gsclip_from_checkpoint
+    from gaussianvision.models import WeightsError, create_gsclip, create_gsclip_from_weights
     from gaussianvision.models import ConfigError
     from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_trainable
     p = Path(path)
     try:
         if p.is_file():
-            model = create_gsclip_from_checkpoint(p, pretrained=pretrained or "stored", device=device)
+            model = create_gsclip_from_weights(p, pretrained=pretrained or "stored", device=device)
             return model, {"checkpoint": str(p)}
         if latest_checkpoint(p) is None:
             raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder")
@@ -99,5 +99,5 @@ def _load_gs(path: str, pretrained: str | None, device):
         model = create_gsclip(task["base"], pretrained or task.get("pretrained"), task["model_config"], device=device)
         load_trainable(model, weights, strict=True)
         return model, {"checkpoint": state["path"], "step": state["step"], "stage": task["stage"]}
-    except (ModelCheckpointError, CheckpointError, ConfigError) as e:
+    except (WeightsError, CheckpointError, ConfigError) as e:
         raise EvalError(f"gs:{path}: {e}") from None

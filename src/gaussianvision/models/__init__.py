@@ -8,8 +8,8 @@ from .stem import SplatStem, splat_features
 from .resampler import PerceiverResampler
 from .tower import GSVisionTower
 from .gsclip import GSCLIP, create_base, create_gsclip, create_rgb_clip
-from .checkpoint import (CheckpointError, create_gsclip_from_checkpoint, load_trainable,
-                         read_checkpoint_config, save_trainable)
+from .weights import (WeightsError, create_gsclip_from_weights, load_weights,
+                         read_weights_config, save_weights)
 from .params import parameter_report
 
 try:
@@ -21,6 +21,6 @@ __all__ = [
     "ConfigError", "list_configs", "load_config", "register_open_clip_configs",
     "SplatStem", "splat_features", "PerceiverResampler", "GSVisionTower",
     "GSCLIP", "create_base", "create_gsclip", "create_rgb_clip",
-    "CheckpointError", "save_trainable", "load_trainable", "read_checkpoint_config",
-    "create_gsclip_from_checkpoint", "parameter_report",
+    "WeightsError", "save_weights", "load_weights", "read_weights_config",
+    "create_gsclip_from_weights", "parameter_report",
 ]

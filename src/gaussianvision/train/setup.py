@@ -16,10 +16,10 @@ GS_EXPORT = "gsclip.safetensors"
 
 
 class _GSExport:
-    """At the end of a GS stage, also write models' trainable checkpoint (create_gsclip_from_checkpoint)."""
+    """At the end of a GS stage, also write models' trainable checkpoint (create_gsclip_from_weights)."""
 
     def export(self, out_dir):
-        from gaussianvision.models import save_trainable
+        from gaussianvision.models import save_weights
         model = self.model
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
         model.lock_frozen()  # the model's default trainable set is what its checkpoint format holds
@@ -27,7 +27,7 @@ class _GSExport:
         if trained - default:
             print(f"gsv train: note: {len(trained - default)} unfrozen base parameter(s) are in the training "
                   f"checkpoint (evaluate with gs:{out_dir}) but not in {GS_EXPORT}")
-        save_trainable(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage})
+        save_weights(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage})
 
 
 class GSStage1(_GSExport, Stage1Task):

@@ -5,17 +5,17 @@ from gaussianvision.apps.cli.common import ArgumentParser, CliError, HelpFormatt
 
 
 def describe(config: str, base: str | None) -> dict:
-    from gaussianvision.models import (CheckpointError, ConfigError, create_gsclip, parameter_report,
-                                       read_checkpoint_config)
+    from gaussianvision.models import (WeightsError, ConfigError, create_gsclip, parameter_report,
+                                       read_weights_config)
     try:
         if config.endswith(".safetensors"):
-            stored = read_checkpoint_config(config)["config"]
+            stored = read_weights_config(config)["config"]
             cfg, base = stored["gs"], base or stored["base"]
         else:
             cfg = config
         # shapes only: counting needs no weights, and the meta device allocates nothing
         model = create_gsclip(base, None, cfg, device="meta")
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, WeightsError) as e:
         raise CliError(str(e)) from None
     rep = parameter_report(model)
     rep["config"] = model.gs_config

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import random_splats
-from gaussianvision.models import (CheckpointError, create_gsclip, create_gsclip_from_checkpoint,
-                                   load_trainable, read_checkpoint_config, save_trainable)
+from gaussianvision.models import (WeightsError, create_gsclip, create_gsclip_from_weights,
+                                   load_weights, read_weights_config, save_weights)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def trained():
 
 def test_round_trip_outputs_equal(trained, tmp_path):
     from safetensors import safe_open
-    path = save_trainable(trained, tmp_path / "ck" / "gs.safetensors", metadata={"step": 12})
+    path = save_weights(trained, tmp_path / "ck" / "gs.safetensors", metadata={"step": 12})
     assert sorted(p.name for p in path.parent.iterdir()) == ["gs.safetensors"]  # no temp file left
     with safe_open(str(path), "pt") as f:
         names = set(f.keys())
@@ -34,43 +34,43 @@ def test_round_trip_outputs_equal(trained, tmp_path):
     s = random_splats(3, 50, 64, 64)
     with torch.no_grad():
         assert not torch.equal(fresh.encode_image(s), trained.encode_image(s))
-        extra = load_trainable(fresh, path)
+        extra = load_weights(fresh, path)
         assert torch.equal(fresh.encode_image(s), trained.encode_image(s))
     assert extra == {"step": "12"}
-    info = read_checkpoint_config(path)
+    info = read_weights_config(path)
     assert info["config"] == json.loads(json.dumps(trained.config)) and info["pretrained"] is None
     assert info["config"]["gs"]["resampler"]["num_latents"] == 32
 
 
 def test_rebuild_from_checkpoint(trained, tmp_path):
-    path = save_trainable(trained, tmp_path / "gs.safetensors")
-    m = create_gsclip_from_checkpoint(path, pretrained=None)
+    path = save_weights(trained, tmp_path / "gs.safetensors")
+    m = create_gsclip_from_weights(path, pretrained=None)
     assert m.config == trained.config
     for (n, p), (_, q) in zip(m.trainable_named_parameters(), trained.trainable_named_parameters()):
         assert torch.equal(p, q), n
 
 
 def test_mismatched_config_is_a_clear_error(trained, tmp_path):
-    path = save_trainable(trained, tmp_path / "gs.safetensors")
+    path = save_weights(trained, tmp_path / "gs.safetensors")
     other = create_gsclip(config={"base": "gsv-tiny", "stem": {"hidden": 64},
                                   "resampler": {"num_latents": 8, "layers": 2}})
     before = {n: p.clone() for n, p in other.trainable_named_parameters()}
-    with pytest.raises(CheckpointError, match=r"config does not match.*num_latents: checkpoint 32, model 8"):
-        load_trainable(other, path)
+    with pytest.raises(WeightsError, match=r"config does not match.*num_latents: checkpoint 32, model 8"):
+        load_weights(other, path)
     # and nothing was half-loaded
     assert all(torch.equal(p, before[n]) for n, p in other.trainable_named_parameters())
     # without the config check, the shapes still refuse
-    with pytest.raises(CheckpointError, match="has shape"):
-        load_trainable(other, path, strict_config=False)
+    with pytest.raises(WeightsError, match="has shape"):
+        load_weights(other, path, strict_config=False)
 
 
 def test_unreadable_checkpoints(tmp_path, trained):
     from safetensors.torch import save_file
-    with pytest.raises(CheckpointError, match="no such file"):
-        load_trainable(trained, tmp_path / "nope.safetensors")
+    with pytest.raises(WeightsError, match="no such file"):
+        load_weights(trained, tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
-        load_trainable(trained, tmp_path / "junk.safetensors")
+    with pytest.raises(WeightsError, match="not a safetensors file"):
+        load_weights(trained, tmp_path / "junk.safetensors")
     save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(CheckpointError, match="not a GS-CLIP trainable checkpoint"):
-        load_trainable(trained, tmp_path / "plain.safetensors")
+    with pytest.raises(WeightsError, match="not a GS-CLIP trainable checkpoint"):
+        load_weights(trained, tmp_path / "plain.safetensors")

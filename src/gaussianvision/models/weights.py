@@ -1,4 +1,4 @@
-"""Checkpoints of only the trainable parameters (safetensors), config in the metadata.
+"""The model-weights format (one owner): the trainable parameters only (safetensors), config in the metadata.
 
 File: a safetensors file whose tensors are GSCLIP's trainable parameters by name
 (``visual.*``, plus ``base.logit_scale`` when trained) and whose metadata holds
@@ -19,18 +19,18 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["CheckpointError", "save_trainable", "load_trainable", "read_checkpoint_config",
-           "create_gsclip_from_checkpoint"]
+__all__ = ["WeightsError", "save_weights", "load_weights", "read_weights_config",
+           "create_gsclip_from_weights"]
 
 FORMAT = "gsclip-trainable"
 VERSION = "1"
 
 
-class CheckpointError(ValueError):
+class WeightsError(ValueError):
     """A trainable-parameter checkpoint is unreadable or does not fit the model."""
 
 
-def save_trainable(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write model's trainable parameters to `path` atomically (temp name + rename)."""
     from safetensors.torch import save_file
     path = Path(path)
@@ -56,20 +56,20 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+        raise WeightsError(f"checkpoint {path}: no such file")
     try:
         f = safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise CheckpointError(f"checkpoint {path}: not a safetensors file ({e})") from None
+        raise WeightsError(f"checkpoint {path}: not a safetensors file ({e})") from None
     meta = f.metadata() or {}
     if meta.get("gsv.format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a GS-CLIP trainable checkpoint (gsv.format missing)")
+        raise WeightsError(f"checkpoint {path}: not a GS-CLIP trainable checkpoint (gsv.format missing)")
     if meta.get("gsv.version") != VERSION:
-        raise CheckpointError(f"checkpoint {path}: version {meta.get('gsv.version')!r}, this code reads {VERSION}")
+        raise WeightsError(f"checkpoint {path}: version {meta.get('gsv.version')!r}, this code reads {VERSION}")
     return meta, f
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
     """The model config and metadata stored in a checkpoint (no tensors loaded)."""
     meta, _ = _read(path)
     return {"config": json.loads(meta["gsv.config"]), "pretrained": meta.get("gsv.pretrained") or None,
@@ -85,10 +85,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: checkpoint {a!r}, model {b!r}"]
 
 
-def load_trainable(model, path: str | os.PathLike, strict_config: bool = True) -> dict[str, str]:
+def load_weights(model, path: str | os.PathLike, strict_config: bool = True) -> dict[str, str]:
     """Load trainable parameters into `model` (in place); returns the extra metadata.
 
-    Fails with CheckpointError naming the differences when the stored config does not
+    Fails with WeightsError naming the differences when the stored config does not
     match the model's (``strict_config=False`` skips that comparison, names and shapes are
     still checked).  Only the "name" key of the GS config may differ.
     """
@@ -98,25 +98,25 @@ def load_trainable(model, path: str | os.PathLike, strict_config: bool = True) -
         mine = model.config
         diffs = [d for d in _diff(saved, mine) if not d.startswith("gs.name:")]
         if diffs:
-            raise CheckpointError(f"checkpoint {path}: config does not match the model: " + "; ".join(diffs))
+            raise WeightsError(f"checkpoint {path}: config does not match the model: " + "; ".join(diffs))
     params = dict(model.trainable_named_parameters())
     names = set(f.keys())
     missing, extra = sorted(set(params) - names), sorted(names - set(params))
     if missing or extra:
-        raise CheckpointError(
+        raise WeightsError(
             f"checkpoint {path}: parameter names differ (missing {missing[:5]}, unexpected {extra[:5]})"
         )
     tensors = {n: f.get_tensor(n) for n in sorted(names)}
     for n, t in tensors.items():  # check everything before touching the model
         if tuple(t.shape) != tuple(params[n].shape):
-            raise CheckpointError(f"checkpoint {path}: {n} has shape {list(t.shape)}, model {list(params[n].shape)}")
+            raise WeightsError(f"checkpoint {path}: {n} has shape {list(t.shape)}, model {list(params[n].shape)}")
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
     return {k: v for k, v in meta.items() if not k.startswith("gsv.")}
 
 
-def create_gsclip_from_checkpoint(path: str | os.PathLike, pretrained: str | None = "stored",
+def create_gsclip_from_weights(path: str | os.PathLike, pretrained: str | None = "stored",
                                   device: str | torch.device = "cpu", precision: str = "fp32"):
     """Rebuild the model a checkpoint was saved from and load it.
 
@@ -124,13 +124,13 @@ def create_gsclip_from_checkpoint(path: str | os.PathLike, pretrained: str | Non
     or another tag/path.
     """
     from .gsclip import create_gsclip
-    info = read_checkpoint_config(path)
+    info = read_weights_config(path)
     cfg = info["config"]
     if pretrained == "stored":
         pretrained = info["pretrained"]
     try:
         model = create_gsclip(cfg["base"], pretrained, cfg["gs"], device=device, precision=precision)
     except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {e}") from None
-    load_trainable(model, path)
+        raise WeightsError(f"checkpoint {path}: cannot rebuild its model: {e}") from None
+    load_weights(model, path)
     return model
