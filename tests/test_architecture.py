@@ -135,3 +135,12 @@ def test_no_file_level_import_circle_in_the_library():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+
+
+def test_no_code_writes_another_package_s_private_state():
+    """The demo once wrote open_clip's private _MODEL_CONFIGS and replaced clip_benchmark's tqdm;
+    models are registered through open_clip.add_model_config, quiet bars by redirecting stderr."""
+    pattern = re.compile(r"_MODEL_CONFIGS|^\s*(zc|zeroshot_classification|open_clip\.\w+)\.\w+\s*=", re.M)
+    hits = [f"{f.relative_to(SRC)}: {m.group(0).strip()}" for f in sorted(PKG.rglob("*.py"))
+            for m in pattern.finditer(f.read_text())]
+    assert hits == []

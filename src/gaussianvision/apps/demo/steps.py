@@ -5,7 +5,9 @@ Settings live in SETTINGS (full, quick, and tiny for tests); see docs/demo.md.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -82,19 +84,13 @@ SETTINGS: dict[str, dict] = {
 }
 
 # Extra OpenCLIP bases the demo can use (registered in-process, like models' gsv-tiny).
-EXTRA_BASES: dict[str, dict] = {}
-
-
 def settings_for(mode: str) -> dict:
     return json.loads(json.dumps(SETTINGS[mode]))
 
 
 def register_bases() -> None:
-    import open_clip
     from gaussianvision.models import register_open_clip_configs
-    register_open_clip_configs()
-    for name, cfg in EXTRA_BASES.items():
-        open_clip.factory._MODEL_CONFIGS.setdefault(name, cfg)
+    register_open_clip_configs()  # through open_clip's public add_model_config
 
 
 def budget_bytes(n: int, size: int = 64) -> tuple[int, int]:
@@ -325,14 +321,19 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
 
 def step_eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None, progress: bool = False) -> dict:
     """One model (load_eval_model spec) on the world's four tasks -> per task acc1 / balanced acc."""
-    from clip_benchmark.metrics import zeroshot_classification as zc
-    bar = zc.tqdm
-    if not progress:  # clip_benchmark draws its own bars (tqdm reads TQDM_DISABLE only at import)
-        zc.tqdm = lambda it, *a, **k: it
-    try:
+    if progress:
         return _eval(spec, world, out_dir, batch, splats)
+    # clip_benchmark draws its own bars on stderr (tqdm reads TQDM_DISABLE only at import): the
+    # quiet demo sends them to a buffer instead of patching the package, and keeps what else came
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(quiet):
+            return _eval(spec, world, out_dir, batch, splats)
     finally:
-        zc.tqdm = bar
+        kept = [ln for ln in quiet.getvalue().replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln
+                and "s/it]" not in ln and "?it/s" not in ln]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
 
 
 def _eval(spec: str, world: dict, out_dir: Path, batch: int, splats=None) -> dict:
