@@ -54,7 +54,7 @@ four interleaved scalar chains). The kernels are loops with no Python objects, s
 code is what a hand-written C++ loop would give; the time goes into per-row setup (span,
 two exp) and per-pixel memory traffic, not into interpreter or dispatch overhead.
 
-Timing: `python -m gaussianvision.raster.cpu_numba --bench` (see `bench`).
+Timing: `python -m gaussianvision.apps.bench.render --cpu-table` (apps/bench/render.py).
 
 Dtypes and devices follow the reference: computation in promote(means.dtype, float32)
 (float32 or float64), output on the splats' device (non-CPU tensors are moved to the CPU
@@ -220,71 +220,3 @@ def render_numba(splats: Splats) -> torch.Tensor:
     counts = splats.num_gaussians().to(cpu, torch.int64).clamp(0, n).contiguous()
     out = _RenderNumba.apply(means.to(cpu, dtype), chol.to(cpu, dtype), colors.to(cpu, dtype), counts, h, w)
     return out.to(device)
-
-
-def bench_scene(n: int, batch: int = 8, size: int = 224, seed: int = 0) -> Splats:
-    """Grid-like float32 Gaussians whose 3-sigma footprints cover each pixel ~12 times."""
-    import math
-    g = torch.Generator().manual_seed(seed)
-    side = max(1, int(round(math.sqrt(n))))
-    n = side * side
-    step = size / side
-    sig = step * math.sqrt(12 / (9 * math.pi))
-    ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
-    mu = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float() * step
-    mu = mu[None].expand(batch, -1, -1) + (torch.rand(batch, n, 2, generator=g) - 0.5) * step
-    u = lambda: torch.rand(batch, n, generator=g) - 0.5  # noqa: E731
-    chol = torch.stack([sig * (1 + 0.4 * u()), sig * 0.6 * u(), sig * (1 + 0.4 * u())], -1)
-    return Splats(mu.contiguous(), chol, torch.rand(batch, n, 3, generator=g) / 4, size, size)
-
-
-def bench(ns=(400, 3136), batch: int = 8, size: int = 224, reps: int = 5, inner: int = 4) -> list[dict]:
-    """Forward + backward timing: ms per image-iteration (CPU over all threads, and wall; best
-    of `reps` rounds of `inner` iterations) and Gaussian-pixel pairs per CPU second."""
-    import time
-    rows = []
-    for n in ns:
-        s = bench_scene(n, batch, size)
-        leaves = [x.clone().requires_grad_(True) for x in (s.means, s.chol, s.colors)]
-        up = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-
-        def step():
-            render_numba(Splats(*leaves, size, size)).backward(up)
-
-        step()  # compile / load the cache
-        cpu = wall = float("inf")
-        for _ in range(reps):
-            c0, w0 = time.process_time(), time.perf_counter()
-            for _ in range(inner):
-                step()
-            cpu = min(cpu, (time.process_time() - c0) / inner / batch)
-            wall = min(wall, (time.perf_counter() - w0) / inner / batch)
-        pairs = _count_pairs(s)
-        with open("/proc/loadavg") as f:
-            load = f.read().split()[0]
-        rows.append({"N": s.means.shape[1], "cpu_ms": 1e3 * cpu, "wall_ms": 1e3 * wall, "pairs_per_image": pairs,
-                     "pairs_per_cpu_s": pairs / cpu, "threads": _num_threads(), "load": float(load)})
-    return rows
-
-
-def _count_pairs(s: Splats) -> float:
-    """Gaussian-pixel pairs per image (pixels with q <= 9), estimated from 64 sampled Gaussians."""
-    ones = torch.zeros_like(s.colors)
-    ones[..., 0] = 1.0
-    total = 0
-    # weight >= exp(-4.5) > 0 on the support: count the support of a sample of Gaussians
-    idx = torch.arange(0, s.means.shape[1], max(1, s.means.shape[1] // 64))
-    for k in idx.tolist():
-        one = Splats(s.means[:, k:k + 1], s.chol[:, k:k + 1], ones[:, k:k + 1], s.height, s.width)
-        total += int((render_numba(one)[:, 0] > 0).sum())
-    return total / s.batch_size * s.means.shape[1] / len(idx)
-
-
-if __name__ == "__main__":
-    import sys
-    if "--bench" in sys.argv:
-        print("| N | CPU ms / image-iteration | wall ms / image-iteration | pairs / image | pairs / CPU s | threads | load |")
-        print("|---|---|---|---|---|---|---|")
-        for r in bench():
-            print(f"| {r['N']} | {r['cpu_ms']:.2f} | {r['wall_ms']:.2f} | {r['pairs_per_image']:.3g} | "
-                  f"{r['pairs_per_cpu_s']:.2g} | {r['threads']} | {r['load']:.1f} |")
