@@ -1,0 +1,95 @@
+"""FitConfig: every option of a batched fit, checked (fit/fitter.py runs it; CLI options map onto it).
+
+    cfg = FitConfig.from_options({"iters": 300, "relocate_every": 10})   # checked, one ValueError naming the option
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gaussianvision.fit.init import INITIALIZERS
+from gaussianvision.fit.prune import MEASURES
+
+__all__ = ["FitConfig", "SCHEDULES"]
+
+SCHEDULES = ("constant", "cosine", "exp")
+
+
+@dataclass
+class FitConfig:
+    iters: int = 500
+    init: str = "content"          # grid | content | random
+    lr_means: float = 0.8          # Adam step sizes (pixels, pixels, color units)
+    lr_chol: float = 0.4
+    lr_colors: float = 0.02
+    schedule: str = "constant"     # constant | cosine | exp (decay to lr_final x the rate)
+    lr_final: float = 0.1
+    ssim_weight: float = 0.0       # loss = (1 - w) MSE + w (1 - SSIM)
+    min_scale: float = 0.3         # pixels, lower bound of l11 and l22
+    target_psnr: float | None = None
+    plateau_patience: int | None = None
+    plateau_delta: float = 0.01    # dB
+    prune_lambda: float = 0.0      # L1 on luminance, times the mean over Gaussians
+    prune_measure: str = "energy"  # energy | max_color | luma (see fit/prune.py)
+    prune_tau: float | None = None
+    prune_fraction: float | None = None
+    finetune_iters: int = 0        # iterations after pruning
+    relocate_every: int = 0        # move the least important Gaussians to the error every k iterations (0: off)
+    relocate_fraction: float = 0.1  # share of each image's Gaussians moved each time (fit/relocate.py)
+    relocate_until: float = 0.6    # relocate only in this first share of the iterations (the rest settles)
+    backend: str = "auto"
+    device: str | None = None      # None: the images' device
+    seed: int = 0
+    record_at: tuple = ()          # iterations at which to record every image's PSNR
+
+    def _check_types(self) -> None:
+        """Every numeric option a number (not a string from a command line; an int option an
+        int, not 2.0 or True), init a known name."""
+        for name, f in self.__dataclass_fields__.items():
+            v = getattr(self, name)
+            want = str(f.type).replace("'", "")
+            if not want.startswith(("int", "float")) or (v is None and "None" in want):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"fit option {name}={v!r}: expected a number")
+            if want.startswith("int") and not isinstance(v, int):
+                raise ValueError(f"fit option {name}={v!r}: expected a whole number (an int)")
+        if not isinstance(self.init, str) or self.init not in INITIALIZERS:
+            raise ValueError(f"fit option init={self.init!r}: unknown initializer; choose one of {sorted(INITIALIZERS)}")
+
+    def check(self) -> "FitConfig":
+        self._check_types()
+        if self.iters < 0 or self.finetune_iters < 0:
+            raise ValueError(f"iters and finetune_iters must be >= 0, got {self.iters}, {self.finetune_iters}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
+        if self.prune_measure not in MEASURES:
+            raise ValueError(f"unknown prune measure {self.prune_measure!r}; choose one of {list(MEASURES)}")
+        if not 0.0 <= self.ssim_weight <= 1.0:
+            raise ValueError(f"ssim_weight must lie in [0, 1], got {self.ssim_weight}")
+        if self.prune_fraction is not None and not 0.0 <= self.prune_fraction <= 1.0:
+            raise ValueError(f"prune_fraction must lie in [0, 1], got {self.prune_fraction}")
+        if self.relocate_every < 0 or not 0.0 < self.relocate_fraction < 1.0 or not 0.0 <= self.relocate_until <= 1.0:
+            raise ValueError(f"relocate_every must be >= 0, relocate_fraction in (0, 1) and relocate_until in "
+                             f"[0, 1], got {self.relocate_every}, {self.relocate_fraction}, {self.relocate_until}")
+        if self.min_scale <= 0:
+            raise ValueError(f"min_scale must be positive, got {self.min_scale}")
+        return self
+
+    @classmethod
+    def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":
+        """A checked FitConfig from fit_images keyword options; unknown names (or names in
+        `exclude`) and bad values raise one ValueError naming them."""
+        fields = set(cls.__dataclass_fields__) - set(exclude)
+        bad = sorted(k for k in options if k not in fields)
+        if bad:
+            raise ValueError(f"fit options {bad}: not fit_images options"
+                             + (f" ({', '.join(exclude)} have their own settings)" if exclude else "")
+                             + f"; the options: {', '.join(sorted(fields))}")
+        try:
+            return cls(**options).check()
+        except TypeError as e:  # e.g. a value of the wrong type
+            raise ValueError(f"fit options {options}: {e}") from None
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_tau is not None or self.prune_fraction is not None
