@@ -131,9 +131,8 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def write_report(out: Path, results: dict, figs: dict) -> Path:
-    from gaussianvision.apps.report import Report
-    rep = Report(out / "report", "GaussianVision demo: the whole pipeline on one CPU")
+def _intro(rep, results: dict) -> None:
+    """What ran, the headline ratio, caveats."""
     zs = results["zeroshot"]
     main = str(zs["main_budget"])
     rep.text(f"Mode: {results['mode']}. World: {results['world']['splits']['train']['n']} captioned 64x64 training "
@@ -154,6 +153,11 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
     first = [v.get("first_cpu_seconds") if v["cached"] else v["cpu_seconds"] for v in results["timings"].values()]
     rep.text(f"Wall / CPU totals above are this run's (cached steps cost nothing); the steps' first runs took "
              f"{sum(x or 0 for x in first):.0f} s of CPU in all.", note=True)
+
+
+def _zeroshot(rep, results: dict, figs: dict) -> None:
+    """RGB teacher vs GS encoders per task and budget."""
+    zs = results["zeroshot"]
     rep.heading("Zero-shot: RGB teacher vs GS encoders, per task and budget")
     budgets = list(zs["budgets"])
     rows = []
@@ -183,6 +187,10 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
              "the group first in palette order (red before blue), so the relation prompts' words alone decide "
              "the class (docs/world.md).", note=True)
 
+
+
+def _photos(rep, results: dict, figs: dict) -> None:
+    """The bundled photos fitted at several N."""
     rep.heading("Bundled photos fitted at several N")
     rep.table([{"N": r["n_gaussians"], "size": f"{r['size']}x{r['size']}", "iterations": r["iters"],
                 "PSNR (dB)": f"{r['psnr']:.2f}", "SSIM": f"{r['ssim']:.3f}", "pixel bytes": r["pixel_bytes"],
@@ -193,6 +201,10 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
     for p in figs["ellipses"]:
         rep.figure(p, f"{Path(p).stem}: original, render, and every Gaussian as its 1-sigma ellipse", width=520)
 
+
+
+def _pipeline(rep, results: dict, figs: dict) -> None:
+    """Conversion, training, timings and settings."""
     rep.heading("The world converted to splats")
     rep.table([{"N": v["n_gaussians"], "images": v["converted"], "failed": v["failed"], "iterations": v["iters"],
                 "init": v["init"], "PSNR (dB)": f"{v['psnr']:.2f}" if v.get("psnr") else "-",
@@ -215,4 +227,13 @@ def write_report(out: Path, results: dict, figs: dict) -> Path:
     rep.heading("Settings")
     rep.parts.append("<pre style='font-size:0.8em'>" + json.dumps(results["settings"], indent=1)
                      .replace("&", "&amp;").replace("<", "&lt;") + "</pre>")
+
+
+def write_report(out: Path, results: dict, figs: dict) -> Path:
+    from gaussianvision.apps.report import Report
+    rep = Report(out / "report", "GaussianVision demo: the whole pipeline on one CPU")
+    _intro(rep, results)
+    _zeroshot(rep, results, figs)
+    _photos(rep, results, figs)
+    _pipeline(rep, results, figs)
     return rep.write()
