@@ -36,6 +36,7 @@ class FitConfig:
     relocate_every: int = 0        # move the least important Gaussians to the error every k iterations (0: off)
     relocate_fraction: float = 0.1  # share of each image's Gaussians moved each time (fit/relocate.py)
     relocate_until: float = 0.6    # relocate only in this first share of the iterations (the rest settles)
+    color_solve: int = 0           # CG iterations of least-squares colors after initialization (fit/colors.py; 0: off)
     backend: str = "auto"
     device: str | None = None      # None: the images' device
     seed: int = 0
@@ -71,6 +72,8 @@ class FitConfig:
         if self.relocate_every < 0 or not 0.0 < self.relocate_fraction < 1.0 or not 0.0 <= self.relocate_until <= 1.0:
             raise ValueError(f"relocate_every must be >= 0, relocate_fraction in (0, 1) and relocate_until in "
                              f"[0, 1], got {self.relocate_every}, {self.relocate_fraction}, {self.relocate_until}")
+        if self.color_solve < 0:
+            raise ValueError(f"color_solve must be >= 0 (conjugate-gradient iterations), got {self.color_solve}")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self

@@ -40,6 +40,7 @@ from gaussianvision.raster import render
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
+from gaussianvision.fit.colors import solve_colors
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import psnr, ssim
@@ -112,6 +113,9 @@ class Fitter:
                 raise ValueError(f"fit_images: n_gaussians must be >= 1, got {n_gaussians}")
             gen = torch.Generator().manual_seed(self.cfg.seed)
             s = initialize(init, self.images, int(n_gaussians), generator=gen, backend=self.cfg.backend)
+            if self.cfg.color_solve:  # the best colors for the initial geometry (never worse than the init's)
+                s = Splats(s.means, s.chol, solve_colors(s, self.images, self.cfg.color_solve, backend=self.cfg.backend),
+                           s.height, s.width, s.counts)
         self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
         self.counts = s.num_gaussians().to(self.device).clone()
         self.opt = BatchAdam(self.params, {"means": self.cfg.lr_means, "chol": self.cfg.lr_chol,
