@@ -82,3 +82,27 @@ def test_show_writes_a_png(mixed_folder, tmp_path, capsys):
     (tmp_path / "bad.gsv").write_bytes(b"nope")
     assert gsv(["show", str(tmp_path / "bad.gsv"), "--out", str(png)]) == 2
     assert "bad.gsv" in capsys.readouterr().err
+
+
+def test_fit_files_are_the_bytes_of_fit_images_on_each_size_batch(tmp_path, capsys):
+    """gsv fit runs the library's FitStream: images of one size share a batch (--batch-size), and
+    each NAME.gsv is exactly the encoding of fit_images on that batch (same config, same seed)."""
+    from gaussianvision.data.images import load_image
+    from gaussianvision.fit import FitConfig, fit_images
+    from gaussianvision.splats import encode
+    d = tmp_path / "in"
+    d.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for name, (h, w) in {"a": (12, 16), "b": (14, 14), "c": (12, 16), "d": (14, 14), "e": (12, 16)}.items():
+        save_png(torch.rand(3, h, w, generator=g), d / f"{name}.png")
+    out = tmp_path / "out"
+    assert gsv(["fit", str(d), "-n", "7", "--iters", "3", "--size", "0", "--batch-size", "2", "--dtype", "float32",
+                "--out", str(out), "--backend", "reference", "--json"]) == 0
+    results = {r["path"].split("/")[-1][0]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    cfg = FitConfig(iters=3, backend="reference", device="cpu")
+    for batch in (["a", "c"], ["b", "d"], ["e"]):
+        res = fit_images(torch.stack([load_image(d / f"{k}.png", size=None, min_side=11) for k in batch]), 7,
+                         config=cfg)
+        for j, k in enumerate(batch):
+            assert (out / f"{k}.gsv").read_bytes() == encode(res.splats[j], dtype="float32")
+            assert results[k]["batch_size"] == len(batch) and results[k]["psnr"] == res.metrics[j]["psnr"]

@@ -182,6 +182,34 @@ def run_cli(args, env_extra=None, cwd=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
 
 
+# `gsv convert` that dies by SIGKILL right after its Nth sample is written (argv[1]; the rest: the
+# command's arguments): the test's hook, patched into the subprocess, not a switch of the library
+KILL_AFTER_SAMPLES = """
+import os, signal, sys
+from gaussianvision.apps.cli.main import main
+from gaussianvision.data import conversion
+
+class KillingWriter(conversion.ShardWriter):
+    written = 0
+
+    def write(self, *args, **kwargs):
+        super().write(*args, **kwargs)
+        KillingWriter.written += 1
+        if KillingWriter.written >= int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+conversion.ShardWriter = KillingWriter
+sys.exit(main(["convert", *sys.argv[2:]]))
+"""
+
+
+def run_cli_killed_after(n: int, args):
+    env = dict(os.environ)
+    env.pop("MASTER_ADDR", None)
+    return subprocess.Popen([sys.executable, "-c", KILL_AFTER_SAMPLES, str(n), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 CLI_ARGS = ["--gaussians", "8", "--size", "16", "--iters", "2", "--init", "grid", "--fit-option",
             "backend=reference", "--batch-size", "3", "--shard-size", "3", "--no-progress"]
 
@@ -199,7 +227,7 @@ def test_kill_and_resume_equals_uninterrupted_run(folder_and_reference, tmp_path
     src, ref, s_ref = folder_and_reference
     out = tmp_path / "out"
     # SIGKILL in the middle of shard 1 (shard 0 holds 2 samples + 1 failure, so the 3rd write is in shard 1)
-    p = run_cli(["--input", str(src), "--output", str(out), *CLI_ARGS], {"GSV_TEST_KILL_AFTER_SAMPLES": "3"})
+    p = run_cli_killed_after(3, ["--input", str(src), "--output", str(out), *CLI_ARGS])
     _, err = p.communicate(timeout=300)
     assert p.returncode == -9, err.decode()[-2000:]
     assert (out / "000000.tar").is_file() and (out / "000000.stats.json").is_file()
@@ -213,6 +241,34 @@ def test_kill_and_resume_equals_uninterrupted_run(folder_and_reference, tmp_path
     assert (out / "failures.jsonl").read_bytes() == (ref / "failures.jsonl").read_bytes()
     again = convert_dataset(str(src), out, cfg())
     assert again["run"]["shards_converted"] == 0 and tar_bytes(out) == tar_bytes(ref)
+
+
+def test_a_worker_pool_gives_the_same_bytes(folder_and_reference, tmp_path):
+    """workers=1: the batches are fitted in a spawned process (FitStream.map_batches), same shards."""
+    src, ref, _ = folder_and_reference
+    s = convert_dataset(str(src), tmp_path / "out", cfg(workers=1))
+    assert s["complete"] and tar_bytes(tmp_path / "out") == tar_bytes(ref)
+    assert (tmp_path / "out" / "failures.jsonl").read_bytes() == (ref / "failures.jsonl").read_bytes()
+
+
+def test_one_image_that_fails_to_fit_costs_only_itself(tmp_path, monkeypatch):
+    """The batch is refitted image by image: the others are converted, the bad one is a 'fit' failure."""
+    import gaussianvision.fit.stream as stream_mod
+    real = stream_mod.fit_images
+
+    def fit(images, n, **kw):
+        if (images.mean(dim=(1, 2, 3)) > 0.99).any():  # the white image
+            raise RuntimeError("boom")
+        return real(images, n, **kw)
+    monkeypatch.setattr(stream_mod, "fit_images", fit)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 255 if i == 1 else 60 * i, np.uint8)).save(src / f"{i}.png")
+    s = convert_dataset(str(src), tmp_path / "out", cfg(shard_size=10))
+    assert (s["converted"], s["failed"], s["failed_by_stage"]) == (2, 1, {"fit": 1})
+    fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert fail["source"] == "1.png" and fail["reason"] == "fit failed: RuntimeError: boom"
 
 
 def test_two_ranks_split_the_shards(folder_and_reference, tmp_path):

@@ -68,6 +68,28 @@ def test_results_schema_and_numbers(demo):
     assert all((out / f"stage2_n{b}" / "gsclip.safetensors").is_file() for b in budgets)
 
 
+def test_photo_step_files_are_fit_images_of_all_photos_in_one_batch(demo):
+    """The photo step runs FitStream with every photo in one batch: photos_nN.gsv is the encoding
+    of fit_images on the stacked photos, and its PSNRs are that fit's."""
+    import torch
+    from gaussianvision.apps.demo.steps import SETTINGS
+    from gaussianvision.data.photos import bundled_photos
+    from gaussianvision.fit import fit_images
+    from gaussianvision.splats import encode
+    out, _, r, _ = demo
+    s = SETTINGS["tiny"]["photos"]
+    photos = bundled_photos(s["size"], names=tuple(s["names"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo ran (--threads 1)
+    try:
+        for n, row in zip(s["n"], r["photos"]["rows"]):
+            res = fit_images(torch.stack([im for _, im in photos]), n, iters=s["iters"], init=s["init"])
+            assert (out / "photos" / f"photos_n{n}.gsv").read_bytes() == encode(res.splats)
+            assert row["psnr_per_photo"] == {name: m["psnr"] for (name, _), m in zip(photos, res.metrics)}
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_report_files_and_browser(demo):
     out, _, r, _ = demo
     page = out / "report" / "index.html"

@@ -252,6 +252,35 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
     assert "--fit-option: fit options ['iters']" in capsys.readouterr().err
 
 
+def test_splat_cache_files_are_the_bytes_of_fit_images_in_fit_batch_chunks(tmp_path, monkeypatch):
+    """SplatCache fits its misses through FitStream in chunks of fit_batch (a repeated image once):
+    each cache file is the encoding of fit_images on that chunk; a failed fit is raised as it was."""
+    from gaussianvision.eval.datasets import SplatCache, SplatSettings
+    from gaussianvision.fit import fit_images
+    from gaussianvision.splats import encode
+    settings = SplatSettings(n_gaussians=5, iters=3, init="grid", size=12, fit_batch=2,
+                             fit_options={"backend": "reference"})
+    imgs = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(2)).mul(255).round().div(255)
+    imgs[2] = imgs[0]
+    cache = SplatCache(tmp_path / "c", settings)
+    got = cache(imgs)
+    assert (cache.fits, cache.hits) == (3, 1) and got.batch_size == 4
+    want = []
+    for chunk in ([0, 1], [3]):
+        res = fit_images(imgs[chunk], 5, iters=3, init="grid", backend="reference")
+        want += [encode(res.splats[j]) for j in range(len(chunk))]
+    files = {p.read_bytes() for p in (tmp_path / "c").rglob("*.gsv")}
+    assert files == set(want) and len(files) == 3
+
+    import gaussianvision.fit.stream as stream_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(stream_mod, "fit_images", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        SplatCache(None, settings)(imgs)
+
+
 def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys, monkeypatch):
     """Issue 18: offline, rgb:ViT-B-16:openai fails at once with one clear line (no hub retries)."""
     import huggingface_hub

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -40,6 +38,7 @@ from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from gaussianvision.data.shards import ShardWriter
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
+from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
 
 __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
 
@@ -93,64 +92,16 @@ def resolve_rank(rank=None, world_size=None, device="cpu") -> tuple[int, int, st
     return r, w, device
 
 
-# ------------------------------------------------------------------------- fitting job
+# ------------------------------------------------------------------------- fitting
 def _init_worker() -> None:
     torch.set_num_threads(1)  # W worker processes share the cores; oversubscription only slows them
 
 
-def _fit_job(images_u8: np.ndarray, n: int, fit_options: dict, layout: str, dtype: str, zstd: bool,
-             device: str) -> list[tuple[bytes | None, dict | None, str | None]]:
-    """Fit a batch [B, 3, S, S] uint8; per image (gsv bytes, metrics, None) or (None, None, reason)."""
-    from gaussianvision.fit import fit_images
-    from gaussianvision.splats.format import encode
-    from gaussianvision.splats.format import encode_quantized
-
-    def enc(s):
-        if layout == "quantized":
-            return encode_quantized(s, zstd=zstd)
-        return encode(s, layout=layout, dtype=dtype)
-
-    def one_batch(u8):
-        images = torch.from_numpy(u8).to(device).float().div_(255.0)
-        t0 = time.perf_counter()
-        res = fit_images(images, n, **fit_options)
-        secs = (time.perf_counter() - t0) / len(u8)
-        out = []
-        splats = res.splats.detach().to("cpu")
-        for b in range(len(u8)):
-            try:
-                data = enc(splats[b])
-            except Exception as e:  # a diverged fit (NaN) or an out-of-range value
-                out.append((None, None, f"fit result not storable: {e}"))
-                continue
-            m = dict(res.metrics[b])
-            m["seconds"] = secs
-            out.append((data, m, None))
-        return out
-
-    try:
-        return one_batch(images_u8)
-    except Exception as e:
-        if len(images_u8) == 1:
-            return [(None, None, f"fit failed: {type(e).__name__}: {e}")]
-    # one bad image must not cost its batch: refit one by one to find it
-    out = []
-    for b in range(len(images_u8)):
-        try:
-            out.extend(one_batch(images_u8[b: b + 1]))
-        except Exception as e:
-            out.append((None, None, f"fit failed: {type(e).__name__}: {e}"))
-    return out
-
-
-class _Done:
-    """A finished 'future' for in-process fitting."""
-
-    def __init__(self, value):
-        self._value = value
-
-    def result(self):
-        return self._value
+def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
+    """The fit of a conversion: fit_images' options, on cfg.device, encoded as the shards store it."""
+    options = cfg.fit_options if fit_options is None else fit_options
+    return FitStream(cfg.n_gaussians, FitConfig(**{"device": cfg.device, **options}), batch_size=cfg.batch_size,
+                     encoding=Encoding(layout=cfg.layout, dtype=cfg.dtype, zstd=cfg.zstd))
 
 
 # ------------------------------------------------------------------------- one shard
@@ -193,12 +144,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class _Converter:
     def __init__(self, out: Path, cfg: ConvertConfig):
         self.out, self.cfg = out, cfg
-        self.kill_after = int(os.environ.get("GSV_TEST_KILL_AFTER_SAMPLES", "0"))  # test hook: SIGKILL
         self.written = 0
         self.writing = ""  # the file being written (for the message of a write error)
 
     def samples(self, pending: list[Unit]):
-        """Work items in order: ("batch", shard, positions, uint8 images) and ("end", shard)."""
+        """Work in order: ((shard, positions), uint8 images [B, 3, S, S]) per batch of a shard, then
+        ((shard, None), None) at its end."""
         cfg = self.cfg
         for unit in pending:
             sh = _Shard(unit)
@@ -227,19 +178,19 @@ class _Converter:
                 pos_batch.append(pos)
                 img_batch.append((img * 255.0).round_().to(torch.uint8).numpy())
                 if len(pos_batch) == cfg.batch_size:
-                    yield "batch", sh, pos_batch, np.stack(img_batch)
+                    yield (sh, pos_batch), np.stack(img_batch)
                     pos_batch, img_batch = [], []
             if pos_batch:
-                yield "batch", sh, pos_batch, np.stack(img_batch)
-            yield "end", sh, None, None
+                yield (sh, pos_batch), np.stack(img_batch)
+            yield (sh, None), None
 
-    def collect(self, sh: _Shard, positions, results) -> None:
-        for pos, (data, metrics, err) in zip(positions, results):
+    def collect(self, sh: _Shard, positions, items: list[FitItem]) -> None:
+        for pos, it in zip(positions, items):
             raw = sh.waiting.pop(pos)
-            if err is not None:
-                sh.fail(pos, raw, "fit", err)
+            if not it.ok:
+                sh.fail(pos, raw, "fit", it.error)
             else:
-                sh.entries[pos] = ("ok", raw, data, metrics)
+                sh.entries[pos] = ("ok", raw, it.data, dict(it.metrics, seconds=it.seconds))
 
     def finish(self, sh: _Shard) -> dict:
         """Write the shard's tar, failures and stats (last: it marks the shard finished)."""
@@ -294,8 +245,6 @@ class _Converter:
                 w.write(raw.key, fields)
                 done.append(dict(info, seconds=float(m.get("seconds", 0.0)), gsv_bytes=len(data)))
                 self.written += 1
-                if self.kill_after and self.written >= self.kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
         return done
 
 
@@ -368,7 +317,6 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
 
 def _check_settings(cfg: ConvertConfig) -> None:
     """Every setting checked without fitting (see _probe_fit for the rest); ConvertError."""
-    from gaussianvision.fit import FitConfig
     if cfg.n_gaussians < 1:
         raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
     if cfg.size < 1:
@@ -397,7 +345,7 @@ def _probe_fit(cfg: ConvertConfig) -> None:
     failing every sample of the run."""
     opts = dict(cfg.fit_options, iters=1, finetune_iters=min(1, cfg.fit_options.get("finetune_iters", 0)))
     blank = np.full((1, 3, cfg.size, cfg.size), 128, np.uint8)
-    _, _, err = _fit_job(blank, cfg.n_gaussians, opts, cfg.layout, cfg.dtype, cfg.zstd, cfg.device)[0]
+    err = _stream(cfg, opts).fit_batch([0], blank)[0].error
     if err is not None:
         raise ConvertError(f"fit options {cfg.fit_options} (size {cfg.size}, {cfg.n_gaussians} Gaussians, "
                            f"device {cfg.device}): {err}")
@@ -449,30 +397,16 @@ def _write_error(out: Path, e: OSError, writing: str, done: list[str]) -> str:
 
 
 def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:
-    """Fit the batches of `pending` in order (in `pool`, or here) and write each shard when its
-    batches are back; finished shards' stats go to `done_shards`."""
-    cfg = conv.cfg
-    args = (cfg.n_gaussians, dict(cfg.fit_options), cfg.layout, cfg.dtype, cfg.zstd, cfg.device)
-    fifo: deque = deque()
-
-    def pop() -> None:
-        kind, sh, positions, fut = fifo.popleft()
-        if kind == "batch":
-            conv.collect(sh, positions, fut.result())
+    """Fit the batches of `pending` in order (the library's FitStream, in `pool` or here) and write
+    each shard when its batches are back; finished shards' stats go to `done_shards`."""
+    work = _stream(conv.cfg).map_batches(conv.samples(pending), pool, max_inflight)
+    for (sh, positions), items in work:
+        if positions is not None:
+            conv.collect(sh, positions, items)
             bar.batch(len(positions))
         else:
             done_shards.append(conv.finish(sh))
             bar.shard(done_shards)
-
-    for kind, sh, positions, imgs in conv.samples(pending):
-        fut = None
-        if kind == "batch":
-            fut = pool.submit(_fit_job, imgs, *args) if pool else _Done(_fit_job(imgs, *args))
-        fifo.append((kind, sh, positions, fut))
-        while fifo and (fifo[0][0] == "end" or sum(e[0] == "batch" for e in fifo) > max_inflight):
-            pop()
-    while fifo:
-        pop()
 
 
 class _Progress:

@@ -78,8 +78,7 @@ class SplatCache:
 
     def __call__(self, images: torch.Tensor):
         """[B, 3, S, S] in [0, 1] -> Splats (padded, with counts)."""
-        from gaussianvision.fit import fit_images
-        from gaussianvision.splats import Splats, decode, encode
+        from gaussianvision.splats import Splats, decode
         u8 = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
         hashes = [self._hash(u8[b]) for b in range(u8.shape[0])]
         out: list = [None] * len(hashes)
@@ -93,26 +92,14 @@ class SplatCache:
                 self.hits += 1
             else:
                 todo[h] = [b]
-        s = self.settings
-        pending = list(todo)
-        for i in range(0, len(pending), s.fit_batch):
-            chunk = pending[i:i + s.fit_batch]
-            imgs = u8[[todo[h][0] for h in chunk]].to(self.device).float() / 255.0
-            with torch.enable_grad():  # the evaluation runs under no_grad; fitting is an optimization
-                res = fit_images(imgs, s.n_gaussians, iters=s.iters, init=s.init, progress=self.progress,
-                                 **s.fit_options)
-            for j, h in enumerate(chunk):
-                data = encode(res.splats[j].to("cpu"))
-                for b in todo[h]:
-                    out[b] = decode(data)
-                p = self._path(h)
-                if p is not None:
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, p)
-                self.fits += 1
-                self.hits += len(todo[h]) - 1
+        for item in self._fit(u8, todo):
+            if not item.ok:  # the evaluation cannot go on without this image's splats
+                raise item.exception
+            for b in todo[item.key]:
+                out[b] = decode(item.data)
+            self._store(item.key, item.data)
+            self.fits += 1
+            self.hits += len(todo[item.key]) - 1
         batch = Splats.stack(out)
         from gaussianvision.fit.metrics import psnr
         from gaussianvision.raster import render
@@ -120,6 +107,24 @@ class SplatCache:
         self.psnr_sum += float(p.sum())
         self.psnr_count += int(p.numel())
         return batch
+
+    def _fit(self, u8: torch.Tensor, todo: dict[str, list[int]]):
+        """The images to fit through the library's FitStream, in chunks of fit_batch (all one
+        size), encoded in the cache's format (interleaved float16); FitItems keyed by hash."""
+        from gaussianvision.fit import Encoding, FitConfig, FitStream
+        s = self.settings
+        config = FitConfig(**dict(s.fit_options, iters=s.iters, init=s.init))
+        stream = FitStream(s.n_gaussians, config, batch_size=s.fit_batch, encoding=Encoding(), retry=False,
+                           progress=self.progress)
+        return stream((h, u8[b[0]].to(self.device).float() / 255.0) for h, b in todo.items())
+
+    def _store(self, h: str, data: bytes) -> None:
+        p = self._path(h)
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
 
 
 class _Classes:

@@ -6,6 +6,7 @@ rest are fitted in batches. Writes OUT/NAME.gsv (and OUT/NAME.png with --save-pn
 OUT/results.json: {"results": [per image], "failures": [...], "config": {...}}; per image,
 `seconds` is its share of its batch (`batch_seconds` / `batch_size`). Exit code 0 when at least
 one image was fitted, 2 when every input failed (after the report) or on a bad option.
+The batching, fitting and encoding are the library's FitStream (fit/stream.py).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import ImageLoadError, list_images, load_image
-from gaussianvision.fit import FitConfig, INITIALIZERS, MEASURES, fit_images
+from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
-from gaussianvision.splats import save
 from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
@@ -108,74 +109,73 @@ def _out_folder(out: Path) -> None:
         raise CliError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
-class _Batches:
-    """Images loaded lazily and fitted in batches of one size, written as each batch is done."""
-
-    def __init__(self, a, cfg: FitConfig, bar, progress: bool):
-        self.a, self.cfg, self.bar, self.progress = a, cfg, bar, progress
-        self.results: list[dict] = []
-        self.failures: list[dict] = []
-        self.pending: dict[tuple, list] = {}
-
-    def add(self, path: Path, name: str) -> None:
+def _images(a, paths: list[Path], failures: list[dict], bar):
+    """(path, name), image for each input that loads, in order; the others go to `failures`."""
+    for path, name in zip(paths, _names(paths)):
         try:
-            img = load_image(path, size=self.a.size or None, min_side=8 if self.a.size else MIN_SIZE)
+            img = load_image(path, size=a.size or None, min_side=8 if a.size else MIN_SIZE)
         except ImageLoadError as e:
-            self.failures.append({"path": str(path), "error": str(e)})
-            self.bar.update(1)
-            return
-        items = self.pending.setdefault(tuple(img.shape[-2:]), [])
-        items.append((path, name, img))
-        if len(items) >= self.a.batch_size:
-            self.flush(tuple(img.shape[-2:]))
+            failures.append({"path": str(path), "error": str(e)})
+            bar.update(1)
+            continue
+        yield (path, name), img
 
-    def flush(self, key: tuple) -> None:
-        items = self.pending.pop(key, [])
-        if not items:
-            return
-        try:
-            res = fit_images(torch.stack([t for _, _, t in items]), self.a.gaussians, config=self.cfg,
-                             progress=self.progress)
-        except (RuntimeError, ValueError) as e:  # one failed batch must not cost the others
-            self.failures += [{"path": str(p), "error": f"{p}: fit failed: {e}"} for p, _, _ in items]
+
+def _write(a, item: FitItem) -> dict:
+    """NAME.gsv (and NAME.png) of a fitted image; its record for results.json."""
+    (path, name), s, m = item.key, item.splats, item.metrics
+    gsv_path = a.out / f"{name}.gsv"
+    try:
+        write_atomic(gsv_path, lambda tmp: tmp.write_bytes(item.data))
+    except OSError as e:
+        raise CliError(f"cannot write {gsv_path} ({e.strerror or e})") from None
+    nbytes = len(item.data)
+    rec = {"path": str(path), "output": str(gsv_path), "psnr": m["psnr"], "ssim": m["ssim"],
+           "n_gaussians": m["n_gaussians"], "bytes": nbytes, "compression_ratio": s.pixel_bytes() / nbytes,
+           "iterations": m["iterations"], "seconds": m["seconds"], "batch_seconds": m["batch_seconds"],
+           "batch_size": item.batch_size, "height": s.height, "width": s.width, "pruned": m["pruned"],
+           "stopped": m["stopped"]}
+    if a.save_png:
+        rec["png"] = str(a.out / f"{name}.png")
+        write_png(render(s, backend=a.backend)[0], Path(rec["png"]))
+    return rec
+
+
+def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple[list[dict], list[dict]]:
+    """Fit the images through the library's FitStream (batches of one size, written as each batch
+    is done); (results, failures)."""
+    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype),
+                       ordered=False, progress=progress)
+    results: list[dict] = []
+    failures: list[dict] = []
+    for item in stream(_images(a, paths, failures, bar)):
+        path = item.key[0]
+        if item.ok:
+            results.append(_write(a, item))
+        elif item.exception is not None:
+            failures.append({"path": str(path), "error": f"{path}: fit failed: {item.exception}"})
         else:
-            for b, (path, name, _) in enumerate(items):
-                self.results.append(self._write(path, name, res.splats[b], res.metrics[b], len(items)))
-        self.bar.update(len(items))
-
-    def _write(self, path: Path, name: str, s, m: dict, batch: int) -> dict:
-        gsv_path = self.a.out / f"{name}.gsv"
-        try:
-            nbytes = save(gsv_path, s, dtype=self.a.dtype)
-        except OSError as e:
-            raise CliError(f"cannot write {gsv_path} ({e.strerror or e})") from None
-        rec = {"path": str(path), "output": str(gsv_path), "psnr": m["psnr"], "ssim": m["ssim"],
-               "n_gaussians": m["n_gaussians"], "bytes": nbytes, "compression_ratio": s.pixel_bytes() / nbytes,
-               "iterations": m["iterations"], "seconds": m["seconds"], "batch_seconds": m["batch_seconds"],
-               "batch_size": batch, "height": s.height, "width": s.width, "pruned": m["pruned"],
-               "stopped": m["stopped"]}
-        if self.a.save_png:
-            rec["png"] = str(self.a.out / f"{name}.png")
-            write_png(render(s, backend=self.a.backend)[0], Path(rec["png"]))
-        return rec
+            failures.append({"path": str(path), "error": f"{path}: {item.error}"})
+        bar.update(1)
+    return results, failures
 
 
-def _report(a, cfg: FitConfig, paths: list[Path], r: _Batches) -> int:
+def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures: list[dict]) -> int:
     order = {str(p): i for i, p in enumerate(paths)}
-    r.results.sort(key=lambda x: order[x["path"]])
-    summary = {"results": r.results, "failures": r.failures, "fitted": len(r.results), "failed": len(r.failures),
+    results.sort(key=lambda x: order[x["path"]])
+    summary = {"results": results, "failures": failures, "fitted": len(results), "failed": len(failures),
                "config": {**vars(cfg), "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
-    if not r.results:  # still one JSON document on stdout, the reason in it and on stderr
-        summary["error"] = f"every input failed ({len(r.failures)} of {len(paths)}); nothing was fitted"
+    if not results:  # still one JSON document on stdout, the reason in it and on stderr
+        summary["error"] = f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted"
     try:
         write_json(a.out / "results.json", summary)
     except OSError as e:
         raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
     lines = [f"{Path(x['path']).name}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
              f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {x['width']}x{x['height']}"
-             for x in r.results]
-    lines += [f"FAILED {f['error']}" for f in r.failures]
-    lines.append(f"fitted {len(r.results)}, failed {len(r.failures)}; wrote {a.out}/")
+             for x in results]
+    lines += [f"FAILED {f['error']}" for f in failures]
+    lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
     emit(summary, a.json, "\n".join(lines))
     if "error" in summary:
         print(f"gsv fit: {summary['error']}", file=sys.stderr)
@@ -196,10 +196,6 @@ def main(argv=None) -> int:
         from tqdm import tqdm
         progress = not (a.json or a.no_progress)
         with tqdm(total=len(paths), desc="gsv fit", unit="img", disable=not progress) as bar:
-            r = _Batches(a, cfg, bar, progress)
-            for path, name in zip(paths, _names(paths)):
-                r.add(path, name)
-            for key in list(r.pending):
-                r.flush(key)
-        return _report(a, cfg, paths, r)
+            results, failures = _fit_all(a, cfg, paths, bar, progress)
+        return _report(a, cfg, paths, results, failures)
     return run("fit", go, args)

@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go(a):
-        mode = "tiny" if a.tiny or os.environ.get("GSV_DEMO_TINY") == "1" else ("quick" if a.quick else "full")
+        mode = "tiny" if a.tiny else ("quick" if a.quick else "full")
         r = run_demo(a.out, mode=mode, force=a.force, progress=not a.no_progress and not a.json, threads=a.threads)
         emit(r, a.json, _human(r))
     return run("demo", go, args)

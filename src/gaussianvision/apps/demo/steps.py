@@ -175,32 +175,38 @@ def step_world(out: Path, s: dict, force: bool) -> dict:
 
 def step_photos(out: Path, s: dict, progress: bool) -> dict:
     from gaussianvision.data.photos import PHOTO_NAMES, bundled_photos
-    from gaussianvision.fit import fit_images
+    from gaussianvision.fit import Encoding, FitConfig, FitStream
     from gaussianvision.raster import render
-    from gaussianvision.splats import encode, save
+    from gaussianvision.splats import Splats, save
     from gaussianvision.data.images import save_png
     d = _fresh(out / "photos")
     names = tuple(s["names"] or PHOTO_NAMES)
     photos = bundled_photos(s["size"], names=names)
-    imgs = torch.stack([im for _, im in photos])
     for (name, im) in photos:
         save_png(im, d / f"{name}_original.png")
     rows = []
     for n in s["n"]:
-        t0 = time.perf_counter()
-        res = fit_images(imgs, n, iters=s["iters"], init=s["init"], progress=progress)
+        t0 = time.perf_counter()  # every photo in one batch, through the library's FitStream
+        stream = FitStream(n, FitConfig(iters=s["iters"], init=s["init"]), batch_size=len(photos),
+                           encoding=Encoding(), retry=False, progress=progress)
+        items = list(stream(photos))
         secs = time.perf_counter() - t0
-        save(d / f"photos_n{n}.gsv", res.splats)
-        rendered = render(res.splats).clamp(0, 1)
+        for it in items:
+            if not it.ok:
+                raise it.exception
+        metrics = [it.metrics for it in items]
+        splats = Splats.stack([it.splats for it in items])
+        save(d / f"photos_n{n}.gsv", splats)
+        rendered = render(splats).clamp(0, 1)
         for b, (name, _) in enumerate(photos):
             save_png(rendered[b], d / f"{name}_n{n}.png")
-        file_bytes = len(encode(res.splats[0]))
+        file_bytes = len(items[0].data)
         pixel = 3 * s["size"] * s["size"]
         payload = PIXEL_BYTES_PER_GAUSSIAN * n
         rows.append({"n_gaussians": n, "size": s["size"], "iters": s["iters"], "init": s["init"],
-                     "psnr": sum(m["psnr"] for m in res.metrics) / len(res.metrics),
-                     "ssim": sum(m["ssim"] for m in res.metrics) / len(res.metrics),
-                     "psnr_per_photo": {name: res.metrics[b]["psnr"] for b, (name, _) in enumerate(photos)},
+                     "psnr": sum(m["psnr"] for m in metrics) / len(metrics),
+                     "ssim": sum(m["ssim"] for m in metrics) / len(metrics),
+                     "psnr_per_photo": {name: metrics[b]["psnr"] for b, (name, _) in enumerate(photos)},
                      "pixel_bytes": pixel, "payload_bytes": payload, "file_bytes": file_bytes,
                      "compression": pixel / payload, "seconds_per_image": secs / len(photos)})
     return {"dir": str(d), "names": list(names), "rows": rows}

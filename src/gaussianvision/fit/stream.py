@@ -1,0 +1,212 @@
+"""FitStream: fit a stream of images in batches, and encode them; per item a result or a failure.
+
+    stream = FitStream(n_gaussians=400, config=FitConfig(iters=500), batch_size=16,
+                       encoding=Encoding(dtype="float16"))
+    for item in stream((key, image) for key, image in ...):   # image [3, H, W] in [0, 1]
+        item.key, item.splats, item.metrics, item.data        # or item.error (the reason)
+
+The one batching loop of `gsv fit`, `gsv convert`, `gsv eval`'s splat cache and the demo's
+photo step. The rules:
+- a batch holds images of one size (height, width): images are never resized here (the
+  callers crop or resize before). Each size has its own open batch; a batch is fitted as soon
+  as it holds `batch_size` images, and the open ones at the end of the stream, in the order
+  their sizes first opened (a size reopened after its batch was fitted comes last).
+- every batch is one `fit_images(images, n_gaussians, config=config)` call: the same config
+  (so the same seed) for every batch, as each caller always had.
+- failures are per item, never raised: a batch whose fit raises is fitted again image by image
+  (with `retry`, the default) so one bad image costs only itself; an item whose splats cannot
+  be encoded fails alone ("fit result not storable").
+- results come in input order (`ordered=True`, the default) or as each batch is done.
+- `on_batch(items)` is called after each batch with its results (a progress bar's hook);
+  `progress` shows fit_images' own per-iteration bar.
+
+Callers that form their batches themselves (data/conversion.py: batches never cross a shard)
+use `fit_batch(keys, images)` for one, or `map_batches` for a stream of them, in a process pool
+or here, results in order; uint8 images are read as pixel / 255 on the config's device.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from gaussianvision.fit.config import FitConfig
+from gaussianvision.fit.fitter import fit_images
+from gaussianvision.splats.format import encode
+from gaussianvision.splats.types import Splats
+
+__all__ = ["Encoding", "FitItem", "FitStream"]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a fitted image becomes .gsv bytes: splats/format.py's layout and dtype (quantized:
+    its zstd choice; the dtype does not apply)."""
+    layout: str = "interleaved"
+    dtype: str = "float16"
+    zstd: bool = False
+
+    def __call__(self, splats: Splats) -> bytes:
+        if self.layout == "quantized":
+            return encode(splats, layout="quantized", zstd=self.zstd)
+        return encode(splats, layout=self.layout, dtype=self.dtype)
+
+
+@dataclass
+class FitItem:
+    """One image's result. On success: splats [1, n] (on the fit's device), metrics (fit_images'
+    per-image dict), data (the encoded bytes, with an Encoding). On failure: error (the reason,
+    e.g. "fit failed: RuntimeError: ...") and exception (the error raised; None for encoding)."""
+    key: Any
+    splats: Splats | None = None
+    metrics: dict | None = None
+    data: bytes | None = None
+    error: str | None = None
+    exception: BaseException | None = None
+    seconds: float = 0.0   # wall time of the fit_images call / the images in it
+    batch_size: int = 0    # images fitted together with this one (1 after a retry)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class FitStream:
+    n_gaussians: int
+    config: FitConfig = field(default_factory=FitConfig)
+    batch_size: int = 16
+    encoding: Encoding | None = None  # None: no bytes (item.data stays None)
+    retry: bool = True                # a failed batch is fitted again image by image
+    ordered: bool = True              # False: each batch's items as soon as it is done
+    progress: bool = False            # fit_images' per-iteration progress bar
+
+    def __call__(self, items: Iterable[tuple[Any, torch.Tensor]],
+                 on_batch: Callable[[list[FitItem]], None] | None = None) -> Iterator[FitItem]:
+        """Fit (key, image [3, H, W]) items in batches of one size; yield a FitItem per item."""
+        if self.batch_size < 1:
+            raise ValueError(f"FitStream: batch_size must be >= 1, got {self.batch_size}")
+        open_batches: dict[tuple, list[tuple[int, Any, torch.Tensor]]] = {}
+        done: dict[int, FitItem] = {}
+        next_out = 0
+        for index, (key, image) in enumerate(items):
+            shape = tuple(image.shape[-2:])
+            batch = open_batches.setdefault(shape, [])
+            batch.append((index, key, image))
+            if len(batch) < self.batch_size:
+                continue
+            done.update(self._run(open_batches.pop(shape), on_batch))
+            next_out = yield from self._release(done, next_out)
+        for shape in list(open_batches):
+            done.update(self._run(open_batches.pop(shape), on_batch))
+            next_out = yield from self._release(done, next_out)
+
+    def _run(self, batch: list, on_batch) -> dict[int, FitItem]:
+        results = self.fit_batch([k for _, k, _ in batch], torch.stack([im for _, _, im in batch]))
+        if on_batch is not None:
+            on_batch(results)
+        return {index: r for (index, _, _), r in zip(batch, results)}
+
+    def _release(self, done: dict[int, FitItem], next_out: int):
+        """Yield the finished items that may go out now; returns the next index in order."""
+        if not self.ordered:
+            for index in sorted(done):
+                yield done.pop(index)
+            return next_out
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+        return next_out
+
+    def map_batches(self, batches: Iterable[tuple[Any, Any]], executor=None,
+                    max_inflight: int = 2) -> Iterator[tuple[Any, list[FitItem] | None]]:
+        """(tag, images [B, 3, H, W] or None) in, (tag, a FitItem per image or None) out, in input
+        order; a None passes through untouched (a marker, e.g. the end of a shard). With an
+        executor (a process pool), up to `max_inflight` batches run there at once and their items
+        come back without splats or exception (bytes, metrics, error); without, each runs here."""
+        fifo: deque = deque()
+        for tag, images in batches:
+            job = None
+            if images is not None:
+                job = executor.submit(_pool_job, self, images) if executor else _Done(self._keyed(images))
+            fifo.append((tag, job))
+            while fifo and (fifo[0][1] is None or sum(j is not None for _, j in fifo) > max_inflight):
+                yield _pop(fifo)
+        while fifo:
+            yield _pop(fifo)
+
+    def _keyed(self, images) -> list[FitItem]:
+        return self.fit_batch(list(range(len(images))), images)
+
+    def fit_batch(self, keys: list, images) -> list[FitItem]:
+        """Fit one batch [B, 3, H, W] (float in [0, 1], or uint8 pixels); a FitItem per image,
+        failures included (with `retry`, a failed batch is refitted image by image)."""
+        images = self._pixels(images)
+        try:
+            return self._fit(keys, images)
+        except Exception as e:
+            if not self.retry or len(keys) == 1:
+                return [_failed(k, e) for k in keys]
+        out = []
+        for b, key in enumerate(keys):  # one bad image must not cost its batch
+            try:
+                out.extend(self._fit([key], images[b: b + 1]))
+            except Exception as e:
+                out.append(_failed(key, e))
+        return out
+
+    def _pixels(self, images) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if images.dtype == torch.uint8:
+            images = images.to(self.config.device or "cpu").float().div_(255.0)
+        return images
+
+    def _fit(self, keys: list, images: torch.Tensor) -> list[FitItem]:
+        t0 = time.perf_counter()
+        with torch.enable_grad():  # a fit is an optimization, also when the caller runs under no_grad
+            res = fit_images(images, self.n_gaussians, config=self.config, progress=self.progress)
+        seconds = (time.perf_counter() - t0) / len(keys)
+        splats = res.splats.detach()
+        out = []
+        for b, key in enumerate(keys):
+            item = FitItem(key, splats[b], res.metrics[b], seconds=seconds, batch_size=len(keys))
+            if self.encoding is not None:
+                try:
+                    item.data = self.encoding(item.splats)
+                except Exception as e:  # a diverged fit (NaN) or a value out of the dtype's range
+                    item = FitItem(key, error=f"fit result not storable: {e}", seconds=seconds,
+                                   batch_size=len(keys))
+            out.append(item)
+        return out
+
+
+class _Done:
+    """A finished 'future' for a batch fitted here."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+def _pop(fifo: deque) -> tuple[Any, list[FitItem] | None]:
+    tag, job = fifo.popleft()
+    return tag, (None if job is None else job.result())
+
+
+def _pool_job(stream: FitStream, images) -> list[FitItem]:
+    """A batch fitted in a worker process: only what pickles small comes back."""
+    items = stream._keyed(images)
+    for it in items:
+        it.splats, it.exception = None, None
+    return items
+
+
+def _failed(key, e: Exception) -> FitItem:
+    return FitItem(key, error=f"fit failed: {type(e).__name__}: {e}", exception=e)
