@@ -103,3 +103,82 @@ def test_truncated_shard_keeps_the_samples_before_the_cut(tmp_path):
     with pytest.warns(UserWarning, match="truncated or corrupt shard"):
         keys = [k for b in splat_loader(paths, batch_size=8) for k in b["key"]]
     assert keys and keys == ALL[: len(keys)] and len(keys) < 5
+
+
+def _rows(batch):
+    sp = batch["splats"]
+    return [(sp.means[b, :n], sp.chol[b, :n], sp.colors[b, :n]) for b, n in enumerate(sp.counts.tolist())]
+
+
+def test_splat_loader_and_the_trainer_decode_alike(tmp_path):
+    """One decoding path: the trainer's source and splat_loader give the same Splats, text, keys
+    and images, batch for batch in file order and row for row in the trainer's shuffled order."""
+    from gaussianvision.train.batches import build_source
+    paths = make_shards(tmp_path / "s", n_shards=2, per_shard=5, images=True)
+    mine = list(splat_loader(paths, batch_size=4, with_images=True))
+    src = build_source(paths, ("splats", "text", "image"), 4, buffer=4)
+    read = [x for u in src.shards for x in src.read_shard(u)]
+    theirs = [src.collate(read[i:i + 4]) for i in range(0, len(read), 4)]
+    assert len(mine) == len(theirs) == 3
+    for a, b in zip(mine, theirs):
+        assert set(a) == set(b) == {"splats", "text", "key", "image"}
+        assert a["key"] == b["key"] and a["text"] == b["text"] and torch.equal(a["image"], b["image"])
+        for f in ("means", "chol", "colors", "counts"):
+            assert torch.equal(getattr(a["splats"], f), getattr(b["splats"], f)), f
+        assert (a["splats"].height, a["splats"].width) == (b["splats"].height, b["splats"].width) == (16, 16)
+    by_key = {k: (r, t) for bt in mine for k, r, t in zip(bt["key"], _rows(bt), bt["text"])}
+    shuffled = next(src.batches(0))
+    assert shuffled["key"] != mine[0]["key"]  # the trainer's own order, same rows
+    for k, r, t in zip(shuffled["key"], _rows(shuffled), shuffled["text"]):
+        assert t == by_key[k][1] and all(torch.equal(x, y) for x, y in zip(r, by_key[k][0]))
+
+
+def test_one_skip_policy_for_both_readers(tmp_path):
+    """A multi-image .gsv is left out by both (warned by splat_loader, counted by the trainer); a
+    sample without .gsv stops both (DataError, and FileNotFoundError as splat_loader raised)."""
+    from gaussianvision.data.loader import DataError, MissingMember, SampleReader
+    root = tmp_path / "s"
+    make_shards(root, n_shards=1, per_shard=2)
+    with ShardWriter(root / "000001.tar") as w:
+        w.write("multi", {"gsv": encode(random_splats(2, 3, 16, 16)), "txt": b"two"})
+        w.write("good", {"gsv": encode(random_splats(1, 2, 16, 16)), "txt": b" padded \n"})
+    with pytest.warns(UserWarning, match="multi: a dataset sample must hold one image"):
+        batch = next(iter(splat_loader(root, batch_size=8)))
+    assert batch["key"] == ["k0000", "k0001", "good"] and batch["text"][-1] == "padded"
+    reader = SampleReader(("splats", "text"))
+    assert [x["key"] for x in reader(str(root / "000001.tar"))] == ["good"]
+    assert reader.skipped() == {"skipped_samples": 1, "damaged_shards": 0} and reader.problems == 1
+    with ShardWriter(root / "000002.tar") as w:
+        w.write("nogsv", {"txt": b"an image shard"})
+    with pytest.raises(MissingMember, match="nogsv: sample has no .gsv member") as e:
+        list(SampleReader(("splats",))(str(root / "000002.tar")))
+    assert isinstance(e.value, DataError) and isinstance(e.value, FileNotFoundError)
+    with pytest.raises(FileNotFoundError, match="no .gsv member"):
+        list(splat_loader(root, batch_size=8))
+
+
+def test_every_image_kind_of_the_one_list_is_read(tmp_path):
+    """IMAGE_EXTS is defined once (data.images); the trainer's decoding finds a kept .gif image as
+    conversion accepts it, and the first listed kind wins when a sample holds two."""
+    from gaussianvision.data.images import IMAGE_EXTENSIONS, IMAGE_EXTS, image_member
+    from gaussianvision.data.loader import decode_sample
+    assert IMAGE_EXTENSIONS == {"." + e for e in IMAGE_EXTS} and image_member({"png": b"", "jpg": b""}) == "jpg"
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png(0, size=(20, 20)))).convert("P").save(buf, format="GIF")
+    got = decode_sample({"__key__": "g", "gif": buf.getvalue(), "txt": b"x"}, ("image", "text"), 16)
+    assert got["image"].shape == (3, 16, 16) and got["text"] == "x"
+
+
+def test_one_tar_parser_and_one_image_list_in_the_source():
+    """Only data/shards.py parses tar (every reader goes through read_samples / iter_groups) and
+    only data/images.py lists image extensions."""
+    import re
+    src = Path(__file__).resolve().parents[1] / "src" / "gaussianvision"
+    tar, exts = [], []
+    for p in src.rglob("*.py"):
+        text = p.read_text()
+        if re.search(r"^\s*(import tarfile|from tarfile import)", text, re.M):
+            tar.append(p.relative_to(src).as_posix())
+        if re.search(r"^\s*_?IMAGE_EXT\w* *=|\(\s*\"png\", \"jpg\"|\(\s*\"jpg\", \"jpeg\"", text, re.M):
+            exts.append(p.relative_to(src).as_posix())
+    assert tar == ["data/shards.py"] and exts == ["data/images.py"]

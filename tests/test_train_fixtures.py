@@ -64,9 +64,9 @@ def read_log(out: Path) -> list[dict]:
 
 
 def test_fixture_shards_decode_and_collate(tmp_path):
-    """The helpers above, read back through the training data path (also used by test_train*)."""
+    """The helpers above, read back through the one decoding (data.loader; also used by test_train*)."""
+    from gaussianvision.data.loader import collate, decode_sample
     from gaussianvision.data.shards import read_samples
-    from gaussianvision.train.data import collate, decode_sample
     paths = write_splat_shards(tmp_path, n_samples=3, per_shard=2)
     assert len(paths) == 2
     items = [decode_sample(raw, ("splats", "image", "text"), None) for p in paths for raw in read_samples(p)]
@@ -76,6 +76,6 @@ def test_fixture_shards_decode_and_collate(tmp_path):
     assert batch["image"].shape == (3, 3, 64, 64) and batch["text"][1] == "a photo of something green"
     assert decode_sample({"__key__": "k", "txt": b"x"}, ("text",), None)["text"] == "x"
     import pytest
-    from gaussianvision.train.data import DataError
+    from gaussianvision.data.loader import DataError
     with pytest.raises(DataError, match="no source image"):
         decode_sample({"__key__": "k", "gsv": next(read_samples(paths[0]))["gsv"]}, ("splats", "image"), None)

@@ -376,7 +376,7 @@ def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path):
     """read_samples yields the sample the damage cut (flagged "__skipped__", its image lost) and then
     raises ShardDamage: the trainer's reader skips and counts that sample, never fails on it."""
     from gaussianvision.data.shards import read_samples
-    from gaussianvision.train.data import SHARD_ERRORS, _ShardReader, count_samples
+    from gaussianvision.train.batches import SHARD_ERRORS, SampleReader, count_samples
     paths = write_splat_shards(tmp_path, n_samples=8, per_shard=8)
     raw = Path(paths[0]).read_bytes()
     Path(paths[0]).write_bytes(raw[: len(raw) // 2])
@@ -385,7 +385,7 @@ def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path):
         for r in read_samples(paths[0]):
             seen.append(r)
     assert "__skipped__" in seen[-1] and "png" not in seen[-1]  # the premise: the cut sample lost its image
-    reader = _ShardReader(("splats", "image"), None)
+    reader = SampleReader(("splats", "image"), None)
     got = [s["key"] for s in reader(paths[0])]
     assert got == [r["__key__"] for r in seen[:-1]]
     assert reader.bad_samples == {(paths[0], seen[-1]["__key__"])} and list(reader.damaged) == [paths[0]]

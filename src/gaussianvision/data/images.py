@@ -21,11 +21,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTENSIONS",
-           "DEFAULT_MAX_PIXELS", "list_images"]
+__all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTS", "IMAGE_EXTENSIONS",
+           "image_member", "DEFAULT_MAX_PIXELS", "list_images"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+# The image kinds the project reads, the one list: as tar member extensions, in the order a
+# sample's image is looked for (image_member), and as file suffixes (folders, `gsv fit` inputs).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+IMAGE_EXTENSIONS = {"." + e for e in IMAGE_EXTS}
 
 
 class ImageLoadError(ValueError):
@@ -121,6 +124,11 @@ def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str
 def load_images(srcs, size: int = 224, **kw) -> torch.Tensor:
     """Several images -> [B, 3, size, size]; raises on the first bad one."""
     return torch.stack([load_image(s, size=size, **kw) for s in srcs])
+
+
+def image_member(members) -> str | None:
+    """The extension of a tar sample's image member (the first of IMAGE_EXTS it holds), or None."""
+    return next((e for e in IMAGE_EXTS if e in members), None)
 
 
 def list_images(inputs) -> list[Path]:

@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from gaussianvision.data.images import IMAGE_EXTENSIONS
-from gaussianvision.data.shards import Group, ShardDamage, check_key, iter_groups, show
+from gaussianvision.data.images import IMAGE_EXTENSIONS, IMAGE_EXTS, image_member
+from gaussianvision.data.shards import SHARD_ERRORS, Group, check_key, iter_groups, show
 
 __all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
-
-IMAGE_EXTS = tuple(e.lstrip(".") for e in sorted(IMAGE_EXTENSIONS))
 
 
 class SourceError(ValueError):
@@ -144,10 +142,9 @@ def _finish(g: Group, shard: str) -> RawSample:
     if bad_key:  # refused: such a key would name output members outside their folder
         names = ", ".join(show(n) for n in g.members)
         errors.insert(0, f"{bad_key} (member{'s' if len(g.members) > 1 else ''} {names})")
-    for ext in IMAGE_EXTS:
-        if ext in group:
-            s.image, s.image_ext = group.pop(ext), ext
-            break
+    ext = image_member(group)
+    if ext is not None:
+        s.image, s.image_ext = group.pop(ext), ext
     if "txt" in group:
         s.caption = group.pop("txt").decode("utf-8", errors="replace").strip()
     if "json" in group:
@@ -181,7 +178,7 @@ def _iter_tar(unit: Unit) -> Iterator[RawSample]:
                     continue
                 n += 1
                 yield _finish(g, shard)
-    except (ShardDamage, OSError) as e:
+    except SHARD_ERRORS as e:
         yield _shard_note(shard, f"tar shard is truncated or corrupt after {n} samples ({e})")
 
 

@@ -1,48 +1,211 @@
-"""Loading splat shards (made by `gsv convert`) for training: a torch IterableDataset.
+"""Reading splat shards (made by `gsv convert`) into batches: the project's one sample decoder.
 
     loader = splat_loader("out/{000000..000127}.tar", batch_size=256, shuffle=True, num_workers=4)
     for batch in loader:
         batch["splats"]   # Splats: means [B, N, 2], chol [B, N, 3], colors [B, N, 3] (float32),
                           #   padded to the batch's largest N; counts [B] (int64) = valid Gaussians
-        batch["text"]     # list[str] of B captions ("" when the source had none)
+        batch["text"]     # list[str] of B captions, stripped ("" when the source had none)
         batch["key"]      # list[str] of B sample keys
         batch["image"]    # only with with_images=True: [B, 3, H, W] float32 in [0, 1], the source
                           #   image resized and center-cropped exactly as for fitting (H, W = the
                           #   splats' size); needs shards converted with --keep-image
 This dict is the contract with the training code; keep it stable.
 
-Splitting: shards are dealt to (DDP rank, DataLoader worker) slots round-robin (rank and world
-size from torch.distributed when initialized, else $RANK / $WORLD_SIZE), so every sample is read
-once per epoch over the whole job. With shuffle, the shard order is permuted per epoch with the
-same seed on every rank (call `set_epoch(e)` or pass epoch=), and samples go through a shuffle
-buffer of `buffer` samples. For DDP, give every rank the same number of shards of equal size
-(convert's shards are) or use drop_last, so ranks see equal batch counts.
+One decoding for every reader of tar samples, so that `splat_loader` and `gsv train` see the same
+tensors: `decode_sample` (format.decode for the .gsv, data.images.load_image for the image),
+`collate` (Splats.stack), and `SampleReader`, which reads one shard through data.shards.read_samples
+and applies the one skip policy (below), counting what it leaves out. The trainer's deterministic
+sources (train/batches.py) and `SplatShards` here differ only in the order they deal shards and
+samples: the DataLoader-friendly order of a user's loop here, the resumable order of the trainer
+there.
 
-A sample that does not decode is skipped with a warning (on_error="raise" to stop instead);
-so is the rest of a truncated or corrupt shard (the samples before the damage are kept), and a
-member the reader did not read (a link, a device) is warned about; `problems` counts the
-warnings of this process.
+Splitting (`SplatShards`): shards are dealt to (DDP rank, DataLoader worker) slots round-robin
+(rank and world size from torch.distributed when initialized, else $RANK / $WORLD_SIZE), so every
+sample is read once per epoch over the whole job. With shuffle, the shard order is permuted per
+epoch with the same seed on every rank (call `set_epoch(e)` or pass epoch=), and samples go through
+a shuffle buffer of `buffer` samples. For DDP, give every rank the same number of shards of equal
+size (convert's shards are) or use drop_last, so ranks see equal batch counts.
+
+Skipping: a sample that does not decode (a broken .gsv, a multi-image .gsv, a broken image) is
+left out, as is the rest of a truncated or corrupt shard (the samples before the damage are kept).
+A sample the tar reader flags (a member not read, cut by the damage) is left out by the trainer;
+splat_loader keeps it when its members are all there, saying what it lost. A sample lacking a
+member the reading needs (.gsv, the image, .neg.txt) stops the reading (MissingMember), unless the
+tar reader flagged it (then the member was lost, and the sample is left out). splat_loader warns
+about each problem (on_error="raise" to stop instead) and counts them in `problems`.
 """
 from __future__ import annotations
 
 import os
 import random
-import tarfile
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gaussianvision.data.images import ImageLoadError, image_member, load_image
+from gaussianvision.data.inputs import expand_urls
+from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.format import FormatError
 from gaussianvision.splats.types import Splats
-from gaussianvision.data.images import ImageLoadError, load_image
-from gaussianvision.data.shards import read_samples, shuffle_buffer
-from gaussianvision.data.inputs import IMAGE_EXTS, expand_urls
 
-__all__ = ["SplatShards", "collate_splats", "splat_loader"]
+__all__ = ["DataError", "MissingMember", "BadSample", "decode_sample", "collate", "SampleReader",
+           "SplatShards", "collate_splats", "splat_loader"]
+
+
+class DataError(ValueError):
+    """Training data missing or lacking what the reading needs."""
+
+
+class MissingMember(DataError, FileNotFoundError):
+    """A sample lacks a member the reading needs (the data is not what was asked for): a DataError,
+    and a FileNotFoundError as splat_loader has always raised it."""
+
+
+class BadSample(ValueError):
+    """One sample cannot be used (does not decode); readers leave it out. The message says which and why."""
+
+
+def _splats(raw: dict, where: str) -> Splats:
+    if "gsv" not in raw:
+        raise MissingMember(f"{where}: sample has no .gsv member (give splat shards written by `gsv convert`)")
+    try:
+        splats = fmt.decode(raw["gsv"], name=where)
+    except FormatError as e:
+        raise BadSample(str(e)) from None
+    if splats.batch_size != 1:
+        raise BadSample(f"{where}: a dataset sample must hold one image, this file holds {splats.batch_size}")
+    return splats
+
+
+def _image(raw: dict, where: str, size: int | None, splats: Splats | None) -> torch.Tensor:
+    ext = image_member(raw)
+    if ext is None:
+        raise MissingMember(f"{where}: no source image; the reading needs the images (convert with "
+                            "--keep-image, or give the image shards)")
+    if size is None and splats is not None:
+        if splats.height != splats.width:
+            raise DataError(f"{where}: reading the images beside splats needs square splats, "
+                            f"got {splats.height}x{splats.width}")
+        size = splats.height  # the source image as the fitter saw it
+    try:
+        return load_image(raw[ext], size=size or 224, name=where)
+    except ImageLoadError as e:
+        raise BadSample(str(e)) from None
+
+
+def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None = None) -> dict:
+    """One raw tar sample (read_samples) -> {"key"} and the fields in `need`: "splats" (Splats, one
+    image), "image" ([3, S, S] in [0, 1]; S = image_size, else the splats' size, else 224), "text"
+    (the caption, stripped), "negative" (the hard-negative caption of KEY.neg.txt).
+
+    Raises BadSample for a sample that does not decode, MissingMember for one lacking a member."""
+    key = str(raw.get("__key__", ""))
+    where = f"{raw.get('__shard__', '?')}:{key}"
+    out: dict = {"key": key}
+    if "splats" in need:
+        out["splats"] = _splats(raw, where)
+    if "image" in need:
+        out["image"] = _image(raw, where, image_size, out.get("splats"))
+    if "text" in need:
+        out["text"] = raw.get("txt", b"").decode("utf-8", "replace").strip()
+    if "negative" in need:
+        if "neg.txt" not in raw:
+            raise MissingMember(f"{where}: no .neg.txt member (hard negatives need one false caption per "
+                                "sample, as the synthetic world writes them)")
+        out["negative"] = raw["neg.txt"].decode("utf-8", "replace").strip()
+    return out
+
+
+def collate(items: list[dict]) -> dict:
+    """Decoded samples -> a batch: "key", and those of "splats" (Splats.stack: padded, counts),
+    "image" ([B, 3, S, S]), "text", "negative" (lists) the samples hold."""
+    batch: dict = {"key": [it["key"] for it in items]}
+    if "splats" in items[0]:
+        batch["splats"] = Splats.stack([it["splats"] for it in items])
+    if "image" in items[0]:
+        batch["image"] = torch.stack([it["image"] for it in items])
+    for field in ("text", "negative"):
+        if field in items[0]:
+            batch[field] = [it[field] for it in items]
+    return batch
+
+
+collate_splats = collate  # the name splat_loader's collate_fn had
+
+
+class SampleReader:
+    """url -> its decoded samples (decode_sample), the skip policy of the module docstring applied.
+
+    Records what it leaves out: `bad_samples` {(url, key)}, `damaged` {url: reason}; `problems`
+    counts every problem met (samples left out or kept with a loss, shard damage, each time met).
+    `on_problem(message)` is called for each problem (may raise to stop); `on_damage(url, reason)`
+    once per damaged shard. `keep_flagged`: keep a sample the tar reader flagged when its members
+    are all there (splat_loader) instead of leaving it out (the trainer)."""
+
+    def __init__(self, need: tuple[str, ...], image_size: int | None = None, keep_flagged: bool = False,
+                 on_problem: Callable[[str], None] | None = None,
+                 on_damage: Callable[[str, str], None] | None = None):
+        self.need, self.image_size, self.keep_flagged = tuple(need), image_size, keep_flagged
+        self.on_problem, self.on_damage = on_problem, on_damage
+        self.bad_samples: set[tuple[str, str]] = set()
+        self.damaged: dict[str, str] = {}
+        self.problems = 0
+
+    def __call__(self, url) -> Iterator[dict]:
+        raws = read_samples(url)
+        while True:
+            try:  # only the tar reading is guarded: decoding problems are handled per sample
+                raw = next(raws, None)
+            except SHARD_ERRORS as e:
+                self._damage(str(url), e)
+                return
+            if raw is None:
+                return
+            item = self._sample(str(url), raw)
+            if item is not None:
+                yield item
+
+    def _sample(self, url: str, raw: dict) -> dict | None:
+        where = f"{url}:{raw.get('__key__', '')}"
+        lost = "; ".join(raw.get("__skipped__", ()))
+        if lost and not self.keep_flagged:
+            return self._leave_out(url, raw, f"{where}: {lost}")
+        try:
+            item = decode_sample(raw, self.need, self.image_size)
+        except (MissingMember, BadSample) as e:
+            if isinstance(e, MissingMember) and not lost:
+                raise
+            return self._leave_out(url, raw, f"{e} ({lost})" if lost else str(e))
+        if lost:  # kept: its members are whole; what it lost is said
+            self._problem(f"{where}: {lost}")
+        return item
+
+    def _leave_out(self, url: str, raw: dict, message: str) -> None:
+        self.bad_samples.add((url, str(raw.get("__key__", ""))))
+        self._problem(message)
+
+    def _problem(self, message: str) -> None:
+        self.problems += 1
+        if self.on_problem is not None:
+            self.on_problem(message)
+
+    def _damage(self, url: str, e: BaseException) -> None:
+        first = url not in self.damaged
+        self.damaged.setdefault(url, f"{type(e).__name__}: {e}")
+        self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
+        if first and self.on_damage is not None:
+            self.on_damage(url, self.damaged[url])
+
+    def left_out(self) -> dict:
+        """{"skipped_samples": {(url, key)} samples left out, "damaged_shards": {url} shards cut short}."""
+        return {"skipped_samples": set(self.bad_samples), "damaged_shards": set(self.damaged)}
+
+    def skipped(self) -> dict:
+        """Counts of what left_out() names."""
+        return {k: len(v) for k, v in self.left_out().items()}
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -52,8 +215,8 @@ def _dist_rank_world() -> tuple[int, int]:
 
 
 class SplatShards(IterableDataset):
-    """Samples {"splats": decoded rows (internal; collate_splats makes the Splats batch), "text",
-    "key"[, "image"]} from splat tar shards."""
+    """Decoded samples {"splats", "text", "key"[, "image"]} of splat tar shards, for a DataLoader
+    with collate (splat_loader); this process's share of the shards (module docstring)."""
 
     def __init__(self, urls, shuffle: bool = False, buffer: int = 1000, with_images: bool = False,
                  seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
@@ -69,7 +232,18 @@ class SplatShards(IterableDataset):
         self.shuffle, self.buffer, self.with_images = shuffle, max(1, buffer), with_images
         self.seed, self.epoch, self.on_error = seed, epoch, on_error
         self.rank, self.world_size = rank, world_size
-        self.problems = 0  # problems reported (warned) so far in this process: samples skipped, shards cut short
+        need = ("splats", "text") + (("image",) if with_images else ())
+        self.reader = SampleReader(need, keep_flagged=True, on_problem=self._problem)
+
+    @property
+    def problems(self) -> int:
+        """Problems reported (warned) so far in this process: samples skipped, shards cut short."""
+        return self.reader.problems
+
+    def _problem(self, message: str) -> None:
+        if self.on_error == "raise":
+            raise FormatError(message)
+        warnings.warn(message)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -88,115 +262,15 @@ class SplatShards(IterableDataset):
             warnings.warn(f"{len(order)} shards for {slots} rank x worker slots: some will read nothing")
         return order[rank * nw + wid:: slots]
 
-    def _problem(self, msg: str) -> None:
-        self.problems += 1
-        if self.on_error == "raise":
-            raise FormatError(msg)
-        warnings.warn(msg)
-
-    def _decode(self, raw: dict) -> dict | None:
-        where = f"{raw['__shard__']}:{raw['__key__']}"
-        skipped = "; ".join(raw.get("__skipped__", ()))
-        if "gsv" not in raw:
-            self._problem(f"{where}: sample has no .gsv member" + (f" ({skipped})" if skipped else ""))
-            return None
-        if skipped:  # kept: its .gsv is whole; what it lost is said
-            self._problem(f"{where}: {skipped}")
-        try:
-            splats = _decode_one(raw["gsv"], where)
-        except FormatError as e:
-            self._problem(str(e))
-            return None
-        item = {"splats": splats, "text": raw.get("txt", b"").decode("utf-8", errors="replace"),
-                "key": raw["__key__"]}
-        if self.with_images:
-            ext = next((e for e in IMAGE_EXTS if e in raw), None)
-            if ext is None:
-                raise FileNotFoundError(f"{where}: no source image in the shard; convert with --keep-image "
-                                        f"to train with images")
-            h, w = splats[3], splats[4]
-            if h != w:
-                raise ValueError(f"{where}: with_images needs square splats, got {h}x{w}")
-            try:  # the source image as the fitter saw it: shorter side to the splats' size, center crop
-                item["image"] = load_image(raw[ext], size=h, name=where)
-            except ImageLoadError as e:
-                self._problem(str(e))
-                return None
-        return item
-
-    def _samples(self) -> Iterator[dict]:
-        for url in self.my_shards():
-            it = read_samples(url)
-            while True:
-                try:  # only the tar reading is guarded: decoding problems are reported per sample
-                    raw = next(it)
-                except StopIteration:
-                    break
-                except (tarfile.TarError, OSError, EOFError) as e:
-                    self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
-                    break
-                item = self._decode(raw)
-                if item is not None:
-                    yield item
-
     def __iter__(self) -> Iterator[dict]:
+        samples = (item for url in self.my_shards() for item in self.reader(url))
         if not self.shuffle:
-            yield from self._samples()
+            yield from samples
             return
         info = get_worker_info()
         rank, _ = _dist_rank_world()
         rng = random.Random(hash((self.seed, self.epoch, rank, info.id if info else 0)))
-        yield from shuffle_buffer(self._samples(), self.buffer, rng)
-
-
-def _decode_one(data: bytes, where: str) -> tuple:
-    """A one-image .gsv -> (rows [n, 8] float32 as stored, n, counts, height, width).
-
-    The per-sample path of a training loader, kept in numpy (one torch conversion per batch);
-    the checks are those of format.decode, which handles multi-image files."""
-    view = memoryview(data).cast("B")
-    hdr = fmt.read_header(view, where)
-    if hdr.n_images != 1:
-        raise FormatError(f"{where}: a dataset sample must hold one image, this file holds {hdr.n_images}")
-    try:
-        rows = fmt.LAYOUTS[hdr.layout].decode(view[fmt.HEADER_SIZE:], hdr.n_total, hdr.dtype)
-    except FormatError:
-        raise
-    except Exception as e:
-        raise FormatError(f"{where}: payload does not decode: {e}") from e
-    if rows.shape != (hdr.n_total, 8):
-        raise FormatError(f"{where}: payload decoded to {rows.shape[0]} rows, header says {hdr.n_total}")
-    if not np.isfinite(rows).all():
-        raise FormatError(f"{where}: non-finite value in a Gaussian")
-    if (rows[:, [2, 4]] <= 0).any():
-        raise FormatError(f"{where}: a Gaussian has a non-positive Cholesky diagonal")
-    return rows, hdr.n_total, None, hdr.height, hdr.width
-
-
-def _stack(parts: list[tuple]) -> Splats:
-    h, w = parts[0][3], parts[0][4]
-    for k, p in enumerate(parts):
-        if (p[3], p[4]) != (h, w):
-            raise ValueError(f"batch mixes splat sizes: sample {k} is {p[3]}x{p[4]}, sample 0 is {h}x{w}")
-    n_max = max(p[1] for p in parts)
-    out = np.zeros((len(parts), n_max, 8), dtype=np.float32)
-    out[..., 2] = 1.0  # padding keeps a valid (masked) factor
-    out[..., 4] = 1.0
-    for b, p in enumerate(parts):
-        out[b, : p[1]] = p[0]
-    t = torch.from_numpy(out)
-    means = (t[..., 0:2].double() + 1.0) * 0.5 * torch.tensor([w, h], dtype=torch.float64)
-    counts = torch.tensor([p[1] for p in parts], dtype=torch.long)
-    return Splats(means.float(), t[..., 2:5].contiguous(), t[..., 5:8].contiguous(), h, w, counts)
-
-
-def collate_splats(items: list[dict]) -> dict:
-    """List of samples -> the batch dict described in the module docstring."""
-    batch = {"splats": _stack([it["splats"] for it in items]),
-             "text": [it["text"] for it in items], "key": [it["key"] for it in items]}
-    if "image" in items[0]:
-        batch["image"] = torch.stack([it["image"] for it in items])
-    return batch
+        yield from shuffle_buffer(samples, self.buffer, rng)
 
 
 def splat_loader(urls, batch_size: int, shuffle: bool = False, with_images: bool = False, num_workers: int = 0,
@@ -208,5 +282,5 @@ def splat_loader(urls, batch_size: int, shuffle: bool = False, with_images: bool
                      rank=rank, world_size=world_size, on_error=on_error)
     if num_workers > 0:
         loader_kw.setdefault("persistent_workers", False)
-    return DataLoader(ds, batch_size=batch_size, collate_fn=collate_splats, num_workers=num_workers,
+    return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                       drop_last=drop_last, **loader_kw)

@@ -37,7 +37,7 @@ from typing import Iterator
 
 __all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "iter_members", "check_key", "split_member",
            "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES", "MAX_SAMPLE_BYTES", "ShardWarning", "Group",
-           "iter_groups", "show"]
+           "iter_groups", "show", "SHARD_ERRORS"]
 
 MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is skipped without reading it
 MAX_SAMPLE_BYTES = 256 << 20  # members past this many bytes held by their sample are skipped likewise
@@ -162,6 +162,11 @@ class ShardDamage(tarfile.ReadError):
     def __init__(self, message: str, member: str | None = None):
         super().__init__(message)
         self.member = member
+
+
+# What reading a shard can raise, after the samples before the problem: damage (cut, garbled:
+# ShardDamage) or a file that cannot be opened or read (OSError). The one list, for every reader.
+SHARD_ERRORS = (ShardDamage, OSError)
 
 
 class ShardWarning(UserWarning):

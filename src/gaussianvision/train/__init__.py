@@ -2,7 +2,7 @@
 captions), plain RGB CLIP from scratch; checkpoints, exact resume, DDP. See docs/training.md."""
 from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
-from gaussianvision.train.sources import IndexedSource, ShardSource
+from gaussianvision.train.batches import IndexedSource, ShardSource
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "CheckpointError", "latest_checkpoint", "load_checkpoint",
            "save_checkpoint", "IndexedSource", "ShardSource"]

@@ -1,6 +1,7 @@
 """Reading the world back: (image tensor, caption, meta) from image-text shards, and
 (image tensor, label, meta) from a task, without webdataset: the project's one tar reader
-(data/shards.py read_samples, through writer.iter_tar)."""
+(data/shards.py read_samples, through writer.iter_tar); a sample's image member is found by
+data.images.image_member (the project's one IMAGE_EXTS)."""
 from __future__ import annotations
 
 import io
@@ -14,10 +15,9 @@ import torch
 from PIL import Image
 
 from gaussianvision.apps.demo.world.writer import iter_tar
+from gaussianvision.data.images import image_member
 
 __all__ = ["decode_image", "iter_samples", "iter_task", "shard_paths"]
-
-_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 def decode_image(data: bytes) -> torch.Tensor:
@@ -40,9 +40,9 @@ def shard_paths(root: str | os.PathLike, split: str = "train") -> list[Path]:
 
 
 def _image(members: dict[str, bytes]) -> bytes:
-    for ext in _IMAGE_EXTS:
-        if ext in members:
-            return members[ext]
+    ext = image_member(members)
+    if ext is not None:
+        return members[ext]
     raise KeyError(f"no image member among {sorted(members)}")
 
 

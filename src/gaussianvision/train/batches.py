@@ -1,26 +1,38 @@
-"""Deterministic, resumable data order for training.
+"""The trainer's batches: a deterministic, resumable order over decoded samples.
 
-A source yields the micro-batches of one rank as a pure function of (seed, epoch, rank, world
-size, position): `batches(epoch, start)` starts at micro-batch `start` of that epoch, so a resumed
-run sees exactly the batches an uninterrupted one would have seen.
+The samples are decoded by data/loader.py (decode_sample, collate, SampleReader: the one decoding
+and skip policy, shared with `splat_loader`); this module holds only what the trainer adds, the
+order. A source yields the micro-batches of one rank as a pure function of (seed, epoch, rank,
+world size, position): `batches(epoch, start)` starts at micro-batch `start` of that epoch, so a
+resumed run sees exactly the batches an uninterrupted one would have seen.
 
 * `IndexedSource`: a map-style dataset (len + getitem). Each epoch is a seeded permutation; global
   batch i is the slice [i*B*W, (i+1)*B*W) of it and rank r takes rows [r*B, (r+1)*B) of that, so a
   run on W ranks with batch B sees the same global batches as one rank with batch B*W.
+  `build_memory_source` makes one of samples held in memory (`gsv train --in-memory`).
 * `ShardSource`: a stream of shards (webdataset tars). Epoch e reads the shards in a seeded order,
   rank r taking every W-th one, mixes samples through a seeded shuffle buffer, and restarts at
-  `start` by skipping (reading splats is cheap; no JPEG decoding is involved).
+  `start` by skipping (reading splats is cheap; no JPEG decoding is involved). `build_source`
+  makes one over a SampleReader; `count_samples` counts what it would use.
+
+Kept apart from data/loader.py's `SplatShards`, whose order (rank x DataLoader worker slots) is a
+user's DataLoader loop's, not a resumable one.
 """
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..data.shards import shuffle_buffer
+from gaussianvision.data.inputs import expand_urls
+from gaussianvision.data.loader import DataError, SampleReader, collate
+from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
 
-__all__ = ["IndexedSource", "ShardSource", "epoch_seed"]
+__all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
+           "DataError"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -110,3 +122,42 @@ class ShardSource:
                     yield self.collate(items)
                 items = []
                 i += 1
+
+
+def _say_damage(url: str, reason: str) -> None:
+    print(f"gsv train: warning: shard {url} is damaged ({reason}); "
+          "its samples before the damage are used", file=sys.stderr)
+
+
+def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, image_size: int | None = None, buffer: int = 1000) -> ShardSource:
+    """Shards (dir, brace pattern, glob or list) -> a deterministic ShardSource for this rank, its
+    samples decoded as `need` says (data.loader.decode_sample); a damaged shard is named once on stderr."""
+    urls = expand_urls(spec)
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if not urls or missing:
+        raise DataError(f"--data {spec}: " + (f"shard not found: {missing[0]}" if missing else "no .tar shards found"))
+    return ShardSource(urls, SampleReader(need, image_size, on_damage=_say_damage), collate, batch_size,
+                       seed=seed, rank=rank, world_size=world_size, buffer=buffer)
+
+
+def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                        left_out: dict | None = None) -> IndexedSource:
+    """Decoded samples held in memory -> an IndexedSource (epochs of known length); `left_out`: what
+    reading them left out, as SampleReader.left_out() names it (reported in the training summary)."""
+    src = IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)
+    src.left_out_sets = {k: set(v) for k, v in (left_out or {}).items()}
+    return src
+
+
+def count_samples(urls) -> int:
+    """Samples a ShardSource would use, short of decoding them: a damaged shard counts those before
+    the damage, and a sample the reader flags (cut by the damage, members not read) is not counted."""
+    n = 0
+    for u in urls:
+        try:
+            for raw in read_samples(u):
+                n += "__skipped__" not in raw
+        except SHARD_ERRORS:
+            pass  # the reader names the shard when training reaches it
+    return n
