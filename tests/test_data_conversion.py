@@ -416,12 +416,12 @@ def test_full_disk_keeps_finished_shards_and_says_so(tmp_path, monkeypatch):
 
 def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
     import errno
-    from gaussianvision.data import conversion as convert
+    from gaussianvision.data import conversion_output
     src = write_tar(tmp_path / "a.tar", good_sample("k1", 1))
 
     def refuse(path, data):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-    monkeypatch.setattr(convert, "_write_atomic", refuse)
+    monkeypatch.setattr(conversion_output, "write_durable", refuse)
     rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
     assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'out'}: cannot write the output (Read-only file system)"
 
@@ -454,16 +454,16 @@ def test_non_utf8_member_names_and_sources_fail_one_sample_not_the_run(tmp_path)
                                             ("summary.json", "the summary (failures.jsonl, summary.json)")])
 def test_a_write_error_names_the_file_being_written(tmp_path, monkeypatch, fails_on, says):
     import errno
-    from gaussianvision.data import conversion as convert
+    from gaussianvision.data import conversion_output
     write_tar(tmp_path / "a.tar", good_sample("k1", 1))
     write_tar(tmp_path / "b.tar", good_sample("k2", 2))
-    real = convert._write_atomic
+    real = conversion_output.write_durable
 
     def write(path, data):
         if path.name == fails_on:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, data)
-    monkeypatch.setattr(convert, "_write_atomic", write)
+    monkeypatch.setattr(conversion_output, "write_durable", write)
     out = tmp_path / "out"
     rc, _, err = cli_main(["--input", str(tmp_path / "*.tar"), "--output", str(out), *CLI_ARGS])
     done = "1 shard finished in this run (000000.tar)" if fails_on.startswith("000001") else \

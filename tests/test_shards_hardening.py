@@ -471,7 +471,7 @@ def test_a_concatenated_tar_is_reported_not_dropped_silently(shard, tmp_path):
 def test_the_data_writers_leave_no_temp_file_when_interrupted(tmp_path, monkeypatch, which):
     """convert's JSON files and the world's text files go through gaussianvision/atomic.py: an
     interrupted write (here Ctrl-C in the middle) leaves neither the file nor a temporary."""
-    from gaussianvision.data import conversion as convert
+    from gaussianvision.data import conversion_output
     from gaussianvision.apps.demo.world import writer
 
     def half_then_interrupt(self, data, *a, **k):
@@ -480,9 +480,9 @@ def test_the_data_writers_leave_no_temp_file_when_interrupted(tmp_path, monkeypa
     if which == "convert":
         def interrupt(fd):
             raise KeyboardInterrupt
-        monkeypatch.setattr(convert.os, "fsync", interrupt)  # after the data is written, before the rename
+        monkeypatch.setattr(conversion_output.os, "fsync", interrupt)  # after the data is written, before the rename
         with pytest.raises(KeyboardInterrupt):
-            convert._write_atomic(tmp_path / "summary.json", b"{}")
+            conversion_output.write_durable(tmp_path / "summary.json", b"{}")
     else:
         monkeypatch.setattr(Path, "write_text", half_then_interrupt)
         with pytest.raises(KeyboardInterrupt):

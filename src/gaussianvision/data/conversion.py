@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from gaussianvision.data.shards import ShardWriter
+from gaussianvision.data import conversion_output as output
+from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
 from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
 
@@ -44,7 +45,6 @@ __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "sha
 
 # settings that do not change the bytes of the output and may differ between runs
 _RUNTIME_FIELDS = {"workers", "rank", "world_size", "device", "progress"}
-_MAX_LISTED = 20  # duplicate keys listed by name in summary.json
 
 
 class ConvertError(ValueError):
@@ -77,10 +77,6 @@ class ConvertConfig:
         return json.loads(json.dumps(d, default=str))
 
 
-def shard_name(index: int) -> str:
-    return f"{index:06d}"
-
-
 def resolve_rank(rank=None, world_size=None, device="cpu") -> tuple[int, int, str]:
     """(rank, world_size, device) from arguments, else torchrun's RANK / WORLD_SIZE / LOCAL_RANK."""
     r = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
@@ -108,7 +104,7 @@ def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
 class _Shard:
     def __init__(self, unit: Unit):
         self.unit = unit
-        self.name = shard_name(unit.index)
+        self.name = output.shard_name(unit.index)
         self.inputs = 0
         self.entries: dict[int, tuple] = {}  # position -> ("ok", raw, gsv, metrics) | ("fail", dict)
         self.waiting: dict[int, RawSample] = {}
@@ -121,24 +117,6 @@ class _Shard:
 
 def _source_label(unit: Unit) -> str:
     return unit.paths[0] if unit.kind == "tar" else f"{unit.root} [{unit.first_key}:{unit.first_key + len(unit.paths)}]"
-
-
-def _json_bytes(obj) -> bytes:
-    """One JSON line; any string can be written: a lone surrogate (a tar name's byte that is
-    not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX."""
-    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
-
-
-def _write_synced(tmp: Path, data: bytes) -> None:
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """The project's one atomic write (a full disk leaves no half file behind), synced to disk."""
-    write_atomic(path, lambda tmp: _write_synced(tmp, data))
 
 
 class _Converter:
@@ -199,7 +177,7 @@ class _Converter:
         done = self._write_tar(sh)
         failures = [e[1] for _, e in sorted(sh.entries.items()) if e[0] == "fail"]
         self.writing = f"{sh.name}.failures.jsonl"
-        _write_atomic(out / self.writing, b"".join(_json_bytes(f) for f in failures))
+        output.write_durable(out / self.writing, b"".join(output.json_line(f) for f in failures))
         by_stage: dict[str, int] = {}
         for f in failures:
             by_stage[f["stage"]] = by_stage.get(f["stage"], 0) + 1
@@ -218,7 +196,7 @@ class _Converter:
         }
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
         self.writing = f"{sh.name}.stats.json"
-        _write_atomic(out / self.writing, _json_bytes(stats))
+        output.write_durable(out / self.writing, output.json_line(stats))
         self.writing = ""
         return stats
 
@@ -239,7 +217,7 @@ class _Converter:
                         "caption_missing": raw.caption is None}
                 if meta:
                     info["meta"] = meta
-                fields = {"gsv": data, "txt": (raw.caption or "").encode("utf-8"), "json": _json_bytes(info)}
+                fields = {"gsv": data, "txt": (raw.caption or "").encode("utf-8"), "json": output.json_line(info)}
                 if self.cfg.keep_image and raw.image is not None:
                     fields[raw.image_ext] = raw.image
                 w.write(raw.key, fields)
@@ -256,11 +234,6 @@ def _original_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def _is_done(out: Path, unit: Unit) -> bool:
-    n = shard_name(unit.index)
-    return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
-
-
 def _check_config(out: Path, fp: dict) -> None:
     path = out / "config.json"
     if path.is_file():
@@ -273,46 +246,7 @@ def _check_config(out: Path, fp: dict) -> None:
             raise ConvertError(f"{out}: made with different settings ({', '.join(diff)} differ); "
                                f"rerun with the same settings to resume, or use a new --output")
     else:
-        _write_atomic(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
-
-
-def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
-    """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
-    out = Path(out)
-    stats_files = sorted(out.glob("[0-9]*.stats.json"))
-    tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "failed_by_stage": {},
-           "shard_errors": []}
-    failures = []
-    psnr_w = 0.0
-    first_shard: dict[str, str] = {}
-    dups: dict[str, list[str]] = {}
-    for p in stats_files:
-        st = json.loads(p.read_text())
-        for key in st.get("keys", ()):
-            if key in first_shard:
-                dups.setdefault(key, [first_shard[key]]).append(st["shard"])
-            else:
-                first_shard[key] = st["shard"]
-        for k in ("inputs", "converted", "failed", "missing_captions"):
-            tot[k] += st[k]
-        for k, v in st["failed_by_stage"].items():
-            tot["failed_by_stage"][k] = tot["failed_by_stage"].get(k, 0) + v
-        tot["shard_errors"] += [f"{st['shard']}: {e}" for e in st["shard_errors"]]
-        psnr_w += (st["psnr_mean"] or 0.0) * st["converted"]
-        fp = p.with_name(p.name.replace(".stats.json", ".failures.jsonl"))
-        if fp.is_file():
-            failures.append(fp.read_bytes())
-    _write_atomic(out / "failures.jsonl", b"".join(failures))
-    tot["shards_done"] = len(stats_files)
-    if units is not None:
-        tot["shards_total"] = len(units)
-        tot["complete"] = all(_is_done(out, u) for u in units)
-    tot["psnr_mean"] = psnr_w / tot["converted"] if tot["converted"] else None
-    tot["reconciled"] = tot["inputs"] == tot["converted"] + tot["failed"]
-    tot["duplicate_keys"] = len(dups)  # keys converted in more than one shard
-    tot["duplicates"] = [f"{k}: {', '.join(v)}" for k, v in sorted(dups.items())[:_MAX_LISTED]]
-    _write_atomic(out / "summary.json", (json.dumps(tot, indent=2, sort_keys=True) + "\n").encode())
-    return tot
+        output.write_durable(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _check_settings(cfg: ConvertConfig) -> None:
@@ -364,9 +298,9 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     except OSError as e:
         raise ConvertError(f"{out}: cannot write the output ({e.strerror or e})") from None
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
-    pending = [u for u in mine if not _is_done(out, u)]
+    pending = [u for u in mine if not output.is_done(out, u)]
     for u in pending:  # leftovers of a killed run of this rank's shards
-        for stale in out.glob(f".{shard_name(u.index)}.*.tmp*"):
+        for stale in out.glob(f".{output.shard_name(u.index)}.*.tmp*"):
             stale.unlink(missing_ok=True)
 
     conv = _Converter(out, cfg)
