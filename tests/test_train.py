@@ -111,7 +111,7 @@ def test_stage2_needs_text_and_stage1_needs_images(tmp_path, capsys):
 
 
 def test_frozen_parts_bit_identical_and_unfreeze(shards):
-    from gaussianvision.train.data import build_source
+    from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
     from gaussianvision.train.setup import build_task
     import tempfile
@@ -181,7 +181,7 @@ class _ExplodingTask:
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from gaussianvision.train.checkpoint import latest_checkpoint, load_checkpoint
     from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
-    from gaussianvision.train.sources import IndexedSource
+    from gaussianvision.train.batches import IndexedSource
     data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
     src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
     task = _ExplodingTask(nan_at=5)
@@ -192,6 +192,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state, weights, _ = load_checkpoint(tmp_path)
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in weights.values())
     assert all(torch.isfinite(p).all() for p in task.model.parameters())  # the NaN step never applied
+
+
+class _DeclaringTask(_ExplodingTask):
+    """A task that declares a setting a resumed run must share (as the demo's teacher does)."""
+
+    def __init__(self, **settings):
+        super().__init__(nan_at=None)
+        self.settings = settings
+
+    def describe(self):
+        return {"stage": "test", **self.settings}
+
+    def resume_keys(self):
+        return {"knob": 0.0}
+
+
+def test_resume_compares_the_settings_the_task_declares(tmp_path):
+    """The loop saves the task's resume_keys() in state.json and refuses a resume whose task
+    describes another value, or lacks the setting (its "not used" value) when the run had it."""
+    from gaussianvision.train.checkpoint import CheckpointError
+    from gaussianvision.train.loop import TrainConfig, train
+    from gaussianvision.train.batches import IndexedSource
+    data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
+
+    def run(task, **kw):
+        src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
+        return train(task, src, TrainConfig(out=str(tmp_path), steps=4, batch_size=2, progress=False, **kw))
+
+    run(_DeclaringTask(knob=2.0), stop_after=1)
+    state = json.loads((tmp_path / "checkpoints" / "step-00000001" / "state.json").read_text())
+    assert state["resume_keys"] == {"knob": 0.0} and state["task"]["knob"] == 2.0
+    with pytest.raises(CheckpointError, match=r"--resume: knob was 2.0 in .*step-00000001, now 3.0; resume with"):
+        run(_DeclaringTask(knob=3.0), resume=True)
+    with pytest.raises(CheckpointError, match=r"--resume: knob was 2.0 in .*, now 0.0"):
+        run(_ExplodingTask(nan_at=None), resume=True)  # a task without the setting
+    assert run(_DeclaringTask(knob=2.0), resume=True)["steps"] == 4
 
 
 def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys):
@@ -225,7 +261,7 @@ def test_fresh_run_refuses_an_existing_run(shards, tmp_path, capsys):
 
 def test_stage1_token_level_loss(shards, tmp_path):
     from gaussianvision.models import load_config
-    from gaussianvision.train.data import build_source
+    from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
     from gaussianvision.train.setup import build_task
     cfg = load_config("gs-tiny")
@@ -239,39 +275,6 @@ def test_stage1_token_level_loss(shards, tmp_path):
         task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 32 latents vs 64 patches
         batch = next(build_source(shards, ("splats", "image"), 2, buffer=2).batches(0))
         task2.loss(batch)
-
-
-def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsys):
-    """--lock-text-steps 2: after 2 steps every text parameter (and its optimizer state) is
-    bit-identical to its initialization while the image tower moved; after 4 the text moved too."""
-    import open_clip
-    from safetensors.torch import load_file
-    from gaussianvision.models import register_open_clip_configs
-    from gaussianvision.train.stages import is_text_param
-    register_open_clip_configs()
-    root = tmp_path / "img"
-    write_splat_shards(root, n_samples=16, per_shard=16)
-    out = tmp_path / "rgb"
-    rc = _gsv_train(["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
-                     "--steps", "4", "--batch-size", "4", "--lr", "1e-3", "--lock-text-steps", "2",
-                     "--save-every", "2", "--log-every", "1", "--json"])
-    assert rc == 0
-    torch.manual_seed(0)  # build_task seeds 0 before creating the model: the same initialization
-    init = open_clip.create_model("gsv-tiny").state_dict()
-    w2 = load_file(str(out / "checkpoints" / "step-00000002" / "weights.safetensors"))
-    w4 = load_file(str(out / "checkpoints" / "step-00000004" / "weights.safetensors"))
-    text = [n for n in w2 if is_text_param(n)]
-    image = [n for n in w2 if n.startswith("visual.")]
-    assert len(text) > 5 and len(image) > 5
-    assert all(torch.equal(w2[n], init[n]) for n in text)
-    assert not all(torch.equal(w2[n], init[n]) for n in image)
-    assert not all(torch.equal(w4[n], init[n]) for n in text)
-    logs = read_log(out)
-    assert [r["text_locked"] for r in logs] == [1.0, 1.0, 0.0, 0.0]
-    capsys.readouterr()
-    assert _gsv_train(["--stage", "1", "--data", str(root), "--out", str(tmp_path / "s1"), "--steps", "1",
-                       "--lock-text-steps", "2"]) == 2
-    assert "--lock-text-steps applies to --stage rgb" in capsys.readouterr().err
 
 
 def test_negclip_loss_matches_a_written_out_reference():
@@ -304,64 +307,11 @@ def test_negclip_loss_matches_a_written_out_reference():
         make_negclip_loss()(img, txt, neg[:3], scale)
 
 
-def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
-    root = tmp_path / "img"
-    write_splat_shards(root, n_samples=8, per_shard=8, negatives=True)
-    common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--steps", "2",
-              "--batch-size", "4", "--lr", "1e-3", "--log-every", "1"]
-    assert _gsv_train(common + ["--out", str(tmp_path / "plain")]) == 0
-    assert _gsv_train(common + ["--out", str(tmp_path / "neg"), "--hard-negatives"]) == 0
-    plain, neg = read_log(tmp_path / "plain"), read_log(tmp_path / "neg")
-    # same seed, model and batches: extra false captions in every image's softmax raise the loss
-    assert neg[0]["loss"] > plain[0]["loss"] + 1e-3
-    state = json.loads((tmp_path / "neg" / "checkpoints" / "step-00000002" / "state.json").read_text())
-    assert state["task"]["hard_negatives"] is True
-    bare = tmp_path / "bare"
-    write_splat_shards(bare, n_samples=8, per_shard=8)
-    capsys.readouterr()
-    assert _gsv_train(common[:5] + [str(bare)] + common[6:] + ["--out", str(tmp_path / "x"), "--hard-negatives"]) == 2
-    err = capsys.readouterr().err
-    assert "no .neg.txt member" in err and "000000" in err
-    assert _gsv_train(["--stage", "2", "--data", str(root), "--out", str(tmp_path / "s2"), "--steps", "1",
-                       "--hard-negatives"]) == 2
-    assert "--hard-negatives applies to --stage rgb" in capsys.readouterr().err
-
-
-def test_rgb_mirror_pairs_contrast_each_twin_in_the_batch(capsys):
-    """--mirror-pairs: the loss is the CLIP loss of the batch rebuilt by apps.demo.world.mirror
-    (twins beside their originals, same batch size), and the flag is refused outside stage rgb."""
-    from gaussianvision.apps.demo.world.mirror import mirror_pairs
-    from gaussianvision.train.losses import make_clip_loss
-    from gaussianvision.train.setup import build_task
-    from gaussianvision.train.stages import pixel_input
-    task = build_task("rgb", base="gsv-tiny", mirror_pairs=0.5, mirror_fn=mirror_pairs)
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(4, 3, 64, 64, generator=g),
-             "text": ["a red circle left of a blue square", "a green star", "a red cross above a blue disk",
-                      "two small red squares"]}
-    with torch.no_grad():
-        loss, _ = task.loss(batch)
-        images, texts, _ = mirror_pairs(batch["image"], batch["text"], 1)
-        m = task.model
-        img = m.encode_image(pixel_input(images, m.visual), normalize=True)
-        txt = m.encode_text(task.tokenizer(texts), normalize=True)
-        want = make_clip_loss()(img, txt, m.logit_scale.exp())
-        plain = make_clip_loss()(m.encode_image(pixel_input(batch["image"], m.visual), normalize=True),
-                                 m.encode_text(task.tokenizer(batch["text"]), normalize=True), m.logit_scale.exp())
-    assert texts[1] == "a red circle right of a blue square" and torch.equal(images[1], batch["image"][0].flip(-1))
-    assert loss.item() == pytest.approx(want.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
-    assert task.describe()["mirror_pairs"] == 0.5
-    with pytest.raises(ValueError, match="--mirror-pairs must be a fraction"):
-        build_task("rgb", base="gsv-tiny", mirror_pairs=1.5)
-    assert _gsv_train(["--stage", "2", "--data", "x", "--out", "y", "--steps", "1", "--mirror-pairs", "0.5"]) == 2
-    assert "--mirror-pairs applies to --stage rgb" in capsys.readouterr().err
-
-
 def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypatch):
     """--cache-teacher: the same losses step by step as computing the teacher every step, with
     the teacher run once per sample; a key whose image changed is recomputed."""
     from gaussianvision.models.gsclip import GSCLIP
-    from gaussianvision.train.data import build_memory_source
+    from gaussianvision.train.batches import build_memory_source
     from gaussianvision.train.loop import TrainConfig, train
     from gaussianvision.train.setup import build_task
     from gaussianvision.apps.demo.steps import load_samples
@@ -459,101 +409,8 @@ def test_adamw_is_fused_where_torch_has_it_and_matches_the_loop():
     assert not torch.equal(runs[0][0], w0[0])
 
 
-def test_caption_words_loss_against_a_hand_computation():
-    """train.words.CaptionWords: multi-hot of the caption's ids without the special ones, IDF over
-    the captions seen so far (this batch included) times the boost, softmax cross-entropy."""
-    from gaussianvision.train.words import CaptionWords
-    torch.manual_seed(0)
-    cw = CaptionWords(4, ignore_ids=(0, 9), boost={5: 3.0}, buckets=8)
-    tokens = torch.tensor([[9, 5, 2, 0, 0], [9, 2, 3, 3, 0], [9, 2, 0, 0, 0], [9, 2, 0, 0, 0]])
-    hot = cw.targets(tokens)
-    assert hot[:2].tolist() == [[0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0]]
-    emb = torch.randn(4, 4)
-    loss = cw(emb, tokens)
-    # after this batch: 4 captions; word 2 in all (log 4/5 < 0: the floor 0.05), 3 and 5 in one each
-    idf = {2: 0.05, 3: math.log(4 / 2), 5: 3.0 * math.log(4 / 2)}
-    logp = cw.head(emb).log_softmax(-1)
-    want = 0.0
-    for row, words in enumerate(([2, 5], [2, 3], [2], [2])):
-        total = sum(idf[w] for w in words)
-        want -= sum(idf[w] / total * logp[row, w] for w in words)
-    torch.testing.assert_close(loss, want / 4)
-    assert cw.docs.item() == 4 and cw.doc_freq[2].item() == 4 and cw.doc_freq[3].item() == 1
-    with pytest.raises(ValueError, match="the boost of token 5 must be a positive number"):
-        CaptionWords(4, boost={5: 0.0})
-
-
-def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsys):
-    """--word-loss W: the loss is the CLIP loss of the same model plus W x the caption-word loss;
-    the head trains with the model but is left out of the OpenCLIP export; bad values refused."""
-    from safetensors.torch import load_file
-    from gaussianvision.train.setup import build_task
-    batch = {"image": torch.rand(6, 3, 64, 64),
-             "text": ["a small red circle left of a large blue square."] * 3 + ["two green stars."] * 3}
-    plain = build_task("rgb", base="gsv-tiny", seed=1)
-    words = build_task("rgb", base="gsv-tiny", seed=1, word_loss=0.5, word_boost={"left": 4.0})
-    clip, _ = plain.loss(batch)
-    total, logs = words.loss(batch)
-    torch.testing.assert_close(logs["clip_loss"], float(clip.detach()))
-    torch.testing.assert_close(float(total.detach()), float(clip.detach()) + 0.5 * logs["word_loss"], rtol=1e-5, atol=1e-5)
-    total.backward()
-    assert words.model.word_head.head.weight.grad.abs().sum() > 0
-    assert words.describe()["word_boost"] == {"left": 4.0}
-    words.export(tmp_path)
-    keys = load_file(str(tmp_path / "open_clip_model.safetensors"))
-    assert not any(k.startswith("word_head") for k in keys) and set(keys) == set(plain.model.state_dict())
-    with pytest.raises(ValueError, match="--word-loss must be a weight >= 0"):
-        build_task("rgb", base="gsv-tiny", word_loss=-1.0)
-    with pytest.raises(ValueError, match="not a single token"):
-        build_task("rgb", base="gsv-tiny", word_loss=1.0, word_boost={"left of": 2.0})
-    with pytest.raises(ValueError, match="--word-loss and --word-boost apply to --stage rgb"):
-        build_task("1", model_config="gs-tiny", word_loss=1.0)
-    assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
-                       "--word-boost", "left"]) == 2
-    assert "--word-boost 'left': expected WORD=FACTOR" in capsys.readouterr().err
-    assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
-                       "--word-boost", "left=x"]) == 2
-    assert "--word-boost 'left=x': FACTOR must be a number" in capsys.readouterr().err
+def test_fit_option_parses_key_value():
     from gaussianvision.apps.cli.common import CliError, fit_option
     assert fit_option(" iters =40") == ("iters", 40) and fit_option("backend=numba") == ("backend", "numba")
     with pytest.raises(CliError, match="--fit-option '=3': expected KEY=VALUE"):
         fit_option("=3")
-
-
-def test_demo_relation_oversampling_repeats_direction_captions():
-    """The demo teacher's relation_oversample k: captions that state a direction k times in all,
-    the others once."""
-    from gaussianvision.apps.demo.steps import oversample_relations
-    samples = [{"text": "a red circle left of a blue square."}, {"text": "two red circles."},
-               {"text": "a star above a cross."}, {"text": "a cross below a circle."}]
-    out = oversample_relations(samples, 3)
-    assert len(out) == 4 + 2 * 3 and sum("two red circles" in x["text"] for x in out) == 1
-    assert oversample_relations(samples, 1) is samples
-    with pytest.raises(ValueError, match="relation_oversample must be >= 1"):
-        oversample_relations(samples, 0)
-
-
-def test_caption_words_keep_a_word_that_shares_a_bucket_with_padding():
-    """An ignored id (padding 0) hashed into the same bucket as a word must not erase the word."""
-    from gaussianvision.train.words import CaptionWords
-    cw = CaptionWords(4, ignore_ids=(0, 9), buckets=8)
-    hot = cw.targets(torch.tensor([[9, 16, 0, 0], [9, 0, 16, 0]]))  # 16 % 8 == 0, the bucket of padding
-    assert hot[:, 0].tolist() == [1.0, 1.0] and hot.sum().item() == 2
-
-
-def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_path, capsys):
-    """--resume with another --word-loss: one error naming the setting, no traceback; a boost of
-    zero names the word."""
-    root = tmp_path / "img"
-    write_splat_shards(root, n_samples=8, per_shard=8)
-    out = tmp_path / "rgb"
-    common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
-              "--batch-size", "4", "--lr", "1e-3", "--save-every", "1"]
-    assert _gsv_train(common + ["--steps", "2", "--stop-after", "1", "--word-loss", "1", "--word-boost", "left=4"]) == 0
-    capsys.readouterr()
-    assert _gsv_train(common + ["--steps", "2", "--resume"]) == 2
-    assert "--resume: word-loss was 1.0" in capsys.readouterr().err
-    assert _gsv_train(common + ["--steps", "2", "--resume", "--word-loss", "1", "--word-boost", "left=4"]) == 0
-    assert _gsv_train(["--stage", "rgb", "--data", str(root), "--out", str(tmp_path / "z"), "--steps", "1",
-                       "--word-loss", "1", "--word-boost", "left=0"]) == 2
-    assert "--word-boost left=0.0: the factor must be a positive number" in capsys.readouterr().err

@@ -7,6 +7,9 @@ A *task* provides the model and the loss (see stages.py):
     task.loss(batch) -> (loss, logs) scalar tensor and a dict of floats
     task.after_step()                optional (e.g. clamp CLIP's logit scale)
     task.describe() -> dict          what is needed to rebuild the model (saved in state.json)
+    task.resume_keys() -> dict       optional: describe() keys a resumed run must share, each with
+                                     its "not used" value (see resume.py)
+    task.begin_step(step) -> list    optional: parameters to hold fixed in this optimizer step
     task.export(out_dir)             optional, called at the end on rank 0
 """
 from __future__ import annotations
@@ -22,10 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CheckpointError, find_checkpoint, holds_checkpoints, latest_checkpoint, load_checkpoint,
-                         load_trainable, rng_state, save_checkpoint, set_aside_newer, set_rng_state)
-from .optstate import apply_optimizer_state
-from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, broadcast_object, gather_object
+from .checkpoint import CheckpointError, holds_checkpoints, latest_checkpoint, rng_state, save_checkpoint
+from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_object
+from .resume import RESUME_KEYS, restore, task_resume_keys
 from .schedule import cosine_lr, set_lr
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
@@ -61,7 +63,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # stage-specific settings, saved in state.json
 
     # settings a resumed run must share with the original one
-    RESUME_KEYS = ("steps", "batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
+    RESUME_KEYS = RESUME_KEYS
 
 
 def _adamw(groups, cfg) -> torch.optim.AdamW:
@@ -179,7 +181,7 @@ class _Run:
         """(step, epoch, position) to start from: a resumed checkpoint's, or zeros for a fresh run."""
         cfg, out = self.cfg, self.out
         if cfg.resume and holds_checkpoints(out):
-            return _restore(out, self.config_json, self.task, self.info, self.model, self.optimizer, self.scaler)
+            return restore(out, self.config_json, self.task, self.info, self.model, self.optimizer, self.scaler)
         if cfg.resume and self.info.is_main:
             print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
         elif not cfg.resume and holds_checkpoints(out):
@@ -251,7 +253,8 @@ class _Run:
         if info.is_main:
             opt_state = {"optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
-            state = {"train_config": self.config_json, "task": self.task.describe(), "epoch": self.epoch,
+            state = {"train_config": self.config_json, "task": self.task.describe(),
+                     "resume_keys": task_resume_keys(self.task), "epoch": self.epoch,
                      "data_positions": positions, "rng": rngs, "world_size": info.world_size,
                      "samples_seen": step * self.global_batch * self.cfg.accum}
             self.last_ckpt = save_checkpoint(self.out, step, self.model, opt_state, state, keep=self.cfg.keep)
@@ -333,84 +336,6 @@ def _skipped(source, info: DistInfo) -> dict:
     counts = source.skipped() if hasattr(source, "skipped") else {}
     return {k: int(round(all_reduce_mean(float(counts.get(k, 0)), info) * info.world_size))
             for k in ("skipped_samples", "damaged_shards")}
-
-
-def _check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
-    """CheckpointError naming the first setting that differs from the run being resumed."""
-    old = state.get("train_config", {})
-    for k in TrainConfig.RESUME_KEYS:
-        if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
-            why = "; the learning-rate schedule depends on it" if k in ("steps", "warmup", "lr", "min_lr") else ""
-            raise CheckpointError(f"--resume: {k} was {old[k]!r} in {state['path']}, now {config_json[k]!r}{why}")
-    if state.get("world_size", 1) != info.world_size:
-        raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
-                              "the data order depends on it")
-    old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
-    for k in ("word_loss", "word_boost", "hflip"):
-        if k in old_task and k in now_task and old_task[k] != now_task[k]:
-            raise CheckpointError(f"--resume: {k.replace('_', '-')} was {old_task[k]!r} in {state['path']}, "
-                                  f"now {now_task[k]!r}; resume with the run's settings")
-
-
-def _restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
-    """Resume: rank 0 chooses the checkpoint of `out` (see _choose), every rank loads that exact
-    directory into model, optimizer and scaler and sets its RNGs; the ranks agree before going on
-    (a failure on any rank is a CheckpointError on all). -> (step, epoch, position) of this rank."""
-    found, err = None, None
-    if info.is_main:
-        try:
-            found = _choose(out)
-        except CheckpointError as e:
-            err = (f"--resume: {e}; nothing was deleted (to start over, move it away or choose "
-                   "another --out)")
-    path, err = broadcast_object((found[0]["path"] if found else None, err), info)
-    if err:
-        raise CheckpointError(err)
-    err, got = None, None
-    try:
-        got = _apply(found or load_checkpoint(path, optimizer=True), config_json, task, info, model, optimizer, scaler)
-    except CheckpointError as e:
-        err = str(e)
-    errors = [(r, e) for r, e in enumerate(gather_object(err, info)) if e]
-    if errors:
-        r, e = errors[0]
-        raise CheckpointError(e if r == info.rank or not info.enabled else f"rank {r}: {e}")
-    return got
-
-
-def _choose(out: Path) -> tuple[dict, dict, dict]:
-    """Rank 0: the checkpoint to resume from (the one `latest` names when complete, else the newest
-    complete one); the step directories newer than it are renamed step-N.bad so nothing loads them
-    later; each unusable one and each one moved aside is named in one warning line."""
-    found, bad = find_checkpoint(out, optimizer=True)
-    used = found[0]["path"]
-    moved = set_aside_newer(used)
-    for why in bad:
-        print(f"warning: checkpoint unusable: {why}; using {used}", file=sys.stderr)
-    if moved:
-        print(f"warning: resuming from {used}: the newer step directories are renamed, kept and never loaded: "
-              + ", ".join(f"{old} -> {new.name}" for old, new in moved), file=sys.stderr)
-    return found
-
-
-def _apply(found, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
-    state, weights, opt_state = found
-    _check_resume(state, config_json, task, info)
-    load_trainable(model, weights)
-    apply_optimizer_state(optimizer, opt_state["optimizer"], state["path"])
-    try:
-        if opt_state.get("scaler"):
-            scaler.load_state_dict(opt_state["scaler"])
-        positions = state["data_positions"]
-        if len(positions) <= info.rank:
-            raise CheckpointError(f"--resume: {state['path']} holds no data position for rank {info.rank}")
-        rngs = state.get("rng", [])
-        if len(rngs) > info.rank:
-            set_rng_state(rngs[info.rank])
-        epoch, position = positions[info.rank]
-        return int(state["step"]), int(epoch), int(position)
-    except (ValueError, KeyError, TypeError, IndexError, SyntaxError, RuntimeError) as e:
-        raise CheckpointError(f"--resume: {state['path']}: unusable state ({type(e).__name__}: {e})") from None
 
 
 def _trim_log(path: Path, step: int) -> None:

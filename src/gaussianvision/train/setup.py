@@ -9,7 +9,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, load_trainable
 from .stages import RGBClipTask, Stage1Task, Stage2Task, freeze_for_stage
 
-__all__ = ["build_task", "STAGES", "GS_EXPORT"]
+__all__ = ["build_task", "check_stage", "rgb_model", "STAGES", "GS_EXPORT"]
 
 STAGES = ("1", "2", "rgb")
 GS_EXPORT = "gsclip.safetensors"
@@ -40,10 +40,21 @@ class GSStage2(_GSExport, Stage2Task):
 
 def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
-               info=None, seed: int = 0, precision: str = "fp32", lock_text_steps: int = 0,
-               hard_negatives: bool = False, mirror_pairs: float = 0.0, mirror_fn=None, cache_teacher: bool = False,
-               hflip: float = 0.0, word_loss: float = 0.0, word_boost: dict | None = None):
-    """-> task (model on info.device). Seeds torch before building so every rank starts identical."""
+               info=None, seed: int = 0, cache_teacher: bool = False, hflip: float = 0.0, rgb_task=RGBClipTask):
+    """-> the task of `stage` (model on info.device): "rgb" a plain CLIP (rgb_task(model, tokenizer,
+    info, meta=...): RGBClipTask or an application's subclass, e.g. apps.demo.teacher's), "1" / "2"
+    the GS stages. Seeds torch before building so every rank starts identical."""
+    stage = check_stage(stage, cache_teacher, hflip)
+    torch.manual_seed(seed)
+    if stage == "rgb":
+        model, tokenizer, meta = rgb_model(base, pretrained, unfreeze, info)
+        return rgb_task(model, tokenizer, info, meta=meta)
+    return _gs_task(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info,
+                    cache_teacher=cache_teacher, hflip=hflip)
+
+
+def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0) -> str:
+    """The stage as a string; ValueError for an unknown one or a stage-1 option given to another."""
     stage = str(stage)
     if stage not in STAGES:
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -51,38 +62,33 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
         raise ValueError("--cache-teacher applies to --stage 1")
     if hflip and stage != "1":
         raise ValueError("--hflip applies to --stage 1 (stage rgb mirrors with --mirror-pairs)")
-    device = getattr(info, "device", torch.device("cpu"))
-    torch.manual_seed(seed)
-    if stage == "rgb":
-        import open_clip
-        from gaussianvision.models import register_open_clip_configs
-        register_open_clip_configs()
-        base = base or "gsv-tiny"
-        if open_clip.get_model_config(base) is None:
-            raise ValueError(f"--base {base!r}: unknown OpenCLIP architecture")
-        if pretrained and not os.path.isfile(pretrained) and not open_clip.get_pretrained_cfg(base, pretrained):
-            raise ValueError(f"--pretrained {pretrained!r}: neither a file nor a pretrained tag of {base}")
-        from ..models.gsclip import hub_access
-        with hub_access(base, pretrained or None, None):  # offline: one clear line, no retries
-            model = open_clip.create_model(base, pretrained=pretrained or None)
-        model.to(device).train()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        if unfreeze:
-            raise ValueError("--unfreeze applies to stage 2 (everything trains in stage rgb)")
-        tok = open_clip.get_tokenizer(base)
-        return RGBClipTask(model, tok, info, meta={"base": base, "pretrained": pretrained},
-                           lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
-                           mirror_pairs=mirror_pairs, mirror_fn=mirror_fn, word_loss=word_loss, word_boost=word_boost)
-    if word_loss or word_boost:
-        raise ValueError("--word-loss and --word-boost apply to --stage rgb")
-    if hard_negatives:
-        raise ValueError("--hard-negatives applies to --stage rgb")
-    if mirror_pairs:
-        raise ValueError("--mirror-pairs applies to --stage rgb")
-    if lock_text_steps:
-        raise ValueError("--lock-text-steps applies to --stage rgb (stages 1 and 2 keep the text tower frozen)")
+    return stage
 
+
+def rgb_model(base: str | None, pretrained: str | None, unfreeze=(), info=None):
+    """Stage rgb's open_clip model (every parameter trains, on info.device) -> (model, tokenizer,
+    meta for describe()). The caller seeds torch first."""
+    import open_clip
+    from gaussianvision.models import register_open_clip_configs
+    register_open_clip_configs()
+    base = base or "gsv-tiny"
+    if open_clip.get_model_config(base) is None:
+        raise ValueError(f"--base {base!r}: unknown OpenCLIP architecture")
+    if pretrained and not os.path.isfile(pretrained) and not open_clip.get_pretrained_cfg(base, pretrained):
+        raise ValueError(f"--pretrained {pretrained!r}: neither a file nor a pretrained tag of {base}")
+    from ..models.gsclip import hub_access
+    with hub_access(base, pretrained or None, None):  # offline: one clear line, no retries
+        model = open_clip.create_model(base, pretrained=pretrained or None)
+    model.to(getattr(info, "device", torch.device("cpu"))).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if unfreeze:
+        raise ValueError("--unfreeze applies to stage 2 (everything trains in stage rgb)")
+    return model, open_clip.get_tokenizer(base), {"base": base, "pretrained": pretrained}
+
+
+def _gs_task(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info, **stage1):
+    """Stage 1 or 2: the GS model (from --init-from's checkpoint when given), frozen for the stage."""
     from gaussianvision.models import create_gsclip
     init_state = init_weights = None
     if init_from:
@@ -97,13 +103,13 @@ def build_task(stage: str, base: str | None = None, pretrained: str | None = Non
     if init_weights is not None:
         # stage-1 weights: the GS tower (names match); anything else the checkpoint holds must fit too
         load_trainable(model, init_weights, strict=True)
-    model.to(device)
+    model.to(getattr(info, "device", torch.device("cpu")))
     model.train()
-    names = freeze_for_stage(model, stage, list(unfreeze or ()))
+    freeze_for_stage(model, stage, list(unfreeze or ()))
     meta = {"base": model.base_name, "pretrained": model.pretrained, "model_config": model.gs_config,
             "init_from": str(init_from) if init_from else None, "unfreeze": list(unfreeze or ()),
             "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
     if stage == "1":
         return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight},
-                        cache_teacher=cache_teacher, hflip=hflip)
+                        **stage1)
     return GSStage2(model, model.tokenizer(), info, meta=meta)

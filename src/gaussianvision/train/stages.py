@@ -1,21 +1,19 @@
-"""The three training tasks: RGB CLIP from scratch, stage 1 (distillation), stage 2 (CLIP loss).
+"""The three training tasks: RGB CLIP from scratch (RGBClipTask), stage 1 (distillation), stage 2
+(CLIP loss). Applications extend them by subclassing (the demo's teacher: apps/demo/teacher.py).
 
 Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1], "splats" (Splats with counts),
 "text" list[str].
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .losses import distill_loss, make_clip_loss, make_negclip_loss, token_distill_loss
+from .losses import distill_loss, make_clip_loss, token_distill_loss
 from .tokens import CachedTokenizer
-from .words import WORD_HEAD, CaptionWords
 
 __all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
            "OPEN_CLIP_EXPORT"]
@@ -82,6 +80,12 @@ class _Base:
     def describe(self) -> dict:
         return {"stage": self.stage, **self.meta}
 
+    def resume_keys(self) -> dict:
+        """The describe() keys a resumed run must share with the original one, each with the value
+        that means "not used" (compared when one side lacks the key). The loop saves them in
+        state.json and compares them on --resume; none by default."""
+        return {}
+
     def after_step(self):
         ls = getattr(self.model, "logit_scale", None)
         if isinstance(ls, torch.nn.Parameter) and ls.requires_grad:
@@ -90,111 +94,76 @@ class _Base:
 
 
 class RGBClipTask(_Base):
-    """Plain CLIP training of an open_clip model on (image, caption) pairs, all parameters trained.
+    """Plain CLIP training of an open_clip model on (image, caption) pairs, all parameters trained,
+    with open_clip's ClipLoss: what a DataComp user runs to train a CLIP from scratch.
 
     The export is open_clip's full state dict, so open_clip.create_model(base, pretrained=PATH)
     loads it as it loads a pretrained checkpoint.
 
-    lock_text_steps > 0 holds the text tower at its (random) initialization for that many optimizer
-    steps, then trains it with the rest. The image tower first learns to match a fixed, random
-    text embedding of the captions, in which every word moves the embedding; otherwise both towers
-    settle on the attribute that is easiest to see (colour) and suppress the others together
-    (shape: see docs/training.md and benchmarks/results/demo_teacher_trials.md).
-
-    hard_negatives: batches carry "negative" (one false caption per image, KEY.neg.txt) and the
-    loss is make_negclip_loss's: each image must also beat its own near-identical false caption.
-
-    mirror_pairs: the fraction of each batch given to mirror twins made by mirror_fn(images, texts, k,
-    negatives) (the demo's world supplies one for its caption grammar: apps.demo.world.mirror): samples
-    whose captions state a direction are joined by their image flipped and caption's directions
-    swapped, so relations are contrasted on both sides; the batch keeps its size.
+    Subclasses change one part of the step by overriding a hook (the demo's teacher recipe,
+    apps.demo.teacher.TeacherTask, is one); loss() calls them in this order:
+      prepare(batch) -> (images, texts, extra_texts)   the batch as encoded; extra texts are
+                                                        tokenized and encoded after the captions
+      encode_texts(tokens) -> [B + E, D]               normalized text embeddings
+      pair_loss(img, txt, scale) -> loss               the contrastive loss (img [B, D])
+      extra_loss(loss, logs, features, tokens) -> loss further terms (features: the image
+                                                        embeddings before normalization, tokens:
+                                                        the captions' [B, L])
+      exported_state() -> dict                         what export() writes
     """
     stage = "rgb"
 
-    def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
-                 hard_negatives: bool = False, mirror_pairs: float = 0.0, mirror_fn=None, word_loss: float = 0.0,
-                 word_boost: dict[str, float] | None = None):
-        if not (word_loss >= 0 and math.isfinite(word_loss)):
-            raise ValueError(f"--word-loss must be a weight >= 0, got {word_loss}")
-        if word_boost and not word_loss:
-            raise ValueError("--word-boost needs --word-loss > 0")
-        for w, f in (word_boost or {}).items():
-            if not (isinstance(f, (int, float)) and f > 0 and math.isfinite(f)):
-                raise ValueError(f"--word-boost {w}={f}: the factor must be a positive number")
-        if lock_text_steps < 0:
-            raise ValueError(f"--lock-text-steps must be >= 0, got {lock_text_steps}")
-        if not 0.0 <= mirror_pairs <= 1.0:
-            raise ValueError(f"--mirror-pairs must be a fraction of the batch in [0, 1], got {mirror_pairs}")
-        if mirror_pairs and mirror_fn is None:
-            raise ValueError("--mirror-pairs needs a mirror function (the caption grammar's: the app supplies it)")
-        super().__init__(model, info, {**(meta or {}), "lock_text_steps": int(lock_text_steps),
-                                       "hard_negatives": bool(hard_negatives), "mirror_pairs": float(mirror_pairs),
-                                       "word_loss": float(word_loss), "word_boost": dict(word_boost or {})})
-        self.word_loss = float(word_loss)
-        if self.word_loss > 0:  # the head trains with the model (named WORD_HEAD), is left out of the export
-            special = sorted(set(int(t) for t in tokenizer([""])[0]))  # padding, start, end
-            dim = getattr(model.visual, "output_dim", None) or int(model.text_projection.shape[-1])
-            head = CaptionWords(int(dim), ignore_ids=special,
-                                boost={_one_token(tokenizer, w, special): f for w, f in (word_boost or {}).items()})
-            model.add_module(WORD_HEAD, head.to(next(model.parameters()).device))
-        self.mirror_pairs = float(mirror_pairs)
-        self.mirror_fn = mirror_fn
+    def __init__(self, model, tokenizer, info=None, meta=None):
+        super().__init__(model, info, meta)
         self.tokenizer = CachedTokenizer(tokenizer)
-        self.hard_negatives = bool(hard_negatives)
         self.clip_loss = make_clip_loss(self.rank, self.world_size)
-        self.negclip_loss = make_negclip_loss(self.rank, self.world_size)
-        self.lock_text_steps = int(lock_text_steps)
-        self._text_params = [p for n, p in model.named_parameters() if is_text_param(n)]
-        self._text_locked = False
 
-    def begin_step(self, step: int) -> list:
-        """Called by the loop before each optimizer step: the parameters to hold fixed in it."""
-        self._text_locked = step < self.lock_text_steps
-        return self._text_params if self._text_locked else []
-
-    def loss(self, batch):
+    def prepare(self, batch) -> tuple[torch.Tensor, list[str], list[str]]:
         if "image" not in batch or "text" not in batch:
             raise ValueError("stage rgb needs batches with 'image' and 'text'")
-        if self.hard_negatives and "negative" not in batch:
-            raise ValueError("stage rgb with hard negatives needs batches with 'negative' (KEY.neg.txt captions)")
-        device = batch["image"].device
-        images, texts = batch["image"], list(batch["text"])
-        negatives = list(batch["negative"]) if self.hard_negatives else None
-        if self.mirror_pairs > 0:
-            images, texts, negatives = self.mirror_fn(images, texts, round(self.mirror_pairs * len(texts) / 2),
-                                                         negatives)
+        return batch["image"], list(batch["text"]), []
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=True)
+
+    def pair_loss(self, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.clip_loss(img, txt, scale)
+
+    def extra_loss(self, loss: torch.Tensor, logs: dict, features: torch.Tensor, tokens: torch.Tensor):
+        return loss
+
+    def loss(self, batch):
+        images, texts, extra = self.prepare(batch)
         x = pixel_input(images, self.model.visual)
-        texts = texts + (negatives or [])
-        tokens = self.tokenizer(texts).to(device)
+        tokens = self.tokenizer(texts + extra).to(images.device)
         feat = self.model.encode_image(x)
         img = F.normalize(feat, dim=-1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_locked):
-            txt = self.model.encode_text(tokens, normalize=True)
-        scale = self.model.logit_scale.exp()
-        b = img.shape[0]
-        if self.hard_negatives:
-            loss = self.negclip_loss(img, txt[:b], txt[b:], scale)
-        else:
-            loss = self.clip_loss(img, txt, scale)
-        logs = {"logit_scale": float(self.model.logit_scale.detach().exp()), "text_locked": float(self._text_locked)}
-        if self.word_loss > 0:
-            words = getattr(self.model, WORD_HEAD)(feat, tokens[:b])
-            logs["clip_loss"], logs["word_loss"] = float(loss.detach()), float(words.detach())
-            loss = loss + self.word_loss * words
-        return loss, logs
+        txt = self.encode_texts(tokens)
+        loss = self.pair_loss(img, txt, self.model.logit_scale.exp())
+        logs = {"logit_scale": float(self.model.logit_scale.detach().exp())}
+        return self.extra_loss(loss, logs, feat, tokens[:img.shape[0]]), logs
+
+    def exported_state(self) -> dict:
+        return self.model.state_dict()
 
     def export(self, out_dir):
         from safetensors.torch import save_file
         out = Path(out_dir)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-              if not k.startswith(WORD_HEAD + ".")}
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.exported_state().items()}
         tmp = out / f".{OPEN_CLIP_EXPORT}.tmp{os.getpid()}"
         save_file(sd, str(tmp))
         os.replace(tmp, out / OPEN_CLIP_EXPORT)
 
 
 class Stage1Task(_Base):
-    """Align the GS encoder to the frozen RGB teacher on (image, splats of that image) pairs."""
+    """Align the GS encoder to the frozen RGB teacher on (image, splats of that image) pairs.
+
+    Two options stay here although the demo uses them, because they hold for any data set:
+    hflip (a left-right mirror of image and splats together, the usual CLIP augmentation done on
+    both sides of the pair) and cache_teacher (the frozen teacher's embedding of each sample kept
+    by key: a pure speed-up that gives the same training, for data sets whose embeddings fit in
+    memory). Neither knows anything of captions or of the demo's world.
+    """
     stage = "1"
 
     def __init__(self, model, kind="cosine", token_weight: float = 0.0, info=None, meta=None,
@@ -215,6 +184,9 @@ class Stage1Task(_Base):
         if self.token_weight > 0 and not (hasattr(model, "encode_image_with_tokens")
                                           and hasattr(model, "encode_rgb_with_tokens")):
             raise ValueError("--token-weight needs a model with encode_image_with_tokens and encode_rgb_with_tokens")
+
+    def resume_keys(self) -> dict:
+        return {"hflip": 0.0}  # a mirrored run has other targets and teacher-cache entries
 
     def loss(self, batch):
         if "image" not in batch or "splats" not in batch:
@@ -253,16 +225,6 @@ class Stage1Task(_Base):
             for j, i in enumerate(todo):
                 cache[keys[i]] = (sums[i], fresh[j].detach())
         return torch.stack([cache[k][1] for k in keys])
-
-
-def _one_token(tokenizer, word: str, special) -> int:
-    """The token id of a word the tokenizer keeps whole (for --word-boost); `special` are the ids
-    of padding, start and end."""
-    special = set(special)
-    row = [int(t) for t in tokenizer([word])[0] if int(t) not in special]
-    if len(row) != 1:
-        raise ValueError(f"--word-boost {word!r}: not a single token of the tokenizer ({len(row)} tokens)")
-    return row[0]
 
 
 def mirror_some(batch: dict, which: torch.Tensor) -> dict:

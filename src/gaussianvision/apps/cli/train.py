@@ -1,5 +1,7 @@
 """`gsv train`: stage 1 (distill the GS encoder onto the frozen RGB teacher), stage 2 (CLIP loss
-against captions) or `--stage rgb` (a plain CLIP trained from scratch, e.g. the demo's teacher).
+against captions) or `--stage rgb` (a plain CLIP trained from scratch; with any of --lock-text-steps,
+--hard-negatives, --mirror-pairs, --word-loss, --word-boost the demo's teacher recipe,
+apps/demo/teacher.py).
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m gaussianvision.apps.cli.main train ...`.
 """
@@ -116,10 +118,9 @@ def _check_device(device: str | None) -> None:
 
 def _run(args) -> int:
     from gaussianvision.train.checkpoint import CheckpointError
-    from gaussianvision.train.data import DataError, build_source
+    from gaussianvision.train.batches import DataError, build_source
     from gaussianvision.train.distributed import cleanup, init_distributed
     from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
-    from gaussianvision.train.setup import build_task
     if args.steps is None and args.epochs is None:
         raise CliError("give --steps N or --epochs E")
     _check_options(args)
@@ -132,13 +133,7 @@ def _run(args) -> int:
         if args.hard_negatives:
             need += ("negative",)
         try:
-            task = build_task(args.stage, base=args.base, pretrained=args.pretrained, model_config=args.model_config,
-                              init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
-                              token_weight=args.token_weight, info=info, seed=args.seed,
-                              lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
-                              mirror_pairs=args.mirror_pairs, mirror_fn=_mirror_fn(args.mirror_pairs), cache_teacher=args.cache_teacher,
-                              hflip=args.hflip, word_loss=args.word_loss,
-                              word_boost=_word_boost(args.word_boost))
+            task = _build_task(args, info)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None
@@ -152,7 +147,7 @@ def _run(args) -> int:
             raise CliError(str(e)) from None
         steps = args.steps
         if args.in_memory:
-            from gaussianvision.train.data import build_memory_source
+            from gaussianvision.train.batches import build_memory_source
             try:
                 samples = [x for u in source.shards for x in source.read_shard(u)]
                 source = build_memory_source(samples, args.batch_size, seed=args.seed, rank=info.rank,
@@ -162,7 +157,7 @@ def _run(args) -> int:
             if args.epochs is not None:
                 steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
         elif args.epochs is not None:
-            from gaussianvision.train.data import count_samples
+            from gaussianvision.train.batches import count_samples
             n = count_samples(source.shards)
             steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
         cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
@@ -211,9 +206,17 @@ def _skipped_note(summary: dict) -> str:
     return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage" if n or d else ""
 
 
-def _mirror_fn(fraction: float):
-    """--mirror-pairs: the twins come from the demo world's caption grammar (its direction words)."""
-    if not fraction:
-        return None
-    from gaussianvision.apps.demo.world.mirror import mirror_pairs
-    return mirror_pairs
+def _build_task(args, info):
+    """The library's task of --stage, or the demo's TeacherTask (apps.demo.teacher) for stage rgb
+    when any teacher flag is given (given to stage 1 or 2, they are refused there)."""
+    options = dict(base=args.base, pretrained=args.pretrained, model_config=args.model_config,
+                   init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
+                   token_weight=args.token_weight, info=info, seed=args.seed, cache_teacher=args.cache_teacher,
+                   hflip=args.hflip)
+    teacher = dict(lock_text_steps=args.lock_text_steps, hard_negatives=args.hard_negatives,
+                   mirror_pairs=args.mirror_pairs, word_loss=args.word_loss, word_boost=_word_boost(args.word_boost))
+    from gaussianvision.apps.demo import teacher as demo_teacher
+    if demo_teacher.uses_teacher(**teacher):
+        return demo_teacher.build_task(args.stage, **teacher, **options)
+    from gaussianvision.train.setup import build_task
+    return build_task(args.stage, **options)

@@ -268,7 +268,7 @@ def _subset_shards(world: dict, n_images: int, dest: Path) -> list[str]:
 
 def load_samples(spec, need: tuple[str, ...], image_size: int | None = None) -> list[dict]:
     """All samples of tar shards, decoded as the trainer does (gsv train --in-memory)."""
-    from gaussianvision.train.data import build_source
+    from gaussianvision.train.batches import build_source
     src = build_source(spec, need, 1, image_size=image_size)
     return [x for u in src.shards for x in src.read_shard(u)]
 
@@ -290,11 +290,10 @@ def oversample_relations(samples: list[dict], k: int) -> list[dict]:
 def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=None, pretrained=None,
                model_config=None, init_from=None, seed: int = 0, progress: bool = False) -> dict:
     """One `gsv train` run in-process (the functions cli/train.py calls), on samples held in memory."""
-    from gaussianvision.train.data import build_memory_source
+    from gaussianvision.train.batches import build_memory_source
     from gaussianvision.train.distributed import DistInfo
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.apps.demo.world.mirror import mirror_pairs as world_mirror_pairs
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.apps.demo.teacher import build_task
     out_dir = _fresh(Path(out_dir))
     info = DistInfo()
     n_data = len(samples)
@@ -306,7 +305,7 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
                       init_from=str(init_from) if init_from else None, info=info, seed=seed,
                       lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)),
-                      mirror_pairs=float(s.get("mirror_pairs", 0.0)), mirror_fn=world_mirror_pairs,
+                      mirror_pairs=float(s.get("mirror_pairs", 0.0)),
                       cache_teacher=bool(s.get("cache_teacher", False)), hflip=float(s.get("hflip", 0.0)),
                       word_loss=float(s.get("word_loss", 0.0)), word_boost=s.get("word_boost"))
     cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),

@@ -1,0 +1,114 @@
+"""Resuming a run (gsv train --resume): choose the checkpoint, check that the run being resumed had
+the same settings, load weights, optimizer, scaler, RNGs and data positions on every rank.
+
+What must match: the TrainConfig settings in RESUME_KEYS, the number of processes, and the task
+settings the task declares with resume_keys() -> {describe() key: its "not used" value}. Those
+declarations are saved in state.json ("resume_keys"), so a run resumed with a task that no longer
+has the setting (e.g. the demo's --word-loss resumed as a plain stage rgb) is compared against the
+"not used" value and refused. Checkpoints written before the declarations existed are compared on
+the keys the current task declares and the checkpoint's describe() holds.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_trainable, set_aside_newer, set_rng_state
+from .distributed import DistInfo, broadcast_object, gather_object
+from .optstate import apply_optimizer_state
+
+__all__ = ["RESUME_KEYS", "restore", "check_resume", "task_resume_keys"]
+
+# TrainConfig settings a resumed run must share with the original one
+RESUME_KEYS = ("steps", "batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
+_SCHEDULE = ("steps", "warmup", "lr", "min_lr")
+
+
+def task_resume_keys(task) -> dict:
+    """The task's {describe() key: "not used" value} to compare on resume ({} when it declares none)."""
+    return dict(task.resume_keys()) if hasattr(task, "resume_keys") else {}
+
+
+def check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
+    """CheckpointError naming the first setting that differs from the run being resumed."""
+    old = state.get("train_config", {})
+    for k in RESUME_KEYS:
+        if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
+            why = "; the learning-rate schedule depends on it" if k in _SCHEDULE else ""
+            raise CheckpointError(f"--resume: {k} was {old[k]!r} in {state['path']}, now {config_json[k]!r}{why}")
+    if state.get("world_size", 1) != info.world_size:
+        raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
+                              "the data order depends on it")
+    old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
+    recorded = state.get("resume_keys")
+    declared = {**(recorded if isinstance(recorded, dict) else {}), **task_resume_keys(task)}
+    for k, unused in declared.items():
+        if recorded is None and (k not in old_task or k not in now_task):
+            continue  # a checkpoint from before the declarations: compared where both sides say
+        was, now = old_task.get(k, unused), now_task.get(k, unused)
+        if was != now:
+            raise CheckpointError(f"--resume: {k.replace('_', '-')} was {was!r} in {state['path']}, "
+                                  f"now {now!r}; resume with the run's settings")
+
+
+def restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+    """Resume: rank 0 chooses the checkpoint of `out` (see _choose), every rank loads that exact
+    directory into model, optimizer and scaler and sets its RNGs; the ranks agree before going on
+    (a failure on any rank is a CheckpointError on all). -> (step, epoch, position) of this rank."""
+    found, err = None, None
+    if info.is_main:
+        try:
+            found = _choose(out)
+        except CheckpointError as e:
+            err = (f"--resume: {e}; nothing was deleted (to start over, move it away or choose "
+                   "another --out)")
+    path, err = broadcast_object((found[0]["path"] if found else None, err), info)
+    if err:
+        raise CheckpointError(err)
+    err, got = None, None
+    try:
+        got = _apply(found or load_checkpoint(path, optimizer=True), config_json, task, info, model, optimizer, scaler)
+    except CheckpointError as e:
+        err = str(e)
+    errors = [(r, e) for r, e in enumerate(gather_object(err, info)) if e]
+    if errors:
+        r, e = errors[0]
+        raise CheckpointError(e if r == info.rank or not info.enabled else f"rank {r}: {e}")
+    return got
+
+
+def _choose(out: Path) -> tuple[dict, dict, dict]:
+    """Rank 0: the checkpoint to resume from (the one `latest` names when complete, else the newest
+    complete one); the step directories newer than it are renamed step-N.bad so nothing loads them
+    later; each unusable one and each one moved aside is named in one warning line."""
+    found, bad = find_checkpoint(out, optimizer=True)
+    used = found[0]["path"]
+    moved = set_aside_newer(used)
+    for why in bad:
+        print(f"warning: checkpoint unusable: {why}; using {used}", file=sys.stderr)
+    if moved:
+        print(f"warning: resuming from {used}: the newer step directories are renamed, kept and never loaded: "
+              + ", ".join(f"{old} -> {new.name}" for old, new in moved), file=sys.stderr)
+    return found
+
+
+def _apply(found, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+    state, weights, opt_state = found
+    check_resume(state, config_json, task, info)
+    load_trainable(model, weights)
+    apply_optimizer_state(optimizer, opt_state["optimizer"], state["path"])
+    try:
+        if opt_state.get("scaler"):
+            scaler.load_state_dict(opt_state["scaler"])
+        positions = state["data_positions"]
+        if len(positions) <= info.rank:
+            raise CheckpointError(f"--resume: {state['path']} holds no data position for rank {info.rank}")
+        rngs = state.get("rng", [])
+        if len(rngs) > info.rank:
+            set_rng_state(rngs[info.rank])
+        epoch, position = positions[info.rank]
+        return int(state["step"]), int(epoch), int(position)
+    except (ValueError, KeyError, TypeError, IndexError, SyntaxError, RuntimeError) as e:
+        raise CheckpointError(f"--resume: {state['path']}: unusable state ({type(e).__name__}: {e})") from None
+
+
