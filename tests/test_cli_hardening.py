@@ -178,8 +178,8 @@ def test_fit_images_metrics_name_the_batch_time_and_the_share():
 
 
 def test_text_and_png_writes_leave_no_temporary_file_on_failure(tmp_path, monkeypatch):
-    """cli.common.write_text and data.images.save_png go through the one atomic write."""
-    from gaussianvision.apps.cli.common import write_text
+    """cli.command.write_text and data.images.save_png go through the one atomic write."""
+    from gaussianvision.apps.cli.command import write_text
 
     def half_then_full(self, *a, **k):
         with open(self if isinstance(self, (str, Path)) else a[0], "w") as f:

@@ -72,7 +72,7 @@ def test_photo_step_files_are_fit_images_of_all_photos_in_one_batch(demo):
     """The photo step runs FitStream with every photo in one batch: photos_nN.gsv is the encoding
     of fit_images on the stacked photos, and its PSNRs are that fit's."""
     import torch
-    from gaussianvision.apps.demo.steps import SETTINGS
+    from gaussianvision.apps.demo.pipeline import SETTINGS
     from gaussianvision.data.photos import bundled_photos
     from gaussianvision.fit import fit_images
     from gaussianvision.splats import encode

@@ -30,7 +30,7 @@ def _gsv_train(argv):
 # ------------------------------------------------------------------ the library knows none of it
 def test_library_rgb_task_has_none_of_the_demo_options():
     from gaussianvision.apps.demo.teacher import TeacherTask
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     from gaussianvision.train.stages import RGBClipTask
     assert list(inspect.signature(RGBClipTask.__init__).parameters) == ["self", "model", "tokenizer", "info", "meta"]
     assert not set(TEACHER_OPTIONS) & set(inspect.signature(build_task).parameters)
@@ -62,7 +62,7 @@ _CONFIGS = {
             "word_boost": {"left": 4.0, "above": 2.0}},
 }
 # loss and logs (float.hex) of two SGD steps on the batch below, computed with the code before the
-# move (commit 86039e0): train.setup.build_task("rgb", base="gsv-tiny", seed=1, mirror_fn=world
+# move (commit 86039e0): train.build.build_task("rgb", base="gsv-tiny", seed=1, mirror_fn=world
 # mirror_pairs, **config), in one CPU thread (the sums' order, hence the last bits, follows the
 # thread count)
 _BEFORE = {
@@ -110,7 +110,7 @@ def test_teacher_losses_are_bit_identical_to_before_the_move(name, one_thread):
 
 def test_library_rgb_task_gives_the_plain_losses_of_before_the_move(one_thread):
     """The library's task is the old one with every option off, less the teacher's text_locked log."""
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     want = [{k: v for k, v in row.items() if k != "text_locked"} for row in _BEFORE["plain"]]
     assert _two_steps(build_task("rgb", base="gsv-tiny", seed=1)) == want
 
@@ -249,7 +249,7 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     the head trains with the model but is left out of the OpenCLIP export; bad values refused."""
     from safetensors.torch import load_file
     from gaussianvision.apps.demo.teacher import build_task
-    from gaussianvision.train.setup import build_task as build_library_task
+    from gaussianvision.train.build import build_task as build_library_task
     batch = {"image": torch.rand(6, 3, 64, 64),
              "text": ["a small red circle left of a large blue square."] * 3 + ["two green stars."] * 3}
     plain = build_library_task("rgb", base="gsv-tiny", seed=1)
@@ -281,7 +281,7 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
 def test_demo_relation_oversampling_repeats_direction_captions():
     """The demo teacher's relation_oversample k: captions that state a direction k times in all,
     the others once."""
-    from gaussianvision.apps.demo.steps import oversample_relations
+    from gaussianvision.apps.demo.pipeline import oversample_relations
     samples = [{"text": "a red circle left of a blue square."}, {"text": "two red circles."},
                {"text": "a star above a cross."}, {"text": "a cross below a circle."}]
     out = oversample_relations(samples, 3)

@@ -88,7 +88,7 @@ def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
     log2 = read_log(o2)
     assert len(log2) == 2 and all(math.isfinite(r["loss"]) and "logit_scale" in r for r in log2)
     # stage 2 starts from stage 1's weights
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     task = build_task("2", init_from=str(o1))
     params = dict(task.model.named_parameters())
     assert all(torch.equal(params[n], t) for n, t in w1.items())
@@ -113,7 +113,7 @@ def test_stage2_needs_text_and_stage1_needs_images(tmp_path, capsys):
 def test_frozen_parts_bit_identical_and_unfreeze(shards):
     from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     import tempfile
     task = build_task("2", model_config="gs-tiny", unfreeze=["base.ln_final"])
     before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
@@ -263,7 +263,7 @@ def test_stage1_token_level_loss(shards, tmp_path):
     from gaussianvision.models import load_config
     from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     cfg = load_config("gs-tiny")
     cfg["resampler"]["num_latents"] = 64  # as many tokens as gsv-tiny's 8x8 patches
     task = build_task("1", model_config=cfg, token_weight=0.5, distill="mse")
@@ -313,8 +313,8 @@ def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypa
     from gaussianvision.models.gsclip import GSCLIP
     from gaussianvision.train.batches import build_memory_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.setup import build_task
-    from gaussianvision.apps.demo.steps import load_samples
+    from gaussianvision.train.build import build_task
+    from gaussianvision.apps.demo.pipeline import load_samples
     samples = load_samples(shards, ("splats", "image"))
     calls = []
     real = GSCLIP.encode_rgb
@@ -342,9 +342,9 @@ def test_stage1_hflip_mirrors_image_and_splats_together(shards, capsys):
     """--hflip P: in a training step each sample is mirrored with probability P, its image flipped
     and its splats by Splats.hflip; the loss is that of the mirrored batch, the cached teacher
     keeps a separate target for the mirrored image, and nothing is mirrored without gradients."""
-    from gaussianvision.apps.demo.steps import load_samples
+    from gaussianvision.apps.demo.pipeline import load_samples
     from gaussianvision.splats import Splats
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     samples = load_samples(shards, ("splats", "image"))[:4]
     batch = {"key": [s["key"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
              "splats": Splats.stack([s["splats"] for s in samples])}
@@ -410,7 +410,7 @@ def test_adamw_is_fused_where_torch_has_it_and_matches_the_loop():
 
 
 def test_fit_option_parses_key_value():
-    from gaussianvision.apps.cli.common import CliError, fit_option
+    from gaussianvision.apps.cli.command import CliError, fit_option
     assert fit_option(" iters =40") == ("iters", 40) and fit_option("backend=numba") == ("backend", "numba")
     with pytest.raises(CliError, match="--fit-option '=3': expected KEY=VALUE"):
         fit_option("=3")

@@ -56,7 +56,7 @@ def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(shard
     from gaussianvision.eval.models import _load_gs
     from gaussianvision.train import optstate
     from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     out, marker = tmp_path / "run", tmp_path / "pwned"
     assert _gsv_train(_common(shards, out, steps=3) + ["--stop-after", "2"]) == 0
     for f in ("optimizer.safetensors", "optimizer.json"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from gaussianvision.apps.cli.common import fail
+from gaussianvision.apps.cli.command import fail
 
 SUITES = {
     "fit": "fitting speed and quality (PSNR vs iterations, pruning, Kodak)",

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
 
 
 def main(argv=None) -> int:

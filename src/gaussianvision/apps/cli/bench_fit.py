@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
 
 
 def _ints(text: str) -> tuple:

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from gaussianvision.apps.cli.common import CliError, emit, key_value, parser, run, write_json, write_text
+from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run, write_json, write_text
 
 EPILOG = """\
 On a GPU machine with nothing installed but torch and triton (no network, no pip install):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gaussianvision.apps.cli.common import emit, parser, run, write_json
+from gaussianvision.apps.cli.command import emit, parser, run, write_json
 
 
 def machine() -> dict:

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
 
 
 def _ints(text: str) -> list[int]:

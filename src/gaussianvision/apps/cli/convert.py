@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
 from gaussianvision.data.inputs import SourceError
-from gaussianvision.apps.cli.common import CliError, emit, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run
 
 
 _FIT_FLAGS = ("iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.common import CliError, emit, fail, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, fail, fit_option, parser, run
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 

@@ -19,7 +19,7 @@ from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.common import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
 MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from gaussianvision.splats import format as fmt
-from gaussianvision.apps.cli.common import emit, parser, run
+from gaussianvision.apps.cli.command import emit, parser, run
 
 _SHOWN_COUNTS = 16  # the human output lists at most this many per-image counts
 

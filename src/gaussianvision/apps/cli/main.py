@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
-    from gaussianvision.apps.cli.common import fail
+    from gaussianvision.apps.cli.command import fail
     if name not in COMMANDS:
         return fail("gsv", f"unknown command {name!r}; choose from {', '.join(COMMANDS)} (gsv --help)", rest)
     try:

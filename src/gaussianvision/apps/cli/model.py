@@ -1,7 +1,7 @@
 """gsv model info CONFIG: parameter counts of a GS-CLIP model (total, trainable, by part)."""
 from __future__ import annotations
 
-from gaussianvision.apps.cli.common import ArgumentParser, CliError, HelpFormatter, emit, run
+from gaussianvision.apps.cli.command import ArgumentParser, CliError, HelpFormatter, emit, run
 
 
 def describe(config: str, base: str | None) -> dict:

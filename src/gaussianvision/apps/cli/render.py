@@ -14,7 +14,7 @@ from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import to_pil
 from gaussianvision.raster import probe_backend, render
 from gaussianvision.splats import format as fmt
-from gaussianvision.apps.cli.common import CliError, emit, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, parser, run
 
 MAX_PIXELS = 1 << 26
 

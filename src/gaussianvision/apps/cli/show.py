@@ -16,7 +16,7 @@ from gaussianvision.data.images import load_image
 from gaussianvision.raster import render
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.params import chol_to_scale_rot
-from gaussianvision.apps.cli.common import CliError, emit, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, parser, run
 from gaussianvision.apps.cli.render import check_backend, check_out_file
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from gaussianvision.apps.cli.common import CliError, emit, key_value, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run
 
 
 def build_parser():
@@ -218,5 +218,5 @@ def _build_task(args, info):
     from gaussianvision.apps.demo import teacher as demo_teacher
     if demo_teacher.uses_teacher(**teacher):
         return demo_teacher.build_task(args.stage, **teacher, **options)
-    from gaussianvision.train.setup import build_task
+    from gaussianvision.train.build import build_task
     return build_task(args.stage, **options)

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from gaussianvision.apps.cli.common import emit, parser, run, write_json
+from gaussianvision.apps.cli.command import emit, parser, run, write_json
 
 __all__ = ["main", "run_demo"]
 
@@ -46,7 +46,7 @@ class _Demo:
 
     def __init__(self, out: Path, mode: str, force: bool, threads: int, overrides: dict | None):
         import torch
-        from gaussianvision.apps.demo import steps as S
+        from gaussianvision.apps.demo import pipeline as S
         self.S, self.mode, self.out = S, mode, Path(out)
         self.s = s = S.settings_for(mode)
         for k, v in (overrides or {}).items():

@@ -19,7 +19,7 @@ swapped, so relations are contrasted on both sides; the batch keeps its size.
 word_loss, word_boost: a head on the image embedding predicts the caption's words (words.py),
 weighted by word_loss, with the named words weighed word_boost times; not exported.
 
-The fifth, relation oversampling, is a property of the data and lives in steps.py.
+The fifth, relation oversampling, is a property of the data and lives in pipeline.py.
 `gsv train --stage rgb` builds a TeacherTask when any of these flags is given.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ import math
 import torch
 
 from gaussianvision.train.losses import make_negclip_loss
-from gaussianvision.train.setup import build_task as build_library_task
-from gaussianvision.train.setup import check_stage
+from gaussianvision.train.build import build_task as build_library_task
+from gaussianvision.train.build import check_stage
 from gaussianvision.train.stages import RGBClipTask, is_text_param
 
 from .words import WORD_HEAD, CaptionWords
@@ -145,7 +145,7 @@ def _one_token(tokenizer, word: str, special) -> int:
 
 def build_task(stage: str, *, lock_text_steps: int = 0, hard_negatives: bool = False, mirror_pairs: float = 0.0,
                word_loss: float = 0.0, word_boost: dict | None = None, **options):
-    """train.setup.build_task (options: its arguments) with stage rgb built as a TeacherTask. The
+    """train.build.build_task (options: its arguments) with stage rgb built as a TeacherTask. The
     teacher options given to stage 1 or 2 are refused with the messages `gsv train` always gave."""
     stage = check_stage(stage, options.get("cache_teacher", False), options.get("hflip", 0.0))
     if stage != "rgb":

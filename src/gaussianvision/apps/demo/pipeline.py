@@ -144,7 +144,7 @@ class StepCache:
         result = fn()
         secs, cpu = time.perf_counter() - t0, cpu_time() - c0
         self.timings[name] = {"seconds": round(secs, 2), "cpu_seconds": round(cpu, 2), "cached": False}
-        from gaussianvision.apps.cli.common import write_json
+        from gaussianvision.apps.cli.command import write_json
         write_json(path, {"hash": h, "key": key, "seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
                           "result": result})
         _log(f"{tag}: done in {secs:.1f} s (cpu {cpu:.1f} s)")
