@@ -43,14 +43,21 @@ def make_jpeg_shards(root: Path, n_samples: int, per_shard: int) -> list[str]:
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=90)
         blobs.append((name, buf.getvalue(), arr.shape[:2]))
+    def fields(i):
+        name, data, _ = blobs[i % len(blobs)]
+        return {"jpg": data, "txt": f"a photo of {name}".encode(), "json": b"{}"}
+    return _write_shards(root, n_samples, per_shard, fields)
+
+
+def _write_shards(root: Path, n_samples: int, per_shard: int, fields) -> list[str]:
+    """Shards of `per_shard` samples, sample i's members fields(i), keys %09d; their paths."""
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(0, n_samples, per_shard):
         path = root / f"{k // per_shard:06d}.tar"
         with ShardWriter(path) as w:
             for i in range(k, min(k + per_shard, n_samples)):
-                name, data, _ = blobs[i % len(blobs)]
-                w.write(f"{i:09d}", {"jpg": data, "txt": f"a photo of {name}".encode(), "json": b"{}"})
+                w.write(f"{i:09d}", fields(i))
         paths.append(str(path))
     return paths
 
@@ -58,20 +65,12 @@ def make_jpeg_shards(root: Path, n_samples: int, per_shard: int) -> list[str]:
 def make_splat_shards(root: Path, n_samples: int, per_shard: int, n_gaussians: int, layout: str) -> list[str]:
     from gaussianvision.data.photos import bundled_photos
     from gaussianvision.fit.init import initialize
-    from gaussianvision.splats.format import encode
-    from gaussianvision.splats.format import encode_quantized
+    from gaussianvision.splats.format import encode, encode_quantized
     images = torch.stack([p for _, p in bundled_photos(224)])
     s = initialize("grid", images, n_gaussians, generator=torch.Generator().manual_seed(0))
     blobs = [encode_quantized(s[b]) if layout == "quantized" else encode(s[b]) for b in range(len(images))]
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(0, n_samples, per_shard):
-        path = root / f"{k // per_shard:06d}.tar"
-        with ShardWriter(path) as w:
-            for i in range(k, min(k + per_shard, n_samples)):
-                w.write(f"{i:09d}", {"gsv": blobs[i % len(blobs)], "txt": b"a photo", "json": b"{}"})
-        paths.append(str(path))
-    return paths
+    return _write_shards(root, n_samples, per_shard,
+                         lambda i: {"gsv": blobs[i % len(blobs)], "txt": b"a photo", "json": b"{}"})
 
 
 class _JpegShards(IterableDataset):
