@@ -1,5 +1,6 @@
 """Trainable-only checkpoints: exact round trip, config in metadata, clear mismatch errors."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,27 @@ def test_round_trip_outputs_equal(trained, tmp_path):
     assert info["config"] == json.loads(json.dumps(trained.config)) and info["pretrained"] is None
     assert info["config"]["gs"]["resampler"]["num_latents"] == 32
 
+
+
+def test_a_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary(trained, tmp_path, monkeypatch):
+    """save_weights writes through the one atomic write: a save that fails midway (here safetensors
+    writes half a file, then the disk is full) leaves the previous checkpoint byte for byte."""
+    import safetensors.torch
+    path = save_weights(trained, tmp_path / "gs.safetensors", metadata={"step": 1})
+    old = path.read_bytes()
+
+    def half_then_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_weights(trained, path, metadata={"step": 2})
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gs.safetensors"]
+    with pytest.raises(OSError):
+        save_weights(trained, tmp_path / "new.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gs.safetensors"]
 
 def test_rebuild_from_checkpoint(trained, tmp_path):
     path = save_weights(trained, tmp_path / "gs.safetensors")

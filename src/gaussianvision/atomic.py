@@ -26,7 +26,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, mkdir: bool = False) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str, mkdir: bool = False,
+                      encoding: str | None = None) -> None:
+    """write_atomic of `text` (Path.write_text: the locale's encoding unless `encoding` is given);
+    mkdir: create the parent folder first."""
     if mkdir:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding=encoding))

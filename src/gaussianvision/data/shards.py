@@ -80,6 +80,7 @@ class ShardWriter:
             self._fp.flush()
             os.fsync(self._fp.fileno())
             self._fp.close()
+            # not write_atomic: the tar streams into its temporary file sample by sample; renamed on close
             os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomic
 from .models import EvalError, EvalModel
 
 __all__ = ["SplatSettings", "SplatCache", "SplatBatches", "dataset_task", "build_dataset", "build_loader",
@@ -122,9 +123,7 @@ class SplatCache:
         p = self._path(h)
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, p)
+            write_atomic(p, lambda tmp: tmp.write_bytes(data))
 
 
 class _Classes:

@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from .suites import main_metric
 
 __all__ = ["result_record", "write_result", "result_filename", "pick_metric", "comparison_table",
@@ -38,10 +39,7 @@ def result_filename(rec: dict) -> str:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n", mkdir=True)
 
 
 def write_result(out_dir: str | os.PathLike, rec: dict) -> Path:
@@ -112,7 +110,5 @@ def write_tables(out_dir: str | os.PathLike, header: list[str], rows: list[list]
     for row in rows:
         w.writerow(["" if v is None else v for v in row])
     for name, content in ((f"{stem}.md", text), (f"{stem}.csv", buf.getvalue())):
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, content)
     return {"markdown": str(out / f"{stem}.md"), "csv": str(out / f"{stem}.csv"), "text": text}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
 from .config import ConfigError
 
 __all__ = ["WeightsError", "save_weights", "load_weights", "read_weights_config",
@@ -42,13 +43,7 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
         "gsv.pretrained": model.pretrained or "",
     })
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
 

@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from gaussianvision.atomic import write_text_atomic
 
 __all__ = ["to_markdown", "tables", "fill_docs", "BEGIN", "END"]
 
@@ -133,6 +134,4 @@ def fill_docs(path: Path, res: dict) -> None:
     if i < 0 or j < i:
         raise ValueError(f"{path}: no '{BEGIN}' ... '{END}' block to fill")
     new = text[: i + len(BEGIN)] + "\n\n" + tables(res) + "\n" + text[j:]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    write_text_atomic(path, new)

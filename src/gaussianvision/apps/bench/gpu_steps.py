@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from gaussianvision.atomic import write_text_atomic
+
 __all__ = ["STEPS", "kernel_share", "parse_junit", "main"]
 
 RASTER_KERNELS = ("splat_fwd_kernel", "splat_bwd_kernel")  # raster/_triton_kernels.py
@@ -46,9 +48,7 @@ class Recorder:
         self._flush()
 
     def _flush(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=float))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=float))
 
 
 def _say(msg: str) -> None:

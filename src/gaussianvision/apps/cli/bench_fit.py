@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json, write_text
 
 
 def _ints(text: str) -> tuple:
@@ -67,8 +67,6 @@ def main(argv=None) -> int:
         a.out.mkdir(parents=True, exist_ok=True)
         write_json(a.out / f"{stem}.json", res)
         md = to_markdown(res)
-        tmp = a.out / f".{stem}.md.tmp"
-        tmp.write_text(md + "\n")
-        tmp.replace(a.out / f"{stem}.md")
+        write_text(a.out / f"{stem}.md", md + "\n")
         emit(res, a.json, md + f"\nwrote {a.out / (stem + '.json')} and {a.out / (stem + '.md')}")
     return run("bench fit", go, args)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gaussianvision.apps.cli.command import emit, parser, run, write_json
+from gaussianvision.apps.cli.command import emit, parser, run, write_json, write_text
 
 
 def machine() -> dict:
@@ -24,10 +24,7 @@ def machine() -> dict:
 def write_markdown(path: Path, title: str, env: dict, body: str) -> None:
     text = (f"# {title}\n\nMachine: {env['platform']}, {env['cpus']} CPUs, torch {env['torch']}, "
             f"load average {env['load_average_1_5_15']} at {env['date']} (shared machine).\n\n{body}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def main(argv=None) -> int:

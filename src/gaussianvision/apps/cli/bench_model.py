@@ -1,11 +1,10 @@
 """gsv bench model: GS tower vs RGB ViT, encode_image latency and FLOPs per image."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json, write_text
 
 
 def _ints(text: str) -> list[int]:
@@ -44,10 +43,8 @@ def main(argv=None) -> int:
             res["env"]["quick"] = bool(a.quick)
             res["env"]["partial"] = partial
             write_json(a.out / f"{stem}.json", res)
-            tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
             title = f"# gsv bench model ({'quick' if a.quick else 'full'}{', partial' if partial else ''})"
-            tmp.write_text(f"{title}\n\n" + markdown_table(res))
-            os.replace(tmp, md)
+            write_text(md, f"{title}\n\n" + markdown_table(res))
 
         try:
             res = run_model_bench(a.base, configs, n, batches, repeats,

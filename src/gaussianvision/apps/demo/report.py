@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from gaussianvision.atomic import write_atomic
 
 __all__ = ["photo_grid", "ellipse_figures", "curves_figure", "zeroshot_figure", "write_report"]
 
@@ -18,10 +19,10 @@ def _plt():
 def _save(fig, path: Path) -> Path:
     plt = _plt()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

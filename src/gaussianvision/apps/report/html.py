@@ -10,6 +10,8 @@ import html
 import os
 from pathlib import Path
 
+from gaussianvision.atomic import write_text_atomic
+
 __all__ = ["Report"]
 
 _STYLE = """
@@ -85,7 +87,5 @@ class Report:
                 f"<style>{_STYLE}</style></head><body data-figures='pending'><h1>{html.escape(self.title)}</h1>"
                 + "\n".join(self.parts) + _CHECK + "</body></html>")
         path = self.out_dir / name
-        tmp = path.with_name(f".{name}.tmp{os.getpid()}")
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, page, encoding="utf-8")
         return path

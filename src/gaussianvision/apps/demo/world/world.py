@@ -332,6 +332,7 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
         if (out / sub).exists():
             shutil.rmtree(out / sub)
         if (stage / sub).exists():
+            # not write_atomic: a whole directory (built in the stage folder) is moved in, not a file
             os.replace(stage / sub, out / sub)
     shutil.rmtree(stage, ignore_errors=True)
     m = {"generator": "gaussianvision.apps.demo.world", "version": GENERATOR_VERSION,
