@@ -6,15 +6,13 @@ import csv
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import COLORS, png_bytes  # noqa: E402
+from test_train_fixtures import COLORS, png_bytes  # tests/ is on sys.path (pytest rootdir conftest)
 
 pytest.importorskip("clip_benchmark")
 pytest.importorskip("webdataset")

@@ -197,7 +197,6 @@ def test_hostile_source_members_become_failed_samples(tmp_path):
 
 
 def test_no_member_of_a_converted_shard_escapes_its_folder(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_data_conversion import cfg, good_sample, write_tar
     from gaussianvision.data.conversion import convert_dataset
     members = good_sample("ok", 1) + good_sample("../../etc/evil", 2) + good_sample("/tmp/x", 3)
@@ -430,7 +429,6 @@ def test_a_sample_over_the_sample_limit_fails_in_conversion_input(tmp_path, monk
 
 
 def test_a_sample_cut_at_a_header_is_not_converted_as_complete(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_data_conversion import good_sample, write_tar
     p = write_tar(tmp_path / "c.tar", good_sample("k1", 1) + good_sample("k2", 2))
     cut = [o for n, o, _ in layout(p.read_bytes()) if n == "k2.txt"][0]
@@ -441,7 +439,6 @@ def test_a_sample_cut_at_a_header_is_not_converted_as_complete(tmp_path):
 
 
 def test_duplicates_are_reported_the_same_way_by_both_readers(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_data_conversion import write_tar
     p = write_tar(tmp_path / "d.tar", [("a.gsv", b"1"), ("a.gsv", b"2"), ("b.gsv", b"3"), ("a.txt", b"4")])
     got = list(read_samples(p))
