@@ -28,3 +28,38 @@ def random_splats(b=2, n=5, h=16, w=20, seed=0, dtype=torch.float32, margin=0.0)
     ], -1)
     colors = torch.rand(b, n, 3, generator=g, dtype=torch.float64)
     return Splats(means.to(dtype), chol.to(dtype), colors.to(dtype), h, w)
+
+
+# ------------------------------------------- training data (the helpers: tests/test_train_fixtures.py)
+# The training tests take these as fixtures rather than putting tests/ on sys.path themselves
+# (pytest's prepend import mode puts this folder there for conftest.py).
+
+@pytest.fixture(scope="session")
+def write_splat_shards():
+    """write_splat_shards(root, n_samples=16, per_shard=8, size=64, negatives=False) -> the shard
+    paths: key.gsv, key.png (source image), key.txt (and key.neg.txt with negatives), as `gsv
+    convert` and the synthetic world write them."""
+    import test_train_fixtures
+    return test_train_fixtures.write_splat_shards
+
+
+@pytest.fixture(scope="session")
+def read_log():
+    """read_log(out) -> the records of OUT/log.jsonl."""
+    import test_train_fixtures
+    return test_train_fixtures.read_log
+
+
+@pytest.fixture(scope="session")
+def write_multi_image_shard():
+    """write_multi_image_shard(path): a shard of 8 samples, one of them (m00003) with two images."""
+    import test_train_fixtures
+    return test_train_fixtures.write_multi_image_shard
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory, write_splat_shards) -> str:
+    """A folder of 16 samples in two shards (splats, source image, caption), written once per module."""
+    root = tmp_path_factory.mktemp("shards")
+    write_splat_shards(root, n_samples=16, per_shard=8)
+    return str(root)

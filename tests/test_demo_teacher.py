@@ -1,20 +1,17 @@
 """The demo's teacher recipe (apps/demo/teacher.py, apps/demo/words.py): text lock, hard negatives,
-mirror pairs, caption-word loss and boost on top of the library's plain RGB CLIP task; the
-library's task knows none of them; the losses are bit-identical to those of the code before the
-move (train/stages.py's RGBClipTask with all options)."""
+mirror pairs, caption-word loss and boost on top of the library's plain RGB CLIP stage; the
+library's stage knows none of them; the losses are bit-identical to those of the code before the
+move (train/stages.py's RGBClipStage with all options)."""
 from __future__ import annotations
 
 import inspect
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import read_log, write_splat_shards  # noqa: E402
 
 pytest.importorskip("open_clip")
 pytest.importorskip("safetensors")
@@ -28,19 +25,19 @@ def _gsv_train(argv):
 
 
 # ------------------------------------------------------------------ the library knows none of it
-def test_library_rgb_task_has_none_of_the_demo_options():
-    from gaussianvision.apps.demo.teacher import TeacherTask
-    from gaussianvision.train.build import build_task
-    from gaussianvision.train.stages import RGBClipTask
-    assert list(inspect.signature(RGBClipTask.__init__).parameters) == ["self", "model", "tokenizer", "info", "meta"]
-    assert not set(TEACHER_OPTIONS) & set(inspect.signature(build_task).parameters)
+def test_library_rgb_stage_has_none_of_the_demo_options():
+    from gaussianvision.apps.demo.teacher import TeacherStage
+    from gaussianvision.train.build import build_stage
+    from gaussianvision.train.stages import RGBClipStage
+    assert list(inspect.signature(RGBClipStage.__init__).parameters) == ["self", "model", "tokenizer", "info", "meta"]
+    assert not set(TEACHER_OPTIONS) & set(inspect.signature(build_stage).parameters)
     for option in TEACHER_OPTIONS:
         with pytest.raises(TypeError):
-            build_task("rgb", base="gsv-tiny", **{option: 1})
-    plain = build_task("rgb", base="gsv-tiny")
-    assert type(plain) is RGBClipTask and not hasattr(plain, "begin_step")
+            build_stage("rgb", base="gsv-tiny", **{option: 1})
+    plain = build_stage("rgb", base="gsv-tiny")
+    assert type(plain) is RGBClipStage and not hasattr(plain, "begin_step")
     assert plain.describe() == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain.resume_keys() == {}
-    assert issubclass(TeacherTask, RGBClipTask)
+    assert issubclass(TeacherStage, RGBClipStage)
     root = Path(__file__).parents[1] / "src" / "gaussianvision" / "train"
     for path in root.glob("*.py"):
         text = path.read_text()
@@ -62,9 +59,9 @@ _CONFIGS = {
             "word_boost": {"left": 4.0, "above": 2.0}},
 }
 # loss and logs (float.hex) of two SGD steps on the batch below, computed with the code before the
-# move (commit 86039e0): train.build.build_task("rgb", base="gsv-tiny", seed=1, mirror_fn=world
-# mirror_pairs, **config), in one CPU thread (the sums' order, hence the last bits, follows the
-# thread count)
+# move (commit 86039e0): train.setup.build_task("rgb", base="gsv-tiny", seed=1, mirror_fn=world
+# mirror_pairs, **config) (now train.build.build_stage), in one CPU thread (the sums' order, hence
+# the last bits, follows the thread count)
 _BEFORE = {
     'plain': [{'loss': '0x1.ffc6cc0000000p+0', 'logit_scale': '0x1.c924920000000p+3', 'text_locked': '0x0.0p+0'}, {'loss': '0x1.e6a1000000000p+0', 'logit_scale': '0x1.b913a40000000p+3', 'text_locked': '0x0.0p+0'}],
     'lock': [{'loss': '0x1.ffc6cc0000000p+0', 'logit_scale': '0x1.c924920000000p+3', 'text_locked': '0x1.0000000000000p+0'}, {'loss': '0x1.b566040000000p+0', 'logit_scale': '0x1.b913a40000000p+3', 'text_locked': '0x0.0p+0'}],
@@ -83,41 +80,41 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _two_steps(task) -> list[dict]:
+def _two_steps(stage) -> list[dict]:
     """Loss and logs (float.hex) of two SGD steps on the fixed batch."""
-    opt = torch.optim.SGD([p for p in task.model.parameters() if p.requires_grad], lr=0.1)
+    opt = torch.optim.SGD([p for p in stage.model.parameters() if p.requires_grad], lr=0.1)
     rows = []
     for step in range(2):
-        held = task.begin_step(step) if hasattr(task, "begin_step") else []
+        held = stage.begin_step(step) if hasattr(stage, "begin_step") else []
         opt.zero_grad(set_to_none=True)
         g = torch.Generator().manual_seed(0)
         batch = {"image": torch.rand(6, 3, 64, 64, generator=g), "text": list(_TEXTS), "negative": list(_NEGS)}
-        loss, logs = task.loss(batch)
+        loss, logs = stage.loss(batch)
         loss.backward()
         for p in held:
             p.grad = None
         opt.step()
-        task.after_step()
+        stage.after_step()
         rows.append({"loss": float(loss.detach()).hex(), **{k: float(v).hex() for k, v in sorted(logs.items())}})
     return rows
 
 
 @pytest.mark.parametrize("name", list(_CONFIGS))
 def test_teacher_losses_are_bit_identical_to_before_the_move(name, one_thread):
-    from gaussianvision.apps.demo.teacher import build_task
-    assert _two_steps(build_task("rgb", base="gsv-tiny", seed=1, **_CONFIGS[name])) == _BEFORE[name]
+    from gaussianvision.apps.demo.teacher import build_stage
+    assert _two_steps(build_stage("rgb", base="gsv-tiny", seed=1, **_CONFIGS[name])) == _BEFORE[name]
 
 
-def test_library_rgb_task_gives_the_plain_losses_of_before_the_move(one_thread):
-    """The library's task is the old one with every option off, less the teacher's text_locked log."""
-    from gaussianvision.train.build import build_task
+def test_library_rgb_stage_gives_the_plain_losses_of_before_the_move(one_thread):
+    """The library's stage is the old one with every option off, less the teacher's text_locked log."""
+    from gaussianvision.train.build import build_stage
     want = [{k: v for k, v in row.items() if k != "text_locked"} for row in _BEFORE["plain"]]
-    assert _two_steps(build_task("rgb", base="gsv-tiny", seed=1)) == want
+    assert _two_steps(build_stage("rgb", base="gsv-tiny", seed=1)) == want
 
 
-def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path):
-    """--stage rgb without teacher flags: the library's task (its describe() names no teacher
-    option); with one: the TeacherTask, its settings under the names earlier runs used."""
+def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, write_splat_shards):
+    """--stage rgb without teacher flags: the library's stage (its describe() names no teacher
+    option); with one: the TeacherStage, its settings under the names earlier runs used."""
     root = tmp_path / "img"
     write_splat_shards(root, n_samples=4, per_shard=4)
     common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--steps", "1",
@@ -134,7 +131,7 @@ def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path):
 
 
 # ------------------------------------------------------------------ the tricks (moved from test_train.py)
-def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsys):
+def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsys, read_log, write_splat_shards):
     """--lock-text-steps 2: after 2 steps every text parameter (and its optimizer state) is
     bit-identical to its initialization while the image tower moved; after 4 the text moved too."""
     import open_clip
@@ -149,7 +146,7 @@ def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsy
                      "--steps", "4", "--batch-size", "4", "--lr", "1e-3", "--lock-text-steps", "2",
                      "--save-every", "2", "--log-every", "1", "--json"])
     assert rc == 0
-    torch.manual_seed(0)  # build_task seeds 0 before creating the model: the same initialization
+    torch.manual_seed(0)  # build_stage seeds 0 before creating the model: the same initialization
     init = open_clip.create_model("gsv-tiny").state_dict()
     w2 = load_file(str(out / "checkpoints" / "step-00000002" / "weights.safetensors"))
     w4 = load_file(str(out / "checkpoints" / "step-00000004" / "weights.safetensors"))
@@ -167,7 +164,7 @@ def test_rgb_lock_text_steps_holds_the_text_tower_then_trains_it(tmp_path, capsy
     assert "--lock-text-steps applies to --stage rgb" in capsys.readouterr().err
 
 
-def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
+def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys, read_log, write_splat_shards):
     root = tmp_path / "img"
     write_splat_shards(root, n_samples=8, per_shard=8, negatives=True)
     common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--steps", "2",
@@ -193,29 +190,29 @@ def test_rgb_hard_negatives_enter_the_loss_and_need_neg_txt(tmp_path, capsys):
 def test_rgb_mirror_pairs_contrast_each_twin_in_the_batch(capsys):
     """--mirror-pairs: the loss is the CLIP loss of the batch rebuilt by apps.demo.world.mirror
     (twins beside their originals, same batch size), and the flag is refused outside stage rgb."""
-    from gaussianvision.apps.demo.teacher import build_task
+    from gaussianvision.apps.demo.teacher import build_stage
     from gaussianvision.apps.demo.world.mirror import mirror_pairs
     from gaussianvision.train.losses import make_clip_loss
     from gaussianvision.train.stages import pixel_input
-    task = build_task("rgb", base="gsv-tiny", mirror_pairs=0.5)
+    stage = build_stage("rgb", base="gsv-tiny", mirror_pairs=0.5)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(4, 3, 64, 64, generator=g),
              "text": ["a red circle left of a blue square", "a green star", "a red cross above a blue disk",
                       "two small red squares"]}
     with torch.no_grad():
-        loss, _ = task.loss(batch)
+        loss, _ = stage.loss(batch)
         images, texts, _ = mirror_pairs(batch["image"], batch["text"], 1)
-        m = task.model
+        m = stage.model
         img = m.encode_image(pixel_input(images, m.visual), normalize=True)
-        txt = m.encode_text(task.tokenizer(texts), normalize=True)
+        txt = m.encode_text(stage.tokenizer(texts), normalize=True)
         want = make_clip_loss()(img, txt, m.logit_scale.exp())
         plain = make_clip_loss()(m.encode_image(pixel_input(batch["image"], m.visual), normalize=True),
-                                 m.encode_text(task.tokenizer(batch["text"]), normalize=True), m.logit_scale.exp())
+                                 m.encode_text(stage.tokenizer(batch["text"]), normalize=True), m.logit_scale.exp())
     assert texts[1] == "a red circle right of a blue square" and torch.equal(images[1], batch["image"][0].flip(-1))
     assert loss.item() == pytest.approx(want.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
-    assert task.describe()["mirror_pairs"] == 0.5
+    assert stage.describe()["mirror_pairs"] == 0.5
     with pytest.raises(ValueError, match="--mirror-pairs must be a fraction"):
-        build_task("rgb", base="gsv-tiny", mirror_pairs=1.5)
+        build_stage("rgb", base="gsv-tiny", mirror_pairs=1.5)
     assert _gsv_train(["--stage", "2", "--data", "x", "--out", "y", "--steps", "1", "--mirror-pairs", "0.5"]) == 2
     assert "--mirror-pairs applies to --stage rgb" in capsys.readouterr().err
 
@@ -248,12 +245,12 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     """--word-loss W: the loss is the CLIP loss of the same model plus W x the caption-word loss;
     the head trains with the model but is left out of the OpenCLIP export; bad values refused."""
     from safetensors.torch import load_file
-    from gaussianvision.apps.demo.teacher import build_task
-    from gaussianvision.train.build import build_task as build_library_task
+    from gaussianvision.apps.demo.teacher import build_stage
+    from gaussianvision.train.build import build_stage as build_library_stage
     batch = {"image": torch.rand(6, 3, 64, 64),
              "text": ["a small red circle left of a large blue square."] * 3 + ["two green stars."] * 3}
-    plain = build_library_task("rgb", base="gsv-tiny", seed=1)
-    words = build_task("rgb", base="gsv-tiny", seed=1, word_loss=0.5, word_boost={"left": 4.0})
+    plain = build_library_stage("rgb", base="gsv-tiny", seed=1)
+    words = build_stage("rgb", base="gsv-tiny", seed=1, word_loss=0.5, word_boost={"left": 4.0})
     clip, _ = plain.loss(batch)
     total, logs = words.loss(batch)
     torch.testing.assert_close(logs["clip_loss"], float(clip.detach()))
@@ -265,11 +262,11 @@ def test_rgb_word_loss_adds_to_the_clip_loss_and_is_not_exported(tmp_path, capsy
     keys = load_file(str(tmp_path / "open_clip_model.safetensors"))
     assert not any(k.startswith("word_head") for k in keys) and set(keys) == set(plain.model.state_dict())
     with pytest.raises(ValueError, match="--word-loss must be a weight >= 0"):
-        build_task("rgb", base="gsv-tiny", word_loss=-1.0)
+        build_stage("rgb", base="gsv-tiny", word_loss=-1.0)
     with pytest.raises(ValueError, match="not a single token"):
-        build_task("rgb", base="gsv-tiny", word_loss=1.0, word_boost={"left of": 2.0})
+        build_stage("rgb", base="gsv-tiny", word_loss=1.0, word_boost={"left of": 2.0})
     with pytest.raises(ValueError, match="--word-loss and --word-boost apply to --stage rgb"):
-        build_task("1", model_config="gs-tiny", word_loss=1.0)
+        build_stage("1", model_config="gs-tiny", word_loss=1.0)
     assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--word-loss", "1",
                        "--word-boost", "left"]) == 2
     assert "--word-boost 'left': expected WORD=FACTOR" in capsys.readouterr().err
@@ -299,7 +296,7 @@ def test_caption_words_keep_a_word_that_shares_a_bucket_with_padding():
     assert hot[:, 0].tolist() == [1.0, 1.0] and hot.sum().item() == 2
 
 
-def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_path, capsys):
+def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_path, capsys, write_splat_shards):
     """--resume with another --word-loss: one error naming the setting, no traceback; a boost of
     zero names the word."""
     root = tmp_path / "img"

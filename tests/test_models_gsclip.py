@@ -311,8 +311,8 @@ def test_offline_hub_tag_in_the_local_cache_loads_without_network(offline, monke
 
 def test_offline_rgb_stage_with_a_hub_tag_fails_at_once(offline):
     """gsv train --stage rgb --pretrained openai builds its model through the same hub check."""
-    from gaussianvision.train.build import build_task
+    from gaussianvision.train.build import build_stage
     with pytest.raises(ConfigError, match="not reachable") as e:
-        build_task("rgb", base="ViT-B-16", pretrained="openai")
+        build_stage("rgb", base="ViT-B-16", pretrained="openai")
     assert "\n" not in str(e.value)
     assert offline == {"connect": 1, "download": 0}

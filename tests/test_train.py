@@ -3,24 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import read_log, write_splat_shards  # noqa: E402
 
 pytest.importorskip("open_clip")
 pytest.importorskip("safetensors")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    write_splat_shards(root, n_samples=16, per_shard=8)
-    return str(root)
 
 
 def _gsv_train(argv):
@@ -62,11 +51,11 @@ def test_freeze_rules():
 
 
 # ------------------------------------------------------------------ stages through the CLI
-def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
+def test_stage1_then_stage2_smoke(train_shards, tmp_path, capsys, read_log):
     from safetensors.torch import load_file
     o1, o2 = tmp_path / "s1", tmp_path / "s2"
-    rc = _gsv_train(["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(o1), "--steps", "3",
-                     "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
+    rc = _gsv_train(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(o1),
+                     "--steps", "3", "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["steps"] == 3 and math.isfinite(res["final_loss"])
@@ -81,16 +70,16 @@ def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
     assert (ck / "optimizer.safetensors").is_file() and (ck / "optimizer.json").is_file()
     assert not list(ck.glob("*.pt"))  # no pickle is ever written
 
-    rc = _gsv_train(["--stage", "2", "--data", shards, "--init-from", str(o1), "--out", str(o2), "--steps", "2",
+    rc = _gsv_train(["--stage", "2", "--data", train_shards, "--init-from", str(o1), "--out", str(o2), "--steps", "2",
                      "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--json"])
     assert rc == 0
     capsys.readouterr()
     log2 = read_log(o2)
     assert len(log2) == 2 and all(math.isfinite(r["loss"]) and "logit_scale" in r for r in log2)
     # stage 2 starts from stage 1's weights
-    from gaussianvision.train.build import build_task
-    task = build_task("2", init_from=str(o1))
-    params = dict(task.model.named_parameters())
+    from gaussianvision.train.build import build_stage
+    stage = build_stage("2", init_from=str(o1))
+    params = dict(stage.model.named_parameters())
     assert all(torch.equal(params[n], t) for n, t in w1.items())
     # the exported trainable checkpoint is what models' loader reads
     from gaussianvision.models import create_gsclip_from_weights
@@ -102,28 +91,28 @@ def test_stage1_then_stage2_smoke(shards, tmp_path, capsys):
 
 
 def test_stage2_needs_text_and_stage1_needs_images(tmp_path, capsys):
-    from gaussianvision.train.stages import Stage1Task
+    from gaussianvision.train.stages import Stage1
     with pytest.raises(ValueError, match="image"):
-        Stage1Task(torch.nn.Linear(1, 1)).loss({"splats": None})
+        Stage1(torch.nn.Linear(1, 1)).loss({"splats": None})
     rc = _gsv_train(["--stage", "1", "--data", str(tmp_path / "nothing"), "--model-config", "gs-tiny",
                      "--out", str(tmp_path / "o"), "--steps", "1"])
     assert rc == 2 and "shard not found" in capsys.readouterr().err
 
 
-def test_frozen_parts_bit_identical_and_unfreeze(shards):
+def test_frozen_parts_bit_identical_and_unfreeze(train_shards):
     from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.build import build_task
+    from gaussianvision.train.build import build_stage
     import tempfile
-    task = build_task("2", model_config="gs-tiny", unfreeze=["base.ln_final"])
-    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
-    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    stage = build_stage("2", model_config="gs-tiny", unfreeze=["base.ln_final"])
+    before = {n: p.detach().clone() for n, p in stage.model.named_parameters()}
+    trainable = {n for n, p in stage.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("base.ln_final") for n in trainable)
     assert all(n.startswith(("visual.", "base.ln_final")) for n in trainable)
-    src = build_source(shards, ("splats", "text"), 4, buffer=4)
+    src = build_source(train_shards, ("splats", "text"), 4, buffer=4)
     with tempfile.TemporaryDirectory() as out:
-        train(task, src, TrainConfig(out=out, steps=2, batch_size=4, lr=1e-2, progress=False))
-    after = dict(task.model.named_parameters())
+        train(stage, src, TrainConfig(out=out, steps=2, batch_size=4, lr=1e-2, progress=False))
+    after = dict(stage.model.named_parameters())
     frozen = [n for n in before if n not in trainable]
     assert len(frozen) > 20
     for n in frozen:
@@ -132,9 +121,9 @@ def test_frozen_parts_bit_identical_and_unfreeze(shards):
     assert sum(not torch.equal(before[n], after[n]) for n in trainable) >= len(trainable) // 2
 
 
-def test_exact_resume(shards, tmp_path):
+def test_exact_resume(train_shards, tmp_path, read_log):
     from safetensors.torch import load_file
-    common = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "5", "--batch-size", "2",
+    common = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "5", "--batch-size", "2",
               "--accum", "2", "--warmup", "2", "--lr", "3e-3", "--shuffle-buffer", "3", "--log-every", "1"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert _gsv_train(common + ["--out", str(a)]) == 0
@@ -153,16 +142,16 @@ def test_exact_resume(shards, tmp_path):
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
-def test_resume_refuses_changed_settings(shards, tmp_path, capsys):
+def test_resume_refuses_changed_settings(train_shards, tmp_path, capsys):
     out = tmp_path / "r"
-    base = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "2", "--out", str(out)]
+    base = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "2", "--out", str(out)]
     assert _gsv_train(base + ["--batch-size", "4", "--stop-after", "1"]) == 0
     capsys.readouterr()
     assert _gsv_train(base + ["--batch-size", "2", "--resume"]) == 2
     assert "batch_size" in capsys.readouterr().err
 
 
-class _ExplodingTask:
+class _ExplodingStage:
     """A linear regression whose loss turns NaN at a chosen step."""
 
     def __init__(self, nan_at):
@@ -184,18 +173,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from gaussianvision.train.batches import IndexedSource
     data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
     src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
-    task = _ExplodingTask(nan_at=5)
+    stage = _ExplodingStage(nan_at=5)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5, micro-batch 1/1.*step-00000004"):
-        train(task, src, TrainConfig(out=str(tmp_path), steps=10, batch_size=2, save_every=2, progress=False))
+        train(stage, src, TrainConfig(out=str(tmp_path), steps=10, batch_size=2, save_every=2, progress=False))
     d = latest_checkpoint(tmp_path)
     assert d.name == "step-00000004"
     state, weights, _ = load_checkpoint(tmp_path)
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in weights.values())
-    assert all(torch.isfinite(p).all() for p in task.model.parameters())  # the NaN step never applied
+    assert all(torch.isfinite(p).all() for p in stage.model.parameters())  # the NaN step never applied
 
 
-class _DeclaringTask(_ExplodingTask):
-    """A task that declares a setting a resumed run must share (as the demo's teacher does)."""
+class _DeclaringStage(_ExplodingStage):
+    """A stage that declares a setting a resumed run must share (as the demo's teacher does)."""
 
     def __init__(self, **settings):
         super().__init__(nan_at=None)
@@ -208,29 +197,29 @@ class _DeclaringTask(_ExplodingTask):
         return {"knob": 0.0}
 
 
-def test_resume_compares_the_settings_the_task_declares(tmp_path):
-    """The loop saves the task's resume_keys() in state.json and refuses a resume whose task
+def test_resume_compares_the_settings_the_stage_declares(tmp_path):
+    """The loop saves the stage's resume_keys() in state.json and refuses a resume whose stage
     describes another value, or lacks the setting (its "not used" value) when the run had it."""
     from gaussianvision.train.checkpoint import CheckpointError
     from gaussianvision.train.loop import TrainConfig, train
     from gaussianvision.train.batches import IndexedSource
     data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(8)]
 
-    def run(task, **kw):
+    def run(stage, **kw):
         src = IndexedSource(data, lambda items: {k: torch.stack([i[k] for i in items]) for k in ("x", "y")}, 2)
-        return train(task, src, TrainConfig(out=str(tmp_path), steps=4, batch_size=2, progress=False, **kw))
+        return train(stage, src, TrainConfig(out=str(tmp_path), steps=4, batch_size=2, progress=False, **kw))
 
-    run(_DeclaringTask(knob=2.0), stop_after=1)
+    run(_DeclaringStage(knob=2.0), stop_after=1)
     state = json.loads((tmp_path / "checkpoints" / "step-00000001" / "state.json").read_text())
     assert state["resume_keys"] == {"knob": 0.0} and state["task"]["knob"] == 2.0
     with pytest.raises(CheckpointError, match=r"--resume: knob was 2.0 in .*step-00000001, now 3.0; resume with"):
-        run(_DeclaringTask(knob=3.0), resume=True)
+        run(_DeclaringStage(knob=3.0), resume=True)
     with pytest.raises(CheckpointError, match=r"--resume: knob was 2.0 in .*, now 0.0"):
-        run(_ExplodingTask(nan_at=None), resume=True)  # a task without the setting
-    assert run(_DeclaringTask(knob=2.0), resume=True)["steps"] == 4
+        run(_ExplodingStage(nan_at=None), resume=True)  # a stage without the setting
+    assert run(_DeclaringStage(knob=2.0), resume=True)["steps"] == 4
 
 
-def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys):
+def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys, write_splat_shards):
     import open_clip
     from gaussianvision.train.stages import OPEN_CLIP_EXPORT
     root = tmp_path / "img"
@@ -249,9 +238,9 @@ def test_rgb_clip_export_loads_as_pretrained(tmp_path, capsys):
     assert all(torch.equal(sd[n], t) for n, t in w.items())
 
 
-def test_fresh_run_refuses_an_existing_run(shards, tmp_path, capsys):
+def test_fresh_run_refuses_an_existing_run(train_shards, tmp_path, capsys):
     out = tmp_path / "x"
-    base = ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4",
+    base = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4",
             "--out", str(out)]
     assert _gsv_train(base) == 0
     capsys.readouterr()
@@ -259,22 +248,22 @@ def test_fresh_run_refuses_an_existing_run(shards, tmp_path, capsys):
     assert "already holds a training run" in capsys.readouterr().err
 
 
-def test_stage1_token_level_loss(shards, tmp_path):
+def test_stage1_token_level_loss(train_shards, tmp_path):
     from gaussianvision.models import load_config
     from gaussianvision.train.batches import build_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.build import build_task
+    from gaussianvision.train.build import build_stage
     cfg = load_config("gs-tiny")
     cfg["resampler"]["num_latents"] = 64  # as many tokens as gsv-tiny's 8x8 patches
-    task = build_task("1", model_config=cfg, token_weight=0.5, distill="mse")
-    src = build_source(shards, ("splats", "image"), 4, buffer=4)
-    train(task, src, TrainConfig(out=str(tmp_path), steps=1, batch_size=4, log_every=1, progress=False))
+    stage = build_stage("1", model_config=cfg, token_weight=0.5, distill="mse")
+    src = build_source(train_shards, ("splats", "image"), 4, buffer=4)
+    train(stage, src, TrainConfig(out=str(tmp_path), steps=1, batch_size=4, log_every=1, progress=False))
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["token_loss"] > 0 and rec["loss"] > 0.5 * rec["token_loss"]
     with pytest.raises(ValueError, match="token counts"):
-        task2 = build_task("1", model_config="gs-tiny", token_weight=0.5)  # 32 latents vs 64 patches
-        batch = next(build_source(shards, ("splats", "image"), 2, buffer=2).batches(0))
-        task2.loss(batch)
+        stage2 = build_stage("1", model_config="gs-tiny", token_weight=0.5)  # 32 latents vs 64 patches
+        batch = next(build_source(train_shards, ("splats", "image"), 2, buffer=2).batches(0))
+        stage2.loss(batch)
 
 
 def test_negclip_loss_matches_a_written_out_reference():
@@ -307,50 +296,50 @@ def test_negclip_loss_matches_a_written_out_reference():
         make_negclip_loss()(img, txt, neg[:3], scale)
 
 
-def test_stage1_cache_teacher_gives_the_same_training(shards, tmp_path, monkeypatch):
+def test_stage1_cache_teacher_gives_the_same_training(train_shards, tmp_path, monkeypatch, read_log):
     """--cache-teacher: the same losses step by step as computing the teacher every step, with
     the teacher run once per sample; a key whose image changed is recomputed."""
     from gaussianvision.models.gsclip import GSCLIP
     from gaussianvision.train.batches import build_memory_source
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.train.build import build_task
+    from gaussianvision.train.build import build_stage
     from gaussianvision.apps.demo.pipeline import load_samples
-    samples = load_samples(shards, ("splats", "image"))
+    samples = load_samples(train_shards, ("splats", "image"))
     calls = []
     real = GSCLIP.encode_rgb
     monkeypatch.setattr(GSCLIP, "encode_rgb", lambda self, x, **k: calls.append(len(x)) or real(self, x, **k))
     logs = {}
     for cached in (False, True):
         calls.clear()
-        task = build_task("1", model_config="gs-tiny", cache_teacher=cached)
+        stage = build_stage("1", model_config="gs-tiny", cache_teacher=cached)
         out = tmp_path / str(cached)
-        train(task, build_memory_source(samples, 4), TrainConfig(out=str(out), steps=3 * len(samples) // 4,
+        train(stage, build_memory_source(samples, 4), TrainConfig(out=str(out), steps=3 * len(samples) // 4,
                                                                  batch_size=4, log_every=1, progress=False))
         logs[cached] = [r["loss"] for r in read_log(out)]
         assert sum(calls) == (len(samples) if cached else 3 * len(samples))
     assert logs[True] == logs[False]
     batch = {"key": ["a", "b"], "image": torch.rand(2, 3, 64, 64)}
-    first = task._teacher(batch, batch["image"])
+    first = stage._teacher(batch, batch["image"])
     batch["image"][1] += 0.5  # same key, another image: not served from the cache
-    second = task._teacher(batch, batch["image"])
+    second = stage._teacher(batch, batch["image"])
     assert torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
     with pytest.raises(ValueError, match="--cache-teacher applies to --stage 1"):
-        build_task("rgb", base="gsv-tiny", cache_teacher=True)
+        build_stage("rgb", base="gsv-tiny", cache_teacher=True)
 
 
-def test_stage1_hflip_mirrors_image_and_splats_together(shards, capsys):
+def test_stage1_hflip_mirrors_image_and_splats_together(train_shards, capsys):
     """--hflip P: in a training step each sample is mirrored with probability P, its image flipped
     and its splats by Splats.hflip; the loss is that of the mirrored batch, the cached teacher
     keeps a separate target for the mirrored image, and nothing is mirrored without gradients."""
     from gaussianvision.apps.demo.pipeline import load_samples
     from gaussianvision.splats import Splats
-    from gaussianvision.train.build import build_task
-    samples = load_samples(shards, ("splats", "image"))[:4]
+    from gaussianvision.train.build import build_stage
+    samples = load_samples(train_shards, ("splats", "image"))[:4]
     batch = {"key": [s["key"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
              "splats": Splats.stack([s["splats"] for s in samples])}
     mirrored = {**batch, "image": batch["image"].flip(-1), "splats": batch["splats"].hflip()}
-    plain = build_task("1", model_config="gs-tiny", seed=3)
-    flip = build_task("1", model_config="gs-tiny", seed=3, hflip=1.0, cache_teacher=True)
+    plain = build_stage("1", model_config="gs-tiny", seed=3)
+    flip = build_stage("1", model_config="gs-tiny", seed=3, hflip=1.0, cache_teacher=True)
     assert flip.describe()["hflip"] == 1.0
     want, _ = plain.loss(mirrored)
     got, _ = flip.loss(batch)
@@ -360,7 +349,7 @@ def test_stage1_hflip_mirrors_image_and_splats_together(shards, capsys):
     with torch.no_grad():  # evaluation: never mirrored
         torch.testing.assert_close(flip.loss(batch)[0], plain.loss(batch)[0])
     with pytest.raises(ValueError, match=r"--hflip must be a probability in \[0, 1\], got 2.0"):
-        build_task("1", model_config="gs-tiny", hflip=2.0)
+        build_stage("1", model_config="gs-tiny", hflip=2.0)
     assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--hflip", "0.5"]) == 2
     assert "--hflip applies to --stage 1" in capsys.readouterr().err
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import read_log, write_splat_shards  # noqa: E402
 
 pytest.importorskip("open_clip")
 
@@ -24,7 +22,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("negatives", [False, True], ids=["clip", "hard-negatives"])
-def test_two_process_gloo_equals_single_process(tmp_path, negatives):
+def test_two_process_gloo_equals_single_process(tmp_path, negatives, read_log, write_splat_shards):
     from safetensors.torch import load_file
     data = tmp_path / "data"
     write_splat_shards(data, n_samples=8, per_shard=4, negatives=negatives)
@@ -74,17 +72,16 @@ def _torchrun(args, timeout=300):
 
 
 @pytest.mark.slow
-def test_two_processes_count_skips_once_and_fall_back_to_the_same_checkpoint(tmp_path):
+def test_two_processes_count_skips_once_and_fall_back_to_the_same_checkpoint(tmp_path, read_log, write_splat_shards,
+                                                                            write_multi_image_shard):
     """--in-memory: both ranks read every shard, yet each bad sample and damaged shard counts once.
     A fallback resume: rank 0 chooses, both ranks load that checkpoint, one warning, log kept."""
     import json
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_train_hardening import _multi_image_shard
     data, out = tmp_path / "data", tmp_path / "out"
     paths = write_splat_shards(data, n_samples=16, per_shard=8)
     raw = Path(paths[1]).read_bytes()
     Path(paths[1]).write_bytes(raw[: len(raw) // 2])
-    _multi_image_shard(data / "shard-0002.tar")
+    write_multi_image_shard(data / "shard-0002.tar")
     args = ["train", "--stage", "1", "--model-config", "gs-tiny", "--data", str(data), "--in-memory", "--steps", "4",
             "--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--save-every", "1", "--keep", "0",
             "--device", "cpu", "--no-progress", "--json", "--out", str(out)]

@@ -1,4 +1,7 @@
-"""Tiny training data for the train/eval tests: splat shards with source images and captions."""
+"""Tiny training data for the train/eval tests: splat shards with source images and captions.
+
+The training tests take these helpers as fixtures (tests/conftest.py: write_splat_shards, read_log,
+write_multi_image_shard, train_shards); this module also tests them."""
 from __future__ import annotations
 
 import io
@@ -61,6 +64,19 @@ def write_splat_shards(root: Path, n_samples: int = 16, per_shard: int = 8, size
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def write_multi_image_shard(path: Path) -> None:
+    """One shard of 8 samples (m00000 ...) whose m00003 holds the splats of two images (a sample
+    the trainer must skip and count)."""
+    from gaussianvision.data.shards import ShardWriter
+    from gaussianvision.splats import Splats, encode
+    with ShardWriter(path) as w:
+        for i in range(8):
+            sp = random_splats_for(i)
+            if i == 3:
+                sp = Splats.stack([sp, random_splats_for(99)])
+            w.write(f"m{i:05d}", {"gsv": encode(sp), "png": png_bytes(sample_image(i)[0]), "txt": b"a photo"})
 
 
 def test_fixture_shards_decode_and_collate(tmp_path):

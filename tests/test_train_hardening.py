@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import random_splats_for, read_log, write_splat_shards  # noqa: E402
 
 pytest.importorskip("open_clip")
 pytest.importorskip("safetensors")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    write_splat_shards(root, n_samples=16, per_shard=8)
-    return str(root)
 
 
 def _gsv_train(argv):
@@ -29,8 +19,8 @@ def _gsv_train(argv):
     return main(argv + ["--no-progress"])
 
 
-def _common(shards, out, steps=4):
-    return ["--stage", "2", "--data", shards, "--model-config", "gs-tiny", "--steps", str(steps),
+def _common(data, out, steps=4):
+    return ["--stage", "2", "--data", data, "--model-config", "gs-tiny", "--steps", str(steps),
             "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--save-every", "1", "--out", str(out)]
 
 
@@ -49,16 +39,17 @@ class _Planted:
 
 
 # ------------------------------------------------------------------ 1. no code from the optimizer files
-def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(shards, tmp_path, capsys, monkeypatch):
+def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(train_shards, tmp_path, capsys, monkeypatch,
+                                                                           read_log):
     """New checkpoints hold no pickle. An optimizer.pt (older gsv) is read only with weights_only=True
     on torch >= 2.6 (CVE-2025-32434 before), and a planted object is refused; eval and --init-from
     never read the optimizer state at all."""
     from gaussianvision.eval.models import _load_gs
     from gaussianvision.train import optstate
     from gaussianvision.train.checkpoint import CheckpointError, load_checkpoint
-    from gaussianvision.train.build import build_task
+    from gaussianvision.train.build import build_stage
     out, marker = tmp_path / "run", tmp_path / "pwned"
-    assert _gsv_train(_common(shards, out, steps=3) + ["--stop-after", "2"]) == 0
+    assert _gsv_train(_common(train_shards, out, steps=3) + ["--stop-after", "2"]) == 0
     for f in ("optimizer.safetensors", "optimizer.json"):
         (_ck(out, 2) / f).unlink()
     torch.save({"optimizer": _Planted(marker)}, _ck(out, 2) / "optimizer.pt")
@@ -71,9 +62,9 @@ def test_planted_object_in_a_legacy_optimizer_pt_is_refused_and_never_runs(shard
     state, weights, opt = load_checkpoint(out)  # eval and --init-from: the optimizer file is never read
     assert state["step"] == 2 and opt is None
     _load_gs(str(out), None, "cpu")  # gsv eval --model gs:OUT
-    build_task("2", init_from=str(out))  # gsv train --init-from OUT
+    build_stage("2", init_from=str(out))  # gsv train --init-from OUT
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out, steps=3) + ["--resume"]) == 0  # falls back to step 1
+    assert _gsv_train(_common(train_shards, out, steps=3) + ["--resume"]) == 0  # falls back to step 1
     err = capsys.readouterr().err
     assert "step-00000002" in err and "refused" in err and "step-00000001" in err
     assert not marker.exists()
@@ -231,9 +222,9 @@ def test_optimizer_json_that_parses_but_does_not_fit_is_unreadable(tmp_path, edi
 # ------------------------------------------------------------------ 2. resume uses the newest complete checkpoint
 @pytest.mark.parametrize("damage", ["missing_dir", "no_state", "half_state", "cut_weights", "cut_optimizer",
                                     "cut_optimizer_json"])
-def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, capsys, damage):
+def test_resume_falls_back_to_the_newest_complete_checkpoint(train_shards, tmp_path, capsys, damage, read_log):
     out = tmp_path / "run"
-    assert _gsv_train(_common(shards, out) + ["--stop-after", "3", "--keep", "2"]) == 0
+    assert _gsv_train(_common(train_shards, out) + ["--stop-after", "3", "--keep", "2"]) == 0
     bad = _ck(out, 3)
     if damage == "missing_dir":
         shutil.rmtree(bad)
@@ -246,7 +237,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, c
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     logged = (out / "log.jsonl").read_text().splitlines(keepends=True)
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out) + ["--resume", "--keep", "2", "--json"]) == 0
+    assert _gsv_train(_common(train_shards, out) + ["--resume", "--keep", "2", "--json"]) == 0
     cap = capsys.readouterr()
     assert "step-00000003" in cap.err and "unusable" in cap.err and "step-00000002" in cap.err
     assert "starting fresh" not in cap.out
@@ -260,17 +251,17 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(shards, tmp_path, c
     assert json.loads((_ck(out, 3) / "state.json").read_text())["step"] == 3  # rewritten, complete
 
 
-def test_a_fallback_resume_sets_the_newer_directory_aside_and_latest_is_honoured(shards, tmp_path, capsys):
+def test_a_fallback_resume_sets_the_newer_directory_aside_and_latest_is_honoured(train_shards, tmp_path, capsys):
     """step-4's optimizer is cut; --resume falls back to step 2 and stops at 3: step-4 must not stay
     where `gsv eval gs:OUT` or --init-from would load its abandoned weights."""
     from gaussianvision.train.checkpoint import load_checkpoint
     out = tmp_path / "run"
-    assert _gsv_train(_common(shards, out, steps=6) + ["--stop-after", "4", "--save-every", "2", "--keep", "0"]) == 0
+    argv = _common(train_shards, out, steps=6)
+    assert _gsv_train(argv + ["--stop-after", "4", "--save-every", "2", "--keep", "0"]) == 0
     f = _ck(out, 4) / "optimizer.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out, steps=6) + ["--resume", "--stop-after", "1", "--save-every", "2",
-                                                      "--keep", "0"]) == 0
+    assert _gsv_train(argv + ["--resume", "--stop-after", "1", "--save-every", "2", "--keep", "0"]) == 0
     err = capsys.readouterr().err
     assert "step-00000004 -> step-00000004.bad" in err
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
@@ -287,27 +278,27 @@ def test_a_fallback_resume_sets_the_newer_directory_aside_and_latest_is_honoured
     assert "names step-00000007, which is missing" in capsys.readouterr().err
 
 
-def test_an_out_folder_named_like_a_step_directory_is_a_run_folder(shards, tmp_path, capsys):
+def test_an_out_folder_named_like_a_step_directory_is_a_run_folder(train_shards, tmp_path, capsys):
     from gaussianvision.train.checkpoint import load_checkpoint
     out = tmp_path / "step-2-ft"
-    assert _gsv_train(_common(shards, out, steps=2)) == 0
+    assert _gsv_train(_common(train_shards, out, steps=2)) == 0
     assert load_checkpoint(out)[0]["step"] == 2
-    assert _gsv_train(_common(shards, out, steps=3)[:-2] + ["--out", str(out), "--steps", "2", "--resume"]) == 0
+    assert _gsv_train(_common(train_shards, out, steps=3)[:-2] + ["--out", str(out), "--steps", "2", "--resume"]) == 0
 
 
-def test_resume_refuses_when_no_checkpoint_is_complete_and_deletes_nothing(shards, tmp_path, capsys):
+def test_resume_refuses_when_no_checkpoint_is_complete_and_deletes_nothing(train_shards, tmp_path, capsys, read_log):
     out = tmp_path / "run"
-    assert _gsv_train(_common(shards, out) + ["--stop-after", "2", "--keep", "2"]) == 0
+    assert _gsv_train(_common(train_shards, out) + ["--stop-after", "2", "--keep", "2"]) == 0
     for s in (1, 2):
         (_ck(out, s) / "state.json").unlink()
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out) + ["--resume", "--keep", "2"]) == 2
+    assert _gsv_train(_common(train_shards, out) + ["--resume", "--keep", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no complete checkpoint" in err and "step-00000002" in err
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
     assert [r["step"] for r in read_log(out)] == [1, 2]  # nothing overwritten
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out)) == 2  # a fresh run does not take over the folder either
+    assert _gsv_train(_common(train_shards, out)) == 2  # a fresh run does not take over the folder either
     assert "already holds a training run" in capsys.readouterr().err
 
 
@@ -322,46 +313,35 @@ def test_saving_an_older_step_never_deletes_newer_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. schedule and log on resume
-def test_resume_refuses_a_different_step_count(shards, tmp_path, capsys):
+def test_resume_refuses_a_different_step_count(train_shards, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _gsv_train(_common(shards, out, steps=4) + ["--stop-after", "2"]) == 0
+    assert _gsv_train(_common(train_shards, out, steps=4) + ["--stop-after", "2"]) == 0
     capsys.readouterr()
-    assert _gsv_train(_common(shards, out, steps=8) + ["--resume"]) == 2
+    assert _gsv_train(_common(train_shards, out, steps=8) + ["--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "steps was 4" in err and "now 8" in err
     assert not _ck(out, 3).exists()
 
 
-def test_resume_drops_log_lines_after_the_checkpoint(shards, tmp_path):
+def test_resume_drops_log_lines_after_the_checkpoint(train_shards, tmp_path, read_log):
     out = tmp_path / "run"
-    assert _gsv_train(_common(shards, out) + ["--stop-after", "2"]) == 0
+    assert _gsv_train(_common(train_shards, out) + ["--stop-after", "2"]) == 0
     with open(out / "log.jsonl", "a") as f:  # the run was killed after logging step 3, before its checkpoint
         f.write(json.dumps({"step": 3, "loss": -1.0}) + "\n" + '{"step": 4, "lo')
-    assert _gsv_train(_common(shards, out) + ["--resume"]) == 0
+    assert _gsv_train(_common(train_shards, out) + ["--resume"]) == 0
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4] and log[2]["loss"] != -1.0
 
 
 # ------------------------------------------------------------------ 4. damaged data: skip and count
-def _multi_image_shard(path):
-    from gaussianvision.data.shards import ShardWriter
-    from gaussianvision.splats import Splats, encode
-    from test_train_fixtures import png_bytes, sample_image
-    with ShardWriter(path) as w:
-        for i in range(8):
-            sp = random_splats_for(i)
-            if i == 3:
-                sp = Splats.stack([sp, random_splats_for(99)])
-            w.write(f"m{i:05d}", {"gsv": encode(sp), "png": png_bytes(sample_image(i)[0]), "txt": b"a photo"})
-
-
 @pytest.mark.parametrize("how", [["--steps", "3"], ["--steps", "3", "--in-memory"], ["--epochs", "1"]])
-def test_truncated_shard_and_multi_image_samples_are_skipped_and_counted(tmp_path, capsys, how):
+def test_truncated_shard_and_multi_image_samples_are_skipped_and_counted(tmp_path, capsys, how, write_splat_shards,
+                                                                          write_multi_image_shard):
     root = tmp_path / "data"
     paths = write_splat_shards(root, n_samples=16, per_shard=8)
     raw = Path(paths[1]).read_bytes()
     Path(paths[1]).write_bytes(raw[: len(raw) // 2])
-    _multi_image_shard(root / "shard-0002.tar")
+    write_multi_image_shard(root / "shard-0002.tar")
     argv = ["--stage", "1", "--data", str(root), "--model-config", "gs-tiny", "--out", str(tmp_path / "o"),
             "--batch-size", "4", "--json"] + how
     assert _gsv_train(argv) == 0
@@ -372,7 +352,7 @@ def test_truncated_shard_and_multi_image_samples_are_skipped_and_counted(tmp_pat
     assert "shard-0001.tar" in cap.err
 
 
-def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path):
+def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path, write_splat_shards):
     """read_samples yields the sample the damage cut (flagged "__skipped__", its image lost) and then
     raises ShardDamage: the trainer's reader skips and counts that sample, never fails on it."""
     from gaussianvision.data.shards import read_samples
@@ -400,9 +380,9 @@ def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path):
     ("--stop-after", "0"), ("--shuffle-buffer", "0"), ("--token-weight", "-1"), ("--hflip", "1.5"),
     ("--device", "tpu"),
 ])
-def test_bad_numeric_options_are_one_line_and_exit_2(shards, tmp_path, capsys, option, value):
+def test_bad_numeric_options_are_one_line_and_exit_2(train_shards, tmp_path, capsys, option, value):
     out = tmp_path / "o"
-    argv = ["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(out)]
+    argv = ["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(out)]
     if option not in ("--steps", "--epochs"):
         argv += ["--steps", "1"]
     assert _gsv_train(argv + [option, value]) == 2
@@ -412,8 +392,8 @@ def test_bad_numeric_options_are_one_line_and_exit_2(shards, tmp_path, capsys, o
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_device_cuda_without_cuda_is_one_line(shards, tmp_path, capsys):
-    argv = ["--stage", "1", "--data", shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "o"),
+def test_device_cuda_without_cuda_is_one_line(train_shards, tmp_path, capsys):
+    argv = ["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "o"),
             "--steps", "1", "--device", "cuda"]
     assert _gsv_train(argv) == 2
     err = capsys.readouterr().err.strip()

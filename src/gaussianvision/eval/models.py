@@ -92,12 +92,13 @@ def _load_gs(path: str, pretrained: str | None, device):
         if latest_checkpoint(p) is None:
             raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder")
         state, weights, _ = load_checkpoint(p)
-        task = state.get("task", {})
-        if task.get("stage") not in ("1", "2"):
-            raise EvalError(f"gs:{path}: a stage {task.get('stage')!r} checkpoint is not a GS model "
+        trained = state.get("task", {})  # the training stage's describe() (state.json names it "task")
+        if trained.get("stage") not in ("1", "2"):
+            raise EvalError(f"gs:{path}: a stage {trained.get('stage')!r} checkpoint is not a GS model "
                             "(for an RGB model use rgb:BASE:PATH/open_clip_model.safetensors)")
-        model = create_gsclip(task["base"], pretrained or task.get("pretrained"), task["model_config"], device=device)
+        model = create_gsclip(trained["base"], pretrained or trained.get("pretrained"), trained["model_config"],
+                              device=device)
         load_trainable(model, weights, strict=True)
-        return model, {"checkpoint": state["path"], "step": state["step"], "stage": task["stage"]}
+        return model, {"checkpoint": state["path"], "step": state["step"], "stage": trained["stage"]}
     except (WeightsError, CheckpointError, ConfigError) as e:
         raise EvalError(f"gs:{path}: {e}") from None

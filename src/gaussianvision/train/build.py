@@ -1,4 +1,4 @@
-"""Build the model and task of a training stage from plain settings (used by `gsv train`)."""
+"""Build a training stage (its model and loss: stages.py) from plain settings (used by `gsv train`)."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_trainable
-from .stages import RGBClipTask, Stage1Task, Stage2Task, freeze_for_stage
+from .stages import RGBClipStage, Stage1, Stage2, freeze_for_stage
 
-__all__ = ["build_task", "check_stage", "rgb_model", "STAGES", "GS_EXPORT"]
+__all__ = ["build_stage", "check_stage", "rgb_model", "STAGES", "GS_EXPORT"]
 
 STAGES = ("1", "2", "rgb")
 GS_EXPORT = "gsclip.safetensors"
@@ -30,27 +30,27 @@ class _GSExport:
         save_weights(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage})
 
 
-class GSStage1(_GSExport, Stage1Task):
+class GSStage1(_GSExport, Stage1):
     pass
 
 
-class GSStage2(_GSExport, Stage2Task):
+class GSStage2(_GSExport, Stage2):
     pass
 
 
-def build_task(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
-               init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
-               info=None, seed: int = 0, cache_teacher: bool = False, hflip: float = 0.0, rgb_task=RGBClipTask):
-    """-> the task of `stage` (model on info.device): "rgb" a plain CLIP (rgb_task(model, tokenizer,
-    info, meta=...): RGBClipTask or an application's subclass, e.g. apps.demo.teacher's), "1" / "2"
-    the GS stages. Seeds torch before building so every rank starts identical."""
+def build_stage(stage: str, base: str | None = None, pretrained: str | None = None, model_config=None,
+                init_from: str | None = None, unfreeze=(), distill: str = "cosine", token_weight: float = 0.0,
+                info=None, seed: int = 0, cache_teacher: bool = False, hflip: float = 0.0, rgb_stage=RGBClipStage):
+    """-> the stage object of `stage` (model on info.device): "rgb" a plain CLIP (rgb_stage(model,
+    tokenizer, info, meta=...): RGBClipStage or an application's subclass, e.g. apps.demo.teacher's),
+    "1" / "2" the GS stages. Seeds torch before building so every rank starts identical."""
     stage = check_stage(stage, cache_teacher, hflip)
     torch.manual_seed(seed)
     if stage == "rgb":
         model, tokenizer, meta = rgb_model(base, pretrained, unfreeze, info)
-        return rgb_task(model, tokenizer, info, meta=meta)
-    return _gs_task(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info,
-                    cache_teacher=cache_teacher, hflip=hflip)
+        return rgb_stage(model, tokenizer, info, meta=meta)
+    return _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info,
+                     cache_teacher=cache_teacher, hflip=hflip)
 
 
 def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0) -> str:
@@ -87,13 +87,13 @@ def rgb_model(base: str | None, pretrained: str | None, unfreeze=(), info=None):
     return model, open_clip.get_tokenizer(base), {"base": base, "pretrained": pretrained}
 
 
-def _gs_task(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info, **stage1):
+def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info, **stage1):
     """Stage 1 or 2: the GS model (from --init-from's checkpoint when given), frozen for the stage."""
     from gaussianvision.models import create_gsclip
     init_state = init_weights = None
     if init_from:
         init_state, init_weights, _ = load_checkpoint(init_from)
-        t = init_state.get("task", {})
+        t = init_state.get("task", {})  # the stage's describe(), saved under "task"
         if t.get("stage") not in ("1", "2"):
             raise CheckpointError(f"--init-from {init_from}: not a GS training checkpoint (stage {t.get('stage')!r})")
         model_config = model_config or t.get("model_config")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text_atomic
 from .optstate import read_optimizer, write_optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
@@ -118,9 +119,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    ptr = root / f".latest.tmp{os.getpid()}"
-    ptr.write_text(name + "\n")
-    os.replace(ptr, root / "latest")
+    write_text_atomic(root / "latest", name + "\n")
     older = [d for d in step_dirs(root) if _step_of(d) < step]
     for d in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
         shutil.rmtree(d, ignore_errors=True)

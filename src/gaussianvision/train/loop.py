@@ -2,22 +2,22 @@
 mixed precision on GPU, gradient all-reduce across ranks, atomic checkpoints, exact resume,
 NaN/Inf stop, progress bar, JSONL and optional TensorBoard logs.
 
-A *task* provides the model and the loss (see stages.py):
-    task.model                       nn.Module; parameters with requires_grad train
-    task.loss(batch) -> (loss, logs) scalar tensor and a dict of floats
-    task.after_step()                optional (e.g. clamp CLIP's logit scale)
-    task.describe() -> dict          what is needed to rebuild the model (saved in state.json)
-    task.resume_keys() -> dict       optional: describe() keys a resumed run must share, each with
-                                     its "not used" value (see resume.py)
-    task.begin_step(step) -> list    optional: parameters to hold fixed in this optimizer step
-    task.export(out_dir)             optional, called at the end on rank 0
+A *stage* provides the model and the loss (see stages.py):
+    stage.model                       nn.Module; parameters with requires_grad train
+    stage.loss(batch) -> (loss, logs) scalar tensor and a dict of floats
+    stage.after_step()                optional (e.g. clamp CLIP's logit scale)
+    stage.describe() -> dict          what is needed to rebuild the model (saved in state.json
+                                      and train_config.json under the key "task", the name
+                                      earlier checkpoints use)
+    stage.resume_keys() -> dict       optional: describe() keys a resumed run must share, each with
+                                      its "not used" value (see resume.py)
+    stage.begin_step(step) -> list    optional: parameters to hold fixed in this optimizer step
+    stage.export(out_dir)             optional, called at the end on rank 0
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text_atomic
 from .checkpoint import CheckpointError, holds_checkpoints, latest_checkpoint, rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_object
-from .resume import RESUME_KEYS, restore, task_resume_keys
+from .resume import RESUME_KEYS, restore, stage_resume_keys
 from .schedule import cosine_lr, set_lr
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
@@ -134,13 +135,13 @@ def _total_steps(source, cfg: TrainConfig, params) -> int:
     return total
 
 
-def train(task, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
+def train(stage, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict:
     """Run (or resume) training; returns a summary with the per-step losses.
 
     source: an object with batches(epoch, start) (see sources.py) yielding this rank's micro-batches.
     Raises TrainingDiverged on a non-finite loss, CheckpointError on an unusable --resume.
     """
-    run = _Run(task, source, cfg, info or DistInfo())
+    run = _Run(stage, source, cfg, info or DistInfo())
     logs = _Logs(run)
     try:
         while run.step < run.stop_at:
@@ -154,9 +155,9 @@ class _Run:
     """One run's model, optimizer, data position and schedule: set up (fresh or resumed) on creation;
     one_step() trains one optimizer step, save() writes a checkpoint, finish() exports and sums up."""
 
-    def __init__(self, task, source, cfg: TrainConfig, info: DistInfo):
-        self.task, self.source, self.cfg, self.info = task, source, cfg, info
-        self.model = task.model
+    def __init__(self, stage, source, cfg: TrainConfig, info: DistInfo):
+        self.stage, self.source, self.cfg, self.info = stage, source, cfg, info
+        self.model = stage.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total = _total_steps(source, cfg, self.params)
         if info.enabled:  # every rank starts from rank 0's weights, whatever its own initialization
@@ -181,7 +182,7 @@ class _Run:
         """(step, epoch, position) to start from: a resumed checkpoint's, or zeros for a fresh run."""
         cfg, out = self.cfg, self.out
         if cfg.resume and holds_checkpoints(out):
-            return restore(out, self.config_json, self.task, self.info, self.model, self.optimizer, self.scaler)
+            return restore(out, self.config_json, self.stage, self.info, self.model, self.optimizer, self.scaler)
         if cfg.resume and self.info.is_main:
             print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
         elif not cfg.resume and holds_checkpoints(out):
@@ -190,13 +191,13 @@ class _Run:
         return 0, 0, 0
 
     def one_step(self, logs: "_Logs") -> None:
-        cfg, task = self.cfg, self.task
+        cfg, stage = self.cfg, self.stage
         lr = cosine_lr(self.step, cfg.lr, cfg.warmup, self.total, cfg.min_lr)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
-        # Parameters the task holds fixed this step (stage rgb's locked text tower): no gradient,
+        # Parameters the stage holds fixed this step (stage rgb's locked text tower): no gradient,
         # so AdamW leaves them and their moments untouched (no weight decay either).
-        held = task.begin_step(self.step) if hasattr(task, "begin_step") else ()
+        held = stage.begin_step(self.step) if hasattr(stage, "begin_step") else ()
         step_loss, step_logs = self._accumulate(lr)
         all_reduce_grads(self.params, self.info.world_size)
         for p in held:
@@ -207,8 +208,8 @@ class _Run:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if hasattr(task, "after_step"):
-            task.after_step()
+        if hasattr(stage, "after_step"):
+            stage.after_step()
         self.step += 1
         self.losses.append(step_loss)
         logs.record(self, step_loss, lr, step_logs, grad_norm)
@@ -222,7 +223,7 @@ class _Run:
         for micro in range(cfg.accum):
             batch = self._next_batch()
             with self.ac:
-                loss, logs = self.task.loss(batch)
+                loss, logs = self.stage.loss(batch)
             value = all_reduce_mean(loss.detach().float().item(), self.info)
             if not math.isfinite(value):
                 where = f"step {self.step + 1}, micro-batch {micro + 1}/{cfg.accum}, epoch {self.epoch}"
@@ -253,16 +254,16 @@ class _Run:
         if info.is_main:
             opt_state = {"optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
-            state = {"train_config": self.config_json, "task": self.task.describe(),
-                     "resume_keys": task_resume_keys(self.task), "epoch": self.epoch,
+            state = {"train_config": self.config_json, "task": self.stage.describe(),
+                     "resume_keys": stage_resume_keys(self.stage), "epoch": self.epoch,
                      "data_positions": positions, "rng": rngs, "world_size": info.world_size,
                      "samples_seen": step * self.global_batch * self.cfg.accum}
             self.last_ckpt = save_checkpoint(self.out, step, self.model, opt_state, state, keep=self.cfg.keep)
         barrier(info)
 
     def finish(self) -> dict:
-        if self.info.is_main and self.step == self.total and hasattr(self.task, "export"):
-            self.task.export(self.out)
+        if self.info.is_main and self.step == self.total and hasattr(self.stage, "export"):
+            self.stage.export(self.out)
         barrier(self.info)
         losses = self.losses
         return {"steps": self.step, "total_steps": self.total, "losses": losses,
@@ -282,7 +283,7 @@ class _Logs:
         if not info.is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps({"train": run.config_json, "task": run.task.describe()},
+        (out / "train_config.json").write_text(json.dumps({"train": run.config_json, "task": run.stage.describe()},
                                                           indent=2, default=str) + "\n")
         if run.resumed:
             _trim_log(out / "log.jsonl", run.step)
@@ -296,7 +297,7 @@ class _Logs:
             self.tb = SummaryWriter(str(out / "tensorboard"))
         if cfg.progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=run.total, initial=run.step, desc=f"train {run.task.describe().get('stage', '')}",
+            self.bar = tqdm(total=run.total, initial=run.step, desc=f"train {run.stage.describe().get('stage', '')}",
                             unit="step")
         self.t_last = time.perf_counter()
 
@@ -351,6 +352,4 @@ def _trim_log(path: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))

@@ -1,12 +1,12 @@
 """Resuming a run (gsv train --resume): choose the checkpoint, check that the run being resumed had
 the same settings, load weights, optimizer, scaler, RNGs and data positions on every rank.
 
-What must match: the TrainConfig settings in RESUME_KEYS, the number of processes, and the task
-settings the task declares with resume_keys() -> {describe() key: its "not used" value}. Those
-declarations are saved in state.json ("resume_keys"), so a run resumed with a task that no longer
-has the setting (e.g. the demo's --word-loss resumed as a plain stage rgb) is compared against the
-"not used" value and refused. Checkpoints written before the declarations existed are compared on
-the keys the current task declares and the checkpoint's describe() holds.
+What must match: the TrainConfig settings in RESUME_KEYS, the number of processes, and the stage
+settings the stage declares with resume_keys() -> {describe() key: its "not used" value}. Those
+declarations are saved in state.json ("resume_keys"; the stage's describe() is saved under "task"),
+so a run resumed with a stage that no longer has the setting (e.g. the demo's --word-loss resumed as
+a plain stage rgb) is compared against the "not used" value and refused. Checkpoints written before the declarations existed are compared on
+the keys the current stage declares and the checkpoint's describe() holds.
 """
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_
 from .distributed import DistInfo, broadcast_object, gather_object
 from .optstate import apply_optimizer_state
 
-__all__ = ["RESUME_KEYS", "restore", "check_resume", "task_resume_keys"]
+__all__ = ["RESUME_KEYS", "restore", "check_resume", "stage_resume_keys"]
 
 # TrainConfig settings a resumed run must share with the original one
 RESUME_KEYS = ("steps", "batch_size", "accum", "seed", "lr", "warmup", "min_lr", "weight_decay")
 _SCHEDULE = ("steps", "warmup", "lr", "min_lr")
 
 
-def task_resume_keys(task) -> dict:
-    """The task's {describe() key: "not used" value} to compare on resume ({} when it declares none)."""
-    return dict(task.resume_keys()) if hasattr(task, "resume_keys") else {}
+def stage_resume_keys(stage) -> dict:
+    """The stage's {describe() key: "not used" value} to compare on resume ({} when it declares none)."""
+    return dict(stage.resume_keys()) if hasattr(stage, "resume_keys") else {}
 
 
-def check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
+def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
     """CheckpointError naming the first setting that differs from the run being resumed."""
     old = state.get("train_config", {})
     for k in RESUME_KEYS:
@@ -39,19 +39,19 @@ def check_resume(state: dict, config_json: dict, task, info: DistInfo) -> None:
     if state.get("world_size", 1) != info.world_size:
         raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
                               "the data order depends on it")
-    old_task, now_task = state.get("task", {}), (task.describe() if hasattr(task, "describe") else {})
+    old_desc, now_desc = state.get("task", {}), (stage.describe() if hasattr(stage, "describe") else {})
     recorded = state.get("resume_keys")
-    declared = {**(recorded if isinstance(recorded, dict) else {}), **task_resume_keys(task)}
+    declared = {**(recorded if isinstance(recorded, dict) else {}), **stage_resume_keys(stage)}
     for k, unused in declared.items():
-        if recorded is None and (k not in old_task or k not in now_task):
+        if recorded is None and (k not in old_desc or k not in now_desc):
             continue  # a checkpoint from before the declarations: compared where both sides say
-        was, now = old_task.get(k, unused), now_task.get(k, unused)
+        was, now = old_desc.get(k, unused), now_desc.get(k, unused)
         if was != now:
             raise CheckpointError(f"--resume: {k.replace('_', '-')} was {was!r} in {state['path']}, "
                                   f"now {now!r}; resume with the run's settings")
 
 
-def restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+def restore(out, config_json, stage, info, model, optimizer, scaler) -> tuple[int, int, int]:
     """Resume: rank 0 chooses the checkpoint of `out` (see _choose), every rank loads that exact
     directory into model, optimizer and scaler and sets its RNGs; the ranks agree before going on
     (a failure on any rank is a CheckpointError on all). -> (step, epoch, position) of this rank."""
@@ -67,7 +67,7 @@ def restore(out, config_json, task, info, model, optimizer, scaler) -> tuple[int
         raise CheckpointError(err)
     err, got = None, None
     try:
-        got = _apply(found or load_checkpoint(path, optimizer=True), config_json, task, info, model, optimizer, scaler)
+        got = _apply(found or load_checkpoint(path, optimizer=True), config_json, stage, info, model, optimizer, scaler)
     except CheckpointError as e:
         err = str(e)
     errors = [(r, e) for r, e in enumerate(gather_object(err, info)) if e]
@@ -92,9 +92,9 @@ def _choose(out: Path) -> tuple[dict, dict, dict]:
     return found
 
 
-def _apply(found, config_json, task, info, model, optimizer, scaler) -> tuple[int, int, int]:
+def _apply(found, config_json, stage, info, model, optimizer, scaler) -> tuple[int, int, int]:
     state, weights, opt_state = found
-    check_resume(state, config_json, task, info)
+    check_resume(state, config_json, stage, info)
     load_trainable(model, weights)
     apply_optimizer_state(optimizer, opt_state["optimizer"], state["path"])
     try:

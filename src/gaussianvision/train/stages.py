@@ -1,21 +1,22 @@
-"""The three training tasks: RGB CLIP from scratch (RGBClipTask), stage 1 (distillation), stage 2
-(CLIP loss). Applications extend them by subclassing (the demo's teacher: apps/demo/teacher.py).
+"""The three training stages: RGB CLIP from scratch (RGBClipStage), stage 1 (Stage1: distillation),
+stage 2 (Stage2: CLIP loss). A stage is what train.loop.train runs: the model, its loss and what it
+exports. Applications extend them by subclassing (the demo's teacher: apps/demo/teacher.py).
 
 Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1], "splats" (Splats with counts),
 "text" list[str].
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_atomic
 from .losses import distill_loss, make_clip_loss, token_distill_loss
 from .tokens import CachedTokenizer
 
-__all__ = ["RGBClipTask", "Stage1Task", "Stage2Task", "freeze_for_stage", "is_text_param", "pixel_input",
+__all__ = ["RGBClipStage", "Stage1", "Stage2", "freeze_for_stage", "is_text_param", "pixel_input",
            "OPEN_CLIP_EXPORT"]
 
 OPEN_CLIP_EXPORT = "open_clip_model.safetensors"
@@ -93,7 +94,7 @@ class _Base:
                 ls.clamp_(0, _MAX_LOGIT_SCALE)
 
 
-class RGBClipTask(_Base):
+class RGBClipStage(_Base):
     """Plain CLIP training of an open_clip model on (image, caption) pairs, all parameters trained,
     with open_clip's ClipLoss: what a DataComp user runs to train a CLIP from scratch.
 
@@ -101,7 +102,7 @@ class RGBClipTask(_Base):
     loads it as it loads a pretrained checkpoint.
 
     Subclasses change one part of the step by overriding a hook (the demo's teacher recipe,
-    apps.demo.teacher.TeacherTask, is one); loss() calls them in this order:
+    apps.demo.teacher.TeacherStage, is one); loss() calls them in this order:
       prepare(batch) -> (images, texts, extra_texts)   the batch as encoded; extra texts are
                                                         tokenized and encoded after the captions
       encode_texts(tokens) -> [B + E, D]               normalized text embeddings
@@ -148,14 +149,11 @@ class RGBClipTask(_Base):
 
     def export(self, out_dir):
         from safetensors.torch import save_file
-        out = Path(out_dir)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.exported_state().items()}
-        tmp = out / f".{OPEN_CLIP_EXPORT}.tmp{os.getpid()}"
-        save_file(sd, str(tmp))
-        os.replace(tmp, out / OPEN_CLIP_EXPORT)
+        write_atomic(Path(out_dir) / OPEN_CLIP_EXPORT, lambda tmp: save_file(sd, str(tmp)))
 
 
-class Stage1Task(_Base):
+class Stage1(_Base):
     """Align the GS encoder to the frozen RGB teacher on (image, splats of that image) pairs.
 
     Two options stay here although the demo uses them, because they hold for any data set:
@@ -240,7 +238,7 @@ def mirror_some(batch: dict, which: torch.Tensor) -> dict:
     return out
 
 
-class Stage2Task(_Base):
+class Stage2(_Base):
     """Contrastive training of the GS encoder against captions with open_clip's ClipLoss."""
     stage = "2"
 

@@ -133,12 +133,12 @@ def _run(args) -> int:
         if args.hard_negatives:
             need += ("negative",)
         try:
-            task = _build_task(args, info)
+            stage = _build_stage(args, info)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
         image_size = None
         if "image" in need:
-            visual = getattr(task.model, "base", task.model).visual
+            visual = getattr(stage.model, "base", stage.model).visual
             image_size = int(visual.image_size[0]) if args.stage == "rgb" else None
         try:
             source = build_source(args.data, need, args.batch_size, seed=args.seed, rank=info.rank,
@@ -168,7 +168,7 @@ def _run(args) -> int:
                           progress=not args.no_progress and not args.json,
                           extra={"data": args.data, "stage": args.stage})
         try:
-            summary = train(task, source, cfg, info)
+            summary = train(stage, source, cfg, info)
         except (TrainingDiverged, CheckpointError, DataError) as e:
             raise CliError(str(e)) from None
         if info.is_main:
@@ -206,9 +206,9 @@ def _skipped_note(summary: dict) -> str:
     return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage" if n or d else ""
 
 
-def _build_task(args, info):
-    """The library's task of --stage, or the demo's TeacherTask (apps.demo.teacher) for stage rgb
-    when any teacher flag is given (given to stage 1 or 2, they are refused there)."""
+def _build_stage(args, info):
+    """The library's stage object of --stage, or the demo's TeacherStage (apps.demo.teacher) for
+    stage rgb when any teacher flag is given (given to stage 1 or 2, they are refused there)."""
     options = dict(base=args.base, pretrained=args.pretrained, model_config=args.model_config,
                    init_from=args.init_from, unfreeze=args.unfreeze, distill=args.distill,
                    token_weight=args.token_weight, info=info, seed=args.seed, cache_teacher=args.cache_teacher,
@@ -217,6 +217,6 @@ def _build_task(args, info):
                    mirror_pairs=args.mirror_pairs, word_loss=args.word_loss, word_boost=_word_boost(args.word_boost))
     from gaussianvision.apps.demo import teacher as demo_teacher
     if demo_teacher.uses_teacher(**teacher):
-        return demo_teacher.build_task(args.stage, **teacher, **options)
-    from gaussianvision.train.build import build_task
-    return build_task(args.stage, **options)
+        return demo_teacher.build_stage(args.stage, **teacher, **options)
+    from gaussianvision.train.build import build_stage
+    return build_stage(args.stage, **options)

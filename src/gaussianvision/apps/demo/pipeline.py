@@ -293,7 +293,7 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     from gaussianvision.train.batches import build_memory_source
     from gaussianvision.train.distributed import DistInfo
     from gaussianvision.train.loop import TrainConfig, train
-    from gaussianvision.apps.demo.teacher import build_task
+    from gaussianvision.apps.demo.teacher import build_stage
     out_dir = _fresh(Path(out_dir))
     info = DistInfo()
     n_data = len(samples)
@@ -302,20 +302,20 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     # epochs count passes over the data as given: oversampling changes what a step holds, not how many
     steps = max(1, math.ceil(s["epochs"] * len(source) * n_data / len(samples)))
     lock = int(round(s.get("lock_text", 0.0) * steps))  # stage rgb: a fraction of the steps
-    task = build_task(stage, base=base, pretrained=pretrained, model_config=model_config,
-                      init_from=str(init_from) if init_from else None, info=info, seed=seed,
-                      lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)),
-                      mirror_pairs=float(s.get("mirror_pairs", 0.0)),
-                      cache_teacher=bool(s.get("cache_teacher", False)), hflip=float(s.get("hflip", 0.0)),
-                      word_loss=float(s.get("word_loss", 0.0)), word_boost=s.get("word_boost"))
+    built = build_stage(stage, base=base, pretrained=pretrained, model_config=model_config,
+                        init_from=str(init_from) if init_from else None, info=info, seed=seed,
+                        lock_text_steps=lock, hard_negatives=bool(s.get("hard_negatives", False)),
+                        mirror_pairs=float(s.get("mirror_pairs", 0.0)),
+                        cache_teacher=bool(s.get("cache_teacher", False)), hflip=float(s.get("hflip", 0.0)),
+                        word_loss=float(s.get("word_loss", 0.0)), word_boost=s.get("word_boost"))
     cfg = TrainConfig(out=str(out_dir), steps=steps, batch_size=s["batch"], lr=s["lr"], warmup=s.get("warmup", 0),
                       weight_decay=s.get("weight_decay", 0.1), precision="fp32", seed=seed,
                       log_every=max(1, steps // 60), progress=progress,
                       extra={"data": "in-memory (gsv demo)", "stage": stage})
-    summary = train(task, source, cfg, info)
+    summary = train(built, source, cfg, info)
     losses = summary.pop("losses")
-    trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in task.model.parameters())
+    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in built.model.parameters())
     return {"out": str(out_dir), "stage": stage, "steps": summary["steps"], "samples": len(samples),
             "lock_text_steps": lock, "hard_negatives": bool(s.get("hard_negatives", False)),
             "first_loss": losses[0] if losses else None, "final_loss": summary["final_loss"],

@@ -1,5 +1,5 @@
 """The demo's teacher recipe: stage rgb on the synthetic world with five tricks on top of the
-library's plain CLIP task (train.stages.RGBClipTask), all of them about the world's relations
+library's plain CLIP stage (train.stages.RGBClipStage), all of them about the world's relations
 ("a red circle left of a blue square"), which a tiny CLIP trained on a few thousand captions
 otherwise never learns (docs/training.md, benchmarks/results/demo_teacher_trials.md):
 
@@ -20,7 +20,7 @@ word_loss, word_boost: a head on the image embedding predicts the caption's word
 weighted by word_loss, with the named words weighed word_boost times; not exported.
 
 The fifth, relation oversampling, is a property of the data and lives in pipeline.py.
-`gsv train --stage rgb` builds a TeacherTask when any of these flags is given.
+`gsv train --stage rgb` builds a TeacherStage when any of these flags is given.
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ import math
 import torch
 
 from gaussianvision.train.losses import make_negclip_loss
-from gaussianvision.train.build import build_task as build_library_task
+from gaussianvision.train.build import build_stage as build_library_stage
 from gaussianvision.train.build import check_stage
-from gaussianvision.train.stages import RGBClipTask, is_text_param
+from gaussianvision.train.stages import RGBClipStage, is_text_param
 
 from .words import WORD_HEAD, CaptionWords
 from .world.mirror import mirror_pairs as world_mirror_pairs
 
-__all__ = ["TeacherTask", "build_task", "TEACHER_OPTIONS", "uses_teacher"]
+__all__ = ["TeacherStage", "build_stage", "TEACHER_OPTIONS", "uses_teacher"]
 
 TEACHER_OPTIONS = ("lock_text_steps", "hard_negatives", "mirror_pairs", "word_loss", "word_boost")
 
@@ -61,8 +61,8 @@ def _check_settings(lock_text_steps, mirror_pairs, word_loss, word_boost) -> Non
         raise ValueError(f"--mirror-pairs must be a fraction of the batch in [0, 1], got {mirror_pairs}")
 
 
-class TeacherTask(RGBClipTask):
-    """The library's RGB CLIP task with the demo's tricks (see the module docstring). describe()
+class TeacherStage(RGBClipStage):
+    """The library's RGB CLIP stage with the demo's tricks (see the module docstring). describe()
     holds the five settings under the names earlier runs used, so their checkpoints and the
     demo's step cache agree; word_loss and word_boost must match on --resume (the head's
     parameters exist only with the loss)."""
@@ -143,16 +143,16 @@ def _one_token(tokenizer, word: str, special) -> int:
     return row[0]
 
 
-def build_task(stage: str, *, lock_text_steps: int = 0, hard_negatives: bool = False, mirror_pairs: float = 0.0,
-               word_loss: float = 0.0, word_boost: dict | None = None, **options):
-    """train.build.build_task (options: its arguments) with stage rgb built as a TeacherTask. The
+def build_stage(stage: str, *, lock_text_steps: int = 0, hard_negatives: bool = False, mirror_pairs: float = 0.0,
+                word_loss: float = 0.0, word_boost: dict | None = None, **options):
+    """train.build.build_stage (options: its arguments) with stage rgb built as a TeacherStage. The
     teacher options given to stage 1 or 2 are refused with the messages `gsv train` always gave."""
     stage = check_stage(stage, options.get("cache_teacher", False), options.get("hflip", 0.0))
     if stage != "rgb":
         _refuse_outside_rgb(lock_text_steps, hard_negatives, mirror_pairs, word_loss, word_boost)
-    teacher = functools.partial(TeacherTask, lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
+    teacher = functools.partial(TeacherStage, lock_text_steps=lock_text_steps, hard_negatives=hard_negatives,
                                 mirror_pairs=mirror_pairs, word_loss=word_loss, word_boost=word_boost)
-    return build_library_task(stage, rgb_task=teacher, **options)
+    return build_library_stage(stage, rgb_stage=teacher, **options)
 
 
 def _refuse_outside_rgb(lock_text_steps, hard_negatives, mirror_pairs, word_loss, word_boost) -> None:
