@@ -1,5 +1,5 @@
 """The demo teacher's caption-word head: caption words as an auxiliary target for the RGB
-teacher's image embedding (stage rgb, apps.demo.teacher.TeacherTask, --word-loss).
+teacher's image embedding (stage rgb, apps.demo.teacher.TeacherStage, --word-loss).
 
 A linear head reads the image embedding (before normalization) and predicts the caption's bag of
 words: softmax cross-entropy against the caption's word set, each word weighted by its inverse
