@@ -181,7 +181,24 @@ def _run(args) -> int:
         done = True
         return 0
     finally:
-        cleanup(info, together=done)
+        if done and info.enabled:
+            _end_worker(info)
+        cleanup(info)
+
+
+def _end_worker(info) -> None:
+    """A torchrun worker that finished its run: the ranks meet, then the process ends at once.
+    Tearing gloo down (destroy_process_group, then the interpreter's exit) aborted a rank now and
+    then ("terminate called without an active exception": a peer closed its sockets while this
+    rank's gloo threads were still being destroyed), turning a finished run into a failure; after
+    the barrier nothing is left to send, and os._exit runs no C++ destructor."""
+    import os
+    import sys
+    from gaussianvision.train.distributed import barrier
+    barrier(info)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv=None) -> int:
