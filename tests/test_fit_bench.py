@@ -23,7 +23,8 @@ def test_pairs_estimate_is_the_ellipse_area():
 def test_bench_runs_end_to_end_tiny(tmp_path):
     cfg = FitBenchConfig(ns=(16,), inits=("grid", "random", "content"), checkpoints=(0, 4), photos=2, size=24,
                          speed_images=3, speed_iters=2, naive_iters=1, prune_n=16, prune_iters=4, prune_finetune=1,
-                         prune_fractions=(0.25,), kodak_dir=str(tmp_path / "absent"), backend="reference")
+                         prune_fractions=(0.25,), kodak_dir=str(tmp_path / "absent"), backend="reference",
+                         ttq_ns=(16,), ttq_batches=(2,), ttq_iters=(10,))
     res = run_fit_bench(cfg, log=lambda *_: None)
     json.dumps(res)
     assert [c["init"] for c in res["curves"]] == ["grid", "random", "content"]
@@ -32,5 +33,26 @@ def test_bench_runs_end_to_end_tiny(tmp_path):
     rows = {r["rule"]: r for r in res["pruning"]["sweep"]}
     assert abs(rows["energy lowest 25%"]["pruned"] - 0.25) < 1e-9
     assert "skipped" in res["kodak"]
+    ttq = res["ttq"]["sets"]["bundled photos"]["16"]
+    assert [r["method"] for r in ttq] == ["adam", "adam+colors", "c2f+colors", "random"]
+    assert all(r["curve"][-1][2] == 10 and r["seconds_per_image"] > 0 for r in ttq)
+    assert res["ttq"]["naive"]["bundled photos:16"]["naive_seconds"] > 0
     md = to_markdown(res)
+    assert "Time to quality" in md and "| c2f+colors |" in md
     assert "| 16 grid |" in md and "Naive dense baseline" in md and "Skipped" in md
+
+
+def test_read_curve_interpolates_times_and_psnrs():
+    from gaussianvision.apps.bench.ttq import naive_row, read_curve
+    curve = [(0.0, 10.0, 0), (1.0, 20.0, 10), (3.0, 30.0, 30)]
+    assert read_curve(curve, target=15.0) == 0.5 and read_curve(curve, target=25.0) == 2.0
+    assert read_curve(curve, target=31.0) is None and read_curve(curve, target=5.0) == 0.0
+    assert read_curve(curve, at=2.0) == 25.0 and read_curve(curve, at=9.0) == 30.0
+    assert read_curve([(0.5, 10.0, 0)], at=0.1) is None
+    # the naive fitter: the random curve's iterations at its own time per iteration
+    rnd = {"n": 4, "curve": [(0.0, 8.0, 0), (0.1, 18.0, 10), (0.2, 20.0, 20)]}
+    fast = {"method": "fast", "curve": [(0.0, 15.0, 0), (0.01, 21.0, 5)]}
+    slow = {"method": "slow", "curve": [(0.0, 15.0, 0), (0.5, 21.0, 5)]}
+    row = naive_row(rnd, 2.0, [slow, fast])
+    assert row["equal_psnr_db"] == 20.0 and row["naive_seconds"] == 40.0 and row["ours_method"] == "fast"
+    assert abs(row["speedup_equal_psnr"] - 40.0 / (0.01 * 5 / 6)) < 1e-6

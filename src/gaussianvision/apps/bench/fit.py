@@ -67,13 +67,18 @@ class FitBenchConfig:
     kodak_iters: int = 2000
     backend: str = "auto"
     device: str = "cpu"
-    sections: tuple = ("curves", "speed", "naive", "pruning", "kodak")
+    ttq_ns: tuple = (400, 3136)        # time to quality (bench/ttq.py): N, batch and iterations
+    ttq_batches: tuple = (40, 16)
+    ttq_iters: tuple = (500, 300)
+    ttq_methods: tuple = ("adam", "adam+colors", "c2f+colors", "random")
+    sections: tuple = ("ttq", "curves", "speed", "naive", "pruning", "kodak")
 
     @staticmethod
     def quick_preset(**kw) -> "FitBenchConfig":
         base = dict(quick=True, ns=(400,), checkpoints=(0, 50, 100), photos=4, speed_images=8, speed_iters=50,
                     naive_iters=1, prune_n=400, prune_iters=100, prune_finetune=20,
-                    prune_fractions=(0.1, 0.2), kodak_limit=1, kodak_iters=20)
+                    prune_fractions=(0.1, 0.2), kodak_limit=1, kodak_iters=20, ttq_ns=(400,), ttq_batches=(8,),
+                    ttq_iters=(100,))
         base.update(kw)
         return FitBenchConfig(**base)
 
@@ -263,6 +268,35 @@ def _kodak(b: FitBenchConfig, log) -> dict:
     return out
 
 
+def _ttq_sets(b: FitBenchConfig, photos: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The bundled photos, and the Kodak photos (held out: never used to choose settings) when present."""
+    sets = {"bundled photos": photos.cpu()}
+    d = Path(b.kodak_dir)
+    files = sorted(d.glob("*.png")) if d.is_dir() else []
+    if files:
+        from gaussianvision.data.images import load_image
+        sets["Kodak (held out)"] = torch.stack([load_image(f, size=b.size) for f in files])
+    return sets
+
+
+def _ttq(b: FitBenchConfig, photos: torch.Tensor, log) -> dict:
+    """Time to quality per image set, N and method, and the naive fitter at equal PSNR."""
+    from .ttq import naive_row, startup_seconds, time_to_quality
+    out = {"startup_s": startup_seconds(), "sets": {}, "naive": {}}
+    naive_s = {n: time_naive(photos[0].cpu(), n, iters=b.naive_iters)["seconds_per_image_iter"] for n in b.ttq_ns}
+    for name, imgs in _ttq_sets(b, photos).items():
+        out["sets"][name] = {}
+        for n, batch, iters in zip(b.ttq_ns, b.ttq_batches, b.ttq_iters):
+            x = imgs.repeat(math.ceil(batch / imgs.shape[0]), 1, 1, 1)[:batch].to(b.device)
+            rows = time_to_quality(x, n, b.ttq_methods, iters, log=log)
+            out["sets"][name][str(n)] = rows
+            rnd = next((r for r in rows if r["method"] == "random"), None)
+            others = [r for r in rows if r["method"] != "random"]
+            if rnd and others:
+                out["naive"][f"{name}:{n}"] = naive_row(rnd, naive_s[n], others)
+    return out
+
+
 def run_fit_bench(b: FitBenchConfig, log=print) -> dict:
     res = {"config": asdict(b), "machine": machine_info()}
     names, images = _photos(b)
@@ -271,6 +305,8 @@ def run_fit_bench(b: FitBenchConfig, log=print) -> dict:
         images = images.to(b.device)
     # compile / warm the backend so no section pays it
     Fitter(images[:1, :, :32, :32], 16, _cfg(b, init="grid")).run(2)
+    if "ttq" in b.sections:
+        res["ttq"] = _ttq(b, images, log)
     curves = res["curves"] = _curves(b, images, log) if "curves" in b.sections else []
     if "speed" in b.sections:
         res["speed"] = _speed(b, images, log)
@@ -292,6 +328,9 @@ def to_markdown(res: dict) -> str:
              f"{m['loadavg_start']} at start, {m.get('loadavg_end')} at end (the machine is shared: "
              f"timings are inflated by the load). Photos: {', '.join(res['photos'])} at "
              f"{res['config']['size']}x{res['config']['size']}.", ""]
+    if res.get("ttq"):
+        from .ttq import ttq_markdown
+        lines += ttq_markdown(res)
     if res.get("curves"):
         cps = [str(c) for c in res["config"]["checkpoints"]]
         lines += ["## Mean PSNR (dB) vs iterations", "",

@@ -1,0 +1,159 @@
+"""Time to quality: seconds per image to reach a PSNR, and the PSNR reached in a fixed time.
+
+    rows = time_to_quality(images, n=400, methods=METHODS, iters=500)
+
+Each method fits the whole batch from its initialization (included in the time) with PSNR
+recorded at checkpoints; a curve is (wall seconds per image, mean PSNR) and is read by linear
+interpolation: the time to reach 25 / 27 / 29 dB (N=400) or 33 / 35 / 37 dB (N=3136), and the PSNR
+at 50 ms and 250 ms per image. The process start-up (python, torch, numba's cached kernels) is
+measured once in a fresh process and added per image over a 40-image run (start-up / 40).
+
+Methods (issue 20: measure each step and keep what pays):
+  adam            content init, Adam (today's default)
+  adam+colors     the same with least-squares colors at the start (FitConfig.color_solve=8)
+  c2f+colors      coarse to fine: 60% of the iterations at half resolution (area-downsampled
+                  images, splats scaled by 0.5), then the rest at full resolution; colors solved
+  random          random init, Adam: the convergence the naive dense fitter (one image per launch,
+                  random init) would have; with its per-iteration time it gives the naive curve
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gaussianvision.fit import FitConfig, Fitter
+
+__all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "time_to_quality", "read_curve", "startup_seconds"]
+
+METHODS = ("adam", "adam+colors", "c2f+colors", "random")
+TARGETS = {400: (25.0, 27.0, 29.0), 3136: (33.0, 35.0, 37.0)}
+BUDGETS_MS = (50.0, 250.0)
+_CHECKS = (0, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 700, 1000)
+
+
+def startup_seconds() -> float:
+    """Wall seconds of a fresh process that imports the fitter and renders once (numba's cache)."""
+    code = ("import torch; from gaussianvision.fit import fit_images; "
+            "fit_images(torch.rand(1, 3, 16, 16), 4, iters=1)")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def read_curve(curve: list[tuple[float, float]], target: float | None = None, at: float | None = None):
+    """Seconds to reach `target` dB, or the dB reached at `at` seconds (linear between points);
+    None when the curve never gets there (or `at` is before its first point)."""
+    pts = sorted((c[0], c[1]) for c in curve)
+    if target is not None:
+        for (t0, p0), (t1, p1) in zip(pts, pts[1:]):
+            if p0 >= target:
+                return t0
+            if p1 >= target:
+                return t0 + (t1 - t0) * (target - p0) / max(p1 - p0, 1e-12)
+        return pts[-1][0] if pts and pts[-1][1] >= target else None
+    if not pts or at < pts[0][0]:
+        return None
+    for (t0, p0), (t1, p1) in zip(pts, pts[1:]):
+        if t0 <= at <= t1:
+            return p0 + (p1 - p0) * (at - t0) / max(t1 - t0, 1e-12)
+    return pts[-1][1]
+
+
+def _checks(iters: int) -> tuple:
+    """The iterations a curve records: the fixed checkpoints up to `iters`, and `iters` itself."""
+    return tuple(sorted({c for c in _CHECKS if c <= iters} | {iters}))
+
+
+def _curve(f: Fitter, offset: float = 0.0, it0: int = 0) -> list[tuple[float, float, int]]:
+    """(seconds per image, mean PSNR, iteration) at each recorded checkpoint."""
+    b = f.batch_size
+    return [(offset + h["seconds"] / b, sum(h["psnr"]) / b, it0 + h["iteration"]) for h in f.history]
+
+
+def _plain(images, n, iters, init, color_solve) -> list[tuple[float, float]]:
+    cfg = FitConfig(init=init, color_solve=color_solve, record_at=_checks(iters))
+    f = Fitter(images, n, cfg)
+    f.run(iters)
+    return _curve(f)
+
+
+def _coarse_to_fine(images, n, iters) -> list[tuple[float, float]]:
+    h, w = images.shape[-2:]
+    coarse_iters = int(0.6 * iters)
+    t0 = time.perf_counter()
+    small = F.interpolate(images, size=(h // 2, w // 2), mode="area")
+    c = Fitter(small, n, FitConfig(init="content", color_solve=8))
+    c.run(coarse_iters)
+    s = c.splats().scaled(h, w)
+    fine_iters = iters - coarse_iters
+    f = Fitter(images, None, FitConfig(record_at=_checks(fine_iters)), init=s)
+    offset = (time.perf_counter() - t0 - f.seconds) / images.shape[0]  # the coarse phase, per image
+    f.run(fine_iters)
+    return _curve(f, offset, coarse_iters)
+
+
+def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict]) -> dict:
+    """The naive dense fitter's curve: the random-init convergence (iterations) at the naive
+    fitter's measured seconds per image-iteration; the speed-up at equal PSNR (the highest PSNR
+    the naive curve reaches) of the candidate that gets there first."""
+    curve = [(it * naive_s_per_iter, p, it) for _, p, it in random_row["curve"]]
+    target = max(p for _, p, _ in curve)
+    t_naive = read_curve(curve, target=target)
+    times = [(read_curve(c["curve"], target=target), c["method"]) for c in candidates]
+    reached = [(t, m) for t, m in times if t is not None]
+    t_ours, ours = min(reached) if reached else (None, None)
+    return {"method": "naive dense (random init, one image per launch)", "n": random_row["n"],
+            "seconds_per_image_iter": naive_s_per_iter, "equal_psnr_db": target, "naive_seconds": t_naive,
+            "ours_method": ours, "ours_seconds": t_ours,
+            "speedup_equal_psnr": (t_naive / t_ours) if t_naive and t_ours else None}
+
+
+def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 500, log=print) -> list[dict]:
+    """One row per method: its curve, seconds per image to each target, PSNR at each budget."""
+    rows = []
+    for m in methods:
+        if m == "c2f+colors":
+            curve = _coarse_to_fine(images, n, iters)
+        else:
+            curve = _plain(images, n, iters, "random" if m == "random" else "content", 8 if m == "adam+colors" else 0)
+        row = {"method": m, "n": n, "images": images.shape[0], "iters": iters, "curve": curve,
+               "seconds_to": {str(t): read_curve(curve, target=t) for t in TARGETS.get(n, ())},
+               "psnr_at_ms": {str(int(b)): read_curve(curve, at=b / 1000) for b in BUDGETS_MS},
+               "final_psnr": curve[-1][1], "seconds_per_image": curve[-1][0]}
+        log(f"ttq N={n} {m}: {row['final_psnr']:.2f} dB in {1000 * row['seconds_per_image']:.0f} ms/image; "
+            + ", ".join(f"{k} dB: {'-' if v is None else f'{1000 * v:.0f} ms'}" for k, v in row["seconds_to"].items()))
+        rows.append(row)
+    return rows
+
+
+def ttq_markdown(res: dict) -> list[str]:
+    """The time-to-quality tables of a fit benchmark result (res["ttq"])."""
+    t = res["ttq"]
+    lines = ["## Time to quality (224x224, whole batch from a cold start; ms per image)", "",
+             f"Process start-up {t['startup_s']:.2f} s, added per image over a 40-image run "
+             f"({1000 * t['startup_s'] / 40:.0f} ms). Times are wall ms per image, initialization included.", ""]
+    for name, block in t["sets"].items():
+        for n, rows in block.items():
+            targets = list(rows[0]["seconds_to"])
+            lines += [f"### {name}, N={n} ({rows[0]['images']} images, {rows[0]['iters']} iterations)", "",
+                      "| method | " + " | ".join(f"ms to {x} dB" for x in targets)
+                      + " | dB at 50 ms | dB at 250 ms | final dB | ms per image |", "|---" * (len(targets) + 5) + "|"]
+            up = 1000 * t["startup_s"] / 40
+            fmt_t = lambda v: "not reached" if v is None else f"{1000 * v + up:.0f}"
+            fmt_p = lambda v: "-" if v is None else f"{v:.2f}"
+            for r in rows:
+                lines.append(f"| {r['method']} | " + " | ".join(fmt_t(r["seconds_to"][x]) for x in targets)
+                             + f" | {fmt_p(r['psnr_at_ms']['50'])} | {fmt_p(r['psnr_at_ms']['250'])} | "
+                             f"{r['final_psnr']:.2f} | {1000 * r['seconds_per_image'] + up:.0f} |")
+            nv = t["naive"].get(f"{name}:{n}")
+            if nv:
+                sp = "-" if nv["speedup_equal_psnr"] is None else f"{nv['speedup_equal_psnr']:.0f}x"
+                lines += ["", f"Naive dense fitter: {nv['seconds_per_image_iter']:.3f} s per image-iteration; to "
+                              f"{nv['equal_psnr_db']:.2f} dB it needs {fmt_t(nv['naive_seconds'])} ms per image, "
+                              f"{nv['ours_method']} {fmt_t(nv['ours_seconds'])} ms: **{sp} faster at equal PSNR**."]
+            lines.append("")
+    return lines
