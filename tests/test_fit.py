@@ -218,3 +218,26 @@ def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, mes
     assert str(e.value).startswith(message)
     assert FitConfig.from_options({"lr_means": 1, "target_psnr": None}).lr_means == 1
     assert FitConfig.from_options({"iters": 7, "plateau_patience": None, "target_psnr": 30}).iters == 7
+
+
+def test_coarse_to_fine_is_the_coarse_fit_scaled_up_then_refined():
+    """FitConfig(coarse_fraction=f): the first f of the iterations on area-downsampled images, then
+    the rest at full size from those splats scaled up; the same as doing it by hand."""
+    import torch.nn.functional as F
+    from gaussianvision.fit import FitConfig, Fitter
+    images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(4))
+    res = fit_images(images, 12, iters=10, coarse_fraction=0.6, backend="reference")
+    c = Fitter(F.interpolate(images, size=(16, 12), mode="area"), 12, FitConfig(iters=10, backend="reference"))
+    c.run(6)
+    f = Fitter(images, None, FitConfig(iters=10, backend="reference"), init=c.splats().scaled(32, 24))
+    f.run(4)
+    assert torch.equal(res.splats.means, f.splats().means) and torch.equal(res.splats.colors, f.splats().colors)
+    assert [m["iterations"] for m in res.metrics] == [10, 10] and (res.splats.height, res.splats.width) == (32, 24)
+    plain = fit_images(images, 12, iters=10, backend="reference")
+    assert torch.equal(plain.splats.means, fit_images(images, 12, iters=10, coarse_fraction=0.0,
+                                                      backend="reference").splats.means)
+    tiny = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5))  # 6 px coarse: fitted plainly
+    assert torch.equal(fit_images(tiny, 4, iters=3, coarse_fraction=0.5, backend="reference").splats.means,
+                       fit_images(tiny, 4, iters=3, backend="reference").splats.means)
+    with pytest.raises(ValueError, match="coarse_fraction must lie in"):
+        FitConfig(coarse_fraction=1.0).check()

@@ -37,6 +37,8 @@ class FitConfig:
     relocate_fraction: float = 0.1  # share of each image's Gaussians moved each time (fit/relocate.py)
     relocate_until: float = 0.6    # relocate only in this first share of the iterations (the rest settles)
     color_solve: int = 0           # CG iterations of least-squares colors after initialization (fit/colors.py; 0: off)
+    coarse_fraction: float = 0.0   # share of `iters` run first at coarse_scale resolution (coarse to fine; 0: off)
+    coarse_scale: float = 0.5      # the coarse phase's image scale (area-downsampled; splats scaled back up)
     backend: str = "auto"
     device: str | None = None      # None: the images' device
     seed: int = 0
@@ -72,6 +74,9 @@ class FitConfig:
         if self.relocate_every < 0 or not 0.0 < self.relocate_fraction < 1.0 or not 0.0 <= self.relocate_until <= 1.0:
             raise ValueError(f"relocate_every must be >= 0, relocate_fraction in (0, 1) and relocate_until in "
                              f"[0, 1], got {self.relocate_every}, {self.relocate_fraction}, {self.relocate_until}")
+        if not (0.0 <= self.coarse_fraction < 1.0 and 0.0 < self.coarse_scale < 1.0):
+            raise ValueError(f"coarse_fraction must lie in [0, 1) and coarse_scale in (0, 1), got "
+                             f"{self.coarse_fraction}, {self.coarse_scale}")
         if self.color_solve < 0:
             raise ValueError(f"color_solve must be >= 0 (conjugate-gradient iterations), got {self.color_solve}")
         if self.min_scale <= 0:

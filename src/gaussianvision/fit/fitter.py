@@ -47,7 +47,7 @@ from gaussianvision.fit.metrics import psnr, ssim
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
-__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "SCHEDULES"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "start_coarse_to_fine", "SCHEDULES"]
 
 _NAMES = ("means", "chol", "colors")
 
@@ -344,10 +344,33 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
         setattr(cfg, k, v)
     if isinstance(init, str):
         cfg.init = init
-    f = Fitter(images, n_gaussians, cfg, init=init)
-    f.run(cfg.iters, progress=progress)
+    f = start_coarse_to_fine(images, n_gaussians, cfg, init, progress) if cfg.coarse_fraction > 0 else None
+    f = f or Fitter(images, n_gaussians, cfg, init=init)
+    f.run(cfg.iters - int(f.iterations.max()), progress=progress)
     if cfg.prunes:
         f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
         if cfg.finetune_iters:
             f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning", relocate=False)
     return f.result()
+
+
+def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
+    """Coarse to fine: the first coarse_fraction of the iterations on the images downsampled by
+    coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back
+    up (its Adam state fresh; its iteration counts and seconds include the coarse phase). None when
+    the coarse images would be too small (under 8 px a side) or init is given as Splats."""
+    images = _check_images(images)
+    h, w = images.shape[-2:]
+    ch, cw = round(h * cfg.coarse_scale), round(w * cfg.coarse_scale)
+    coarse_iters = int(cfg.coarse_fraction * cfg.iters)
+    if isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1:
+        return None
+    small = torch.nn.functional.interpolate(images.to(_device(cfg, images)), size=(ch, cw), mode="area")
+    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=()))
+    c.run(coarse_iters, progress=progress, desc="coarse phase")
+    s = c.splats().scaled(h, w)
+    f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
+    f.iterations += c.iterations
+    f.seconds += c.seconds
+    return f
+

@@ -11,8 +11,8 @@ measured once in a fresh process and added per image over a 40-image run (start-
 Methods (issue 20: measure each step and keep what pays):
   adam            content init, Adam (today's default)
   adam+colors     the same with least-squares colors at the start (FitConfig.color_solve=8)
-  c2f+colors      coarse to fine: 60% of the iterations at half resolution (area-downsampled
-                  images, splats scaled by 0.5), then the rest at full resolution; colors solved
+  c2f+colors      coarse to fine (FitConfig.coarse_fraction=0.6): 60% of the iterations at half
+                  resolution (area-downsampled images), then the rest at full resolution; colors solved
   random          random init, Adam: the convergence the naive dense fitter (one image per launch,
                   random init) would have; with its per-iteration time it gives the naive curve
 """
@@ -21,11 +21,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from gaussianvision.fit import FitConfig, Fitter
+from gaussianvision.fit.fitter import start_coarse_to_fine
 
 __all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "time_to_quality", "read_curve", "startup_seconds"]
 
@@ -81,19 +82,15 @@ def _plain(images, n, iters, init, color_solve) -> list[tuple[float, float]]:
     return _curve(f)
 
 
-def _coarse_to_fine(images, n, iters) -> list[tuple[float, float]]:
-    h, w = images.shape[-2:]
-    coarse_iters = int(0.6 * iters)
-    t0 = time.perf_counter()
-    small = F.interpolate(images, size=(h // 2, w // 2), mode="area")
-    c = Fitter(small, n, FitConfig(init="content", color_solve=8))
-    c.run(coarse_iters)
-    s = c.splats().scaled(h, w)
-    fine_iters = iters - coarse_iters
-    f = Fitter(images, None, FitConfig(record_at=_checks(fine_iters)), init=s)
-    offset = (time.perf_counter() - t0 - f.seconds) / images.shape[0]  # the coarse phase, per image
-    f.run(fine_iters)
-    return _curve(f, offset, coarse_iters)
+def _coarse_to_fine(images, n, iters) -> list[tuple[float, float, int]]:
+    """fit_images' coarse to fine (FitConfig.coarse_fraction=0.6) with colors solved, recorded
+    in its full-resolution phase (whose seconds include the coarse phase)."""
+    cfg = FitConfig(iters=iters, init="content", color_solve=8, coarse_fraction=0.6)
+    f = start_coarse_to_fine(images, n, cfg)
+    done = int(f.iterations.max())
+    f.cfg = replace(f.cfg, record_at=_checks(iters - done))
+    f.run(iters - done)
+    return _curve(f, 0.0, done)
 
 
 def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict]) -> dict:
