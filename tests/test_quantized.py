@@ -200,3 +200,17 @@ def test_layout_options_are_arguments_not_context():
         encode(s, layout="interleaved", bits=bits)
     with pytest.raises(ValueError, match="bits must be 8 integers"):
         encode(s, layout="quantized", bits=(8, 8))
+
+
+def test_a_channel_range_that_puts_means_out_of_float32_is_a_format_error():
+    """Found by the fuzz test: a flipped byte in the quantization range of x gave means of -2.6e38
+    (finite in the rows, -inf once in pixels). Means over MAX_NORM_MEAN image sizes out are refused,
+    reading and writing."""
+    d = bytearray(BASE)
+    d[44] = 254
+    with pytest.raises(FormatError, match="image sizes outside the image"):
+        decode(bytes(d))
+    far = random_splats(1, 3, 16, 16)
+    far.means[0, 0, 0] = 1e6
+    with pytest.raises(FormatError, match="image sizes outside the image"):
+        encode(far, dtype="float32")

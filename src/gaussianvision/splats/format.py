@@ -67,6 +67,7 @@ MAX_IMAGES = 1 << 24
 MAX_GAUSSIANS = 1 << 28
 # B > 1 files decode padded to [B, N_max]: at most PAD_FACTOR x the Gaussians stored (+ PAD_SLACK
 # rows); sparser count tables are refused by `decode` and read by `iter_images` instead
+MAX_NORM_MEAN = 1e4  # |normalized mean| (1 = the image border): further out is refused, writing and reading
 PAD_FACTOR = 4
 PAD_SLACK = 1 << 16
 
@@ -114,6 +115,7 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", 
     if splats.height > MAX_SIDE or splats.width > MAX_SIDE:
         raise FormatError(f"image size {splats.height}x{splats.width} exceeds {MAX_SIDE}")
     rows = _rows(splats)
+    _check_means(rows, "splats to encode")
     if dtype_id == 1 and np.abs(rows).max(initial=0.0) > 65504.0:
         raise FormatError("a value exceeds the float16 range (65504); use dtype='float32'")
     payload = lay.encode(rows, dtype_id, **options)
@@ -208,7 +210,17 @@ def _payload_rows(view: memoryview, hdr: Header, name: str) -> np.ndarray:
     if (rows[:, [2, 4]] <= 0).any():
         bad = int(np.nonzero((rows[:, [2, 4]] <= 0).any(1))[0][0])
         raise FormatError(f"{name}: Gaussian {bad} has a non-positive Cholesky diagonal")
+    _check_means(rows, name)
     return rows
+
+
+def _check_means(rows: np.ndarray, name: str) -> None:
+    """Normalized means beyond MAX_NORM_MEAN image sizes (whose pixel coordinates may not even be
+    finite in float32) are a malformed file, not a scene."""
+    far = np.abs(rows[:, 0:2]) > MAX_NORM_MEAN
+    if far.any():
+        bad = int(np.nonzero(far.any(1))[0][0])
+        raise FormatError(f"{name}: Gaussian {bad} has its mean over {MAX_NORM_MEAN:g} image sizes outside the image")
 
 
 def decode_rows(data: bytes | memoryview, name: str = "<bytes>") -> Rows:
