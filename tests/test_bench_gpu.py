@@ -75,6 +75,10 @@ def test_render_fills_the_docs_block(tiny, tmp_path, capsys):
     before = docs.read_text()
     src = tmp_path / "gpu.json"
     shutil.copyfile(out / "gpu_tiny.json", src)
+    assert bench_gpu.main(["--render", str(src), "--docs", str(docs)]) == 2  # a tiny run never fills the docs
+    assert "is a --tiny run" in capsys.readouterr().err and docs.read_text() == before
+    src.write_text(json.dumps(dict(res, mode="full")))
+    res = json.loads(src.read_text())
     assert bench_gpu.main(["--render", str(src), "--docs", str(docs)]) == 0
     after = docs.read_text()
     assert after != before and gpu_report.tables(res) in after

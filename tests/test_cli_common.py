@@ -98,3 +98,13 @@ def test_json_error_for_unknown_command_suite_and_evaluation(capsys):
     assert "frobnicate" in _json_error(capsys, ["frobnicate", "--json"], "gsv")
     assert "nosuch" in _json_error(capsys, ["bench", "nosuch", "--json"], "gsv bench")
     assert "nosuch" in _json_error(capsys, ["eval", "nosuch", "--json"], "gsv eval")
+
+
+@pytest.mark.parametrize("argv", [["info", "x.gsv", "--jsn"], ["fit", "a.png", "--gaussians", "abc"], ["fit"]])
+def test_option_errors_are_one_line_without_the_usage_block(argv, capsys):
+    from gaussianvision.apps.cli.main import main
+    with pytest.raises(SystemExit) as e:  # argparse exits; the gsv script turns it into the exit code
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gsv {argv[0]}: ") and "usage:" not in err

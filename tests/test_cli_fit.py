@@ -106,3 +106,21 @@ def test_fit_files_are_the_bytes_of_fit_images_on_each_size_batch(tmp_path, caps
         for j, k in enumerate(batch):
             assert (out / f"{k}.gsv").read_bytes() == encode(res.splats[j], dtype="float32")
             assert results[k]["batch_size"] == len(batch) and results[k]["psnr"] == res.metrics[j]["psnr"]
+
+
+def test_fit_option_reaches_fit_images_and_refuses_flags_and_unknown_names(tmp_path, capsys):
+    """gsv fit --fit-option KEY=VALUE: any fit_images option without a flag of its own (as convert
+    and eval take it); the same fit as fit_images with that option."""
+    from gaussianvision.fit import fit_images
+    img = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3))
+    save_png(img, tmp_path / "a.png")
+    out = tmp_path / "o"
+    assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--iters", "6", "--size", "0", "--out", str(out),
+                "--fit-option", "color_solve=4", "--fit-option", "coarse_fraction=0.5", "--json"]) == 0
+    capsys.readouterr()
+    from gaussianvision.data.images import load_image
+    want = fit_images(load_image(tmp_path / "a.png", size=None)[None], 8, iters=6, color_solve=4, coarse_fraction=0.5)
+    assert torch.equal(load(out / "a.gsv").colors, want.splats.colors.half().float())
+    for opt, msg in (("iters=3", "(iters have their own settings)"), ("bogus=1", "fit options ['bogus']")):
+        assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(out), "--fit-option", opt]) == 2
+        assert msg in capsys.readouterr().err

@@ -54,7 +54,7 @@ four interleaved scalar chains). The kernels are loops with no Python objects, s
 code is what a hand-written C++ loop would give; the time goes into per-row setup (span,
 two exp) and per-pixel memory traffic, not into interpreter or dispatch overhead.
 
-Timing: `python -m gaussianvision.apps.bench.render --cpu-table` (apps/bench/render.py).
+Timing: the `--cpu-table` of the render benchmark (apps/bench/render.py, an application).
 
 Dtypes and devices follow the reference: computation in promote(means.dtype, float32)
 (float32 or float64), output on the splats' device (non-CPU tensors are moved to the CPU

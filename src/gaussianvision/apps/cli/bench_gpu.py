@@ -41,6 +41,9 @@ def _render(a) -> int:
         md = to_markdown(res)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CliError(f"--render {a.render}: not a gsv bench gpu result ({type(e).__name__}: {e})") from None
+    if a.docs and res.get("mode") != "full":
+        raise CliError(f"--docs: {a.render} is a --{res.get('mode')} run (CPU, small images: a check of the script); "
+                       f"docs/gpu.md takes a full run's gpu.json")
     target = Path(a.render).with_suffix(".md")
     write_text(target, md)
     files = [str(target)]
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
                    help="where the steps run (default cuda; cpu with --tiny)")
     p.add_argument("--steps", default=None, help="comma-separated subset of parity,fit,baseline,tower")
     p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
-                   help="time limit of one step (repeatable; defaults parity 90, fit 200, baseline 80, tower 90)")
+                   help="time limit of one step (repeatable; defaults parity 90, fit 200, baseline 80, tower 90; "
+                        "with --tiny 120, 120, 60, 90)")
     p.add_argument("--render", default=None, metavar="GPU.json",
                    help="measure nothing: rewrite the .md beside this result (and --docs)")
     p.add_argument("--docs", default=None, metavar="DOCS.md", help="with --render: fill this file's results block")

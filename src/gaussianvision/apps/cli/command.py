@@ -44,10 +44,11 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message):
+        """One line and exit code 2 (argparse's usage block is what --help is for)."""
         if "--json" in getattr(self, "_argv", ()):
             json_error(self.prog, message)
             self.exit(2)
-        super().error(message)
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def parser(cmd: str, description: str, **kwargs) -> ArgumentParser:

@@ -19,7 +19,7 @@ from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
 MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with
@@ -65,6 +65,9 @@ def _parser():
     p.add_argument("--backend", default="auto", help="render backend: auto, reference, numba or triton")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (--json implies it)")
+    p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fit_images option, repeatable (e.g. color_solve=8, coarse_fraction=0.6); "
+                        "the options with a flag of their own are set by their flag")
     return p
 
 
@@ -89,13 +92,15 @@ def _config(a) -> FitConfig:
         raise CliError("--device cuda: CUDA is not available on this machine")
     check_backend(a.backend)
     prunes = a.prune_tau is not None or a.prune_fraction is not None
+    flags = dict(iters=a.iters, init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
+                 prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
+                 prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
+                 finetune_iters=(a.finetune if a.finetune is not None else (a.iters // 5 if prunes else 0)),
+                 relocate_every=a.relocate_every, relocate_fraction=a.relocate_fraction,
+                 backend=a.backend, device=a.device, seed=a.seed)
+    extra = dict(fit_option(x) for x in a.fit_option)
     try:
-        return FitConfig(iters=a.iters, init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
-                         prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
-                         prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
-                         finetune_iters=(a.finetune if a.finetune is not None else (a.iters // 5 if prunes else 0)),
-                         relocate_every=a.relocate_every, relocate_fraction=a.relocate_fraction,
-                         backend=a.backend, device=a.device, seed=a.seed).check()
+        return FitConfig.from_options({**flags, **extra}, exclude=tuple(k for k in extra if k in flags))
     except ValueError as e:
         raise CliError(str(e)) from None
 
