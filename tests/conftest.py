@@ -63,3 +63,16 @@ def train_shards(tmp_path_factory, write_splat_shards) -> str:
     root = tmp_path_factory.mktemp("shards")
     write_splat_shards(root, n_samples=16, per_shard=8)
     return str(root)
+
+
+def peak_memory(fn):
+    """(fn()'s result or the exception it raised, the peak bytes traced by tracemalloc meanwhile)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    except Exception as e:
+        return e, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_splats
+from conftest import peak_memory as _peak, random_splats
 from gaussianvision.raster import render
 from gaussianvision.splats import FormatError, Splats, decode, encode, read_header
 from gaussianvision.splats import format as fmt
@@ -113,15 +113,6 @@ def test_zstd_bomb_is_refused_before_decompressing():
         decode(head + payload)
 
 
-def _peak(fn):
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        return fn(), tracemalloc.get_traced_memory()[1]
-    except Exception as e:
-        return e, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _zstd_file(n: int, raw: bytes) -> bytes:

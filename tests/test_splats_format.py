@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_splats
+from conftest import peak_memory as _peak, random_splats
 from gaussianvision.splats import FormatError, Splats, decode, encode, load, save
 from gaussianvision.splats import format as fmt
 
@@ -170,15 +170,6 @@ def _sparse_batch(b=1024, n=1024) -> bytes:
     return head + counts.tobytes() + one[fmt.HEADER_SIZE:]
 
 
-def _peak(fn):
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        return fn(), tracemalloc.get_traced_memory()[1]
-    except Exception as e:
-        return e, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_padding_bomb_is_refused_naming_the_limit_before_allocating():
