@@ -56,3 +56,25 @@ def test_read_curve_interpolates_times_and_psnrs():
     row = naive_row(rnd, 2.0, [slow, fast])
     assert row["equal_psnr_db"] == 20.0 and row["naive_seconds"] == 40.0 and row["ours_method"] == "fast"
     assert abs(row["speedup_equal_psnr"] - 40.0 / (0.01 * 5 / 6)) < 1e-6
+
+
+def test_full_size_kodak_section(tmp_path):
+    """ttq_kodak: the full-size photos of a Kodak-like folder at kodak_n, time to 30 / 32.05 dB read
+    from each method's curve; skipped, saying so, without the folder."""
+    import torch
+    from gaussianvision.data.images import save_png
+    d = tmp_path / "kodak"
+    d.mkdir()
+    save_png(torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(1)), d / "kodim01.png")
+    cfg = FitBenchConfig(sections=("ttq_kodak",), kodak_dir=str(d), kodak_n=9000, ttq_kodak_iters=2,
+                         backend="reference", size=24)
+    cfg.kodak_n = 12  # small for the test; the targets are looked up for the real N=9000 below
+    res = run_fit_bench(cfg, log=lambda *_: None)
+    k = res["ttq_kodak"]
+    assert k["images"] == ["kodim01.png"] and k["size"] == [20, 30]
+    assert [r["method"] for r in k["rows"]] == ["adam", "adam+colors", "c2f+colors"]
+    from gaussianvision.apps.bench.ttq import TARGETS, ttq_kodak_markdown
+    assert TARGETS[9000] == (30.0, 32.05)
+    assert "Kodak full size (30x20, N=12" in "\n".join(ttq_kodak_markdown(k))
+    skipped = run_fit_bench(FitBenchConfig(sections=("ttq_kodak",), kodak_dir=str(tmp_path / "no")), log=lambda *_: None)
+    assert "skipped" in skipped["ttq_kodak"] and "Skipped" in to_markdown(skipped)
