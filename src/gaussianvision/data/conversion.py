@@ -122,7 +122,6 @@ def _source_label(unit: Unit) -> str:
 class _Converter:
     def __init__(self, out: Path, cfg: ConvertConfig):
         self.out, self.cfg = out, cfg
-        self.written = 0
         self.writing = ""  # the file being written (for the message of a write error)
 
     def samples(self, pending: list[Unit]):
@@ -222,7 +221,6 @@ class _Converter:
                     fields[raw.image_ext] = raw.image
                 w.write(raw.key, fields)
                 done.append(dict(info, seconds=float(m.get("seconds", 0.0)), gsv_bytes=len(data)))
-                self.written += 1
         return done
 
 

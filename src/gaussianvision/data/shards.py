@@ -32,7 +32,6 @@ from typing import Iterator
 
 from gaussianvision.data.tar_members import (MAX_MEMBER_BYTES, SHARD_ERRORS, Member, ShardDamage,  # noqa: F401
                                              ShardWarning, iter_members, show)
-from gaussianvision.data.tar_members import _open
 
 __all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "iter_members", "check_key", "split_member",
            "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES", "MAX_SAMPLE_BYTES", "ShardWarning", "Group",
@@ -104,7 +103,7 @@ class ShardWriter:
             self.abort()
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """Tar member name -> (sample key, extension): the key is everything before the first dot
     of the base name, with its folder kept, as webdataset groups members."""
     d, _, base = name.rpartition("/")
@@ -112,7 +111,6 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext
 
 
-split_member = _split_member
 
 
 def check_key(key: str) -> str | None:
@@ -150,6 +148,10 @@ def shuffle_buffer(items, size: int, rng):
         yield item
     rng.shuffle(buf)
     yield from buf
+
+
+def _open(path, fileobj):
+    return contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")
 
 
 def read_samples(path: str | os.PathLike, fileobj=None, max_sample: int | None = None) -> Iterator[dict]:

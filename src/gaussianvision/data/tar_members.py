@@ -11,7 +11,6 @@ members into samples (iter_groups, read_samples) and writes shards (ShardWriter)
 from __future__ import annotations
 
 import bz2
-import contextlib
 import gzip
 import lzma
 import re
@@ -159,26 +158,23 @@ class _Stream:
                               f"gave {self.pos}): a decompression bomb? not read further")
         return data
 
-    def read_chunked(self, n: int) -> bytes:
-        """Up to n bytes (less at the end of the data), read in chunks of _CHUNK."""
-        chunks, left = [], n
+    def _chunks(self, n: int) -> Iterator[bytes]:
+        """Up to n bytes (less at the end of the data) in chunks of at most _CHUNK."""
+        left = n
         while left > 0:
             chunk = self.read(min(left, _CHUNK))
             if not chunk:
-                break
-            chunks.append(chunk)
+                return
             left -= len(chunk)
-        return b"".join(chunks)
+            yield chunk
+
+    def read_chunked(self, n: int) -> bytes:
+        """Up to n bytes (less at the end of the data), read in chunks: memory follows the data."""
+        return b"".join(self._chunks(n))
 
     def skip(self, n: int) -> int:
         """Skip n bytes in bounded chunks; the number skipped (less at the end of the data)."""
-        left = n
-        while left > 0:
-            got = len(self.read(min(left, _CHUNK)))
-            if got == 0:
-                break
-            left -= got
-        return n - left
+        return sum(map(len, self._chunks(n)))
 
 
 def iter_members(f, max_member: int = MAX_MEMBER_BYTES, room=None, notes: list | None = None) -> Iterator[Member]:
@@ -267,6 +263,3 @@ def _member_data(s: _Stream, name: str, size: int, limit: int, meta: bool = Fals
         raise ShardDamage(f"unexpected end of data in member {show(name)} at byte {s.pos} (truncated)", name)
     return data
 
-
-def _open(path, fileobj):
-    return contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")

@@ -41,7 +41,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 class IndexedSource:
     def __init__(self, dataset, collate: Callable[[list], dict], batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True, left_out: dict | None = None):
         n = len(dataset)
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -50,6 +50,7 @@ class IndexedSource:
                              f"({batch_size} x {world_size} ranks)")
         self.dataset, self.collate = dataset, collate
         self.batch_size, self.seed, self.rank, self.world_size, self.shuffle = batch_size, seed, rank, world_size, shuffle
+        self._left_out = {k: set(v) for k, v in (left_out or {}).items()}
 
     def __len__(self) -> int:
         """Micro-batches per epoch (the incomplete last global batch is dropped)."""
@@ -57,12 +58,8 @@ class IndexedSource:
 
     def left_out(self) -> dict:
         """{"skipped_samples": {(url, key)}, "damaged_shards": {url}} left out when the data was read
-        (set by build_memory_source)."""
-        return {k: set(v) for k, v in getattr(self, "left_out_sets", {}).items()}
-
-    def skipped(self) -> dict:
-        """Counts of what left_out() names."""
-        return {k: len(v) for k, v in self.left_out().items()}
+        (given by build_memory_source)."""
+        return {k: set(v) for k, v in self._left_out.items()}
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.dataset)
@@ -100,10 +97,6 @@ class ShardSource:
     def left_out(self) -> dict:
         """What the shard reader left out so far: {"skipped_samples": {(url, key)}, "damaged_shards": {url}}."""
         return self.read_shard.left_out() if hasattr(self.read_shard, "left_out") else {}
-
-    def skipped(self) -> dict:
-        """Counts of what left_out() names."""
-        return {k: len(v) for k, v in self.left_out().items()}
 
     def _samples(self, epoch: int) -> Iterator[dict]:
         rng = random.Random(epoch_seed(self.seed, epoch, self.rank))
@@ -145,9 +138,8 @@ def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, ran
                         left_out: dict | None = None) -> IndexedSource:
     """Decoded samples held in memory -> an IndexedSource (epochs of known length); `left_out`: what
     reading them left out, as SampleReader.left_out() names it (reported in the training summary)."""
-    src = IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size)
-    src.left_out_sets = {k: set(v) for k, v in (left_out or {}).items()}
-    return src
+    return IndexedSource(samples, collate, batch_size, seed=seed, rank=rank, world_size=world_size,
+                         left_out=left_out)
 
 
 def count_samples(urls) -> int:
