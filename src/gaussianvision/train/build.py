@@ -1,7 +1,6 @@
 """Build a training stage (its model and loss: stages.py) from plain settings (used by `gsv train`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -67,23 +66,17 @@ def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0) -> str:
 
 def rgb_model(base: str | None, pretrained: str | None, unfreeze=(), info=None):
     """Stage rgb's open_clip model (every parameter trains, on info.device) -> (model, tokenizer,
-    meta for describe()). The caller seeds torch first."""
+    meta for describe()). The caller seeds torch first. The model comes from models.create_base
+    (its architecture and pretrained checks, its offline hub check)."""
     import open_clip
-    from gaussianvision.models import register_open_clip_configs
-    register_open_clip_configs()
-    base = base or "gsv-tiny"
-    if open_clip.get_model_config(base) is None:
-        raise ValueError(f"--base {base!r}: unknown OpenCLIP architecture")
-    if pretrained and not os.path.isfile(pretrained) and not open_clip.get_pretrained_cfg(base, pretrained):
-        raise ValueError(f"--pretrained {pretrained!r}: neither a file nor a pretrained tag of {base}")
-    from ..models.gsclip import hub_access
-    with hub_access(base, pretrained or None, None):  # offline: one clear line, no retries
-        model = open_clip.create_model(base, pretrained=pretrained or None)
-    model.to(getattr(info, "device", torch.device("cpu"))).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    from gaussianvision.models.gsclip import create_base
     if unfreeze:
         raise ValueError("--unfreeze applies to stage 2 (everything trains in stage rgb)")
+    base = base or "gsv-tiny"
+    model = create_base(base, pretrained or None, device=getattr(info, "device", torch.device("cpu")))
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
     return model, open_clip.get_tokenizer(base), {"base": base, "pretrained": pretrained}
 
 

@@ -110,11 +110,8 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo, together: bool = False) -> None:
-    """Destroy the process group. together: all ranks finished normally, so wait for each other
-    first (gloo aborts a process, "terminate called without an active exception", when its peer
-    tears the group down under it); not after an error, where a peer may never arrive."""
+def cleanup(info: DistInfo) -> None:
+    """Destroy the process group (a finished torchrun worker of gsv train ends before this: see
+    apps/cli/train._end_worker)."""
     if info.enabled and dist.is_initialized():
-        if together:
-            dist.barrier()
         dist.destroy_process_group()

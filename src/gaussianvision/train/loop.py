@@ -28,7 +28,7 @@ import torch
 from ..atomic import write_text_atomic
 from .checkpoint import CheckpointError, holds_checkpoints, latest_checkpoint, rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_object
-from .resume import RESUME_KEYS, restore, stage_resume_keys
+from .resume import restore, stage_resume_keys
 from .schedule import cosine_lr, set_lr
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
@@ -62,9 +62,6 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # stage-specific settings, saved in state.json
-
-    # settings a resumed run must share with the original one
-    RESUME_KEYS = RESUME_KEYS
 
 
 def _adamw(groups, cfg) -> torch.optim.AdamW:
@@ -181,11 +178,12 @@ class _Run:
     def _start(self) -> tuple[int, int, int]:
         """(step, epoch, position) to start from: a resumed checkpoint's, or zeros for a fresh run."""
         cfg, out = self.cfg, self.out
-        if cfg.resume and holds_checkpoints(out):
+        held = holds_checkpoints(out)
+        if cfg.resume and held:
             return restore(out, self.config_json, self.stage, self.info, self.model, self.optimizer, self.scaler)
         if cfg.resume and self.info.is_main:
             print(f"gsv train: --resume: no checkpoint in {out}, starting fresh")
-        elif not cfg.resume and holds_checkpoints(out):
+        elif not cfg.resume and held:
             raise CheckpointError(f"{out} already holds a training run ({latest_checkpoint(out) or out / 'checkpoints'}); "
                                   "continue it with --resume or choose another --out")
         return 0, 0, 0
