@@ -85,7 +85,7 @@ class FitBenchConfig:
         return FitBenchConfig(**base)
 
 
-def _loadavg() -> list[float] | None:
+def loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -109,7 +109,7 @@ def machine_info() -> dict:
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu,
             "python": platform.python_version(), "torch": torch.__version__, "numba": nb,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "loadavg_start": _loadavg()}
+            "loadavg_start": loadavg()}
 
 
 def pairs_per_image_iter(s: Splats) -> float:
@@ -173,12 +173,9 @@ def _speed(b: FitBenchConfig, images: torch.Tensor, log) -> dict:
 
 
 def _at_psnr(curve: dict, target: float) -> float | None:
-    """Iterations a curve needs to reach `target` dB (linear between checkpoints)."""
-    pts = sorted((int(k), v) for k, v in curve.items())
-    for (i0, p0), (i1, p1) in zip(pts, pts[1:]):
-        if p1 >= target:
-            return i0 if p0 >= target else i0 + (i1 - i0) * (target - p0) / max(p1 - p0, 1e-9)
-    return None
+    """Iterations a {iteration: PSNR} curve needs to reach `target` dB (bench/ttq.read_curve)."""
+    from .ttq import read_curve
+    return read_curve([(int(k), v) for k, v in curve.items()], target=target)
 
 
 def _naive(b: FitBenchConfig, images: torch.Tensor, curves: list[dict], log) -> list[dict]:
@@ -336,7 +333,7 @@ def run_fit_bench(b: FitBenchConfig, log=print) -> dict:
         res["pruning"] = _pruning(b, images, log)
     if "kodak" in b.sections:
         res["kodak"] = _kodak(b, log)
-    res["machine"]["loadavg_end"] = _loadavg()
+    res["machine"]["loadavg_end"] = loadavg()
     return res
 
 

@@ -200,16 +200,11 @@ def run_gpu_check(cfg: GpuCheckConfig, log=print) -> dict:
             res["steps"][step] = out = _run_step(step, plain, float(cfg.limits[step]), env, tmp)
             log(f"gpu-check: {step}: {out['status']} in {out['seconds']} s")
     res["summary"] = summarize(res)
-    res["machine"]["loadavg_end"] = _loadavg()
+    from .fit import loadavg
+    res["machine"]["loadavg_end"] = loadavg()
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res
 
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def copy_to(files: list[Path], folder: str | None) -> list[str]:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .render import sync_device
+
 from gaussianvision.atomic import write_text_atomic
 
 __all__ = ["STEPS", "kernel_share", "parse_junit", "main"]
@@ -53,11 +55,6 @@ class Recorder:
 
 def _say(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -160,11 +157,11 @@ def _profile_share(fitter, iters: int, device: torch.device) -> dict | None:
     if device.type != "cuda" or iters < 1:
         return None
     from torch.profiler import ProfilerActivity, profile
-    _sync(device)
+    sync_device(device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         fitter.run(iters)
-        _sync(device)
+        sync_device(device)
         wall = time.perf_counter() - t0
     return dict(kernel_share(prof.key_averages(), wall * 1e6), profiled_iters=iters)
 
@@ -175,15 +172,15 @@ def _probe(images: torch.Tensor, n: int, cfg: dict, device: torch.device) -> dic
     fc = FitConfig(device=str(device), backend=cfg["backend"])
     f = Fitter(images, n, fc)
     f.run(2)  # compiles (Triton) or JITs (numba) for this shape
-    _sync(device)
+    sync_device(device)
     del f
     g = Fitter(images, n, fc)  # a second one: initialization without first-call costs
-    _sync(device)
+    sync_device(device)
     t_init = g.seconds
     k = cfg["probe_iters"]
     t0 = time.perf_counter()
     g.run(k)
-    _sync(device)
+    sync_device(device)
     t_it = (time.perf_counter() - t0) / k
     share = _profile_share(g, cfg["profile_iters"], device)
     return {"init_s": t_init, "iter_s": t_it, "share": share}
@@ -200,10 +197,10 @@ def _fit_row(batch: int, n: int, cfg: dict, device: torch.device, budget: float)
     fits = int(left / max(probe["iter_s"], 1e-9))
     run_iters = max(min(iters, fits), min(iters, cfg["min_iters"]))
     _reset_peak(device)
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     res = fit_images(images, n, iters=run_iters, device=str(device), backend=cfg["backend"])
-    _sync(device)
+    sync_device(device)
     wall = time.perf_counter() - t0
     row = {"batch": b, "n": n, "iters": iters, "iters_run": run_iters, "seconds": wall,
            "images_per_s": b / wall, "mean_psnr": sum(m["psnr"] for m in res.metrics) / b,
@@ -255,7 +252,7 @@ def _baseline_row(n: int, cfg: dict, device: torch.device, budget: float) -> dic
         res = fit_images(images[i:i + 1], n, iters=cfg["iters"], init="random", device=str(device),
                          backend=cfg["backend"])
         psnrs.append(res.metrics[0]["psnr"])
-    _sync(device)
+    sync_device(device)
     wall = time.perf_counter() - t0
     done = len(psnrs)
     return {"n": n, "batch": images.shape[0], "images_done": done, "iters": cfg["iters"],
@@ -271,13 +268,13 @@ def _throughput(fn, batch: int, device: torch.device, budget: float, repeats: in
     """Images/s of fn() (one batch per call) after two warm-up calls; stops early at the budget."""
     fn()
     fn()
-    _sync(device)
+    sync_device(device)
     t_end = time.monotonic() + budget
     t0, done = time.perf_counter(), 0
     while done < repeats and (done == 0 or time.monotonic() < t_end):
         fn()
         done += 1
-    _sync(device)
+    sync_device(device)
     return batch * done / (time.perf_counter() - t0)
 
 

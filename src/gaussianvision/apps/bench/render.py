@@ -37,7 +37,7 @@ def fitted_like_splats(batch: int, n: int, size: int, device="cpu", seed: int = 
     return s.to(device)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -68,10 +68,10 @@ def time_render(backend: str, batch: int, n: int, size: int = 224, device="cpu",
             fn()
         times = []
         for _ in range(repeats):
-            _sync(dev)
+            sync_device(dev)
             t0 = time.perf_counter()
             fn()
-            _sync(dev)
+            sync_device(dev)
             times.append((time.perf_counter() - t0) * 1e3)
         out[label] = sorted(times)[len(times) // 2]
     out["images_per_s_forward_backward"] = batch / (out["forward_backward_ms"] / 1e3)

@@ -17,6 +17,7 @@ import torch
 
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import ImageLoadError, list_images, load_image
+from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run, write_json
@@ -57,7 +58,7 @@ def _parser():
                    help="every K iterations move the least important Gaussians to where the error is (0: off)")
     p.add_argument("--relocate-fraction", type=float, default=0.1, help="share of each image's Gaussians moved")
     p.add_argument("--ssim-weight", type=float, default=0.0)
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "exp"])
+    p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
     p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder")
     p.add_argument("--save-png", action="store_true", help="also write the reconstruction as NAME.png")

@@ -175,9 +175,9 @@ def step_world(out: Path, s: dict, force: bool) -> dict:
 
 def step_photos(out: Path, s: dict, progress: bool) -> dict:
     from gaussianvision.data.photos import PHOTO_NAMES, bundled_photos
-    from gaussianvision.fit import Encoding, FitConfig, FitStream
+    from gaussianvision.fit import FitConfig, FitStream
     from gaussianvision.raster import render
-    from gaussianvision.splats import Splats, save
+    from gaussianvision.splats import Splats, encode, save
     from gaussianvision.data.images import save_png
     d = _fresh(out / "photos")
     names = tuple(s["names"] or PHOTO_NAMES)
@@ -188,19 +188,19 @@ def step_photos(out: Path, s: dict, progress: bool) -> dict:
     for n in s["n"]:
         t0 = time.perf_counter()  # every photo in one batch, through the library's FitStream
         stream = FitStream(n, FitConfig(iters=s["iters"], init=s["init"]), batch_size=len(photos),
-                           encoding=Encoding(), retry=False, progress=progress)
+                           retry=False, progress=progress)
         items = list(stream(photos))
         secs = time.perf_counter() - t0
         for it in items:
             if not it.ok:
-                raise it.exception
+                raise it.exception or RuntimeError(it.error)
         metrics = [it.metrics for it in items]
         splats = Splats.stack([it.splats for it in items])
         save(d / f"photos_n{n}.gsv", splats)
         rendered = render(splats).clamp(0, 1)
         for b, (name, _) in enumerate(photos):
             save_png(rendered[b], d / f"{name}_n{n}.png")
-        file_bytes = len(items[0].data)
+        file_bytes = len(encode(items[0].splats))
         pixel = 3 * s["size"] * s["size"]
         payload = PIXEL_BYTES_PER_GAUSSIAN * n
         rows.append({"n_gaussians": n, "size": s["size"], "iters": s["iters"], "init": s["init"],
