@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_missing_and_offline_datasets_fail_clearly(tmp_path, monkeypatch):
 
     def unreachable(address, timeout=None):
         raise OSError("Network is unreachable")
-    monkeypatch.setattr(run_mod.socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
     res = run_mod.evaluate_all([stub("rgb")], ["wds/cifar10"], str(tmp_path / "o"), progress=False)
     assert len(res["errors"]) == 1 and "huggingface.co is not reachable" in res["errors"][0]
     assert res["rows"][0][2] is None
@@ -213,7 +214,7 @@ def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
 
     def unreachable(address, timeout=None):
         raise OSError("Network is unreachable")
-    monkeypatch.setattr(run_mod.socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--suite", "datacomp38", "--out", str(tmp_path / "suite")])
     err = capsys.readouterr().err
     assert rc == 2
@@ -286,7 +287,7 @@ def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys
     from gaussianvision.apps.cli.eval import main
     from gaussianvision.models import gsclip
     downloads = []
-    monkeypatch.setattr(gsclip, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(gsclip, "unreachable", lambda url, **k: ("huggingface.co", "offline"))
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", lambda *a, **k: downloads.append(a))
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

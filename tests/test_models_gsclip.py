@@ -249,7 +249,7 @@ def offline(monkeypatch):
 
     import huggingface_hub
     import open_clip.pretrained
-    from gaussianvision.models import gsclip
+    from gaussianvision import net
     calls = {"connect": 0, "download": 0}
 
     def connect(*a, **k):
@@ -261,7 +261,7 @@ def offline(monkeypatch):
         raise OSError("no network")
     monkeypatch.setattr(socket, "create_connection", connect)
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", download)
-    monkeypatch.setattr(gsclip, "_REACHABLE", {}, raising=False)  # forget earlier probes
+    monkeypatch.setattr(net, "_SEEN", {})  # forget earlier probes
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # empty cache
     return calls

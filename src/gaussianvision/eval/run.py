@@ -1,11 +1,10 @@
 """Run zero-shot evaluations of several models on several datasets and write the results."""
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
+from gaussianvision.net import unreachable
 from gaussianvision.eval.datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
                        resolve_root, transform_for)
 from gaussianvision.eval.models import EvalError, EvalModel
@@ -30,13 +29,10 @@ def default_root(dataset: str, root: str | None) -> str:
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
     """Fail fast (and clearly) when a remote dataset's host cannot be reached."""
-    u = urlparse(url)
-    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        raise EvalError(f"{host} is not reachable ({e}); this dataset is downloaded from {url}. Offline, "
-                        "copy it beforehand and give --dataset-root") from None
+    host, why = unreachable(url, timeout)
+    if why is not None:
+        raise EvalError(f"{host} is not reachable ({why}); this dataset is downloaded from {url}. Offline, "
+                        "copy it beforehand and give --dataset-root")
 
 
 def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, device: str = "cpu",

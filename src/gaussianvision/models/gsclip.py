@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gaussianvision.net import unreachable
 
 from gaussianvision.splats.types import Splats
 from .config import ConfigError, load_config, register_open_clip_configs
@@ -222,19 +222,6 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
     return model.eval()
 
 
-_REACHABLE: dict[str, bool] = {}  # host -> reachable, probed once per process
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    if host not in _REACHABLE:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            _REACHABLE[host] = True
-        except OSError:
-            _REACHABLE[host] = False
-    return _REACHABLE[host]
-
-
 def _offline_reason() -> str | None:
     """Why the Hugging Face hub cannot be used now (None: it can): HF_HUB_OFFLINE, or no
     connection to its host (one short probe per process instead of the hub's retries)."""
@@ -242,10 +229,8 @@ def _offline_reason() -> str | None:
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
     if constants.HF_HUB_OFFLINE or env:
         return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    return None if _reachable(host, port) else f"{host} is not reachable (offline?)"
+    host, why = unreachable(constants.ENDPOINT or "https://huggingface.co", timeout=2.0, remember=True)
+    return None if why is None else f"{host} is not reachable (offline?)"
 
 
 def _cached_weights(name: str, tag: str, cache_dir: str | None) -> bool | None:
