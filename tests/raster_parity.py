@@ -63,7 +63,7 @@ def check_parity(fn, s: Splats, rtol: float = 1e-4, atol: float = 1e-6, seed: in
     Errors are measured relative to the largest reference magnitude of each tensor.
     """
     g = torch.Generator().manual_seed(seed)
-    upstream = torch.randn(s.batch_size, 3, s.height, s.width, generator=g, dtype=torch.float64).to(s.dtype)
+    upstream = torch.randn(s.batch_size, 3, s.height, s.width, generator=g, dtype=torch.float64).to(s.device, s.dtype)
     ref_out, ref_g = _grads(render_reference, s, upstream)
     out, got = _grads(fn, s, upstream)
     assert out.shape == ref_out.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref_out.shape)}"

@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
 def test_tiny_runs_every_step(tiny):
     res, out, copy = tiny
     steps = res["steps"]
-    assert list(steps) == ["parity", "fit", "baseline", "tower"]
+    assert list(steps) == ["parity", "fit", "ttq", "baseline", "tower"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: s["status"] for k, s in steps.items()}
     par = steps["parity"]["result"]
     assert par["failed"] == 0 and par["passed"] + par["skipped"] >= 10
@@ -52,6 +52,11 @@ def test_tiny_runs_every_step(tiny):
         assert r["iters_run"] == 5 and r["images_per_s"] > 0 and 8 < r["mean_psnr"] < 40
     # more Gaussians fit the same two photos better
     assert fit[3]["mean_psnr"] > fit[2]["mean_psnr"]
+    ttq = steps["ttq"]["rows"]
+    assert [(r["batch"], r["n"], r["method"]) for r in ttq] == [(2, 16, m) for m in ("adam", "adam+colors", "c2f+colors")]
+    for r in ttq:  # a curve from iteration 0 to the last, its time growing; the colour solve starts higher
+        assert [c[2] for c in r["curve"]][-1] == 5 and r["curve"][-1][0] > r["curve"][0][0] > 0
+    assert ttq[1]["curve"][0][1] > ttq[0]["curve"][0][1]
     base = steps["baseline"]["rows"]
     assert [(r["n"], r["images_done"]) for r in base] == [(16, 2), (64, 2)]
     sp = res["summary"]["speedup_vs_lig"]
@@ -64,7 +69,7 @@ def test_tiny_runs_every_step(tiny):
     assert sorted(p.name for p in copy.iterdir()) == ["gpu_tiny.json", "gpu_tiny.md"]
     assert json.loads((copy / "gpu_tiny.json").read_text()) == res
     md = (out / "gpu_tiny.md").read_text()
-    assert "| 2 | 64 |" in md and "RGB gsv-tiny" in md and "tiny" in md.splitlines()[0]
+    assert "| 2 | 64 |" in md and "RGB gsv-tiny" in md and "| 2 | 16 | c2f+colors |" in md and "tiny" in md.splitlines()[0]
 
 
 def test_render_fills_the_docs_block(tiny, tmp_path, capsys):
@@ -263,3 +268,31 @@ def test_the_parity_step_runs_every_file_with_cuda_tests():
     marked = sorted(p.name for p in (REPO / "tests").glob("test_*.py")
                     if "pytest.mark.requires_cuda" in p.read_text() and p.name != "test_bench_gpu.py")
     assert marked == sorted(gpu_steps.CUDA_TEST_FILES)
+
+
+def test_render_merges_a_rerun_each_step_from_its_last_run(tmp_path, capsys):
+    first = _fake_result()
+    first["steps"]["parity"] = dict(status="ok", seconds=1.0, limit_s=10.0, rows=[],
+                                    result={"command": "pytest", "passed": 3, "failed": 8, "skipped": 0,
+                                            "failures": ["test_x: device mismatch"], "seconds": 1.0})
+    rerun = dict(_fake_result(), started_utc="2026-12-04T01:00:00+00:00", wall_s=5.0)
+    rerun["steps"] = {"parity": dict(first["steps"]["parity"], result=dict(first["steps"]["parity"]["result"],
+                                                                         passed=11, failed=0, failures=[]))}
+    paths = []
+    for i, r in enumerate((first, rerun)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    out = tmp_path / "results"
+    assert bench_gpu.main(["--render", *map(str, paths), "--out", str(out)]) == 0
+    merged = json.loads((out / "gpu.json").read_text())
+    assert list(merged["steps"]) == ["parity", "fit", "baseline"]  # the check's order, not the runs'
+    assert merged["steps"]["parity"]["result"]["failed"] == 0 and merged["steps"]["parity"]["run"] == rerun["started_utc"]
+    assert merged["steps"]["fit"] == dict(first["steps"]["fit"], run=first["started_utc"])
+    assert merged["wall_s"] == 15.0 and [r["steps"] for r in merged["runs"]] == [["fit", "baseline", "parity"], ["parity"]]
+    assert merged["summary"] == first["summary"]
+    md = (out / "gpu.md").read_text()
+    assert "2 runs, each step from the last run that has it" in md and "11 passed, 0 failed" in md
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(dict(rerun, mode="tiny")))
+    assert bench_gpu.main(["--render", str(paths[0]), str(tiny), "--out", str(out)]) == 2
+    assert "cannot merge runs of different modes" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """`gsv bench gpu` / `make gpu-check`: one prepared, time-boxed measurement on a GPU machine.
 
-    res = run_gpu_check(GpuCheckConfig())          # the full check (CUDA), about 7.5 minutes at most
+    res = run_gpu_check(GpuCheckConfig())          # the full check (CUDA), about 8 minutes at most
     res = run_gpu_check(GpuCheckConfig.tiny_preset()) # every step on CPU with a few small images
 
 Steps, each in its own process with its own time limit (bench/gpu_steps.py); a step that fails
@@ -8,6 +8,8 @@ or runs out of time is reported with what it measured so far, and the next one r
   parity    the CUDA parity tests of the Triton backend (tests/test_raster_triton.py -m requires_cuda)
   fit       fit_images(..., device="cuda") at 224 px, 500 iterations, B x N: images/s, PSNR on the
             bundled photos tiled to B, peak memory, share of time in the raster kernels
+  ttq       time to quality (bench/ttq) on the GPU: plain Adam, least-squares colors, coarse to fine,
+            at B=4096 N=400 and B=512 N=3136: seconds per image to each target dB, images/s
   baseline  LIG-style: random init, one image per launch, the same iterations, at B=64
   tower     GS tower vs the RGB ViT-B-16 tower, forward and forward + backward, bf16 autocast
 
@@ -39,14 +41,17 @@ class GpuCheckConfig:
     tiny: bool = False
     device: str = "cuda"
     backend: str = "auto"
-    steps: tuple = ("parity", "fit", "baseline", "tower")
-    limits: dict = field(default_factory=lambda: {"parity": 90, "fit": 200, "baseline": 80, "tower": 90})
+    steps: tuple = ("parity", "fit", "ttq", "baseline", "tower")
+    limits: dict = field(default_factory=lambda: {"parity": 45, "fit": 160, "ttq": 140, "baseline": 60,
+                                                  "tower": 60})
     margin_s: float = 8.0          # kept free at the end of each step (writing, process exit)
     size: int = 224
     photos: int = 8
     iters: int = 500
     batches: tuple = (1, 64, 512, 4096)
     ns: tuple = (400, 3136)
+    ttq_rows: tuple = ((4096, 400), (512, 3136))   # (B, N) of the time-to-quality step
+    ttq_methods: tuple = ("adam", "adam+colors", "c2f+colors")
     min_iters: int = 20            # a row never runs fewer iterations (it may then overrun its share)
     probe_iters: int = 10
     profile_iters: int = 5
@@ -60,9 +65,9 @@ class GpuCheckConfig:
 
     @staticmethod
     def tiny_preset(**kw) -> "GpuCheckConfig":
-        base = dict(tiny=True, device="cpu", limits={"parity": 120, "fit": 120, "baseline": 60, "tower": 90},
+        base = dict(tiny=True, device="cpu", limits={"parity": 120, "fit": 120, "ttq": 60, "baseline": 60, "tower": 90},
                     margin_s=2.0, size=32, photos=2, iters=5, batches=(1, 2), ns=(16, 64), min_iters=5,
-                    probe_iters=2, profile_iters=1, baseline_batch=2, tower_base="gsv-tiny",
+                    probe_iters=2, profile_iters=1, ttq_rows=((2, 16),), baseline_batch=2, tower_base="gsv-tiny",
                     tower_config="gs-tiny", tower_batch=2, tower_ns=(16, 64), tower_repeats=2)
         base.update(kw)
         return GpuCheckConfig(**base)

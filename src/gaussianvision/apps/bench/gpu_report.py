@@ -2,6 +2,7 @@
 
     md = to_markdown(res)
     fill_docs(Path("docs/gpu.md"), res)    # rewrites the block between the two markers
+    res = merge([run1, run2])              # two runs on one lease: the later run's steps replace the earlier's
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from gaussianvision.atomic import write_text_atomic
 
-__all__ = ["to_markdown", "tables", "fill_docs", "BEGIN", "END"]
+__all__ = ["to_markdown", "tables", "fill_docs", "merge", "BEGIN", "END"]
 
 BEGIN = "<!-- gpu-check:begin (generated from benchmarks/results/gpu.json by gsv bench gpu --render) -->"
 END = "<!-- gpu-check:end -->"
@@ -74,6 +75,24 @@ def _fit(step: dict, res: dict) -> list[str]:
     return lines
 
 
+def _ttq(step: dict, res: dict) -> list[str]:
+    if not step.get("rows"):
+        return [f"Time to quality: {step['status']}."]
+    lines = [f"Time to quality on the GPU (bench/ttq's methods, {res['config']['iters']} iterations, the bundled "
+             "photos tiled to B; time per image = the batch's wall time / B, initialization included; "
+             "images/s = 1 / that time):", "",
+             "| B | N | method | final PSNR (dB) | images/s at the end | images/s to each target dB |",
+             "|---|---|---|---|---|---|"]
+    for r in step["rows"]:
+        if "error" in r:
+            lines.append(_error_row([r["batch"], r["n"]], r["error"], 6))
+            continue
+        to = ", ".join(f"{k} dB: {_f(v, '.0f', 'not reached')}" for k, v in r["images_per_s"].items())
+        lines.append(f"| {r['batch']} | {r['n']} | {r['method']} | {r['final_psnr']:.2f} | "
+                     f"{1 / r['seconds_per_image']:.1f} | {to} |")
+    return lines
+
+
 def _baseline(step: dict, res: dict) -> list[str]:
     if not step.get("rows"):
         return [f"LIG-style baseline: {step['status']}."]
@@ -116,15 +135,47 @@ def tables(res: dict) -> str:
     st = res["steps"]
     parts = [_machine(res), "", *_status(res), ""]
     for name, fn in (("parity", lambda s: _parity(s)), ("fit", lambda s: _fit(s, res)),
+                     ("ttq", lambda s: _ttq(s, res)),
                      ("baseline", lambda s: _baseline(s, res)), ("tower", lambda s: _tower(s, res))):
         if name in st:
             parts += fn(st[name]) + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
+def merge(results: list[dict]) -> dict:
+    """One result from several runs of the same check (say a rerun of the steps that failed): each
+    step from the last run that has it, the machine of the last run, every run listed in "runs"."""
+    from .gpu_check import summarize
+    from .gpu_steps import STEPS
+    if not results:
+        raise ValueError("nothing to merge")
+    modes = {r["mode"] for r in results}
+    if len(modes) > 1:
+        raise ValueError(f"cannot merge runs of different modes {sorted(modes)}")
+    steps, config = {}, {}
+    for r in results:
+        config.update(r["config"])
+        for name, st in r["steps"].items():
+            steps[name] = dict(st, run=r["started_utc"])
+    order = [n for n in STEPS if n in steps] + [n for n in steps if n not in STEPS]
+    out = dict(results[-1], config=config, steps={n: steps[n] for n in order},
+               started_utc=results[0]["started_utc"], wall_s=round(sum(r["wall_s"] for r in results), 1),
+               runs=[{"started_utc": r["started_utc"], "wall_s": r["wall_s"], "steps": list(r["steps"])}
+                     for r in results])
+    out["summary"] = summarize(out)
+    return out
+
+
+def _runs(res: dict) -> str:
+    if len(res.get("runs", ())) < 2:
+        return f"Run {res['started_utc']}, {res['wall_s']} s wall in all."
+    each = "; ".join(f"{r['started_utc']} ({', '.join(r['steps'])}; {r['wall_s']} s)" for r in res["runs"])
+    return f"{len(res['runs'])} runs, each step from the last run that has it: {each}."
+
+
 def to_markdown(res: dict) -> str:
     title = "# GPU check" + (" (tiny: CPU, small images; checks the script, not the GPU)" if res["mode"] == "tiny" else "")
-    return f"{title}\n\nRun {res['started_utc']}, {res['wall_s']} s wall in all.\n\n" + tables(res)
+    return f"{title}\n\n{_runs(res)}\n\n" + tables(res)
 
 
 def fill_docs(path: Path, res: dict) -> None:

@@ -1,8 +1,8 @@
-"""The four measurements of `gsv bench gpu`, each run in its own process by bench/gpu_check.py.
+"""The five measurements of `gsv bench gpu`, each run in its own process by bench/gpu_check.py.
 
     python -m gaussianvision.apps.bench.gpu_steps STEP CONFIG.json PARTIAL.json
 
-STEP is parity | fit | baseline | tower. The step reads its settings from CONFIG.json (the
+STEP is parity | fit | ttq | baseline | tower. The step reads its settings from CONFIG.json (the
 GpuCheckConfig as a dict plus "limit_s", the seconds it has) and rewrites PARTIAL.json after
 every finished row, so that a step killed at its time limit still leaves what it measured.
 A row that fails (out of memory, a kernel error) records the error and the step goes on.
@@ -237,6 +237,39 @@ def step_fit(cfg: dict, rec: Recorder) -> None:
     _each_row(cfg, rec, [{"batch": b, "n": n} for b in cfg["batches"] for n in cfg["ns"]], _fit_row)
 
 
+# ------------------------------------------------------------------------------ 2b. time to quality
+def _ttq_rows(batch: int, n: int, cfg: dict, device: torch.device, budget: float) -> list[dict]:
+    """bench/ttq's methods on the GPU at one (B, N): seconds per image to each target dB (the
+    batch's wall time / B, initialization included) and the images/s that implies."""
+    from gaussianvision.fit import fit_images
+    from .ttq import time_to_quality
+    images = _photos(cfg, batch, device)
+    fit_images(images[:2], n, iters=2, device=str(device), backend=cfg["backend"])  # compile the kernels
+    rows = time_to_quality(images, n, methods=tuple(cfg["ttq_methods"]), iters=cfg["iters"], log=_say,
+                           backend=cfg["backend"])
+    for r in rows:
+        r.update(batch=batch, images_per_s={k: (1 / v if v else None) for k, v in r["seconds_to"].items()})
+    return rows
+
+
+def step_ttq(cfg: dict, rec: Recorder) -> None:
+    """Time to quality on the GPU: plain Adam, least-squares colors, coarse to fine (bench/ttq)."""
+    device = _device(cfg)
+    if device is None:
+        rec.set(skipped=NO_CUDA)
+        return
+    deadline = time.monotonic() + cfg["limit_s"] - cfg["margin_s"]
+    for i, (b, n) in enumerate(cfg["ttq_rows"]):
+        budget = (deadline - time.monotonic()) / (len(cfg["ttq_rows"]) - i)
+        _say(f"ttq batch={b} n={n} ({budget:.0f} s)")
+        try:
+            for row in _ttq_rows(b, n, cfg, device, budget):
+                rec.row(row)
+        except Exception as e:  # noqa: BLE001 - a failed row is reported, the others still run
+            rec.row({"batch": b, "n": n, "error": _error(e)})
+            _say("  " + _error(e))
+
+
 # ---------------------------------------------------------------------------------- 3. baseline
 def _baseline_row(n: int, cfg: dict, device: torch.device, budget: float) -> dict:
     """LIG-style: random init, one image per launch, the same iterations; as many images of the
@@ -335,7 +368,7 @@ def step_tower(cfg: dict, rec: Recorder) -> None:
     _tower_rows(cfg, device, rec, time.monotonic() + cfg["limit_s"] - cfg["margin_s"])
 
 
-STEPS = {"parity": step_parity, "fit": step_fit, "baseline": step_baseline, "tower": step_tower}
+STEPS = {"parity": step_parity, "fit": step_fit, "ttq": step_ttq, "baseline": step_baseline, "tower": step_tower}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,17 +75,17 @@ def _curve(f: Fitter, offset: float = 0.0, it0: int = 0) -> list[tuple[float, fl
     return [(offset + h["seconds"] / b, sum(h["psnr"]) / b, it0 + h["iteration"]) for h in f.history]
 
 
-def _plain(images, n, iters, init, color_solve) -> list[tuple[float, float]]:
-    cfg = FitConfig(init=init, color_solve=color_solve, record_at=_checks(iters))
+def _plain(images, n, iters, init, color_solve, backend="auto") -> list[tuple[float, float]]:
+    cfg = FitConfig(init=init, color_solve=color_solve, record_at=_checks(iters), backend=backend)
     f = Fitter(images, n, cfg)
     f.run(iters)
     return _curve(f)
 
 
-def _coarse_to_fine(images, n, iters) -> list[tuple[float, float, int]]:
+def _coarse_to_fine(images, n, iters, backend="auto") -> list[tuple[float, float, int]]:
     """fit_images' coarse to fine (FitConfig.coarse_fraction=0.6) with colors solved, recorded
     in its full-resolution phase (whose seconds include the coarse phase)."""
-    cfg = FitConfig(iters=iters, init="content", color_solve=8, coarse_fraction=0.6)
+    cfg = FitConfig(iters=iters, init="content", color_solve=8, coarse_fraction=0.6, backend=backend)
     f = start_coarse_to_fine(images, n, cfg)
     done = int(f.iterations.max())
     f.cfg = replace(f.cfg, record_at=_checks(iters - done))
@@ -109,14 +109,17 @@ def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict])
             "speedup_equal_psnr": (t_naive / t_ours) if t_naive and t_ours else None}
 
 
-def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 500, log=print) -> list[dict]:
-    """One row per method: its curve, seconds per image to each target, PSNR at each budget."""
+def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 500, log=print,
+                    backend: str = "auto") -> list[dict]:
+    """One row per method: its curve, seconds per image to each target, PSNR at each budget.
+    The fits run where `images` are (the GPU check passes CUDA images)."""
     rows = []
     for m in methods:
         if m == "c2f+colors":
-            curve = _coarse_to_fine(images, n, iters)
+            curve = _coarse_to_fine(images, n, iters, backend)
         else:
-            curve = _plain(images, n, iters, "random" if m == "random" else "content", 8 if m == "adam+colors" else 0)
+            curve = _plain(images, n, iters, "random" if m == "random" else "content", 8 if m == "adam+colors" else 0,
+                           backend)
         row = {"method": m, "n": n, "images": images.shape[0], "iters": iters, "curve": curve,
                "seconds_to": {str(t): read_curve(curve, target=t) for t in TARGETS.get(n, ())},
                "psnr_at_ms": {str(int(b)): read_curve(curve, at=b / 1000) for b in BUDGETS_MS},

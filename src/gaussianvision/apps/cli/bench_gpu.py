@@ -15,7 +15,9 @@ The tower step needs open_clip: run `make gpu-wheels` where PyPI is reachable an
 repository's .whl folder along; its wheels are installed into a temporary folder for the run.
 Afterwards, with the files back in benchmarks/results:
   gsv bench gpu --render benchmarks/results/gpu.json --docs docs/gpu.md
-rewrites gpu.md and the results table of docs/gpu.md from the JSON.
+rewrites gpu.md and the results table of docs/gpu.md from the JSON. After a rerun of some steps
+(--steps parity,ttq), keep both results and merge them, each step from the last run that has it:
+  gsv bench gpu --render run1.json run2.json --out benchmarks/results --docs docs/gpu.md
 """
 
 
@@ -34,19 +36,34 @@ def _limits(items: list[str], cfg) -> dict:
     return limits
 
 
-def _render(a) -> int:
-    from gaussianvision.apps.bench.gpu_report import fill_docs, to_markdown
+def _read_result(path: str) -> dict:
+    from gaussianvision.apps.bench.gpu_report import to_markdown
     try:
-        res = json.loads(Path(a.render).read_text())
-        md = to_markdown(res)
+        res = json.loads(Path(path).read_text())
+        to_markdown(res)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CliError(f"--render {a.render}: not a gsv bench gpu result ({type(e).__name__}: {e})") from None
+        raise CliError(f"--render {path}: not a gsv bench gpu result ({type(e).__name__}: {e})") from None
+    return res
+
+
+def _render(a) -> int:
+    from gaussianvision.apps.bench.gpu_report import fill_docs, merge, to_markdown
+    runs = [_read_result(p) for p in a.render]
+    if len(runs) == 1:
+        res, target = runs[0], Path(a.render[0]).with_suffix(".md")
+    else:
+        try:
+            res = merge(runs)
+        except ValueError as e:
+            raise CliError(f"--render: {e}") from None
+        target = Path(a.out) / "gpu.md"
+        write_json(target.with_suffix(".json"), res)
     if a.docs and res.get("mode") != "full":
-        raise CliError(f"--docs: {a.render} is a --{res.get('mode')} run (CPU, small images: a check of the script); "
-                       f"docs/gpu.md takes a full run's gpu.json")
-    target = Path(a.render).with_suffix(".md")
+        raise CliError(f"--docs: {a.render[-1]} is a --{res.get('mode')} run (CPU, small images: a check of the "
+                       f"script); docs/gpu.md takes a full run's gpu.json")
+    md = to_markdown(res)
     write_text(target, md)
-    files = [str(target)]
+    files = ([str(target.with_suffix(".json"))] if len(runs) > 1 else []) + [str(target)]
     if a.docs:
         try:
             fill_docs(Path(a.docs), res)
@@ -93,8 +110,10 @@ def main(argv=None) -> int:
     p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
                    help="time limit of one step (repeatable; defaults parity 90, fit 200, baseline 80, tower 90; "
                         "with --tiny 120, 120, 60, 90)")
-    p.add_argument("--render", default=None, metavar="GPU.json",
-                   help="measure nothing: rewrite the .md beside this result (and --docs)")
+    p.add_argument("--render", default=None, nargs="+", metavar="GPU.json",
+                   help="measure nothing: rewrite the .md beside this result (and --docs); several results "
+                        "(a rerun of some steps) are merged, each step from the last run that has it, into "
+                        "OUT/gpu.json and gpu.md")
     p.add_argument("--docs", default=None, metavar="DOCS.md", help="with --render: fill this file's results block")
     args = p.parse_args(argv)
     if args.docs and not args.render:
