@@ -1,0 +1,62 @@
+"""The Python client: one function, standard library only.
+
+    from gaussianvision.apps.serve.client import send
+    answer = send(splats_or_bytes, "http://127.0.0.1:8000")                       # /embed
+    answer = send(data, url, labels=["cat", "dog"], token="...")                 # /classify
+    answer = send(data, url, label_set="cifar10", top_k=3)
+
+`data`: .gsv bytes (one file or several concatenated) or a Splats (encoded as float16). Returns
+the server's JSON answer as a dict; raises ClientError with one clear line (the server's own
+message for a refusal, the reason for an unreachable server)."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+__all__ = ["send", "ClientError"]
+
+
+class ClientError(Exception):
+    """A request that got no answer, or a refusal (status: the HTTP status, None when unreachable)."""
+
+    def __init__(self, message: str, status: int | None = None, body: dict | None = None):
+        super().__init__(message)
+        self.status, self.body = status, body or {}
+
+
+def _query(labels, label_set, top_k) -> tuple[str, str]:
+    if labels is None and label_set is None:
+        return "/embed", ""
+    params = [("label_set", label_set)] if label_set else [("labels", ",".join(labels))]
+    if top_k is not None:
+        params.append(("top_k", str(top_k)))
+    return "/classify", "?" + urllib.parse.urlencode(params)
+
+
+def send(data, url: str, labels: list[str] | None = None, label_set: str | None = None,
+         top_k: int | None = None, token: str | None = None, timeout: float = 60.0) -> dict:
+    """POST .gsv bytes (or Splats) to URL's /embed, or /classify with labels or a label set."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        from gaussianvision.splats.format import encode
+        data = encode(data)
+    route, query = _query(labels, label_set, top_k)
+    req = urllib.request.Request(url.rstrip("/") + route + query, data=bytes(data), method="POST",
+                                 headers={"Content-Type": "application/octet-stream"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            body = json.loads(e.read())
+        except ValueError:
+            body = {}
+        raise ClientError(f"{url}{route}: {e.code} {body.get('error') or e.reason}", e.code, body) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ClientError(f"{url}: cannot reach the server ({reason})") from None
+    except ValueError as e:
+        raise ClientError(f"{url}{route}: the answer is not JSON ({e})") from None

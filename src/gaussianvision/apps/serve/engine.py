@@ -1,0 +1,83 @@
+"""The model on its device: embeddings of any mix of images, and zero-shot classifiers.
+
+`embed` is what one batched forward does: images of one size (height, width) are padded to one
+Splats batch (Splats.stack: counts, the encoder masks the padding) and encoded together, at most
+`max_batch` at a time; images of other sizes go in their own forward (the stem normalizes by the
+image size, one per batch). It runs on the batcher's worker thread, never on the event loop."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+from gaussianvision.splats.types import Splats
+
+from .labels import LabelSet
+
+__all__ = ["Engine", "pick_device"]
+
+_CLASSIFIERS_KEPT = 64  # zero-shot classifiers cached (custom label lists come and go)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when there is one, else cpu; cuda without CUDA is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name}: CUDA is not available on this machine")
+    return dev
+
+
+class Engine:
+    def __init__(self, model, tokenizer: Callable, device: torch.device, name: str = "gs"):
+        self.model = model.to(device).eval()
+        self.tokenizer, self.device, self.name = tokenizer, device, name
+        self._classifiers: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def embed(self, images: list[Splats], max_batch: int) -> torch.Tensor:
+        """[len(images), D] float32 on the CPU, L2-normalized, in the order given."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(images):
+            groups.setdefault((s.height, s.width), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        with torch.inference_mode():
+            for members in groups.values():
+                for at in range(0, len(members), max_batch):
+                    chunk = members[at: at + max_batch]
+                    batch = Splats.stack([images[i] for i in chunk]).to(self.device)
+                    emb = self.model.encode_image(batch, normalize=True).float().cpu()
+                    for row, i in enumerate(chunk):
+                        out[i] = emb[row]
+        return torch.stack(out)
+
+    def classifier(self, labels: LabelSet) -> torch.Tensor:
+        """[D, C] zero-shot weights of a label set (clip_benchmark's own classifier: each class's
+        prompt embeddings normalized, averaged, normalized), computed once per set (LRU)."""
+        key = (labels.classes, labels.templates)
+        if key in self._classifiers:
+            self._classifiers.move_to_end(key)
+            return self._classifiers[key]
+        from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
+        amp = self.device.type == "cuda"  # as gaussianvision.eval.zeroshot: float32 on the CPU
+        weights = zero_shot_classifier(self.model, self.tokenizer, list(labels.classes), list(labels.templates),
+                                       self.device.type, amp=amp).float().cpu()
+        self._classifiers[key] = weights
+        while len(self._classifiers) > _CLASSIFIERS_KEPT:
+            self._classifiers.popitem(last=False)
+        return weights
+
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+
+
+def top_k(embeddings: torch.Tensor, weights: torch.Tensor, labels: LabelSet, k: int, scale: float) -> list[dict]:
+    """Per image: the k best classes, their cosine scores and softmax probabilities (over all classes)."""
+    scores = embeddings @ weights
+    probs = (scale * scores).softmax(-1)
+    k = min(k, len(labels.classes))
+    best = scores.topk(k, dim=-1)
+    return [{"labels": [labels.classes[j] for j in idx.tolist()], "indices": idx.tolist(),
+             "scores": [round(float(v), 6) for v in vals], "probs": [round(float(probs[i, j]), 6) for j in idx]}
+            for i, (vals, idx) in enumerate(zip(best.values, best.indices))]
