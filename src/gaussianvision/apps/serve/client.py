@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["send", "ClientError"]
+__all__ = ["send", "check_server", "ClientError"]
 
 
 class ClientError(Exception):
@@ -60,3 +60,16 @@ def send(data, url: str, labels: list[str] | None = None, label_set: str | None 
         raise ClientError(f"{url}: cannot reach the server ({reason})") from None
     except ValueError as e:
         raise ClientError(f"{url}{route}: the answer is not JSON ({e})") from None
+
+
+def check_server(url: str, timeout: float = 10.0) -> dict:
+    """GET URL/health: the server's answer, or ClientError when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise ClientError(f"{url}/health: {e.code} {e.reason} (is this a gsv serve?)", e.code) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ClientError(f"{url}: cannot reach the server ({getattr(e, 'reason', e)})") from None
+    except ValueError:
+        raise ClientError(f"{url}/health: the answer is not JSON (is this a gsv serve?)") from None

@@ -34,7 +34,7 @@ class ServeSettings:
         if not 0 <= self.batch_window_ms <= 10_000:
             raise ValueError(f"batch_window_ms must lie in [0, 10000], got {self.batch_window_ms}")
         if self.token is not None and not self.token.strip():
-            raise ValueError("the token is empty")
+            raise ValueError("token must not be empty")
         return self
 
     def to_env(self) -> dict[str, str]:

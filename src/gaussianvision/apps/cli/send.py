@@ -1,0 +1,112 @@
+"""gsv send IMAGES... --url URL: the edge side. Fits each image here (the library's FitStream),
+encodes it (.gsv, --layout), sends the bytes to a `gsv serve` (/embed, or /classify with
+--labels / --label-set) and prints per image the answer and the bytes sent.
+
+Bad inputs (missing, not an image) are reported one line each and skipped; exit code 2 when any
+input failed or on a bad option, an unreachable server or a refusal (the server's own message)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run
+
+LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
+           "quantized": ("quantized", "float16", False), "quantized-zstd": ("quantized", "float16", True)}
+
+
+def _parser():
+    p = parser("send", "Fit images here and send their splats to a `gsv serve` (docs/serve.md).",
+               epilog="example: gsv send photos/ --url http://127.0.0.1:8000 --label-set cifar10")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", default=None, help="Bearer token (default: GSV_SERVE_TOKEN, else none)")
+    p.add_argument("--labels", default=None, help="comma-separated class names: /classify instead of /embed")
+    p.add_argument("--label-set", default=None, help="a named label set of the server (cifar10, world/shape, ...)")
+    p.add_argument("--top-k", type=int, default=None, help="labels per image (the server's when not given)")
+    p.add_argument("--gaussians", "-n", type=int, default=400, help="Gaussians per image")
+    p.add_argument("--iters", type=int, default=150, help="fit iterations")
+    p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
+    p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
+    p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fit_images option, repeatable (color_solve=8 unless given)")
+    return p
+
+
+def _fit_stream(a):
+    import torch
+    from gaussianvision.fit import Encoding, FitConfig, FitStream
+    if a.gaussians < 1 or a.iters < 0 or a.batch_size < 1 or a.size < 8:
+        raise CliError("--gaussians and --batch-size must be >= 1, --iters >= 0 and --size >= 8")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: CUDA is not available on this machine")
+    options = {"iters": a.iters, "color_solve": 8, "device": a.device, **dict(fit_option(t) for t in a.fit_option)}
+    try:
+        config = FitConfig.from_options(options)
+    except ValueError as e:
+        raise CliError(f"--fit-option: {e}") from None
+    layout, dtype, zstd = LAYOUTS[a.layout]
+    return FitStream(a.gaussians, config, a.batch_size, encoding=Encoding(layout, dtype, zstd))
+
+
+def _images(a, failures: list[dict]):
+    from gaussianvision.data.images import ImageLoadError, list_images, load_image
+    for path in list_images(a.inputs):
+        try:
+            yield path, load_image(path, size=a.size)
+        except (ImageLoadError, OSError) as e:
+            failures.append({"path": str(path), "error": str(e)})
+            print(f"gsv send: {e}", file=sys.stderr)
+
+
+def _human(r: dict) -> str:
+    head = f"{r['path']}: {r['bytes']:,} bytes sent ({r['gaussians']} Gaussians, {r['psnr']:.1f} dB)"
+    answer = r["answer"]
+    if "embeddings" in answer:
+        e = answer["embeddings"][0]
+        return f"{head} -> embedding [{len(e)}]: " + ", ".join(f"{v:+.4f}" for v in e[:4]) + ", ..."
+    best = answer["images"][0]
+    return f"{head} -> " + ", ".join(f"{lab} {p:.2f}" for lab, p in zip(best["labels"], best["probs"]))
+
+
+def _send(a) -> int:
+    import os
+    from gaussianvision.apps.serve.client import ClientError, check_server, send
+    from gaussianvision.apps.serve.settings import TOKEN_ENV
+    if a.labels is not None and a.label_set is not None:
+        raise CliError("give --labels or --label-set, not both")
+    labels = [c.strip() for c in a.labels.split(",") if c.strip()] if a.labels is not None else None
+    token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    stream = _fit_stream(a)
+    missing = [p for p in a.inputs if not Path(p).exists()]
+    if missing:
+        raise CliError(f"{missing[0]}: no such file or folder")
+    results, failures = [], []
+    try:
+        check_server(a.url, a.timeout)
+        for item in stream(_images(a, failures)):
+            if not item.ok:
+                failures.append({"path": str(item.key), "error": item.error})
+                print(f"gsv send: {item.key}: {item.error}", file=sys.stderr)
+                continue
+            answer = send(item.data, a.url, labels=labels, label_set=a.label_set, top_k=a.top_k,
+                          token=token, timeout=a.timeout)
+            r = {"path": str(item.key), "bytes": len(item.data), "gaussians": int(item.splats.max_gaussians),
+                 "psnr": float(item.metrics["psnr"]), "answer": answer}
+            results.append(r)
+            if not a.json:
+                print(_human(r))
+    except ClientError as e:
+        raise CliError(str(e)) from None
+    if a.json:
+        emit({"url": a.url, "results": results, "failures": failures,
+              "bytes_sent": sum(r["bytes"] for r in results)}, True)
+    return 2 if failures or not results else 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    return run("send", _send, args)
