@@ -1,0 +1,319 @@
+"""gsv serve: the real server (uvicorn on a loopback port, no mocks) answering good and bad
+requests sent together; answers checked against the library's own encode_image and zero-shot
+classifier; gsv send end to end; the gsv serve command in its own process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_splats
+from gaussianvision.splats import format as fmt
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+from gaussianvision.apps.serve.app import create_app  # noqa: E402
+from gaussianvision.apps.serve.client import ClientError, send  # noqa: E402
+from gaussianvision.apps.serve.payloads import split_payloads  # noqa: E402
+from gaussianvision.apps.serve.server import load_engine, serve_in_thread  # noqa: E402
+from gaussianvision.apps.serve.settings import ServeSettings  # noqa: E402
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A tiny trained-looking GS model whose frozen base is a local checkpoint file, so that every
+    load (the server's, the test's reference) rebuilds the same model."""
+    from safetensors.torch import save_file
+    from gaussianvision.models import create_gsclip, save_weights
+    from gaussianvision.models.gsclip import create_base
+    d = tmp_path_factory.mktemp("serve-model")
+    torch.manual_seed(0)
+    save_file(create_base("gsv-tiny").state_dict(), str(d / "base.safetensors"))
+    m = create_gsclip(pretrained=d / "base.safetensors", config="gs-tiny")
+    with torch.no_grad():
+        for _, p in m.trainable_named_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return save_weights(m, d / "gsclip.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(weights):
+    from gaussianvision.models import create_gsclip_from_weights
+    return create_gsclip_from_weights(weights).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(weights):
+    return load_engine(str(weights), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def live(engine, weights):
+    """Limits small enough to hit; a long batching window so that requests sent together share a forward."""
+    settings = ServeSettings(model=str(weights), device="cpu", max_body=64 << 10, max_images=8, max_gaussians=100,
+                             batch_window_ms=300.0, max_batch=32, token=TOKEN)
+    server = serve_in_thread(create_app(engine, settings))
+    yield server
+    server.stop()
+
+
+def _post(url, body: bytes, token=TOKEN, headers=None):
+    """-> (status, JSON answer) of one POST, refusals included."""
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _get(url, token=TOKEN):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _expected(reference, data: bytes) -> torch.Tensor:
+    """The library's embeddings of every image in a body (one or more .gsv files)."""
+    out = []
+    with torch.no_grad():
+        for piece in split_payloads(data):
+            for s in fmt.iter_images(bytes(piece)):
+                out.append(reference.encode_image(s, normalize=True)[0])
+    return torch.stack(out)
+
+
+def _good_bodies() -> dict[str, bytes]:
+    s16, s40 = random_splats(1, 16, 32, 32, seed=1), random_splats(1, 40, 32, 32, seed=2)
+    multi = random_splats(3, 24, 32, 32, seed=3)
+    multi.counts = torch.tensor([24, 10, 17])
+    return {
+        "n16": fmt.encode(s16),
+        "n40_float32": fmt.encode(s40, dtype="float32"),
+        "quantized": fmt.encode(random_splats(1, 30, 32, 32, seed=4), layout="quantized"),
+        "batch_file": fmt.encode(multi),                                   # one .gsv holding 3 images
+        "concatenated": fmt.encode(s16) + fmt.encode(random_splats(1, 50, 48, 40, seed=5)),  # two files, two sizes
+        "other_size": fmt.encode(random_splats(1, 20, 24, 36, seed=6)),
+    }
+
+
+def _bad_bodies() -> dict[str, tuple[bytes, int, str, dict]]:
+    good = fmt.encode(random_splats(1, 16, 32, 32, seed=7))
+    return {  # name: (body, status, reason, headers)
+        "garbage": (b"this is not a splat file at all, no", 400, "bad_payload", {}),
+        "truncated": (good[:-5], 400, "bad_payload", {}),
+        "bad_tail": (good + b"GSVF junk", 400, "bad_payload", {}),
+        "empty": (b"", 400, "empty_body", {}),
+        "too_many_gaussians": (fmt.encode(random_splats(1, 101, 32, 32, seed=8)), 422, "too_many_gaussians", {}),
+        "too_many_images": (fmt.encode(random_splats(9, 4, 32, 32, seed=9)), 422, "too_many_images", {}),
+        "body_too_large": (b"\0" * (64 << 10) + b"x", 413, "body_too_large", {}),
+        "no_token": (good, 401, "unauthorized", {"token": None}),
+    }
+
+
+def test_good_and_bad_requests_together(live, reference):
+    """Good requests answer exactly what the library computes, in one shared forward; each bad one
+    beside them gets its own 4xx, and the server goes on serving."""
+    good, bad = _good_bodies(), _bad_bodies()
+    jobs = [("good", k, v, TOKEN) for k, v in good.items()]
+    jobs += [("bad", k, body, hdr.get("token", TOKEN)) for k, (body, *_, hdr) in bad.items()]
+    gate = threading.Barrier(len(jobs))
+
+    def go(job):
+        _, _, body, token = job
+        gate.wait()
+        return _post(live.url + "/embed", body, token=token)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = dict(zip([(kind, name) for kind, name, *_ in jobs], pool.map(go, jobs)))
+    for name, body in good.items():
+        status, ans = answers[("good", name)]
+        assert status == 200, (name, ans)
+        want = _expected(reference, body)
+        got = torch.tensor(ans["embeddings"])
+        assert got.shape == want.shape and ans["count"] == len(want) and ans["bytes"] == len(body)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(got.norm(dim=-1), torch.ones(len(got)), atol=1e-5)
+    assert [d["gaussians"] for d in answers[("good", "batch_file")][1]["images"]] == [24, 10, 17]
+    for name, (_, status, reason, _) in bad.items():
+        got_status, ans = answers[("bad", name)]
+        assert (got_status, ans["reason"]) == (status, reason), (name, ans)
+        assert ans["error"] and "\n" not in ans["error"]
+    status, m = _get(live.url + "/metrics")
+    assert status == 200
+    assert m["batches"]["max"] > 1 and m["batches"]["mean_requests"] > 1  # requests shared forwards
+    assert m["rejects"]["bad_payload"] >= 3 and m["rejects"]["unauthorized"] >= 1
+    assert m["latency_ms"]["/embed"]["p50"] > 0 and m["images_embedded"] >= 9
+    assert _post(live.url + "/embed", good["n16"])[0] == 200  # still serving
+
+
+def test_token_guards_every_route_but_health(live):
+    status, health = _get(live.url + "/health", token=None)
+    assert status == 200 and health["status"] == "ok" and health["device"] == "cpu"
+    for token in (None, "wrong", TOKEN + "x"):
+        assert _get(live.url + "/metrics", token=token)[0] == 401
+        assert _post(live.url + "/classify?labels=a,b", b"x", token=token)[0] == 401
+    req = urllib.request.Request(live.url + "/metrics", headers={"Authorization": f"Basic {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401 and e.value.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_unknown_routes_and_parameters_are_json_errors(live):
+    assert _get(live.url + "/nope")[0] == 404
+    assert _get(live.url + "/embed")[0] == 405
+    body = fmt.encode(random_splats(1, 8, 32, 32))
+    status, ans = _post(live.url + "/classify?label_set=no-such-set", body)
+    assert (status, ans["reason"]) == (404, "unknown_label_set") and "cifar10" in ans["known"]
+    assert _post(live.url + "/classify?labels=cat,dog&top_k=zero", body)[1]["reason"] == "bad_parameter"
+    assert _post(live.url + "/classify?labels=cat", body)[1]["reason"] == "bad_labels"
+    assert _post(live.url + "/classify", body)[1]["reason"] == "bad_labels"
+    assert _post(live.url + "/classify?labels=a,b&label_set=cifar10", body)[1]["reason"] == "bad_labels"
+    assert _post(live.url + "/classify?labels=a,b&template=no+slot", body)[1]["reason"] == "bad_template"
+
+
+def _direct_classify(reference, body, classes, templates):
+    from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
+    weights = zero_shot_classifier(reference, reference.tokenizer(), classes, templates, "cpu", amp=False)
+    return _expected(reference, body) @ weights
+
+
+def test_classify_matches_a_direct_zero_shot_computation(live, reference):
+    from gaussianvision.apps.serve.labels import label_set
+    body = fmt.encode(random_splats(1, 16, 32, 32, seed=11)) + fmt.encode(random_splats(1, 30, 32, 32, seed=12))
+    ans = send(body, live.url, labels=["cat", "dog", "red square"], top_k=3, token=TOKEN)
+    scores = _direct_classify(reference, body, ["cat", "dog", "red square"], ["a photo of a {c}."])
+    cifar = label_set("cifar10")
+    ans10 = send(body, live.url, label_set="cifar10", top_k=2, token=TOKEN)
+    scores10 = _direct_classify(reference, body, list(cifar.classes), list(cifar.templates))
+    for a, s in ((ans, scores), (ans10, scores10)):
+        for img, row in zip(a["images"], s):
+            order = row.argsort(descending=True)[: len(img["labels"])]
+            assert img["indices"] == order.tolist()
+            np.testing.assert_allclose(img["scores"], row[order].numpy(), atol=2e-5)
+            assert abs(sum(img["probs"]) - 1) < 1e-3 or len(img["probs"]) < a["classes"]
+    assert ans10["label_set"] == "cifar10" and len(ans10["images"][0]["labels"]) == 2
+    world = send(body, live.url, label_set="world/color", token=TOKEN)
+    assert world["classes"] == 6 and len(world["images"][0]["labels"]) == 5
+
+
+def test_client_errors_are_one_line(live):
+    with pytest.raises(ClientError, match="401 missing or wrong token") as e:
+        send(b"GSVF", live.url)
+    assert e.value.status == 401
+    port = _free_port()
+    with pytest.raises(ClientError, match="cannot reach the server"):
+        send(b"GSVF", f"http://127.0.0.1:{port}", timeout=5)
+
+
+def _png(path, size=32, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.stack([x * 255 // size, y * 255 // size, rng.integers(0, 255, (size, size))], -1).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_gsv_send_end_to_end(live, tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    a, b = _png(tmp_path / "a.png", seed=1), _png(tmp_path / "b.png", seed=2)
+    fit = ["--gaussians", "16", "--iters", "5", "--size", "32", "--token", TOKEN]
+    assert main(["send", str(a), str(b), "--url", live.url, *fit, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["bytes"] for r in out["results"]] == [32 + 16 * 16] * 2 and out["bytes_sent"] == 2 * 288
+    emb = torch.tensor([r["answer"]["embeddings"][0] for r in out["results"]])
+    assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert main(["send", str(a), "--url", live.url, *fit, "--labels", "cat,dog", "--layout", "quantized"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{a}: ") and "bytes sent (16 Gaussians" in line and ("cat" in line and "dog" in line)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file or folder"),
+    ("not_an_image", "b.txt"),
+    ("unreachable", "cannot reach the server"),
+    ("wrong_token", "401 missing or wrong token"),
+])
+def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
+    from gaussianvision.apps.cli.main import main
+    (tmp_path / "b.txt").write_text("not an image")
+    image = {"missing": tmp_path / "gone.png", "not_an_image": tmp_path / "b.txt"}.get(case) or _png(tmp_path / "a.png")
+    url = f"http://127.0.0.1:{_free_port()}" if case == "unreachable" else live.url
+    token = "wrong" if case == "wrong_token" else TOKEN
+    rc = main(["send", str(image), "--url", url, "--gaussians", "8", "--iters", "2", "--size", "32",
+               "--token", token])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_payload_splitting():
+    a, b = fmt.encode(random_splats(1, 5, 16, 16)), fmt.encode(random_splats(2, 3, 16, 16))
+    assert [bytes(p) for p in split_payloads(a + b + a)] == [a, b, a]
+    assert [bytes(p) for p in split_payloads(a + b"junk")] == [a, b"junk"]
+    assert [bytes(p) for p in split_payloads(a[:-3])] == [a[:-3]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gsv_serve_command_in_its_own_process(weights, reference, tmp_path):
+    """`gsv serve` as a user runs it (token from the environment), until it is stopped."""
+    port = _free_port()
+    env = {**os.environ, "GSV_SERVE_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "gaussianvision.apps.cli.main", "serve", str(weights), "--port", str(port),
+           "--device", "cpu", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(url + "/health", token=None)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        body = fmt.encode(random_splats(1, 12, 32, 32, seed=21))
+        got = torch.tensor(send(body, url, token=TOKEN)["embeddings"])
+        torch.testing.assert_close(got, _expected(reference, body), rtol=1e-5, atol=1e-5)
+        assert _post(url + "/embed", body, token=None)[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_gsv_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    assert main(["serve", str(tmp_path / "none")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "gsv serve: --max-batch must be >= 1, got 0"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(tmp_path), "--port", str(busy.getsockname()[1]), "--json"]) == 2
+    assert "cannot listen on" in json.loads(capsys.readouterr().out)["error"]
+    assert main(["serve", str(tmp_path), "--port", str(_free_port())]) == 2
+    assert "neither a checkpoint file nor a `gsv train` output folder" in capsys.readouterr().err
