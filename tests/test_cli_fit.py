@@ -124,3 +124,47 @@ def test_fit_option_reaches_fit_images_and_refuses_flags_and_unknown_names(tmp_p
     for opt, msg in (("iters=3", "(iters have their own settings)"), ("bogus=1", "fit options ['bogus']")):
         assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(out), "--fit-option", opt]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tmp_path, capsys):
+    """gsv fit --preset: the preset's settings with the flags given beside it over them (the same
+    splats as fit_images with that config); --budget-ms stops the batch and the report says so."""
+    from gaussianvision.data.images import load_image
+    from gaussianvision.fit import FitConfig, fit_images
+    g = torch.Generator().manual_seed(4)
+    for name in ("a", "b"):
+        save_png(torch.rand(3, 24, 24, generator=g), tmp_path / f"{name}.png")
+    out = tmp_path / "o"
+    args = ["fit", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-n", "8", "--size", "0", "--out", str(out)]
+    assert gsv(args + ["--preset", "fast", "--iters", "7", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    c = d["config"]
+    assert (c["preset"], c["iters"], c["color_solve"], c["coarse_fraction"], c["relocate_every"]) == ("fast", 7, 4, 0.6, 20)
+    imgs = torch.stack([load_image(tmp_path / f"{n}.png", size=None) for n in ("a", "b")])
+    want = fit_images(imgs, 8, config=FitConfig.from_options({"preset": "fast", "iters": 7}))
+    from gaussianvision.splats import decode, encode
+    assert torch.equal(load(out / "a.gsv").means, decode(encode(want.splats[0])).means)
+    assert d["reached"]["mean_psnr"] == pytest.approx(sum(r["psnr"] for r in d["results"]) / 2)
+    assert gsv(args + ["--preset", "best", "--budget-ms", "30", "--relocate-every", "0", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)["config"]
+    assert (c["iters"], c["relocate_every"]) == (2000, 0)  # the preset's own iterations; the flag over its relocation
+    assert gsv(args + ["--budget-ms", "0.001", "--iters", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "(stopped: budget)" in text and "2 stopped at the budget" in text and "reached: mean" in text
+    assert gsv(args + ["--fit-option", "preset=fast"]) == 2
+    assert "fit options ['preset']: not fit_images options (preset have their own settings)" in capsys.readouterr().err
+
+
+def test_convert_and_eval_take_the_preset_and_budget():
+    from gaussianvision.apps.cli import convert, eval as eval_cli
+    a = convert._parser().parse_args(["--input", "x", "--output", "y", "--gaussians", "8", "--preset", "fast",
+                                      "--budget-ms", "90"])
+    assert convert._config(a).fit_options == {"preset": "fast", "budget_ms": 90.0}
+    p = eval_cli.build_parser()
+    base = ["--model", "gs:x", "--dataset", "cifar10"]
+    e = p.parse_args(base + ["--fit-preset", "fast", "--fit-budget-ms", "40"])
+    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (150, {"preset": "fast", "budget_ms": 40.0})
+    e = p.parse_args(base + ["--fit-preset", "best", "--fit-iters", "9"])
+    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (9, {"preset": "best"})
+    e = p.parse_args(base)  # neither: the settings (and the cache keys) of runs before presets existed
+    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (500, {})

@@ -96,7 +96,7 @@ def _init_worker() -> None:
 def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
     """The fit of a conversion: fit_images' options, on cfg.device, encoded as the shards store it."""
     options = cfg.fit_options if fit_options is None else fit_options
-    return FitStream(cfg.n_gaussians, FitConfig(**{"device": cfg.device, **options}), batch_size=cfg.batch_size,
+    return FitStream(cfg.n_gaussians, FitConfig.from_options({"device": cfg.device, **options}), batch_size=cfg.batch_size,
                      encoding=Encoding(layout=cfg.layout, dtype=cfg.dtype, zstd=cfg.zstd))
 
 

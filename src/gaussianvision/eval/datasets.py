@@ -114,7 +114,7 @@ class SplatCache:
         size), encoded in the cache's format (interleaved float16); FitItems keyed by hash."""
         from gaussianvision.fit import Encoding, FitConfig, FitStream
         s = self.settings
-        config = FitConfig(**dict(s.fit_options, iters=s.iters, init=s.init))
+        config = FitConfig.from_options(dict(s.fit_options, iters=s.iters, init=s.init))
         stream = FitStream(s.n_gaussians, config, batch_size=s.fit_batch, encoding=Encoding(), retry=False,
                            progress=self.progress)
         return stream((h, u8[b[0]].to(self.device).float() / 255.0) for h, b in todo.items())

@@ -1,6 +1,7 @@
 """FitConfig: every option of a batched fit, checked (fit/fitter.py runs it; CLI options map onto it).
 
     cfg = FitConfig.from_options({"iters": 300, "relocate_every": 10})   # checked, one ValueError naming the option
+    cfg = FitConfig.from_options({"preset": "fast", "budget_ms": 200})   # a preset (fit/presets.py), options over it
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class FitConfig:
     color_solve: int = 0           # CG iterations of least-squares colors after initialization (fit/colors.py; 0: off)
     coarse_fraction: float = 0.0   # share of `iters` run first at coarse_scale resolution (coarse to fine; 0: off)
     coarse_scale: float = 0.5      # the coarse phase's image scale (area-downsampled; splats scaled back up)
+    coarse_min_pixels: float = 0.0  # coarse to fine only where the coarse image has >= this many pixels per Gaussian
+    budget_ms: float | None = None  # wall ms per image (the batch's time / B, initialization included): then every image stops
     backend: str = "auto"
     device: str | None = None      # None: the images' device
     seed: int = 0
@@ -77,6 +80,10 @@ class FitConfig:
         if not (0.0 <= self.coarse_fraction < 1.0 and 0.0 < self.coarse_scale < 1.0):
             raise ValueError(f"coarse_fraction must lie in [0, 1) and coarse_scale in (0, 1), got "
                              f"{self.coarse_fraction}, {self.coarse_scale}")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
+        if self.coarse_min_pixels < 0:
+            raise ValueError(f"coarse_min_pixels must be >= 0, got {self.coarse_min_pixels}")
         if self.color_solve < 0:
             raise ValueError(f"color_solve must be >= 0 (conjugate-gradient iterations), got {self.color_solve}")
         if self.min_scale <= 0:
@@ -87,11 +94,14 @@ class FitConfig:
     def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":
         """A checked FitConfig from fit_images keyword options; unknown names (or names in
         `exclude`) and bad values raise one ValueError naming them."""
-        fields = set(cls.__dataclass_fields__) - set(exclude)
+        from gaussianvision.fit.presets import preset_options
+        fields = (set(cls.__dataclass_fields__) | {"preset"}) - set(exclude)
         bad = sorted(k for k in options if k not in fields)
+        if "preset" in options and not bad:  # the preset's settings, the other options over them
+            options = {**preset_options(options["preset"], exclude), **{k: v for k, v in options.items() if k != "preset"}}
         if bad:
             raise ValueError(f"fit options {bad}: not fit_images options"
-                             + (f" ({', '.join(exclude)} have their own settings)" if exclude else "")
+                             + (f" ({', '.join(sorted(exclude))} have their own settings)" if exclude else "")
                              + f"; the options: {', '.join(sorted(fields))}")
         try:
             return cls(**options).check()

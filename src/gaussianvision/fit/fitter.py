@@ -19,7 +19,10 @@ lambda_reg on the sum corresponds to prune_lambda / N.
 
 Early stop is per image: an image that reaches `target_psnr`, or has not improved by
 `plateau_delta` dB for `plateau_patience` iterations, is frozen (no render, no update)
-and its iteration count is recorded. Pruning (fit/prune.py) happens after the main
+and its iteration count is recorded. `budget_ms` stops the whole batch once its wall time
+reaches that many milliseconds per image (initialization included; metrics' "stopped" says
+"budget"); it covers the whole fit, pruning's fine-tune included. Presets (fit/presets.py)
+set several options at once. Pruning (fit/prune.py) happens after the main
 iterations, edits parameters and Adam moments together, then `finetune_iters` more
 iterations repair the damage. With `relocate_every` > 0 the least important Gaussians are moved
 to where the error is largest during the first `relocate_until` of the iterations
@@ -170,17 +173,8 @@ class Fitter:
         target = self.images if full else self.images[idx]
         s = Splats(leaves["means"], leaves["chol"], leaves["colors"], self.h, self.w, counts)
         pred = render(s, backend=cfg.backend)
-        err = ((pred - target) ** 2).flatten(1).mean(1)  # [A]
-        loss = err
-        if cfg.ssim_weight > 0:
-            loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
         valid = self._mask(counts, leaves["colors"].shape[1])
-        if cfg.prune_lambda > 0:
-            l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
-            loss = loss + cfg.prune_lambda * l1
-        # sum over images keeps each image's gradient independent of B; the pixel-count
-        # factor keeps gradients well above Adam's eps near convergence
-        (loss.sum() * (self.h * self.w)).backward()
+        err = self._backward(pred, target, leaves, counts, valid)
         vf = valid[..., None].to(pred.dtype)
         grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
         self.opt.step(grads, None if full else idx, lr_scale)
@@ -195,6 +189,40 @@ class Fitter:
         p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
         self._update_stops(idx, p)
         return p
+
+    def _backward(self, pred, target, leaves, counts, valid) -> torch.Tensor:
+        """Gradients of the loss summed over images (each image's gradient independent of B) times
+        the pixel count (which keeps gradients well above Adam's eps near convergence) into the
+        leaves; returns each image's MSE [A]. Plain MSE (the default) takes its gradient into the
+        render in closed form, 2 (pred - target) / (3 H W) x H W, instead of through autograd's
+        graph of the loss: the same numbers (tests/test_fit.py) at a fraction of the passes."""
+        cfg = self.cfg
+        scale = float(self.h * self.w)
+        if cfg.ssim_weight > 0:
+            err = ((pred - target) ** 2).flatten(1).mean(1)
+            loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
+            outputs, grads = [loss.sum() * scale], [None]
+        else:
+            with torch.no_grad():
+                resid = pred - target
+                err = resid.square().flatten(1).mean(1)
+                outputs, grads = [pred], [resid.mul_(2.0 / 3.0)]  # 2 r / (3 H W) x (H W)
+        if cfg.prune_lambda > 0:
+            l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
+            outputs.append((cfg.prune_lambda * l1).sum() * scale)
+            grads.append(None)
+        torch.autograd.backward(outputs, [g if g is not None else torch.ones_like(o) for o, g in zip(outputs, grads)])
+        return err.detach()
+
+    def _over_budget(self, running: float) -> bool:
+        """True (and every active image stopped, reason "budget") once the batch's wall time,
+        `seconds` plus the `running` seconds not yet added, reaches cfg.budget_ms per image."""
+        if self.cfg.budget_ms is None or (self.seconds + running) * 1000 < self.cfg.budget_ms * self.batch_size:
+            return False
+        for i in self.active.nonzero()[:, 0].tolist():
+            self.stopped[i] = "budget"
+        self.active[:] = False
+        return True
 
     def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> None:
         cfg = self.cfg
@@ -243,7 +271,7 @@ class Fitter:
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self._record()
-            if not bool(self.active.any()):
+            if self._over_budget(time.perf_counter() - t0) or not bool(self.active.any()):
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
             self.steps_done += 1
@@ -357,17 +385,21 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
 def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
     """Coarse to fine: the first coarse_fraction of the iterations on the images downsampled by
     coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back
-    up (its Adam state fresh; its iteration counts and seconds include the coarse phase). None when
-    the coarse images would be too small (under 8 px a side) or init is given as Splats."""
+    up (its Adam state fresh; its iteration counts and seconds include the coarse phase). With
+    budget_ms the coarse phase has coarse_fraction of it. None when the coarse images would be too
+    small (under 8 px a side, or under coarse_min_pixels pixels per Gaussian) or init is given as Splats."""
     images = _check_images(images)
     h, w = images.shape[-2:]
     ch, cw = round(h * cfg.coarse_scale), round(w * cfg.coarse_scale)
     coarse_iters = int(cfg.coarse_fraction * cfg.iters)
-    if isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1:
+    if (isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1
+            or ch * cw < cfg.coarse_min_pixels * int(n_gaussians or 0)):
         return None
     small = torch.nn.functional.interpolate(images.to(_device(cfg, images)), size=(ch, cw), mode="area")
-    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=()))
+    budget = None if cfg.budget_ms is None else cfg.budget_ms * cfg.coarse_fraction
+    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=(), budget_ms=budget))
     c.run(coarse_iters, progress=progress, desc="coarse phase")
+    c.stopped = [None] * c.batch_size  # the coarse phase's budget share ends it, not the fit
     s = c.splats().scaled(h, w)
     f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
     f.iterations += c.iterations

@@ -8,13 +8,15 @@ interpolation: the time to reach 25 / 27 / 29 dB (N=400) or 33 / 35 / 37 dB (N=3
 at 50 ms and 250 ms per image. The process start-up (python, torch, numba's cached kernels) is
 measured once in a fresh process and added per image over a 40-image run (start-up / 40).
 
-Methods (issue 20: measure each step and keep what pays):
+Methods (issue 20: measure each step and keep what pays), each a set of fit options (METHODS):
   adam            content init, Adam (today's default)
   adam+colors     the same with least-squares colors at the start (FitConfig.color_solve=8)
   c2f+colors      coarse to fine (FitConfig.coarse_fraction=0.6): 60% of the iterations at half
                   resolution (area-downsampled images), then the rest at full resolution; colors solved
   random          random init, Adam: the convergence the naive dense fitter (one image per launch,
                   random init) would have; with its per-iteration time it gives the naive curve
+  fast, balanced, best
+                  the presets of fit/presets.py, each with its own iterations (not the run's)
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from gaussianvision.fit.fitter import start_coarse_to_fine
 
 __all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "time_to_quality", "read_curve", "startup_seconds"]
 
-METHODS = ("adam", "adam+colors", "c2f+colors", "random")
+METHODS = {"adam": {}, "adam+colors": {"color_solve": 8}, "c2f+colors": {"color_solve": 8, "coarse_fraction": 0.6},
+           "random": {"init": "random"}, "fast": {"preset": "fast"}, "balanced": {"preset": "balanced"},
+           "best": {"preset": "best"}}
 TARGETS = {400: (25.0, 27.0, 29.0), 3136: (33.0, 35.0, 37.0), 9000: (30.0, 32.05)}  # 9000: Kodak full size
 BUDGETS_MS = (50.0, 250.0)
 _CHECKS = (0, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 700, 1000)
@@ -75,21 +79,18 @@ def _curve(f: Fitter, offset: float = 0.0, it0: int = 0) -> list[tuple[float, fl
     return [(offset + h["seconds"] / b, sum(h["psnr"]) / b, it0 + h["iteration"]) for h in f.history]
 
 
-def _plain(images, n, iters, init, color_solve, backend="auto") -> list[tuple[float, float]]:
-    cfg = FitConfig(init=init, color_solve=color_solve, record_at=_checks(iters), backend=backend)
-    f = Fitter(images, n, cfg)
-    f.run(iters)
-    return _curve(f)
-
-
-def _coarse_to_fine(images, n, iters, backend="auto") -> list[tuple[float, float, int]]:
-    """fit_images' coarse to fine (FitConfig.coarse_fraction=0.6) with colors solved, recorded
-    in its full-resolution phase (whose seconds include the coarse phase)."""
-    cfg = FitConfig(iters=iters, init="content", color_solve=8, coarse_fraction=0.6, backend=backend)
-    f = start_coarse_to_fine(images, n, cfg)
-    done = int(f.iterations.max())
-    f.cfg = replace(f.cfg, record_at=_checks(iters - done))
-    f.run(iters - done)
+def _fit_curve(images, n, options: dict, backend: str) -> list[tuple[float, float, int]]:
+    """Fit with `options` (a preset's own iterations, else options["iters"]) from the start,
+    recording PSNR at the checkpoints; coarse to fine is recorded in its full-resolution phase
+    (whose seconds and iterations include the coarse phase)."""
+    cfg = FitConfig.from_options({**options, "backend": backend})
+    f = start_coarse_to_fine(images, n, cfg) if cfg.coarse_fraction > 0 else None
+    done = 0 if f is None else int(f.iterations.max())
+    if f is None:
+        f = Fitter(images, n, replace(cfg, record_at=_checks(cfg.iters)))
+    else:
+        f.cfg = replace(f.cfg, record_at=_checks(cfg.iters - done))
+    f.run(cfg.iters - done)
     return _curve(f, 0.0, done)
 
 
@@ -115,12 +116,9 @@ def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 
     The fits run where `images` are (the GPU check passes CUDA images)."""
     rows = []
     for m in methods:
-        if m == "c2f+colors":
-            curve = _coarse_to_fine(images, n, iters, backend)
-        else:
-            curve = _plain(images, n, iters, "random" if m == "random" else "content", 8 if m == "adam+colors" else 0,
-                           backend)
-        row = {"method": m, "n": n, "images": images.shape[0], "iters": iters, "curve": curve,
+        options = METHODS[m] if "preset" in METHODS[m] else {**METHODS[m], "iters": iters}
+        curve = _fit_curve(images, n, options, backend)
+        row = {"method": m, "n": n, "images": images.shape[0], "iters": curve[-1][2], "curve": curve,
                "seconds_to": {str(t): read_curve(curve, target=t) for t in TARGETS.get(n, ())},
                "psnr_at_ms": {str(int(b)): read_curve(curve, at=b / 1000) for b in BUDGETS_MS},
                "final_psnr": curve[-1][1], "seconds_per_image": curve[-1][0]}
@@ -139,14 +137,14 @@ def ttq_markdown(res: dict) -> list[str]:
     for name, block in t["sets"].items():
         for n, rows in block.items():
             targets = list(rows[0]["seconds_to"])
-            lines += [f"### {name}, N={n} ({rows[0]['images']} images, {rows[0]['iters']} iterations)", "",
-                      "| method | " + " | ".join(f"ms to {x} dB" for x in targets)
-                      + " | dB at 50 ms | dB at 250 ms | final dB | ms per image |", "|---" * (len(targets) + 5) + "|"]
+            lines += [f"### {name}, N={n} ({rows[0]['images']} images)", "",
+                      "| method | iterations | " + " | ".join(f"ms to {x} dB" for x in targets)
+                      + " | dB at 50 ms | dB at 250 ms | final dB | ms per image |", "|---" * (len(targets) + 6) + "|"]
             up = 1000 * t["startup_s"] / 40
             fmt_t = lambda v: "not reached" if v is None else f"{1000 * v + up:.0f}"
             fmt_p = lambda v: "-" if v is None else f"{v:.2f}"
             for r in rows:
-                lines.append(f"| {r['method']} | " + " | ".join(fmt_t(r["seconds_to"][x]) for x in targets)
+                lines.append(f"| {r['method']} | {r['iters']} | " + " | ".join(fmt_t(r["seconds_to"][x]) for x in targets)
                              + f" | {fmt_p(r['psnr_at_ms']['50'])} | {fmt_p(r['psnr_at_ms']['250'])} | "
                              f"{r['final_psnr']:.2f} | {1000 * r['seconds_per_image'] + up:.0f} |")
             nv = t["naive"].get(f"{name}:{n}")

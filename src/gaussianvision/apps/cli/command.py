@@ -129,3 +129,14 @@ def run(cmd: str, fn, args) -> int:
         else:
             print(f"gsv {cmd}: {e}", file=sys.stderr)
         return 2
+
+
+def add_speed_options(p, prefix: str = "") -> None:
+    """--preset and --budget-ms (as --{prefix}preset, --{prefix}budget-ms): fit/presets.py's presets
+    and FitConfig.budget_ms, for every command that fits (fit, convert, eval with prefix "fit-")."""
+    from gaussianvision.fit.presets import PRESETS
+    p.add_argument(f"--{prefix}preset", choices=list(PRESETS), default=None,
+                   help="speed preset (fast: 150 iterations, colors solved, coarse to fine, relocation; balanced: "
+                        "500; best: 2000); options given beside it win (docs/fitting.md). Default: plain Adam, 500")
+    p.add_argument(f"--{prefix}budget-ms", type=float, default=None,
+                   help="stop each fitted batch once it has spent this many wall ms per image (initialization included)")

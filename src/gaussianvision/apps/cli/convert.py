@@ -12,10 +12,10 @@ from pathlib import Path
 
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
 from gaussianvision.data.inputs import SourceError
-from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fit_option, parser, run
 
 
-_FIT_FLAGS = ("iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
+_FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
 
 
 def _parser():
@@ -23,7 +23,8 @@ def _parser():
     p.add_argument("--input", required=True, help="image folder, tar shard(s), brace pattern or glob")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--gaussians", type=int, required=True, help="Gaussians per image (N)")
-    p.add_argument("--iters", type=int, default=None, help="fitting iterations")
+    add_speed_options(p)
+    p.add_argument("--iters", type=int, default=None, help="fitting iterations (default 500, or the preset's)")
     p.add_argument("--init", default=None, help="initializer (grid, random, ...)")
     p.add_argument("--prune-lambda", type=float, default=None, help="luminance L1 penalty (pruning)")
     p.add_argument("--prune-tau", type=float, default=None, help="pruning threshold")

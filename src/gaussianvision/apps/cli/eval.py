@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import CliError, emit, fail, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fail, fit_option, parser, run
+from gaussianvision.fit.presets import preset_options
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -29,7 +30,8 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g = p.add_argument_group("splats for GS models (images are fitted on the fly, cached by content)")
     g.add_argument("--n-gaussians", type=int, default=400, help="Gaussians per image")
-    g.add_argument("--fit-iters", type=int, default=500, help="fitting iterations per image")
+    add_speed_options(g, prefix="fit-")
+    g.add_argument("--fit-iters", type=int, default=None, help="fitting iterations per image (default 500, or the preset's)")
     g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"],
                    help="initialization of the fit")
     g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default: the model's input size)")
@@ -39,6 +41,25 @@ def build_parser():
     g.add_argument("--splat-cache", default=None,
                    help="cache folder of fitted splats (default OUT/splat_cache); a pre-filled one is a converted copy")
     return p
+
+
+def _fit_iters(args) -> int:
+    """--fit-iters, else the preset's iterations, else fit_images' default."""
+    if args.fit_iters is not None:
+        return args.fit_iters
+    return preset_options(args.fit_preset).get("iters", 500) if args.fit_preset else 500
+
+
+def _fit_options(args) -> dict:
+    """--fit-option KEY=VALUE, with --fit-preset and --fit-budget-ms (only when given: the cache
+    keys of runs without them stay as they were)."""
+    options = dict(fit_option(t) for t in args.fit_option)
+    for key, value in (("preset", args.fit_preset), ("budget_ms", args.fit_budget_ms)):
+        if value is not None:
+            if key in options:
+                raise CliError(f"--fit-option {key}=...: use --fit-{key.replace('_', '-')}")
+            options[key] = value
+    return options
 
 
 def _run(args) -> int:
@@ -54,8 +75,8 @@ def _run(args) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError("--device cuda requested but CUDA is not available")
     try:
-        settings = SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
-                                 dict(fit_option(t) for t in args.fit_option))
+        settings = SplatSettings(args.n_gaussians, _fit_iters(args), args.fit_init, args.fit_size, args.fit_batch,
+                                 _fit_options(args))
     except ValueError as e:
         raise CliError(f"--fit-option: {e}") from None
     try:

@@ -20,7 +20,7 @@ from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
 MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with
@@ -42,7 +42,8 @@ def _parser():
     p = parser("fit", "Fit images (files or folders) to 2D Gaussian splats; one .gsv per image.")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image")
-    p.add_argument("--iters", type=int, default=500)
+    add_speed_options(p)
+    p.add_argument("--iters", type=int, default=None, help="iterations (default 500, or the preset's)")
     p.add_argument("--init", default="content", choices=sorted(INITIALIZERS))
     p.add_argument("--size", default="224", help="side in pixels of the square centre crop the images are "
                    f"resized to (at least {MIN_SIZE}; 0: keep each image's own width and height)")
@@ -54,8 +55,9 @@ def _parser():
     p.add_argument("--prune-fraction", type=float, default=None, help="prune this fraction (the least important)")
     p.add_argument("--prune-measure", default="energy", choices=list(MEASURES))
     p.add_argument("--finetune", type=int, default=None, help="iterations after pruning (default iters/5)")
-    p.add_argument("--relocate-every", type=int, default=0,
-                   help="every K iterations move the least important Gaussians to where the error is (0: off)")
+    p.add_argument("--relocate-every", type=int, default=None,
+                   help="every K iterations move the least important Gaussians to where the error is "
+                        "(0: off; default 0, or the preset's)")
     p.add_argument("--relocate-fraction", type=float, default=0.1, help="share of each image's Gaussians moved")
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
@@ -87,21 +89,28 @@ def _config(a) -> FitConfig:
     """The checked FitConfig of the options, or a CliError naming the bad one."""
     if a.gaussians < 1:
         raise CliError(f"--gaussians must be >= 1, got {a.gaussians}")
-    if a.batch_size < 1 or a.iters < 0:
+    if a.batch_size < 1 or (a.iters is not None and a.iters < 0):
         raise CliError("--batch-size must be >= 1 and --iters >= 0")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
     check_backend(a.backend)
     prunes = a.prune_tau is not None or a.prune_fraction is not None
-    flags = dict(iters=a.iters, init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
+    # set only when given, so that a preset's settings apply
+    given = dict(preset=a.preset, budget_ms=a.budget_ms, iters=a.iters, relocate_every=a.relocate_every)
+    flags = dict({k: v for k, v in given.items() if v is not None},
+                 init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
                  prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
                  prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
-                 finetune_iters=(a.finetune if a.finetune is not None else (a.iters // 5 if prunes else 0)),
-                 relocate_every=a.relocate_every, relocate_fraction=a.relocate_fraction,
+                 relocate_fraction=a.relocate_fraction,
                  backend=a.backend, device=a.device, seed=a.seed)
+    if a.finetune is not None:
+        flags["finetune_iters"] = a.finetune
     extra = dict(fit_option(x) for x in a.fit_option)
     try:
-        return FitConfig.from_options({**flags, **extra}, exclude=tuple(k for k in extra if k in flags))
+        cfg = FitConfig.from_options({**flags, **extra}, exclude=tuple(k for k in extra if k in {*flags, *given}))
+        if prunes and a.finetune is None and "finetune_iters" not in extra:
+            cfg = FitConfig.from_options({**flags, **extra, "finetune_iters": cfg.iters // 5})
+        return cfg
     except ValueError as e:
         raise CliError(str(e)) from None
 
@@ -166,11 +175,27 @@ def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple
     return results, failures
 
 
+def _reached(results: list[dict], cfg: FitConfig) -> dict:
+    """What the fit reached against what was asked (--target-psnr, --budget-ms): mean and lowest
+    PSNR, mean wall ms per image (the batch's time / its images), how many stopped and why."""
+    stopped: dict[str, int] = {}
+    for x in results:
+        if x["stopped"]:
+            stopped[x["stopped"]] = stopped.get(x["stopped"], 0) + 1
+    psnrs = [x["psnr"] for x in results]
+    out = {"mean_psnr": sum(psnrs) / len(psnrs), "min_psnr": min(psnrs),
+           "mean_ms": 1000 * sum(x["seconds"] for x in results) / len(results), "stopped": stopped,
+           "target_psnr": cfg.target_psnr, "budget_ms": cfg.budget_ms}
+    if cfg.target_psnr is not None:
+        out["reached_target"] = sum(p >= cfg.target_psnr for p in psnrs)
+    return out
+
+
 def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures: list[dict]) -> int:
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda x: order[x["path"]])
     summary = {"results": results, "failures": failures, "fitted": len(results), "failed": len(failures),
-               "config": {**vars(cfg), "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
+               "config": {**vars(cfg), "preset": a.preset, "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
     if not results:  # still one JSON document on stdout, the reason in it and on stderr
         summary["error"] = f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted"
     try:
@@ -178,9 +203,15 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
     except OSError as e:
         raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
     lines = [f"{Path(x['path']).name}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
-             f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {x['width']}x{x['height']}"
+             f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {1000 * x['seconds']:.0f} ms, "
+             f"{x['width']}x{x['height']}" + (f" (stopped: {x['stopped']})" if x["stopped"] else "")
              for x in results]
     lines += [f"FAILED {f['error']}" for f in failures]
+    if results:
+        summary["reached"] = reached = _reached(results, cfg)
+        lines.append(f"reached: mean {reached['mean_psnr']:.2f} dB (min {reached['min_psnr']:.2f}) in "
+                     f"{reached['mean_ms']:.0f} ms per image" + "".join(
+                         f"; {v} stopped at the {k}" for k, v in reached["stopped"].items()))
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
     emit(summary, a.json, "\n".join(lines))
     if "error" in summary:

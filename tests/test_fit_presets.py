@@ -1,0 +1,106 @@
+"""Speed presets and budgets (fit/presets.py, FitConfig.budget_ms, coarse_min_pixels).
+
+Budgets are tested on a deterministic cost clock, not wall time: every render adds its
+Gaussian-pixel work (B x H x W x N; twice when a backward follows) to a fake clock that the
+fitter reads, so "the same budget" means the same rendering work whatever the machine's load.
+"""
+import types
+
+import pytest
+import torch
+
+from gaussianvision.fit import FitConfig, fit_images, fitter as fitter_module
+from gaussianvision.fit import colors as colors_module
+from gaussianvision.fit.fitter import start_coarse_to_fine
+from gaussianvision.fit.presets import PRESETS, preset_options
+from gaussianvision import raster
+
+NS_PER_UNIT = 1.0  # one Gaussian-pixel pair rendered = 1 ns on the cost clock
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from gaussianvision.data.photos import bundled_photos
+    return torch.stack([t for _, t in bundled_photos(64)])[:4]
+
+
+class CostClock:
+    """perf_counter for the fitter that advances only by rendering work."""
+
+    def __init__(self, monkeypatch):
+        self.t = 0.0
+        real = raster.render
+
+        def render(s, *args, **kwargs):
+            out = real(s, *args, **kwargs)
+            units = s.batch_size * s.height * s.width * s.max_gaussians * (2 if out.requires_grad else 1)
+            self.t += units * NS_PER_UNIT * 1e-9
+            return out
+
+        for module in (fitter_module, colors_module, raster):
+            monkeypatch.setattr(module, "render", render)
+        monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
+
+
+def _fit(photos, n, options, clock=None):
+    if clock is not None:
+        clock.t = 0.0  # each fit from zero: its budget's rounding never depends on the fits before
+    res = fit_images(photos, n, config=FitConfig.from_options(options))
+    return sum(m["psnr"] for m in res.metrics) / len(res.metrics), res.metrics
+
+
+def test_a_preset_is_its_settings_and_options_beside_it_win():
+    assert FitConfig.from_options({"preset": "fast"}) == FitConfig(**PRESETS["fast"])
+    cfg = FitConfig.from_options({"preset": "best", "iters": 7, "color_solve": 0})
+    assert (cfg.iters, cfg.color_solve) == (7, 0)
+    with pytest.raises(ValueError, match="unknown preset; choose one of fast, balanced, best"):
+        FitConfig.from_options({"preset": "quick"})
+    with pytest.raises(ValueError, match=r"\['preset'\]: not fit_images options \(preset have their own"):
+        FitConfig.from_options({"preset": "fast"}, exclude=("preset",))
+    assert "iters" not in preset_options("best", exclude=("iters",))
+    with pytest.raises(ValueError, match="budget_ms must be positive"):
+        FitConfig.from_options({"budget_ms": 0})
+
+
+def test_the_budget_stops_every_image_and_says_so(monkeypatch, photos):
+    clock = CostClock(monkeypatch)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6  # one training render per image
+    _, full = _fit(photos, n, {"iters": 40}, clock)
+    _, capped = _fit(photos, n, {"iters": 40, "budget_ms": 10.25 * per_iter_ms}, clock)
+    assert all(m["iterations"] == 40 and m["stopped"] is None for m in full)
+    # the content initializer's coverage render (half an iteration's work) counts: after 10
+    # iterations 10.5 are spent, so the 11th never starts (without the init it would)
+    assert [m["iterations"] for m in capped] == [10] * 4
+    assert all(m["stopped"] == "budget" for m in capped)
+    assert capped[0]["seconds"] * 1000 == pytest.approx(11 * per_iter_ms)  # + the final evaluation's render
+    assert clock.t > 0
+
+
+def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypatch, photos):
+    CostClock(monkeypatch)
+    n = 24
+    cfg = FitConfig(iters=10_000, coarse_fraction=0.5, budget_ms=5.0)
+    f = start_coarse_to_fine(photos, n, cfg)
+    assert f is not None and 1000 * f.seconds / f.batch_size >= 2.5  # the coarse phase spent its half
+    assert f.stopped == [None] * 4 and bool(f.active.all())  # the fit goes on at full size
+    f.run(10_000)
+    assert 1000 * f.seconds / f.batch_size < 5.0 + 2 * 64 * 64 * n * 1e-6 and f.stopped == ["budget"] * 4
+
+
+def test_coarse_to_fine_is_skipped_where_the_coarse_image_has_too_few_pixels_per_gaussian(photos):
+    cfg = FitConfig(iters=10, coarse_fraction=0.5, coarse_min_pixels=16.0)
+    assert start_coarse_to_fine(photos, 32 * 32 // 16, cfg) is not None   # 16 pixels per Gaussian at 32x32
+    assert start_coarse_to_fine(photos, 32 * 32 // 16 + 1, cfg) is None
+    assert start_coarse_to_fine(photos, 500, FitConfig(iters=10, coarse_fraction=0.5)) is not None  # 0: always
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("n", [48, 200])
+def test_no_preset_is_worse_than_plain_adam_at_the_same_render_budget(monkeypatch, photos, preset, n):
+    clock = CostClock(monkeypatch)
+    budget_ms = 60.3 * 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6  # about 60 plain iterations' rendering
+    plain, _ = _fit(photos, n, {"budget_ms": budget_ms, "iters": 10_000}, clock)
+    fast, metrics = _fit(photos, n, {"preset": preset, "budget_ms": budget_ms, "iters": 10_000}, clock)
+    assert all(m["stopped"] == "budget" for m in metrics)
+    assert fast >= plain - 1e-6, f"{preset} at N={n}: {fast:.3f} dB < plain Adam's {plain:.3f} dB"
