@@ -53,10 +53,11 @@ def test_tiny_runs_every_step(tiny):
     # more Gaussians fit the same two photos better
     assert fit[3]["mean_psnr"] > fit[2]["mean_psnr"]
     ttq = steps["ttq"]["rows"]
-    assert [(r["batch"], r["n"], r["method"]) for r in ttq] == [(2, 16, m) for m in ("adam", "adam+colors", "c2f+colors")]
-    for r in ttq:  # a curve from iteration 0 to the last, its time growing; the colour solve starts higher
-        assert [c[2] for c in r["curve"]][-1] == 5 and r["curve"][-1][0] > r["curve"][0][0] > 0
-    assert ttq[1]["curve"][0][1] > ttq[0]["curve"][0][1]
+    assert [(r["batch"], r["n"], r["method"]) for r in ttq] == [(2, 16, m) for m in ("adam", "c2f+colors", "fast", "balanced")]
+    for r in ttq:  # a curve to the last iteration (the presets': their own), its time growing
+        assert r["curve"][-1][0] > r["curve"][0][0] > 0
+    assert [r["curve"][-1][2] for r in ttq] == [5, 5, 150, 500]
+    assert ttq[3]["curve"][0][1] > ttq[0]["curve"][0][1]  # the colour solve starts higher
     base = steps["baseline"]["rows"]
     assert [(r["n"], r["images_done"]) for r in base] == [(16, 2), (64, 2)]
     sp = res["summary"]["speedup_vs_lig"]
