@@ -104,3 +104,19 @@ def test_no_preset_is_worse_than_plain_adam_at_the_same_render_budget(monkeypatc
     fast, metrics = _fit(photos, n, {"preset": preset, "budget_ms": budget_ms, "iters": 10_000}, clock)
     assert all(m["stopped"] == "budget" for m in metrics)
     assert fast >= plain - 1e-6, f"{preset} at N={n}: {fast:.3f} dB < plain Adam's {plain:.3f} dB"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_path_gives_the_reference_renderers_fit(photos, preset):
+    """A preset's whole path (colour solve, coarse to fine, relocation) on the fast CPU backend
+    follows the same fit as on the reference renderer (pure torch, the spec)."""
+    pytest.importorskip("numba")
+    small = torch.nn.functional.interpolate(photos[:2], size=32, mode="area")
+    options = {"preset": preset, "iters": 12, "relocate_every": 4}  # 16 Gaussians: 16 px each at 16x16, coarse to fine runs
+    got = fit_images(small, 16, config=FitConfig.from_options({**options, "backend": "numba"}))
+    want = fit_images(small, 16, config=FitConfig.from_options({**options, "backend": "reference"}))
+    assert [m["iterations"] for m in got.metrics] == [m["iterations"] for m in want.metrics] == [12] * 2
+    torch.testing.assert_close(got.splats.means, want.splats.means, rtol=0, atol=2e-3)
+    torch.testing.assert_close(got.splats.colors, want.splats.colors, rtol=0, atol=2e-4)
+    for a, b in zip(got.metrics, want.metrics):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
