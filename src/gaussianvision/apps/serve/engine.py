@@ -15,7 +15,7 @@ from gaussianvision.splats.types import Splats
 
 from .labels import LabelSet
 
-__all__ = ["Engine", "pick_device"]
+__all__ = ["Engine", "pick_device", "top_k"]
 
 _CLASSIFIERS_KEPT = 64  # zero-shot classifiers cached (custom label lists come and go)
 

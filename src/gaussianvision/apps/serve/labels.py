@@ -3,7 +3,7 @@
 Named sets:
   cifar10                 CIFAR-10's classes with clip_benchmark's CIFAR-10 templates
   <clip_benchmark name>   every dataset clip_benchmark ships both class names and templates for
-                          (imagenet1k, cifar100 is not among them, mnist, pets, flowers, ...)
+                          (imagenet1k, mnist, pets, flowers, eurosat, ...)
   world/<task>            the demo world's zero-shot tasks (shape, color, count, relation), the
                           label sets `gsv demo`'s trained model is evaluated on
 Custom: class names given with the request, under CUSTOM_TEMPLATES unless templates are given."""
