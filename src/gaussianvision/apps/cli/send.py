@@ -1,6 +1,7 @@
-"""gsv send IMAGES... --url URL: the edge side. Fits each image here (the library's FitStream),
-encodes it (.gsv, --layout), sends the bytes to a `gsv serve` (/embed, or /classify with
---labels / --label-set) and prints per image the answer and the bytes sent.
+"""gsv send IMAGES... --url URL: the edge side. Fits each image here (the library's FitStream,
+the `fast` preset unless --preset says otherwise), encodes it (.gsv, --layout), sends the bytes
+to a `gsv serve` (/embed, or /classify with --labels / --label-set) and prints per image the
+answer and the bytes sent.
 
 Bad inputs (missing, not an image) are reported one line each and skipped; exit code 2 when any
 input failed or on a bad option, an unreachable server or a refusal (the server's own message)."""
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run
+from gaussianvision.fit.presets import PRESETS
 
 LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
            "quantized": ("quantized", "float16", False), "quantized-zstd": ("quantized", "float16", True)}
@@ -25,25 +27,29 @@ def _parser():
     p.add_argument("--label-set", default=None, help="a named label set of the server (cifar10, world/shape, ...)")
     p.add_argument("--top-k", type=int, default=None, help="labels per image (the server's when not given)")
     p.add_argument("--gaussians", "-n", type=int, default=400, help="Gaussians per image")
-    p.add_argument("--iters", type=int, default=150, help="fit iterations")
+    p.add_argument("--preset", default="fast", choices=list(PRESETS), help="the fit's speed preset (docs/fitting.md)")
+    p.add_argument("--iters", type=int, default=None, help="fit iterations (the preset's unless given)")
+    p.add_argument("--budget-ms", type=float, default=None, help="stop each fit after this many wall ms per image")
     p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
     p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
     p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other fit_images option, repeatable (color_solve=8 unless given)")
+                   help="any other fit_images option, repeatable (over the preset's)")
     return p
 
 
 def _fit_stream(a):
     import torch
     from gaussianvision.fit import Encoding, FitConfig, FitStream
-    if a.gaussians < 1 or a.iters < 0 or a.batch_size < 1 or a.size < 8:
+    if a.gaussians < 1 or (a.iters is not None and a.iters < 0) or a.batch_size < 1 or a.size < 8:
         raise CliError("--gaussians and --batch-size must be >= 1, --iters >= 0 and --size >= 8")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
-    options = {"iters": a.iters, "color_solve": 8, "device": a.device, **dict(fit_option(t) for t in a.fit_option)}
+    given = {"iters": a.iters, "budget_ms": a.budget_ms}
+    options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
+               **dict(fit_option(t) for t in a.fit_option)}
     try:
         config = FitConfig.from_options(options)
     except ValueError as e:
