@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["run_codec_bench", "markdown", "plot"]
+__all__ = ["run_codec_bench", "markdown", "plot", "at_budget", "compress"]
 
 QUALITIES = (2, 5, 10, 20, 30, 50, 70, 90)
 
@@ -28,7 +28,8 @@ def _u8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def _codec(arr: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
+def compress(arr: np.ndarray, fmt: str, q: int) -> tuple[int, np.ndarray]:
+    """(file bytes, decoded uint8 image) of `arr` through Pillow's `fmt` at quality q."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, quality=q)
     data = buf.getvalue()
@@ -40,7 +41,7 @@ def at_budget(arr: np.ndarray, fmt: str, budget: int) -> tuple[int, float, int] 
     lo, hi, best = 1, 100, None
     while lo <= hi:  # file size grows with quality (close enough to monotone for a search)
         q = (lo + hi) // 2
-        n, dec = _codec(arr, fmt, q)
+        n, dec = compress(arr, fmt, q)
         if n <= budget:
             best, lo = (n, _psnr(dec / 255.0, arr / 255.0), q), q + 1
         else:
@@ -93,7 +94,7 @@ def run_codec_bench(size: int = 224, n_list=(400, 900), iters: int = 300, names=
     for fmt in ("JPEG", "WEBP"):
         pts = []
         for q in QUALITIES:
-            res_q = [_codec(r, fmt, q) for r in refs]
+            res_q = [compress(r, fmt, q) for r in refs]
             pts.append({"quality": q, "bytes": float(np.mean([b for b, _ in res_q])),
                         "psnr": float(np.mean([_psnr(d / 255.0, f) for (_, d), f in zip(res_q, ref_f)]))})
         sweep[fmt] = pts

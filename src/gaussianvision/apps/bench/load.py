@@ -1,9 +1,12 @@
 """Benchmark: loading throughput, splat shards vs JPEG shards, same batch size and workers.
 
-JPEG side: tar shards of JPEGs (the bundled photos at their original sizes, quality 90, as
-img2dataset stores them), each decoded with Pillow and put through OpenCLIP's own eval
+JPEG side: tar shards of JPEGs as img2dataset stores them for CLIP training (resize_mode
+keep_ratio: the shorter side resized to 256 px, or 224, with area averaging; JPEG quality 95),
+made from the bundled photos; each is decoded with Pillow and put through OpenCLIP's own eval
 preprocessing (resize shorter side to 224 bicubic, center crop, to tensor, normalize) when
 open_clip is installed (torchvision's equivalent otherwise), then collated to [B, 3, 224, 224].
+The earlier baseline (the photos at their original 300-800 px, quality 90) is kept as a
+labelled row with `full_size=True`.
 Splat side: shards of the same samples as .gsv (float16 layout 1 and quantized layout 2), read
 by `data.loader.splat_loader` into padded Splats batches. Both read the same captions and keys.
 The splats come from the grid initializer (no fitting): loading cost depends only on N and bytes.
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gaussianvision.data.shards import ShardWriter, read_samples
 
-__all__ = ["make_jpeg_shards", "make_splat_shards", "jpeg_loader", "time_loader", "run_load_bench", "markdown"]
+__all__ = ["img2dataset_resize", "make_jpeg_shards", "make_splat_shards", "jpeg_loader", "time_loader", "run_load_bench", "markdown"]
 
 
 def _openclip_transform(size: int):
@@ -34,19 +37,45 @@ def _openclip_transform(size: int):
                                                     (0.26862954, 0.26130258, 0.27577711))]), "torchvision equivalent"
 
 
-def make_jpeg_shards(root: Path, n_samples: int, per_shard: int) -> list[str]:
+def img2dataset_resize(img: Image.Image, side: int | None) -> Image.Image:
+    """img2dataset's resize_mode=keep_ratio: the shorter side to `side` (None: unchanged), area
+    averaging (its cv2.INTER_AREA) when shrinking, bicubic when enlarging."""
+    if side is None:
+        return img
+    w, h = img.size
+    scale = side / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC)
+
+
+def make_jpeg_shards(root: Path, n_samples: int, per_shard: int, side: int | None = 256,
+                     quality: int = 95) -> list[str]:
+    """JPEG shards of the bundled photos: shorter side `side` (None: original size), `quality`."""
     from gaussianvision.data.photos import bundled_photos
     photos = bundled_photos(size=None)
     blobs = []
     for name, img in photos:
         arr = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        pil = img2dataset_resize(Image.fromarray(arr), side)
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-        blobs.append((name, buf.getvalue(), arr.shape[:2]))
+        pil.save(buf, format="JPEG", quality=quality)
+        blobs.append((name, buf.getvalue(), pil.size[::-1]))
     def fields(i):
         name, data, _ = blobs[i % len(blobs)]
         return {"jpg": data, "txt": f"a photo of {name}".encode(), "json": b"{}"}
     return _write_shards(root, n_samples, per_shard, fields)
+
+
+def _jpeg_sets(work: Path, n_samples: int, per_shard: int, sides, full_size: bool) -> dict:
+    """{label: ("jpg", urls, None)}: img2dataset-style JPEGs at each side, then the old full-size baseline."""
+    sets = {}
+    for side in sides:
+        urls = make_jpeg_shards(work / f"jpeg-{side}", n_samples, per_shard, side, 95)
+        sets[f"JPEG img2dataset {side} px q95"] = ("jpg", urls, None)
+    if full_size:
+        urls = make_jpeg_shards(work / "jpeg-full", n_samples, per_shard, None, 90)
+        sets["JPEG full-size photos q90 (old baseline)"] = ("jpg", urls, None)
+    return sets
 
 
 def _write_shards(root: Path, n_samples: int, per_shard: int, fields) -> list[str]:
@@ -117,11 +146,12 @@ def _bytes_per_sample(urls, ext: str) -> tuple[float, float]:
 
 
 def run_load_bench(work: Path, n_samples: int = 2000, per_shard: int = 250, batch_size: int = 64,
-                   workers=(0, 2), n_gaussians=(400, 3136), repeats: int = 2, log=print) -> dict:
+                   workers=(0, 2), n_gaussians=(400, 3136), repeats: int = 2, jpeg_sides=(256, 224),
+                   full_size: bool = False, log=print) -> dict:
+    """Every loader at every worker count; x JPEG is against the first JPEG set (img2dataset 256 px)."""
     from gaussianvision.data.loader import splat_loader
     work = Path(work)
-    jpeg = make_jpeg_shards(work / "jpeg", n_samples, per_shard)
-    sets = {"JPEG (decode + OpenCLIP preprocess)": ("jpg", jpeg, None)}
+    sets = _jpeg_sets(work, n_samples, per_shard, jpeg_sides, full_size)
     for n in n_gaussians:
         for layout in ("interleaved", "quantized"):
             urls = make_splat_shards(work / f"gsv-{n}-{layout}", n_samples, per_shard, n, layout)
@@ -152,13 +182,17 @@ def run_load_bench(work: Path, n_samples: int = 2000, per_shard: int = 250, batc
         r["speedup_vs_jpeg"] = r["samples_per_s"] / base["samples_per_s"]
     return {"rows": rows, "n_samples": n_samples, "per_shard": per_shard, "batch_size": batch_size,
             "jpeg_transform": _openclip_transform(224)[1],
-            "jpeg_source_sizes": "bundled photos at original size (about 300x450 to 600x800), quality 90"}
+            "jpeg_source_sizes": ("bundled photos as img2dataset stores them (resize_mode keep_ratio, shorter side "
+                                  f"{', '.join(map(str, jpeg_sides))} px, quality 95)"
+                                  + ("; the old baseline: original size (300-800 px), quality 90" if full_size else "")),
+            "baseline": next(iter(sets))}
 
 
 def markdown(result: dict) -> str:
     lines = [f"{result['n_samples']} samples in shards of {result['per_shard']}, batch {result['batch_size']}; "
-             f"JPEG preprocessing: {result['jpeg_transform']}; JPEG sources: {result['jpeg_source_sizes']}.", "",
-             "| data | workers | samples/s | x JPEG | tar bytes/sample | payload bytes/sample |",
+             f"JPEG preprocessing: {result['jpeg_transform']}; JPEG sources: {result['jpeg_source_sizes']}. "
+             f"x baseline: samples/s over {result.get('baseline', 'the JPEG row')} at the same workers.", "",
+             "| data | workers | samples/s | x baseline | tar bytes/sample | payload bytes/sample |",
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['data']} | {r['workers']} | {r['samples_per_s']:,.0f} | {r['speedup_vs_jpeg']:.1f}x | "

@@ -1,4 +1,4 @@
-"""gsv bench load: samples/s of splat shards vs JPEG shards (decode + OpenCLIP preprocessing)."""
+"""gsv bench load: samples/s of splat shards vs JPEG shards stored as img2dataset stores them."""
 from __future__ import annotations
 
 import os
@@ -28,12 +28,15 @@ def write_markdown(path: Path, title: str, env: dict, body: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = parser("bench load", "Loading throughput: splat shards vs JPEG shards, same batch size and workers.")
+    p = parser("bench load", "Loading throughput: splat shards vs JPEG shards as img2dataset stores them for CLIP "
+                             "training (shorter side 256 / 224 px, quality 95), same batch size and workers.")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="400 samples, N=400, workers 0 only")
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", default=None, help="comma-separated worker counts (default 0,2)")
+    p.add_argument("--full-size-jpeg", action="store_true",
+                   help="also the old baseline: the photos' original-size JPEGs (300-800 px, quality 90)")
     args = p.parse_args(argv)
 
     def go(a):
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="gsv-bench-load-") as work:
             res = run_load_bench(Path(work), n_samples=n, per_shard=max(1, n // 8), batch_size=a.batch_size,
                                  workers=workers, n_gaussians=(400,) if a.quick else (400, 3136),
-                                 repeats=1 if a.quick else 2, log=log)
+                                 repeats=1 if a.quick else 2, jpeg_sides=(256,) if a.quick else (256, 224),
+                                 full_size=a.full_size_jpeg, log=log)
         res["env"] = machine()
         res["quick"] = bool(a.quick)
         stem = "load_quick" if a.quick else "load"

@@ -1,0 +1,65 @@
+"""gsv bench serve: a bounded load test of gsv serve on 127.0.0.1 (requests/s, latency, batch sizes)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gaussianvision.apps.cli.bench_load import machine, write_markdown
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+
+
+def _model(model: str | None, demo: Path) -> str:
+    if model:
+        return model
+    found = sorted(demo.glob("stage2_n*/gsclip.safetensors"))
+    if not found:
+        raise CliError(f"{demo}: no trained GS model there (stage2_n*/); run gsv demo first, or give --model")
+    return str(found[-1].parent)
+
+
+def _windows(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--windows must be comma-separated milliseconds, got {text!r}") from None
+    if not vals or min(vals) < 0:
+        raise CliError(f"--windows must be milliseconds >= 0, got {text!r}")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = parser("bench serve", "A bounded load test: gsv serve on 127.0.0.1, N client threads for a fixed time "
+                              "sending .gsv payloads to /embed, batching windows side by side.")
+    p.add_argument("--model", default=None, help="a GS model (gsv serve's MODEL); default the demo's stage-2 model")
+    p.add_argument("--demo", type=Path, default=Path("out/demo"), help="where the default model comes from")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--quick", action="store_true", help="2 clients, 2 s per window")
+    p.add_argument("--clients", type=int, default=None, help="client threads (default 8)")
+    p.add_argument("--seconds", type=float, default=None, help="seconds per window (default 10)")
+    p.add_argument("--windows", default="0,5", help="batching windows to compare, ms")
+    p.add_argument("--size", type=int, default=64, help="payload image size (the demo's model: 64)")
+    p.add_argument("--gaussians", type=int, default=76, help="Gaussians per payload (the demo's model: 76)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    def go(a):
+        from gaussianvision.apps.bench.serve import fit_payloads, markdown, run_serve_bench
+        from gaussianvision.apps.serve.server import load_engine
+        clients, seconds = a.clients or (2 if a.quick else 8), a.seconds or (2.0 if a.quick else 10.0)
+        if clients < 1 or seconds <= 0 or a.size < 8 or a.gaussians < 1 or a.max_batch < 1:
+            raise CliError("--clients, --seconds, --gaussians and --max-batch must be positive, --size >= 8")
+        windows = _windows(a.windows)
+        try:
+            engine = load_engine(_model(a.model, a.demo), a.device)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
+        payloads = fit_payloads(a.size, a.gaussians)
+        res = run_serve_bench(engine, payloads, windows, clients, seconds, a.max_batch, log=log)
+        res["env"], res["quick"] = machine(), bool(a.quick)
+        stem = "serve_quick" if a.quick else "serve"
+        write_json(a.out / f"{stem}.json", res)
+        write_markdown(a.out / f"{stem}.md", "gsv bench serve", res["env"], markdown(res))
+        emit(res, a.json, markdown(res))
+    return run("bench serve", go, args)

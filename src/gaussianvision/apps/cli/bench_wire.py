@@ -1,0 +1,68 @@
+"""gsv bench wire: the RGB teacher on JPEG / WebP vs the GS encoder on splats, at equal bytes per image."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from gaussianvision.apps.cli.bench_load import machine, write_markdown
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise CliError(f"{option} must be positive integers, got {text!r}")
+    return vals
+
+
+def _columns(text: str | None, quick: bool) -> dict:
+    from gaussianvision.apps.bench.wire import COLUMNS
+    names = [c.strip() for c in text.split(",")] if text else [c for c in COLUMNS if not (quick and c == "splats fast")]
+    bad = [c for c in names if c not in COLUMNS]
+    if bad:
+        raise CliError(f"--columns: unknown {bad}; choose from {', '.join(COLUMNS)}")
+    return {c: COLUMNS[c] for c in names}
+
+
+def main(argv=None) -> int:
+    p = parser("bench wire", "At equal bytes per image: the demo's RGB teacher on JPEG / WebP images vs its GS "
+                             "encoder on splats (float16, fast preset, quantized); zero-shot accuracy and PSNR on "
+                             "the demo's world, PSNR on the bundled photos. Needs a finished gsv demo.")
+    p.add_argument("--demo", type=Path, default=Path("out/demo"), help="a finished gsv demo folder")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--quick", action="store_true", help="budgets N=19,76, no fast-preset column, 4 photos")
+    p.add_argument("--n", default=None, help="budgets as N Gaussians (float16 file sizes), default 19,38,57,76")
+    p.add_argument("--columns", default=None, help="comma-separated: JPEG,WEBP,splats float16,splats fast,"
+                                                   "splats quantized (default all)")
+    p.add_argument("--no-photos", action="store_true", help="the world only")
+    p.add_argument("--work", type=Path, default=None,
+                   help="working folder (codec copies, splat caches; reused by a rerun); default a temporary one")
+    args = p.parse_args(argv)
+
+    def go(a):
+        from gaussianvision.apps.bench.wire import (BUDGET_N, WireError, load_demo, markdown, plot, run_wire_bench,
+                                                     verdict)
+        n_list = _ints(a.n, "--n") if a.n else ([19, 76] if a.quick else list(BUDGET_N))
+        columns = _columns(a.columns, a.quick)
+        log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
+        try:
+            ctx = load_demo(a.demo)
+            with tempfile.TemporaryDirectory(prefix="gsv-bench-wire-") as tmp:
+                ctx.work = a.work or Path(tmp)
+                res = run_wire_bench(ctx, n_list, columns, photos=not a.no_photos,
+                                     photo_names=("astronaut", "chelsea", "coffee", "rocket") if a.quick else None,
+                                     log=log)
+        except WireError as e:
+            raise CliError(str(e)) from None
+        res["env"], res["quick"], res["verdict"] = machine(), bool(a.quick), verdict(res)
+        stem = "wire_quick" if a.quick else "wire"
+        write_json(a.out / f"{stem}.json", res)
+        plot(res, a.out / f"{stem}.png")
+        body = markdown(res) + "\n" + res["verdict"] + f"\n![accuracy and PSNR against bytes]({stem}.png)\n"
+        write_markdown(a.out / f"{stem}.md", "gsv bench wire", res["env"], body)
+        emit(res, a.json, markdown(res) + "\n" + res["verdict"])
+    return run("bench wire", go, args)

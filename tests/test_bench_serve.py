@@ -1,0 +1,47 @@
+"""gsv bench serve: a tiny model for about a second per batching window with 2 clients."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from safetensors.torch import save_file
+    from gaussianvision.models import create_gsclip, save_weights
+    from gaussianvision.models.gsclip import create_base
+    d = tmp_path_factory.mktemp("serve-bench-model")
+    torch.manual_seed(0)
+    save_file(create_base("gsv-tiny").state_dict(), str(d / "base.safetensors"))
+    return save_weights(create_gsclip(pretrained=d / "base.safetensors", config="gs-tiny"), d / "gsclip.safetensors")
+
+
+def test_load_test_reports_throughput_latency_and_batches(tiny_model, tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    out = tmp_path / "res"
+    rc = main(["bench", "serve", "--model", str(tiny_model), "--out", str(out), "--clients", "2", "--seconds", "1",
+               "--windows", "0,5", "--size", "32", "--gaussians", "16", "--device", "cpu", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["batch_window_ms"] for r in res["rows"]] == [0.0, 5.0]
+    assert res["payload_bytes"] and all(b == 32 + 16 * 16 for b in res["payload_bytes"])
+    for r in res["rows"]:
+        assert r["errors"] == 0 and r["requests"] > 0 and r["requests_per_s"] > 0 and r["clients"] == 2
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        b = r["batches"]
+        assert b["forwards"] > 0 and 1 <= b["mean_images"] <= b["max"] <= 2  # 2 clients, one image each
+        assert r["server_latency_ms"]["count"] > 0 and r["rejects"] == {}
+    assert res["rows"][0]["requests_per_s_vs_first"] == 1.0
+    assert {"load_average_1_5_15", "cpus", "platform"} <= set(res["env"])
+    md = (out / "serve.md").read_text()
+    assert "| batch window | requests/s |" in md and "| 0 ms |" in md and "| 5 ms |" in md
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    assert main(["bench", "serve", "--demo", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "run gsv demo first" in err

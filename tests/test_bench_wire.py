@@ -1,0 +1,102 @@
+"""gsv bench wire: byte matching at each budget, the demo's evaluation on a tiny demo folder (a tiny
+world, an untrained teacher and GS model), the table, the reading and the plot written."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_splats
+from gaussianvision.apps.bench import wire
+
+
+def test_pixel_codecs_stay_within_the_budget():
+    rng = np.random.default_rng(0)
+    arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    for fmt in ("JPEG", "WEBP"):
+        for budget in (700, 1248, 3000):
+            dec, n, ok = wire._through_codec(arr, fmt, budget)
+            assert dec.shape == arr.shape and (0 < n <= budget if ok else n == 0)
+        dec, n, ok = wire._through_codec(arr, fmt, 40)  # no file is that small: nothing is sent
+        assert (ok, n) == (False, 0) and (dec == 128).all()
+
+
+def test_splat_budgets_are_exact_file_sizes():
+    from gaussianvision.splats.format import encode, encode_quantized, quantized_size
+    for b in wire.budgets([19, 38, 76]):
+        s = random_splats(b=1, n=b["n"], h=64, w=64)
+        assert len(encode(s)) == b["bytes"] == 32 + 16 * b["n"]
+        nq = b["n_quantized"]
+        assert len(encode_quantized(random_splats(b=1, n=nq, h=64, w=64))) == quantized_size(nq) <= b["bytes"]
+        assert quantized_size(nq + 1) > b["bytes"] and nq > b["n"]
+
+
+def _row(budget, codec, acc, psnr, fits=100):
+    return {"budget": budget, "n": 19, "codec": codec, "n_gaussians": None,
+            "world": {"acc": acc, "psnr": psnr, "fits": fits, "images": 100, "bytes_mean": budget, "bytes_max": budget},
+            "photos": {"psnr": psnr - 5, "bytes": budget}}
+
+
+def test_the_reading_follows_the_numbers():
+    res = {"budgets": [{"bytes": 336}, {"bytes": 1248}],
+           "reference": {"world": {"acc": 0.7, "bytes_mean": 1500}},
+           "rows": [_row(336, "JPEG", 0.2, 10, fits=0), _row(336, "WEBP", 0.3, 20), _row(336, "splats float16", 0.6, 25),
+                    _row(1248, "JPEG", 0.9, 35), _row(1248, "WEBP", 0.8, 34), _row(1248, "splats float16", 0.5, 28)]}
+    text = wire.verdict(res)
+    assert text.startswith("Splats win on accuracy at 336 B, lose at 1,248 B")
+    assert "JPEG fits 0/100" in text and "splats lose on accuracy, splats float16 50.0% vs JPEG 90.0%" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A demo folder with what the bench reads: a tiny world, a teacher checkpoint, a stage-2 model."""
+    from safetensors.torch import save_file
+    from gaussianvision.apps.demo.pipeline import SETTINGS
+    from gaussianvision.apps.demo.world import make_world
+    from gaussianvision.models import create_gsclip, register_open_clip_configs, save_weights
+    from gaussianvision.models.gsclip import create_base
+    d = tmp_path_factory.mktemp("demo")
+    w = make_world(d / "world", **{k: v for k, v in SETTINGS["tiny"]["world"].items()})
+    register_open_clip_configs()
+    torch.manual_seed(0)
+    (d / "teacher").mkdir()
+    save_file(create_base("gsv-tiny").state_dict(), str(d / "teacher" / "open_clip_model.safetensors"))
+    (d / "stage2_n16").mkdir()
+    save_weights(create_gsclip(pretrained=d / "teacher" / "open_clip_model.safetensors", config="gs-tiny"),
+                 d / "stage2_n16" / "gsclip.safetensors")
+    settings = {"teacher": {"base": "gsv-tiny"}, "convert": {"iters": 3, "init": "grid", "fit": {}}, "eval": {"batch": 16}}
+    (d / "results.json").write_text(json.dumps({"settings": settings, "world": {
+        "param_hash": w["param_hash"], "tasks": {t: {k: str(v) if k == "root" else v for k, v in i.items()}
+                                                 for t, i in w["tasks"].items()}}}))
+    return d
+
+
+def test_quick_run_writes_the_table_the_reading_and_the_plot(tiny_demo, tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    out = tmp_path / "res"
+    rc = main(["bench", "wire", "--demo", str(tiny_demo), "--out", str(out), "--quick", "--n", "8,16", "--json",
+               "--columns", "JPEG,WEBP,splats float16,splats quantized", "--work", str(tmp_path / "work")])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [b["bytes"] for b in res["budgets"]] == [160, 288]
+    for r in res["rows"]:
+        w = r["world"]
+        assert 0 <= w["acc"] <= 1 and w["images"] == res["reference"]["world"]["images"]
+        assert w["bytes_max"] <= r["budget"]
+        if r["codec"] == "splats float16":
+            assert w["bytes_mean"] == w["bytes_max"] == r["budget"]  # exactly the budget
+        if r["codec"] == "splats quantized":
+            from gaussianvision.splats.format import quantized_size
+            assert w["bytes_max"] == quantized_size(r["n_gaussians"])
+    assert {r["codec"] for r in res["rows"]} == {"JPEG", "WEBP", "splats float16", "splats quantized"}
+    md = (out / "wire_quick.md").read_text()
+    assert "| budget B (N) | codec |" in md and "Splats win on accuracy at" in md and "wire_quick.png" in md
+    png = (out / "wire_quick.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) < 200_000
+
+
+def test_missing_demo_is_one_line(tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main
+    assert main(["bench", "wire", "--demo", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "run gsv demo first" in err
