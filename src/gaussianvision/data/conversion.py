@@ -59,6 +59,7 @@ class ConvertConfig:
     layout: str = "interleaved"
     dtype: str = "float16"
     zstd: bool = False
+    progressive: bool = False  # Gaussians in progressive order (fit/progressive.py), flagged in each .gsv
     batch_size: int = 16
     shard_size: int = 1000
     keep_image: bool = False
@@ -74,6 +75,8 @@ class ConvertConfig:
     def fingerprint(self, src) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in _RUNTIME_FIELDS}
         d["input"] = str(src)
+        if not self.progressive:
+            d.pop("progressive")  # output folders written before the field existed still resume
         return json.loads(json.dumps(d, default=str))
 
 
@@ -97,7 +100,8 @@ def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
     """The fit of a conversion: fit_images' options, on cfg.device, encoded as the shards store it."""
     options = cfg.fit_options if fit_options is None else fit_options
     return FitStream(cfg.n_gaussians, FitConfig.from_options({"device": cfg.device, **options}), batch_size=cfg.batch_size,
-                     encoding=Encoding(layout=cfg.layout, dtype=cfg.dtype, zstd=cfg.zstd))
+                     encoding=Encoding(layout=cfg.layout, dtype=cfg.dtype, zstd=cfg.zstd,
+                                       progressive=cfg.progressive))
 
 
 # ------------------------------------------------------------------------- one shard

@@ -36,6 +36,7 @@ import torch
 
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.fitter import fit_images
+from gaussianvision.fit.progressive import progressive
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats
 
@@ -45,15 +46,20 @@ __all__ = ["Encoding", "FitItem", "FitStream"]
 @dataclass(frozen=True)
 class Encoding:
     """How a fitted image becomes .gsv bytes: splats/format.py's layout and dtype (quantized:
-    its zstd choice; the dtype does not apply)."""
+    its zstd choice; the dtype does not apply). progressive: the Gaussians are put in
+    progressive order first (fit/progressive.py) and the header says so; the item's splats keep
+    the fit's order, its bytes have the new one."""
     layout: str = "interleaved"
     dtype: str = "float16"
     zstd: bool = False
+    progressive: bool = False
 
     def __call__(self, splats: Splats) -> bytes:
+        if self.progressive:
+            splats = progressive(splats)
         if self.layout == "quantized":
-            return encode(splats, layout="quantized", zstd=self.zstd)
-        return encode(splats, layout=self.layout, dtype=self.dtype)
+            return encode(splats, layout="quantized", zstd=self.zstd, progressive=self.progressive)
+        return encode(splats, layout=self.layout, dtype=self.dtype, progressive=self.progressive)
 
 
 @dataclass

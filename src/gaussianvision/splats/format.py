@@ -7,7 +7,8 @@ Layout of a file (all numbers little-endian, every id written explicitly):
     4      2     format version (currently 1)
     6      2     layout id   (see LAYOUTS; 1 = interleaved, 2 = quantized)
     8      2     dtype id    (1 = float16, 2 = float32; layouts that quantize ignore it: 0)
-    10     2     flags       (reserved, 0)
+    10     2     flags       bit 0 = progressive (each image's Gaussians ordered so that every
+                             prefix is a coarser image); other bits must be 0
     12     4     image height (pixels)
     16     4     image width  (pixels)
     20     4     number of images B (>= 1)
@@ -27,6 +28,16 @@ magic, version, known layout/dtype, sizes within limits, header + table + payloa
 equal to the data length (so nothing allocates more than the data justifies), then
 finite values and positive Cholesky diagonals.
 
+Progressive files (`encode(..., progressive=True)`; gsv fit / convert / send --progressive;
+the order comes from fit/progressive.py) are read whole like any other, or cut:
+`decode(data, max_gaussians=k)` / `load(path, max_gaussians=k)` return each image's first k
+Gaussians; a file without the flag is refused there (its order is the fitter's, so a prefix is an
+arbitrary subset, not a coarser image). `allow_truncated=True` reads a byte prefix of a
+progressive single-image layout-1 file (a cut transfer): header, then as many whole 8 x dtype
+rows as arrived (float16: 32 + 16 k bytes hold k Gaussians); without it, or for a batch file,
+layout 2 (bit-packed channel after channel, optionally zstd: no byte prefix holds a whole
+Gaussian) or a file without the flag, a cut file is refused as truncated.
+
 Memory stays a small multiple of the file size: `load` reads no more than the header declares;
 the rows take 32 bytes a Gaussian (layout 2 bounds its Gaussians per byte, zstd included);
 `decode` pads a B > 1 file to [B, N_max] only up to PAD_FACTOR x the Gaussians stored (+
@@ -37,7 +48,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -53,7 +64,8 @@ from gaussianvision.splats.types import Splats, SplatsError
 __all__ = [
     "FormatError", "Header", "MAGIC", "VERSION", "HEADER_SIZE", "LAYOUTS", "DTYPES",
     "encode", "decode", "decode_rows", "iter_images", "read_header", "read_file", "save", "load",
-    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means", "encode_quantized", "quantized_size",
+    "register_layout", "bytes_per_gaussian", "Rows", "pixel_means", "encode_quantized", "quantized_size", "declared_len",
+    "FLAG_PROGRESSIVE",
 ]
 
 MAGIC = b"GSVF"
@@ -70,6 +82,8 @@ MAX_GAUSSIANS = 1 << 28
 MAX_NORM_MEAN = 1e4  # |normalized mean| (1 = the image border): further out is refused, writing and reading
 PAD_FACTOR = 4
 PAD_SLACK = 1 << 16
+FLAG_PROGRESSIVE = 1  # header flags bit 0
+KNOWN_FLAGS = FLAG_PROGRESSIVE
 
 @dataclass(frozen=True)
 class Header:
@@ -82,6 +96,10 @@ class Header:
     n_images: int
     n_total: int
     payload_len: int
+
+    @property
+    def progressive(self) -> bool:
+        return bool(self.flags & FLAG_PROGRESSIVE)
 
     @property
     def table_len(self) -> int:
@@ -102,9 +120,11 @@ def _rows(s: Splats) -> np.ndarray:
     return allr[mask].numpy()
 
 
-def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", **options) -> bytes:
+def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", progressive: bool = False,
+           **options) -> bytes:
     """Splats (any batch size; counts respected) -> bytes. options: the layout's own (quantized:
-    bits=8 widths, zstd=bool)."""
+    bits=8 widths, zstd=bool). progressive=True sets the header flag: the caller promises each
+    image's Gaussians are in progressive order (fit.progressive.progressive)."""
     if layout not in LAYOUT_IDS:
         raise FormatError(f"unknown layout {layout!r}; known: {sorted(LAYOUT_IDS)}")
     if dtype not in DTYPE_IDS:
@@ -121,7 +141,8 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", 
     payload = lay.encode(rows, dtype_id, **options)
     counts = splats.num_gaussians().cpu().numpy().astype("<u4")
     b = splats.batch_size
-    head = _HEADER.pack(MAGIC, VERSION, lay.id, dtype_id, 0, splats.height, splats.width, b,
+    flags = FLAG_PROGRESSIVE if progressive else 0
+    head = _HEADER.pack(MAGIC, VERSION, lay.id, dtype_id, flags, splats.height, splats.width, b,
                         int(counts.sum()), len(payload))
     table = counts.tobytes() if b > 1 else b""
     return head + table + payload
@@ -145,7 +166,9 @@ def save(path: str | os.PathLike, splats: Splats, **kw) -> int:
 
 
 # ---------------------------------------------------------------------- reading
-def read_header(data: bytes | memoryview, name: str = "<bytes>") -> Header:
+def read_header(data: bytes | memoryview, name: str = "<bytes>", truncated_ok: bool = False) -> Header:
+    """The checked header. truncated_ok: data shorter than the header declares (but holding the
+    count table) passes here; decode_rows then reads what arrived or refuses."""
     if len(data) < HEADER_SIZE:
         raise FormatError(f"{name}: too short for a .gsv header ({len(data)} < {HEADER_SIZE} bytes)")
     magic, ver, lay, dt, flags, h, w, b, n, plen = _HEADER.unpack_from(data, 0)
@@ -153,6 +176,8 @@ def read_header(data: bytes | memoryview, name: str = "<bytes>") -> Header:
         raise FormatError(f"{name}: not a .gsv file (magic {bytes(magic)!r}, expected {MAGIC!r})")
     if ver != VERSION:
         raise FormatError(f"{name}: unsupported format version {ver} (this reader knows {VERSION})")
+    if flags & ~KNOWN_FLAGS:
+        raise FormatError(f"{name}: unknown header flags {flags:#06x} (known: {KNOWN_FLAGS:#06x} = progressive)")
     if lay not in LAYOUTS:
         raise FormatError(f"{name}: unknown layout id {lay} (known: {sorted(LAYOUTS)})")
     if LAYOUTS[lay].dtype_free:
@@ -171,7 +196,8 @@ def read_header(data: bytes | memoryview, name: str = "<bytes>") -> Header:
     if expect is not None and expect != plen:
         raise FormatError(f"{name}: header says {n} Gaussians ({expect} payload bytes) "
                           f"but a payload of {plen} bytes")
-    if hdr.total_len != len(data):
+    cut = HEADER_SIZE + hdr.table_len < len(data) < hdr.total_len
+    if hdr.total_len != len(data) and not (truncated_ok and cut):
         what = "truncated" if hdr.total_len > len(data) else "oversized"
         raise FormatError(f"{name}: {what}: header and payload need {hdr.total_len} bytes, got {len(data)}")
     return hdr
@@ -223,12 +249,58 @@ def _check_means(rows: np.ndarray, name: str) -> None:
         raise FormatError(f"{name}: Gaussian {bad} has its mean over {MAX_NORM_MEAN:g} image sizes outside the image")
 
 
-def decode_rows(data: bytes | memoryview, name: str = "<bytes>") -> Rows:
-    """bytes -> Rows: every check of `decode`, no padding (memory: the rows, 32 bytes a Gaussian)."""
+def decode_rows(data: bytes | memoryview, name: str = "<bytes>", max_gaussians: int | None = None,
+                allow_truncated: bool = False) -> Rows:
+    """bytes -> Rows: every check of `decode`, no padding (memory: the rows, 32 bytes a Gaussian).
+    max_gaussians / allow_truncated: a prefix of a progressive file (see the module docstring);
+    the Rows' header then counts the rows returned."""
     view = memoryview(data).cast("B")
-    hdr = read_header(view, name)
+    hdr = read_header(view, name, truncated_ok=allow_truncated)
+    if hdr.total_len != len(view):
+        view, hdr = _arrived(view, hdr, name)
     counts = _counts(view, hdr, name)
-    return Rows(hdr, counts, _payload_rows(view, hdr, name))
+    r = Rows(hdr, counts, _payload_rows(view, hdr, name))
+    return r if max_gaussians is None else _prefix(r, max_gaussians, name)
+
+
+def _arrived(view: memoryview, hdr: Header, name: str) -> tuple[memoryview, Header]:
+    """The whole Gaussians of a cut progressive single-image layout-1 file, or a FormatError."""
+    why = _uncuttable(hdr)
+    row = LAYOUTS[hdr.layout].payload_size(1, hdr.dtype) if why is None else 0
+    k = (len(view) - HEADER_SIZE) // row if row else 0
+    if why is None and k < 1:
+        why = f"{len(view) - HEADER_SIZE} payload bytes hold no whole Gaussian ({row} bytes each)"
+    if why is not None:
+        raise FormatError(f"{name}: truncated: header and payload need {hdr.total_len} bytes, got {len(view)}, "
+                          f"and a cut file cannot be read: {why}")
+    return view[:HEADER_SIZE + k * row], replace(hdr, n_total=k, payload_len=k * row)
+
+
+def _uncuttable(hdr: Header) -> str | None:
+    """Why a byte prefix of this file is no image (None: it is one)."""
+    if not hdr.progressive:
+        return "it is not progressive (write it with progressive=True)"
+    if hdr.n_images > 1:
+        return f"it holds {hdr.n_images} images (only a single-image file reads from a byte prefix)"
+    if hdr.layout != 1:
+        return f"layout {LAYOUTS[hdr.layout].name!r} has no whole Gaussian in a byte prefix"
+    return None
+
+
+def _prefix(r: Rows, k: int, name: str) -> Rows:
+    """Each image's first k rows of a progressive file."""
+    if k < 1:
+        raise FormatError(f"{name}: max_gaussians must be >= 1, got {k}")
+    keep = np.minimum(r.counts, k)
+    if (keep == r.counts).all():
+        return r
+    if not r.header.progressive:
+        raise FormatError(f"{name}: not a progressive file: its first {k} Gaussians are no coarser image "
+                          f"(write it with progressive=True / --progressive, or read it whole)")
+    starts = np.cumsum(r.counts) - r.counts
+    img = np.repeat(np.arange(len(keep)), keep)
+    within = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
+    return Rows(replace(r.header, n_total=int(keep.sum())), keep, r.rows[starts[img] + within])
 
 
 def pixel_means(rows: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -268,9 +340,11 @@ def _padded(r: Rows, name: str) -> np.ndarray:
     return out
 
 
-def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.device = "cpu") -> Splats:
-    """bytes -> Splats (float32). B > 1 files come back padded with counts."""
-    r = decode_rows(data, name)
+def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.device = "cpu",
+           max_gaussians: int | None = None, allow_truncated: bool = False) -> Splats:
+    """bytes -> Splats (float32). B > 1 files come back padded with counts. max_gaussians /
+    allow_truncated: a prefix of a progressive file (the module docstring)."""
+    r = decode_rows(data, name, max_gaussians, allow_truncated)
     s = _splats(_padded(r, name), r.header, r.counts if r.header.n_images > 1 else None)
     return s.to(device) if str(device) != "cpu" else s
 
@@ -284,8 +358,9 @@ def iter_images(data: bytes | memoryview, name: str = "<bytes>") -> Iterator[Spl
         yield _splats(r.rows[None, starts[i]: starts[i + 1]], r.header, None)
 
 
-def _declared_len(head: bytes) -> int:
-    """Bytes a file with this header needs (just the header's own length if it is no .gsv header)."""
+def declared_len(head: bytes) -> int:
+    """Bytes a file with this header needs (just the header's own length if it is no .gsv header):
+    the rule that splits concatenated files (read_file; the service's request bodies)."""
     if len(head) < HEADER_SIZE or head[:4] != MAGIC:
         return len(head)
     b, _, plen = struct.unpack_from("<III", head, 20)
@@ -299,7 +374,7 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
             head = read_bounded(f, HEADER_SIZE)
-            return head + read_bounded(f, _declared_len(head) - len(head) + 1)
+            return head + read_bounded(f, declared_len(head) - len(head) + 1)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -308,7 +383,8 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Splats:
-    return decode(read_file(path), name=str(path), device=device)
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", max_gaussians: int | None = None,
+         allow_truncated: bool = False) -> Splats:
+    return decode(read_file(path), str(path), device, max_gaussians, allow_truncated)
 
 # layout 2 registers itself with its explicit id on import

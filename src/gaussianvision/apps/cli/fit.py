@@ -62,6 +62,9 @@ def _parser():
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
+    p.add_argument("--progressive", action="store_true",
+                   help="order each image's Gaussians by importance so that any prefix is a coarser image "
+                        "(the header records it; read a prefix with load(path, max_gaussians=k))")
     p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder")
     p.add_argument("--save-png", action="store_true", help="also write the reconstruction as NAME.png")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -159,7 +162,7 @@ def _write(a, item: FitItem) -> dict:
 def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple[list[dict], list[dict]]:
     """Fit the images through the library's FitStream (batches of one size, written as each batch
     is done); (results, failures)."""
-    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype),
+    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype, progressive=a.progressive),
                        ordered=False, progress=progress)
     results: list[dict] = []
     failures: list[dict] = []

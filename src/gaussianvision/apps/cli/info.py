@@ -26,7 +26,8 @@ def describe(path: Path) -> dict:
     return {
         "path": str(path), "bytes": len(data), "payload_bytes": hdr.payload_len,
         "version": hdr.version, "layout": fmt.LAYOUTS[hdr.layout].name, "layout_id": hdr.layout,
-        "dtype_id": hdr.dtype, "height": hdr.height, "width": hdr.width, "n_images": hdr.n_images,
+        "dtype_id": hdr.dtype, "progressive": hdr.progressive, "height": hdr.height, "width": hdr.width,
+        "n_images": hdr.n_images,
         "n_gaussians": hdr.n_total, "counts": r.counts.tolist(),
         "bytes_per_gaussian": (hdr.payload_len / hdr.n_total) if hdr.n_total else None,
         "pixel_bytes": pixel,
