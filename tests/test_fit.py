@@ -267,3 +267,18 @@ def test_closed_form_mse_gradient_matches_autograd_of_the_loss(photos, prune_lam
     torch.testing.assert_close(err, mse.detach())
     for k in a:
         torch.testing.assert_close(a[k].grad, b[k].grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_relocation_on_cuda_draws_on_the_gpu(photos):
+    """Relocation on a CUDA fit samples its pixels on the GPU (no copy of the error map to the
+    host); a clone keeps drawing the same numbers as the original."""
+    f = Fitter(photos.cuda(), 16, FitConfig(relocate_every=2, **REF))
+    f.run(4)
+    assert f._generator is not None and f._generator.device.type == "cuda"
+    g = f.clone()
+    assert int(f.relocate(0.25).sum()) > 0 and int(g.relocate(0.25).sum()) > 0
+    assert torch.equal(f.params["means"], g.params["means"])  # the same draws, made on the GPU
+    assert all(torch.isfinite(p).all() for p in f.params.values())
+

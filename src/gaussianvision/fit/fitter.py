@@ -151,7 +151,7 @@ class Fitter:
             setattr(new, k, getattr(self, k).clone())
         new.stopped = list(self.stopped)
         if self._generator is not None:
-            new._generator = torch.Generator().set_state(self._generator.get_state())
+            new._generator = torch.Generator(self._generator.device).set_state(self._generator.get_state())
         new.history = list(self.history)
         return new
 
@@ -296,7 +296,8 @@ class Fitter:
         is largest (fit/relocate.py); their Adam moments restart. Returns [B] moved.
         (Its time counts in `seconds` when run() calls it.)"""
         if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+            gen_device = self.device if self.device.type == "cuda" else "cpu"  # draws stay on the GPU
+            self._generator = torch.Generator(gen_device).manual_seed(self.cfg.seed + 1)
         idx = self.active.nonzero()[:, 0]
         moved = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
         if len(idx):

@@ -48,8 +48,12 @@ def relocation_plan(splats: Splats, rendered: torch.Tensor, images: torch.Tensor
     index = score.argsort(1)[:, :k]
     valid = torch.arange(k, device=dev)[None, :] < k_img[:, None]
     err = ((rendered - images) ** 2).sum(1, keepdim=True)
-    err = _blur(err, 1.0)[:, 0].flatten(1).double().cpu() + 1e-12  # [B, H W]
-    pix = torch.multinomial(err / err.sum(1, keepdim=True), k, replacement=False, generator=generator).to(dev)
+    err = _blur(err, 1.0)[:, 0].flatten(1).double() + 1e-12  # [B, H W]
+    # drawn where the generator lives: on the GPU with a CUDA generator (no [B, H W] copy to the
+    # host every relocation), on the CPU otherwise (the CPU's draws as they always were)
+    where = generator.device if generator is not None else torch.device("cpu")
+    pix = torch.multinomial((err / err.sum(1, keepdim=True)).to(where), k, replacement=False,
+                            generator=generator).to(dev)
     x = (pix % w).to(images.dtype) + 0.5
     y = torch.div(pix, w, rounding_mode="floor").to(images.dtype) + 0.5
     means = torch.stack([x, y], -1)

@@ -1,4 +1,4 @@
-"""gsv bench SUITE: fit | load | codec | model | gpu | all. Each suite is a module cli/bench_SUITE.py."""
+"""gsv bench SUITE: fit | load | codec | model | wire | serve | gpu | all. Each suite is a module cli/bench_SUITE.py."""
 from __future__ import annotations
 
 import importlib
@@ -11,6 +11,8 @@ SUITES = {
     "load": "data loading throughput, splat shards vs JPEG shards",
     "codec": "rate-distortion: splats vs JPEG / WebP at equal bytes",
     "model": "GS tower vs RGB ViT: latency and FLOPs",
+    "wire": "the edge's bytes: RGB teacher on JPEG / WebP vs GS encoder on splats at equal bytes",
+    "serve": "load test of gsv serve on 127.0.0.1: requests/s and latency percentiles",
     "gpu": "the one-shot GPU check (make gpu-check; --tiny on CPU); not part of all",
 }
 ALL = ("fit", "load", "codec", "model")

@@ -34,7 +34,7 @@ def split_payloads(body: bytes) -> list[memoryview]:
     while at < len(view):
         head = bytes(view[at: at + fmt.HEADER_SIZE])
         # the format's own rule for a file's length (header + count table + payload)
-        size = fmt._declared_len(head) if head[:4] == fmt.MAGIC else len(view) - at
+        size = fmt.declared_len(head) if head[:4] == fmt.MAGIC else len(view) - at
         pieces.append(view[at: at + size])
         at += size
     return pieces
