@@ -214,10 +214,12 @@ class Fitter:
         torch.autograd.backward(outputs, [g if g is not None else torch.ones_like(o) for o, g in zip(outputs, grads)])
         return err.detach()
 
-    def _over_budget(self, running: float) -> bool:
+    def _over_budget(self, running: float, ahead: float = 0.0) -> bool:
         """True (and every active image stopped, reason "budget") once the batch's wall time,
-        `seconds` plus the `running` seconds not yet added, reaches cfg.budget_ms per image."""
-        if self.cfg.budget_ms is None or (self.seconds + running) * 1000 < self.cfg.budget_ms * self.batch_size:
+        `seconds` plus the `running` seconds not yet added, plus `ahead` (what the next iteration
+        is expected to take: the last one's time) would pass cfg.budget_ms per image: the budget
+        is a ceiling, not a point to overshoot by one iteration."""
+        if self.cfg.budget_ms is None or (self.seconds + running + ahead) * 1000 <= self.cfg.budget_ms * self.batch_size:
             return False
         for i in self.active.nonzero()[:, 0].tolist():
             self.stopped[i] = "budget"
@@ -266,18 +268,21 @@ class Fitter:
             from tqdm import tqdm
             bar = tqdm(total=iters, desc=desc or f"fit {self.batch_size} img, N={self.params['means'].shape[1]}",
                        unit="it", leave=False)
+        last = 0.0  # the previous iteration's wall time (relocation included)
         for t in range(iters):
             if self.steps_done in record:
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self._record()
-            if self._over_budget(time.perf_counter() - t0) or not bool(self.active.any()):
+            started = time.perf_counter()
+            if self._over_budget(started - t0, last) or not bool(self.active.any()):
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
             self.steps_done += 1
             if (relocate and cfg.relocate_every and (t + 1) % cfg.relocate_every == 0 and t + 1 < iters
                     and t + 1 <= int(cfg.relocate_until * iters + 1e-9)):
                 self.relocate(cfg.relocate_fraction)
+            last = time.perf_counter() - started
             if bar is not None:
                 bar.update(1)
                 if t % 10 == 0:
