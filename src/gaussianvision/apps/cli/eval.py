@@ -27,7 +27,27 @@ def build_parser():
     p.add_argument("--out", default="out/eval", help="folder for the per-dataset JSON files and results.md/.csv")
     p.add_argument("--batch-size", type=int, default=64, help="images per evaluation batch")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    add_splat_options(p)
+    return p
+
+
+def add_device_option(p) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+
+
+def pick_device(args) -> str:
+    """--device, or cuda when available; CliError when cuda is asked for and missing."""
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def add_splat_options(p) -> None:
+    """--device, and how a GS model's images become splats (also gsv probe's): --n-gaussians,
+    --fit-*, --splat-cache."""
+    add_device_option(p)
     g = p.add_argument_group("splats for GS models (images are fitted on the fly, cached by content)")
     g.add_argument("--n-gaussians", type=int, default=400, help="Gaussians per image")
     add_speed_options(g, prefix="fit-")
@@ -40,7 +60,16 @@ def build_parser():
                    help="any other fit_images option (JSON value), repeatable; use the conversion's options")
     g.add_argument("--splat-cache", default=None,
                    help="cache folder of fitted splats (default OUT/splat_cache); a pre-filled one is a converted copy")
-    return p
+
+
+def splat_settings(args):
+    """The SplatSettings of add_splat_options' arguments (CliError on a bad --fit-option)."""
+    from gaussianvision.eval import SplatSettings
+    try:
+        return SplatSettings(args.n_gaussians, _fit_iters(args), args.fit_init, args.fit_size, args.fit_batch,
+                             _fit_options(args))
+    except ValueError as e:
+        raise CliError(f"--fit-option: {e}") from None
 
 
 def _fit_iters(args) -> int:
@@ -63,22 +92,15 @@ def _fit_options(args) -> dict:
 
 
 def _run(args) -> int:
-    import torch
-    from gaussianvision.eval import EvalError, SplatSettings, evaluate_all, load_eval_model, suite_datasets
+    from gaussianvision.eval import EvalError, evaluate_all, load_eval_model, suite_datasets
     datasets = list(args.dataset)
     if args.suite:
         datasets += suite_datasets(args.suite)
     datasets = list(dict.fromkeys(datasets))
     if not datasets:
         raise CliError("give --dataset NAME (repeatable) or --suite datacomp38")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError("--device cuda requested but CUDA is not available")
-    try:
-        settings = SplatSettings(args.n_gaussians, _fit_iters(args), args.fit_init, args.fit_size, args.fit_batch,
-                                 _fit_options(args))
-    except ValueError as e:
-        raise CliError(f"--fit-option: {e}") from None
+    device = pick_device(args)
+    settings = splat_settings(args)
     try:
         models = [load_eval_model(spec, device) for spec in args.model]
     except EvalError as e:

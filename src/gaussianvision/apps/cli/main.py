@@ -13,6 +13,7 @@ COMMANDS = {
     "model": ("gaussianvision.apps.cli.model", "GS-CLIP model information"),
     "train": ("gaussianvision.apps.cli.train", "train the GS encoder or an RGB CLIP (stage 1, 2 or rgb)"),
     "eval": ("gaussianvision.apps.cli.eval", "zero-shot evaluation, RGB vs GS"),
+    "probe": ("gaussianvision.apps.cli.probe", "linear probes per attribute on GS / RGB tower layers"),
     "serve": ("gaussianvision.apps.cli.serve", "serve a GS encoder over HTTP: /embed, /classify (batched)"),
     "send": ("gaussianvision.apps.cli.send", "fit images here and send the splats to a gsv serve"),
     "bench": ("gaussianvision.apps.cli.bench", "benchmarks: fit, load, codec, model, gpu"),
