@@ -14,7 +14,7 @@ from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, r
 
 def build_parser():
     p = parser("train", "Train the GS encoder: --stage 1 (align to the RGB teacher), 2 (CLIP loss), "
-                        "or rgb (plain CLIP from scratch).")
+                        "or rgb (plain CLIP from scratch).", epilog=_RECIPE_HELP)
     p.add_argument("--stage", required=True, choices=["1", "2", "rgb"])
     p.add_argument("--data", required=True, action="append",
                    help="tar shards: folder, brace pattern (a-{000..009}.tar), glob; repeatable. Stages 1/2: "
@@ -52,12 +52,16 @@ def build_parser():
     p.add_argument("--distill", default="cosine", choices=["cosine", "mse"], help="stage-1 loss")
     p.add_argument("--token-weight", type=float, default=0.0, help="stage 1: weight of the token-level loss")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    g.add_argument("--epochs", type=float, default=None, help="passes over the data (counted once at start)")
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from the data, see below)")
+    g.add_argument("--epochs", type=float, default=None,
+                   help="passes over the data (counted once at start; default: from the data, see below)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (default: rgb 128, 1: 64, 2: 128)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: from the data size, see below)")
     p.add_argument("--min-lr", type=float, default=0.0)
-    p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (default: --warmup-fraction of the run)")
+    p.add_argument("--warmup-fraction", type=float, default=None,
+                   help="linear warmup as a fraction of the run's steps (default 0.05; --warmup N wins)")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches per step")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
@@ -80,13 +84,36 @@ def build_parser():
     return p
 
 
+_RECIPE_HELP = """\
+Defaults that scale with the data (train/recipe.py, docs/training.md): a
+setting not given comes from the stage's recipe and the samples N in --data.
+  stage batch  length                          lr: N <= 6,250 .. >= 100k
+  rgb   128    40,960 samples, 1-100 epochs    2e-3 .. 5e-4
+  1      64    76,800 samples, 2-100 epochs    2e-3 .. 5e-4
+  2     128    2 epochs                        1e-4 .. 5e-4
+  warmup: 5% of the steps (--warmup-fraction, or --warmup N steps)
+Small data (a few thousand pairs, CPU):
+  gsv train --stage rgb --data world/train --out runs/teacher
+  gsv train --stage 1 --data splats/ --base gsv-tiny --model-config gs-tiny
+    --pretrained runs/teacher/open_clip_model.safetensors --cache-teacher
+    --out runs/s1
+  gsv train --stage 2 --data splats/ --init-from runs/s1 --out runs/s2
+DataComp small (12.8M pairs, 8 GPUs; the defaults give 2 epochs at 5e-4):
+  torchrun --nproc_per_node 8 -m gaussianvision.apps.cli.main train
+    --stage 1 --data 'splats/{000000..001287}.tar' --base ViT-B-16
+    --pretrained openai --model-config gs-196 --batch-size 256 --out runs/s1
+  torchrun ... train --stage 2 --data 'splats/{000000..001287}.tar'
+    --init-from runs/s1 --batch-size 512 --out runs/s2
+"""
+
+
 # option: (smallest allowed value, whether the smallest is allowed); NaN and infinities never are
 _LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "lr": (0, False),
-           "min_lr": (0, True), "warmup": (0, True), "weight_decay": (0, True), "accum": (1, True),
+           "min_lr": (0, True), "warmup": (0, True), "warmup_fraction": (0, True), "weight_decay": (0, True), "accum": (1, True),
            "grad_clip": (0, True), "keep": (0, True), "log_every": (1, True), "save_every": (0, True),
            "stop_after": (1, True), "shuffle_buffer": (1, True), "token_weight": (0, True),
            "lock_text_steps": (0, True), "word_loss": (0, True), "hflip": (0, True), "mirror_pairs": (0, True)}
-_AT_MOST_ONE = ("hflip", "mirror_pairs")
+_AT_MOST_ONE = ("hflip", "mirror_pairs", "warmup_fraction")
 
 
 def _check_options(args) -> None:
@@ -121,9 +148,11 @@ def _run(args) -> int:
     from gaussianvision.train.batches import DataError, build_source
     from gaussianvision.train.distributed import cleanup, init_distributed
     from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
-    if args.steps is None and args.epochs is None:
-        raise CliError("give --steps N or --epochs E")
     _check_options(args)
+    from gaussianvision.train.recipe import recipe_for
+    recipe = recipe_for(args.stage)
+    if args.batch_size is None:
+        args.batch_size = recipe.batch_size
     if args.stage != "2" and (args.init_from or args.unfreeze):
         raise CliError("--init-from and --unfreeze apply to --stage 2")
     info = init_distributed(args.device)
@@ -145,7 +174,6 @@ def _run(args) -> int:
                                   world_size=info.world_size, image_size=image_size, buffer=args.shuffle_buffer)
         except (DataError, ValueError) as e:
             raise CliError(str(e)) from None
-        steps = args.steps
         if args.in_memory:
             from gaussianvision.train.batches import build_memory_source
             try:
@@ -154,12 +182,7 @@ def _run(args) -> int:
                                              world_size=info.world_size, left_out=source.left_out())
             except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
-            if args.epochs is not None:
-                steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
-        elif args.epochs is not None:
-            from gaussianvision.train.batches import count_samples
-            n = count_samples(source.shards)
-            steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
+        steps, chosen = _schedule(args, source, info)
         cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                           warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,
                           grad_clip=args.grad_clip or None, precision=args.precision, seed=args.seed,
@@ -172,7 +195,8 @@ def _run(args) -> int:
         except (TrainingDiverged, CheckpointError, DataError) as e:
             raise CliError(str(e)) from None
         if info.is_main:
-            summary = {"stage": args.stage, "out": args.out, "world_size": info.world_size, **summary}
+            summary = {"stage": args.stage, "out": args.out, "world_size": info.world_size, **summary,
+                       "settings": chosen}
             losses = summary.pop("losses")
             summary["first_loss"] = losses[0] if losses else None
             emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
@@ -184,6 +208,50 @@ def _run(args) -> int:
         if done and info.enabled:
             _end_worker(info)
         cleanup(info)
+
+
+def _schedule(args, source, info) -> tuple[int, dict]:
+    """Fill --epochs, --lr and --warmup from the stage's recipe where not given (sets them on args)
+    -> (optimizer steps, {setting: value, "from_recipe": [names]}). The data size N is counted only
+    when a default needs it."""
+    import math
+    from gaussianvision.train import recipe as rc
+    defaults = []
+    n = None
+    if (args.steps is None and args.epochs is None) or args.lr is None:
+        n = _count(source)
+    if args.steps is None and args.epochs is None:
+        args.epochs = rc.epochs_for(args.stage, n)
+        defaults.append("epochs")
+    if args.lr is None:
+        args.lr = rc.lr_for(args.stage, n)
+        defaults.append("lr")
+    steps = args.steps
+    if steps is None:
+        if hasattr(source, "dataset"):  # in memory: exact epochs of len(source) global batches
+            steps = max(1, math.ceil(args.epochs * len(source) / args.accum))
+        else:
+            n = _count(source) if n is None else n
+            steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
+    if args.warmup is None:
+        fraction = rc.recipe_for(args.stage).warmup_fraction if args.warmup_fraction is None else args.warmup_fraction
+        args.warmup = rc.warmup_steps(steps, fraction)
+        defaults.append("warmup")
+    chosen = {"samples": n, "steps": steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "warmup": args.warmup, "from_recipe": defaults}
+    if info.is_main and defaults and not args.json:
+        print(f"gsv train: {', '.join(defaults)} from the stage-{args.stage} recipe: {steps} steps"
+              f"{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
+              f"warmup {args.warmup}")
+    return steps, chosen
+
+
+def _count(source) -> int:
+    """Samples in the data: the in-memory source's rows or the shards' samples."""
+    if hasattr(source, "dataset"):
+        return len(source.dataset)
+    from gaussianvision.train.batches import count_samples
+    return count_samples(source.shards)
 
 
 def _end_worker(info) -> None:
