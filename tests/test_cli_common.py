@@ -16,7 +16,7 @@ def _help(capsys, *argv) -> str:
 @pytest.mark.parametrize("argv, default", [
     (["fit"], "(default: "),
     (["convert"], "(default: "),
-    (["train"], "(default: 0.0005)"),
+    (["train"], "(default: 0.1)"),  # --weight-decay; --lr comes from the data (train/recipe.py)
     (["render"], "(default: "),
     (["eval", "zeroshot"], "(default: 64)"),
     (["bench", "fit"], "(default: "),
