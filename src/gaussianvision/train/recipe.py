@@ -9,11 +9,13 @@ thousand 64 px samples with the tiny towers, and the paper-scale recipe of docs/
 
     stage  batch  samples to see  epochs (min, max)  lr small data -> large data    warmup
     rgb      128          40,960  (1, 100)           2e-3 -> 5e-4 (ref. 100k)        5%
-    1         64          76,800  (2, 100)           2e-3 -> 5e-4 (ref. 100k)        5%
+    1         64         153,600  (2, 100)           2e-3 -> 5e-4 (ref. 100k)        5%
     2        128               0  (2, 2)             1e-4 -> 5e-4 (ref. 100k)        5%
 
 Stage 1 matches the frozen RGB tower's embedding, so more passes over small data only bring
-the student closer to what the teacher says of those images; it gets the longest run. Stage 2
+the student closer to what the teacher says of those images; it gets the longest run (on the
+demo's world with one teacher, GS/RGB at 10x: 0.915 after 76,800 samples, 0.966 after 153,600;
+benchmarks/results/worlds_defaults.md). Stage 2
 is contrastive against captions with the text tower frozen: on a few thousand captions a few
 hundred steps at a large rate pull the tower away from the teacher's embedding it was distilled
 to (the issue-21 run: 4 epochs at 5e-4 on 2,400 pairs), so its rate falls with the data.
@@ -44,7 +46,7 @@ class Recipe:
 
 RECIPES = {
     "rgb": Recipe(batch_size=128, samples=40_960, min_epochs=1, max_epochs=100, lr_small=2e-3, lr_large=5e-4),
-    "1": Recipe(batch_size=64, samples=76_800, min_epochs=2, max_epochs=100, lr_small=2e-3, lr_large=5e-4),
+    "1": Recipe(batch_size=64, samples=153_600, min_epochs=2, max_epochs=100, lr_small=2e-3, lr_large=5e-4),
     "2": Recipe(batch_size=128, samples=0, min_epochs=2, max_epochs=2, lr_small=1e-4, lr_large=5e-4),
 }
 

@@ -89,7 +89,7 @@ Defaults that scale with the data (train/recipe.py, docs/training.md): a
 setting not given comes from the stage's recipe and the samples N in --data.
   stage batch  length                          lr: N <= 6,250 .. >= 100k
   rgb   128    40,960 samples, 1-100 epochs    2e-3 .. 5e-4
-  1      64    76,800 samples, 2-100 epochs    2e-3 .. 5e-4
+  1      64    153,600 samples, 2-100 epochs    2e-3 .. 5e-4
   2     128    2 epochs                        1e-4 .. 5e-4
   warmup: 5% of the steps (--warmup-fraction, or --warmup N steps)
 Small data (a few thousand pairs, CPU):
