@@ -43,6 +43,27 @@ def test_cached_world_is_reused_and_changed_parameters_rebuild(world, tmp_path):
     assert sum(1 for _ in iter_samples(out, "train")) == 30
 
 
+def test_an_interrupted_build_leaves_no_manifest_and_is_rebuilt(world, tmp_path, monkeypatch):
+    import gaussianvision.apps.worlds.patches.world as wmod
+    out = tmp_path / "w"
+    make_world(out, **TINY)
+    calls = {"n": 0}
+    real = wmod.render_scene
+
+    def failing(scene, noise=True):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(scene, noise)
+    monkeypatch.setattr(wmod, "render_scene", failing)
+    with pytest.raises(KeyboardInterrupt):
+        make_world(out, **{**TINY, "n_train": 30})
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp*"))
+    monkeypatch.setattr(wmod, "render_scene", real)
+    again = make_world(out, **TINY)
+    assert not again["cached"] and _files(again) == _files(world)
+
+
 def _derive(img: np.ndarray, gray: float) -> dict:
     """Attributes from a noise-free drawing: the patch is every pixel not equal to the gray."""
     g = round(gray * 255)

@@ -10,7 +10,7 @@ clip_benchmark's wds layout for `gsv eval zeroshot`, a manifest written last.
     out_dir/manifest.json               parameters, their hash, every file's size and sha256
 
 Tars come from the project's one tar writer (data/shards.py, through the demo world's writer
-module), text files from the one atomic write; every sample is drawn from its own generator
+module), text files from the one atomic write, the manifest last; every sample is drawn from its own generator
 seeded by (seed, stream, index), so the bytes depend only on the parameters.
 """
 from __future__ import annotations
@@ -82,12 +82,12 @@ def task_sample(seed: int, task: str, index: int, label: int, size: int = 64) ->
     return render_scene(scene), scene
 
 
-def _shards(stage: Path, folder: str, n: int, per: int, name, items, bar) -> list[str]:
-    """Write items (key -> members) into ceil(n / per) tars stage/folder/name(k); -> relative paths.
+def _shards(out: Path, folder: str, n: int, per: int, name, items, bar) -> list[str]:
+    """Write items (key -> members) into ceil(n / per) tars out/folder/name(k); -> relative paths.
     At least one tar, empty when n is 0 (clip_benchmark needs test/0.tar)."""
     paths = [f"{folder}/{name(k)}" for k in range(max(1, -(-n // per)))]
     with contextlib.ExitStack() as stack:  # each writer closes on success, drops its file on an error
-        writers = [stack.enter_context(TarShardWriter(stage / p)) for p in paths]
+        writers = [stack.enter_context(TarShardWriter(out / p)) for p in paths]
         for i, (key, members) in enumerate(items):
             writers[i // per].write(key, members)
             if bar is not None:
@@ -112,11 +112,11 @@ def _task_items(p: dict, task: str, labels: np.ndarray):
         yield key, {"png": _png(img), "cls": str(label).encode(), "json": dumps_json(meta)}
 
 
-def _write_task(stage: Path, p: dict, task: str, bar) -> dict:
+def _write_task(out: Path, p: dict, task: str, bar) -> dict:
     t, n = TASKS[task], p["n_task"]
     labels = task_labels(p["seed"], task, n)
-    root = stage / "tasks" / task
-    shards = _shards(stage, f"tasks/{task}/test", n, p["shard_size"], lambda k: f"{k}.tar",
+    root = out / "tasks" / task
+    shards = _shards(out, f"tasks/{task}/test", n, p["shard_size"], lambda k: f"{k}.tar",
                      _task_items(p, task, labels), bar)
     info = {"task": task, "dataset": f"wds/{task}", "n": n, "n_classes": len(t.classes), "classes": list(t.classes),
             "chance": t.chance, "class_counts": np.bincount(labels, minlength=len(t.classes)).tolist(),
@@ -141,16 +141,19 @@ def make_world(out_dir: str | os.PathLike, force: bool = False, verify: bool = F
                **params) -> dict:
     """Generate (or reuse, when out_dir/manifest.json has the same parameters and its files are
     present) the patches world; params: n_train, n_test, n_task, size, seed, shard_size (DEFAULTS).
-    Built in out_dir/.staging-PID and moved into place; the manifest is written last."""
+    The old world's manifest and folders are removed first and the manifest is written last."""
     out = Path(out_dir)
     p = resolve_params(**params)
     if not force:
         m = _manifest_ok(out, p, verify)
         if m is not None:
             return _result(out, m, cached=True)
+    # An old world is retired first (manifest, then its folders): an interrupted run leaves no
+    # manifest, so it is never taken for complete, and no shard of a larger earlier world lingers.
+    (out / "manifest.json").unlink(missing_ok=True)
+    for sub in ("train", "test", "tasks"):
+        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    stage = out / f".staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
     total = p["n_train"] + p["n_test"] + p["n_task"] * len(TASK_NAMES)
     bar = None
     if progress:
@@ -158,25 +161,16 @@ def make_world(out_dir: str | os.PathLike, force: bool = False, verify: bool = F
         bar = tqdm(total=total, desc="patches world", unit="img", leave=False)
     t0 = time.perf_counter()
     try:
-        splits = {s: {"n": p[f"n_{s}"], "shards": _shards(stage, s, p[f"n_{s}"], p["shard_size"],
+        splits = {s: {"n": p[f"n_{s}"], "shards": _shards(out, s, p[f"n_{s}"], p["shard_size"],
                                                             lambda k: f"shard-{k:06d}.tar", _split_items(p, s), bar)}
                   for s in ("train", "test")}
-        tasks = {t: _write_task(stage, p, t, bar) for t in TASK_NAMES}
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        tasks = {t: _write_task(out, p, t, bar) for t in TASK_NAMES}
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    files = {q.relative_to(stage).as_posix(): {"bytes": q.stat().st_size, "sha256": file_sha256(q)}
-             for q in sorted(stage.rglob("*")) if q.is_file()}
-    (out / "manifest.json").unlink(missing_ok=True)  # no manifest may describe mixed files
-    for sub in ("train", "test", "tasks"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-        os.replace(stage / sub, out / sub)  # whole folders built in the stage folder
-    shutil.rmtree(stage, ignore_errors=True)
+    files = {q.relative_to(out).as_posix(): {"bytes": q.stat().st_size, "sha256": file_sha256(q)}
+             for sub in ("train", "test", "tasks") for q in sorted((out / sub).rglob("*")) if q.is_file()}
     m = {"generator": GENERATOR, "version": VERSION, "param_hash": param_hash(p), "params": p,
          "seconds": round(seconds, 3), "n_images": total, "splits": splits, "tasks": tasks, "files": files}
     write_text_atomic(out / "manifest.json", json.dumps(m, indent=1) + "\n")
