@@ -18,6 +18,11 @@ Keys (defaults in ``DEFAULTS``; unknown keys are an error, so typos do not pass 
   resampler.layers   cross-attention + feed-forward layers (4)
   resampler.heads    attention heads; null = ViT width // 64
   resampler.mlp_ratio  feed-forward hidden = mlp_ratio * width
+  resampler.kv_dim   null = every layer projects the Gaussian tokens to full-width keys/values
+                     (the original design); an integer = they are projected ONCE, kv_dim wide,
+                     shared by the layers, which attend at that width (far cheaper at large N)
+  resampler.cross_layers  with kv_dim: how many (first) layers read the Gaussians; the rest
+                     attend to the latents only; null = all
   pos_embed          "auto" | "copy" | "interp" | "random"  (see tower.py)
   train_logit_scale  also train the base's logit scale (stage 2); default false
 """
@@ -47,7 +52,8 @@ DEFAULTS: dict[str, Any] = {
         "pos_bands": 8, "shape_bands": 4, "hidden": 0, "token_dim": None,
         "log_sigma_center": -3.5, "log_sigma_width": 1.5,
     },
-    "resampler": {"num_latents": 196, "layers": 4, "heads": None, "mlp_ratio": 2.0},
+    "resampler": {"num_latents": 196, "layers": 4, "heads": None, "mlp_ratio": 2.0,
+                  "kv_dim": None, "cross_layers": None},
     "pos_embed": "auto",
     "train_logit_scale": False,
 }
@@ -117,6 +123,10 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any
     _check_int(cfg, "resampler", "num_latents", 1, where)
     _check_int(cfg, "resampler", "layers", 0, where)
     _check_int(cfg, "resampler", "heads", 1, where, allow_none=True)
+    _check_int(cfg, "resampler", "kv_dim", 1, where, allow_none=True)
+    _check_int(cfg, "resampler", "cross_layers", 1, where, allow_none=True)
+    if cfg["resampler"]["cross_layers"] is not None and cfg["resampler"]["kv_dim"] is None:
+        raise ConfigError(f"{where}: resampler.cross_layers needs resampler.kv_dim (shared keys/values)")
     for key in ("log_sigma_center", "log_sigma_width"):
         v = cfg["stem"][key]
         if isinstance(v, bool) or not isinstance(v, (int, float)):

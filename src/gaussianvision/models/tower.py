@@ -80,7 +80,7 @@ class GSVisionTower(nn.Module):
             self.stem = SplatStem(token_dim, st["pos_bands"], st["shape_bands"], st["hidden"],
                                   st["log_sigma_center"], st["log_sigma_width"])
             self.resampler = PerceiverResampler(width, self.num_latents, rs["layers"], rs["heads"],
-                                                rs["mlp_ratio"], token_dim)
+                                                rs["mlp_ratio"], token_dim, rs["kv_dim"], rs["cross_layers"])
         self.class_embedding = nn.Parameter(ref.detach().clone())
         self.positional_embedding = nn.Parameter(self._init_pos(cfg["pos_embed"], base_visual))
         self.pos_embed_mode = self._resolved_mode

@@ -66,17 +66,22 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: bool = True) -> tu
     return statistics.median(times), min(times)
 
 
-def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", "gs-98"),
-                    n_gaussians: Sequence[int] = (400, 3136), batches: Sequence[int] = (1, 32),
+DEFAULT_CONFIGS = ("gs-98", "gs-98-shared")  # 98 tokens: per-layer full-width keys/values vs shared narrow
+DEFAULT_N = (400, 900, 1600, 3136)
+
+
+def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = DEFAULT_CONFIGS,
+                    n_gaussians: Sequence[int] = DEFAULT_N, batches: Sequence[int] = (1, 8),
                     repeats: int = 3, progress: Callable[[str], None] | None = None,
                     large_batch_repeats: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
     """Measure every (tower, N, batch).  Returns {"env": ..., "rows": [...]}; one row per
-    tower x N with flops_per_image, embed_flops_per_image and latency_s / images_per_s per batch.
+    tower x N with flops_per_image, embed_flops_per_image, ratio_to_rgb (FLOPs), trainable_fraction
+    and latency_s / images_per_s per batch.
 
     Batches above 8 get `large_batch_repeats` timed calls and no warm-up (the smaller batch
     of the same tower warmed it up; one such call costs many seconds on a CPU).
     `on_row(partial_result)` is called after every row, so long runs can save as they go."""
-    from gaussianvision.models import create_gsclip
+    from gaussianvision.models import create_gsclip, parameter_report
     say = progress or (lambda _msg: None)
     rows = []
 
@@ -111,7 +116,9 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
     img1 = torch.randn(1, 3, *first.image_size, device="meta")
     row = {"tower": f"RGB {base}", "config": None, "tokens": first.base.visual.grid_size[0] * first.base.visual.grid_size[1],
            "n_gaussians": None, "flops_per_image": count_flops(lambda: metas[configs[0]].encode_rgb(img1)),
-           "embed_flops_per_image": None, "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+           "embed_flops_per_image": None, "ratio_to_rgb": 1.0, "trainable_fraction": None,
+           "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+    rgb_flops = row["flops_per_image"]
     for b in batches:
         say(f"RGB {base} batch {b}")
         imgs = torch.randn(b, 3, *first.image_size)
@@ -120,13 +127,15 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
     done(row)
 
     for cfg, m in models.items():
+        share = parameter_report(metas[cfg])["trainable_fraction"]
         for n in n_gaussians:
             s1 = synthetic_splats(1, n, size).to("meta")
             mm = metas[cfg]
             row = {"tower": f"GS {cfg}", "config": cfg, "tokens": m.visual.num_latents, "n_gaussians": n,
                    "flops_per_image": count_flops(lambda: mm.encode_image(s1)),
                    "embed_flops_per_image": count_flops(lambda: mm.visual.embed(s1)),
-                   "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+                   "trainable_fraction": share, "latency_s": {}, "latency_min_s": {}, "images_per_s": {}}
+            row["ratio_to_rgb"] = row["flops_per_image"] / rgb_flops
             for b in batches:
                 say(f"GS {cfg} N={n} batch {b}")
                 s = synthetic_splats(b, n, size, seed=b)
@@ -138,13 +147,15 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = ("gs-196", 
 
 def markdown_table(result: dict) -> str:
     batches = result["env"]["batches"]
-    head = ["tower", "tokens", "N", "GFLOPs/img", "of which stem+resampler"]
+    head = ["tower", "tokens", "N", "GFLOPs/img", "FLOPs / RGB", "of which stem+resampler", "trainable"]
     head += [f"ms/call median / min (batch {b})" for b in batches] + [f"img/s at min (batch {b})" for b in batches]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [r["tower"], str(r["tokens"]), "-" if r["n_gaussians"] is None else str(r["n_gaussians"]),
                  f"{r['flops_per_image'] / 1e9:.3g}",
-                 "-" if r["embed_flops_per_image"] is None else f"{r['embed_flops_per_image'] / 1e9:.3g}"]
+                 "-" if r.get("ratio_to_rgb") is None else f"{r['ratio_to_rgb']:.3f}",
+                 "-" if r["embed_flops_per_image"] is None else f"{r['embed_flops_per_image'] / 1e9:.3g}",
+                 "-" if r.get("trainable_fraction") is None else f"{100 * r['trainable_fraction']:.2f}%"]
         cells += [f"{1e3 * r['latency_s'][str(b)]:.0f} / {1e3 * r['latency_min_s'][str(b)]:.0f}" for b in batches]
         cells += [f"{r['images_per_s'][str(b)]:.1f}" for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
@@ -153,5 +164,6 @@ def markdown_table(result: dict) -> str:
     load = f", load average {e['loadavg_1min']}" if e.get("loadavg_1min") is not None else ""
     lines.append(f"torch {e['torch']}, {e['threads']} threads{load}, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
                  f"(batches > 8: {e.get('large_batch_repeats', e['repeats'])} call(s), no warm-up); "
-                 "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add).")
+                 "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add); "
+                 "trainable = trainable / all CLIP parameters (base + GS modules).")
     return "\n".join(lines) + "\n"

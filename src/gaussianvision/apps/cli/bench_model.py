@@ -18,22 +18,24 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    p = parser("bench model", "Latency and FLOPs of the GS tower (196/98 tokens) vs the RGB ViT.")
+    p = parser("bench model", "Latency and FLOPs of the GS tower (98 tokens: per-layer vs shared keys/values) "
+                              "vs the RGB ViT, side by side in one run.")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
     p.add_argument("--quick", action="store_true", help="batches 1 and 4, N=400 only, 2 repeats")
     p.add_argument("--base", default="ViT-B-16", help="OpenCLIP base architecture (default ViT-B-16)")
-    p.add_argument("--configs", default="gs-196,gs-98", help="comma-separated GS configs")
-    p.add_argument("--n", default=None, help="Gaussians per image, comma-separated (default 400,3136)")
-    p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1,32)")
+    p.add_argument("--configs", default="gs-98,gs-98-shared",
+                   help="comma-separated GS configs (default gs-98,gs-98-shared: the old and the new design)")
+    p.add_argument("--n", default=None, help="Gaussians per image, comma-separated (default 400,900,1600,3136)")
+    p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per point (default 3)")
     p.add_argument("--large-batch-repeats", type=int, default=1, help="timed calls for batches > 8 (default 1)")
     args = p.parse_args(argv)
 
     def go(a):
-        from gaussianvision.apps.bench.model import markdown_table, run_model_bench
+        from gaussianvision.apps.bench.model import DEFAULT_N, markdown_table, run_model_bench
         from gaussianvision.models import ConfigError
-        n = _ints(a.n) if a.n else ([400] if a.quick else [400, 3136])
-        batches = _ints(a.batch) if a.batch else ([1, 4] if a.quick else [1, 32])
+        n = _ints(a.n) if a.n else ([400] if a.quick else list(DEFAULT_N))
+        batches = _ints(a.batch) if a.batch else ([1, 4] if a.quick else [1, 8])
         repeats = a.repeats or (2 if a.quick else 3)
         configs = [c for c in a.configs.split(",") if c]
         stem = "model_quick" if a.quick else "model"
