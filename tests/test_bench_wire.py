@@ -75,7 +75,7 @@ def test_quick_run_writes_the_table_the_reading_and_the_plot(tiny_demo, tmp_path
     from gaussianvision.apps.cli.main import main
     out = tmp_path / "res"
     rc = main(["bench", "wire", "--demo", str(tiny_demo), "--out", str(out), "--quick", "--n", "8,16", "--json",
-               "--columns", "JPEG,WEBP,splats float16,splats quantized", "--work", str(tmp_path / "work")])
+               "--columns", "JPEG,WEBP,splats float16,splats quantized,splats progressive", "--work", str(tmp_path / "work")])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert [b["bytes"] for b in res["budgets"]] == [160, 288]
@@ -88,11 +88,30 @@ def test_quick_run_writes_the_table_the_reading_and_the_plot(tiny_demo, tmp_path
         if r["codec"] == "splats quantized":
             from gaussianvision.splats.format import quantized_size
             assert w["bytes_max"] == quantized_size(r["n_gaussians"])
-    assert {r["codec"] for r in res["rows"]} == {"JPEG", "WEBP", "splats float16", "splats quantized"}
+        if r["codec"] == "splats progressive":
+            assert w["bytes_mean"] == w["bytes_max"] == r["budget"]  # a float16 prefix is exactly the budget
+    assert {r["codec"] for r in res["rows"]} == {"JPEG", "WEBP", "splats float16", "splats quantized",
+                                                 "splats progressive"}
+    _check_prefix_files(tmp_path / "work")
     md = (out / "wire_quick.md").read_text()
     assert "| budget B (N) | codec |" in md and "Splats win on accuracy at" in md and "wire_quick.png" in md
     png = (out / "wire_quick.png").read_bytes()
     assert png[:4] == b"\x89PNG" and len(png) < 200_000
+
+
+def _check_prefix_files(work):
+    """Each progressive file at budget N=8 is the first 8 Gaussians of the nested fit at N=16 (in
+    the nested order), flagged."""
+    from gaussianvision.fit.progressive import progressive
+    from gaussianvision.splats.format import decode, read_header
+    full, cut = work / "gs_nested_n16" / "eval" / "splat_cache", work / "gs_progressive_n16_k8" / "eval" / "splat_cache"
+    files = sorted(full.rglob("*.gsv"))
+    assert files and len(files) == len(list(cut.rglob("*.gsv")))
+    for f in files[:5]:
+        a, b = progressive(decode(f.read_bytes()), method="nested"), (cut / f.relative_to(full)).read_bytes()
+        assert read_header(b).progressive and a.max_gaussians == 16
+        torch.testing.assert_close(decode(b).means, a.means[:, :8])
+        torch.testing.assert_close(decode(b).colors, a.colors[:, :8])
 
 
 def test_missing_demo_is_one_line(tmp_path, capsys):

@@ -151,3 +151,106 @@ def test_gsv_fit_progressive_writes_flagged_files_that_info_shows(tmp_path, caps
     assert load(tmp_path / "prog" / "a.gsv", max_gaussians=7).max_gaussians == 7
     with pytest.raises(FormatError, match="not a progressive file"):
         load(tmp_path / "plain" / "a.gsv", max_gaussians=7)
+
+
+# ---------------------------------------------------------------- nested (progressive) fitting
+
+def _reference_prefix_loss(s: Splats, target, ks, weights):
+    """Each prefix rendered alone by the reference renderer, weighted MSEs summed (weights / sum)."""
+    from gaussianvision.raster import render
+    total = 0.0
+    for k, w in zip(ks, weights):
+        pred = render(_first(s, k), backend="reference")
+        total = total + (w / sum(weights)) * ((pred - target) ** 2).flatten(1).mean(1)
+    return total
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_prefix_loss_and_its_gradients_equal_the_reference(backend):
+    from gaussianvision.fit.progressive import prefix_loss
+    s = random_splats(2, 16, 20, 24, seed=7)
+    target = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    fractions, weights = (0.25, 0.5, 1.0), (1.0, 2.0, 3.0)
+
+    def leaves():
+        return [t.detach().clone().requires_grad_(True) for t in (s.means, s.chol, s.colors)]
+    a, b = leaves(), leaves()
+    loss, full = prefix_loss(Splats(*a, 20, 24), target, fractions, weights, backend=backend)
+    want = _reference_prefix_loss(Splats(*b, 20, 24), target, (4, 8, 16), weights)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(full, _reference_prefix_loss(Splats(*b, 20, 24), target, (16,), (1.0,)).detach(),
+                               rtol=1e-5, atol=1e-7)
+    loss.sum().backward()
+    want.sum().backward()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_fitter_steps_on_the_prefix_loss():
+    """One step of a nested fit moves the parameters as Adam on the reference prefix loss does:
+    Adam's first step is -lr * sign(grad) (where the gradient is not tiny)."""
+    from gaussianvision.fit import FitConfig
+    from gaussianvision.fit.fitter import Fitter
+    img = _photo(24)
+    init = random_splats(1, 12, 24, 24, seed=5)
+    cfg = FitConfig(prefix_fractions=(0.25, 1.0), prefix_weights=(1.0, 1.0), backend="reference")
+    f = Fitter(img, None, cfg, init=init)
+    before = {k: v.clone() for k, v in f.params.items()}
+    f.step()
+    leaves = [t.detach().clone().requires_grad_(True) for t in (init.means, init.chol, init.colors)]
+    _reference_prefix_loss(Splats(*leaves, 24, 24), img, (3, 12), (1.0, 1.0)).sum().backward()
+    for (name, lr), g in zip((("means", cfg.lr_means), ("chol", cfg.lr_chol), ("colors", cfg.lr_colors)), leaves):
+        step = f.params[name] - before[name]
+        big = g.grad.abs() > 1e-6
+        if name == "chol":  # the clamp to min_scale may cut a step
+            big &= (f.params[name] > cfg.min_scale + 1e-6)
+        assert big.sum() > 5
+        torch.testing.assert_close(step[big], -lr * torch.sign(g.grad[big]), rtol=1e-3, atol=1e-4)
+
+
+def test_nested_init_blocks_start_coarse_to_fine():
+    from gaussianvision.fit.progressive import nested_init, prefix_sizes
+    img = _photo(32)
+    s = nested_init("content", img, 40, (0.125, 0.5), torch.Generator().manual_seed(0))
+    assert prefix_sizes(40, (0.125, 0.5, 1.0)) == [5, 20, 40]
+    assert s.max_gaussians == 40
+    assert s.colors[:, :5].abs().sum() > 0 and s.colors[:, 5:].abs().sum() == 0  # later blocks start as nothing
+    sizes = [float(s.chol[:, a:b, 0].mean()) for a, b in ((0, 5), (5, 20), (20, 40))]
+    assert sizes[0] > sizes[1] > sizes[2]  # each block at its own density
+
+
+def test_nested_fit_prefixes_beat_the_reorder_of_a_plain_fit():
+    """Same photo, same N and preset: the nested fit's own prefixes against the best reorder
+    (eliminate) of a plain fit; the full image costs at most a little."""
+    from gaussianvision.fit import FitConfig, fit_images
+    img = _photo(48)
+    opts = {"preset": "fast", "iters": 80, "backend": "reference"}
+    plain = progressive(fit_images(img, 64, config=FitConfig.from_options(opts)).splats.detach(), backend="reference")
+    nested = fit_images(img, 64, config=FitConfig.from_options({**opts, "prefix_fractions": (0.125, 0.25, 0.5, 1.0)}))
+    ks = (8, 16, 32, 64)
+    p, q = _prefix_psnr(plain, img, ks), _prefix_psnr(nested.splats.detach(), img, ks)
+    assert all(b > a + 1.0 for a, b in zip(p[:3], q[:3])), (p, q)
+    assert q[3] > p[3] - 2.0, (p, q)
+    data = encode(nested.splats, progressive=True)  # a valid progressive file whose prefixes are the fit's
+    torch.testing.assert_close(decode(data, max_gaussians=16).means, decode(data).means[:, :16])
+    assert decode(data).max_gaussians == 64
+
+
+def test_progressive_order_fit_keeps_the_fit_order_and_bad_prefix_options_are_refused():
+    from gaussianvision.fit import FitConfig
+    s = _batch()
+    order = progressive_order(s, method="fit")
+    assert order[0].tolist() == list(range(9)) and order[1, :4].tolist() == [0, 1, 2, 3]
+    from gaussianvision.fit.prune import importance
+    big = random_splats(1, 32, 20, 24, seed=2)
+    nested = progressive_order(big, method="nested")[0].tolist()  # blocks 0-3, 4-7, 8-15, 16-31
+    e = importance(big, "energy")[0]
+    for a, b in ((0, 4), (4, 8), (8, 16), (16, 32)):
+        assert sorted(nested[a:b]) == list(range(a, b))
+        assert nested[a:b] == sorted(range(a, b), key=lambda i: -float(e[i]))
+    for bad in ({"prefix_fractions": (0.0, 1.0)}, {"prefix_fractions": (0.5, 1.5)},
+                {"prefix_fractions": (0.5, 1.0), "prefix_weights": (1.0,)},
+                {"prefix_fractions": (0.5, 1.0), "prefix_weights": (0.0, 0.0)},
+                {"prefix_fractions": (0.5, 1.0), "ssim_weight": 0.2}):
+        with pytest.raises(ValueError, match="prefix"):
+            FitConfig.from_options(bad)

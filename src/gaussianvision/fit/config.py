@@ -46,6 +46,8 @@ class FitConfig:
     device: str | None = None      # None: the images' device
     seed: int = 0
     record_at: tuple = ()          # iterations at which to record every image's PSNR
+    prefix_fractions: tuple = ()   # nested (progressive) fit: loss over these prefixes k = f N (fit/progressive.py; (): off)
+    prefix_weights: tuple | None = None  # one weight per prefix fraction (None: equal)
 
     def _check_types(self) -> None:
         """Every numeric option a number (not a string from a command line; an int option an
@@ -86,9 +88,21 @@ class FitConfig:
             raise ValueError(f"coarse_min_pixels must be >= 0, got {self.coarse_min_pixels}")
         if self.color_solve < 0:
             raise ValueError(f"color_solve must be >= 0 (conjugate-gradient iterations), got {self.color_solve}")
+        self._check_prefixes()
         if self.min_scale <= 0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self
+
+    def _check_prefixes(self) -> None:
+        fr, w = tuple(self.prefix_fractions), self.prefix_weights
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 < f <= 1.0 for f in fr):
+            raise ValueError(f"prefix_fractions must lie in (0, 1], got {self.prefix_fractions}")
+        if w is not None and (len(w) != len(fr) or not all(isinstance(x, (int, float)) and x >= 0 for x in w)
+                              or not sum(w) > 0):
+            raise ValueError(f"prefix_weights must be one non-negative weight per prefix fraction (not all zero), "
+                             f"got {w} for {fr}")
+        if fr and self.ssim_weight > 0:
+            raise ValueError("prefix_fractions (a nested MSE fit) does not combine with ssim_weight > 0")
 
     @classmethod
     def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":

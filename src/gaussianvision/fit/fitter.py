@@ -47,6 +47,7 @@ from gaussianvision.fit.colors import solve_colors
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import psnr, ssim
+from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
@@ -115,8 +116,12 @@ class Fitter:
             if n_gaussians is None or int(n_gaussians) < 1:
                 raise ValueError(f"fit_images: n_gaussians must be >= 1, got {n_gaussians}")
             gen = torch.Generator().manual_seed(self.cfg.seed)
-            s = initialize(init, self.images, int(n_gaussians), generator=gen, backend=self.cfg.backend)
-            if self.cfg.color_solve:  # the best colors for the initial geometry (never worse than the init's)
+            if self.cfg.prefix_fractions:  # a nested fit starts nested (fit/progressive.py)
+                s = nested_init(init, self.images, int(n_gaussians), self.cfg.prefix_fractions, gen,
+                                self.cfg.color_solve, self.cfg.backend)
+            else:
+                s = initialize(init, self.images, int(n_gaussians), generator=gen, backend=self.cfg.backend)
+            if self.cfg.color_solve and not self.cfg.prefix_fractions:  # the best colors for the initial geometry (never worse than the init's)
                 s = Splats(s.means, s.chol, solve_colors(s, self.images, self.cfg.color_solve, backend=self.cfg.backend),
                            s.height, s.width, s.counts)
         self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
@@ -172,10 +177,12 @@ class Fitter:
         counts = self.counts if full else self.counts[idx]
         target = self.images if full else self.images[idx]
         s = Splats(leaves["means"], leaves["chol"], leaves["colors"], self.h, self.w, counts)
-        pred = render(s, backend=cfg.backend)
         valid = self._mask(counts, leaves["colors"].shape[1])
-        err = self._backward(pred, target, leaves, counts, valid)
-        vf = valid[..., None].to(pred.dtype)
+        if cfg.prefix_fractions:
+            err = self._prefix_backward(s, target, leaves, counts, valid)
+        else:
+            err = self._backward(render(s, backend=cfg.backend), target, leaves, counts, valid)
+        vf = valid[..., None].to(target.dtype)
         grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
         self.opt.step(grads, None if full else idx, lr_scale)
         with torch.no_grad():
@@ -212,6 +219,16 @@ class Fitter:
             outputs.append((cfg.prune_lambda * l1).sum() * scale)
             grads.append(None)
         torch.autograd.backward(outputs, [g if g is not None else torch.ones_like(o) for o, g in zip(outputs, grads)])
+        return err.detach()
+
+    def _prefix_backward(self, s, target, leaves, counts, valid) -> torch.Tensor:
+        """A nested fit's gradients (fit/progressive.py's prefix_loss, the L1 penalty as in
+        _backward) times the pixel count into the leaves; returns each image's full MSE [A]."""
+        cfg = self.cfg
+        loss, err = prefix_loss(s, target, cfg.prefix_fractions, cfg.prefix_weights, cfg.backend)
+        if cfg.prune_lambda > 0:
+            loss = loss + cfg.prune_lambda * (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
+        (loss.sum() * float(self.h * self.w)).backward()
         return err.detach()
 
     def _over_budget(self, running: float, ahead: float = 0.0) -> bool:

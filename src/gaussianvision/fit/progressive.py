@@ -15,6 +15,19 @@ Two orders, both on fit/prune.py's importance (no second measure):
              neighbours' part, is -2 c_g . dL/dc_g of L = 0.5 ||R_S - F||^2: one render and
              its backward per round (about log(N) / -log(1 - fraction) rounds).
 Padding rows stay behind each image's valid ones; counts are unchanged.
+
+Reordering a finished fit cannot make short prefixes good: a plain fit at N spends every
+Gaussian on detail at N's scale. A nested ("matryoshka") fit makes the fit itself progressive:
+
+    fit_images(images, 400, prefix_fractions=(0.125, 0.25, 0.5, 1.0))   # FitConfig option
+
+The loss is sum_j w_j MSE(render(first k_j Gaussians), image), k_j = round(f_j N) (prefix_loss:
+each prefix rendered by the same renderer, weights normalized to sum 1); the start is nested
+(nested_init): the first k_1 Gaussians are the initializer's at k_1 (colors solved, so the
+first prefix starts as a coarse image), each further block k_{j-1}..k_j the initializer's at
+its own size with zero colors (it starts as nothing and learns the residual). The fit's own
+order is then the progressive order (method "fit"; method "nested" also sorts inside each block
+by importance, for prefixes that end between the k_j).
 """
 from __future__ import annotations
 
@@ -26,19 +39,81 @@ from gaussianvision.fit.prune import importance
 from gaussianvision.raster import render
 from gaussianvision.splats.types import Splats
 
-__all__ = ["METHODS", "progressive", "progressive_order", "reorder"]
+__all__ = ["METHODS", "PREFIX_FRACTIONS", "nested_init", "prefix_loss", "prefix_sizes", "prefix_splats",
+           "progressive", "progressive_order", "reorder"]
 
-METHODS = ("eliminate", "greedy")
+METHODS = ("eliminate", "greedy", "fit", "nested")  # fit: the fit's own order; nested: see progressive_order
+PREFIX_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+
+
+def prefix_sizes(n: int, fractions) -> list[int]:
+    """The prefix lengths k_j = round(f_j n) (at least 1), increasing, duplicates dropped."""
+    return sorted({max(1, min(n, round(f * n))) for f in fractions})
+
+
+def prefix_splats(s: Splats, k: int) -> Splats:
+    """Each image's first k Gaussians (counts min(count, k))."""
+    return Splats(s.means[:, :k], s.chol[:, :k], s.colors[:, :k], s.height, s.width, s.num_gaussians().clamp(max=k))
+
+
+def prefix_loss(s: Splats, target: torch.Tensor, fractions, weights=None,
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss [B], full MSE [B]): loss = sum_j w_j MSE(render(first k_j Gaussians), target), the
+    weights (default equal) normalized to sum 1; differentiable through the renderer."""
+    n = s.means.shape[1]
+    ks = [max(1, min(n, round(f * n))) for f in fractions]
+    w = torch.tensor([1.0] * len(ks) if weights is None else [float(x) for x in weights], dtype=torch.float64)
+    if len(w) != len(ks) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+        raise ValueError(f"prefix weights {weights}: one non-negative weight per prefix fraction, not all zero")
+    w = (w / w.sum()).tolist()
+    loss, full = 0.0, None
+    for k, wk in zip(ks, w):
+        mse = (render(prefix_splats(s, k), backend=backend) - target).square().flatten(1).mean(1)
+        loss = loss + wk * mse
+        if k == n:
+            full = mse
+    if full is None:
+        full = (render(s, backend=backend) - target).square().flatten(1).mean(1)
+    return loss, full
+
+
+def nested_init(init: str, images: torch.Tensor, n: int, fractions, generator=None, color_solve: int = 0,
+                backend: str = "auto") -> Splats:
+    """Splats [B, n] whose first k_1 rows are `init` at k_1 (colors solved with color_solve CG
+    steps) and each further block k_{j-1}..k_j `init` at the block's size with zero colors."""
+    from gaussianvision.fit.colors import solve_colors
+    from gaussianvision.fit.init import initialize
+    ks = prefix_sizes(n, tuple(fractions) + (1.0,))
+    blocks, prev = [], 0
+    for k in ks:
+        b = initialize(init, images, k - prev, generator=generator, backend=backend)
+        if prev == 0 and color_solve:
+            b = Splats(b.means, b.chol, solve_colors(b, images, color_solve, backend=backend), b.height, b.width)
+        colors = b.colors if prev == 0 else torch.zeros_like(b.colors)
+        blocks.append((b.means, b.chol, colors))
+        prev = k
+    means, chol, colors = (torch.cat(t, 1) for t in zip(*blocks))
+    return Splats(means, chol, colors, images.shape[-2], images.shape[-1])
 
 
 def progressive_order(splats: Splats, method: str = "eliminate", fraction: float = 0.25,
                       measure: str = "energy", backend: str = "auto") -> torch.Tensor:
-    """[B, N] long: per image, the indices of its Gaussians, most important first (padding last)."""
+    """[B, N] long: per image, the indices of its Gaussians, most important first (padding last).
+    fit: the fit's own order; nested: a nested fit's blocks (prefix_sizes of PREFIX_FRACTIONS) in
+    order, inside each block by `measure` importance (a prefix that ends inside a block keeps that
+    block's most important Gaussians)."""
     if method not in METHODS:
         raise ValueError(f"unknown progressive order {method!r}; choose one of {list(METHODS)}")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"progressive order: fraction must lie in (0, 1), got {fraction}")
-    if method == "greedy":
+    if method in ("fit", "nested"):  # a nested fit: its blocks in order, inside each (nested) most important first
+        n = splats.means.shape[1]
+        priority = -torch.arange(n, device=splats.means.device, dtype=torch.float64).expand(splats.batch_size, -1)
+        if method == "nested":
+            block = torch.bucketize(torch.arange(n), torch.tensor(prefix_sizes(n, PREFIX_FRACTIONS)), right=True)
+            e = importance(splats, measure).double()
+            priority = -block.to(e.device).double() * (1.0 + e.max()) + e
+    elif method == "greedy":
         priority = importance(splats, measure).double()
     else:
         priority = _eliminate(splats.detach(), fraction, backend)

@@ -12,11 +12,14 @@ psnr: the images are fitted once at N (the `fast` preset), put in progressive or
 method), written as one progressive .gsv and read back with decode(max_gaussians=k); beside
 each prefix, a direct fit at k with the same preset through the same float16 bytes. The price
 of being progressive is direct - prefix (dB). "fit order" is the prefix of a file that is not
-progressive (what a reader that ignored the flag would get).
+progressive (what a reader that ignored the flag would get). "nested fit" is a progressive fit
+(fit/progressive.py: prefix losses at PREFIX_FRACTIONS of N, same preset) read in its own order (method "nested");
+its row at k = N is the full-N price of fitting progressively, its time is beside the plain fit's.
 
 accuracy: the demo's GS model (stage2_n76) zero-shot on its world's four tasks through the
 library's evaluator (eval.zeroshot over eval.datasets' SplatBatches, as `gsv demo` runs it),
-reading prefixes k of progressive N=76 fits beside direct fits at k (the demo's fit settings).
+reading prefixes k of progressive N=76 fits beside direct fits at k (the demo's fit settings):
+the eliminate reorder of a plain fit and a nested fit (the demo's settings plus prefix losses).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import torch
 from gaussianvision.apps.bench.fit import loadavg, machine_info
 from gaussianvision.fit import FitConfig, fit_images
 from gaussianvision.fit.metrics import psnr
-from gaussianvision.fit.progressive import progressive
+from gaussianvision.fit.progressive import PREFIX_FRACTIONS, progressive
 from gaussianvision.raster import render
 from gaussianvision.splats import Splats
 from gaussianvision.splats.format import decode, encode
@@ -41,6 +44,7 @@ __all__ = ["progressive_rows", "accuracy_rows", "image_set", "markdown", "KS", "
 KS = (100, 200, 400, 900, 1600, 3136)
 ACC_KS = (19, 38, 57, 76)
 METHODS = ("eliminate", "greedy")
+NESTED = "nested fit"  # a progressive (nested) fit read in its own order
 KODAK = Path("/work/shared/data/kodak")
 RESULTS = Path("benchmarks/results")
 
@@ -63,12 +67,17 @@ def _mean_psnr(s: Splats, images: torch.Tensor) -> float:
 
 
 def progressive_rows(images: torch.Tensor, n: int, ks=KS, preset: str = "fast", methods=METHODS) -> dict:
-    """PSNR of prefixes k of progressive N fits beside direct fits at k (means over the images)."""
+    """PSNR of prefixes k of progressive N fits beside direct fits at k (means over the images):
+    a plain fit reordered by each method, and a nested fit (prefix_fractions, fit/progressive.py)."""
     cfg = FitConfig.from_options({"preset": preset})
     t0 = time.perf_counter()
     full = fit_images(images, n, config=cfg).splats.detach()
     fit_s = (time.perf_counter() - t0) / len(images)
-    files, order_s = {"fit order": encode(full, progressive=True)}, {}
+    t0 = time.perf_counter()
+    nested = fit_images(images, n, config=FitConfig.from_options(
+        {"preset": preset, "prefix_fractions": PREFIX_FRACTIONS})).splats.detach()
+    nested_s = (time.perf_counter() - t0) / len(images)
+    files, order_s = {"fit order": encode(full, progressive=True), NESTED: encode(progressive(nested, method="nested"), progressive=True)}, {}
     for m in methods:
         t0 = time.perf_counter()
         files[m] = encode(progressive(full, method=m), progressive=True)
@@ -81,7 +90,8 @@ def progressive_rows(images: torch.Tensor, n: int, ks=KS, preset: str = "fast", 
             row[m] = _mean_psnr(decode(data, max_gaussians=k), images)
         rows.append(row)
     return {"rows": rows, "fit_seconds_per_image": fit_s, "order_seconds_per_image": order_s,
-            "methods": ["fit order", *methods]}
+            "nested_fit_seconds_per_image": nested_s, "prefix_fractions": list(PREFIX_FRACTIONS),
+            "methods": ["fit order", *methods, NESTED]}
 
 
 class _Ordered:
@@ -112,11 +122,11 @@ class _Prefix:
         return s
 
 
-def _demo_settings(demo: Path, n: int):
+def _demo_settings(demo: Path, n: int, **extra):
     from gaussianvision.eval import SplatSettings
     conv = json.loads((demo / "results.json").read_text())["settings"]["convert"]
     return SplatSettings(n_gaussians=n, iters=conv["iters"], init=conv["init"], size=64, fit_batch=64,
-                         fit_options=conv.get("fit", {}))
+                         fit_options={**conv.get("fit", {}), **extra})
 
 
 def _zeroshot(em, t: dict, source, batch: int) -> float:
@@ -138,15 +148,18 @@ def accuracy_rows(demo: Path, ks=ACC_KS, n: int = 76, method: str = "eliminate",
     world = json.loads((demo / "steps" / "world.json").read_text())["result"]
     cache = Path(cache or "/tmp/gsv_progressive_cache")
     ordered = _Ordered(SplatCache(str(cache), _demo_settings(demo, n)), method)
+    nested = _Ordered(SplatCache(str(cache), _demo_settings(demo, n, prefix_fractions=PREFIX_FRACTIONS)), "nested")
     rows = []
     for k in ks:
         row = {"k": k, "tasks": {}}
         for task, t in world["tasks"].items():
             direct = SplatCache(str(cache), _demo_settings(demo, k))
-            prefix = _Prefix(ordered, k)
+            prefix, nest = _Prefix(ordered, k), _Prefix(nested, k)
             row["tasks"][task] = {"prefix": _zeroshot(em, t, prefix, batch), "direct": _zeroshot(em, t, direct, batch),
-                                  "prefix_psnr": sum(prefix.psnrs) / len(prefix.psnrs), "direct_psnr": direct.psnr_mean}
-        for key in ("prefix", "direct", "prefix_psnr", "direct_psnr"):
+                                  "nested": _zeroshot(em, t, nest, batch),
+                                  "prefix_psnr": sum(prefix.psnrs) / len(prefix.psnrs), "direct_psnr": direct.psnr_mean,
+                                  "nested_psnr": sum(nest.psnrs) / len(nest.psnrs)}
+        for key in ("prefix", "direct", "nested", "prefix_psnr", "direct_psnr", "nested_psnr"):
             row[key] = sum(r[key] for r in row["tasks"].values()) / len(row["tasks"])
         rows.append(row)
     return {"rows": rows, "n": n, "method": method, "images_per_task": {t: w["n"] for t, w in world["tasks"].items()}}
@@ -156,7 +169,9 @@ def accuracy_rows(demo: Path, ks=ACC_KS, n: int = 76, method: str = "eliminate",
 def _psnr_md(name: str, sec: dict) -> list[str]:
     methods = sec["methods"]
     head = ["k", "payload bytes", "direct fit at k"] + [f"{m} prefix (price)" for m in methods]
-    out = [f"### {name}", "", f"Fit {sec['fit_seconds_per_image']:.2f} s per image; order "
+    nested = (f"; nested fit (prefixes {sec['prefix_fractions']} of N) {sec['nested_fit_seconds_per_image']:.2f} s"
+              " per image" if "nested_fit_seconds_per_image" in sec else "")
+    out = [f"### {name}", "", f"Fit {sec['fit_seconds_per_image']:.2f} s per image{nested}; order "
            + ", ".join(f"{m} {v:.2f} s" for m, v in sec["order_seconds_per_image"].items()) + " per image; "
            f"machine load {sec['machine']['loadavg_start']} -> {sec['machine']['loadavg_end']}, "
            f"{sec['seconds']:.0f} s in all.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -169,16 +184,17 @@ def _psnr_md(name: str, sec: dict) -> list[str]:
 
 def _acc_md(sec: dict) -> list[str]:
     tasks = list(sec["rows"][0]["tasks"])
-    head = ["k", "payload bytes", "prefix acc", "direct acc", "prefix PSNR", "direct PSNR"] + \
-        [f"{t} prefix / direct" for t in tasks]
+    head = ["k", "payload bytes", "prefix acc", "nested-fit prefix acc", "direct acc", "prefix PSNR",
+            "nested-fit prefix PSNR", "direct PSNR"] + [f"{t} prefix / nested / direct" for t in tasks]
     out = [f"### zero-shot, demo GS model (stage2_n76) on its world, prefixes of progressive N={sec['n']} fits "
-           f"({sec['method']})", "", f"Images per task: {sec['images_per_task']}; machine load "
+           f"({sec['method']} reorder of a plain fit; nested fit with prefixes {list(PREFIX_FRACTIONS)} of N)", "", f"Images per task: {sec['images_per_task']}; machine load "
            f"{sec['machine']['loadavg_start']} -> {sec['machine']['loadavg_end']}, {sec['seconds']:.0f} s in all.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sec["rows"]:
-        cells = [str(r["k"]), f"{16 * r['k']:,}", f"{100 * r['prefix']:.1f}%", f"{100 * r['direct']:.1f}%",
-                 f"{r['prefix_psnr']:.2f} dB", f"{r['direct_psnr']:.2f} dB"]
-        cells += [f"{100 * v['prefix']:.1f} / {100 * v['direct']:.1f}" for v in r["tasks"].values()]
+        cells = [str(r["k"]), f"{16 * r['k']:,}", f"{100 * r['prefix']:.1f}%", f"{100 * r['nested']:.1f}%",
+                 f"{100 * r['direct']:.1f}%", f"{r['prefix_psnr']:.2f} dB", f"{r['nested_psnr']:.2f} dB",
+                 f"{r['direct_psnr']:.2f} dB"]
+        cells += [f"{100 * v['prefix']:.1f} / {100 * v['nested']:.1f} / {100 * v['direct']:.1f}" for v in r["tasks"].values()]
         out.append("| " + " | ".join(cells) + " |")
     return out + [""]
 

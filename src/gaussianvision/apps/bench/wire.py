@@ -10,12 +10,16 @@ given the whole file as its budget (headers included, as in `gsv bench codec`):
   splats float16    N Gaussians fitted with the demo's own settings (what the encoder was trained on)
   splats fast       the same N with the library's `fast` preset
   splats quantized  layout 2, the largest N whose file fits the budget (the demo's settings)
+  splats progressive  one progressive file per image: a nested fit (fit/progressive.py's prefix
+                    losses over the demo's settings) at the largest budget's N, cut to each
+                    budget (its first N Gaussians in the nested order: the float16 prefix is
+                    exactly the budget)
 
 The world is evaluated through the demo's own zero-shot path (demo.pipeline.step_eval): the
 teacher reads copies of the task shards whose images went through the codec; the encoder reads
 splats from the evaluation's splat cache (fitted there; the quantized files are that cache
-transcoded, which the cache reads without fitting). More columns (a progressive prefix) are a
-function `(ctx, budget) -> row` passed in `columns`.
+transcoded, which the cache reads without fitting; the progressive prefixes are the nested
+fit's cache cut the same way). Each column is a function `(ctx, budget) -> row` in COLUMNS.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from PIL import Image
 from gaussianvision.apps.bench.codec import _psnr, at_budget, compress, run_codec_bench
 
 __all__ = ["DemoRun", "WireError", "load_demo", "budgets", "run_wire_bench", "markdown", "verdict", "plot",
-           "COLUMNS", "float16_bytes", "quantized_n"]
+           "COLUMNS", "progressive_column", "float16_bytes", "quantized_n"]
 
 BUDGET_N = (19, 38, 57, 76)
 PIXEL_CODECS = ("JPEG", "WEBP")
@@ -70,6 +74,7 @@ class DemoRun:
     batch: int
     size: int = 64
     work: Path | None = None
+    top_n: int | None = None  # the largest budget's N (the progressive file's; set by run_wire_bench)
 
 
 def load_demo(path) -> DemoRun:
@@ -225,8 +230,27 @@ def quantized_column(ctx: DemoRun, b: dict) -> dict:
     return {"codec": "splats quantized", "n_gaussians": n, "world": _world_row(ev, _cache_sizes(ctx, name), ev["psnr"])}
 
 
+def progressive_column(ctx: DemoRun, b: dict) -> dict:
+    """Prefixes of one nested fit at ctx.top_n per image, cut to the budget's N."""
+    from gaussianvision.fit.progressive import PREFIX_FRACTIONS, prefix_splats, progressive
+    from gaussianvision.splats.format import encode
+    top = ctx.top_n or b["n"]
+    st = _settings(ctx, top)
+    st.fit_options = {**st.fit_options, "prefix_fractions": list(PREFIX_FRACTIONS)}
+    full = f"gs_nested_n{top}"
+    if not _cache_sizes(ctx, full):
+        _eval(ctx.gs_spec, ctx.world, ctx, full, st)  # fits the nested float16 files into that run's cache
+    name = f"gs_progressive_n{top}_k{b['n']}"
+    _transcode(ctx, full, name, lambda s: encode(prefix_splats(progressive(s, method="nested"), b["n"]),
+                                                              progressive=True))
+    ev = _eval(ctx.gs_spec, ctx.world, ctx, name, st)  # reads the cut files, fits nothing
+    return {"codec": "splats progressive", "n_gaussians": b["n"],
+            "world": _world_row(ev, _cache_sizes(ctx, name), ev["psnr"])}
+
+
 COLUMNS = {"JPEG": pixel_column("JPEG"), "WEBP": pixel_column("WEBP"), "splats float16": splat_column(),
-           "splats fast": splat_column("fast", "splats fast"), "splats quantized": quantized_column}
+           "splats fast": splat_column("fast", "splats fast"), "splats quantized": quantized_column,
+           "splats progressive": progressive_column}
 
 
 # ---------------------------------------------------------------- the bundled photos (PSNR only)
@@ -260,6 +284,7 @@ def run_wire_bench(ctx: DemoRun, n_list=BUDGET_N, columns=None, photos: bool = T
     """Every column at every budget; the photos' PSNR beside them; the teacher on lossless PNGs."""
     columns = COLUMNS if columns is None else columns
     bs = budgets(n_list)
+    ctx.top_n = max(b["n"] for b in bs)
     if min(b["n_quantized"] for b in bs) < 1:
         raise WireError(f"budget {min(b['bytes'] for b in bs)} B holds no quantized Gaussian; use a larger N")
     rows = []
