@@ -191,3 +191,20 @@ def test_gs98_shared_costs_at_most_0_6x_rgb_at_every_n_with_the_paper_trainable_
     rep = parameter_report(m)
     assert 0.097 <= rep["trainable_fraction"] <= 0.138
     assert 0.097 <= rep["trainable_fraction_of_base"] <= 0.138
+
+
+def test_bench_rows_carry_the_flops_ratio_and_trainable_share(tmp_path):
+    from gaussianvision.apps.bench.model import run_model_bench
+    shared = tmp_path / "tiny-shared.json"
+    shared.write_text(json.dumps({"base": "gsv-tiny", "stem": {"hidden": 32, "token_dim": 32},
+                                  "resampler": {"num_latents": 32, "layers": 2, "kv_dim": 32,
+                                                "cross_layers": 1}}))
+    res = run_model_bench("gsv-tiny", ["gs-tiny", str(shared)], [500], [1], repeats=1)
+    rgb, old, new = res["rows"]
+    assert rgb["ratio_to_rgb"] == 1.0 and rgb["trainable_fraction"] is None
+    for r in (old, new):
+        assert r["ratio_to_rgb"] == r["flops_per_image"] / rgb["flops_per_image"]
+        cfg = "gs-tiny" if r is old else str(shared)
+        want = parameter_report(create_gsclip("gsv-tiny", None, cfg, device="meta"))["trainable_fraction"]
+        assert r["trainable_fraction"] == want
+    assert new["embed_flops_per_image"] < old["embed_flops_per_image"]

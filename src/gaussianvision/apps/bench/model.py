@@ -30,6 +30,15 @@ def _loadavg() -> float | None:
         return None
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                        platform.processor() or platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def synthetic_splats(batch: int, n: int, size: int = 224, seed: int = 0):
     """Splats [batch, n] for a size x size image, Gaussians about as wide as the grid spacing."""
     from gaussianvision.splats.types import Splats
@@ -90,7 +99,8 @@ def run_model_bench(base: str = "ViT-B-16", configs: Sequence[str] = DEFAULT_CON
 
     def env():
         return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "processor": platform.processor() or platform.machine(), "dtype": "float32",
+                "processor": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+                "cpus": os.cpu_count(), "dtype": "float32",
                 "base": base, "repeats": repeats, "large_batch_repeats": large_batch_repeats,
                 "batches": list(batches), "loadavg_1min": _loadavg()}
 
@@ -162,7 +172,8 @@ def markdown_table(result: dict) -> str:
     e = result["env"]
     lines.append("")
     load = f", load average {e['loadavg_1min']}" if e.get("loadavg_1min") is not None else ""
-    lines.append(f"torch {e['torch']}, {e['threads']} threads{load}, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
+    cpu = f"{e['cpu']} ({e.get('cpus')} CPUs), " if e.get("cpu") else ""
+    lines.append(f"{cpu}torch {e['torch']}, {e['threads']} threads{load}, {e['dtype']}, median and min of {e['repeats']} calls after a warm-up "
                  f"(batches > 8: {e.get('large_batch_repeats', e['repeats'])} call(s), no warm-up); "
                  "FLOPs from torch FlopCounterMode (matmul/conv/attention, 2 per multiply-add); "
                  "trainable = trainable / all CLIP parameters (base + GS modules).")
