@@ -34,9 +34,10 @@ def test_bench_runs_end_to_end_tiny(tmp_path):
     assert abs(rows["energy lowest 25%"]["pruned"] - 0.25) < 1e-9
     assert "skipped" in res["kodak"]
     ttq = res["ttq"]["sets"]["bundled photos"]["16"]
-    assert [r["method"] for r in ttq] == ["adam", "adam+colors", "c2f+colors", "random", "fast", "balanced"]
+    assert [r["method"] for r in ttq] == ["adam", "adam+colors", "c2f+colors", "random", "fast", "balanced",
+                                         "fast+learned", "balanced+learned"]
     # the run's iterations, except for the presets, which run their own
-    assert [r["curve"][-1][2] for r in ttq] == [10, 10, 10, 10, 150, 500] == [r["iters"] for r in ttq]
+    assert [r["curve"][-1][2] for r in ttq] == [10, 10, 10, 10, 150, 500, 150, 500] == [r["iters"] for r in ttq]
     assert all(r["seconds_per_image"] > 0 for r in ttq)
     assert res["ttq"]["naive"]["bundled photos:16"]["naive_seconds"] > 0
     md = to_markdown(res)

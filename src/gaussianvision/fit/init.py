@@ -9,6 +9,8 @@ All take images [B, 3, H, W] in [0, 1] and return Splats [B, N] on the images' d
            regions keep some), stratified along a Hilbert curve so they do not clump; each
            Gaussian's size follows the local density; colors as for `grid`
   random   the previous method's baseline: uniform means, random shapes and colors
+  learned  `content`, then a small trained network shifts each Gaussian and makes it
+           anisotropic from the pixels around it (fit/learned_init.py)
 """
 from __future__ import annotations
 
@@ -172,7 +174,14 @@ def init_random(images: torch.Tensor, n: int, generator: torch.Generator | None 
     return Splats(means, chol, colors, h, w)
 
 
-INITIALIZERS = {"grid": init_grid, "content": init_content, "random": init_random}
+def _learned(images: torch.Tensor, n: int, generator: torch.Generator | None = None,
+             backend: str = "auto") -> Splats:
+    """`content`, then each Gaussian shifted and shaped by a small trained network (fit/learned_init.py)."""
+    from .learned_init import init_learned  # imports this module: loaded on first use
+    return init_learned(images, n, generator=generator, backend=backend)
+
+
+INITIALIZERS = {"grid": init_grid, "content": init_content, "random": init_random, "learned": _learned}
 
 
 def initialize(name: str, images: torch.Tensor, n: int, generator=None, backend: str = "auto") -> Splats:

@@ -70,7 +70,8 @@ class FitBenchConfig:
     ttq_ns: tuple = (400, 3136)        # time to quality (bench/ttq.py): N, batch and iterations
     ttq_batches: tuple = (40, 16)
     ttq_iters: tuple = (500, 300)
-    ttq_methods: tuple = ("adam", "adam+colors", "c2f+colors", "random", "fast", "balanced")
+    ttq_methods: tuple = ("adam", "adam+colors", "c2f+colors", "random", "fast", "balanced", "fast+learned",
+                          "balanced+learned")
     ttq_kodak_images: int = 1          # section ttq_kodak: full-size Kodak photos at kodak_n, time to 32.05 dB
     ttq_kodak_iters: int = 600
     sections: tuple = ("ttq", "curves", "speed", "naive", "pruning", "kodak")

@@ -17,6 +17,8 @@ Methods (issue 20: measure each step and keep what pays), each a set of fit opti
                   random init) would have; with its per-iteration time it gives the naive curve
   fast, balanced, best
                   the presets of fit/presets.py, each with its own iterations (not the run's)
+  fast+learned, balanced+learned
+                  the presets with the learned initializer (fit/learned_init.py) instead of content
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ __all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "time_to_quality", "read_curve", 
 
 METHODS = {"adam": {}, "adam+colors": {"color_solve": 8}, "c2f+colors": {"color_solve": 8, "coarse_fraction": 0.6},
            "random": {"init": "random"}, "fast": {"preset": "fast"}, "balanced": {"preset": "balanced"},
-           "best": {"preset": "best"}}
+           "best": {"preset": "best"}, "fast+learned": {"preset": "fast", "init": "learned"},
+           "balanced+learned": {"preset": "balanced", "init": "learned"}}
 TARGETS = {400: (25.0, 27.0, 29.0), 3136: (33.0, 35.0, 37.0), 9000: (30.0, 32.05)}  # 9000: Kodak full size
 BUDGETS_MS = (50.0, 250.0)
 _CHECKS = (0, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 700, 1000)

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--kodak-iters", type=int, default=None)
     p.add_argument("--sections", default=None, help="subset of ttq,curves,speed,naive,pruning,kodak; ttq_kodak (time "
                                                     "to 32.05 dB on full-size Kodak, 9000 Gaussians) is not in the default set")
+    p.add_argument("--methods", default=None, help="comma-separated time-to-quality methods (bench/ttq.py METHODS; "
+                                                   "default adam,adam+colors,c2f+colors,random,fast,balanced,fast+learned,balanced+learned)")
     p.add_argument("--name", default=None, help="output file stem (default fit or fit_quick)")
     args = p.parse_args(argv)
 
@@ -60,6 +62,12 @@ def main(argv=None) -> int:
             kw["ns"] = _ints(a.ns)
         if a.checkpoints:
             kw["checkpoints"] = _ints(a.checkpoints)
+        if a.methods:
+            from gaussianvision.apps.bench.ttq import METHODS
+            kw["ttq_methods"] = tuple(s.strip() for s in a.methods.split(","))
+            unknown = sorted(set(kw["ttq_methods"]) - set(METHODS))
+            if unknown:
+                raise CliError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if a.sections:
             kw["sections"] = tuple(s.strip() for s in a.sections.split(","))
         cfg = FitBenchConfig.quick_preset(**kw) if a.quick else FitBenchConfig(**kw)
