@@ -66,3 +66,17 @@ def test_cli_keeps_explicit_settings(train_shards, tmp_path, capsys):
     res = _train(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "c"),
                   "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--warmup", "1", "--in-memory"], capsys)
     assert res["settings"]["from_recipe"] == [] and res["total_steps"] == 2 and res["settings"]["warmup"] == 1
+
+
+def test_demo_stages_without_settings_get_the_cli_recipe_and_given_ones_win():
+    """The full demo's stages 1 and 2 give no length or rate: they get what `gsv train` would."""
+    from gaussianvision.apps.demo.pipeline import SETTINGS, with_recipe
+    full = SETTINGS["full"]
+    n = full["convert"]["n_images"]
+    for stage, key in (("1", "stage1"), ("2", "stage2")):
+        s = with_recipe(stage, full[key], n)
+        assert s["epochs"] == epochs_for(stage, n) and s["lr"] == lr_for(stage, n)
+        assert s["batch"] == RECIPES[stage].batch_size
+    assert with_recipe("1", full["stage1"], n)["epochs"] == pytest.approx(76.8)
+    given = with_recipe("1", {"epochs": 3, "lr": 1e-3, "batch": 16}, n)
+    assert (given["epochs"], given["lr"], given["batch"]) == (3, 1e-3, 16)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from gaussianvision.apps.demo.world.scenes import RELATIONS  # the world's direction phrases
+from gaussianvision.train import recipe
 
-__all__ = ["SETTINGS", "StepCache", "settings_for", "step_world", "step_photos", "step_convert", "step_train",
+__all__ = ["SETTINGS", "StepCache", "settings_for", "with_recipe", "step_world", "step_photos", "step_convert", "step_train",
            "step_eval", "load_samples", "register_bases", "cpu_time", "budget_bytes", "PIXEL_BYTES_PER_GAUSSIAN"]
 
 PIXEL_BYTES_PER_GAUSSIAN = 16  # 8 float16 numbers: mean (2), Cholesky factor (3), color (3)
@@ -45,11 +46,11 @@ SETTINGS: dict[str, dict] = {
         "teacher": {"base": "gsv-tiny", "epochs": 24, "batch": 128, "lr": 2e-3, "warmup": 30, "weight_decay": 0.1,
                     "lock_text": 0.4, "hard_negatives": False, "word_loss": 1.0, "word_boost": _DIRECTION_BOOST,
                     "relation_oversample": 3},
-        # 36 epochs at lr 2e-3: GS/RGB 0.909 / 0.948 (N=76 / N=48) and 0.895 / 0.941 on two teachers,
-        # against 0.911 / 0.902 and 0.869 / 0.895 for 50 epochs at 3e-3, in 72% of the time (trials, section 6)
-        "stage1": {"config": "gs-tiny", "epochs": 36, "batch": 64, "lr": 2e-3, "warmup": 20, "cache_teacher": True,
-                   "hflip": 0.5},
-        "stage2": {"epochs": 2, "batch": 128, "lr": 1e-4, "warmup": 5},
+        # stages 1 and 2: `gsv train`'s data-scaled defaults (train/recipe.py; with_recipe): for the
+        # 2,000 converted scenes, stage 1 76.8 epochs (153,600 samples) at lr 2e-3, batch 64, and
+        # stage 2 two epochs at 1e-4, batch 128, warmup 5% of each run
+        "stage1": {"config": "gs-tiny", "cache_teacher": True, "hflip": 0.5},
+        "stage2": {},
         "eval": {"batch": 160, "budgets": [76, 48]},
         "seed": 0,
     },
@@ -287,6 +288,18 @@ def oversample_relations(samples: list[dict], k: int) -> list[dict]:
     return samples + rel * (k - 1)
 
 
+def with_recipe(stage: str, s: dict, n_data: int) -> dict:
+    """The stage's settings with batch, epochs and lr that are not given taken from `gsv train`'s
+    data-scaled recipe (train/recipe.py) for n_data samples, as the command line does; warmup,
+    when not given, is the recipe's fraction of the steps (set by step_train)."""
+    r = recipe.recipe_for(stage)
+    out = dict(s)
+    out.setdefault("batch", r.batch_size)
+    out.setdefault("epochs", recipe.epochs_for(stage, n_data))
+    out.setdefault("lr", recipe.lr_for(stage, n_data))
+    return out
+
+
 def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=None, pretrained=None,
                model_config=None, init_from=None, seed: int = 0, progress: bool = False) -> dict:
     """One `gsv train` run in-process (the functions cli/train.py calls), on samples held in memory."""
@@ -298,9 +311,12 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     info = DistInfo()
     n_data = len(samples)
     samples = oversample_relations(samples, int(s.get("relation_oversample", 1)))
+    s = with_recipe(stage, s, n_data)
     source = build_memory_source(samples, s["batch"], seed=seed)
     # epochs count passes over the data as given: oversampling changes what a step holds, not how many
     steps = max(1, math.ceil(s["epochs"] * len(source) * n_data / len(samples)))
+    if s.get("warmup") is None:
+        s["warmup"] = recipe.warmup_steps(steps, recipe.recipe_for(stage).warmup_fraction)
     lock = int(round(s.get("lock_text", 0.0) * steps))  # stage rgb: a fraction of the steps
     built = build_stage(stage, base=base, pretrained=pretrained, model_config=model_config,
                         init_from=str(init_from) if init_from else None, info=info, seed=seed,
@@ -317,6 +333,7 @@ def step_train(out_dir: Path, stage: str, samples: list[dict], s: dict, *, base=
     trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in built.model.parameters())
     return {"out": str(out_dir), "stage": stage, "steps": summary["steps"], "samples": len(samples),
+            "epochs": s["epochs"], "lr": s["lr"], "batch": s["batch"], "warmup": s["warmup"],
             "lock_text_steps": lock, "hard_negatives": bool(s.get("hard_negatives", False)),
             "first_loss": losses[0] if losses else None, "final_loss": summary["final_loss"],
             "trainable_parameters": trainable, "parameters": total, "log": str(out_dir / "log.jsonl")}
