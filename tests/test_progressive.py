@@ -254,3 +254,64 @@ def test_progressive_order_fit_keeps_the_fit_order_and_bad_prefix_options_are_re
                 {"prefix_fractions": (0.5, 1.0), "ssim_weight": 0.2}):
         with pytest.raises(ValueError, match="prefix"):
             FitConfig.from_options(bad)
+
+
+# ---------------------------------------------------------------- --progressive fits nested
+
+def test_a_progressive_stream_fits_nested_and_writes_the_nested_order():
+    """Encoding(progressive=True) (order "nested", the default) makes the FitStream's fit exactly
+    fit_images with PREFIX_FRACTIONS, and its bytes that fit in the nested order."""
+    from gaussianvision.fit import Encoding, FitConfig, FitStream, fit_images
+    from gaussianvision.fit.progressive import PREFIX_FRACTIONS
+    img = _photo(32)
+    cfg = FitConfig.from_options({"iters": 6, "backend": "reference"})
+    stream = FitStream(32, cfg, batch_size=1, encoding=Encoding(progressive=True))
+    assert stream.config.prefix_fractions == PREFIX_FRACTIONS and cfg.prefix_fractions == ()
+    item = next(iter(stream([("a", img[0])])))
+    want = fit_images(img, 32, config=FitConfig.from_options({"iters": 6, "backend": "reference",
+                                                              "prefix_fractions": PREFIX_FRACTIONS})).splats
+    torch.testing.assert_close(item.splats.means, want.means, rtol=0, atol=0)
+    assert item.data == encode(progressive(want, method="nested"), progressive=True)
+
+
+def test_a_reordering_stream_keeps_the_plain_fit_and_own_fractions_are_kept():
+    from gaussianvision.fit import Encoding, FitConfig, FitStream
+    cfg = FitConfig.from_options({"iters": 6, "backend": "reference"})
+    plain = FitStream(32, cfg, encoding=Encoding(progressive=True, order="eliminate"))
+    assert plain.config.prefix_fractions == () and plain.encoding.order == "eliminate"
+    own = FitStream(32, FitConfig.from_options({"iters": 6, "prefix_fractions": (0.25, 1.0)}),
+                    encoding=Encoding(progressive=True))
+    assert own.config.prefix_fractions == (0.25, 1.0) and own.encoding.fractions == (0.25, 1.0)
+    assert FitStream(32, cfg, encoding=Encoding()).config.prefix_fractions == ()  # not progressive: unchanged
+    with pytest.raises(ValueError, match="order must be"):
+        Encoding(progressive=True, order="random")
+
+
+def test_nested_order_follows_the_given_fractions():
+    big = random_splats(1, 32, 20, 24, seed=2)
+    order = progressive_order(big, method="nested", fractions=(0.25, 1.0))[0].tolist()
+    assert sorted(order[:8]) == list(range(8)) and sorted(order[8:]) == list(range(8, 32))
+
+
+def test_convert_fingerprint_keeps_old_progressive_folders_resumable():
+    from gaussianvision.data.conversion import ConvertConfig
+    old = ConvertConfig(n_gaussians=8, progressive=True, progressive_order="eliminate").fingerprint("x")
+    new = ConvertConfig(n_gaussians=8, progressive=True).fingerprint("x")
+    assert "progressive_order" not in old and new["progressive_order"] == "nested"
+    assert "progressive_order" not in ConvertConfig(n_gaussians=8).fingerprint("x")
+
+
+def test_gsv_fit_progressive_order_flag(tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main as gsv
+    from gaussianvision.data.images import save_png
+    save_png(_photo(24)[0], tmp_path / "a.png")
+    for order in ("nested", "eliminate"):
+        assert gsv(["fit", str(tmp_path / "a.png"), "-n", "16", "--iters", "4", "--size", "24", "--backend",
+                    "reference", "--out", str(tmp_path / order), "--json", "--progressive",
+                    "--progressive-order", order]) == 0
+    capsys.readouterr()
+    a, b = (load(tmp_path / o / "a.gsv") for o in ("nested", "eliminate"))
+    assert a.max_gaussians == b.max_gaussians == 16 and not torch.equal(a.means, b.means)
+    with pytest.raises(SystemExit) as e:  # argparse exits 2 with one line naming the choices
+        gsv(["fit", str(tmp_path / "a.png"), "--progressive-order", "zigzag", "--out", str(tmp_path / "z")])
+    assert e.value.code == 2 and "invalid choice: 'zigzag'" in capsys.readouterr().err

@@ -60,6 +60,7 @@ class ConvertConfig:
     dtype: str = "float16"
     zstd: bool = False
     progressive: bool = False  # Gaussians in progressive order (fit/progressive.py), flagged in each .gsv
+    progressive_order: str = "nested"  # nested fit, or "eliminate" / "greedy": a plain fit reordered
     batch_size: int = 16
     shard_size: int = 1000
     keep_image: bool = False
@@ -77,6 +78,8 @@ class ConvertConfig:
         d["input"] = str(src)
         if not self.progressive:
             d.pop("progressive")  # output folders written before the field existed still resume
+        if not self.progressive or self.progressive_order == "eliminate":
+            d.pop("progressive_order")  # the only order before the field: those folders still resume
         return json.loads(json.dumps(d, default=str))
 
 
@@ -101,7 +104,7 @@ def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
     options = cfg.fit_options if fit_options is None else fit_options
     return FitStream(cfg.n_gaussians, FitConfig.from_options({"device": cfg.device, **options}), batch_size=cfg.batch_size,
                      encoding=Encoding(layout=cfg.layout, dtype=cfg.dtype, zstd=cfg.zstd,
-                                       progressive=cfg.progressive))
+                                       progressive=cfg.progressive, order=cfg.progressive_order))
 
 
 # ------------------------------------------------------------------------- one shard

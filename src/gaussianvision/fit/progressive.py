@@ -97,11 +97,11 @@ def nested_init(init: str, images: torch.Tensor, n: int, fractions, generator=No
 
 
 def progressive_order(splats: Splats, method: str = "eliminate", fraction: float = 0.25,
-                      measure: str = "energy", backend: str = "auto") -> torch.Tensor:
+                      measure: str = "energy", backend: str = "auto", fractions=PREFIX_FRACTIONS) -> torch.Tensor:
     """[B, N] long: per image, the indices of its Gaussians, most important first (padding last).
-    fit: the fit's own order; nested: a nested fit's blocks (prefix_sizes of PREFIX_FRACTIONS) in
-    order, inside each block by `measure` importance (a prefix that ends inside a block keeps that
-    block's most important Gaussians)."""
+    fit: the fit's own order; nested: a nested fit's blocks (prefix_sizes of `fractions`, the
+    fit's prefix_fractions) in order, inside each block by `measure` importance (a prefix that
+    ends inside a block keeps that block's most important Gaussians)."""
     if method not in METHODS:
         raise ValueError(f"unknown progressive order {method!r}; choose one of {list(METHODS)}")
     if not 0.0 < fraction < 1.0:
@@ -110,7 +110,7 @@ def progressive_order(splats: Splats, method: str = "eliminate", fraction: float
         n = splats.means.shape[1]
         priority = -torch.arange(n, device=splats.means.device, dtype=torch.float64).expand(splats.batch_size, -1)
         if method == "nested":
-            block = torch.bucketize(torch.arange(n), torch.tensor(prefix_sizes(n, PREFIX_FRACTIONS)), right=True)
+            block = torch.bucketize(torch.arange(n), torch.tensor(prefix_sizes(n, fractions)), right=True)
             e = importance(splats, measure).double()
             priority = -block.to(e.device).double() * (1.0 + e.max()) + e
     elif method == "greedy":

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.fitter import fit_images
-from gaussianvision.fit.progressive import progressive
+from gaussianvision.fit.progressive import PREFIX_FRACTIONS, progressive
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats
 
@@ -48,15 +48,24 @@ class Encoding:
     """How a fitted image becomes .gsv bytes: splats/format.py's layout and dtype (quantized:
     its zstd choice; the dtype does not apply). progressive: the Gaussians are put in
     progressive order first (fit/progressive.py) and the header says so; the item's splats keep
-    the fit's order, its bytes have the new one."""
+    the fit's order, its bytes have the new one. order: "nested" (the default) makes a FitStream
+    fit nested (its config's prefix_fractions, PREFIX_FRACTIONS when it has none: every prefix
+    is fitted to be an image) and keeps the blocks' order; "eliminate" or "greedy" reorder a
+    plain fit (cheaper, much worse short prefixes: docs/data.md)."""
     layout: str = "interleaved"
     dtype: str = "float16"
     zstd: bool = False
     progressive: bool = False
+    order: str = "nested"
+    fractions: tuple = PREFIX_FRACTIONS  # the nested fit's prefix fractions (set by FitStream)
+
+    def __post_init__(self):
+        if self.order not in ("nested", "eliminate", "greedy"):
+            raise ValueError(f"Encoding: order must be nested, eliminate or greedy, got {self.order!r}")
 
     def __call__(self, splats: Splats) -> bytes:
         if self.progressive:
-            splats = progressive(splats)
+            splats = progressive(splats, method=self.order, fractions=tuple(self.fractions))
         if self.layout == "quantized":
             return encode(splats, layout="quantized", zstd=self.zstd, progressive=self.progressive)
         return encode(splats, layout=self.layout, dtype=self.dtype, progressive=self.progressive)
@@ -90,6 +99,15 @@ class FitStream:
     retry: bool = True                # a failed batch is fitted again image by image
     ordered: bool = True              # False: each batch's items as soon as it is done
     progress: bool = False            # fit_images' per-iteration progress bar
+
+    def __post_init__(self):
+        """A progressive encoding in nested order fits nested: the config gets prefix_fractions
+        (PREFIX_FRACTIONS unless it has its own) and the encoding the same fractions."""
+        enc = self.encoding
+        if enc is not None and enc.progressive and enc.order == "nested":
+            if not self.config.prefix_fractions:  # frozen: set once, here
+                object.__setattr__(self, "config", replace(self.config, prefix_fractions=PREFIX_FRACTIONS).check())
+            object.__setattr__(self, "encoding", replace(enc, fractions=tuple(self.config.prefix_fractions)))
 
     def __call__(self, items: Iterable[tuple[Any, torch.Tensor]],
                  on_batch: Callable[[list[FitItem]], None] | None = None) -> Iterator[FitItem]:

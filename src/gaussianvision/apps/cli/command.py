@@ -140,3 +140,14 @@ def add_speed_options(p, prefix: str = "") -> None:
                         "500; best: 2000); options given beside it win (docs/fitting.md). Default: plain Adam, 500")
     p.add_argument(f"--{prefix}budget-ms", type=float, default=None,
                    help="stop each fitted batch once it has spent this many wall ms per image (initialization included)")
+
+
+def add_progressive_options(p, what: str = "Gaussians") -> None:
+    """--progressive and --progressive-order, for every command that writes or sends splats
+    (fit, convert, send): fit/stream.py's Encoding(progressive, order)."""
+    p.add_argument("--progressive", action="store_true",
+                   help=f"write the {what} so that any prefix is a coarser image (a nested fit: prefixes of "
+                        "1/8, 1/4, 1/2 and all the Gaussians each fitted to the image; the header records it)")
+    p.add_argument("--progressive-order", choices=("nested", "eliminate", "greedy"), default="nested",
+                   help="nested (default): fit nested, about 1.4-4x the fit time, good prefixes; eliminate / "
+                        "greedy: reorder a plain fit by importance (no extra fit time, poor short prefixes)")

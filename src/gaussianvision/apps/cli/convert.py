@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
 from gaussianvision.data.inputs import SourceError
-from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run
 
 
 _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
@@ -37,8 +37,7 @@ def _parser():
     p.add_argument("--layout", choices=("interleaved", "quantized"), default="interleaved")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--zstd", action="store_true", help="zstd-compress quantized payloads")
-    p.add_argument("--progressive", action="store_true",
-                   help="order each image's Gaussians by importance: any prefix is a coarser image")
+    add_progressive_options(p, "Gaussians of each image")
     p.add_argument("--workers", type=int, default=0, help="fitting processes (0: in this process)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per output shard (folder input)")
     p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
@@ -58,7 +57,8 @@ def _config(a) -> ConvertConfig:
     rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
-        zstd=a.zstd, progressive=a.progressive, batch_size=a.batch_size, shard_size=a.shard_size,
+        zstd=a.zstd, progressive=a.progressive, progressive_order=a.progressive_order,
+        batch_size=a.batch_size, shard_size=a.shard_size,
         keep_image=a.keep_image, require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
         device=device, progress=not a.no_progress and not a.json)
 

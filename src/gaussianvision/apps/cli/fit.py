@@ -20,7 +20,7 @@ from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fit_option, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
 MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with
@@ -62,9 +62,7 @@ def _parser():
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
-    p.add_argument("--progressive", action="store_true",
-                   help="order each image's Gaussians by importance so that any prefix is a coarser image "
-                        "(the header records it; read a prefix with load(path, max_gaussians=k))")
+    add_progressive_options(p, "Gaussians of each image")
     p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder")
     p.add_argument("--save-png", action="store_true", help="also write the reconstruction as NAME.png")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -162,7 +160,7 @@ def _write(a, item: FitItem) -> dict:
 def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple[list[dict], list[dict]]:
     """Fit the images through the library's FitStream (batches of one size, written as each batch
     is done); (results, failures)."""
-    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype, progressive=a.progressive),
+    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype, progressive=a.progressive, order=a.progressive_order),
                        ordered=False, progress=progress)
     results: list[dict] = []
     failures: list[dict] = []

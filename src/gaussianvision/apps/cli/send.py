@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, emit, fit_option, parser, run
+from gaussianvision.apps.cli.command import CliError, add_progressive_options, emit, fit_option, parser, run
 from gaussianvision.fit.presets import PRESETS
 
 LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
@@ -32,8 +32,7 @@ def _parser():
     p.add_argument("--budget-ms", type=float, default=None, help="stop each fit after this many wall ms per image")
     p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
     p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
-    p.add_argument("--progressive", action="store_true",
-                   help="send the Gaussians in progressive order (any prefix is a coarser image)")
+    add_progressive_options(p, "Gaussians sent")
     p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
@@ -57,7 +56,7 @@ def _fit_stream(a):
     except ValueError as e:
         raise CliError(f"--fit-option: {e}") from None
     layout, dtype, zstd = LAYOUTS[a.layout]
-    return FitStream(a.gaussians, config, a.batch_size, encoding=Encoding(layout, dtype, zstd, a.progressive))
+    return FitStream(a.gaussians, config, a.batch_size, encoding=Encoding(layout, dtype, zstd, a.progressive, a.progressive_order))
 
 
 def _images(a, failures: list[dict]):
