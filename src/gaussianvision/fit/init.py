@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..splats.types import Splats
+from .blur import blur_valid, gaussian_taps
 
 __all__ = ["grid_means", "init_grid", "init_random", "init_content", "INITIALIZERS", "initialize",
            "match_colors", "detail_density", "hilbert_index"]
@@ -47,13 +48,8 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         return images
     r = max(1, int(math.ceil(3 * sigma)))
     r = min(r, max(1, min(images.shape[-2:]) - 1))  # replicate padding needs r < size
-    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    g = g / g.sum()
-    c = images.shape[1]
-    pad = F.pad(images, (r, r, r, r), mode="replicate")
-    out = F.conv2d(pad, g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    g = gaussian_taps(sigma, r, images.device, images.dtype)
+    return blur_valid(F.pad(images, (r, r, r, r), mode="replicate"), g)
 
 
 def _sample(images: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

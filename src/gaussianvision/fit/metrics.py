@@ -9,7 +9,8 @@ data_range=1, channel_axis=0) to about 1e-4 (tested).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from gaussianvision.fit.blur import blur_valid, gaussian_taps
 
 __all__ = ["psnr", "ssim", "mse"]
 
@@ -27,12 +28,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, clamp: bool = True) -> torch.
     return -10.0 * torch.log10(m)
 
 
-def _gauss_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x * x) / (2 * sigma * sigma))
-    return g / g.sum()
-
-
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5,
          clamp: bool = True) -> torch.Tensor:
     """[B] mean SSIM of [B, C, H, W] images in [0, 1]."""
@@ -40,13 +35,10 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: floa
         pred = pred.clamp(0.0, 1.0)
     dtype = torch.promote_types(pred.dtype, torch.float32)
     x, y = pred.to(dtype), target.to(dtype)
-    c = x.shape[1]
-    g = _gauss_window(window, sigma, x.device, dtype)
-    kx = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    ky = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    g = gaussian_taps(sigma, (window - 1) // 2, x.device, dtype)
 
     def blur(t):
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+        return blur_valid(t, g)
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x * mu_x
