@@ -1,7 +1,7 @@
 """A learned initializer: a small network shapes and nudges the `content` init's Gaussians.
 
 `init_content` places N isotropic Gaussians where the image has detail. `init_learned` starts from
-exactly those Gaussians and lets a small convolutional network (about 20k parameters, weights in
+exactly those Gaussians and lets a small convolutional network (12,085 parameters, weights in
 `weights/learned_init.npz`, trained by `python -m gaussianvision.apps.initnet`) predict, for each
 Gaussian, a shift of its mean and an anisotropic covariance from the pixels around it:
 

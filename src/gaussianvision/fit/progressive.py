@@ -39,10 +39,11 @@ from gaussianvision.fit.prune import importance
 from gaussianvision.raster import render
 from gaussianvision.splats.types import Splats
 
-__all__ = ["METHODS", "PREFIX_FRACTIONS", "nested_init", "prefix_loss", "prefix_sizes", "prefix_splats",
+__all__ = ["ENCODING_ORDERS", "METHODS", "PREFIX_FRACTIONS", "nested_init", "prefix_loss", "prefix_sizes", "prefix_splats",
            "progressive", "progressive_order", "reorder"]
 
-METHODS = ("eliminate", "greedy", "fit", "nested")  # fit: the fit's own order; nested: see progressive_order
+METHODS = ("eliminate", "greedy", "fit", "nested")
+ENCODING_ORDERS = ("nested", "eliminate", "greedy")  # what a progressive encoding may ask (fit/stream.py)  # fit: the fit's own order; nested: see progressive_order
 PREFIX_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 
 

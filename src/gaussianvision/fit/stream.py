@@ -36,7 +36,7 @@ import torch
 
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.fitter import fit_images
-from gaussianvision.fit.progressive import PREFIX_FRACTIONS, progressive
+from gaussianvision.fit.progressive import ENCODING_ORDERS, PREFIX_FRACTIONS, progressive
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats
 
@@ -60,8 +60,9 @@ class Encoding:
     fractions: tuple = PREFIX_FRACTIONS  # the nested fit's prefix fractions (set by FitStream)
 
     def __post_init__(self):
-        if self.order not in ("nested", "eliminate", "greedy"):
-            raise ValueError(f"Encoding: order must be nested, eliminate or greedy, got {self.order!r}")
+        if self.order not in ENCODING_ORDERS:
+            raise ValueError(f"Encoding: order must be {', '.join(ENCODING_ORDERS[:-1])} or {ENCODING_ORDERS[-1]}, "
+                             f"got {self.order!r}")
 
     def __call__(self, splats: Splats) -> bytes:
         if self.progressive:

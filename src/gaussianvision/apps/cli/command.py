@@ -148,6 +148,7 @@ def add_progressive_options(p, what: str = "Gaussians") -> None:
     p.add_argument("--progressive", action="store_true",
                    help=f"write the {what} so that any prefix is a coarser image (a nested fit: prefixes of "
                         "1/8, 1/4, 1/2 and all the Gaussians each fitted to the image; the header records it)")
-    p.add_argument("--progressive-order", choices=("nested", "eliminate", "greedy"), default="nested",
+    from gaussianvision.fit.progressive import ENCODING_ORDERS
+    p.add_argument("--progressive-order", choices=ENCODING_ORDERS, default="nested",
                    help="nested (default): fit nested, about 1.4-4x the fit time, good prefixes; eliminate / "
                         "greedy: reorder a plain fit by importance (no extra fit time, poor short prefixes)")
