@@ -212,3 +212,39 @@ def test_large_gaussians_carry_across_many_rows():
         rtol, atol = TOL[dtype]
         s = Splats(means.to(dtype), chol.to(dtype), colors.to(dtype), 70, 53)
         check_parity(render_numba, s, rtol=rtol, atol=atol, name=f"large/{dtype}")
+
+
+def test_closed_form_spans_agree_with_the_exact_row_test():
+    # every row closed_spans confirms has row_span's (lo, hi); the rest it must leave to
+    # row_span. Grid-aligned means and integer factors put q = 9 exactly on pixel centres.
+    import numpy as np
+    k = numba_backend._kernels()
+    g = torch.Generator().manual_seed(7)
+    n, h, w = 400, 40, 37
+    means = torch.rand(1, n, 2, generator=g, dtype=torch.float64) * torch.tensor([w + 6.0, h + 6.0]) - 3.0
+    chol = torch.rand(1, n, 3, generator=g, dtype=torch.float64) * torch.tensor([6.0, 8.0, 6.0]) \
+        + torch.tensor([0.05, -4.0, 0.05])
+    means[0, :100] = means[0, :100].round() + 0.5
+    chol[0, :100] = chol[0, :100].round().clamp(min=1.0)
+    params = np.empty((1, n, k.NPARAM))
+    k.setup(means.numpy(), chol.numpy(), np.array([n]), h, params, 0, n)
+    xs = np.arange(w, dtype=np.float64) + 0.5
+    ys = np.arange(h, dtype=np.float64) + 0.5
+    sb = np.empty((3, h + 8))
+    confirmed = deferred = 0
+    for j in range(n):
+        p = params[0, j]
+        r0, r1 = int(p[k.ROW0]), int(p[k.ROW1])
+        if r0 > r1:
+            continue
+        k.closed_spans(p, r0, r1, w, sb)
+        m, c = means[0, j].tolist(), chol[0, j].tolist()
+        for i in range(r0, r1 + 1):
+            lo, hi = k.row_span(p, i, w, xs, ys[i], m[0], m[1], c[0], c[1], c[2], 9.0)
+            if sb[2, i - r0] == 0.0:
+                deferred += 1
+                continue
+            confirmed += 1
+            got = (int(sb[0, i - r0]), int(sb[1, i - r0]))
+            assert got == (lo, hi) or (got[0] > got[1] and lo > hi), f"Gaussian {j} row {i}"
+    assert confirmed > 1000 and deferred > 0

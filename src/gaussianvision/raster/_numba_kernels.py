@@ -151,6 +151,46 @@ def row_span(p, i, width, xs, y_t, mx_t, my_t, l11_t, l21_t, l22_t, nine):
     return lo, hi
 
 
+@njit(**_fast)
+def closed_spans(p, r0, r1, width, sb):
+    """Row spans of rows r0..r1 from the conic's closed form, in one vectorizable loop:
+    sb[0, t], sb[1, t] = row_span's first guess (lo, hi) of row r0 + t, sb[2, t] = 1 where
+    float64 q at lo - 1, lo, hi, hi + 1 confirms it (clear of the near-tie band), so that
+    row_span's end tests would not move it; 0 where row_span must decide."""
+    mx, my, xcf, hw, nine_s = p[MX], p[MY], p[XC], p[HW], p[NINE_S]
+    inv11, inv22, l21 = p[INV11], p[INV22], p[L21]
+    wf = np.float64(width)
+    for t in range(r1 - r0 + 1):
+        dy = (r0 + t + 0.5) - my
+        disc = max(nine_s - dy * dy, 0.0)
+        half = hw * math.sqrt(disc)
+        xc = mx + xcf * dy - 0.5
+        xlo = xc - half
+        xhi = xc + half
+        lo = min(max(math.ceil(max(xlo, -1.0)), 0.0), wf)
+        hi = max(min(math.floor(min(xhi, wf)), wf - 1.0), -1.0)
+        out = (xhi < -2.0) | (xlo > wf + 1.0)
+        # q at the four pixels next to the ends (column j: centre j + 0.5)
+        ya = (lo - 0.5 - mx) * inv11
+        yb = (lo + 0.5 - mx) * inv11
+        yc = (hi + 0.5 - mx) * inv11
+        yd = (hi + 1.5 - mx) * inv11
+        za = (dy - l21 * ya) * inv22
+        zb = (dy - l21 * yb) * inv22
+        zc = (dy - l21 * yc) * inv22
+        zd = (dy - l21 * yd) * inv22
+        qa = ya * ya + za * za
+        qb = yb * yb + zb * zb
+        qc = yc * yc + zc * zc
+        qd = yd * yd + zd * zd
+        nonempty = lo <= hi
+        ok = ((lo < 1.0) | (qa > CUT + _TOL)) & ((hi > wf - 2.0) | (qd > CUT + _TOL)) \
+            & ((~nonempty) | ((qb < CUT - _TOL) & (qc < CUT - _TOL)))
+        sb[0, t] = 0.0 if out else lo
+        sb[1, t] = -1.0 if out else hi
+        sb[2, t] = 1.0 if (ok | out) else 0.0
+
+
 @njit(**_jit)
 def row_start(p, i, lo):
     """float64 (y1, y2, w, r) at column lo of row i: y = L^{-1}(p - mu), w = exp(-q/2),
@@ -218,14 +258,18 @@ def fill_weights(w0, r, rho, rp, n, wb):
 
 @njit(**_fast)
 def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb,
-            offsets, spans):
+            offsets, spans, sb):
     """Add every Gaussian to `image` for work items [item0, item1).
 
     Item = (image b, band of rows): items never share pixels, so they may run concurrently.
     Each item zeroes its own rows of `image` first (the caller may pass np.empty).
-    wb: scratch [W + 8] of the image dtype, one per concurrent caller.
-    Row r of Gaussian (b, k) (counted from its ROW0) is recorded for the backward in
-    spans[offsets[b * N + k] + r] = (first column, pixel count, first weight, first ratio).
+    wb: scratch [W + 8] of the image dtype and sb: float64 scratch [3, H + 8], one each per
+    concurrent caller. Row r of Gaussian (b, k) (counted from its ROW0) is recorded for the
+    backward in the flat float64 `spans` at 4 * (offsets[b * N + k] + r) + (0, 1, 2, 3) =
+    (first column, pixel count, first weight, first ratio); flat because a 2D row view per
+    row cost as much as the row's pixels.
+    Spans come from `closed_spans` for a Gaussian's rows at once; the rows it cannot
+    confirm (near-ties of the cut, a few per 10,000) go through `row_span`.
 
     Weights: on the first row of a Gaussian (and of every RESTART-row block, so that bands
     give bit-identical images) the first weight and ratio come from exp; below that they are
@@ -266,11 +310,16 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
             have = False
             jr = 0
             w0 = r = l = v = 0.0
+            closed_spans(p, r0, r1, width, sb)
             for i in range(r0, r1 + 1):
-                lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
+                if sb[2, i - r0] != 0.0:
+                    lo = int(sb[0, i - r0])
+                    hi = int(sb[1, i - r0])
+                else:
+                    lo, hi = row_span(p, i, width, xs, ys[i], mx_t, my_t, l11_t, l21_t, l22_t, nine)
                 n = hi - lo + 1
-                sp = spans[slot0 + i]
-                sp[1] = 0.0
+                q4 = 4 * (slot0 + i)
+                spans[q4 + 1] = 0.0
                 if n <= 0:
                     have = False
                     continue
@@ -299,10 +348,10 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
                         v = math.exp(-y2 * p[INV22] - 0.5 * p[INV22] * p[INV22])
                         jr = lo
                         have = True
-                sp[0] = lo
-                sp[1] = n
-                sp[2] = w0
-                sp[3] = r
+                spans[q4] = lo
+                spans[q4 + 1] = n
+                spans[q4 + 2] = w0
+                spans[q4 + 3] = r
                 fill_weights(w0, r, rho, rp, n, wb)
                 im0 = image[b, 0, i, lo:lo + n]
                 im1 = image[b, 1, i, lo:lo + n]
@@ -345,14 +394,14 @@ def backward(params, colors, grad_image, item0, item1, offsets, spans, g_means, 
             rp = rho_powers(rho)
             slot0 = offsets[idx] - r0
             for i in range(r0, r1 + 1):
-                sp = spans[slot0 + i]
-                n = int(sp[1])
+                q4 = 4 * (slot0 + i)
+                n = int(spans[q4 + 1])
                 if n <= 0:
                     continue
-                lo = int(sp[0])
+                lo = int(spans[q4])
                 y1 = ((lo + 0.5) - mx) * inv11
                 y2 = (((i + 0.5) - my) - l21 * y1) * inv22
-                fill_weights(sp[2], sp[3], rho, rp, n, wb)
+                fill_weights(spans[q4 + 2], spans[q4 + 3], rho, rp, n, wb)
                 g0 = grad_image[b, 0, i, lo:lo + n]
                 g1 = grad_image[b, 1, i, lo:lo + n]
                 g2 = grad_image[b, 2, i, lo:lo + n]
