@@ -282,3 +282,28 @@ def test_relocation_on_cuda_draws_on_the_gpu(photos):
     assert torch.equal(f.params["means"], g.params["means"])  # the same draws, made on the GPU
     assert all(torch.isfinite(p).all() for p in f.params.values())
 
+
+
+def test_seed_passes_its_gradient_scaled_by_the_outputs():
+    from gaussianvision.fit.fitter import _Seed
+    x = torch.rand(2, 3, requires_grad=True)
+    g = torch.rand(2, 3)
+    _Seed.apply(x, g).backward()
+    assert torch.equal(x.grad, g)
+    x.grad = None
+    (2.5 * _Seed.apply(x, g)).backward()
+    torch.testing.assert_close(x.grad, 2.5 * g)
+
+
+def test_a_fit_does_not_import_symbolic_shapes():
+    # explicit gradient tensors in a backward import torch.fx.experimental.symbolic_shapes (~0.3 s
+    # of every cold `gsv fit`); the fit seeds its backward with scalar outputs only
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from gaussianvision.fit import fit_images\n"
+            "fit_images(torch.rand(2, 3, 16, 16), 8, iters=3, backend='reference')\n"
+            "fit_images(torch.rand(2, 3, 16, 16), 8, iters=3, prune_lambda=0.01, backend='reference')\n"
+            "print('torch.fx.experimental.symbolic_shapes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

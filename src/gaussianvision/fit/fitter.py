@@ -78,6 +78,31 @@ def _check_images(images) -> torch.Tensor:
     return images.float()
 
 
+def _mean_squares(x: torch.Tensor) -> torch.Tensor:
+    """[B]: the mean of x[b] ** 2, as a batched dot product (no temporary the size of x)."""
+    v = x.reshape(x.shape[0], 1, -1)
+    return torch.bmm(v, v.transpose(1, 2)).view(-1) / v.shape[2]
+
+
+class _Seed(torch.autograd.Function):
+    """A scalar (0) whose gradient with respect to x is a given tensor: it starts autograd's
+    backward from a gradient taken in closed form with scalar outputs only. (Explicit gradient
+    tensors, as in pred.backward(grad), make torch import its symbolic-shape machinery on the
+    first backward: ~0.3 s of every cold process.)"""
+
+    @staticmethod
+    def forward(ctx, x, grad):
+        ctx.save_for_backward(grad)
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        if g.device.type == "cpu" and float(g) == 1.0:
+            return grad, None  # the usual seed: skip a pass over the image
+        return grad * g, None
+
+
 def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
     dev = torch.device(cfg.device) if cfg.device else images.device
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -208,17 +233,16 @@ class Fitter:
         if cfg.ssim_weight > 0:
             err = ((pred - target) ** 2).flatten(1).mean(1)
             loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
-            outputs, grads = [loss.sum() * scale], [None]
+            loss = loss.sum() * scale
         else:
             with torch.no_grad():
                 resid = pred - target
-                err = resid.square().flatten(1).mean(1)
-                outputs, grads = [pred], [resid.mul_(2.0 / 3.0)]  # 2 r / (3 H W) x (H W)
+                err = _mean_squares(resid)
+            loss = _Seed.apply(pred, resid.mul_(2.0 / 3.0))  # d/dpred = 2 r / (3 H W) x (H W)
         if cfg.prune_lambda > 0:
             l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
-            outputs.append((cfg.prune_lambda * l1).sum() * scale)
-            grads.append(None)
-        torch.autograd.backward(outputs, [g if g is not None else torch.ones_like(o) for o, g in zip(outputs, grads)])
+            loss = loss + (cfg.prune_lambda * l1).sum() * scale
+        loss.backward()
         return err.detach()
 
     def _prefix_backward(self, s, target, leaves, counts, valid) -> torch.Tensor:
