@@ -1,4 +1,4 @@
-"""A/B of two source trees: a preset's fit (40 bundled photos at 224 px) with the code of a git
+"""A/B of two source trees: a preset's fit (the bundled photos tiled to 40, at 224 px) with the code of a git
 revision against the working tree, in alternating fresh processes, best of R each.
 
 Each process imports the library from its own tree (PYTHONPATH), warms up (numba compiles or
@@ -6,7 +6,7 @@ loads its cache once per tree), then times one fit of the 40 images; the parent 
 whole process (import and start-up included). Use it to keep or drop a change of the kernels
 or of the fit loop: same photos, same machine, same minute.
 
-    PYTHONPATH=src python benchmarks/rev_ab.py --base HEAD [--preset fast] [--n 400] [--repeats 4]
+    PYTHONPATH=src python benchmarks/rev_ab.py --base HEAD [--preset fast] [--n 400] [--images 40] [--repeats 4]
 Writes benchmarks/results/<name>.{json,md} (--name, default rev_ab_<preset>_<n>).
 """
 import argparse
@@ -26,8 +26,8 @@ t0 = time.perf_counter()
 import torch
 from gaussianvision.data.photos import bundled_photos
 from gaussianvision.fit import FitConfig, fit_images
-preset, n = sys.argv[1], int(sys.argv[2])
-x = torch.stack([t for _, t in bundled_photos(224)]).repeat(5, 1, 1, 1)
+preset, n, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+x = torch.stack([t for _, t in bundled_photos(224)]).repeat(-(-b // 8), 1, 1, 1)[:b]
 cfg = FitConfig.from_options({"preset": preset})
 t1 = time.perf_counter()
 r = fit_images(x, n, config=cfg)
@@ -37,9 +37,9 @@ print(json.dumps({"fit_ms": 1000 * (t2 - t1) / x.shape[0], "startup_s": t1 - t0,
 """
 
 
-def _run(src: Path, preset: str, n: int) -> dict:
+def _run(src: Path, preset: str, n: int, images: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", CHILD, preset, str(n)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, preset, str(n), str(images)], env=env, check=True,
                          capture_output=True, text=True, cwd=tempfile.gettempdir())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--images", type=int, default=40, help="batch: the 8 bundled photos tiled (default 40)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
@@ -65,12 +66,12 @@ def main() -> None:
     trees = {f"base {base_rev}": _worktree(a.base, tmp / "base"), "working tree": ROOT / "src"}
     try:
         for src in trees.values():  # warm-up: compile or load each tree's numba cache
-            _run(src, a.preset, a.n)
+            _run(src, a.preset, a.n, a.images)
         load0 = os.getloadavg()
         runs = {k: [] for k in trees}
         for _ in range(a.repeats):
             for k, src in trees.items():
-                runs[k].append(_run(src, a.preset, a.n))
+                runs[k].append(_run(src, a.preset, a.n, a.images))
         load1 = os.getloadavg()
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "base")],
@@ -80,16 +81,17 @@ def main() -> None:
     kb, kw = list(trees)
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version(), "loadavg_start": load0, "loadavg_end": load1},
-           "preset": a.preset, "n": a.n, "runs": runs, "best_fit_ms_per_image": best, "mean_psnr": psnr,
+           "preset": a.preset, "n": a.n, "images": a.images, "runs": runs, "best_fit_ms_per_image": best, "mean_psnr": psnr,
            "speedup": best[kb] / best[kw]}
     name = a.name or f"rev_ab_{a.preset}_{a.n}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     lines = [f"# A/B: `{a.preset}` fit at N={a.n}, base {base_rev} vs the working tree", "",
-             f"40 bundled photos at 224 px; fresh processes alternating, best of {a.repeats}; "
+             f"{a.images} bundled photos (the 8 tiled) at 224 px; fresh processes alternating, best of {a.repeats}; "
              f"{os.cpu_count()} cores, load average {load0[0]:.2f} at start, {load1[0]:.2f} at end. "
-             f"`PYTHONPATH=src python benchmarks/rev_ab.py --base {a.base} --preset {a.preset} --n {a.n}`.", "",
+             f"`PYTHONPATH=src python benchmarks/rev_ab.py --base {a.base} --preset {a.preset} --n {a.n} "
+             f"--images {a.images}`.", "",
              "| tree | fit ms per image (best) | all runs | start-up s (best) | mean PSNR |",
              "|---|---|---|---|---|"]
     for k, v in runs.items():
