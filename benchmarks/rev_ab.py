@@ -1,9 +1,9 @@
 """A/B of two source trees: a preset's fit (the bundled photos tiled to 40, at 224 px) with the code of a git
 revision against the working tree, in alternating fresh processes, best of R each.
 
-Each process imports the library from its own tree (PYTHONPATH), warms up (numba compiles or
-loads its cache once per tree), then times one fit of the 40 images; the parent also times the
-whole process (import and start-up included). Use it to keep or drop a change of the kernels
+Each process imports the library from its own tree (PYTHONPATH) and times its start-up (imports,
+photos) and one fit of the batch (numba's kernel load included); one warm-up process per tree
+first compiles or loads that tree's numba cache. Use it to keep or drop a change of the kernels
 or of the fit loop: same photos, same machine, same minute.
 
     PYTHONPATH=src python benchmarks/rev_ab.py --base HEAD [--preset fast] [--n 400] [--images 40] [--repeats 4]
@@ -12,11 +12,12 @@ Writes benchmarks/results/<name>.{json,md} (--name, default rev_ab_<preset>_<n>)
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from gaussianvision.apps.bench.fit import loadavg, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,20 +68,19 @@ def main() -> None:
     try:
         for src in trees.values():  # warm-up: compile or load each tree's numba cache
             _run(src, a.preset, a.n, a.images)
-        load0 = os.getloadavg()
+        machine = machine_info()  # its loadavg_start: after the warm-up
         runs = {k: [] for k in trees}
         for _ in range(a.repeats):
             for k, src in trees.items():
                 runs[k].append(_run(src, a.preset, a.n, a.images))
-        load1 = os.getloadavg()
+        machine["loadavg_end"] = loadavg()
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "base")],
                        capture_output=True)
     best = {k: min(r["fit_ms"] for r in v) for k, v in runs.items()}
     psnr = {k: v[0]["psnr"] for k, v in runs.items()}
     kb, kw = list(trees)
-    res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "python": platform.python_version(), "loadavg_start": load0, "loadavg_end": load1},
+    res = {"machine": machine,
            "preset": a.preset, "n": a.n, "images": a.images, "runs": runs, "best_fit_ms_per_image": best, "mean_psnr": psnr,
            "speedup": best[kb] / best[kw]}
     name = a.name or f"rev_ab_{a.preset}_{a.n}"
@@ -89,7 +89,8 @@ def main() -> None:
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     lines = [f"# A/B: `{a.preset}` fit at N={a.n}, base {base_rev} vs the working tree", "",
              f"{a.images} bundled photos (the 8 tiled) at 224 px; fresh processes alternating, best of {a.repeats}; "
-             f"{os.cpu_count()} cores, load average {load0[0]:.2f} at start, {load1[0]:.2f} at end. "
+             f"{machine['cores']} cores ({machine['cpu']}), load average {machine['loadavg_start']} at start, "
+             f"{machine['loadavg_end']} at end. "
              f"`PYTHONPATH=src python benchmarks/rev_ab.py --base {a.base} --preset {a.preset} --n {a.n} "
              f"--images {a.images}`.", "",
              "| tree | fit ms per image (best) | all runs | start-up s (best) | mean PSNR |",
