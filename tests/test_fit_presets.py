@@ -124,3 +124,57 @@ def test_every_preset_path_gives_the_reference_renderers_fit(photos, preset):
     torch.testing.assert_close(got.splats.colors, want.splats.colors, rtol=0, atol=2e-4)
     for a, b in zip(got.metrics, want.metrics):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
+
+
+def test_rates_scale_with_the_gaussian_spacing_and_adam_takes_the_betas(photos):
+    plain = fitter_module.Fitter(photos, 16, FitConfig(iters=1))
+    assert plain.rates() == {"means": 0.8, "chol": 0.4, "colors": 0.02}  # lr_spacing None: as given
+    assert plain.opt.betas == (0.9, 0.999)
+    cfg = FitConfig(iters=1, lr_spacing=8.0, beta1=0.5, beta2=0.75)
+    f = fitter_module.Fitter(photos, 16, cfg)  # 64x64 / 16 Gaussians: spacing 16 px, twice lr_spacing
+    assert f.rates() == pytest.approx({"means": 1.6, "chol": 0.8, "colors": 0.04})
+    assert f.opt.lrs == f.rates() and f.opt.betas == (0.5, 0.75)
+    assert fitter_module.Fitter(photos, 256, cfg).rates()["means"] == pytest.approx(0.4)  # spacing 4 px
+    for bad, says in (({"beta1": 1.0}, "beta1 and beta2 must lie in"), ({"beta2": -0.1}, "beta1 and beta2 must lie in"),
+                      ({"lr_spacing": 0.0}, "lr_spacing must be positive"), ({"final_colors": -1}, "final_colors must be >= 0")):
+        with pytest.raises(ValueError, match=says):
+            FitConfig.from_options(bad)
+
+
+def test_the_coarse_phase_takes_the_full_size_steps_in_its_own_pixels(monkeypatch, photos):
+    seen = []
+    real = fitter_module.Fitter.run
+
+    def run(self, iters, *args, **kwargs):
+        seen.append((self.h, self.rates()))
+        return real(self, iters, *args, **kwargs)
+
+    monkeypatch.setattr(fitter_module.Fitter, "run", run)
+    f = start_coarse_to_fine(photos, 16, FitConfig(iters=4, coarse_fraction=0.5, lr_spacing=8.0))
+    full = f.rates()
+    assert full == pytest.approx({"means": 1.6, "chol": 0.8, "colors": 0.04})
+    assert seen == [(32, pytest.approx(full))]  # 32x32 coarse image: spacing 8 px, lr_spacing scaled to 4
+
+
+def test_final_colors_are_the_least_squares_colors_of_the_final_geometry(photos):
+    plain = fit_images(photos, 24, config=FitConfig(iters=15, seed=3))
+    polished = fit_images(photos, 24, config=FitConfig(iters=15, seed=3, final_colors=3))
+    s = plain.splats
+    torch.testing.assert_close(polished.splats.means, s.means, rtol=0, atol=0)  # the geometry untouched
+    torch.testing.assert_close(polished.splats.colors, colors_module.solve_colors(s, photos, 3), rtol=0, atol=0)
+    for a, b in zip(polished.metrics, plain.metrics):
+        assert a["psnr"] > b["psnr"] and a["iterations"] == b["iterations"] == 15
+    nested = dict(iters=6, seed=3, prefix_fractions=(0.5, 1.0))  # a nested fit keeps its prefix-aware colors
+    torch.testing.assert_close(fit_images(photos, 24, config=FitConfig(**nested, final_colors=3)).splats.colors,
+                               fit_images(photos, 24, config=FitConfig(**nested)).splats.colors, rtol=0, atol=0)
+
+
+def test_the_budget_keeps_room_for_the_final_colors(monkeypatch, photos):
+    clock = CostClock(monkeypatch)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    _, m = _fit(photos, n, {"iters": 40, "budget_ms": 10.25 * per_iter_ms, "final_colors": 2}, clock)
+    # init 0.5 + 5 iterations + 3 CG passes of 1.5 each (a render, and a render with its backward) = 10 <= 10.25;
+    # a 6th iteration would have left 11.5 (without the reserve: 9 iterations, then the solve to 14)
+    assert [x["iterations"] for x in m] == [5] * 4 and all(x["stopped"] == "budget" for x in m)
+    assert m[0]["seconds"] * 1000 == pytest.approx(10.5 * per_iter_ms)  # + the final evaluation's render

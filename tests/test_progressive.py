@@ -224,7 +224,11 @@ def test_nested_fit_prefixes_beat_the_reorder_of_a_plain_fit():
     (eliminate) of a plain fit; the full image costs at most a little."""
     from gaussianvision.fit import FitConfig, fit_images
     img = _photo(48)
-    opts = {"preset": "fast", "iters": 80, "backend": "reference"}
+    # the preset's fit with Adam's usual settings: at this toy size (6 px spacing) the presets' short-memory
+    # Adam with spacing-scaled rates gains 0.5 dB on the plain fit and loses 0.2 on the nested one, whose
+    # first blocks are sparser; at 224 px it gains on both (N=400: nested full 25.83 -> 26.35 dB, plain
+    # 26.59 -> 26.99), so this test pins the mechanism, not those settings
+    opts = {"preset": "fast", "iters": 80, "backend": "reference", "lr_spacing": None, "beta1": 0.9, "beta2": 0.999}
     plain = progressive(fit_images(img, 64, config=FitConfig.from_options(opts)).splats.detach(), backend="reference")
     nested = fit_images(img, 64, config=FitConfig.from_options({**opts, "prefix_fractions": (0.125, 0.25, 0.5, 1.0)}))
     ks = (8, 16, 32, 64)

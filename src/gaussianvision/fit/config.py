@@ -22,6 +22,10 @@ class FitConfig:
     lr_means: float = 0.8          # Adam step sizes (pixels, pixels, color units)
     lr_chol: float = 0.4
     lr_colors: float = 0.02
+    lr_spacing: float | None = None  # None: the rates are as given; else they are for this Gaussian spacing
+    #                                  (px, sqrt(H W / N)) and scale with the fit's own spacing (Fitter.rates)
+    beta1: float = 0.9             # Adam's moment decay rates
+    beta2: float = 0.999
     schedule: str = "constant"     # constant | cosine | exp (decay to lr_final x the rate)
     lr_final: float = 0.1
     ssim_weight: float = 0.0       # loss = (1 - w) MSE + w (1 - SSIM)
@@ -38,6 +42,7 @@ class FitConfig:
     relocate_fraction: float = 0.1  # share of each image's Gaussians moved each time (fit/relocate.py)
     relocate_until: float = 0.6    # relocate only in this first share of the iterations (the rest settles)
     color_solve: int = 0           # CG iterations of least-squares colors after initialization (fit/colors.py; 0: off)
+    final_colors: int = 0          # CG iterations of least-squares colors for the final geometry (0: off; not in a nested fit)
     coarse_fraction: float = 0.0   # share of `iters` run first at coarse_scale resolution (coarse to fine; 0: off)
     coarse_scale: float = 0.5      # the coarse phase's image scale (area-downsampled; splats scaled back up)
     coarse_min_pixels: float = 0.0  # coarse to fine only where the coarse image has >= this many pixels per Gaussian
@@ -86,9 +91,14 @@ class FitConfig:
             raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
         if self.coarse_min_pixels < 0:
             raise ValueError(f"coarse_min_pixels must be >= 0, got {self.coarse_min_pixels}")
-        if self.color_solve < 0:
-            raise ValueError(f"color_solve must be >= 0 (conjugate-gradient iterations), got {self.color_solve}")
+        for name in ("color_solve", "final_colors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (conjugate-gradient iterations), got {getattr(self, name)}")
         self._check_prefixes()
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.lr_spacing is not None and not self.lr_spacing > 0:
+            raise ValueError(f"lr_spacing must be positive (pixels) or None, got {self.lr_spacing}")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self

@@ -151,8 +151,7 @@ class Fitter:
                            s.height, s.width, s.counts)
         self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
         self.counts = s.num_gaussians().to(self.device).clone()
-        self.opt = BatchAdam(self.params, {"means": self.cfg.lr_means, "chol": self.cfg.lr_chol,
-                                           "colors": self.cfg.lr_colors})
+        self.opt = BatchAdam(self.params, self.rates(), betas=(self.cfg.beta1, self.cfg.beta2))
         self.active = torch.ones(b, dtype=torch.bool, device=self.device)
         self.iterations = torch.zeros(b, dtype=torch.long, device=self.device)
         self.stopped = [None] * b  # why each image stopped early: "target" | "plateau"
@@ -164,6 +163,15 @@ class Fitter:
         self.seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ state
+    def rates(self) -> dict[str, float]:
+        """Adam's step sizes {means, chol, colors}: cfg's lr_*, or with cfg.lr_spacing set, those times
+        this fit's Gaussian spacing sqrt(H W / N) over lr_spacing (finer splats take finer steps)."""
+        cfg = self.cfg
+        f = 1.0
+        if cfg.lr_spacing is not None:
+            f = math.sqrt(self.h * self.w / max(1, self.params["means"].shape[1])) / cfg.lr_spacing
+        return {"means": cfg.lr_means * f, "chol": cfg.lr_chol * f, "colors": cfg.lr_colors * f}
+
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
@@ -310,13 +318,14 @@ class Fitter:
             bar = tqdm(total=iters, desc=desc or f"fit {self.batch_size} img, N={self.params['means'].shape[1]}",
                        unit="it", leave=False)
         last = 0.0  # the previous iteration's wall time (relocation included)
+        polish = self._polishes() * (self.cfg.final_colors + 1) * 1.5  # its cost in iterations (each CG step: 2 renders, 1 backward)
         for t in range(iters):
             if self.steps_done in record:
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self._record()
             started = time.perf_counter()
-            if self._over_budget(started - t0, last) or not bool(self.active.any()):
+            if self._over_budget(started - t0, last * (1 + polish)) or not bool(self.active.any()):
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
             self.steps_done += 1
@@ -333,6 +342,33 @@ class Fitter:
         self.seconds += time.perf_counter() - t0
         if self.steps_done in record and not any(h["iteration"] == self.steps_done for h in self.history):
             self._record()
+        return self
+
+    # ---------------------------------------------------------- final colors
+    def _polishes(self) -> bool:
+        """Whether the fit ends with polish_colors: cfg.final_colors > 0, except in a nested fit (the
+        least-squares colors of all N would favour the whole set over its prefixes)."""
+        return self.cfg.final_colors > 0 and not self.cfg.prefix_fractions
+
+    def finish(self) -> "Fitter":
+        """The fit's last step (fit_images calls it before result()): polish_colors(cfg.final_colors)
+        where _polishes(); with record_at set, the history records the polished splats too (at the
+        same iteration count, later seconds)."""
+        if self._polishes():
+            self.polish_colors(self.cfg.final_colors)
+            if self.cfg.record_at:
+                self._record()
+        return self
+
+    @torch.no_grad()
+    def polish_colors(self, iters: int) -> "Fitter":
+        """The least-squares colors for the current geometry, by `iters` CG iterations from the
+        current colors (fit/colors.py: the squared error never rises). Adam's steps leave the colors
+        near, not at, their optimum; this costs about 1.5 x (iters + 1) iterations. Its time counts."""
+        t0 = time.perf_counter()
+        if iters > 0:
+            self.params["colors"].copy_(solve_colors(self.splats(), self.images, iters, backend=self.cfg.backend))
+        self.seconds += time.perf_counter() - t0
         return self
 
     # ------------------------------------------------------------- relocation
@@ -426,7 +462,7 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
         f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
         if cfg.finetune_iters:
             f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning", relocate=False)
-    return f.result()
+    return f.finish().result()
 
 
 def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
@@ -444,7 +480,10 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
         return None
     small = torch.nn.functional.interpolate(images.to(_device(cfg, images)), size=(ch, cw), mode="area")
     budget = None if cfg.budget_ms is None else cfg.budget_ms * cfg.coarse_fraction
-    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=(), budget_ms=budget))
+    # with lr_spacing, the coarse phase takes the full-size fit's steps in its own (coarse) pixels: the long moves
+    spacing = None if cfg.lr_spacing is None else cfg.lr_spacing * math.sqrt(ch * cw / (h * w))
+    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=(), budget_ms=budget,
+                                           lr_spacing=spacing, final_colors=0))
     c.run(coarse_iters, progress=progress, desc="coarse phase")
     c.stopped = [None] * c.batch_size  # the coarse phase's budget share ends it, not the fit
     s = c.splats().scaled(h, w)

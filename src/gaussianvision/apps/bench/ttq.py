@@ -94,6 +94,7 @@ def _fit_curve(images, n, options: dict, backend: str) -> list[tuple[float, floa
     else:
         f.cfg = replace(f.cfg, record_at=_checks(cfg.iters - done))
     f.run(cfg.iters - done)
+    f.finish()  # the final colors, where the options ask for them: one more point on the curve
     return _curve(f, 0.0, done)
 
 
