@@ -6,14 +6,13 @@ interleaved, best of R runs each. Writes benchmarks/results/fit_blur_ab.{json,md
 """
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import gaussianvision.fit.blur as blur
+from gaussianvision.apps.bench.fit import loadavg, machine_info
 from gaussianvision.data.photos import bundled_photos
 from gaussianvision.fit import FitConfig, fit_images
 
@@ -28,7 +27,7 @@ def main() -> None:
     fit_images(x[:1, :, :64, :64], 16, config=FitConfig.from_options({"preset": "fast", "iters": 3}))
     runs = {"band matrices (default)": [], "depthwise convolutions": []}
     psnr = {}
-    load0 = os.getloadavg()
+    machine = machine_info()  # its loadavg_start: before the runs
     for _ in range(a.repeats):
         for name, band_max in (("band matrices (default)", blur.BAND_MAX), ("depthwise convolutions", 0)):
             saved, blur.BAND_MAX = blur.BAND_MAX, band_max
@@ -38,17 +37,16 @@ def main() -> None:
             blur.BAND_MAX = saved
             psnr[name] = sum(m["psnr"] for m in r.metrics) / len(r.metrics)
     best = {k: min(v) for k, v in runs.items()}
-    res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "loadavg_start": load0, "loadavg_end": os.getloadavg()},
-           "ms_per_image": runs, "best_ms_per_image": best, "mean_psnr": psnr,
+    machine["loadavg_end"] = loadavg()
+    res = {"machine": machine, "ms_per_image": runs, "best_ms_per_image": best, "mean_psnr": psnr,
            "speedup": best["depthwise convolutions"] / best["band matrices (default)"]}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_blur_ab.json").write_text(json.dumps(res, indent=1))
     lines = ["# Separable blurs: band matrices vs depthwise convolutions (fast preset, N=400)", "",
-             f"40 bundled photos at 224 px, one process, interleaved, best of {a.repeats}; {os.cpu_count()} cores, "
-             f"torch {torch.__version__}, load average {load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. "
+             f"40 bundled photos at 224 px, one process, interleaved, best of {a.repeats}; {machine['cores']} cores "
+             f"({machine['cpu']}), torch {machine['torch']}, numba {machine['numba']}, load average "
+             f"{machine['loadavg_start']} at start, {machine['loadavg_end']} at end. "
              "`PYTHONPATH=src python benchmarks/blur_ab.py`.", "",
              "| blurs | ms per image (best) | all runs | mean PSNR |", "|---|---|---|---|"]
     for k in runs:
