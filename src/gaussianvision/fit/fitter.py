@@ -243,8 +243,8 @@ class Fitter:
             loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
             loss = loss.sum() * scale
         else:
-            with torch.no_grad():
-                resid = pred - target
+            with torch.no_grad():  # the residual in the render's own memory (no backend keeps its output)
+                resid = pred.detach().sub_(target)
                 err = _mean_squares(resid)
             loss = _Seed.apply(pred, resid.mul_(2.0 / 3.0))  # d/dpred = 2 r / (3 H W) x (H W)
         if cfg.prune_lambda > 0:
