@@ -135,8 +135,11 @@ def test_rates_scale_with_the_gaussian_spacing_and_adam_takes_the_betas(photos):
     assert f.rates() == pytest.approx({"means": 1.6, "chol": 0.8, "colors": 0.04})
     assert f.opt.lrs == f.rates() and f.opt.betas == (0.5, 0.75)
     assert fitter_module.Fitter(photos, 256, cfg).rates()["means"] == pytest.approx(0.4)  # spacing 4 px
-    for bad, says in (({"beta1": 1.0}, "beta1 and beta2 must lie in"), ({"beta2": -0.1}, "beta1 and beta2 must lie in"),
-                      ({"lr_spacing": 0.0}, "lr_spacing must be positive"), ({"final_colors": -1}, "final_colors must be >= 0")):
+    assert fitter_module.Fitter(photos, 4096, cfg).rates()["means"] == pytest.approx(0.8 * 0.25)  # 1 px: clamped
+    for bad, says in (({"beta1": 1.0}, "beta1 must lie in"), ({"beta2": -0.1}, "beta2 must lie in"),
+                      ({"lr_spacing": 0.0}, "lr_spacing must be a positive"),
+                      ({"lr_spacing": float("inf")}, "lr_spacing must be a positive"),
+                      ({"final_colors": -1}, "final_colors must be >= 0")):
         with pytest.raises(ValueError, match=says):
             FitConfig.from_options(bad)
 
@@ -174,7 +177,52 @@ def test_the_budget_keeps_room_for_the_final_colors(monkeypatch, photos):
     n = 24
     per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
     _, m = _fit(photos, n, {"iters": 40, "budget_ms": 10.25 * per_iter_ms, "final_colors": 2}, clock)
-    # init 0.5 + 5 iterations + 3 CG passes of 1.5 each (a render, and a render with its backward) = 10 <= 10.25;
+    # init 0.5 + 5 iterations + colors.solve_cost(2) = 3 passes of 1.5 each (a render, and a render with its
+    # backward) = 10 <= 10.25;
     # a 6th iteration would have left 11.5 (without the reserve: 9 iterations, then the solve to 14)
     assert [x["iterations"] for x in m] == [5] * 4 and all(x["stopped"] == "budget" for x in m)
     assert m[0]["seconds"] * 1000 == pytest.approx(10.5 * per_iter_ms)  # + the final evaluation's render
+
+
+@pytest.mark.parametrize("options", [
+    {"final_colors": 2},                                            # budget spent by the initializer alone
+    {"preset": "fast"},                                             # coarse to fine: the full-size phase's first step
+    {"final_colors": 2, "target_psnr": 17.0},                       # frozen images: the polish solves all of them
+    {"final_colors": 2, "prune_fraction": 0.2, "finetune_iters": 5},  # the fine-tune after pruning
+])
+@pytest.mark.parametrize("budget_iters", [0.25, 3.0, 8.0, 20.0])
+def test_the_final_colors_never_pass_the_budget(monkeypatch, photos, options, budget_iters):
+    clock = CostClock(monkeypatch)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    budget = budget_iters * per_iter_ms
+    _, m = _fit(photos, n, {"iters": 40, **options, "budget_ms": budget}, clock)
+    _, start = _fit(photos, n, {**options, "iters": 0, "final_colors": 0}, clock)  # the initialization alone
+    # the budget, or what the initialization took when it took more (it cannot stop), + the final evaluation
+    ceiling = max(budget + 0.5 * per_iter_ms, 1000 * start[0]["seconds"])
+    assert m[0]["seconds"] * 1000 <= ceiling + 1e-9
+
+
+def test_finish_polishes_once_and_only_for_the_squared_error(photos):
+    f = fitter_module.Fitter(photos, 24, FitConfig(iters=3, final_colors=2)).run(3)
+    once = f.finish().params["colors"].clone()
+    torch.testing.assert_close(f.finish().params["colors"], once, rtol=0, atol=0)
+    for other in ({"ssim_weight": 0.5}, {"prune_lambda": 0.1}, {"prefix_fractions": (0.5, 1.0)}):
+        g = fitter_module.Fitter(photos, 24, FitConfig(iters=3, final_colors=2, **other)).run(3)
+        before = g.params["colors"].clone()
+        torch.testing.assert_close(g.finish().params["colors"], before, rtol=0, atol=0)
+
+
+def test_cache_keys_and_resume_fingerprints_change_with_a_presets_settings(monkeypatch):
+    from gaussianvision.data.conversion import ConvertConfig
+    from gaussianvision.eval.datasets import SplatSettings
+    from gaussianvision.fit import presets
+    settings = SplatSettings(fit_options={"preset": "fast"})
+    convert = ConvertConfig(400, fit_options={"preset": "fast", "iters": 90})
+    key, fingerprint = settings.key(), convert.fingerprint("in")
+    assert fingerprint["fit_options"] == {**PRESETS["fast"], "preset": "fast", "iters": 90}  # options beside it win
+    plain = SplatSettings(fit_options={"relocate_every": 10})
+    plain_key = plain.key()
+    monkeypatch.setitem(presets.PRESETS, "fast", {**PRESETS["fast"], "beta2": 0.5})  # a later release's `fast`
+    assert settings.key() != key and convert.fingerprint("in") != fingerprint
+    assert plain.key() == plain_key  # options without a preset: keys as before

@@ -40,6 +40,7 @@ from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
 from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
+from gaussianvision.fit.presets import spelled_out
 
 __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
 
@@ -76,6 +77,7 @@ class ConvertConfig:
     def fingerprint(self, src) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in _RUNTIME_FIELDS}
         d["input"] = str(src)
+        d["fit_options"] = spelled_out(d["fit_options"])  # a preset's settings: resuming under new ones is refused
         if not self.progressive:
             d.pop("progressive")  # output folders written before the field existed still resume
         if not self.progressive or self.progressive_order == "eliminate":

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_atomic
+from gaussianvision.fit.presets import spelled_out
 from .models import EvalError, EvalModel
 
 __all__ = ["SplatSettings", "SplatCache", "SplatBatches", "dataset_task", "build_dataset", "build_loader",
@@ -43,6 +44,8 @@ class SplatSettings:
         d.pop("fit_batch")
         if not d["fit_options"]:
             d.pop("fit_options")  # keys (and caches) made before the field existed stay valid
+        else:
+            d["fit_options"] = spelled_out(d["fit_options"])  # a preset's settings: its splats change with them
         return json.dumps(d, sort_keys=True)
 
 

@@ -24,7 +24,13 @@ import torch
 from gaussianvision.raster import render
 from gaussianvision.splats.types import Splats
 
-__all__ = ["solve_colors", "color_objective"]
+__all__ = ["solve_colors", "color_objective", "solve_cost"]
+
+
+def solve_cost(iters: int) -> float:
+    """solve_colors' cost in training iterations (a render and its backward) of the same batch: the
+    first residual and each CG iteration take a render plus an adjoint (a render and its backward)."""
+    return 1.5 * (iters + 1) if iters > 0 else 0.0
 
 
 def _forward(s: Splats, colors: torch.Tensor, backend: str) -> torch.Tensor:

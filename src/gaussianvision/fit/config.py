@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gaussianvision.fit.init import INITIALIZERS
@@ -95,10 +96,11 @@ class FitConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (conjugate-gradient iterations), got {getattr(self, name)}")
         self._check_prefixes()
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
-            raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.lr_spacing is not None and not self.lr_spacing > 0:
-            raise ValueError(f"lr_spacing must be positive (pixels) or None, got {self.lr_spacing}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1) (Adam's moment decay), got {getattr(self, name)}")
+        if self.lr_spacing is not None and not (self.lr_spacing > 0 and math.isfinite(self.lr_spacing)):
+            raise ValueError(f"lr_spacing must be a positive number of pixels or None, got {self.lr_spacing}")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self

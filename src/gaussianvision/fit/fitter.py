@@ -29,7 +29,7 @@ to where the error is largest during the first `relocate_until` of the iteration
 (fit/relocate.py).
 
 For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
-run(iters), prune(...), clone(), evaluate(), result().
+run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where configured), result().
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from gaussianvision.raster import render
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
-from gaussianvision.fit.colors import solve_colors
+from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import psnr, ssim
@@ -160,16 +160,21 @@ class Fitter:
         self.history: list[dict] = []
         self._generator: torch.Generator | None = None  # relocation's draws (seeded on first use)
         self.steps_done = 0
+        self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
+        self.finished = False  # finish() has run
         self.seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ state
     def rates(self) -> dict[str, float]:
         """Adam's step sizes {means, chol, colors}: cfg's lr_*, or with cfg.lr_spacing set, those times
-        this fit's Gaussian spacing sqrt(H W / N) over lr_spacing (finer splats take finer steps)."""
+        this fit's Gaussian spacing sqrt(H W / N) over lr_spacing, within [1/4, 4] (finer splats take
+        finer steps; measured from 0.36 to 2, beyond 4 untried). N is the batch's (padded) Gaussian
+        count; the rates are set when the Fitter is made (a prune keeps them)."""
         cfg = self.cfg
         f = 1.0
         if cfg.lr_spacing is not None:
             f = math.sqrt(self.h * self.w / max(1, self.params["means"].shape[1])) / cfg.lr_spacing
+            f = min(max(f, 0.25), 4.0)
         return {"means": cfg.lr_means * f, "chol": cfg.lr_chol * f, "colors": cfg.lr_colors * f}
 
     @property
@@ -266,8 +271,8 @@ class Fitter:
     def _over_budget(self, running: float, ahead: float = 0.0) -> bool:
         """True (and every active image stopped, reason "budget") once the batch's wall time,
         `seconds` plus the `running` seconds not yet added, plus `ahead` (what the next iteration
-        is expected to take: the last one's time) would pass cfg.budget_ms per image: the budget
-        is a ceiling, not a point to overshoot by one iteration."""
+        is expected to take, the last one's time, and the final colors' share) would pass
+        cfg.budget_ms per image: the budget is a ceiling, not a point to overshoot by one iteration."""
         if self.cfg.budget_ms is None or (self.seconds + running + ahead) * 1000 <= self.cfg.budget_ms * self.batch_size:
             return False
         for i in self.active.nonzero()[:, 0].tolist():
@@ -317,17 +322,18 @@ class Fitter:
             from tqdm import tqdm
             bar = tqdm(total=iters, desc=desc or f"fit {self.batch_size} img, N={self.params['means'].shape[1]}",
                        unit="it", leave=False)
-        last = 0.0  # the previous iteration's wall time (relocation included)
-        polish = self._polishes() * (self.cfg.final_colors + 1) * 1.5  # its cost in iterations (each CG step: 2 renders, 1 backward)
+        last = self.step_seconds  # what the next iteration is expected to take (relocation included)
         for t in range(iters):
             if self.steps_done in record:
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self._record()
             started = time.perf_counter()
-            if self._over_budget(started - t0, last * (1 + polish)) or not bool(self.active.any()):
+            active = int(self.active.sum())
+            if self._over_budget(started - t0, last + self._polish_seconds()) or not active:
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
+            self.step_seconds = (time.perf_counter() - started) * self.batch_size / active  # the polish solves all
             self.steps_done += 1
             if (relocate and cfg.relocate_every and (t + 1) % cfg.relocate_every == 0 and t + 1 < iters
                     and t + 1 <= int(cfg.relocate_until * iters + 1e-9)):
@@ -346,25 +352,35 @@ class Fitter:
 
     # ---------------------------------------------------------- final colors
     def _polishes(self) -> bool:
-        """Whether the fit ends with polish_colors: cfg.final_colors > 0, except in a nested fit (the
-        least-squares colors of all N would favour the whole set over its prefixes)."""
-        return self.cfg.final_colors > 0 and not self.cfg.prefix_fractions
+        """Whether the fit ends with polish_colors: cfg.final_colors > 0 where the loss is the plain
+        squared error the solve minimizes (not in a nested fit, whose prefixes would lose to the whole
+        set, nor with ssim_weight or prune_lambda)."""
+        c = self.cfg
+        return c.final_colors > 0 and not c.prefix_fractions and c.ssim_weight == 0 and c.prune_lambda == 0
+
+    def _polish_seconds(self) -> float:
+        """What finish()'s polish is expected to take: solve_cost iterations of the whole batch."""
+        return solve_cost(self.cfg.final_colors) * self.step_seconds if self._polishes() else 0.0
 
     def finish(self) -> "Fitter":
-        """The fit's last step (fit_images calls it before result()): polish_colors(cfg.final_colors)
-        where _polishes(); with record_at set, the history records the polished splats too (at the
-        same iteration count, later seconds)."""
-        if self._polishes():
+        """The fit's last step, once (fit_images calls it before result(); call it too when driving a
+        Fitter by hand): polish_colors(cfg.final_colors) where _polishes() and the budget has room
+        for it; with record_at set, the history records the polished splats too (at the same
+        iteration count, later seconds)."""
+        budget = self.cfg.budget_ms
+        room = budget is None or (self.seconds + self._polish_seconds()) * 1000 <= budget * self.batch_size
+        if self._polishes() and room and not self.finished:
             self.polish_colors(self.cfg.final_colors)
             if self.cfg.record_at:
                 self._record()
+        self.finished = True
         return self
 
     @torch.no_grad()
     def polish_colors(self, iters: int) -> "Fitter":
         """The least-squares colors for the current geometry, by `iters` CG iterations from the
         current colors (fit/colors.py: the squared error never rises). Adam's steps leave the colors
-        near, not at, their optimum; this costs about 1.5 x (iters + 1) iterations. Its time counts."""
+        near, not at, their optimum; this costs about colors.solve_cost(iters) iterations. Its time counts."""
         t0 = time.perf_counter()
         if iters > 0:
             self.params["colors"].copy_(solve_colors(self.splats(), self.images, iters, backend=self.cfg.backend))
@@ -490,5 +506,6 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
     f.iterations += c.iterations
     f.seconds += c.seconds
+    f.step_seconds = c.step_seconds * (h * w) / (ch * cw)  # the budget's estimate until a full-size step is timed
     return f
 

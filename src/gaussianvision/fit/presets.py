@@ -36,7 +36,7 @@ plain defaults of FitConfig (500 iterations of Adam from the content initializer
 """
 from __future__ import annotations
 
-__all__ = ["PRESETS", "preset_options"]
+__all__ = ["PRESETS", "preset_options", "spelled_out"]
 
 _ADAM = {"lr_spacing": 11.2, "beta1": 0.85, "beta2": 0.85}  # rates per 11.2 px of spacing (N=400 at 224 px)
 PRESETS: dict[str, dict] = {
@@ -52,3 +52,12 @@ def preset_options(name, exclude: tuple = ()) -> dict:
     if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"fit option preset={name!r}: unknown preset; choose one of {', '.join(PRESETS)}")
     return {k: v for k, v in PRESETS[name].items() if k not in exclude}
+
+
+def spelled_out(options: dict) -> dict:
+    """`options` with a preset's settings written out beside its name (options given beside it win), for
+    cache keys and resume fingerprints: they change when a preset's settings do, so splats fitted
+    under an older `fast` are never mixed with new ones. Options without a preset come back as given."""
+    if options.get("preset") not in PRESETS:  # none (or an unknown name: the options' check reports it)
+        return dict(options)
+    return {**preset_options(options["preset"]), **options}
