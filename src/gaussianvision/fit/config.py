@@ -120,11 +120,11 @@ class FitConfig:
     def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":
         """A checked FitConfig from fit_images keyword options; unknown names (or names in
         `exclude`) and bad values raise one ValueError naming them."""
-        from gaussianvision.fit.presets import preset_options
+        from gaussianvision.fit.presets import spelled_out
         fields = (set(cls.__dataclass_fields__) | {"preset"}) - set(exclude)
         bad = sorted(k for k in options if k not in fields)
         if "preset" in options and not bad:  # the preset's settings, the other options over them
-            options = {**preset_options(options["preset"], exclude), **{k: v for k, v in options.items() if k != "preset"}}
+            options = {k: v for k, v in spelled_out(options, exclude).items() if k != "preset"}
         if bad:
             raise ValueError(f"fit options {bad}: not fit_images options"
                              + (f" ({', '.join(sorted(exclude))} have their own settings)" if exclude else "")

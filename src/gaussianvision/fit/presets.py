@@ -54,10 +54,12 @@ def preset_options(name, exclude: tuple = ()) -> dict:
     return {k: v for k, v in PRESETS[name].items() if k not in exclude}
 
 
-def spelled_out(options: dict) -> dict:
-    """`options` with a preset's settings written out beside its name (options given beside it win), for
-    cache keys and resume fingerprints: they change when a preset's settings do, so splats fitted
-    under an older `fast` are never mixed with new ones. Options without a preset come back as given."""
-    if options.get("preset") not in PRESETS:  # none (or an unknown name: the options' check reports it)
+def spelled_out(options: dict, exclude: tuple = ()) -> dict:
+    """`options` with a preset's settings (less those in `exclude`) written out beside its name, the
+    options given beside it winning: what FitConfig.from_options builds from, and what cache keys and
+    resume fingerprints hold, so they change when a preset's settings do (splats fitted under an
+    older `fast` are never mixed with new ones). Options without a preset come back as given; an
+    unknown preset raises preset_options' ValueError."""
+    if "preset" not in options:
         return dict(options)
-    return {**preset_options(options["preset"]), **options}
+    return {**preset_options(options["preset"], exclude), **options}
