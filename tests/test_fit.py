@@ -245,6 +245,27 @@ def test_coarse_to_fine_is_the_coarse_fit_scaled_up_then_refined():
         FitConfig(coarse_fraction=1.0).check()
 
 
+def test_coarse_to_fine_records_at_whole_fit_iterations():
+    """record_at counts the whole fit's iterations, coarse phase included, and the full-size phase
+    records them (its first recordable one is where the coarse phase ends); run_fit is fit_images'
+    whole fit on a Fitter. Regression: the full-size phase counted from 0, so record_at=(0, 3, 6, 8, 10)
+    gave a history at "0" and "3" (really iterations 6 and 9) and nothing after."""
+    from gaussianvision.fit import FitConfig
+    from gaussianvision.fit.fitter import coarse_plan, run_fit
+    images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(4))
+    cfg = FitConfig(iters=10, coarse_fraction=0.6, backend="reference", record_at=(0, 3, 6, 8, 10))
+    assert coarse_plan(32, 24, 12, cfg) == (16, 12, 6)
+    res = fit_images(images, 12, config=cfg)
+    assert [h["iteration"] for h in res.history] == [6, 8, 10]
+    final = psnr(render(res.splats, backend="reference"), images)
+    assert res.history[-1]["psnr"] == pytest.approx(final.tolist(), abs=1e-4)
+    f = run_fit(images, 12, cfg)
+    assert f.finished and torch.equal(f.splats().means, res.splats.means)
+    assert [h["iteration"] for h in f.history] == [6, 8, 10]
+    assert coarse_plan(32, 24, 12, FitConfig(iters=10)) is None  # coarse_fraction 0
+    assert coarse_plan(12, 12, 4, FitConfig(iters=10, coarse_fraction=0.5)) is None  # 6 px coarse
+
+
 @pytest.mark.parametrize("prune_lambda", [0.0, 0.02])
 def test_closed_form_mse_gradient_matches_autograd_of_the_loss(photos, prune_lambda):
     """The step's MSE gradient is taken in closed form; it must equal autograd through the loss

@@ -51,7 +51,7 @@ class FitConfig:
     backend: str = "auto"
     device: str | None = None      # None: the images' device
     seed: int = 0
-    record_at: tuple = ()          # iterations at which to record every image's PSNR
+    record_at: tuple = ()          # iterations of the whole fit at which to record every image's PSNR (not in a coarse phase)
     prefix_fractions: tuple = ()   # nested (progressive) fit: loss over these prefixes k = f N (fit/progressive.py; (): off)
     prefix_weights: tuple | None = None  # one weight per prefix fraction (None: equal)
 

@@ -4,7 +4,8 @@
     result.splats        # Splats [B, N] with per-image counts
     result.metrics       # per-image dicts: psnr, ssim, n_gaussians, iterations, seconds
                          # (batch_seconds / B), batch_seconds, ...
-    result.history       # [{"iteration": k, "psnr": [B]}] at config.record_at
+    result.history       # [{"iteration": k, "psnr": [B]}] at config.record_at (whole-fit iterations;
+                         # a coarse-to-fine fit records in its full-size phase only)
 
 Parameters are optimized directly (means in pixels, Cholesky entries in pixels, colors)
 with a per-image Adam (fit/adam.py): Adam makes the step size about the learning rate, so
@@ -28,6 +29,7 @@ iterations repair the damage. With `relocate_every` > 0 the least important Gaus
 to where the error is largest during the first `relocate_until` of the iterations
 (fit/relocate.py).
 
+`run_fit` is fit_images' whole fit returning the finished Fitter (its history, its timings).
 For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
 run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where configured), result().
 """
@@ -51,7 +53,7 @@ from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
-__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "start_coarse_to_fine", "SCHEDULES"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "run_fit", "coarse_plan", "start_coarse_to_fine", "SCHEDULES"]
 
 _NAMES = ("means", "chol", "colors")
 
@@ -471,6 +473,14 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
         setattr(cfg, k, v)
     if isinstance(init, str):
         cfg.init = init
+    return run_fit(images, n_gaussians, cfg, init, progress).result()
+
+
+def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init: str | Splats | None = None,
+            progress: bool = False) -> Fitter:
+    """fit_images' whole fit, on the Fitter it returns (finished): coarse to fine where cfg asks for it and
+    coarse_plan allows it, the iterations, the prune and its fine-tune, the final colors. For callers
+    that want more than the result, e.g. the PSNR history at cfg.record_at (whole-fit iterations)."""
     f = start_coarse_to_fine(images, n_gaussians, cfg, init, progress) if cfg.coarse_fraction > 0 else None
     f = f or Fitter(images, n_gaussians, cfg, init=init)
     f.run(cfg.iters - int(f.iterations.max()), progress=progress)
@@ -478,22 +488,34 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
         f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
         if cfg.finetune_iters:
             f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning", relocate=False)
-    return f.finish().result()
+    return f.finish()
+
+
+def coarse_plan(height: int, width: int, n_gaussians: int | None, cfg: FitConfig,
+                init: str | Splats | None = None) -> tuple[int, int, int] | None:
+    """(coarse height, coarse width, coarse iterations) of a coarse-to-fine fit of `height` x `width`
+    images, or None where it does not apply: coarse_fraction 0, init given as Splats, coarse images
+    under 8 px a side or under coarse_min_pixels pixels per Gaussian, or no coarse iteration."""
+    ch, cw = round(height * cfg.coarse_scale), round(width * cfg.coarse_scale)
+    coarse_iters = int(cfg.coarse_fraction * cfg.iters)
+    if (cfg.coarse_fraction <= 0 or isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1
+            or ch * cw < cfg.coarse_min_pixels * int(n_gaussians or 0)):
+        return None
+    return ch, cw, coarse_iters
 
 
 def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
     """Coarse to fine: the first coarse_fraction of the iterations on the images downsampled by
     coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back
-    up (its Adam state fresh; its iteration counts and seconds include the coarse phase). With
+    up (its Adam state fresh; its iteration counts, steps_done and seconds include the coarse phase). With
     budget_ms the coarse phase has coarse_fraction of it. None when the coarse images would be too
     small (under 8 px a side, or under coarse_min_pixels pixels per Gaussian) or init is given as Splats."""
     images = _check_images(images)
     h, w = images.shape[-2:]
-    ch, cw = round(h * cfg.coarse_scale), round(w * cfg.coarse_scale)
-    coarse_iters = int(cfg.coarse_fraction * cfg.iters)
-    if (isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1
-            or ch * cw < cfg.coarse_min_pixels * int(n_gaussians or 0)):
+    plan = coarse_plan(h, w, n_gaussians, cfg, init)
+    if plan is None:
         return None
+    ch, cw, coarse_iters = plan
     small = torch.nn.functional.interpolate(images.to(_device(cfg, images)), size=(ch, cw), mode="area")
     budget = None if cfg.budget_ms is None else cfg.budget_ms * cfg.coarse_fraction
     # with lr_spacing, the coarse phase takes the full-size fit's steps in its own (coarse) pixels: the long moves
@@ -506,6 +528,7 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
     f.iterations += c.iterations
     f.seconds += c.seconds
+    f.steps_done = c.steps_done  # record_at counts the whole fit's iterations
     f.step_seconds = c.step_seconds * (h * w) / (ch * cw)  # the budget's estimate until a full-size step is timed
     return f
 

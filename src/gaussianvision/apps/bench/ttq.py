@@ -30,7 +30,7 @@ from dataclasses import replace
 import torch
 
 from gaussianvision.fit import FitConfig, Fitter
-from gaussianvision.fit.fitter import start_coarse_to_fine
+from gaussianvision.fit.fitter import coarse_plan, run_fit
 
 __all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "time_to_quality", "read_curve", "startup_seconds"]
 
@@ -76,26 +76,21 @@ def _checks(iters: int) -> tuple:
     return tuple(sorted({c for c in _CHECKS if c <= iters} | {iters}))
 
 
-def _curve(f: Fitter, offset: float = 0.0, it0: int = 0) -> list[tuple[float, float, int]]:
+def _curve(f: Fitter) -> list[tuple[float, float, int]]:
     """(seconds per image, mean PSNR, iteration) at each recorded checkpoint."""
     b = f.batch_size
-    return [(offset + h["seconds"] / b, sum(h["psnr"]) / b, it0 + h["iteration"]) for h in f.history]
+    return [(h["seconds"] / b, sum(h["psnr"]) / b, h["iteration"]) for h in f.history]
 
 
 def _fit_curve(images, n, options: dict, backend: str) -> list[tuple[float, float, int]]:
-    """Fit with `options` (a preset's own iterations, else options["iters"]) from the start,
-    recording PSNR at the checkpoints; coarse to fine is recorded in its full-resolution phase
-    (whose seconds and iterations include the coarse phase)."""
+    """Fit with `options` (a preset's own iterations, else options["iters"]) from the start (run_fit,
+    as fit_images does), recording PSNR at the checkpoints; coarse to fine is recorded in its
+    full-resolution phase (whose seconds and iterations include the coarse phase), at the
+    checkpoints counted from its start, and again after the final colors."""
     cfg = FitConfig.from_options({**options, "backend": backend})
-    f = start_coarse_to_fine(images, n, cfg) if cfg.coarse_fraction > 0 else None
-    done = 0 if f is None else int(f.iterations.max())
-    if f is None:
-        f = Fitter(images, n, replace(cfg, record_at=_checks(cfg.iters)))
-    else:
-        f.cfg = replace(f.cfg, record_at=_checks(cfg.iters - done))
-    f.run(cfg.iters - done)
-    f.finish()  # the final colors, where the options ask for them: one more point on the curve
-    return _curve(f, 0.0, done)
+    plan = coarse_plan(*images.shape[-2:], n, cfg)
+    done = 0 if plan is None else plan[2]
+    return _curve(run_fit(images, n, replace(cfg, record_at=tuple(done + c for c in _checks(cfg.iters - done)))))
 
 
 def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict]) -> dict:
