@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(VENV)/bin/gsv bench all --out benchmarks/results
 
 # On a GPU machine as it comes (its own python3 with torch and triton; no venv, no install, no
-# network): every step time-boxed, about 8 minutes at most; see docs/gpu.md.
+# network): every step time-boxed, about 7 minutes at most; see docs/gpu.md.
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
 def test_tiny_runs_every_step(tiny):
     res, out, copy = tiny
     steps = res["steps"]
-    assert list(steps) == ["parity", "fit", "ttq", "baseline", "tower"]
+    assert list(steps) == ["parity", "kernels", "ttq", "fit", "baseline", "tower"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: s["status"] for k, s in steps.items()}
     par = steps["parity"]["result"]
     assert par["failed"] == 0 and par["passed"] + par["skipped"] >= 10
@@ -52,12 +52,19 @@ def test_tiny_runs_every_step(tiny):
         assert r["iters_run"] == 5 and r["images_per_s"] > 0 and 8 < r["mean_psnr"] < 40
     # more Gaussians fit the same two photos better
     assert fit[3]["mean_psnr"] > fit[2]["mean_psnr"]
+    kern = steps["kernels"]
+    assert [(r["batch"], r["n"], r["setting"]) for r in kern["rows"]] == [(2, 16, "tile (2026-12-04)"),
+                                                                         (2, 16, "chunked (default)")]
+    for r in kern["rows"]:  # the interpreter on CPU: both backwards agree with the reference
+        assert r["ok"] and r["max_rel_error"] <= 1e-4 and r["forward_ms"] > 0 and r["backward_ms"] > 0
+    assert kern["best"]["name"] in ("tile (2026-12-04)", "chunked (default)")
+    assert res["config"]["raster"] == kern["best"]  # what the later steps ran with
     ttq = steps["ttq"]["rows"]
-    assert [(r["batch"], r["n"], r["method"]) for r in ttq] == [(2, 16, m) for m in ("adam", "c2f+colors", "fast", "balanced")]
+    assert [(r["batch"], r["n"], r["method"]) for r in ttq] == [(2, 16, m) for m in ("fast", "balanced", "c2f+colors", "adam")]
     for r in ttq:  # a curve to the last iteration (the presets': their own), its time growing
         assert r["curve"][-1][0] > r["curve"][0][0] > 0
-    assert [r["curve"][-1][2] for r in ttq] == [5, 5, 150, 500]
-    assert ttq[3]["curve"][0][1] > ttq[0]["curve"][0][1]  # the colour solve starts higher
+    assert [r["curve"][-1][2] for r in ttq] == [150, 500, 5, 5]
+    assert ttq[1]["curve"][0][1] > ttq[3]["curve"][0][1]  # the colour solve starts higher
     base = steps["baseline"]["rows"]
     assert [(r["n"], r["images_done"]) for r in base] == [(16, 2), (64, 2)]
     sp = res["summary"]["speedup_vs_lig"]
@@ -71,6 +78,7 @@ def test_tiny_runs_every_step(tiny):
     assert json.loads((copy / "gpu_tiny.json").read_text()) == res
     md = (out / "gpu_tiny.md").read_text()
     assert "| 2 | 64 |" in md and "RGB gsv-tiny" in md and "| 2 | 16 | c2f+colors |" in md and "tiny" in md.splitlines()[0]
+    assert "tile (2026-12-04)" in md and "chunked (default)" in md and "(chosen)" in md and "The later steps ran with" in md
 
 
 def test_render_fills_the_docs_block(tiny, tmp_path, capsys):
@@ -297,3 +305,29 @@ def test_render_merges_a_rerun_each_step_from_its_last_run(tmp_path, capsys):
     tiny.write_text(json.dumps(dict(rerun, mode="tiny")))
     assert bench_gpu.main(["--render", str(paths[0]), str(tiny), "--out", str(out)]) == 2
     assert "cannot merge runs of different modes" in capsys.readouterr().err
+
+
+def test_the_kernel_setting_chosen_is_the_fastest_correct_one_at_the_first_shape():
+    from gaussianvision.apps.bench import gpu_kernels
+    from gaussianvision.raster import gpu_triton
+    settings = ({"name": "a"}, {"name": "b", "BLOCK_N_BWD": 16}, {"name": "c", "TILE": 8})
+    row = lambda name, b, n, ms, ok=True: {"setting": name, "batch": b, "n": n, "forward_backward_ms": ms, "ok": ok,
+                                           "forward_ms": ms / 3, "backward_ms": 2 * ms / 3, "max_rel_error": 1e-6,
+                                           "us_per_image_iteration": 1e3 * ms / b}
+    step = {"rows": [row("a", 1024, 400, 10.0), row("b", 1024, 400, 8.0), row("c", 1024, 400, 5.0, ok=False),
+                     {"setting": "d", "batch": 1024, "n": 400, "error": "CompilationError: x"},
+                     row("a", 256, 3136, 1.0), row("b", 256, 3136, 9.0)]}
+    assert gpu_kernels.best_setting(step, settings) == {"name": "b", "BLOCK_N_BWD": 16}  # c is faster but wrong
+    assert gpu_kernels.best_setting({"rows": [row("c", 1, 1, 1.0, ok=False)]}, settings) is None
+    before = gpu_kernels.apply_setting({"name": "b", "BLOCK_N_BWD": 16, "BWD_KERNEL": "tile"})
+    try:
+        assert (gpu_triton.BLOCK_N_BWD, gpu_triton.BWD_KERNEL) == (16, "tile")
+    finally:
+        gpu_kernels.apply_setting(before)
+    assert (gpu_triton.BLOCK_N_BWD, gpu_triton.BWD_KERNEL) == (8, "chunked")
+    with pytest.raises(ValueError, match=r"unknown raster setting\(s\) \['WARPS'\]"):
+        gpu_kernels.apply_setting({"name": "x", "WARPS": 2})
+    md = gpu_report._kernels(dict(step, status="ok", best=settings[1]))
+    text = "\n".join(md)
+    assert "| 1024 | 400 | **b** (chosen) | " in text and "| 256 | 3136 | b |" in text  # marked at the first shape only
+    assert "(wrong: never chosen)" in text and "CompilationError: x" in text and "1.25x" in text

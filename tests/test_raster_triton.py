@@ -111,6 +111,29 @@ def test_interpreter_parity_other_launch_shapes(interp, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("bwd,tile,chunk", [("tile", 16, 32), ("chunked", 16, 64), ("chunked", 8, 16),
+                                            ("chunked", 4, 32)])
+def test_interpreter_parity_backward_variants(interp, monkeypatch, bwd, tile, chunk):
+    """Both backward kernels, the chunked one at several chunk sizes (at tile 4 the chunk of 32 is
+    capped at the tile's 16 pixels: no pixel counted twice), on several blocks per tile."""
+    monkeypatch.setattr(gpu_triton, "BWD_KERNEL", bwd)
+    monkeypatch.setattr(gpu_triton, "TILE", tile)
+    monkeypatch.setattr(gpu_triton, "BWD_CHUNK", chunk)
+    assert gpu_triton.bwd_launch(tile)[1] == ({} if bwd == "tile" else {"CHUNK": min(chunk, tile * tile)})
+    _parity(many_per_tile(), f"many_per_tile_{bwd}_{tile}_{chunk}", RTOL_INTERP, ATOL_INTERP)
+
+
+def test_backward_launch_settings_are_checked(monkeypatch):
+    monkeypatch.setattr(gpu_triton, "BWD_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="BWD_KERNEL='fastest': choose one of chunked, tile"):
+        gpu_triton.bwd_launch(16)
+    monkeypatch.setattr(gpu_triton, "BWD_KERNEL", "chunked")
+    monkeypatch.setattr(gpu_triton, "BWD_CHUNK", 24)
+    with pytest.raises(ValueError, match="BWD_CHUNK=24: expected a power of two"):
+        gpu_triton.bwd_launch(16)
+
+
+@needs_triton
 def test_interpreter_float64_input_keeps_dtype(interp):
     name, s = CASES[2]
     s64 = Splats(s.means.double(), s.chol.double(), s.colors.double(), s.height, s.width, s.counts)
@@ -181,7 +204,10 @@ def test_kernels_compile_for_sm80_without_spills(no_interp):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(report) == {"splat_fwd_kernel", "splat_bwd_kernel"}
+    assert set(report) == {"splat_fwd_kernel", "splat_bwd_kernel", "splat_bwd_tile_kernel"}
+    # the chunked backward needs only atomicity: relaxed atomics, no fences (the tile one has them)
+    assert report["splat_bwd_kernel"]["ptx_ordered_atomics"] == 0
+    assert report["splat_bwd_tile_kernel"]["ptx_ordered_atomics"] > 0
     for name, info in report.items():
         # y1 and y2 are IEEE divisions in every [BLOCK_N, pixels] element, as in the reference
         assert info["ptx_div_rn"] >= 2, name

@@ -4,7 +4,8 @@ The interpreter proves the kernels' arithmetic, but accepts programs the real co
 (types, layouts, loop bounds). Compiling to a cubin here, on a CPU-only machine, proves the
 compiled path too and reports the resources (registers, spills) that decide GPU occupancy.
 
-    compile_kernels(capability=80) -> {name: {"registers", "stack", "local", "shared", "ptx_div_rn"}}
+    compile_kernels(capability=80) -> {name: {"registers", "stack", "local", "shared", "ptx_div_rn",
+                                      "ptx_ordered_atomics"}}
 
 Needs triton with its NVIDIA backend (ptxas and cuobjdump ship inside the triton wheel).
 """
@@ -49,7 +50,7 @@ def _usage(cubin: bytes, cuobjdump: Path) -> dict[str, int]:
 
 
 def compile_kernels(capability: int = 80) -> dict[str, dict[str, int]]:
-    """Compile forward and backward with gpu_triton's current launch shapes for sm_<capability>."""
+    """Compile the forward and both backwards with gpu_triton's current launch shapes for sm_<capability>."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -60,16 +61,20 @@ def compile_kernels(capability: int = 80) -> dict[str, dict[str, int]]:
     from gaussianvision.raster.reference import CUTOFF_Q
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    shapes = {"splat_fwd_kernel": (G.BLOCK_N, G.NUM_WARPS), "splat_bwd_kernel": (G.BLOCK_N_BWD, G.NUM_WARPS_BWD)}
+    chunk = G.bwd_launch(G.TILE)[1] if G.BWD_KERNEL == "chunked" else {"CHUNK": min(G.BWD_CHUNK, G.TILE * G.TILE)}
+    shapes = {"splat_fwd_kernel": (G.BLOCK_N, G.NUM_WARPS, {}),
+              "splat_bwd_kernel": (G.BLOCK_N_BWD, G.NUM_WARPS_BWD, chunk),
+              "splat_bwd_tile_kernel": (G.BLOCK_N_BWD, G.NUM_WARPS_BWD, {})}
     report = {}
-    for name, (block_n, warps) in shapes.items():
+    for name, (block_n, warps, extra) in shapes.items():
         fn = getattr(K, name)
         if not isinstance(fn, JITFunction):  # decorated under TRITON_INTERPRET=1
             fn = JITFunction(fn.fn)
-        consts = {"CUTOFF_Q": CUTOFF_Q, "TILE_H": G.TILE, "TILE_W": G.TILE, "BLOCK_N": block_n}
+        consts = {"CUTOFF_Q": CUTOFF_Q, "TILE_H": G.TILE, "TILE_W": G.TILE, "BLOCK_N": block_n, **extra}
         kernel = triton.compile(ASTSource(fn, _signature(fn), consts), target=GPUTarget("cuda", capability, 32),
                                 options={"num_warps": warps})
         info = _usage(kernel.asm["cubin"], cuobjdump) if cuobjdump.exists() else {}
         info["ptx_div_rn"] = kernel.asm["ptx"].count("div.rn.f32")
+        info["ptx_ordered_atomics"] = len(re.findall(r"atom\.global\.gpu\.acq", kernel.asm["ptx"]))  # fenced: slow
         report[name] = info
     return report

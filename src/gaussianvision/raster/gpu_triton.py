@@ -10,6 +10,9 @@ Pipeline (every step batched over images; no per-image launches):
   2. `splat_fwd_kernel` on a grid (tile, image): each program sums its tile's Gaussians.
   3. `splat_bwd_kernel` on the same grid and bins: per-pixel gradients are reduced over the
      tile's pixels and atomically added into per-Gaussian gradients (means, chol, colors).
+     BWD_KERNEL = "chunked" (the default: pixels CHUNK at a time, sums kept per pair in
+     registers, reduced once per block inside each warp, relaxed atomics) or "tile" (the first
+     backward: a reduction across the whole tile per block; kept until a GPU times the two).
 
 Numerics: computed in float32 whatever the input dtype (the output has the reference's dtype,
 promote_types(dtype, float32)); the 3-sigma cut q <= CUTOFF_Q is exact as in the reference, the
@@ -29,7 +32,7 @@ import torch
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
-__all__ = ["render_triton", "probe", "interpret_enabled", "TILE", "BLOCK_N"]
+__all__ = ["render_triton", "probe", "interpret_enabled", "bwd_launch", "TILE", "BLOCK_N"]
 
 # Launch shapes, chosen from compiled register counts (sm_80 cubin via cuobjdump, no GPU here,
 # not timed): a program holds [BLOCK_N, TILE*TILE] float32 arrays, and BLOCK_N = 16 pushed the
@@ -41,6 +44,9 @@ BLOCK_N = 8  # Gaussians per inner step of the forward kernel
 BLOCK_N_BWD = 8
 NUM_WARPS = 4
 NUM_WARPS_BWD = 4
+BWD_KERNEL = "chunked"  # or "tile": splat_bwd_kernel / splat_bwd_tile_kernel (_triton_kernels.py)
+BWD_CHUNK = 32  # pixels per inner step of the chunked backward (a power of two; capped at the tile's pixels)
+_BWD_KERNELS = {"chunked": "splat_bwd_kernel", "tile": "splat_bwd_tile_kernel"}
 # the 3-sigma box is widened by this much so that float rounding in q can never make the
 # box cull a pair that the kernel's own (exact) cut would keep
 _BOX_REL, _BOX_ABS = 1e-4, 1e-3
@@ -153,6 +159,18 @@ def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w
     return ids, offsets, ntx, t
 
 
+def bwd_launch(tile: int) -> tuple[str, dict]:
+    """The backward kernel's name and its extra constexprs for the current BWD_KERNEL / BWD_CHUNK."""
+    if BWD_KERNEL not in _BWD_KERNELS:
+        raise ValueError(f"gpu_triton.BWD_KERNEL={BWD_KERNEL!r}: choose one of {', '.join(_BWD_KERNELS)}")
+    if BWD_KERNEL == "tile":
+        return _BWD_KERNELS["tile"], {}
+    chunk = min(int(BWD_CHUNK), tile * tile)
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"gpu_triton.BWD_CHUNK={BWD_CHUNK!r}: expected a power of two")
+    return _BWD_KERNELS["chunked"], {"CHUNK": chunk}
+
+
 def _on_device(device: torch.device):
     # Triton launches on the current CUDA device: make it the tensors' one (cuda:1, ...)
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -184,11 +202,12 @@ class _RenderTriton(torch.autograd.Function):
         gm, gc, gcol = torch.zeros_like(m), torch.zeros_like(c), torch.zeros_like(col)
         if ids.numel() > 0:
             g = grad_out.to(torch.float32).contiguous()
-            kern = _kernel("splat_bwd_kernel", m.device)
+            name, extra = bwd_launch(tile)
+            kern = _kernel(name, m.device)
             with _on_device(m.device):
                 kern[(t, m.shape[0])](m, c, col, ids, offsets, g, gm, gc, gcol, h, w, ntx, t,
                                       CUTOFF_Q=CUTOFF_Q, TILE_H=tile, TILE_W=tile, BLOCK_N=BLOCK_N_BWD,
-                                      num_warps=NUM_WARPS_BWD)
+                                      num_warps=NUM_WARPS_BWD, **extra)
         return gm.to(dm), gc.to(dc), gcol.to(dcol), None, None, None
 
 

@@ -1,17 +1,20 @@
 """`gsv bench gpu` / `make gpu-check`: one prepared, time-boxed measurement on a GPU machine.
 
-    res = run_gpu_check(GpuCheckConfig())          # the full check (CUDA), about 8 minutes at most
+    res = run_gpu_check(GpuCheckConfig())          # the default steps (CUDA), about 7 minutes at most
     res = run_gpu_check(GpuCheckConfig.tiny_preset()) # every step on CPU with a few small images
 
 Steps, each in its own process with its own time limit (bench/gpu_steps.py); a step that fails
 or runs out of time is reported with what it measured so far, and the next one runs:
   parity    the CUDA parity tests of the Triton backend (tests/test_raster_triton.py -m requires_cuda)
+  kernels   the raster kernels' launch settings side by side (bench/gpu_kernels): forward and backward
+            ms at B=1024 N=400 and B=256 N=3136, each setting checked against the reference; the
+            later steps run with the fastest correct one
   fit       fit_images(..., device="cuda") at 224 px, 500 iterations, B x N: images/s, PSNR on the
             bundled photos tiled to B, peak memory, share of time in the raster kernels
   ttq       time to quality (bench/ttq) on the GPU: plain Adam, coarse to fine with colors, the presets,
             at B=4096 N=400 and B=512 N=3136: seconds per image to each target dB, images/s
-  baseline  LIG-style: random init, one image per launch, the same iterations, at B=64
-  tower     GS tower vs the RGB ViT-B-16 tower, forward and forward + backward, bf16 autocast
+  baseline  LIG-style: random init, one image per launch, the same iterations, at B=64 (on request)
+  tower     GS tower vs the RGB ViT-B-16 tower, forward and forward + backward, bf16 autocast (on request)
 
 It needs only what a bare GPU machine has (torch, triton, numpy, pillow, scikit-image...):
 open_clip, webdataset and clip_benchmark are optional; wheels in the repository's .whl folder
@@ -41,9 +44,11 @@ class GpuCheckConfig:
     tiny: bool = False
     device: str = "cuda"
     backend: str = "auto"
-    steps: tuple = ("parity", "fit", "ttq", "baseline", "tower")
-    limits: dict = field(default_factory=lambda: {"parity": 45, "fit": 150, "ttq": 180, "baseline": 50,
-                                                  "tower": 50})
+    # the default steps fit one device lease with room to spare; baseline and tower (measured on 2026-12-04,
+    # unchanged since) run when asked for: --steps baseline,tower
+    steps: tuple = ("parity", "kernels", "ttq", "fit")
+    limits: dict = field(default_factory=lambda: {"parity": 45, "kernels": 75, "ttq": 180, "fit": 120,
+                                                  "baseline": 50, "tower": 50})
     margin_s: float = 8.0          # kept free at the end of each step (writing, process exit)
     size: int = 224
     photos: int = 8
@@ -51,7 +56,10 @@ class GpuCheckConfig:
     batches: tuple = (1, 64, 512, 4096)
     ns: tuple = (400, 3136)
     ttq_rows: tuple = ((4096, 400), (512, 3136))   # (B, N) of the time-to-quality step
-    ttq_methods: tuple = ("adam", "c2f+colors", "fast", "balanced")  # bench/ttq.METHODS (presets: their own iterations)
+    ttq_methods: tuple = ("fast", "balanced", "c2f+colors", "adam")  # bench/ttq.METHODS (presets: their own iterations)
+    kernel_rows: tuple = ((1024, 400), (256, 3136))  # (B, N) of the kernels step, the first decides the setting
+    kernel_settings: tuple = ()    # () = gpu_kernels.KERNEL_SETTINGS
+    kernel_repeats: int = 10
     min_iters: int = 20            # a row never runs fewer iterations (it may then overrun its share)
     probe_iters: int = 10
     profile_iters: int = 5
@@ -65,7 +73,10 @@ class GpuCheckConfig:
 
     @staticmethod
     def tiny_preset(**kw) -> "GpuCheckConfig":
-        base = dict(tiny=True, device="cpu", limits={"parity": 120, "fit": 120, "ttq": 60, "baseline": 60, "tower": 90},
+        base = dict(tiny=True, device="cpu", steps=("parity", "kernels", "ttq", "fit", "baseline", "tower"),
+                    limits={"parity": 120, "kernels": 60, "fit": 120, "ttq": 60, "baseline": 60, "tower": 90},
+                    kernel_rows=((2, 16),), kernel_repeats=1,
+                    kernel_settings=({"name": "tile (2026-12-04)", "BWD_KERNEL": "tile"}, {"name": "chunked (default)"}),
                     margin_s=2.0, size=32, photos=2, iters=5, batches=(1, 2), ns=(16, 64), min_iters=5,
                     probe_iters=2, profile_iters=1, ttq_rows=((2, 16),), baseline_batch=2, tower_base="gsv-tiny",
                     tower_config="gs-tiny", tower_batch=2, tower_ns=(16, 64), tower_repeats=2)
@@ -204,6 +215,9 @@ def run_gpu_check(cfg: GpuCheckConfig, log=print) -> dict:
             log(f"gpu-check: {step} (limit {cfg.limits[step]} s)")
             res["steps"][step] = out = _run_step(step, plain, float(cfg.limits[step]), env, tmp)
             log(f"gpu-check: {step}: {out['status']} in {out['seconds']} s")
+            if step == "kernels" and out.get("best"):  # the later steps run with the fastest correct setting
+                plain["raster"] = res["config"]["raster"] = out["best"]
+                log(f"gpu-check: the later steps run with the kernel setting {out['best']['name']!r}")
     res["summary"] = summarize(res)
     from .fit import loadavg
     res["machine"]["loadavg_end"] = loadavg()

@@ -54,6 +54,33 @@ def _parity(step: dict) -> list[str]:
     return [line] + [f"- failed: {f}" for f in r["failures"]]
 
 
+def _kernels(step: dict) -> list[str]:
+    if not step.get("rows"):
+        return [f"Raster kernels: {step['status']}."]
+    best = (step.get("best") or {}).get("name")
+    lines = ["Raster kernels, forward and backward alone (bench/render's fitted-like splats, 224 px, median of "
+             "repeats; error: the largest difference from the reference renderer on a small batch, relative to "
+             "its largest value; x: the time of the first setting at that (B, N) over this one's):", "",
+             "| B | N | setting | forward ms | backward ms | us per image-iteration | x | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    first: dict = {}
+    for r in step["rows"]:
+        if "error" in r:
+            lines.append(_error_row([r["batch"], r["n"], r["setting"]], r["error"], 8))
+            continue
+        base = first.setdefault((r["batch"], r["n"]), r["forward_backward_ms"])
+        chosen = r["setting"] == best and (r["batch"], r["n"]) == next(iter(first))  # chosen at the first (B, N)
+        name = f"**{r['setting']}** (chosen)" if chosen else r["setting"]
+        lines.append(f"| {r['batch']} | {r['n']} | {name} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+                     f"{r['us_per_image_iteration']:.2f} | {base / r['forward_backward_ms']:.2f}x | "
+                     f"{r['max_rel_error']:.1e}{'' if r['ok'] else ' (wrong: never chosen)'} |")
+    if step.get("cut_short"):
+        lines.append(f"\nCut short: {step['cut_short']}.")
+    if best:
+        lines.append(f"\nThe later steps ran with **{best}**.")
+    return lines
+
+
 def _fit(step: dict, res: dict) -> list[str]:
     if not step.get("rows"):
         return [f"Fitting: {step['status']}."]
@@ -134,8 +161,8 @@ def tables(res: dict) -> str:
     """The result tables (the part docs/gpu.md shows)."""
     st = res["steps"]
     parts = [_machine(res), "", *_status(res), ""]
-    for name, fn in (("parity", lambda s: _parity(s)), ("fit", lambda s: _fit(s, res)),
-                     ("ttq", lambda s: _ttq(s, res)),
+    for name, fn in (("parity", lambda s: _parity(s)), ("kernels", _kernels), ("ttq", lambda s: _ttq(s, res)),
+                     ("fit", lambda s: _fit(s, res)),
                      ("baseline", lambda s: _baseline(s, res)), ("tower", lambda s: _tower(s, res))):
         if name in st:
             parts += fn(st[name]) + [""]

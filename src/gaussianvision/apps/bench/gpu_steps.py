@@ -1,9 +1,10 @@
-"""The five measurements of `gsv bench gpu`, each run in its own process by bench/gpu_check.py.
+"""The measurements of `gsv bench gpu`, each run in its own process by bench/gpu_check.py.
 
     python -m gaussianvision.apps.bench.gpu_steps STEP CONFIG.json PARTIAL.json
 
-STEP is parity | fit | ttq | baseline | tower. The step reads its settings from CONFIG.json (the
-GpuCheckConfig as a dict plus "limit_s", the seconds it has) and rewrites PARTIAL.json after
+STEP is parity | kernels | fit | ttq | baseline | tower. The step reads its settings from CONFIG.json
+(the GpuCheckConfig as a dict plus "limit_s", the seconds it has, and "raster", the kernel setting
+the kernels step chose, applied before the step runs) and rewrites PARTIAL.json after
 every finished row, so that a step killed at its time limit still leaves what it measured.
 A row that fails (out of memory, a kernel error) records the error and the step goes on.
 
@@ -23,13 +24,14 @@ from pathlib import Path
 
 import torch
 
+from .gpu_kernels import apply_setting, step_kernels
 from .render import sync_device
 
 from gaussianvision.atomic import write_text_atomic
 
 __all__ = ["STEPS", "kernel_share", "parse_junit", "main"]
 
-RASTER_KERNELS = ("splat_fwd_kernel", "splat_bwd_kernel")  # raster/_triton_kernels.py
+RASTER_KERNELS = ("splat_fwd_kernel", "splat_bwd_kernel", "splat_bwd_tile_kernel")  # raster/_triton_kernels.py
 NO_CUDA = "no CUDA: skipped"
 CUDA_TEST_FILES = ("test_raster_triton.py", "test_fit.py")  # the files with tests marked requires_cuda
 
@@ -238,18 +240,20 @@ def step_fit(cfg: dict, rec: Recorder) -> None:
 
 
 # ------------------------------------------------------------------------------ 2b. time to quality
-def _ttq_rows(batch: int, n: int, cfg: dict, device: torch.device, budget: float) -> list[dict]:
+def _ttq_rows(batch: int, n: int, cfg: dict, device: torch.device, on_row) -> None:
     """bench/ttq's methods on the GPU at one (B, N): seconds per image to each target dB (the
     batch's wall time / B, initialization included) and the images/s that implies."""
     from gaussianvision.fit import fit_images
     from .ttq import time_to_quality
     images = _photos(cfg, batch, device)
     fit_images(images[:2], n, iters=2, device=str(device), backend=cfg["backend"])  # compile the kernels
-    rows = time_to_quality(images, n, methods=tuple(cfg["ttq_methods"]), iters=cfg["iters"], log=_say,
-                           backend=cfg["backend"])
-    for r in rows:
+
+    def done(r: dict) -> None:  # each method's row is kept as soon as it is measured
         r.update(batch=batch, images_per_s={k: (1 / v if v else None) for k, v in r["seconds_to"].items()})
-    return rows
+        on_row(r)
+
+    time_to_quality(images, n, methods=tuple(cfg["ttq_methods"]), iters=cfg["iters"], log=_say,
+                    backend=cfg["backend"], on_row=done)
 
 
 def step_ttq(cfg: dict, rec: Recorder) -> None:
@@ -263,8 +267,7 @@ def step_ttq(cfg: dict, rec: Recorder) -> None:
         budget = (deadline - time.monotonic()) / (len(cfg["ttq_rows"]) - i)
         _say(f"ttq batch={b} n={n} ({budget:.0f} s)")
         try:
-            for row in _ttq_rows(b, n, cfg, device, budget):
-                rec.row(row)
+            _ttq_rows(b, n, cfg, device, rec.row)
         except Exception as e:  # noqa: BLE001 - a failed row is reported, the others still run
             rec.row({"batch": b, "n": n, "error": _error(e)})
             _say("  " + _error(e))
@@ -368,7 +371,8 @@ def step_tower(cfg: dict, rec: Recorder) -> None:
     _tower_rows(cfg, device, rec, time.monotonic() + cfg["limit_s"] - cfg["margin_s"])
 
 
-STEPS = {"parity": step_parity, "fit": step_fit, "ttq": step_ttq, "baseline": step_baseline, "tower": step_tower}
+STEPS = {"parity": step_parity, "kernels": step_kernels, "ttq": step_ttq, "fit": step_fit, "baseline": step_baseline,
+         "tower": step_tower}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(partial)
     torch.manual_seed(0)
     try:
+        apply_setting(cfg.get("raster"))
         STEPS[step](cfg, rec)
     except Exception as e:  # noqa: BLE001 - the parent reports the step as failed with this line
         rec.set(error=_error(e))

@@ -110,9 +110,10 @@ def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict])
 
 
 def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 500, log=print,
-                    backend: str = "auto") -> list[dict]:
+                    backend: str = "auto", on_row=None) -> list[dict]:
     """One row per method: its curve, seconds per image to each target, PSNR at each budget.
-    The fits run where `images` are (the GPU check passes CUDA images)."""
+    The fits run where `images` are (the GPU check passes CUDA images); on_row(row), when given, is
+    called with each row as soon as it is measured (the GPU check records it then)."""
     rows = []
     for m in methods:
         options = METHODS[m] if "preset" in METHODS[m] else {**METHODS[m], "iters": iters}
@@ -124,6 +125,8 @@ def time_to_quality(images: torch.Tensor, n: int, methods=METHODS, iters: int = 
         log(f"ttq N={n} {m}: {row['final_psnr']:.2f} dB in {1000 * row['seconds_per_image']:.0f} ms/image; "
             + ", ".join(f"{k} dB: {'-' if v is None else f'{1000 * v:.0f} ms'}" for k, v in row["seconds_to"].items()))
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 

@@ -16,7 +16,7 @@ repository's .whl folder along; its wheels are installed into a temporary folder
 Afterwards, with the files back in benchmarks/results:
   gsv bench gpu --render benchmarks/results/gpu.json --docs docs/gpu.md
 rewrites gpu.md and the results table of docs/gpu.md from the JSON. After a rerun of some steps
-(--steps parity,ttq), keep both results and merge them, each step from the last run that has it:
+(--steps ttq,fit), keep both results and merge them, each step from the last run that has it:
   gsv bench gpu --render run1.json run2.json --out benchmarks/results --docs docs/gpu.md
 """
 
@@ -98,18 +98,21 @@ def _measure(a) -> int:
 
 
 def main(argv=None) -> int:
-    p = parser("bench gpu", "The GPU check: Triton parity on CUDA, fitting throughput by batch and N, the "
-                            "LIG-style baseline and the towers' throughput, each step time-boxed.")
+    p = parser("bench gpu", "The GPU check: Triton parity on CUDA, the raster kernels' launch settings side by "
+                            "side, time to quality, fitting throughput by batch and N (and on request the LIG-style "
+                            "baseline and the towers' throughput), each step time-boxed.")
     p.epilog = EPILOG
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--tiny", action="store_true", help="every step on CPU with a few small images (a test of "
                                                        "the script; writes gpu_tiny.json / .md)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where the steps run (default cuda; cpu with --tiny)")
-    p.add_argument("--steps", default=None, help="comma-separated subset of parity,fit,baseline,tower")
+    p.add_argument("--steps", default=None, help="comma-separated steps of parity,kernels,ttq,fit,baseline,tower "
+                                                 "(default parity,kernels,ttq,fit; --tiny: all six)")
     p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
-                   help="time limit of one step (repeatable; defaults parity 90, fit 200, baseline 80, tower 90; "
-                        "with --tiny 120, 120, 60, 90)")
+                   help="time limit of one step (repeatable; defaults parity 45, kernels 75, ttq 180, fit 120, "
+                        "baseline 50, tower 50; with --tiny parity 120, kernels 60, ttq 60, fit 120, baseline 60, "
+                        "tower 90)")
     p.add_argument("--render", default=None, nargs="+", metavar="GPU.json",
                    help="measure nothing: rewrite the .md beside this result (and --docs); several results "
                         "(a rerun of some steps) are merged, each step from the last run that has it, into "
