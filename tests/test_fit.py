@@ -137,6 +137,30 @@ def test_fit_on_cuda_matches_cpu(photos):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05)
 
 
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_budgeted_cuda_fit_in_a_fresh_process_spends_its_budget_on_iterations(tmp_path):
+    """A process's first GPU fit compiles the Triton kernels (seconds): compile_kernels does that
+    before the fit's clock starts, and the clock waits for the GPU, so a budget buys iterations and
+    is kept. Without it the first budgeted fit stopped before its first iteration."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import json, torch\nfrom gaussianvision.fit import fit_images\n"
+            "x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))\n"
+            "r = fit_images(x, 32, iters=400, budget_ms=100.0, device='cuda')\n"
+            "print(json.dumps([{k: m[k] for k in ('iterations', 'seconds', 'stopped')} for m in r.metrics]))\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "TRITON_CACHE_DIR": str(tmp_path / "triton")}  # cold
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads(run.stdout.strip().splitlines()[-1])
+    for m in metrics:
+        assert 0 < m["iterations"] and m["seconds"] <= 0.1, m
+
+
 def _missed_square(counts=(16,)):
     """32x32 images, gray on the left, black on the right with a red 4x4 square; Gaussians only
     on the left half (counts per image; padding rows hold garbage that must stay untouched)."""

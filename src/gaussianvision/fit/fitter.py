@@ -112,6 +112,25 @@ def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
     return dev
 
 
+_COMPILED: set = set()
+
+
+def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
+    """On a GPU, render one Gaussian at this image size, forward and backward, once per process and
+    size: the Triton backend compiles its kernels on first use (seconds), a one-time cost that is
+    not the fit's (a budget would otherwise be spent before the first iteration). A no-op on CPU,
+    whose numba kernels load from their cache at the first call."""
+    key = (str(device), int(height), int(width), backend)
+    if device.type != "cuda" or key in _COMPILED:
+        return
+    colors = torch.zeros(1, 1, 3, device=device, requires_grad=True)
+    one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
+                 torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
+    render(one, backend=backend).sum().backward()
+    torch.cuda.synchronize(device)
+    _COMPILED.add(key)
+
+
 def _lr_scale(schedule: str, t: int, total: int, final: float) -> float:
     if schedule == "constant" or total <= 1:
         return 1.0
@@ -126,10 +145,11 @@ class Fitter:
 
     def __init__(self, images: torch.Tensor, n_gaussians: int | None, config: FitConfig | None = None,
                  init: str | Splats | None = None):
-        t0 = time.perf_counter()
         self.cfg = (config or FitConfig()).check()
         images = _check_images(images)
         self.device = _device(self.cfg, images)
+        compile_kernels(self.device, images.shape[-2], images.shape[-1], self.cfg.backend)
+        t0 = time.perf_counter()
         self.images = images.to(self.device)
         b, _, self.h, self.w = self.images.shape
         init = self.cfg.init if init is None else init
@@ -164,7 +184,7 @@ class Fitter:
         self.steps_done = 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
         self.finished = False  # finish() has run
-        self.seconds = time.perf_counter() - t0
+        self.seconds = self._clock(True) - t0
 
     # ------------------------------------------------------------------ state
     def rates(self) -> dict[str, float]:
@@ -205,14 +225,23 @@ class Fitter:
         self.best_it = self.iterations.clone()
 
     # ------------------------------------------------------------------- loop
+    def _clock(self, always: bool = False) -> float:
+        """time.perf_counter() once the GPU has done the work queued so far (CUDA runs asynchronously),
+        always or where a budget is timed; on CPU, or on a GPU fit without budget_ms, the plain clock."""
+        if self.device.type == "cuda" and (always or self.cfg.budget_ms is not None):
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def _mask(self, counts: torch.Tensor, n: int) -> torch.Tensor:
         return torch.arange(n, device=self.device)[None, :] < counts[:, None]
 
-    def step(self, lr_scale: float = 1.0) -> torch.Tensor:
-        """One Adam step on the active images. Returns their training PSNR [A] (before the step)."""
+    def step(self, lr_scale: float = 1.0, n_active: int | None = None) -> torch.Tensor:
+        """One Adam step on the active images (n_active: their number, when the caller knows it).
+        Returns their training PSNR [A] (before the step)."""
         cfg = self.cfg
-        idx = self.active.nonzero()[:, 0]
-        full = len(idx) == self.batch_size
+        full = (int(self.active.sum()) if n_active is None else n_active) == self.batch_size
+        # all active (the usual case): no nonzero(), which waits for the GPU
+        idx = torch.arange(self.batch_size, device=self.device) if full else self.active.nonzero()[:, 0]
         leaves = {k: (p.detach() if full else p[idx]).requires_grad_(True) for k, p in self.params.items()}
         counts = self.counts if full else self.counts[idx]
         target = self.images if full else self.images[idx]
@@ -284,6 +313,8 @@ class Fitter:
 
     def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> None:
         cfg = self.cfg
+        if cfg.target_psnr is None and cfg.plateau_patience is None:
+            return  # nothing stops an image here (stop.any() below would wait for the GPU every step)
         stop = torch.zeros_like(p, dtype=torch.bool)
         if cfg.target_psnr is not None:
             hit = p >= cfg.target_psnr
@@ -327,27 +358,27 @@ class Fitter:
         last = self.step_seconds  # what the next iteration is expected to take (relocation included)
         for t in range(iters):
             if self.steps_done in record:
-                self.seconds += time.perf_counter() - t0
+                self.seconds += self._clock(True) - t0
                 t0 = time.perf_counter()
                 self._record()
-            started = time.perf_counter()
+            started = self._clock()
             active = int(self.active.sum())
             if self._over_budget(started - t0, last + self._polish_seconds()) or not active:
                 break
-            p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final))
-            self.step_seconds = (time.perf_counter() - started) * self.batch_size / active  # the polish solves all
+            p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final), active)
+            self.step_seconds = (self._clock() - started) * self.batch_size / active  # the polish solves all
             self.steps_done += 1
             if (relocate and cfg.relocate_every and (t + 1) % cfg.relocate_every == 0 and t + 1 < iters
                     and t + 1 <= int(cfg.relocate_until * iters + 1e-9)):
                 self.relocate(cfg.relocate_fraction)
-            last = time.perf_counter() - started
+            last = self._clock() - started
             if bar is not None:
                 bar.update(1)
                 if t % 10 == 0:
                     bar.set_postfix(psnr=f"{float(p.mean()):.2f}", active=int(self.active.sum()))
         if bar is not None:
             bar.close()
-        self.seconds += time.perf_counter() - t0
+        self.seconds += self._clock(True) - t0
         if self.steps_done in record and not any(h["iteration"] == self.steps_done for h in self.history):
             self._record()
         return self
@@ -386,7 +417,7 @@ class Fitter:
         t0 = time.perf_counter()
         if iters > 0:
             self.params["colors"].copy_(solve_colors(self.splats(), self.images, iters, backend=self.cfg.backend))
-        self.seconds += time.perf_counter() - t0
+        self.seconds += self._clock(True) - t0
         return self
 
     # ------------------------------------------------------------- relocation
@@ -438,14 +469,14 @@ class Fitter:
         self.active[:] = True
         self.stopped = [None] * self.batch_size
         self._reset_plateau()
-        self.seconds += time.perf_counter() - t0
+        self.seconds += self._clock(True) - t0
         return removed
 
     # ----------------------------------------------------------------- result
     def result(self) -> FitResult:
         t0 = time.perf_counter()
         p, q = self.evaluate()
-        self.seconds += time.perf_counter() - t0
+        self.seconds += self._clock(True) - t0
         per_image = self.seconds / self.batch_size
         metrics = [
             {"psnr": float(p[b]), "ssim": float(q[b]), "n_gaussians": int(self.counts[b]),
