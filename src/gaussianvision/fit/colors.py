@@ -10,7 +10,8 @@ geometry solve the normal equations
 W^T W is an N x N Gram of overlapping footprints; it is never formed: conjugate gradients need
 only products with W (a render) and W^T (the render's backward with respect to the colors), so
 the solve runs on whatever backend renders (numba on CPU, Triton on CUDA, the reference
-anywhere), batched over images, at the cost of one forward + backward per CG iteration.
+anywhere), batched over images, at the cost of one forward + backward per CG iteration (the
+render of W p and its backward, which gives W^T W p).
 
     colors = solve_colors(splats, images, iters=8)      # [B, N, 3]; padding rows unchanged
 
@@ -29,19 +30,22 @@ __all__ = ["solve_colors", "color_objective", "solve_cost"]
 
 def solve_cost(iters: int) -> float:
     """solve_colors' cost in training iterations (a render and its backward) of the same batch: the
-    first residual and each CG iteration take a render plus an adjoint (a render and its backward)."""
-    return 1.5 * (iters + 1) if iters > 0 else 0.0
+    first residual and each CG iteration take one render and its backward (_normal)."""
+    return float(iters + 1) if iters > 0 else 0.0
 
 
 def _forward(s: Splats, colors: torch.Tensor, backend: str) -> torch.Tensor:
     return render(Splats(s.means, s.chol, colors, s.height, s.width, s.counts), backend=backend)
 
 
-def _adjoint(s: Splats, residual: torch.Tensor, backend: str) -> torch.Tensor:
-    """W^T r: the gradient of <render(c), r> with respect to c (independent of c: render is linear in c)."""
-    c = torch.zeros_like(s.colors, requires_grad=True)
+def _normal(s: Splats, colors: torch.Tensor, upstream, backend: str) -> torch.Tensor:
+    """W^T u with u = upstream(W c), c = colors: one render and its backward. The gradient of
+    <render(c), u> with respect to c is W^T u whatever c is (render is linear in c), so the render
+    that gives W c also carries the adjoint (no second render with zero colors)."""
+    c = colors.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        (_forward(s, c, backend) * residual).sum().backward()
+        out = _forward(s, c, backend)
+        (out * upstream(out.detach())).sum().backward()
     return c.grad
 
 
@@ -69,10 +73,10 @@ def solve_colors(s: Splats, images: torch.Tensor, iters: int = 8, ridge: float =
     lam = _ridge(s, ridge)
 
     def apply(p):  # (W^T W + lam I) p
-        return (_adjoint(s, _forward(s, p, backend), backend) + lam * p) * mask
+        return (_normal(s, p, lambda wp: wp, backend) + lam * p) * mask
 
     x = c0.clone()
-    r = (_adjoint(s, images - _forward(s, x, backend), backend)) * mask  # b - A x0 (the ridge term is 0 at c0)
+    r = _normal(s, x, lambda wx: images - wx, backend) * mask  # b - A x0 (the ridge term is 0 at c0)
     p = r.clone()
     rs = (r * r).sum(1, keepdim=True)  # [B, 1, 3]
     for _ in range(iters):

@@ -19,7 +19,7 @@ photos and on held-out Kodak photos:
   best      2000 iterations; colors solved; relocation every 20
 
 All three end with 2 conjugate-gradient steps of least-squares colors for the final geometry
-(final_colors: Adam leaves the colors near their optimum, not at it; about 4.5 iterations' cost
+(final_colors: Adam leaves the colors near their optimum, not at it; about 3 iterations' cost
 for +0.08 dB at N=400 and +0.3-0.44 dB at N=3136, bundled and Kodak alike), and take Adam with
 short memories (beta1 = beta2 = 0.85) and step sizes that scale with the Gaussian spacing
 sqrt(H W / N) (lr_spacing = 11.2: the plain rates at 400 Gaussians on 224 px, 0.29 px / 0.14 /
