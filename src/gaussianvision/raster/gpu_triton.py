@@ -152,10 +152,12 @@ def _bin(means: torch.Tensor, chol: torch.Tensor, valid: torch.Tensor, h: int, w
     tx = tx0.reshape(-1)[gid] + k % wxg
     ty = ty0.reshape(-1)[gid] + k // wxg
     key = (gid // n) * t + ty * ntx + tx
+    if b * t < 2 ** 31:  # 32-bit keys: a radix sort makes half the passes of 64-bit ones
+        key = key.to(torch.int32)
     key, order = torch.sort(key, stable=True)  # stable: a tile sums its Gaussians in index order
     ids = gid[order]
     # the keys are sorted: tile k's slice starts where key k would be inserted (no host sync, unlike bincount)
-    offsets = torch.searchsorted(key, torch.arange(b * t + 1, device=dev))
+    offsets = torch.searchsorted(key, torch.arange(b * t + 1, device=dev, dtype=key.dtype))
     return ids, offsets, ntx, t
 
 
