@@ -316,7 +316,7 @@ def test_the_kernel_setting_chosen_is_the_fastest_correct_one_at_the_first_shape
                                            "us_per_image_iteration": 1e3 * ms / b}
     step = {"rows": [row("a", 1024, 400, 10.0), row("b", 1024, 400, 8.0), row("c", 1024, 400, 5.0, ok=False),
                      {"setting": "d", "batch": 1024, "n": 400, "error": "CompilationError: x"},
-                     row("a", 256, 3136, 1.0), row("b", 256, 3136, 9.0)]}
+                     row("a", 256, 3136, 1.0), row("b", 256, 3136, 9.0), dict(row("b", 2048, 400, 4.0), size=112)]}
     assert gpu_kernels.best_setting(step, settings) == {"name": "b", "BLOCK_N_BWD": 16}  # c is faster but wrong
     assert gpu_kernels.best_setting({"rows": [row("c", 1, 1, 1.0, ok=False)]}, settings) is None
     before = gpu_kernels.apply_setting({"name": "b", "BLOCK_N_BWD": 16, "BWD_KERNEL": "tile"})
@@ -329,5 +329,6 @@ def test_the_kernel_setting_chosen_is_the_fastest_correct_one_at_the_first_shape
         gpu_kernels.apply_setting({"name": "x", "WARPS": 2})
     md = gpu_report._kernels(dict(step, status="ok", best=settings[1]))
     text = "\n".join(md)
-    assert "| 1024 | 400 | **b** (chosen) | " in text and "| 256 | 3136 | b |" in text  # marked at the first shape only
+    assert "| 1024 | 400 | - | **b** (chosen) | " in text and "| 256 | 3136 | - | b |" in text  # marked at the first shape only
+    assert "| 2048 | 400 | 112 | b |" in text
     assert "(wrong: never chosen)" in text and "CompilationError: x" in text and "1.25x" in text

@@ -57,7 +57,8 @@ class GpuCheckConfig:
     ns: tuple = (400, 3136)
     ttq_rows: tuple = ((4096, 400), (512, 3136))   # (B, N) of the time-to-quality step
     ttq_methods: tuple = ("fast", "balanced", "c2f+colors", "adam")  # bench/ttq.METHODS (presets: their own iterations)
-    kernel_rows: tuple = ((1024, 400), (256, 3136))  # (B, N) of the kernels step, the first decides the setting
+    # (B, N) or (B, N, size) of the kernels step, the first decides the setting; 112 px: fast's coarse phase
+    kernel_rows: tuple = ((1024, 400), (256, 3136), (2048, 400, 112))
     kernel_settings: tuple = ()    # () = gpu_kernels.KERNEL_SETTINGS
     kernel_repeats: int = 10
     min_iters: int = 20            # a row never runs fewer iterations (it may then overrun its share)

@@ -69,13 +69,14 @@ def _max_rel_error(device: torch.device, n: int) -> float:
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(*outs))
 
 
-def _row(setting: dict, batch: int, n: int, cfg: dict, device: torch.device) -> dict:
+def _row(setting: dict, batch: int, n: int, size: int, cfg: dict, device: torch.device) -> dict:
     from .render import time_render
     before = apply_setting(setting)
     try:
         err = _max_rel_error(device, min(n, 64))
-        row = {"setting": setting["name"], "batch": batch, "n": n, "max_rel_error": err, "ok": err <= _TOL}
-        t = time_render("triton", batch, n, cfg["size"], device, repeats=cfg["kernel_repeats"], warmup=2)
+        row = {"setting": setting["name"], "batch": batch, "n": n, "size": size, "max_rel_error": err,
+               "ok": err <= _TOL}
+        t = time_render("triton", batch, n, size, device, repeats=cfg["kernel_repeats"], warmup=2)
     finally:
         apply_setting(before)
     fwd, both = t["forward_ms"], t["forward_backward_ms"]
@@ -94,17 +95,18 @@ def step_kernels(cfg: dict, rec) -> None:
         os.environ["TRITON_INTERPRET"] = "1"
     deadline = time.monotonic() + cfg["limit_s"] - cfg["margin_s"]
     settings = [dict(s) for s in cfg.get("kernel_settings") or KERNEL_SETTINGS]
-    for batch, n in cfg["kernel_rows"]:
+    for batch, n, *rest in cfg["kernel_rows"]:  # (B, N) at cfg["size"], or (B, N, size)
+        size = int(rest[0]) if rest else cfg["size"]
         for s in settings:
             if time.monotonic() > deadline:
-                rec.set(cut_short=f"time limit: stopped before {s['name']} at B={batch}, N={n}")
+                rec.set(cut_short=f"time limit: stopped before {s['name']} at B={batch}, N={n}, {size} px")
                 return
             try:
-                row = _row(s, batch, n, cfg, device)
+                row = _row(s, batch, n, size, cfg, device)
             except Exception as e:  # noqa: BLE001 - a setting that fails (compile, memory) is reported
-                row = {"setting": s["name"], "batch": batch, "n": n, "error": _error(e)}
+                row = {"setting": s["name"], "batch": batch, "n": n, "size": size, "error": _error(e)}
             rec.row(row)
-            _say(f"kernels B={batch} N={n} {s['name']}: " + (row.get("error") or
+            _say(f"kernels B={batch} N={n} {size} px {s['name']}: " + (row.get("error") or
                  f"{row['us_per_image_iteration']:.1f} us/image-iteration (fwd {row['forward_ms']:.1f} ms, "
                  f"bwd {row['backward_ms']:.1f} ms), error {row['max_rel_error']:.1e}"))
     rec.set(best=best_setting(rec.data, settings))
@@ -116,6 +118,6 @@ def best_setting(step: dict, settings=KERNEL_SETTINGS) -> dict | None:
     rows = [r for r in step.get("rows", []) if "error" not in r and r.get("ok")]
     if not rows:
         return None
-    first = (rows[0]["batch"], rows[0]["n"])
-    best = min((r for r in rows if (r["batch"], r["n"]) == first), key=lambda r: r["forward_backward_ms"])
+    shape = lambda r: (r["batch"], r["n"], r.get("size"))  # noqa: E731
+    best = min((r for r in rows if shape(r) == shape(rows[0])), key=lambda r: r["forward_backward_ms"])
     return next((dict(s) for s in settings if s["name"] == best["setting"]), None)

@@ -61,17 +61,18 @@ def _kernels(step: dict) -> list[str]:
     lines = ["Raster kernels, forward and backward alone (bench/render's fitted-like splats, 224 px, median of "
              "repeats; error: the largest difference from the reference renderer on a small batch, relative to "
              "its largest value; x: the time of the first setting at that (B, N) over this one's):", "",
-             "| B | N | setting | forward ms | backward ms | us per image-iteration | x | error |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| B | N | px | setting | forward ms | backward ms | us per image-iteration | x | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
     first: dict = {}
     for r in step["rows"]:
+        shape = (r["batch"], r["n"], r.get("size", "-"))
         if "error" in r:
-            lines.append(_error_row([r["batch"], r["n"], r["setting"]], r["error"], 8))
+            lines.append(_error_row([*shape, r["setting"]], r["error"], 9))
             continue
-        base = first.setdefault((r["batch"], r["n"]), r["forward_backward_ms"])
-        chosen = r["setting"] == best and (r["batch"], r["n"]) == next(iter(first))  # chosen at the first (B, N)
+        base = first.setdefault(shape, r["forward_backward_ms"])
+        chosen = r["setting"] == best and shape == next(iter(first))  # chosen at the first shape
         name = f"**{r['setting']}** (chosen)" if chosen else r["setting"]
-        lines.append(f"| {r['batch']} | {r['n']} | {name} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+        lines.append(f"| {r['batch']} | {r['n']} | {shape[2]} | {name} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
                      f"{r['us_per_image_iteration']:.2f} | {base / r['forward_backward_ms']:.2f}x | "
                      f"{r['max_rel_error']:.1e}{'' if r['ok'] else ' (wrong: never chosen)'} |")
     if step.get("cut_short"):
