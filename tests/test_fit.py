@@ -139,6 +139,20 @@ def test_fit_on_cuda_matches_cpu(photos):
 
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_content_init_on_cuda_samples_where_the_cpu_does(photos):
+    """The content initializer samples on the images' device (no [B, H W] copy to the host) from the
+    same CPU draws: the same positions as on the CPU, up to float rounding of the GPU's scan."""
+    from gaussianvision.fit import initialize
+    cpu = initialize("content", photos, 64, generator=torch.Generator().manual_seed(0), backend="reference")
+    gpu = initialize("content", photos.cuda(), 64, generator=torch.Generator().manual_seed(0), backend="reference")
+    assert gpu.means.device.type == "cuda"
+    close = (gpu.means.cpu() - cpu.means).abs().amax(-1) < 1e-4
+    assert float(close.float().mean()) >= 0.98  # a tie at a stratum's edge may pick the neighbouring pixel
+    torch.testing.assert_close(gpu.chol.cpu()[close], cpu.chol[close], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_budgeted_cuda_fit_in_a_fresh_process_spends_its_budget_on_iterations(tmp_path):
     """A process's first GPU fit compiles the Triton kernels (seconds): compile_kernels does that
     before the fit's clock starts, and the clock waits for the GPU, so a budget buys iterations and
