@@ -478,13 +478,12 @@ class Fitter:
         p, q = self.evaluate()
         self.seconds += self._clock(True) - t0
         per_image = self.seconds / self.batch_size
-        metrics = [
-            {"psnr": float(p[b]), "ssim": float(q[b]), "n_gaussians": int(self.counts[b]),
-             "iterations": int(self.iterations[b]), "seconds": per_image, "batch_seconds": self.seconds,
-             "pruned": int(self.pruned[b]),
-             "stopped": self.stopped[b]}
-            for b in range(self.batch_size)
-        ]
+        # one host read per field (.tolist()), not one per image and field: on a GPU each read waits
+        cols = zip(p.tolist(), q.tolist(), self.counts.tolist(), self.iterations.tolist(), self.pruned.tolist(),
+                   self.stopped)
+        metrics = [{"psnr": float(pb), "ssim": float(qb), "n_gaussians": int(nb), "iterations": int(ib),
+                    "seconds": per_image, "batch_seconds": self.seconds, "pruned": int(rb), "stopped": sb}
+                   for pb, qb, nb, ib, rb, sb in cols]
         return FitResult(self.splats(), metrics, list(self.history), asdict(self.cfg))
 
 
