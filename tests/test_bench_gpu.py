@@ -332,3 +332,31 @@ def test_the_kernel_setting_chosen_is_the_fastest_correct_one_at_the_first_shape
     assert "| 1024 | 400 | - | **b** (chosen) | " in text and "| 256 | 3136 | - | b |" in text  # marked at the first shape only
     assert "| 2048 | 400 | 112 | b |" in text
     assert "(wrong: never chosen)" in text and "CompilationError: x" in text and "1.25x" in text
+
+
+def test_a_kernels_step_cut_short_still_chooses_and_steps_run_in_the_checks_order(monkeypatch):
+    """The choice is kept after every row, so a step stopped by its time limit (or killed) still
+    passes one on; steps named out of order run in the check's order (kernels before its users);
+    a step's deadline counts from its launch by the parent."""
+    import time
+    from gaussianvision.apps.bench import gpu_kernels
+    rows = iter([3.0, 2.0])
+    monkeypatch.setattr(gpu_kernels, "_row", lambda s, b, n, size, cfg, device: {
+        "setting": s["name"], "batch": b, "n": n, "size": size, "ok": True, "forward_ms": 1.0, "backward_ms": 1.0,
+        "forward_backward_ms": next(rows), "max_rel_error": 0.0, "us_per_image_iteration": 1.0})
+    clock = iter([0.0, 1.0, 100.0, 100.0])  # the third setting finds the deadline passed
+    monkeypatch.setattr(gpu_kernels.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(gpu_steps, "deadline", lambda cfg: 50.0)
+    rec = gpu_steps.Recorder(os.devnull)
+    settings = [{"name": "a"}, {"name": "b", "BLOCK_N": 4}, {"name": "c"}]
+    cfg = {"device": "cpu", "size": 32, "kernel_rows": [[2, 16]], "kernel_settings": settings}
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    gpu_kernels.step_kernels(cfg, rec)
+    assert [r["setting"] for r in rec.data["rows"]] == ["a", "b"] and "before c" in rec.data["cut_short"]
+    assert rec.data["best"] == {"name": "b", "BLOCK_N": 4}
+    cfg = gpu_check.with_steps(GpuCheckConfig(), ("fit", "kernels", "parity", "fit"))
+    assert cfg.steps == ("parity", "kernels", "fit")
+    monkeypatch.undo()
+    started = time.time() - 30.0  # launched 30 s ago with a 100 s limit and a 10 s margin: 60 s left
+    left = gpu_steps.deadline({"started_at": started, "limit_s": 100.0, "margin_s": 10.0}) - time.monotonic()
+    assert 59.0 < left <= 60.0

@@ -45,7 +45,7 @@ def _normal(s: Splats, colors: torch.Tensor, upstream, backend: str) -> torch.Te
     c = colors.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = _forward(s, c, backend)
-        (out * upstream(out.detach())).sum().backward()
+        (out * upstream(out.detach()).detach()).sum().backward()  # u is a constant (images may carry grad)
     return c.grad
 
 

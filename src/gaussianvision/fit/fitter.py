@@ -123,10 +123,12 @@ def compile_kernels(device: torch.device, height: int, width: int, backend: str 
     key = (str(device), int(height), int(width), backend)
     if device.type != "cuda" or key in _COMPILED:
         return
-    colors = torch.zeros(1, 1, 3, device=device, requires_grad=True)
-    one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
-                 torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
-    render(one, backend=backend).sum().backward()
+    with torch.enable_grad():  # also under a caller's no_grad
+        colors = torch.zeros(1, 1, 3, device=device, requires_grad=True)
+        one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
+                     torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
+        render(one, backend=backend).sum().backward()
+    torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
     torch.cuda.synchronize(device)
     _COMPILED.add(key)
 

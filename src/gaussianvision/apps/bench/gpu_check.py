@@ -47,7 +47,7 @@ class GpuCheckConfig:
     # the default steps fit one device lease with room to spare; baseline and tower (measured on 2026-12-04,
     # unchanged since) run when asked for: --steps baseline,tower
     steps: tuple = ("parity", "kernels", "ttq", "fit")
-    limits: dict = field(default_factory=lambda: {"parity": 45, "kernels": 90, "ttq": 180, "fit": 105,
+    limits: dict = field(default_factory=lambda: {"parity": 60, "kernels": 90, "ttq": 180, "fit": 90,
                                                   "baseline": 50, "tower": 50})
     margin_s: float = 8.0          # kept free at the end of each step (writing, process exit)
     size: int = 224
@@ -145,7 +145,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _run_step(step: str, cfg: dict, limit: float, env: dict, tmp: Path) -> dict:
     """Run one step in a child process under `limit` seconds; its partial result and status."""
     cfg_path, partial = tmp / f"{step}.config.json", tmp / f"{step}.json"
-    cfg_path.write_text(json.dumps(dict(cfg, limit_s=limit, repo=str(REPO))))
+    cfg_path.write_text(json.dumps(dict(cfg, limit_s=limit, repo=str(REPO), started_at=time.time())))
     cmd = [sys.executable, "-m", "gaussianvision.apps.bench.gpu_steps", step, str(cfg_path), str(partial)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), start_new_session=True)
@@ -241,7 +241,9 @@ def copy_to(files: list[Path], folder: str | None) -> list[str]:
 
 
 def with_steps(cfg: GpuCheckConfig, steps: tuple) -> GpuCheckConfig:
-    unknown = [s for s in steps if s not in cfg.limits]
+    """cfg with these steps, run in the check's own order (kernels before the steps that use its choice)."""
+    order = list(cfg.limits)
+    unknown = [s for s in steps if s not in order]
     if unknown:
-        raise ValueError(f"unknown step(s) {unknown}; the steps: {', '.join(cfg.limits)}")
-    return replace(cfg, steps=tuple(steps))
+        raise ValueError(f"unknown step(s) {unknown}; the steps: {', '.join(order)}")
+    return replace(cfg, steps=tuple(sorted(dict.fromkeys(steps), key=order.index)))

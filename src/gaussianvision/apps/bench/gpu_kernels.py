@@ -86,19 +86,19 @@ def _row(setting: dict, batch: int, n: int, size: int, cfg: dict, device: torch.
 
 
 def step_kernels(cfg: dict, rec) -> None:
-    from .gpu_steps import NO_CUDA, _device, _error, _say
+    from .gpu_steps import NO_CUDA, _device, _error, _say, deadline
     device = _device(cfg)
     if device is None:
         rec.set(skipped=NO_CUDA)
         return
     if device.type == "cpu":  # the --tiny run: the same kernels in Triton's interpreter (this process only)
         os.environ["TRITON_INTERPRET"] = "1"
-    deadline = time.monotonic() + cfg["limit_s"] - cfg["margin_s"]
+    end = deadline(cfg)
     settings = [dict(s) for s in cfg.get("kernel_settings") or KERNEL_SETTINGS]
     for batch, n, *rest in cfg["kernel_rows"]:  # (B, N) at cfg["size"], or (B, N, size)
         size = int(rest[0]) if rest else cfg["size"]
         for s in settings:
-            if time.monotonic() > deadline:
+            if time.monotonic() > end:
                 rec.set(cut_short=f"time limit: stopped before {s['name']} at B={batch}, N={n}, {size} px")
                 return
             try:
@@ -106,10 +106,10 @@ def step_kernels(cfg: dict, rec) -> None:
             except Exception as e:  # noqa: BLE001 - a setting that fails (compile, memory) is reported
                 row = {"setting": s["name"], "batch": batch, "n": n, "size": size, "error": _error(e)}
             rec.row(row)
+            rec.set(best=best_setting(rec.data, settings))  # kept after every row: a step cut short still chooses
             _say(f"kernels B={batch} N={n} {size} px {s['name']}: " + (row.get("error") or
                  f"{row['us_per_image_iteration']:.1f} us/image-iteration (fwd {row['forward_ms']:.1f} ms, "
                  f"bwd {row['backward_ms']:.1f} ms), error {row['max_rel_error']:.1e}"))
-    rec.set(best=best_setting(rec.data, settings))
 
 
 def best_setting(step: dict, settings=KERNEL_SETTINGS) -> dict | None:

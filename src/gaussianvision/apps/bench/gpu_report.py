@@ -58,9 +58,9 @@ def _kernels(step: dict) -> list[str]:
     if not step.get("rows"):
         return [f"Raster kernels: {step['status']}."]
     best = (step.get("best") or {}).get("name")
-    lines = ["Raster kernels, forward and backward alone (bench/render's fitted-like splats, 224 px, median of "
-             "repeats; error: the largest difference from the reference renderer on a small batch, relative to "
-             "its largest value; x: the time of the first setting at that (B, N) over this one's):", "",
+    lines = ["Raster kernels, forward and backward alone (bench/render's fitted-like splats at px a side, median "
+             "of repeats; error: the largest difference from the reference renderer on a small batch, relative to "
+             "its largest value; x: the time of the first setting measured at that shape over this one's):", "",
              "| B | N | px | setting | forward ms | backward ms | us per image-iteration | x | error |",
              "|---|---|---|---|---|---|---|---|---|"]
     first: dict = {}

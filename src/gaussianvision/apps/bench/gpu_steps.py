@@ -59,6 +59,14 @@ def _say(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
 
 
+def deadline(cfg: dict) -> float:
+    """time.monotonic() at which the step must have finished its rows: the parent's launch time
+    ("started_at", wall clock) plus limit_s less margin_s, so that the seconds spent starting this
+    process (python, torch, CUDA) count against the step as the parent counts them."""
+    left = cfg.get("started_at", time.time()) + cfg["limit_s"] - cfg["margin_s"] - time.time()
+    return time.monotonic() + left
+
+
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -222,9 +230,9 @@ def _each_row(cfg: dict, rec: Recorder, items: list[dict], measure) -> None:
     if device is None:
         rec.set(skipped=NO_CUDA)
         return
-    deadline = time.monotonic() + cfg["limit_s"] - cfg["margin_s"]
+    end = deadline(cfg)
     for i, item in enumerate(items):
-        budget = (deadline - time.monotonic()) / (len(items) - i)
+        budget = (end - time.monotonic()) / (len(items) - i)
         _say(" ".join(f"{k}={v}" for k, v in item.items()) + f" ({budget:.0f} s)")
         try:
             row = measure(cfg=cfg, device=device, budget=budget, **item)
@@ -262,9 +270,9 @@ def step_ttq(cfg: dict, rec: Recorder) -> None:
     if device is None:
         rec.set(skipped=NO_CUDA)
         return
-    deadline = time.monotonic() + cfg["limit_s"] - cfg["margin_s"]
+    end = deadline(cfg)
     for i, (b, n) in enumerate(cfg["ttq_rows"]):
-        budget = (deadline - time.monotonic()) / (len(cfg["ttq_rows"]) - i)
+        budget = (end - time.monotonic()) / (len(cfg["ttq_rows"]) - i)
         _say(f"ttq batch={b} n={n} ({budget:.0f} s)")
         try:
             _ttq_rows(b, n, cfg, device, rec.row)
@@ -368,7 +376,7 @@ def step_tower(cfg: dict, rec: Recorder) -> None:
     except ImportError:
         rec.set(skipped="open_clip is not installed here: skipped (make gpu-wheels, then carry .whl)")
         return
-    _tower_rows(cfg, device, rec, time.monotonic() + cfg["limit_s"] - cfg["margin_s"])
+    _tower_rows(cfg, device, rec, deadline(cfg))
 
 
 STEPS = {"parity": step_parity, "kernels": step_kernels, "ttq": step_ttq, "fit": step_fit, "baseline": step_baseline,

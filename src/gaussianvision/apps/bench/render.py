@@ -51,7 +51,8 @@ def time_render(backend: str, batch: int, n: int, size: int = 224, device="cpu",
     s = fitted_like_splats(batch, n, size, dev, seed)
     leaves = [t.clone().requires_grad_(True) for t in (s.means, s.chol, s.colors)]
     fs = Splats(*leaves, size, size)
-    upstream = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1)).to(dev)
+    # drawn on the device: a batch of 1024 at 224 px drawn on the CPU took seconds per call
+    upstream = torch.randn(batch, 3, size, size, generator=torch.Generator(dev).manual_seed(seed + 1), device=dev)
 
     def fwd():
         with torch.no_grad():

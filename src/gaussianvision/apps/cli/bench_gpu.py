@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default=None, help="comma-separated steps of parity,kernels,ttq,fit,baseline,tower "
                                                  "(default parity,kernels,ttq,fit; --tiny: all six)")
     p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
-                   help="time limit of one step (repeatable; defaults parity 45, kernels 90, ttq 180, fit 105, "
+                   help="time limit of one step (repeatable; defaults parity 60, kernels 90, ttq 180, fit 90, "
                         "baseline 50, tower 50; with --tiny parity 120, kernels 60, ttq 60, fit 120, baseline 60, "
                         "tower 90)")
     p.add_argument("--render", default=None, nargs="+", metavar="GPU.json",
