@@ -334,7 +334,7 @@ def test_the_kernel_setting_chosen_is_the_fastest_correct_one_at_the_first_shape
     assert "(wrong: never chosen)" in text and "CompilationError: x" in text and "1.25x" in text
 
 
-def test_a_kernels_step_cut_short_still_chooses_and_steps_run_in_the_checks_order(monkeypatch):
+def test_a_kernels_step_cut_short_still_chooses_and_steps_run_in_the_checks_order(monkeypatch, tmp_path):
     """The choice is kept after every row, so a step stopped by its time limit (or killed) still
     passes one on; steps named out of order run in the check's order (kernels before its users);
     a step's deadline counts from its launch by the parent."""
@@ -347,7 +347,7 @@ def test_a_kernels_step_cut_short_still_chooses_and_steps_run_in_the_checks_orde
     clock = iter([0.0, 1.0, 100.0, 100.0])  # the third setting finds the deadline passed
     monkeypatch.setattr(gpu_kernels.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(gpu_steps, "deadline", lambda cfg: 50.0)
-    rec = gpu_steps.Recorder(os.devnull)
+    rec = gpu_steps.Recorder(tmp_path / "kernels.json")
     settings = [{"name": "a"}, {"name": "b", "BLOCK_N": 4}, {"name": "c"}]
     cfg = {"device": "cpu", "size": 32, "kernel_rows": [[2, 16]], "kernel_settings": settings}
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
