@@ -336,7 +336,11 @@ def cli_main(args):
 
 
 BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
-               (["--size", "0"], "size must be >= 1"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--size", "0"], "size must be at least 11 pixels a side"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--size", "5"], "size must be at least 11 pixels a side (the SSIM window"),
+               (["--device", "tpu"], "device 'tpu': not a device; use cpu or cuda (cuda:N)"),
+               (["--workers", "-1"], "workers must be >= 0 (0: fit in this process), got -1"),
+               (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
                (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number")]
 if not __import__("torch").cuda.is_available():
     BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
@@ -360,6 +364,22 @@ def test_a_run_that_converts_nothing_exits_nonzero(tmp_path):
     assert "inputs 3 = converted 0 + failed 3" in out
     assert err.strip() == "gsv convert: no sample converted: all 3 failed (decode 2, read 1); see " \
                           f"{tmp_path / 'out' / 'failures.jsonl'}"
+
+
+def test_a_single_image_file_converts_and_an_unreadable_shard_converts_nothing(tmp_path):
+    """--input one image: a folder of one (it was read as a tar: 'corrupt tar header', 0 converted,
+    exit 0). Input whose every shard is unreadable: exit 1 with one line saying so (it exited 0)."""
+    from PIL import Image
+    img = tmp_path / "one.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)).save(img)
+    rc, out, err = cli_main(["--input", str(img), "--output", str(tmp_path / "o1"), *CLI_ARGS])
+    assert rc == 0, err
+    assert "inputs 1 = converted 1 + failed 0" in out
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar archive at all" * 40)
+    rc, out, err = cli_main(["--input", str(bad), "--output", str(tmp_path / "o2"), *CLI_ARGS])
+    assert rc == 1 and "converted 0" in out
+    assert err.startswith("gsv convert: no sample converted: 1 shard(s) unreadable (first: ") and err.count("\n") == 1, err
 
 
 def test_empty_key_is_a_counted_failure_and_gzip_tar_is_not_truncated(tmp_path):

@@ -40,6 +40,7 @@ from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
 from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
+from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.presets import spelled_out
 
 __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
@@ -260,10 +261,13 @@ def _check_settings(cfg: ConvertConfig) -> None:
     """Every setting checked without fitting (see _probe_fit for the rest); ConvertError."""
     if cfg.n_gaussians < 1:
         raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
-    if cfg.size < 1:
-        raise ConvertError(f"size must be >= 1, got {cfg.size}")
-    if cfg.batch_size < 1 or cfg.workers < 0:
-        raise ConvertError("batch_size must be >= 1 and workers >= 0")
+    if cfg.size < SSIM_WINDOW:
+        raise ConvertError(f"size must be at least {SSIM_WINDOW} pixels a side (the SSIM window each fit reports "
+                           f"with), got {cfg.size}")
+    if cfg.batch_size < 1:
+        raise ConvertError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.workers < 0:
+        raise ConvertError(f"workers must be >= 0 (0: fit in this process), got {cfg.workers}")
     if cfg.layout not in ("interleaved", "quantized"):
         raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
     try:
@@ -272,8 +276,8 @@ def _check_settings(cfg: ConvertConfig) -> None:
         raise ConvertError(str(e) if str(e).startswith("fit options") else f"fit options {cfg.fit_options}: {e}") from None
     try:
         dev = torch.device(cfg.device)
-    except (ValueError, RuntimeError) as e:
-        raise ConvertError(f"device {cfg.device!r}: {e}") from None
+    except (ValueError, RuntimeError):  # torch's message lists every device type it knows
+        raise ConvertError(f"device {cfg.device!r}: not a device; use cpu or cuda (cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
         raise ConvertError(f"device {cfg.device!r}: use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():

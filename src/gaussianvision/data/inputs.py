@@ -5,7 +5,8 @@ k depends only on the input order (what makes conversion resumable and splittabl
 
   * folder: image files found recursively, sorted by relative path, cut into units of
     `shard_size`; sample keys are the global index (`%09d`), the relative path is the source;
-    the caption is the sidecar `name.txt` beside the image, when present;
+    the caption is the sidecar `name.txt` beside the image, when present; a single image file
+    is a folder of one;
   * tar shards (img2dataset layout: key.jpg|jpeg|png|webp + key.txt + key.json), given as files,
     brace patterns (`shard-{000000..000009}.tar`), globs or a folder of .tar files: one unit per
     input tar, keeping the input keys.
@@ -98,6 +99,8 @@ def plan_units(src, shard_size: int = 1000) -> list[Unit]:
     if shard_size < 1:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
+    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:  # one image: a unit of one file
+        return [Unit(0, "files", (str(p),), str(p.parent), 0)]
     if p.is_dir() and not any(p.glob("*.tar")):
         files = sorted((q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS),
                        key=lambda q: q.relative_to(p).as_posix())

@@ -12,7 +12,9 @@ import torch
 
 from gaussianvision.fit.blur import blur_valid, gaussian_taps
 
-__all__ = ["psnr", "ssim", "mse"]
+__all__ = ["psnr", "ssim", "mse", "SSIM_WINDOW"]
+
+SSIM_WINDOW = 11  # pixels a side of the SSIM window: the smallest image a fit can report on
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,7 +30,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, clamp: bool = True) -> torch.
     return -10.0 * torch.log10(m)
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5,
+def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5,
          clamp: bool = True) -> torch.Tensor:
     """[B] mean SSIM of [B, C, H, W] images in [0, 1]."""
     if clamp:

@@ -20,7 +20,7 @@ _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau
 
 def _parser():
     p = parser("convert", __doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="image folder, tar shard(s), brace pattern or glob")
+    p.add_argument("--input", required=True, help="image file or folder, tar shard(s), brace pattern or glob")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--gaussians", type=int, required=True, help="Gaussians per image (N)")
     add_speed_options(p)
@@ -96,6 +96,10 @@ def _go(a) -> int:
     if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
         print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
               f"{a.output / 'failures.jsonl'}", file=sys.stderr)
+        return 1
+    if s["shard_errors"] and not s["converted"]:  # no sample read at all: every shard unreadable
+        print(f"gsv convert: no sample converted: {len(s['shard_errors'])} shard(s) unreadable (first: "
+              f"{s['shard_errors'][0]}); see {a.output / 'summary.json'}", file=sys.stderr)
         return 1
     return 0 if s["reconciled"] else 1
 

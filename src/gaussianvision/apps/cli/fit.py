@@ -18,12 +18,13 @@ import torch
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
+from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
-MIN_SIZE = 11  # pixels a side: the SSIM window the fit reports with
+MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
 
 
 def _names(paths: list[Path]) -> list[str]:
