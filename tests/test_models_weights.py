@@ -96,3 +96,32 @@ def test_unreadable_checkpoints(tmp_path, trained):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(WeightsError, match="not a GS-CLIP trainable checkpoint"):
         load_weights(trained, tmp_path / "plain.safetensors")
+
+
+def test_a_checkpoint_finds_its_base_file_from_any_folder_and_after_a_move(tmp_path, monkeypatch):
+    """A base given as a file path relative to the folder training ran in (gsv train --pretrained
+    runs/teacher/...): the model records it absolute, the checkpoint also relative to itself. It
+    failed from any other folder ('neither a checkpoint file nor a tag')."""
+    import shutil
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    base = create_gsclip(config="gs-tiny").base
+    (tmp_path / "runs" / "teacher").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()},
+              str(tmp_path / "runs" / "teacher" / "open_clip_model.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    model = create_gsclip(config="gs-tiny", pretrained="runs/teacher/open_clip_model.safetensors")
+    assert model.pretrained == str(tmp_path / "runs" / "teacher" / "open_clip_model.safetensors")
+    save_weights(model, Path("runs/s2/gsclip.safetensors"))
+    s = random_splats(2, 30, 32, 32)
+    with torch.no_grad():
+        want = model.encode_image(s)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with torch.no_grad():
+        assert torch.equal(create_gsclip_from_weights(tmp_path / "runs/s2/gsclip.safetensors").encode_image(s), want)
+    shutil.move(tmp_path / "runs", tmp_path / "moved")  # the runs folder taken elsewhere as a whole
+    info = read_weights_config(tmp_path / "moved/s2/gsclip.safetensors")
+    assert Path(info["pretrained"]).resolve() == (tmp_path / "moved/teacher/open_clip_model.safetensors").resolve()
+    with torch.no_grad():
+        assert torch.equal(create_gsclip_from_weights(tmp_path / "moved/s2/gsclip.safetensors").encode_image(s), want)

@@ -222,6 +222,16 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
     return model.eval()
 
 
+def _recorded(base: str, pretrained) -> str | None:
+    """`pretrained` as a model records it: a tag as given, a checkpoint file by its absolute path (a
+    path relative to the folder training ran in would not be found from anywhere else)."""
+    if pretrained is None:
+        return None
+    import open_clip
+    p = str(pretrained)
+    return os.path.abspath(p) if os.path.isfile(p) and not open_clip.get_pretrained_cfg(base, p) else p
+
+
 def _offline_reason() -> str | None:
     """Why the Hugging Face hub cannot be used now (None: it can): HF_HUB_OFFLINE, or no
     connection to its host (one short probe per process instead of the hub's retries)."""
@@ -290,7 +300,7 @@ def create_gsclip(base: str | None = None, pretrained: str | os.PathLike | None 
     cfg = load_config(config)
     base_name = base or cfg["base"]
     model = create_base(base_name, pretrained, device, precision, cache_dir)
-    gs = GSCLIP(model, cfg, base_name=base_name, pretrained=None if pretrained is None else str(pretrained))
+    gs = GSCLIP(model, cfg, base_name=base_name, pretrained=_recorded(base_name, pretrained))
     _cast_tower(gs.visual, _tower_dtype(precision))
     return gs
 

@@ -42,6 +42,9 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
         "gsv.config": json.dumps(model.config, sort_keys=True),
         "gsv.pretrained": model.pretrained or "",
     })
+    if model.pretrained and os.path.isabs(model.pretrained) and os.path.isfile(model.pretrained):
+        # also relative to this checkpoint's folder: found again after both move together (another machine)
+        meta["gsv.pretrained_rel"] = os.path.relpath(model.pretrained, path.parent.resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
@@ -67,8 +70,17 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
 def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
     """The model config and metadata stored in a checkpoint (no tensors loaded)."""
     meta, _ = _read(path)
-    return {"config": json.loads(meta["gsv.config"]), "pretrained": meta.get("gsv.pretrained") or None,
+    return {"config": json.loads(meta["gsv.config"]), "pretrained": _pretrained(meta, Path(path)),
             "metadata": {k: v for k, v in meta.items() if not k.startswith("gsv.")}}
+
+
+def _pretrained(meta: dict[str, str], path: Path) -> str | None:
+    """The base weights a checkpoint names: a tag, or a file where it was saved, else where it lies
+    relative to the checkpoint (runs moved together); as stored when neither exists."""
+    stored, rel = meta.get("gsv.pretrained") or None, meta.get("gsv.pretrained_rel")
+    if stored and rel and not os.path.isfile(stored) and (path.parent / rel).is_file():
+        return str(path.parent / rel)
+    return stored
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
