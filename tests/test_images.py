@@ -78,3 +78,16 @@ def test_truncated_and_bomb_and_tiny(tmp_path):
         load_image(tmp_path / "zero.png")
     with pytest.raises(ImageLoadError, match="no such file"):
         load_image(tmp_path / "missing.png")
+
+
+def test_the_bundled_photos_saved_as_files_load_back_as_the_bundled_photos(tmp_path):
+    """save_bundled_photos gives the README's photos/ folder: lossless PNGs of the photos as they ship."""
+    import torch
+    from gaussianvision.data import load_image
+    from gaussianvision.data.photos import bundled_photos, save_bundled_photos
+    names = ("astronaut", "china")
+    paths = save_bundled_photos(tmp_path / "photos", names=names)
+    assert [p.name for p in paths] == ["astronaut.png", "china.png"] and sorted(p.name for p in paths) == \
+        sorted(q.name for q in (tmp_path / "photos").iterdir())
+    for p, (_, want) in zip(paths, bundled_photos(size=64, names=names)):
+        assert torch.equal(load_image(p, size=64), want)
