@@ -127,3 +127,17 @@ def test_fits_under_no_grad_and_refuses_an_empty_batch_size():
     assert item.ok
     with pytest.raises(ValueError, match="batch_size"):
         list(FitStream(4, CFG, batch_size=0)([]))
+
+
+def test_the_default_batch_fills_a_gpu_and_stays_16_on_a_cpu():
+    """A GPU iteration costs ~4 ms of launches whatever the batch, so the CLI's default batch on a
+    GPU is 512 images of 224 px (fewer for larger images); 16 on a CPU or for varying sizes."""
+    from gaussianvision.apps.cli import convert
+    from gaussianvision.fit.stream import GPU_BATCH_PIXELS, default_batch_size
+    assert [default_batch_size(d, s) for d, s in (("cpu", 224), ("cuda", 224), ("cuda:1", 448), ("cuda", 112),
+                                                  ("cuda", 4096), ("cuda", None), ("cuda", 0))] == \
+        [16, 512, 128, GPU_BATCH_PIXELS // 112 ** 2, 16, 16, 16]
+    args = ["--input", "x", "--output", "y", "--gaussians", "8"]
+    assert convert._config(convert._parser().parse_args(args + ["--device", "cuda"])).batch_size == 512
+    assert convert._config(convert._parser().parse_args(args)).batch_size == 16
+    assert convert._config(convert._parser().parse_args(args + ["--device", "cuda", "--batch-size", "7"])).batch_size == 7

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
 from gaussianvision.data.inputs import SourceError
+from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run
 
 
@@ -40,7 +41,8 @@ def _parser():
     add_progressive_options(p, "Gaussians of each image")
     p.add_argument("--workers", type=int, default=0, help="fitting processes (0: in this process)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per output shard (folder input)")
-    p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images fitted together (default 16; with --device cuda 512 at 224 px, fewer for larger sizes)")
     p.add_argument("--keep-image", action="store_true", help="store the source image bytes in the shards")
     p.add_argument("--require-caption", action="store_true", help="count samples without a caption as failed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
@@ -58,7 +60,8 @@ def _config(a) -> ConvertConfig:
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
         zstd=a.zstd, progressive=a.progressive, progressive_order=a.progressive_order,
-        batch_size=a.batch_size, shard_size=a.shard_size,
+        batch_size=default_batch_size(device, a.size) if a.batch_size is None else a.batch_size,
+        shard_size=a.shard_size,
         keep_image=a.keep_image, require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
         device=device, progress=not a.no_progress and not a.json)
 

@@ -20,6 +20,7 @@ from gaussianvision.data.images import ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
+from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
@@ -48,7 +49,8 @@ def _parser():
     p.add_argument("--init", default="content", choices=sorted(INITIALIZERS))
     p.add_argument("--size", default="224", help="side in pixels of the square centre crop the images are "
                    f"resized to (at least {MIN_SIZE}; 0: keep each image's own width and height)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images fitted together (default 16; with --device cuda 512 at 224 px, fewer for larger sizes)")
     p.add_argument("--target-psnr", type=float, default=None, help="stop an image once it reaches this PSNR")
     p.add_argument("--plateau", type=int, default=None, help="stop an image after this many iterations without gain")
     p.add_argument("--prune-lambda", type=float, default=0.0, help="L1 luminance penalty (times the mean over N)")
@@ -88,7 +90,9 @@ def _size(text: str) -> int:
 
 
 def _config(a) -> FitConfig:
-    """The checked FitConfig of the options, or a CliError naming the bad one."""
+    """The checked FitConfig of the options, or a CliError naming the bad one (and --batch-size's default)."""
+    if a.batch_size is None:
+        a.batch_size = default_batch_size(a.device, a.size)
     if a.gaussians < 1:
         raise CliError(f"--gaussians must be >= 1, got {a.gaussians}")
     if a.batch_size < 1 or (a.iters is not None and a.iters < 0):
