@@ -379,7 +379,11 @@ def test_a_single_image_file_converts_and_an_unreadable_shard_converts_nothing(t
     bad.write_bytes(b"this is not a tar archive at all" * 40)
     rc, out, err = cli_main(["--input", str(bad), "--output", str(tmp_path / "o2"), *CLI_ARGS])
     assert rc == 1 and "converted 0" in out
-    assert err.startswith("gsv convert: no sample converted: 1 shard(s) unreadable (first: ") and err.count("\n") == 1, err
+    assert err.startswith(f"gsv convert: no sample converted: 1 shard(s) unreadable (first: {bad} (000000.tar): ")
+    assert err.count("\n") == 1, err
+    empty = write_tar(tmp_path / "empty.tar", [])  # a valid tar with nothing in it: nothing converted either
+    rc, out, err = cli_main(["--input", str(empty), "--output", str(tmp_path / "o3"), *CLI_ARGS])
+    assert rc == 1 and err.strip() == f"gsv convert: no sample converted: the input holds no samples ({empty})"
 
 
 def test_empty_key_is_a_counted_failure_and_gzip_tar_is_not_truncated(tmp_path):

@@ -135,9 +135,23 @@ def test_the_default_batch_fills_a_gpu_and_stays_16_on_a_cpu():
     from gaussianvision.apps.cli import convert
     from gaussianvision.fit.stream import GPU_BATCH_PIXELS, default_batch_size
     assert [default_batch_size(d, s) for d, s in (("cpu", 224), ("cuda", 224), ("cuda:1", 448), ("cuda", 112),
-                                                  ("cuda", 4096), ("cuda", None), ("cuda", 0))] == \
-        [16, 512, 128, GPU_BATCH_PIXELS // 112 ** 2, 16, 16, 16]
+                                                  ("cuda", 4096), ("cuda", None), ("cuda", 0), ("cuda", 16))] == \
+        [16, 512, 128, GPU_BATCH_PIXELS // 112 ** 2, 16, 16, 16, 4096]  # at most the largest batch measured
     args = ["--input", "x", "--output", "y", "--gaussians", "8"]
     assert convert._config(convert._parser().parse_args(args + ["--device", "cuda"])).batch_size == 512
     assert convert._config(convert._parser().parse_args(args)).batch_size == 16
     assert convert._config(convert._parser().parse_args(args + ["--device", "cuda", "--batch-size", "7"])).batch_size == 7
+
+
+def test_a_resumed_conversion_keeps_the_batch_it_started_with(tmp_path):
+    """A folder started with the CPU's default batch (16) and resumed on a GPU without --batch-size keeps
+    16: the batch is part of the resume fingerprint, so the GPU default would refuse to resume."""
+    import json
+    from gaussianvision.apps.cli import convert
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text(json.dumps({"batch_size": 16, "size": 224}))
+    args = ["--input", "x", "--output", str(tmp_path / "out"), "--gaussians", "8", "--device", "cuda"]
+    assert convert._config(convert._parser().parse_args(args)).batch_size == 16
+    assert convert._config(convert._parser().parse_args(args + ["--batch-size", "64"])).batch_size == 64
+    (tmp_path / "out" / "config.json").write_text("{not json")
+    assert convert._config(convert._parser().parse_args(args)).batch_size == 512

@@ -125,3 +125,21 @@ def test_a_checkpoint_finds_its_base_file_from_any_folder_and_after_a_move(tmp_p
     assert Path(info["pretrained"]).resolve() == (tmp_path / "moved/teacher/open_clip_model.safetensors").resolve()
     with torch.no_grad():
         assert torch.equal(create_gsclip_from_weights(tmp_path / "moved/s2/gsclip.safetensors").encode_image(s), want)
+
+
+def test_the_relative_base_path_only_stands_in_for_a_missing_absolute_safetensors_file(tmp_path):
+    """A checkpoint's own metadata cannot make the loader open another file (say a pickle beside it)
+    or replace a tag: the relative fallback applies to a missing absolute path and .safetensors only."""
+    from gaussianvision.models.weights import _pretrained
+    ck = tmp_path / "s2" / "gs.safetensors"
+    ck.parent.mkdir()
+    for name in ("base.safetensors", "base.bin"):
+        (tmp_path / name).write_bytes(b"x")
+    gone = str(tmp_path / "elsewhere" / "base.safetensors")
+    meta = lambda stored, rel: {"gsv.pretrained": stored, "gsv.pretrained_rel": rel}  # noqa: E731
+    assert _pretrained(meta(gone, "../base.safetensors"), ck) == str(ck.parent / "../base.safetensors")
+    assert _pretrained(meta(gone, "../base.bin"), ck) == gone  # another format: never
+    assert _pretrained(meta("openai", "../base.safetensors"), ck) == "openai"  # a tag stays a tag
+    assert _pretrained(meta(str(tmp_path / "base.safetensors"), "../nothing.safetensors"), ck) == \
+        str(tmp_path / "base.safetensors")  # the stored file exists: it wins
+    assert _pretrained({"gsv.pretrained": ""}, ck) is None

@@ -242,13 +242,21 @@ def _original_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
+def stored_settings(out: str | os.PathLike) -> dict | None:
+    """The settings an output folder was started with (its config.json), None when there are none or
+    they cannot be read: a resumed run must give the same ones."""
+    path = Path(out) / "config.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
 def _check_config(out: Path, fp: dict) -> None:
     path = out / "config.json"
     if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
+        old = stored_settings(out)
         if old != fp:
             diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
             raise ConvertError(f"{out}: made with different settings ({', '.join(diff)} differ); "

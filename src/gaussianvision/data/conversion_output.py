@@ -66,7 +66,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
             tot[k] += st[k]
         for k, v in st["failed_by_stage"].items():
             tot["failed_by_stage"][k] = tot["failed_by_stage"].get(k, 0) + v
-        tot["shard_errors"] += [f"{st['shard']}: {e}" for e in st["shard_errors"]]
+        tot["shard_errors"] += [f"{st.get('source', st['shard'])} ({st['shard']}): {e}" for e in st["shard_errors"]]
         psnr_w += (st["psnr_mean"] or 0.0) * st["converted"]
         fp = p.with_name(p.name.replace(".stats.json", ".failures.jsonl"))
         if fp.is_file():

@@ -43,16 +43,17 @@ from gaussianvision.splats.types import Splats
 __all__ = ["Encoding", "FitItem", "FitStream", "default_batch_size", "GPU_BATCH_PIXELS"]
 
 GPU_BATCH_PIXELS = 512 * 224 * 224  # a GPU batch's pixels by default: 512 images of 224 px
+GPU_BATCH_MAX = 4096  # the largest batch measured on a GPU (docs/gpu.md)
 
 
 def default_batch_size(device: str, size: int | None) -> int:
     """Images fitted together unless told: 16 on a CPU (its cores are busy with any batch); on a GPU
-    as many images of `size` px as GPU_BATCH_PIXELS hold (512 at 224 px; at least 16; 16 when the
-    size varies, None), since a GPU iteration costs about 4 ms of launches whatever the batch: at
+    as many images of `size` px as GPU_BATCH_PIXELS hold (512 at 224 px; at least 16, at most
+    GPU_BATCH_MAX; 16 when the size varies, None), since a GPU iteration costs about 4 ms of launches whatever the batch: at
     B=64 the H200 fitted 24 images/s, at 512 78, at 4096 95 (docs/gpu.md)."""
     if not str(device).startswith("cuda") or not size:
         return 16
-    return max(16, GPU_BATCH_PIXELS // (int(size) * int(size)))
+    return min(GPU_BATCH_MAX, max(16, GPU_BATCH_PIXELS // (int(size) * int(size))))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
     })
     if model.pretrained and os.path.isabs(model.pretrained) and os.path.isfile(model.pretrained):
         # also relative to this checkpoint's folder: found again after both move together (another machine)
-        meta["gsv.pretrained_rel"] = os.path.relpath(model.pretrained, path.parent.resolve())
+        meta["gsv.pretrained_rel"] = os.path.relpath(os.path.realpath(model.pretrained), path.parent.resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
@@ -76,9 +76,12 @@ def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _pretrained(meta: dict[str, str], path: Path) -> str | None:
     """The base weights a checkpoint names: a tag, or a file where it was saved, else where it lies
-    relative to the checkpoint (runs moved together); as stored when neither exists."""
+    relative to the checkpoint (runs moved together); as stored when neither exists. The relative
+    fallback only stands in for a missing absolute path and only names a .safetensors file (a
+    format that cannot run code), never a tag or another format."""
     stored, rel = meta.get("gsv.pretrained") or None, meta.get("gsv.pretrained_rel")
-    if stored and rel and not os.path.isfile(stored) and (path.parent / rel).is_file():
+    if (stored and rel and os.path.isabs(stored) and not os.path.isfile(stored) and rel.endswith(".safetensors")
+            and (path.parent / rel).is_file()):
         return str(path.parent / rel)
     return stored
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
+from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank, stored_settings
 from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run
@@ -60,10 +60,19 @@ def _config(a) -> ConvertConfig:
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,
         zstd=a.zstd, progressive=a.progressive, progressive_order=a.progressive_order,
-        batch_size=default_batch_size(device, a.size) if a.batch_size is None else a.batch_size,
+        batch_size=_batch_size(a, device),
         shard_size=a.shard_size,
         keep_image=a.keep_image, require_caption=a.require_caption, workers=a.workers, rank=rank, world_size=world,
         device=device, progress=not a.no_progress and not a.json)
+
+
+def _batch_size(a, device: str) -> int:
+    """--batch-size; else the batch the output folder was started with (a resumed run keeps it, whatever
+    the device now), else default_batch_size (16 on a CPU, more on a GPU)."""
+    if a.batch_size is not None:
+        return a.batch_size
+    stored = (stored_settings(a.output) or {}).get("batch_size")
+    return stored if isinstance(stored, int) and stored >= 1 else default_batch_size(device, a.size)
 
 
 def _report(s: dict, output: Path) -> str:
@@ -103,6 +112,9 @@ def _go(a) -> int:
     if s["shard_errors"] and not s["converted"]:  # no sample read at all: every shard unreadable
         print(f"gsv convert: no sample converted: {len(s['shard_errors'])} shard(s) unreadable (first: "
               f"{s['shard_errors'][0]}); see {a.output / 'summary.json'}", file=sys.stderr)
+        return 1
+    if not s["converted"]:  # e.g. empty shards: nothing to convert is not a conversion
+        print(f"gsv convert: no sample converted: the input holds no samples ({a.input})", file=sys.stderr)
         return 1
     return 0 if s["reconciled"] else 1
 
