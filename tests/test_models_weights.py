@@ -143,3 +143,13 @@ def test_the_relative_base_path_only_stands_in_for_a_missing_absolute_safetensor
     assert _pretrained(meta(str(tmp_path / "base.safetensors"), "../nothing.safetensors"), ck) == \
         str(tmp_path / "base.safetensors")  # the stored file exists: it wins
     assert _pretrained({"gsv.pretrained": ""}, ck) is None
+
+
+def test_a_base_file_that_is_no_checkpoint_is_one_config_error(tmp_path):
+    """open_clip's loader raised KeyError (a traceback in the CLI) for a file without a model's keys."""
+    from safetensors.torch import save_file
+    from gaussianvision.models import ConfigError
+    junk = tmp_path / "junk.safetensors"
+    save_file({"nothing": torch.zeros(2)}, str(junk))
+    with pytest.raises(ConfigError, match=r"base 'gsv-tiny' \(pretrained='.*junk.safetensors'\): "):
+        create_gsclip(config="gs-tiny", pretrained=str(junk))

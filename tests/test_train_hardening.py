@@ -312,6 +312,27 @@ def test_saving_an_older_step_never_deletes_newer_checkpoints(tmp_path):
         ["step-00000002", "step-00000003", "step-00000005"]
 
 
+def test_a_training_checkpoint_finds_its_base_file_after_the_runs_folder_moves(tmp_path):
+    """state.json keeps the base checkpoint's absolute path and its path relative to the step folder:
+    --init-from and gs:RUN find the base after the runs folder moves (the absolute path alone broke that)."""
+    from gaussianvision.models.weights import resolve_base
+    from gaussianvision.train.checkpoint import load_checkpoint, save_checkpoint
+    base = tmp_path / "runs" / "teacher" / "open_clip_model.safetensors"
+    base.parent.mkdir(parents=True)
+    base.write_bytes(b"weights")
+    save_checkpoint(tmp_path / "runs" / "s1", 1, torch.nn.Linear(2, 1), {"optimizer": {}},
+                    {"task": {"stage": "1", "pretrained": str(base)}, "data_positions": [[0, 1]]})
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    state, _, _ = load_checkpoint(tmp_path / "moved" / "s1")
+    t = state["task"]
+    assert t["pretrained"] == str(base) and not base.exists()
+    found = resolve_base(t["pretrained"], t["pretrained_rel"], state["path"])
+    assert Path(found).resolve() == (tmp_path / "moved" / "teacher" / "open_clip_model.safetensors").resolve()
+    save_checkpoint(tmp_path / "tag", 1, torch.nn.Linear(2, 1), {"optimizer": {}},
+                    {"task": {"pretrained": "openai"}, "data_positions": [[0, 1]]})
+    assert "pretrained_rel" not in load_checkpoint(tmp_path / "tag")[0]["task"]  # a tag: nothing to relate
+
+
 # ------------------------------------------------------------------ 3. schedule and log on resume
 def test_resume_refuses_a_different_step_count(train_shards, tmp_path, capsys):
     out = tmp_path / "run"

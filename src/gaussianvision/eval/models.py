@@ -83,6 +83,7 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
 def _load_gs(path: str, pretrained: str | None, device):
     from gaussianvision.models import WeightsError, create_gsclip, create_gsclip_from_weights
     from gaussianvision.models import ConfigError
+    from gaussianvision.models.weights import resolve_base
     from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_trainable
     p = Path(path)
     try:
@@ -96,8 +97,8 @@ def _load_gs(path: str, pretrained: str | None, device):
         if trained.get("stage") not in ("1", "2"):
             raise EvalError(f"gs:{path}: a stage {trained.get('stage')!r} checkpoint is not a GS model "
                             "(for an RGB model use rgb:BASE:PATH/open_clip_model.safetensors)")
-        model = create_gsclip(trained["base"], pretrained or trained.get("pretrained"), trained["model_config"],
-                              device=device)
+        base = resolve_base(trained.get("pretrained"), trained.get("pretrained_rel"), state["path"])
+        model = create_gsclip(trained["base"], pretrained or base, trained["model_config"], device=device)
         load_trainable(model, weights, strict=True)
         return model, {"checkpoint": state["path"], "step": state["step"], "stage": trained["stage"]}
     except (WeightsError, CheckpointError, ConfigError) as e:

@@ -217,6 +217,8 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
             with hub_access(name, pretrained, cache_dir):
                 model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
+    except ConfigError:
+        raise  # ours (hub_access: offline), already one clear line
     except (RuntimeError, KeyError, ValueError, OSError) as e:  # open_clip's loader: a file that is no checkpoint
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {type(e).__name__}: {e}") from None
     return model.eval()

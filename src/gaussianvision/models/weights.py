@@ -42,9 +42,9 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
         "gsv.config": json.dumps(model.config, sort_keys=True),
         "gsv.pretrained": model.pretrained or "",
     })
-    if model.pretrained and os.path.isabs(model.pretrained) and os.path.isfile(model.pretrained):
-        # also relative to this checkpoint's folder: found again after both move together (another machine)
-        meta["gsv.pretrained_rel"] = os.path.relpath(os.path.realpath(model.pretrained), path.parent.resolve())
+    rel = base_relative(model.pretrained, path.parent)
+    if rel:  # also relative to this checkpoint's folder: found again after both move together
+        meta["gsv.pretrained_rel"] = rel
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
@@ -75,14 +75,25 @@ def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _pretrained(meta: dict[str, str], path: Path) -> str | None:
+    return resolve_base(meta.get("gsv.pretrained") or None, meta.get("gsv.pretrained_rel"), path.parent)
+
+
+def base_relative(pretrained: str | None, folder: str | os.PathLike) -> str | None:
+    """A base checkpoint file's path relative to `folder` (where a checkpoint is saved), for
+    resolve_base; None for a tag or a missing file."""
+    if not pretrained or not os.path.isabs(pretrained) or not os.path.isfile(pretrained):
+        return None
+    return os.path.relpath(os.path.realpath(pretrained), Path(folder).resolve())
+
+
+def resolve_base(stored: str | None, rel: str | None, folder: str | os.PathLike) -> str | None:
     """The base weights a checkpoint names: a tag, or a file where it was saved, else where it lies
-    relative to the checkpoint (runs moved together); as stored when neither exists. The relative
-    fallback only stands in for a missing absolute path and only names a .safetensors file (a
-    format that cannot run code), never a tag or another format."""
-    stored, rel = meta.get("gsv.pretrained") or None, meta.get("gsv.pretrained_rel")
+    relative to the checkpoint's `folder` (runs moved together); as stored when neither exists. The
+    relative fallback only stands in for a missing absolute path and only names a .safetensors file
+    (a format that cannot run code): a checkpoint's metadata never replaces a tag or opens a pickle."""
     if (stored and rel and os.path.isabs(stored) and not os.path.isfile(stored) and rel.endswith(".safetensors")
-            and (path.parent / rel).is_file()):
-        return str(path.parent / rel)
+            and (Path(folder) / rel).is_file()):
+        return str(Path(folder) / rel)
     return stored
 
 

@@ -83,6 +83,7 @@ def rgb_model(base: str | None, pretrained: str | None, unfreeze=(), info=None):
 def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distill, token_weight, info, **stage1):
     """Stage 1 or 2: the GS model (from --init-from's checkpoint when given), frozen for the stage."""
     from gaussianvision.models import create_gsclip
+    from gaussianvision.models.weights import resolve_base
     init_state = init_weights = None
     if init_from:
         init_state, init_weights, _ = load_checkpoint(init_from)
@@ -91,7 +92,8 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
             raise CheckpointError(f"--init-from {init_from}: not a GS training checkpoint (stage {t.get('stage')!r})")
         model_config = model_config or t.get("model_config")
         base = base or t.get("base")
-        pretrained = pretrained if pretrained is not None else t.get("pretrained")
+        pretrained = pretrained if pretrained is not None else resolve_base(t.get("pretrained"), t.get("pretrained_rel"),
+                                                                           init_state["path"])
     model = create_gsclip(base, pretrained, model_config or "gs-196")
     if init_weights is not None:
         # stage-1 weights: the GS tower (names match); anything else the checkpoint holds must fit too

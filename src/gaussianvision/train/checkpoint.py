@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from gaussianvision.models.weights import base_relative
+
 from ..atomic import write_text_atomic
 from .optstate import read_optimizer, write_optimizer
 
@@ -115,6 +117,9 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
     write_optimizer(tmp, optimizer_state)
+    task = state.get("task")
+    if isinstance(task, dict) and base_relative(task.get("pretrained"), final):  # runs moved together find their base
+        state = dict(state, task=dict(task, pretrained_rel=base_relative(task["pretrained"], final)))
     (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
