@@ -375,6 +375,17 @@ def test_a_single_image_file_converts_and_an_unreadable_shard_converts_nothing(t
     rc, out, err = cli_main(["--input", str(img), "--output", str(tmp_path / "o1"), *CLI_ARGS])
     assert rc == 0, err
     assert "inputs 1 = converted 1 + failed 0" in out
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "two.PNG").write_bytes(img.read_bytes())
+    rc, out, err = cli_main(["--input", str(tmp_path / "*" / "*.PNG"), "--output", str(tmp_path / "o4"), *CLI_ARGS])
+    assert rc == 0 and "inputs 1 = converted 1 + failed 0" in out, err  # a glob of images (it read them as tars)
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "a.png").write_bytes(img.read_bytes())
+    write_tar(tmp_path / "mix" / "b.tar", good_sample("k1", 1))
+    for bad_input, says in ((tmp_path / "missing.png", f"{tmp_path / 'missing.png'}: no such image file"),
+                            (tmp_path / "mix" / "*", "mixes image files and tar shards")):
+        rc, _, err = cli_main(["--input", str(bad_input), "--output", str(tmp_path / "o5"), *CLI_ARGS])
+        assert rc == 2 and says in err and err.count("\n") == 1, err
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar archive at all" * 40)
     rc, out, err = cli_main(["--input", str(bad), "--output", str(tmp_path / "o2"), *CLI_ARGS])

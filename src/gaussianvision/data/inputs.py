@@ -5,8 +5,8 @@ k depends only on the input order (what makes conversion resumable and splittabl
 
   * folder: image files found recursively, sorted by relative path, cut into units of
     `shard_size`; sample keys are the global index (`%09d`), the relative path is the source;
-    the caption is the sidecar `name.txt` beside the image, when present; a single image file
-    is a folder of one;
+    the caption is the sidecar `name.txt` beside the image, when present; image files given by
+    name, brace pattern or glob are a folder of them (their common parent), one file included;
   * tar shards (img2dataset layout: key.jpg|jpeg|png|webp + key.txt + key.json), given as files,
     brace patterns (`shard-{000000..000009}.tar`), globs or a folder of .tar files: one unit per
     input tar, keeping the input keys.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,22 +100,33 @@ def plan_units(src, shard_size: int = 1000) -> list[Unit]:
     if shard_size < 1:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
-    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:  # one image: a unit of one file
-        return [Unit(0, "files", (str(p),), str(p.parent), 0)]
     if p.is_dir() and not any(p.glob("*.tar")):
         files = sorted((q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS),
                        key=lambda q: q.relative_to(p).as_posix())
         if not files:
             raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no .tar shards")
-        return [Unit(k, "files", tuple(str(f) for f in files[i: i + shard_size]), str(p), i)
-                for k, i in enumerate(range(0, len(files), shard_size))]
-    tars = expand_urls(src)
-    if not tars:
-        raise SourceError(f"{src}: matches no tar shards")
-    missing = [t for t in tars if not Path(t).is_file()]
+        return _file_units(files, p, shard_size)
+    paths = expand_urls(src)
+    if not paths:
+        raise SourceError(f"{src}: matches no files")
+    images = [t for t in paths if Path(t).suffix.lower() in IMAGE_EXTENSIONS]
+    kind = "image file" if images else "tar shard"
+    if images and len(images) < len(paths):
+        raise SourceError(f"{src}: mixes image files and tar shards; give one kind")
+    missing = [t for t in paths if not Path(t).is_file()]
     if missing:
-        raise SourceError(f"{missing[0]}: no such tar shard" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return [Unit(k, "tar", (t,)) for k, t in enumerate(tars)]
+        raise SourceError(f"{missing[0]}: no such {kind}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if images:  # image files by name, pattern or glob: a folder of them (their common parent)
+        root = Path(os.path.commonpath([str(Path(t).resolve().parent) for t in images]))
+        files = sorted((Path(t).resolve() for t in images), key=lambda q: q.relative_to(root).as_posix())
+        return _file_units(files, root, shard_size)
+    return [Unit(k, "tar", (t,)) for k, t in enumerate(paths)]
+
+
+def _file_units(files: list[Path], root: Path, shard_size: int) -> list[Unit]:
+    """Image files in order, shard_size to a unit; keys count from 0 over all of them."""
+    return [Unit(k, "files", tuple(str(f) for f in files[i: i + shard_size]), str(root), i)
+            for k, i in enumerate(range(0, len(files), shard_size))]
 
 
 def _read_caption(path: Path) -> str | None:
