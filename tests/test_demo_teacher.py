@@ -112,7 +112,7 @@ def test_library_rgb_stage_gives_the_plain_losses_of_before_the_move(one_thread)
     assert _two_steps(build_stage("rgb", base="gsv-tiny", seed=1)) == want
 
 
-def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, write_splat_shards):
+def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, write_splat_shards, capsys):
     """--stage rgb without teacher flags: the library's stage (its describe() names no teacher
     option); with one: the TeacherStage, its settings under the names earlier runs used."""
     root = tmp_path / "img"
@@ -120,7 +120,10 @@ def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, wri
     common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--steps", "1",
               "--batch-size", "4"]
     assert _gsv_train(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert "--lock-text-steps" not in capsys.readouterr().err
     assert _gsv_train(common + ["--out", str(tmp_path / "lock"), "--lock-text-steps", "1"]) == 0
+    # a lock as long as the run is allowed, and said: the text tower never trains
+    assert "note: --lock-text-steps 1 >= this run's 1 steps: the text tower stays as initialized" in capsys.readouterr().err
     plain, lock = (json.loads((tmp_path / o / "checkpoints" / "step-00000001" / "state.json").read_text())
                    for o in ("plain", "lock"))
     assert plain["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain["resume_keys"] == {}

@@ -8,6 +8,7 @@ Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m gaussianvision.apps.cli.
 from __future__ import annotations
 
 import math
+import sys
 
 from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run
 
@@ -239,6 +240,9 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         defaults.append("warmup")
     chosen = {"samples": n, "steps": steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "from_recipe": defaults}
+    if info.is_main and args.lock_text_steps and args.lock_text_steps >= steps:
+        print(f"gsv train: note: --lock-text-steps {args.lock_text_steps} >= this run's {steps} steps: the text "
+              f"tower stays as initialized for the whole run", file=sys.stderr)
     if info.is_main and defaults and not args.json:
         print(f"gsv train: {', '.join(defaults)} from the stage-{args.stage} recipe: {steps} steps"
               f"{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
