@@ -15,6 +15,12 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def no_interp(monkeypatch):
+    """The compiled Triton kernels (on CUDA tensors the interpreter would otherwise run them)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 def random_splats(b=2, n=5, h=16, w=20, seed=0, dtype=torch.float32, margin=0.0):
     """Random but well-conditioned splats (means may lie up to `margin` px outside the image)."""
     from gaussianvision.splats import Splats

@@ -129,12 +129,29 @@ def test_cuda_request_without_cuda_is_a_clear_error(photos):
 
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fit_on_cuda_matches_cpu(photos):
+def test_fit_on_cuda_matches_cpu(photos, no_interp):
     cpu = fit_images(photos, 16, iters=5, init="grid", **REF)
     gpu = fit_images(photos, 16, iters=5, init="grid", device="cuda", **REF)
     assert gpu.splats.device.type == "cuda"
     for a, b in zip(cpu.metrics, gpu.metrics):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=0.05)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fast_preset_on_cuda_through_triton_matches_the_cpu_fit(no_interp):
+    """The GPU's fast path as users run it (the fast preset, the Triton kernels compiled, colour
+    solves, coarse to fine) against the CPU's (numba): the same fit up to float noise without
+    relocation, the same quality with it (its draws come from the GPU's generator)."""
+    from gaussianvision.data.photos import bundled_photos
+    images = torch.stack([t for _, t in bundled_photos(64, names=("astronaut", "coffee", "china", "flower"))])
+    for extra, tol in (({"relocate_every": 0}, 0.05), ({}, 0.3)):
+        options = {"preset": "fast", "iters": 60, **extra}
+        cpu = fit_images(images, 64, config=FitConfig.from_options(options))
+        gpu = fit_images(images.cuda(), 64, config=FitConfig.from_options({**options, "device": "cuda"}))
+        assert gpu.splats.device.type == "cuda"
+        mean = lambda r: sum(m["psnr"] for m in r.metrics) / len(r.metrics)  # noqa: E731
+        assert abs(mean(gpu) - mean(cpu)) <= tol, (extra, mean(gpu), mean(cpu))
 
 
 @pytest.mark.requires_cuda
@@ -331,7 +348,7 @@ def test_closed_form_mse_gradient_matches_autograd_of_the_loss(photos, prune_lam
 
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_relocation_on_cuda_draws_on_the_gpu(photos):
+def test_relocation_on_cuda_draws_on_the_gpu(photos, no_interp):
     """Relocation on a CUDA fit samples its pixels on the GPU (no copy of the error map to the
     host); a clone keeps drawing the same numbers as the original."""
     f = Fitter(photos.cuda(), 16, FitConfig(relocate_every=2, **REF))

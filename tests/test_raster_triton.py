@@ -43,11 +43,6 @@ def interp(monkeypatch):
 
 
 @pytest.fixture
-def no_interp(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-
-
-@pytest.fixture
 def fresh_dispatch(monkeypatch):
     """Forget which backends loaded or failed and which warnings were given."""
     monkeypatch.setattr(dispatch, "_loaded", {})
