@@ -344,8 +344,9 @@ def test_a_kernels_step_cut_short_still_chooses_and_steps_run_in_the_checks_orde
     monkeypatch.setattr(gpu_kernels, "_row", lambda s, b, n, size, cfg, device: {
         "setting": s["name"], "batch": b, "n": n, "size": size, "ok": True, "forward_ms": 1.0, "backward_ms": 1.0,
         "forward_backward_ms": next(rows), "max_rel_error": 0.0, "us_per_image_iteration": 1.0})
-    clock = iter([0.0, 1.0, 100.0, 100.0])  # the third setting finds the deadline passed
-    monkeypatch.setattr(gpu_kernels.time, "monotonic", lambda: next(clock))
+    ticks = [0.0, 1.0, 100.0]  # the third setting finds the deadline passed
+    clock = lambda: ticks.pop(0) if len(ticks) > 1 else ticks[0]  # noqa: E731
+    monkeypatch.setattr(gpu_kernels, "time", SimpleNamespace(monotonic=clock))  # this module's clock only
     monkeypatch.setattr(gpu_steps, "deadline", lambda cfg: 50.0)
     rec = gpu_steps.Recorder(tmp_path / "kernels.json")
     settings = [{"name": "a"}, {"name": "b", "BLOCK_N": 4}, {"name": "c"}]
