@@ -49,8 +49,9 @@ GPU_BATCH_MAX = 4096  # the largest batch measured on a GPU (docs/gpu.md)
 def default_batch_size(device: str, size: int | None) -> int:
     """Images fitted together unless told: 16 on a CPU (its cores are busy with any batch); on a GPU
     as many images of `size` px as GPU_BATCH_PIXELS hold (512 at 224 px; at least 16, at most
-    GPU_BATCH_MAX; 16 when the size varies, None), since a GPU iteration costs about 4 ms of launches whatever the batch: at
-    B=64 the H200 fitted 24 images/s, at 512 78, at 4096 95 (docs/gpu.md)."""
+    GPU_BATCH_MAX; 16 when the size varies, None), since a GPU iteration costs about 4 ms of
+    launches whatever the batch: at B=64 the H200 fitted 24 images/s, at 512 78, at 4096 95
+    (docs/gpu.md)."""
     if not str(device).startswith("cuda") or not size:
         return 16
     return min(GPU_BATCH_MAX, max(16, GPU_BATCH_PIXELS // (int(size) * int(size))))

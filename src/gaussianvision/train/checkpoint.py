@@ -118,8 +118,9 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
     write_optimizer(tmp, optimizer_state)
     task = state.get("task")
-    if isinstance(task, dict) and base_relative(task.get("pretrained"), final):  # runs moved together find their base
-        state = dict(state, task=dict(task, pretrained_rel=base_relative(task["pretrained"], final)))
+    rel = base_relative(task.get("pretrained"), final) if isinstance(task, dict) else None
+    if rel:  # runs moved together find their base
+        state = dict(state, task=dict(task, pretrained_rel=rel))
     (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
