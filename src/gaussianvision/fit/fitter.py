@@ -536,11 +536,21 @@ def coarse_plan(height: int, width: int, n_gaussians: int | None, cfg: FitConfig
     return ch, cw, coarse_iters
 
 
+def upscaled_gradients(sx: float, sy: float) -> dict[str, torch.Tensor]:
+    """How the squared error's gradients change when splats and image are scaled by (sx, sy) (more
+    pixels: area = sx sy times the error; parameters in scaled units: each divides by its own scale,
+    means (sx, sy), chol (sx, sy, sy) as in Splats.scaled): the factors Adam's moments carry over by."""
+    area = sx * sy
+    return {"means": torch.tensor([area / sx, area / sy]), "chol": torch.tensor([area / sx, area / sy, area / sy]),
+            "colors": torch.tensor([area])}
+
+
 def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
     """Coarse to fine: the first coarse_fraction of the iterations on the images downsampled by
-    coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back
-    up (its Adam state fresh; its iteration counts, steps_done and seconds include the coarse phase). With
-    budget_ms the coarse phase has coarse_fraction of it. None when the coarse images would be too
+    coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back up,
+    its Adam going on from the coarse phase's moments in full-size units (upscaled_gradients), its
+    iteration counts, steps_done and seconds including the coarse phase's. With budget_ms the coarse
+    phase has coarse_fraction of it. None when the coarse images would be too
     small (under 8 px a side, or under coarse_min_pixels pixels per Gaussian) or init is given as Splats."""
     images = _check_images(images)
     h, w = images.shape[-2:]
@@ -558,6 +568,7 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     c.stopped = [None] * c.batch_size  # the coarse phase's budget share ends it, not the fit
     s = c.splats().scaled(h, w)
     f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
+    f.opt.carry(c.opt, upscaled_gradients(w / cw, h / ch))
     f.iterations += c.iterations
     f.seconds += c.seconds
     f.steps_done = c.steps_done  # record_at counts the whole fit's iterations
