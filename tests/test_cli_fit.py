@@ -168,3 +168,52 @@ def test_convert_and_eval_take_the_preset_and_budget():
     assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (9, {"preset": "best"})
     e = p.parse_args(base)  # neither: the settings (and the cache keys) of runs before presets existed
     assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (500, {})
+
+
+def test_output_names_never_collide_nor_overwrite_an_input(tmp_path, capsys):
+    """a/x.png, b/x.png and x_1.png get x, x_2 and x_1 (regression: b/x.png became x_1 and x_1.png
+    overwrote it); fitting a folder into itself with --save-png leaves the photo as it was
+    (regression: NAME.png replaced it with the reconstruction)."""
+    g = torch.Generator().manual_seed(5)
+    for rel in ("a/x.png", "b/x.png", "x_1.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_png(torch.rand(3, 16, 16, generator=g), tmp_path / rel)
+    out = tmp_path / "o"
+    args = ["-n", "4", "--iters", "2", "--size", "16", "--backend", "reference", "--json"]
+    assert gsv(["fit", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), str(tmp_path / "x_1.png"),
+                "--out", str(out)] + args) == 0
+    d = json.loads(capsys.readouterr().out)
+    outputs = {r["path"].split(str(tmp_path) + "/")[1]: r["output"].split("/")[-1] for r in d["results"]}
+    assert outputs == {"a/x.png": "x.gsv", "b/x.png": "x_2.gsv", "x_1.png": "x_1.gsv"}
+    assert sorted(p.name for p in out.glob("*.gsv")) == ["x.gsv", "x_1.gsv", "x_2.gsv"]
+    photo = (tmp_path / "x_1.png").read_bytes()
+    assert gsv(["fit", str(tmp_path / "x_1.png"), "--out", str(tmp_path), "--save-png"] + args) == 0
+    rec = json.loads(capsys.readouterr().out)["results"][0]
+    assert (tmp_path / "x_1.png").read_bytes() == photo and rec["png"].endswith("x_1_1.png")
+
+
+def test_results_json_holds_what_was_reached_and_says_how_many_reached_the_target(tmp_path, capsys):
+    """Regression: "reached" was added to the summary after results.json was written; the printed line
+    did not say how many images reached the target."""
+    save_png(torch.full((3, 16, 16), 0.5), tmp_path / "flat.png")
+    out = tmp_path / "o"
+    assert gsv(["fit", str(tmp_path / "flat.png"), "-n", "4", "--size", "16", "--target-psnr", "20",
+                "--out", str(out), "--backend", "reference"]) == 0
+    assert "1 of 1 at or above 20 dB" in capsys.readouterr().out
+    reached = json.loads((out / "results.json").read_text())["reached"]
+    assert reached["reached_target"] == 1 and reached["target_psnr"] == 20.0
+
+
+def test_a_file_name_too_long_is_one_failure_and_the_rest_is_fitted(tmp_path, capsys):
+    """Regression: a name over the file system's limit raised OSError from list_images (a traceback,
+    nothing fitted); --out with such a name is one line and exit 2."""
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(6)), tmp_path / "ok.png")
+    long = tmp_path / ("y" * 300 + ".png")
+    out = tmp_path / "o"
+    args = ["-n", "4", "--iters", "2", "--size", "16", "--backend", "reference"]
+    assert gsv(["fit", str(long), str(tmp_path / "ok.png"), "--out", str(out), "--json"] + args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fitted"] == 1 and "File name too long" in d["failures"][0]["error"]
+    assert gsv(["fit", str(tmp_path / "ok.png"), "--out", str(tmp_path / ("z" * 300))] + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "File name too long" in err and "Traceback" not in err

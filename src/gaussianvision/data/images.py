@@ -63,12 +63,15 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
         fp = io.BytesIO(bytes(src))
     else:
         path = Path(src)
-        if not path.exists():
-            raise ImageLoadError(f"{name}: no such file")
-        if path.is_dir():
-            raise ImageLoadError(f"{name}: is a directory, expected an image file")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(f"{name}: empty file (zero bytes)")
+        try:
+            if not path.exists():
+                raise ImageLoadError(f"{name}: no such file")
+            if path.is_dir():
+                raise ImageLoadError(f"{name}: is a directory, expected an image file")
+            if path.stat().st_size == 0:
+                raise ImageLoadError(f"{name}: empty file (zero bytes)")
+        except OSError as e:  # e.g. a file name too long for the file system
+            raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
         fp = path
     old = Image.MAX_IMAGE_PIXELS
     try:
@@ -138,7 +141,11 @@ def list_images(inputs) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        try:
+            folder = p.is_dir()
+        except OSError:  # e.g. a name too long for the file system: loading it reports why
+            folder = False
+        if folder:
             out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
         else:
             out.append(p)

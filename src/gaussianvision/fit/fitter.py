@@ -116,20 +116,25 @@ _COMPILED: set = set()
 
 
 def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
-    """On a GPU, render one Gaussian at this image size, forward and backward, once per process and
-    size: the Triton backend compiles its kernels on first use (seconds), a one-time cost that is
-    not the fit's (a budget would otherwise be spent before the first iteration). A no-op on CPU,
-    whose numba kernels load from their cache at the first call."""
-    key = (str(device), int(height), int(width), backend)
-    if device.type != "cuda" or key in _COMPILED:
+    """Render one Gaussian, forward and backward, once per process (and on a GPU, per image size): the
+    Triton backend compiles its kernels on first use (seconds), and numba's load from their cache at
+    the first call (0.3-0.5 s on CPU); a one-time cost of the process, not of the fit. Without it a
+    budget was spent before the first iteration: gsv fit's first batch got 0 iterations under a
+    250 ms budget while the others got 150."""
+    cuda = device.type == "cuda"
+    key = (str(device), backend) + ((int(height), int(width)) if cuda else ())
+    if key in _COMPILED:
         return
+    if not cuda:
+        height, width = 16, 16  # numba's kernels are the same at every size
     with torch.enable_grad():  # also under a caller's no_grad
         colors = torch.zeros(1, 1, 3, device=device, requires_grad=True)
         one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
                      torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
         render(one, backend=backend).sum().backward()
-    torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
-    torch.cuda.synchronize(device)
+    if cuda:
+        torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
+        torch.cuda.synchronize(device)
     _COMPILED.add(key)
 
 
@@ -255,6 +260,12 @@ class Fitter:
             err = self._backward(render(s, backend=cfg.backend), target, leaves, counts, valid)
         vf = valid[..., None].to(target.dtype)
         grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
+        p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
+        stop = self._update_stops(idx, p)  # images that stop keep the parameters p was measured on
+        if stop is not None:
+            keep = ~stop
+            idx, full = idx[keep], False
+            grads = {k: g[keep] for k, g in grads.items()}
         self.opt.step(grads, None if full else idx, lr_scale)
         with torch.no_grad():
             ch = self.params["chol"]
@@ -264,8 +275,6 @@ class Fitter:
             m[..., 0].clamp_(0.0, float(self.w))
             m[..., 1].clamp_(0.0, float(self.h))
         self.iterations[idx] += 1
-        p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
-        self._update_stops(idx, p)
         return p
 
     def _backward(self, pred, target, leaves, counts, valid) -> torch.Tensor:
@@ -313,10 +322,14 @@ class Fitter:
         self.active[:] = False
         return True
 
-    def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> None:
+    def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> torch.Tensor | None:
+        """Stop the images idx whose PSNR p (of their parameters before this step, after `iterations`
+        updates) reached cfg.target_psnr or has not improved for cfg.plateau_patience updates. Returns
+        the [A] mask of those stopping (the caller leaves their parameters as measured: an image stopped
+        at the target ends at or above it), None if none."""
         cfg = self.cfg
         if cfg.target_psnr is None and cfg.plateau_patience is None:
-            return  # nothing stops an image here (stop.any() below would wait for the GPU every step)
+            return None  # nothing stops an image here (stop.any() below would wait for the GPU every step)
         stop = torch.zeros_like(p, dtype=torch.bool)
         if cfg.target_psnr is not None:
             hit = p >= cfg.target_psnr
@@ -331,8 +344,10 @@ class Fitter:
             for i in idx[stall].tolist():
                 self.stopped[i] = "plateau"
             stop |= stall
-        if stop.any():
-            self.active[idx[stop]] = False
+        if not stop.any():
+            return None
+        self.active[idx[stop]] = False
+        return stop
 
     @torch.no_grad()
     def evaluate(self, with_ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -123,7 +123,9 @@ def run(cmd: str, fn, args) -> int:
     from gaussianvision.splats.types import SplatsError
     try:
         return int(fn(args) or 0)
-    except (CliError, SplatsError, ImageLoadError, FileNotFoundError) as e:
+    except (CliError, SplatsError, ImageLoadError, OSError) as e:  # OSError: e.g. a path too long
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            e = CliError(f"{e.filename}: {e.strerror}")
         if getattr(args, "json", False):
             json_error(f"gsv {cmd}", e)
         else:

@@ -28,16 +28,30 @@ from gaussianvision.apps.cli.render import check_backend, write_png
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
 
 
-def _names(paths: list[Path]) -> list[str]:
-    """Output stems, unique even when two folders hold files of the same name."""
-    seen: dict[str, int] = {}
-    out = []
+def _names(paths: list[Path], out: Path | None = None, exts: tuple = (".gsv",)) -> list[str]:
+    """Output stems: unique (case-insensitively) when two folders hold files of the same name or a
+    suffixed name is itself an input's stem (a/x.png, b/x.png, x_1.png: x, x_2, x_1), and never such
+    that NAME + one of `exts` is an input in the output folder `out` (which it would overwrite)."""
+    def key(text: str) -> str:
+        return text.casefold()
+    taken = {key(p.stem) for p in paths}  # every input's own stem is reserved for it first
+    if out is not None:
+        try:
+            here = out.resolve()
+            taken |= {key(p.name) for p in paths if p.parent.resolve() == here}
+        except OSError:
+            pass
+    used: set[str] = set()
+    names = []
     for p in paths:
         stem = p.stem or "image"
-        k = seen.get(stem, 0)
-        seen[stem] = k + 1
-        out.append(stem if k == 0 else f"{stem}_{k}")
-    return out
+        name, k = stem, 0
+        while key(name) in used or (k and key(name) in taken) or any(key(name + e) in taken for e in exts):
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(key(name))
+        names.append(name)
+    return names
 
 
 def _parser():
@@ -132,7 +146,7 @@ def _out_folder(out: Path) -> None:
 
 def _images(a, paths: list[Path], failures: list[dict], bar):
     """(path, name), image for each input that loads, in order; the others go to `failures`."""
-    for path, name in zip(paths, _names(paths)):
+    for path, name in zip(paths, _names(paths, a.out, (".gsv", ".png") if a.save_png else (".gsv",))):
         try:
             img = load_image(path, size=a.size or None, min_side=8 if a.size else MIN_SIZE)
         except ImageLoadError as e:
@@ -204,6 +218,8 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
                "config": {**vars(cfg), "preset": a.preset, "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
     if not results:  # still one JSON document on stdout, the reason in it and on stderr
         summary["error"] = f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted"
+    else:
+        summary["reached"] = _reached(results, cfg)
     try:
         write_json(a.out / "results.json", summary)
     except OSError as e:
@@ -214,9 +230,11 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
              for x in results]
     lines += [f"FAILED {f['error']}" for f in failures]
     if results:
-        summary["reached"] = reached = _reached(results, cfg)
+        reached = summary["reached"]
         lines.append(f"reached: mean {reached['mean_psnr']:.2f} dB (min {reached['min_psnr']:.2f}) in "
-                     f"{reached['mean_ms']:.0f} ms per image" + "".join(
+                     f"{reached['mean_ms']:.0f} ms per image" + (
+                         f"; {reached['reached_target']} of {len(results)} at or above {cfg.target_psnr:g} dB"
+                         if cfg.target_psnr is not None else "") + "".join(
                          f"; {v} stopped at the {k}" for k, v in reached["stopped"].items()))
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
     emit(summary, a.json, "\n".join(lines))
