@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from gaussianvision.apps.cli.command import CliError
 from gaussianvision.apps.cli.main import main as gsv
 from gaussianvision.data.images import save_png
 from gaussianvision.splats import load
@@ -121,7 +122,7 @@ def test_fit_option_reaches_fit_images_and_refuses_flags_and_unknown_names(tmp_p
     from gaussianvision.data.images import load_image
     want = fit_images(load_image(tmp_path / "a.png", size=None)[None], 8, iters=6, color_solve=4, coarse_fraction=0.5)
     assert torch.equal(load(out / "a.gsv").colors, want.splats.colors.half().float())
-    for opt, msg in (("iters=3", "(iters have their own settings)"), ("bogus=1", "fit options ['bogus']")):
+    for opt, msg in (("iters=3", "(iters: set by their own flags)"), ("bogus=1", "fit options ['bogus']")):
         assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(out), "--fit-option", opt]) == 2
         assert msg in capsys.readouterr().err
 
@@ -152,7 +153,7 @@ def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tm
     text = capsys.readouterr().out
     assert "(stopped: budget)" in text and "2 stopped at the budget" in text and "reached: mean" in text
     assert gsv(args + ["--fit-option", "preset=fast"]) == 2
-    assert "fit options ['preset']: not fit_images options (preset have their own settings)" in capsys.readouterr().err
+    assert "fit options ['preset']: not fit_images options (preset: set by their own flags)" in capsys.readouterr().err
 
 
 def test_convert_and_eval_take_the_preset_and_budget():
@@ -163,11 +164,35 @@ def test_convert_and_eval_take_the_preset_and_budget():
     p = eval_cli.build_parser()
     base = ["--model", "gs:x", "--dataset", "cifar10"]
     e = p.parse_args(base + ["--fit-preset", "fast", "--fit-budget-ms", "40"])
-    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (150, {"preset": "fast", "budget_ms": 40.0})
+    s = eval_cli.splat_settings(e)
+    assert (s.iters, s.fit_options) == (150, {"preset": "fast", "budget_ms": 40.0})
     e = p.parse_args(base + ["--fit-preset", "best", "--fit-iters", "9"])
-    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (9, {"preset": "best"})
+    assert (eval_cli.splat_settings(e).iters, eval_cli._fit_options(e)) == (9, {"preset": "best"})
     e = p.parse_args(base)  # neither: the settings (and the cache keys) of runs before presets existed
-    assert (eval_cli._fit_iters(e), eval_cli._fit_options(e)) == (500, {})
+    assert (eval_cli.splat_settings(e).iters, eval_cli._fit_options(e)) == (500, {})
+    with pytest.raises(CliError, match="^--fit-budget-ms: .*budget_ms"):  # regression: it named --fit-option
+        eval_cli.splat_settings(p.parse_args(base + ["--fit-budget-ms", "-5"]))
+
+
+def test_convert_refuses_a_fit_option_that_contradicts_its_flag():
+    """Regression: --fit-option preset=best silently replaced --preset fast (the same value is allowed)."""
+    from gaussianvision.apps.cli import convert
+    base = ["--input", "x", "--output", "y", "--gaussians", "8", "--preset", "fast"]
+    with pytest.raises(CliError, match="--fit-option preset='best': also given as --preset 'fast'"):
+        convert._config(convert._parser().parse_args(base + ["--fit-option", "preset=best"]))
+    a = convert._parser().parse_args(base + ["--fit-option", "preset=fast", "--fit-option", "relocate_every=5"])
+    assert convert._config(a).fit_options == {"preset": "fast", "relocate_every": 5}
+    a = convert._parser().parse_args(base + ["--fit-option", "relocate_every=5", "--fit-option", "relocate_every=7"])
+    assert convert._config(a).fit_options == {"preset": "fast", "relocate_every": 7}  # the last option wins
+
+
+def test_splat_settings_take_a_presets_iterations_unless_given():
+    """Regression: SplatSettings(fit_options={"preset": "fast"}) fitted 500 iterations (its default),
+    not the preset's 150; the key holds the number, as keys made before presets did."""
+    from gaussianvision.eval import SplatSettings
+    assert SplatSettings(fit_options={"preset": "fast"}).iters == 150
+    assert SplatSettings(iters=7, fit_options={"preset": "fast"}).iters == 7
+    assert SplatSettings().iters == 500 and '"iters": 500' in SplatSettings().key()
 
 
 def test_output_names_never_collide_nor_overwrite_an_input(tmp_path, capsys):

@@ -193,3 +193,20 @@ def test_text_and_png_writes_leave_no_temporary_file_on_failure(tmp_path, monkey
     with pytest.raises(OSError, match="No space"):
         save_png(torch.zeros(3, 4, 4), tmp_path / "a.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_a_reader_that_left_the_pipe_costs_no_traceback(gsv_file):
+    """`gsv info a.gsv | head -0`: stdout's reader is gone before anything is written. Regression: a
+    BrokenPipeError traceback (or Python's 'Exception ignored' at exit); now exit 1 and nothing on stderr."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)  # the reader leaves first: every write to the pipe fails
+    try:
+        run = subprocess.run([sys.executable, "-c", "import sys; from gaussianvision.apps.cli.main import main; "
+                              "sys.exit(main(sys.argv[1:]))", "info", str(gsv_file)],
+                             stdout=w, stderr=subprocess.PIPE, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    finally:
+        os.close(w)
+    assert run.returncode == 1 and run.stderr == "", run.stderr[-2000:]

@@ -505,3 +505,22 @@ def test_a_write_error_names_the_file_being_written(tmp_path, monkeypatch, fails
         "2 shards finished in this run (000000.tar, 000001.tar)"
     assert rc == 2 and err.strip() == (f"gsv convert: {out}: No space left on device while writing {says}; "
                                        f"kept the {done}; free space and rerun to resume"), err
+
+
+def test_key_json_says_why_a_fit_stopped_and_the_size_as_shown(tmp_path):
+    """Regressions: key.json had no "stopped" (a --target-psnr run could not tell which samples stopped),
+    and original_size ignored the EXIF orientation (a 60x100 photo stored on its side read 100x60)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    arr = (np.random.default_rng(1).random((60, 100, 3)) * 255).astype(np.uint8)  # stored 100 wide, 60 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 60 wide, 100 high
+    Image.fromarray(arr).save(src / "turned.jpg", exif=exif)
+    Image.fromarray(arr).save(src / "plain.png")
+    convert_dataset(str(src), tmp_path / "out", cfg(fit_options={**FIT, "target_psnr": 1.0}))
+    infos = {j["key"]: j for j in (json.loads(s["json"]) for s in read_samples(tmp_path / "out" / "000000.tar"))}
+    # keys follow the sorted file names: plain.png, then turned.jpg
+    assert {k: v["original_size"] for k, v in infos.items()} == {"000000000": [100, 60], "000000001": [60, 100]}
+    assert all(v["stopped"] == "target" and v["iterations"] == 0 for v in infos.values())
+    convert_dataset(str(src), tmp_path / "out2", cfg())
+    assert all("stopped" not in json.loads(s["json"]) for s in read_samples(tmp_path / "out2" / "000000.tar"))

@@ -128,6 +128,14 @@ def test_bad_inputs_are_clear_errors(photos):
         fit_images(torch.zeros(2, 4, 8, 8), 4)
     with pytest.raises(ValueError, match="NaN"):
         fit_images(torch.full((1, 3, 8, 8), math.nan), 4)
+    # regressions: uint8 images fitted to -42 dB, images in [0, 3] were taken, and images under the SSIM
+    # window failed in torch's convolution
+    with pytest.raises(ValueError, match=r"images are uint8; give floats in \[0, 1\]"):
+        fit_images((photos * 255).to(torch.uint8), 4, iters=1)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] \(PSNR.s peak is 1\), got values from"):
+        fit_images(photos * 3, 4, iters=1)
+    with pytest.raises(ValueError, match="images are 4x4; at least 11 pixels a side"):
+        fit_images(torch.rand(1, 3, 4, 4), 4, iters=1)
     with pytest.raises(TypeError, match="unknown option 'lr_mean'"):
         fit_images(photos, 4, lr_mean=1.0)
     with pytest.raises(ValueError, match="unknown initializer"):

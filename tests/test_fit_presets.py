@@ -55,11 +55,13 @@ def test_a_preset_is_its_settings_and_options_beside_it_win():
     assert (cfg.iters, cfg.color_solve) == (7, 0)
     with pytest.raises(ValueError, match="unknown preset; choose one of fast, balanced, best"):
         FitConfig.from_options({"preset": "quick"})
-    with pytest.raises(ValueError, match=r"\['preset'\]: not fit_images options \(preset have their own"):
+    with pytest.raises(ValueError, match=r"\['preset'\]: not fit_images options \(preset: set by their own flags\)"):
         FitConfig.from_options({"preset": "fast"}, exclude=("preset",))
     assert "iters" not in preset_options("best", exclude=("iters",))
     with pytest.raises(ValueError, match="budget_ms must be positive"):
         FitConfig.from_options({"budget_ms": 0})
+    with pytest.raises(ValueError, match="target_psnr must be a number of dB"):  # regression: nan was taken
+        FitConfig.from_options({"target_psnr": float("nan")})
 
 
 def test_the_budget_stops_every_image_and_says_so(monkeypatch, photos):

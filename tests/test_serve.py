@@ -317,3 +317,11 @@ def test_gsv_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert "cannot listen on" in json.loads(capsys.readouterr().out)["error"]
     assert main(["serve", str(tmp_path), "--port", str(_free_port())]) == 2
     assert "neither a checkpoint file nor a `gsv train` output folder" in capsys.readouterr().err
+
+
+def test_gsv_send_refuses_images_smaller_than_the_ssim_window(tmp_path, capsys):
+    """Regression: --size 8 to 10 passed the flag check and reached a fit that cannot report SSIM under 11 px."""
+    from gaussianvision.apps.cli.main import main
+    rc = main(["send", str(_png(tmp_path / "a.png")), "--url", "http://127.0.0.1:9", "--size", "10"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--size >= 11" in err and len(err.splitlines()) == 1, err

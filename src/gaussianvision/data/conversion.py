@@ -6,8 +6,9 @@
 Output directory:
     NNNNNN.tar              webdataset shard: per sample key.gsv (splat bytes), key.txt (caption),
                             key.json ({key, source, original_size [w, h], psnr, ssim, n_gaussians,
-                            iterations, caption_missing, meta}), and key.<ext> (the source image
-                            bytes) with keep_image
+                            iterations, caption_missing, stopped when the fit ended early, meta}),
+                            and key.<ext> (the source image bytes) with keep_image; original_size
+                            is the image as shown (EXIF orientation applied)
     NNNNNN.stats.json       per-shard counts (inputs = converted + failed), quality, sizes, timing
     NNNNNN.failures.jsonl   per-shard failures: {key, source, stage, reason}
     failures.jsonl          all failures, shard after shard (rebuilt at the end of each run)
@@ -224,6 +225,8 @@ class _Converter:
                         "psnr": round(float(m["psnr"]), 4), "ssim": round(float(m["ssim"]), 5),
                         "n_gaussians": int(m["n_gaussians"]), "iterations": m.get("iterations"),
                         "caption_missing": raw.caption is None}
+                if m.get("stopped"):  # why the fit ended early: target | plateau | budget
+                    info["stopped"] = m["stopped"]
                 if meta:
                     info["meta"] = meta
                 fields = {"gsv": data, "txt": (raw.caption or "").encode("utf-8"), "json": output.json_line(info)}
@@ -239,7 +242,12 @@ def _original_size(data: bytes) -> tuple[int, int]:
 
     from PIL import Image
     with Image.open(io.BytesIO(data)) as im:
-        return im.size
+        w, h = im.size
+        try:
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: stored on its side
+        except Exception:  # a broken EXIF block: load_image ignores it too
+            turned = False
+        return (h, w) if turned else (w, h)
 
 
 def stored_settings(out: str | os.PathLike) -> dict | None:

@@ -29,7 +29,7 @@ __all__ = ["SplatSettings", "SplatCache", "SplatBatches", "dataset_task", "build
 class SplatSettings:
     """How a GS model's input is made from a dataset image (the conversion's settings)."""
     n_gaussians: int = 400
-    iters: int = 500
+    iters: int | None = None  # None: a preset's own iterations (fit_options["preset"]), else 500
     init: str = "content"
     size: int | None = None  # None: the model's input size
     fit_batch: int = 32
@@ -37,7 +37,11 @@ class SplatSettings:
 
     def __post_init__(self):
         from gaussianvision.fit import FitConfig
+        from gaussianvision.fit.presets import preset_options
         FitConfig.from_options(self.fit_options, exclude=("iters", "init"))
+        if self.iters is None:  # resolved here, so keys hold the number (and keys made before stay valid)
+            preset = self.fit_options.get("preset")
+            self.iters = preset_options(preset).get("iters", 500) if preset else 500
 
     def key(self) -> str:
         d = asdict(self)

@@ -90,6 +90,8 @@ class FitConfig:
                              f"{self.coarse_fraction}, {self.coarse_scale}")
         if self.budget_ms is not None and not self.budget_ms > 0:
             raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
+        if self.target_psnr is not None and math.isnan(self.target_psnr):  # regression: nan never stopped anything
+            raise ValueError(f"target_psnr must be a number of dB or None, got {self.target_psnr}")
         if self.coarse_min_pixels < 0:
             raise ValueError(f"coarse_min_pixels must be >= 0, got {self.coarse_min_pixels}")
         for name in ("color_solve", "final_colors"):
@@ -127,7 +129,7 @@ class FitConfig:
             options = {k: v for k, v in spelled_out(options, exclude).items() if k != "preset"}
         if bad:
             raise ValueError(f"fit options {bad}: not fit_images options"
-                             + (f" ({', '.join(sorted(exclude))} have their own settings)" if exclude else "")
+                             + (f" ({', '.join(sorted(exclude))}: set by their own flags)" if exclude else "")
                              + f"; the options: {', '.join(sorted(fields))}")
         try:
             return cls(**options).check()

@@ -48,7 +48,7 @@ from gaussianvision.fit.adam import BatchAdam
 from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
-from gaussianvision.fit.metrics import psnr, ssim
+from gaussianvision.fit.metrics import SSIM_WINDOW, psnr, ssim
 from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
@@ -66,6 +66,9 @@ class FitResult:
     config: dict = field(default_factory=dict)
 
 
+RANGE_SLACK = 1e-3  # how far outside [0, 1] an image may stray (rounding, a resize's overshoot clamped by the caller)
+
+
 def _check_images(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"fit_images: images must be a tensor [B, 3, H, W], got {type(images).__name__}")
@@ -75,8 +78,14 @@ def _check_images(images) -> torch.Tensor:
         raise ValueError(f"fit_images: images must be [B, 3, H, W], got {list(images.shape)}")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"fit_images: empty image batch {list(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"fit_images: images are {str(images.dtype).replace('torch.', '')}; give floats in [0, 1] "
+                         "(e.g. images / 255)")
     if not torch.isfinite(images).all():
         raise ValueError("fit_images: images contain NaN or Inf")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(f"fit_images: images must lie in [0, 1] (PSNR's peak is 1), got values from {lo:.3g} to {hi:.3g}")
     return images.float()
 
 
@@ -528,6 +537,10 @@ def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init:
     """fit_images' whole fit, on the Fitter it returns (finished): coarse to fine where cfg asks for it and
     coarse_plan allows it, the iterations, the prune and its fine-tune, the final colors. For callers
     that want more than the result, e.g. the PSNR history at cfg.record_at (whole-fit iterations)."""
+    h, w = _check_images(images).shape[-2:]
+    if min(h, w) < SSIM_WINDOW:
+        raise ValueError(f"fit_images: images are {h}x{w}; at least {SSIM_WINDOW} pixels a side (the SSIM window "
+                         "each fit reports with)")
     f = start_coarse_to_fine(images, n_gaussians, cfg, init, progress) if cfg.coarse_fraction > 0 else None
     f = f or Fitter(images, n_gaussians, cfg, init=init)
     f.run(cfg.iters - int(f.iterations.max()), progress=progress)

@@ -123,6 +123,8 @@ def run(cmd: str, fn, args) -> int:
     from gaussianvision.splats.types import SplatsError
     try:
         return int(fn(args) or 0)
+    except BrokenPipeError:  # the reader of stdout left: gsv's main ends quietly, not one line per command
+        raise
     except (CliError, SplatsError, ImageLoadError, OSError) as e:  # OSError: e.g. a path too long
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             e = CliError(f"{e.filename}: {e.strerror}")

@@ -54,8 +54,13 @@ def _parser():
 
 def _config(a) -> ConvertConfig:
     """The settings of the command line (fit flags, then --fit-option KEY=VALUE over them)."""
-    fit = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
-    fit.update(dict(fit_option(t) for t in a.fit_option))
+    flags = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
+    fit = dict(flags)
+    for key, value in (fit_option(t) for t in a.fit_option):  # among themselves, the last one wins
+        if key in flags and flags[key] != value:  # regression: preset=best silently replaced --preset fast
+            raise CliError(f"--fit-option {key}={value!r}: also given as --{key.replace('_', '-')} "
+                           f"{flags[key]!r}; give it once")
+        fit[key] = value
     rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fail, fit_option, parser, run
-from gaussianvision.fit.presets import preset_options
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -66,17 +65,11 @@ def splat_settings(args):
     """The SplatSettings of add_splat_options' arguments (CliError on a bad --fit-option)."""
     from gaussianvision.eval import SplatSettings
     try:
-        return SplatSettings(args.n_gaussians, _fit_iters(args), args.fit_init, args.fit_size, args.fit_batch,
+        return SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
                              _fit_options(args))
     except ValueError as e:
-        raise CliError(f"--fit-option: {e}") from None
-
-
-def _fit_iters(args) -> int:
-    """--fit-iters, else the preset's iterations, else fit_images' default."""
-    if args.fit_iters is not None:
-        return args.fit_iters
-    return preset_options(args.fit_preset).get("iters", 500) if args.fit_preset else 500
+        flag = "--fit-budget-ms" if "budget_ms" in str(e) and args.fit_budget_ms is not None else "--fit-option"
+        raise CliError(f"{flag}: {e}") from None
 
 
 def _fit_options(args) -> dict:

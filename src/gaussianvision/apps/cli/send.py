@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, emit, fit_option, parser, run
 from gaussianvision.fit.presets import PRESETS
+from gaussianvision.fit.metrics import SSIM_WINDOW
 
 LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
            "quantized": ("quantized", "float16", False), "quantized-zstd": ("quantized", "float16", True)}
@@ -44,8 +45,9 @@ def _parser():
 def _fit_stream(a):
     import torch
     from gaussianvision.fit import Encoding, FitConfig, FitStream
-    if a.gaussians < 1 or (a.iters is not None and a.iters < 0) or a.batch_size < 1 or a.size < 8:
-        raise CliError("--gaussians and --batch-size must be >= 1, --iters >= 0 and --size >= 8")
+    if a.gaussians < 1 or (a.iters is not None and a.iters < 0) or a.batch_size < 1 or a.size < SSIM_WINDOW:
+        raise CliError(f"--gaussians and --batch-size must be >= 1, --iters >= 0 and --size >= {SSIM_WINDOW} "
+                       "(the SSIM window each fit reports on)")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
