@@ -195,18 +195,46 @@ def test_text_and_png_writes_leave_no_temporary_file_on_failure(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
-def test_a_reader_that_left_the_pipe_costs_no_traceback(gsv_file):
+@pytest.mark.parametrize("args", [["info", "GSV"], ["--version"], ["--help"]])
+def test_a_reader_that_left_the_pipe_costs_no_traceback(gsv_file, args):
     """`gsv info a.gsv | head -0`: stdout's reader is gone before anything is written. Regression: a
-    BrokenPipeError traceback (or Python's 'Exception ignored' at exit); now exit 1 and nothing on stderr."""
+    BrokenPipeError traceback (or Python's 'Exception ignored' at exit), for gsv's own --version and
+    --help too; now exit 1 and nothing on stderr."""
     import subprocess
     import sys
     r, w = os.pipe()
     os.close(r)  # the reader leaves first: every write to the pipe fails
+    argv = [str(gsv_file) if a == "GSV" else a for a in args]
     try:
         run = subprocess.run([sys.executable, "-c", "import sys; from gaussianvision.apps.cli.main import main; "
-                              "sys.exit(main(sys.argv[1:]))", "info", str(gsv_file)],
+                              "sys.exit(main(sys.argv[1:]))", *argv],
                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+                                  "PYTHONUNBUFFERED": "1"})
     finally:
         os.close(w)
     assert run.returncode == 1 and run.stderr == "", run.stderr[-2000:]
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(capsys, monkeypatch):
+    """Only stdout's reader leaving ends gsv quietly; a pipe or socket of the command's own that breaks
+    is the usual one line and exit 2 (stdout_closed tells them apart with poll)."""
+    import errno
+    import types
+    from gaussianvision.apps.cli import command
+
+    def broken(args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    assert command.run("send", broken, types.SimpleNamespace()) == 2
+    assert capsys.readouterr().err.strip() == "gsv send: [Errno 32] Broken pipe"
+    r, w = os.pipe()
+    try:
+        monkeypatch.setattr(command.sys, "stdout", types.SimpleNamespace(fileno=lambda: w))
+        assert not command.stdout_closed()
+        os.close(r)
+        r = None
+        assert command.stdout_closed()
+    finally:
+        os.close(w)
+        if r is not None:
+            os.close(r)

@@ -109,6 +109,25 @@ def test_an_image_stopped_at_the_target_keeps_the_parameters_that_reached_it(pho
     assert all(m["psnr"] >= target for m in f.result().metrics)
 
 
+def test_a_stopped_image_keeps_even_parameters_outside_the_clamps():
+    """Regression: after a target stop the scale and position clamps still ran on the whole batch, so a
+    caller's init splats (a mean left of the image, scales under min_scale) moved though no step was
+    taken; the image is not stopped in the second fit and gets both clamps."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, 16, 16, generator=g)
+    init = Splats(torch.rand(1, 4, 2, generator=g) * 16, torch.full((1, 4, 3), 0.1),
+                  torch.rand(1, 4, 3, generator=g), 16, 16)
+    init.means[0, 0, 0] = -2.0
+    init.chol[..., 1] = 0.0
+    f = Fitter(img, 4, FitConfig(target_psnr=-100.0, **REF), init=init)
+    f.run(3)
+    assert f.stopped == ["target"] and f.iterations.tolist() == [0]
+    assert torch.equal(f.params["means"], init.means) and torch.equal(f.params["chol"], init.chol)
+    f = Fitter(img, 4, FitConfig(**REF), init=init)
+    f.run(1)
+    assert float(f.params["means"][0, 0, 0]) >= 0.0 and float(f.params["chol"][..., 0].min()) >= f.cfg.min_scale
+
+
 def test_early_stop_on_plateau(photos):
     # no iteration can improve by 100 dB, so each image stops `patience` iterations after its first
     res = fit_images(photos, 16, iters=50, init="grid", plateau_patience=3, plateau_delta=100.0, **REF)
@@ -203,10 +222,10 @@ def test_a_budgeted_fit_in_a_fresh_process_spends_its_budget_on_iterations(devic
     import subprocess
     import sys
     from pathlib import Path
-    budget_ms = 100.0 if device == "cuda" else 20.0
+    budget_ms = 100.0 if device == "cuda" else 60.0  # 20 ms left a loaded machine too little slack
     code = ("import json, torch\nfrom gaussianvision.fit import fit_images\n"
             "x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))\n"
-            f"r = fit_images(x, 32, iters=400, budget_ms={budget_ms}, device='{device}')\n"
+            f"r = fit_images(x, 32, iters=100000, budget_ms={budget_ms}, device='{device}')\n"
             "print(json.dumps([{k: m[k] for k in ('iterations', 'seconds', 'stopped')} for m in r.metrics]))\n")
     src = str(Path(__file__).resolve().parents[1] / "src")
     # compiled kernels, not the interpreter that conftest.py turns on for this pytest process
@@ -215,7 +234,10 @@ def test_a_budgeted_fit_in_a_fresh_process_spends_its_budget_on_iterations(devic
     assert run.returncode == 0, run.stderr[-2000:]
     metrics = json.loads(run.stdout.strip().splitlines()[-1])
     for m in metrics:
-        assert 0 < m["iterations"] and m["seconds"] <= 1.1 * budget_ms / 1000, m  # + the final evaluation
+        assert 0 < m["iterations"] and m["stopped"] == "budget", m
+        # kept (ignored, it would run 100,000 iterations); the exact ceiling is tested on a cost clock in
+        # test_fit_presets.py: wall time here is the scheduler's (1.1x failed with two busy processes beside it)
+        assert m["seconds"] <= 2 * budget_ms / 1000, m
 
 
 def _missed_square(counts=(16,)):

@@ -1,7 +1,6 @@
 """The resampler's shared narrow keys/values (resampler.kv_dim, cross_layers): old configs are
-unchanged bit for bit, the new path is a set function with a reference twin, and its cost is
+unchanged (to the CPU's last bits), the new path is a set function with a reference twin, and its cost is
 the formula's; the shipped gs-98-shared meets the cost target (<= 0.6x RGB ViT-B-16 FLOPs)."""
-import hashlib
 import json
 
 import pytest
@@ -21,10 +20,6 @@ OLD_TINY = {"name": "gs-tiny", "base": "gsv-tiny",
             "pos_embed": "auto", "train_logit_scale": False}
 
 
-def _sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
-
-
 def _old_model():
     torch.manual_seed(0)
     return create_gsclip("gsv-tiny", None, OLD_TINY).eval()
@@ -41,17 +36,28 @@ def _old_resampler():
 
 # ------------------------------------------------------------------ old configs unchanged
 
+def _fingerprint(t: torch.Tensor) -> list[float]:
+    """First and last three values, sum of squares and sum of magnitudes: any change to the weights'
+    initialization or the forward moves them by far more than the last bits."""
+    f = t.detach().flatten().double()
+    return f[:3].tolist() + f[-3:].tolist() + [float((f * f).sum()), float(f.abs().sum())]
+
+
 def test_old_config_outputs_equal_the_code_before_the_change():
-    # references computed with the code before kv_dim existed (commit b32867e), same seeds:
-    # the initialization (RNG order) and the forward are both unchanged.  float32 on x86 CPU.
+    # references computed with the code before kv_dim existed (commit b32867e), same seeds: the
+    # initialization (RNG order) and the forward are both unchanged.  float32 on x86 CPU; the last bits
+    # follow the CPU's vector unit (an Intel Xeon and an AMD EPYC differ by ~1e-6 relative; the
+    # sha256 of the outputs held on the first only), hence the tolerance.
     with torch.no_grad():
         e = _old_model().encode_image(synthetic_splats(2, 50, 64, seed=3))
         r, x, mask = _old_resampler()
         y = r(x, mask)
-    assert e.flatten()[:3].tolist() == [0.9402046799659729, -0.6664959788322449, -0.6684763431549072]
-    assert y.flatten()[:3].tolist() == [-0.20149119198322296, 0.6687871217727661, -0.7980211973190308]
-    assert _sha(e) == "ba12c759695a15e200b09c9d1b6f83db82049cece65944d29f3e11774ca4cc5c"
-    assert _sha(y) == "4f0a7ed2d352665d38f0d0be6d6e36368a6ca9c13cd45b40ec80fedf34fb7730"
+    want_e = [0.9402046799659729, -0.6664959788322449, -0.6684763431549072,
+              -0.8916412591934204, -1.7489755153656006, -1.850305438041687, 126.56082153320312, 102.20732116699219]
+    want_y = [-0.20149119198322296, 0.6687871217727661, -0.7980211973190308,
+              -0.7666361331939697, -0.22003087401390076, 0.805066704750061, 1023.9345703125, 779.52099609375]
+    assert _fingerprint(e) == pytest.approx(want_e, rel=1e-5, abs=1e-6)
+    assert _fingerprint(y) == pytest.approx(want_y, rel=1e-5, abs=1e-6)
 
 
 def _old_forward(r: PerceiverResampler, tokens, mask):

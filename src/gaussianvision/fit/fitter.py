@@ -81,9 +81,9 @@ def _check_images(images) -> torch.Tensor:
     if not images.is_floating_point():
         raise ValueError(f"fit_images: images are {str(images.dtype).replace('torch.', '')}; give floats in [0, 1] "
                          "(e.g. images / 255)")
-    if not torch.isfinite(images).all():
+    lo, hi = torch.stack(torch.aminmax(images)).tolist()  # one wait on a GPU; NaN and Inf show in them
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("fit_images: images contain NaN or Inf")
-    lo, hi = float(images.min()), float(images.max())
     if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
         raise ValueError(f"fit_images: images must lie in [0, 1] (PSNR's peak is 1), got values from {lo:.3g} to {hi:.3g}")
     return images.float()
@@ -276,15 +276,28 @@ class Fitter:
             idx, full = idx[keep], False
             grads = {k: g[keep] for k, g in grads.items()}
         self.opt.step(grads, None if full else idx, lr_scale)
-        with torch.no_grad():
-            ch = self.params["chol"]
-            ch[..., 0].clamp_(min=cfg.min_scale)
-            ch[..., 2].clamp_(min=cfg.min_scale)
-            m = self.params["means"]
-            m[..., 0].clamp_(0.0, float(self.w))
-            m[..., 1].clamp_(0.0, float(self.h))
+        self._clamp(None if full else idx)
         self.iterations[idx] += 1
         return p
+
+    @torch.no_grad()
+    def _clamp(self, idx: torch.Tensor | None) -> None:
+        """Scales at least min_scale, means inside the image, for the images stepped (idx; None: all).
+        A stopped image keeps the parameters its PSNR was measured on, even where they lie outside
+        (caller's init splats): regression, the clamps moved them after a target stop."""
+        lo, ch, m = self.cfg.min_scale, self.params["chol"], self.params["means"]
+        if idx is None:
+            ch[..., 0].clamp_(min=lo)
+            ch[..., 2].clamp_(min=lo)
+            m[..., 0].clamp_(0.0, float(self.w))
+            m[..., 1].clamp_(0.0, float(self.h))
+            return
+        c, mm = ch[idx], m[idx]
+        c[..., 0].clamp_(min=lo)
+        c[..., 2].clamp_(min=lo)
+        mm[..., 0].clamp_(0.0, float(self.w))
+        mm[..., 1].clamp_(0.0, float(self.h))
+        ch[idx], m[idx] = c, mm
 
     def _backward(self, pred, target, leaves, counts, valid) -> torch.Tensor:
         """Gradients of the loss summed over images (each image's gradient independent of B) times

@@ -117,15 +117,29 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
 
 
+def stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by a buffer (tests) or closed
+        return False
+    if not hasattr(select, "poll"):
+        return True  # no poll (Windows): a broken pipe during output is most likely stdout
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def run(cmd: str, fn, args) -> int:
     """Call fn(args); turn our known errors into one clear line and exit code 2."""
     from gaussianvision.data.images import ImageLoadError
     from gaussianvision.splats.types import SplatsError
     try:
         return int(fn(args) or 0)
-    except BrokenPipeError:  # the reader of stdout left: gsv's main ends quietly, not one line per command
-        raise
     except (CliError, SplatsError, ImageLoadError, OSError) as e:  # OSError: e.g. a path too long
+        if isinstance(e, BrokenPipeError) and stdout_closed():
+            raise  # the reader of stdout left: gsv's main ends quietly; any other pipe is an error
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             e = CliError(f"{e.filename}: {e.strerror}")
         if getattr(args, "json", False):

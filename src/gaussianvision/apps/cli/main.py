@@ -28,7 +28,17 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rc = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return rc
+    except BrokenPipeError:  # e.g. `gsv fit ... | head -1`: the reader left; no traceback about it
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -46,14 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.name == COMMANDS[name][0]:
             return fail(f"gsv {name}", "not available in this version", rest)
         raise
-    try:
-        rc = int(module.main(rest) or 0)
-        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
-        return rc
-    except BrokenPipeError:  # e.g. `gsv fit ... | head -1`: the reader left; no traceback about it
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
-        return 1
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":
