@@ -65,7 +65,24 @@ def test_fit_all_bad_and_bad_options(tmp_path, capsys):
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--gaussians must be >= 1" in capsys.readouterr().err
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--prune-fraction", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "prune_fraction" in capsys.readouterr().err
+    assert "--prune-fraction must lie in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--plateau", "0"], "gsv fit: --plateau must be >= 1 iteration"),
+    (["--prune-lambda", "nan"], "gsv fit: --prune-lambda must be a finite number >= 0, got nan"),
+    (["--target-psnr", "-5"], "gsv fit: --target-psnr must be a number of dB above 0"),
+    (["--iters", "3", "--finetune", "-1", "--prune-fraction", "0.5"], "gsv fit: --iters and --finetune must be >= 0, got 3, -1"),
+    (["--fit-option", "lr_colors=-1"], "gsv fit: lr_colors must be a finite number >= 0"),  # no flag: its own name
+])
+def test_a_bad_value_is_named_by_the_flag_that_set_it(tmp_path, capsys, args, message):
+    """Regression: these values were taken silently, and errors named internal fields (plateau_patience)."""
+    assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), *args]) == 2
+    assert capsys.readouterr().err.strip().startswith(message)
+    from gaussianvision.apps.cli import convert
+    a = convert._parser().parse_args(["--input", "x", "--output", "y", "--gaussians", "8", "--prune-lambda", "-1"])
+    with pytest.raises(CliError, match=r"^--prune-lambda must be a finite number >= 0, got -1.0"):
+        convert._config(a)
 
 
 def test_show_writes_a_png(mixed_folder, tmp_path, capsys):

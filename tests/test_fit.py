@@ -119,7 +119,7 @@ def test_a_stopped_image_keeps_even_parameters_outside_the_clamps():
                   torch.rand(1, 4, 3, generator=g), 16, 16)
     init.means[0, 0, 0] = -2.0
     init.chol[..., 1] = 0.0
-    f = Fitter(img, 4, FitConfig(target_psnr=-100.0, **REF), init=init)
+    f = Fitter(img, 4, FitConfig(target_psnr=1e-3, **REF), init=init)
     f.run(3)
     assert f.stopped == ["target"] and f.iterations.tolist() == [0]
     assert torch.equal(f.params["means"], init.means) and torch.equal(f.params["chol"], init.chol)
@@ -323,6 +323,27 @@ def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, mes
     assert str(e.value).startswith(message)
     assert FitConfig.from_options({"lr_means": 1, "target_psnr": None}).lr_means == 1
     assert FitConfig.from_options({"iters": 7, "plateau_patience": None, "target_psnr": 30}).iters == 7
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"prune_lambda": math.nan}, "prune_lambda must be a finite number >= 0, got nan"),
+    ({"prune_lambda": -1.0}, "prune_lambda must be a finite number >= 0, got -1.0"),
+    ({"plateau_patience": 0}, "plateau_patience must be >= 1 iteration"),
+    ({"plateau_patience": -3}, "plateau_patience must be >= 1 iteration"),
+    ({"target_psnr": -5.0}, "target_psnr must be a number of dB above 0"),
+    ({"target_psnr": math.inf}, "target_psnr must be a number of dB above 0"),
+    ({"lr_colors": -1}, "lr_colors must be a finite number >= 0"),
+    ({"lr_means": math.inf}, "lr_means must be a finite number >= 0"),
+    ({"prune_tau": math.nan}, "prune_tau must be a finite number >= 0"),
+    ({"budget_ms": math.inf}, "budget_ms must be positive"),
+    ({"min_scale": math.nan}, "min_scale must be positive"),
+])
+def test_fit_options_out_of_range_are_refused_up_front(options, message):
+    """Regression: these were taken silently (a NaN penalty, a patience of 0, a negative rate)."""
+    with pytest.raises(ValueError) as e:
+        FitConfig.from_options(options)
+    assert str(e.value).startswith(message)
+    assert FitConfig.from_options({"lr_means": 0, "prune_lambda": 0.0, "plateau_patience": 1}).lr_means == 0
 
 
 def test_coarse_to_fine_is_the_coarse_fit_scaled_up_then_refined():

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -30,11 +32,25 @@ def test_select_prune_fraction_and_tau_respect_counts():
     assert drop.tolist() == [[False, True, False, True, False], [False, False, False, False, False]]
     drop = select_prune(scores, valid, fraction=0.5)  # floor(0.5 * 2) = 1 in image 1
     assert drop[1].tolist() == [False, True, False, False, False]
-    drop = select_prune(scores, valid, tau=2.5)
-    assert drop.tolist() == [[False, True, False, True, False], [True, True, False, False, False]]
+    drop = select_prune(scores, valid, tau=2.5)  # image 1: every Gaussian under tau; its best one stays
+    assert drop.tolist() == [[False, True, False, True, False], [False, True, False, False, False]]
     drop = select_prune(scores, valid, tau=2.5, fraction=0.2)  # under tau, at most 20%
     assert drop.sum(1).tolist() == [1, 0] and bool(drop[0, 1])
     assert not select_prune(scores, valid).any()
+
+
+def test_pruning_everything_keeps_each_images_most_important_gaussian():
+    """Regression: prune_fraction=1.0 (or a tau above every score) emptied the images and the fit
+    failed ("element 0 of tensors does not require grad")."""
+    scores = torch.tensor([[5.0, 1.0, 3.0], [0.5, 0.7, math.inf]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    assert select_prune(scores, valid, fraction=1.0).tolist() == [[False, True, True], [True, False, False]]
+    assert select_prune(scores, valid, tau=1e9).tolist() == [[False, True, True], [True, False, False]]
+    none = torch.zeros(1, 3, dtype=torch.bool)  # an image with no Gaussians stays as it is
+    assert not select_prune(torch.full((1, 3), math.inf), none, fraction=1.0).any()
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    res = fit_images(img, 6, iters=3, init="grid", prune_fraction=1.0, finetune_iters=2, backend="reference")
+    assert res.splats.num_gaussians().tolist() == [1, 1] and [m["pruned"] for m in res.metrics] == [5, 5]
 
 
 def test_compact_keeps_order_and_pads():

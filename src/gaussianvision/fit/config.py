@@ -88,12 +88,7 @@ class FitConfig:
         if not (0.0 <= self.coarse_fraction < 1.0 and 0.0 < self.coarse_scale < 1.0):
             raise ValueError(f"coarse_fraction must lie in [0, 1) and coarse_scale in (0, 1), got "
                              f"{self.coarse_fraction}, {self.coarse_scale}")
-        if self.budget_ms is not None and not self.budget_ms > 0:
-            raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
-        if self.target_psnr is not None and math.isnan(self.target_psnr):  # regression: nan never stopped anything
-            raise ValueError(f"target_psnr must be a number of dB or None, got {self.target_psnr}")
-        if self.coarse_min_pixels < 0:
-            raise ValueError(f"coarse_min_pixels must be >= 0, got {self.coarse_min_pixels}")
+        self._check_ranges()
         for name in ("color_solve", "final_colors"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (conjugate-gradient iterations), got {getattr(self, name)}")
@@ -103,9 +98,24 @@ class FitConfig:
                 raise ValueError(f"{name} must lie in [0, 1) (Adam's moment decay), got {getattr(self, name)}")
         if self.lr_spacing is not None and not (self.lr_spacing > 0 and math.isfinite(self.lr_spacing)):
             raise ValueError(f"lr_spacing must be a positive number of pixels or None, got {self.lr_spacing}")
-        if self.min_scale <= 0:
+        if not (self.min_scale > 0 and math.isfinite(self.min_scale)):
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self
+
+    def _check_ranges(self) -> None:
+        """The stop criteria, rates and pruning options: finite and where they mean something (a NaN,
+        a negative penalty or a patience of 0 was taken silently and did nothing or nonsense)."""
+        if self.budget_ms is not None and not (self.budget_ms > 0 and math.isfinite(self.budget_ms)):
+            raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
+        if self.target_psnr is not None and not (self.target_psnr > 0 and math.isfinite(self.target_psnr)):
+            raise ValueError(f"target_psnr must be a number of dB above 0 or None, got {self.target_psnr}")
+        if self.plateau_patience is not None and self.plateau_patience < 1:
+            raise ValueError(f"plateau_patience must be >= 1 iteration or None, got {self.plateau_patience}")
+        for name in ("lr_means", "lr_chol", "lr_colors", "lr_final", "plateau_delta", "prune_lambda",
+                     "prune_tau", "relocate_fraction", "relocate_until", "coarse_min_pixels", "ssim_weight"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
 
     def _check_prefixes(self) -> None:
         fr, w = tuple(self.prefix_fractions), self.prefix_weights

@@ -13,7 +13,8 @@ same way for each:
 
 Selection: prune = valid & (score < tau, if tau is given) & (among the lowest `fraction` of
 the image's Gaussians, if fraction is given); both given means "under tau, at most that
-fraction". Compaction moves each image's kept Gaussians to the front (order preserved),
+fraction". Each image keeps at least its most important Gaussian (a splat of none is no
+image, and nothing could fit it again). Compaction moves each image's kept Gaussians to the front (order preserved),
 trims to the largest count, and returns per-image counts; the same gather is applied to
 the optimizer's moments so parameters and Adam state stay aligned.
 """
@@ -65,7 +66,17 @@ def select_prune(scores: torch.Tensor, valid: torch.Tensor, tau: float | None = 
         k = torch.floor(counts.to(torch.float64) * fraction).to(torch.long)  # [B]
         rank = torch.argsort(torch.argsort(scores, dim=1, stable=True), dim=1)  # 0 = least important
         prune &= rank < k[:, None]
-    return prune
+    return _keep_the_best_one(prune, scores, valid)
+
+
+def _keep_the_best_one(prune: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """prune, less each image's most important Gaussian where it would remove all of them."""
+    emptied = (prune == valid).all(1) & valid.any(1)  # [B]
+    if not bool(emptied.any()):
+        return prune
+    best = torch.where(valid, scores, torch.full_like(scores, -math.inf)).argmax(1)  # [B]
+    spare = torch.zeros_like(prune).scatter_(1, best[:, None], True) & emptied[:, None]
+    return prune & ~spare
 
 
 def compact(tensors: dict[str, torch.Tensor], keep: torch.Tensor,

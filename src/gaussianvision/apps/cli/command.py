@@ -5,6 +5,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -104,6 +105,16 @@ def fit_option(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except ValueError:
         return key, value  # a bare word such as backend=numba
+
+
+def flag_message(message: str, flags: dict[str, str]) -> str:
+    """A fit option's error named by the flag that set it (--plateau, not plateau_patience): `flags`
+    maps option names to flags. A message about unknown --fit-option names is left as it is."""
+    if message.startswith("fit options ["):
+        return message
+    for option, flag in flags.items():
+        message = re.sub(rf"\b{option}\b", flag, message)
+    return message
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

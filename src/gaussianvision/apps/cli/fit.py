@@ -22,7 +22,7 @@ from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.command import CliError, add_progressive_options, add_speed_options, emit, fit_option, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, add_progressive_options, flag_message, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -92,6 +92,9 @@ def _parser():
     return p
 
 
+_FLAG_OF = {"plateau_patience": "--plateau", "finetune_iters": "--finetune"}  # the others: --name-with-dashes
+
+
 def _size(text: str) -> int:
     try:
         size = int(text)
@@ -126,13 +129,14 @@ def _config(a) -> FitConfig:
     if a.finetune is not None:
         flags["finetune_iters"] = a.finetune
     extra = dict(fit_option(x) for x in a.fit_option)
+    by_flag = {k: _FLAG_OF.get(k, "--" + k.replace("_", "-")) for k in (*flags, *given) if k not in extra}
     try:
         cfg = FitConfig.from_options({**flags, **extra}, exclude=tuple(k for k in extra if k in {*flags, *given}))
         if prunes and a.finetune is None and "finetune_iters" not in extra:
             cfg = FitConfig.from_options({**flags, **extra, "finetune_iters": cfg.iters // 5})
         return cfg
     except ValueError as e:
-        raise CliError(str(e)) from None
+        raise CliError(flag_message(str(e), by_flag)) from None
 
 
 def _out_folder(out: Path) -> None:
