@@ -15,7 +15,7 @@ from PIL import Image
 
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, summarize
 from gaussianvision.data.shards import read_samples
-from gaussianvision.data.inputs import expand_braces, plan_units
+from gaussianvision.data.inputs import SourceError, expand_braces, plan_units
 from gaussianvision.splats import decode
 
 FIT = {"iters": 2, "init": "grid", "backend": "reference"}
@@ -291,6 +291,46 @@ def test_rerun_with_other_settings_is_refused(folder_and_reference, tmp_path):
     src, ref, _ = folder_and_reference
     with pytest.raises(ConvertError, match="n_gaussians"):
         convert_dataset(str(src), ref, cfg(n_gaussians=9))
+
+
+def test_a_rerun_on_changed_inputs_is_refused_and_the_same_inputs_resume(tmp_path):
+    """Regression: after files were added to (or removed from) the input folder a rerun skipped the
+    finished shards, never converted the new files, shifted no keys and said "reconciled"."""
+    src = make_folder(tmp_path / "in", n=4)  # 5 files: shards of 3 and 2
+    out = tmp_path / "out"
+    convert_dataset(str(src), out, cfg())
+    s = convert_dataset(str(src), out, cfg())  # the same inputs: nothing to do
+    assert s["run"]["shards_skipped"] == 2 and s["converted"] == 4
+    (src / "extra.png").write_bytes(img_bytes(seed=99))  # sorts first: every key after it shifts
+    with pytest.raises(ConvertError, match=r"changed since .* was started: shard 000000 \(made from other input"):
+        convert_dataset(str(src), out, cfg())
+    (src / "extra.png").unlink()
+    for name in ("img0.png", "img0.txt", "img2.png", "img2.txt"):  # 3 files: one shard now
+        (src / name).unlink()
+    with pytest.raises(ConvertError, match=r"shard 000000 \(made from other input"):
+        convert_dataset(str(src), out, cfg())
+    st = json.loads((out / "000000.stats.json").read_text())
+    del st["inputs_digest"]  # a shard from before the digest: taken as it is, but not one the inputs lack
+    (out / "000000.stats.json").write_text(json.dumps(st))
+    with pytest.raises(ConvertError, match=r"shard 000001 \(the inputs now make 1 shard\)"):
+        convert_dataset(str(src), out, cfg())
+
+
+def test_a_folder_of_images_and_shards_is_refused_and_so_is_converting_into_the_input(tmp_path):
+    """Regression: a folder holding any .tar was read as shards only and its images silently dropped
+    (e.g. after a run whose output was its input folder)."""
+    src = make_folder(tmp_path / "in", n=2)
+    with pytest.raises(ConvertError, match="the output folder is the input folder"):
+        convert_dataset(str(src), src, cfg())
+    assert not list(src.glob("*.tar")) and not (src / "config.json").exists()
+    write_tar(src / "old.tar", good_sample("k1", 1))
+    with pytest.raises(SourceError, match=r"holds image files and .tar shards .*give one kind"):
+        plan_units(str(src), 3)
+    assert [u.kind for u in plan_units(str(src / "*.tar"), 3)] == ["tar"]  # the way to say "the shards"
+    with pytest.raises(SourceError, match=r"nothing-here: no such file or folder$"):
+        plan_units(str(tmp_path / "nothing-here"), 3)
+    with pytest.raises(SourceError, match=r"gone.tar: no such tar shard$"):
+        plan_units(str(tmp_path / "gone.tar"), 3)
 
 
 def test_cli_json_and_keep_image(tmp_path):

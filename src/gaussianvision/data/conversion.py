@@ -202,7 +202,7 @@ class _Converter:
             "n_gaussians_mean": mean("n_gaussians"), "gsv_bytes_mean": mean("gsv_bytes"),
             "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
             "fit_seconds": sum(d["seconds"] for d in done), "wall_seconds": time.perf_counter() - sh.t0,
-            "keys": [d["key"] for d in done],
+            "keys": [d["key"] for d in done], "inputs_digest": output.unit_digest(sh.unit),
         }
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
         self.writing = f"{sh.name}.stats.json"
@@ -319,11 +319,18 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     units = plan_units(src, cfg.shard_size)
     _probe_fit(cfg)  # every option checked before anything is written
     out = Path(out)
+    if Path(str(src)).is_dir() and out.resolve() == Path(str(src)).resolve():
+        raise ConvertError(f"{out}: the output folder is the input folder (its shards would be read as the input "
+                           f"of the next run); give another --output")
     try:
         out.mkdir(parents=True, exist_ok=True)
         _check_config(out, cfg.fingerprint(src))
     except OSError as e:
         raise ConvertError(f"{out}: cannot write the output ({e.strerror or e})") from None
+    changed = output.changed_shard(out, units)
+    if changed:  # regression: added files were never converted (and keys shifted) yet the run said "reconciled"
+        raise ConvertError(f"{src} changed since {out} was started: shard {changed}; a rerun resumes only the "
+                           f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
     pending = [u for u in mine if not output.is_done(out, u)]
     for u in pending:  # leftovers of a killed run of this rank's shards

@@ -6,6 +6,7 @@ disk fail); summarize can also be called on its own to re-total a folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "is_done", "summarize"]
+__all__ = ["shard_name", "json_line", "write_durable", "is_done", "unit_digest", "changed_shard", "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
 
@@ -43,6 +44,31 @@ def write_durable(path: Path, data: bytes) -> None:
 def is_done(out: Path, unit: Unit) -> bool:
     n = shard_name(unit.index)
     return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
+
+
+def unit_digest(unit: Unit) -> str:
+    """What a shard is made from, as a short hash: its image files (names under the folder, and the key
+    of the first) or its tar. A finished shard's stats keep it, so that a rerun on changed inputs is seen."""
+    names = [os.path.relpath(p, unit.root) for p in unit.paths] if unit.kind == "files" else list(unit.paths)
+    return hashlib.sha256(json.dumps([unit.kind, unit.first_key, names]).encode()).hexdigest()[:16]
+
+
+def changed_shard(out: Path, units: list[Unit]) -> str | None:
+    """The first finished shard of `out` that the inputs `units` would not make again (its unit's files
+    differ, or the inputs now have fewer units): its name, with the reason; None when none differs.
+    Shards from before the digest was kept are taken as they are."""
+    for p in sorted(out.glob("[0-9]*.stats.json")):
+        name = p.name.split(".")[0]
+        try:
+            st = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue  # an unreadable stats file: summarize reports it
+        k = st.get("unit")
+        if not isinstance(k, int) or k >= len(units):
+            return f"{name} (the inputs now make {len(units)} shard{'s' if len(units) != 1 else ''})"
+        if "inputs_digest" in st and st["inputs_digest"] != unit_digest(units[k]):
+            return f"{name} (made from other input files: some were added, removed or renamed)"
+    return None
 
 
 def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:

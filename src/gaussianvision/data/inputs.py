@@ -9,7 +9,9 @@ k depends only on the input order (what makes conversion resumable and splittabl
     name, brace pattern or glob are a folder of them (their common parent), one file included;
   * tar shards (img2dataset layout: key.jpg|jpeg|png|webp + key.txt + key.json), given as files,
     brace patterns (`shard-{000000..000009}.tar`), globs or a folder of .tar files: one unit per
-    input tar, keeping the input keys.
+    input tar, keeping the input keys. A folder holding both image files and .tar shards is
+    refused (give 'DIR/*.tar' for its shards); so is a rerun whose input files changed
+    (conversion_output.changed_shard).
 
 `iter_unit(unit)` yields `RawSample(key, source, image_bytes | None, image_ext, caption | None,
 meta | None, error | None)`; a problem with one sample is reported in `error` and iteration goes
@@ -100,12 +102,17 @@ def plan_units(src, shard_size: int = 1000) -> list[Unit]:
     if shard_size < 1:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
-    if p.is_dir() and not any(p.glob("*.tar")):
+    if p.is_dir():
         files = sorted((q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS),
                        key=lambda q: q.relative_to(p).as_posix())
-        if not files:
+        tars = any(p.glob("*.tar"))
+        if files and tars:  # regression: the images were dropped and only the shards read
+            raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "
+                              f"kind: a folder of images only, or the shards as '{p / '*.tar'}'")
+        if not files and not tars:
             raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no .tar shards")
-        return _file_units(files, p, shard_size)
+        if files:
+            return _file_units(files, p, shard_size)
     paths = expand_urls(src)
     if not paths:
         raise SourceError(f"{src}: matches no files")
@@ -115,7 +122,8 @@ def plan_units(src, shard_size: int = 1000) -> list[Unit]:
         raise SourceError(f"{src}: mixes image files and tar shards; give one kind")
     missing = [t for t in paths if not Path(t).is_file()]
     if missing:
-        raise SourceError(f"{missing[0]}: no such {kind}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        what = kind if Path(missing[0]).suffix else "file or folder"  # a bare name: not necessarily a shard
+        raise SourceError(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if images:  # image files by name, pattern or glob: a folder of them (their common parent)
         root = Path(os.path.commonpath([str(Path(t).resolve().parent) for t in images]))
         files = sorted((Path(t).resolve() for t in images), key=lambda q: q.relative_to(root).as_posix())
