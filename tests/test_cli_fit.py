@@ -169,6 +169,10 @@ def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tm
     assert gsv(args + ["--budget-ms", "0.001", "--iters", "50"]) == 0
     text = capsys.readouterr().out
     assert "(stopped: budget)" in text and "2 stopped at the budget" in text and "reached: mean" in text
+    # a budget under the start's own cost is passed whatever the iterations: the report says so
+    assert "note: 2 of 2 took over --budget-ms 0.001: the initialization and the final metrics" in text
+    assert gsv(args + ["--budget-ms", "100000", "--iters", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reached"]["over_budget"] == 0
     assert gsv(args + ["--fit-option", "preset=fast"]) == 2
     assert "fit options ['preset']: not fit_images options (preset: set by their own flags)" in capsys.readouterr().err
 

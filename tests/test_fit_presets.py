@@ -40,6 +40,7 @@ class CostClock:
         for module in (fitter_module, colors_module, raster):
             monkeypatch.setattr(module, "render", render)
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
+        monkeypatch.setattr(fitter_module, "_EVAL_SECONDS", {})  # measured on this clock, not a real one
 
 
 def _fit(photos, n, options, clock=None):
@@ -79,6 +80,27 @@ def test_the_budget_stops_every_image_and_says_so(monkeypatch, photos):
     assert capped[0]["seconds"] * 1000 == pytest.approx(10 * per_iter_ms)  # + the final evaluation's render
     assert capped[0]["seconds"] * 1000 <= 10.25 * per_iter_ms
     assert clock.t > 0
+
+
+def test_the_budget_keeps_room_for_the_final_evaluation(monkeypatch, photos):
+    """Regression: result()'s SSIM was counted in `seconds` but not foreseen by the budget, so fits whose
+    SSIM costs several iterations (large images on a CPU) ended up to 30% over their budget."""
+    clock = CostClock(monkeypatch)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    real = fitter_module.ssim
+
+    def costly_ssim(x, y, *args, **kwargs):  # 3 iterations' time per image
+        clock.t += x.shape[0] * 3 * per_iter_ms * 1e-3
+        return real(x, y, *args, **kwargs)
+    monkeypatch.setattr(fitter_module, "ssim", costly_ssim)
+    for budget in (10.25, 20.0, 6.0):
+        _, capped = _fit(photos, n, {"iters": 100, "budget_ms": budget * per_iter_ms}, clock)
+        assert capped[0]["seconds"] * 1000 <= budget * per_iter_ms, budget
+        assert all(m["stopped"] == "budget" for m in capped)
+    # 6 iterations' budget: the init (0.5), SSIM's one-image probe (0.75 per image of 4), the final
+    # evaluation (0.5 + 3) leave room for 1 iteration
+    assert [m["iterations"] for m in capped] == [1] * 4
 
 
 def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypatch, photos):

@@ -22,7 +22,8 @@ Early stop is per image: an image that reaches `target_psnr`, or has not improve
 `plateau_delta` dB for `plateau_patience` iterations, is frozen (no render, no update)
 and its iteration count is recorded. `budget_ms` stops the whole batch once its wall time
 reaches that many milliseconds per image (initialization included; metrics' "stopped" says
-"budget"); it covers the whole fit, pruning's fine-tune included. Presets (fit/presets.py)
+"budget"); it covers the whole fit, pruning's fine-tune and result()'s metrics included (room is
+kept for those). Presets (fit/presets.py)
 set several options at once. Pruning (fit/prune.py) happens after the main
 iterations, edits parameters and Adam moments together, then `finetune_iters` more
 iterations repair the damage. With `relocate_every` > 0 the least important Gaussians are moved
@@ -65,6 +66,10 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
+
+# the SSIM of one image, in seconds per (device type, height, width), as first measured in this process
+# (Fitter._eval_seconds: the room a budget keeps for result()'s evaluation)
+_EVAL_SECONDS: dict[tuple, float] = {}
 
 RANGE_SLACK = 1e-3  # how far outside [0, 1] an image may stray (rounding, a resize's overshoot clamped by the caller)
 
@@ -200,6 +205,7 @@ class Fitter:
         self.steps_done = 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
         self.finished = False  # finish() has run
+        self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
         self.seconds = self._clock(True) - t0
 
     # ------------------------------------------------------------------ state
@@ -402,7 +408,7 @@ class Fitter:
                 self._record()
             started = self._clock()
             active = int(self.active.sum())
-            if self._over_budget(started - t0, last + self._polish_seconds()) or not active:
+            if self._over_budget(started - t0, last + self._polish_seconds() + self._eval_seconds()) or not active:
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final), active)
             self.step_seconds = (self._clock() - started) * self.batch_size / active  # the polish solves all
@@ -434,13 +440,28 @@ class Fitter:
         """What finish()'s polish is expected to take: solve_cost iterations of the whole batch."""
         return solve_cost(self.cfg.final_colors) * self.step_seconds if self._polishes() else 0.0
 
+    def _eval_seconds(self) -> float:
+        """What result()'s evaluation is expected to take, so that a budget keeps room for it: half an
+        iteration for its render, plus SSIM's time per image (measured on one image, once per image
+        size in this process, the first time a budget asks). Regression: on a CPU SSIM alone costs
+        4-8 iterations, and budgeted fits of large images ended up to 30% over their budget."""
+        if self.cfg.budget_ms is None or not self.evaluated:
+            return 0.0
+        key = (self.device.type, self.h, self.w)
+        if key not in _EVAL_SECONDS:
+            t0 = self._clock(True)
+            ssim(self.images[:1], self.images[:1])
+            _EVAL_SECONDS[key] = self._clock(True) - t0
+        return 0.5 * self.step_seconds + self.batch_size * _EVAL_SECONDS[key]
+
     def finish(self) -> "Fitter":
         """The fit's last step, once (fit_images calls it before result(); call it too when driving a
         Fitter by hand): polish_colors(cfg.final_colors) where _polishes() and the budget has room
         for it; with record_at set, the history records the polished splats too (at the same
         iteration count, later seconds)."""
         budget = self.cfg.budget_ms
-        room = budget is None or (self.seconds + self._polish_seconds()) * 1000 <= budget * self.batch_size
+        room = budget is None or (self.seconds + self._polish_seconds() + self._eval_seconds()) * 1000 <= \
+            budget * self.batch_size
         if self._polishes() and room and not self.finished:
             self.polish_colors(self.cfg.final_colors)
             if self.cfg.record_at:
@@ -605,6 +626,7 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     spacing = None if cfg.lr_spacing is None else cfg.lr_spacing * math.sqrt(ch * cw / (h * w))
     c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=(), budget_ms=budget,
                                            lr_spacing=spacing, final_colors=0))
+    c.evaluated = False  # its splats are scaled up, never evaluated: its budget share keeps no room for that
     c.run(coarse_iters, progress=progress, desc="coarse phase")
     c.stopped = [None] * c.batch_size  # the coarse phase's budget share ends it, not the fit
     s = c.splats().scaled(h, w)

@@ -212,6 +212,8 @@ def _reached(results: list[dict], cfg: FitConfig) -> dict:
            "target_psnr": cfg.target_psnr, "budget_ms": cfg.budget_ms}
     if cfg.target_psnr is not None:
         out["reached_target"] = sum(p >= cfg.target_psnr for p in psnrs)
+    if cfg.budget_ms is not None:  # what no iteration count can fix: the start and the final metrics alone
+        out["over_budget"] = sum(1000 * x["seconds"] > cfg.budget_ms for x in results)
     return out
 
 
@@ -240,6 +242,10 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
                          f"; {reached['reached_target']} of {len(results)} at or above {cfg.target_psnr:g} dB"
                          if cfg.target_psnr is not None else "") + "".join(
                          f"; {v} stopped at the {k}" for k, v in reached["stopped"].items()))
+        if reached.get("over_budget"):
+            lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: "
+                         f"the initialization and the final metrics alone take longer at this size and N; raise "
+                         f"--budget-ms or lower --gaussians or --size")
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
     emit(summary, a.json, "\n".join(lines))
     if "error" in summary:
