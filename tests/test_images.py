@@ -39,6 +39,23 @@ def test_modes_become_rgb(mode):
         assert float(t.min()) == pytest.approx(1.0)  # full-scale 16-bit / float -> white
 
 
+@pytest.mark.parametrize("mode,values,want", [
+    ("F", [0.0, 500.0, 1000.0], [0, 128, 255]),          # floats beyond 255: their own range (was near black)
+    ("F", [-2.0, 0.0, 2.0], [0, 128, 255]),
+    ("F", [0.0, 0.5, 1.0], [0, 128, 255]),                # floats in 0..1
+    ("F", [0.0, 100.0, 255.0], [0, 100, 255]),            # 8-bit data as floats
+    ("I", [0, 100, 255], [0, 100, 255]),                  # 8-bit data as 32-bit samples
+    ("I", [0, 32768, 65535], [0, 128, 255]),              # 16-bit data as 32-bit samples
+    ("I", [0, 500000, 1000000], [0, 128, 255]),           # beyond 16 bits: their own range
+    ("F", [0.0, float("nan"), 1.0], [0, 0, 255]),         # NaN: black, the rest as if it were not there
+])
+def test_wide_gray_images_map_by_bit_depth_or_their_own_range(mode, values, want):
+    arr = np.array([values] * 12, dtype=np.float32 if mode == "F" else np.int32)
+    t = load_image(png(Image.fromarray(arr, mode), "TIFF"), size=None, min_side=1)
+    got = (t[0, 0] * 255).round().to(torch.int64).tolist()
+    assert got == want and torch.equal(t[0], t[1])
+
+
 def test_rgba_composited_on_white():
     img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     t = load_image(png(img), size=None)

@@ -2,7 +2,8 @@
 
 `load_image(src, size=224)` returns a [3, size, size] float32 tensor in [0, 1]:
 EXIF orientation applied; grayscale, palette, RGBA/LA (composited on white), CMYK,
-16-bit and float images converted to 8-bit-range RGB; the shorter side resized to
+16-bit, 32-bit and float images converted to 8-bit-range RGB (by their bit depth, or
+their own range where they have none: _gray_range); the shorter side resized to
 `size` (bicubic, antialiased) and the centre cropped, as OpenCLIP's preprocessing does.
 `size=None` keeps the original resolution.
 
@@ -35,14 +36,28 @@ class ImageLoadError(ValueError):
     """An input could not be turned into an RGB image; the message says which and why."""
 
 
+def _gray_range(arr: np.ndarray, mode: str) -> tuple[float, float]:
+    """The values that map to black and white in a 16-bit, 32-bit integer or float image: its bit depth
+    where it has one (I;16: 65535; 32-bit samples within 0..255 or 0..65535: 8- or 16-bit data; floats
+    within 0..1 or 0..255), else its own range. Regression: floats and 32-bit samples beyond 255 were
+    all divided by 65535 (a float image of 0..1000 came out near black)."""
+    if mode.startswith("I;16"):
+        return 0.0, 65535.0
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    for top in ((1.0, 255.0) if mode == "F" else (255.0, 65535.0)):
+        if lo >= 0 and hi <= top:
+            return 0.0, top
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if mode == "F" and arr.max(initial=0) <= 1.0:
-            hi = 1.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        finite = np.isfinite(arr)
+        arr = np.where(finite, arr, 0.0) if not finite.all() else arr  # NaN / inf samples: black
+        lo, hi = _gray_range(arr, mode)
+        arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
