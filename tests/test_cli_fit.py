@@ -238,6 +238,23 @@ def test_output_names_never_collide_nor_overwrite_an_input(tmp_path, capsys):
     assert (tmp_path / "x_1.png").read_bytes() == photo and rec["png"].endswith("x_1_1.png")
 
 
+def test_a_rerun_into_the_input_folder_does_not_fit_its_own_renders(tmp_path, capsys):
+    """Regression: `gsv fit DIR --out DIR --save-png` run twice fitted the first run's reconstructions
+    (NAME.png) as new photos; they are skipped and said, unless named."""
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(6)), tmp_path / "photo.png")
+    args = ["fit", str(tmp_path), "--out", str(tmp_path), "--save-png", "-n", "4", "--iters", "2", "--size", "16",
+            "--backend", "reference", "--json"]
+    assert gsv(args) == 0
+    first = json.loads(capsys.readouterr().out)["results"]
+    assert [r["png"].split("/")[-1] for r in first] == ["photo_1.png"]
+    assert gsv(args) == 0
+    cap = capsys.readouterr()
+    assert [r["path"].split("/")[-1] for r in json.loads(cap.out)["results"]] == ["photo.png"]
+    assert f"skipped 1 render of splats that gsv wrote (e.g. {tmp_path / 'photo_1.png'})" in cap.err
+    assert gsv(["fit", str(tmp_path / "photo_1.png"), "--out", str(tmp_path / "o")] + args[4:]) == 0  # named: fitted
+    assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == [str(tmp_path / "photo_1.png")]
+
+
 def test_results_json_holds_what_was_reached_and_says_how_many_reached_the_target(tmp_path, capsys):
     """Regression: "reached" was added to the summary after results.json was written; the printed line
     did not say how many images reached the target."""

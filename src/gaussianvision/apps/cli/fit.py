@@ -23,7 +23,7 @@ from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitI
 from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, flag_message, add_speed_options, emit, fit_option, parser, run, write_json
-from gaussianvision.apps.cli.render import check_backend, write_png
+from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
 
@@ -137,6 +137,24 @@ def _config(a) -> FitConfig:
         return cfg
     except ValueError as e:
         raise CliError(flag_message(str(e), by_flag)) from None
+
+
+def _inputs(inputs: list[str]) -> list[Path]:
+    """The images to fit: files as named, folders' images less the renders gsv wrote there (a rerun of
+    `gsv fit DIR --out DIR --save-png` fitted its own reconstructions); the skipped ones are said."""
+    def folder(x: str) -> bool:
+        try:
+            return Path(x).is_dir()
+        except OSError:  # e.g. a name too long for the file system: loading it reports why
+            return False
+    named = {Path(x) for x in inputs if not folder(x)}
+    paths, renders = [], []
+    for p in list_images(inputs):
+        (renders if p not in named and is_render(p) else paths).append(p)
+    if renders:
+        print(f"gsv fit: skipped {len(renders)} render{'s' if len(renders) != 1 else ''} of splats that gsv wrote "
+              f"(e.g. {renders[0]}); name a file to fit it anyway", file=sys.stderr)
+    return paths
 
 
 def _out_folder(out: Path) -> None:
@@ -260,7 +278,7 @@ def main(argv=None) -> int:
     def go(a):
         a.size = _size(a.size)
         cfg = _config(a)
-        paths = list_images(a.inputs)
+        paths = _inputs(a.inputs)
         if not paths:
             raise CliError(f"no images found in {', '.join(a.inputs)}")
         _out_folder(a.out)

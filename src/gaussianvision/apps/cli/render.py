@@ -46,12 +46,30 @@ def check_out_file(path: Path, option: str = "--out") -> None:
         raise CliError(f"{option} {path}: cannot create its folder {path.parent} ({e.strerror or e})") from None
 
 
+RENDER_MARK = "gsv render of splats"  # the PNG Software text of every render gsv writes
+
+
 def write_png(img: torch.Tensor, path: Path) -> None:
-    """[3, H, W] -> PNG at path, atomically; an OSError becomes one clear line."""
+    """[3, H, W] -> PNG at path, atomically, marked as a render (is_render); an OSError becomes one clear line."""
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    info.add_text("Software", RENDER_MARK)
     try:
-        write_atomic(path, lambda tmp: to_pil(img).save(tmp, format="PNG"))
+        write_atomic(path, lambda tmp: to_pil(img).save(tmp, format="PNG", pnginfo=info))
     except OSError as e:
         raise CliError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def is_render(path: Path) -> bool:
+    """Whether `path` is a PNG that gsv wrote as a render of splats (write_png's mark)."""
+    if path.suffix.lower() != ".png":
+        return False
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.info.get("Software") == RENDER_MARK
+    except Exception:  # unreadable: not ours to skip; loading it reports why
+        return False
 
 
 def check_backend(name: str) -> None:
