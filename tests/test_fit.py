@@ -282,14 +282,50 @@ def test_relocation_moves_the_weakest_gaussians_to_the_error():
 def test_relocation_during_fitting_recovers_a_missed_object():
     img, init = _missed_square()
     plain = fit_images(img, None, iters=40, init=init, **REF)
-    moved = fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, **REF)
-    again = fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, **REF)
-    assert moved.metrics[0]["psnr"] > plain.metrics[0]["psnr"] + 3
+    moved = [fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, seed=seed, **REF)
+             for seed in range(4)]
+    again = fit_images(img, None, iters=40, init=init, relocate_every=5, relocate_fraction=0.2, seed=3, **REF)
+    # the draws are random: most seeds find the square (about 1 in 8 does not, under both the old
+    # multinomial and the Gumbel top-k draws)
+    assert sum(m.metrics[0]["psnr"] > plain.metrics[0]["psnr"] + 3 for m in moved) >= 3
+    moved = moved[3]
     assert torch.equal(moved.splats.means, again.splats.means)  # seeded: reproducible
     for bad in ({"relocate_fraction": 0.0}, {"relocate_fraction": 1.0}, {"relocate_every": -1},
                 {"relocate_until": 1.5}):
         with pytest.raises(ValueError, match="relocate"):
             fit_images(img, 4, iters=1, **bad, **REF)
+
+
+@pytest.mark.parametrize("init", ["content", "random"])
+def test_an_images_fit_does_not_depend_on_its_place_in_the_batch(init):
+    """Regression: one random stream for the batch (the initializer's draws, relocation's multinomial
+    row after row) gave the same image other splats in another batch or place: up to 0.35 dB apart
+    under the fast preset at N=400."""
+    g = torch.Generator().manual_seed(8)
+    imgs = torch.rand(3, 3, 24, 24, generator=g)
+    opts = dict(iters=12, init=init, relocate_every=4, relocate_until=1.0, color_solve=2, **REF)
+    alone = fit_images(imgs[2:], 20, **opts)
+    last = fit_images(imgs, 20, **opts)
+    first = fit_images(imgs.flip(0)[:2], 20, **opts)
+    for res, i in ((last, 2), (first, 0)):
+        torch.testing.assert_close(res.splats.means[i], alone.splats.means[0], rtol=0, atol=1e-4)
+        torch.testing.assert_close(res.splats.colors[i], alone.splats.colors[0], rtol=0, atol=1e-4)
+
+
+def test_relocation_draws_distinct_pixels_in_proportion_to_the_error():
+    """Gumbel top-k draws k distinct pixels, each row with probability proportional to its error."""
+    from gaussianvision.fit.relocate import _draw_pixels
+    err = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 0.0 + 1e-12, 1e-12, 4.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(2, 4)
+    for _ in range(4000):
+        pix = _draw_pixels(err, 1, gen)
+        counts[0, pix[0, 0]] += 1
+        counts[1, pix[1, 0]] += 1
+    torch.testing.assert_close(counts[0] / 4000, torch.tensor([0.1, 0.2, 0.3, 0.4]), rtol=0, atol=0.03)
+    assert counts[1, 1] == counts[1, 2] == 0 and abs(counts[1, 0] - counts[1, 3]) < 250
+    two = _draw_pixels(err, 3, gen)
+    assert all(len(set(r)) == 3 for r in two.tolist())
 
 
 def test_relocation_schedule(monkeypatch):

@@ -105,8 +105,8 @@ def test_content_init_batched_sampling_equals_the_per_image_loop():
     dens = detail_density(img, n, floor=0.5, gamma=0.7).double()
     ys, xs = torch.meshgrid(torch.arange(20), torch.arange(28), indexing="ij")
     curve = torch.argsort(hilbert_index(xs.reshape(-1), ys.reshape(-1), math.ceil(math.log2(28))))
-    u = torch.rand(3, n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for i in range(3):
+    u = torch.rand(1, n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64).expand(3, n, 3)
+    for i in range(3):  # the same draws for every image
         d = dens[i].reshape(-1)[curve]
         cdf = torch.cumsum(d, 0) / d.sum()
         k = torch.searchsorted(cdf, (torch.arange(n, dtype=torch.float64) + u[i, :, 0]) / n).clamp_max(20 * 28 - 1)

@@ -142,7 +142,8 @@ def init_content(images: torch.Tensor, n: int, generator: torch.Generator | None
     order = max(1, math.ceil(math.log2(max(h, w))))
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     curve = torch.argsort(hilbert_index(xs.reshape(-1), ys.reshape(-1), order)).to(dev)  # pixel ids along the curve
-    u = torch.rand(b, n, 3, generator=generator, dtype=torch.float64).to(dev)
+    # one draw for the batch, the same for every image: an image's start never depends on its place in the batch
+    u = torch.rand(1, n, 3, generator=generator, dtype=torch.float64).to(dev).expand(b, n, 3)
     d = dens.reshape(b, -1)[:, curve]  # [B, HW] along the curve
     cdf = torch.cumsum(d, 1)
     cdf = cdf / cdf[:, -1:]
@@ -164,12 +165,12 @@ def init_random(images: torch.Tensor, n: int, generator: torch.Generator | None 
     """Uniform means, random anisotropic shapes around the average spacing, random colors."""
     b, _, h, w = images.shape
     dev, dt = images.device, images.dtype
-    u = torch.rand(b, n, 5, generator=generator).to(dev, dt)
+    u = torch.rand(1, n, 5, generator=generator).to(dev, dt).expand(b, n, 5)  # the same draws for every image
     means = u[..., :2] * torch.tensor([w, h], device=dev, dtype=dt)
     spacing = math.sqrt(h * w / max(n, 1))
     chol = torch.stack([spacing * (0.3 + 0.7 * u[..., 2]), spacing * (u[..., 3] - 0.5) * 0.5,
                         spacing * (0.3 + 0.7 * u[..., 4])], -1)
-    colors = torch.rand(b, n, 3, generator=generator).to(dev, dt) * 0.5
+    colors = torch.rand(1, n, 3, generator=generator).to(dev, dt).expand(b, n, 3) * 0.5
     return Splats(means, chol, colors, h, w)
 
 

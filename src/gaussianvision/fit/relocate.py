@@ -23,6 +23,18 @@ from .prune import importance
 __all__ = ["relocation_plan"]
 
 
+def _draw_pixels(err: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, k] distinct pixels of each row of err [B, P] (> 0), drawn with probability proportional to it,
+    without replacement: the k largest of log(err) + Gumbel noise (the same law as sequential draws).
+    One noise field for the batch, the same for every image, so that an image's draws never depend on
+    its place in the batch (multinomial drew the rows one after another from one stream). The noise
+    comes from where the generator lives: on the GPU with a CUDA generator, else the CPU."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(err.shape[1], generator=generator, device=where, dtype=torch.float64).to(err.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return torch.topk(torch.log(err.double()) + gumbel, k, dim=1).indices
+
+
 @torch.no_grad()
 def relocation_plan(splats: Splats, rendered: torch.Tensor, images: torch.Tensor, fraction: float,
                     generator: torch.Generator | None = None, sigma_factor: float = 0.2
@@ -49,11 +61,7 @@ def relocation_plan(splats: Splats, rendered: torch.Tensor, images: torch.Tensor
     valid = torch.arange(k, device=dev)[None, :] < k_img[:, None]
     err = ((rendered - images) ** 2).sum(1, keepdim=True)
     err = _blur(err, 1.0)[:, 0].flatten(1).double() + 1e-12  # [B, H W]
-    # drawn where the generator lives: on the GPU with a CUDA generator (no [B, H W] copy to the
-    # host every relocation), on the CPU otherwise (the CPU's draws as they always were)
-    where = generator.device if generator is not None else torch.device("cpu")
-    pix = torch.multinomial((err / err.sum(1, keepdim=True)).to(where), k, replacement=False,
-                            generator=generator).to(dev)
+    pix = _draw_pixels(err, k, generator)
     x = (pix % w).to(images.dtype) + 0.5
     y = torch.div(pix, w, rounding_mode="floor").to(images.dtype) + 0.5
     means = torch.stack([x, y], -1)
