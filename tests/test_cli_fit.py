@@ -255,6 +255,21 @@ def test_a_rerun_into_the_input_folder_does_not_fit_its_own_renders(tmp_path, ca
     assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == [str(tmp_path / "photo_1.png")]
 
 
+def test_inputs_may_come_before_between_or_after_the_options(tmp_path, capsys):
+    """Regression: an input after an option was refused ("unrecognized arguments")."""
+    g = torch.Generator().manual_seed(7)
+    for name in ("a", "b", "c"):
+        save_png(torch.rand(3, 16, 16, generator=g), tmp_path / f"{name}.png")
+    assert gsv(["fit", str(tmp_path / "a.png"), "-n", "4", str(tmp_path / "b.png"), "--iters", "1", "--size", "16",
+                "--out", str(tmp_path / "o"), str(tmp_path / "c.png"), "--json"]) == 0
+    assert [r["path"][-5:] for r in json.loads(capsys.readouterr().out)["results"]] == ["a.png", "b.png", "c.png"]
+    for bad, says in ((["-n", "4", "--json", "--bogus"], "required: inputs"),
+                      ([str(tmp_path / "a.png"), "-n", "4", "--json", "--bogus"], "unrecognized arguments: --bogus")):
+        with pytest.raises(SystemExit) as e:
+            gsv(["fit", *bad])
+        assert e.value.code == 2 and says in json.loads(capsys.readouterr().out)["error"]  # still JSON with --json
+
+
 def test_results_json_holds_what_was_reached_and_says_how_many_reached_the_target(tmp_path, capsys):
     """Regression: "reached" was added to the summary after results.json was written; the printed line
     did not say how many images reached the target."""

@@ -41,8 +41,16 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser; with --json among the arguments, an option error is JSON on stdout."""
 
     def parse_known_args(self, args=None, namespace=None):
-        self._argv = list(sys.argv[1:] if args is None else args)
+        if not getattr(self, "_intermixed", False):  # the intermixed parse calls this on parts of the line
+            self._argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
+
+    def parse_known_intermixed_args(self, args=None, namespace=None):
+        self._argv, self._intermixed = list(sys.argv[1:] if args is None else args), True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
 
     def error(self, message):
         """One line and exit code 2 (argparse's usage block is what --help is for)."""

@@ -273,7 +273,7 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # inputs before, between or after the options
 
     def go(a):
         a.size = _size(a.size)
