@@ -270,6 +270,18 @@ def test_inputs_may_come_before_between_or_after_the_options(tmp_path, capsys):
         assert e.value.code == 2 and says in json.loads(capsys.readouterr().out)["error"]  # still JSON with --json
 
 
+def test_the_report_says_how_many_fits_are_exact_at_the_psnr_cap(tmp_path, capsys):
+    """A flat image is fitted exactly: its PSNR is the cap (120 dB), and the report says how many such
+    images its mean counts (they inflate it)."""
+    save_png(torch.full((3, 16, 16), 0.0), tmp_path / "black.png")
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(9)), tmp_path / "noise.png")
+    args = ["fit", str(tmp_path), "-n", "4", "--iters", "30", "--size", "16", "--init", "grid", "--out",
+            str(tmp_path / "o"), "--fit-option", "lr_colors=0.2"]
+    assert gsv(args) == 0
+    text = capsys.readouterr().out
+    assert "black.png: 120.00 dB" in text and "; 1 exact (counted at 120 dB)" in text
+
+
 def test_results_json_holds_what_was_reached_and_says_how_many_reached_the_target(tmp_path, capsys):
     """Regression: "reached" was added to the summary after results.json was written; the printed line
     did not say how many images reached the target."""

@@ -12,8 +12,9 @@ import torch
 
 from gaussianvision.fit.blur import blur_valid, gaussian_taps
 
-__all__ = ["psnr", "ssim", "mse", "SSIM_WINDOW"]
+__all__ = ["psnr", "ssim", "mse", "SSIM_WINDOW", "PSNR_CAP"]
 
+PSNR_CAP = 120.0  # dB: what an exact reconstruction reports (mean squared error floored at 1e-12)
 SSIM_WINDOW = 11  # pixels a side of the SSIM window: the smallest image a fit can report on
 
 
@@ -23,10 +24,12 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-    """[B] PSNR in dB for images in [0, 1]; pred is clamped to [0, 1] first by default."""
+    """[B] PSNR in dB for images in [0, 1]; pred is clamped to [0, 1] first by default. An exact
+    reconstruction reports PSNR_CAP (120 dB: the squared error is floored at 1e-12), a finite number
+    for JSON; averages over images that include exact ones (flat test images) count it as such."""
     if clamp:
         pred = pred.clamp(0.0, 1.0)
-    m = mse(pred.float(), target.float()).clamp_min(1e-12)
+    m = mse(pred.float(), target.float()).clamp_min(10.0 ** (-PSNR_CAP / 10.0))
     return -10.0 * torch.log10(m)
 
 
