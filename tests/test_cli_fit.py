@@ -79,9 +79,15 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it(tmp_path, capsys, args, me
     """Regression: these values were taken silently, and errors named internal fields (plateau_patience)."""
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), *args]) == 2
     assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_convert_names_a_bad_value_by_its_flag_too():
     from gaussianvision.apps.cli import convert
     a = convert._parser().parse_args(["--input", "x", "--output", "y", "--gaussians", "8", "--prune-lambda", "-1"])
     with pytest.raises(CliError, match=r"^--prune-lambda must be a finite number >= 0, got -1.0"):
+        convert._config(a)
+    a = convert._parser().parse_args(["--input", "x", "--output", "y", "--gaussians", "8", "--target-psnr", "0"])
+    with pytest.raises(CliError, match=r"^--target-psnr must be a number of dB above 0 \(or not given\), got 0.0$"):
         convert._config(a)
 
 
@@ -253,6 +259,9 @@ def test_a_rerun_into_the_input_folder_does_not_fit_its_own_renders(tmp_path, ca
     assert f"skipped 1 render of splats that gsv wrote (e.g. {tmp_path / 'photo_1.png'})" in cap.err
     assert gsv(["fit", str(tmp_path / "photo_1.png"), "--out", str(tmp_path / "o")] + args[4:]) == 0  # named: fitted
     assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == [str(tmp_path / "photo_1.png")]
+    (tmp_path / "photo.png").unlink()
+    assert gsv(args) == 2
+    assert "(only renders gsv wrote, which are skipped: name them to fit them)" in capsys.readouterr().out
 
 
 def test_inputs_may_come_before_between_or_after_the_options(tmp_path, capsys):

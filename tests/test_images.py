@@ -47,7 +47,11 @@ def test_modes_become_rgb(mode):
     ("I", [0, 100, 255], [0, 100, 255]),                  # 8-bit data as 32-bit samples
     ("I", [0, 32768, 65535], [0, 128, 255]),              # 16-bit data as 32-bit samples
     ("I", [0, 500000, 1000000], [0, 128, 255]),           # beyond 16 bits: their own range
-    ("F", [0.0, float("nan"), 1.0], [0, 0, 255]),         # NaN: black, the rest as if it were not there
+    ("F", [0.0, float("nan"), 1.0], [0, 0, 255]),         # NaN: black
+    ("F", [300.0, float("nan"), 1000.0], [0, 0, 255]),    # the range of the finite samples
+    ("F", [300.0, float("inf"), 1000.0], [0, 255, 255]),  # +inf: white
+    ("F", [0.6, 0.6, -0.01], [153, 153, 0]),              # a resample's undershoot: clipped, not a new range
+    ("F", [0.5, 1.04, 0.0], [128, 255, 0]),               # and its overshoot
 ])
 def test_wide_gray_images_map_by_bit_depth_or_their_own_range(mode, values, want):
     arr = np.array([values] * 12, dtype=np.float32 if mode == "F" else np.int32)

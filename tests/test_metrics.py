@@ -22,3 +22,12 @@ def test_ssim_identity_and_against_scikit_image():
     ref = structural_similarity(noisy[0].double().numpy(), img[0].double().numpy(), channel_axis=0,
                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
     assert float(ssim(noisy, img)) == pytest.approx(ref, abs=1e-4)
+
+
+def test_ssim_with_the_targets_blurs_computed_beforehand_is_the_same_number():
+    """Fitter._eval_seconds times target_blurs and result()'s SSIM reuses them: bit for bit the same."""
+    from gaussianvision.fit.metrics import target_blurs
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(3, 3, 30, 26, generator=g), torch.rand(3, 3, 30, 26, generator=g)
+    assert torch.equal(ssim(a, b, target_stats=target_blurs(b)), ssim(a, b))
+    assert not torch.equal(ssim(a, b, target_stats=target_blurs(a)), ssim(a, b))  # they are used

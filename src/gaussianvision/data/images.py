@@ -36,16 +36,21 @@ class ImageLoadError(ValueError):
     """An input could not be turned into an RGB image; the message says which and why."""
 
 
+_SLACK = 0.05  # a float image may stray this far outside 0..1 (a resample's ringing); it is clipped
+
+
 def _gray_range(arr: np.ndarray, mode: str) -> tuple[float, float]:
-    """The values that map to black and white in a 16-bit, 32-bit integer or float image: its bit depth
-    where it has one (I;16: 65535; 32-bit samples within 0..255 or 0..65535: 8- or 16-bit data; floats
-    within 0..1 or 0..255), else its own range. Regression: floats and 32-bit samples beyond 255 were
-    all divided by 65535 (a float image of 0..1000 came out near black)."""
+    """The values that map to black and white in a 16-bit, 32-bit integer or float image (finite
+    samples): its bit depth where it has one (I;16: 65535; 32-bit samples within 0..255 or 0..65535:
+    8- or 16-bit data; floats within 0..1 give or take _SLACK, clipped, or within 0..255), else its own
+    range. Regression: floats and 32-bit samples beyond 255 were all divided by 65535 (a float image
+    of 0..1000 came out near black)."""
     if mode.startswith("I;16"):
         return 0.0, 65535.0
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     for top in ((1.0, 255.0) if mode == "F" else (255.0, 65535.0)):
-        if lo >= 0 and hi <= top:
+        slack = _SLACK if top == 1.0 else 0.0
+        if lo >= -slack and hi <= (1 + slack) * top:
             return 0.0, top
     return lo, (hi if hi > lo else lo + 1.0)
 
@@ -55,8 +60,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         finite = np.isfinite(arr)
-        arr = np.where(finite, arr, 0.0) if not finite.all() else arr  # NaN / inf samples: black
-        lo, hi = _gray_range(arr, mode)
+        lo, hi = _gray_range(arr[finite], mode)
+        if not finite.all():  # NaN and -inf: black; +inf: white
+            arr = np.where(finite, arr, np.where(arr == np.inf, hi, lo))
         arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "P" and "transparency" in img.info:

@@ -49,7 +49,7 @@ from gaussianvision.fit.adam import BatchAdam
 from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
-from gaussianvision.fit.metrics import SSIM_WINDOW, psnr, ssim
+from gaussianvision.fit.metrics import SSIM_WINDOW, psnr, ssim, target_blurs
 from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
@@ -66,10 +66,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
-
-# the SSIM of one image, in seconds per (device type, height, width), as first measured in this process
-# (Fitter._eval_seconds: the room a budget keeps for result()'s evaluation)
-_EVAL_SECONDS: dict[tuple, float] = {}
 
 RANGE_SLACK = 1e-3  # how far outside [0, 1] an image may stray (rounding, a resize's overshoot clamped by the caller)
 
@@ -206,6 +202,7 @@ class Fitter:
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
         self.finished = False  # finish() has run
         self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
+        self._target_stats, self._stats_seconds = None, 0.0  # SSIM's blurs of the targets (_eval_seconds)
         self.seconds = self._clock(True) - t0
 
     # ------------------------------------------------------------------ state
@@ -381,7 +378,7 @@ class Fitter:
     def evaluate(self, with_ssim: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(PSNR [B], SSIM [B] or None) of the current splats, prediction clamped to [0, 1]."""
         pred = render(self.splats(), backend=self.cfg.backend)
-        return psnr(pred, self.images), (ssim(pred, self.images) if with_ssim else None)
+        return psnr(pred, self.images), (ssim(pred, self.images, target_stats=self._target_stats) if with_ssim else None)
 
     def _record(self) -> None:
         p, _ = self.evaluate(with_ssim=False)
@@ -392,6 +389,7 @@ class Fitter:
         """`iters` more iterations (fewer for images that stop early). With relocate (and
         cfg.relocate_every > 0), Gaussians are relocated every relocate_every iterations of this
         call while within its first relocate_until share, never after its last iteration."""
+        self._eval_seconds()  # with a budget, the first call times SSIM's blurs of the targets (in `seconds`)
         t0 = time.perf_counter()
         cfg = self.cfg
         record = set(cfg.record_at)
@@ -406,9 +404,10 @@ class Fitter:
                 self.seconds += self._clock(True) - t0
                 t0 = time.perf_counter()
                 self._record()
+            reserve = self._polish_seconds() + self._eval_seconds()
             started = self._clock()
             active = int(self.active.sum())
-            if self._over_budget(started - t0, last + self._polish_seconds() + self._eval_seconds()) or not active:
+            if self._over_budget(started - t0, last + reserve) or not active:
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final), active)
             self.step_seconds = (self._clock() - started) * self.batch_size / active  # the polish solves all
@@ -442,17 +441,19 @@ class Fitter:
 
     def _eval_seconds(self) -> float:
         """What result()'s evaluation is expected to take, so that a budget keeps room for it: half an
-        iteration for its render, plus SSIM's time per image (measured on one image, once per image
-        size in this process, the first time a budget asks). Regression: on a CPU SSIM alone costs
-        4-8 iterations, and budgeted fits of large images ended up to 30% over their budget."""
+        iteration for its render, and twice the time of SSIM's two blurs of the targets for the rest
+        of SSIM (three more blurs and the arithmetic). Those two blurs are computed, and timed, the
+        first time a budget asks, and result()'s SSIM reuses them: the measurement costs nothing.
+        Regression: on a CPU SSIM costs 4-8 iterations, and budgeted fits of large images ended up
+        to 30% over their budget."""
         if self.cfg.budget_ms is None or not self.evaluated:
             return 0.0
-        key = (self.device.type, self.h, self.w)
-        if key not in _EVAL_SECONDS:
+        if self._target_stats is None:  # its time counts in `seconds`, as the final SSIM's would
             t0 = self._clock(True)
-            ssim(self.images[:1], self.images[:1])
-            _EVAL_SECONDS[key] = self._clock(True) - t0
-        return 0.5 * self.step_seconds + self.batch_size * _EVAL_SECONDS[key]
+            self._target_stats = target_blurs(self.images)
+            self._stats_seconds = self._clock(True) - t0
+            self.seconds += self._stats_seconds
+        return 0.5 * self.step_seconds + 2.0 * self._stats_seconds
 
     def finish(self) -> "Fitter":
         """The fit's last step, once (fit_images calls it before result(); call it too when driving a

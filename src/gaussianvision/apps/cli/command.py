@@ -120,9 +120,10 @@ def flag_message(message: str, flags: dict[str, str]) -> str:
     maps option names to flags. A message about unknown --fit-option names is left as it is."""
     if message.startswith("fit options ["):
         return message
+    named = message
     for option, flag in flags.items():
-        message = re.sub(rf"\b{option}\b", flag, message)
-    return message
+        named = re.sub(rf"\b{option}\b", flag, named)
+    return named if named == message else named.replace(" or None", " (or not given)")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -232,7 +232,9 @@ def _reached(results: list[dict], cfg: FitConfig) -> dict:
         out["reached_target"] = sum(p >= cfg.target_psnr for p in psnrs)
     out["exact"] = sum(p >= PSNR_CAP - 1e-3 for p in psnrs)  # reported at the cap, in the mean as such
     if cfg.budget_ms is not None:  # what no iteration count can fix: the start and the final metrics alone
-        out["over_budget"] = sum(1000 * x["seconds"] > cfg.budget_ms for x in results)
+        over = [x for x in results if 1000 * x["seconds"] > cfg.budget_ms]
+        out["over_budget"] = len(over)
+        out["over_budget_at_start"] = sum(x["iterations"] == 0 for x in over)
     return out
 
 
@@ -263,9 +265,11 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
                          f"; {v} stopped at the {k}" for k, v in reached["stopped"].items()) + (
                          f"; {reached['exact']} exact (counted at {PSNR_CAP:g} dB)" if reached["exact"] else ""))
         if reached.get("over_budget"):
-            lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: "
-                         f"the initialization and the final metrics alone take longer at this size and N; raise "
-                         f"--budget-ms or lower --gaussians or --size")
+            why = ("the initialization and the final metrics alone take longer at this size and N; raise --budget-ms "
+                   "or lower --gaussians or --size" if reached["over_budget_at_start"] == reached["over_budget"] else
+                   "each iteration's time is foreseen from the one before, and the first one's is not known until it "
+                   "has run: a budget of a few iterations can be passed by one")
+            lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: {why}")
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
     emit(summary, a.json, "\n".join(lines))
     if "error" in summary:
@@ -282,7 +286,8 @@ def main(argv=None) -> int:
         cfg = _config(a)
         paths = _inputs(a.inputs)
         if not paths:
-            raise CliError(f"no images found in {', '.join(a.inputs)}")
+            raise CliError(f"no images found in {', '.join(a.inputs)}" + (
+                " (only renders gsv wrote, which are skipped: name them to fit them)" if list_images(a.inputs) else ""))
         _out_folder(a.out)
         from tqdm import tqdm
         progress = not (a.json or a.no_progress)
