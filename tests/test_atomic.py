@@ -219,3 +219,12 @@ def test_each_writer_goes_through_the_one_atomic_write(site, tmp_path, monkeypat
         _call(site, failing, monkeypatch)
     assert renamed_to == [written.name]
     assert _listing(failing) == before
+
+
+def test_a_name_near_the_file_systems_limit_is_written(tmp_path):
+    """Regression: a 250-byte name could be written but not its temporary name (.NAME.tmpPID.SUFFIX)."""
+    for name in ("M" * 250 + ".png", "é" * 120 + ".gsv"):
+        path = tmp_path / name
+        write_atomic(path, lambda tmp: tmp.write_bytes(b"x"))
+        assert path.read_bytes() == b"x" and sorted(p.name for p in tmp_path.iterdir()).count(name) == 1
+    assert len(list(tmp_path.iterdir())) == 2  # no temporary left

@@ -291,6 +291,25 @@ def test_the_report_says_how_many_fits_are_exact_at_the_psnr_cap(tmp_path, capsy
     assert "black.png: 120.00 dB" in text and "; 1 exact (counted at 120 dB)" in text
 
 
+def test_sizes_too_large_and_output_names_too_long_are_handled(tmp_path, capsys):
+    """Regressions: --size 20000 ended in Pillow's DecompressionBombError traceback; an input named with
+    240 characters aborted the whole run (its temporary output name passed the file system's 255 bytes)."""
+    from gaussianvision.data.images import load_image
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(10)), tmp_path / "a.png")
+    assert gsv(["fit", str(tmp_path / "a.png"), "-n", "4", "--size", "20000", "--out", str(tmp_path / "o")]) == 2
+    assert "--size must be 0 (keep the original size) or one side of 11 to 8000 pixels" in capsys.readouterr().err
+    for bad in (0, -5, 3.5, 20000):
+        with pytest.raises(ValueError, match=r"load_image: size must be a whole number of pixels from 1 to 8000"):
+            load_image(tmp_path / "a.png", size=bad)
+    long = tmp_path / "in"
+    long.mkdir()
+    for name in ("M" * 240 + ".png", "M" * 241 + ".png", "c.png"):
+        save_png(torch.rand(3, 16, 16), long / name)  # (the atomic write's temporary name keeps within 255 bytes)
+    assert gsv(["fit", str(long), "-n", "4", "--iters", "1", "--size", "16", "--out", str(tmp_path / "o"), "--json"]) == 0
+    outs = sorted(r["output"].split("/")[-1] for r in json.loads(capsys.readouterr().out)["results"])
+    assert outs == ["M" * 200 + ".gsv", "M" * 200 + "_1.gsv", "c.gsv"]
+
+
 def test_results_json_holds_what_was_reached_and_says_how_many_reached_the_target(tmp_path, capsys):
     """Regression: "reached" was added to the summary after results.json was written; the printed line
     did not say how many images reached the target."""

@@ -238,3 +238,28 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(capsys, monkeypatch):
         os.close(w)
         if r is not None:
             os.close(r)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    """Regression: Ctrl-C during gsv fit / convert printed a 40-line KeyboardInterrupt traceback."""
+    from gaussianvision.apps.cli import info
+    from gaussianvision.apps.cli.main import main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(info, "main", interrupted)
+    assert main(["info", "x.gsv"]) == 130
+    assert capsys.readouterr().err.strip() == "gsv: interrupted (gsv convert resumes where it stopped when rerun)"
+
+
+def test_an_unreadable_image_says_so_not_corrupt(tmp_path, monkeypatch):
+    """Regression: a file without read permission was reported as 'truncated or corrupt'."""
+    from gaussianvision.data import images
+    from gaussianvision.data.images import ImageLoadError, load_image
+    save_png(torch.rand(3, 12, 12), tmp_path / "x.png")
+
+    def denied(fp, *a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(images.Image, "open", denied)
+    with pytest.raises(ImageLoadError, match=r"x.png: cannot read \(Permission denied\)$"):
+        load_image(tmp_path / "x.png")

@@ -377,8 +377,9 @@ def cli_main(args):
 
 
 BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
-               (["--size", "0"], "size must be at least 11 pixels a side"), (["--device", "gpu0"], "device 'gpu0'"),
-               (["--size", "5"], "size must be at least 11 pixels a side (the SSIM window"),
+               (["--size", "0"], "size must be from 11 (the SSIM window"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--size", "5"], "size must be from 11 (the SSIM window each fit reports with) to 8000 pixels"),
+               (["--size", "20000"], "to 8000 pixels a side (max_pixels 64000000), got 20000"),
                (["--device", "tpu"], "device 'tpu': not a device; use cpu or cuda (cuda:N)"),
                (["--workers", "-1"], "workers must be >= 0 (0: fit in this process), got -1"),
                (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
@@ -565,3 +566,24 @@ def test_key_json_says_why_a_fit_stopped_and_the_size_as_shown(tmp_path):
     assert all(v["stopped"] == "target" and v["iterations"] == 0 for v in infos.values())
     convert_dataset(str(src), tmp_path / "out2", cfg())
     assert all("stopped" not in json.loads(s["json"]) for s in read_samples(tmp_path / "out2" / "000000.tar"))
+
+
+def test_an_input_tar_that_cannot_be_opened_is_left_unfinished_and_a_rerun_converts_it(tmp_path, monkeypatch):
+    """Regression: a tar that could not be opened (permissions, a file system away) was written as a
+    finished shard of 0 samples, and reruns skipped it for ever."""
+    import builtins
+    from gaussianvision.data import conversion
+    shard = write_tar(tmp_path / "a.tar", good_sample("k1", 1) + good_sample("k2", 2))
+    out = tmp_path / "out"
+
+    def denied(path, *a, **k):
+        if str(path) == str(shard):
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, *a, **k)
+    monkeypatch.setattr(conversion, "open", denied, raising=False)
+    rc, text, err = cli_main(["--input", str(shard), "--output", str(out), *CLI_ARGS])
+    assert rc == 1 and f"could not open 1 input shard(s) (first: {shard}: cannot open (Permission denied))" in err
+    assert not (out / "000000.stats.json").exists() and not (out / "000000.tar").exists()
+    monkeypatch.undo()
+    rc, text, err = cli_main(["--input", str(shard), "--output", str(out), *CLI_ARGS])
+    assert rc == 0 and "converted 1 shards, skipped 0 finished" in text and "inputs 2 = converted 2 + failed 0" in text

@@ -17,13 +17,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     suffix still work), then rename it to `path`; on any failure the temporary file is removed
     and the error re-raised."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = _temporary(path)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _temporary(path: Path, limit: int = 255) -> Path:
+    """.NAME.tmpPID.SUFFIX beside path, NAME cut so that the name keeps within `limit` bytes (the usual
+    file-system limit; regression: a 250-byte NAME could be written but not its temporary name)."""
+    tail, name = f".tmp{os.getpid()}{path.suffix}", path.name
+    while name and len(f".{name}{tail}".encode("utf-8", "surrogateescape")) > limit:
+        name = name[:-1]
+    return path.with_name(f".{name}{tail}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, mkdir: bool = False,

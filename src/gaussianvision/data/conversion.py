@@ -25,6 +25,7 @@ the samples of an uninterrupted run. Rank r of world w converts the units with k
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -134,12 +135,15 @@ class _Converter:
     def __init__(self, out: Path, cfg: ConvertConfig):
         self.out, self.cfg = out, cfg
         self.writing = ""  # the file being written (for the message of a write error)
+        self.unopened: list[str] = []  # input tars that could not be opened: left unfinished, a rerun retries them
 
     def samples(self, pending: list[Unit]):
         """Work in order: ((shard, positions), uint8 images [B, 3, S, S]) per batch of a shard, then
         ((shard, None), None) at its end."""
         cfg = self.cfg
         for unit in pending:
+            if unit.kind == "tar" and not self._opens(unit.paths[0]):
+                continue
             sh = _Shard(unit)
             pos_batch, img_batch = [], []
             for pos, raw in enumerate(iter_unit(unit)):
@@ -171,6 +175,17 @@ class _Converter:
             if pos_batch:
                 yield (sh, pos_batch), np.stack(img_batch)
             yield (sh, None), None
+
+    def _opens(self, path: str) -> bool:
+        """Whether an input tar can be opened; if not (permissions, a file system that is away) it is
+        noted and its shard left unfinished, so that a rerun tries it again (regression: it was written
+        as a finished shard of 0 samples and never retried)."""
+        try:
+            open(path, "rb").close()
+            return True
+        except OSError as e:
+            self.unopened.append(f"{path}: cannot open ({e.strerror or e})")
+            return False
 
     def collect(self, sh: _Shard, positions, items: list[FitItem]) -> None:
         for pos, it in zip(positions, items):
@@ -277,9 +292,9 @@ def _check_settings(cfg: ConvertConfig) -> None:
     """Every setting checked without fitting (see _probe_fit for the rest); ConvertError."""
     if cfg.n_gaussians < 1:
         raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
-    if cfg.size < SSIM_WINDOW:
-        raise ConvertError(f"size must be at least {SSIM_WINDOW} pixels a side (the SSIM window each fit reports "
-                           f"with), got {cfg.size}")
+    if not SSIM_WINDOW <= cfg.size <= math.isqrt(cfg.max_pixels):
+        raise ConvertError(f"size must be from {SSIM_WINDOW} (the SSIM window each fit reports with) to "
+                           f"{math.isqrt(cfg.max_pixels)} pixels a side (max_pixels {cfg.max_pixels}), got {cfg.size}")
     if cfg.batch_size < 1:
         raise ConvertError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.workers < 0:
@@ -354,7 +369,8 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
-                      "shards_skipped": len(mine) - len(pending), "shards_of_this_rank": len(mine)}
+                      "shards_skipped": len(mine) - len(pending), "shards_of_this_rank": len(mine),
+                      "unopened": conv.unopened}
     return summary
 
 

@@ -14,6 +14,7 @@ pixels), and images smaller than `min_side` pixels on a side.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", 
            "image_member", "DEFAULT_MAX_PIXELS", "list_images"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
+MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
 # The image kinds the project reads, the one list: as tar member extensions, in the order a
 # sample's image is looked for (image_member), and as file suffixes (folders, `gsv fit` inputs).
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -111,6 +113,8 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
         raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image Pillow can read") from None
+    except PermissionError as e:  # regression: said "truncated or corrupt"
+        raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(f"{name}: truncated or corrupt image ({e})") from None
     finally:
@@ -122,6 +126,8 @@ def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str
                max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> torch.Tensor:
     """Any image -> [3, H, W] float32 in [0, 1] (H = W = size unless size is None)."""
     name = name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview)) else "<bytes>")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE):
+        raise ValueError(f"load_image: size must be a whole number of pixels from 1 to {MAX_SIZE} or None, got {size!r}")
     img = _open(src, name, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)

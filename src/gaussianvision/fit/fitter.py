@@ -526,9 +526,11 @@ class Fitter:
         self.counts = counts
         removed = drop.sum(1)
         self.pruned += removed
-        # pruned images changed: let them fit again
-        self.active[:] = True
-        self.stopped = [None] * self.batch_size
+        # pruned images changed: let them fit again, but for a spent budget (regression: a prune after a
+        # budget stop erased its record, results said stopped: None)
+        spent = [why == "budget" for why in self.stopped]
+        self.active = torch.tensor([not x for x in spent], dtype=torch.bool, device=self.device)
+        self.stopped = ["budget" if x else None for x in spent]
         self._reset_plateau()
         self.seconds += self._clock(True) - t0
         return removed
@@ -576,9 +578,15 @@ def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init:
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"fit_images: images are {h}x{w}; at least {SSIM_WINDOW} pixels a side (the SSIM window "
                          "each fit reports with)")
-    f = start_coarse_to_fine(images, n_gaussians, cfg, init, progress) if cfg.coarse_fraction > 0 else None
-    f = f or Fitter(images, n_gaussians, cfg, init=init)
+    main = cfg
+    if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters:  # the fine-tune's share of the budget
+        main = replace(cfg, budget_ms=cfg.budget_ms * cfg.iters / (cfg.iters + cfg.finetune_iters))
+    f = start_coarse_to_fine(images, n_gaussians, main, init, progress) if cfg.coarse_fraction > 0 else None
+    f = f or Fitter(images, n_gaussians, main, init=init)
     f.run(cfg.iters - int(f.iterations.max()), progress=progress)
+    if main is not cfg:  # the main phase spent its share; the fine-tune has the rest
+        f.cfg = replace(f.cfg, budget_ms=cfg.budget_ms)
+        f.stopped = [None if why == "budget" else why for why in f.stopped]
     if cfg.prunes:
         f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
         if cfg.finetune_iters:

@@ -116,6 +116,10 @@ def _go(a) -> int:
     except (ConvertError, SourceError) as e:
         raise CliError(str(e)) from None
     emit(s, a.json, _report(s, a.output))
+    if s["run"]["unopened"]:  # left unfinished: a rerun retries them
+        print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
+              f"their output shards are left unfinished: rerun once they can be read", file=sys.stderr)
+        return 1
     if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
         print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
               f"{a.output / 'failures.jsonl'}", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from gaussianvision.atomic import write_atomic
-from gaussianvision.data.images import ImageLoadError, list_images, load_image
+from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
@@ -26,6 +26,7 @@ from gaussianvision.apps.cli.command import CliError, add_progressive_options, f
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
+NAME_BYTES = 200  # an output stem's UTF-8 bytes at most: NAME.gsv and its temporary name fit the usual 255
 
 
 def _names(paths: list[Path], out: Path | None = None, exts: tuple = (".gsv",)) -> list[str]:
@@ -44,7 +45,7 @@ def _names(paths: list[Path], out: Path | None = None, exts: tuple = (".gsv",)) 
     used: set[str] = set()
     names = []
     for p in paths:
-        stem = p.stem or "image"
+        stem = p.stem.encode("utf-8", "surrogateescape")[:NAME_BYTES].decode("utf-8", "ignore") or "image"
         name, k = stem, 0
         while key(name) in used or (k and key(name) in taken) or any(key(name + e) in taken for e in exts):
             k += 1
@@ -100,9 +101,9 @@ def _size(text: str) -> int:
         size = int(text)
     except ValueError:
         size = -1
-    if size != 0 and size < MIN_SIZE:
-        raise CliError(f"--size must be 0 (keep the original size) or one side of at least {MIN_SIZE} pixels "
-                       f"(the fit crops squares), got {text!r}")
+    if size != 0 and not MIN_SIZE <= size <= MAX_SIZE:
+        raise CliError(f"--size must be 0 (keep the original size) or one side of {MIN_SIZE} to {MAX_SIZE} pixels "
+                       f"(the fit crops squares; {MAX_SIZE} squared is the largest image read), got {text!r}")
     return size
 
 

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT (was a 40-line traceback)
+        print("gsv: interrupted (gsv convert resumes where it stopped when rerun)", file=sys.stderr)
+        return 130
 
 
 def _dispatch(argv: list[str]) -> int:
