@@ -383,7 +383,8 @@ BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"]
                (["--device", "tpu"], "device 'tpu': not a device; use cpu or cuda (cuda:N)"),
                (["--workers", "-1"], "workers must be >= 0 (0: fit in this process), got -1"),
                (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
-               (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number")]
+               (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number"),
+               (["--zstd"], "zstd compresses the quantized layout only (--layout quantized), not the interleaved one")]
 if not __import__("torch").cuda.is_available():
     BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
 

@@ -301,6 +301,8 @@ def _check_settings(cfg: ConvertConfig) -> None:
         raise ConvertError(f"workers must be >= 0 (0: fit in this process), got {cfg.workers}")
     if cfg.layout not in ("interleaved", "quantized"):
         raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
+    if cfg.zstd and cfg.layout != "quantized":
+        raise ConvertError("zstd compresses the quantized layout only (--layout quantized), not the interleaved one")
     try:
         FitConfig.from_options(cfg.fit_options)
     except ValueError as e:
