@@ -164,6 +164,20 @@ def test_bad_inputs_are_clear_errors(photos):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on CPU-only machines")
+def test_fit_images_takes_a_preset_and_refuses_counts_that_are_not_whole(photos):
+    """Regressions: preset="fast" was 'unknown option' (from_options and the docs have it); 10.7 or '10'
+    Gaussians were taken as 10."""
+    small = torch.nn.functional.interpolate(photos[:1], size=24, mode="area")
+    got = fit_images(small, 8, preset="fast", iters=3, backend="reference")
+    want = fit_images(small, 8, config=FitConfig.from_options({"preset": "fast", "iters": 3, "backend": "reference"}))
+    assert torch.equal(got.splats.means, want.splats.means) and got.config["beta1"] == 0.85
+    with pytest.raises(TypeError, match="give preset= or config=, not both"):
+        fit_images(small, 8, preset="fast", config=FitConfig())
+    for bad in (10.7, "10", True, 0):
+        with pytest.raises(ValueError, match=r"n_gaussians must be a whole number >= 1"):
+            fit_images(small, bad, iters=1)
+
+
 def test_cuda_request_without_cuda_is_a_clear_error(photos):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         fit_images(photos, 4, iters=1, device="cuda")

@@ -37,6 +37,7 @@ run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where c
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -177,8 +178,8 @@ class Fitter:
                                  f"images are {b} x {self.h}x{self.w}")
             s.validate("init splats")
         else:
-            if n_gaussians is None or int(n_gaussians) < 1:
-                raise ValueError(f"fit_images: n_gaussians must be >= 1, got {n_gaussians}")
+            if isinstance(n_gaussians, bool) or not isinstance(n_gaussians, numbers.Integral) or n_gaussians < 1:
+                raise ValueError(f"fit_images: n_gaussians must be a whole number >= 1, got {n_gaussians!r}")
             gen = torch.Generator().manual_seed(self.cfg.seed)
             if self.cfg.prefix_fractions:  # a nested fit starts nested (fit/progressive.py)
                 s = nested_init(init, self.images, int(n_gaussians), self.cfg.prefix_fractions, gen,
@@ -556,9 +557,15 @@ def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None 
     """Fit `n_gaussians` Gaussians to each of the B images [B, 3, H, W] in [0, 1].
 
     init: an initializer name (grid | content | random) or Splats [B, N] to continue from.
-    overrides: any FitConfig field (e.g. lr_means=0.5, target_psnr=30, device="cuda").
+    overrides: any FitConfig field (e.g. lr_means=0.5, target_psnr=30, device="cuda"), or preset="fast"
+    (fit/presets.py: its settings, the other overrides over them).
     Metrics per image: psnr, ssim, n_gaussians, iterations, seconds (the image's share: the
     batch's wall time divided by B), batch_seconds (the whole batch's wall time), pruned, stopped."""
+    if "preset" in overrides:  # a preset's settings under the other options, as FitConfig.from_options gives them
+        if config is not None:
+            raise TypeError("fit_images: give preset= or config=, not both (FitConfig.from_options({'preset': ...}) "
+                            "makes a config of a preset)")
+        config = FitConfig.from_options({"preset": overrides.pop("preset")})
     cfg = replace(config) if config is not None else FitConfig()
     for k, v in dict(overrides, **({"iters": iters} if iters is not None else {})).items():
         if k not in FitConfig.__dataclass_fields__:
