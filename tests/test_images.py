@@ -1,4 +1,5 @@
 import io
+import os
 
 import numpy as np
 import pytest
@@ -112,3 +113,23 @@ def test_the_bundled_photos_saved_as_files_load_back_as_the_bundled_photos(tmp_p
         sorted(q.name for q in (tmp_path / "photos").iterdir())
     for p, (_, want) in zip(paths, bundled_photos(size=64, names=names)):
         assert torch.equal(load_image(p, size=64), want)
+
+
+def test_folders_linked_into_a_folder_are_searched_once_and_loops_end(tmp_path):
+    """Regression: images in a symlinked folder were skipped without a word (gsv fit, gsv convert)."""
+    from gaussianvision.data.images import find_images, list_images
+    from gaussianvision.data.inputs import plan_units
+    elsewhere, root = tmp_path / "elsewhere", tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (root / "a.png", root / "sub" / "b.jpg", elsewhere / "c.png"):
+        Image.new("RGB", (12, 12)).save(path)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: no loop
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")  # a broken link: not an image file
+    (root / "notes.txt").write_text("not an image")
+    want = ["a.png", "linked/c.png", "sub/b.jpg"]
+    assert [p.relative_to(root).as_posix() for p in find_images(root)] == want
+    assert sorted(p.relative_to(root).as_posix() for p in list_images([root])) == want
+    units = plan_units(str(root), 10)
+    assert [os.path.relpath(p, root) for p in units[0].paths] == want

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTS", "IMAGE_EXTENSIONS",
-           "image_member", "DEFAULT_MAX_PIXELS", "list_images"]
+           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
@@ -161,6 +161,28 @@ def image_member(members) -> str | None:
     return next((e for e in IMAGE_EXTS if e in members), None)
 
 
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """The image files (by extension) under a folder, at any depth, sorted by their path under it;
+    symlinked folders are followed, each real folder once (a link back up the tree is no loop).
+    Regression: folders linked into a dataset folder were skipped without a word."""
+    root = Path(root)
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder, subs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    found = [q for q in found if q.is_file()]  # not broken links, fifos, ...
+    return sorted(found, key=lambda q: q.relative_to(root).as_posix())
+
+
 def list_images(inputs) -> list[Path]:
     """Expand files and folders (recursively, sorted) to image paths by extension.
 
@@ -173,7 +195,7 @@ def list_images(inputs) -> list[Path]:
         except OSError:  # e.g. a name too long for the file system: loading it reports why
             folder = False
         if folder:
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+            out.extend(sorted(find_images(p)))  # (the order gsv fit has always used)
         else:
             out.append(p)
     return out

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from gaussianvision.data.images import IMAGE_EXTENSIONS, IMAGE_EXTS, image_member
+from gaussianvision.data.images import IMAGE_EXTENSIONS, IMAGE_EXTS, find_images, image_member
 from gaussianvision.data.shards import SHARD_ERRORS, Group, check_key, iter_groups, show
 
 __all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
@@ -103,8 +103,7 @@ def plan_units(src, shard_size: int = 1000) -> list[Unit]:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
     if p.is_dir():
-        files = sorted((q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS),
-                       key=lambda q: q.relative_to(p).as_posix())
+        files = find_images(p)
         tars = any(p.glob("*.tar"))
         if files and tars:  # regression: the images were dropped and only the shards read
             raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "
