@@ -124,6 +124,8 @@ def test_a_budget_keeps_the_fine_tune_after_a_prune_its_share_and_the_stop_is_re
     assert 20 <= before <= 24 and tuned[0]["iterations"] - before >= 4  # about 100/125 of the budget, then the rest
     _, untuned = _fit(photos, n, dict(opts, finetune_iters=0), clock)
     assert all(m["stopped"] == "budget" for m in untuned)  # the prune keeps the record
+    _, only = _fit(photos, n, dict(opts, iters=0, finetune_iters=5), clock)  # no first phase: no share of 0 ms
+    assert [m["iterations"] for m in only] == [5] * 4
 
 
 def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypatch, photos):

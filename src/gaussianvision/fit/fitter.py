@@ -586,7 +586,7 @@ def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init:
         raise ValueError(f"fit_images: images are {h}x{w}; at least {SSIM_WINDOW} pixels a side (the SSIM window "
                          "each fit reports with)")
     main = cfg
-    if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters:  # the fine-tune's share of the budget
+    if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters and cfg.iters:  # the fine-tune's share of the budget
         main = replace(cfg, budget_ms=cfg.budget_ms * cfg.iters / (cfg.iters + cfg.finetune_iters))
     f = start_coarse_to_fine(images, n_gaussians, main, init, progress) if cfg.coarse_fraction > 0 else None
     f = f or Fitter(images, n_gaussians, main, init=init)
