@@ -390,7 +390,7 @@ class Fitter:
         """`iters` more iterations (fewer for images that stop early). With relocate (and
         cfg.relocate_every > 0), Gaussians are relocated every relocate_every iterations of this
         call while within its first relocate_until share, never after its last iteration."""
-        self._eval_seconds()  # with a budget, the first call times SSIM's blurs of the targets (in `seconds`)
+        self._time_target_stats()
         t0 = time.perf_counter()
         cfg = self.cfg
         record = set(cfg.record_at)
@@ -440,20 +440,25 @@ class Fitter:
         """What finish()'s polish is expected to take: solve_cost iterations of the whole batch."""
         return solve_cost(self.cfg.final_colors) * self.step_seconds if self._polishes() else 0.0
 
+    def _time_target_stats(self) -> None:
+        """With a budget (and result() to come), SSIM's two blurs of the targets, once, timed for
+        _eval_seconds; result()'s SSIM reuses them, so the measurement costs nothing. Their time counts
+        in `seconds`, as the final SSIM's would."""
+        if self.cfg.budget_ms is None or not self.evaluated or self._target_stats is not None:
+            return
+        t0 = self._clock(True)
+        self._target_stats = target_blurs(self.images)
+        self._stats_seconds = self._clock(True) - t0
+        self.seconds += self._stats_seconds
+
     def _eval_seconds(self) -> float:
         """What result()'s evaluation is expected to take, so that a budget keeps room for it: half an
-        iteration for its render, and twice the time of SSIM's two blurs of the targets for the rest
-        of SSIM (three more blurs and the arithmetic). Those two blurs are computed, and timed, the
-        first time a budget asks, and result()'s SSIM reuses them: the measurement costs nothing.
-        Regression: on a CPU SSIM costs 4-8 iterations, and budgeted fits of large images ended up
-        to 30% over their budget."""
+        iteration for its render, and twice the timed blurs of the targets for the rest of SSIM (three
+        more blurs and the arithmetic; _time_target_stats). Regression: on a CPU SSIM costs 4-8
+        iterations, and budgeted fits of large images ended up to 30% over their budget."""
         if self.cfg.budget_ms is None or not self.evaluated:
             return 0.0
-        if self._target_stats is None:  # its time counts in `seconds`, as the final SSIM's would
-            t0 = self._clock(True)
-            self._target_stats = target_blurs(self.images)
-            self._stats_seconds = self._clock(True) - t0
-            self.seconds += self._stats_seconds
+        self._time_target_stats()
         return 0.5 * self.step_seconds + 2.0 * self._stats_seconds
 
     def finish(self) -> "Fitter":

@@ -140,22 +140,18 @@ def _config(a) -> FitConfig:
         raise CliError(flag_message(str(e), by_flag)) from None
 
 
-def _inputs(inputs: list[str]) -> list[Path]:
-    """The images to fit: files as named, folders' images less the renders gsv wrote there (a rerun of
-    `gsv fit DIR --out DIR --save-png` fitted its own reconstructions); the skipped ones are said."""
-    def folder(x: str) -> bool:
-        try:
-            return Path(x).is_dir()
-        except OSError:  # e.g. a name too long for the file system: loading it reports why
-            return False
-    named = {Path(x) for x in inputs if not folder(x)}
+def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
+    """(the images to fit, how many were skipped): files as named, folders' images less the renders gsv
+    wrote there (a rerun of `gsv fit DIR --out DIR --save-png` fitted its own reconstructions); the
+    skipped ones are said. (A folder's own path is never one of its images: `named` needs no is_dir.)"""
+    named = {Path(x) for x in inputs}
     paths, renders = [], []
     for p in list_images(inputs):
         (renders if p not in named and is_render(p) else paths).append(p)
     if renders:
         print(f"gsv fit: skipped {len(renders)} render{'s' if len(renders) != 1 else ''} of splats that gsv wrote "
               f"(e.g. {renders[0]}); name a file to fit it anyway", file=sys.stderr)
-    return paths
+    return paths, len(renders)
 
 
 def _out_folder(out: Path) -> None:
@@ -285,10 +281,10 @@ def main(argv=None) -> int:
     def go(a):
         a.size = _size(a.size)
         cfg = _config(a)
-        paths = _inputs(a.inputs)
+        paths, skipped = _inputs(a.inputs)
         if not paths:
             raise CliError(f"no images found in {', '.join(a.inputs)}" + (
-                " (only renders gsv wrote, which are skipped: name them to fit them)" if list_images(a.inputs) else ""))
+                " (only renders gsv wrote, which are skipped: name them to fit them)" if skipped else ""))
         _out_folder(a.out)
         from tqdm import tqdm
         progress = not (a.json or a.no_progress)
