@@ -343,3 +343,64 @@ def test_cli_eval_offline_dataset_leaves_no_data_folder(tmp_path, capsys, monkey
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--out", "o", "--device", "cpu"])
     assert rc == 2 and "cifar10: cannot get the data" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fit-iters", "-3"], "--fit-iters: must be a whole number >= 0, got -3"),
+    (["--n-gaussians", "0"], "--n-gaussians: must be a whole number >= 1, got 0"),
+    (["--fit-size", "3"], "--fit-size: must be from 11"),
+    (["--fit-size", "-1"], "--fit-size: must be from 11"),
+    (["--fit-batch", "0"], "--fit-batch: must be a whole number >= 1, got 0"),
+    (["--fit-budget-ms", "-1"], "--fit-budget-ms must be positive"),
+])
+def test_cli_eval_bad_splat_settings_are_one_line_naming_the_flag(flags, message, capsys):
+    """Regression: these values failed in the first fit with a traceback (exit 1)."""
+    from gaussianvision.apps.cli.eval import main
+    assert main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "wds/none", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_splat_settings_refuse_values_that_cannot_fit():
+    from gaussianvision.eval.datasets import SplatSettings
+    for kw, name in (({"n_gaussians": 2.5}, "n_gaussians"), ({"iters": -1}, "iters"), ({"size": 8}, "size"),
+                     ({"size": 9000}, "size"), ({"fit_batch": 0}, "fit_batch"), ({"fit_options": []}, "fit_options")):
+        with pytest.raises(ValueError, match=rf"^{name} must"):
+            SplatSettings(**kw)
+    assert SplatSettings(size=11, iters=0).size == 11
+
+
+def _rewrite_member(tar_path: Path, suffix: str, data: bytes) -> None:
+    """The first member ending in `suffix` gets `data` (a corrupt image)."""
+    import tarfile
+    with tarfile.open(tar_path) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    done = False
+    with tarfile.open(tar_path, "w") as t:
+        for m, body in members:
+            if not done and m.name.endswith(suffix):
+                body, done = data, True
+            m.size = len(body)
+            t.addfile(m, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("damage", ["corrupt image", "empty shard"])
+def test_unreadable_test_data_is_one_error_naming_the_file(damage, tmp_path):
+    """A corrupt image or an empty shard ends that dataset with one EvalError naming the shard (and the
+    sample), recorded like any failed dataset; regression: a webdataset / tarfile traceback."""
+    from gaussianvision.eval.datasets import SplatSettings
+    from gaussianvision.eval.run import evaluate_all
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    shard = root / "test" / "0.tar"
+    if damage == "corrupt image":
+        _rewrite_member(shard, ".png", b"garbage\n")
+    else:
+        shard.write_bytes(b"")
+    for kind in ("rgb", "gs"):
+        res = evaluate_all([stub(kind)], ["wds/colors"], str(tmp_path / kind), root=str(root), batch_size=5,
+                           splats=SplatSettings(n_gaussians=4, iters=1, init="grid", size=12), progress=False)
+        (err,) = res["errors"]
+        assert err.startswith("wds/colors: cannot read its data (") and str(shard) in err
+        assert ("sample s0000 member png: UnidentifiedImageError" in err and "object at 0x" not in err
+                if damage == "corrupt image" else "ReadError: empty file" in err)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
+import re
+import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from ..atomic import write_atomic
 from gaussianvision.fit.presets import spelled_out
 from .models import EvalError, EvalModel
 
-__all__ = ["SplatSettings", "SplatCache", "SplatBatches", "dataset_task", "build_dataset", "build_loader",
+__all__ = ["SplatSettings", "SplatCache", "SplatBatches", "ReadGuard", "dataset_task", "build_dataset", "build_loader",
            "resolve_root"]
 
 
@@ -38,10 +41,31 @@ class SplatSettings:
     def __post_init__(self):
         from gaussianvision.fit import FitConfig
         from gaussianvision.fit.presets import preset_options
+        self._check()
         FitConfig.from_options(self.fit_options, exclude=("iters", "init"))
         if self.iters is None:  # resolved here, so keys hold the number (and keys made before stay valid)
             preset = self.fit_options.get("preset")
             self.iters = preset_options(preset).get("iters", 500) if preset else 500
+
+    def _check(self) -> None:
+        """One ValueError starting with the setting's name (callers name their flag by it); regression:
+        n_gaussians=0, iters=-3, size=3 or fit_batch=0 failed deep in the first fit with a traceback."""
+        from gaussianvision.data.images import MAX_SIZE
+        from gaussianvision.fit.metrics import SSIM_WINDOW
+
+        def whole(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        if not whole(self.n_gaussians) or self.n_gaussians < 1:
+            raise ValueError(f"n_gaussians must be a whole number >= 1, got {self.n_gaussians!r}")
+        if self.iters is not None and (not whole(self.iters) or self.iters < 0):
+            raise ValueError(f"iters must be a whole number >= 0, got {self.iters!r}")
+        if self.size is not None and (not whole(self.size) or not SSIM_WINDOW <= self.size <= MAX_SIZE):
+            raise ValueError(f"size must be from {SSIM_WINDOW} (the SSIM window each fit reports with) to "
+                             f"{MAX_SIZE} pixels a side, got {self.size!r}")
+        if not whole(self.fit_batch) or self.fit_batch < 1:
+            raise ValueError(f"fit_batch must be a whole number >= 1, got {self.fit_batch!r}")
+        if not isinstance(self.fit_options, dict):
+            raise ValueError(f"fit_options must be a dict of fit_images options, got {type(self.fit_options).__name__}")
 
     def key(self) -> str:
         d = asdict(self)
@@ -249,9 +273,53 @@ def build_dataset(dataset: str, root: str, transform, task: str, split: str = "t
 
 
 def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0):
+    """The dataset's batches; reading or decoding a sample fails with one EvalError (ReadGuard)."""
     from clip_benchmark.datasets.builder import get_dataset_collate_fn
     if dataset_name.startswith("wds/"):
-        return torch.utils.data.DataLoader(ds.batched(batch_size), batch_size=None, shuffle=False,
-                                           num_workers=num_workers)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=get_dataset_collate_fn(dataset_name))
+        return ReadGuard(torch.utils.data.DataLoader(ds.batched(batch_size), batch_size=None, shuffle=False,
+                                                     num_workers=num_workers), dataset_name)
+    return ReadGuard(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                                 collate_fn=get_dataset_collate_fn(dataset_name)), dataset_name)
+
+
+_READ_ERRORS = (OSError, EOFError, tarfile.TarError)  # PIL's UnidentifiedImageError is an OSError
+
+
+class ReadGuard:
+    """A loader whose errors of reading the data (a corrupt image, an empty or truncated shard) end the
+    dataset with one EvalError naming it and the file (regression: a traceback from webdataset or
+    tarfile); other errors (the model's) pass unchanged. An evaluation stops rather than skip a sample:
+    its metrics would silently be over a different test set."""
+
+    def __init__(self, loader, dataset_name: str):
+        self.loader, self.name = loader, dataset_name
+        self.dataset = loader.dataset
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                if not (isinstance(e, _READ_ERRORS) or type(e).__name__ == "DecodingError"):
+                    raise
+                raise EvalError(f"{self.name}: cannot read its data ({_read_error(e)}); "
+                                f"replace or remove the bad file or sample") from None
+            yield batch
+
+
+def _read_error(e: Exception) -> str:
+    """Where and why reading failed: webdataset's DecodingError names the shard and sample, its tar
+    errors carry the shard's URL among their args."""
+    if type(e).__name__ == "DecodingError":
+        cause = e.__cause__
+        why = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
+        return f"{getattr(e, 'url', None)}, sample {getattr(e, 'key', None)} member {getattr(e, 'k', None)}: {why}"
+    urls = [a for a in e.args[1:] if isinstance(a, str)]
+    first = e.args[0] if e.args else ""
+    return f"{urls[-1] + ': ' if urls else ''}{type(e).__name__}: {first}"[:400]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import CliError, add_speed_options, emit, fail, fit_option, parser, run
+from gaussianvision.apps.cli.command import (CliError, add_speed_options, emit, fail, fit_option, flag_message,
+                                              parser, run)
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -26,6 +27,7 @@ def build_parser():
     p.add_argument("--out", default="out/eval", help="folder for the per-dataset JSON files and results.md/.csv")
     p.add_argument("--batch-size", type=int, default=64, help="images per evaluation batch")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_splat_options(p)
     return p
 
@@ -68,8 +70,15 @@ def splat_settings(args):
         return SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
                              _fit_options(args))
     except ValueError as e:
-        flag = "--fit-budget-ms" if "budget_ms" in str(e) and args.fit_budget_ms is not None else "--fit-option"
-        raise CliError(f"{flag}: {e}") from None
+        own = next((f for name, f in _SETTING_FLAGS.items() if str(e).startswith(name + " ")), None)
+        if own:  # regression: these were tracebacks from the first fit
+            raise CliError(f"{own}: {str(e).split(' ', 1)[1]}") from None
+        flags = {k: f"--fit-{k.replace('_', '-')}" for k in ("preset", "budget_ms") if getattr(args, f"fit_{k}") is not None}
+        named = flag_message(str(e), flags)
+        raise CliError(named if named != str(e) else f"--fit-option: {e}") from None
+
+
+_SETTING_FLAGS = {"n_gaussians": "--n-gaussians", "iters": "--fit-iters", "size": "--fit-size", "fit_batch": "--fit-batch"}
 
 
 def _fit_options(args) -> dict:
@@ -101,7 +110,7 @@ def _run(args) -> int:
     try:
         res = evaluate_all(models, datasets, args.out, root=args.dataset_root, batch_size=args.batch_size,
                            device=device, splats=settings, cache_dir=args.splat_cache, num_workers=args.num_workers,
-                           progress=not args.json)
+                           progress=not (args.json or args.no_progress))
     except EvalError as e:
         raise CliError(str(e)) from None
     summary = {"out": args.out, "models": [m.label for m in models], "datasets": datasets,
