@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,6 +188,29 @@ def test_unknown_routes_and_parameters_are_json_errors(live):
     assert _post(live.url + "/classify", body)[1]["reason"] == "bad_labels"
     assert _post(live.url + "/classify?labels=a,b&label_set=cifar10", body)[1]["reason"] == "bad_labels"
     assert _post(live.url + "/classify?labels=a,b&template=no+slot", body)[1]["reason"] == "bad_template"
+    # regression: other fields or a stray brace were 500 internal errors (IndexError, KeyError, ValueError)
+    for t in ("{c}{0}", "{c}{d}", "{c}{"):
+        status, ans = _post(live.url + "/classify?labels=a,b&template=" + urllib.parse.quote(t), body)
+        assert (status, ans["reason"]) == (400, "bad_template"), t
+
+
+def test_custom_templates_are_checked_and_limited():
+    """Only {c} in braces (a format spec like {c:>9999999} built a 10 MB prompt), at most max_templates of
+    them (regression: 300 templates x 1000 labels blocked the model for 42 s), duplicates counted once."""
+    from gaussianvision.apps.serve.errors import ServeError
+    from gaussianvision.apps.serve.labels import custom_label_set
+    ok = custom_label_set(["a", "b"], ["x {c}", "x {c}", "{{literal}} {c}"], 10, 2)
+    assert ok.templates == ("x {c}", "{{literal}} {c}") and ok.classes == ("a", "b")
+    assert custom_label_set(["a", "b"], [], 10, 1).templates == ("a photo of a {c}.",)
+    for t, why in (("{c:>9999999}", "only {c}"), ("{c!r}", "only {c}"), ("{c}{0}", "only {c}"), ("{c}{d}", "only {c}"),
+                   ("{c}{", "not a format string"), ("}{c}", "not a format string"), ("none", "has no {c}"),
+                   ("{c}" + "x" * 300, "over 300")):
+        with pytest.raises(ServeError) as e:
+            custom_label_set(["a", "b"], [t], 10, 5)
+        assert (e.value.status, e.value.reason) == (400, "bad_template") and why in e.value.message, t
+    with pytest.raises(ServeError) as e:
+        custom_label_set(["a", "b"], [f"{i} {{c}}" for i in range(3)], 10, 2)
+    assert (e.value.status, e.value.reason) == (422, "too_many_templates")
 
 
 def _direct_classify(reference, body, classes, templates):

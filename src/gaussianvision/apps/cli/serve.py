@@ -52,6 +52,8 @@ def _parser():
     p.add_argument("--max-images", type=int, default=256, help="images in one request")
     p.add_argument("--max-gaussians", type=int, default=16384, help="Gaussians of one image")
     p.add_argument("--max-labels", type=int, default=1000, help="class names of one /classify request")
+    p.add_argument("--max-templates", type=int, default=100,
+                   help="prompt templates of one /classify request (each class is embedded once per template)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its forward")
     p.add_argument("--max-batch", type=int, default=64, help="images in one forward")
@@ -69,6 +71,7 @@ def settings_of(a):
     try:
         return ServeSettings(model=a.model, device=a.device, max_body=a.max_body, max_images=a.max_images,
                              max_gaussians=a.max_gaussians, max_labels=a.max_labels,
+                             max_templates=a.max_templates,
                              batch_window_ms=a.batch_window_ms, max_batch=a.max_batch, top_k=a.top_k,
                              token=token).check()
     except ValueError as e:  # "max_body must be ..." -> "--max-body must be ..."

@@ -89,7 +89,7 @@ class _Service:
             return label_set(q["label_set"])
         if not names:
             raise ServeError(400, "bad_labels", "give class names (labels=cat,dog,...) or a label_set (e.g. cifar10)")
-        return custom_label_set(names, q.getlist("template"), self.settings.max_labels)
+        return custom_label_set(names, q.getlist("template"), self.settings.max_labels, self.settings.max_templates)
 
     async def classify(self, request: Request) -> dict:
         labels = self._labels(request)

@@ -22,13 +22,14 @@ class ServeSettings:
     max_images: int = 256            # images in one request (over all its payloads)
     max_gaussians: int = 16384       # Gaussians of one image
     max_labels: int = 1000           # class names of one /classify request
+    max_templates: int = 100         # prompt templates of one /classify request (clip_benchmark's sets have up to 80)
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for others
     max_batch: int = 64              # images in one forward
     top_k: int = 5                   # /classify's default top-k
     token: str | None = None         # Bearer token for every route but /health (None: open)
 
     def check(self) -> "ServeSettings":
-        for name in ("max_body", "max_images", "max_gaussians", "max_labels", "max_batch", "top_k"):
+        for name in ("max_body", "max_images", "max_gaussians", "max_labels", "max_templates", "max_batch", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.batch_window_ms <= 10_000:
