@@ -588,3 +588,25 @@ def test_an_input_tar_that_cannot_be_opened_is_left_unfinished_and_a_rerun_conve
     monkeypatch.undo()
     rc, text, err = cli_main(["--input", str(shard), "--output", str(out), *CLI_ARGS])
     assert rc == 0 and "converted 1 shards, skipped 0 finished" in text and "inputs 2 = converted 2 + failed 0" in text
+
+
+def test_captions_white_space_is_missing_and_repairs_are_recorded(tmp_path):
+    """A caption of white space counts as missing (and --require-caption refuses it); bytes that are not
+    UTF-8 and NULs are repaired, noted per sample and counted; BOMs are honoured. Regression: "   " was a
+    present empty caption and latin-1 / UTF-16 bytes became U+FFFD and NULs without a word."""
+    caps = {"blank": b"   \n", "latin": "caf\xe9".encode("latin-1"), "u16bom": "thé".encode("utf-16"),
+            "u16raw": "tea".encode("utf-16-le"), "u8bom": "\ufeffplain".encode("utf-8"), "good": "ok ü".encode()}
+    members = []
+    for i, (key, data) in enumerate(caps.items()):
+        members += [(f"{key}.png", img_bytes(seed=i)), (f"{key}.txt", data)]
+    src = write_tar(tmp_path / "caps.tar", members)
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    assert (s["converted"], s["missing_captions"], s["repaired_captions"]) == (6, 1, 2)
+    got = {x["__key__"]: (x["txt"].decode(), json.loads(x["json"])) for x in read_samples(tmp_path / "out" / "000000.tar")}
+    assert got["blank"][0] == "" and got["blank"][1]["caption_missing"] is True
+    assert got["latin"][0] == "caf\ufffd" and "not UTF-8" in got["latin"][1]["caption_note"]
+    assert got["u16raw"][0] == "tea" and "NUL characters removed" in got["u16raw"][1]["caption_note"]
+    for key, text in (("u16bom", "thé"), ("u8bom", "plain"), ("good", "ok ü")):
+        assert got[key][0] == text and "caption_note" not in got[key][1], key
+    r = convert_dataset(str(src), tmp_path / "req", cfg(require_caption=True))
+    assert (r["converted"], r["failed_by_stage"]) == (5, {"caption": 1})

@@ -155,7 +155,7 @@ class _Converter:
                     sh.fail(pos, raw, "read", raw.error)
                     continue
                 if raw.caption is None and cfg.require_caption:
-                    sh.fail(pos, raw, "caption", "missing caption (no .txt)")
+                    sh.fail(pos, raw, "caption", "missing caption (no .txt, or nothing but white space in it)")
                     continue
                 try:
                     img = load_image(raw.image, size=cfg.size, name=raw.source, max_pixels=cfg.max_pixels,
@@ -213,6 +213,7 @@ class _Converter:
             "shard": f"{sh.name}.tar", "unit": sh.unit.index, "source": _source_label(sh.unit),
             "inputs": sh.inputs, "converted": len(done), "failed": len(failures),
             "failed_by_stage": by_stage, "missing_captions": sum(d["caption_missing"] for d in done),
+            "repaired_captions": sum("caption_note" in d for d in done),
             "shard_errors": sh.shard_errors, "psnr_mean": mean("psnr"), "ssim_mean": mean("ssim"),
             "n_gaussians_mean": mean("n_gaussians"), "gsv_bytes_mean": mean("gsv_bytes"),
             "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
@@ -240,6 +241,8 @@ class _Converter:
                         "psnr": round(float(m["psnr"]), 4), "ssim": round(float(m["ssim"]), 5),
                         "n_gaussians": int(m["n_gaussians"]), "iterations": m.get("iterations"),
                         "caption_missing": raw.caption is None}
+                if raw.caption_note:  # the caption was repaired (not UTF-8, NULs): said, and counted
+                    info["caption_note"] = raw.caption_note
                 if m.get("stopped"):  # why the fit ended early: target | plateau | budget
                     info["stopped"] = m["stopped"]
                 if meta:

@@ -75,7 +75,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
     """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
     out = Path(out)
     stats_files = sorted(out.glob("[0-9]*.stats.json"))
-    tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "failed_by_stage": {},
+    tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "repaired_captions": 0, "failed_by_stage": {},
            "shard_errors": []}
     failures = []
     psnr_w = 0.0
@@ -90,6 +90,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
                 first_shard[key] = st["shard"]
         for k in ("inputs", "converted", "failed", "missing_captions"):
             tot[k] += st[k]
+        tot["repaired_captions"] += st.get("repaired_captions", 0)  # stats of shards written before it existed
         for k, v in st["failed_by_stage"].items():
             tot["failed_by_stage"][k] = tot["failed_by_stage"].get(k, 0) + v
         tot["shard_errors"] += [f"{st.get('source', st['shard'])} ({st['shard']}): {e}" for e in st["shard_errors"]]

@@ -56,7 +56,8 @@ class RawSample:
     source: str
     image: bytes | None = None
     image_ext: str | None = None
-    caption: str | None = None
+    caption: str | None = None  # None: no caption file, or one with nothing but white space
+    caption_note: str | None = None  # what decoding the caption had to repair (decode_caption)
     meta: dict | None = None
     error: str | None = None
     extras: list[str] = field(default_factory=list)
@@ -136,11 +137,32 @@ def _file_units(files: list[Path], root: Path, shard_size: int) -> list[Unit]:
             for k, i in enumerate(range(0, len(files), shard_size))]
 
 
-def _read_caption(path: Path) -> str | None:
+def decode_caption(data: bytes) -> tuple[str | None, str | None]:
+    """(caption, note) of a caption file's bytes: UTF-8 (a UTF-8 or UTF-16 byte-order mark honoured),
+    stripped; None when nothing but white space is left (an empty caption counts as missing). The note
+    says what had to be repaired, so that it is recorded (regression: bytes that are not UTF-8 became
+    U+FFFD and NUL characters without a word): undecodable bytes replaced, NULs removed."""
+    notes = []
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = data.decode("utf-16", errors="replace")
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("utf-8-sig", errors="replace")
+            notes.append("not UTF-8: undecodable bytes replaced by U+FFFD")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+        notes.append("NUL characters removed (UTF-16 without a byte-order mark?)")
+    text = text.strip()
+    return (text or None), ("; ".join(notes) or None)
+
+
+def _read_caption(path: Path) -> tuple[str | None, str | None]:
     try:
-        return path.read_bytes().decode("utf-8", errors="replace").strip()
+        return decode_caption(path.read_bytes())
     except FileNotFoundError:
-        return None
+        return None, None
 
 
 def _iter_files(unit: Unit) -> Iterator[RawSample]:
@@ -153,7 +175,7 @@ def _iter_files(unit: Unit) -> Iterator[RawSample]:
             s.image_ext = path.suffix.lower().lstrip(".")
         except OSError as e:
             s.error = f"cannot read file ({e.strerror or e})"
-        s.caption = _read_caption(path.with_suffix(".txt"))
+        s.caption, s.caption_note = _read_caption(path.with_suffix(".txt"))
         yield s
 
 
@@ -168,7 +190,7 @@ def _finish(g: Group, shard: str) -> RawSample:
     if ext is not None:
         s.image, s.image_ext = group.pop(ext), ext
     if "txt" in group:
-        s.caption = group.pop("txt").decode("utf-8", errors="replace").strip()
+        s.caption, s.caption_note = decode_caption(group.pop("txt"))
     if "json" in group:
         try:
             meta = json.loads(group.pop("json"))

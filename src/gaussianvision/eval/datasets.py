@@ -14,7 +14,6 @@ import json
 import numbers
 import os
 import re
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -282,7 +281,10 @@ def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0):
                                                  collate_fn=get_dataset_collate_fn(dataset_name)), dataset_name)
 
 
-_READ_ERRORS = (OSError, EOFError, tarfile.TarError)  # PIL's UnidentifiedImageError is an OSError
+def _is_read_error(e: Exception) -> bool:
+    """An error of reading the data: OSError (PIL's UnidentifiedImageError is one), EOFError, tarfile's
+    errors (by module: data/tar_members.py is the one place that imports tarfile), webdataset's DecodingError."""
+    return isinstance(e, (OSError, EOFError)) or type(e).__module__ == "tarfile" or type(e).__name__ == "DecodingError"
 
 
 class ReadGuard:
@@ -306,7 +308,7 @@ class ReadGuard:
             except StopIteration:
                 return
             except Exception as e:
-                if not (isinstance(e, _READ_ERRORS) or type(e).__name__ == "DecodingError"):
+                if not _is_read_error(e):
                     raise
                 raise EvalError(f"{self.name}: cannot read its data ({_read_error(e)}); "
                                 f"replace or remove the bad file or sample") from None
