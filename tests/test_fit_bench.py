@@ -59,6 +59,9 @@ def test_read_curve_interpolates_times_and_psnrs():
     row = naive_row(rnd, 2.0, [slow, fast])
     assert row["equal_psnr_db"] == 20.0 and row["naive_seconds"] == 40.0 and row["ours_method"] == "fast"
     assert abs(row["speedup_equal_psnr"] - 40.0 / (0.01 * 5 / 6)) < 1e-6
+    # with a start-up per image, both times carry it, as the tables print them (regression: only ours did)
+    up = naive_row(rnd, 2.0, [slow, fast], startup_s=0.06)
+    assert abs(up["speedup_equal_psnr"] - 40.06 / (0.01 * 5 / 6 + 0.06)) < 1e-6
 
 
 def test_full_size_kodak_section(tmp_path):

@@ -281,7 +281,7 @@ def _ttq_sets(b: FitBenchConfig, photos: torch.Tensor) -> dict[str, torch.Tensor
 
 def _ttq(b: FitBenchConfig, photos: torch.Tensor, log) -> dict:
     """Time to quality per image set, N and method, and the naive fitter at equal PSNR."""
-    from .ttq import naive_row, startup_seconds, time_to_quality
+    from .ttq import STARTUP_IMAGES, naive_row, startup_seconds, time_to_quality
     out = {"startup_s": startup_seconds(), "sets": {}, "naive": {}}
     naive_s = {n: time_naive(photos[0].cpu(), n, iters=b.naive_iters)["seconds_per_image_iter"] for n in b.ttq_ns}
     for name, imgs in _ttq_sets(b, photos).items():
@@ -293,7 +293,7 @@ def _ttq(b: FitBenchConfig, photos: torch.Tensor, log) -> dict:
             rnd = next((r for r in rows if r["method"] == "random"), None)
             others = [r for r in rows if r["method"] != "random"]
             if rnd and others:
-                out["naive"][f"{name}:{n}"] = naive_row(rnd, naive_s[n], others)
+                out["naive"][f"{name}:{n}"] = naive_row(rnd, naive_s[n], others, out["startup_s"] / STARTUP_IMAGES)
     return out
 
 
@@ -345,7 +345,8 @@ def to_markdown(res: dict) -> str:
              f"device {res['config']['device']}, backend {res['config']['backend']}; load average "
              f"{m['loadavg_start']} at start, {m.get('loadavg_end')} at end (the machine is shared: "
              f"timings are inflated by the load). Photos: {', '.join(res['photos'])} at "
-             f"{res['config']['size']}x{res['config']['size']}.", ""]
+             f"{res['config']['size']}x{res['config']['size']}"
+             f"{' (repeated to make up the image count of each table)' if res.get('ttq') else ''}.", ""]
     if res.get("ttq"):
         from .ttq import ttq_markdown
         lines += ttq_markdown(res)
