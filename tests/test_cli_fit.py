@@ -145,7 +145,8 @@ def test_fit_option_reaches_fit_images_and_refuses_flags_and_unknown_names(tmp_p
     from gaussianvision.data.images import load_image
     want = fit_images(load_image(tmp_path / "a.png", size=None)[None], 8, iters=6, color_solve=4, coarse_fraction=0.5)
     assert torch.equal(load(out / "a.gsv").colors, want.splats.colors.half().float())
-    for opt, msg in (("iters=3", "(iters: set by their own flags)"), ("bogus=1", "fit options ['bogus']")):
+    for opt, msg in (("iters=3", "--fit-option iters=...: give it as --iters"), ("bogus=1", "fit options ['bogus']"),
+                     ("plateau_patience=3", "give it as --plateau")):
         assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(out), "--fit-option", opt]) == 2
         assert msg in capsys.readouterr().err
 
@@ -180,7 +181,7 @@ def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tm
     assert gsv(args + ["--budget-ms", "100000", "--iters", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reached"]["over_budget"] == 0
     assert gsv(args + ["--fit-option", "preset=fast"]) == 2
-    assert "fit options ['preset']: not fit_images options (preset: set by their own flags)" in capsys.readouterr().err
+    assert "--fit-option preset=...: give it as --preset" in capsys.readouterr().err
 
 
 def test_convert_and_eval_take_the_preset_and_budget():
@@ -197,7 +198,7 @@ def test_convert_and_eval_take_the_preset_and_budget():
     assert (eval_cli.splat_settings(e).iters, eval_cli._fit_options(e)) == (9, {"preset": "best"})
     e = p.parse_args(base)  # neither: the settings (and the cache keys) of runs before presets existed
     assert (eval_cli.splat_settings(e).iters, eval_cli._fit_options(e)) == (500, {})
-    with pytest.raises(CliError, match="^--fit-budget-ms: .*budget_ms"):  # regression: it named --fit-option
+    with pytest.raises(CliError, match="^--fit-budget-ms must be positive"):  # regression: it named --fit-option
         eval_cli.splat_settings(p.parse_args(base + ["--fit-budget-ms", "-5"]))
 
 

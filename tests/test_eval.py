@@ -248,7 +248,7 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
         SplatSettings(fit_options={"relocate_every": -1})
     from gaussianvision.apps.cli.eval import main
     assert main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--fit-option", "iters=3"]) == 2
-    assert "--fit-option: fit options ['iters']" in capsys.readouterr().err
+    assert "--fit-option iters=...: give it as --fit-iters" in capsys.readouterr().err
 
 
 def test_splat_cache_files_are_the_bytes_of_fit_images_in_fit_batch_chunks(tmp_path, monkeypatch):

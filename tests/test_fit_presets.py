@@ -55,8 +55,9 @@ def test_a_preset_is_its_settings_and_options_beside_it_win():
     assert (cfg.iters, cfg.color_solve) == (7, 0)
     with pytest.raises(ValueError, match="unknown preset; choose one of fast, balanced, best"):
         FitConfig.from_options({"preset": "quick"})
-    with pytest.raises(ValueError, match=r"\['preset'\]: not fit_images options \(preset: set by their own flags\)"):
+    with pytest.raises(ValueError, match=r"^fit options \['preset'\]: set by their own settings here, not as fit options$"):
         FitConfig.from_options({"preset": "fast"}, exclude=("preset",))
+    assert FitConfig.from_options({"preset": None, "iters": 3}) == FitConfig(iters=3)  # {"preset": args.preset}, none given
     assert "iters" not in preset_options("best", exclude=("iters",))
     with pytest.raises(ValueError, match="budget_ms must be positive"):
         FitConfig.from_options({"budget_ms": 0})

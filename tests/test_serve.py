@@ -349,3 +349,14 @@ def test_gsv_send_refuses_images_smaller_than_the_ssim_window(tmp_path, capsys):
     rc = main(["send", str(_png(tmp_path / "a.png")), "--url", "http://127.0.0.1:9", "--size", "10"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--size >= 11" in err and len(err.splitlines()) == 1, err
+
+
+def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):
+    """Regression: --budget-ms 0 was blamed on --fit-option."""
+    from gaussianvision.apps.cli.main import main
+    png = str(_png(tmp_path / "a.png"))
+    for flags, message in ((["--budget-ms", "0"], "gsv send: --budget-ms must be positive"),
+                           (["--fit-option", "lr_means=-1"], "gsv send: --fit-option: lr_means must be")):
+        assert main(["send", png, "--url", "http://127.0.0.1:9", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and len(err.splitlines()) == 1, err

@@ -131,16 +131,20 @@ class FitConfig:
     @classmethod
     def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":
         """A checked FitConfig from fit_images keyword options; unknown names (or names in
-        `exclude`) and bad values raise one ValueError naming them."""
+        `exclude`: a caller's own settings) and bad values raise one ValueError naming them.
+        preset=None is no preset."""
         from gaussianvision.fit.presets import spelled_out
+        if "preset" in options and options["preset"] is None:  # {"preset": args.preset} without one: no preset
+            options = {k: v for k, v in options.items() if k != "preset"}
         fields = (set(cls.__dataclass_fields__) | {"preset"}) - set(exclude)
+        own = sorted(k for k in options if k in exclude)
+        if own:
+            raise ValueError(f"fit options {own}: set by their own settings here, not as fit options")
         bad = sorted(k for k in options if k not in fields)
-        if "preset" in options and not bad:  # the preset's settings, the other options over them
-            options = {k: v for k, v in spelled_out(options, exclude).items() if k != "preset"}
         if bad:
-            raise ValueError(f"fit options {bad}: not fit_images options"
-                             + (f" ({', '.join(sorted(exclude))}: set by their own flags)" if exclude else "")
-                             + f"; the options: {', '.join(sorted(fields))}")
+            raise ValueError(f"fit options {bad}: not fit_images options; the options: {', '.join(sorted(fields))}")
+        if "preset" in options:  # the preset's settings, the other options over them
+            options = {k: v for k, v in spelled_out(options, exclude).items() if k != "preset"}
         try:
             return cls(**options).check()
         except TypeError as e:  # e.g. a value of the wrong type

@@ -85,6 +85,9 @@ def _fit_options(args) -> dict:
     """--fit-option KEY=VALUE, with --fit-preset and --fit-budget-ms (only when given: the cache
     keys of runs without them stay as they were)."""
     options = dict(fit_option(t) for t in args.fit_option)
+    own = next((k for k in ("iters", "init") if k in options), None)
+    if own:  # one way to set each: its flag
+        raise CliError(f"--fit-option {own}=...: give it as --fit-{own}")
     for key, value in (("preset", args.fit_preset), ("budget_ms", args.fit_budget_ms)):
         if value is not None:
             if key in options:

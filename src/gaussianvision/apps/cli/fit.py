@@ -130,9 +130,12 @@ def _config(a) -> FitConfig:
     if a.finetune is not None:
         flags["finetune_iters"] = a.finetune
     extra = dict(fit_option(x) for x in a.fit_option)
-    by_flag = {k: _FLAG_OF.get(k, "--" + k.replace("_", "-")) for k in (*flags, *given) if k not in extra}
+    by_flag = {k: _FLAG_OF.get(k, "--" + k.replace("_", "-")) for k in (*flags, *given)}
+    own = next((k for k in extra if k in by_flag), None)
+    if own:  # one way to set each option: its flag
+        raise CliError(f"--fit-option {own}=...: give it as {by_flag[own]}")
     try:
-        cfg = FitConfig.from_options({**flags, **extra}, exclude=tuple(k for k in extra if k in {*flags, *given}))
+        cfg = FitConfig.from_options({**flags, **extra})
         if prunes and a.finetune is None and "finetune_iters" not in extra:
             cfg = FitConfig.from_options({**flags, **extra, "finetune_iters": cfg.iters // 5})
         return cfg
