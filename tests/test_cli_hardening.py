@@ -249,7 +249,15 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(info, "main", interrupted)
     assert main(["info", "x.gsv"]) == 130
-    assert capsys.readouterr().err.strip() == "gsv: interrupted (gsv convert resumes where it stopped when rerun)"
+    assert capsys.readouterr().err.strip() == "gsv: interrupted"
+    # each command says what it keeps (regression: every command's line spoke of gsv convert)
+    from gaussianvision.apps.cli import main as main_mod
+    monkeypatch.setattr(main_mod, "_dispatch", interrupted)
+    for command, words in (("train", "rerun with --resume"), ("convert", "finished shards are kept"),
+                           ("fit", "results.json is not")):
+        assert main([command]) == 130
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"gsv {command}: interrupted (") and words in err and len(err.splitlines()) == 1
 
 
 def test_an_unreadable_image_says_so_not_corrupt(tmp_path, monkeypatch):

@@ -419,3 +419,22 @@ def test_device_cuda_without_cuda_is_one_line(train_shards, tmp_path, capsys):
     assert _gsv_train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == "gsv train: --device cuda: CUDA is not available on this machine; use --device cpu"
+
+
+def test_data_smaller_than_one_batch_is_one_line(train_shards, tmp_path, capsys):
+    """Regression: the recipe's batch of 128 over 16 samples (or --steps with a batch of 32) ended in the loop's
+    'no batch for a whole epoch' traceback; an empty shard in 'the data holds no sample'."""
+    base = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "r")]
+    assert _gsv_train(base) == 2  # the recipe's batch: the samples are counted, the batch is checked up front
+    err = capsys.readouterr().err.strip()
+    assert "16 usable samples, fewer than one global batch of 128" in err and "--batch-size 16 or less" in err
+    assert len(err.splitlines()) == 1
+    assert _gsv_train(base + ["--steps", "2", "--lr", "1e-3", "--batch-size", "32"]) == 2  # not counted: the loop says it
+    err = capsys.readouterr().err.strip()
+    assert "no full batch of 32 samples in a whole epoch" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "000000.tar").write_bytes(b"")
+    assert _gsv_train(base[:3] + [str(empty)] + base[4:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"gsv train: --data {empty}: no usable samples (the shards are empty or unreadable)", err

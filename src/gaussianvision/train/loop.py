@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_text_atomic
+from ..data.loader import DataError
 from .checkpoint import CheckpointError, holds_checkpoints, latest_checkpoint, rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_object
 from .resume import restore, stage_resume_keys
@@ -240,8 +241,10 @@ class _Run:
             self.epoch, self.position = self.epoch + 1, 0
             self.it = self.source.batches(self.epoch, 0)
             batch = next(self.it, None)
-            if batch is None:
-                raise ValueError("the data source yielded no batch for a whole epoch")
+            if batch is None:  # a DataError, which the CLI says in one line (regression: a traceback)
+                raise DataError(f"the data gave no full batch of {self.cfg.batch_size} samples in a whole epoch: "
+                                "fewer usable samples than one global batch (empty, unreadable or too few); "
+                                "lower --batch-size or add data")
         self.position += 1
         return _to_device(batch, self.info.device)
 

@@ -28,8 +28,9 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        rc = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        rc = _dispatch(argv)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
         return rc
     except BrokenPipeError:  # e.g. `gsv fit ... | head -1`: the reader left; no traceback about it
@@ -37,8 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
         return 1
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT (was a 40-line traceback)
-        print("gsv: interrupted (gsv convert resumes where it stopped when rerun)", file=sys.stderr)
+        hint = _RESUME_HINTS.get(argv[0] if argv else "")
+        print(f"gsv{' ' + argv[0] if hint else ''}: interrupted{f' ({hint})' if hint else ''}", file=sys.stderr)
         return 130
+
+
+# what an interrupted command keeps (regression: every command's Ctrl-C line spoke of gsv convert)
+_RESUME_HINTS = {
+    "convert": "finished shards are kept; rerun the same command to convert the rest",
+    "train": "rerun with --resume to continue from the last checkpoint written (--save-every sets how often)",
+    "fit": "the .gsv files of the images fitted so far are written, results.json is not",
+}
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -183,7 +183,10 @@ def _run(args) -> int:
                                              world_size=info.world_size, left_out=source.left_out())
             except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
-        steps, chosen = _schedule(args, source, info)
+        try:
+            steps, chosen = _schedule(args, source, info)
+        except ValueError as e:
+            raise CliError(str(e)) from None
         cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                           warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,
                           grad_clip=args.grad_clip or None, precision=args.precision, seed=args.seed,
@@ -221,6 +224,14 @@ def _schedule(args, source, info) -> tuple[int, dict]:
     n = None
     if (args.steps is None and args.epochs is None) or args.lr is None:
         n = _count(source)
+    data = " ".join(map(str, args.data)) if isinstance(args.data, (list, tuple)) else args.data
+    if n == 0:
+        raise CliError(f"--data {data}: no usable samples (the shards are empty or unreadable)")
+    if n is not None and n < args.batch_size * info.world_size:  # regression: the loop's traceback later
+        raise CliError(f"--data {data}: {n} usable samples, fewer than one global batch of "
+                       f"{args.batch_size * info.world_size} (--batch-size {args.batch_size} x {info.world_size} "
+                       f"process{'es' if info.world_size > 1 else ''}); give --batch-size {max(1, n // info.world_size)} "
+                       "or less, or more data")
     if args.steps is None and args.epochs is None:
         args.epochs = rc.epochs_for(args.stage, n)
         defaults.append("epochs")
