@@ -99,6 +99,29 @@ def test_render_bad_size_is_one_line(size, gsv_file, tmp_path, capsys):
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.parametrize("scale", ["inf", "1e308", "nan", "0"])
+def test_render_bad_scale_is_one_line(scale, gsv_file, tmp_path, capsys):
+    """Regression: --scale inf and 1e308 ended in an OverflowError traceback."""
+    assert gsv(["render", str(gsv_file), "--out", str(tmp_path / "o.png"), "--scale", scale]) == 2
+    _one_line(capsys, "--scale")
+
+
+def test_show_draws_a_huge_header_at_a_display_size(tmp_path, capsys, monkeypatch):
+    """Regression: a valid file whose header says 65536 x 65536 made gsv show allocate 51 GB; it is drawn at
+    most SHOW_MAX_SIDE a side (the same splats, scaled: they are resolution-free). --sigma 1e20 hung matplotlib."""
+    from gaussianvision.apps.cli import show
+    s = random_splats(1, 6, 12, 16)
+    big = s.scaled(65536, 49152)
+    save(tmp_path / "big.gsv", big)
+    drawn, real = [], show.render
+    monkeypatch.setattr(show, "render", lambda sp, backend="auto": drawn.append((sp.height, sp.width)) or real(sp, backend=backend))
+    assert gsv(["show", str(tmp_path / "big.gsv"), "--out", str(tmp_path / "b.png"), "--backend", "reference"]) == 0
+    assert drawn == [(2048, 1536)] and (tmp_path / "b.png").is_file()
+    capsys.readouterr()
+    assert gsv(["show", str(tmp_path / "big.gsv"), "--out", str(tmp_path / "c.png"), "--sigma", "1e20"]) == 2
+    _one_line(capsys, "--sigma", "at most 10")
+
+
 # ------------------------------------------------------------------ fit options and --out
 @pytest.mark.parametrize("opts,words", [
     (["--size", "-1"], ["--size", "-1"]),

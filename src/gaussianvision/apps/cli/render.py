@@ -6,6 +6,8 @@ no temporary file behind.
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -101,10 +103,13 @@ def main(argv=None) -> int:
     def go(a):
         size = parse_size(a.size) if a.size else None
         check_backend(a.backend)
-        if size is None and not a.scale > 0:
-            raise CliError(f"--scale must be positive, got {a.scale}")
+        if size is None and not (a.scale > 0 and math.isfinite(a.scale)):
+            raise CliError(f"--scale must be a positive number, got {a.scale}")
         data = fmt.read_file(a.file)
         hdr = fmt.read_header(data, str(a.file))
+        if size is None and hdr.width * a.scale * hdr.height * a.scale > MAX_PIXELS:  # before rounding: inf, 1e308
+            raise CliError(f"--scale {a.scale:g}: the output would be {hdr.width * a.scale:.6g}x{hdr.height * a.scale:.6g} "
+                           f"(width x height), more than {MAX_PIXELS} pixels")
         w, h = size or (max(1, round(hdr.width * a.scale)), max(1, round(hdr.height * a.scale)))
         if h * w > MAX_PIXELS:
             raise CliError(f"output {w}x{h} (width x height) is too large (more than {MAX_PIXELS} pixels)")

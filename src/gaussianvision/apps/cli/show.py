@@ -31,12 +31,27 @@ def _import_mpl():
     return plt, EllipseCollection
 
 
+SHOW_MAX_SIDE = 2048  # the render and original drawn at most this many pixels a side (aspect kept)
+MAX_SIGMA = 10.0  # ellipse radius: the render's cut is 3 sigma; matplotlib hung on --sigma 1e20
+
+
+def _display_size(h: int, w: int) -> tuple[int, int]:
+    """(height, width) to draw an image of h x w at: itself, or scaled down to SHOW_MAX_SIDE (regression: a
+    65536 x 65536 header asked for 51 GB, and 8000 x 8000 took 4.7 GB before matplotlib failed)."""
+    f = min(1.0, SHOW_MAX_SIDE / max(h, w))
+    return (h, w) if f == 1.0 else (max(1, round(h * f)), max(1, round(w * f)))
+
+
 def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0, backend: str = "auto",
          title: str | None = None) -> None:
     """Write the figure for one image's splats (batch of one) to `out` (PNG, atomically)."""
     plt, EllipseCollection = _import_mpl()
-    img = render(splats, backend=backend)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     h, w = splats.height, splats.width
+    shown = _display_size(h, w)  # the panels are 4 inches at 150 dpi: a larger render shows nothing more
+    img = render(splats.scaled(*shown) if shown != (h, w) else splats, backend=backend)[0]
+    img = img.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    if original is not None and tuple(original.shape[-2:]) != shown:
+        original = torch.nn.functional.interpolate(original[None].float(), size=shown, mode="area")[0]
     panels = ([("original", original.clamp(0, 1).permute(1, 2, 0).cpu().numpy())] if original is not None else [])
     panels += [("render", img), (f"Gaussians ({n_sigma:g}-sigma ellipses)", None)]
     scale = 4.0 / max(h, w)
@@ -93,8 +108,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go(a):
-        if not (math.isfinite(a.sigma) and a.sigma > 0):
-            raise CliError(f"--sigma must be positive, got {a.sigma}")
+        if not (math.isfinite(a.sigma) and 0 < a.sigma <= MAX_SIGMA):
+            raise CliError(f"--sigma must be positive and at most {MAX_SIGMA:g}, got {a.sigma}")
         check_backend(a.backend)
         one = _one_image(a.file, a.index)
         check_out_file(a.out)
@@ -104,8 +119,8 @@ def main(argv=None) -> int:
             if tuple(orig.shape[-2:]) != (one.height, one.width):
                 # the same centre crop the fit used, then the splats' size
                 orig = load_image(a.image, size=min(one.height, one.width))
-                orig = torch.nn.functional.interpolate(orig[None], size=(one.height, one.width), mode="bilinear",
-                                                       antialias=True, align_corners=False)[0]
+                orig = torch.nn.functional.interpolate(orig[None], size=_display_size(one.height, one.width),
+                                                       mode="bilinear", antialias=True, align_corners=False)[0]
         draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
              title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
         emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians}, a.json,
