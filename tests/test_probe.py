@@ -202,6 +202,8 @@ def test_cli_probe_end_to_end_writes_the_table(tasks, tmp_path, capsys):
     (["--model", "rgb:gsv-tiny"], "give --tasks FOLDER or --dataset NAME"),
     (["--model", "nonsense", "--tasks", "{tasks}"], "expected rgb:BASE"),
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--test-fraction", "1.5"], "--test-fraction 1.5"),
+    (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--l2", "nan"], "--l2 nan: must be a finite number >= 0"),
+    (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--l2", "inf"], "--l2 inf: must be a finite"),
 ])
 def test_cli_probe_bad_input_is_one_line_and_exit_2(tasks, tmp_path, capsys, argv, message):
     pytest.importorskip("open_clip")

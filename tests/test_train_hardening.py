@@ -438,3 +438,32 @@ def test_data_smaller_than_one_batch_is_one_line(train_shards, tmp_path, capsys)
     assert _gsv_train(base[:3] + [str(empty)] + base[4:]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"gsv train: --data {empty}: no usable samples (the shards are empty or unreadable)", err
+
+
+def test_resume_refuses_another_stage_or_distillation_loss(train_shards, tmp_path, capsys):
+    """Regression: a stage-1 run resumed with --stage 2 --init-from (same lr) went on, its folder then holding
+    checkpoints of two stages; --distill mse resumed a cosine run."""
+    s1 = ["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "4", "--batch-size", "4",
+          "--lr", "1e-3", "--save-every", "1", "--out", str(tmp_path / "s1")]
+    assert _gsv_train(s1 + ["--stop-after", "2"]) == 0
+    capsys.readouterr()
+    as2 = ["--stage", "2", "--data", train_shards, "--init-from", str(tmp_path / "s1"), "--steps", "4",
+           "--batch-size", "4", "--lr", "1e-3", "--save-every", "1", "--out", str(tmp_path / "s1"), "--resume"]
+    assert _gsv_train(as2) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a checkpoint of stage 1, this run is stage 2" in err and len(err.splitlines()) == 1, err
+    assert _gsv_train(s1 + ["--resume", "--distill", "mse"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill was 'cosine'" in err and "now 'mse'" in err, err
+    assert not _ck(tmp_path / "s1", 3).exists()
+    assert _gsv_train(s1 + ["--resume"]) == 0  # the run's own settings still resume
+
+
+def test_token_weight_with_other_token_counts_is_refused_up_front(train_shards, tmp_path, capsys):
+    """Regression: gs-tiny's 32 latents against the teacher's 64 patches failed on the first step."""
+    argv = ["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "2", "--batch-size", "4",
+            "--lr", "1e-3", "--out", str(tmp_path / "t"), "--token-weight", "1.0"]
+    assert _gsv_train(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--token-weight 1: the model config 'gs-tiny' gives 32 output tokens" in err and "8x8=64 patches" in err, err
+    assert not (tmp_path / "t").exists()

@@ -105,6 +105,21 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
             "init_from": str(init_from) if init_from else None, "unfreeze": list(unfreeze or ()),
             "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
     if stage == "1":
+        _check_token_counts(model, token_weight)
         return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight},
                         **stage1)
     return GSStage2(model, model.tokenizer(), info, meta=meta)
+
+
+def _check_token_counts(model, token_weight: float) -> None:
+    """Token distillation compares the GS tower's output tokens one to one with the teacher's patches: a
+    ValueError up front when their counts differ (regression: the first step failed with a traceback)."""
+    if not token_weight:
+        return
+    q = model.visual.num_latents
+    gh, gw = model.base.visual.grid_size
+    if q != gh * gw:
+        name = model.gs_config.get("name", "?") if isinstance(model.gs_config, dict) else model.gs_config
+        raise ValueError(f"--token-weight {token_weight:g}: the model config {name!r} gives {q} output tokens, "
+                         f"the base {model.base_name}'s teacher {gh}x{gw}={gh * gw} patches; token distillation needs "
+                         f"them equal (a config with num_latents {gh * gw}), or use --token-weight 0")

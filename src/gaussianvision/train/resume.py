@@ -32,6 +32,10 @@ def stage_resume_keys(stage) -> dict:
 def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
     """CheckpointError naming the first setting that differs from the run being resumed."""
     old = state.get("train_config", {})
+    was, now = state.get("task", {}).get("stage"), (stage.describe() if hasattr(stage, "describe") else {}).get("stage")
+    if was is not None and now is not None and was != now:  # said first: every other difference follows from it
+        raise CheckpointError(f"--resume: {state['path']} is a checkpoint of stage {was}, this run is stage {now}; "
+                              f"start stage {now} in a new --out" + (" (--init-from takes a stage-1 run)" if now == "2" else ""))
     for k in RESUME_KEYS:
         if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
             why = "; the learning-rate schedule depends on it" if k in _SCHEDULE else ""

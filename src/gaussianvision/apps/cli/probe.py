@@ -2,6 +2,8 @@
 an attribute (colour, shape, count, ...) is lost. The library side: eval/probe.py."""
 from __future__ import annotations
 
+import math
+
 import shlex
 import sys
 
@@ -67,8 +69,8 @@ def _check_numbers(args) -> None:
     for name in ("max_images", "batch_size"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    if args.l2 is not None and args.l2 < 0:
-        raise CliError(f"--l2 {args.l2}: must be >= 0")
+    if args.l2 is not None and not (args.l2 >= 0 and math.isfinite(args.l2)):  # nan / inf: chance everywhere, Infinity in the JSON
+        raise CliError(f"--l2 {args.l2}: must be a finite number >= 0")
 
 
 def _run(args) -> int:
