@@ -153,3 +153,26 @@ def test_a_base_file_that_is_no_checkpoint_is_one_config_error(tmp_path):
     save_file({"nothing": torch.zeros(2)}, str(junk))
     with pytest.raises(ConfigError, match=r"base 'gsv-tiny' \(pretrained='.*junk.safetensors'\): "):
         create_gsclip(config="gs-tiny", pretrained=str(junk))
+
+
+def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_path):
+    """Regression: a .gsv file or a pickle refused by weights-only loading as --pretrained were UnpicklingError
+    tracebacks; a file with other keys listed every missing key (KBs on one line). No code runs."""
+    import pickle
+    from gaussianvision.models import ConfigError
+
+    class Planted:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "ran"),))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": Planted()}))
+    gsv = tmp_path / "x.gsv"
+    gsv.write_bytes(b"GSVF" + bytes(60))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(400)}, wrong)
+    for path in (evil, gsv, wrong):
+        with pytest.raises(ConfigError) as e:
+            create_gsclip(config="gs-tiny", pretrained=str(path))
+        msg = str(e.value)
+        assert "not a usable checkpoint" in msg and "\n" not in msg and len(msg) < 600, msg
+    assert not (tmp_path / "ran").exists()

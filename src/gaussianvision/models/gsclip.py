@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from typing import Any, Mapping
 
 import torch
@@ -219,8 +220,13 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                                                output_dict=True, cache_dir=cache_dir)
     except ConfigError:
         raise  # ours (hub_access: offline), already one clear line
-    except (RuntimeError, KeyError, ValueError, OSError) as e:  # open_clip's loader: a file that is no checkpoint
-        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {type(e).__name__}: {e}") from None
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+        # open_clip's loader: a file that is no checkpoint (a .gsv, a pickle refused by weights-only loading,
+        # other keys): one line, its first sentence (regression: tracebacks, or every missing key, KBs long)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = why if len(why) <= 300 else why[:300] + " ..."
+        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): not a usable checkpoint of it "
+                          f"({type(e).__name__}: {why})") from None
     return model.eval()
 
 
