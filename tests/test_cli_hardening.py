@@ -294,3 +294,30 @@ def test_an_unreadable_image_says_so_not_corrupt(tmp_path, monkeypatch):
     monkeypatch.setattr(images.Image, "open", denied)
     with pytest.raises(ImageLoadError, match=r"x.png: cannot read \(Permission denied\)$"):
         load_image(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "load", "--samples", "-5"], "--samples: must be >= 8, got -5"),
+    (["bench", "load", "--workers", "a"], "--workers: expected a whole number, got 'a'"),
+    (["bench", "load", "--workers", "0,-1"], "--workers: must be >= 0, got -1"),
+    (["bench", "codec", "--n", "0"], "--n: must be >= 1, got 0"),
+    (["bench", "codec", "--size", "100000"], "--size: must be from 11 to 2048"),
+    (["bench", "codec", "--backend", "nope"], "--backend nope"),
+    (["bench", "model", "--repeats", "0"], "--repeats: must be >= 1, got 0"),
+    (["bench", "model", "--batch", "1,x"], "--batch: expected a whole number, got 'x'"),
+])
+def test_bench_options_are_checked_before_any_work(argv, words, tmp_path, capsys):
+    """Regression: these were tracebacks (ZeroDivisionError, StatisticsError, ValueError) or, for 0, the default."""
+    try:
+        rc = gsv([*argv, "--out", str(tmp_path / "o")])
+    except SystemExit as e:  # argparse's own exit, as on the command line
+        rc = e.code
+    assert rc == 2
+    _one_line(capsys, words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_out_that_cannot_be_written_is_said_before_the_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert gsv(["bench", "model", "--quick", "--out", str(tmp_path / "file" / "sub")]) == 2
+    _one_line(capsys, "cannot create the folder")

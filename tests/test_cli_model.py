@@ -74,4 +74,6 @@ def test_bench_model_quick_on_tiny_base(tmp_path, capsys):
     assert (gs50["flops_per_image"] - gs50["embed_flops_per_image"]
             == gs5["flops_per_image"] - gs5["embed_flops_per_image"])
     assert set(gs5["latency_s"]) == {"1"} and all(v > 0 for v in gs5["latency_s"].values())
-    assert gsv(["bench", "model", "--n", "0", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse's option error, one line
+        gsv(["bench", "model", "--n", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2

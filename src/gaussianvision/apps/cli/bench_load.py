@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gaussianvision.apps.cli.command import emit, parser, run, write_json, write_text
+from gaussianvision.apps.cli.command import check_out_folder, emit, parser, run, whole, whole_list, write_json, write_text
 
 
 def machine() -> dict:
@@ -32,17 +32,18 @@ def main(argv=None) -> int:
                              "training (shorter side 256 / 224 px, quality 95), same batch size and workers.")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="400 samples, N=400, workers 0 only")
-    p.add_argument("--samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", default=None, help="comma-separated worker counts (default 0,2)")
+    p.add_argument("--samples", type=whole(8), default=None, help="samples written and read (default 1000, quick 400)")
+    p.add_argument("--batch-size", type=whole(1), default=64)
+    p.add_argument("--workers", type=whole_list(0), default=None, help="comma-separated worker counts (default 0,2)")
     p.add_argument("--full-size-jpeg", action="store_true",
                    help="also the old baseline: the photos' original-size JPEGs (300-800 px, quality 90)")
     args = p.parse_args(argv)
 
     def go(a):
         from gaussianvision.apps.bench.load import markdown, run_load_bench
-        n = a.samples or (400 if a.quick else 1000)
-        workers = [int(w) for w in a.workers.split(",")] if a.workers else ([0] if a.quick else [0, 2])
+        check_out_folder(a.out)
+        n = a.samples if a.samples is not None else (400 if a.quick else 1000)
+        workers = a.workers if a.workers is not None else ([0] if a.quick else [0, 2])
         log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
         with tempfile.TemporaryDirectory(prefix="gsv-bench-load-") as work:
             res = run_load_bench(Path(work), n_samples=n, per_shard=max(1, n // 8), batch_size=a.batch_size,

@@ -4,17 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json, write_text
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CliError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise CliError(f"expected positive integers, got {text!r}")
-    return vals
+from gaussianvision.apps.cli.command import CliError, check_out_folder, emit, parser, run, whole, whole_list, write_json, write_text
 
 
 def main(argv=None) -> int:
@@ -25,18 +15,19 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="ViT-B-16", help="OpenCLIP base architecture (default ViT-B-16)")
     p.add_argument("--configs", default="gs-98,gs-98-shared",
                    help="comma-separated GS configs (default gs-98,gs-98-shared: the old and the new design)")
-    p.add_argument("--n", default=None, help="Gaussians per image, comma-separated (default 400,900,1600,3136)")
-    p.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1,8)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per point (default 3)")
-    p.add_argument("--large-batch-repeats", type=int, default=1, help="timed calls for batches > 8 (default 1)")
+    p.add_argument("--n", type=whole_list(1), default=None, help="Gaussians per image, comma-separated (default 400,900,1600,3136)")
+    p.add_argument("--batch", type=whole_list(1), default=None, help="batch sizes, comma-separated (default 1,8)")
+    p.add_argument("--repeats", type=whole(1), default=None, help="timed calls per point (default 3, quick 2)")
+    p.add_argument("--large-batch-repeats", type=whole(1), default=1, help="timed calls for batches > 8 (default 1)")
     args = p.parse_args(argv)
 
     def go(a):
         from gaussianvision.apps.bench.model import DEFAULT_N, markdown_table, run_model_bench
         from gaussianvision.models import ConfigError
-        n = _ints(a.n) if a.n else ([400] if a.quick else list(DEFAULT_N))
-        batches = _ints(a.batch) if a.batch else ([1, 4] if a.quick else [1, 8])
-        repeats = a.repeats or (2 if a.quick else 3)
+        check_out_folder(a.out)
+        n = a.n if a.n is not None else ([400] if a.quick else list(DEFAULT_N))
+        batches = a.batch if a.batch is not None else ([1, 4] if a.quick else [1, 8])
+        repeats = a.repeats if a.repeats is not None else (2 if a.quick else 3)
         configs = [c for c in a.configs.split(",") if c]
         stem = "model_quick" if a.quick else "model"
         md = a.out / f"{stem}.md"

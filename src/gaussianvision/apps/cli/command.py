@@ -60,6 +60,42 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def whole(lo: int, hi: int | None = None):
+    """argparse type: a whole number from lo (to hi); argparse says the option and this reason in one line."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'from {lo} to {hi}' if hi is not None else f'>= {lo}'}, got {v}")
+        return v
+    return parse
+
+
+def whole_list(lo: int):
+    """argparse type: comma-separated whole numbers, each >= lo (at least one)."""
+    one = whole(lo)
+
+    def parse(text: str) -> list[int]:
+        items = [t for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+        return [one(t.strip()) for t in items]
+    return parse
+
+
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """CliError now, before a long run, when results cannot be written into `out` (created when missing);
+    regression: a benchmark ran for minutes and then failed to write."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {out}: not a writable folder")
+
+
 def parser(cmd: str, description: str, **kwargs) -> ArgumentParser:
     p = ArgumentParser(prog=f"gsv {cmd}", description=description, formatter_class=HelpFormatter, **kwargs)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
