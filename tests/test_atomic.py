@@ -228,3 +228,14 @@ def test_a_name_near_the_file_systems_limit_is_written(tmp_path):
         write_atomic(path, lambda tmp: tmp.write_bytes(b"x"))
         assert path.read_bytes() == b"x" and sorted(p.name for p in tmp_path.iterdir()).count(name) == 1
     assert len(list(tmp_path.iterdir())) == 2  # no temporary left
+
+
+def test_a_missing_folder_is_named_not_the_temporary(tmp_path):
+    """Regression: save('nofolder/x.gsv') raised FileNotFoundError naming '.x.gsv.tmpPID.gsv'."""
+    with pytest.raises(FileNotFoundError) as e:
+        write_atomic(tmp_path / "nofolder" / "x.gsv", lambda tmp: tmp.write_bytes(b"1"))
+    assert e.value.filename == str(tmp_path / "nofolder" / "x.gsv") and "nofolder does not exist" in str(e.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        write_atomic(tmp_path / "file" / "x.gsv", lambda tmp: tmp.write_bytes(b"1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -321,3 +321,11 @@ def test_bench_out_that_cannot_be_written_is_said_before_the_run(tmp_path, capsy
     (tmp_path / "file").write_text("x")
     assert gsv(["bench", "model", "--quick", "--out", str(tmp_path / "file" / "sub")]) == 2
     _one_line(capsys, "cannot create the folder")
+
+
+@pytest.mark.parametrize("cmd", ["render", "show"])
+def test_out_not_named_png_is_refused(cmd, gsv_file, tmp_path, capsys):
+    """Regression: gsv render --out x.jpg wrote PNG bytes under the JPEG name."""
+    assert gsv([cmd, str(gsv_file), "--out", str(tmp_path / "x.jpg"), "--backend", "reference"]) == 2
+    _one_line(capsys, "written as PNG; name it .png")
+    assert not (tmp_path / "x.jpg").exists()

@@ -194,8 +194,13 @@ def test_pos_embed_modes(model):
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'layer'"):
         load_config({"resampler": {"layer": 3}})
-    with pytest.raises(ConfigError, match="num_latents must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="num_latents must be an integer from 1 to 65536, got 0"):
         load_config({"resampler": {"num_latents": 0}})
+    with pytest.raises(ConfigError, match="num_latents must be an integer from 1 to 65536"):  # hung in grid_for
+        load_config({"resampler": {"num_latents": 10 ** 12}})
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)  # regression: a RecursionError traceback
+    with pytest.raises(ConfigError, match="cannot read JSON: RecursionError"):
+        load_config(tmp_path / "deep.json")
     with pytest.raises(ConfigError, match="not a shipped config"):
         load_config("gs-nope")
     (tmp_path / "c.json").write_text("{bad")

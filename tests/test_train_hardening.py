@@ -467,3 +467,18 @@ def test_token_weight_with_other_token_counts_is_refused_up_front(train_shards, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--token-weight 1: the model config 'gs-tiny' gives 32 output tokens" in err and "8x8=64 patches" in err, err
     assert not (tmp_path / "t").exists()
+
+
+def test_out_that_is_empty_or_a_file_is_refused_and_a_random_teacher_is_said(train_shards, tmp_path, capsys):
+    """Regression: --out "" wrote the run into the current folder; a file as --out said only 'File exists';
+    stage 1 without --pretrained distilled onto a random teacher without a word."""
+    argv = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4",
+            "--lr", "1e-3"]
+    assert _gsv_train(argv + ["--out", ""]) == 2
+    assert capsys.readouterr().err.strip() == "gsv train: --out: give the run's folder (empty)"
+    (tmp_path / "f").write_text("x")
+    assert _gsv_train(argv + ["--out", str(tmp_path / "f")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    s1 = ["--stage", "1", *argv[2:], "--out", str(tmp_path / "s1")]
+    assert _gsv_train(s1) == 0
+    assert "no --pretrained: the stage-1 teacher (the frozen base) has random weights" in capsys.readouterr().err

@@ -17,6 +17,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     suffix still work), then rename it to `path`; on any failure the temporary file is removed
     and the error re-raised."""
     path = Path(path)
+    if not path.parent.is_dir():  # regression: the error named the temporary file, not the folder
+        if path.parent.exists():
+            raise NotADirectoryError(20, f"{path.parent} is not a folder", str(path))
+        raise FileNotFoundError(2, f"its folder {path.parent} does not exist", str(path))
     tmp = _temporary(path)
     try:
         write(tmp)

@@ -107,12 +107,15 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) ->
     return out
 
 
+_INT_MAX = 1 << 16  # every size of a config (regression: num_latents 10**12 hung gsv model info in grid_for)
+
+
 def _check_int(cfg, section, key, lo, where, allow_none=False):
     v = cfg[section][key]
     if v is None and allow_none:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{where}: {section}.{key} must be an integer >= {lo}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= _INT_MAX:
+        raise ConfigError(f"{where}: {section}.{key} must be an integer from {lo} to {_INT_MAX}, got {v!r}")
 
 
 def validate_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
@@ -164,8 +167,8 @@ def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]
         )
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config {path}: cannot read JSON: {e}") from None
+    except (OSError, json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:  # RecursionError: nested deeper than Python parses
+        raise ConfigError(f"config {path}: cannot read JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a JSON object")
     return validate_config(_merge(DEFAULTS, raw, str(path)), str(path))

@@ -36,10 +36,12 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
 
 
 def check_out_file(path: Path, option: str = "--out") -> None:
-    """Refuse an output file path naming a folder or an existing non-regular file (a device, a
-    pipe); create its folder, or refuse with the reason."""
+    """Refuse an output file path naming a folder, an existing non-regular file (a device, a pipe) or
+    not ending in .png; create its folder, or refuse with the reason."""
     if path.is_dir():
         raise CliError(f"{option} {path} is a folder; name the file to write, e.g. {path / 'out.png'}")
+    if path.suffix.lower() != ".png":  # regression: x.jpg got PNG bytes under a JPEG name
+        raise CliError(f"{option} {path}: the picture is written as PNG; name it .png (e.g. {path.with_suffix('.png')})")
     if path.exists() and not path.is_file():
         raise CliError(f"{option} {path} exists and is not a regular file")
     try:

@@ -8,6 +8,7 @@ Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m gaussianvision.apps.cli.
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run
@@ -129,6 +130,10 @@ def _check_options(args) -> None:
             rng += " and <= 1" if name in _AT_MOST_ONE else ""
             raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
     _check_device(args.device)
+    if not str(args.out).strip():  # regression: --out "" wrote the run into the current folder
+        raise CliError("--out: give the run's folder (empty)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CliError(f"--out {args.out}: is a file, not a folder (the run writes checkpoints/ and log.jsonl into it)")
 
 
 def _check_device(device: str | None) -> None:
@@ -166,6 +171,9 @@ def _run(args) -> int:
             stage = _build_stage(args, info)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
+        if args.stage == "1" and not args.pretrained and info.is_main:  # regression: said nowhere
+            print("gsv train: note: no --pretrained: the stage-1 teacher (the frozen base) has random weights, so the "
+                  "GS tower learns to imitate noise; give the base's weights (a tag or a local file)", file=sys.stderr)
         image_size = None
         if "image" in need:
             visual = getattr(stage.model, "base", stage.model).visual
