@@ -185,6 +185,17 @@ def test_bad_shapes_are_named():
         render_numba(s)
 
 
+def test_render_size_must_be_whole_pixels():
+    """Regression: render(s, 2.5, 3) rendered at 2 x 3."""
+    from gaussianvision.raster import render
+    from gaussianvision.splats import SplatsError
+    s = Splats(torch.full((1, 1, 2), 2.0), torch.ones(1, 1, 3), torch.ones(1, 1, 3), 4, 4)
+    for h, w in ((2.5, 3), (4, "4"), (True, 4)):
+        with pytest.raises(SplatsError, match="must be a whole number of pixels"):
+            render(s, h, w, backend="reference")
+    assert render(s, 3, 5, backend="reference").shape == (1, 3, 3, 5)
+
+
 def test_subpixel_gaussians_without_the_row_carry():
     # second differences of q above CARRY_MAX per pixel step: these Gaussians get exp on every
     # row instead of the cross-row carry; still the reference's image and gradients

@@ -14,6 +14,7 @@ builder and clip_benchmark's evaluation work unchanged (Splats has ``.to(device)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 from typing import Any, Mapping
@@ -181,6 +182,26 @@ class GSCLIP(nn.Module):
         return out
 
 
+class _DropRandomInitNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(asked: bool):
+    """open_clip warns on the root logger that a model without pretrained weights is random; when the
+    caller asked for exactly that (pretrained=None), the warning is noise on every gsv command."""
+    if not asked:
+        yield
+        return
+    root, f = logging.getLogger(), _DropRandomInitNote()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
 def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = None,
                 device: str | torch.device = "cpu", precision: str = "fp32",
                 cache_dir: str | None = None) -> nn.Module:
@@ -215,7 +236,7 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                 model = open_clip.create_model(name, pretrained=None, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
         else:
-            with hub_access(name, pretrained, cache_dir):
+            with hub_access(name, pretrained, cache_dir), _quiet_random_init(pretrained is None):
                 model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
     except ConfigError:

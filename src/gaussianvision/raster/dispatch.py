@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import numbers
 import warnings
 from typing import Callable
 
@@ -93,8 +94,12 @@ def render(splats: Splats, height: int | None = None, width: int | None = None,
     """
     if not isinstance(splats, Splats):
         raise SplatsError(f"render: expected Splats, got {type(splats).__name__}")
-    h = int(splats.height if height is None else height)
-    w = int(splats.width if width is None else width)
+    h = splats.height if height is None else height
+    w = splats.width if width is None else width
+    for name, v in (("height", h), ("width", w)):  # regression: 2.5 was taken as 2
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise SplatsError(f"render: {name} must be a whole number of pixels, got {v!r}")
+    h, w = int(h), int(w)
     if h <= 0 or w <= 0:
         raise SplatsError(f"render: output size must be positive, got {h}x{w}")
     s = splats.scaled(h, w)

@@ -211,9 +211,12 @@ def _run(args) -> int:
                        "settings": chosen}
             losses = summary.pop("losses")
             summary["first_loss"] = losses[0] if losses else None
-            emit(summary, args.json, human=f"trained {summary['steps']}/{summary['total_steps']} steps, "
-                                           f"loss {summary['first_loss']} -> {summary['final_loss']}; "
-                                           f"checkpoint {summary['checkpoint']}" + _skipped_note(summary))
+            human = (f"trained {summary['steps']}/{summary['total_steps']} steps, loss {summary['first_loss']} -> "
+                     f"{summary['final_loss']}; checkpoint {summary['checkpoint']}" + _skipped_note(summary))
+            if summary["first_loss"] is None:  # a resumed run that had finished (regression: "loss None -> None")
+                human = (f"nothing to train: {args.out} had done its {summary['total_steps']} steps; "
+                         f"checkpoint {summary['checkpoint']}")
+            emit(summary, args.json, human=human)
         done = True
         return 0
     finally:
