@@ -371,6 +371,11 @@ def test_truncated_shard_and_multi_image_samples_are_skipped_and_counted(tmp_pat
     # skipped: the multi-image sample m00003 and the sample the truncation cut partway (000012)
     assert res["steps"] == res["total_steps"] and res["damaged_shards"] == 1 and res["skipped_samples"] == 2
     assert "shard-0001.tar" in cap.err
+    # and named (regression: counted only)
+    named = json.loads((tmp_path / "o" / "skipped.json").read_text())
+    assert res["skipped_file"] == str(tmp_path / "o" / "skipped.json")
+    assert [n.rsplit(":", 1)[1] for n in named["skipped_samples"]] == ["000012", "m00003"], named
+    assert [Path(u).name for u in named["damaged_shards"]] == ["shard-0001.tar"]
 
 
 def test_reader_skips_a_sample_cut_by_the_damage_and_counts_it(tmp_path, write_splat_shards):

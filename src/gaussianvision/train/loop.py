@@ -32,6 +32,8 @@ from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, g
 from .resume import restore, stage_resume_keys
 from .schedule import cosine_lr, set_lr
 
+SKIPPED_FILE = "skipped.json"  # the samples and shards a run left out, by name
+
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
 
@@ -267,10 +269,17 @@ class _Run:
             self.stage.export(self.out)
         barrier(self.info)
         losses = self.losses
-        return {"steps": self.step, "total_steps": self.total, "losses": losses,
-                "final_loss": losses[-1] if losses else None,
-                "checkpoint": str(self.last_ckpt) if self.last_ckpt else None, "epoch": self.epoch,
-                "position": self.position, **_skipped(self.source, self.info)}
+        counts, names = _left_out(self.source, self.info)
+        summary = {"steps": self.step, "total_steps": self.total, "losses": losses,
+                   "final_loss": losses[-1] if losses else None,
+                   "checkpoint": str(self.last_ckpt) if self.last_ckpt else None, "epoch": self.epoch,
+                   "position": self.position, **counts}
+        if self.info.is_main and any(names.values()):  # named, not only counted (regression: counts only)
+            path = self.out / SKIPPED_FILE
+            write_text_atomic(path, json.dumps({"skipped_samples": sorted(f"{u}:{k}" for u, k in names["skipped_samples"]),
+                                                "damaged_shards": sorted(names["damaged_shards"])}, indent=1) + "\n")
+            summary["skipped_file"] = str(path)
+        return summary
 
 
 class _Logs:
@@ -329,15 +338,18 @@ class _Logs:
                 h.close()
 
 
-def _skipped(source, info: DistInfo) -> dict:
-    """Distinct left-out samples and damaged shards over all ranks: the union of each rank's sets
-    (with --in-memory every rank reads every shard; streamed, a shard may be read by two ranks)."""
+def _left_out(source, info: DistInfo) -> tuple[dict, dict]:
+    """({"skipped_samples": n, "damaged_shards": n}, the same as sets of (url, key) and url): distinct over
+    all ranks, the union of each rank's sets (with --in-memory every rank reads every shard; streamed, a
+    shard may be read by two ranks). A source that only counts gives empty sets."""
+    keys = ("skipped_samples", "damaged_shards")
     if hasattr(source, "left_out"):
         sets = gather_object(source.left_out(), info)
-        return {k: len(set().union(*(s.get(k, ()) for s in sets))) for k in ("skipped_samples", "damaged_shards")}
+        union = {k: set().union(*(s.get(k, ()) for s in sets)) for k in keys}
+        return {k: len(v) for k, v in union.items()}, union
     counts = source.skipped() if hasattr(source, "skipped") else {}
-    return {k: int(round(all_reduce_mean(float(counts.get(k, 0)), info) * info.world_size))
-            for k in ("skipped_samples", "damaged_shards")}
+    return ({k: int(round(all_reduce_mean(float(counts.get(k, 0)), info) * info.world_size)) for k in keys},
+            {k: set() for k in keys})
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -314,7 +314,8 @@ def _word_boost(items: list[str]) -> dict[str, float]:
 
 def _skipped_note(summary: dict) -> str:
     n, d = summary.get("skipped_samples", 0), summary.get("damaged_shards", 0)
-    return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage" if n or d else ""
+    named = f" (named in {summary['skipped_file']})" if summary.get("skipped_file") else ""
+    return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage{named}" if n or d else ""
 
 
 def _build_stage(args, info):
