@@ -610,3 +610,11 @@ def test_captions_white_space_is_missing_and_repairs_are_recorded(tmp_path):
         assert got[key][0] == text and "caption_note" not in got[key][1], key
     r = convert_dataset(str(src), tmp_path / "req", cfg(require_caption=True))
     assert (r["converted"], r["failed_by_stage"]) == (5, {"caption": 1})
+
+
+def test_utf16_caption_with_bad_bytes_is_noted():
+    """Regression (review): the UTF-16 path replaced undecodable bytes without a note."""
+    from gaussianvision.data.inputs import decode_caption
+    text, note = decode_caption(b"\xff\xfe" + "hi".encode("utf-16-le") + b"\x00\xd8")
+    assert text == "hi\ufffd" and "undecodable bytes replaced" in note
+    assert decode_caption("thé".encode("utf-16")) == ("thé", None)

@@ -404,3 +404,26 @@ def test_unreadable_test_data_is_one_error_naming_the_file(damage, tmp_path):
         assert err.startswith("wds/colors: cannot read its data (") and str(shard) in err
         assert ("sample s0000 member png: UnidentifiedImageError" in err and "object at 0x" not in err
                 if damage == "corrupt image" else "ReadError: empty file" in err)
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise OSError("cannot identify image file 'x.png'")
+        return torch.zeros(3), i
+
+
+def test_read_errors_from_loader_workers_are_one_line_with_the_cause():
+    """Regression (review): with --num-workers, torch re-raises the worker's error with its whole traceback as
+    the message; the error was six lines and the cause was cut off."""
+    from gaussianvision.eval.datasets import ReadGuard
+    from gaussianvision.eval.models import EvalError
+    for workers in (0, 1):
+        guard = ReadGuard(torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=workers), "wds/x")
+        with pytest.raises(EvalError) as e:
+            list(guard)
+        msg = str(e.value)
+        assert "\n" not in msg and "cannot identify image file 'x.png'" in msg and msg.startswith("wds/x: cannot read"), msg

@@ -176,3 +176,15 @@ def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_pat
         msg = str(e.value)
         assert "not a usable checkpoint" in msg and "\n" not in msg and len(msg) < 600, msg
     assert not (tmp_path / "ran").exists()
+
+
+def test_random_weights_asked_for_give_no_open_clip_warning(caplog):
+    """open_clip warns 'No pretrained weights loaded ... initialized randomly' on the root logger; when random
+    weights were asked for it is noise (regression, also on the meta device that gsv model info uses)."""
+    import logging
+    from gaussianvision.models.gsclip import create_base
+    with caplog.at_level(logging.WARNING):
+        create_base("gsv-tiny", None)
+        create_base("gsv-tiny", None, device="meta")
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+    assert not logging.getLogger().filters  # the filter is removed afterwards

@@ -144,7 +144,11 @@ def decode_caption(data: bytes) -> tuple[str | None, str | None]:
     U+FFFD and NUL characters without a word): undecodable bytes replaced, NULs removed."""
     notes = []
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = data.decode("utf-16", errors="replace")
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            text = data.decode("utf-16", errors="replace")
+            notes.append("not UTF-16 throughout: undecodable bytes replaced by U+FFFD")
     else:
         try:
             text = data.decode("utf-8-sig")

@@ -232,7 +232,7 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
     try:
         if dev.type == "meta":
             # shape-only model (parameter counting): no memory, no initialization cost
-            with torch.device("meta"):
+            with torch.device("meta"), _quiet_random_init(True):
                 model = open_clip.create_model(name, pretrained=None, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
         else:
@@ -246,8 +246,8 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
         # other keys): one line, its first sentence (regression: tracebacks, or every missing key, KBs long)
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
         why = why if len(why) <= 300 else why[:300] + " ..."
-        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): not a usable checkpoint of it "
-                          f"({type(e).__name__}: {why})") from None
+        what = "not a usable checkpoint of it " if pretrained is not None and os.path.isfile(pretrained) else ""
+        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {what}({type(e).__name__}: {why})") from None
     return model.eval()
 
 

@@ -100,15 +100,15 @@ def naive_row(random_row: dict, naive_s_per_iter: float, candidates: list[dict],
     """The naive dense fitter's curve: the random-init convergence (iterations) at the naive
     fitter's measured seconds per image-iteration; the speed-up at equal PSNR (the highest PSNR
     the naive curve reaches) of the candidate that gets there first. startup_s (seconds per image)
-    is added to both times, as the tables print them (regression: the ratio left it out while the
-    printed milliseconds had it, so 86215 ms against 116 ms read 1534x)."""
+    is added to both times, as the tables print them (regression: the ratio left it out of both while
+    the printed milliseconds had it, so 86215 ms against 116 ms read 1534x); None where a side took no time."""
     curve = [(it * naive_s_per_iter, p, it) for _, p, it in random_row["curve"]]
     target = max(p for _, p, _ in curve)
     t_naive = read_curve(curve, target=target)
     times = [(read_curve(c["curve"], target=target), c["method"]) for c in candidates]
     reached = [(t, m) for t, m in times if t is not None]
     t_ours, ours = min(reached) if reached else (None, None)
-    ok = t_naive is not None and t_ours is not None
+    ok = t_naive is not None and t_ours is not None and t_naive > 0 and t_ours + startup_s > 0
     return {"method": "naive dense (random init, one image per launch)", "n": random_row["n"],
             "seconds_per_image_iter": naive_s_per_iter, "equal_psnr_db": target, "naive_seconds": t_naive,
             "ours_method": ours, "ours_seconds": t_ours, "startup_seconds_per_image": startup_s,

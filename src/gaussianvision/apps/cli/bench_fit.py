@@ -4,14 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json, write_text
-
-
-def _ints(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise CliError(f"expected comma-separated integers, got {text!r}") from None
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole_list, write_json, write_text
 
 
 def main(argv=None) -> int:
@@ -21,8 +14,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="about a minute on an idle 2-core machine")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="auto")
-    p.add_argument("--ns", default=None, help="comma-separated N values (default 400,900,1600,3136)")
-    p.add_argument("--checkpoints", default=None, help="comma-separated iterations (default 0,...,2000)")
+    p.add_argument("--ns", type=whole_list(1), default=None, help="comma-separated N values (default 400,900,1600,3136)")
+    p.add_argument("--checkpoints", type=whole_list(0), default=None, help="comma-separated iterations (default 0,...,2000)")
     p.add_argument("--inits", default=None, help="comma-separated initializers (default grid,content,random)")
     p.add_argument("--prune-fractions", default=None, help="comma-separated fractions for the pruning sweep")
     p.add_argument("--prune-finetune", type=int, default=None)
@@ -59,9 +52,9 @@ def main(argv=None) -> int:
             if getattr(a, k) is not None:
                 kw[k] = getattr(a, k)
         if a.ns:
-            kw["ns"] = _ints(a.ns)
+            kw["ns"] = tuple(a.ns)
         if a.checkpoints:
-            kw["checkpoints"] = _ints(a.checkpoints)
+            kw["checkpoints"] = tuple(a.checkpoints)
         if a.methods:
             from gaussianvision.apps.bench.ttq import METHODS
             kw["ttq_methods"] = tuple(s.strip() for s in a.methods.split(","))

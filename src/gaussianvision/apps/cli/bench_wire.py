@@ -6,17 +6,7 @@ import tempfile
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
-
-
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CliError(f"{option} must be comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise CliError(f"{option} must be positive integers, got {text!r}")
-    return vals
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole_list, write_json
 
 
 def _columns(text: str | None, quick: bool) -> dict:
@@ -35,7 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--demo", type=Path, default=Path("out/demo"), help="a finished gsv demo folder")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="budgets N=19,76, no fast-preset column, 4 photos")
-    p.add_argument("--n", default=None, help="budgets as N Gaussians (float16 file sizes), default 19,38,57,76")
+    p.add_argument("--n", type=whole_list(1), default=None, help="budgets as N Gaussians (float16 file sizes), default 19,38,57,76")
     p.add_argument("--columns", default=None, help="comma-separated: JPEG,WEBP,splats float16,splats fast,"
                                                    "splats quantized,splats progressive (default all; splats progressive: "
                                                    "prefixes of one nested fit at the largest N)")
@@ -47,7 +37,7 @@ def main(argv=None) -> int:
     def go(a):
         from gaussianvision.apps.bench.wire import (BUDGET_N, WireError, load_demo, markdown, plot, run_wire_bench,
                                                      verdict)
-        n_list = _ints(a.n, "--n") if a.n else ([19, 76] if a.quick else list(BUDGET_N))
+        n_list = a.n if a.n else ([19, 76] if a.quick else list(BUDGET_N))
         columns = _columns(a.columns, a.quick)
         log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
         try:

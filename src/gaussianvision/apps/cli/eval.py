@@ -55,7 +55,7 @@ def add_splat_options(p) -> None:
     g.add_argument("--fit-iters", type=int, default=None, help="fitting iterations per image (default 500, or the preset's)")
     g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"],
                    help="initialization of the fit")
-    g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default: the model's input size)")
+    g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default, or 0: the model's input size)")
     g.add_argument("--fit-batch", type=int, default=32, help="images fitted together")
     g.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fit_images option (JSON value), repeatable; use the conversion's options")
@@ -67,8 +67,8 @@ def splat_settings(args):
     """The SplatSettings of add_splat_options' arguments (CliError on a bad --fit-option)."""
     from gaussianvision.eval import SplatSettings
     try:
-        return SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size, args.fit_batch,
-                             _fit_options(args))
+        return SplatSettings(args.n_gaussians, args.fit_iters, args.fit_init, args.fit_size or None,  # 0: the model's
+                             args.fit_batch, _fit_options(args))
     except ValueError as e:
         own = next((f for name, f in _SETTING_FLAGS.items() if str(e).startswith(name + " ")), None)
         if own:  # regression: these were tracebacks from the first fit
