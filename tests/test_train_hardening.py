@@ -487,3 +487,33 @@ def test_out_that_is_empty_or_a_file_is_refused_and_a_random_teacher_is_said(tra
     s1 = ["--stage", "1", *argv[2:], "--out", str(tmp_path / "s1")]
     assert _gsv_train(s1) == 0
     assert "no --pretrained: the stage-1 teacher (the frozen base) has random weights" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_finished_step_and_resume_goes_on(train_shards, tmp_path, capsys, monkeypatch):
+    """Regression: Ctrl-C during a run without --save-every left no checkpoint. The first Ctrl-C (here raised
+    in step 2) lets the step finish, a checkpoint of it is written, and the command exits 130; --resume then
+    runs the remaining steps with the same losses as an uninterrupted run."""
+    import signal
+    from gaussianvision.apps.cli.main import main as gsv
+    from gaussianvision.train import loop
+    argv = ["train", "--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "4",
+            "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--no-progress", "--json"]
+    assert gsv(argv + ["--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    real = loop._Run.one_step
+
+    def interrupted_in_step_2(self, logs):
+        if self.step == 1:
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step
+        real(self, logs)
+    monkeypatch.setattr(loop._Run, "one_step", interrupted_in_step_2)
+    out = tmp_path / "cut"
+    assert gsv(argv + ["--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "stopping after this step" in err and "gsv train: interrupted (rerun with --resume" in err
+    assert _ck(out, 2).is_dir() and not _ck(out, 3).exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(loop._Run, "one_step", real)
+    assert gsv(argv + ["--out", str(out), "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["steps"] == 4 and resumed["final_loss"] == whole["final_loss"]

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -144,11 +147,43 @@ def train(stage, source, cfg: TrainConfig, info: DistInfo | None = None) -> dict
     run = _Run(stage, source, cfg, info or DistInfo())
     logs = _Logs(run)
     try:
-        while run.step < run.stop_at:
-            run.one_step(logs)
+        with _StopAtCtrlC(run.info) as ctrl_c:
+            while run.step < run.stop_at:
+                run.one_step(logs)
+                if ctrl_c.requested:  # the step is whole: keep it, then stop as Ctrl-C does
+                    if run.saved_step != run.step:
+                        run.save()
+                    raise KeyboardInterrupt
     finally:
         logs.close()
     return run.finish()
+
+
+class _StopAtCtrlC:
+    """In a one-process run on the main thread, the first Ctrl-C lets the current step finish, and the loop
+    then writes a checkpoint of it before stopping (regression: a run without --save-every lost every step);
+    a second Ctrl-C stops at once. Several processes keep Python's default (every rank must stop at the
+    same step to write one checkpoint), as does a run on another thread (no signal handler there)."""
+
+    def __init__(self, info: DistInfo):
+        self.active = info.world_size == 1 and threading.current_thread() is threading.main_thread()
+        self.requested, self._previous = False, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("gsv train: stopping after this step and writing its checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_StopAtCtrlC":
+        if self.active:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _Run:
@@ -176,6 +211,7 @@ class _Run:
         self.it = source.batches(self.epoch, self.position)
         self.losses: list[float] = []
         self.last_ckpt = latest_checkpoint(self.out)
+        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
         self.global_batch = cfg.batch_size * info.world_size
 
     def _start(self) -> tuple[int, int, int]:
@@ -252,6 +288,7 @@ class _Run:
 
     def save(self) -> None:
         info, step = self.info, self.step
+        self.saved_step = step
         positions = gather_object([self.epoch, self.position], info)
         rngs = gather_object(rng_state(), info)
         if info.is_main:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 # what an interrupted command keeps (regression: every command's Ctrl-C line spoke of gsv convert)
 _RESUME_HINTS = {
     "convert": "finished shards are kept; rerun the same command to convert the rest",
-    "train": "rerun with --resume to continue from the last checkpoint, if one was written: --save-every N writes one every N steps",
+    "train": "rerun with --resume to continue: one process writes a checkpoint of the step it stopped at, several keep their last --save-every one",
     "fit": "the .gsv files of the images fitted so far are written, results.json is not",
 }
 
