@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -291,6 +292,32 @@ def test_rerun_with_other_settings_is_refused(folder_and_reference, tmp_path):
     src, ref, _ = folder_and_reference
     with pytest.raises(ConvertError, match="n_gaussians"):
         convert_dataset(str(src), ref, cfg(n_gaussians=9))
+    with pytest.raises(ConvertError, match=r"\(input: was \".*\", now \".*other.*\"\); rerun with the same settings "
+                                           r"\(every rank and machine spells --input the same way\)"):
+        (tmp_path / "other").symlink_to(src)  # the same folder spelled another way: said, with both values
+        convert_dataset(str(tmp_path / "other"), ref, cfg())
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "x"}, "the environment variable RANK='x': not a whole number"),
+    ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE='two': not a whole number"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "rank 2 must lie in [0, world size 2)"),
+])
+def test_bad_rank_variables_are_one_error(env, message, monkeypatch):
+    """Regression: RANK=x was a ValueError traceback in gsv convert and in the loader."""
+    from gaussianvision.data.conversion import resolve_rank
+    from gaussianvision.data.inputs import rank_world
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConvertError) as e:
+        resolve_rank()
+    assert str(e.value).startswith(message)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rank_world()
+    assert rank_world(1, 3) == (1, 3)  # given values win over the environment
+    for bad in ((2, 2), (-1, 2), (0, 0), (True, 2)):
+        with pytest.raises(ValueError):
+            rank_world(*bad)
 
 
 def test_a_rerun_on_changed_inputs_is_refused_and_the_same_inputs_resume(tmp_path):

@@ -182,3 +182,17 @@ def test_one_tar_parser_and_one_image_list_in_the_source():
         if re.search(r"^\s*_?IMAGE_EXT\w* *=|\(\s*\"png\", \"jpg\"|\(\s*\"jpg\", \"jpeg\"", text, re.M):
             exts.append(p.relative_to(src).as_posix())
     assert sorted(tar) == ["data/shards.py", "data/tar_members.py"] and exts == ["data/images.py"]
+
+
+def test_loader_ranks_are_checked(tmp_path, monkeypatch):
+    """Regression: rank=2 of 2 silently read rank 0's shards, rank=-1 nothing, world_size=0 'slice step cannot be
+    zero', RANK=x a bare ValueError."""
+    from gaussianvision.data.loader import SplatShards
+    shard = tmp_path / "000000.tar"
+    shard.write_bytes(b"")
+    for rank, world in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="must lie in"):
+            SplatShards(str(shard), rank=rank, world_size=world)
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="the environment variable RANK='x': not a whole number"):
+        SplatShards(str(shard)).my_shards()

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,7 +42,7 @@ from gaussianvision.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_
 from gaussianvision.data.shards import ShardWriter
 from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
-from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
+from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units, rank_world
 from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.presets import spelled_out
@@ -90,10 +92,10 @@ class ConvertConfig:
 
 def resolve_rank(rank=None, world_size=None, device="cpu") -> tuple[int, int, str]:
     """(rank, world_size, device) from arguments, else torchrun's RANK / WORLD_SIZE / LOCAL_RANK."""
-    r = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
-    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
-    if not 0 <= r < w:
-        raise ConvertError(f"rank {r} must lie in [0, world size {w})")
+    try:
+        r, w = rank_world(rank, world_size)
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return r, w, device
@@ -102,6 +104,16 @@ def resolve_rank(rank=None, world_size=None, device="cpu") -> tuple[int, int, st
 # ------------------------------------------------------------------------- fitting
 def _init_worker() -> None:
     torch.set_num_threads(1)  # W worker processes share the cores; oversubscription only slows them
+    threading.Thread(target=_exit_with_parent, name="gsv-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """A fitting process ends when the converting process does, however it ended (regression: after a
+    kill -9 of gsv convert its workers waited on their queue for ever)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
 
 
 def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
@@ -285,10 +297,17 @@ def _check_config(out: Path, fp: dict) -> None:
         old = stored_settings(out)
         if old != fp:
             diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
-            raise ConvertError(f"{out}: made with different settings ({', '.join(diff)} differ); "
-                               f"rerun with the same settings to resume, or use a new --output")
+            shown = "; ".join(f"{k}: was {_short((old or {}).get(k))}, now {_short(fp.get(k))}" for k in diff[:3])
+            raise ConvertError(f"{out}: made with different settings ({shown}); rerun with the same settings "
+                               "(every rank and machine spells --input the same way) to resume, or use a new --output")
     else:
         output.write_durable(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _short(value) -> str:
+    """A stored setting for a message (regression: 'input differ' said neither value)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _check_settings(cfg: ConvertConfig) -> None:

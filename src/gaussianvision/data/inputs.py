@@ -232,3 +232,24 @@ def _iter_tar(unit: Unit) -> Iterator[RawSample]:
 
 def iter_unit(unit: Unit) -> Iterator[RawSample]:
     return _iter_files(unit) if unit.kind == "files" else _iter_tar(unit)
+
+
+def rank_world(rank=None, world_size=None) -> tuple[int, int]:
+    """(rank, world size): the arguments, else torchrun's RANK / WORLD_SIZE (0 and 1 when unset), checked:
+    whole numbers with 0 <= rank < world size, else a ValueError naming the variable or argument
+    (regression: RANK=x was a traceback in gsv convert and the loader; rank 2 of 2 or -1 read wrong shards)."""
+    def read(value, name: str, default: int) -> int:
+        given = value if value is not None else os.environ.get(name, str(default))
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
+        if isinstance(given, str):
+            try:
+                return int(given.strip())
+            except ValueError:
+                pass
+        label = f"the environment variable {name}" if value is None else name.lower()
+        raise ValueError(f"{label}={given!r}: not a whole number")
+    r, w = read(rank, "RANK", 0), read(world_size, "WORLD_SIZE", 1)
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"rank {r} must lie in [0, world size {w}) (world size >= 1)")
+    return r, w

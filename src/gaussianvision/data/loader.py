@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gaussianvision.data.images import ImageLoadError, image_member, load_image
-from gaussianvision.data.inputs import expand_urls
+from gaussianvision.data.inputs import expand_urls, rank_world
 from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.format import FormatError
@@ -211,7 +211,7 @@ class SampleReader:
 def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank_world()
 
 
 class SplatShards(IterableDataset):
@@ -231,6 +231,8 @@ class SplatShards(IterableDataset):
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.shuffle, self.buffer, self.with_images = shuffle, max(1, buffer), with_images
         self.seed, self.epoch, self.on_error = seed, epoch, on_error
+        if rank is not None and world_size is not None:  # checked now (with the environment's: when read)
+            rank_world(rank, world_size)
         self.rank, self.world_size = rank, world_size
         need = ("splats", "text") + (("image",) if with_images else ())
         self.reader = SampleReader(need, keep_flagged=True, on_problem=self._problem)
@@ -252,6 +254,7 @@ class SplatShards(IterableDataset):
         rank, world = _dist_rank_world()
         rank = rank if self.rank is None else self.rank
         world = world if self.world_size is None else self.world_size
+        rank, world = rank_world(rank, world)  # a rank out of the world (given, or from the environment) is said
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         order = list(self.urls)
