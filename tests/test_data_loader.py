@@ -196,3 +196,13 @@ def test_loader_ranks_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ValueError, match="the environment variable RANK='x': not a whole number"):
         SplatShards(str(shard)).my_shards()
+
+
+def test_a_shard_removed_after_listing_is_said_missing(tmp_path):
+    """Regression (trial): a shard deleted between listing and reading was warned as 'truncated or corrupt'."""
+    paths = make_shards(tmp_path / "s", n_shards=2, per_shard=2)
+    ds = SplatShards(str(tmp_path / "s"))
+    Path(paths[1]).unlink()
+    with pytest.warns(UserWarning, match=r"000001\.tar: shard missing \(removed since the shards were listed\)"):
+        keys = [x["key"] for x in ds]
+    assert keys == ["k0000", "k0001"]

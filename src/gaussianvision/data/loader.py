@@ -195,7 +195,10 @@ class SampleReader:
     def _damage(self, url: str, e: BaseException) -> None:
         first = url not in self.damaged
         self.damaged.setdefault(url, f"{type(e).__name__}: {e}")
-        self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
+        if isinstance(e, FileNotFoundError):  # regression: called "truncated or corrupt"
+            self._problem(f"{url}: shard missing (removed since the shards were listed); skipped")
+        else:
+            self._problem(f"{url}: truncated or corrupt shard ({e}); rest of the shard skipped")
         if first and self.on_damage is not None:
             self.on_damage(url, self.damaged[url])
 
