@@ -36,8 +36,7 @@ def test_library_rgb_stage_has_none_of_the_demo_options():
             build_stage("rgb", base="gsv-tiny", **{option: 1})
     plain = build_stage("rgb", base="gsv-tiny")
     assert type(plain) is RGBClipStage and not hasattr(plain, "begin_step")
-    assert plain.describe() == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None}
-    assert plain.resume_keys() == {"stage": None}  # every stage: its stage (a resume into another is refused)
+    assert plain.describe() == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain.resume_keys() == {}
     assert issubclass(TeacherStage, RGBClipStage)
     root = Path(__file__).parents[1] / "src" / "gaussianvision" / "train"
     for path in root.glob("*.py"):
@@ -149,11 +148,10 @@ def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, wri
     assert "note: --lock-text-steps 1 >= this run's 1 steps: the text tower stays as initialized" in capsys.readouterr().err
     plain, lock = (json.loads((tmp_path / o / "checkpoints" / "step-00000001" / "state.json").read_text())
                    for o in ("plain", "lock"))
-    assert plain["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None}
-    assert plain["resume_keys"] == {"stage": None}
+    assert plain["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain["resume_keys"] == {}
     assert lock["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None, "lock_text_steps": 1,
                             "hard_negatives": False, "mirror_pairs": 0.0, "word_loss": 0.0, "word_boost": {}}
-    assert lock["resume_keys"] == {"stage": None, "word_loss": 0.0, "word_boost": {}}
+    assert lock["resume_keys"] == {"word_loss": 0.0, "word_boost": {}}
     assert "text_locked" not in read_log(tmp_path / "plain")[0] and read_log(tmp_path / "lock")[0]["text_locked"] == 1.0
 
 

@@ -315,21 +315,11 @@ class ReadGuard:
             yield batch
 
 
-def _worker_text(text: str) -> str:
-    """A DataLoader worker's error re-raised in the main process carries the worker's whole traceback
-    ("Caught OSError in DataLoader worker process 0. Original Traceback ..."): its last line is the
-    cause (regression: six lines of traceback, the cause cut off)."""
-    if "Original Traceback" not in text:
-        return text
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else text
-
-
 def _read_error(e: Exception) -> str:
     """Where and why reading failed: webdataset's DecodingError names the shard and sample, its tar
     errors carry the shard's URL among their args; from a worker process, the cause its traceback ends with."""
-    if "Original Traceback" in str(e):
-        return _worker_text(str(e))[:400]
+    if "Original Traceback" in str(e):  # a DataLoader worker's error: its whole traceback, which ends with the
+        return str(e).strip().splitlines()[-1].strip()[:400]  # cause (regression: six lines, the cause cut off)
     if type(e).__name__ == "DecodingError":
         cause = e.__cause__
         why = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", f"{type(cause).__name__}: {cause}") if cause else "cannot decode"

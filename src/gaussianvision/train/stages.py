@@ -84,9 +84,9 @@ class _Base:
     def resume_keys(self) -> dict:
         """The describe() keys a resumed run must share with the original one, each with the value
         that means "not used" (compared when one side lacks the key). The loop saves them in
-        state.json and compares them on --resume. Every stage: the stage itself (regression: a
-        stage-1 run resumed as --stage 2 with the same lr went on, its checkpoints now of two stages)."""
-        return {"stage": None}
+        state.json and compares them on --resume; none by default (the stage itself is compared
+        first, by resume.check_resume)."""
+        return {}
 
     def after_step(self):
         ls = getattr(self.model, "logit_scale", None)
@@ -187,7 +187,7 @@ class Stage1(_Base):
     def resume_keys(self) -> dict:
         # a mirrored run has other targets and teacher-cache entries; the loss is the run's (regression:
         # --distill mse resumed a cosine run)
-        return {**super().resume_keys(), "hflip": 0.0, "distill": "cosine", "token_weight": 0.0}
+        return {"hflip": 0.0, "distill": "cosine", "token_weight": 0.0}
 
     def loss(self, batch):
         if "image" not in batch or "splats" not in batch:

@@ -162,6 +162,12 @@ def flag_message(message: str, flags: dict[str, str]) -> str:
     return named if named == message else named.replace(" or None", " (or not given)")
 
 
+def fit_option_message(message: str, flags: dict[str, str]) -> str:
+    """A fit option's error named by the flag that set it (flag_message), else put on --fit-option."""
+    named = flag_message(message, flags)
+    return named if named != message else f"--fit-option: {message}"
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically (temporary name, then rename; removed on failure), creating the folder."""
     from gaussianvision.atomic import write_text_atomic

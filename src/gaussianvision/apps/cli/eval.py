@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import (CliError, add_speed_options, emit, fail, fit_option, flag_message,
+from gaussianvision.apps.cli.command import (CliError, add_speed_options, emit, fail, fit_option, fit_option_message,
                                               parser, run)
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
@@ -74,8 +74,7 @@ def splat_settings(args):
         if own:  # regression: these were tracebacks from the first fit
             raise CliError(f"{own}: {str(e).split(' ', 1)[1]}") from None
         flags = {k: f"--fit-{k.replace('_', '-')}" for k in ("preset", "budget_ms") if getattr(args, f"fit_{k}") is not None}
-        named = flag_message(str(e), flags)
-        raise CliError(named if named != str(e) else f"--fit-option: {e}") from None
+        raise CliError(fit_option_message(str(e), flags)) from None
 
 
 _SETTING_FLAGS = {"n_gaussians": "--n-gaussians", "iters": "--fit-iters", "size": "--fit-size", "fit_batch": "--fit-batch"}

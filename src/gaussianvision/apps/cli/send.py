@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, add_progressive_options, emit, fit_option, flag_message, parser, run
+from gaussianvision.apps.cli.command import CliError, add_progressive_options, emit, fit_option, fit_option_message, parser, run
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 
@@ -57,8 +57,7 @@ def _fit_stream(a):
         config = FitConfig.from_options(options)
     except ValueError as e:  # named by the flag that set the value (regression: --budget-ms 0 blamed --fit-option)
         flags = {k: f"--{k.replace('_', '-')}" for k in ("preset", *given) if k in options}
-        named = flag_message(str(e), flags)
-        raise CliError(named if named != str(e) else f"--fit-option: {e}") from None
+        raise CliError(fit_option_message(str(e), flags)) from None
     layout, dtype, zstd = LAYOUTS[a.layout]
     return FitStream(a.gaussians, config, a.batch_size, encoding=Encoding(layout, dtype, zstd, a.progressive, a.progressive_order))
 

@@ -191,10 +191,7 @@ def _run(args) -> int:
                                              world_size=info.world_size, left_out=source.left_out())
             except (DataError, ValueError) as e:
                 raise CliError(f"--data: {e}") from None
-        try:
-            steps, chosen = _schedule(args, source, info)
-        except ValueError as e:
-            raise CliError(str(e)) from None
+        steps, chosen = _schedule(args, source, info)
         cfg = TrainConfig(out=args.out, steps=steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                           warmup=args.warmup, weight_decay=args.weight_decay, accum=args.accum,
                           grad_clip=args.grad_clip or None, precision=args.precision, seed=args.seed,

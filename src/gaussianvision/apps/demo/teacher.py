@@ -86,7 +86,7 @@ class TeacherStage(RGBClipStage):
         self._text_locked = False
 
     def resume_keys(self) -> dict:
-        return {**super().resume_keys(), "word_loss": 0.0, "word_boost": {}}
+        return {"word_loss": 0.0, "word_boost": {}}
 
     def begin_step(self, step: int) -> list:
         """Called by the loop before each optimizer step: the parameters to hold fixed in it."""
