@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, summarize
 from gaussianvision.data.shards import read_samples
 from gaussianvision.data.inputs import SourceError, expand_braces, plan_units
@@ -286,6 +287,36 @@ def test_two_ranks_split_the_shards(folder_and_reference, tmp_path):
     assert tar_bytes(out) == tar_bytes(ref)
     s = summarize(out, plan_units(str(src), 3))
     assert s["complete"] and (s["inputs"], s["converted"], s["failed"]) == (8, 7, 1)
+
+
+def test_a_shard_another_process_converts_is_left_to_it_and_its_temporary_file_kept(folder_and_reference, tmp_path):
+    """Regression: a rank started twice into one folder converted every shard again and deleted the
+    other's temporary files as leftovers. A held claim (what the other process holds) is left alone."""
+    src, ref, _ = folder_and_reference
+    out = tmp_path / "out"
+    out.mkdir()
+    units = plan_units(str(src), 3)
+    held = output.claim(out, units[1])  # another process converting shard 1 (flock: per open file)
+    assert held is not None and held >= 0
+    theirs = out / ".000001.tar.tmp99999.tar"
+    theirs.write_bytes(b"half written")
+    assert output.claim(out, units[1]) is None
+    s = convert_dataset(str(src), out, cfg())
+    assert s["run"]["shards_converted"] == 2 and s["run"]["shards_busy"] == ["000001.tar"]
+    assert theirs.read_bytes() == b"half written" and not s["complete"]
+    assert not (out / ".000000.lock").exists() and (out / ".000001.lock").exists()  # released: lock file gone
+    output.release(out, units[1], held)  # it ended unfinished (killed): the next run converts the shard
+    s = convert_dataset(str(src), out, cfg())
+    assert (s["run"]["shards_converted"], s["run"]["shards_skipped"], s["run"]["shards_busy"]) == (1, 2, [])
+    assert s["complete"] and tar_bytes(out) == tar_bytes(ref) and not list(out.glob(".*"))
+
+
+def test_the_report_names_the_shards_left_to_another_process():
+    s = {"run": {"rank": 0, "world_size": 1, "shards_converted": 0, "shards_skipped": 0, "shards_busy": ["000001.tar"]},
+         "inputs": 0, "converted": 0, "failed": 0, "reconciled": True, "shards_done": 0, "shards_total": 1,
+         "complete": False, "failed_by_stage": {}, "missing_captions": 0, "shard_errors": [], "duplicate_keys": 0}
+    from gaussianvision.apps.cli.convert import _report
+    assert "left 1 to another process converting them now (000001.tar)" in _report(s, Path("out"))
 
 
 def test_rerun_with_other_settings_is_refused(folder_and_reference, tmp_path):

@@ -148,6 +148,9 @@ class _Converter:
         self.out, self.cfg = out, cfg
         self.writing = ""  # the file being written (for the message of a write error)
         self.unopened: list[str] = []  # input tars that could not be opened: left unfinished, a rerun retries them
+        self.claims: dict[int, tuple[Unit, int]] = {}  # index -> (unit, claim) of the shards converted now
+        self.busy: list[str] = []  # shards another process was converting: left to it
+        self.finished_elsewhere = 0  # shards another process finished after this one listed them
 
     def samples(self, pending: list[Unit]):
         """Work in order: ((shard, positions), uint8 images [B, 3, S, S]) per batch of a shard, then
@@ -155,6 +158,8 @@ class _Converter:
         cfg = self.cfg
         for unit in pending:
             if unit.kind == "tar" and not self._opens(unit.paths[0]):
+                continue
+            if not self._claim(unit):
                 continue
             sh = _Shard(unit)
             pos_batch, img_batch = [], []
@@ -198,6 +203,33 @@ class _Converter:
         except OSError as e:
             self.unopened.append(f"{path}: cannot open ({e.strerror or e})")
             return False
+
+    def _claim(self, unit: Unit) -> bool:
+        """Whether this process converts `unit` now: it holds the shard's claim and the shard is not
+        finished. Claimed, the shard's temporary files are leftovers of a killed run: removed."""
+        fd = output.claim(self.out, unit)
+        if fd is None:
+            self.busy.append(f"{output.shard_name(unit.index)}.tar")
+            return False
+        if output.is_done(self.out, unit):
+            output.release(self.out, unit, fd)
+            self.finished_elsewhere += 1
+            return False
+        self.claims[unit.index] = (unit, fd)
+        for stale in self.out.glob(f".{output.shard_name(unit.index)}.*.tmp*"):
+            stale.unlink(missing_ok=True)
+        return True
+
+    def release(self, unit: Unit) -> None:
+        held = self.claims.pop(unit.index, None)
+        if held is not None:
+            output.release(self.out, *held)
+
+    def release_all(self) -> None:
+        """Let go of the claims left (shards unfinished after an error or Ctrl-C)."""
+        for unit, fd in self.claims.values():
+            output.release(self.out, unit, fd)
+        self.claims.clear()
 
     def collect(self, sh: _Shard, positions, items: list[FitItem]) -> None:
         for pos, it in zip(positions, items):
@@ -372,9 +404,6 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
                            f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
     pending = [u for u in mine if not output.is_done(out, u)]
-    for u in pending:  # leftovers of a killed run of this rank's shards
-        for stale in out.glob(f".{output.shard_name(u.index)}.*.tmp*"):
-            stale.unlink(missing_ok=True)
 
     conv = _Converter(out, cfg)
     bar = _Progress(cfg, pending)
@@ -391,10 +420,11 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        conv.release_all()
         bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
-                      "shards_skipped": len(mine) - len(pending), "shards_of_this_rank": len(mine),
-                      "unopened": conv.unopened}
+                      "shards_skipped": len(mine) - len(pending) + conv.finished_elsewhere,
+                      "shards_busy": conv.busy, "shards_of_this_rank": len(mine), "unopened": conv.unopened}
     return summary
 
 
@@ -414,6 +444,7 @@ def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, ba
             bar.batch(len(positions))
         else:
             done_shards.append(conv.finish(sh))
+            conv.release(sh.unit)
             bar.shard(done_shards)
 
 

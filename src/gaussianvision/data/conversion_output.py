@@ -1,5 +1,6 @@
 """The output folder of a conversion: shard names, durable atomic writes, the finished-shard
-marker and the totals (failures.jsonl, summary.json) over the finished shards.
+marker, the claim a process holds on the shard it converts, and the totals (failures.jsonl,
+summary.json) over the finished shards.
 
 data/conversion.py writes through these functions (tests patch write_durable here to make a
 disk fail); summarize can also be called on its own to re-total a folder.
@@ -11,10 +12,16 @@ import json
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no claims (keep to one process per rank there)
+    fcntl = None
+
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "is_done", "unit_digest", "changed_shard", "summarize"]
+__all__ = ["shard_name", "json_line", "write_durable", "is_done", "claim", "release", "unit_digest", "changed_shard",
+           "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
 
@@ -44,6 +51,41 @@ def write_durable(path: Path, data: bytes) -> None:
 def is_done(out: Path, unit: Unit) -> bool:
     n = shard_name(unit.index)
     return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
+
+
+def claim(out: Path, unit: Unit) -> int | None:
+    """This process's claim on shard `unit` of `out`: an open descriptor of .NNNNNN.lock holding an
+    exclusive flock, or None when another process holds it (it is converting that shard now). The
+    lock goes with the process however it ends (no stale claims after a kill -9); Linux's NFS
+    client carries it to the server. Two runs into one folder (a rank started twice, ranks of
+    different world sizes) so split the shards; without claims both converted every shard and
+    each deleted the other's temporary files as leftovers. -1: claimed without a lock (a system or
+    file system without flock)."""
+    if fcntl is None:
+        return -1
+    fd = os.open(out / f".{shard_name(unit.index)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:  # ENOLCK, EINVAL: this file system has no locks; convert as before
+        os.close(fd)
+        return -1
+    return fd
+
+
+def release(out: Path, unit: Unit, fd: int) -> None:
+    """Give up claim `fd` on shard `unit`, its lock file removed while still held: a process that
+    tries it now is refused, one that opened it just before claims a file no one else can (and
+    sees the shard finished, or converts it as the only one)."""
+    if fd < 0:
+        return
+    try:
+        (out / f".{shard_name(unit.index)}.lock").unlink(missing_ok=True)
+    except OSError:  # the output's file system failing: the claim still goes with the descriptor
+        pass
+    os.close(fd)
 
 
 def unit_digest(unit: Unit) -> str:

@@ -89,8 +89,11 @@ def _batch_size(a, device: str) -> int:
 def _report(s: dict, output: Path) -> str:
     """The human summary of a run."""
     r = s["run"]
+    busy = r["shards_busy"]
     human = (f"rank {r['rank']}/{r['world_size']}: converted {r['shards_converted']} shards, skipped "
-             f"{r['shards_skipped']} finished\n"
+             f"{r['shards_skipped']} finished"
+             + (f", left {len(busy)} to another process converting them now ({', '.join(busy[:3])}"
+                f"{', ...' if len(busy) > 3 else ''})" if busy else "") + "\n"
              f"inputs {s['inputs']} = converted {s['converted']} + failed {s['failed']}"
              f" ({'reconciled' if s['reconciled'] else 'NOT reconciled'}); "
              f"shards {s['shards_done']}/{s['shards_total']}"
@@ -123,6 +126,8 @@ def _go(a) -> int:
         print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
               f"their output shards are left unfinished: rerun once they can be read", file=sys.stderr)
         return 1
+    if s["run"]["shards_busy"] and not s["converted"]:  # the others' shards are not finished yet: nothing to judge
+        return 0
     if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
         print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
               f"{a.output / 'failures.jsonl'}", file=sys.stderr)
