@@ -280,6 +280,23 @@ def test_inputs_may_come_before_between_or_after_the_options(tmp_path, capsys):
         assert e.value.code == 2 and says in json.loads(capsys.readouterr().out)["error"]  # still JSON with --json
 
 
+def test_a_name_like_an_option_after_dashes_and_an_input_named_twice(tmp_path, capsys, monkeypatch):
+    """Regression: `gsv fit -- -x.png` said 'required: inputs'; an image named twice (and inside a
+    folder named too) was fitted once per naming and its lines came out of order."""
+    g = torch.Generator().manual_seed(8)
+    (tmp_path / "d").mkdir()
+    for name in ("-x.png", "d/a.png", "d/b.png"):
+        save_png(torch.rand(3, 16, 16, generator=g), tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    args = ["-n", "4", "--iters", "1", "--size", "16", "--out", "o", "--json"]
+    assert gsv(["fit", *args, "--", "-x.png"]) == 0
+    assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == ["-x.png"]
+    assert gsv(["fit", "d/a.png", "d/a.png", "d", "d/./a.png", *args]) == 0
+    out = capsys.readouterr()
+    assert [r["path"] for r in json.loads(out.out)["results"]] == ["d/a.png", "d/b.png"]
+    assert "skipped 3 repeats of inputs named before" in out.err
+
+
 def test_the_report_says_how_many_fits_are_exact_at_the_psnr_cap(tmp_path, capsys):
     """A flat image is fitted exactly: its PSNR is the cap (120 dB), and the report says how many such
     images its mean counts (they inflate it)."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gaussianvision.apps.cli.main import main as gsv
+from gaussianvision.models import parameter_report
 
 
 def _info(capsys, *args):
@@ -44,6 +45,21 @@ def test_model_info_base_override_json_file_and_checkpoint(tmp_path, capsys):
     ck = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
     d = _info(capsys, str(ck))
     assert d["base"] == "gsv-tiny" and d["config"]["name"] == "gs-tiny"
+
+
+def test_model_info_reads_a_train_output_folder(tmp_path, capsys):
+    """Regression: eval / serve / probe take a `gsv train` folder; model info said 'not a shipped config'."""
+    from gaussianvision.models import create_gsclip
+    from gaussianvision.train.checkpoint import save_checkpoint
+    model = create_gsclip(config={"base": "gsv-tiny", "resampler": {"num_latents": 7, "layers": 1}})
+    task = {"stage": "2", "base": "gsv-tiny", "model_config": model.gs_config}
+    save_checkpoint(tmp_path / "run", 1, model, {"optimizer": {}}, {"task": task, "data_positions": [[0, 1]]})
+    d = _info(capsys, str(tmp_path / "run"))
+    assert d["base"] == "gsv-tiny" and d["config"]["resampler"]["num_latents"] == 7
+    assert d["trainable"] == parameter_report(model)["trainable"]
+    (tmp_path / "empty").mkdir()
+    assert gsv(["model", "info", str(tmp_path / "empty")]) == 2
+    assert "not a `gsv train` output folder (no checkpoint in it)" in capsys.readouterr().err
 
 
 def test_model_info_errors_are_one_line(capsys):

@@ -11,6 +11,10 @@ from gaussianvision.fit.blur import blur_valid, blur_valid_reference, gaussian_t
 @pytest.mark.parametrize("shape,sigma,radius", [((2, 3, 37, 41), 1.5, 5), ((1, 1, 64, 20), 4.0, 9),
                                                 ((3, 2, 12, 12), 0.8, 1)])
 def test_band_path_equals_the_convolution_in_values_and_gradients(shape, sigma, radius):
+    _same_as_the_convolution(shape, sigma, radius)
+
+
+def _same_as_the_convolution(shape, sigma, radius):
     g = gaussian_taps(sigma, radius, dtype=torch.float64)
     x = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     fast, ref = blur_valid(x, g), blur_valid_reference(x, g)
@@ -21,15 +25,28 @@ def test_band_path_equals_the_convolution_in_values_and_gradients(shape, sigma, 
     torch.testing.assert_close(gf, gr, rtol=0, atol=1e-12)
 
 
-def test_large_or_small_sides_take_the_convolution(monkeypatch):
+@pytest.mark.parametrize("shape,sigma,radius", [((2, 3, 37, 41), 1.5, 5), ((1, 1, 64, 20), 4.0, 9),
+                                                ((1, 2, 30, 90), 12.0, 14)])
+def test_fft_path_of_large_sides_equals_the_convolution_in_values_and_gradients(monkeypatch, shape, sigma, radius):
+    """Sides above BAND_MAX (lowered here) take FFTs: the convolution's values and gradients."""
+    monkeypatch.setattr(blur, "BAND_MAX", 16)
+    monkeypatch.setattr(blur, "_band", lambda *a: pytest.fail("the band path at a side above BAND_MAX"))
+    _same_as_the_convolution(shape, sigma, radius)
+    x32 = torch.rand(1, 3, 600, 520, generator=torch.Generator().manual_seed(3))  # float32, above the real BAND_MAX
+    monkeypatch.undo()
+    g32 = gaussian_taps(40.0, 120)
+    torch.testing.assert_close(blur_valid(x32, g32), blur_valid_reference(x32, g32), rtol=0, atol=2e-6)
+
+
+def test_sides_smaller_than_the_taps_take_the_convolution(monkeypatch):
     calls = []
     real = blur.blur_valid_reference
     monkeypatch.setattr(blur, "blur_valid_reference", lambda x, g: calls.append(x.shape) or real(x, g))
     g = gaussian_taps(1.0, 3)
     blur_valid(torch.rand(1, 1, 30, 30), g)
     assert calls == []
-    monkeypatch.setattr(blur, "BAND_MAX", 16)
-    blur_valid(torch.rand(1, 1, 30, 30), g)
+    with pytest.raises(RuntimeError):  # 5 < 7 taps: the convolution's own error
+        blur_valid(torch.rand(1, 1, 30, 5), g)
     assert len(calls) == 1
 
 

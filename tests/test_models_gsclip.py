@@ -1,5 +1,6 @@
 """GSCLIP on the tiny OpenCLIP base: freezing, set semantics, dtypes, OpenCLIP contract."""
 import copy
+import math
 
 import pytest
 import torch
@@ -198,6 +199,16 @@ def test_config_errors_are_clear(tmp_path):
         load_config({"resampler": {"num_latents": 0}})
     with pytest.raises(ConfigError, match="num_latents must be an integer from 1 to 65536"):  # hung in grid_for
         load_config({"resampler": {"num_latents": 10 ** 12}})
+    # regression: NaN / inf were a traceback (int(nan)) or NaN embeddings; 1e12 asked for terabytes
+    for section, key, bad in (("resampler", "mlp_ratio", math.nan), ("resampler", "mlp_ratio", math.inf),
+                              ("resampler", "mlp_ratio", 1e12), ("stem", "log_sigma_center", math.nan),
+                              ("stem", "log_sigma_width", math.inf)):
+        with pytest.raises(ConfigError, match=f"{section}.{key} must be a number"):
+            load_config({section: {key: bad}})
+    with pytest.raises(ConfigError, match="resampler.kv_dim 64 is not divisible by resampler.heads 3"):
+        load_config({"resampler": {"kv_dim": 64, "heads": 3}})
+    with pytest.raises(ConfigError, match="resampler.heads 7 does not divide the width 64 of base 'gsv-tiny'"):
+        create_gsclip(config={"base": "gsv-tiny", "resampler": {"heads": 7}})  # was a ValueError traceback
     (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)  # regression: a RecursionError traceback
     with pytest.raises(ConfigError, match="cannot read JSON: RecursionError"):
         load_config(tmp_path / "deep.json")

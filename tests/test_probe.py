@@ -204,6 +204,7 @@ def test_cli_probe_end_to_end_writes_the_table(tasks, tmp_path, capsys):
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--test-fraction", "1.5"], "--test-fraction 1.5"),
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--l2", "nan"], "--l2 nan: must be a finite number >= 0"),
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--l2", "inf"], "--l2 inf: must be a finite"),
+    (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--device", "tpu"], "--device tpu: expected cpu, cuda or cuda:N"),
 ])
 def test_cli_probe_bad_input_is_one_line_and_exit_2(tasks, tmp_path, capsys, argv, message):
     pytest.importorskip("open_clip")
@@ -216,3 +217,13 @@ def test_cli_probe_bad_input_is_one_line_and_exit_2(tasks, tmp_path, capsys, arg
     assert "Traceback" not in cap.err and not (tmp_path / "o").exists()
     assert gsv(["probe", *argv, "--out", str(tmp_path / "o"), "--json"]) == 2
     assert message in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_the_reading_of_a_split_without_held_out_images_says_so():
+    """Regression: with no held-out image the accuracies are NaN, read as 'No significant drop'."""
+    from gaussianvision.eval.probe_table import diagnose
+    nan = {"acc": float("nan"), "stderr": float("nan"), "n_test": 0}
+    row = {"attribute": "colour", "n_train": 1, "n_test": 0, "layers": {"gs:m stem": nan, "gs:m embedding": nan}}
+    assert diagnose({"models": {"gs:m": "gs"}, "rows": [row]}) == [
+        "colour: nothing to read: 1 training and 0 held-out images (too few per class; give more images, or more "
+        "of them with --max-images)"]

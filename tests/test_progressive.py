@@ -2,6 +2,7 @@
 (splats/format.py), the encoder on a prefix, and `gsv fit --progressive`."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,10 @@ def test_prefix_read_is_the_first_k_rows_of_the_ordered_splats():
             torch.testing.assert_close(got[b, :k], want[0, :k], rtol=0, atol=1e-4 if got is p.means else 0)
     assert decode_rows(data, max_gaussians=5).header.n_total == 9
     assert torch.equal(decode(data, max_gaussians=100).colors, decode(data).colors)
+    for bad in (0, 1.5, True, "3"):  # regression: 1.5 was a numpy TypeError
+        with pytest.raises(FormatError, match="max_gaussians must be a whole number >= 1"):
+            decode(data, max_gaussians=bad)
+    assert decode(data, max_gaussians=np.int64(5)).counts.tolist() == [5, 4]
 
 
 def test_flag_off_writes_the_old_bytes_and_on_changes_only_the_flag():

@@ -288,6 +288,31 @@ def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--url", "notaurl"], "notaurl: expected http://HOST:PORT or https://HOST:PORT"),
+    (["--url", "ftp://x"], "ftp://x: expected http://HOST:PORT"),
+    (["--url", "http://[::1"], "http://[::1: not a usable URL"),
+    (["--url", "http://127.0.0.1:99999"], "http://127.0.0.1:99999: not a usable URL (Port out of range"),
+    (["--url", "http://127.0.0.1:8", "--timeout", "nan"], "argument --timeout: must be a positive number, got nan"),
+    (["--url", "http://127.0.0.1:8", "--timeout", "0"], "argument --timeout: must be a positive number, got 0"),
+    (["--url", "http://127.0.0.1:8", "--labels", ",,"], "--labels ',,': no class names"),
+    (["--url", "http://127.0.0.1:8", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+])
+def test_gsv_send_checks_the_request_before_any_fit_or_network(tmp_path, capsys, monkeypatch, args, message):
+    """Regression: these were 'the answer is not JSON', 'Connection refused' or a 400 from the server
+    after every image was fitted."""
+    import gaussianvision.apps.cli.send as send_cli
+    from gaussianvision.apps.cli.main import main
+    monkeypatch.setattr(send_cli, "_images", lambda *a: pytest.fail("read images before the request was checked"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("went to the network"))
+    try:
+        rc = main(["send", str(_png(tmp_path / "a.png")), *args])
+    except SystemExit as e:  # argparse's own checks
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+
+
 def test_payload_splitting():
     a, b = fmt.encode(random_splats(1, 5, 16, 16)), fmt.encode(random_splats(2, 3, 16, 16))
     assert [bytes(p) for p in split_payloads(a + b + a)] == [a, b, a]
@@ -348,7 +373,7 @@ def test_gsv_send_refuses_images_smaller_than_the_ssim_window(tmp_path, capsys):
     from gaussianvision.apps.cli.main import main
     rc = main(["send", str(_png(tmp_path / "a.png")), "--url", "http://127.0.0.1:9", "--size", "10"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--size >= 11" in err and len(err.splitlines()) == 1, err
+    assert rc == 2 and "--size must be >= 11, got 10 (the SSIM window" in err and len(err.splitlines()) == 1, err
 
 
 def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):

@@ -216,6 +216,8 @@ def test_load_reads_no_more_than_the_header_declares(tmp_path):
     big.write_bytes(encode(f16_exact_splats()) + bytes(1 << 20))
     err, peak = _peak(lambda: load(big))
     assert isinstance(err, FormatError) and "oversized" in str(err) and peak < 1 << 19
+    need = len(encode(f16_exact_splats()))  # the size the file has (regression: said need + 1)
+    assert str(err) == f"{big}: oversized: header and payload need {need} bytes, the file has {need + (1 << 20)}"
 
 
 def test_failed_save_leaves_no_temporary_file(tmp_path):

@@ -70,6 +70,10 @@ def diagnose(result: dict) -> list[str]:
     rgb_label = next((m for m, k in kinds.items() if k == "rgb"), None)
     out = []
     for r in result["rows"]:
+        if not r["n_test"] or not r["n_train"]:  # regression: NaN accuracies read as "no significant drop"
+            out.append(f"{r['attribute']}: nothing to read: {r['n_train']} training and {r['n_test']} held-out images "
+                       f"(too few per class; give more images, or more of them with --max-images)")
+            continue
         ref = r["layers"].get(f"{rgb_label} embedding") if rgb_label else None
         rgb = dict(ref, name=f"{rgb_label} embedding") if ref else None
         out += [_gs_line(r["attribute"], m, r["layers"], rgb) for m, k in kinds.items() if k == "gs"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -110,6 +111,9 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str) ->
 _INT_MAX = 1 << 16  # every size of a config (regression: num_latents 10**12 hung gsv model info in grid_for)
 
 
+_MAX_MLP_RATIO = 64  # the feed-forward width over the model's (4 in ViTs; 1e12 asked for terabytes)
+
+
 def _check_int(cfg, section, key, lo, where, allow_none=False):
     v = cfg[section][key]
     if v is None and allow_none:
@@ -130,15 +134,18 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any
     _check_int(cfg, "resampler", "cross_layers", 1, where, allow_none=True)
     if cfg["resampler"]["cross_layers"] is not None and cfg["resampler"]["kv_dim"] is None:
         raise ConfigError(f"{where}: resampler.cross_layers needs resampler.kv_dim (shared keys/values)")
-    for key in ("log_sigma_center", "log_sigma_width"):
+    rs = cfg["resampler"]
+    if rs["heads"] is not None and rs["kv_dim"] is not None and rs["kv_dim"] % rs["heads"]:
+        raise ConfigError(f"{where}: resampler.kv_dim {rs['kv_dim']} is not divisible by resampler.heads {rs['heads']}")
+    for key in ("log_sigma_center", "log_sigma_width"):  # NaN or inf gave NaN embeddings
         v = cfg["stem"][key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where}: stem.{key} must be a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 100:
+            raise ConfigError(f"{where}: stem.{key} must be a number from -100 to 100, got {v!r}")
     if not cfg["stem"]["log_sigma_width"] > 0:
         raise ConfigError(f"{where}: stem.log_sigma_width must be > 0")
-    r = cfg["resampler"]["mlp_ratio"]
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0:
-        raise ConfigError(f"{where}: resampler.mlp_ratio must be a number > 0, got {r!r}")
+    r = rs["mlp_ratio"]
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= _MAX_MLP_RATIO:
+        raise ConfigError(f"{where}: resampler.mlp_ratio must be a number > 0 and <= {_MAX_MLP_RATIO}, got {r!r}")
     if cfg["pos_embed"] not in POS_EMBED_MODES:
         raise ConfigError(f"{where}: pos_embed must be one of {POS_EMBED_MODES}, got {cfg['pos_embed']!r}")
     if not isinstance(cfg["train_logit_scale"], bool):

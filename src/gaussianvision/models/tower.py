@@ -73,6 +73,9 @@ class GSVisionTower(nn.Module):
         width = int(base_visual.class_embedding.shape[0])
         st, rs = cfg["stem"], cfg["resampler"]
         token_dim = st["token_dim"] or width
+        if rs["heads"] is not None and rs["kv_dim"] is None and width % rs["heads"]:
+            raise ConfigError(f"resampler.heads {rs['heads']} does not divide the width {width} of base "
+                              f"{cfg['base']!r}")
         self.width = width
         self.num_latents = int(rs["num_latents"])
         ref = base_visual.class_embedding

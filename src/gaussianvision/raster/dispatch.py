@@ -38,7 +38,7 @@ def _load(name: str) -> Callable:
     if name in _failed:
         raise ImportError(_failed[name])
     if name not in _BACKENDS:
-        raise ValueError(f"unknown render backend {name!r}; known: {sorted(_BACKENDS)}")
+        raise ValueError(f"unknown render backend {name!r}; known: {['auto', *sorted(_BACKENDS)]}")
     target = _BACKENDS[name]
     try:
         if isinstance(target, str):

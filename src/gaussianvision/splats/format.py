@@ -289,8 +289,8 @@ def _uncuttable(hdr: Header) -> str | None:
 
 def _prefix(r: Rows, k: int, name: str) -> Rows:
     """Each image's first k rows of a progressive file."""
-    if k < 1:
-        raise FormatError(f"{name}: max_gaussians must be >= 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:  # 1.5 was a numpy TypeError
+        raise FormatError(f"{name}: max_gaussians must be a whole number >= 1, got {k!r}")
     keep = np.minimum(r.counts, k)
     if (keep == r.counts).all():
         return r
@@ -374,7 +374,12 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
             head = read_bounded(f, HEADER_SIZE)
-            return head + read_bounded(f, declared_len(head) - len(head) + 1)
+            data = head + read_bounded(f, declared_len(head) - len(head) + 1)
+            if len(data) > declared_len(head) >= HEADER_SIZE and os.path.isfile(path):  # the size it has, not
+                size = os.fstat(f.fileno()).st_size  # the one byte past the end read (regression: "got 49" of 50)
+                raise FormatError(f"{path}: oversized: header and payload need {declared_len(head)} bytes, "
+                                  f"the file has {size}")
+            return data
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -73,6 +73,17 @@ def whole(lo: int, hi: int | None = None):
     return parse
 
 
+def positive(text: str) -> float:
+    """argparse type: a positive finite number (seconds, milliseconds)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
 def whole_list(lo: int):
     """argparse type: comma-separated whole numbers, each >= lo (at least one)."""
     one = whole(lo)
@@ -94,6 +105,20 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
         raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise CliError(f"{option} {out}: not a writable folder")
+
+
+def check_device(device: str | None) -> None:
+    """--device: None, cpu, cuda or cuda:N of this machine; else one CliError line."""
+    import torch
+    if device is None or device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CliError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def parser(cmd: str, description: str, **kwargs) -> ArgumentParser:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import (CliError, add_speed_options, emit, fail, fit_option, fit_option_message,
-                                              parser, run)
+from gaussianvision.apps.cli.command import (CliError, add_speed_options, check_device, emit, fail, fit_option,
+                                              fit_option_message, parser, run)
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -37,12 +37,10 @@ def add_device_option(p) -> None:
 
 
 def pick_device(args) -> str:
-    """--device, or cuda when available; CliError when cuda is asked for and missing."""
+    """--device (checked: one line for tpu, cuda:9 or cuda without a GPU), or cuda when available."""
     import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError("--device cuda requested but CUDA is not available")
-    return device
+    check_device(args.device)  # regression: --device tpu was a traceback from torch
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def add_splat_options(p) -> None:
@@ -50,7 +48,8 @@ def add_splat_options(p) -> None:
     --fit-*, --splat-cache."""
     add_device_option(p)
     g = p.add_argument_group("splats for GS models (images are fitted on the fly, cached by content)")
-    g.add_argument("--n-gaussians", type=int, default=400, help="Gaussians per image")
+    g.add_argument("--n-gaussians", "--gaussians", dest="n_gaussians", type=int, default=400,
+                   help="Gaussians per image (--gaussians, as gsv fit / convert / send spell it, also works)")
     add_speed_options(g, prefix="fit-")
     g.add_argument("--fit-iters", type=int, default=None, help="fitting iterations per image (default 500, or the preset's)")
     g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"],

@@ -10,6 +10,7 @@ The batching, fitting and encoding are the library's FitStream (fit/stream.py).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -111,10 +112,9 @@ def _config(a) -> FitConfig:
     """The checked FitConfig of the options, or a CliError naming the bad one (and --batch-size's default)."""
     if a.batch_size is None:
         a.batch_size = default_batch_size(a.device, a.size)
-    if a.gaussians < 1:
-        raise CliError(f"--gaussians must be >= 1, got {a.gaussians}")
-    if a.batch_size < 1 or (a.iters is not None and a.iters < 0):
-        raise CliError("--batch-size must be >= 1 and --iters >= 0")
+    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0)):
+        if value is not None and value < lo:  # each named with its value (regression: one message for two flags)
+            raise CliError(f"{flag} must be >= {lo}, got {value}")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
     check_backend(a.backend)
@@ -148,9 +148,17 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     wrote there (a rerun of `gsv fit DIR --out DIR --save-png` fitted its own reconstructions); the
     skipped ones are said. (A folder's own path is never one of its images: `named` needs no is_dir.)"""
     named = {Path(x) for x in inputs}
-    paths, renders = [], []
+    paths, renders, seen, again = [], [], set(), 0
     for p in list_images(inputs):
+        where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input
+        if where in seen:  # regression: fitted once per naming, its lines out of order
+            again += 1
+            continue
+        seen.add(where)
         (renders if p not in named and is_render(p) else paths).append(p)
+    if again:
+        print(f"gsv fit: skipped {again} repeat{'s' if again != 1 else ''} of inputs named before (each image is "
+              f"fitted once)", file=sys.stderr)
     if renders:
         print(f"gsv fit: skipped {len(renders)} render{'s' if len(renders) != 1 else ''} of splats that gsv wrote "
               f"(e.g. {renders[0]}); name a file to fit it anyway", file=sys.stderr)
@@ -278,7 +286,17 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
     return 0
 
 
+def _after_dashes(argv: list[str]) -> list[str]:
+    """The inputs after `--` that look like options spelled as the relative paths they are (./-x.png):
+    argparse's intermixed parse loses them after `--` (regression: `gsv fit -- -x.png` said no inputs)."""
+    if "--" not in argv:
+        return argv
+    cut = argv.index("--")
+    return argv[:cut] + [os.path.join(".", x) if x.startswith("-") else x for x in argv[cut + 1:]]
+
+
 def main(argv=None) -> int:
+    argv = _after_dashes(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_intermixed_args(argv)  # inputs before, between or after the options
 
     def go(a):

@@ -1,6 +1,8 @@
 """gsv model info CONFIG: parameter counts of a GS-CLIP model (total, trainable, by part)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from gaussianvision.apps.cli.command import ArgumentParser, CliError, HelpFormatter, emit, run
 
 
@@ -11,6 +13,9 @@ def describe(config: str, base: str | None) -> dict:
         if config.endswith(".safetensors"):
             stored = read_weights_config(config)["config"]
             cfg, base = stored["gs"], base or stored["base"]
+        elif Path(config).is_dir():  # a `gsv train` output folder, as eval / serve / probe take it
+            cfg, stored_base = _trained_config(config)
+            base = base or stored_base
         else:
             cfg = config
         # shapes only: counting needs no weights, and the meta device allocates nothing
@@ -21,6 +26,21 @@ def describe(config: str, base: str | None) -> dict:
     rep["config"] = model.gs_config
     rep["base"] = model.base_name
     return rep
+
+
+def _trained_config(folder: str) -> tuple[dict, str]:
+    """(GS config, base) of the latest checkpoint of a `gsv train` output folder (stages 1 and 2)."""
+    from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    if latest_checkpoint(folder) is None:
+        raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)")
+    try:
+        state, _, _ = load_checkpoint(folder)
+    except CheckpointError as e:
+        raise CliError(f"{folder}: {e}") from None
+    task = state.get("task", {})
+    if task.get("stage") not in ("1", "2"):
+        raise CliError(f"{folder}: a stage {task.get('stage')!r} checkpoint is not a GS model")
+    return task["model_config"], task["base"]
 
 
 def table(rep: dict) -> str:
@@ -43,7 +63,9 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="parameter table: total, trainable, by part", formatter_class=HelpFormatter,
                           description="Parameter table of a GS-CLIP model (total, trainable, by part); "
                                       "shapes only: no weights are loaded, nothing is downloaded.")
-    info.add_argument("config", help="shipped config name (gs-196, gs-98, gs-tiny), JSON path or .safetensors checkpoint")
+    from gaussianvision.models.config import list_configs
+    info.add_argument("config", help=f"shipped config name ({', '.join(list_configs())}), JSON path, .safetensors "
+                                     "checkpoint or `gsv train` output folder")
     info.add_argument("--base", default=None, help="OpenCLIP base (default: the config's)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     args = p.parse_args(argv)

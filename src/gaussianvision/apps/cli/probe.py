@@ -7,7 +7,7 @@ import math
 import shlex
 import sys
 
-from gaussianvision.apps.cli.command import CliError, emit, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole
 from gaussianvision.apps.cli.eval import add_splat_options, pick_device, splat_settings
 
 EXAMPLE = ("gsv probe --model gs:out/demo/stage2_n76 --model rgb:gsv-tiny:out/demo/teacher/open_clip_model.safetensors "
@@ -40,7 +40,7 @@ def build_parser():
                         "(default: data/eval/{dataset_cleaned})")
     p.add_argument("--out", default="out/probe", help="folder for probe.md, probe.json and the splat cache")
     p.add_argument("--test-fraction", type=float, default=0.5, help="share of each class held out for scoring")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train / test split")
+    p.add_argument("--seed", type=whole(0, 2 ** 63 - 1), default=0, help="seed of the train / test split")
     p.add_argument("--l2", type=float, default=None,
                    help="L2 weight of the probe (default: chosen from 1e-4..1 by 3-fold cross-validation on the "
                         "training split)")

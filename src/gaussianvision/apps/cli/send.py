@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, add_progressive_options, emit, fit_option, fit_option_message, parser, run
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, emit, fit_option, fit_option_message,
+                                              parser, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 
@@ -26,7 +27,7 @@ def _parser():
     p.add_argument("--token", default=None, help="Bearer token (default: GSV_SERVE_TOKEN, else none)")
     p.add_argument("--labels", default=None, help="comma-separated class names: /classify instead of /embed")
     p.add_argument("--label-set", default=None, help="a named label set of the server (cifar10, world/shape, ...)")
-    p.add_argument("--top-k", type=int, default=None, help="labels per image (the server's when not given)")
+    p.add_argument("--top-k", type=whole(1), default=None, help="labels per image (the server's when not given)")
     p.add_argument("--gaussians", "-n", type=int, default=400, help="Gaussians per image")
     p.add_argument("--preset", default="fast", choices=list(PRESETS), help="the fit's speed preset (docs/fitting.md)")
     p.add_argument("--iters", type=int, default=None, help="fit iterations (the preset's unless given)")
@@ -36,7 +37,7 @@ def _parser():
     add_progressive_options(p, "Gaussians sent")
     p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    p.add_argument("--timeout", type=positive, default=60.0, help="seconds to wait for each answer")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fit_images option, repeatable (over the preset's)")
     return p
@@ -45,9 +46,11 @@ def _parser():
 def _fit_stream(a):
     import torch
     from gaussianvision.fit import Encoding, FitConfig, FitStream
-    if a.gaussians < 1 or (a.iters is not None and a.iters < 0) or a.batch_size < 1 or a.size < SSIM_WINDOW:
-        raise CliError(f"--gaussians and --batch-size must be >= 1, --iters >= 0 and --size >= {SSIM_WINDOW} "
-                       "(the SSIM window each fit reports on)")
+    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0),
+                            ("--size", a.size, SSIM_WINDOW)):
+        if value is not None and value < lo:  # each named with its value (regression: one message for four flags)
+            why = " (the SSIM window each fit reports on)" if flag == "--size" else ""
+            raise CliError(f"{flag} must be >= {lo}, got {value}{why}")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
@@ -89,6 +92,8 @@ def _send(a) -> int:
     if a.labels is not None and a.label_set is not None:
         raise CliError("give --labels or --label-set, not both")
     labels = [c.strip() for c in a.labels.split(",") if c.strip()] if a.labels is not None else None
+    if labels == []:  # regression: found out from the server, after every image was fitted
+        raise CliError(f"--labels {a.labels!r}: no class names (give comma-separated names, e.g. cat,dog)")
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
     stream = _fit_stream(a)
     missing = [p for p in a.inputs if not Path(p).exists()]
@@ -96,7 +101,7 @@ def _send(a) -> int:
         raise CliError(f"{missing[0]}: no such file or folder")
     results, failures = [], []
     try:
-        check_server(a.url, a.timeout)
+        check_server(a.url, a.timeout)  # the URL and timeout checked first (check_request)
         for item in stream(_images(a, failures)):
             if not item.ok:
                 failures.append({"path": str(item.key), "error": item.error})

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run
+from gaussianvision.apps.cli.command import CliError, check_device, emit, key_value, parser, run, whole
 
 
 def build_parser():
@@ -70,7 +70,7 @@ def build_parser():
     p.add_argument("--precision", default="amp", choices=["amp", "fp32"], help="amp: mixed precision on CUDA "
                    "(bf16 where supported, else fp16 with loss scaling); CPU always runs fp32")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole(0, 2 ** 63 - 1), default=0)
     p.add_argument("--in-memory", action="store_true",
                    help="decode all samples into memory: exact epochs and a global order shared by all ranks "
                         "(small data: tests, the demo)")
@@ -129,24 +129,11 @@ def _check_options(args) -> None:
             rng = f">= {low}" if closed else f"> {low}"
             rng += " and <= 1" if name in _AT_MOST_ONE else ""
             raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
-    _check_device(args.device)
+    check_device(args.device)
     if not str(args.out).strip():  # regression: --out "" wrote the run into the current folder
         raise CliError("--out: give the run's folder (empty)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CliError(f"--out {args.out}: is a file, not a folder (the run writes checkpoints/ and log.jsonl into it)")
-
-
-def _check_device(device: str | None) -> None:
-    import torch
-    if device is None or device == "cpu":
-        return
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise CliError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise CliError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if index and int(index) >= torch.cuda.device_count():
-        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _run(args) -> int:

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["send", "check_server", "ClientError"]
+__all__ = ["send", "check_server", "check_request", "ClientError"]
 
 
 class ClientError(Exception):
@@ -24,6 +24,23 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int | None = None, body: dict | None = None):
         super().__init__(message)
         self.status, self.body = status, body or {}
+
+
+def check_request(url: str, timeout: float) -> None:
+    """ClientError for a URL that is not http(s)://HOST[:PORT] or a timeout that is not a positive
+    number of seconds (regression: 'notaurl' and a timeout of nan were said 'not JSON', ftp:// 'Name
+    or service not known', port 99999 'Connection refused')."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as e:
+        raise ClientError(f"{url}: not a usable URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(f"{url}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:8000)")
+    if port == 0:
+        raise ClientError(f"{url}: port 0 is not a server's port")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ClientError(f"timeout {timeout!r}: expected a positive number of seconds")
 
 
 def _query(labels, label_set, top_k) -> tuple[str, str]:
@@ -38,6 +55,7 @@ def _query(labels, label_set, top_k) -> tuple[str, str]:
 def send(data, url: str, labels: list[str] | None = None, label_set: str | None = None,
          top_k: int | None = None, token: str | None = None, timeout: float = 60.0) -> dict:
     """POST .gsv bytes (or Splats) to URL's /embed, or /classify with labels or a label set."""
+    check_request(url, timeout)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         from gaussianvision.splats.format import encode
         data = encode(data)
@@ -64,6 +82,7 @@ def send(data, url: str, labels: list[str] | None = None, label_set: str | None 
 
 def check_server(url: str, timeout: float = 10.0) -> dict:
     """GET URL/health: the server's answer, or ClientError when nothing answers there."""
+    check_request(url, timeout)
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
             return json.loads(r.read())
