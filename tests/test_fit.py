@@ -49,6 +49,36 @@ def test_batch_adam_subset_freezes_the_others():
     assert part.steps.tolist() == [4, 0, 4]
 
 
+def test_batch_adam_per_image_step_scale_is_each_image_on_its_own():
+    """lr_scale [B]: image b steps as an Adam with rate lr x lr_scale[b] alone would (decay_patience)."""
+    g = torch.Generator().manual_seed(2)
+    p0 = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    grads = [torch.randn(2, 4, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    both = BatchAdam({"x": p0.clone()}, {"x": 0.1})
+    alone = [BatchAdam({"x": p0[b:b + 1].clone()}, {"x": 0.1}) for b in range(2)]
+    for gr in grads:
+        both.step({"x": gr}, lr_scale=torch.tensor([1.0, 0.25]))
+        for b, scale in enumerate((1.0, 0.25)):
+            alone[b].step({"x": gr[b:b + 1]}, lr_scale=scale)
+    assert torch.equal(both.params["x"], torch.cat([a.params["x"] for a in alone]))
+
+
+def test_step_decay_halves_an_image_s_rates_each_stall(photos):
+    """No iteration gains 100 dB: the stall is seen every `patience` updates, each time x decay_factor,
+    and the parameters move as a plain fit's with the rates so scaled (FitConfig.decay_patience)."""
+    cfg = FitConfig(init="grid", decay_patience=3, decay_factor=0.5, decay_delta=100.0, **REF)
+    f = Fitter(photos, 16, cfg)
+    f.run(7)  # stalls seen at updates 3 and 6
+    assert f.lr_image.tolist() == [0.25, 0.25]
+    plain = Fitter(photos, 16, FitConfig(init="grid", **REF))
+    for scale in (1.0,) * 3 + (0.5,) * 3 + (0.25,):
+        plain.step(scale)
+    for k in f.params:
+        assert torch.allclose(f.params[k], plain.params[k], atol=1e-6), k
+    off = Fitter(photos, 16, FitConfig(init="grid", **REF)).run(7)
+    assert off.lr_image.tolist() == [1.0, 1.0]
+
+
 def test_schedules():
     assert _lr_scale("constant", 5, 10, 0.1) == 1.0
     assert _lr_scale("cosine", 0, 10, 0.1) == pytest.approx(1.0)
@@ -380,6 +410,13 @@ def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, mes
     ({"prune_lambda": -1.0}, "prune_lambda must be a finite number >= 0, got -1.0"),
     ({"plateau_patience": 0}, "plateau_patience must be >= 1 iteration"),
     ({"plateau_patience": -3}, "plateau_patience must be >= 1 iteration"),
+    ({"decay_patience": 0}, "decay_patience must be >= 1 iteration"),
+    ({"decay_factor": 0.0}, "decay_factor must lie in (0, 1]"),
+    ({"decay_factor": 1.5}, "decay_factor must lie in (0, 1]"),
+    ({"decay_factor": math.nan}, "decay_factor must lie in (0, 1]"),
+    ({"decay_delta": -0.1}, "decay_delta must be a finite number >= 0"),
+    ({"seed": 10 ** 20}, "seed must be a whole number from 0 to 2**63 - 1"),
+    ({"seed": -1}, "seed must be a whole number from 0 to 2**63 - 1"),
     ({"target_psnr": -5.0}, "target_psnr must be a number of dB above 0"),
     ({"target_psnr": math.inf}, "target_psnr must be a number of dB above 0"),
     ({"lr_colors": -1}, "lr_colors must be a finite number >= 0"),

@@ -31,8 +31,10 @@ class BatchAdam:
         self.steps = torch.zeros(b, dtype=torch.long, device=next(iter(params.values())).device)
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], idx: torch.Tensor | None = None, lr_scale: float = 1.0) -> None:
-        """One update of the images `idx` ([A] int64, None = all) from grads {name: [A, N, k]}."""
+    def step(self, grads: dict[str, torch.Tensor], idx: torch.Tensor | None = None,
+             lr_scale: float | torch.Tensor = 1.0) -> None:
+        """One update of the images `idx` ([A] int64, None = all) from grads {name: [A, N, k]};
+        lr_scale a number or one per image [A]."""
         b1, b2 = self.betas
         full = idx is None
         steps = self.steps if full else self.steps[idx]
@@ -42,6 +44,8 @@ class BatchAdam:
         else:
             self.steps[idx] = steps
         t = steps.to(next(iter(grads.values())).dtype)[:, None, None]
+        if torch.is_tensor(lr_scale):
+            lr_scale = lr_scale.to(t.dtype)[:, None, None]
         bc1 = 1 - b1 ** t
         bc2 = 1 - b2 ** t
         for name, g in grads.items():

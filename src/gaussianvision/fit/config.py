@@ -34,6 +34,9 @@ class FitConfig:
     target_psnr: float | None = None
     plateau_patience: int | None = None
     plateau_delta: float = 0.01    # dB
+    decay_patience: int | None = None  # an image's step sizes x decay_factor each time its PSNR has not gained
+    decay_factor: float = 0.5          # decay_delta dB for decay_patience iterations (None: off)
+    decay_delta: float = 0.01          # dB
     prune_lambda: float = 0.0      # L1 on luminance, times the mean over Gaussians
     prune_measure: str = "energy"  # energy | max_color | luma (see fit/prune.py)
     prune_tau: float | None = None
@@ -98,6 +101,8 @@ class FitConfig:
                 raise ValueError(f"{name} must lie in [0, 1) (Adam's moment decay), got {getattr(self, name)}")
         if self.lr_spacing is not None and not (self.lr_spacing > 0 and math.isfinite(self.lr_spacing)):
             raise ValueError(f"lr_spacing must be a positive number of pixels or None, got {self.lr_spacing}")
+        if not 0 <= self.seed < 2 ** 63:  # regression: 10**20 was taken, then every fit failed in manual_seed
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed}")
         if not (self.min_scale > 0 and math.isfinite(self.min_scale)):
             raise ValueError(f"min_scale must be positive, got {self.min_scale}")
         return self
@@ -109,9 +114,12 @@ class FitConfig:
             raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
         if self.target_psnr is not None and not (self.target_psnr > 0 and math.isfinite(self.target_psnr)):
             raise ValueError(f"target_psnr must be a number of dB above 0 or None, got {self.target_psnr}")
-        if self.plateau_patience is not None and self.plateau_patience < 1:
-            raise ValueError(f"plateau_patience must be >= 1 iteration or None, got {self.plateau_patience}")
-        for name in ("lr_means", "lr_chol", "lr_colors", "lr_final", "plateau_delta", "prune_lambda",
+        for name in ("plateau_patience", "decay_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 iteration or None, got {getattr(self, name)}")
+        if not 0.0 < self.decay_factor <= 1.0:
+            raise ValueError(f"decay_factor must lie in (0, 1] (the step sizes' factor at a stall), got {self.decay_factor}")
+        for name in ("lr_means", "lr_chol", "lr_colors", "lr_final", "plateau_delta", "decay_delta", "prune_lambda",
                      "prune_tau", "relocate_fraction", "relocate_until", "coarse_min_pixels", "ssim_weight"):
             v = getattr(self, name)
             if v is not None and not (v >= 0 and math.isfinite(v)):

@@ -232,7 +232,7 @@ class Fitter:
         new.__dict__.update(self.__dict__)
         new.params = {k: v.clone() for k, v in self.params.items()}
         new.opt = self.opt.clone(new.params)
-        for k in ("counts", "active", "iterations", "pruned", "best", "best_it"):
+        for k in ("counts", "active", "iterations", "pruned", "best", "best_it", "lr_image", "decay_best", "decay_it"):
             setattr(new, k, getattr(self, k).clone())
         new.stopped = list(self.stopped)
         if self._generator is not None:
@@ -243,6 +243,23 @@ class Fitter:
     def _reset_plateau(self) -> None:
         self.best = torch.full((self.batch_size,), -math.inf, device=self.device)
         self.best_it = self.iterations.clone()
+        self.lr_image = torch.ones(self.batch_size, device=self.device)  # decay_patience's per-image factor
+        self.decay_best = self.best.clone()
+        self.decay_it = self.iterations.clone()
+
+    def _decay(self, idx: torch.Tensor, p: torch.Tensor) -> torch.Tensor | float:
+        """The step-size factor [A] of images idx: cfg.decay_factor more each time an image's PSNR p
+        has not gained cfg.decay_delta for cfg.decay_patience updates (1.0 without decay_patience)."""
+        cfg = self.cfg
+        if cfg.decay_patience is None:
+            return 1.0
+        better = p > self.decay_best[idx] + cfg.decay_delta
+        self.decay_best[idx] = torch.where(better, p, self.decay_best[idx])
+        since = torch.where(better, self.iterations[idx], self.decay_it[idx])
+        stall = self.iterations[idx] - since >= cfg.decay_patience
+        self.decay_it[idx] = torch.where(stall, self.iterations[idx], since)
+        self.lr_image[idx] = torch.where(stall, self.lr_image[idx] * cfg.decay_factor, self.lr_image[idx])
+        return self.lr_image[idx]
 
     # ------------------------------------------------------------------- loop
     def _clock(self, always: bool = False) -> float:
@@ -274,12 +291,14 @@ class Fitter:
         vf = valid[..., None].to(target.dtype)
         grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
         p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
+        decay = self._decay(idx, p)
         stop = self._update_stops(idx, p)  # images that stop keep the parameters p was measured on
         if stop is not None:
             keep = ~stop
             idx, full = idx[keep], False
             grads = {k: g[keep] for k, g in grads.items()}
-        self.opt.step(grads, None if full else idx, lr_scale)
+            decay = decay[keep] if torch.is_tensor(decay) else decay
+        self.opt.step(grads, None if full else idx, lr_scale * decay)
         self._clamp(None if full else idx)
         self.iterations[idx] += 1
         return p
@@ -510,6 +529,8 @@ class Fitter:
                 self.opt.exp_avg[name][rows, cols] = 0
                 self.opt.exp_avg_sq[name][rows, cols] = 0
             moved[idx] = valid.sum(1)
+            self.decay_best[idx] = -math.inf  # the PSNR drops and climbs again: not a stall
+            self.decay_it[idx] = self.iterations[idx]
         return moved
 
     # ---------------------------------------------------------------- pruning

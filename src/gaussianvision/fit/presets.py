@@ -30,6 +30,17 @@ the steps small enough (beta2 0.85 at the plain rates: -2 dB). Both together
 gained at every N measured (fast, 224 px, bundled / Kodak: N=100 +0.28 / +0.24 dB, N=400 +0.39 /
 +0.31, N=1000 +0.11 / +0.11, N=3136 +0.46 / +0.35; balanced at N=3136 +1.0 / +0.75).
 
+Short memories keep every step near its full rate, so an image that is nearly fitted (a smooth
+gradient or noise field near 50 dB, a flat phantom) keeps stepping past its optimum: at N=3136
+`fast` lost 0.6 and 1.7 dB to plain Adam there (fit_kinds.md). So each image's rates halve each time
+its PSNR has not gained 0.01 dB in 10 iterations (decay_patience; a relocation restarts the count):
+an image still improving, as photos do through a short fit, is untouched, one that has stalled
+takes finer steps. In the same iterations (2026-12-07, benchmarks/results/fit_decay.md): fast at
+N=400 +0.01 / -0.01 dB (bundled / Kodak), N=3136 0 / 0; balanced +0.09 / +0.04 and +0.48 / +0.33;
+best at N=400 +0.05 / +0.02; on 17 scikit-image photos no setting was chosen on, fast +0.11 / +1.36
+and balanced +0.47 / +2.20 (N=400 / 3136); on the made-up kinds +0.19 / +0.60 (fast). Patience 5
+lost up to 0.3 dB on some kinds at N=400; 20 gained a little less than 10 at N=3136.
+
 Every preset combines with `budget_ms` (a wall-time cap per image, initialization included)
 and `target_psnr` (each image stops once it reaches it). Without a preset the settings are the
 plain defaults of FitConfig (500 iterations of Adam from the content initializer).
@@ -38,7 +49,8 @@ from __future__ import annotations
 
 __all__ = ["PRESETS", "preset_options", "spelled_out"]
 
-_ADAM = {"lr_spacing": 11.2, "beta1": 0.85, "beta2": 0.85}  # rates per 11.2 px of spacing (N=400 at 224 px)
+_ADAM = {"lr_spacing": 11.2, "beta1": 0.85, "beta2": 0.85,  # rates per 11.2 px of spacing (N=400 at 224 px)
+         "decay_patience": 10}  # an image's rates halve each time it gains < 0.01 dB in 10 iterations
 PRESETS: dict[str, dict] = {
     "fast": {"iters": 150, "color_solve": 4, "coarse_fraction": 0.6, "coarse_min_pixels": 16.0, "relocate_every": 20,
              "final_colors": 2, **_ADAM},
