@@ -137,6 +137,8 @@ def test_the_default_batch_fills_a_gpu_and_stays_16_on_a_cpu():
     assert [default_batch_size(d, s) for d, s in (("cpu", 224), ("cuda", 224), ("cuda:1", 448), ("cuda", 112),
                                                   ("cuda", 4096), ("cuda", None), ("cuda", 0), ("cuda", 16))] == \
         [16, 512, 128, GPU_BATCH_PIXELS // 112 ** 2, 16, 16, 16, 4096]  # at most the largest batch measured
+    # a CPU batch holds at most 16 images of 512 px (regression: 16 images of 2048 px, about 19 GB)
+    assert [default_batch_size("cpu", s) for s in (512, 1024, 2048, 8000, None)] == [16, 4, 1, 1, 16]
     args = ["--input", "x", "--output", "y", "--gaussians", "8"]
     assert convert._config(convert._parser().parse_args(args + ["--device", "cuda"])).batch_size == 512
     assert convert._config(convert._parser().parse_args(args)).batch_size == 16
@@ -155,3 +157,17 @@ def test_a_resumed_conversion_keeps_the_batch_it_started_with(tmp_path):
     assert convert._config(convert._parser().parse_args(args + ["--batch-size", "64"])).batch_size == 64
     (tmp_path / "out" / "config.json").write_text("{not json")
     assert convert._config(convert._parser().parse_args(args)).batch_size == 512
+
+
+def test_batch_pixels_caps_each_sizes_batch():
+    """FitStream(batch_pixels=P): a batch of one size holds at most P pixels (at least one image), so
+    `gsv fit --size 0` on large photos does not stack 16 of them; small sizes keep batch_size."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 24, 24, generator=g) for _ in range(3)] + [torch.rand(3, 12, 12, generator=g) for _ in range(3)]
+    stream = FitStream(4, FitConfig(iters=1, backend="reference"), batch_size=4, batch_pixels=2 * 24 * 24)
+    items = list(stream(enumerate(images)))
+    assert [it.key for it in items] == list(range(6)) and all(it.ok for it in items)
+    assert [it.batch_size for it in items] == [2, 2, 1, 3, 3, 3]
+    whole = list(FitStream(4, FitConfig(iters=1, backend="reference"), batch_size=4)(enumerate(images)))
+    for a, b in zip(items, whole):  # the same splats in any batch
+        torch.testing.assert_close(a.splats.means, b.splats.means, rtol=0, atol=1e-5)

@@ -404,6 +404,8 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
                            f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
     pending = [u for u in mine if not output.is_done(out, u)]
+    for u in set(mine) - set(pending):  # finished: a lock file left by a kill after the finish goes
+        output.clear_lock(out, u)
 
     conv = _Converter(out, cfg)
     bar = _Progress(cfg, pending)

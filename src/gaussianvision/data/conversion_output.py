@@ -20,8 +20,8 @@ except ImportError:  # not POSIX: no claims (keep to one process per rank there)
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "is_done", "claim", "release", "unit_digest", "changed_shard",
-           "summarize"]
+__all__ = ["shard_name", "json_line", "write_durable", "is_done", "claim", "release", "clear_lock", "unit_digest",
+           "changed_shard", "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
 
@@ -53,6 +53,10 @@ def is_done(out: Path, unit: Unit) -> bool:
     return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
 
 
+def _lock_path(out: Path, unit: Unit) -> Path:
+    return out / f".{shard_name(unit.index)}.lock"
+
+
 def claim(out: Path, unit: Unit) -> int | None:
     """This process's claim on shard `unit` of `out`: an open descriptor of .NNNNNN.lock holding an
     exclusive flock, or None when another process holds it (it is converting that shard now). The
@@ -60,32 +64,59 @@ def claim(out: Path, unit: Unit) -> int | None:
     client carries it to the server. Two runs into one folder (a rank started twice, ranks of
     different world sizes) so split the shards; without claims both converted every shard and
     each deleted the other's temporary files as leftovers. -1: claimed without a lock (a system or
-    file system without flock)."""
+    file system without flock).
+
+    release() removes the lock file, so a lock won on a file that is no longer the one the path
+    names (removed, or removed and made again, between this open and this flock) is no claim: the
+    path is opened again (regression of the review: two processes converted one shard)."""
     if fcntl is None:
         return -1
-    fd = os.open(out / f".{shard_name(unit.index)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = _lock_path(out, unit)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:  # ENOLCK, EINVAL: this file system has no locks; convert as before
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return -1
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError:  # ENOLCK, EINVAL: this file system has no locks; convert as before
-        os.close(fd)
-        return -1
-    return fd
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def release(out: Path, unit: Unit, fd: int) -> None:
-    """Give up claim `fd` on shard `unit`, its lock file removed while still held: a process that
-    tries it now is refused, one that opened it just before claims a file no one else can (and
-    sees the shard finished, or converts it as the only one)."""
+    """Give up claim `fd` on shard `unit`, its lock file removed while still held (a process that
+    opened it before sees, once its flock comes through, that the path names another file or none,
+    and opens it again: claim)."""
     if fd < 0:
         return
     try:
-        (out / f".{shard_name(unit.index)}.lock").unlink(missing_ok=True)
+        _lock_path(out, unit).unlink(missing_ok=True)
     except OSError:  # the output's file system failing: the claim still goes with the descriptor
         pass
     os.close(fd)
+
+
+def clear_lock(out: Path, unit: Unit) -> None:
+    """Remove the lock file a finished shard kept (its process killed between finishing the shard and
+    letting it go), unless another process holds it."""
+    if _lock_path(out, unit).exists():
+        fd = claim(out, unit)
+        if fd is not None:
+            release(out, unit, fd)
 
 
 def unit_digest(unit: Unit) -> str:

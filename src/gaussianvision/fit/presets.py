@@ -39,7 +39,8 @@ takes finer steps. In the same iterations (2026-12-07, benchmarks/results/fit_de
 N=400 +0.01 / -0.01 dB (bundled / Kodak), N=3136 0 / 0; balanced +0.09 / +0.04 and +0.48 / +0.33;
 best at N=400 +0.05 / +0.02; on 17 scikit-image photos no setting was chosen on, fast +0.11 / +1.36
 and balanced +0.47 / +2.20 (N=400 / 3136); on the made-up kinds +0.19 / +0.60 (fast). Patience 5
-lost up to 0.3 dB on some kinds at N=400; 20 gained a little less than 10 at N=3136.
+lost up to 0.3 dB on some kinds at N=400 (but gained more in fast at N=3136); 20 gained a little
+more in balanced at N=400 and a little less at N=3136; 10, the middle, was kept.
 
 Every preset combines with `budget_ms` (a wall-time cap per image, initialization included)
 and `target_psnr` (each image stops once it reaches it). Without a preset the settings are the

@@ -40,21 +40,34 @@ from gaussianvision.fit.progressive import ENCODING_ORDERS, PREFIX_FRACTIONS, pr
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats
 
-__all__ = ["Encoding", "FitItem", "FitStream", "default_batch_size", "GPU_BATCH_PIXELS"]
+__all__ = ["Encoding", "FitItem", "FitStream", "default_batch_size", "default_batch_pixels", "GPU_BATCH_PIXELS",
+           "CPU_BATCH_PIXELS"]
 
 GPU_BATCH_PIXELS = 512 * 224 * 224  # a GPU batch's pixels by default: 512 images of 224 px
 GPU_BATCH_MAX = 4096  # the largest batch measured on a GPU (docs/gpu.md)
+CPU_BATCH_PIXELS = 16 * 512 * 512  # a CPU batch's pixels at most by default: 16 images of 512 px (about
+#                                    1.2 GB of fitting buffers at ~290 bytes per pixel; 16 of 2048 px would need 19 GB)
 
 
 def default_batch_size(device: str, size: int | None) -> int:
-    """Images fitted together unless told: 16 on a CPU (its cores are busy with any batch); on a GPU
+    """Images fitted together unless told. On a CPU 16 (its cores are busy with any batch), fewer
+    above 512 px so that a batch holds at most CPU_BATCH_PIXELS (1 image from 2048 px on). On a GPU
     as many images of `size` px as GPU_BATCH_PIXELS hold (512 at 224 px; at least 16, at most
-    GPU_BATCH_MAX; 16 when the size varies, None), since a GPU iteration costs about 4 ms of
-    launches whatever the batch: at B=64 the H200 fitted 24 images/s, at 512 78, at 4096 95
-    (docs/gpu.md)."""
-    if not str(device).startswith("cuda") or not size:
+    GPU_BATCH_MAX), since a GPU iteration costs about 4 ms of launches whatever the batch: at B=64
+    the H200 fitted 24 images/s, at 512 78, at 4096 95 (docs/gpu.md). 16 when the size varies
+    (None; FitStream's batch_pixels then caps each size's batch)."""
+    if not size:
         return 16
-    return min(GPU_BATCH_MAX, max(16, GPU_BATCH_PIXELS // (int(size) * int(size))))
+    pixels = int(size) * int(size)
+    if not str(device).startswith("cuda"):
+        return min(16, max(1, CPU_BATCH_PIXELS // pixels))
+    return min(GPU_BATCH_MAX, max(16, GPU_BATCH_PIXELS // pixels))
+
+
+def default_batch_pixels(device: str) -> int:
+    """The most pixels a batch of one image size holds when the batch size was not given (FitStream's
+    batch_pixels): a batch of large photos kept at their size (`gsv fit --size 0`) stays within memory."""
+    return GPU_BATCH_PIXELS if str(device).startswith("cuda") else CPU_BATCH_PIXELS
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class FitStream:
     n_gaussians: int
     config: FitConfig = field(default_factory=FitConfig)
     batch_size: int = 16
+    batch_pixels: int | None = None   # a batch of one size holds at most this many pixels (>= 1 image; None: no cap)
     encoding: Encoding | None = None  # None: no bytes (item.data stays None)
     retry: bool = True                # a failed batch is fitted again image by image
     ordered: bool = True              # False: each batch's items as soon as it is done
@@ -136,13 +150,19 @@ class FitStream:
             shape = tuple(image.shape[-2:])
             batch = open_batches.setdefault(shape, [])
             batch.append((index, key, image))
-            if len(batch) < self.batch_size:
+            if len(batch) < self._batch_of(shape):
                 continue
             done.update(self._run(open_batches.pop(shape), on_batch))
             next_out = yield from self._release(done, next_out)
         for shape in list(open_batches):
             done.update(self._run(open_batches.pop(shape), on_batch))
             next_out = yield from self._release(done, next_out)
+
+    def _batch_of(self, shape: tuple) -> int:
+        """Images of this shape fitted together: batch_size, fewer where batch_pixels caps it."""
+        if self.batch_pixels is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.batch_pixels // (shape[0] * shape[1])))
 
     def _run(self, batch: list, on_batch) -> dict[int, FitItem]:
         results = self.fit_batch([k for _, k, _ in batch], torch.stack([im for _, _, im in batch]))

@@ -376,7 +376,8 @@ def read_file(path: str | os.PathLike) -> bytes:
             head = read_bounded(f, HEADER_SIZE)
             data = head + read_bounded(f, declared_len(head) - len(head) + 1)
             if len(data) > declared_len(head) >= HEADER_SIZE and os.path.isfile(path):  # the size it has, not
-                size = os.fstat(f.fileno()).st_size  # the one byte past the end read (regression: "got 49" of 50)
+                read_header(data[:declared_len(head)], str(path))  # the one byte past the end read (regression:
+                size = os.fstat(f.fileno()).st_size  # "got 49" of 50); a bad header is said first, as decode would
                 raise FormatError(f"{path}: oversized: header and payload need {declared_len(head)} bytes, "
                                   f"the file has {size}")
             return data

@@ -126,7 +126,7 @@ def _go(a) -> int:
         print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
               f"their output shards are left unfinished: rerun once they can be read", file=sys.stderr)
         return 1
-    if s["run"]["shards_busy"] and not s["converted"]:  # the others' shards are not finished yet: nothing to judge
+    if s["run"]["shards_busy"] and not s["inputs"] and not s["shard_errors"]:  # nothing finished yet: nothing to judge
         return 0
     if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
         print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "

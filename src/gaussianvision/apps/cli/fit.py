@@ -21,7 +21,7 @@ from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, lo
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
-from gaussianvision.fit.stream import default_batch_size
+from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import CliError, add_progressive_options, flag_message, add_speed_options, emit, fit_option, parser, run, write_json
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
@@ -66,7 +66,8 @@ def _parser():
     p.add_argument("--size", default="224", help="side in pixels of the square centre crop the images are "
                    f"resized to (at least {MIN_SIZE}; 0: keep each image's own width and height)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images fitted together (default 16; with --device cuda 512 at 224 px, fewer for larger sizes)")
+                   help="images fitted together (default 16, fewer above 512 px; with --device cuda 512 at 224 px, "
+                        "fewer for larger sizes)")
     p.add_argument("--target-psnr", type=float, default=None, help="stop an image once it reaches this PSNR")
     p.add_argument("--plateau", type=int, default=None, help="stop an image after this many iterations without gain")
     p.add_argument("--prune-lambda", type=float, default=0.0, help="L1 luminance penalty (times the mean over N)")
@@ -110,8 +111,10 @@ def _size(text: str) -> int:
 
 def _config(a) -> FitConfig:
     """The checked FitConfig of the options, or a CliError naming the bad one (and --batch-size's default)."""
+    a.batch_pixels = None  # a given --batch-size is kept as given
     if a.batch_size is None:
         a.batch_size = default_batch_size(a.device, a.size)
+        a.batch_pixels = default_batch_pixels(a.device)  # --size 0: large photos in smaller batches
     for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0)):
         if value is not None and value < lo:  # each named with its value (regression: one message for two flags)
             raise CliError(f"{flag} must be >= {lo}, got {value}")
@@ -209,8 +212,9 @@ def _write(a, item: FitItem) -> dict:
 def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple[list[dict], list[dict]]:
     """Fit the images through the library's FitStream (batches of one size, written as each batch
     is done); (results, failures)."""
-    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, encoding=Encoding(dtype=a.dtype, progressive=a.progressive, order=a.progressive_order),
-                       ordered=False, progress=progress)
+    stream = FitStream(a.gaussians, cfg, batch_size=a.batch_size, batch_pixels=a.batch_pixels, ordered=False,
+                       encoding=Encoding(dtype=a.dtype, progressive=a.progressive, order=a.progressive_order),
+                       progress=progress)
     results: list[dict] = []
     failures: list[dict] = []
     for item in stream(_images(a, paths, failures, bar)):

@@ -29,17 +29,22 @@ def describe(config: str, base: str | None) -> dict:
 
 
 def _trained_config(folder: str) -> tuple[dict, str]:
-    """(GS config, base) of the latest checkpoint of a `gsv train` output folder (stages 1 and 2)."""
-    from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-    if latest_checkpoint(folder) is None:
+    """(GS config, base) of the latest checkpoint of a `gsv train` output folder (stages 1 and 2),
+    from its state.json: no weights are read."""
+    import json
+    from gaussianvision.train.checkpoint import latest_checkpoint
+    step = latest_checkpoint(folder)
+    if step is None:
         raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)")
     try:
-        state, _, _ = load_checkpoint(folder)
-    except CheckpointError as e:
-        raise CliError(f"{folder}: {e}") from None
-    task = state.get("task", {})
-    if task.get("stage") not in ("1", "2"):
-        raise CliError(f"{folder}: a stage {task.get('stage')!r} checkpoint is not a GS model")
+        task = json.loads((step / "state.json").read_text()).get("task", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise CliError(f"{step / 'state.json'}: unreadable ({e})") from None
+    if not isinstance(task, dict) or task.get("stage") not in ("1", "2"):
+        raise CliError(f"{folder}: a stage {task.get('stage') if isinstance(task, dict) else None!r} checkpoint "
+                       f"is not a GS model")
+    if not isinstance(task.get("model_config"), dict) or not isinstance(task.get("base"), str):
+        raise CliError(f"{step / 'state.json'}: no model_config and base recorded")
     return task["model_config"], task["base"]
 
 

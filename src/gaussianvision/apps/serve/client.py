@@ -26,7 +26,7 @@ class ClientError(Exception):
         self.status, self.body = status, body or {}
 
 
-def check_request(url: str, timeout: float) -> None:
+def check_request(url: str, timeout: float | None) -> None:
     """ClientError for a URL that is not http(s)://HOST[:PORT] or a timeout that is not a positive
     number of seconds (regression: 'notaurl' and a timeout of nan were said 'not JSON', ftp:// 'Name
     or service not known', port 99999 'Connection refused')."""
@@ -39,8 +39,9 @@ def check_request(url: str, timeout: float) -> None:
         raise ClientError(f"{url}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:8000)")
     if port == 0:
         raise ClientError(f"{url}: port 0 is not a server's port")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-        raise ClientError(f"timeout {timeout!r}: expected a positive number of seconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):  # None: wait as long as it takes (urllib's)
+        raise ClientError(f"timeout {timeout!r}: expected a positive number of seconds or None")
 
 
 def _query(labels, label_set, top_k) -> tuple[str, str]:
