@@ -247,19 +247,22 @@ class Fitter:
         self.decay_best = self.best.clone()
         self.decay_it = self.iterations.clone()
 
-    def _decay(self, idx: torch.Tensor, p: torch.Tensor) -> torch.Tensor | float:
+    def _decay(self, idx: torch.Tensor, p: torch.Tensor, full: bool = False) -> torch.Tensor | float:
         """The step-size factor [A] of images idx: cfg.decay_factor more each time an image's PSNR p
-        has not gained cfg.decay_delta for cfg.decay_patience updates (1.0 without decay_patience)."""
+        has not gained cfg.decay_delta for cfg.decay_patience updates (1.0 without decay_patience).
+        full (idx is every image): views instead of gathers and scatters."""
         cfg = self.cfg
         if cfg.decay_patience is None:
             return 1.0
-        better = p > self.decay_best[idx] + cfg.decay_delta
-        self.decay_best[idx] = torch.where(better, p, self.decay_best[idx])
-        since = torch.where(better, self.iterations[idx], self.decay_it[idx])
-        stall = self.iterations[idx] - since >= cfg.decay_patience
-        self.decay_it[idx] = torch.where(stall, self.iterations[idx], since)
-        self.lr_image[idx] = torch.where(stall, self.lr_image[idx] * cfg.decay_factor, self.lr_image[idx])
-        return self.lr_image[idx]
+        sel = slice(None) if full else idx
+        best, it, lr = self.decay_best[sel], self.iterations[sel], self.lr_image[sel]
+        better = p > best + cfg.decay_delta
+        since = torch.where(better, it, self.decay_it[sel])
+        stall = it - since >= cfg.decay_patience
+        self.decay_best[sel] = torch.where(better, p, best)
+        self.decay_it[sel] = torch.where(stall, it, since)
+        self.lr_image[sel] = torch.where(stall, lr * cfg.decay_factor, lr)
+        return self.lr_image[sel]
 
     # ------------------------------------------------------------------- loop
     def _clock(self, always: bool = False) -> float:
@@ -291,7 +294,7 @@ class Fitter:
         vf = valid[..., None].to(target.dtype)
         grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
         p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
-        decay = self._decay(idx, p)
+        decay = self._decay(idx, p, full)
         stop = self._update_stops(idx, p)  # images that stop keep the parameters p was measured on
         if stop is not None:
             keep = ~stop
