@@ -171,3 +171,15 @@ def test_batch_pixels_caps_each_sizes_batch():
     whole = list(FitStream(4, FitConfig(iters=1, backend="reference"), batch_size=4)(enumerate(images)))
     for a, b in zip(items, whole):  # the same splats in any batch
         torch.testing.assert_close(a.splats.means, b.splats.means, rtol=0, atol=1e-5)
+
+
+def test_running_out_of_memory_is_said_with_the_image_size(monkeypatch):
+    """Regression: the item's error was the allocator's raw text ('DefaultCPUAllocator: can't allocate
+    memory: you tried to allocate 1536000000 bytes ...')."""
+    def fit(images, n, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1536000000 bytes. Error code 12")
+    monkeypatch.setattr(stream_mod, "fit_images", fit)
+    items = list(FitStream(4, FitConfig(iters=1), batch_size=2)(enumerate([torch.zeros(3, 1000, 2000)] * 2)))
+    assert [it.error for it in items] == ["fit failed: out of memory for a 2000x1000 image (a CPU fit holds about "
+                                          "0.6 GB for one image of this size); fit it at a smaller size"] * 2
