@@ -245,6 +245,36 @@ def test_kill_and_resume_equals_uninterrupted_run(folder_and_reference, tmp_path
     assert again["run"]["shards_converted"] == 0 and tar_bytes(out) == tar_bytes(ref)
 
 
+def test_a_damaged_stats_file_makes_its_shard_unfinished_and_a_rerun_converts_it(folder_and_reference, tmp_path):
+    """Regression: an empty or cut stats file counted as a finished shard, and every later run died
+    with a JSONDecodeError reading it."""
+    import shutil
+    src, ref, _ = folder_and_reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    (out / "000001.stats.json").write_text("")
+    (out / "000002.stats.json").write_text('{"shard": "000002.tar", "inp')
+    s = summarize(out, plan_units(str(src), 3))
+    assert s["damaged_stats"] == ["000001.stats.json", "000002.stats.json"] and not s["complete"]
+    s = convert_dataset(str(src), out, cfg())
+    assert (s["run"]["shards_converted"], s["run"]["shards_skipped"], s["damaged_stats"]) == (2, 1, [])
+    assert s["complete"] and tar_bytes(out) == tar_bytes(ref)
+    assert (out / "failures.jsonl").read_bytes() == (ref / "failures.jsonl").read_bytes()
+
+
+def test_a_fitting_process_that_dies_is_one_line(folder_and_reference, tmp_path, monkeypatch):
+    """Regression: a worker killed (the OOM killer) ended gsv convert with a BrokenProcessPool traceback."""
+    from concurrent.futures.process import BrokenProcessPool
+    import gaussianvision.data.conversion as conversion
+
+    def broken(*a, **k):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+    monkeypatch.setattr(conversion, "_pipeline", broken)
+    with pytest.raises(ConvertError, match=r"a fitting process \(--workers\) died: killed, or out of memory .*"
+                                           r"kept the 0 shards finished in this run; rerun to resume"):
+        convert_dataset(str(folder_and_reference[0]), tmp_path / "out", cfg())
+
+
 def test_a_worker_pool_gives_the_same_bytes(folder_and_reference, tmp_path):
     """workers=1: the batches are fitted in a spawned process (FitStream.map_batches), same shards."""
     src, ref, _ = folder_and_reference
@@ -365,6 +395,14 @@ def test_rerun_with_other_settings_is_refused(folder_and_reference, tmp_path):
         convert_dataset(str(tmp_path / "other"), ref, cfg())
 
 
+def test_rank_variables_set_but_empty_are_unset(monkeypatch):
+    """Regression (trial): RANK= WORLD_SIZE= was refused as 'not a whole number'."""
+    from gaussianvision.data.inputs import rank_world
+    monkeypatch.setenv("RANK", "")
+    monkeypatch.setenv("WORLD_SIZE", " ")
+    assert rank_world() == (0, 1)
+
+
 @pytest.mark.parametrize("env, message", [
     ({"RANK": "x"}, "the environment variable RANK='x': not a whole number"),
     ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE='two': not a whole number"),
@@ -414,9 +452,19 @@ def test_a_folder_of_images_and_shards_is_refused_and_so_is_converting_into_the_
     """Regression: a folder holding any .tar was read as shards only and its images silently dropped
     (e.g. after a run whose output was its input folder)."""
     src = make_folder(tmp_path / "in", n=2)
-    with pytest.raises(ConvertError, match="the output folder is the input folder"):
+    with pytest.raises(ConvertError, match="an input inside the output folder"):
         convert_dataset(str(src), src, cfg())
     assert not list(src.glob("*.tar")) and not (src / "config.json").exists()
+    shards = tmp_path / "shards"  # regression: a brace pattern into the output folder overwrote its source tars
+    shards.mkdir()
+    write_tar(shards / "000000.tar", good_sample("k0", 0))
+    source = (shards / "000000.tar").read_bytes()
+    for given in (str(shards / "{000000..000000}.tar"), str(shards / "*.tar"), str(shards)):
+        with pytest.raises(ConvertError, match="000000.tar: an input inside the output folder"):
+            convert_dataset(given, shards, cfg())
+    assert (shards / "000000.tar").read_bytes() == source and not (shards / "config.json").exists()
+    assert convert_dataset(str(src), src / "splats", cfg())["complete"]  # an output inside the images' folder:
+    assert convert_dataset(str(src), src / "splats", cfg())["run"]["shards_converted"] == 0  # its tars never inputs
     write_tar(src / "old.tar", good_sample("k1", 1))
     with pytest.raises(SourceError, match=r"holds image files and .tar shards .*give one kind"):
         plan_units(str(src), 3)

@@ -149,6 +149,21 @@ def test_writer_never_writes_a_zstd_file_the_reader_refuses():
     assert decode(encode_quantized(t, zstd=True)).means.equal(decode(encode_quantized(t)).means)
 
 
+def test_zstd_is_used_only_where_it_shrinks_the_body():
+    """Regression: packed codes of real fits barely compress, and zstd's frame made every file larger
+    (N=400 photos: 3,465 against 3,455 bytes); such a body is stored raw, flag off."""
+    s = random_splats(1, 400, 64, 64, seed=4)
+    raw, z = encode_quantized(s), encode_quantized(s, zstd=True)
+    assert len(z) <= len(raw)
+    assert z == raw or z[32] & 1  # raw (flag off), or compressed and smaller
+    flat = random_splats(1, 400, 64, 64, seed=4)
+    flat.chol[:] = flat.chol[0, 0]
+    flat.colors[:] = flat.colors[0, 0]  # constant channels: zstd pays off (3,455 -> 1,256 bytes)
+    z = encode_quantized(flat, zstd=True)
+    assert len(z) < len(encode_quantized(flat)) and z[32] & 1
+    assert decode(z).means.equal(decode(encode_quantized(flat)).means)
+
+
 def test_quantized_decode_memory_is_a_small_multiple_of_the_file():
     data = encode_quantized(random_splats(1, 100_000, 224, 224, seed=1))
     s, peak = _peak(lambda: decode(data))

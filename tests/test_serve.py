@@ -187,6 +187,8 @@ def test_unknown_routes_and_parameters_are_json_errors(live):
     assert _post(live.url + "/classify?labels=cat", body)[1]["reason"] == "bad_labels"
     assert _post(live.url + "/classify", body)[1]["reason"] == "bad_labels"
     assert _post(live.url + "/classify?labels=a,b&label_set=cifar10", body)[1]["reason"] == "bad_labels"
+    status, ans = _post(live.url + "/classify?label_set=cifar10&template=a+{c}", body)  # regression: ignored
+    assert (status, ans["reason"]) == (400, "bad_template") and "a label_set has its own templates" in ans["error"]
     assert _post(live.url + "/classify?labels=a,b&template=no+slot", body)[1]["reason"] == "bad_template"
     # regression: other fields or a stray brace were 500 internal errors (IndexError, KeyError, ValueError)
     for t in ("{c}{0}", "{c}{d}", "{c}{"):
@@ -373,7 +375,11 @@ def test_gsv_send_refuses_images_smaller_than_the_ssim_window(tmp_path, capsys):
     from gaussianvision.apps.cli.main import main
     rc = main(["send", str(_png(tmp_path / "a.png")), "--url", "http://127.0.0.1:9", "--size", "10"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--size must be >= 11, got 10 (the SSIM window" in err and len(err.splitlines()) == 1, err
+    assert rc == 2 and "--size must be from 11 (the SSIM window each fit reports on) to 8000, got 10" in err, err
+    assert len(err.splitlines()) == 1
+    rc = main(["send", str(_png(tmp_path / "a.png")), "--url", "http://127.0.0.1:9", "--size", "9000"])
+    err = capsys.readouterr().err.strip()  # regression: a traceback from load_image
+    assert rc == 2 and err == "gsv send: --size must be from 11 (the SSIM window each fit reports on) to 8000, got 9000"
 
 
 def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):
@@ -385,3 +391,12 @@ def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):
         assert main(["send", png, "--url", "http://127.0.0.1:9", *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(message) and len(err.splitlines()) == 1, err
+
+
+def test_gsv_send_default_batch_shrinks_with_the_size():
+    """Regression: 16 images of any size were fitted together (16 of 1024 px: 3.4 GB, of 2048 px far more)."""
+    import gaussianvision.apps.cli.send as send_cli
+    def batch(*extra):
+        return send_cli._fit_stream(send_cli._parser().parse_args(["a.png", "--url", "http://h:1", *extra])).batch_size
+    assert (batch(), batch("--size", "1024"), batch("--size", "2048"), batch("--size", "1024", "--batch-size", "9")) == \
+        (16, 4, 1, 9)

@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -383,6 +384,19 @@ def _probe_fit(cfg: ConvertConfig) -> None:
                            f"device {cfg.device}): {err}")
 
 
+def _check_apart(units: list[Unit], out: Path) -> None:
+    """ConvertError when an input lies in the output folder: an input tar there is overwritten by the
+    output shard of its name (regression: 'DIR/{000000..000001}.tar' into DIR replaced the source
+    shards), and a folder's images or shards would be read as input by the next run."""
+    where = out.resolve()
+    for u in units:
+        own = Path(u.paths[0]).resolve().parent if u.kind == "tar" else Path(u.root).resolve()
+        if own == where or where in own.parents:
+            named = u.paths[0] if u.kind == "tar" else u.root
+            raise ConvertError(f"{named}: an input inside the output folder {out} (its output shards would overwrite "
+                               f"the input's, or be read as input by the next run); give another --output")
+
+
 def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     """Convert this rank's pending shards of `src` into `out`; returns the summary dict
     (with this run's "run" counts: shards converted now and skipped as already finished)."""
@@ -390,9 +404,7 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     units = plan_units(src, cfg.shard_size)
     _probe_fit(cfg)  # every option checked before anything is written
     out = Path(out)
-    if Path(str(src)).is_dir() and out.resolve() == Path(str(src)).resolve():
-        raise ConvertError(f"{out}: the output folder is the input folder (its shards would be read as the input "
-                           f"of the next run); give another --output")
+    _check_apart(units, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _check_config(out, cfg.fingerprint(src))
@@ -417,8 +429,11 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
         _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
         conv.writing = "the summary (failures.jsonl, summary.json)"
         summary = summarize(out, units)
+    except BrokenProcessPool:  # a fitting process killed (the OOM killer, kill -9): a traceback before
+        raise ConvertError(f"{out}: a fitting process (--workers) died: killed, or out of memory (try fewer "
+                           f"--workers or a smaller --batch-size); {_kept(done_shards)}; rerun to resume") from None
     except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
-        raise ConvertError(_write_error(out, e, conv.writing, [st["shard"] for st in done_shards])) from None
+        raise ConvertError(_write_error(out, e, conv.writing, done_shards)) from None
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -430,10 +445,15 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     return summary
 
 
-def _write_error(out: Path, e: OSError, writing: str, done: list[str]) -> str:
-    kept = f"kept the {len(done)} shard{'s' if len(done) != 1 else ''} finished in this run" + \
+def _kept(done_shards: list[dict]) -> str:
+    done = [st["shard"] for st in done_shards]
+    return f"kept the {len(done)} shard{'s' if len(done) != 1 else ''} finished in this run" + \
         (f" ({', '.join(done)})" if done else "")
-    return f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {kept}; free space and rerun to resume"
+
+
+def _write_error(out: Path, e: OSError, writing: str, done_shards: list[dict]) -> str:
+    return (f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {_kept(done_shards)}; free space "
+            f"and rerun to resume")
 
 
 def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:

@@ -20,7 +20,7 @@ except ImportError:  # not POSIX: no claims (keep to one process per rank there)
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "is_done", "claim", "release", "clear_lock", "unit_digest",
+__all__ = ["shard_name", "json_line", "write_durable", "read_stats", "is_done", "claim", "release", "clear_lock", "unit_digest",
            "changed_shard", "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
@@ -48,9 +48,21 @@ def write_durable(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: _write_synced(tmp, data))
 
 
+def read_stats(path: Path) -> dict | None:
+    """A finished shard's stats, or None when the file is missing or damaged (empty, cut short,
+    not a stats object: the shard counts as unfinished and is converted again)."""
+    try:
+        st = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return st if isinstance(st, dict) and isinstance(st.get("keys"), list) and "inputs" in st else None
+
+
 def is_done(out: Path, unit: Unit) -> bool:
+    """Whether shard `unit` is finished: its tar and readable stats (written last) are there
+    (regression: an empty stats file counted as finished, and every later run died reading it)."""
     n = shard_name(unit.index)
-    return (out / f"{n}.stats.json").is_file() and (out / f"{n}.tar").is_file()
+    return (out / f"{n}.tar").is_file() and read_stats(out / f"{n}.stats.json") is not None
 
 
 def _lock_path(out: Path, unit: Unit) -> Path:
@@ -132,10 +144,9 @@ def changed_shard(out: Path, units: list[Unit]) -> str | None:
     Shards from before the digest was kept are taken as they are."""
     for p in sorted(out.glob("[0-9]*.stats.json")):
         name = p.name.split(".")[0]
-        try:
-            st = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue  # an unreadable stats file: summarize reports it
+        st = read_stats(p)
+        if st is None:
+            continue  # a damaged stats file: its shard is unfinished (is_done), summarize names it
         k = st.get("unit")
         if not isinstance(k, int) or k >= len(units):
             return f"{name} (the inputs now make {len(units)} shard{'s' if len(units) != 1 else ''})"
@@ -147,7 +158,9 @@ def changed_shard(out: Path, units: list[Unit]) -> str | None:
 def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
     """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
     out = Path(out)
-    stats_files = sorted(out.glob("[0-9]*.stats.json"))
+    stats_files, damaged = [], []
+    for p in sorted(out.glob("[0-9]*.stats.json")):
+        (stats_files if read_stats(p) is not None else damaged).append(p)
     tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "repaired_captions": 0, "failed_by_stage": {},
            "shard_errors": []}
     failures = []
@@ -155,7 +168,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
     first_shard: dict[str, str] = {}
     dups: dict[str, list[str]] = {}
     for p in stats_files:
-        st = json.loads(p.read_text())
+        st = read_stats(p)
         for key in st.get("keys", ()):
             if key in first_shard:
                 dups.setdefault(key, [first_shard[key]]).append(st["shard"])
@@ -173,6 +186,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
             failures.append(fp.read_bytes())
     write_durable(out / "failures.jsonl", b"".join(failures))
     tot["shards_done"] = len(stats_files)
+    tot["damaged_stats"] = [p.name for p in damaged]  # their shards are converted again by a rerun
     if units is not None:
         tot["shards_total"] = len(units)
         tot["complete"] = all(is_done(out, u) for u in units)

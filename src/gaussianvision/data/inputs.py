@@ -239,7 +239,8 @@ def rank_world(rank=None, world_size=None) -> tuple[int, int]:
     whole numbers with 0 <= rank < world size, else a ValueError naming the variable or argument
     (regression: RANK=x was a traceback in gsv convert and the loader; rank 2 of 2 or -1 read wrong shards)."""
     def read(value, name: str, default: int) -> int:
-        given = value if value is not None else os.environ.get(name, str(default))
+        # a variable set but empty (RANK= WORLD_SIZE=) is unset, as torchrun takes it
+        given = value if value is not None else (os.environ.get(name, "").strip() or str(default))
         if isinstance(given, int) and not isinstance(given, bool):
             return given
         if isinstance(given, str):

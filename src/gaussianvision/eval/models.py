@@ -96,7 +96,8 @@ def _load_gs(path: str, pretrained: str | None, device):
         trained = state.get("task", {})  # the training stage's describe() (state.json names it "task")
         if trained.get("stage") not in ("1", "2"):
             raise EvalError(f"gs:{path}: a stage {trained.get('stage')!r} checkpoint is not a GS model "
-                            "(for an RGB model use rgb:BASE:PATH/open_clip_model.safetensors)")
+                            "(an RGB teacher: gsv eval and gsv probe take it as "
+                            "rgb:BASE:PATH/open_clip_model.safetensors)")
         base = resolve_base(trained.get("pretrained"), trained.get("pretrained_rel"), state["path"])
         model = create_gsclip(trained["base"], pretrained or base, trained["model_config"], device=device)
         load_trainable(model, weights, strict=True)

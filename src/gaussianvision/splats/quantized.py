@@ -140,7 +140,9 @@ def _encode(rows: np.ndarray, dtype_id: int, bits=BITS, zstd: bool = False) -> b
     body = _pack(codes, bits)
     if use_zstd:
         packed = _zstd().ZstdCompressor(level=19).compress(body)
-        use_zstd = not _zstd_dense(n, len(packed))  # else stored raw: the reader would refuse it
+        # stored raw where zstd does not shrink it (packed codes are near random: it mostly adds its
+        # frame, +10 bytes at N=400; regression) or where the reader would refuse it as too dense
+        use_zstd = len(packed) < len(body) and not _zstd_dense(n, len(packed))
         body = packed if use_zstd else body
     ranges = np.stack([lo, hi], 1).ravel().tolist()
     return _PRE.pack(1 if use_zstd else 0, *bits, *ranges) + body

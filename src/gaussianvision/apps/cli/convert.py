@@ -25,7 +25,7 @@ def _parser():
     p = parser("convert", __doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="image file or folder, tar shard(s), brace pattern or glob")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--gaussians", type=int, required=True, help="Gaussians per image (N)")
+    p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image (N)")
     add_speed_options(p)
     p.add_argument("--iters", type=int, default=None, help="fitting iterations (default 500, or the preset's)")
     p.add_argument("--init", default=None, help="initializer (grid, random, ...)")
@@ -106,6 +106,9 @@ def _report(s: dict, output: Path) -> str:
                   f"(caption_note in the sample's .json: not UTF-8, NUL characters)")
     if s["shard_errors"]:
         human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
+    if s.get("damaged_stats"):
+        human += (f"\ndamaged stats files: {len(s['damaged_stats'])} (first: {s['damaged_stats'][0]}); their shards "
+                  f"count as unfinished: a rerun of their rank converts them again")
     if s["duplicate_keys"]:
         human += (f"\nduplicate keys across shards: {s['duplicate_keys']} ({'; '.join(s['duplicates'][:3])}"
                   f"{'; ...' if s['duplicate_keys'] > 3 else ''})")

@@ -14,6 +14,8 @@ from gaussianvision.apps.cli.command import (CliError, add_progressive_options, 
                                               parser, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
+from gaussianvision.fit.stream import default_batch_size
+from gaussianvision.data.images import MAX_SIZE
 
 LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
            "quantized": ("quantized", "float16", False), "quantized-zstd": ("quantized", "float16", True)}
@@ -35,7 +37,8 @@ def _parser():
     p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
     p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
     add_progressive_options(p, "Gaussians sent")
-    p.add_argument("--batch-size", type=int, default=16, help="images fitted together")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images fitted together (default 16, fewer above 512 px)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
     p.add_argument("--timeout", type=positive, default=60.0, help="seconds to wait for each answer")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
@@ -46,11 +49,15 @@ def _parser():
 def _fit_stream(a):
     import torch
     from gaussianvision.fit import Encoding, FitConfig, FitStream
-    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0),
-                            ("--size", a.size, SSIM_WINDOW)):
+    if a.size is not None and not SSIM_WINDOW <= a.size <= MAX_SIZE:  # regression: 9000 was a traceback
+        raise CliError(f"--size must be from {SSIM_WINDOW} (the SSIM window each fit reports on) to {MAX_SIZE}, "
+                       f"got {a.size}")
+    if a.batch_size is None:  # 16, fewer above 512 px (as gsv fit on a CPU): a batch stays within memory, and
+        a.batch_size = default_batch_size("cpu", a.size)  # answers start coming after 16 fits, also on a GPU
+    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1),
+                            ("--iters", a.iters, 0)):
         if value is not None and value < lo:  # each named with its value (regression: one message for four flags)
-            why = " (the SSIM window each fit reports on)" if flag == "--size" else ""
-            raise CliError(f"{flag} must be >= {lo}, got {value}{why}")
+            raise CliError(f"{flag} must be >= {lo}, got {value}")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available on this machine")
     given = {"iters": a.iters, "budget_ms": a.budget_ms}

@@ -86,6 +86,8 @@ class _Service:
         if q.get("label_set") and names:
             raise ServeError(400, "bad_labels", "give labels or a label_set, not both")
         if q.get("label_set"):
+            if q.getlist("template"):  # regression: silently ignored
+                raise ServeError(400, "bad_template", "template= goes with labels=; a label_set has its own templates")
             return label_set(q["label_set"])
         if not names:
             raise ServeError(400, "bad_labels", "give class names (labels=cat,dog,...) or a label_set (e.g. cifar10)")
