@@ -240,6 +240,22 @@ def test_classify_matches_a_direct_zero_shot_computation(live, reference):
     assert world["classes"] == 6 and len(world["images"][0]["labels"]) == 5
 
 
+def test_a_wrong_token_is_found_before_anything_is_fitted(live, tmp_path, capsys, monkeypatch):
+    """Regression (trial): /health needs no token, so gsv send found a wrong one only after fitting
+    its first batch; check_server now asks /metrics with the token send will use."""
+    import gaussianvision.apps.cli.send as send_cli
+    from gaussianvision.apps.cli.main import main
+    from gaussianvision.apps.serve.client import check_server
+    assert check_server(live.url, 5, TOKEN)["status"] == "ok"
+    for token in ("wrong", None):
+        with pytest.raises(ClientError, match="401 missing or wrong token") as e:
+            check_server(live.url, 5, token)
+        assert e.value.status == 401
+    monkeypatch.setattr(send_cli, "_images", lambda *a: pytest.fail("read images before the token was checked"))
+    assert main(["send", str(_png(tmp_path / "a.png")), "--url", live.url, "--token", "wrong"]) == 2
+    assert "401 missing or wrong token" in capsys.readouterr().err
+
+
 def test_client_errors_are_one_line(live):
     with pytest.raises(ClientError, match="401 missing or wrong token") as e:
         send(b"GSVF", live.url)

@@ -108,7 +108,7 @@ def _send(a) -> int:
         raise CliError(f"{missing[0]}: no such file or folder")
     results, failures = [], []
     try:
-        check_server(a.url, a.timeout)  # the URL and timeout checked first (check_request)
+        check_server(a.url, a.timeout, token)  # the URL and timeout checked first (check_request), the token after
         for item in stream(_images(a, failures)):
             if not item.ok:
                 failures.append({"path": str(item.key), "error": item.error})

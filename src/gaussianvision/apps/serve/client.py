@@ -81,15 +81,29 @@ def send(data, url: str, labels: list[str] | None = None, label_set: str | None 
         raise ClientError(f"{url}{route}: the answer is not JSON ({e})") from None
 
 
-def check_server(url: str, timeout: float = 10.0) -> dict:
-    """GET URL/health: the server's answer, or ClientError when nothing answers there."""
+def check_server(url: str, timeout: float = 10.0, token: str | None = None) -> dict:
+    """GET URL/health: the server's answer, or ClientError when nothing answers there; then GET
+    URL/metrics with `token` (as send would give it), so that a missing or wrong token is a
+    ClientError now, not after the caller has fitted its first batch (regression)."""
     check_request(url, timeout)
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
-            return json.loads(r.read())
+            health = json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise ClientError(f"{url}/health: {e.code} {e.reason} (is this a gsv serve?)", e.code) from None
     except (urllib.error.URLError, OSError) as e:
         raise ClientError(f"{url}: cannot reach the server ({getattr(e, 'reason', e)})") from None
     except ValueError:
         raise ClientError(f"{url}/health: the answer is not JSON (is this a gsv serve?)") from None
+    req = urllib.request.Request(url.rstrip("/") + "/metrics", method="GET")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(req, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise ClientError(f"{url}: 401 missing or wrong token (give the server's token: --token, or "
+                              f"GSV_SERVE_TOKEN)", 401) from None
+    except (urllib.error.URLError, OSError):
+        pass  # /health answered: a failure here is the request's to report
+    return health
