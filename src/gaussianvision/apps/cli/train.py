@@ -223,7 +223,7 @@ def _schedule(args, source, info) -> tuple[int, dict]:
     if n == 0:
         raise CliError(f"--data {data}: no usable samples (the shards are empty or unreadable)")
     if n is not None and n < args.batch_size * info.world_size:  # regression: the loop's traceback later
-        raise CliError(f"--data {data}: {n} usable samples, fewer than one global batch of "
+        raise CliError(f"--data {data}: {n} samples (counted, not yet read), fewer than one global batch of "
                        f"{args.batch_size * info.world_size} (--batch-size {args.batch_size} x {info.world_size} "
                        f"process{'es' if info.world_size > 1 else ''}); give --batch-size {max(1, n // info.world_size)} "
                        "or less, or more data")
