@@ -158,17 +158,20 @@ def changed_shard(out: Path, units: list[Unit]) -> str | None:
 def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
     """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
     out = Path(out)
-    stats_files, damaged = [], []
+    stats, damaged = [], []  # (path, stats) of the finished shards; the damaged stats files
     for p in sorted(out.glob("[0-9]*.stats.json")):
-        (stats_files if read_stats(p) is not None else damaged).append(p)
+        st = read_stats(p)
+        if st is None:
+            damaged.append(p)
+        else:
+            stats.append((p, st))
     tot = {"inputs": 0, "converted": 0, "failed": 0, "missing_captions": 0, "repaired_captions": 0, "failed_by_stage": {},
            "shard_errors": []}
     failures = []
     psnr_w = 0.0
     first_shard: dict[str, str] = {}
     dups: dict[str, list[str]] = {}
-    for p in stats_files:
-        st = read_stats(p)
+    for p, st in stats:
         for key in st.get("keys", ()):
             if key in first_shard:
                 dups.setdefault(key, [first_shard[key]]).append(st["shard"])
@@ -185,7 +188,7 @@ def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
         if fp.is_file():
             failures.append(fp.read_bytes())
     write_durable(out / "failures.jsonl", b"".join(failures))
-    tot["shards_done"] = len(stats_files)
+    tot["shards_done"] = len(stats)
     tot["damaged_stats"] = [p.name for p in damaged]  # their shards are converted again by a rerun
     if units is not None:
         tot["shards_total"] = len(units)

@@ -45,8 +45,9 @@ __all__ = ["Encoding", "FitItem", "FitStream", "default_batch_size", "default_ba
 
 GPU_BATCH_PIXELS = 512 * 224 * 224  # a GPU batch's pixels by default: 512 images of 224 px
 GPU_BATCH_MAX = 4096  # the largest batch measured on a GPU (docs/gpu.md)
-CPU_BATCH_PIXELS = 16 * 512 * 512  # a CPU batch's pixels at most by default: 16 images of 512 px (about
-#                                    1.2 GB of fitting buffers at ~290 bytes per pixel; 16 of 2048 px would need 19 GB)
+FIT_BYTES_PER_PIXEL = 290  # what a CPU fit holds per pixel of an image (measured: 6.9 GB at 6000 x 4000)
+CPU_BATCH_PIXELS = 16 * 512 * 512  # a CPU batch's pixels at most by default: 16 images of 512 px (about 1.2 GB
+#                                    at FIT_BYTES_PER_PIXEL; 16 of 2048 px would need 19 GB)
 
 
 def default_batch_size(device: str, size: int | None) -> int:
@@ -265,9 +266,6 @@ def _pool_job(stream: FitStream, images) -> list[FitItem]:
     for it in items:
         it.splats, it.exception = None, None
     return items
-
-
-FIT_BYTES_PER_PIXEL = 290  # what a CPU fit holds per pixel of an image (measured: 6.9 GB at 6000 x 4000)
 
 
 def _failed(key, e: Exception, shape: tuple) -> FitItem:

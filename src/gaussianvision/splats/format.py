@@ -374,12 +374,14 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
             head = read_bounded(f, HEADER_SIZE)
-            data = head + read_bounded(f, declared_len(head) - len(head) + 1)
-            if len(data) > declared_len(head) >= HEADER_SIZE and os.path.isfile(path):  # the size it has, not
-                read_header(data[:declared_len(head)], str(path))  # the one byte past the end read (regression:
-                size = os.fstat(f.fileno()).st_size  # "got 49" of 50); a bad header is said first, as decode would
-                raise FormatError(f"{path}: oversized: header and payload need {declared_len(head)} bytes, "
-                                  f"the file has {size}")
+            need = declared_len(head)
+            data = head + read_bounded(f, need - len(head) + 1)
+            if len(data) > need >= HEADER_SIZE and os.path.isfile(path):
+                # oversized: a bad header is said first, as decode would; then the size the file has, not
+                # the one byte past the end read here (regression: "got 49" for a file of 50 bytes)
+                read_header(data[:need], str(path))
+                raise FormatError(f"{path}: oversized: header and payload need {need} bytes, the file has "
+                                  f"{os.fstat(f.fileno()).st_size}")
             return data
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None

@@ -107,6 +107,14 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
         raise CliError(f"{option} {out}: not a writable folder")
 
 
+def check_at_least(*checks: tuple[str, int | None, int]) -> None:
+    """(flag, value, lowest) each: one CliError line naming the first flag whose value (when given) is
+    below its lowest, with that value."""
+    for flag, value, lo in checks:
+        if value is not None and value < lo:
+            raise CliError(f"{flag} must be >= {lo}, got {value}")
+
+
 def check_device(device: str | None) -> None:
     """--device: None, cpu, cuda or cuda:N of this machine; else one CliError line."""
     import torch

@@ -14,8 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image
 from gaussianvision.fit.config import SCHEDULES
@@ -23,7 +21,8 @@ from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
 from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
-from gaussianvision.apps.cli.command import CliError, add_progressive_options, flag_message, add_speed_options, emit, fit_option, parser, run, write_json
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
+                                              check_device, emit, fit_option, flag_message, parser, run, write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -115,11 +114,9 @@ def _config(a) -> FitConfig:
     if a.batch_size is None:
         a.batch_size = default_batch_size(a.device, a.size)
         a.batch_pixels = default_batch_pixels(a.device)  # --size 0: large photos in smaller batches
-    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0)):
-        if value is not None and value < lo:  # each named with its value (regression: one message for two flags)
-            raise CliError(f"{flag} must be >= {lo}, got {value}")
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: CUDA is not available on this machine")
+    # each named with its value (regression: one message for two flags)
+    check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
+    check_device(a.device)
     check_backend(a.backend)
     prunes = a.prune_tau is not None or a.prune_fraction is not None
     # set only when given, so that a preset's settings apply

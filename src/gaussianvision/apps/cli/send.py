@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import (CliError, add_progressive_options, emit, fit_option, fit_option_message,
-                                              parser, positive, run, whole)
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device, emit,
+                                              fit_option, fit_option_message, parser, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -47,19 +47,15 @@ def _parser():
 
 
 def _fit_stream(a):
-    import torch
     from gaussianvision.fit import Encoding, FitConfig, FitStream
     if a.size is not None and not SSIM_WINDOW <= a.size <= MAX_SIZE:  # regression: 9000 was a traceback
         raise CliError(f"--size must be from {SSIM_WINDOW} (the SSIM window each fit reports on) to {MAX_SIZE}, "
                        f"got {a.size}")
     if a.batch_size is None:  # 16, fewer above 512 px (as gsv fit on a CPU): a batch stays within memory, and
         a.batch_size = default_batch_size("cpu", a.size)  # answers start coming after 16 fits, also on a GPU
-    for flag, value, lo in (("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1),
-                            ("--iters", a.iters, 0)):
-        if value is not None and value < lo:  # each named with its value (regression: one message for four flags)
-            raise CliError(f"{flag} must be >= {lo}, got {value}")
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: CUDA is not available on this machine")
+    # each named with its value (regression: one message for four flags)
+    check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
+    check_device(a.device)
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
     options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
                **dict(fit_option(t) for t in a.fit_option)}
