@@ -446,6 +446,26 @@ def test_data_smaller_than_one_batch_is_one_line(train_shards, tmp_path, capsys)
     assert err[-1] == f"gsv train: --data {empty}: no usable samples (the shards are empty or unreadable)", err
 
 
+def test_shards_without_splats_are_named_before_the_batch_check(tmp_path, capsys):
+    """Regression: image-text shards (no .gsv) given to stage 2 with the recipe's batch were called
+    'fewer than one global batch'; the missing member is what is wrong, and is said first."""
+    from gaussianvision.data.shards import ShardWriter
+    from gaussianvision.data.loader import MissingMember
+    from gaussianvision.train.batches import count_samples
+    shard = tmp_path / "img" / "000000.tar"
+    shard.parent.mkdir()
+    with ShardWriter(shard) as w:
+        for i in range(3):
+            w.write(f"{i:06d}", {"png": b"not read", "txt": b"a caption"})
+    assert count_samples([str(shard)]) == 3  # nothing needed: counted as before
+    with pytest.raises(MissingMember, match="000000.tar:000000: sample has no .gsv member"):
+        count_samples([str(shard)], ("splats", "text"))
+    argv = ["--stage", "2", "--data", str(shard.parent), "--model-config", "gs-tiny", "--out", str(tmp_path / "o")]
+    assert _gsv_train(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sample has no .gsv member" in err and "batch" not in err, err
+
+
 def test_resume_refuses_another_stage_or_distillation_loss(train_shards, tmp_path, capsys):
     """Regression: a stage-1 run resumed with --stage 2 --init-from (same lr) went on, its folder then holding
     checkpoints of two stages; --distill mse resumed a cosine run."""

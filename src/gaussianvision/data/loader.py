@@ -51,7 +51,7 @@ from gaussianvision.splats import format as fmt
 from gaussianvision.splats.format import FormatError
 from gaussianvision.splats.types import Splats
 
-__all__ = ["DataError", "MissingMember", "BadSample", "decode_sample", "collate", "SampleReader",
+__all__ = ["DataError", "MissingMember", "BadSample", "require_members", "decode_sample", "collate", "SampleReader",
            "SplatShards", "collate_splats", "splat_loader"]
 
 
@@ -68,9 +68,21 @@ class BadSample(ValueError):
     """One sample cannot be used (does not decode); readers leave it out. The message says which and why."""
 
 
-def _splats(raw: dict, where: str) -> Splats:
-    if "gsv" not in raw:
+def require_members(raw: dict, need: tuple[str, ...], where: str | None = None) -> None:
+    """MissingMember, naming the sample, when raw lacks a member the fields in `need` are read from
+    (a look at the member names only, nothing decoded)."""
+    where = where or f"{raw.get('__shard__', '?')}:{raw.get('__key__', '')}"
+    if "splats" in need and "gsv" not in raw:
         raise MissingMember(f"{where}: sample has no .gsv member (give splat shards written by `gsv convert`)")
+    if "image" in need and image_member(raw) is None:
+        raise MissingMember(f"{where}: no source image; the reading needs the images (convert with "
+                            "--keep-image, or give the image shards)")
+    if "negative" in need and "neg.txt" not in raw:
+        raise MissingMember(f"{where}: no .neg.txt member (hard negatives need one false caption per "
+                            "sample, as the synthetic world writes them)")
+
+
+def _splats(raw: dict, where: str) -> Splats:
     try:
         splats = fmt.decode(raw["gsv"], name=where)
     except FormatError as e:
@@ -82,9 +94,6 @@ def _splats(raw: dict, where: str) -> Splats:
 
 def _image(raw: dict, where: str, size: int | None, splats: Splats | None) -> torch.Tensor:
     ext = image_member(raw)
-    if ext is None:
-        raise MissingMember(f"{where}: no source image; the reading needs the images (convert with "
-                            "--keep-image, or give the image shards)")
     if size is None and splats is not None:
         if splats.height != splats.width:
             raise DataError(f"{where}: reading the images beside splats needs square splats, "
@@ -105,6 +114,7 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None = Non
     key = str(raw.get("__key__", ""))
     where = f"{raw.get('__shard__', '?')}:{key}"
     out: dict = {"key": key}
+    require_members(raw, need, where)
     if "splats" in need:
         out["splats"] = _splats(raw, where)
     if "image" in need:
@@ -112,9 +122,6 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None = Non
     if "text" in need:
         out["text"] = raw.get("txt", b"").decode("utf-8", "replace").strip()
     if "negative" in need:
-        if "neg.txt" not in raw:
-            raise MissingMember(f"{where}: no .neg.txt member (hard negatives need one false caption per "
-                                "sample, as the synthetic world writes them)")
         out["negative"] = raw["neg.txt"].decode("utf-8", "replace").strip()
     return out
 

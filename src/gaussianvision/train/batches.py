@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from gaussianvision.data.inputs import expand_urls
-from gaussianvision.data.loader import DataError, SampleReader, collate
+from gaussianvision.data.loader import DataError, SampleReader, collate, require_members
 from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
 
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
@@ -142,14 +142,21 @@ def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, ran
                          left_out=left_out)
 
 
-def count_samples(urls) -> int:
+def count_samples(urls, need: tuple[str, ...] = ()) -> int:
     """Samples a ShardSource would use, short of decoding them: a damaged shard counts those before
-    the damage, and a sample the reader flags (cut by the damage, members not read) is not counted."""
+    the damage, and a sample the reader flags (cut by the damage, members not read) is not counted.
+    A counted sample lacking a member `need` reads from raises MissingMember, as reading it would."""
     n = 0
     for u in urls:
-        try:
-            for raw in read_samples(u):
-                n += "__skipped__" not in raw
-        except SHARD_ERRORS:
-            pass  # the reader names the shard when training reaches it
+        raws = read_samples(u)
+        while True:
+            try:  # only the tar reading is guarded (MissingMember is an OSError too)
+                raw = next(raws, None)
+            except SHARD_ERRORS:
+                raw = None  # the reader names the shard when training reaches it
+            if raw is None:
+                break
+            if "__skipped__" not in raw:
+                require_members(raw, need)
+                n += 1
     return n

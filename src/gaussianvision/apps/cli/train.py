@@ -260,8 +260,11 @@ def _count(source) -> int:
     """Samples in the data: the in-memory source's rows or the shards' samples."""
     if hasattr(source, "dataset"):
         return len(source.dataset)
-    from gaussianvision.train.batches import count_samples
-    return count_samples(source.shards)
+    from gaussianvision.train.batches import DataError, count_samples
+    try:
+        return count_samples(source.shards, source.read_shard.need)
+    except DataError as e:  # regression: a lacking member was found only after "fewer than one batch"
+        raise CliError(f"--data: {e}") from None
 
 
 def _end_worker(info) -> None:
