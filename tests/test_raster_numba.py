@@ -120,21 +120,58 @@ def test_dtype_and_device_rules():
     assert torch.isfinite(mt.grad).all()
 
 
-def test_bands_and_threads_give_the_same_image():
-    # one image (many bands) vs the same image in a large batch (one band per image)
+def test_bands_and_threads_give_the_same_image(monkeypatch):
+    """One image split in bands over 2 threads, the same image in a batch of 9 (one band each) and on
+    the calling thread alone (under PARALLEL_PIXELS): the same pixels and gradients, bit for bit."""
     s = parity_cases(torch.float64)[2][1]
     single = Splats(s.means[:1], s.chol[:1], s.colors[:1], s.height, s.width)
     many = Splats(s.means[:1].expand(9, -1, -1), s.chol[:1].expand(9, -1, -1), s.colors[:1].expand(9, -1, -1),
                   s.height, s.width)
-    a = render_numba(single)
-    b = render_numba(many)
-    assert numba_backend._bands(1, s.height) > 1 and numba_backend._bands(9, s.height) == 1 or \
-        numba_backend._num_threads() == 1
-    assert torch.equal(b, a.expand_as(b))
+
+    def run(splats):
+        m = splats.means.clone().requires_grad_(True)
+        out = render_numba(Splats(m, splats.chol, splats.colors, s.height, s.width))
+        (out * torch.linspace(-1, 1, out[0].numel(), dtype=out.dtype).view_as(out[0])).sum().backward()  # per image
+        return out.detach(), m.grad
+
+    serial = run(single)
+    assert numba_backend._threads_for(s.height * s.width) == 1  # the premise: a small render stays on one thread
+    monkeypatch.setattr(numba_backend, "PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(numba_backend, "_num_threads", lambda: 2)
+    assert numba_backend._bands(1, s.height, 2) > 1 and numba_backend._bands(9, s.height, 2) == 1
+    banded, batched = run(single), run(many)
+    assert torch.equal(banded[0], serial[0]) and torch.equal(banded[1], serial[1])
+    assert torch.equal(batched[0], serial[0].expand_as(batched[0]))
+    assert torch.equal(batched[1], serial[1].expand_as(batched[1]))
+
+
+def test_serial_torch_restores_threads_nested_per_thread_and_on_error():
+    """Inside serial_torch torch runs on one thread and the kernels on the count torch had; leaving the
+    outermost restores it (after an exception too), and another thread's use leaves this one's alone."""
+    import threading
     prev = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
-        torch.set_num_threads(1)
-        assert torch.equal(render_numba(single), a)
+        seen = []
+
+        def other():
+            with numba_backend.serial_torch():
+                seen.append((torch.get_num_threads(), numba_backend._num_threads()))
+
+        with numba_backend.serial_torch():
+            assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
+            with numba_backend.serial_torch():  # nested: the outer count stays
+                assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
+            assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
+        assert torch.get_num_threads() == 2 and numba_backend._num_threads() == 2
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert seen and seen[0][0] == 1 and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with numba_backend.serial_torch():
+                raise RuntimeError("left by an exception")
+        assert torch.get_num_threads() == 2 and getattr(numba_backend._LOCAL, "kernel_threads", None) is None
     finally:
         torch.set_num_threads(prev)
 

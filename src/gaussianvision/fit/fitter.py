@@ -36,6 +36,7 @@ run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where c
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from gaussianvision.raster import render
+from gaussianvision.raster.cpu_numba import serial_torch
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
@@ -411,7 +413,12 @@ class Fitter:
     def run(self, iters: int, progress: bool = False, desc: str | None = None, relocate: bool = True) -> "Fitter":
         """`iters` more iterations (fewer for images that stop early). With relocate (and
         cfg.relocate_every > 0), Gaussians are relocated every relocate_every iterations of this
-        call while within its first relocate_until share, never after its last iteration."""
+        call while within its first relocate_until share, never after its last iteration. On a CPU
+        torch's own operations run on one thread meanwhile, the kernels on all (serial_torch)."""
+        with serial_torch() if self.device.type == "cpu" else contextlib.nullcontext():
+            return self._run(iters, progress, desc, relocate)
+
+    def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
         self._time_target_stats()
         t0 = time.perf_counter()
         cfg = self.cfg

@@ -34,10 +34,15 @@ How it is fast
     w g.c {y1, y2, y1^2, y1 y2, y2^2} that the gradients of mu and L need follow per row,
     because y1 and y2 are affine in t.
   * Threads: the kernels are serial, GIL-free (nogil) loops over a range of work items;
-    a small thread pool runs chunks of them (torch.get_num_threads() workers). numba's
+    the calling thread and a small thread pool (torch.get_num_threads() threads in all)
+    take chunks of them from a shared counter until none is left (a thread that finishes
+    early takes more; handing the caller one fixed chunk made 40-image fits 25% slower).
+    A render under PARALLEL_PIXELS pixels stays on the calling thread. numba's
     prange was tried first: its OpenMP team spin-waits, and on this shared 2-core machine
     (load ~8) a parallel loop ran 30x slower than the same loop on one thread. A pool
     blocks instead of spinning, is safe to call from several threads, and compiles faster.
+    serial_torch() keeps torch's own operations on one thread around the kernels (a fit's
+    loop uses it): torch's OpenMP workers spin after each operation too.
 
 Gradients (per pixel, e = w * (dL/dC(p) . c_k), y1 = dx/l11, y2 = (dy - l21 y1)/l22,
 sums over the Gaussian's footprint):
@@ -67,7 +72,9 @@ Double backward is not supported.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,43 +110,88 @@ def probe() -> None:
         raise ImportError("numba compiled a wrong result in its self-test")
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool (the calling thread is one more)
+# A render of fewer pixels (batch x height x width) runs on the calling thread: one 224 px image's
+# forward or backward takes about 1 ms, and splitting it (bands, chunks of Gaussians) over 2 threads
+# made it slower (0.88-0.93x on the 2-core machine), while 8 images gained 1.2-1.4x.
+PARALLEL_PIXELS = 65_536
+_LOCK = threading.Lock()
+_LOCAL = threading.local()  # serial_torch() on this thread: .depth, .kernel_threads
 
 
 def _num_threads() -> int:
-    """Worker threads: torch.get_num_threads(), so torch.set_num_threads governs both."""
-    return max(1, int(torch.get_num_threads()))
+    """Worker threads: torch.get_num_threads() (so torch.set_num_threads governs both), or inside
+    serial_torch() the count torch had before it."""
+    return max(1, int(getattr(_LOCAL, "kernel_threads", None) or torch.get_num_threads()))
 
 
-def _run(fn, n_items: int, make_args, per_thread: int = 4) -> None:
-    """Call fn(*make_args(i0, i1)) over [0, n_items) in chunks on a thread pool.
+@contextlib.contextmanager
+def serial_torch():
+    """Torch's own CPU operations on one thread while inside, the kernels still on the threads torch
+    had. Per calling thread (torch's thread count is the calling thread's own under OpenMP); nested
+    uses keep the outermost's count, and leaving the outermost restores it.
+    A fit's loop runs many small torch operations between the kernels; on a 2-core machine torch's
+    threads made a 224 px fit at N=400 slower, 22% for one image and 15% for 8 (their workers spin
+    after each operation, taking the cores the kernels run on)."""
+    depth = getattr(_LOCAL, "depth", 0)
+    if depth == 0:
+        _LOCAL.kernel_threads = max(1, int(torch.get_num_threads()))
+        torch.set_num_threads(1)
+    _LOCAL.depth = depth + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth = depth
+        if depth == 0:
+            torch.set_num_threads(_LOCAL.kernel_threads)
+            _LOCAL.kernel_threads = None
+
+
+def _threads_for(pixels: int) -> int:
+    """Threads for a render of `pixels` pixels: 1 below PARALLEL_PIXELS, else _num_threads()."""
+    return 1 if pixels < PARALLEL_PIXELS else _num_threads()
+
+
+def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None:
+    """Call fn(*make_args(i0, i1)) over [0, n_items) in chunks on `threads` threads, the calling
+    thread taking the first chunk.
 
     The kernels release the GIL (nogil), so chunks run truly in parallel; waiting is
     blocking, which matters on a machine with more runnable threads than cores.
     """
-    global _POOL, _POOL_SIZE
-    threads = min(_num_threads(), n_items)
+    threads = min(threads, n_items)
     if threads <= 1:
         fn(*make_args(0, n_items))
         return
-    if _POOL is None or _POOL_SIZE != threads:
-        if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="gsv-raster")
-        _POOL_SIZE = threads
+    with _LOCK:  # one pool per size, kept: a pool in use by another caller is never shut down
+        pool = _POOLS.get(threads - 1)
+        if pool is None:
+            pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix="gsv-raster")
     chunks = min(n_items, per_thread * threads)
     bounds = [n_items * c // chunks for c in range(chunks + 1)]
-    futures = [_POOL.submit(fn, *make_args(bounds[c], bounds[c + 1])) for c in range(chunks)]
+    taken = [0]  # chunks handed out; every participant takes the next one until none is left
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                c = taken[0]
+                taken[0] += 1
+            if c >= chunks:
+                return
+            fn(*make_args(bounds[c], bounds[c + 1]))
+
+    futures = [pool.submit(work) for _ in range(threads - 1)]
+    work()
     for f in futures:
         f.result()
 
 
-def _bands(batch: int, height: int) -> int:
+def _bands(batch: int, height: int, threads: int) -> int:
     # Enough (image, band) work items to keep every thread busy; bands cost a little
     # (each band scans all of its image's Gaussians), so use them only for small batches.
-    want = 2 * _num_threads()
-    if batch >= want:
+    want = 2 * threads
+    if threads <= 1 or batch >= want:
         return 1
     return max(1, min(-(-want // batch), height // 8 or 1))
 
@@ -168,7 +220,8 @@ class _RenderNumba(torch.autograd.Function):
         nine = xs.dtype.type(CUTOFF_Q)
         b, n = m.shape[0], m.shape[1]
         params = np.empty((b, n, k.NPARAM), np.float64)
-        _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), per_thread=1)
+        threads = _threads_for(b * height * width)
+        _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
         # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
         # span and first weights there, so the backward needs neither the conic nor exp
         rows = (params[:, :, k.ROW1] - params[:, :, k.ROW0] + 1).clip(min=0).astype(np.int64).ravel()
@@ -177,10 +230,10 @@ class _RenderNumba(torch.autograd.Function):
         spans = np.empty(4 * int(offsets[-1]), np.float64)  # flat: 4 per slot
         image = torch.empty((b, 3, height, width), dtype=dtype)
         im = image.numpy()
-        bands = _bands(b, height)
+        bands = _bands(b, height, threads)
         _run(k.forward, b * bands,
              lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im,
-                             _scratch(width, xs.dtype), offsets, spans, _span_scratch(height)))
+                             _scratch(width, xs.dtype), offsets, spans, _span_scratch(height)), threads)
         ctx.save_for_backward(colors)
         ctx.extra = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
         return image
@@ -204,7 +257,7 @@ class _RenderNumba(torch.autograd.Function):
         b, n = m_shape[0], m_shape[1]
         _run(k.backward, b * n,
              lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
-                             _scratch(width, np_dtype), tb))
+                             _scratch(width, np_dtype), tb), _threads_for(b * g.shape[2] * width))
         out = [torch.from_numpy(x) if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors))]
         return out[0], out[1], out[2], None, None, None
 
