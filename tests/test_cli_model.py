@@ -60,6 +60,11 @@ def test_model_info_reads_a_train_output_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert gsv(["model", "info", str(tmp_path / "empty")]) == 2
     assert "not a `gsv train` output folder (no checkpoint in it)" in capsys.readouterr().err
+    state = next((tmp_path / "run").rglob("state.json"))  # damaged: the checkpoint's own reader names it
+    state.write_text("{not json")
+    assert gsv(["model", "info", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(state) in err and "not valid JSON" in err, err
 
 
 def test_model_info_errors_are_one_line(capsys):

@@ -198,7 +198,7 @@ class Fitter:
         self.iterations = torch.zeros(b, dtype=torch.long, device=self.device)
         self.stopped = [None] * b  # why each image stopped early: "target" | "plateau"
         self.pruned = torch.zeros(b, dtype=torch.long, device=self.device)
-        self._reset_plateau()
+        self._reset_progress()
         self.history: list[dict] = []
         self._generator: torch.Generator | None = None  # relocation's draws (seeded on first use)
         self.steps_done = 0
@@ -242,7 +242,9 @@ class Fitter:
         new.history = list(self.history)
         return new
 
-    def _reset_plateau(self) -> None:
+    def _reset_progress(self) -> None:
+        """Forget each image's progress record: the plateau stop's best PSNR and the step decay's (rates
+        back to full); after a prune, which changes what the images can reach."""
         self.best = torch.full((self.batch_size,), -math.inf, device=self.device)
         self.best_it = self.iterations.clone()
         self.lr_image = torch.ones(self.batch_size, device=self.device)  # decay_patience's per-image factor
@@ -568,7 +570,7 @@ class Fitter:
         spent = [why == "budget" for why in self.stopped]
         self.active = torch.tensor([not x for x in spent], dtype=torch.bool, device=self.device)
         self.stopped = ["budget" if x else None for x in spent]
-        self._reset_plateau()
+        self._reset_progress()
         self.seconds += self._clock(True) - t0
         return removed
 

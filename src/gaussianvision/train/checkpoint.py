@@ -33,7 +33,7 @@ from .optstate import read_optimizer, write_optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "trainable_state", "load_trainable", "CheckpointError", "step_dirs",
-           "holds_checkpoints", "find_checkpoint", "set_aside_newer"]
+           "holds_checkpoints", "find_checkpoint", "set_aside_newer", "read_state"]
 
 
 class CheckpointError(ValueError):
@@ -170,7 +170,10 @@ def latest_checkpoint(path: str | os.PathLike) -> Path | None:
     return (named or done or [None])[-1]
 
 
-def _read_state(d: Path) -> dict:
+def read_state(d: str | os.PathLike) -> dict:
+    """A step directory's state.json (step, data positions, the run's task and config): no weights are
+    read. CheckpointError naming the file when it is missing, not JSON, or lacks step or positions."""
+    d = Path(d)
     f = d / "state.json"
     if not f.is_file():
         raise CheckpointError(f"{d}: no state.json")
@@ -196,7 +199,7 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_dir(d: Path, optimizer: bool, map_location) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    state = _read_state(d)
+    state = read_state(d)
     weights = _read_weights(d)
     opt = read_optimizer(d, map_location) if optimizer else None
     state["path"] = str(d)

@@ -31,15 +31,14 @@ def describe(config: str, base: str | None) -> dict:
 def _trained_config(folder: str) -> tuple[dict, str]:
     """(GS config, base) of the latest checkpoint of a `gsv train` output folder (stages 1 and 2),
     from its state.json: no weights are read."""
-    import json
-    from gaussianvision.train.checkpoint import latest_checkpoint
+    from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, read_state
     step = latest_checkpoint(folder)
     if step is None:
         raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)")
     try:
-        task = json.loads((step / "state.json").read_text()).get("task", {})
-    except (OSError, ValueError, AttributeError) as e:
-        raise CliError(f"{step / 'state.json'}: unreadable ({e})") from None
+        task = read_state(step).get("task", {})
+    except (OSError, CheckpointError) as e:
+        raise CliError(f"{step / 'state.json'}: unreadable ({e})" if isinstance(e, OSError) else str(e)) from None
     if not isinstance(task, dict) or task.get("stage") not in ("1", "2"):
         raise CliError(f"{folder}: a stage {task.get('stage') if isinstance(task, dict) else None!r} checkpoint "
                        f"is not a GS model")
