@@ -145,6 +145,35 @@ def test_bands_and_threads_give_the_same_image(monkeypatch):
     assert torch.equal(batched[1], serial[1].expand_as(batched[1]))
 
 
+def test_run_covers_every_item_once_and_stops_on_a_failure():
+    """_run's chunks cover [0, n) exactly once over the calling thread and the pool; a chunk that
+    raises stops the others taking new chunks, and the exception comes out after every thread stopped."""
+    import threading
+    import time
+    seen, lock = [], threading.Lock()
+
+    def record(i0, i1):
+        with lock:
+            seen.extend(range(i0, i1))
+
+    numba_backend._run(record, 103, lambda i0, i1: (i0, i1), threads=2)
+    assert sorted(seen) == list(range(103))
+    calls = []
+
+    def failing(i0, i1):
+        with lock:
+            calls.append(i0)
+        time.sleep(0.01)
+        if i0 == 0:
+            raise ValueError("chunk 0 failed")
+
+    with pytest.raises(ValueError, match="chunk 0 failed"):
+        numba_backend._run(failing, 64, lambda i0, i1: (i0, i1), threads=2)
+    n = len(calls)
+    time.sleep(0.1)
+    assert len(calls) == n < 8  # nothing ran on after the raise, and the failure stopped the rest early
+
+
 def test_serial_torch_restores_threads_nested_per_thread_and_on_error():
     """Inside serial_torch torch runs on one thread and the kernels on the count torch had; leaving the
     outermost restores it (after an exception too), and another thread's use leaves this one's alone."""

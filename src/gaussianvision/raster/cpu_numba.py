@@ -76,6 +76,7 @@ import contextlib
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 
 import numpy as np
 import torch
@@ -154,7 +155,8 @@ def _threads_for(pixels: int) -> int:
 
 def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None:
     """Call fn(*make_args(i0, i1)) over [0, n_items) in chunks on `threads` threads, the calling
-    thread taking the first chunk.
+    thread one of them; each takes the next chunk until none is left (or one has failed: then the
+    first failure is raised once every thread has stopped).
 
     The kernels release the GIL (nogil), so chunks run truly in parallel; waiting is
     blocking, which matters on a machine with more runnable threads than cores.
@@ -173,18 +175,26 @@ def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None
     lock = threading.Lock()
 
     def work() -> None:
-        while True:
+        try:
+            while True:
+                with lock:
+                    c = taken[0]
+                    taken[0] += 1
+                if c >= chunks:
+                    return
+                fn(*make_args(bounds[c], bounds[c + 1]))
+        except BaseException:
             with lock:
-                c = taken[0]
-                taken[0] += 1
-            if c >= chunks:
-                return
-            fn(*make_args(bounds[c], bounds[c + 1]))
+                taken[0] = chunks  # a failure: nobody takes a new chunk
+            raise
 
     futures = [pool.submit(work) for _ in range(threads - 1)]
-    work()
+    try:
+        work()
+    finally:
+        futures_wait(futures)  # no chunk runs on after _run returns or raises
     for f in futures:
-        f.result()
+        f.result()  # a worker's exception is raised here
 
 
 def _bands(batch: int, height: int, threads: int) -> int:
