@@ -1,6 +1,6 @@
 """One image at a time, as an edge device or `gsv send` of one photo fits it: wall ms per image and PSNR
 of the `fast` preset fitting each photo alone in a warm process, beside the same photos fitted as one
-batch in the same run (the batch's ms per image), and plain Adam alone at the same iterations as a
+batch in the same run (the batch's ms per image), and plain Adam at `fast`'s iterations as a
 baseline. 224x224; the bundled photos and, when ../shared/data/kodak exists, the first 8 Kodak photos.
 Writes benchmarks/results/fit_single.{json,md}.
 
@@ -16,7 +16,7 @@ import torch
 from gaussianvision.apps.bench.fit import KODAK_DIR, loadavg, machine_info
 from gaussianvision.data.images import load_image
 from gaussianvision.data.photos import bundled_photos
-from gaussianvision.fit import fit_images
+from gaussianvision.fit import FitConfig, fit_images
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -42,7 +42,8 @@ def measure(images: torch.Tensor, n: int, rounds: int) -> dict:
     rows: dict[str, list] = {}
     b = len(images)
     for _ in range(rounds):
-        for name, opts in (("fast", {"preset": "fast"}), ("adam", {"iters": 150})):
+        iters = FitConfig.from_options({"preset": "fast"}).iters
+        for name, opts in (("fast", {"preset": "fast"}), ("adam", {"iters": iters})):
             alone = [timed(images[i:i + 1], n, **opts) for i in range(b)]
             rows.setdefault(f"{name} alone", []).append((1000 * sum(s for s, _ in alone) / b,
                                                          sum(p for _, p in alone) / b))
@@ -57,12 +58,12 @@ def markdown(res: dict) -> str:
     lines = ["# One image at a time (224x224)", "",
              f"Wall ms per image in a warm process (kernels compiled), best of {res['rounds']} interleaved rounds; "
              "'alone' fits each photo in its own call, 'batch' all of a set in one call. Plain Adam runs the "
-             f"same 150 iterations as `fast`. `PYTHONPATH=src python benchmarks/fit_single.py`. {machine}; "
+             f"same iterations as `fast` ({FitConfig.from_options({'preset': 'fast'}).iters}). `PYTHONPATH=src python benchmarks/fit_single.py`. {machine}; "
              f"load average {res['load_start']} at start, {res['load_end']} at end.", "",
              "| set | N | method | ms per image | images/s | PSNR dB |", "|---|---|---|---|---|---|"]
     for key, rows in res["sets"].items():
         for method, r in rows.items():
-            lines.append(f"| {key.split('@')[0]} | {res['n']} | {method} | {r['ms_per_image']:.0f} | "
+            lines.append(f"| {key} | {res['n']} | {method} | {r['ms_per_image']:.0f} | "
                          f"{1000 / r['ms_per_image']:.1f} | {r['psnr']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -155,6 +155,13 @@ def test_one_skip_policy_for_both_readers(tmp_path):
     assert isinstance(e.value, DataError) and isinstance(e.value, FileNotFoundError)
     with pytest.raises(FileNotFoundError, match="no .gsv member"):
         list(splat_loader(root, batch_size=8))
+    # members are checked before decoding: a broken .gsv without the image the reading needs stops it
+    from gaussianvision.data.loader import decode_sample
+    with pytest.raises(MissingMember, match="x:bad: no source image"):
+        decode_sample({"__shard__": "x", "__key__": "bad", "gsv": b"not a gsv"}, ("splats", "image"))
+    with pytest.raises(Exception, match="x:bad") as e:
+        decode_sample({"__shard__": "x", "__key__": "bad", "gsv": b"not a gsv"}, ("splats",))
+    assert not isinstance(e.value, MissingMember)  # with every member there, the broken .gsv is what is said
 
 
 def test_every_image_kind_of_the_one_list_is_read(tmp_path):

@@ -79,6 +79,24 @@ def test_step_decay_halves_an_image_s_rates_each_stall(photos):
     assert off.lr_image.tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("backend,serial", [("numba", True), ("reference", False)])
+def test_the_loop_runs_torch_on_one_thread_only_with_the_numba_kernels(monkeypatch, backend, serial):
+    """Fitter.run enters serial_torch with the numba kernels only: the reference renderer is torch
+    operations itself and keeps torch's threads (review finding)."""
+    import contextlib
+    import gaussianvision.fit.fitter as fitter_module
+    entered = []
+
+    @contextlib.contextmanager
+    def spy():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(fitter_module, "serial_torch", spy)
+    fit_images(torch.rand(1, 3, 16, 16), 4, iters=2, backend=backend)
+    assert bool(entered) == serial
+
+
 def test_schedules():
     assert _lr_scale("constant", 5, 10, 0.1) == 1.0
     assert _lr_scale("cosine", 0, 10, 0.1) == pytest.approx(1.0)

@@ -174,33 +174,62 @@ def test_run_covers_every_item_once_and_stops_on_a_failure():
     assert len(calls) == n < 8  # nothing ran on after the raise, and the failure stopped the rest early
 
 
-def test_serial_torch_restores_threads_nested_per_thread_and_on_error():
-    """Inside serial_torch torch runs on one thread and the kernels on the count torch had; leaving the
-    outermost restores it (after an exception too), and another thread's use leaves this one's alone."""
+def test_run_called_from_a_pool_thread_runs_serially():
+    """A chunk that itself calls _run (from the pool's thread) must not wait on its own pool:
+    the inner call runs on that thread (regression guard: it deadlocked)."""
+    import threading
+    seen, lock = [], threading.Lock()
+
+    def inner(i0, i1):
+        with lock:
+            seen.extend(range(i0, i1))
+
+    def outer(i0, i1):
+        for _ in range(i0, i1):
+            numba_backend._run(inner, 10, lambda a, b: (a, b), threads=2)
+
+    t = threading.Thread(target=numba_backend._run, args=(outer, 8, lambda a, b: (a, b)), kwargs={"threads": 2},
+                         daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and sorted(seen) == sorted(list(range(10)) * 8)
+
+
+def test_serial_torch_restores_threads_nested_across_threads_and_on_error():
+    """Inside serial_torch torch runs on one thread and the kernels on the count torch had; a thread
+    started inside another's use (torch's count 1 there) still gets that count for its kernels and
+    restores it, whichever leaves last; nesting and an exception change nothing."""
     import threading
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         seen = []
 
-        def other():
+        def other():  # started while the main thread is inside: begins with torch's count at 1
+            seen.append(torch.get_num_threads())
             with numba_backend.serial_torch():
                 seen.append((torch.get_num_threads(), numba_backend._num_threads()))
+            seen.append(torch.get_num_threads())
 
         with numba_backend.serial_torch():
             assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
             with numba_backend.serial_torch():  # nested: the outer count stays
                 assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(10)
             assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
+        assert seen[1] == (1, 2) and seen[2] == 2, seen
         assert torch.get_num_threads() == 2 and numba_backend._num_threads() == 2
-        t = threading.Thread(target=other)
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
         t.start()
         t.join(10)
-        assert seen and seen[0][0] == 1 and torch.get_num_threads() == 2
+        assert later == [2]  # threads started afterwards get torch's count back
         with pytest.raises(RuntimeError):
             with numba_backend.serial_torch():
                 raise RuntimeError("left by an exception")
-        assert torch.get_num_threads() == 2 and getattr(numba_backend._LOCAL, "kernel_threads", None) is None
+        assert torch.get_num_threads() == 2 and numba_backend._SERIAL == {"users": 0, "threads": None}
     finally:
         torch.set_num_threads(prev)
 

@@ -31,7 +31,9 @@ left out, as is the rest of a truncated or corrupt shard (the samples before the
 A sample the tar reader flags (a member not read, cut by the damage) is left out by the trainer;
 splat_loader keeps it when its members are all there, saying what it lost. A sample lacking a
 member the reading needs (.gsv, the image, .neg.txt) stops the reading (MissingMember), unless the
-tar reader flagged it (then the member was lost, and the sample is left out). splat_loader warns
+tar reader flagged it (then the member was lost, and the sample is left out); the members are
+checked before anything is decoded, so a lacking member stops the reading even where another
+member would not have decoded. splat_loader warns
 about each problem (on_error="raise" to stop instead) and counts them in `problems`.
 """
 from __future__ import annotations

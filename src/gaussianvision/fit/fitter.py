@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gaussianvision.raster import render
+from gaussianvision.raster import render, resolve_backend
 from gaussianvision.raster.cpu_numba import serial_torch
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
@@ -415,9 +415,11 @@ class Fitter:
     def run(self, iters: int, progress: bool = False, desc: str | None = None, relocate: bool = True) -> "Fitter":
         """`iters` more iterations (fewer for images that stop early). With relocate (and
         cfg.relocate_every > 0), Gaussians are relocated every relocate_every iterations of this
-        call while within its first relocate_until share, never after its last iteration. On a CPU
-        torch's own operations run on one thread meanwhile, the kernels on all (serial_torch)."""
-        with serial_torch() if self.device.type == "cpu" else contextlib.nullcontext():
+        call while within its first relocate_until share, never after its last iteration. With the
+        numba kernels torch's own operations run on one thread meanwhile, the kernels on all
+        (serial_torch); the reference renderer, torch operations itself, keeps torch's threads."""
+        numba = resolve_backend(self.cfg.backend, self.device) == "numba"
+        with serial_torch() if numba else contextlib.nullcontext():
             return self._run(iters, progress, desc, relocate)
 
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":

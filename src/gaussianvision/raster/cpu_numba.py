@@ -112,31 +112,40 @@ def probe() -> None:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool (the calling thread is one more)
+_POOL_PREFIX = "gsv-raster"
 # A render of fewer pixels (batch x height x width) runs on the calling thread: one 224 px image's
 # forward or backward takes about 1 ms, and splitting it (bands, chunks of Gaussians) over 2 threads
 # made it slower (0.88-0.93x on the 2-core machine), while 8 images gained 1.2-1.4x.
 PARALLEL_PIXELS = 65_536
 _LOCK = threading.Lock()
-_LOCAL = threading.local()  # serial_torch() on this thread: .depth, .kernel_threads
+_LOCAL = threading.local()  # serial_torch() on this thread: .depth
+_SERIAL = {"users": 0, "threads": None}  # serial_torch() in the process: threads inside, the count saved
 
 
 def _num_threads() -> int:
-    """Worker threads: torch.get_num_threads() (so torch.set_num_threads governs both), or inside
-    serial_torch() the count torch had before it."""
-    return max(1, int(getattr(_LOCAL, "kernel_threads", None) or torch.get_num_threads()))
+    """Worker threads: torch.get_num_threads() (so torch.set_num_threads governs both), or while any
+    thread is inside serial_torch() the count torch had when the first entered."""
+    return max(1, int(_SERIAL["threads"] or torch.get_num_threads()))
 
 
 @contextlib.contextmanager
 def serial_torch():
     """Torch's own CPU operations on one thread while inside, the kernels still on the threads torch
-    had. Per calling thread (torch's thread count is the calling thread's own under OpenMP); nested
-    uses keep the outermost's count, and leaving the outermost restores it.
-    A fit's loop runs many small torch operations between the kernels; on a 2-core machine torch's
-    threads made a 224 px fit at N=400 slower, 22% for one image and 15% for 8 (their workers spin
-    after each operation, taking the cores the kernels run on)."""
+    had. The count is saved by the first thread to enter (a thread started meanwhile begins with
+    torch's count at 1, so its own would be wrong) and each thread leaving its outermost use sets it
+    back (torch's count is per thread under OpenMP, and also the default new threads start with);
+    nested uses change nothing more.
+    A fit's loop runs many small torch operations between the kernels; torch's workers spin after
+    each operation, taking the cores the kernels run on (2-core machine, `fast` at N=400, 224 px:
+    torch on 1 thread instead of 2 cut one image's fit from 500 to 392 ms, kernels serial in both,
+    and 8 images' from 281 to 238 ms per image, kernels on 2 threads)."""
+    with _LOCK:
+        if _SERIAL["users"] == 0:
+            _SERIAL["threads"] = max(1, int(torch.get_num_threads()))
+        _SERIAL["users"] += 1
+        saved = _SERIAL["threads"]
     depth = getattr(_LOCAL, "depth", 0)
     if depth == 0:
-        _LOCAL.kernel_threads = max(1, int(torch.get_num_threads()))
         torch.set_num_threads(1)
     _LOCAL.depth = depth + 1
     try:
@@ -144,8 +153,11 @@ def serial_torch():
     finally:
         _LOCAL.depth = depth
         if depth == 0:
-            torch.set_num_threads(_LOCAL.kernel_threads)
-            _LOCAL.kernel_threads = None
+            torch.set_num_threads(saved)
+        with _LOCK:
+            _SERIAL["users"] -= 1
+            if _SERIAL["users"] == 0:
+                _SERIAL["threads"] = None
 
 
 def _threads_for(pixels: int) -> int:
@@ -162,13 +174,13 @@ def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None
     blocking, which matters on a machine with more runnable threads than cores.
     """
     threads = min(threads, n_items)
-    if threads <= 1:
+    if threads <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):  # no waiting on its own pool
         fn(*make_args(0, n_items))
         return
     with _LOCK:  # one pool per size, kept: a pool in use by another caller is never shut down
         pool = _POOLS.get(threads - 1)
         if pool is None:
-            pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix="gsv-raster")
+            pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix=_POOL_PREFIX)
     chunks = min(n_items, per_thread * threads)
     bounds = [n_items * c // chunks for c in range(chunks + 1)]
     taken = [0]  # chunks handed out; every participant takes the next one until none is left

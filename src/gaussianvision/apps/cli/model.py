@@ -37,8 +37,10 @@ def _trained_config(folder: str) -> tuple[dict, str]:
         raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)")
     try:
         task = read_state(step).get("task", {})
-    except (OSError, CheckpointError) as e:
-        raise CliError(f"{step / 'state.json'}: unreadable ({e})" if isinstance(e, OSError) else str(e)) from None
+    except CheckpointError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{step / 'state.json'}: unreadable ({e})") from None
     if not isinstance(task, dict) or task.get("stage") not in ("1", "2"):
         raise CliError(f"{folder}: a stage {task.get('stage') if isinstance(task, dict) else None!r} checkpoint "
                        f"is not a GS model")
