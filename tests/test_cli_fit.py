@@ -151,6 +151,31 @@ def test_fit_option_reaches_fit_images_and_refuses_flags_and_unknown_names(tmp_p
         assert msg in capsys.readouterr().err
 
 
+def test_progressive_options_that_do_not_combine_are_one_line_before_any_work(tmp_path, capsys):
+    """Regression (trial 6): --progressive with --ssim-weight was a traceback (exit 1) from the stream in
+    gsv fit and gsv convert; prefix_fractions=0.25,1.0 (docs/data.md's form) was refused as out of
+    range, and prefix_fractions=0.25 dumped the options with "'float' object is not iterable"."""
+    from gaussianvision.apps.cli.command import fit_option
+    assert fit_option("prefix_fractions=0.25,1.0") == ("prefix_fractions", [0.25, 1.0])
+    assert fit_option("backend=numba") == ("backend", "numba") and fit_option("x=a,b") == ("x", "a,b")
+    save_png(torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)), tmp_path / "a.png")
+    base = ["fit", str(tmp_path / "a.png"), "-n", "8", "--iters", "2", "--size", "16", "--out", str(tmp_path / "o"),
+            "--progressive"]
+    assert gsv(base + ["--ssim-weight", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv fit: --progressive: a nested fit") and "--ssim-weight" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert gsv(base + ["--fit-option", "prefix_fractions=0.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prefix_fractions must be a list of fractions in (0, 1]" in err and "not iterable" not in err
+    assert gsv(base + ["--fit-option", "prefix_fractions=0.25,1.0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fitted"] == 1
+    assert gsv(["convert", "--input", str(tmp_path), "--output", str(tmp_path / "c"), "-n", "8", "--progressive",
+                "--fit-option", "ssim_weight=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv convert: --progressive: a nested fit") and len(err.splitlines()) == 1
+
+
 def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tmp_path, capsys):
     """gsv fit --preset: the preset's settings with the flags given beside it over them (the same
     splats as fit_images with that config); --budget-ms stops the batch and the report says so."""

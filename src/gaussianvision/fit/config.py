@@ -126,6 +126,9 @@ class FitConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
 
     def _check_prefixes(self) -> None:
+        if not isinstance(self.prefix_fractions, (list, tuple)):  # regression: 0.25 gave "'float' object is not iterable"
+            raise ValueError(f"prefix_fractions must be a list of fractions in (0, 1], e.g. 0.25,0.5,1.0, got "
+                             f"{self.prefix_fractions!r}")
         fr, w = tuple(self.prefix_fractions), self.prefix_weights
         if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 < f <= 1.0 for f in fr):
             raise ValueError(f"prefix_fractions must lie in (0, 1], got {self.prefix_fractions}")
@@ -134,7 +137,8 @@ class FitConfig:
             raise ValueError(f"prefix_weights must be one non-negative weight per prefix fraction (not all zero), "
                              f"got {w} for {fr}")
         if fr and self.ssim_weight > 0:
-            raise ValueError("prefix_fractions (a nested MSE fit) does not combine with ssim_weight > 0")
+            raise ValueError("a nested fit (prefix_fractions; a progressive encoding in nested order fits one) does not "
+                             "combine with ssim_weight > 0: its prefixes are fitted by squared error")
 
     @classmethod
     def from_options(cls, options: dict, exclude: tuple = ()) -> "FitConfig":

@@ -92,6 +92,15 @@ class Encoding:
             raise ValueError(f"Encoding: order must be {', '.join(ENCODING_ORDERS[:-1])} or {ENCODING_ORDERS[-1]}, "
                              f"got {self.order!r}")
 
+    def fit_config(self, config: FitConfig) -> FitConfig:
+        """The checked config a FitStream with this encoding fits with: a progressive encoding in nested
+        order fits nested (config's prefix_fractions, PREFIX_FRACTIONS where it has none). A ValueError
+        where the two do not combine (a nested fit is an MSE fit: no ssim_weight), so that a caller can
+        refuse the options before any work."""
+        if self.progressive and self.order == "nested" and not config.prefix_fractions:
+            return replace(config, prefix_fractions=PREFIX_FRACTIONS).check()
+        return config.check()
+
     def __call__(self, splats: Splats) -> bytes:
         if self.progressive:
             splats = progressive(splats, method=self.order, fractions=tuple(self.fractions))
@@ -135,8 +144,7 @@ class FitStream:
         (PREFIX_FRACTIONS unless it has its own) and the encoding the same fractions."""
         enc = self.encoding
         if enc is not None and enc.progressive and enc.order == "nested":
-            if not self.config.prefix_fractions:  # frozen: set once, here
-                object.__setattr__(self, "config", replace(self.config, prefix_fractions=PREFIX_FRACTIONS).check())
+            object.__setattr__(self, "config", enc.fit_config(self.config))  # frozen: set once, here
             object.__setattr__(self, "encoding", replace(enc, fractions=tuple(self.config.prefix_fractions)))
 
     def __call__(self, items: Iterable[tuple[Any, torch.Tensor]],

@@ -176,12 +176,21 @@ def key_value(text: str, option: str, form: str = "KEY=VALUE", example: str = ""
 
 
 def fit_option(text: str) -> tuple[str, object]:
-    """--fit-option KEY=VALUE -> (KEY, VALUE parsed as JSON, or the bare word)."""
+    """--fit-option KEY=VALUE -> (KEY, VALUE parsed as JSON, a list of comma-separated JSON numbers
+    such as 0.25,0.5,1.0, or the bare word)."""
     key, value = key_value(text, "--fit-option", example="relocate_every=10")
     try:
         return key, json.loads(value)
     except ValueError:
-        return key, value  # a bare word such as backend=numba
+        pass
+    if "," in value:  # regression: prefix_fractions=0.25,1.0 (as docs/data.md writes it) was one string
+        try:
+            parts = [json.loads(x) for x in value.split(",")]
+            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in parts):
+                return key, parts
+        except ValueError:
+            pass
+    return key, value  # a bare word such as backend=numba
 
 
 def flag_message(message: str, flags: dict[str, str]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank, stored_settings
 from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
+from gaussianvision.fit.stream import Encoding
 from gaussianvision.fit.stream import default_batch_size
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, emit, fit_option,
                                                flag_message, parser, run)
@@ -63,10 +64,15 @@ def _config(a) -> ConvertConfig:
             raise CliError(f"--fit-option {key}={value!r}: also given as --{key.replace('_', '-')} "
                            f"{flags[key]!r}; give it once")
         fit[key] = value
+    names = {k: "--" + k.replace("_", "-") for k in flags}
     try:  # checked here too so that the message names the flag that set a bad value
-        FitConfig.from_options(fit)
+        config = FitConfig.from_options(fit)
     except ValueError as e:
-        raise CliError(flag_message(str(e), {k: "--" + k.replace("_", "-") for k in flags})) from None
+        raise CliError(flag_message(str(e), names)) from None
+    try:  # regression: --progressive with ssim_weight was a traceback from the stream
+        Encoding(progressive=a.progressive, order=a.progressive_order).fit_config(config)
+    except ValueError as e:
+        raise CliError(f"--progressive: {flag_message(str(e), names)}") from None
     rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,

@@ -138,9 +138,13 @@ def _config(a) -> FitConfig:
         cfg = FitConfig.from_options({**flags, **extra})
         if prunes and a.finetune is None and "finetune_iters" not in extra:
             cfg = FitConfig.from_options({**flags, **extra, "finetune_iters": cfg.iters // 5})
-        return cfg
     except ValueError as e:
         raise CliError(flag_message(str(e), by_flag)) from None
+    try:  # regression: --progressive with --ssim-weight was a traceback from the stream
+        Encoding(progressive=a.progressive, order=a.progressive_order).fit_config(cfg)
+    except ValueError as e:
+        raise CliError(f"--progressive: {flag_message(str(e), by_flag)}") from None
+    return cfg
 
 
 def _inputs(inputs: list[str]) -> tuple[list[Path], int]:

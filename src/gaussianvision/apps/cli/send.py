@@ -65,7 +65,12 @@ def _fit_stream(a):
         flags = {k: f"--{k.replace('_', '-')}" for k in ("preset", *given) if k in options}
         raise CliError(fit_option_message(str(e), flags)) from None
     layout, dtype, zstd = LAYOUTS[a.layout]
-    return FitStream(a.gaussians, config, a.batch_size, encoding=Encoding(layout, dtype, zstd, a.progressive, a.progressive_order))
+    encoding = Encoding(layout, dtype, zstd, a.progressive, a.progressive_order)
+    try:  # refused here, before any fit or network call (the stream would raise it as a traceback)
+        encoding.fit_config(config)
+    except ValueError as e:
+        raise CliError(f"--progressive: {e}") from None
+    return FitStream(a.gaussians, config, a.batch_size, encoding=encoding)
 
 
 def _images(a, failures: list[dict]):
