@@ -176,6 +176,42 @@ def test_progressive_options_that_do_not_combine_are_one_line_before_any_work(tm
     assert err.startswith("gsv convert: --progressive: a nested fit") and len(err.splitlines()) == 1
 
 
+def test_an_out_folder_that_refuses_files_is_refused_before_any_fit(tmp_path, capsys, monkeypatch):
+    """Regression (trial 6): --out that exists but takes no file (another user's folder; as root, sysfs)
+    passed the check and failed after every image was fitted."""
+    import gaussianvision.apps.cli.command as command
+    import gaussianvision.apps.cli.fit as fit_cli
+    save_png(torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)), tmp_path / "a.png")
+    (tmp_path / "ro").mkdir()
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(command.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(fit_cli, "FitStream", None)  # a fit would fail loudly
+    assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gsv fit: --out {tmp_path / 'ro'}: not a writable folder (Permission denied)"
+
+
+def test_more_gaussians_than_pixels_is_refused(tmp_path, capsys):
+    """Regression (trial 6): --gaussians 100000000 on --size 11 grew until the process was killed for memory;
+    up front for a given --size, and per image (a recorded failure, the batch goes on) with --size 0."""
+    from gaussianvision.fit import fit_images
+    save_png(torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(3)), tmp_path / "a.png")
+    assert gsv(["fit", str(tmp_path / "a.png"), "--size", "11", "-n", "100000000", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("gsv fit: --gaussians 100000000 is more than the 11x11 images' 121 pixels (--size 11); "
+                   "give at most one per pixel")
+    assert gsv(["convert", "--input", str(tmp_path), "--output", str(tmp_path / "c"), "-n", "50177"]) == 2
+    assert "--gaussians 50177 is more than the 224x224 images' 50176 pixels" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="145 Gaussians is more than the 12x12 image's 144 pixels"):
+        fit_images(torch.rand(1, 3, 12, 12), 145, iters=1)
+    assert gsv(["fit", str(tmp_path / "a.png"), "--size", "0", "-n", "145", "--out", str(tmp_path / "o"), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["fitted"] == 0 and "more than the 12x12 image's 144 pixels" in out["failures"][0]["error"]
+
+
 def test_preset_and_budget_reach_the_fit_and_the_report_says_what_was_reached(tmp_path, capsys):
     """gsv fit --preset: the preset's settings with the flags given beside it over them (the same
     splats as fit_images with that config); --budget-ms stops the batch and the report says so."""

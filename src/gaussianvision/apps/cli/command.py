@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
         raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise CliError(f"{option} {out}: not a writable folder")
+    try:  # a file written and removed: root passes os.access where the file system refuses (sysfs, read-only)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsv-write-check-"):
+            pass
+    except OSError as e:
+        raise CliError(f"{option} {out}: not a writable folder ({e.strerror or e})") from None
 
 
 def check_at_least(*checks: tuple[str, int | None, int]) -> None:
@@ -113,6 +119,14 @@ def check_at_least(*checks: tuple[str, int | None, int]) -> None:
     for flag, value, lo in checks:
         if value is not None and value < lo:
             raise CliError(f"{flag} must be >= {lo}, got {value}")
+
+
+def check_gaussians(n: int | None, size: int | None) -> None:
+    """--gaussians against --size (square images of size x size; None or 0: each image's own size, checked
+    per image by the fit): at most one Gaussian per pixel, one CliError line otherwise."""
+    if n is not None and size and n > size * size:  # regression: 100,000,000 on --size 11 was killed for memory
+        raise CliError(f"--gaussians {n} is more than the {size}x{size} images' {size * size} pixels "
+                       f"(--size {size}); give at most one per pixel")
 
 
 def check_device(device: str | None) -> None:

@@ -15,8 +15,8 @@ from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.stream import Encoding
 from gaussianvision.fit.stream import default_batch_size
-from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, emit, fit_option,
-                                               flag_message, parser, run)
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_gaussians,
+                                             emit, fit_option, flag_message, parser, run)
 
 
 _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
@@ -57,6 +57,7 @@ def _parser():
 
 def _config(a) -> ConvertConfig:
     """The settings of the command line (fit flags, then --fit-option KEY=VALUE over them)."""
+    check_gaussians(a.gaussians, a.size)
     flags = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
     fit = dict(flags)
     for key, value in (fit_option(t) for t in a.fit_option):  # among themselves, the last one wins

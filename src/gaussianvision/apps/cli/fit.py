@@ -22,7 +22,8 @@ from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitI
 from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
-                                              check_device, emit, fit_option, flag_message, parser, run, write_json)
+                                              check_device, check_gaussians, check_out_folder, emit, fit_option, flag_message, parser,
+                                              run, write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -116,6 +117,7 @@ def _config(a) -> FitConfig:
         a.batch_pixels = default_batch_pixels(a.device)  # --size 0: large photos in smaller batches
     # each named with its value (regression: one message for two flags)
     check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
+    check_gaussians(a.gaussians, a.size)
     check_device(a.device)
     check_backend(a.backend)
     prunes = a.prune_tau is not None or a.prune_fraction is not None
@@ -172,10 +174,7 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
 def _out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is not a folder (fit writes NAME.gsv files and results.json into it)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    check_out_folder(out)  # regression: a folder it could not write into failed after every fit
 
 
 def _images(a, paths: list[Path], failures: list[dict], bar):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device, emit,
-                                              fit_option, fit_option_message, parser, positive, run, whole)
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device,
+                                              check_gaussians, emit, fit_option, fit_option_message, parser, positive,
+                                              run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -55,6 +56,7 @@ def _fit_stream(a):
         a.batch_size = default_batch_size("cpu", a.size)  # answers start coming after 16 fits, also on a GPU
     # each named with its value (regression: one message for four flags)
     check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
+    check_gaussians(a.gaussians, a.size)
     check_device(a.device)
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
     options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
