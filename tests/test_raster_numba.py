@@ -354,3 +354,15 @@ def test_closed_form_spans_agree_with_the_exact_row_test():
             got = (int(sb[0, i - r0]), int(sb[1, i - r0]))
             assert got == (lo, hi) or (got[0] > got[1] and lo > hi), f"Gaussian {j} row {i}"
     assert confirmed > 1000 and deferred > 0
+
+
+def test_cache_fallback_only_where_numba_has_no_place_to_cache(tmp_path):
+    """Regression (trial 6): with a read-only install and HOME, numba refused to compile and fits fell back
+    to the reference; then (and only then) the kernels are cached in a temporary folder."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # nothing can be created below a file, even by root
+    temp = tmp_path / "temp"
+    assert numba_backend.cache_fallback(blocked / "tree", blocked / "user", temp) == str(temp)
+    assert numba_backend.cache_fallback(tmp_path / "tree", blocked / "user", temp) is None
+    assert numba_backend.cache_fallback(blocked / "tree", tmp_path / "user", temp) is None
+    assert not list(tmp_path.rglob(".gsv-write-check-*"))  # the probes leave nothing behind

@@ -74,6 +74,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -90,9 +92,34 @@ __all__ = ["render_numba", "probe"]
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
 
+def _writable(folder: str | os.PathLike) -> bool:
+    """Whether files can be made in `folder` (created when missing)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gsv-write-check-"):
+            return True
+    except OSError:
+        return False
+
+
+def cache_fallback(in_tree: str | os.PathLike, user_wide: str | os.PathLike, temp: str | os.PathLike) -> str | None:
+    """The folder numba must cache the kernels in when neither of its own places takes files (the
+    package's __pycache__ beside the source, the user's cache folder): `temp`; None when one of them
+    does. Regression: run as a user with a read-only install and HOME, numba refused to compile
+    ("cannot cache function ... no locator available") and fits fell back to the slow reference."""
+    return None if _writable(in_tree) or _writable(user_wide) else str(temp)
+
+
 @functools.lru_cache(maxsize=1)
 def _kernels():
     try:
+        from numba.core import config
+        if not config.CACHE_DIR:  # NUMBA_CACHE_DIR wins when set
+            from numba.misc.appdirs import AppDirs
+            user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
+            temp = os.path.join(tempfile.gettempdir(), f"gsv-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+            config.CACHE_DIR = cache_fallback(os.path.join(os.path.dirname(__file__), "__pycache__"), user_wide, temp) \
+                or config.CACHE_DIR
         from gaussianvision.raster import _numba_kernels as k
     except ImportError as e:
         raise ImportError(f"numba is not importable ({e}); {_INSTALL_HINT}") from e
