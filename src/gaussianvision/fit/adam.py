@@ -29,6 +29,7 @@ class BatchAdam:
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
         b = next(iter(params.values())).shape[0]
         self.steps = torch.zeros(b, dtype=torch.long, device=next(iter(params.values())).device)
+        self.carried = False  # carry() gave it another's moments
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor], idx: torch.Tensor | None = None,
@@ -91,10 +92,12 @@ class BatchAdam:
             self.exp_avg[k] = other.exp_avg[k] * f
             self.exp_avg_sq[k] = other.exp_avg_sq[k] * (f * f)
         self.steps = other.steps.clone()
+        self.carried = True
 
     def clone(self, params: dict[str, torch.Tensor]) -> "BatchAdam":
         new = BatchAdam(params, self.lrs, self.betas, self.eps)
         new.exp_avg = {k: v.clone() for k, v in self.exp_avg.items()}
         new.exp_avg_sq = {k: v.clone() for k, v in self.exp_avg_sq.items()}
         new.steps = self.steps.clone()
+        new.carried = self.carried
         return new
