@@ -188,3 +188,16 @@ def test_random_weights_asked_for_give_no_open_clip_warning(caplog):
         create_base("gsv-tiny", None, device="meta")
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
     assert not logging.getLogger().filters  # the filter is removed afterwards
+
+
+def test_reloading_a_random_base_checkpoint_says_the_base_differs(tmp_path):
+    """Regression (trial 6): a model on a random base (no pretrained weights) came back from its checkpoint
+    with another random base, embeddings different, without a word."""
+    import warnings
+    from gaussianvision.models import create_gsclip, create_gsclip_from_weights, save_weights
+    path = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="frozen base had random weights .* the embeddings differ"):
+        create_gsclip_from_weights(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_gsclip_from_weights(path, pretrained=None)  # asked for a random base: nothing to say

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,10 @@ def create_gsclip_from_weights(path: str | os.PathLike, pretrained: str | None =
     cfg = info["config"]
     if pretrained == "stored":
         pretrained = info["pretrained"]
+        if not pretrained:  # regression (trial 6): a silently different model
+            warnings.warn(f"checkpoint {path}: its model's frozen base had random weights (no pretrained base) and is "
+                          "not stored, so the base rebuilt here is another random one and the embeddings differ from "
+                          "the saved model's; train on a pretrained base, or give pretrained=", UserWarning, stacklevel=2)
     try:
         model = create_gsclip(cfg["base"], pretrained, cfg["gs"], device=device, precision=precision)
     except ConfigError as e:
