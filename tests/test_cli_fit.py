@@ -108,6 +108,22 @@ def test_show_writes_a_png(mixed_folder, tmp_path, capsys):
     assert "bad.gsv" in capsys.readouterr().err
 
 
+def test_show_takes_the_original_as_the_splats_saw_it():
+    """Regression (trial 6): gsv show --image took the centre square of a non-square original and stretched
+    it to non-square splats (zoomed and shifted against the render). Now: the centre cropped to the splats'
+    aspect ratio (none for the same ratio), then their size."""
+    from gaussianvision.apps.cli.show import _like_splats
+    orig = (torch.arange(60.0) / 59).expand(3, 40, 60).clone()  # each pixel holds its column's place
+    same = _like_splats(orig, 16, 24)  # a 40x60 photo fitted at its own ratio: all of it, resized
+    assert same.shape == (3, 16, 24) and same[0, :, 0].max() < 0.05 and same[0, :, -1].min() > 0.95
+    square = _like_splats(orig, 16, 16)  # fitted with --size: its centre 40x40 square (columns 10..49)
+    assert square.shape == (3, 16, 16)
+    assert abs(float(square[0, 0, 0]) - 11 / 59) < 0.03 and abs(float(square[0, 0, -1]) - 48 / 59) < 0.03
+    tall = _like_splats(orig.transpose(1, 2).contiguous(), 24, 16)  # 60x40 rows hold the ramp now
+    assert tall.shape == (3, 24, 16) and tall[0, 0, :].max() < 0.05 and tall[0, -1, :].min() > 0.95
+    assert _like_splats(orig, 40, 60) is orig
+
+
 def test_fit_files_are_the_bytes_of_fit_images_on_each_size_batch(tmp_path, capsys):
     """gsv fit runs the library's FitStream: images of one size share a batch (--batch-size), and
     each NAME.gsv is exactly the encoding of fit_images on that batch (same config, same seed)."""

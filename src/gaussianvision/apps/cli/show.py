@@ -88,6 +88,24 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
         plt.close(fig)
 
 
+def _like_splats(orig: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The original [3, H0, W0] as the splats of h x w saw it: its centre cropped to their aspect ratio
+    (a square crop for square splats, as the fit's --size takes it; nothing for a photo fitted at its own
+    size), then resized to the display size. Regression: the centre square of a 640x427 photo was
+    stretched to 96x64 splats, its panel zoomed and shifted against the render."""
+    h0, w0 = orig.shape[-2:]
+    if (h0, w0) == (h, w):
+        return orig
+    if w0 * h > h0 * w:  # wider than the splats: crop the width
+        cw = max(1, min(w0, round(h0 * w / h)))
+        orig = orig[:, :, (w0 - cw) // 2:(w0 - cw) // 2 + cw]
+    else:
+        ch = max(1, min(h0, round(w0 * h / w)))
+        orig = orig[:, (h0 - ch) // 2:(h0 - ch) // 2 + ch, :]
+    return torch.nn.functional.interpolate(orig[None], size=_display_size(h, w), mode="bilinear", antialias=True,
+                                           align_corners=False)[0]
+
+
 def _one_image(path: Path, index: int):
     """Image `index` of a .gsv file (B = 1), read image by image: no padding of a batch."""
     data = fmt.read_file(path)
@@ -115,12 +133,7 @@ def main(argv=None) -> int:
         check_out_file(a.out)
         orig = None
         if a.image is not None:
-            orig = load_image(a.image, size=None)
-            if tuple(orig.shape[-2:]) != (one.height, one.width):
-                # the same centre crop the fit used, then the splats' size
-                orig = load_image(a.image, size=min(one.height, one.width))
-                orig = torch.nn.functional.interpolate(orig[None], size=_display_size(one.height, one.width),
-                                                       mode="bilinear", antialias=True, align_corners=False)[0]
+            orig = _like_splats(load_image(a.image, size=None), one.height, one.width)
         draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
              title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
         emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians}, a.json,
