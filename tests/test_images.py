@@ -100,6 +100,17 @@ def test_truncated_and_bomb_and_tiny(tmp_path):
         load_image(tmp_path / "zero.png")
     with pytest.raises(ImageLoadError, match="no such file"):
         load_image(tmp_path / "missing.png")
+    # regression (trial 6): a link loop was "no such file"; a broken link says it is one
+    (tmp_path / "loopA.png").symlink_to(tmp_path / "loopB.png")
+    (tmp_path / "loopB.png").symlink_to(tmp_path / "loopA.png")
+    with pytest.raises(ImageLoadError, match=r"loopA.png: cannot read \(Too many levels of symbolic links\)"):
+        load_image(tmp_path / "loopA.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ImageLoadError, match="broken.png: a broken link"):
+        load_image(tmp_path / "broken.png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ImageLoadError, match="d.png: is a directory"):
+        load_image(tmp_path / "d.png")
 
 
 def test_the_bundled_photos_saved_as_files_load_back_as_the_bundled_photos(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -87,14 +88,16 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
     else:
         path = Path(src)
         try:
-            if not path.exists():
-                raise ImageLoadError(f"{name}: no such file")
-            if path.is_dir():
-                raise ImageLoadError(f"{name}: is a directory, expected an image file")
-            if path.stat().st_size == 0:
-                raise ImageLoadError(f"{name}: empty file (zero bytes)")
-        except OSError as e:  # e.g. a file name too long for the file system
+            st = path.stat()
+        except FileNotFoundError:
+            raise ImageLoadError(f"{name}: " + ("a broken link (its target does not exist)" if path.is_symlink()
+                                                else "no such file")) from None
+        except OSError as e:  # a link loop (regression: said "no such file"), a name too long for the file system
             raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageLoadError(f"{name}: is a directory, expected an image file")
+        if st.st_size == 0:
+            raise ImageLoadError(f"{name}: empty file (zero bytes)")
         fp = path
     old = Image.MAX_IMAGE_PIXELS
     try:
