@@ -41,6 +41,10 @@ def test_fit_folder_reports_bad_images_and_fits_the_rest(mixed_folder, tmp_path,
         assert (out / (r["output"].split("/")[-1][:-4] + ".png")).exists()
     saved = json.loads((out / "results.json").read_text())
     assert saved["fitted"] == 2 and saved["failed"] == 2
+    (tmp_path / "nothing").mkdir()  # regression (trial 6): an empty folder beside other inputs went unsaid
+    assert gsv(["fit", str(tmp_path / "nothing"), str(mixed_folder / "noise.png"), "-n", "4", "--iters", "1",
+                "--size", "16", "--out", str(tmp_path / "o2"), "--json"]) == 0
+    assert f"gsv fit: no images in folder {tmp_path / 'nothing'}" in capsys.readouterr().err
 
 
 def test_fit_with_pruning_and_explicit_files(mixed_folder, tmp_path, capsys):

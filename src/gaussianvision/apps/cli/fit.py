@@ -155,7 +155,12 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     skipped ones are said. (A folder's own path is never one of its images: `named` needs no is_dir.)"""
     named = {Path(x) for x in inputs}
     paths, renders, seen, again = [], [], set(), 0
-    for p in list_images(inputs):
+    found = [list_images([x]) for x in inputs]
+    empty = [x for x, f in zip(inputs, found) if not f]  # only a folder can list nothing
+    if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
+        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))}",
+              file=sys.stderr)
+    for p in (p for f in found for p in f):
         where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input
         if where in seen:  # regression: fitted once per naming, its lines out of order
             again += 1
