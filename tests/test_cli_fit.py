@@ -178,6 +178,10 @@ def test_progressive_options_that_do_not_combine_are_one_line_before_any_work(tm
     from gaussianvision.apps.cli.command import fit_option
     assert fit_option("prefix_fractions=0.25,1.0") == ("prefix_fractions", [0.25, 1.0])
     assert fit_option("backend=numba") == ("backend", "numba") and fit_option("x=a,b") == ("x", "a,b")
+    assert fit_option("prefix_fractions=.5,1") == ("prefix_fractions", [0.5, 1])
+    from gaussianvision.fit import FitConfig
+    with pytest.raises(ValueError, match="prefix_weights must be a list of weights"):
+        FitConfig(prefix_fractions=(0.5, 1.0), prefix_weights=1.0).check()
     save_png(torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)), tmp_path / "a.png")
     base = ["fit", str(tmp_path / "a.png"), "-n", "8", "--iters", "2", "--size", "16", "--out", str(tmp_path / "o"),
             "--progressive"]
@@ -207,7 +211,7 @@ def test_an_out_folder_that_refuses_files_is_refused_before_any_fit(tmp_path, ca
     def refuse(**kw):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(command.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(command.tempfile, "mkstemp", refuse)
     monkeypatch.setattr(fit_cli, "FitStream", None)  # a fit would fail loudly
     assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(tmp_path / "ro")]) == 2
     err = capsys.readouterr().err.strip()
@@ -227,6 +231,11 @@ def test_more_gaussians_than_pixels_is_refused(tmp_path, capsys):
     assert "--gaussians 50177 is more than the 224x224 images' 50176 pixels" in capsys.readouterr().err
     with pytest.raises(ValueError, match="145 Gaussians is more than the 12x12 image's 144 pixels"):
         fit_images(torch.rand(1, 3, 12, 12), 145, iters=1)
+    from gaussianvision.eval.datasets import SplatSettings
+    with pytest.raises(ValueError, match="^n_gaussians 400 is more than the 16x16 images' 256 pixels"):
+        SplatSettings(400, iters=1, size=16)  # gsv eval --fit-size 16: named up front (was a traceback in the fit)
+    assert gsv(["convert", "--input", str(tmp_path), "--output", str(tmp_path / "c"), "-n", "400", "--size", "-3"]) == 2
+    assert "--gaussians" not in capsys.readouterr().err  # a bad --size is said as such
     assert gsv(["fit", str(tmp_path / "a.png"), "--size", "0", "-n", "145", "--out", str(tmp_path / "o"), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert out["fitted"] == 0 and "more than the 12x12 image's 144 pixels" in out["failures"][0]["error"]

@@ -108,6 +108,8 @@ def test_truncated_and_bomb_and_tiny(tmp_path):
     (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(ImageLoadError, match="broken.png: a broken link"):
         load_image(tmp_path / "broken.png")
+    with pytest.raises(ImageLoadError, match="NUL byte"):
+        load_image(str(tmp_path / "a\0b.png"))
     (tmp_path / "d.png").mkdir()
     with pytest.raises(ImageLoadError, match="d.png: is a directory"):
         load_image(tmp_path / "d.png")

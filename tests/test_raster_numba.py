@@ -366,3 +366,25 @@ def test_cache_fallback_only_where_numba_has_no_place_to_cache(tmp_path):
     assert numba_backend.cache_fallback(tmp_path / "tree", blocked / "user", temp) is None
     assert numba_backend.cache_fallback(blocked / "tree", tmp_path / "user", temp) is None
     assert not list(tmp_path.rglob(".gsv-write-check-*"))  # the probes leave nothing behind
+    assert temp.is_dir() and temp.stat().st_mode & 0o077 == 0  # made private
+
+
+def test_the_cache_fallback_folder_is_never_one_others_can_plant_files_in(tmp_path):
+    """numba's cache index is a pickle: a shared folder another user made (or can write) would run their
+    code here, so such a folder (and a link) is passed over for a fresh private one (review finding)."""
+    import os
+    import shutil
+    mine = tmp_path / "mine"
+    assert numba_backend.private_folder(mine) == str(mine) and mine.stat().st_mode & 0o777 == 0o700
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    for bad in (open_to_all, link):
+        other = numba_backend.private_folder(bad)
+        try:
+            assert other != str(bad) and os.path.basename(other).startswith("gsv-numba-cache-")
+            assert os.stat(other).st_mode & 0o077 == 0
+        finally:
+            shutil.rmtree(other, ignore_errors=True)

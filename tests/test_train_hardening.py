@@ -517,12 +517,12 @@ def test_ctrl_c_keeps_the_finished_step_and_resume_goes_on(train_shards, tmp_pat
     import signal
     from gaussianvision.apps.cli.main import main as gsv
     from gaussianvision.train import loop
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a process started in the background
     argv = ["train", "--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "4",
             "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--no-progress", "--json"]
     assert gsv(argv + ["--out", str(tmp_path / "whole")]) == 0
     whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     real = loop._Run.one_step
-    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a process started in the background
 
     def interrupted_in_step_2(self, logs):
         if self.step == 1:

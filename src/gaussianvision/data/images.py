@@ -94,6 +94,8 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
                                                 else "no such file")) from None
         except OSError as e:  # a link loop (regression: said "no such file"), a name too long for the file system
             raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
+        except ValueError:  # a NUL byte in the name (the Python API; argv cannot hold one)
+            raise ImageLoadError(f"{name}: no such file (the name holds a NUL byte)") from None
         if stat.S_ISDIR(st.st_mode):
             raise ImageLoadError(f"{name}: is a directory, expected an image file")
         if st.st_size == 0:

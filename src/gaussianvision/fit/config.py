@@ -129,6 +129,9 @@ class FitConfig:
         if not isinstance(self.prefix_fractions, (list, tuple)):  # regression: 0.25 gave "'float' object is not iterable"
             raise ValueError(f"prefix_fractions must be a list of fractions in (0, 1], e.g. 0.25,0.5,1.0, got "
                              f"{self.prefix_fractions!r}")
+        if self.prefix_weights is not None and not isinstance(self.prefix_weights, (list, tuple)):
+            raise ValueError(f"prefix_weights must be a list of weights, one per prefix fraction, got "
+                             f"{self.prefix_weights!r}")
         fr, w = tuple(self.prefix_fractions), self.prefix_weights
         if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 < f <= 1.0 for f in fr):
             raise ValueError(f"prefix_fractions must lie in (0, 1], got {self.prefix_fractions}")

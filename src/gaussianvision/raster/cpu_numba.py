@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import stat
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -102,25 +103,46 @@ def _writable(folder: str | os.PathLike) -> bool:
         return False
 
 
+def private_folder(path: str | os.PathLike) -> str:
+    """`path` as a folder only this user can write (made with mode 0700), or a fresh tempfile.mkdtemp()
+    where `path` exists but belongs to someone else or is writable by others: numba's cache index is a
+    pickle, so a cache folder another user could plant files in would run their code here."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)  # a link is refused: the folder itself must be this user's
+        own = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        if own and stat.S_ISDIR(st.st_mode) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return str(path)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="gsv-numba-cache-")
+
+
 def cache_fallback(in_tree: str | os.PathLike, user_wide: str | os.PathLike, temp: str | os.PathLike) -> str | None:
     """The folder numba must cache the kernels in when neither of its own places takes files (the
-    package's __pycache__ beside the source, the user's cache folder): `temp`; None when one of them
-    does. Regression: run as a user with a read-only install and HOME, numba refused to compile
-    ("cannot cache function ... no locator available") and fits fell back to the slow reference."""
-    return None if _writable(in_tree) or _writable(user_wide) else str(temp)
+    package's __pycache__ beside the source, the user's cache folder): `temp`, made private to this
+    user (private_folder); None when one of them does. Regression: run as a user with a read-only
+    install and HOME, numba refused to compile ("cannot cache function ... no locator available") and
+    fits fell back to the slow reference."""
+    return None if _writable(in_tree) or _writable(user_wide) else private_folder(temp)
 
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
     try:
         from numba.core import config
-        if not config.CACHE_DIR:  # NUMBA_CACHE_DIR wins when set
+        before = config.CACHE_DIR
+        if not before:  # NUMBA_CACHE_DIR wins when set
             from numba.misc.appdirs import AppDirs
             user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
-            temp = os.path.join(tempfile.gettempdir(), f"gsv-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
-            config.CACHE_DIR = cache_fallback(os.path.join(os.path.dirname(__file__), "__pycache__"), user_wide, temp) \
-                or config.CACHE_DIR
-        from gaussianvision.raster import _numba_kernels as k
+            uid = os.getuid() if hasattr(os, "getuid") else 0
+            temp = os.path.join(tempfile.gettempdir(), f"gsv-numba-cache-{uid}")
+            config.CACHE_DIR = cache_fallback(os.path.join(os.path.dirname(__file__), "__pycache__"), user_wide,
+                                              temp) or before
+        try:  # numba picks a function's cache folder when it is decorated: ours only, not later packages'
+            from gaussianvision.raster import _numba_kernels as k
+        finally:
+            config.CACHE_DIR = before
     except ImportError as e:
         raise ImportError(f"numba is not importable ({e}); {_INSTALL_HINT}") from e
     return k

@@ -104,13 +104,17 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
-    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
-        raise CliError(f"{option} {out}: not a writable folder")
-    try:  # a file written and removed: root passes os.access where the file system refuses (sysfs, read-only)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".gsv-write-check-"):
-            pass
+    if not out.is_dir():
+        raise CliError(f"{option} {out}: not a folder")
+    try:  # a file written and removed (os.access said yes to root on sysfs, and no on some network mounts that write)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".gsv-write-check-")
     except OSError as e:
         raise CliError(f"{option} {out}: not a writable folder ({e.strerror or e})") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass  # a folder that takes files but keeps them (append-only): writing is what matters
 
 
 def check_at_least(*checks: tuple[str, int | None, int]) -> None:
@@ -124,7 +128,9 @@ def check_at_least(*checks: tuple[str, int | None, int]) -> None:
 def check_gaussians(n: int | None, size: int | None) -> None:
     """--gaussians against --size (square images of size x size; None or 0: each image's own size, checked
     per image by the fit): at most one Gaussian per pixel, one CliError line otherwise."""
-    if n is not None and size and n > size * size:  # regression: 100,000,000 on --size 11 was killed for memory
+    from gaussianvision.fit.metrics import SSIM_WINDOW
+    if n is not None and size is not None and size >= SSIM_WINDOW and n > size * size:  # a bad --size is its own message
+        # regression: 100,000,000 on --size 11 was killed for memory
         raise CliError(f"--gaussians {n} is more than the {size}x{size} images' {size * size} pixels "
                        f"(--size {size}); give at most one per pixel")
 
@@ -199,12 +205,19 @@ def fit_option(text: str) -> tuple[str, object]:
         pass
     if "," in value:  # regression: prefix_fractions=0.25,1.0 (as docs/data.md writes it) was one string
         try:
-            parts = [json.loads(x) for x in value.split(",")]
-            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in parts):
-                return key, parts
+            return key, [_number(x) for x in value.split(",")]
         except ValueError:
             pass
     return key, value  # a bare word such as backend=numba
+
+
+def _number(text: str) -> int | float:
+    """'3' -> 3, '.5' or '1e-3' -> float; ValueError otherwise."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def flag_message(message: str, flags: dict[str, str]) -> str:

@@ -36,7 +36,7 @@ def _parser():
     p.add_argument("--relocate-every", type=int, default=None,
                    help="every K iterations move the least important Gaussians to where the error is")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other fit_images option (JSON value), repeatable")
+                   help="any other fit_images option (a JSON value, comma-separated numbers or a word), repeatable")
     p.add_argument("--size", type=int, default=224, help="images are resized and center-cropped to this")
     p.add_argument("--layout", choices=("interleaved", "quantized"), default="interleaved")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")

@@ -57,7 +57,8 @@ def add_splat_options(p) -> None:
     g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default, or 0: the model's input size)")
     g.add_argument("--fit-batch", type=int, default=32, help="images fitted together")
     g.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other fit_images option (JSON value), repeatable; use the conversion's options")
+                   help="any other fit_images option (a JSON value, comma-separated numbers or a word), "
+                        "repeatable; use the conversion's options")
     g.add_argument("--splat-cache", default=None,
                    help="cache folder of fitted splats (default OUT/splat_cache); a pre-filled one is a converted copy")
 
