@@ -367,7 +367,7 @@ def test_splat_settings_refuse_values_that_cannot_fit():
                      ({"size": 9000}, "size"), ({"fit_batch": 0}, "fit_batch"), ({"fit_options": []}, "fit_options")):
         with pytest.raises(ValueError, match=rf"^{name} must"):
             SplatSettings(**kw)
-    assert SplatSettings(size=11, iters=0).size == 11
+    assert SplatSettings(n_gaussians=121, size=11, iters=0).size == 11  # at most one Gaussian per pixel
 
 
 def _rewrite_member(tar_path: Path, suffix: str, data: bytes) -> None:
