@@ -45,3 +45,26 @@ def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["bench", "serve", "--demo", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "run gsv demo first" in err
+
+
+@pytest.mark.parametrize("flag", ["--clients", "--seconds"])
+def test_zero_clients_or_seconds_is_refused_not_the_default(tiny_model, tmp_path, capsys, flag):
+    """Regression (trial 7): 0 was taken as not given, and the default (8 clients, 10 s) ran."""
+    from gaussianvision.apps.cli.main import main
+    assert main(["bench", "serve", "--model", str(tiny_model), "--out", str(tmp_path), flag, "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "must be positive" in err and "\n" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sections", "bogus"], "--sections: unknown bogus; choose from ttq"),
+    (["--sections", "curves", "--inits", "bogus"], "--inits: unknown bogus; choose from grid"),
+    (["--sections", "pruning", "--prune-fractions", "1.5"], "--prune-fractions: expected numbers from 0 to 1"),
+])
+def test_bench_fit_refuses_bad_sections_inits_and_fractions_up_front(tmp_path, capsys, argv, message):
+    """Regression (trial 7): --sections bogus ran nothing and exited 0 saying it wrote results; a bad --inits or
+    --prune-fractions was a traceback at its section, after the sections before it had run."""
+    from gaussianvision.apps.cli.main import main
+    assert main(["bench", "fit", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (tmp_path / "o").exists()

@@ -41,6 +41,7 @@ from gaussianvision.apps.bench.naive import time_naive
 __all__ = ["FitBenchConfig", "run_fit_bench", "to_markdown", "machine_info", "pairs_per_image_iter",
            "KODAK_DIR", "GAUSSIANIMAGE_KODAK_PSNR"]
 
+SECTIONS = ("ttq", "ttq_kodak", "curves", "speed", "naive", "pruning", "kodak")  # what BenchFitConfig.sections may name
 KODAK_DIR = Path(__file__).resolve().parents[4].parent / "shared" / "data" / "kodak"
 GAUSSIANIMAGE_KODAK_PSNR = 32.05
 

@@ -41,13 +41,19 @@ def main(argv=None) -> int:
             if not torch.cuda.is_available():
                 raise CliError("--device cuda: CUDA is not available on this machine")
         kw = {"device": a.device, "backend": a.backend, "kodak_dir": a.kodak_dir}
-        if a.inits:
+        if a.inits:  # checked up front (regression: a traceback at the curves, after minutes of ttq)
+            from gaussianvision.fit import INITIALIZERS
             kw["inits"] = tuple(s.strip() for s in a.inits.split(","))
+            unknown = sorted(set(kw["inits"]) - set(INITIALIZERS))
+            if unknown:
+                raise CliError(f"--inits: unknown {', '.join(unknown)}; choose from {', '.join(INITIALIZERS)}")
         if a.prune_fractions:
             try:
                 kw["prune_fractions"] = tuple(float(v) for v in a.prune_fractions.split(","))
+                if not all(0.0 <= v <= 1.0 for v in kw["prune_fractions"]):
+                    raise ValueError
             except ValueError:
-                raise CliError(f"--prune-fractions: expected numbers, got {a.prune_fractions!r}") from None
+                raise CliError(f"--prune-fractions: expected numbers from 0 to 1, got {a.prune_fractions!r}") from None
         for k in ("naive_iters", "prune_finetune", "photos", "speed_images", "speed_iters", "prune_n", "prune_iters", "kodak_limit", "kodak_iters"):
             if getattr(a, k) is not None:
                 kw[k] = getattr(a, k)
@@ -63,6 +69,10 @@ def main(argv=None) -> int:
                 raise CliError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if a.sections:
             kw["sections"] = tuple(s.strip() for s in a.sections.split(","))
+            from gaussianvision.apps.bench.fit import SECTIONS
+            unknown = [x for x in kw["sections"] if x not in SECTIONS]
+            if unknown:  # regression: --sections bogus ran nothing and said it wrote the results
+                raise CliError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
         cfg = FitBenchConfig.quick_preset(**kw) if a.quick else FitBenchConfig(**kw)
         res = run_fit_bench(cfg, log=(lambda *_: None) if a.json else print)
         stem = a.name or ("fit_quick" if a.quick else "fit")

@@ -61,6 +61,8 @@ def _render(a) -> int:
     if a.docs and res.get("mode") != "full":
         raise CliError(f"--docs: {a.render[-1]} is a --{res.get('mode')} run (CPU, small images: a check of the "
                        f"script); docs/gpu.md takes a full run's gpu.json")
+    if a.docs and not (res.get("machine") or {}).get("gpu"):  # regression: a CPU run replaced the H200's table
+        raise CliError(f"--docs: nothing in {a.render[-1]} was measured on a GPU; the docs' results are kept")
     md = to_markdown(res)
     write_text(target, md)
     files = ([str(target.with_suffix(".json"))] if len(runs) > 1 else []) + [str(target)]
@@ -79,6 +81,11 @@ def _measure(a) -> int:
     from gaussianvision.apps.bench.gpu_check import GpuCheckConfig, copy_to, run_gpu_check, with_steps
     from gaussianvision.apps.bench.gpu_report import to_markdown
     cfg = GpuCheckConfig.tiny_preset() if a.tiny else GpuCheckConfig()
+    if a.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():  # regression: accepted, every step then skipped, exit 0
+            raise CliError("--device cuda: CUDA is not available on this machine; use --device cpu (--tiny checks "
+                           "the script on a CPU)")
     if a.device:
         cfg = replace(cfg, device=a.device)
     if a.steps:

@@ -46,9 +46,14 @@ def main(argv=None) -> int:
     def go(a):
         from gaussianvision.apps.bench.serve import fit_payloads, markdown, run_serve_bench
         from gaussianvision.apps.serve.server import load_engine
-        clients, seconds = a.clients or (2 if a.quick else 8), a.seconds or (2.0 if a.quick else 10.0)
-        if clients < 1 or seconds <= 0 or a.size < 8 or a.gaussians < 1 or a.max_batch < 1:
-            raise CliError("--clients, --seconds, --gaussians and --max-batch must be positive, --size >= 8")
+        # None is "not given" (regression: 0 was taken as not given and replaced by the default)
+        clients = (2 if a.quick else 8) if a.clients is None else a.clients
+        seconds = (2.0 if a.quick else 10.0) if a.seconds is None else a.seconds
+        if not (clients >= 1 and seconds > 0 and a.size >= 8 and a.gaussians >= 1 and a.max_batch >= 1):
+            raise CliError(f"--clients, --seconds, --gaussians and --max-batch must be positive, --size >= 8; got "
+                           f"{clients}, {seconds:g}, {a.gaussians}, {a.max_batch}, {a.size}")
+        if a.gaussians > a.size * a.size:
+            raise CliError(f"--gaussians {a.gaussians} is more than the {a.size}x{a.size} payloads' pixels")
         windows = _windows(a.windows)
         try:
             engine = load_engine(_model(a.model, a.demo), a.device)
