@@ -341,8 +341,11 @@ def test_cli_eval_offline_dataset_leaves_no_data_folder(tmp_path, capsys, monkey
     _failing_download(monkeypatch)
     monkeypatch.chdir(tmp_path)
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "cifar10", "--out", "o", "--device", "cpu"])
-    assert rc == 2 and "cifar10: cannot get the data" in capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert rc == 2 and "cifar10: cannot get the data" in cap.err
     assert not (tmp_path / "data").exists()
+    # regression (trial 7): "results in o (results.md, results.csv)" was announced beside only failures
+    assert "results in" not in cap.out and "no result: every evaluation failed" in cap.out
 
 
 @pytest.mark.parametrize("flags, message", [

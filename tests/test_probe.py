@@ -227,3 +227,12 @@ def test_the_reading_of_a_split_without_held_out_images_says_so():
     assert diagnose({"models": {"gs:m": "gs"}, "rows": [row]}) == [
         "colour: nothing to read: 1 training and 0 held-out images (too few per class; give more images, or more "
         "of them with --max-images)"]
+
+
+def test_cli_probe_exits_2_when_nothing_could_be_probed(tasks, tmp_path, capsys):
+    """Regression (trial 7): with too few images for any held-out split the table was all '-' and the exit 0."""
+    pytest.importorskip("open_clip")
+    from gaussianvision.apps.cli.main import main as gsv
+    rc = gsv(["probe", "--model", "rgb:gsv-tiny", "--tasks", str(tasks), "--max-images", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "gsv probe: nothing was probed" in err, err

@@ -11,7 +11,7 @@ def main(argv=None) -> int:
     p = parser("bench fit", "PSNR vs iterations per N and init, throughput, float16 cost, pruning sweep, "
                             "naive dense baseline and Kodak. Writes fit.json and fit.md (fit_quick.* with --quick).")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--quick", action="store_true", help="about a minute on an idle 2-core machine")
+    p.add_argument("--quick", action="store_true", help="a few minutes on a 2-core machine (2.5 min at load 1.2)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="auto")
     p.add_argument("--ns", type=whole_list(1), default=None, help="comma-separated N values (default 400,900,1600,3136)")

@@ -120,7 +120,10 @@ def _run(args) -> int:
                            for r in res["records"]],
                "table": {"header": res["header"], "rows": res["rows"]},
                "markdown": res["markdown"], "csv": res["csv"], "errors": res["errors"]}
-    emit(summary, args.json, human=res["text"] + f"\nresults in {args.out} (results.md, results.csv)")
+    failed = bool(res["records"]) and all(r.get("error") for r in res["records"])
+    where = (f"no result: every evaluation failed (their records in {args.out}; the reasons follow)" if failed
+             else f"results in {args.out} (results.md, results.csv)")  # regression: announced beside only failures
+    emit(summary, args.json, human=(f"{where}" if failed else res["text"] + f"\n{where}"))
     if res["errors"]:
         for e in res["errors"]:
             print(f"gsv eval: {e}", file=sys.stderr)
