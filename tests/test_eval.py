@@ -199,8 +199,10 @@ def test_cli_eval_rgb_and_gs_models(wds, tmp_path, capsys, monkeypatch):
     rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--model", f"gs:{ckpt}", "--dataset", "wds/colors",
                "--dataset-root", str(wds / "{dataset}"), "--out", str(out), "--batch-size", "8",
                "--n-gaussians", "6", "--fit-iters", "2", "--fit-size", "16", "--json"])
-    res = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
     assert rc == 0, res["errors"]
+    assert "it/s" not in cap.err and "0it" not in cap.err  # regression (trial 7): clip_benchmark's bars under --json
     assert res["models"] == ["rgb:gsv-tiny:random", "gs:gsclip.safetensors"]
     assert len(res["results"]) == 2 and all(r["task"] == "zeroshot_classification" for r in res["results"])
     for r in res["results"]:

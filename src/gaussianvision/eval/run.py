@@ -55,9 +55,9 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
         cache = SplatCache(cache_dir, s, progress=progress, device=device)
         loader = SplatBatches(loader, cache, classes_from=ds)
     if task == "zeroshot_classification":
-        metrics = zeroshot_classification(em, loader, device)
+        metrics = zeroshot_classification(em, loader, device, progress=progress)
     elif task == "zeroshot_retrieval":
-        metrics = zeroshot_retrieval(em, loader, device)
+        metrics = zeroshot_retrieval(em, loader, device, progress=progress)
     else:
         raise EvalError(f"{dataset}: task {task!r} is not supported (zero-shot classification and retrieval are)")
     if cache is not None:
