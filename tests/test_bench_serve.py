@@ -68,3 +68,15 @@ def test_bench_fit_refuses_bad_sections_inits_and_fractions_up_front(tmp_path, c
     assert main(["bench", "fit", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
+def test_payloads_take_the_demo_model_s_gaussians(tmp_path):
+    """Regression (trial 7): a `gsv demo --quick` model (stage2_n64) was load-tested with N=76 payloads; the
+    largest N is picked by number, not by name."""
+    from gaussianvision.apps.cli.bench_serve import _gaussians, _model
+    assert _gaussians(None, str(tmp_path / "stage2_n64")) == 64 and _gaussians(16, str(tmp_path / "stage2_n64")) == 16
+    assert _gaussians(None, str(tmp_path / "gsclip.safetensors")) == 76
+    for n in (76, 100):
+        (tmp_path / f"stage2_n{n}").mkdir()
+        (tmp_path / f"stage2_n{n}" / "gsclip.safetensors").write_bytes(b"")
+    assert _model(None, tmp_path) == str(tmp_path / "stage2_n100")

@@ -1,6 +1,7 @@
 """gsv bench serve: a bounded load test of gsv serve on 127.0.0.1 (requests/s, latency, batch sizes)."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,10 +12,22 @@ from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_j
 def _model(model: str | None, demo: Path) -> str:
     if model:
         return model
-    found = sorted(demo.glob("stage2_n*/gsclip.safetensors"))
+    def n(path: Path) -> int:  # by N, not by name (stage2_n100 after stage2_n76)
+        digits = path.parent.name.rpartition("_n")[2]
+        return int(digits) if digits.isdigit() else -1
+    found = sorted(demo.glob("stage2_n*/gsclip.safetensors"), key=n)
     if not found:
         raise CliError(f"{demo}: no trained GS model there (stage2_n*/); run gsv demo first, or give --model")
     return str(found[-1].parent)
+
+
+def _gaussians(given: int | None, model: str) -> int:
+    """Gaussians per payload: as given, else the N a demo model folder was trained at (stage2_nN), else 76
+    (regression: a `gsv demo --quick` model, trained at N=64, was sent N=76 payloads)."""
+    if given is not None:
+        return given
+    m = re.fullmatch(r"stage2_n(\d+)", Path(model).name)
+    return int(m.group(1)) if m else 76
 
 
 def _windows(text: str) -> list[float]:
@@ -38,7 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="seconds per window (default 10)")
     p.add_argument("--windows", default="0,5", help="batching windows to compare, ms")
     p.add_argument("--size", type=int, default=64, help="payload image size (the demo's model: 64)")
-    p.add_argument("--gaussians", type=int, default=76, help="Gaussians per payload (the demo's model: 76)")
+    p.add_argument("--gaussians", type=int, default=None,
+                   help="Gaussians per payload (default: the N a demo model was trained at, else 76)")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -46,6 +60,8 @@ def main(argv=None) -> int:
     def go(a):
         from gaussianvision.apps.bench.serve import fit_payloads, markdown, run_serve_bench
         from gaussianvision.apps.serve.server import load_engine
+        model = _model(a.model, a.demo)
+        a.gaussians = _gaussians(a.gaussians, model)
         # None is "not given" (regression: 0 was taken as not given and replaced by the default)
         clients = (2 if a.quick else 8) if a.clients is None else a.clients
         seconds = (2.0 if a.quick else 10.0) if a.seconds is None else a.seconds
@@ -56,7 +72,7 @@ def main(argv=None) -> int:
             raise CliError(f"--gaussians {a.gaussians} is more than the {a.size}x{a.size} payloads' pixels")
         windows = _windows(a.windows)
         try:
-            engine = load_engine(_model(a.model, a.demo), a.device)
+            engine = load_engine(model, a.device)
         except ValueError as e:
             raise CliError(str(e)) from None
         log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
