@@ -239,3 +239,12 @@ def test_a_missing_folder_is_named_not_the_temporary(tmp_path):
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         write_atomic(tmp_path / "file" / "x.gsv", lambda tmp: tmp.write_bytes(b"1"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_check_writable_makes_and_removes_one_file_or_raises(tmp_path):
+    from gaussianvision.atomic import check_writable
+    check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError):
+        check_writable(tmp_path / "a-file")  # not a folder: nothing can be made in it

@@ -208,10 +208,10 @@ def test_an_out_folder_that_refuses_files_is_refused_before_any_fit(tmp_path, ca
     save_png(torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)), tmp_path / "a.png")
     (tmp_path / "ro").mkdir()
 
-    def refuse(**kw):
+    def refuse(folder):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(command.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(command, "check_writable", refuse)
     monkeypatch.setattr(fit_cli, "FitStream", None)  # a fit would fail loudly
     assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--out", str(tmp_path / "ro")]) == 2
     err = capsys.readouterr().err.strip()

@@ -2,14 +2,30 @@
 
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
     write_text_atomic(path, text)
+    check_writable(folder)      # OSError unless a file can be made there
+
+check_writable is the one probe of a folder before long work (gsv's --out, numba's cache folder).
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["write_atomic", "write_text_atomic"]
+__all__ = ["write_atomic", "write_text_atomic", "check_writable"]
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """OSError (the system's reason) unless a file can be made in `folder`: one is made and removed.
+    os.access is not asked: it said yes to root on sysfs, and no on some network mounts that write.
+    A folder that takes files but keeps them (append-only) passes: writing is what matters."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".gsv-write-check-")
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

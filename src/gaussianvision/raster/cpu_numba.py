@@ -85,6 +85,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
@@ -97,8 +98,8 @@ def _writable(folder: str | os.PathLike) -> bool:
     """Whether files can be made in `folder` (created when missing)."""
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gsv-write-check-"):
-            return True
+        check_writable(folder)
+        return True
     except OSError:
         return False
 

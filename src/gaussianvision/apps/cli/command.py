@@ -7,9 +7,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
+
+from gaussianvision.atomic import check_writable
 
 __all__ = ["CliError", "emit", "write_json", "write_text", "parser", "run", "json_error", "fail", "HelpFormatter"]
 
@@ -106,15 +107,10 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
         raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
     if not out.is_dir():
         raise CliError(f"{option} {out}: not a folder")
-    try:  # a file written and removed (os.access said yes to root on sysfs, and no on some network mounts that write)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".gsv-write-check-")
+    try:
+        check_writable(out)
     except OSError as e:
         raise CliError(f"{option} {out}: not a writable folder ({e.strerror or e})") from None
-    os.close(fd)
-    try:
-        os.unlink(probe)
-    except OSError:
-        pass  # a folder that takes files but keeps them (append-only): writing is what matters
 
 
 def check_at_least(*checks: tuple[str, int | None, int]) -> None:
