@@ -13,7 +13,7 @@ This dict is the contract with the training code; keep it stable.
 
 One decoding for every reader of tar samples, so that `splat_loader` and `gsv train` see the same
 tensors: `decode_sample` (format.decode for the .gsv, data.images.load_image for the image),
-`collate` (Splats.stack), and `SampleReader`, which reads one shard through data.shards.read_samples
+`collate` (Splats.stack), and `SampleReader`, which reads one shard through data.shards.samples_until_damage
 and applies the one skip policy (below), counting what it leaves out. The trainer's deterministic
 sources (train/batches.py) and `SplatShards` here differ only in the order they deal shards and
 samples: the DataLoader-friendly order of a user's loop here, the resumable order of the trainer
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gaussianvision.data.images import ImageLoadError, image_member, load_image
 from gaussianvision.data.inputs import expand_urls, rank_world
-from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
+from gaussianvision.data.shards import samples_until_damage, shuffle_buffer
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.format import FormatError
 from gaussianvision.splats.types import Splats
@@ -164,15 +164,7 @@ class SampleReader:
         self.problems = 0
 
     def __call__(self, url) -> Iterator[dict]:
-        raws = read_samples(url)
-        while True:
-            try:  # only the tar reading is guarded: decoding problems are handled per sample
-                raw = next(raws, None)
-            except SHARD_ERRORS as e:
-                self._damage(str(url), e)
-                return
-            if raw is None:
-                return
+        for raw in samples_until_damage(url, lambda e: self._damage(str(url), e)):  # decoding: per sample
             item = self._sample(str(url), raw)
             if item is not None:
                 yield item

@@ -28,12 +28,13 @@ import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gaussianvision.data.tar_members import (MAX_MEMBER_BYTES, SHARD_ERRORS, Member, ShardDamage,  # noqa: F401
                                              ShardWarning, iter_members, show)
 
-__all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "iter_members", "check_key", "split_member",
+__all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "samples_until_damage", "iter_members", "check_key",
+           "split_member",
            "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES", "MAX_SAMPLE_BYTES", "ShardWarning", "Group",
            "iter_groups", "show", "SHARD_ERRORS"]
 
@@ -170,6 +171,24 @@ def read_samples(path: str | os.PathLike, fileobj=None, max_sample: int | None =
             if g.problems:
                 sample["__skipped__"] = g.problems
             yield sample
+
+
+def samples_until_damage(path: str | os.PathLike, on_damage: Callable[[BaseException], None] | None = None
+                         ) -> Iterator[dict]:
+    """read_samples(path) up to any damage: a SHARD_ERRORS error ends the samples, passed to
+    `on_damage` (not raised). Only the reading is guarded: what the caller does with each sample
+    raises as it would (a MissingMember is an OSError too)."""
+    raws = read_samples(path)
+    while True:
+        try:
+            raw = next(raws, None)
+        except SHARD_ERRORS as e:
+            if on_damage is not None:
+                on_damage(e)
+            return
+        if raw is None:
+            return
+        yield raw
 
 
 # ------------------------------------------------------------------ members -> samples

@@ -29,7 +29,7 @@ import torch
 
 from gaussianvision.data.inputs import expand_urls
 from gaussianvision.data.loader import DataError, SampleReader, collate, require_members
-from gaussianvision.data.shards import SHARD_ERRORS, read_samples, shuffle_buffer
+from gaussianvision.data.shards import SHARD_ERRORS, samples_until_damage, shuffle_buffer  # noqa: F401 (SHARD_ERRORS)
 
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
            "DataError"]
@@ -148,14 +148,7 @@ def count_samples(urls, need: tuple[str, ...] = ()) -> int:
     A counted sample lacking a member `need` reads from raises MissingMember, as reading it would."""
     n = 0
     for u in urls:
-        raws = read_samples(u)
-        while True:
-            try:  # only the tar reading is guarded (MissingMember is an OSError too)
-                raw = next(raws, None)
-            except SHARD_ERRORS:
-                raw = None  # the reader names the shard when training reaches it
-            if raw is None:
-                break
+        for raw in samples_until_damage(u):  # the damage is named by the reader when training reaches it
             if "__skipped__" not in raw:
                 require_members(raw, need)
                 n += 1
