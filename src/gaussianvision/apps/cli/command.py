@@ -131,6 +131,16 @@ def check_gaussians(n: int | None, size: int | None) -> None:
                        f"(--size {size}); give at most one per pixel")
 
 
+def check_encoding(encoding, config, flags: dict[str, str]) -> None:
+    """A FitStream's encoding against its fit config (Encoding.fit_config), before any work: one CliError
+    line on --progressive, the options named by the flags that set them (regression: --progressive with
+    an SSIM loss was a traceback from the stream in gsv fit, convert and send)."""
+    try:
+        encoding.fit_config(config)
+    except ValueError as e:
+        raise CliError(f"--progressive: {flag_message(str(e), flags)}") from None
+
+
 def check_device(device: str | None) -> None:
     """--device: None, cpu, cuda or cuda:N of this machine; else one CliError line."""
     import torch

@@ -13,10 +13,9 @@ from pathlib import Path
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank, stored_settings
 from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
-from gaussianvision.fit.stream import Encoding
-from gaussianvision.fit.stream import default_batch_size
-from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_gaussians,
-                                             emit, fit_option, flag_message, parser, run)
+from gaussianvision.fit.stream import Encoding, default_batch_size
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_encoding,
+                                             check_gaussians, emit, fit_option, flag_message, parser, run)
 
 
 _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
@@ -70,10 +69,7 @@ def _config(a) -> ConvertConfig:
         config = FitConfig.from_options(fit)
     except ValueError as e:
         raise CliError(flag_message(str(e), names)) from None
-    try:  # regression: --progressive with ssim_weight was a traceback from the stream
-        Encoding(progressive=a.progressive, order=a.progressive_order).fit_config(config)
-    except ValueError as e:
-        raise CliError(f"--progressive: {flag_message(str(e), names)}") from None
+    check_encoding(Encoding(progressive=a.progressive, order=a.progressive_order), config, names)
     rank, world, device = resolve_rank(a.rank, a.world_size, a.device)
     return ConvertConfig(
         n_gaussians=a.gaussians, size=a.size, fit_options=fit, layout=a.layout, dtype=a.dtype,

@@ -22,8 +22,8 @@ from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitI
 from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
-                                              check_device, check_gaussians, check_out_folder, emit, fit_option, flag_message, parser,
-                                              run, write_json)
+                                              check_device, check_encoding, check_gaussians, check_out_folder, emit,
+                                              fit_option, flag_message, parser, run, write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -142,10 +142,7 @@ def _config(a) -> FitConfig:
             cfg = FitConfig.from_options({**flags, **extra, "finetune_iters": cfg.iters // 5})
     except ValueError as e:
         raise CliError(flag_message(str(e), by_flag)) from None
-    try:  # regression: --progressive with --ssim-weight was a traceback from the stream
-        Encoding(progressive=a.progressive, order=a.progressive_order).fit_config(cfg)
-    except ValueError as e:
-        raise CliError(f"--progressive: {flag_message(str(e), by_flag)}") from None
+    check_encoding(Encoding(progressive=a.progressive, order=a.progressive_order), cfg, by_flag)
     return cfg
 
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device,
-                                              check_gaussians, emit, fit_option, fit_option_message, parser, positive,
-                                              run, whole)
+                                              check_encoding, check_gaussians, emit, fit_option, fit_option_message,
+                                              parser, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -68,10 +68,7 @@ def _fit_stream(a):
         raise CliError(fit_option_message(str(e), flags)) from None
     layout, dtype, zstd = LAYOUTS[a.layout]
     encoding = Encoding(layout, dtype, zstd, a.progressive, a.progressive_order)
-    try:  # refused here, before any fit or network call (the stream would raise it as a traceback)
-        encoding.fit_config(config)
-    except ValueError as e:
-        raise CliError(f"--progressive: {e}") from None
+    check_encoding(encoding, config, {})  # before any fit or network call
     return FitStream(a.gaussians, config, a.batch_size, encoding=encoding)
 
 
