@@ -9,13 +9,17 @@ from gaussianvision.apps.cli.bench_load import machine, write_markdown
 from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
 
 
+def _trained_n(folder: str | Path) -> int | None:
+    """The N a demo model folder (stage2_nN) was trained at; None for any other name."""
+    m = re.fullmatch(r"stage2_n(\d+)", Path(folder).name)
+    return int(m.group(1)) if m else None
+
+
 def _model(model: str | None, demo: Path) -> str:
     if model:
         return model
-    def n(path: Path) -> int:  # by N, not by name (stage2_n100 after stage2_n76)
-        digits = path.parent.name.rpartition("_n")[2]
-        return int(digits) if digits.isdigit() else -1
-    found = sorted(demo.glob("stage2_n*/gsclip.safetensors"), key=n)
+    found = sorted(demo.glob("stage2_n*/gsclip.safetensors"),  # by N, not by name (stage2_n100 after stage2_n76)
+                   key=lambda p: _trained_n(p.parent) or 0)
     if not found:
         raise CliError(f"{demo}: no trained GS model there (stage2_n*/); run gsv demo first, or give --model")
     return str(found[-1].parent)
@@ -26,8 +30,8 @@ def _gaussians(given: int | None, model: str) -> int:
     (regression: a `gsv demo --quick` model, trained at N=64, was sent N=76 payloads)."""
     if given is not None:
         return given
-    m = re.fullmatch(r"stage2_n(\d+)", Path(model).name)
-    return int(m.group(1)) if m else 76
+    n = _trained_n(model)
+    return 76 if n is None else n
 
 
 def _windows(text: str) -> list[float]:
