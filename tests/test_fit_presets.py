@@ -161,20 +161,27 @@ def test_no_preset_is_worse_than_plain_adam_at_the_same_render_budget(monkeypatc
 
 
 def test_near_flat_images_gain_from_the_presets_step_decay_at_the_same_budget(monkeypatch):
-    """A gradient and a smooth noise field, 20 px per Gaussian (as N=3136 at 224 px): `fast` with its
-    decay_patience beats `fast` without it (short memories step past the optimum of a nearly fitted
-    image: fit_kinds.md, -0.6 / -1.7 dB against plain Adam before) and plain Adam, at one cost budget."""
+    """A gradient and a smooth noise field, 20 px per Gaussian (as N=3136 at 224 px): at about 150 plain
+    iterations' cost `fast` beats plain Adam, and at about 200, once the rates have halved on a stall,
+    `fast` with its decay_patience beats `fast` without it (short memories step past the optimum of a
+    nearly fitted image: fit_kinds.md, -0.6 / -1.7 dB against plain Adam before).
+    Why two budgets: whether the first halving comes before 150 iterations hangs on the last bits of the
+    steps (each relocation, every 20 iterations, restarts the stall count). With the fused numba Adam
+    step it came in 1 of 6 noise fields, with the torch step in 6 of 6 (gains 0.13 / 0.40 dB); at 200
+    both gained 0.30-0.64 dB on each of the 6, and beat plain Adam by -0.01 to +0.4 dB."""
     y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     noise = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     smooth = torch.nn.functional.interpolate(noise, size=64, mode="bicubic", align_corners=False)[0].clamp(0, 1)
     images, n = torch.stack([torch.stack([x, y, x * y]), smooth]), 200
     clock = CostClock(monkeypatch)
-    budget_ms = 150.75 * 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6  # about 150 plain iterations' rendering
-    plain, _ = _fit(images, n, {"budget_ms": budget_ms, "iters": 10_000}, clock)
-    without, _ = _fit(images, n, {"preset": "fast", "decay_patience": None, "budget_ms": budget_ms, "iters": 10_000}, clock)
-    with_decay, _ = _fit(images, n, {"preset": "fast", "budget_ms": budget_ms, "iters": 10_000}, clock)
+    iteration_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    plain, _ = _fit(images, n, {"budget_ms": 150.75 * iteration_ms, "iters": 10_000}, clock)
+    fast, _ = _fit(images, n, {"preset": "fast", "budget_ms": 150.75 * iteration_ms, "iters": 10_000}, clock)
+    without, _ = _fit(images, n, {"preset": "fast", "decay_patience": None, "budget_ms": 200.75 * iteration_ms,
+                                  "iters": 10_000}, clock)
+    with_decay, _ = _fit(images, n, {"preset": "fast", "budget_ms": 200.75 * iteration_ms, "iters": 10_000}, clock)
     assert PRESETS["fast"]["decay_patience"] == 10
-    assert with_decay > without + 0.2 and with_decay > plain, (plain, without, with_decay)
+    assert fast > plain and with_decay > without + 0.2, (plain, fast, without, with_decay)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -255,7 +255,7 @@ def test_auto_picks_numba_on_cpu(monkeypatch):
 
 def test_probe_reports_a_missing_numba(monkeypatch):
     import builtins
-    numba_backend._kernels.cache_clear()
+    numba_backend.numba_module.cache_clear()
     real_import = builtins.__import__
 
     def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
@@ -269,7 +269,7 @@ def test_probe_reports_a_missing_numba(monkeypatch):
             numba_backend.probe()
     finally:
         monkeypatch.setattr(builtins, "__import__", real_import)
-        numba_backend._kernels.cache_clear()
+        numba_backend.numba_module.cache_clear()
     numba_backend.probe()  # and recovers once numba is importable again
 
 

@@ -8,6 +8,10 @@ parameters, [B, N, k], with one step count per image [B].
 """
 from __future__ import annotations
 
+import functools
+import math
+
+import numpy as np
 import torch
 
 __all__ = ["BatchAdam"]
@@ -17,7 +21,7 @@ class BatchAdam:
     """Adam for a dict of parameters {name: [B, N, k]} with per-parameter learning rates."""
 
     def __init__(self, params: dict[str, torch.Tensor], lrs: dict[str, float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, fused: bool = False):
         missing = set(params) - set(lrs)
         if missing:
             raise ValueError(f"BatchAdam: no learning rate for {sorted(missing)}")
@@ -25,6 +29,7 @@ class BatchAdam:
         self.lrs = dict(lrs)
         self.betas = betas
         self.eps = eps
+        self.fused = fused  # CPU steps in one numba kernel pass per parameter (fit/_adam_kernels.py)
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
         b = next(iter(params.values())).shape[0]
@@ -33,9 +38,13 @@ class BatchAdam:
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor], idx: torch.Tensor | None = None,
-             lr_scale: float | torch.Tensor = 1.0) -> None:
+             lr_scale: float | torch.Tensor = 1.0, counts: torch.Tensor | None = None,
+             bounds: dict[str, tuple] | None = None) -> None:
         """One update of the images `idx` ([A] int64, None = all) from grads {name: [A, N, k]};
-        lr_scale a number or one per image [A]."""
+        lr_scale a number or one per image [A]. Gradients are cleaned as torch.nan_to_num does, and
+        with counts [A] each image's Gaussians from counts[a] on are padding: their gradients are 0. bounds {name: (lo, hi)}, each a sequence of k numbers
+        (+-inf: none): the columns of those parameters are clamped after the step (projected Adam).
+        With `fused` and CPU tensors it is one numba pass per parameter (the same arithmetic)."""
         b1, b2 = self.betas
         full = idx is None
         steps = self.steps if full else self.steps[idx]
@@ -44,24 +53,58 @@ class BatchAdam:
             self.steps.copy_(steps)
         else:
             self.steps[idx] = steps
-        t = steps.to(next(iter(grads.values())).dtype)[:, None, None]
-        if torch.is_tensor(lr_scale):
-            lr_scale = lr_scale.to(t.dtype)[:, None, None]
-        bc1 = 1 - b1 ** t
-        bc2 = 1 - b2 ** t
+        g0 = next(iter(grads.values()))
+        t = steps.to(g0.dtype)
+        scale = lr_scale.to(t.dtype) if torch.is_tensor(lr_scale) else torch.full_like(t, lr_scale)
+        per_image = (torch.arange(len(t), device=t.device) if full else idx,  # rows, counts, scale, bias corrections
+                     torch.full_like(steps, g0.shape[1]) if counts is None else counts, scale, 1 - b1 ** t, 1 - b2 ** t)
+        fused = self.fused and g0.device.type == "cpu"
+        arrays = tuple(x.numpy() for x in per_image) if fused else None
         for name, g in grads.items():
-            p = self.params[name]
-            m = self.exp_avg[name] if full else self.exp_avg[name][idx]
-            v = self.exp_avg_sq[name] if full else self.exp_avg_sq[name][idx]
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            upd = (m / bc1) / ((v / bc2).sqrt_().add_(self.eps)) * (self.lrs[name] * lr_scale)
-            if full:
-                p.sub_(upd)
+            box = _box(_hashable((bounds or {}).get(name)), g.shape[2], g.dtype)
+            if fused and self._fusable(name, g):
+                self._fused_step(name, g, arrays, box)
             else:
-                self.exp_avg[name][idx] = m
-                self.exp_avg_sq[name][idx] = v
-                p[idx] = p[idx] - upd
+                self._torch_step(name, g, idx, per_image, box)
+
+    def _torch_step(self, name, g, idx, per_image, box) -> None:
+        """The reference step of one parameter (torch operations, any device)."""
+        b1, b2 = self.betas
+        full = idx is None
+        _, counts, scale, bc1, bc2 = (x[:, None, None] for x in per_image)
+        valid = torch.arange(g.shape[1], device=g.device)[None, :, None] < counts
+        g = torch.nan_to_num(g) * valid.to(g.dtype)
+        p = self.params[name]
+        m = self.exp_avg[name] if full else self.exp_avg[name][idx]
+        v = self.exp_avg_sq[name] if full else self.exp_avg_sq[name][idx]
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        upd = (m / bc1) / ((v / bc2).sqrt_().add_(self.eps)) * (self.lrs[name] * scale)
+        new = (p if full else p[idx]) - upd
+        if box is not None:
+            lo, hi = (torch.tensor(x, device=new.device) for x in box)
+            new = torch.maximum(torch.minimum(new, hi), lo)
+        if full:
+            p.copy_(new)
+        else:
+            self.exp_avg[name][idx] = m
+            self.exp_avg_sq[name][idx] = v
+            p[idx] = new
+
+    def _fusable(self, name: str, g: torch.Tensor) -> bool:
+        return g.dtype in (torch.float32, torch.float64) and all(
+            x.device.type == "cpu" and x.dtype == g.dtype and x.is_contiguous()
+            for x in (self.params[name], self.exp_avg[name], self.exp_avg_sq[name], g))
+
+    def _fused_step(self, name, g, per_image, box) -> None:
+        """The step of one parameter as one numba kernel pass (fit/_adam_kernels.py); CPU tensors."""
+        from gaussianvision.raster.cpu_numba import numba_module
+        b1, b2 = self.betas
+        t = np.float32 if g.dtype == torch.float32 else np.float64
+        lo, hi = box if box is not None else _box((), g.shape[2], g.dtype)
+        numba_module("gaussianvision.fit._adam_kernels").adam_update(
+            self.params[name].numpy(), g.numpy(), self.exp_avg[name].numpy(), self.exp_avg_sq[name].numpy(),
+            *per_image, t(self.lrs[name]), t(b1), t(1 - b1), t(b2), t(1 - b2), t(self.eps), t(np.finfo(t).max), lo, hi)
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
@@ -95,9 +138,31 @@ class BatchAdam:
         self.carried = True
 
     def clone(self, params: dict[str, torch.Tensor]) -> "BatchAdam":
-        new = BatchAdam(params, self.lrs, self.betas, self.eps)
+        new = BatchAdam(params, self.lrs, self.betas, self.eps, self.fused)
         new.exp_avg = {k: v.clone() for k, v in self.exp_avg.items()}
         new.exp_avg_sq = {k: v.clone() for k, v in self.exp_avg_sq.items()}
         new.steps = self.steps.clone()
         new.carried = self.carried
         return new
+
+
+
+def _hashable(bound) -> tuple | None:
+    return bound if bound is None or isinstance(bound, tuple) and all(isinstance(b, tuple) for b in bound) \
+        else tuple(tuple(b) for b in bound)
+
+
+@functools.lru_cache(maxsize=64)
+def _box(bound: tuple | None, k: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo [k], hi [k]) arrays of dtype for a parameter's bounds (lo, hi), each k numbers (+-inf: none);
+    None for None; () gives the unbounded box. Read-only: shared by every step."""
+    if bound is None:
+        return None
+    if bound == ():
+        bound = ((-math.inf,) * k, (math.inf,) * k)
+    t = np.float32 if dtype == torch.float32 else np.float64
+    lo, hi = (np.array([float(x) for x in b], t) for b in bound)
+    if lo.shape != (k,) or hi.shape != (k,):
+        raise ValueError(f"BatchAdam: bounds need {k} numbers per side, got {list(bound)}")
+    lo.flags.writeable = hi.flags.writeable = False
+    return lo, hi

@@ -130,11 +130,11 @@ WARM_START = 10  # iterations over which the rates ramp up in a fit that goes on
 
 
 def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
-    """Render one Gaussian, forward and backward, once per process (and on a GPU, per image size): the
-    Triton backend compiles its kernels on first use (seconds), and numba's load from their cache at
-    the first call (0.3-0.5 s on CPU); a one-time cost of the process, not of the fit. Without it a
-    budget was spent before the first iteration: gsv fit's first batch got 0 iterations under a
-    250 ms budget while the others got 150."""
+    """Render one Gaussian, forward and backward, once per process (and on a GPU, per image size), and
+    on CPU take one fused Adam step: the Triton backend compiles its kernels on first use (seconds),
+    and numba's load from their cache at the first call (0.3-0.5 s on CPU; the Adam step's 7 ms more);
+    a one-time cost of the process, not of the fit. Without it a budget was spent before the first
+    iteration: gsv fit's first batch got 0 iterations under a 250 ms budget while the others got 150."""
     cuda = device.type == "cuda"
     key = (str(device), backend) + ((int(height), int(width)) if cuda else ())
     if key in _COMPILED:
@@ -146,6 +146,8 @@ def compile_kernels(device: torch.device, height: int, width: int, backend: str 
         one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
                      torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
         render(one, backend=backend).sum().backward()
+    if not cuda and resolve_backend(backend, device) == "numba":  # the fused Adam step's kernel too (7 ms)
+        BatchAdam({"x": torch.zeros(1, 1, 3)}, {"x": 0.1}, fused=True).step({"x": torch.ones(1, 1, 3)})
     if cuda:
         torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
         torch.cuda.synchronize(device)
@@ -194,7 +196,8 @@ class Fitter:
                            s.height, s.width, s.counts)
         self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
         self.counts = s.num_gaussians().to(self.device).clone()
-        self.opt = BatchAdam(self.params, self.rates(), betas=(self.cfg.beta1, self.cfg.beta2))
+        numba = self.device.type == "cpu" and resolve_backend(self.cfg.backend, self.device) == "numba"
+        self.opt = BatchAdam(self.params, self.rates(), betas=(self.cfg.beta1, self.cfg.beta2), fused=numba)
         self.active = torch.ones(b, dtype=torch.bool, device=self.device)
         self.iterations = torch.zeros(b, dtype=torch.long, device=self.device)
         self.stopped = [None] * b  # why each image stopped early: "target" | "plateau"
@@ -295,13 +298,12 @@ class Fitter:
         counts = self.counts if full else self.counts[idx]
         target = self.images if full else self.images[idx]
         s = Splats(leaves["means"], leaves["chol"], leaves["colors"], self.h, self.w, counts)
-        valid = self._mask(counts, leaves["colors"].shape[1])
+        valid = self._mask(counts, leaves["colors"].shape[1]) if cfg.prune_lambda > 0 else None  # the L1's
         if cfg.prefix_fractions:
             err = self._prefix_backward(s, target, leaves, counts, valid)
         else:
             err = self._backward(render(s, backend=cfg.backend), target, leaves, counts, valid)
-        vf = valid[..., None].to(target.dtype)
-        grads = {k: torch.nan_to_num(leaves[k].grad) * vf for k in _NAMES}
+        grads = {k: leaves[k].grad for k in _NAMES}  # cleaned by the step (NaN, padding)
         p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
         decay = self._decay(idx, p, full)
         stop = self._update_stops(idx, p)  # images that stop keep the parameters p was measured on
@@ -309,33 +311,25 @@ class Fitter:
             keep = ~stop
             idx, full = idx[keep], False
             grads = {k: g[keep] for k, g in grads.items()}
+            counts = counts[keep]
             decay = decay[keep] if torch.is_tensor(decay) else decay
         if self.warm_start and not self.opt.carried:  # moments carried over (coarse to fine): not a cold start
             steps = self.opt.steps if full else self.opt.steps[idx]
             decay = decay * ((steps + 1).clamp(max=self.warm_start).to(p.dtype) / self.warm_start)
-        self.opt.step(grads, None if full else idx, lr_scale * decay)
-        self._clamp(None if full else idx)
-        self.iterations[idx] += 1
+        self.opt.step(grads, None if full else idx, lr_scale * decay, counts, self._bounds())
+        if full:
+            self.iterations += 1
+        else:
+            self.iterations[idx] += 1
         return p
 
-    @torch.no_grad()
-    def _clamp(self, idx: torch.Tensor | None) -> None:
-        """Scales at least min_scale, means inside the image, for the images stepped (idx; None: all).
-        A stopped image keeps the parameters its PSNR was measured on, even where they lie outside
-        (caller's init splats): regression, the clamps moved them after a target stop."""
-        lo, ch, m = self.cfg.min_scale, self.params["chol"], self.params["means"]
-        if idx is None:
-            ch[..., 0].clamp_(min=lo)
-            ch[..., 2].clamp_(min=lo)
-            m[..., 0].clamp_(0.0, float(self.w))
-            m[..., 1].clamp_(0.0, float(self.h))
-            return
-        c, mm = ch[idx], m[idx]
-        c[..., 0].clamp_(min=lo)
-        c[..., 2].clamp_(min=lo)
-        mm[..., 0].clamp_(0.0, float(self.w))
-        mm[..., 1].clamp_(0.0, float(self.h))
-        ch[idx], m[idx] = c, mm
+    def _bounds(self) -> dict[str, tuple]:
+        """The box the steps keep to (BatchAdam's bounds): scales at least min_scale, means inside the
+        image. Only the images stepped are held to it: a stopped image keeps the parameters its PSNR was
+        measured on, even where they lie outside (caller's init splats; regression: the clamps moved
+        them after a target stop)."""
+        lo, inf = self.cfg.min_scale, math.inf
+        return {"chol": ((lo, -inf, lo), (inf, inf, inf)), "means": ((0.0, 0.0), (float(self.w), float(self.h)))}
 
     def _backward(self, pred, target, leaves, counts, valid) -> torch.Tensor:
         """Gradients of the loss summed over images (each image's gradient independent of B) times

@@ -74,6 +74,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import os
 import stat
 import tempfile
@@ -89,7 +91,7 @@ from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
-__all__ = ["render_numba", "probe"]
+__all__ = ["render_numba", "probe", "numba_module"]
 
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
@@ -128,8 +130,12 @@ def cache_fallback(in_tree: str | os.PathLike, user_wide: str | os.PathLike, tem
     return None if _writable(in_tree) or _writable(user_wide) else private_folder(temp)
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels():
+@functools.lru_cache(maxsize=None)
+def numba_module(name: str):
+    """Import the numba kernel module `name` (e.g. "gaussianvision.raster._numba_kernels"), its kernels
+    compiled into numba's cache: the __pycache__ beside the module, else the user's cache folder, else
+    a private temporary folder (cache_fallback); NUMBA_CACHE_DIR wins when set. ImportError (with the
+    install hint) when numba is missing."""
     try:
         from numba.core import config
         before = config.CACHE_DIR
@@ -138,15 +144,18 @@ def _kernels():
             user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
             uid = os.getuid() if hasattr(os, "getuid") else 0
             temp = os.path.join(tempfile.gettempdir(), f"gsv-numba-cache-{uid}")
-            config.CACHE_DIR = cache_fallback(os.path.join(os.path.dirname(__file__), "__pycache__"), user_wide,
-                                              temp) or before
+            in_tree = os.path.join(os.path.dirname(importlib.util.find_spec(name).origin), "__pycache__")
+            config.CACHE_DIR = cache_fallback(in_tree, user_wide, temp) or before
         try:  # numba picks a function's cache folder when it is decorated: ours only, not later packages'
-            from gaussianvision.raster import _numba_kernels as k
+            return importlib.import_module(name)
         finally:
             config.CACHE_DIR = before
     except ImportError as e:
         raise ImportError(f"numba is not importable ({e}); {_INSTALL_HINT}") from e
-    return k
+
+
+def _kernels():
+    return numba_module("gaussianvision.raster._numba_kernels")
 
 
 def probe() -> None:
