@@ -42,9 +42,11 @@ class BatchAdam:
              bounds: dict[str, tuple] | None = None) -> None:
         """One update of the images `idx` ([A] int64, None = all) from grads {name: [A, N, k]};
         lr_scale a number or one per image [A]. Gradients are cleaned as torch.nan_to_num does, and
-        with counts [A] each image's Gaussians from counts[a] on are padding: their gradients are 0. bounds {name: (lo, hi)}, each a sequence of k numbers
-        (+-inf: none): the columns of those parameters are clamped after the step (projected Adam).
-        With `fused` and CPU tensors it is one numba pass per parameter (the same arithmetic)."""
+        with counts [A] each image's Gaussians from counts[a] on are padding: their gradients are 0.
+        bounds {name: (lo, hi)}, each a sequence of k numbers (+-inf: none): the columns of those
+        parameters are clamped after the step (projected Adam). With `fused` and CPU tensors each
+        parameter's step is one numba pass: the same operations, equal to the torch step's within
+        float rounding (tests/test_adam_fused.py)."""
         b1, b2 = self.betas
         full = idx is None
         steps = self.steps if full else self.steps[idx]
@@ -56,24 +58,28 @@ class BatchAdam:
         g0 = next(iter(grads.values()))
         t = steps.to(g0.dtype)
         scale = lr_scale.to(t.dtype) if torch.is_tensor(lr_scale) else torch.full_like(t, lr_scale)
-        per_image = (torch.arange(len(t), device=t.device) if full else idx,  # rows, counts, scale, bias corrections
-                     torch.full_like(steps, g0.shape[1]) if counts is None else counts, scale, 1 - b1 ** t, 1 - b2 ** t)
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         fused = self.fused and g0.device.type == "cpu"
-        arrays = tuple(x.numpy() for x in per_image) if fused else None
+        if fused:  # rows, counts, step factors, bias corrections, as the kernel takes them
+            arrays = tuple(x.numpy() for x in (torch.arange(len(t)) if full else idx, torch.full_like(
+                steps, g0.shape[1]) if counts is None else counts, scale, bc1, bc2))
+        # the torch step's per-image factors and padding mask, made once for all parameters
+        factors, valid = (scale[:, None, None], bc1[:, None, None], bc2[:, None, None]), None
+        if counts is not None:
+            valid = (torch.arange(g0.shape[1], device=g0.device)[None, :] < counts[:, None])[..., None].to(g0.dtype)
         for name, g in grads.items():
-            box = _box(_hashable((bounds or {}).get(name)), g.shape[2], g.dtype)
+            bound = _hashable((bounds or {}).get(name))
             if fused and self._fusable(name, g):
-                self._fused_step(name, g, arrays, box)
+                self._fused_step(name, g, arrays, _box(bound, g.shape[2], g.dtype))
             else:
-                self._torch_step(name, g, idx, per_image, box)
+                self._torch_step(name, g, idx, factors, valid, _box_tensors(bound, g.shape[2], g.dtype, g.device))
 
-    def _torch_step(self, name, g, idx, per_image, box) -> None:
+    def _torch_step(self, name, g, idx, factors, valid, box) -> None:
         """The reference step of one parameter (torch operations, any device)."""
         b1, b2 = self.betas
         full = idx is None
-        _, counts, scale, bc1, bc2 = (x[:, None, None] for x in per_image)
-        valid = torch.arange(g.shape[1], device=g.device)[None, :, None] < counts
-        g = torch.nan_to_num(g) * valid.to(g.dtype)
+        scale, bc1, bc2 = factors
+        g = torch.nan_to_num(g) if valid is None else torch.nan_to_num(g) * valid
         p = self.params[name]
         m = self.exp_avg[name] if full else self.exp_avg[name][idx]
         v = self.exp_avg_sq[name] if full else self.exp_avg_sq[name][idx]
@@ -82,8 +88,7 @@ class BatchAdam:
         upd = (m / bc1) / ((v / bc2).sqrt_().add_(self.eps)) * (self.lrs[name] * scale)
         new = (p if full else p[idx]) - upd
         if box is not None:
-            lo, hi = (torch.tensor(x, device=new.device) for x in box)
-            new = torch.maximum(torch.minimum(new, hi), lo)
+            new = torch.maximum(torch.minimum(new, box[1]), box[0])
         if full:
             p.copy_(new)
         else:
@@ -166,3 +171,10 @@ def _box(bound: tuple | None, k: int, dtype: torch.dtype) -> tuple[np.ndarray, n
         raise ValueError(f"BatchAdam: bounds need {k} numbers per side, got {list(bound)}")
     lo.flags.writeable = hi.flags.writeable = False
     return lo, hi
+
+
+@functools.lru_cache(maxsize=64)
+def _box_tensors(bound: tuple | None, k: int, dtype: torch.dtype, device: torch.device):
+    """_box's arrays as tensors on `device`, made once (no copy to a GPU at every step)."""
+    box = _box(bound, k, dtype)
+    return None if box is None else tuple(torch.tensor(x, device=device) for x in box)
