@@ -63,16 +63,17 @@ class BatchAdam:
         if fused:  # rows, counts, step factors, bias corrections, as the kernel takes them
             arrays = tuple(x.numpy() for x in (torch.arange(len(t)) if full else idx, torch.full_like(
                 steps, g0.shape[1]) if counts is None else counts, scale, bc1, bc2))
-        # the torch step's per-image factors and padding mask, made once for all parameters
-        factors, valid = (scale[:, None, None], bc1[:, None, None], bc2[:, None, None]), None
-        if counts is not None:
-            valid = (torch.arange(g0.shape[1], device=g0.device)[None, :] < counts[:, None])[..., None].to(g0.dtype)
+        shared = None  # the torch step's per-image factors and padding mask, made once for all parameters
         for name, g in grads.items():
             bound = _hashable((bounds or {}).get(name))
             if fused and self._fusable(name, g):
                 self._fused_step(name, g, arrays, _box(bound, g.shape[2], g.dtype))
-            else:
-                self._torch_step(name, g, idx, factors, valid, _box_tensors(bound, g.shape[2], g.dtype, g.device))
+                continue
+            if shared is None:
+                valid = None if counts is None else \
+                    (torch.arange(g0.shape[1], device=g0.device)[None, :] < counts[:, None])[..., None].to(g0.dtype)
+                shared = (scale[:, None, None], bc1[:, None, None], bc2[:, None, None]), valid
+            self._torch_step(name, g, idx, *shared, _box_tensors(bound, g.shape[2], g.dtype, g.device))
 
     def _torch_step(self, name, g, idx, factors, valid, box) -> None:
         """The reference step of one parameter (torch operations, any device)."""
