@@ -50,6 +50,7 @@ class SplatSettings:
         """One ValueError starting with the setting's name (callers name their flag by it); regression:
         n_gaussians=0, iters=-3, size=3 or fit_batch=0 failed deep in the first fit with a traceback."""
         from gaussianvision.data.images import MAX_SIZE
+        from gaussianvision.fit.config import too_many_gaussians
         from gaussianvision.fit.metrics import SSIM_WINDOW
 
         def whole(v) -> bool:
@@ -61,9 +62,9 @@ class SplatSettings:
         if self.size is not None and (not whole(self.size) or not SSIM_WINDOW <= self.size <= MAX_SIZE):
             raise ValueError(f"size must be from {SSIM_WINDOW} (the SSIM window each fit reports with) to "
                              f"{MAX_SIZE} pixels a side, got {self.size!r}")
-        if self.size is not None and self.n_gaussians > self.size * self.size:  # regression: a traceback from the fit
-            raise ValueError(f"n_gaussians {self.n_gaussians} is more than the {self.size}x{self.size} images' "
-                             f"{self.size * self.size} pixels; give at most one per pixel")
+        if self.size is not None and (reason := too_many_gaussians(self.n_gaussians, self.size, self.size,
+                                                                  f"n_gaussians {self.n_gaussians}")):
+            raise ValueError(reason)  # regression: a traceback from the fit
         if not whole(self.fit_batch) or self.fit_batch < 1:
             raise ValueError(f"fit_batch must be a whole number >= 1, got {self.fit_batch!r}")
         if not isinstance(self.fit_options, dict):

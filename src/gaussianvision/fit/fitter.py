@@ -50,7 +50,7 @@ from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
 from gaussianvision.fit.colors import solve_colors, solve_cost
-from gaussianvision.fit.config import SCHEDULES, FitConfig
+from gaussianvision.fit.config import SCHEDULES, FitConfig, too_many_gaussians
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import SSIM_WINDOW, psnr, ssim, target_blurs
 from gaussianvision.fit.progressive import nested_init, prefix_loss
@@ -627,10 +627,9 @@ def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init:
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"fit_images: images are {h}x{w}; at least {SSIM_WINDOW} pixels a side (the SSIM window "
                          "each fit reports with)")
-    if isinstance(n_gaussians, numbers.Integral) and not isinstance(n_gaussians, bool) and n_gaussians > h * w:
-        # regression: 100,000,000 Gaussians on an 11x11 image grew past the machine's memory, killed without a word
-        raise ValueError(f"fit_images: {n_gaussians} Gaussians is more than the {h}x{w} image's {h * w} pixels; "
-                         "give at most one per pixel")
+    if isinstance(n_gaussians, numbers.Integral) and not isinstance(n_gaussians, bool) and \
+            (reason := too_many_gaussians(n_gaussians, h, w, f"{n_gaussians} Gaussians", "image's")):
+        raise ValueError(f"fit_images: {reason}")
     main = cfg
     if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters and cfg.iters:  # the fine-tune's share of the budget
         main = replace(cfg, budget_ms=cfg.budget_ms * cfg.iters / (cfg.iters + cfg.finetune_iters))

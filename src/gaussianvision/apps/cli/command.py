@@ -124,11 +124,11 @@ def check_at_least(*checks: tuple[str, int | None, int]) -> None:
 def check_gaussians(n: int | None, size: int | None) -> None:
     """--gaussians against --size (square images of size x size; None or 0: each image's own size, checked
     per image by the fit): at most one Gaussian per pixel, one CliError line otherwise."""
+    from gaussianvision.fit.config import too_many_gaussians
     from gaussianvision.fit.metrics import SSIM_WINDOW
-    if n is not None and size is not None and size >= SSIM_WINDOW and n > size * size:  # a bad --size is its own message
-        # regression: 100,000,000 on --size 11 was killed for memory
-        raise CliError(f"--gaussians {n} is more than the {size}x{size} images' {size * size} pixels "
-                       f"(--size {size}); give at most one per pixel")
+    if n is not None and size is not None and size >= SSIM_WINDOW and (  # a bad --size is its own message
+            reason := too_many_gaussians(n, size, size, f"--gaussians {n}", where=f" (--size {size})")):
+        raise CliError(reason)
 
 
 def check_encoding(encoding, config, flags: dict[str, str]) -> None:
