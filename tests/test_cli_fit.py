@@ -443,3 +443,22 @@ def test_a_file_name_too_long_is_one_failure_and_the_rest_is_fitted(tmp_path, ca
     assert gsv(["fit", str(tmp_path / "ok.png"), "--out", str(tmp_path / ("z" * 300))] + args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "File name too long" in err and "Traceback" not in err
+
+
+def test_names_with_a_newline_or_a_tab_stay_on_their_own_line(tmp_path, capsys):
+    """Regression: a file named with a newline was printed raw, breaking its result line (and a failure's
+    or an error's) in two; such characters are escaped as Python writes them."""
+    from gaussianvision.data.shards import show
+    assert show("a\nb\tc.png") == "a\\nb\\tc.png" and show("plain é.png") == "plain é.png"
+    assert show("x" * 400, None) == "x" * 400 and show("\udcff.png") == "\\udcff.png"
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7)), tmp_path / "good\nname.png")
+    (tmp_path / "bad\tname.png").write_bytes(b"not an image")
+    args = ["-n", "4", "--iters", "2", "--size", "16", "--backend", "reference", "--no-progress"]
+    assert gsv(["fit", str(tmp_path), "--out", str(tmp_path / "o")] + args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("good\\nname.png: ") and lines[1].startswith("FAILED ") and "bad\\tname.png" in lines[1]
+    assert len(lines) == 4  # the result, the failure, reached, fitted
+    (tmp_path / "a\nfile").write_bytes(b"")
+    assert gsv(["fit", str(tmp_path / "good\nname.png"), "--out", str(tmp_path / "a\nfile")] + args) == 2
+    err = capsys.readouterr().err  # an error naming it (CliError): one line too
+    assert err.count("\n") == 1 and "a\\nfile is not a folder" in err

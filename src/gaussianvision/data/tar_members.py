@@ -45,11 +45,16 @@ class ShardWarning(UserWarning):
     member without extension or with a reserved '__' name)."""
 
 
-def show(name: str) -> str:
-    """A member name for messages: bytes that are not UTF-8 (kept as surrogates) as \\xNN-like
-    escapes, so a message can always be printed and written."""
+def show(name: str, limit: int | None = 300) -> str:
+    """A name (or a message naming one) for one line of output: bytes that are not UTF-8 (kept as
+    surrogates) as \\xNN-like escapes and characters that do not print (a newline, a tab, other
+    control characters) as their Python escapes, so a message can always be printed and written and
+    stays one line; cut after `limit` characters (None: never). Regression: a file named with a newline
+    broke gsv fit's report line in two."""
     text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= 300 else text[:300] + "..."
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass

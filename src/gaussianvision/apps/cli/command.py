@@ -271,6 +271,7 @@ def stdout_closed() -> bool:
 def run(cmd: str, fn, args) -> int:
     """Call fn(args); turn our known errors into one clear line and exit code 2."""
     from gaussianvision.data.images import ImageLoadError
+    from gaussianvision.data.shards import show
     from gaussianvision.splats.types import SplatsError
     try:
         return int(fn(args) or 0)
@@ -282,7 +283,7 @@ def run(cmd: str, fn, args) -> int:
         if getattr(args, "json", False):
             json_error(f"gsv {cmd}", e)
         else:
-            print(f"gsv {cmd}: {e}", file=sys.stderr)
+            print(f"gsv {cmd}: {show(str(e), None)}", file=sys.stderr)  # one line, whatever names it holds
         return 2
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image
+from gaussianvision.data.shards import show
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
 from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitItem, FitStream
@@ -155,7 +156,7 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     found = [list_images([x]) for x in inputs]
     empty = [x for x, f in zip(inputs, found) if not f]  # only a folder can list nothing
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
-        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))}",
+        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {', '.join(show(str(x), None) for x in empty)}",
               file=sys.stderr)
     for p in (p for f in found for p in f):
         where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input
@@ -169,7 +170,7 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
               f"fitted once)", file=sys.stderr)
     if renders:
         print(f"gsv fit: skipped {len(renders)} render{'s' if len(renders) != 1 else ''} of splats that gsv wrote "
-              f"(e.g. {renders[0]}); name a file to fit it anyway", file=sys.stderr)
+              f"(e.g. {show(str(renders[0]), None)}); name a file to fit it anyway", file=sys.stderr)
     return paths, len(renders)
 
 
@@ -265,11 +266,11 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
         write_json(a.out / "results.json", summary)
     except OSError as e:
         raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
-    lines = [f"{Path(x['path']).name}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
+    lines = [f"{show(Path(x['path']).name, None)}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
              f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {1000 * x['seconds']:.0f} ms, "
              f"{x['width']}x{x['height']}" + (f" (stopped: {x['stopped']})" if x["stopped"] else "")
              for x in results]
-    lines += [f"FAILED {f['error']}" for f in failures]
+    lines += [f"FAILED {show(f['error'], None)}" for f in failures]  # one line each, whatever the names hold
     if results:
         reached = summary["reached"]
         lines.append(f"reached: mean {reached['mean_psnr']:.2f} dB (min {reached['min_psnr']:.2f}) in "
