@@ -462,3 +462,26 @@ def test_names_with_a_newline_or_a_tab_stay_on_their_own_line(tmp_path, capsys):
     assert gsv(["fit", str(tmp_path / "good\nname.png"), "--out", str(tmp_path / "a\nfile")] + args) == 2
     err = capsys.readouterr().err  # an error naming it (CliError): one line too
     assert err.count("\n") == 1 and "a\\nfile is not a folder" in err
+
+
+def test_a_broken_link_in_a_folder_is_said_by_fit_convert_and_send(tmp_path, capsys):
+    """Regression: a folder's broken link named like an image (photo.jpg -> a file since removed) was left
+    out without a word; gsv fit, convert and send say it (it is no sample: no key, no failure)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(8)), d / "ok.png")
+    (d / "gone.jpg").symlink_to(tmp_path / "removed.jpg")
+    args = ["-n", "4", "--iters", "1", "--size", "16", "--backend", "reference", "--no-progress"]
+    assert gsv(["fit", str(d), "--out", str(tmp_path / "o")] + args) == 0
+    note = "skipped 1 entry named like an image but not a file (a broken link, a fifo; e.g. "
+    assert f"gsv fit: {note}{d / 'gone.jpg'})" in capsys.readouterr().err
+    assert gsv(["convert", "--input", str(d), "--output", str(tmp_path / "c"), "--json", "-n", "4", "--iters", "1",
+                "--size", "16", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"gsv convert: {note}{d / 'gone.jpg'})" in captured.err
+    s = json.loads(captured.out)
+    assert s["run"]["skipped_entries"] == [str(d / "gone.jpg")] and s["converted"] == 1 and s["failed"] == 0
+    import types
+    from gaussianvision.apps.cli import send  # its inputs, once the server has answered
+    assert [p.name for p, _ in send._images(types.SimpleNamespace(inputs=[str(d)], size=16), [])] == ["ok.png"]
+    assert f"gsv send: {note}{d / 'gone.jpg'})" in capsys.readouterr().err

@@ -143,6 +143,8 @@ def test_folders_linked_into_a_folder_are_searched_once_and_loops_end(tmp_path):
     (root / "notes.txt").write_text("not an image")
     want = ["a.png", "linked/c.png", "sub/b.jpg"]
     assert [p.relative_to(root).as_posix() for p in find_images(root)] == want
+    skipped = []  # regression: the broken link went unsaid; the caller is told of it
+    assert [p.relative_to(root).as_posix() for p in find_images(root, skipped)] == want and skipped == [root / "gone.png"]
     assert sorted(p.relative_to(root).as_posix() for p in list_images([root])) == want
     units = plan_units(str(root), 10)
     assert [os.path.relpath(p, root) for p in units[0].paths] == want

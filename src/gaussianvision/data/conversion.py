@@ -401,7 +401,8 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     """Convert this rank's pending shards of `src` into `out`; returns the summary dict
     (with this run's "run" counts: shards converted now and skipped as already finished)."""
     _check_settings(cfg)
-    units = plan_units(src, cfg.shard_size)
+    skipped: list[Path] = []
+    units = plan_units(src, cfg.shard_size, skipped)
     _probe_fit(cfg)  # every option checked before anything is written
     out = Path(out)
     _check_apart(units, out)
@@ -441,7 +442,8 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
         bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
                       "shards_skipped": len(mine) - len(pending) + conv.finished_elsewhere,
-                      "shards_busy": conv.busy, "shards_of_this_rank": len(mine), "unopened": conv.unopened}
+                      "shards_busy": conv.busy, "shards_of_this_rank": len(mine), "unopened": conv.unopened,
+                      "skipped_entries": [str(q) for q in skipped]}  # named like images, not files: not samples
     return summary
 
 

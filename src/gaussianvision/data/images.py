@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTS", "IMAGE_EXTENSIONS",
-           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images"]
+           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
@@ -166,10 +166,12 @@ def image_member(members) -> str | None:
     return next((e for e in IMAGE_EXTS if e in members), None)
 
 
-def find_images(root: str | os.PathLike) -> list[Path]:
+def find_images(root: str | os.PathLike, skipped: list[Path] | None = None) -> list[Path]:
     """The image files (by extension) under a folder, at any depth, sorted by their path under it;
     symlinked folders are followed, each real folder once (a link back up the tree is no loop).
-    Regression: folders linked into a dataset folder were skipped without a word."""
+    Entries named like images that are not files (broken links, fifos) are left out, and added to
+    `skipped` when given, for the caller to say. Regression: folders linked into a dataset folder were
+    skipped without a word, and so were broken links."""
     root = Path(root)
     seen: set[tuple[int, int]] = set()
     found = []
@@ -184,12 +186,16 @@ def find_images(root: str | os.PathLike) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    found = [q for q in found if q.is_file()]  # not broken links, fifos, ...
-    return sorted(found, key=lambda q: q.relative_to(root).as_posix())
+    files = [q for q in found if q.is_file()]  # not broken links, fifos, ...
+    if skipped is not None and len(files) < len(found):
+        kept = set(files)
+        skipped.extend(sorted((q for q in found if q not in kept), key=lambda q: q.relative_to(root).as_posix()))
+    return sorted(files, key=lambda q: q.relative_to(root).as_posix())
 
 
-def list_images(inputs) -> list[Path]:
-    """Expand files and folders (recursively, sorted) to image paths by extension.
+def list_images(inputs, skipped: list[Path] | None = None) -> list[Path]:
+    """Expand files and folders (recursively, sorted) to image paths by extension; what a folder holds
+    named like an image but not a file goes to `skipped` (find_images).
 
     A named file is kept whatever its extension, so that bad inputs get reported."""
     out: list[Path] = []
@@ -200,10 +206,20 @@ def list_images(inputs) -> list[Path]:
         except OSError:  # e.g. a name too long for the file system: loading it reports why
             folder = False
         if folder:
-            out.extend(sorted(find_images(p)))  # (the order gsv fit has always used)
+            out.extend(sorted(find_images(p, skipped)))  # (the order gsv fit has always used)
         else:
             out.append(p)
     return out
+
+
+def skipped_note(skipped: list[Path]) -> str | None:
+    """One line saying what find_images left out (None if nothing): how many, and the first."""
+    from gaussianvision.data.shards import show
+    if not skipped:
+        return None
+    n = len(skipped)
+    return (f"skipped {n} entr{'y' if n == 1 else 'ies'} named like an image but not a file (a broken link, a fifo; "
+            f"e.g. {show(str(skipped[0]), None)})")
 
 
 def to_pil(img: torch.Tensor) -> Image.Image:

@@ -98,13 +98,14 @@ def expand_urls(spec) -> list[str]:
     return out
 
 
-def plan_units(src, shard_size: int = 1000) -> list[Unit]:
-    """The ordered list of units of a conversion input."""
+def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -> list[Unit]:
+    """The ordered list of units of a conversion input; a folder's entries named like images that are
+    not files (broken links) go to `skipped` (find_images)."""
     if shard_size < 1:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
     if p.is_dir():
-        files = find_images(p)
+        files = find_images(p, skipped)
         tars = any(p.glob("*.tar"))
         if files and tars:  # regression: the images were dropped and only the shards read
             raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gaussianvision.data.images import skipped_note
 from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank, stored_settings
 from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
@@ -128,6 +129,8 @@ def _go(a) -> int:
     except (ConvertError, SourceError) as e:
         raise CliError(str(e)) from None
     emit(s, a.json, _report(s, a.output))
+    if (note := skipped_note(s["run"].get("skipped_entries", []))):
+        print(f"gsv convert: {note}", file=sys.stderr)
     if s["run"]["unopened"]:  # left unfinished: a rerun retries them
         print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
               f"their output shards are left unfinished: rerun once they can be read", file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from gaussianvision.atomic import write_atomic
-from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image
+from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image, skipped_note
 from gaussianvision.data.shards import show
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
@@ -153,7 +153,8 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     skipped ones are said. (A folder's own path is never one of its images: `named` needs no is_dir.)"""
     named = {Path(x) for x in inputs}
     paths, renders, seen, again = [], [], set(), 0
-    found = [list_images([x]) for x in inputs]
+    skipped: list[Path] = []
+    found = [list_images([x], skipped) for x in inputs]
     empty = [x for x, f in zip(inputs, found) if not f]  # only a folder can list nothing
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
         print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {', '.join(show(str(x), None) for x in empty)}",
@@ -165,6 +166,8 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
             continue
         seen.add(where)
         (renders if p not in named and is_render(p) else paths).append(p)
+    if (note := skipped_note(skipped)):
+        print(f"gsv fit: {note}", file=sys.stderr)
     if again:
         print(f"gsv fit: skipped {again} repeat{'s' if again != 1 else ''} of inputs named before (each image is "
               f"fitted once)", file=sys.stderr)

@@ -73,8 +73,12 @@ def _fit_stream(a):
 
 
 def _images(a, failures: list[dict]):
-    from gaussianvision.data.images import ImageLoadError, list_images, load_image
-    for path in list_images(a.inputs):
+    from gaussianvision.data.images import ImageLoadError, list_images, load_image, skipped_note
+    skipped: list = []
+    paths = list_images(a.inputs, skipped)
+    if (note := skipped_note(skipped)):
+        print(f"gsv send: {note}", file=sys.stderr)
+    for path in paths:
         try:
             yield path, load_image(path, size=a.size)
         except (ImageLoadError, OSError) as e:
