@@ -86,6 +86,12 @@ def test_fused_falls_back_to_torch_on_strided_parameters(monkeypatch):
     assert torch.equal(opt.params["x"], ref.params["x"])
 
 
+def test_an_unknown_kernel_module_is_an_import_error():
+    from gaussianvision.raster.cpu_numba import numba_module
+    with pytest.raises(ImportError, match="no kernel module 'gaussianvision.fit._nothing'"):
+        numba_module("gaussianvision.fit._nothing")
+
+
 def test_bounds_of_the_wrong_length_are_named():
     opt = BatchAdam({"x": torch.zeros(1, 2, 3)}, {"x": 0.1})
     with pytest.raises(ValueError, match="bounds need 3 numbers per side"):
@@ -99,8 +105,13 @@ def test_a_fit_takes_the_fused_step_with_the_numba_kernels_only(monkeypatch):
     photos = torch.stack([t for _, t in bundled_photos(24, names=("astronaut", "coffee"))])
     cfg = FitConfig(init="grid", backend="numba")
     assert Fitter(photos, 16, cfg).opt.fused and not Fitter(photos, 16, FitConfig(init="grid", backend="reference")).opt.fused
+    calls = []
+    real = BatchAdam._fused_step
+    monkeypatch.setattr(BatchAdam, "_fused_step", lambda self, *a: calls.append(1) or real(self, *a))
     fused = Fitter(photos, 16, cfg).run(30)
+    assert len(calls) == 3 * 30  # every parameter, every iteration
     monkeypatch.setattr(BatchAdam, "_fusable", lambda *a: False)
     plain = Fitter(photos, 16, cfg).run(30)
+    assert len(calls) == 90
     for k in fused.params:
         assert torch.allclose(fused.params[k], plain.params[k], rtol=1e-4, atol=1e-4), k

@@ -451,13 +451,14 @@ def test_names_with_a_newline_or_a_tab_stay_on_their_own_line(tmp_path, capsys):
     from gaussianvision.data.shards import show
     assert show("a\nb\tc.png") == "a\\nb\\tc.png" and show("plain é.png") == "plain é.png"
     assert show("x" * 400, None) == "x" * 400 and show("\udcff.png") == "\\udcff.png"
+    assert show("写真\u30001.png") == "写真\u30001.png" and show("a\u202eb") == "a\\u202eb"  # spaces print
     save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7)), tmp_path / "good\nname.png")
     (tmp_path / "bad\tname.png").write_bytes(b"not an image")
     args = ["-n", "4", "--iters", "2", "--size", "16", "--backend", "reference", "--no-progress"]
-    assert gsv(["fit", str(tmp_path), "--out", str(tmp_path / "o")] + args) == 0
+    assert gsv(["fit", str(tmp_path), "--out", str(tmp_path / "o\nut")] + args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("good\\nname.png: ") and lines[1].startswith("FAILED ") and "bad\\tname.png" in lines[1]
-    assert len(lines) == 4  # the result, the failure, reached, fitted
+    assert len(lines) == 4 and lines[3].endswith("o\\nut/")  # the result, the failure, reached, fitted
     (tmp_path / "a\nfile").write_bytes(b"")
     assert gsv(["fit", str(tmp_path / "good\nname.png"), "--out", str(tmp_path / "a\nfile")] + args) == 2
     err = capsys.readouterr().err  # an error naming it (CliError): one line too

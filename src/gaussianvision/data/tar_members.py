@@ -15,6 +15,7 @@ import gzip
 import lzma
 import re
 import tarfile
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -47,13 +48,14 @@ class ShardWarning(UserWarning):
 
 def show(name: str, limit: int | None = 300) -> str:
     """A name (or a message naming one) for one line of output: bytes that are not UTF-8 (kept as
-    surrogates) as \\xNN-like escapes and characters that do not print (a newline, a tab, other
-    control characters) as their Python escapes, so a message can always be printed and written and
-    stays one line; cut after `limit` characters (None: never). Regression: a file named with a newline
-    broke gsv fit's report line in two."""
+    surrogates) as \\xNN-like escapes, and control characters (a newline, a tab; format characters, the
+    line and paragraph separators) as their Python escapes, so a message can always be printed and
+    written and stays one line; cut after `limit` characters (None: never). Regression: a file named
+    with a newline broke gsv fit's report line in two."""
     text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if not text.isprintable():  # spaces of other scripts (U+3000, no-break) print: only controls and separators
+        text = "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" or
+                       unicodedata.category(c) in ("Zl", "Zp") else c for c in text)
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 

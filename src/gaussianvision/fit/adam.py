@@ -60,16 +60,16 @@ class BatchAdam:
         scale = lr_scale.to(t.dtype) if torch.is_tensor(lr_scale) else torch.full_like(t, lr_scale)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         fused = self.fused and g0.device.type == "cpu"
-        if fused:  # rows, counts, step factors, bias corrections, as the kernel takes them
-            arrays = tuple(x.numpy() for x in (torch.arange(len(t)) if full else idx, torch.full_like(
-                steps, g0.shape[1]) if counts is None else counts, scale, bc1, bc2))
-        shared = None  # the torch step's per-image factors and padding mask, made once for all parameters
+        arrays = shared = None  # made once for all parameters: the kernel's per-image arrays; the torch step's
         for name, g in grads.items():
             bound = _hashable((bounds or {}).get(name))
             if fused and self._fusable(name, g):
+                if arrays is None:  # rows, counts, step factors, bias corrections
+                    arrays = tuple(x.numpy() for x in (torch.arange(len(t)) if full else idx, torch.full_like(
+                        steps, g0.shape[1]) if counts is None else counts, scale, bc1, bc2))
                 self._fused_step(name, g, arrays, _box(bound, g.shape[2], g.dtype))
                 continue
-            if shared is None:
+            if shared is None:  # per-image factors, padding mask
                 valid = None if counts is None else \
                     (torch.arange(g0.shape[1], device=g0.device)[None, :] < counts[:, None])[..., None].to(g0.dtype)
                 shared = (scale[:, None, None], bc1[:, None, None], bc2[:, None, None]), valid

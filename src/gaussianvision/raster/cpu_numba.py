@@ -130,12 +130,23 @@ def cache_fallback(in_tree: str | os.PathLike, user_wide: str | os.PathLike, tem
     return None if _writable(in_tree) or _writable(user_wide) else private_folder(temp)
 
 
+_IMPORT_LOCK = threading.Lock()  # numba's cache setting is process-wide: one kernel import at a time
+
+
 @functools.lru_cache(maxsize=None)
 def numba_module(name: str):
     """Import the numba kernel module `name` (e.g. "gaussianvision.raster._numba_kernels"), its kernels
     compiled into numba's cache: the __pycache__ beside the module, else the user's cache folder, else
     a private temporary folder (cache_fallback); NUMBA_CACHE_DIR wins when set. ImportError (with the
     install hint) when numba is missing."""
+    with _IMPORT_LOCK:
+        return _import_kernels(name)
+
+
+def _import_kernels(name: str):
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ImportError(f"no kernel module {name!r}")
     try:
         from numba.core import config
         before = config.CACHE_DIR
@@ -144,7 +155,7 @@ def numba_module(name: str):
             user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
             uid = os.getuid() if hasattr(os, "getuid") else 0
             temp = os.path.join(tempfile.gettempdir(), f"gsv-numba-cache-{uid}")
-            in_tree = os.path.join(os.path.dirname(importlib.util.find_spec(name).origin), "__pycache__")
+            in_tree = os.path.join(os.path.dirname(spec.origin), "__pycache__")
             config.CACHE_DIR = cache_fallback(in_tree, user_wide, temp) or before
         try:  # numba picks a function's cache folder when it is decorated: ours only, not later packages'
             return importlib.import_module(name)

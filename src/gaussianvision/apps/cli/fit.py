@@ -288,7 +288,7 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
                    "each iteration's time is foreseen from the one before, and the first one's is not known until it "
                    "has run: a budget of a few iterations can be passed by one")
             lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: {why}")
-    lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {a.out}/")
+    lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {show(str(a.out), None)}/")
     emit(summary, a.json, "\n".join(lines))
     if "error" in summary:
         print(f"gsv fit: {summary['error']}", file=sys.stderr)
