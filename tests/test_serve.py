@@ -178,8 +178,14 @@ def test_token_guards_every_route_but_health(live):
 
 
 def test_unknown_routes_and_parameters_are_json_errors(live):
+    before = _get(live.url + "/metrics")[1]
     assert _get(live.url + "/nope")[0] == 404
     assert _get(live.url + "/embed")[0] == 405
+    after = _get(live.url + "/metrics")[1]  # regression: these two refusals were not counted (docs/serve.md)
+    for reason in ("http_404", "http_405"):
+        assert after["rejects"].get(reason, 0) == before["rejects"].get(reason, 0) + 1
+    assert after["statuses"].get("other 404", 0) == before["statuses"].get("other 404", 0) + 1
+    assert after["statuses"].get("/embed 405", 0) == before["statuses"].get("/embed 405", 0) + 1
     body = fmt.encode(random_splats(1, 8, 32, 32))
     status, ans = _post(live.url + "/classify?label_set=no-such-set", body)
     assert (status, ans["reason"]) == (404, "unknown_label_set") and "cifar10" in ans["known"]
@@ -238,6 +244,13 @@ def test_classify_matches_a_direct_zero_shot_computation(live, reference):
     assert ans10["label_set"] == "cifar10" and len(ans10["images"][0]["labels"]) == 2
     world = send(body, live.url, label_set="world/color", token=TOKEN)
     assert world["classes"] == 6 and len(world["images"][0]["labels"]) == 5
+    # regression: a name with a comma was split, and a string was sent letter by letter
+    commas = send(body, live.url, labels=["a red, shiny car", "dog"], top_k=2, token=TOKEN)
+    assert commas["classes"] == 2 and set(commas["images"][0]["labels"]) == {"a red, shiny car", "dog"}
+    with pytest.raises(ClientError, match="give a list of class names"):
+        send(body, live.url, labels="cat,dog", token=TOKEN)
+    with pytest.raises(ClientError, match="top_k 3: goes with labels or a label_set"):
+        send(body, live.url, top_k=3, token=TOKEN)
 
 
 def test_a_wrong_token_is_found_before_anything_is_fitted(live, tmp_path, capsys, monkeypatch):
@@ -286,6 +299,13 @@ def test_gsv_send_end_to_end(live, tmp_path, capsys):
     assert main(["send", str(a), "--url", live.url, *fit, "--labels", "cat,dog", "--layout", "quantized"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{a}: ") and "bytes sent (16 Gaussians" in line and ("cat" in line and "dog" in line)
+    assert main(["send", str(a), "--url", live.url, *fit, "--labels", "cat", "--label", "red, shiny car", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["results"][0]["answer"]
+    assert answer["classes"] == 2 and set(answer["images"][0]["labels"]) == {"cat", "red, shiny car"}
+    (tmp_path / "empty").mkdir()  # regression: exit 2 without a word
+    assert main(["send", str(tmp_path / "empty"), "--url", live.url, *fit]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gsv send: no images in ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("case, message", [
@@ -315,6 +335,7 @@ def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
     (["--url", "http://127.0.0.1:8", "--timeout", "0"], "argument --timeout: must be a positive number, got 0"),
     (["--url", "http://127.0.0.1:8", "--labels", ",,"], "--labels ',,': no class names"),
     (["--url", "http://127.0.0.1:8", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+    (["--url", "http://127.0.0.1:8", "--top-k", "3"], "--top-k 3: goes with --labels, --label or --label-set"),
 ])
 def test_gsv_send_checks_the_request_before_any_fit_or_network(tmp_path, capsys, monkeypatch, args, message):
     """Regression: these were 'the answer is not JSON', 'Connection refused' or a 400 from the server

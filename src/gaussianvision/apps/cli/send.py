@@ -16,7 +16,8 @@ from gaussianvision.apps.cli.command import (CliError, add_progressive_options, 
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
-from gaussianvision.data.images import MAX_SIZE
+from gaussianvision.data.images import IMAGE_EXTS, MAX_SIZE
+from gaussianvision.data.shards import show
 
 LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleaved", "float32", False),
            "quantized": ("quantized", "float16", False), "quantized-zstd": ("quantized", "float16", True)}
@@ -29,6 +30,8 @@ def _parser():
     p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="Bearer token (default: GSV_SERVE_TOKEN, else none)")
     p.add_argument("--labels", default=None, help="comma-separated class names: /classify instead of /embed")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="one class name, taken whole (a name with a comma); repeat it; adds to --labels")
     p.add_argument("--label-set", default=None, help="a named label set of the server (cifar10, world/shape, ...)")
     p.add_argument("--top-k", type=whole(1), default=None, help="labels per image (the server's when not given)")
     p.add_argument("--gaussians", "-n", type=int, default=400, help="Gaussians per image")
@@ -72,15 +75,25 @@ def _fit_stream(a):
     return FitStream(a.gaussians, config, a.batch_size, encoding=encoding)
 
 
-def _images(a, failures: list[dict]):
-    from gaussianvision.data.images import ImageLoadError, list_images, load_image, skipped_note
+def _paths(a) -> list[Path]:
+    """The images to send (files as named, folders' images); what a folder holds named like an image but not
+    a file is said; CliError when there is none (regression: an empty folder was exit 2 without a word)."""
+    from gaussianvision.data.images import list_images, skipped_note
     skipped: list = []
     paths = list_images(a.inputs, skipped)
     if (note := skipped_note(skipped)):
         print(f"gsv send: {note}", file=sys.stderr)
+    if not paths:
+        raise CliError(f"no images in {', '.join(show(str(x), None) for x in a.inputs)} (looked for "
+                       f"{', '.join(IMAGE_EXTS)})")
+    return paths
+
+
+def _images(paths: list[Path], size: int, failures: list[dict]):
+    from gaussianvision.data.images import ImageLoadError, load_image
     for path in paths:
         try:
-            yield path, load_image(path, size=a.size)
+            yield path, load_image(path, size=size)
         except (ImageLoadError, OSError) as e:
             failures.append({"path": str(path), "error": str(e)})
             print(f"gsv send: {e}", file=sys.stderr)
@@ -100,20 +113,25 @@ def _send(a) -> int:
     import os
     from gaussianvision.apps.serve.client import ClientError, check_server, send
     from gaussianvision.apps.serve.settings import TOKEN_ENV
-    if a.labels is not None and a.label_set is not None:
-        raise CliError("give --labels or --label-set, not both")
+    if (a.labels is not None or a.label) and a.label_set is not None:
+        raise CliError("give --labels (or --label) or --label-set, not both")
     labels = [c.strip() for c in a.labels.split(",") if c.strip()] if a.labels is not None else None
     if labels == []:  # regression: found out from the server, after every image was fitted
         raise CliError(f"--labels {a.labels!r}: no class names (give comma-separated names, e.g. cat,dog)")
+    if a.label:
+        labels = (labels or []) + [c.strip() for c in a.label if c.strip()]
+    if a.top_k is not None and labels is None and a.label_set is None:  # regression: ignored, an embedding printed
+        raise CliError(f"--top-k {a.top_k}: goes with --labels, --label or --label-set (/classify)")
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
     stream = _fit_stream(a)
     missing = [p for p in a.inputs if not Path(p).exists()]
     if missing:
         raise CliError(f"{missing[0]}: no such file or folder")
+    paths = _paths(a)
     results, failures = [], []
     try:
         check_server(a.url, a.timeout, token)  # the URL and timeout checked first (check_request), the token after
-        for item in stream(_images(a, failures)):
+        for item in stream(_images(paths, a.size, failures)):
             if not item.ok:
                 failures.append({"path": str(item.key), "error": item.error})
                 print(f"gsv send: {item.key}: {item.error}", file=sys.stderr)

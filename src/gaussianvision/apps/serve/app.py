@@ -82,7 +82,8 @@ class _Service:
 
     def _labels(self, request: Request):
         q = request.query_params
-        names = [c for item in q.getlist("labels") + q.getlist("label") for c in item.split(",")]
+        # labels=a,b,c: a comma-separated list; label=NAME (repeatable): one class name each, commas kept
+        names = [c for item in q.getlist("labels") for c in item.split(",")] + q.getlist("label")
         if q.get("label_set") and names:
             raise ServeError(400, "bad_labels", "give labels or a label_set, not both")
         if q.get("label_set"):
@@ -132,9 +133,19 @@ class _Service:
         return endpoint
 
 
+ROUTES = ("/embed", "/classify", "/health", "/metrics")
+
+
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own refusals (unknown path, wrong method) as JSON too."""
-    return JSONResponse({"error": exc.detail, "reason": f"http_{exc.status_code}"}, status_code=exc.status_code,
+    """Starlette's own refusals (unknown path, wrong method) as JSON too, counted in /metrics like every
+    refusal: under their reason (http_404, http_405) and their route, any unknown path as "other" (a
+    bounded set of keys whatever is asked). Regression: they were not counted, against docs/serve.md."""
+    reason = f"http_{exc.status_code}"
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.metrics.rejected(reason)
+        service.metrics.answered(request.url.path if request.url.path in ROUTES else "other", exc.status_code, 0.0)
+    return JSONResponse({"error": exc.detail, "reason": reason}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 
 

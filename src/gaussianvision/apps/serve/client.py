@@ -2,7 +2,7 @@
 
     from gaussianvision.apps.serve.client import send
     answer = send(splats_or_bytes, "http://127.0.0.1:8000")                       # /embed
-    answer = send(data, url, labels=["cat", "dog"], token="...")                 # /classify
+    answer = send(data, url, labels=["cat", "dog"], token="...")                 # /classify (a name may hold commas)
     answer = send(data, url, label_set="cifar10", top_k=3)
 
 `data`: .gsv bytes (one file or several concatenated) or a Splats (encoded as float16). Returns
@@ -46,8 +46,13 @@ def check_request(url: str, timeout: float | None) -> None:
 
 def _query(labels, label_set, top_k) -> tuple[str, str]:
     if labels is None and label_set is None:
+        if top_k is not None:
+            raise ClientError(f"top_k {top_k}: goes with labels or a label_set (/classify); /embed has no labels")
         return "/embed", ""
-    params = [("label_set", label_set)] if label_set else [("labels", ",".join(labels))]
+    if isinstance(labels, (str, bytes)):  # regression: "cat,dog" was sent as the labels c, a, t, ",", d, o, g
+        raise ClientError(f"labels {labels!r}: give a list of class names (e.g. ['cat', 'dog']), not one string")
+    # each name its own label= parameter, taken whole by the server: a name may hold a comma
+    params = [("label_set", label_set)] if label_set else [("label", str(c)) for c in labels]
     if top_k is not None:
         params.append(("top_k", str(top_k)))
     return "/classify", "?" + urllib.parse.urlencode(params)
