@@ -78,11 +78,35 @@ def test_fit_all_bad_and_bad_options(tmp_path, capsys):
     (["--target-psnr", "-5"], "gsv fit: --target-psnr must be a number of dB above 0"),
     (["--iters", "3", "--finetune", "-1", "--prune-fraction", "0.5"], "gsv fit: --iters and --finetune must be >= 0, got 3, -1"),
     (["--fit-option", "lr_colors=-1"], "gsv fit: lr_colors must be a finite number >= 0"),  # no flag: its own name
+    # regression (trial 8): accepted and ignored, exit 0
+    (["--finetune", "50"], "gsv fit: --finetune 50: has no effect without --prune-tau or --prune-fraction"),
+    (["--prune-measure", "luma"], "gsv fit: --prune-measure luma: has no effect without --prune-tau or --prune-fraction"),
+    (["--relocate-fraction", "0.5"], "gsv fit: --relocate-fraction 0.5: has no effect without relocation"),
+    (["--progressive-order", "greedy"], "gsv fit: --progressive-order greedy: goes with --progressive"),
 ])
 def test_a_bad_value_is_named_by_the_flag_that_set_it(tmp_path, capsys, args, message):
     """Regression: these values were taken silently, and errors named internal fields (plateau_patience)."""
     assert gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", str(tmp_path / "o"), *args]) == 2
     assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_flags_that_need_another_are_taken_with_it(mixed_folder, tmp_path, capsys):
+    """The flags refused alone above work beside what they need (a preset that relocates counts)."""
+    from gaussianvision.apps.cli import convert, send
+    noise = str(mixed_folder / "noise.png")
+    base = ["-n", "8", "--iters", "4", "--size", "16", "--backend", "reference", "--no-progress"]
+    assert gsv(["fit", noise, *base, "--prune-fraction", "0.5", "--finetune", "2", "--prune-measure", "luma",
+                "--out", str(tmp_path / "a")]) == 0
+    assert gsv(["fit", noise, *base, "--preset", "fast", "--relocate-fraction", "0.2", "--out", str(tmp_path / "b")]) == 0
+    assert gsv(["fit", noise, *base, "--progressive", "--progressive-order", "greedy", "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert gsv(["info", str(tmp_path / "c" / "noise.gsv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["progressive"]
+    for mod, args in ((convert, ["--input", "x", "--output", "y", "--gaussians", "8"]),
+                      (send, ["x", "--url", "http://127.0.0.1:8", "--gaussians", "8"])):
+        a = mod._parser().parse_args(args + ["--progressive-order", "eliminate"])
+        with pytest.raises(CliError, match="^--progressive-order eliminate: goes with --progressive"):
+            mod._config(a) if mod is convert else mod._fit_stream(a)
 
 
 def test_convert_names_a_bad_value_by_its_flag_too():
@@ -484,5 +508,5 @@ def test_a_broken_link_in_a_folder_is_said_by_fit_convert_and_send(tmp_path, cap
     assert s["run"]["skipped_entries"] == [str(d / "gone.jpg")] and s["converted"] == 1 and s["failed"] == 0
     import types
     from gaussianvision.apps.cli import send  # its inputs, once the server has answered
-    assert [p.name for p, _ in send._images(types.SimpleNamespace(inputs=[str(d)], size=16), [])] == ["ok.png"]
+    assert [p.name for p in send._paths(types.SimpleNamespace(inputs=[str(d)]))] == ["ok.png"]
     assert f"gsv send: {note}{d / 'gone.jpg'})" in capsys.readouterr().err

@@ -141,6 +141,15 @@ def check_encoding(encoding, config, flags: dict[str, str]) -> None:
         raise CliError(f"--progressive: {flag_message(str(e), flags)}") from None
 
 
+def check_progressive_order(a) -> None:
+    """--progressive-order: set to "nested" when not given; one CliError line when given without
+    --progressive (regression: accepted and ignored, a plain file written)."""
+    if a.progressive_order is not None and not a.progressive:
+        raise CliError(f"--progressive-order {a.progressive_order}: goes with --progressive (it orders the Gaussians "
+                       "of a progressive file)")
+    a.progressive_order = a.progressive_order or "nested"
+
+
 def check_device(device: str | None) -> None:
     """--device: None, cpu, cuda or cuda:N of this machine; else one CliError line."""
     import torch
@@ -305,6 +314,7 @@ def add_progressive_options(p, what: str = "Gaussians") -> None:
                    help=f"write the {what} so that any prefix is a coarser image (a nested fit: prefixes of "
                         "1/8, 1/4, 1/2 and all the Gaussians each fitted to the image; the header records it)")
     from gaussianvision.fit.progressive import ENCODING_ORDERS
-    p.add_argument("--progressive-order", choices=ENCODING_ORDERS, default="nested",
-                   help="nested (default): fit nested, about 1.4-4x the fit time, good prefixes; eliminate / "
-                        "greedy: reorder a plain fit by importance (no extra fit time, poor short prefixes)")
+    p.add_argument("--progressive-order", choices=ENCODING_ORDERS, default=None,
+                   help="with --progressive: nested (default): fit nested, about 1.4-4x the fit time, good "
+                        "prefixes; eliminate / greedy: reorder a plain fit by importance (no extra fit time, poor "
+                        "short prefixes)")

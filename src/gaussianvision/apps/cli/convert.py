@@ -16,7 +16,8 @@ from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.stream import Encoding, default_batch_size
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_encoding,
-                                             check_gaussians, emit, fit_option, flag_message, parser, run)
+                                             check_gaussians, check_progressive_order, emit, fit_option, flag_message,
+                                             parser, run)
 
 
 _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
@@ -58,6 +59,7 @@ def _parser():
 def _config(a) -> ConvertConfig:
     """The settings of the command line (fit flags, then --fit-option KEY=VALUE over them)."""
     check_gaussians(a.gaussians, a.size)
+    check_progressive_order(a)
     flags = {k: getattr(a, k) for k in _FIT_FLAGS if getattr(a, k) is not None}
     fit = dict(flags)
     for key, value in (fit_option(t) for t in a.fit_option):  # among themselves, the last one wins

@@ -23,8 +23,9 @@ from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitI
 from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
-                                              check_device, check_encoding, check_gaussians, check_out_folder, emit,
-                                              fit_option, flag_message, parser, run, write_json)
+                                              check_device, check_encoding, check_gaussians, check_out_folder,
+                                              check_progressive_order, emit, fit_option, flag_message, parser, run,
+                                              write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -74,12 +75,14 @@ def _parser():
     p.add_argument("--prune-lambda", type=float, default=0.0, help="L1 luminance penalty (times the mean over N)")
     p.add_argument("--prune-tau", type=float, default=None, help="prune Gaussians whose importance is under TAU")
     p.add_argument("--prune-fraction", type=float, default=None, help="prune this fraction (the least important)")
-    p.add_argument("--prune-measure", default="energy", choices=list(MEASURES))
+    p.add_argument("--prune-measure", default=None, choices=list(MEASURES),
+                   help="with --prune-tau or --prune-fraction: what ranks the Gaussians (default energy)")
     p.add_argument("--finetune", type=int, default=None, help="iterations after pruning (default iters/5)")
     p.add_argument("--relocate-every", type=int, default=None,
                    help="every K iterations move the least important Gaussians to where the error is "
                         "(0: off; default 0, or the preset's)")
-    p.add_argument("--relocate-fraction", type=float, default=0.1, help="share of each image's Gaussians moved")
+    p.add_argument("--relocate-fraction", type=float, default=None,
+                   help="with relocation: share of each image's Gaussians moved (default 0.1)")
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
@@ -119,17 +122,17 @@ def _config(a) -> FitConfig:
     # each named with its value (regression: one message for two flags)
     check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
     check_gaussians(a.gaussians, a.size)
+    check_progressive_order(a)
     check_device(a.device)
     check_backend(a.backend)
     prunes = a.prune_tau is not None or a.prune_fraction is not None
     # set only when given, so that a preset's settings apply
-    given = dict(preset=a.preset, budget_ms=a.budget_ms, iters=a.iters, relocate_every=a.relocate_every)
+    given = dict(preset=a.preset, budget_ms=a.budget_ms, iters=a.iters, relocate_every=a.relocate_every,
+                 prune_measure=a.prune_measure, relocate_fraction=a.relocate_fraction)
     flags = dict({k: v for k, v in given.items() if v is not None},
                  init=a.init, target_psnr=a.target_psnr, plateau_patience=a.plateau,
                  prune_lambda=a.prune_lambda, prune_tau=a.prune_tau, prune_fraction=a.prune_fraction,
-                 prune_measure=a.prune_measure, ssim_weight=a.ssim_weight, schedule=a.schedule,
-                 relocate_fraction=a.relocate_fraction,
-                 backend=a.backend, device=a.device, seed=a.seed)
+                 ssim_weight=a.ssim_weight, schedule=a.schedule, backend=a.backend, device=a.device, seed=a.seed)
     if a.finetune is not None:
         flags["finetune_iters"] = a.finetune
     extra = dict(fit_option(x) for x in a.fit_option)
@@ -144,7 +147,20 @@ def _config(a) -> FitConfig:
     except ValueError as e:
         raise CliError(flag_message(str(e), by_flag)) from None
     check_encoding(Encoding(progressive=a.progressive, order=a.progressive_order), cfg, by_flag)
+    _check_effect(a, cfg)
     return cfg
+
+
+def _check_effect(a, cfg: FitConfig) -> None:
+    """A flag that would change nothing in this fit is one CliError line (regression: --finetune,
+    --prune-measure and --relocate-fraction were accepted and ignored without pruning or relocation)."""
+    for flag, value, effect, needs in (
+            ("--finetune", a.finetune, cfg.prunes, "--prune-tau or --prune-fraction"),
+            ("--prune-measure", a.prune_measure, cfg.prunes, "--prune-tau or --prune-fraction"),
+            ("--relocate-fraction", a.relocate_fraction, cfg.relocate_every > 0, "relocation (--relocate-every, or a "
+                                                                                  "--preset that relocates)")):
+        if value is not None and not effect:
+            raise CliError(f"{flag} {value}: has no effect without {needs}")
 
 
 def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
@@ -157,7 +173,8 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     found = [list_images([x], skipped) for x in inputs]
     empty = [x for x, f in zip(inputs, found) if not f]  # only a folder can list nothing
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
-        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {', '.join(show(str(x), None) for x in empty)}",
+        folders = ", ".join(show(str(x), None) for x in empty)
+        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {folders}",
               file=sys.stderr)
     for p in (p for f in found for p in f):
         where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input

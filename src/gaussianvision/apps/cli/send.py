@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device,
-                                              check_encoding, check_gaussians, emit, fit_option, fit_option_message,
-                                              parser, positive, run, whole)
+                                              check_encoding, check_gaussians, check_progressive_order, emit,
+                                              fit_option, fit_option_message, parser, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -60,6 +60,7 @@ def _fit_stream(a):
     # each named with its value (regression: one message for four flags)
     check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
     check_gaussians(a.gaussians, a.size)
+    check_progressive_order(a)
     check_device(a.device)
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
     options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
