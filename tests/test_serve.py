@@ -157,6 +157,8 @@ def test_good_and_bad_requests_together(live, reference):
         got_status, ans = answers[("bad", name)]
         assert (got_status, ans["reason"]) == (status, reason), (name, ans)
         assert ans["error"] and "\n" not in ans["error"]
+        if reason == "bad_payload":  # regression: "payload 0" from the header's checks, 0 from the rest
+            assert ans["payload"] == (1 if name == "bad_tail" else 0), (name, ans)
     status, m = _get(live.url + "/metrics")
     assert status == 200
     assert m["batches"]["max"] > 1 and m["batches"]["mean_requests"] > 1  # requests shared forwards

@@ -5,13 +5,13 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import check_out_folder, emit, parser, run, whole, whole_list, write_json
+from gaussianvision.apps.cli.command import check_out_folder, emit, parser, path_arg, run, whole, whole_list, write_json
 from gaussianvision.apps.cli.render import check_backend
 
 
 def main(argv=None) -> int:
     p = parser("bench codec", "Rate-distortion on the bundled photos: splats vs JPEG / WebP at equal bytes.")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="4 photos at 96x96, N=200, 100 iterations")
     p.add_argument("--size", type=whole(11, 2048), default=None, help="default 224 (quick 96)")
     p.add_argument("--n", type=whole_list(1), default=None, help="Gaussians per image, comma-separated (default 400,900)")

@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole_list, write_json, write_text
+from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, whole_list, write_json, write_text
 
 
 def main(argv=None) -> int:
     p = parser("bench fit", "PSNR vs iterations per N and init, throughput, float16 cost, pruning sweep, "
                             "naive dense baseline and Kodak. Writes fit.json and fit.md (fit_quick.* with --quick).")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="a few minutes on a 2-core machine (2.5 min at load 1.2)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="auto")

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, run, write_json, write_text
+from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, path_arg, run, write_json, write_text
 
 EPILOG = """\
 On a GPU machine with nothing installed but torch and triton (no network, no pip install):
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                             "side, time to quality, fitting throughput by batch and N (and on request the LIG-style "
                             "baseline and the towers' throughput), each step time-boxed.")
     p.epilog = EPILOG
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--tiny", action="store_true", help="every step on CPU with a few small images (a test of "
                                                        "the script; writes gpu_tiny.json / .md)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from gaussianvision.apps.cli.command import check_out_folder, emit, parser, run, whole, whole_list, write_json, write_text
+from gaussianvision.apps.cli.command import (check_out_folder, emit, parser, path_arg, run, whole, whole_list,
+                                             write_json, write_text)
 
 
 def machine() -> dict:
@@ -30,7 +31,7 @@ def write_markdown(path: Path, title: str, env: dict, body: str) -> None:
 def main(argv=None) -> int:
     p = parser("bench load", "Loading throughput: splat shards vs JPEG shards as img2dataset stores them for CLIP "
                              "training (shorter side 256 / 224 px, quality 95), same batch size and workers.")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="400 samples, N=400, workers 0 only")
     p.add_argument("--samples", type=whole(8), default=None, help="samples written and read (default 1000, quick 400)")
     p.add_argument("--batch-size", type=whole(1), default=64)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, check_out_folder, emit, parser, run, whole, whole_list, write_json, write_text
+from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole, whole_list,
+                                             write_json, write_text)
 
 
 def main(argv=None) -> int:
     p = parser("bench model", "Latency and FLOPs of the GS tower (98 tokens: per-layer vs shared keys/values) "
                               "vs the RGB ViT, side by side in one run.")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"), help="results directory")
     p.add_argument("--quick", action="store_true", help="batches 1 and 4, N=400 only, 2 repeats")
     p.add_argument("--base", default="ViT-B-16", help="OpenCLIP base architecture (default ViT-B-16)")
     p.add_argument("--configs", default="gs-98,gs-98-shared",

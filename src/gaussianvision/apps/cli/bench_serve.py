@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, write_json
 
 
 def _trained_n(folder: str | Path) -> int | None:
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     p = parser("bench serve", "A bounded load test: gsv serve on 127.0.0.1, N client threads for a fixed time "
                               "sending .gsv payloads to /embed, batching windows side by side.")
     p.add_argument("--model", default=None, help="a GS model (gsv serve's MODEL); default the demo's stage-2 model")
-    p.add_argument("--demo", type=Path, default=Path("out/demo"), help="where the default model comes from")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--demo", type=path_arg, default=Path("out/demo"), help="where the default model comes from")
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="2 clients, 2 s per window")
     p.add_argument("--clients", type=int, default=None, help="client threads (default 8)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per window (default 10)")

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole_list, write_json
+from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, whole_list, write_json
 
 
 def _columns(text: str | None, quick: bool) -> dict:
@@ -22,15 +22,15 @@ def main(argv=None) -> int:
     p = parser("bench wire", "At equal bytes per image: the demo's RGB teacher on JPEG / WebP images vs its GS "
                              "encoder on splats (float16, fast preset, quantized, progressive prefix); zero-shot accuracy and PSNR on "
                              "the demo's world, PSNR on the bundled photos. Needs a finished gsv demo.")
-    p.add_argument("--demo", type=Path, default=Path("out/demo"), help="a finished gsv demo folder")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--demo", type=path_arg, default=Path("out/demo"), help="a finished gsv demo folder")
+    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="budgets N=19,76, no fast-preset column, 4 photos")
     p.add_argument("--n", type=whole_list(1), default=None, help="budgets as N Gaussians (float16 file sizes), default 19,38,57,76")
     p.add_argument("--columns", default=None, help="comma-separated: JPEG,WEBP,splats float16,splats fast,"
                                                    "splats quantized,splats progressive (default all; splats progressive: "
                                                    "prefixes of one nested fit at the largest N)")
     p.add_argument("--no-photos", action="store_true", help="the world only")
-    p.add_argument("--work", type=Path, default=None,
+    p.add_argument("--work", type=path_arg, default=None,
                    help="working folder (codec copies, splat caches; reused by a rerun); default a temporary one")
     args = p.parse_args(argv)
 

@@ -75,6 +75,13 @@ def whole(lo: int, hi: int | None = None):
     return parse
 
 
+def path_arg(text: str) -> Path:
+    """argparse type: a path, not empty (regression: --out "" wrote into the current folder, as Path("") is ".")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return Path(text)
+
+
 def positive(text: str) -> float:
     """argparse type: a positive finite number (seconds, milliseconds)."""
     try:

@@ -23,9 +23,9 @@ from gaussianvision.fit import INITIALIZERS, MEASURES, Encoding, FitConfig, FitI
 from gaussianvision.fit.stream import default_batch_pixels, default_batch_size
 from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
-                                              check_device, check_encoding, check_gaussians, check_out_folder,
-                                              check_progressive_order, emit, fit_option, flag_message, parser, run,
-                                              write_json)
+                                             check_device, check_encoding, check_gaussians, check_out_folder,
+                                             check_progressive_order, emit, fit_option, flag_message, parser, path_arg,
+                                             run, write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -87,7 +87,7 @@ def _parser():
     p.add_argument("--schedule", default="constant", choices=list(SCHEDULES))
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
     add_progressive_options(p, "Gaussians of each image")
-    p.add_argument("--out", type=Path, default=Path("out/fit"), help="output folder")
+    p.add_argument("--out", type=path_arg, default=Path("out/fit"), help="output folder")
     p.add_argument("--save-png", action="store_true", help="also write the reconstruction as NAME.png")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="auto", help="render backend: auto, reference, numba or triton")

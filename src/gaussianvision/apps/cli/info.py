@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from gaussianvision.splats import format as fmt
-from gaussianvision.apps.cli.command import emit, parser, run
+from gaussianvision.apps.cli.command import emit, parser, path_arg, run
 
 _SHOWN_COUNTS = 16  # the human output lists at most this many per-image counts
 
@@ -48,7 +48,7 @@ def _human(d: dict) -> str:
 
 def main(argv=None) -> int:
     p = parser("info", "Print the header and statistics of a .gsv splat file.")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=path_arg)
     args = p.parse_args(argv)
 
     def go(a):

@@ -16,7 +16,7 @@ from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import to_pil
 from gaussianvision.raster import probe_backend, render
 from gaussianvision.splats import format as fmt
-from gaussianvision.apps.cli.command import CliError, emit, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run
 
 MAX_PIXELS = 1 << 26
 
@@ -94,8 +94,8 @@ def _out_paths(out: Path, n: int) -> list[Path]:
 def main(argv=None) -> int:
     p = parser("render", "Render a .gsv file to PNG. Splats are resolution-free: --scale 2 renders at twice "
                          "the fitted size.")
-    p.add_argument("file", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="output PNG (image i of a batch file: OUT_i.png)")
+    p.add_argument("file", type=path_arg)
+    p.add_argument("--out", type=path_arg, required=True, help="output PNG (image i of a batch file: OUT_i.png)")
     p.add_argument("--scale", type=float, default=1.0, help="multiple of the fitted size (default 1)")
     p.add_argument("--size", type=str, default=None,
                    help="WIDTHxHEIGHT in pixels, width first (e.g. 640x480); overrides --scale")

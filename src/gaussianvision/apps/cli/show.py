@@ -16,7 +16,7 @@ from gaussianvision.data.images import load_image
 from gaussianvision.raster import render
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.params import chol_to_scale_rot
-from gaussianvision.apps.cli.command import CliError, emit, parser, run
+from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run
 from gaussianvision.apps.cli.render import check_backend, check_out_file
 
 
@@ -117,9 +117,9 @@ def _one_image(path: Path, index: int):
 
 def main(argv=None) -> int:
     p = parser("show", "Draw the Gaussians of a .gsv file as ellipses beside its render (and the original).")
-    p.add_argument("file", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="output PNG")
-    p.add_argument("--image", type=Path, default=None, help="the original image, shown first")
+    p.add_argument("file", type=path_arg)
+    p.add_argument("--out", type=path_arg, required=True, help="output PNG")
+    p.add_argument("--image", type=path_arg, default=None, help="the original image, shown first")
     p.add_argument("--index", type=int, default=0, help="which image of a batch file")
     p.add_argument("--sigma", type=float, default=1.0, help="ellipse radius in standard deviations")
     p.add_argument("--backend", default="auto")

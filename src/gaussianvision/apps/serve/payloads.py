@@ -40,18 +40,20 @@ def split_payloads(body: bytes) -> list[memoryview]:
     return pieces
 
 
-def _header(piece: memoryview, name: str) -> fmt.Header:
-    """The checked header of one piece (a truncated last file is reported by the reader)."""
+def _header(piece: memoryview, index: int) -> fmt.Header:
+    """The checked header of piece `index` (a truncated last file is reported by the reader); a refusal's
+    `payload` is the index, as for every other refusal of a payload (regression: here it was the text
+    "payload 0", elsewhere the number 0)."""
     try:
-        return fmt.read_header(piece, name)
+        return fmt.read_header(piece, f"payload {index}")
     except FormatError as e:
-        raise ServeError(400, "bad_payload", str(e), payload=name) from None
+        raise ServeError(400, "bad_payload", str(e), payload=index) from None
 
 
 def read_images(body: bytes, max_images: int, max_gaussians: int) -> list[Image]:
     """Every image of every .gsv in the body, checked against the reader and the limits."""
     pieces = split_payloads(body)
-    headers = [_header(p, f"payload {i}") for i, p in enumerate(pieces)]
+    headers = [_header(p, i) for i, p in enumerate(pieces)]
     total = sum(h.n_images for h in headers)
     if total > max_images:
         raise ServeError(422, "too_many_images", f"{total} images in one request, over the limit of {max_images}",
