@@ -517,3 +517,27 @@ def test_a_broken_link_in_a_folder_is_said_by_fit_convert_and_send(tmp_path, cap
     from gaussianvision.apps.cli import send  # its inputs, once the server has answered
     assert [p.name for p in send._paths(types.SimpleNamespace(inputs=[str(d)]))] == ["ok.png"]
     assert f"gsv send: {note}{d / 'gone.jpg'})" in capsys.readouterr().err
+
+
+def test_a_cut_progressive_file_is_read_by_render_info_and_show(tmp_path, capsys):
+    """Regression (trial 8): the README's 'any prefix of a file is a coarser image' held in Python only; gsv
+    render, info and show refused a byte prefix as truncated. A cut file without the flag still is."""
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(9)), tmp_path / "a.png")
+    args = ["-n", "8", "--iters", "3", "--size", "16", "--backend", "reference", "--no-progress"]
+    assert gsv(["fit", str(tmp_path / "a.png"), *args, "--progressive", "--out", str(tmp_path / "p")]) == 0
+    assert gsv(["fit", str(tmp_path / "a.png"), *args, "--out", str(tmp_path / "q")]) == 0
+    for kind in ("p", "q"):
+        (tmp_path / f"{kind}.cut.gsv").write_bytes((tmp_path / kind / "a.gsv").read_bytes()[:32 + 16 * 4])
+    capsys.readouterr()
+    cut = tmp_path / "p.cut.gsv"
+    note = f"{cut}: a cut progressive file: its first 4 of 8 Gaussians arrived"
+    assert gsv(["render", str(cut), "--out", str(tmp_path / "r.png")]) == 0 and (tmp_path / "r.png").exists()
+    assert f"gsv render: {note}" in capsys.readouterr().err
+    assert gsv(["info", str(cut), "--json"]) == 0
+    out = capsys.readouterr()
+    d = json.loads(out.out)
+    assert d["cut"] == {"declared": 8, "arrived": 4} and d["n_gaussians"] == 4 and f"gsv info: {note}" in out.err
+    assert gsv(["show", str(cut), "--out", str(tmp_path / "s.png")]) == 0 and f"gsv show: {note}" in capsys.readouterr().err
+    assert gsv(["render", str(tmp_path / "q.cut.gsv"), "--out", str(tmp_path / "r2.png")]) == 2
+    assert "it is not progressive" in capsys.readouterr().err
+    assert gsv(["info", str(tmp_path / "p" / "a.gsv"), "--json"]) == 0 and "cut" not in json.loads(capsys.readouterr().out)

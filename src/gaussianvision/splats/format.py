@@ -349,10 +349,10 @@ def decode(data: bytes | memoryview, name: str = "<bytes>", device: str | torch.
     return s.to(device) if str(device) != "cpu" else s
 
 
-def iter_images(data: bytes | memoryview, name: str = "<bytes>") -> Iterator[Splats]:
+def iter_images(data: bytes | memoryview, name: str = "<bytes>", allow_truncated: bool = False) -> Iterator[Splats]:
     """bytes -> one Splats (B = 1, no padding) per image, in order; for any file `decode` reads
-    and for sparse batches it refuses."""
-    r = decode_rows(data, name)
+    and for sparse batches it refuses. allow_truncated: a byte prefix of a progressive file (decode_rows)."""
+    r = decode_rows(data, name, allow_truncated=allow_truncated)
     starts = np.concatenate([[0], np.cumsum(r.counts)])
     for i in range(r.header.n_images):
         yield _splats(r.rows[None, starts[i]: starts[i + 1]], r.header, None)

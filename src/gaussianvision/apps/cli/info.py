@@ -8,6 +8,7 @@ import numpy as np
 
 from gaussianvision.splats import format as fmt
 from gaussianvision.apps.cli.command import emit, parser, path_arg, run
+from gaussianvision.apps.cli.render import say_cut
 
 _SHOWN_COUNTS = 16  # the human output lists at most this many per-image counts
 
@@ -20,8 +21,9 @@ def _stats(t: np.ndarray) -> dict | None:
 
 def describe(path: Path) -> dict:
     data = fmt.read_file(path)
-    r = fmt.decode_rows(data, str(path))
+    r = fmt.decode_rows(data, str(path), allow_truncated=True)
     hdr, rows = r.header, r.rows
+    cut = say_cut(data, path, "info")  # a byte prefix of a progressive file: what arrived
     pixel = 3 * hdr.height * hdr.width * hdr.n_images
     return {
         "path": str(path), "bytes": len(data), "payload_bytes": hdr.payload_len,
@@ -35,6 +37,7 @@ def describe(path: Path) -> dict:
         "compression_ratio_file": pixel / len(data),
         "means": _stats(fmt.pixel_means(rows, hdr.width, hdr.height)), "chol": _stats(rows[:, 2:5]),
         "colors": _stats(rows[:, 5:8]),
+        **({"cut": cut} if cut else {}),
     }
 
 

@@ -7,13 +7,14 @@ no temporary file behind.
 from __future__ import annotations
 
 import math
-
+import sys
 from pathlib import Path
 
 import torch
 
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import to_pil
+from gaussianvision.data.shards import show
 from gaussianvision.raster import probe_backend, render
 from gaussianvision.splats import format as fmt
 from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run
@@ -33,6 +34,20 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     if w * h > MAX_PIXELS:
         raise CliError(f"{option} {w}x{h} is too large (more than {MAX_PIXELS} pixels)")
     return w, h
+
+
+def say_cut(data: bytes, path: Path, cmd: str) -> dict | None:
+    """For a cut progressive file (a byte prefix: README's 'any prefix is a coarser image'), which gsv
+    render, show and info read as the image of the Gaussians that arrived: one note line on stderr and
+    {"declared": N, "arrived": k}; None for a whole file. Regression: such a prefix was refused as
+    truncated, readable from Python only (allow_truncated=True)."""
+    declared = fmt.read_header(data, str(path), truncated_ok=True)
+    if len(data) >= fmt.declared_len(bytes(data[:fmt.HEADER_SIZE])):
+        return None
+    arrived = fmt.decode_rows(data, str(path), allow_truncated=True).header.n_total
+    print(f"gsv {cmd}: {show(str(path), None)}: a cut progressive file: its first {arrived} of {declared.n_total} "
+          "Gaussians arrived (a coarser image)", file=sys.stderr)
+    return {"declared": declared.n_total, "arrived": arrived}
 
 
 def check_out_file(path: Path, option: str = "--out") -> None:
@@ -108,7 +123,7 @@ def main(argv=None) -> int:
         if size is None and not (a.scale > 0 and math.isfinite(a.scale)):
             raise CliError(f"--scale must be a positive number, got {a.scale}")
         data = fmt.read_file(a.file)
-        hdr = fmt.read_header(data, str(a.file))
+        hdr = fmt.read_header(data, str(a.file), truncated_ok=True)
         if size is None and hdr.width * a.scale * hdr.height * a.scale > MAX_PIXELS:  # before rounding: inf, 1e308
             raise CliError(f"--scale {a.scale:g}: the output would be {hdr.width * a.scale:.6g}x{hdr.height * a.scale:.6g} "
                            f"(width x height), more than {MAX_PIXELS} pixels")
@@ -116,8 +131,9 @@ def main(argv=None) -> int:
         if h * w > MAX_PIXELS:
             raise CliError(f"output {w}x{h} (width x height) is too large (more than {MAX_PIXELS} pixels)")
         outs = _out_paths(a.out, hdr.n_images)
-        for path, one in zip(outs, fmt.iter_images(data, str(a.file))):
+        for path, one in zip(outs, fmt.iter_images(data, str(a.file), allow_truncated=True)):
             write_png(render(one, h, w, backend=a.backend)[0], path)
+        say_cut(data, a.file, "render")
         names = ", ".join(map(str, outs)) if len(outs) <= 4 else f"{outs[0]} ... {outs[-1]} ({len(outs)} files)"
         emit({"input": str(a.file), "outputs": [str(o) for o in outs], "height": h, "width": w}, a.json,
              f"wrote {names} ({w}x{h}, width x height)")

@@ -17,7 +17,7 @@ from gaussianvision.raster import render
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.params import chol_to_scale_rot
 from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run
-from gaussianvision.apps.cli.render import check_backend, check_out_file
+from gaussianvision.apps.cli.render import check_backend, check_out_file, say_cut
 
 
 def _import_mpl():
@@ -109,10 +109,12 @@ def _like_splats(orig: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def _one_image(path: Path, index: int):
     """Image `index` of a .gsv file (B = 1), read image by image: no padding of a batch."""
     data = fmt.read_file(path)
-    n = fmt.read_header(data, str(path)).n_images
+    n = fmt.read_header(data, str(path), truncated_ok=True).n_images
     if not 0 <= index < n:
         raise CliError(f"--index {index} out of range: {path} holds {n} image(s)")
-    return next(itertools.islice(fmt.iter_images(data, str(path)), index, None))
+    one = next(itertools.islice(fmt.iter_images(data, str(path), allow_truncated=True), index, None))
+    say_cut(data, path, "show")
+    return one
 
 
 def main(argv=None) -> int:
