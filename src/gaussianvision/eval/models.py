@@ -91,7 +91,10 @@ def _load_gs(path: str, pretrained: str | None, device):
             model = create_gsclip_from_weights(p, pretrained=pretrained or "stored", device=device)
             return model, {"checkpoint": str(p)}
         if latest_checkpoint(p) is None:
-            raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder")
+            inside = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+            hint = f"; give the weights file inside it ({inside[0]})" if len(inside) == 1 else (
+                f"; give one of its {len(inside)} .safetensors files" if inside else "")
+            raise EvalError(f"{path}: neither a checkpoint file nor a `gsv train` output folder{hint}")
         state, weights, _ = load_checkpoint(p)
         trained = state.get("task", {})  # the training stage's describe() (state.json names it "task")
         if trained.get("stage") not in ("1", "2"):
