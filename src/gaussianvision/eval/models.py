@@ -94,7 +94,7 @@ def _load_gs(path: str, pretrained: str | None, device):
             inside = sorted(p.glob("*.safetensors")) if p.is_dir() else []
             hint = f"; give the weights file inside it ({inside[0]})" if len(inside) == 1 else (
                 f"; give one of its {len(inside)} .safetensors files" if inside else "")
-            raise EvalError(f"{path}: neither a checkpoint file nor a `gsv train` output folder{hint}")
+            raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder{hint}")
         state, weights, _ = load_checkpoint(p)
         trained = state.get("task", {})  # the training stage's describe() (state.json names it "task")
         if trained.get("stage") not in ("1", "2"):
