@@ -333,6 +333,7 @@ def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
     (["--url", "ftp://x"], "ftp://x: expected http://HOST:PORT"),
     (["--url", "http://[::1"], "http://[::1: not a usable URL"),
     (["--url", "http://127.0.0.1:99999"], "http://127.0.0.1:99999: not a usable URL (Port out of range"),
+    (["--url", "http://127.0.0.1:8?x=1"], "http://127.0.0.1:8?x=1: give the server's address without ?query"),
     (["--url", "http://127.0.0.1:8", "--timeout", "nan"], "argument --timeout: must be a positive number, got nan"),
     (["--url", "http://127.0.0.1:8", "--timeout", "0"], "argument --timeout: must be a positive number, got 0"),
     (["--url", "http://127.0.0.1:8", "--labels", ",,"], "--labels ',,': no class names"),

@@ -39,6 +39,9 @@ def check_request(url: str, timeout: float | None) -> None:
         raise ClientError(f"{url}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:8000)")
     if port == 0:
         raise ClientError(f"{url}: port 0 is not a server's port")
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):  # regression: sent to ...?x=1/health
+        raise ClientError(f"{url}: give the server's address without ?query or #fragment (the routes, /embed and "
+                          f"/classify, are added to it)")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout < float("inf")):  # None: wait as long as it takes (urllib's)
         raise ClientError(f"timeout {timeout!r}: expected a positive number of seconds or None")
