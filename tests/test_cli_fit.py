@@ -90,11 +90,15 @@ def test_a_bad_value_is_named_by_the_flag_that_set_it(tmp_path, capsys, args, me
     assert capsys.readouterr().err.strip().startswith(message)
 
 
-def test_an_empty_out_is_refused(tmp_path, capsys):
-    """Regression: --out "" wrote into the current folder (Path("") is ".")."""
+def test_an_empty_path_is_refused(tmp_path, capsys):
+    """Regression: --out "" wrote into the current folder (Path("") is "."), and an input "" fitted it."""
     with pytest.raises(SystemExit) as e:
         gsv(["fit", str(tmp_path / "x.png"), "-n", "4", "--out", ""])
     assert e.value.code == 2 and "argument --out: expected a path, got ''" in capsys.readouterr().err
+    for args in (["fit", "", "-n", "4"], ["convert", "--input", "", "--output", str(tmp_path / "c"), "-n", "4"]):
+        with pytest.raises(SystemExit) as e:  # the inputs too: "" read the current folder
+            gsv(args)
+        assert e.value.code == 2 and "expected a path, got ''" in capsys.readouterr().err
 
 
 def test_flags_that_need_another_are_taken_with_it(mixed_folder, tmp_path, capsys):

@@ -184,6 +184,8 @@ def test_unknown_routes_and_parameters_are_json_errors(live):
     assert _get(live.url + "/nope")[0] == 404
     assert _get(live.url + "/embed")[0] == 405
     after = _get(live.url + "/metrics")[1]  # regression: these two refusals were not counted (docs/serve.md)
+    # and they add no latency sample (a 0 ms one pulled the route's real latencies down)
+    assert after["latency_ms"].get("/embed", {}).get("count") == before["latency_ms"].get("/embed", {}).get("count")
     for reason in ("http_404", "http_405"):
         assert after["rejects"].get(reason, 0) == before["rejects"].get(reason, 0) + 1
     assert after["statuses"].get("other 404", 0) == before["statuses"].get("other 404", 0) + 1
@@ -339,6 +341,7 @@ def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
     (["--url", "http://127.0.0.1:8", "--labels", ",,"], "--labels ',,': no class names"),
     (["--url", "http://127.0.0.1:8", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
     (["--url", "http://127.0.0.1:8", "--top-k", "3"], "--top-k 3: goes with --labels, --label or --label-set"),
+    (["--url", "http://127.0.0.1:8", "--label", " "], "--label ' ': no class names"),
 ])
 def test_gsv_send_checks_the_request_before_any_fit_or_network(tmp_path, capsys, monkeypatch, args, message):
     """Regression: these were 'the answer is not JSON', 'Connection refused' or a 400 from the server

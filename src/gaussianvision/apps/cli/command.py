@@ -75,11 +75,17 @@ def whole(lo: int, hi: int | None = None):
     return parse
 
 
-def path_arg(text: str) -> Path:
-    """argparse type: a path, not empty (regression: --out "" wrote into the current folder, as Path("") is ".")."""
+def path_text(text: str) -> str:
+    """argparse type: a path as given, not empty (regression: "" named the current folder: gsv fit "" fitted
+    its images, --out "" wrote into it)."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
-    return Path(text)
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """argparse type: a Path, not empty (path_text)."""
+    return Path(path_text(text))
 
 
 def positive(text: str) -> float:

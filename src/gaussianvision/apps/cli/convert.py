@@ -17,7 +17,7 @@ from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.stream import Encoding, default_batch_size
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_encoding,
                                              check_gaussians, check_progressive_order, emit, fit_option, flag_message,
-                                             parser, path_arg, run)
+                                             parser, path_arg, path_text, run)
 
 
 _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau", "target_psnr", "relocate_every")
@@ -25,7 +25,8 @@ _FIT_FLAGS = ("preset", "budget_ms", "iters", "init", "prune_lambda", "prune_tau
 
 def _parser():
     p = parser("convert", __doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="image file or folder, tar shard(s), brace pattern or glob")
+    p.add_argument("--input", required=True, type=path_text,
+                   help="image file or folder, tar shard(s), brace pattern or glob")
     p.add_argument("--output", required=True, type=path_arg)
     p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image (N)")
     add_speed_options(p)

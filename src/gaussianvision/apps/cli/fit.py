@@ -25,7 +25,7 @@ from gaussianvision.raster import render
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_speed_options, check_at_least,
                                              check_device, check_encoding, check_gaussians, check_out_folder,
                                              check_progressive_order, emit, fit_option, flag_message, parser, path_arg,
-                                             run, write_json)
+                                             path_text, run, write_json)
 from gaussianvision.apps.cli.render import check_backend, is_render, write_png
 
 MIN_SIZE = SSIM_WINDOW  # pixels a side: the SSIM window the fit reports with
@@ -60,7 +60,7 @@ def _names(paths: list[Path], out: Path | None = None, exts: tuple = (".gsv",)) 
 
 def _parser():
     p = parser("fit", "Fit images (files or folders) to 2D Gaussian splats; one .gsv per image.")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="+", type=path_text, help="image files or folders (searched recursively)")
     p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image")
     add_speed_options(p)
     p.add_argument("--iters", type=int, default=None, help="iterations (default 500, or the preset's)")

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device,
-                                              check_encoding, check_gaussians, check_progressive_order, emit,
-                                              fit_option, fit_option_message, parser, positive, run, whole)
+                                             check_encoding, check_gaussians, check_progressive_order, emit, fit_option,
+                                             fit_option_message, parser, path_text, positive, run, whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -26,7 +26,7 @@ LAYOUTS = {"float16": ("interleaved", "float16", False), "float32": ("interleave
 def _parser():
     p = parser("send", "Fit images here and send their splats to a `gsv serve` (docs/serve.md).",
                epilog="example: gsv send photos/ --url http://127.0.0.1:8000 --label-set cifar10")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="+", type=path_text, help="image files or folders (searched recursively)")
     p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="Bearer token (default: GSV_SERVE_TOKEN, else none)")
     p.add_argument("--labels", default=None, help="comma-separated class names: /classify instead of /embed")
@@ -117,10 +117,11 @@ def _send(a) -> int:
     if (a.labels is not None or a.label) and a.label_set is not None:
         raise CliError("give --labels (or --label) or --label-set, not both")
     labels = [c.strip() for c in a.labels.split(",") if c.strip()] if a.labels is not None else None
-    if labels == []:  # regression: found out from the server, after every image was fitted
-        raise CliError(f"--labels {a.labels!r}: no class names (give comma-separated names, e.g. cat,dog)")
-    if a.label:
+    if a.label is not None:
         labels = (labels or []) + [c.strip() for c in a.label if c.strip()]
+    if labels == []:  # regression: found out from the server, after every image was fitted
+        given = f"--labels {a.labels!r}" if a.labels is not None else f"--label {a.label[0]!r}"
+        raise CliError(f"{given}: no class names (give comma-separated names, e.g. cat,dog, or --label NAME)")
     if a.top_k is not None and labels is None and a.label_set is None:  # regression: ignored, an embedding printed
         raise CliError(f"--top-k {a.top_k}: goes with --labels, --label or --label-set (/classify)")
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)

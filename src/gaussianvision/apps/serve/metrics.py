@@ -35,10 +35,12 @@ class Metrics:
         self.images = 0                      # images embedded
         self.latency_ms: dict[str, deque] = {}
 
-    def answered(self, route: str, status: int, seconds: float) -> None:
+    def answered(self, route: str, status: int, seconds: float | None) -> None:
+        """One answer of `route`; seconds None: not timed (a refusal before any handler ran: no latency sample)."""
         self.requests[route] += 1
         self.statuses[f"{route} {status}"] += 1
-        self.latency_ms.setdefault(route, deque(maxlen=LATENCY_WINDOW)).append(seconds * 1e3)
+        if seconds is not None:
+            self.latency_ms.setdefault(route, deque(maxlen=LATENCY_WINDOW)).append(seconds * 1e3)
 
     def rejected(self, reason: str) -> None:
         self.rejects[reason] += 1
