@@ -244,8 +244,10 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
     want = fit_images(imgs, 6, iters=12, init="grid", relocate_every=3, relocate_fraction=0.5)
     assert torch.equal(got.means, decode(encode(want.splats)).means)
     assert not torch.equal(got.means, SplatCache(None, plain)(imgs).means)
-    with pytest.raises(ValueError, match=r"\['lr_mean'\]: not fit_images options"):
+    with pytest.raises(ValueError, match=r"\['lr_mean'\]: not fit_images options \(lr_mean: did you mean lr_means\?\)"):
         SplatSettings(fit_options={"lr_mean": 1.0})
+    with pytest.raises(ValueError, match=r"\['zzz'\]: not fit_images options; the options: backend"):  # nothing near
+        SplatSettings(fit_options={"zzz": 1.0})
     with pytest.raises(ValueError, match="relocate_every must be >= 0"):
         SplatSettings(fit_options={"relocate_every": -1})
     from gaussianvision.apps.cli.eval import main

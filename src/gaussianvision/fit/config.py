@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -169,7 +170,10 @@ class FitConfig:
             raise ValueError(f"fit options {own}: set by their own settings here, not as fit options")
         bad = sorted(k for k in options if k not in fields)
         if bad:
-            raise ValueError(f"fit options {bad}: not fit_images options; the options: {', '.join(sorted(fields))}")
+            near = {k: difflib.get_close_matches(k, fields, 1, 0.75) for k in bad}
+            meant = "; ".join(f"{k}: did you mean {m[0]}?" for k, m in near.items() if m)
+            raise ValueError(f"fit options {bad}: not fit_images options" + (f" ({meant})" if meant else "") +
+                             f"; the options: {', '.join(sorted(fields))}")
         if "preset" in options:  # the preset's settings, the other options over them
             options = {k: v for k, v in spelled_out(options, exclude).items() if k != "preset"}
         try:
