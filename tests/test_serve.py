@@ -310,6 +310,8 @@ def test_gsv_send_end_to_end(live, tmp_path, capsys):
     assert main(["send", str(tmp_path / "empty"), "--url", live.url, *fit]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gsv send: no images in ") and err.count("\n") == 1
+    assert main(["send", str(tmp_path / "empty"), str(a), "--url", live.url, *fit]) == 0  # beside an image: said
+    assert f"gsv send: no images in folder {tmp_path / 'empty'}\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTS", "IMAGE_EXTENSIONS",
-           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note"]
+           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note", "empty_note"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
@@ -193,9 +193,10 @@ def find_images(root: str | os.PathLike, skipped: list[Path] | None = None) -> l
     return sorted(files, key=lambda q: q.relative_to(root).as_posix())
 
 
-def list_images(inputs, skipped: list[Path] | None = None) -> list[Path]:
+def list_images(inputs, skipped: list[Path] | None = None, empty: list | None = None) -> list[Path]:
     """Expand files and folders (recursively, sorted) to image paths by extension; what a folder holds
-    named like an image but not a file goes to `skipped` (find_images).
+    named like an image but not a file goes to `skipped` (find_images), and a folder without images to
+    `empty` (as given), for the caller to say.
 
     A named file is kept whatever its extension, so that bad inputs get reported."""
     out: list[Path] = []
@@ -206,10 +207,19 @@ def list_images(inputs, skipped: list[Path] | None = None) -> list[Path]:
         except OSError:  # e.g. a name too long for the file system: loading it reports why
             folder = False
         if folder:
-            out.extend(sorted(find_images(p, skipped)))  # (the order gsv fit has always used)
+            found = sorted(find_images(p, skipped))  # (the order gsv fit has always used)
+            out.extend(found)
+            if not found and empty is not None:
+                empty.append(item)
         else:
             out.append(p)
     return out
+
+
+def empty_note(empty: list) -> str:
+    """One line naming the folders list_images found no image in."""
+    from gaussianvision.data.shards import show
+    return f"no images in folder{'s' if len(empty) > 1 else ''} {', '.join(show(str(x), None) for x in empty)}"
 
 
 def skipped_note(skipped: list[Path]) -> str | None:

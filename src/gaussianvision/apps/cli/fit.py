@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from gaussianvision.atomic import write_atomic
-from gaussianvision.data.images import MAX_SIZE, ImageLoadError, list_images, load_image, skipped_note
+from gaussianvision.data.images import MAX_SIZE, ImageLoadError, empty_note, list_images, load_image, skipped_note
 from gaussianvision.data.shards import show
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
@@ -169,14 +169,11 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     skipped ones are said. (A folder's own path is never one of its images: `named` needs no is_dir.)"""
     named = {Path(x) for x in inputs}
     paths, renders, seen, again = [], [], set(), 0
-    skipped: list[Path] = []
-    found = [list_images([x], skipped) for x in inputs]
-    empty = [x for x, f in zip(inputs, found) if not f]  # only a folder can list nothing
+    skipped, empty = [], []
+    found = list_images(inputs, skipped, empty)
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
-        folders = ", ".join(show(str(x), None) for x in empty)
-        print(f"gsv fit: no images in folder{'s' if len(empty) > 1 else ''} {folders}",
-              file=sys.stderr)
-    for p in (p for f in found for p in f):
+        print(f"gsv fit: {empty_note(empty)}", file=sys.stderr)
+    for p in found:
         where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input
         if where in seen:  # regression: fitted once per naming, its lines out of order
             again += 1

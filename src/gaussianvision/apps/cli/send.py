@@ -79,11 +79,13 @@ def _fit_stream(a):
 def _paths(a) -> list[Path]:
     """The images to send (files as named, folders' images); what a folder holds named like an image but not
     a file is said; CliError when there is none (regression: an empty folder was exit 2 without a word)."""
-    from gaussianvision.data.images import list_images, skipped_note
-    skipped: list = []
-    paths = list_images(a.inputs, skipped)
+    from gaussianvision.data.images import empty_note, list_images, skipped_note
+    skipped, empty = [], []
+    paths = list_images(a.inputs, skipped, empty)
     if (note := skipped_note(skipped)):
         print(f"gsv send: {note}", file=sys.stderr)
+    if empty and paths:  # beside other inputs (with none, the error below says it)
+        print(f"gsv send: {empty_note(empty)}", file=sys.stderr)
     if not paths:
         raise CliError(f"no images in {', '.join(show(str(x), None) for x in a.inputs)} (looked for "
                        f"{', '.join(IMAGE_EXTS)})")
