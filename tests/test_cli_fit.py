@@ -542,6 +542,6 @@ def test_a_cut_progressive_file_is_read_by_render_info_and_show(tmp_path, capsys
     d = json.loads(out.out)
     assert d["cut"] == {"declared": 8, "arrived": 4} and d["n_gaussians"] == 4 and f"gsv info: {note}" in out.err
     assert gsv(["show", str(cut), "--out", str(tmp_path / "s.png")]) == 0 and f"gsv show: {note}" in capsys.readouterr().err
-    assert gsv(["render", str(tmp_path / "q.cut.gsv"), "--out", str(tmp_path / "r2.png")]) == 2
-    assert "it is not progressive" in capsys.readouterr().err
+    assert gsv(["render", str(tmp_path / "q.cut.gsv"), "--out", str(tmp_path / "r2" / "r2.png")]) == 2
+    assert "it is not progressive" in capsys.readouterr().err and not (tmp_path / "r2").exists()  # nothing made
     assert gsv(["info", str(tmp_path / "p" / "a.gsv"), "--json"]) == 0 and "cut" not in json.loads(capsys.readouterr().out)

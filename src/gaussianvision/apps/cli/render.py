@@ -130,10 +130,10 @@ def main(argv=None) -> int:
         w, h = size or (max(1, round(hdr.width * a.scale)), max(1, round(hdr.height * a.scale)))
         if h * w > MAX_PIXELS:
             raise CliError(f"output {w}x{h} (width x height) is too large (more than {MAX_PIXELS} pixels)")
+        say_cut(data, a.file, "render")  # a cut file that cannot be read is refused here, before any output
         outs = _out_paths(a.out, hdr.n_images)
         for path, one in zip(outs, fmt.iter_images(data, str(a.file), allow_truncated=True)):
             write_png(render(one, h, w, backend=a.backend)[0], path)
-        say_cut(data, a.file, "render")
         names = ", ".join(map(str, outs)) if len(outs) <= 4 else f"{outs[0]} ... {outs[-1]} ({len(outs)} files)"
         emit({"input": str(a.file), "outputs": [str(o) for o in outs], "height": h, "width": w}, a.json,
              f"wrote {names} ({w}x{h}, width x height)")
