@@ -83,6 +83,8 @@ def test_fit_all_bad_and_bad_options(tmp_path, capsys):
     (["--prune-measure", "luma"], "gsv fit: --prune-measure luma: has no effect without --prune-tau or --prune-fraction"),
     (["--relocate-fraction", "0.5"], "gsv fit: --relocate-fraction 0.5: has no effect without relocation"),
     (["--progressive-order", "greedy"], "gsv fit: --progressive-order greedy: goes with --progressive"),
+    (["--fit-option", "finetune_iters=9"], "gsv fit: --fit-option finetune_iters=9: has no effect without --prune-tau"),
+    (["--fit-option", "relocate_until=0.3"], "gsv fit: --fit-option relocate_until=0.3: has no effect without relocation"),
 ])
 def test_a_bad_value_is_named_by_the_flag_that_set_it(tmp_path, capsys, args, message):
     """Regression: these values were taken silently, and errors named internal fields (plateau_patience)."""
@@ -109,6 +111,8 @@ def test_flags_that_need_another_are_taken_with_it(mixed_folder, tmp_path, capsy
     assert gsv(["fit", noise, *base, "--prune-fraction", "0.5", "--finetune", "2", "--prune-measure", "luma",
                 "--out", str(tmp_path / "a")]) == 0
     assert gsv(["fit", noise, *base, "--preset", "fast", "--relocate-fraction", "0.2", "--out", str(tmp_path / "b")]) == 0
+    assert gsv(["fit", noise, *base, "--prune-fraction", "0.5", "--fit-option", "finetune_iters=2",
+                "--out", str(tmp_path / "d")]) == 0
     assert gsv(["fit", noise, *base, "--progressive", "--progressive-order", "greedy", "--out", str(tmp_path / "c")]) == 0
     capsys.readouterr()
     assert gsv(["info", str(tmp_path / "c" / "noise.gsv"), "--json"]) == 0

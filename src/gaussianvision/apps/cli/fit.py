@@ -147,20 +147,25 @@ def _config(a) -> FitConfig:
     except ValueError as e:
         raise CliError(flag_message(str(e), by_flag)) from None
     check_encoding(Encoding(progressive=a.progressive, order=a.progressive_order), cfg, by_flag)
-    _check_effect(a, cfg)
+    _check_effect(a, cfg, extra)
     return cfg
 
 
-def _check_effect(a, cfg: FitConfig) -> None:
-    """A flag that would change nothing in this fit is one CliError line (regression: --finetune,
-    --prune-measure and --relocate-fraction were accepted and ignored without pruning or relocation)."""
-    for flag, value, effect, needs in (
-            ("--finetune", a.finetune, cfg.prunes, "--prune-tau or --prune-fraction"),
-            ("--prune-measure", a.prune_measure, cfg.prunes, "--prune-tau or --prune-fraction"),
-            ("--relocate-fraction", a.relocate_fraction, cfg.relocate_every > 0, "relocation (--relocate-every, or a "
-                                                                                  "--preset that relocates)")):
-        if value is not None and not effect:
-            raise CliError(f"{flag} {value}: has no effect without {needs}")
+def _check_effect(a, cfg: FitConfig, extra: dict) -> None:
+    """A setting that would change nothing in this fit, given by its flag or as a --fit-option (extra), is
+    one CliError line (regression: --finetune, --prune-measure and --relocate-fraction were accepted and
+    ignored without pruning or relocation)."""
+    prune, relocate = "--prune-tau or --prune-fraction", "relocation (--relocate-every, or a --preset that relocates)"
+    given = {"finetune_iters": ("--finetune", a.finetune), "prune_measure": ("--prune-measure", a.prune_measure),
+             "relocate_fraction": ("--relocate-fraction", a.relocate_fraction)}
+    for key, effect, needs in (("finetune_iters", cfg.prunes, prune), ("prune_measure", cfg.prunes, prune),
+                               ("relocate_fraction", cfg.relocate_every > 0, relocate),
+                               ("relocate_until", cfg.relocate_every > 0, relocate)):
+        flag, value = given.get(key, (None, None))
+        named = f"{flag} {value}" if value is not None else (
+            f"--fit-option {key}={extra[key]}" if key in extra else None)
+        if named and not effect:
+            raise CliError(f"{named}: has no effect without {needs}")
 
 
 def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
