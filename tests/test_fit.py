@@ -579,12 +579,14 @@ def test_coarse_to_fine_records_at_whole_fit_iterations():
     assert coarse_plan(12, 12, 4, FitConfig(iters=10, coarse_fraction=0.5)) is None  # 6 px coarse
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba"])
 @pytest.mark.parametrize("prune_lambda", [0.0, 0.02])
-def test_closed_form_mse_gradient_matches_autograd_of_the_loss(photos, prune_lambda):
-    """The step's MSE gradient is taken in closed form; it must equal autograd through the loss
-    the module documents: sum over images of (MSE + lambda mean|luma|) x H W."""
+def test_step_gradient_matches_autograd_of_the_loss(photos, prune_lambda, backend):
+    """The step's MSE gradient comes from raster.squared_error (on numba fused into the render and
+    taken in closed form); it must equal autograd through the loss the module documents, on the
+    reference renderer: sum over images of (MSE + lambda mean|luma|) x H W."""
     imgs = photos[:2]
-    f = Fitter(imgs, 12, FitConfig(prune_lambda=prune_lambda))
+    f = Fitter(imgs, 12, FitConfig(prune_lambda=prune_lambda, backend=backend))
     counts = torch.tensor([12, 7])
     valid = f._mask(counts, 12)
 
@@ -592,15 +594,14 @@ def test_closed_form_mse_gradient_matches_autograd_of_the_loss(photos, prune_lam
         return {k: f.params[k].detach().clone().requires_grad_(True) for k in ("means", "chol", "colors")}
 
     a, b = leaves(), leaves()
-    pred_a = render(Splats(a["means"], a["chol"], a["colors"], 24, 24, counts), backend="reference")
-    err = f._backward(pred_a, imgs, a, counts, valid)
+    err = f._backward(Splats(a["means"], a["chol"], a["colors"], 24, 24, counts), imgs, a, counts, valid)
     pred_b = render(Splats(b["means"], b["chol"], b["colors"], 24, 24, counts), backend="reference")
     mse = ((pred_b - imgs) ** 2).flatten(1).mean(1)
     l1 = (luminance(b["colors"]).abs() * valid).sum(1) / counts
     ((mse + prune_lambda * l1).sum() * (24 * 24)).backward()
-    torch.testing.assert_close(err, mse.detach())
+    torch.testing.assert_close(err, mse.detach(), rtol=1e-5, atol=1e-7)
     for k in a:
-        torch.testing.assert_close(a[k].grad, b[k].grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[k].grad, b[k].grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.requires_cuda
@@ -616,17 +617,6 @@ def test_relocation_on_cuda_draws_on_the_gpu(photos, no_interp):
     assert torch.equal(f.params["means"], g.params["means"])  # the same draws, made on the GPU
     assert all(torch.isfinite(p).all() for p in f.params.values())
 
-
-
-def test_seed_passes_its_gradient_scaled_by_the_outputs():
-    from gaussianvision.fit.fitter import _Seed
-    x = torch.rand(2, 3, requires_grad=True)
-    g = torch.rand(2, 3)
-    _Seed.apply(x, g).backward()
-    assert torch.equal(x.grad, g)
-    x.grad = None
-    (2.5 * _Seed.apply(x, g)).backward()
-    torch.testing.assert_close(x.grad, 2.5 * g)
 
 
 def test_a_fit_does_not_import_symbolic_shapes():

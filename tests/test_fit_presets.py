@@ -29,16 +29,19 @@ class CostClock:
 
     def __init__(self, monkeypatch):
         self.t = 0.0
-        real = raster.render
+        real, real_sse = raster.render, raster.squared_error
 
-        def render(s, *args, **kwargs):
-            out = real(s, *args, **kwargs)
-            units = s.batch_size * s.height * s.width * s.max_gaussians * (2 if out.requires_grad else 1)
-            self.t += units * NS_PER_UNIT * 1e-9
-            return out
+        def charged(fn):
+            def call(s, *args, **kwargs):  # a render (or the fused squared error: a render and the loss)
+                out = fn(s, *args, **kwargs)
+                units = s.batch_size * s.height * s.width * s.max_gaussians * (2 if out.requires_grad else 1)
+                self.t += units * NS_PER_UNIT * 1e-9
+                return out
+            return call
 
         for module in (fitter_module, colors_module, raster):
-            monkeypatch.setattr(module, "render", render)
+            monkeypatch.setattr(module, "render", charged(real))
+        monkeypatch.setattr(fitter_module, "squared_error", charged(real_sse))
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
 
 

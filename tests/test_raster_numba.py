@@ -1,4 +1,5 @@
 """The numba CPU backend against the reference (the spec), forward and backward."""
+import functools
 import math
 import warnings
 
@@ -7,7 +8,7 @@ import torch
 
 from raster_parity import check_parity, parity_cases
 
-from gaussianvision.raster import dispatch, render, render_reference
+from gaussianvision.raster import dispatch, render, render_reference, squared_error
 from gaussianvision.splats import Splats
 
 numba_backend = pytest.importorskip("gaussianvision.raster.cpu_numba")
@@ -388,3 +389,51 @@ def test_the_cache_fallback_folder_is_never_one_others_can_plant_files_in(tmp_pa
             assert os.stat(other).st_mode & 0o077 == 0
         finally:
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _sse_and_grads(fn, s, target):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (s.means, s.chol, s.colors)]
+    sse = fn(Splats(*leaves, s.height, s.width, s.counts), target)
+    (sse * torch.arange(1, sse.numel() + 1, dtype=sse.dtype)).sum().backward()  # a different weight per image
+    return sse.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_fused_squared_error_matches_render_and_subtract(dtype):
+    """squared_error on numba (the residual made inside the forward kernel, the backward fed with it
+    and scaled per image) against its twin, the reference render minus the target, squared and
+    summed: values and gradients, every parity case (padding, off-image, sub-pixel, large)."""
+    rtol, atol = TOL[dtype]
+    twin = lambda s, t: ((render_reference(s) - t) ** 2).flatten(1).sum(1)
+    for name, s in _cases(dtype):
+        g = torch.Generator().manual_seed(1)
+        target = torch.rand(s.batch_size, 3, s.height, s.width, generator=g, dtype=torch.float64).to(dtype)
+        want, want_g = _sse_and_grads(twin, s, target)
+        # the fused numba path, and the path of the other backends (the residual made in place)
+        for fn in (numba_backend.squared_error_numba, functools.partial(squared_error, backend="reference")):
+            got, got_g = _sse_and_grads(fn, s, target)
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=10 * rtol, atol=atol * s.height * s.width, msg=name)
+            for a, b in zip(got_g, want_g):
+                torch.testing.assert_close(a, b, rtol=10 * rtol, atol=10 * atol * s.height, msg=name)
+
+
+def test_fused_squared_error_is_the_same_in_bands_and_through_dispatch(monkeypatch):
+    """Bands over 2 threads sum each image's squared error over its bands: the same as one thread;
+    raster.squared_error picks the fused path for numba and refuses a target of the wrong size."""
+    from gaussianvision.splats import SplatsError
+    s = parity_cases(torch.float64)[2][1]
+    target = torch.rand(s.batch_size, 3, s.height, s.width, dtype=torch.float64)
+    serial = _sse_and_grads(numba_backend.squared_error_numba, s, target)
+    monkeypatch.setattr(numba_backend, "PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(numba_backend, "_num_threads", lambda: 2)
+    assert numba_backend._bands(s.batch_size, s.height, 2) > 1
+    banded = _sse_and_grads(numba_backend.squared_error_numba, s, target)
+    torch.testing.assert_close(banded[0], serial[0], rtol=1e-13, atol=0)
+    for a, b in zip(banded[1], serial[1]):
+        assert torch.equal(a, b)
+    calls = []
+    monkeypatch.setattr(numba_backend, "squared_error_numba", lambda *a: calls.append(1) or serial[0])
+    assert torch.equal(squared_error(s, target, backend="numba"), serial[0]) and calls == [1]
+    with pytest.raises(SplatsError, match=r"squared_error: target must be \[2, 3, 37, 45\].*got \[2, 3, 37, 44\]"):
+        squared_error(s, target[..., :44], backend="numba")

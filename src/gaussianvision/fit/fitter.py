@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gaussianvision.raster import render, resolve_backend
+from gaussianvision.raster import render, resolve_backend, squared_error
 from gaussianvision.raster.cpu_numba import serial_torch
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
@@ -91,31 +91,6 @@ def _check_images(images) -> torch.Tensor:
     if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
         raise ValueError(f"fit_images: images must lie in [0, 1] (PSNR's peak is 1), got values from {lo:.3g} to {hi:.3g}")
     return images.float()
-
-
-def _mean_squares(x: torch.Tensor) -> torch.Tensor:
-    """[B]: the mean of x[b] ** 2, as a batched dot product (no temporary the size of x)."""
-    v = x.reshape(x.shape[0], 1, -1)
-    return torch.bmm(v, v.transpose(1, 2)).view(-1) / v.shape[2]
-
-
-class _Seed(torch.autograd.Function):
-    """A scalar (0) whose gradient with respect to x is a given tensor: it starts autograd's
-    backward from a gradient taken in closed form with scalar outputs only. (Explicit gradient
-    tensors, as in pred.backward(grad), make torch import its symbolic-shape machinery on the
-    first backward: ~0.3 s of every cold process.)"""
-
-    @staticmethod
-    def forward(ctx, x, grad):
-        ctx.save_for_backward(grad)
-        return x.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, g):
-        (grad,) = ctx.saved_tensors
-        if g.device.type == "cpu" and float(g) == 1.0:
-            return grad, None  # the usual seed: skip a pass over the image
-        return grad * g, None
 
 
 def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
@@ -302,7 +277,7 @@ class Fitter:
         if cfg.prefix_fractions:
             err = self._prefix_backward(s, target, leaves, counts, valid)
         else:
-            err = self._backward(render(s, backend=cfg.backend), target, leaves, counts, valid)
+            err = self._backward(s, target, leaves, counts, valid)
         grads = {k: leaves[k].grad for k in _NAMES}  # cleaned by the step (NaN, padding)
         p = -10.0 * torch.log10(err.detach().clamp_min(1e-12))
         decay = self._decay(idx, p, full)
@@ -331,23 +306,24 @@ class Fitter:
         lo, inf = self.cfg.min_scale, math.inf
         return {"chol": ((lo, -inf, lo), (inf, inf, inf)), "means": ((0.0, 0.0), (float(self.w), float(self.h)))}
 
-    def _backward(self, pred, target, leaves, counts, valid) -> torch.Tensor:
+    def _backward(self, s, target, leaves, counts, valid) -> torch.Tensor:
         """Gradients of the loss summed over images (each image's gradient independent of B) times
         the pixel count (which keeps gradients well above Adam's eps near convergence) into the
-        leaves; returns each image's MSE [A]. Plain MSE (the default) takes its gradient into the
-        render in closed form, 2 (pred - target) / (3 H W) x H W, instead of through autograd's
-        graph of the loss: the same numbers (tests/test_fit.py) at a fraction of the passes."""
+        leaves; returns each image's MSE [A]. Plain MSE (the default) is raster.squared_error, on
+        numba one fused pass that leaves the residual as the render's gradient (no passes over the
+        image of its own for the subtraction, the squares and 2 (pred - target)): the same numbers as
+        rendering and subtracting (tests/test_fit.py, tests/test_raster_numba.py)."""
         cfg = self.cfg
         scale = float(self.h * self.w)
         if cfg.ssim_weight > 0:
+            pred = render(s, backend=cfg.backend)
             err = ((pred - target) ** 2).flatten(1).mean(1)
             loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
             loss = loss.sum() * scale
         else:
-            with torch.no_grad():  # the residual in the render's own memory (no backend keeps its output)
-                resid = pred.detach().sub_(target)
-                err = _mean_squares(resid)
-            loss = _Seed.apply(pred, resid.mul_(2.0 / 3.0))  # d/dpred = 2 r / (3 H W) x (H W)
+            sse = squared_error(s, target, backend=cfg.backend)
+            err = sse.detach() / (3.0 * scale)
+            loss = sse.sum() / 3.0  # the mean over 3 H W pixels, times H W
         if cfg.prune_lambda > 0:
             l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
             loss = loss + (cfg.prune_lambda * l1).sum() * scale

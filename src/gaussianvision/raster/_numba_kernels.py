@@ -258,7 +258,7 @@ def fill_weights(w0, r, rho, rp, n, wb):
 
 @njit(**_fast)
 def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, item1, image, wb,
-            offsets, spans, sb):
+            offsets, spans, sb, target, sse):
     """Add every Gaussian to `image` for work items [item0, item1).
 
     Item = (image b, band of rows): items never share pixels, so they may run concurrently.
@@ -276,6 +276,10 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
     carried: from the previous row's first pixel one row down (w *= v) and then along the
     row to the new first pixel (w *= r or w *= l), the ratios themselves changing by the
     constant factors exp(-P_xx), exp(-P_xy), exp(-P_yy) (q is quadratic in (x, y)).
+
+    With a target ([B, 3, H, W] T; an empty array renders plainly) each item then turns its
+    rows into the residual image - target while they are still in cache, and sse[item]
+    (float64 [B * bands]) gets the item's sum of squared residuals (`residual_rows`).
     """
     n_max = means.shape[1]
     height, width = image.shape[2], image.shape[3]
@@ -361,6 +365,27 @@ def forward(means, chol, colors, counts, xs, ys, nine, params, bands, item0, ite
                     im0[t] += w * c0
                     im1[t] += w * c1
                     im2[t] += w * c2
+        if target.shape[0] > 0:
+            sse[item] = residual_rows(image, target, b, row_a, row_b)
+
+
+@njit(**_fast)
+def residual_rows(image, target, b, row_a, row_b):
+    """Rows row_a..row_b of image b become image - target; returns their sum of squares (float64,
+    summed per row in the image dtype, which vectorizes)."""
+    total = 0.0
+    zero = image.dtype.type(0.0)
+    for ch in range(3):
+        for i in range(row_a, row_b + 1):
+            row = image[b, ch, i]
+            trow = target[b, ch, i]
+            acc = zero
+            for j in range(row.shape[0]):
+                d = row[j] - trow[j]
+                row[j] = d
+                acc += d * d
+            total += np.float64(acc)
+    return total
 
 
 @njit(**_fast)

@@ -1,6 +1,7 @@
 """The fast CPU render backend ("numba"): fused, hand-differentiated kernels.
 
     render_numba(splats) -> [B, 3, H, W]    same contract as render_reference
+    squared_error_numba(splats, target) -> [B]   sum (render - target)^2, differentiable (the fit's loss)
     probe()                                  raises ImportError (with the reason) if unusable
 
 Math: exactly reference.py's. Each valid Gaussian k adds w * c_k to every pixel centre
@@ -33,6 +34,12 @@ How it is fast
     e = w g.c and t the column offset), vectorized in the image dtype; the five moments
     w g.c {y1, y2, y1^2, y1 y2, y2^2} that the gradients of mu and L need follow per row,
     because y1 and y2 are affine in t.
+  * The fit's loss fused in (squared_error_numba, reached through raster.squared_error): given
+    the target, each forward work item turns its rows into the residual render - target and
+    sums its squares while they are still in cache, and the backward takes that residual as
+    the image's gradient, scaling each image's parameter gradients by 2 dL/dsse afterwards:
+    the fit's separate passes over the batch (subtract, sum of squares, 2 r) are gone (`fast`,
+    40 photos at N=400: 1.06-1.15x the whole fit; rev_ab_sse_*.md).
   * Threads: the kernels are serial, GIL-free (nogil) loops over a range of work items;
     the calling thread and a small thread pool (torch.get_num_threads() threads in all)
     take chunks of them from a shared counter until none is left (a thread that finishes
@@ -91,7 +98,7 @@ from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
-__all__ = ["render_numba", "probe", "numba_module"]
+__all__ = ["render_numba", "squared_error_numba", "probe", "numba_module"]
 
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
@@ -297,79 +304,136 @@ def _span_scratch(height: int) -> np.ndarray:
     return np.empty((3, height + 8), np.float64)
 
 
+_NO_TARGET = {np.dtype(np.float32): np.empty((0, 3, 1, 1), np.float32),
+              np.dtype(np.float64): np.empty((0, 3, 1, 1), np.float64)}  # the forward's plain render
+
+
+def _forward(ctx, means, chol, colors, counts, height, width, target=None):
+    """The forward kernels over the thread pool: (image [B, 3, H, W], None), or with a target (the
+    residual image - target, sse [B] float64: its sums of squares); what the backward needs goes on ctx."""
+    k = _kernels()
+    dtype = means.dtype
+    m = means.detach().contiguous().numpy()
+    c = chol.detach().contiguous().numpy()
+    col = colors.detach().contiguous().numpy()
+    cnt = counts.numpy()
+    # pixel centres exactly as reference.pixel_centers builds them (arange + 0.5 in T)
+    xs = (torch.arange(width, dtype=dtype) + 0.5).numpy()
+    ys = (torch.arange(height, dtype=dtype) + 0.5).numpy()
+    nine = xs.dtype.type(CUTOFF_Q)
+    b, n = m.shape[0], m.shape[1]
+    params = np.empty((b, n, k.NPARAM), np.float64)
+    threads = _threads_for(b * height * width)
+    _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
+    # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
+    # span and first weights there, so the backward needs neither the conic nor exp
+    rows = (params[:, :, k.ROW1] - params[:, :, k.ROW0] + 1).clip(min=0).astype(np.int64).ravel()
+    offsets = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(rows, out=offsets[1:])
+    spans = np.empty(4 * int(offsets[-1]), np.float64)  # flat: 4 per slot
+    image = torch.empty((b, 3, height, width), dtype=dtype)
+    im = image.numpy()
+    bands = _bands(b, height, threads)
+    tg = _NO_TARGET[xs.dtype] if target is None else target.detach().to(dtype).contiguous().numpy()
+    sse = np.zeros(b * bands, np.float64)
+    _run(k.forward, b * bands,
+         lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im,
+                         _scratch(width, xs.dtype), offsets, spans, _span_scratch(height), tg, sse), threads)
+    ctx.save_for_backward(colors)
+    ctx.extra = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
+    return image, (None if target is None else torch.from_numpy(sse.reshape(b, bands).sum(1)))
+
+
+def _backward(ctx, grad_image: torch.Tensor) -> tuple:
+    """The gradients (means, chol, colors; numpy, None where not needed) of sum(grad_image * image)."""
+    need = ctx.needs_input_grad
+    if not any(need[:3]):
+        return None, None, None
+    k = _kernels()
+    (colors,) = ctx.saved_tensors
+    params, offsets, spans, np_dtype, m_shape, c_shape = ctx.extra
+    col = colors.detach().contiguous().numpy()
+    g = grad_image.to(colors.dtype).contiguous().numpy()
+    g_means = np.empty(m_shape, np_dtype)
+    g_chol = np.empty(c_shape, np_dtype)
+    g_colors = np.empty(col.shape, np_dtype)
+    width = g.shape[3]
+    tb = np.arange(width + 8, dtype=np_dtype)
+    b, n = m_shape[0], m_shape[1]
+    _run(k.backward, b * n,
+         lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
+                         _scratch(width, np_dtype), tb), _threads_for(b * g.shape[2] * width))
+    return tuple(x if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors)))
+
+
 class _RenderNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, chol, colors, counts, height, width):
-        k = _kernels()
-        dtype = means.dtype
-        m = means.detach().contiguous().numpy()
-        c = chol.detach().contiguous().numpy()
-        col = colors.detach().contiguous().numpy()
-        cnt = counts.numpy()
-        # pixel centres exactly as reference.pixel_centers builds them (arange + 0.5 in T)
-        xs = (torch.arange(width, dtype=dtype) + 0.5).numpy()
-        ys = (torch.arange(height, dtype=dtype) + 0.5).numpy()
-        nine = xs.dtype.type(CUTOFF_Q)
-        b, n = m.shape[0], m.shape[1]
-        params = np.empty((b, n, k.NPARAM), np.float64)
-        threads = _threads_for(b * height * width)
-        _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
-        # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
-        # span and first weights there, so the backward needs neither the conic nor exp
-        rows = (params[:, :, k.ROW1] - params[:, :, k.ROW0] + 1).clip(min=0).astype(np.int64).ravel()
-        offsets = np.zeros(rows.size + 1, np.int64)
-        np.cumsum(rows, out=offsets[1:])
-        spans = np.empty(4 * int(offsets[-1]), np.float64)  # flat: 4 per slot
-        image = torch.empty((b, 3, height, width), dtype=dtype)
-        im = image.numpy()
-        bands = _bands(b, height, threads)
-        _run(k.forward, b * bands,
-             lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im,
-                             _scratch(width, xs.dtype), offsets, spans, _span_scratch(height)), threads)
-        ctx.save_for_backward(colors)
-        ctx.extra = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
-        return image
+        return _forward(ctx, means, chol, colors, counts, height, width)[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_image):
-        need = ctx.needs_input_grad
-        if not any(need[:3]):
-            return None, None, None, None, None, None
-        k = _kernels()
-        (colors,) = ctx.saved_tensors
-        params, offsets, spans, np_dtype, m_shape, c_shape = ctx.extra
-        col = colors.detach().contiguous().numpy()
-        g = grad_image.to(colors.dtype).contiguous().numpy()
-        g_means = np.empty(m_shape, np_dtype)
-        g_chol = np.empty(c_shape, np_dtype)
-        g_colors = np.empty(col.shape, np_dtype)
-        width = g.shape[3]
-        tb = np.arange(width + 8, dtype=np_dtype)
-        b, n = m_shape[0], m_shape[1]
-        _run(k.backward, b * n,
-             lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
-                             _scratch(width, np_dtype), tb), _threads_for(b * g.shape[2] * width))
-        out = [torch.from_numpy(x) if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors))]
-        return out[0], out[1], out[2], None, None, None
+        grads = [None if g is None else torch.from_numpy(g) for g in _backward(ctx, grad_image)]
+        return (*grads, None, None, None)
+
+
+class _SquaredErrorNumba(torch.autograd.Function):
+    """sum((render - target) ** 2) per image [B], the residual made inside the forward kernel (its
+    rows still in cache) and kept as the backward's image gradient: no passes of their own over the
+    image for the subtraction, the sum of squares and 2 (render - target)."""
+
+    @staticmethod
+    def forward(ctx, means, chol, colors, counts, height, width, target):
+        resid, sse = _forward(ctx, means, chol, colors, counts, height, width, target)
+        ctx.resid = resid
+        return sse.to(means.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_sse):
+        # the gradient is linear in the image's: the kernel takes the residual, and each image's
+        # gradients are scaled by 2 grad_sse[b] afterwards (tensors of the Gaussians' size)
+        scale = (2.0 * grad_sse.to(ctx.resid.dtype)).view(-1, 1, 1)
+        grads = [None if g is None else torch.from_numpy(g).mul_(scale) for g in _backward(ctx, ctx.resid)]
+        del ctx.resid
+        return (*grads, None, None, None, None)
+
+
+def _checked(splats: Splats, who: str):
+    """(means, chol, colors, counts, dtype) of `splats` for the kernels; SplatsError naming `who`."""
+    means, chol, colors = splats.means, splats.chol, splats.colors
+    for name, t, last in (("means", means, 2), ("chol", chol, 3), ("colors", colors, 3)):
+        if t.dim() != 3 or t.shape[-1] != last or t.shape[:2] != means.shape[:2]:
+            raise SplatsError(f"{who}: {name} must be [B, N, {last}] matching means "
+                              f"{list(means.shape)}, got {list(t.shape)}")
+    dtype = torch.promote_types(means.dtype, torch.float32)
+    if dtype not in (torch.float32, torch.float64):
+        raise SplatsError(f"{who}: unsupported dtype {means.dtype} (float16/32/64 only)")
+    n = means.shape[1]
+    counts = splats.num_gaussians().to("cpu", torch.int64).clamp(0, n).contiguous()
+    cpu = torch.device("cpu")
+    return means.to(cpu, dtype), chol.to(cpu, dtype), colors.to(cpu, dtype), counts, dtype
 
 
 def render_numba(splats: Splats) -> torch.Tensor:
     """[B, 3, H, W] image of `splats` at their own size; differentiable (fused backward)."""
-    means, chol, colors = splats.means, splats.chol, splats.colors
-    for name, t, last in (("means", means, 2), ("chol", chol, 3), ("colors", colors, 3)):
-        if t.dim() != 3 or t.shape[-1] != last or t.shape[:2] != means.shape[:2]:
-            raise SplatsError(f"render_numba: {name} must be [B, N, {last}] matching means "
-                              f"{list(means.shape)}, got {list(t.shape)}")
-    b, n = means.shape[:2]
+    b, n = splats.means.shape[:2]
     h, w = int(splats.height), int(splats.width)
-    dtype = torch.promote_types(means.dtype, torch.float32)
-    if dtype not in (torch.float32, torch.float64):
-        raise SplatsError(f"render_numba: unsupported dtype {means.dtype} (float16/32/64 only)")
-    device = means.device
+    means, chol, colors, counts, dtype = _checked(splats, "render_numba")
     if n == 0 or b == 0:
-        return means.new_zeros((b, 3, h, w), dtype=dtype)
-    cpu = torch.device("cpu")
-    counts = splats.num_gaussians().to(cpu, torch.int64).clamp(0, n).contiguous()
-    out = _RenderNumba.apply(means.to(cpu, dtype), chol.to(cpu, dtype), colors.to(cpu, dtype), counts, h, w)
-    return out.to(device)
+        return splats.means.new_zeros((b, 3, h, w), dtype=dtype)
+    return _RenderNumba.apply(means, chol, colors, counts, h, w).to(splats.means.device)
+
+
+def squared_error_numba(splats: Splats, target: torch.Tensor) -> torch.Tensor:
+    """[B] sum of (render(splats) - target) ** 2 over channels and pixels; differentiable in the
+    splats (target [B, 3, H, W] at the splats' size). The fit's loss in one fused pass
+    (raster.dispatch.squared_error is the entry point; its twin renders and subtracts)."""
+    b, n = splats.means.shape[:2]
+    h, w = int(splats.height), int(splats.width)
+    means, chol, colors, counts, dtype = _checked(splats, "squared_error_numba")
+    if n == 0 or b == 0:
+        return (target.to(dtype) ** 2).flatten(1).sum(1)
+    sse = _SquaredErrorNumba.apply(means, chol, colors, counts, h, w, target.to("cpu"))
+    return sse.to(splats.means.device)

@@ -11,7 +11,8 @@ import torch
 from ..splats.types import Splats, SplatsError
 from .reference import render_reference
 
-__all__ = ["render", "register_backend", "probe_backend", "available_backends", "resolve_backend"]
+__all__ = ["render", "squared_error", "register_backend", "probe_backend", "available_backends",
+           "resolve_backend"]
 
 # name -> "module:function" (imported lazily) or a callable
 _BACKENDS: dict[str, str | Callable] = {
@@ -19,6 +20,8 @@ _BACKENDS: dict[str, str | Callable] = {
     "numba": "gaussianvision.raster.cpu_numba:render_numba",
     "triton": "gaussianvision.raster.gpu_triton:render_triton",
 }
+# backends with a fused squared_error ("module:function"); the others render and subtract
+_SQUARED_ERROR = {"numba": "gaussianvision.raster.cpu_numba:squared_error_numba"}
 # preference order of "auto" per device type
 _AUTO = {"cpu": ("numba", "reference"), "cuda": ("triton", "reference")}
 _loaded: dict[str, Callable] = {}
@@ -105,3 +108,43 @@ def render(splats: Splats, height: int | None = None, width: int | None = None,
     s = splats.scaled(h, w)
     fn = _load(resolve_backend(backend, s.device))
     return fn(s)
+
+
+def squared_error(splats: Splats, target: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """[B] sum over channels and pixels of (render(splats) - target) ** 2, differentiable in the
+    splats; target [B, 3, H, W] at the splats' own size. A backend with a fused version (numba: the
+    residual made while the render's rows are in cache) uses it; the others, and the twin it is
+    tested against, render and subtract."""
+    if not isinstance(splats, Splats):
+        raise SplatsError(f"squared_error: expected Splats, got {type(splats).__name__}")
+    want = (splats.means.shape[0], 3, int(splats.height), int(splats.width))
+    if tuple(target.shape) != want:
+        raise SplatsError(f"squared_error: target must be {list(want)} (the splats' batch and size), "
+                          f"got {list(target.shape)}")
+    name = resolve_backend(backend, splats.device)
+    fused = _SQUARED_ERROR.get(name)
+    if fused is not None:
+        mod, fn = fused.split(":")
+        return getattr(importlib.import_module(mod), fn)(splats, target)
+    pred = _load(name)(splats)
+    with torch.no_grad():  # the residual in the render's own memory (no backend keeps its output)
+        resid = pred.detach().sub_(target)
+        v = resid.reshape(resid.shape[0], 1, -1)
+        sse = torch.bmm(v, v.transpose(1, 2)).view(-1)  # a batched dot: no temporary the image's size
+    return _FromResidual.apply(pred, resid, sse)
+
+
+class _FromResidual(torch.autograd.Function):
+    """sse [B] (given) as a function of pred, with the gradient 2 g[b] resid: the backward of
+    sum((pred - target) ** 2) in one pass over the image, the residual made in place beforehand."""
+
+    @staticmethod
+    def forward(ctx, pred, resid, sse):
+        ctx.resid = resid
+        return sse.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        resid = ctx.resid
+        del ctx.resid
+        return resid.mul_((2.0 * g.to(resid.dtype)).view(-1, *[1] * (resid.dim() - 1))), None, None
