@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaussianvision.fit.metrics import psnr, ssim
+from gaussianvision.fit.metrics import fast_ssim_applies, psnr, ssim, ssim_fast, ssim_reference
 
 
 def test_psnr_known_value():
@@ -22,6 +22,40 @@ def test_ssim_identity_and_against_scikit_image():
     ref = structural_similarity(noisy[0].double().numpy(), img[0].double().numpy(), channel_axis=0,
                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
     assert float(ssim(noisy, img)) == pytest.approx(ref, abs=1e-4)
+    assert float(ssim_reference(noisy, img)) == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_fast_ssim_matches_the_reference(dtype):
+    """The fused numba SSIM (fit/_ssim_kernels.py) against its torch twin: odd sizes down to the window,
+    values outside [0, 1] with and without the clamp, a batch large enough to run on the pool's threads."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(3)
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    for shape in [(1, 3, 11, 11), (2, 3, 30, 26), (2, 1, 17, 40), (6, 3, 120, 97)]:
+        a = (torch.rand(*shape, generator=g, dtype=torch.float64) * 1.2 - 0.1).to(dtype)
+        b = torch.rand(*shape, generator=g, dtype=torch.float64).to(dtype)
+        for clamp in (True, False):
+            want = ssim_reference(a, b, clamp=clamp)
+            got = ssim_fast(a, b, clamp=clamp)
+            assert got.dtype == want.dtype == dtype and got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0, atol=tol, msg=f"{shape} clamp={clamp}")
+    half = torch.rand(2, 3, 20, 20, generator=g)
+    assert ssim_fast(half.half(), half).dtype == torch.float32  # float16 computed in float32, as the twin does
+
+
+def test_ssim_takes_the_fast_kernel_only_where_it_applies():
+    pytest.importorskip("numba")
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert fast_ssim_applies(a, b)
+    assert not fast_ssim_applies(a[..., :10], b[..., :10])  # under the window
+    assert not fast_ssim_applies(a, b[:1])
+    x = a.clone().requires_grad_(True)
+    assert not fast_ssim_applies(x, b)  # a gradient is wanted: the differentiable twin
+    ssim(x, b).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        assert fast_ssim_applies(x, b)
 
 
 def test_ssim_with_the_targets_blurs_computed_beforehand_is_the_same_number():
@@ -29,5 +63,5 @@ def test_ssim_with_the_targets_blurs_computed_beforehand_is_the_same_number():
     from gaussianvision.fit.metrics import target_blurs
     g = torch.Generator().manual_seed(2)
     a, b = torch.rand(3, 3, 30, 26, generator=g), torch.rand(3, 3, 30, 26, generator=g)
-    assert torch.equal(ssim(a, b, target_stats=target_blurs(b)), ssim(a, b))
-    assert not torch.equal(ssim(a, b, target_stats=target_blurs(a)), ssim(a, b))  # they are used
+    assert torch.equal(ssim(a, b, target_stats=target_blurs(b)), ssim_reference(a, b))
+    assert not torch.equal(ssim(a, b, target_stats=target_blurs(a)), ssim_reference(a, b))  # they are used

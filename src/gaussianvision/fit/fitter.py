@@ -52,7 +52,7 @@ from gaussianvision.fit.adam import BatchAdam
 from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig, too_many_gaussians
 from gaussianvision.fit.init import initialize
-from gaussianvision.fit.metrics import SSIM_WINDOW, psnr, ssim, target_blurs
+from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim, target_blurs
 from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
@@ -121,8 +121,9 @@ def compile_kernels(device: torch.device, height: int, width: int, backend: str 
         one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
                      torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
         render(one, backend=backend).sum().backward()
-    if not cuda and resolve_backend(backend, device) == "numba":  # the fused Adam step's kernel too (7 ms)
+    if not cuda and resolve_backend(backend, device) == "numba":  # the fused Adam step's and SSIM's kernels too
         BatchAdam({"x": torch.zeros(1, 1, 3)}, {"x": 0.1}, fused=True).step({"x": torch.ones(1, 1, 3)})
+        ssim(torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW), torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW))
     if cuda:
         torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
         torch.cuda.synchronize(device)
@@ -188,7 +189,7 @@ class Fitter:
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
         self.finished = False  # finish() has run
         self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
-        self._target_stats, self._stats_seconds = None, 0.0  # SSIM's blurs of the targets (_eval_seconds)
+        self._target_stats, self._ssim_seconds = None, None  # SSIM's blurs of the targets, its time (_time_ssim)
         self.seconds = self._clock(True) - t0
 
     # ------------------------------------------------------------------ state
@@ -408,7 +409,7 @@ class Fitter:
             return self._run(iters, progress, desc, relocate)
 
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
-        self._time_target_stats()
+        self._time_ssim()
         t0 = time.perf_counter()
         cfg = self.cfg
         record = set(cfg.record_at)
@@ -459,26 +460,34 @@ class Fitter:
         """What finish()'s polish is expected to take: solve_cost iterations of the whole batch."""
         return solve_cost(self.cfg.final_colors) * self.step_seconds if self._polishes() else 0.0
 
-    def _time_target_stats(self) -> None:
-        """With a budget (and result() to come), SSIM's two blurs of the targets, once, timed for
-        _eval_seconds; result()'s SSIM reuses them, so the measurement costs nothing. Their time counts
-        in `seconds`, as the final SSIM's would."""
-        if self.cfg.budget_ms is None or not self.evaluated or self._target_stats is not None:
+    def _time_ssim(self) -> None:
+        """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
+        once; the measurement's time counts in `seconds`, as the final SSIM's would. Where ssim() takes
+        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed, times the batch (on one
+        thread: an upper bound). Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
+        (so the measurement costs nothing), twice over for the rest (three more blurs, the arithmetic)."""
+        if self.cfg.budget_ms is None or not self.evaluated or self._ssim_seconds is not None:
             return
         t0 = self._clock(True)
-        self._target_stats = target_blurs(self.images)
-        self._stats_seconds = self._clock(True) - t0
-        self.seconds += self._stats_seconds
+        if fast_ssim_applies(self.images, self.images):
+            ssim(self.images[:1], self.images[:1])
+            spent = self._clock(True) - t0
+            self._ssim_seconds = spent * self.batch_size
+        else:
+            self._target_stats = target_blurs(self.images)
+            spent = self._clock(True) - t0
+            self._ssim_seconds = 2.0 * spent
+        self.seconds += spent
 
     def _eval_seconds(self) -> float:
         """What result()'s evaluation is expected to take, so that a budget keeps room for it: half an
-        iteration for its render, and twice the timed blurs of the targets for the rest of SSIM (three
-        more blurs and the arithmetic; _time_target_stats). Regression: on a CPU SSIM costs 4-8
-        iterations, and budgeted fits of large images ended up to 30% over their budget."""
+        iteration for its render and SSIM's measured share (_time_ssim). Regression: on a CPU SSIM
+        cost 4-8 iterations (before its fused kernel), and budgeted fits of large images ended up to
+        30% over their budget."""
         if self.cfg.budget_ms is None or not self.evaluated:
             return 0.0
-        self._time_target_stats()
-        return 0.5 * self.step_seconds + 2.0 * self._stats_seconds
+        self._time_ssim()
+        return 0.5 * self.step_seconds + self._ssim_seconds
 
     def finish(self) -> "Fitter":
         """The fit's last step, once (fit_images calls it before result(); call it too when driving a

@@ -8,11 +8,12 @@ data_range=1, channel_axis=0) to about 1e-4 (tested).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gaussianvision.fit.blur import blur_valid, gaussian_taps
 
-__all__ = ["psnr", "ssim", "target_blurs", "mse", "SSIM_WINDOW", "PSNR_CAP"]
+__all__ = ["psnr", "ssim", "ssim_fast", "ssim_reference", "fast_ssim_applies", "target_blurs", "mse", "SSIM_WINDOW", "PSNR_CAP"]
 
 PSNR_CAP = 120.0  # dB: what an exact reconstruction reports (mean squared error floored at 1e-12)
 SSIM_WINDOW = 11  # pixels a side of the SSIM window: the smallest image a fit can report on
@@ -46,7 +47,49 @@ def target_blurs(target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float =
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5,
          clamp: bool = True, target_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """[B] mean SSIM of [B, C, H, W] images in [0, 1]; target_stats: target_blurs(target) (the same
-    window, sigma and dtype), when already computed."""
+    window, sigma and dtype), when already computed: ssim_reference reuses them. Without them, on CPU
+    without gradients where numba loads, one fused kernel pass per plane (ssim_fast); else ssim_reference."""
+    if target_stats is None and fast_ssim_applies(pred, target, window):
+        return ssim_fast(pred, target, window, sigma, clamp)
+    return ssim_reference(pred, target, window, sigma, clamp, target_stats)
+
+
+def fast_ssim_applies(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW) -> bool:
+    """Whether ssim() takes the fused numba kernel: CPU tensors of the same shape, no gradient wanted,
+    sides of at least `window`, numba usable."""
+    if pred.device.type != "cpu" or target.device.type != "cpu" or pred.shape != target.shape or pred.dim() != 4:
+        return False
+    if torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad):
+        return False
+    if min(pred.shape[-2:]) < window or pred.numel() == 0:
+        return False
+    from gaussianvision.raster import probe_backend
+    return probe_backend("numba")[0]
+
+
+def ssim_fast(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5,
+              clamp: bool = True) -> torch.Tensor:
+    """ssim_reference's numbers from fit/_ssim_kernels.py (CPU, no gradient): each plane's five blurs
+    along its rows, then down its columns a row at a time into SSIM, in the planes' dtype (float32 or
+    float64, as ssim_reference promotes), planes spread over the render's threads. [B] float of that dtype."""
+    from gaussianvision.raster.cpu_numba import numba_module, run_items
+    kern = numba_module("gaussianvision.fit._ssim_kernels")
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    b, c, h, w = pred.shape
+    x = pred.detach().to(dtype).reshape(b * c, h, w).contiguous().numpy()
+    y = target.detach().to(dtype).reshape(b * c, h, w).contiguous().numpy()
+    g = gaussian_taps(sigma, (window - 1) // 2, dtype=dtype).numpy()
+    out = np.empty(b * c, np.float64)
+    wo = w - g.shape[0] + 1
+    run_items(kern.ssim_planes, b * c,
+              lambda i0, i1: (x, y, g, clamp, i0, i1, out, np.empty((5, h, wo), x.dtype), np.empty((5, wo), x.dtype)),
+              b * h * w)
+    return torch.from_numpy(out).view(b, c).mean(1).to(dtype)
+
+
+def ssim_reference(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5,
+                   clamp: bool = True, target_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """SSIM in torch (differentiable, any device): the blurs by blur_valid, then the formula elementwise."""
     if clamp:
         pred = pred.clamp(0.0, 1.0)
     dtype = torch.promote_types(pred.dtype, torch.float32)

@@ -98,7 +98,7 @@ from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
-__all__ = ["render_numba", "squared_error_numba", "probe", "numba_module"]
+__all__ = ["render_numba", "squared_error_numba", "probe", "numba_module", "run_items"]
 
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
@@ -284,6 +284,13 @@ def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None
         futures_wait(futures)  # no chunk runs on after _run returns or raises
     for f in futures:
         f.result()  # a worker's exception is raised here
+
+
+def run_items(fn, n_items: int, make_args, pixels: int) -> None:
+    """fn(*make_args(i0, i1)) over work items [0, n_items) on the render's threads (the calling thread and
+    the pool; one thread for work under PARALLEL_PIXELS `pixels`): for other numba kernels of the same
+    shape, e.g. fit/_ssim_kernels.py."""
+    _run(fn, n_items, make_args, _threads_for(pixels))
 
 
 def _bands(batch: int, height: int, threads: int) -> int:
