@@ -136,7 +136,7 @@ def test_bands_and_threads_give_the_same_image(monkeypatch):
         return out.detach(), m.grad
 
     serial = run(single)
-    assert numba_backend._threads_for(s.height * s.width) == 1  # the premise: a small render stays on one thread
+    assert numba_backend.threads_for(s.height * s.width) == 1  # the premise: a small render stays on one thread
     monkeypatch.setattr(numba_backend, "PARALLEL_PIXELS", 0)
     monkeypatch.setattr(numba_backend, "_num_threads", lambda: 2)
     assert numba_backend._bands(1, s.height, 2) > 1 and numba_backend._bands(9, s.height, 2) == 1
@@ -437,3 +437,9 @@ def test_fused_squared_error_is_the_same_in_bands_and_through_dispatch(monkeypat
     assert torch.equal(squared_error(s, target, backend="numba"), serial[0]) and calls == [1]
     with pytest.raises(SplatsError, match=r"squared_error: target must be \[2, 3, 37, 45\].*got \[2, 3, 37, 44\]"):
         squared_error(s, target[..., :44], backend="numba")
+    with pytest.raises(SplatsError, match="squared_error: the target requires grad"):
+        squared_error(s, target.clone().requires_grad_(True), backend="reference")
+    monkeypatch.undo()
+    empty = Splats(s.means[:0], s.chol[:0], s.colors[:0], s.height, s.width)
+    for backend in ("numba", "reference"):  # regression: the reference path's reshape failed on B = 0
+        assert squared_error(empty, target[:0], backend=backend).shape == (0,)

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from gaussianvision.raster import render, resolve_backend, squared_error
-from gaussianvision.raster.cpu_numba import serial_torch
+from gaussianvision.raster.cpu_numba import serial_torch, threads_for
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
@@ -121,9 +121,11 @@ def compile_kernels(device: torch.device, height: int, width: int, backend: str 
         one = Splats(torch.tensor([[[width / 2, height / 2]]], device=device),
                      torch.tensor([[[1.0, 0.0, 1.0]]], device=device), colors, int(height), int(width))
         render(one, backend=backend).sum().backward()
-    if not cuda and resolve_backend(backend, device) == "numba":  # the fused Adam step's and SSIM's kernels too
+    if not cuda and resolve_backend(backend, device) == "numba":  # the fused Adam step's kernel too (7 ms)
         BatchAdam({"x": torch.zeros(1, 1, 3)}, {"x": 0.1}, fused=True).step({"x": torch.ones(1, 1, 3)})
-        ssim(torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW), torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW))
+    tiny = torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW)
+    if not cuda and fast_ssim_applies(tiny, tiny):  # SSIM's kernel, whatever renders (a budget times it: _time_ssim)
+        ssim(tiny, tiny)
     if cuda:
         torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)  # cuBLAS's start-up (the init's blur)
         torch.cuda.synchronize(device)
@@ -463,16 +465,18 @@ class Fitter:
     def _time_ssim(self) -> None:
         """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
         once; the measurement's time counts in `seconds`, as the final SSIM's would. Where ssim() takes
-        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed, times the batch (on one
-        thread: an upper bound). Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
+        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed, times the batch over the
+        threads the batch's SSIM will use. Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
         (so the measurement costs nothing), twice over for the rest (three more blurs, the arithmetic)."""
         if self.cfg.budget_ms is None or not self.evaluated or self._ssim_seconds is not None:
             return
+        fused = fast_ssim_applies(self.images, self.images)
         t0 = self._clock(True)
-        if fast_ssim_applies(self.images, self.images):
+        if fused:
             ssim(self.images[:1], self.images[:1])
             spent = self._clock(True) - t0
-            self._ssim_seconds = spent * self.batch_size
+            pixels = self.h * self.w  # the batch's planes spread over the threads one image's did not use
+            self._ssim_seconds = spent * self.batch_size * threads_for(pixels) / threads_for(self.batch_size * pixels)
         else:
             self._target_stats = target_blurs(self.images)
             spent = self._clock(True) - t0

@@ -1,4 +1,5 @@
-"""Image quality metrics: PSNR and SSIM, batched, in torch (SSIM is differentiable).
+"""Image quality metrics: PSNR and SSIM, batched (SSIM: a fused numba kernel on CPU where no gradient
+is wanted, ssim_fast; else torch, differentiable, on any device, ssim_reference).
 
 SSIM follows Wang et al. 2004 with the usual constants: an 11x11 Gaussian window of
 sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, computed per channel on the valid
@@ -37,8 +38,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, clamp: bool = True) -> torch.
 def target_blurs(target: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5,
                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The two of SSIM's five blurs that depend on the target alone (its local mean and mean square):
-    computed once, ssim(..., target_stats=) reuses them (a fit's budget times them to foresee its
-    final SSIM: Fitter._eval_seconds)."""
+    computed once, ssim(..., target_stats=) reuses them in ssim_reference (where the fused kernel does
+    not apply, a fit's budget times them to foresee its final SSIM: Fitter._time_ssim)."""
     y = target.to(torch.promote_types(dtype, torch.float32))
     g = gaussian_taps(sigma, (window - 1) // 2, y.device, y.dtype)
     return blur_valid(y, g), blur_valid(y * y, g)

@@ -98,7 +98,7 @@ from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 
-__all__ = ["render_numba", "squared_error_numba", "probe", "numba_module", "run_items"]
+__all__ = ["render_numba", "squared_error_numba", "probe", "numba_module", "run_items", "threads_for"]
 
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
@@ -237,7 +237,7 @@ def serial_torch():
                 _SERIAL["threads"] = None
 
 
-def _threads_for(pixels: int) -> int:
+def threads_for(pixels: int) -> int:
     """Threads for a render of `pixels` pixels: 1 below PARALLEL_PIXELS, else _num_threads()."""
     return 1 if pixels < PARALLEL_PIXELS else _num_threads()
 
@@ -290,7 +290,7 @@ def run_items(fn, n_items: int, make_args, pixels: int) -> None:
     """fn(*make_args(i0, i1)) over work items [0, n_items) on the render's threads (the calling thread and
     the pool; one thread for work under PARALLEL_PIXELS `pixels`): for other numba kernels of the same
     shape, e.g. fit/_ssim_kernels.py."""
-    _run(fn, n_items, make_args, _threads_for(pixels))
+    _run(fn, n_items, make_args, threads_for(pixels))
 
 
 def _bands(batch: int, height: int, threads: int) -> int:
@@ -330,7 +330,7 @@ def _forward(ctx, means, chol, colors, counts, height, width, target=None):
     nine = xs.dtype.type(CUTOFF_Q)
     b, n = m.shape[0], m.shape[1]
     params = np.empty((b, n, k.NPARAM), np.float64)
-    threads = _threads_for(b * height * width)
+    threads = threads_for(b * height * width)
     _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
     # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
     # span and first weights there, so the backward needs neither the conic nor exp
@@ -369,7 +369,7 @@ def _backward(ctx, grad_image: torch.Tensor) -> tuple:
     b, n = m_shape[0], m_shape[1]
     _run(k.backward, b * n,
          lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
-                         _scratch(width, np_dtype), tb), _threads_for(b * g.shape[2] * width))
+                         _scratch(width, np_dtype), tb), threads_for(b * g.shape[2] * width))
     return tuple(x if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors)))
 
 

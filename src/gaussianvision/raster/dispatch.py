@@ -117,6 +117,9 @@ def squared_error(splats: Splats, target: torch.Tensor, backend: str = "auto") -
     tested against, render and subtract."""
     if not isinstance(splats, Splats):
         raise SplatsError(f"squared_error: expected Splats, got {type(splats).__name__}")
+    if target.requires_grad:
+        raise SplatsError("squared_error: the target requires grad; the loss is differentiable in the splats "
+                          "only (give target.detach())")
     want = (splats.means.shape[0], 3, int(splats.height), int(splats.width))
     if tuple(target.shape) != want:
         raise SplatsError(f"squared_error: target must be {list(want)} (the splats' batch and size), "
@@ -129,7 +132,7 @@ def squared_error(splats: Splats, target: torch.Tensor, backend: str = "auto") -
     pred = _load(name)(splats)
     with torch.no_grad():  # the residual in the render's own memory (no backend keeps its output)
         resid = pred.detach().sub_(target)
-        v = resid.reshape(resid.shape[0], 1, -1)
+        v = resid.flatten(1).unsqueeze(1)  # [B, 1, 3 H W] (B = 0 too)
         sse = torch.bmm(v, v.transpose(1, 2)).view(-1)  # a batched dot: no temporary the image's size
     return _FromResidual.apply(pred, resid, sse)
 
