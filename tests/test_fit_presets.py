@@ -29,19 +29,20 @@ class CostClock:
 
     def __init__(self, monkeypatch):
         self.t = 0.0
-        real, real_sse = raster.render, raster.squared_error
+        real, real_sse, real_grads = raster.render, raster.squared_error, raster.squared_error_grads
 
-        def charged(fn):
-            def call(s, *args, **kwargs):  # a render (or the fused squared error: a render and the loss)
+        def charged(fn, passes=None):
+            def call(s, *args, **kwargs):  # a render (or the squared error: a render and the loss)
                 out = fn(s, *args, **kwargs)
-                units = s.batch_size * s.height * s.width * s.max_gaussians * (2 if out.requires_grad else 1)
-                self.t += units * NS_PER_UNIT * 1e-9
+                n = passes or (2 if out.requires_grad else 1)  # a backward costs as much as the render
+                self.t += s.batch_size * s.height * s.width * s.max_gaussians * n * NS_PER_UNIT * 1e-9
                 return out
             return call
 
         for module in (fitter_module, colors_module, raster):
             monkeypatch.setattr(module, "render", charged(real))
         monkeypatch.setattr(fitter_module, "squared_error", charged(real_sse))
+        monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2))  # and its gradients
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
 
 

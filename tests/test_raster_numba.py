@@ -443,3 +443,20 @@ def test_fused_squared_error_is_the_same_in_bands_and_through_dispatch(monkeypat
     empty = Splats(s.means[:0], s.chol[:0], s.colors[:0], s.height, s.width)
     for backend in ("numba", "reference"):  # regression: the reference path's reshape failed on B = 0
         assert squared_error(empty, target[:0], backend=backend).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_squared_error_grads_are_autograd_through_squared_error_bit_for_bit(backend):
+    """squared_error_grads (numba: the kernels without autograd's engine; the others: autograd) gives
+    squared_error's value and exactly the gradients autograd takes through it, a weight per image."""
+    from gaussianvision.raster import squared_error_grads
+    for name, s in _cases(torch.float32):
+        target = torch.rand(s.batch_size, 3, s.height, s.width, generator=torch.Generator().manual_seed(4))
+        w = torch.arange(1, s.batch_size + 1, dtype=torch.float32) / 3.0
+        leaves = [t.detach().clone().requires_grad_(True) for t in (s.means, s.chol, s.colors)]
+        sse = squared_error(Splats(*leaves, s.height, s.width, s.counts), target, backend=backend)
+        (sse * w).sum().backward()
+        got, grads = squared_error_grads(s, target, w, backend=backend)
+        assert torch.equal(got, sse.detach()), name
+        for a, b in zip(grads, leaves):
+            assert torch.equal(a, b.grad), name

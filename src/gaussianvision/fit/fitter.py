@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gaussianvision.raster import render, resolve_backend, squared_error
+from gaussianvision.raster import render, resolve_backend, squared_error, squared_error_grads
 from gaussianvision.raster.cpu_numba import serial_torch, threads_for
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
@@ -314,8 +314,10 @@ class Fitter:
         the pixel count (which keeps gradients well above Adam's eps near convergence) into the
         leaves; returns each image's MSE [A]. Plain MSE (the default) is raster.squared_error, on
         numba one fused pass that leaves the residual as the render's gradient (no passes over the
-        image of its own for the subtraction, the squares and 2 (pred - target)): the same numbers as
-        rendering and subtracting (tests/test_fit.py, tests/test_raster_numba.py)."""
+        image of its own for the subtraction, the squares and 2 (pred - target)), its gradients taken
+        by squared_error_grads (on numba without autograd's engine: a 112 px step on one image spent
+        as long in the engine as in the backward kernel): the same numbers as autograd through the
+        loss (tests/test_fit.py, tests/test_raster_numba.py)."""
         cfg = self.cfg
         scale = float(self.h * self.w)
         if cfg.ssim_weight > 0:
@@ -323,6 +325,12 @@ class Fitter:
             err = ((pred - target) ** 2).flatten(1).mean(1)
             loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
             loss = loss.sum() * scale
+        elif cfg.prune_lambda == 0:  # plain MSE: the gradients without autograd's engine where the backend can
+            third = torch.full((target.shape[0],), 1.0, dtype=target.dtype, device=target.device) / 3.0
+            sse, grads = squared_error_grads(s, target, third, backend=cfg.backend)  # d/dsse as loss's below
+            for k, g in zip(_NAMES, grads):
+                leaves[k].grad = g
+            return sse.detach() / (3.0 * scale)
         else:
             sse = squared_error(s, target, backend=cfg.backend)
             err = sse.detach() / (3.0 * scale)

@@ -11,7 +11,7 @@ import torch
 from ..splats.types import Splats, SplatsError
 from .reference import render_reference
 
-__all__ = ["render", "squared_error", "register_backend", "probe_backend", "available_backends",
+__all__ = ["render", "squared_error", "squared_error_grads", "register_backend", "probe_backend", "available_backends",
            "resolve_backend"]
 
 # name -> "module:function" (imported lazily) or a callable
@@ -22,6 +22,7 @@ _BACKENDS: dict[str, str | Callable] = {
 }
 # backends with a fused squared_error ("module:function"); the others render and subtract
 _SQUARED_ERROR = {"numba": "gaussianvision.raster.cpu_numba:squared_error_numba"}
+_SQUARED_ERROR_GRADS = {"numba": "gaussianvision.raster.cpu_numba:squared_error_grads_numba"}
 # preference order of "auto" per device type
 _AUTO = {"cpu": ("numba", "reference"), "cuda": ("triton", "reference")}
 _loaded: dict[str, Callable] = {}
@@ -110,25 +111,55 @@ def render(splats: Splats, height: int | None = None, width: int | None = None,
     return fn(s)
 
 
+def _function(table: dict, name: str):
+    """The function table[name] ("module:function") names, or None."""
+    target = table.get(name)
+    if target is None:
+        return None
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def squared_error_grads(splats: Splats, target: torch.Tensor, grad_sse: torch.Tensor,
+                        backend: str = "auto") -> tuple[torch.Tensor, tuple]:
+    """(sse [B], (d/dmeans, d/dchol, d/dcolors)): squared_error's value and the gradients of
+    sum_b grad_sse[b] sse[b] with respect to the splats' parameters, as autograd through squared_error
+    gives them (numba: the same kernels without the autograd engine around them; the other backends
+    through autograd)."""
+    _check_target(splats, target, "squared_error_grads")
+    name = resolve_backend(backend, splats.device)
+    direct = _function(_SQUARED_ERROR_GRADS, name)
+    if direct is not None:
+        return direct(splats, target, grad_sse)
+    leaves = [t.detach().requires_grad_(True) for t in (splats.means, splats.chol, splats.colors)]
+    with torch.enable_grad():
+        sse = squared_error(Splats(*leaves, splats.height, splats.width, splats.counts), target, name)
+        (sse * grad_sse.to(sse.dtype)).sum().backward()
+    return sse.detach(), tuple(t.grad for t in leaves)
+
+
+def _check_target(splats: Splats, target: torch.Tensor, who: str) -> None:
+    if not isinstance(splats, Splats):
+        raise SplatsError(f"{who}: expected Splats, got {type(splats).__name__}")
+    if target.requires_grad:
+        raise SplatsError(f"{who}: the target requires grad; the loss is differentiable in the splats "
+                          "only (give target.detach())")
+    want = (splats.means.shape[0], 3, int(splats.height), int(splats.width))
+    if tuple(target.shape) != want:
+        raise SplatsError(f"{who}: target must be {list(want)} (the splats' batch and size), "
+                          f"got {list(target.shape)}")
+
+
 def squared_error(splats: Splats, target: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """[B] sum over channels and pixels of (render(splats) - target) ** 2, differentiable in the
     splats; target [B, 3, H, W] at the splats' own size. A backend with a fused version (numba: the
     residual made while the render's rows are in cache) uses it; the others, and the twin it is
     tested against, render and subtract."""
-    if not isinstance(splats, Splats):
-        raise SplatsError(f"squared_error: expected Splats, got {type(splats).__name__}")
-    if target.requires_grad:
-        raise SplatsError("squared_error: the target requires grad; the loss is differentiable in the splats "
-                          "only (give target.detach())")
-    want = (splats.means.shape[0], 3, int(splats.height), int(splats.width))
-    if tuple(target.shape) != want:
-        raise SplatsError(f"squared_error: target must be {list(want)} (the splats' batch and size), "
-                          f"got {list(target.shape)}")
+    _check_target(splats, target, "squared_error")
     name = resolve_backend(backend, splats.device)
-    fused = _SQUARED_ERROR.get(name)
+    fused = _function(_SQUARED_ERROR, name)
     if fused is not None:
-        mod, fn = fused.split(":")
-        return getattr(importlib.import_module(mod), fn)(splats, target)
+        return fused(splats, target)
     pred = _load(name)(splats)
     with torch.no_grad():  # the residual in the render's own memory (no backend keeps its output)
         resid = pred.detach().sub_(target)
