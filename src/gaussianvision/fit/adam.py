@@ -65,8 +65,8 @@ class BatchAdam:
             bound = _hashable((bounds or {}).get(name))
             if fused and self._fusable(name, g):
                 if arrays is None:  # rows, counts, step factors, bias corrections
-                    arrays = tuple(x.numpy() for x in (torch.arange(len(t)) if full else idx, torch.full_like(
-                        steps, g0.shape[1]) if counts is None else counts, scale, bc1, bc2))
+                    arrays = (_rows(len(t)) if full else idx.numpy(), (torch.full_like(
+                        steps, g0.shape[1]) if counts is None else counts).numpy(), *(x.numpy() for x in (scale, bc1, bc2)))
                 self._fused_step(name, g, arrays, _box(bound, g.shape[2], g.dtype))
                 continue
             if shared is None:  # per-image factors, padding mask
@@ -104,13 +104,10 @@ class BatchAdam:
 
     def _fused_step(self, name, g, per_image, box) -> None:
         """The step of one parameter as one numba kernel pass (fit/_adam_kernels.py); CPU tensors."""
-        from gaussianvision.raster.cpu_numba import numba_module
-        b1, b2 = self.betas
-        t = np.float32 if g.dtype == torch.float32 else np.float64
         lo, hi = box if box is not None else _box((), g.shape[2], g.dtype)
-        numba_module("gaussianvision.fit._adam_kernels").adam_update(
-            self.params[name].numpy(), g.numpy(), self.exp_avg[name].numpy(), self.exp_avg_sq[name].numpy(),
-            *per_image, t(self.lrs[name]), t(b1), t(1 - b1), t(b2), t(1 - b2), t(self.eps), t(np.finfo(t).max), lo, hi)
+        _adam_kernel()(self.params[name].numpy(), g.numpy(), self.exp_avg[name].numpy(),
+                       self.exp_avg_sq[name].numpy(), *per_image,
+                       *_scalars(self.lrs[name], *self.betas, self.eps, g.dtype), lo, hi)
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
@@ -156,6 +153,26 @@ class BatchAdam:
 def _hashable(bound) -> tuple | None:
     return bound if bound is None or isinstance(bound, tuple) and all(isinstance(b, tuple) for b in bound) \
         else tuple(tuple(b) for b in bound)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(b: int) -> np.ndarray:
+    """0 .. b - 1 (int64), made once per batch size: the rows of a step on every image (never written; left
+    writable: a read-only array is another numba type, one more compile)."""
+    return np.arange(b, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _adam_kernel():
+    from gaussianvision.raster.cpu_numba import numba_module
+    return numba_module("gaussianvision.fit._adam_kernels").adam_update
+
+
+@functools.lru_cache(maxsize=256)
+def _scalars(lr: float, b1: float, b2: float, eps: float, dtype: torch.dtype) -> tuple:
+    """adam_update's scalars in the kernel's dtype: lr, b1, 1 - b1, b2, 1 - b2, eps, the largest finite."""
+    t = np.float32 if dtype == torch.float32 else np.float64
+    return t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(np.finfo(t).max)
 
 
 @functools.lru_cache(maxsize=64)
