@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -647,3 +648,24 @@ def test_a_fit_does_not_import_symbolic_shapes():
             "print('torch.fx.experimental.symbolic_shapes' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("options", [{}, {"prune_lambda": 0.01}])
+def test_images_that_require_grad_are_fitted_as_targets(options):
+    """Regression (new-user trial): images with requires_grad=True were passed on as the loss's target,
+    which squared_error refuses; the fit takes them as plain targets, the same fit as without grad."""
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    a = fit_images(x.clone().requires_grad_(True), 12, iters=6, **options)
+    b = fit_images(x, 12, iters=6, **options)
+    assert [m["psnr"] for m in a.metrics] == [m["psnr"] for m in b.metrics]
+
+
+def test_ssim_loss_skips_coarse_to_fine_where_the_coarse_image_is_under_the_window():
+    """Regression (new-user trial): with ssim_weight, coarse to fine fitted 8-10 px coarse images and the
+    loss's SSIM failed on them (16 px photos with the fast preset); it is skipped there instead."""
+    from gaussianvision.fit.fitter import coarse_plan
+    cfg = FitConfig.from_options({"preset": "fast", "ssim_weight": 0.5})
+    assert coarse_plan(16, 16, 2, cfg) is None and coarse_plan(22, 22, 2, cfg) == (11, 11, 90)
+    assert coarse_plan(16, 16, 2, FitConfig.from_options({"preset": "fast"})) == (8, 8, 90)  # MSE: from 8 px
+    res = fit_images(torch.rand(1, 3, 16, 16), 2, config=replace(cfg, iters=4))
+    assert math.isfinite(res.metrics[0]["psnr"])

@@ -65,3 +65,11 @@ def test_ssim_with_the_targets_blurs_computed_beforehand_is_the_same_number():
     a, b = torch.rand(3, 3, 30, 26, generator=g), torch.rand(3, 3, 30, 26, generator=g)
     assert torch.equal(ssim(a, b, target_stats=target_blurs(b)), ssim_reference(a, b))
     assert not torch.equal(ssim(a, b, target_stats=target_blurs(a)), ssim_reference(a, b))  # they are used
+
+
+def test_ssim_names_images_under_the_window_and_takes_an_empty_batch():
+    with pytest.raises(ValueError, match=r"ssim: images are 10x12; at least 11 pixels a side"):
+        ssim(torch.rand(1, 3, 10, 12), torch.rand(1, 3, 10, 12))
+    with pytest.raises(ValueError, match=r"ssim: pred and target must be \[B, C, H, W\] of one shape"):
+        ssim(torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    assert ssim(torch.rand(0, 3, 16, 16), torch.rand(0, 3, 16, 16)).shape == (0,)

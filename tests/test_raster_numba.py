@@ -460,3 +460,16 @@ def test_squared_error_grads_are_autograd_through_squared_error_bit_for_bit(back
         assert torch.equal(got, sse.detach()), name
         for a, b in zip(grads, leaves):
             assert torch.equal(a, b.grad), name
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_a_second_backward_of_squared_error_is_refused_clearly(backend):
+    """The residual is spent by the first backward (dropped on numba, scaled in place elsewhere): a
+    second one (retain_graph) raises a clear error, not an AttributeError or wrong gradients."""
+    s = _cases(torch.float32)[1][1]
+    m = s.means.clone().requires_grad_(True)
+    sse = squared_error(Splats(m, s.chol, s.colors, s.height, s.width, s.counts),
+                        torch.rand(s.batch_size, 3, s.height, s.width), backend=backend)
+    sse.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="squared_error: its backward runs once"):
+        sse.sum().backward()

@@ -151,7 +151,7 @@ class Fitter:
         self.device = _device(self.cfg, images)
         compile_kernels(self.device, images.shape[-2], images.shape[-1], self.cfg.backend)
         t0 = time.perf_counter()
-        self.images = images.to(self.device)
+        self.images = images.detach().to(self.device)  # targets, never differentiated (a caller's may require grad)
         b, _, self.h, self.w = self.images.shape
         init = self.cfg.init if init is None else init
         if isinstance(init, Splats):
@@ -655,10 +655,12 @@ def coarse_plan(height: int, width: int, n_gaussians: int | None, cfg: FitConfig
                 init: str | Splats | None = None) -> tuple[int, int, int] | None:
     """(coarse height, coarse width, coarse iterations) of a coarse-to-fine fit of `height` x `width`
     images, or None where it does not apply: coarse_fraction 0, init given as Splats, coarse images
-    under 8 px a side or under coarse_min_pixels pixels per Gaussian, or no coarse iteration."""
+    under 8 px a side (with ssim_weight, under the SSIM window: the loss takes SSIM of them) or under
+    coarse_min_pixels pixels per Gaussian, or no coarse iteration."""
     ch, cw = round(height * cfg.coarse_scale), round(width * cfg.coarse_scale)
     coarse_iters = int(cfg.coarse_fraction * cfg.iters)
-    if (cfg.coarse_fraction <= 0 or isinstance(init, Splats) or min(ch, cw) < 8 or coarse_iters < 1
+    smallest = SSIM_WINDOW if cfg.ssim_weight > 0 else 8
+    if (cfg.coarse_fraction <= 0 or isinstance(init, Splats) or min(ch, cw) < smallest or coarse_iters < 1
             or ch * cw < cfg.coarse_min_pixels * int(n_gaussians or 0)):
         return None
     return ch, cw, coarse_iters

@@ -50,6 +50,14 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDOW, si
     """[B] mean SSIM of [B, C, H, W] images in [0, 1]; target_stats: target_blurs(target) (the same
     window, sigma and dtype), when already computed: ssim_reference reuses them. Without them, on CPU
     without gradients where numba loads, one fused kernel pass per plane (ssim_fast); else ssim_reference."""
+    if pred.dim() != 4 or pred.shape != target.shape:
+        raise ValueError(f"ssim: pred and target must be [B, C, H, W] of one shape, got {list(pred.shape)} and "
+                         f"{list(target.shape)}")
+    if min(pred.shape[-2:]) < window:
+        raise ValueError(f"ssim: images are {pred.shape[-2]}x{pred.shape[-1]}; at least {window} pixels a side "
+                         "(the SSIM window)")
+    if pred.shape[0] == 0 or pred.shape[1] == 0:
+        return pred.new_zeros(pred.shape[0], dtype=torch.promote_types(pred.dtype, torch.float32))
     if target_stats is None and fast_ssim_applies(pred, target, window):
         return ssim_fast(pred, target, window, sigma, clamp)
     return ssim_reference(pred, target, window, sigma, clamp, target_stats)

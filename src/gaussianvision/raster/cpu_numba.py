@@ -97,6 +97,7 @@ from torch.autograd.function import once_differentiable
 from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
+from gaussianvision.raster.dispatch import take_residual
 
 __all__ = ["render_numba", "squared_error_numba", "squared_error_grads_numba", "probe", "numba_module", "run_items", "threads_for"]
 
@@ -420,8 +421,8 @@ class _SquaredErrorNumba(torch.autograd.Function):
     def backward(ctx, grad_sse):
         need = ctx.needs_input_grad[:3]
         (colors,) = ctx.saved_tensors
-        grads = _scaled_grads(ctx.extra, colors, ctx.resid, grad_sse, need) if any(need) else [None] * 3
-        del ctx.resid
+        resid = take_residual(ctx)
+        grads = _scaled_grads(ctx.extra, colors, resid, grad_sse, need) if any(need) else [None] * 3
         return (*grads, None, None, None, None)
 
 

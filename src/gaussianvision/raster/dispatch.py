@@ -168,6 +168,17 @@ def squared_error(splats: Splats, target: torch.Tensor, backend: str = "auto") -
     return _FromResidual.apply(pred, resid, sse)
 
 
+def take_residual(ctx) -> torch.Tensor:
+    """The residual a squared error's forward kept for its one backward (then dropped, or reused in place);
+    a second backward (retain_graph) gets a clear error instead of wrong or missing gradients."""
+    resid = getattr(ctx, "resid", None)
+    if resid is None:
+        raise RuntimeError("squared_error: its backward runs once (the residual is spent); retain_graph=True "
+                           "and a second backward are not supported: compute the loss again")
+    ctx.resid = None
+    return resid
+
+
 class _FromResidual(torch.autograd.Function):
     """sse [B] (given) as a function of pred, with the gradient 2 g[b] resid: the backward of
     sum((pred - target) ** 2) in one pass over the image, the residual made in place beforehand."""
@@ -179,6 +190,5 @@ class _FromResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        resid = ctx.resid
-        del ctx.resid
+        resid = take_residual(ctx)
         return resid.mul_((2.0 * g.to(resid.dtype)).view(-1, *[1] * (resid.dim() - 1))), None, None
