@@ -25,22 +25,31 @@ def photos():
 
 
 class CostClock:
-    """perf_counter for the fitter that advances only by rendering work."""
+    """perf_counter for the fitter that advances only by rendering work: a render costs 1 unit per
+    Gaussian-pixel, its backward as much again (a training step 2). cg and evaluation scale what the
+    final colors' renders and the fitter's renders without gradient (its evaluation) cost; by default
+    (1, 1) the budget's reserves are set to what they then cost exactly (CG_STEPS 1, EVAL_RENDER_STEPS
+    0.5), so the tests below can count iterations."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, cg: float = 1.0, evaluation: float = 1.0, exact_reserves: bool = True):
         self.t = 0.0
         real, real_sse, real_grads = raster.render, raster.squared_error, raster.squared_error_grads
 
-        def charged(fn, passes=None):
+        def charged(fn, passes=None, grad_factor=1.0, plain_factor=1.0):
             def call(s, *args, **kwargs):  # a render (or the squared error: a render and the loss)
                 out = fn(s, *args, **kwargs)
-                n = passes or (2 if out.requires_grad else 1)  # a backward costs as much as the render
+                grad = passes is not None or out.requires_grad
+                n = (passes or 2) * grad_factor if grad else plain_factor  # a backward costs as much as the render
                 self.t += s.batch_size * s.height * s.width * s.max_gaussians * n * NS_PER_UNIT * 1e-9
                 return out
             return call
 
-        for module in (fitter_module, colors_module, raster):
-            monkeypatch.setattr(module, "render", charged(real))
+        monkeypatch.setattr(fitter_module, "render", charged(real, plain_factor=evaluation))
+        monkeypatch.setattr(colors_module, "render", charged(real, grad_factor=cg, plain_factor=cg))
+        monkeypatch.setattr(raster, "render", charged(real))
+        if exact_reserves:
+            monkeypatch.setattr(fitter_module, "CG_STEPS", 1.0)
+            monkeypatch.setattr(fitter_module, "EVAL_RENDER_STEPS", 0.5)
         monkeypatch.setattr(fitter_module, "squared_error", charged(real_sse))
         monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2))  # and its gradients
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
@@ -347,3 +356,24 @@ def test_relocation_keeps_to_its_share_of_a_budget(monkeypatch, photos):
     at.clear()
     _fit(photos, n, {**options, "budget_ms": None, "iters": 100}, clock)
     assert at == [10, 20, 30, 40, 50]  # without a budget: the first half of the iterations, as always
+
+
+@pytest.mark.parametrize("options", [{"final_colors": 2}, {"preset": "fast", "iters": 40}])
+def test_the_reserves_hold_where_the_last_work_costs_more_than_a_step_suggests(monkeypatch, photos, options):
+    """Regression: since the step took the fused loss without autograd, the final colors' CG iterations
+    (autograd's render and backward, two image passes) cost up to 1.16 of its steps and the evaluation's
+    render and PSNR up to 0.76, and with reserves of 1 and 0.5 `fast` under --budget-ms 40 at 128 px ended
+    41-45 ms. On a clock where they cost 1.15 and 0.75 steps, the shipped reserves keep every budget;
+    the old ones pass some."""
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    over = {}
+    for exact in (False, True):  # the shipped reserves, then the old ones (those of the exact clock)
+        clock = CostClock(monkeypatch, cg=1.15, evaluation=1.5, exact_reserves=exact)
+        over[exact] = []
+        for budget_iters in (6.0, 9.0, 12.5, 20.0):
+            _, m = _fit(photos, n, {"iters": 40, **options, "budget_ms": budget_iters * per_iter_ms}, clock)
+            over[exact].append(m[0]["seconds"] * 1000 > budget_iters * per_iter_ms + 1e-9)
+        monkeypatch.undo()
+    assert not any(over[False]), over
+    assert any(over[True]), over  # the test's premise: the old reserves were too small on this clock

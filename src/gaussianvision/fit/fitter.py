@@ -101,6 +101,14 @@ def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
 
 
 _COMPILED: set = set()
+# A budget's reserves for the fit's last work, in units of its last step (whose time is measured). On numba the
+# step is the fused loss without autograd (raster.squared_error_grads), while the final colors' conjugate-gradient
+# iterations still take a render and its backward through autograd with two passes over the images, and the
+# evaluation a render and PSNR's passes. Measured on the 2-core machine (224 px N=400 B=1 and 8, 128 px N=50 B=4,
+# 96 px N=20): a CG iteration 0.83-1.16 steps, the evaluation 0.42-0.76; with 1 and 0.5, as before the fused
+# step, `fast` under --budget-ms 40 at 128 px ended 41-42 ms per image (new-user trial: up to 45).
+CG_STEPS = 1.2
+EVAL_RENDER_STEPS = 0.8
 WARM_START = 10  # iterations over which the rates ramp up in a fit that goes on from given splats
 
 
@@ -467,8 +475,9 @@ class Fitter:
         return c.final_colors > 0 and not c.prefix_fractions and c.ssim_weight == 0 and c.prune_lambda == 0
 
     def _polish_seconds(self) -> float:
-        """What finish()'s polish is expected to take: solve_cost iterations of the whole batch."""
-        return solve_cost(self.cfg.final_colors) * self.step_seconds if self._polishes() else 0.0
+        """What finish()'s polish is expected to take: solve_cost iterations of the whole batch, each
+        CG_STEPS of the fit's steps."""
+        return solve_cost(self.cfg.final_colors) * CG_STEPS * self.step_seconds if self._polishes() else 0.0
 
     def _time_ssim(self) -> None:
         """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
@@ -492,14 +501,14 @@ class Fitter:
         self.seconds += spent
 
     def _eval_seconds(self) -> float:
-        """What result()'s evaluation is expected to take, so that a budget keeps room for it: half an
-        iteration for its render and SSIM's measured share (_time_ssim). Regression: on a CPU SSIM
+        """What result()'s evaluation is expected to take, so that a budget keeps room for it:
+        EVAL_RENDER_STEPS of the fit's steps for its render and PSNR, and SSIM's measured share (_time_ssim). Regression: on a CPU SSIM
         cost 4-8 iterations (before its fused kernel), and budgeted fits of large images ended up to
         30% over their budget."""
         if self.cfg.budget_ms is None or not self.evaluated:
             return 0.0
         self._time_ssim()
-        return 0.5 * self.step_seconds + self._ssim_seconds
+        return EVAL_RENDER_STEPS * self.step_seconds + self._ssim_seconds
 
     def finish(self) -> "Fitter":
         """The fit's last step, once (fit_images calls it before result(); call it too when driving a
