@@ -33,10 +33,10 @@ class CostClock:
 
     def __init__(self, monkeypatch, cg: float = 1.0, evaluation: float = 1.0, exact_reserves: bool = True):
         self.t = 0.0
-        real, real_sse, real_grads = raster.render, raster.squared_error, raster.squared_error_grads
+        real, real_grads = raster.render, raster.squared_error_grads
 
         def charged(fn, passes=None, grad_factor=1.0, plain_factor=1.0):
-            def call(s, *args, **kwargs):  # a render (or the squared error: a render and the loss)
+            def call(s, *args, **kwargs):  # a render (or the squared error and its gradients)
                 out = fn(s, *args, **kwargs)
                 grad = passes is not None or out.requires_grad
                 n = (passes or 2) * grad_factor if grad else plain_factor  # a backward costs as much as the render
@@ -50,7 +50,6 @@ class CostClock:
         if exact_reserves:
             monkeypatch.setattr(fitter_module, "CG_STEPS", 1.0)
             monkeypatch.setattr(fitter_module, "EVAL_RENDER_STEPS", 0.5)
-        monkeypatch.setattr(fitter_module, "squared_error", charged(real_sse))
         monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2))  # and its gradients
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
 

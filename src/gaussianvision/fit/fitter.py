@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gaussianvision.raster import render, resolve_backend, squared_error, squared_error_grads
+from gaussianvision.raster import render, resolve_backend, squared_error_grads
 from gaussianvision.raster.cpu_numba import serial_torch, threads_for
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
@@ -320,7 +320,7 @@ class Fitter:
     def _backward(self, s, target, leaves, counts, valid) -> torch.Tensor:
         """Gradients of the loss summed over images (each image's gradient independent of B) times
         the pixel count (which keeps gradients well above Adam's eps near convergence) into the
-        leaves; returns each image's MSE [A]. Plain MSE (the default) is raster.squared_error, on
+        leaves; returns each image's MSE [A]. The MSE (the default loss) is raster.squared_error, on
         numba one fused pass that leaves the residual as the render's gradient (no passes over the
         image of its own for the subtraction, the squares and 2 (pred - target)), its gradients taken
         by squared_error_grads (on numba without autograd's engine: a 112 px step on one image spent
@@ -328,25 +328,24 @@ class Fitter:
         loss (tests/test_fit.py, tests/test_raster_numba.py)."""
         cfg = self.cfg
         scale = float(self.h * self.w)
+        loss = None
         if cfg.ssim_weight > 0:
             pred = render(s, backend=cfg.backend)
             err = ((pred - target) ** 2).flatten(1).mean(1)
             loss = (1 - cfg.ssim_weight) * err + cfg.ssim_weight * (1 - ssim(pred, target, clamp=False))
             loss = loss.sum() * scale
-        elif cfg.prune_lambda == 0:  # plain MSE: the gradients without autograd's engine where the backend can
+        else:  # MSE: the gradients without autograd's engine where the backend can
             third = torch.full((target.shape[0],), 1.0, dtype=target.dtype, device=target.device) / 3.0
-            sse, grads = squared_error_grads(s, target, third, backend=cfg.backend)  # d/dsse as loss's below
+            sse, grads = squared_error_grads(s, target, third, backend=cfg.backend)  # the mean over 3 H W, times H W
             for k, g in zip(_NAMES, grads):
                 leaves[k].grad = g
-            return sse.detach() / (3.0 * scale)
-        else:
-            sse = squared_error(s, target, backend=cfg.backend)
-            err = sse.detach() / (3.0 * scale)
-            loss = sse.sum() / 3.0  # the mean over 3 H W pixels, times H W
-        if cfg.prune_lambda > 0:
+            err = sse / (3.0 * scale)
+        if cfg.prune_lambda > 0:  # the L1 penalty's gradient through autograd, added to the leaves' .grad
             l1 = (luminance(leaves["colors"]).abs() * valid).sum(1) / counts.clamp_min(1)
-            loss = loss + (cfg.prune_lambda * l1).sum() * scale
-        loss.backward()
+            penalty = (cfg.prune_lambda * l1).sum() * scale
+            loss = penalty if loss is None else loss + penalty
+        if loss is not None:
+            loss.backward()
         return err.detach()
 
     def _prefix_backward(self, s, target, leaves, counts, valid) -> torch.Tensor:
