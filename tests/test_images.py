@@ -148,3 +148,18 @@ def test_folders_linked_into_a_folder_are_searched_once_and_loops_end(tmp_path):
     assert sorted(p.relative_to(root).as_posix() for p in list_images([root])) == want
     units = plan_units(str(root), 10)
     assert [os.path.relpath(p, root) for p in units[0].paths] == want
+
+
+def test_jpeg_files_named_jfif_or_jpe_are_images(tmp_path):
+    """Regression: photos saved as .jfif (browsers, Windows) or .jpe were skipped: a folder of them was
+    "no image files"; they are listed, and load as the same JPEG does."""
+    import torch
+    from gaussianvision.data import load_image
+    from gaussianvision.data.images import list_images
+    from gaussianvision.data.inputs import plan_units
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    for name in ("a.jfif", "b.JPE", "c.jpg"):
+        img.save(tmp_path / name, format="JPEG")
+    assert [p.name for p in list_images([tmp_path])] == ["a.jfif", "b.JPE", "c.jpg"]
+    assert [os.path.basename(p) for p in plan_units(str(tmp_path), 10)[0].paths] == ["a.jfif", "b.JPE", "c.jpg"]
+    assert torch.equal(load_image(tmp_path / "a.jfif", size=16), load_image(tmp_path / "c.jpg", size=16))

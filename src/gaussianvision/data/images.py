@@ -31,7 +31,9 @@ DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
 # The image kinds the project reads, the one list: as tar member extensions, in the order a
 # sample's image is looked for (image_member), and as file suffixes (folders, `gsv fit` inputs).
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+# jfif and jpe are JPEG files under the names some cameras, browsers and Windows save them with
+# (regression: a folder of .jfif photos was "no image files").
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "jfif", "jpe")
 IMAGE_EXTENSIONS = {"." + e for e in IMAGE_EXTS}
 
 
