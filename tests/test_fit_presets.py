@@ -31,16 +31,17 @@ class CostClock:
     (1, 1) the budget's reserves are set to what they then cost exactly (CG_STEPS 1, EVAL_RENDER_STEPS
     0.5), so the tests below can count iterations."""
 
-    def __init__(self, monkeypatch, cg: float = 1.0, evaluation: float = 1.0, exact_reserves: bool = True):
+    def __init__(self, monkeypatch, cg: float = 1.0, evaluation: float = 1.0, exact_reserves: bool = True,
+                 step_overhead_ms: float = 0.0):
         self.t = 0.0
         real, real_grads = raster.render, raster.squared_error_grads
 
-        def charged(fn, passes=None, grad_factor=1.0, plain_factor=1.0):
+        def charged(fn, passes=None, grad_factor=1.0, plain_factor=1.0, fixed_ms=0.0):
             def call(s, *args, **kwargs):  # a render (or the squared error and its gradients)
                 out = fn(s, *args, **kwargs)
                 grad = passes is not None or out.requires_grad
                 n = (passes or 2) * grad_factor if grad else plain_factor  # a backward costs as much as the render
-                self.t += s.batch_size * s.height * s.width * s.max_gaussians * n * NS_PER_UNIT * 1e-9
+                self.t += s.batch_size * s.height * s.width * s.max_gaussians * n * NS_PER_UNIT * 1e-9 + fixed_ms * 1e-3
                 return out
             return call
 
@@ -50,7 +51,9 @@ class CostClock:
         if exact_reserves:
             monkeypatch.setattr(fitter_module, "CG_STEPS", 1.0)
             monkeypatch.setattr(fitter_module, "EVAL_RENDER_STEPS", 0.5)
-        monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2))  # and its gradients
+        # and its gradients; step_overhead_ms: a fixed cost of each step (the work around the kernels, which on
+        # small images is most of a step)
+        monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2, fixed_ms=step_overhead_ms))
         monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
 
 
@@ -161,6 +164,7 @@ def test_a_budget_keeps_the_fine_tune_after_a_prune_its_share_and_the_stop_is_re
 
 def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypatch, photos):
     CostClock(monkeypatch)
+    monkeypatch.setattr(fitter_module, "FIRST_STEP_CHECK", 0)  # no renders timed for the first full-size step
     n = 24
     cfg = FitConfig(iters=10_000, coarse_fraction=0.5, budget_ms=5.0)
     f = start_coarse_to_fine(photos, n, cfg)
@@ -170,6 +174,29 @@ def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypat
     assert f.stopped == [None] * 4 and bool(f.active.all())  # the fit goes on at full size
     f.run(10_000)
     assert 1000 * f.seconds / f.batch_size <= 5.0 and f.stopped == ["budget"] * 4
+
+
+def test_coarse_to_fine_under_a_tight_budget_takes_full_size_steps_where_a_step_is_mostly_fixed_cost(monkeypatch, photos):
+    """Regression: the first full-size step was foreseen as the coarse step times the area ratio (4), which on a
+    small image, whose step is mostly a fixed cost, is far too much: a tight budget then took no full-size step
+    (and its reserves, in steps, were as much too large); `fast` at 128 px under 40 ms ended at 28 ms. Here a
+    step costs 1 ms of fixed cost per batch besides its pixels' work: a full-size step 1.79 ms, the area's
+    estimate 4.8 ms."""
+    clock = CostClock(monkeypatch, step_overhead_ms=1.0)
+    n, b = 24, photos.shape[0]
+    full_step_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6 * b + 1.0
+    cfg = FitConfig(iters=10_000, coarse_fraction=0.5, budget_ms=3.0)
+    clock.t = 0.0
+    f = start_coarse_to_fine(photos, n, cfg)
+    coarse_iters = int(f.iterations[0])
+    assert 0.0 < 1000 * f.step_seconds <= 1.25 * full_step_ms  # the area's estimate: 4.8 ms
+    f.run(10_000)
+    fine_steps = int(f.iterations[0]) - coarse_iters
+    # the fine phase has about 6 ms of the batch's 12, less the renders timed (0.37 ms) and the evaluation's
+    # reserve: 3 full-size steps, ending at 2.68 ms of 3; the area's estimate (4.8 ms, and a reserve of 2.4)
+    # allowed none, and the fit ended at 1.22 ms
+    assert fine_steps == 3 and 2.5 <= 1000 * f.seconds / b <= 3.0
+    assert f.stopped == ["budget"] * b
 
 
 def test_coarse_to_fine_is_skipped_where_the_coarse_image_has_too_few_pixels_per_gaussian(photos):
@@ -369,6 +396,8 @@ def test_the_reserves_hold_where_the_last_work_costs_more_than_a_step_suggests(m
     over = {}
     for exact in (False, True):  # the shipped reserves, then the old ones (those of the exact clock)
         clock = CostClock(monkeypatch, cg=1.15, evaluation=1.5, exact_reserves=exact)
+        monkeypatch.setattr(fitter_module, "FIRST_STEP_CHECK", 0)  # the reserves alone (coarse to fine's first
+        # full-size step is foreseen by the area ratio, exact on this clock, as before its timed renders)
         over[exact] = []
         for budget_iters in (6.0, 9.0, 12.5, 20.0):
             _, m = _fit(photos, n, {"iters": 40, **options, "budget_ms": budget_iters * per_iter_ms}, clock)

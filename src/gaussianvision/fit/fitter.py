@@ -110,6 +110,11 @@ _COMPILED: set = set()
 CG_STEPS = 1.2
 EVAL_RENDER_STEPS = 0.8
 WARM_START = 10  # iterations over which the rates ramp up in a fit that goes on from given splats
+# Coarse to fine under a tight budget (_first_step_seconds): the first full-size step is estimated from timed renders
+# where the area ratio's estimate leaves room for fewer than FIRST_STEP_CHECK steps; a step's extra work at full size is
+# at most STEP_PER_RENDER times its render's (the render and a backward of at most twice its cost).
+FIRST_STEP_CHECK = 20
+STEP_PER_RENDER = 3.0
 
 
 def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
@@ -711,6 +716,27 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     f.iterations += c.iterations
     f.seconds += c.seconds
     f.steps_done = c.steps_done  # record_at counts the whole fit's iterations
-    f.step_seconds = c.step_seconds * (h * w) / (ch * cw)  # the budget's estimate until a full-size step is timed
+    f.step_seconds = _first_step_seconds(c, f)  # the budget's estimate until a full-size step is timed
     return f
+
+
+def _first_step_seconds(c: Fitter, f: Fitter) -> float:
+    """What the first full-size step of f is expected to take after the coarse phase c (its last step's time
+    c.step_seconds): that step scaled by the area ratio, where a step's cost is its pixels' work (large images).
+    Where a tight budget has room for fewer than FIRST_STEP_CHECK such steps left, at most the coarse step
+    plus STEP_PER_RENDER times the extra time of a full-size render over a coarse one, both timed here (their
+    time counts in f.seconds): a step on a small image is mostly its fixed cost, which the area ratio scaled
+    too. Regression: the area's estimate, about 4x a 128 px step of N=200, kept a 40 ms budget from any
+    full-size step (and its reserves for the final colors and evaluation, in steps, were 4x too large)."""
+    by_area = c.step_seconds * (f.h * f.w) / (c.h * c.w)
+    if f.cfg.budget_ms is None or f.cfg.budget_ms * f.batch_size / 1000 - f.seconds > FIRST_STEP_CHECK * by_area:
+        return by_area
+    times = []
+    for fitter in (c, f):
+        t0 = f._clock(True)
+        with torch.no_grad():
+            render(fitter.splats(), backend=f.cfg.backend)
+        times.append(f._clock(True) - t0)
+    f.seconds += sum(times)
+    return min(by_area, c.step_seconds + STEP_PER_RENDER * max(times[1] - times[0], 0.0))
 
