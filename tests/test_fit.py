@@ -98,6 +98,36 @@ def test_the_loop_runs_torch_on_one_thread_only_with_the_numba_kernels(monkeypat
     assert bool(entered) == serial
 
 
+@pytest.mark.parametrize("backend,serial", [("numba", 1), ("reference", 2)])
+def test_the_whole_fit_runs_torch_on_one_thread_with_the_numba_kernels(monkeypatch, backend, serial):
+    """Regression: only the loop was inside serial_torch; the initialization (content init, color solve, coarse
+    to fine's downsampling), the final colors and the metrics ran torch on all its threads, whose small operations
+    wait for each other on a machine with other work (a lone 128 px photo's init took 150-200 ms instead of
+    about 5, and a 40 ms budget was spent before the first iteration). The reference renderer keeps them."""
+    import gaussianvision.fit.fitter as fitter_module
+    from gaussianvision.fit import colors as colors_module
+    seen = {}
+
+    def spy(name, fn):
+        def call(*args, **kwargs):
+            seen.setdefault(name, set()).add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return call
+
+    for name in ("initialize", "solve_colors", "psnr", "ssim"):
+        monkeypatch.setattr(fitter_module, name, spy(name, getattr(fitter_module, name)))
+    monkeypatch.setattr(colors_module, "render", spy("render", colors_module.render))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_images(torch.rand(2, 3, 32, 32), 8, preset="fast", iters=4, backend=backend)
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(prev)
+    assert set(seen) == {"initialize", "solve_colors", "psnr", "ssim", "render"}
+    assert all(v == {serial} for v in seen.values()), seen
+
+
 def test_going_on_from_fitted_splats_does_not_undo_them(photos):
     """Regression (trial 6): fit_images(init=splats) started a fresh Adam whose first step moved every
     parameter by its full rate: 24.3 -> 17.9 dB after one more iteration (plain settings, 64 px photos).

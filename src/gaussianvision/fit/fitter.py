@@ -100,6 +100,15 @@ def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
     return dev
 
 
+def _torch_serial(cfg: FitConfig, device: torch.device):
+    """serial_torch() where the fit renders with the numba kernels, else no change: torch's own operations on one
+    thread, the kernels on all, over the whole fit (initialization, steps, final colors, metrics). Regression:
+    the initialization ran outside it, torch's small operations on 2 OpenMP threads, which on a machine with
+    other work wait for each other: a lone 128 px photo's blurs and pads took 150-200 ms instead of about 5,
+    so a 40 ms budget was spent 5x over before the first iteration."""
+    return serial_torch() if resolve_backend(cfg.backend, device) == "numba" else contextlib.nullcontext()
+
+
 _COMPILED: set = set()
 # A budget's reserves for the fit's last work, in units of its last step (whose time is measured). On numba the
 # step is the fused loss without autograd (raster.squared_error_grads), while the final colors' conjugate-gradient
@@ -162,6 +171,10 @@ class Fitter:
         self.cfg = (config or FitConfig()).check()
         images = _check_images(images)
         self.device = _device(self.cfg, images)
+        with _torch_serial(self.cfg, self.device):
+            self._start(images, n_gaussians, init)
+
+    def _start(self, images: torch.Tensor, n_gaussians: int | None, init: str | Splats | None) -> None:
         compile_kernels(self.device, images.shape[-2], images.shape[-1], self.cfg.backend)
         t0 = time.perf_counter()
         self.images = images.detach().to(self.device)  # targets, never differentiated (a caller's may require grad)
@@ -426,8 +439,7 @@ class Fitter:
         call while within its first relocate_until share, never after its last iteration. With the
         numba kernels torch's own operations run on one thread meanwhile, the kernels on all
         (serial_torch); the reference renderer, torch operations itself, keeps torch's threads."""
-        numba = resolve_backend(self.cfg.backend, self.device) == "numba"
-        with serial_torch() if numba else contextlib.nullcontext():
+        with _torch_serial(self.cfg, self.device):
             return self._run(iters, progress, desc, relocate)
 
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
@@ -519,6 +531,10 @@ class Fitter:
         Fitter by hand): polish_colors(cfg.final_colors) where _polishes() and the budget has room
         for it; with record_at set, the history records the polished splats too (at the same
         iteration count, later seconds)."""
+        with _torch_serial(self.cfg, self.device):
+            return self._finish()
+
+    def _finish(self) -> "Fitter":
         budget = self.cfg.budget_ms
         room = budget is None or (self.seconds + self._polish_seconds() + self._eval_seconds()) * 1000 <= \
             budget * self.batch_size
@@ -599,7 +615,8 @@ class Fitter:
     # ----------------------------------------------------------------- result
     def result(self) -> FitResult:
         t0 = time.perf_counter()
-        p, q = self.evaluate()
+        with _torch_serial(self.cfg, self.device):
+            p, q = self.evaluate()
         self.seconds += self._clock(True) - t0
         per_image = self.seconds / self.batch_size
         # one host read per field (.tolist()), not one per image and field: on a GPU each read waits
@@ -648,6 +665,11 @@ def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init:
     if isinstance(n_gaussians, numbers.Integral) and not isinstance(n_gaussians, bool) and \
             (reason := too_many_gaussians(n_gaussians, h, w, f"{n_gaussians} Gaussians", "image's")):
         raise ValueError(f"fit_images: {reason}")
+    with _torch_serial(cfg, _device(cfg, images)):
+        return _run_fit(images, n_gaussians, cfg, init, progress)
+
+
+def _run_fit(images, n_gaussians, cfg: FitConfig, init, progress: bool) -> Fitter:
     main = cfg
     if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters and cfg.iters:  # the fine-tune's share of the budget
         main = replace(cfg, budget_ms=cfg.budget_ms * cfg.iters / (cfg.iters + cfg.finetune_iters))
