@@ -473,6 +473,12 @@ def test_a_folder_of_images_and_shards_is_refused_and_so_is_converting_into_the_
         plan_units(str(tmp_path / "nothing-here"), 3)
     with pytest.raises(SourceError, match=r"gone.tar: no such tar shard$"):
         plan_units(str(tmp_path / "gone.tar"), 3)
+    for name in ("notes.xyz", "shards.tar.gz", "data.zip"):  # regression: read as a tar shard, "truncated or
+        (tmp_path / name).write_bytes(b"not a tar")           # corrupt", and written out as a converted shard
+        with pytest.raises(SourceError, match=rf"{re.escape(name)}: not an image file \(jpg, .*\) or a .tar shard$"):
+            plan_units(str(tmp_path / name), 3)
+    write_tar(tmp_path / "bare", good_sample("k2", 2))  # a file without suffix is taken as a shard, as before
+    assert [u.kind for u in plan_units(str(tmp_path / "bare"), 3)] == ["tar"]
 
 
 def test_cli_json_and_keep_image(tmp_path):

@@ -125,6 +125,9 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     if missing:
         what = kind if Path(missing[0]).suffix else "file or folder"  # a bare name: not necessarily a shard
         raise SourceError(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    odd = [t for t in paths if not images and Path(t).suffix and Path(t).suffix.lower() != ".tar"]
+    if odd:  # regression: any other file was read as a tar shard, "truncated or corrupt", and written as one
+        raise SourceError(f"{odd[0]}: not an image file ({', '.join(IMAGE_EXTS)}) or a .tar shard")
     if images:  # image files by name, pattern or glob: a folder of them (their common parent)
         root = Path(os.path.commonpath([str(Path(t).resolve().parent) for t in images]))
         files = sorted((Path(t).resolve() for t in images), key=lambda q: q.relative_to(root).as_posix())
