@@ -16,7 +16,7 @@ progressive (what a reader that ignored the flag would get). "nested fit" is a p
 (fit/progressive.py: prefix losses at PREFIX_FRACTIONS of N, same preset) read in its own order (method "nested");
 its row at k = N is the full-N price of fitting progressively, its time is beside the plain fit's.
 
-accuracy: the demo's GS model (stage2_n76) zero-shot on its world's four tasks through the
+accuracy: the demo's GS model (stage2_n76; --quick: stage2_n64) zero-shot on its world's four tasks through the
 library's evaluator (eval.zeroshot over eval.datasets' SplatBatches, as `gsv demo` runs it),
 reading prefixes k of progressive N=76 fits beside direct fits at k (the demo's fit settings):
 the eliminate reorder of a plain fit and a nested fit (the demo's settings plus prefix losses).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from gaussianvision.raster import render
 from gaussianvision.splats import Splats
 from gaussianvision.splats.format import decode, encode
 
-__all__ = ["progressive_rows", "accuracy_rows", "image_set", "markdown", "KS", "ACC_KS"]
+__all__ = ["progressive_rows", "accuracy_rows", "demo_model", "DemoMissing", "image_set", "markdown", "KS", "ACC_KS"]
 
 KS = (100, 200, 400, 900, 1600, 3136)
 ACC_KS = (19, 38, 57, 76)
@@ -137,14 +138,35 @@ def _zeroshot(em, t: dict, source, batch: int) -> float:
     return zeroshot_classification(em, loader, "cpu")["acc1"]
 
 
-def accuracy_rows(demo: Path, ks=ACC_KS, n: int = 76, method: str = "eliminate", cache: Path | None = None,
+class DemoMissing(ValueError):
+    """The `--demo` folder holds no finished demo with a stage-2 GS model."""
+
+
+def demo_model(demo: Path) -> tuple[Path, int]:
+    """(folder, N) of the demo's stage-2 GS model of the largest N (`gsv demo` writes stage2_n76, `--quick`
+    stage2_n64); DemoMissing naming the folder where there is none (regression: stage2_n76 was assumed and
+    a quick demo ended in a traceback)."""
+    found = [(int(q.parent.name[len("stage2_n"):]), q.parent) for q in Path(demo).glob("stage2_n*/gsclip.safetensors")
+             if q.parent.name[len("stage2_n"):].isdigit()]
+    if not (Path(demo) / "results.json").is_file() or not found:
+        raise DemoMissing(f"{demo}: no finished demo there (results.json and stage2_n*/gsclip.safetensors); "
+                          "run gsv demo first, or give its output with --demo")
+    n, folder = max(found)
+    return folder, n
+
+
+def accuracy_rows(demo: Path, ks=None, n: int | None = None, method: str = "eliminate", cache: Path | None = None,
                   batch: int = 160) -> dict:
     """Per task and k: zero-shot acc1 of the demo's GS model on prefixes k of progressive N fits
-    and on direct fits at k (the demo's fit settings; fits cached under `cache`)."""
+    and on direct fits at k (the demo's fit settings; fits cached under `cache`). N: the model's (demo_model),
+    ks: its quarters (ACC_KS at N=76)."""
     from gaussianvision.apps.demo.pipeline import register_bases
     from gaussianvision.eval import SplatCache, load_eval_model
+    folder, model_n = demo_model(demo)
+    n = model_n if n is None else n
+    ks = tuple(round(n * q / 4) for q in range(1, 5)) if ks is None else ks
     register_bases()
-    em = load_eval_model(f"gs:{demo / 'stage2_n76'}", "cpu")
+    em = load_eval_model(f"gs:{folder}", "cpu")
     world = json.loads((demo / "steps" / "world.json").read_text())["result"]
     cache = Path(cache or "/tmp/gsv_progressive_cache")
     ordered = _Ordered(SplatCache(str(cache), _demo_settings(demo, n)), method)
@@ -162,7 +184,8 @@ def accuracy_rows(demo: Path, ks=ACC_KS, n: int = 76, method: str = "eliminate",
         for key in ("prefix", "direct", "nested", "prefix_psnr", "direct_psnr", "nested_psnr"):
             row[key] = sum(r[key] for r in row["tasks"].values()) / len(row["tasks"])
         rows.append(row)
-    return {"rows": rows, "n": n, "method": method, "images_per_task": {t: w["n"] for t, w in world["tasks"].items()}}
+    return {"rows": rows, "n": n, "method": method, "model": folder.name,
+            "images_per_task": {t: w["n"] for t, w in world["tasks"].items()}}
 
 
 # ---------------------------------------------------------------- the results file and its table
@@ -186,7 +209,7 @@ def _acc_md(sec: dict) -> list[str]:
     tasks = list(sec["rows"][0]["tasks"])
     head = ["k", "payload bytes", "prefix acc", "nested-fit prefix acc", "direct acc", "prefix PSNR",
             "nested-fit prefix PSNR", "direct PSNR"] + [f"{t} prefix / nested / direct" for t in tasks]
-    out = [f"### zero-shot, demo GS model (stage2_n76) on its world, prefixes of progressive N={sec['n']} fits "
+    out = [f"### zero-shot, demo GS model ({sec.get('model', 'stage2_n76')}) on its world, prefixes of progressive N={sec['n']} fits "
            f"({sec['method']} reorder of a plain fit; nested fit with prefixes {list(PREFIX_FRACTIONS)} of N)", "", f"Images per task: {sec['images_per_task']}; machine load "
            f"{sec['machine']['loadavg_start']} -> {sec['machine']['loadavg_end']}, {sec['seconds']:.0f} s in all.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -234,7 +257,11 @@ def main(argv=None) -> int:
         sec, name = progressive_rows(images, a.n, KS + ((a.n,) if a.n not in KS else ())), f"{a.set} photos ({len(names)}), N={a.n}"
         sec["images"] = names
     else:
-        sec, name = accuracy_rows(a.demo), "accuracy"
+        try:
+            sec, name = accuracy_rows(a.demo), "accuracy"
+        except DemoMissing as e:
+            print(f"bench progressive: {e}", file=sys.stderr)
+            return 2
     sec.update(machine=dict(machine, loadavg_end=loadavg()), seconds=time.perf_counter() - t0)
     _save(name, sec, a.out)
     print(markdown({name: sec}))
