@@ -508,6 +508,14 @@ def test_out_that_is_empty_or_a_file_is_refused_and_a_random_teacher_is_said(tra
     s1 = ["--stage", "1", *argv[2:], "--out", str(tmp_path / "s1")]
     assert _gsv_train(s1) == 0
     assert "no --pretrained: the stage-1 teacher (the frozen base) has random weights" in capsys.readouterr().err
+    # regression (new-user trial): stage 2 on a random frozen base said nothing
+    assert _gsv_train(argv + ["--out", str(tmp_path / "s2")]) == 0
+    err = capsys.readouterr().err
+    assert "the frozen base (image tower's ViT and text tower) has random weights: no --pretrained;" in err
+    assert "no --init-from: the GS tower (stem, resampler) starts untrained" in err
+    assert _gsv_train(argv + ["--init-from", str(tmp_path / "s1"), "--out", str(tmp_path / "s2b")]) == 0
+    err = capsys.readouterr().err
+    assert "random weights: no --pretrained, and the --init-from run had none;" in err and "no --init-from" not in err
 
 
 def test_ctrl_c_keeps_the_finished_step_and_resume_goes_on(train_shards, tmp_path, capsys, monkeypatch):

@@ -158,9 +158,6 @@ def _run(args) -> int:
             stage = _build_stage(args, info)
         except (ValueError, CheckpointError) as e:
             raise CliError(str(e)) from None
-        if args.stage == "1" and not args.pretrained and info.is_main:  # regression: said nowhere
-            print("gsv train: note: no --pretrained: the stage-1 teacher (the frozen base) has random weights, so the "
-                  "GS tower learns to imitate noise; give the base's weights (a tag or a local file)", file=sys.stderr)
         image_size = None
         if "image" in need:
             visual = getattr(stage.model, "base", stage.model).visual
@@ -191,6 +188,7 @@ def _run(args) -> int:
         except (TrainingDiverged, CheckpointError, DataError) as e:
             raise CliError(str(e)) from None
         if info.is_main:
+            _say_random_weights(args, stage.model)  # after the run: a refused one stays one line
             summary = {"stage": args.stage, "out": args.out, "world_size": info.world_size, **summary,
                        "settings": chosen}
             losses = summary.pop("losses")
@@ -303,6 +301,24 @@ def _skipped_note(summary: dict) -> str:
     n, d = summary.get("skipped_samples", 0), summary.get("damaged_shards", 0)
     named = f" (named in {summary['skipped_file']})" if summary.get("skipped_file") else ""
     return f"; skipped {n} bad sample(s), {d} damaged shard(s) read up to the damage{named}" if n or d else ""
+
+
+def _say_random_weights(args, model) -> None:
+    """Notes on stderr, once the run has trained, where a GS stage trained against random weights, which nothing
+    else would say: stage 1
+    without --pretrained (regression: said nowhere), and stage 2 whose frozen base has none (no --pretrained, and
+    --init-from's run had none, or no --init-from: new-user trial, exit 0 without a word) or without --init-from
+    (its GS tower starts untrained)."""
+    if args.stage == "1" and not args.pretrained:
+        print("gsv train: note: no --pretrained: the stage-1 teacher (the frozen base) has random weights, so the "
+              "GS tower learns to imitate noise; give the base's weights (a tag or a local file)", file=sys.stderr)
+    if args.stage == "2" and not getattr(model, "pretrained", None):
+        print("gsv train: note: the frozen base (image tower's ViT and text tower) has random weights: no --pretrained"
+              + (", and the --init-from run had none" if args.init_from else "") + "; give the base's weights "
+              "(a tag or a local file)", file=sys.stderr)
+    if args.stage == "2" and not args.init_from:
+        print("gsv train: note: no --init-from: the GS tower (stem, resampler) starts untrained; stage 2 usually "
+              "goes on from stage 1's output folder", file=sys.stderr)
 
 
 def _build_stage(args, info):
