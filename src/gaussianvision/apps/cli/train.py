@@ -304,11 +304,10 @@ def _skipped_note(summary: dict) -> str:
 
 
 def _say_random_weights(args, model) -> None:
-    """Notes on stderr, once the run has trained, where a GS stage trained against random weights, which nothing
-    else would say: stage 1
-    without --pretrained (regression: said nowhere), and stage 2 whose frozen base has none (no --pretrained, and
-    --init-from's run had none, or no --init-from: new-user trial, exit 0 without a word) or without --init-from
-    (its GS tower starts untrained)."""
+    """Notes on stderr, once the run has trained, where a GS stage trained against random weights, which
+    nothing else would say: stage 1 without --pretrained (regression: said nowhere); stage 2 whose frozen base
+    has none (no --pretrained, and none from --init-from's run; new-user trial: exit 0 without a word) or
+    without --init-from (its GS tower starts untrained)."""
     if args.stage == "1" and not args.pretrained:
         print("gsv train: note: no --pretrained: the stage-1 teacher (the frozen base) has random weights, so the "
               "GS tower learns to imitate noise; give the base's weights (a tag or a local file)", file=sys.stderr)
