@@ -477,8 +477,12 @@ def test_a_folder_of_images_and_shards_is_refused_and_so_is_converting_into_the_
         (tmp_path / name).write_bytes(b"not a tar")           # corrupt", and written out as a converted shard
         with pytest.raises(SourceError, match=rf"{re.escape(name)}: not an image file \(jpg, .*\) or a .tar shard$"):
             plan_units(str(tmp_path / name), 3)
-    write_tar(tmp_path / "bare", good_sample("k2", 2))  # a file without suffix is taken as a shard, as before
-    assert [u.kind for u in plan_units(str(tmp_path / "bare"), 3)] == ["tar"]
+    import gzip
+    plain = write_tar(tmp_path / "bare", good_sample("k2", 2))  # a tar by its content, whatever its name
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (tmp_path / "empty.shard").write_bytes(bytes(1024))  # an empty archive
+    for name in ("bare", "s.tar.gz", "empty.shard"):
+        assert [u.kind for u in plan_units(str(tmp_path / name), 3)] == ["tar"]
 
 
 def test_cli_json_and_keep_image(tmp_path):

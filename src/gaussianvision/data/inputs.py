@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gaussianvision.data.images import IMAGE_EXTENSIONS, IMAGE_EXTS, find_images, image_member
-from gaussianvision.data.shards import SHARD_ERRORS, Group, check_key, iter_groups, show
+from gaussianvision.data.shards import SHARD_ERRORS, Group, check_key, iter_groups, looks_like_tar, show
 
 __all__ = ["Unit", "RawSample", "expand_braces", "expand_urls", "plan_units", "iter_unit", "SourceError"]
 
@@ -125,7 +125,7 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     if missing:
         what = kind if Path(missing[0]).suffix else "file or folder"  # a bare name: not necessarily a shard
         raise SourceError(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    odd = [t for t in paths if not images and Path(t).suffix and Path(t).suffix.lower() != ".tar"]
+    odd = [] if images else [t for t in paths if Path(t).suffix.lower() != ".tar" and not _readable_tar(t)]
     if odd:  # regression: any other file was read as a tar shard, "truncated or corrupt", and written as one
         raise SourceError(f"{odd[0]}: not an image file ({', '.join(IMAGE_EXTS)}) or a .tar shard")
     if images:  # image files by name, pattern or glob: a folder of them (their common parent)
@@ -133,6 +133,14 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
         files = sorted((Path(t).resolve() for t in images), key=lambda q: q.relative_to(root).as_posix())
         return _file_units(files, root, shard_size)
     return [Unit(k, "tar", (t,)) for k, t in enumerate(paths)]
+
+
+def _readable_tar(path: str) -> bool:
+    """looks_like_tar, or a file that cannot be opened (the conversion notes it and leaves its shard unfinished)."""
+    try:
+        return looks_like_tar(path)
+    except OSError:
+        return True
 
 
 def _file_units(files: list[Path], root: Path, shard_size: int) -> list[Unit]:

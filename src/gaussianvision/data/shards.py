@@ -36,7 +36,7 @@ from gaussianvision.data.tar_members import (MAX_MEMBER_BYTES, SHARD_ERRORS, Mem
 __all__ = ["ShardWriter", "ShardDamage", "Member", "read_samples", "samples_until_damage", "iter_members", "check_key",
            "split_member",
            "tmp_name", "shuffle_buffer", "MAX_MEMBER_BYTES", "MAX_SAMPLE_BYTES", "ShardWarning", "Group",
-           "iter_groups", "show", "SHARD_ERRORS"]
+           "iter_groups", "show", "SHARD_ERRORS", "looks_like_tar"]
 
 MAX_SAMPLE_BYTES = 256 << 20  # members past this many bytes held by their sample are skipped likewise
 _MAX_KEY_BYTES = 90  # key + '.' + extension must fit a USTAR name (100 bytes)
@@ -153,6 +153,22 @@ def shuffle_buffer(items, size: int, rng):
 
 def _open(path, fileobj):
     return contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")
+
+
+def looks_like_tar(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` begins as a shard iter_groups reads: a tar header (or an empty archive's zero
+    block), or a gzip, bzip2 or xz stream. For inputs not named .tar (a .tar is read, and its damage reported)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+        return True
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.EOFHeaderError:  # the zero block that ends (here: is) an archive
+        return True
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def read_samples(path: str | os.PathLike, fileobj=None, max_sample: int | None = None) -> Iterator[dict]:
