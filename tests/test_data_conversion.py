@@ -144,6 +144,14 @@ def test_truncated_tar_keeps_earlier_samples_and_records_the_damage(tmp_path):
     assert "truncated or corrupt" in s["shard_errors"][0]
     fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
     assert fail["key"] == "b" and "any later member of it is lost" in fail["reason"]
+    # regression (new-user trial): the damaged shard was finished for good; a repaired tar is converted again,
+    # an unchanged one is not
+    assert convert_dataset(str(src), tmp_path / "out", cfg())["run"]["shards_converted"] == 0
+    src.write_bytes(data)
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    assert s["run"]["shards_converted"] == 1 and (s["inputs"], s["converted"], s["failed"]) == (3, 3, 0)
+    assert s["shard_errors"] == [] and s["complete"]
+    assert convert_dataset(str(src), tmp_path / "out", cfg())["run"]["shards_converted"] == 0
     src.write_bytes(data[: cut - 100 - 512 + 200])  # inside b's header: tarfile itself would stop quietly
     s = convert_dataset(str(src), tmp_path / "out2", cfg())
     # the open sample a may have lost members after the cut header: it fails, never passes as complete

@@ -265,6 +265,8 @@ class _Converter:
             "fit_seconds": sum(d["seconds"] for d in done), "wall_seconds": time.perf_counter() - sh.t0,
             "keys": [d["key"] for d in done], "inputs_digest": output.unit_digest(sh.unit),
         }
+        if sh.shard_errors:  # a damaged tar: a rerun converts the shard again once the tar has changed
+            stats["input_identity"] = output.tar_identity(sh.unit)
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
         self.writing = f"{sh.name}.stats.json"
         output.write_durable(out / self.writing, output.json_line(stats))
@@ -416,6 +418,9 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
         raise ConvertError(f"{src} changed since {out} was started: shard {changed}; a rerun resumes only the "
                            f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
+    for u in mine:
+        if output.repaired_since(out, u):  # finished from a damaged tar that has changed: converted again
+            (out / f"{output.shard_name(u.index)}.stats.json").unlink()
     pending = [u for u in mine if not output.is_done(out, u)]
     for u in set(mine) - set(pending):  # finished: a lock file left by a kill after the finish goes
         output.clear_lock(out, u)

@@ -65,6 +65,29 @@ def is_done(out: Path, unit: Unit) -> bool:
     return (out / f"{n}.tar").is_file() and read_stats(out / f"{n}.stats.json") is not None
 
 
+def tar_identity(unit: Unit) -> list[int] | None:
+    """[size, mtime in ns] of a tar unit's input file (None for image files, or a tar that cannot be stat'ed):
+    kept in the stats of a shard whose tar was damaged, to see a repaired tar on a rerun."""
+    if unit.kind != "tar":
+        return None
+    try:
+        st = os.stat(unit.paths[0])
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def repaired_since(out: Path, unit: Unit) -> bool:
+    """Whether finished shard `unit` was made from a damaged tar (shard_errors) that has changed since (its
+    tar_identity): then it is converted again. Regression (new-user trial): a truncated shard, replaced by a
+    good copy, stayed finished with its error and was never retried."""
+    st = read_stats(out / f"{shard_name(unit.index)}.stats.json")
+    if st is None or not st.get("shard_errors") or st.get("input_identity") is None:
+        return False
+    now = tar_identity(unit)
+    return now is not None and now != st["input_identity"]
+
+
 def _lock_path(out: Path, unit: Unit) -> Path:
     return out / f".{shard_name(unit.index)}.lock"
 
