@@ -108,3 +108,14 @@ def test_option_errors_are_one_line_without_the_usage_block(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"gsv {argv[0]}: ") and "usage:" not in err
+
+
+def test_python_dash_m_runs_the_gsv_command():
+    """Regression (new-user trial): the README's `main(argv)` in gaussianvision.apps.cli, but `python -m
+    gaussianvision.apps.cli` had no __main__; it is the gsv command, its bench line naming every suite."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "gaussianvision.apps.cli", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: gsv COMMAND"), out.stderr
+    assert "benchmarks: fit, load, codec, model, gpu, wire, serve" in out.stdout

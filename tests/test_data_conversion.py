@@ -544,7 +544,9 @@ BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"]
                (["--workers", "-1"], "workers must be >= 0 (0: fit in this process), got -1"),
                (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
                (["--fit-option", "iters=2.0"], "iters=2.0: expected a whole number"),
-               (["--zstd"], "zstd compresses the quantized layout only (--layout quantized), not the interleaved one")]
+               (["--zstd"], "zstd compresses the quantized layout only (--layout quantized), not the interleaved one"),
+               (["--layout", "quantized", "--dtype", "float32"],  # regression: accepted, recorded, ignored
+                "dtype float32 applies to the interleaved layout; the quantized one stores its own fixed-point fields")]
 if not __import__("torch").cuda.is_available():
     BAD_OPTIONS.append((["--device", "cuda"], "CUDA is not available"))
 

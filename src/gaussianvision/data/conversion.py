@@ -360,6 +360,9 @@ def _check_settings(cfg: ConvertConfig) -> None:
         raise ConvertError(f"layout must be 'interleaved' or 'quantized', got {cfg.layout!r}")
     if cfg.zstd and cfg.layout != "quantized":
         raise ConvertError("zstd compresses the quantized layout only (--layout quantized), not the interleaved one")
+    if cfg.layout == "quantized" and cfg.dtype != "float16":  # regression: accepted, recorded, and ignored
+        raise ConvertError(f"dtype {cfg.dtype} applies to the interleaved layout; the quantized one stores its own "
+                           "fixed-point fields (leave --dtype out)")
     try:
         FitConfig.from_options(cfg.fit_options)
     except ValueError as e:

@@ -16,7 +16,7 @@ COMMANDS = {
     "probe": ("gaussianvision.apps.cli.probe", "linear probes per attribute on GS / RGB tower layers"),
     "serve": ("gaussianvision.apps.cli.serve", "serve a GS encoder over HTTP: /embed, /classify (batched)"),
     "send": ("gaussianvision.apps.cli.send", "fit images here and send the splats to a gsv serve"),
-    "bench": ("gaussianvision.apps.cli.bench", "benchmarks: fit, load, codec, model, gpu"),
+    "bench": ("gaussianvision.apps.cli.bench", "benchmarks: fit, load, codec, model, gpu, wire, serve"),
     "demo": ("gaussianvision.apps.demo.run", "the whole pipeline on bundled data"),
 }
 
