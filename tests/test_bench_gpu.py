@@ -110,6 +110,10 @@ def test_render_fills_the_docs_block(tiny, tmp_path, capsys):
     assert bench_gpu.main(["--render", str(src), "--docs", str(docs)]) == 0
     assert docs.read_text() == after
     assert (tmp_path / "gpu.md").read_text() == gpu_report.to_markdown(res)
+    (tmp_path / "gpu.md").unlink()  # regression (new-user trial): --out was ignored, gpu.md written beside the JSON
+    assert bench_gpu.main(["--render", str(src), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "gpu.md").read_text() == gpu_report.to_markdown(res)
+    assert not (tmp_path / "gpu.md").exists()
 
 
 def test_render_refuses_bad_input_in_one_line(tmp_path, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gaussianvision.apps.cli.command import CliError, emit, key_value, parser, path_arg, run, write_json, write_text
 
+RESULTS = Path("benchmarks/results")  # where results go without --out
 EPILOG = """\
 On a GPU machine with nothing installed but torch and triton (no network, no pip install):
   python3 benchmarks/gpu_check.py            # or: make gpu-check
@@ -50,13 +51,15 @@ def _render(a) -> int:
     from gaussianvision.apps.bench.gpu_report import fill_docs, merge, to_markdown
     runs = [_read_result(p) for p in a.render]
     if len(runs) == 1:
-        res, target = runs[0], Path(a.render[0]).with_suffix(".md")
+        # beside the JSON, or in --out when given (regression: --out was ignored and the input's folder written)
+        src = Path(a.render[0])
+        res, target = runs[0], (src.with_suffix(".md") if a.out is None else Path(a.out) / f"{src.stem}.md")
     else:
         try:
             res = merge(runs)
         except ValueError as e:
             raise CliError(f"--render: {e}") from None
-        target = Path(a.out) / "gpu.md"
+        target = Path(a.out or RESULTS) / "gpu.md"
         write_json(target.with_suffix(".json"), res)
     if a.docs and res.get("mode") != "full":
         raise CliError(f"--docs: {a.render[-1]} is a --{res.get('mode')} run (CPU, small images: a check of the "
@@ -96,7 +99,7 @@ def _measure(a) -> int:
     cfg = replace(cfg, limits=_limits(a.limit, cfg))
     res = run_gpu_check(cfg, log=(lambda *_: None) if a.json else print)
     stem = "gpu_tiny" if a.tiny else "gpu"
-    files = [a.out / f"{stem}.json", a.out / f"{stem}.md"]
+    files = [(a.out or RESULTS) / f"{stem}.json", (a.out or RESULTS) / f"{stem}.md"]
     write_json(files[0], res)
     write_text(files[1], to_markdown(res))
     res["files"] = [str(f) for f in files] + copy_to(files, os.environ.get("OUT"))
@@ -109,7 +112,8 @@ def main(argv=None) -> int:
                             "side, time to quality, fitting throughput by batch and N (and on request the LIG-style "
                             "baseline and the towers' throughput), each step time-boxed.")
     p.epilog = EPILOG
-    p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"), help="results folder")
+    p.add_argument("--out", type=path_arg, default=None,
+                   help=f"results folder (default: {RESULTS}; with one --render file: beside it)")
     p.add_argument("--tiny", action="store_true", help="every step on CPU with a few small images (a test of "
                                                        "the script; writes gpu_tiny.json / .md)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
