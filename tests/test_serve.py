@@ -344,6 +344,8 @@ def test_gsv_send_bad_input_is_one_line(live, tmp_path, capsys, case, message):
     (["--url", "http://127.0.0.1:8", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
     (["--url", "http://127.0.0.1:8", "--top-k", "3"], "--top-k 3: goes with --labels, --label or --label-set"),
     (["--url", "http://127.0.0.1:8", "--label", " "], "--label ' ': no class names"),
+    (["--url", "http://127.0.0.1:8", "--labels", "cat"], "--labels 'cat': one class name ('cat'); /classify needs at least two"),
+    (["--url", "http://127.0.0.1:8", "--labels", "cat, cat"], "one class name ('cat')"),  # the server's: distinct
 ])
 def test_gsv_send_checks_the_request_before_any_fit_or_network(tmp_path, capsys, monkeypatch, args, message):
     """Regression: these were 'the answer is not JSON', 'Connection refused' or a 400 from the server

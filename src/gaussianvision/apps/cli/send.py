@@ -121,9 +121,10 @@ def _send(a) -> int:
     labels = [c.strip() for c in a.labels.split(",") if c.strip()] if a.labels is not None else None
     if a.label is not None:
         labels = (labels or []) + [c.strip() for c in a.label if c.strip()]
-    if labels == []:  # regression: found out from the server, after every image was fitted
-        given = f"--labels {a.labels!r}" if a.labels is not None else f"--label {a.label[0]!r}"
-        raise CliError(f"{given}: no class names (give comma-separated names, e.g. cat,dog, or --label NAME)")
+    if labels is not None and len(set(labels)) < 2:  # regression: found out from the server, after every image
+        given = f"--labels {a.labels!r}" if a.labels is not None else f"--label {a.label[0]!r}"  # was fitted
+        what = "no class names" if not labels else f"one class name ({labels[0]!r}); /classify needs at least two"
+        raise CliError(f"{given}: {what} (give comma-separated names, e.g. cat,dog, or --label NAME twice or more)")
     if a.top_k is not None and labels is None and a.label_set is None:  # regression: ignored, an embedding printed
         raise CliError(f"--top-k {a.top_k}: goes with --labels, --label or --label-set (/classify)")
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
