@@ -613,6 +613,18 @@ def test_empty_key_is_a_counted_failure_and_gzip_tar_is_not_truncated(tmp_path):
         assert (fail["key"], fail["stage"], fail["reason"]) == ("", "read", "empty sample key (member .jpg)")
 
 
+def test_the_caption_line_explains_only_repaired_captions(tmp_path):
+    """Regression (new-user trial): with captions only missing, the summary's line still explained repairs
+    ("not UTF-8, NUL characters"), as if the missing ones were malformed."""
+    write_tar(tmp_path / "a.tar", good_sample("k1", 1, caption=False) + good_sample("k2", 2))
+    rc, out, err = cli_main(["--input", str(tmp_path / "a.tar"), "--output", str(tmp_path / "out"), *CLI_ARGS])
+    assert rc == 0, err
+    assert "\ncaptions: 1 missing or empty, 0 repaired\n" in out + "\n" and "UTF-8" not in out
+    write_tar(tmp_path / "b.tar", good_sample("k3", 3)[:1] + [("k3.txt", b"bad \xff byte")])
+    rc, out, err = cli_main(["--input", str(tmp_path / "b.tar"), "--output", str(tmp_path / "out2"), *CLI_ARGS])
+    assert rc == 0 and "captions: 0 missing or empty, 1 repaired (not UTF-8, or NUL characters: caption_note" in out
+
+
 def test_duplicate_keys_across_shards_are_reported(tmp_path):
     write_tar(tmp_path / "a.tar", good_sample("k1", 1) + good_sample("k2", 2))
     write_tar(tmp_path / "b.tar", good_sample("k3", 3) + good_sample("k1", 4))

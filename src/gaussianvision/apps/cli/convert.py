@@ -109,8 +109,9 @@ def _report(s: dict, output: Path) -> str:
     if s["failed_by_stage"]:
         human += f"\nfailed by stage: {_by_stage(s)}"
     if s["missing_captions"] or s.get("repaired_captions"):
-        human += (f"\ncaptions: {s['missing_captions']} missing or empty, {s.get('repaired_captions', 0)} repaired "
-                  f"(caption_note in the sample's .json: not UTF-8, NUL characters)")
+        repaired = s.get("repaired_captions", 0)  # the note is about the repaired ones only (trial: it read as if
+        human += (f"\ncaptions: {s['missing_captions']} missing or empty, {repaired} repaired"  # missing were malformed)
+                  + (" (not UTF-8, or NUL characters: caption_note in the sample's .json)" if repaired else ""))
     if s["shard_errors"]:
         human += f"\nshard problems: {len(s['shard_errors'])} (first: {s['shard_errors'][0]})"
     if s.get("damaged_stats"):
