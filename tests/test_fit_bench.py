@@ -25,8 +25,10 @@ def test_bench_runs_end_to_end_tiny(tmp_path):
                          speed_images=3, speed_iters=2, naive_iters=1, prune_n=16, prune_iters=4, prune_finetune=1,
                          prune_fractions=(0.25,), kodak_dir=str(tmp_path / "absent"), backend="reference",
                          ttq_ns=(16,), ttq_batches=(2,), ttq_iters=(10,))
-    res = run_fit_bench(cfg, log=lambda *_: None)
+    said = []
+    res = run_fit_bench(cfg, log=said.append)
     json.dumps(res)
+    assert any(m.startswith("ttq: the held-out Kodak photos are left out") for m in said)  # no longer silently
     assert [c["init"] for c in res["curves"]] == ["grid", "random", "content"]
     assert set(res["curves"][0]["psnr"]) == {"0", "4"} and res["curves"][0]["fp16_loss_db"] < 0.1
     assert res["speed"]["images"] == 3 and res["naive"][0]["speedup_equal_n"] > 0

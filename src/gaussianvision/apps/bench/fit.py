@@ -285,7 +285,10 @@ def _ttq(b: FitBenchConfig, photos: torch.Tensor, log) -> dict:
     from .ttq import STARTUP_IMAGES, naive_row, startup_seconds, time_to_quality
     out = {"startup_s": startup_seconds(), "sets": {}, "naive": {}}
     naive_s = {n: time_naive(photos[0].cpu(), n, iters=b.naive_iters)["seconds_per_image_iter"] for n in b.ttq_ns}
-    for name, imgs in _ttq_sets(b, photos).items():
+    sets = _ttq_sets(b, photos)
+    if len(sets) == 1:  # regression (new-user trial): the held-out set was left out without a word
+        log(f"ttq: the held-out Kodak photos are left out ({b.kodak_dir}: no .png files there; give --kodak-dir)")
+    for name, imgs in sets.items():
         out["sets"][name] = {}
         for n, batch, iters in zip(b.ttq_ns, b.ttq_batches, b.ttq_iters):
             x = imgs.repeat(math.ceil(batch / imgs.shape[0]), 1, 1, 1)[:batch].to(b.device)
