@@ -152,6 +152,20 @@ def test_truncated_tar_keeps_earlier_samples_and_records_the_damage(tmp_path):
     assert s["run"]["shards_converted"] == 1 and (s["inputs"], s["converted"], s["failed"]) == (3, 3, 0)
     assert s["shard_errors"] == [] and s["complete"]
     assert convert_dataset(str(src), tmp_path / "out", cfg())["run"]["shards_converted"] == 0
+    # a tar that was still being copied when it was read, complete by the time its shard was written (review
+    # finding: its identity was taken then, so the rerun saw no change): the identity is the one read
+    import gaussianvision.data.conversion as conversion
+    src.write_bytes(data[:cut])
+    real_finish = conversion._Converter.finish
+
+    def copy_completes(self, sh):
+        src.write_bytes(data + b"\0" * 1024)  # the copy ends (another size) while the fits ran
+        return real_finish(self, sh)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conversion._Converter, "finish", copy_completes)
+        assert "truncated or corrupt" in convert_dataset(str(src), tmp_path / "out3", cfg())["shard_errors"][0]
+    s = convert_dataset(str(src), tmp_path / "out3", cfg())
+    assert s["run"]["shards_converted"] == 1 and s["converted"] == 3 and s["shard_errors"] == []
     src.write_bytes(data[: cut - 100 - 512 + 200])  # inside b's header: tarfile itself would stop quietly
     s = convert_dataset(str(src), tmp_path / "out2", cfg())
     # the open sample a may have lost members after the cut header: it fails, never passes as complete
@@ -481,10 +495,13 @@ def test_a_folder_of_images_and_shards_is_refused_and_so_is_converting_into_the_
         plan_units(str(tmp_path / "nothing-here"), 3)
     with pytest.raises(SourceError, match=r"gone.tar: no such tar shard$"):
         plan_units(str(tmp_path / "gone.tar"), 3)
-    for name in ("notes.xyz", "shards.tar.gz", "data.zip"):  # regression: read as a tar shard, "truncated or
-        (tmp_path / name).write_bytes(b"not a tar")           # corrupt", and written out as a converted shard
+    for name in ("notes.xyz", "data.zip"):  # regression: read as a tar shard, "truncated or corrupt", and
+        (tmp_path / name).write_bytes(b"not a tar")  # written out as a converted shard
         with pytest.raises(SourceError, match=rf"{re.escape(name)}: not an image file \(jpg, .*\) or a .tar shard$"):
             plan_units(str(tmp_path / name), 3)
+    for name in ("cut.tar.gz", "empty.tgz", "junk.tar"):  # named as shards: read, their damage reported (one cut
+        (tmp_path / name).write_bytes(b"" if "empty" in name else b"not a tar")  # download must not stop the run)
+        assert [u.kind for u in plan_units(str(tmp_path / name), 3)] == ["tar"]
     import gzip
     plain = write_tar(tmp_path / "bare", good_sample("k2", 2))  # a tar by its content, whatever its name
     (tmp_path / "s.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))

@@ -135,6 +135,7 @@ class _Shard:
         self.waiting: dict[int, RawSample] = {}
         self.shard_errors: list[str] = []
         self.t0 = time.perf_counter()
+        self.identity = output.tar_identity(unit)  # before the tar is read (review: a tar still being copied)
 
     def fail(self, pos: int, raw: RawSample, stage: str, reason: str) -> None:
         self.entries[pos] = ("fail", {"key": raw.key, "source": raw.source, "stage": stage, "reason": reason})
@@ -212,6 +213,12 @@ class _Converter:
         if fd is None:
             self.busy.append(f"{output.shard_name(unit.index)}.tar")
             return False
+        if output.repaired_since(self.out, unit):  # only the claim's holder unfinishes it (review finding)
+            try:
+                (self.out / f"{output.shard_name(unit.index)}.stats.json").unlink(missing_ok=True)
+            except OSError as e:
+                output.release(self.out, unit, fd)
+                raise ConvertError(f"{self.out}: cannot write the output ({e.strerror or e})") from None
         if output.is_done(self.out, unit):
             output.release(self.out, unit, fd)
             self.finished_elsewhere += 1
@@ -266,7 +273,7 @@ class _Converter:
             "keys": [d["key"] for d in done], "inputs_digest": output.unit_digest(sh.unit),
         }
         if sh.shard_errors:  # a damaged tar: a rerun converts the shard again once the tar has changed
-            stats["input_identity"] = output.tar_identity(sh.unit)
+            stats["input_identity"] = sh.identity
         assert stats["inputs"] == stats["converted"] + stats["failed"], stats
         self.writing = f"{sh.name}.stats.json"
         output.write_durable(out / self.writing, output.json_line(stats))
@@ -421,10 +428,8 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
         raise ConvertError(f"{src} changed since {out} was started: shard {changed}; a rerun resumes only the "
                            f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
-    for u in mine:
-        if output.repaired_since(out, u):  # finished from a damaged tar that has changed: converted again
-            (out / f"{output.shard_name(u.index)}.stats.json").unlink()
-    pending = [u for u in mine if not output.is_done(out, u)]
+    # finished from a damaged tar that has changed since: converted again (its stats go once it is claimed)
+    pending = [u for u in mine if not output.is_done(out, u) or output.repaired_since(out, u)]
     for u in set(mine) - set(pending):  # finished: a lock file left by a kill after the finish goes
         output.clear_lock(out, u)
 

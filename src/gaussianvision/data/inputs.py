@@ -125,7 +125,7 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     if missing:
         what = kind if Path(missing[0]).suffix else "file or folder"  # a bare name: not necessarily a shard
         raise SourceError(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    odd = [] if images else [t for t in paths if Path(t).suffix.lower() != ".tar" and not _readable_tar(t)]
+    odd = [] if images else [t for t in paths if not _readable_tar(t)]
     if odd:  # regression: any other file was read as a tar shard, "truncated or corrupt", and written as one
         raise SourceError(f"{odd[0]}: not an image file ({', '.join(IMAGE_EXTS)}) or a .tar shard")
     if images:  # image files by name, pattern or glob: a folder of them (their common parent)
@@ -135,8 +135,17 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     return [Unit(k, "tar", (t,)) for k, t in enumerate(paths)]
 
 
+TAR_SUFFIXES = {".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz"}  # names taken as shards
+
+
 def _readable_tar(path: str) -> bool:
-    """looks_like_tar, or a file that cannot be opened (the conversion notes it and leaves its shard unfinished)."""
+    """Whether an input file not named like an image is taken as a tar shard: named like one (TAR_SUFFIXES) or
+    without suffix, whatever it holds (a damaged or empty one is read and its damage reported: review finding,
+    one cut download must not stop the run), else where its content begins as one (looks_like_tar), or where it
+    cannot be opened (the conversion notes it and leaves its shard unfinished)."""
+    suffix = Path(path).suffix.lower()
+    if not suffix or suffix in TAR_SUFFIXES:
+        return True
     try:
         return looks_like_tar(path)
     except OSError:

@@ -718,6 +718,11 @@ def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progres
     phase has coarse_fraction of it. None when the coarse images would be too
     small (under 8 px a side, or under coarse_min_pixels pixels per Gaussian) or init is given as Splats."""
     images = _check_images(images)
+    with _torch_serial(cfg, _device(cfg, images)):  # also when called on its own (review finding)
+        return _coarse_to_fine(images, n_gaussians, cfg, init, progress)
+
+
+def _coarse_to_fine(images, n_gaussians, cfg: FitConfig, init, progress: bool) -> Fitter | None:
     h, w = images.shape[-2:]
     plan = coarse_plan(h, w, n_gaussians, cfg, init)
     if plan is None:
@@ -751,7 +756,12 @@ def _first_step_seconds(c: Fitter, f: Fitter) -> float:
     too. Regression: the area's estimate, about 4x a 128 px step of N=200, kept a 40 ms budget from any
     full-size step (and its reserves for the final colors and evaluation, in steps, were 4x too large)."""
     by_area = c.step_seconds * (f.h * f.w) / (c.h * c.w)
-    if f.cfg.budget_ms is None or f.cfg.budget_ms * f.batch_size / 1000 - f.seconds > FIRST_STEP_CHECK * by_area:
+    cfg = f.cfg
+    left = None if cfg.budget_ms is None else cfg.budget_ms * f.batch_size / 1000 - f.seconds
+    # only where it can matter (a budget with room left, a coarse step timed) and the step is the render and its
+    # backward (not SSIM's passes or a nested fit's prefixes, which the renders would not foresee: review finding)
+    if left is None or left <= 0 or by_area <= 0 or left > FIRST_STEP_CHECK * by_area or cfg.ssim_weight > 0 \
+            or cfg.prefix_fractions:
         return by_area
     times = []
     for fitter in (c, f):
