@@ -81,6 +81,8 @@ def repaired_since(out: Path, unit: Unit) -> bool:
     """Whether finished shard `unit` was made from a damaged tar (shard_errors) that has changed since (its
     tar_identity): then it is converted again. Regression (new-user trial): a truncated shard, replaced by a
     good copy, stayed finished with its error and was never retried."""
+    if unit.kind != "tar":  # image files: no tar to have changed, and no second read of every finished stats file
+        return False
     st = read_stats(out / f"{shard_name(unit.index)}.stats.json")
     if st is None or not st.get("shard_errors") or st.get("input_identity") is None:
         return False

@@ -99,7 +99,8 @@ def _measure(a) -> int:
     cfg = replace(cfg, limits=_limits(a.limit, cfg))
     res = run_gpu_check(cfg, log=(lambda *_: None) if a.json else print)
     stem = "gpu_tiny" if a.tiny else "gpu"
-    files = [(a.out or RESULTS) / f"{stem}.json", (a.out or RESULTS) / f"{stem}.md"]
+    out = a.out or RESULTS
+    files = [out / f"{stem}.json", out / f"{stem}.md"]
     write_json(files[0], res)
     write_text(files[1], to_markdown(res))
     res["files"] = [str(f) for f in files] + copy_to(files, os.environ.get("OUT"))
