@@ -518,6 +518,22 @@ def test_out_that_is_empty_or_a_file_is_refused_and_a_random_teacher_is_said(tra
     assert "random weights: no --pretrained, and the --init-from run had none;" in err and "no --init-from" not in err
 
 
+def test_a_run_that_diverges_still_says_its_teacher_was_random(train_shards, tmp_path, capsys, monkeypatch):
+    """Regression: the random-teacher note came only after a run that ended well, so a stage-1 run without
+    --pretrained that diverged (random weights being a likely reason) ended with the divergence alone."""
+    from gaussianvision.train import loop
+
+    def diverges(*a, **k):
+        raise loop.TrainingDiverged("loss is nan at step 1")
+    monkeypatch.setattr(loop, "train", diverges)
+    argv = ["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4",
+            "--lr", "1e-3", "--out", str(tmp_path / "s1")]
+    assert _gsv_train(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no --pretrained: the stage-1 teacher (the frozen base) has random weights" in err[0], err
+    assert err[-1] == "gsv train: loss is nan at step 1", err
+
+
 def test_ctrl_c_keeps_the_finished_step_and_resume_goes_on(train_shards, tmp_path, capsys, monkeypatch):
     """Regression: Ctrl-C during a run without --save-every left no checkpoint. The first Ctrl-C (here raised
     in step 2) lets the step finish, a checkpoint of it is written, and the command exits 130; --resume then

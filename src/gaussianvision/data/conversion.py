@@ -213,13 +213,14 @@ class _Converter:
         if fd is None:
             self.busy.append(f"{output.shard_name(unit.index)}.tar")
             return False
-        if output.repaired_since(self.out, unit):  # only the claim's holder unfinishes it (review finding)
+        state = output.shard_state(self.out, unit)
+        if state == "repaired":  # only the claim's holder unfinishes it (review finding)
             try:
                 (self.out / f"{output.shard_name(unit.index)}.stats.json").unlink(missing_ok=True)
             except OSError as e:
                 output.release(self.out, unit, fd)
                 raise ConvertError(f"{self.out}: cannot write the output ({e.strerror or e})") from None
-        if output.is_done(self.out, unit):
+        elif state == "done":
             output.release(self.out, unit, fd)
             self.finished_elsewhere += 1
             return False
@@ -429,7 +430,7 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
                            f"same input: restore it, or convert into a new --output")
     mine = [u for u in units if u.index % cfg.world_size == cfg.rank]
     # finished from a damaged tar that has changed since: converted again (its stats go once it is claimed)
-    pending = [u for u in mine if not output.is_done(out, u) or output.repaired_since(out, u)]
+    pending = [u for u in mine if output.shard_state(out, u) != "done"]
     for u in set(mine) - set(pending):  # finished: a lock file left by a kill after the finish goes
         output.clear_lock(out, u)
 

@@ -20,7 +20,7 @@ except ImportError:  # not POSIX: no claims (keep to one process per rank there)
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "read_stats", "is_done", "claim", "release", "clear_lock", "unit_digest",
+__all__ = ["shard_name", "json_line", "write_durable", "read_stats", "shard_state", "is_done", "claim", "release", "clear_lock", "unit_digest",
            "changed_shard", "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
@@ -58,16 +58,32 @@ def read_stats(path: Path) -> dict | None:
     return st if isinstance(st, dict) and isinstance(st.get("keys"), list) and "inputs" in st else None
 
 
-def is_done(out: Path, unit: Unit) -> bool:
-    """Whether shard `unit` is finished: its tar and readable stats (written last) are there
-    (regression: an empty stats file counted as finished, and every later run died reading it)."""
+def shard_state(out: Path, unit: Unit) -> str:
+    """"todo", "done" or "repaired" for shard `unit` of `out`, its stats read once:
+      todo      not finished: its tar or readable stats (written last) are missing (regression: an empty
+                stats file counted as finished, and every later run died reading it)
+      done      finished
+      repaired  finished from a damaged tar (shard_errors) that has changed since (its tar_identity): it is
+                converted again, its stats removed by the claim's holder. Regression (new-user trial): a
+                truncated shard, replaced by a good copy, stayed finished with its error and was never retried."""
     n = shard_name(unit.index)
-    return (out / f"{n}.tar").is_file() and read_stats(out / f"{n}.stats.json") is not None
+    st = read_stats(out / f"{n}.stats.json") if (out / f"{n}.tar").is_file() else None
+    if st is None:
+        return "todo"
+    if unit.kind != "tar" or not st.get("shard_errors") or st.get("input_identity") is None:
+        return "done"
+    now = tar_identity(unit)
+    return "repaired" if now is not None and now != st["input_identity"] else "done"
+
+
+def is_done(out: Path, unit: Unit) -> bool:
+    """Whether shard `unit` is finished (shard_state's "done" or "repaired")."""
+    return shard_state(out, unit) != "todo"
 
 
 def tar_identity(unit: Unit) -> list[int] | None:
     """[size, mtime in ns] of a tar unit's input file (None for image files, or a tar that cannot be stat'ed):
-    kept in the stats of a shard whose tar was damaged, to see a repaired tar on a rerun."""
+    kept in the stats of a shard whose tar was damaged, to see a repaired tar on a rerun (shard_state)."""
     if unit.kind != "tar":
         return None
     try:
@@ -75,19 +91,6 @@ def tar_identity(unit: Unit) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
-
-
-def repaired_since(out: Path, unit: Unit) -> bool:
-    """Whether finished shard `unit` was made from a damaged tar (shard_errors) that has changed since (its
-    tar_identity): then it is converted again. Regression (new-user trial): a truncated shard, replaced by a
-    good copy, stayed finished with its error and was never retried."""
-    if unit.kind != "tar":  # image files: no tar to have changed, and no second read of every finished stats file
-        return False
-    st = read_stats(out / f"{shard_name(unit.index)}.stats.json")
-    if st is None or not st.get("shard_errors") or st.get("input_identity") is None:
-        return False
-    now = tar_identity(unit)
-    return now is not None and now != st["input_identity"]
 
 
 def _lock_path(out: Path, unit: Unit) -> Path:

@@ -185,7 +185,11 @@ def _run(args) -> int:
                           extra={"data": args.data, "stage": args.stage})
         try:
             summary = train(stage, source, cfg, info)
-        except (TrainingDiverged, CheckpointError, DataError) as e:
+        except TrainingDiverged as e:
+            if info.is_main:  # it trained, then diverged: random weights may be why
+                _say_random_weights(args, stage.model)
+            raise CliError(str(e)) from None
+        except (CheckpointError, DataError) as e:
             raise CliError(str(e)) from None
         if info.is_main:
             _say_random_weights(args, stage.model)  # after the run: a refused one stays one line
