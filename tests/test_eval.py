@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -391,26 +392,64 @@ def _rewrite_member(tar_path: Path, suffix: str, data: bytes) -> None:
             t.addfile(m, io.BytesIO(body))
 
 
-@pytest.mark.parametrize("damage", ["corrupt image", "empty shard"])
-def test_unreadable_test_data_is_one_error_naming_the_file(damage, tmp_path):
-    """A corrupt image or an empty shard ends that dataset with one EvalError naming the shard (and the
-    sample), recorded like any failed dataset; regression: a webdataset / tarfile traceback."""
+def _eval_colors(root, out):
     from gaussianvision.eval.datasets import SplatSettings
     from gaussianvision.eval.run import evaluate_all
+    return [evaluate_all([stub(kind)], ["wds/colors"], str(out / kind), root=str(root), batch_size=5,
+                         splats=SplatSettings(n_gaussians=4, iters=1, init="grid", size=12), progress=False)
+            for kind in ("rgb", "gs")]
+
+
+def test_a_corrupt_image_is_recorded_and_the_rest_evaluated(tmp_path):
+    """Regression: one corrupt image ended the whole dataset (the batch-job rule: record the bad sample and go
+    on). It is left out and named in the result; the metrics are those of the other 15 samples: of the 8
+    correctly labelled (the first half), s0000 is gone, so 7 of 15 are right, for RGB and GS alike."""
     root = tmp_path / "colors"
     write_wds_classification(root)
     shard = root / "test" / "0.tar"
-    if damage == "corrupt image":
-        _rewrite_member(shard, ".png", b"garbage\n")
-    else:
-        shard.write_bytes(b"")
-    for kind in ("rgb", "gs"):
-        res = evaluate_all([stub(kind)], ["wds/colors"], str(tmp_path / kind), root=str(root), batch_size=5,
-                           splats=SplatSettings(n_gaussians=4, iters=1, init="grid", size=12), progress=False)
+    _rewrite_member(shard, ".png", b"garbage\n")
+    for res in _eval_colors(root, tmp_path):
+        assert not res["errors"], res["errors"]
+        (rec,) = res["records"]
+        assert rec["metrics"]["acc1"] == pytest.approx(7 / 15)
+        bad = rec["unreadable"]
+        assert bad["count"] == 1 and bad["read"] == 15, bad
+        (first,) = bad["first"]
+        assert first.startswith(f"{shard}, sample s0000: UnidentifiedImageError"), first
+        assert json.loads(Path(rec["file"]).read_text())["unreadable"] == bad
+
+
+def test_a_damaged_shard_keeps_its_samples_before_the_damage_and_the_next_shard(tmp_path):
+    """A shard cut short: the samples before the cut are read, the cut recorded, the next shard read in full;
+    an empty or missing shard is one record too."""
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    good = (root / "test" / "0.tar").read_bytes()
+    (root / "test" / "1.tar").write_bytes(good[:len(good) // 2 + 100])  # 8 samples and a part
+    (root / "test" / "2.tar").write_bytes(b"")
+    (root / "test" / "nshards.txt").write_text("4\n")  # 3.tar is missing
+    for res in _eval_colors(root, tmp_path):
+        assert not res["errors"], res["errors"]
+        bad = res["records"][0]["unreadable"]
+        cut, empty, missing = bad["first"]
+        kept = int(re.search(r"read up to the damage: (\d+) sample", cut).group(1))
+        assert bad["count"] == 3 and 0 < kept < 16 and bad["read"] == 16 + kept, bad
+        assert cut.startswith(f"{root}/test/1.tar: tar ") and "truncated" in cut, cut
+        assert empty.startswith(f"{root}/test/2.tar: tar ") and "at byte 0" in empty, empty
+        assert missing == f"{root}/test/3.tar: FileNotFoundError: No such file or directory", missing
+
+
+def test_a_dataset_with_no_readable_sample_is_one_error_naming_the_file(tmp_path):
+    """Nothing readable: the dataset ends with one EvalError naming the shard, recorded like any failed dataset
+    (regression: a webdataset / tarfile traceback)."""
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    shard = root / "test" / "0.tar"
+    shard.write_bytes(b"")
+    for res in _eval_colors(root, tmp_path):
         (err,) = res["errors"]
-        assert err.startswith("wds/colors: cannot read its data (") and str(shard) in err
-        assert ("sample s0000 member png: UnidentifiedImageError" in err and "object at 0x" not in err
-                if damage == "corrupt image" else "ReadError: empty file" in err)
+        assert err.startswith(f"wds/colors: no readable sample: 1 unreadable (first: {shard}: tar "), err
+        assert "at byte 0" in err and "\n" not in err, err
 
 
 class _Unreadable(torch.utils.data.Dataset):
@@ -423,14 +462,47 @@ class _Unreadable(torch.utils.data.Dataset):
         return torch.zeros(3), i
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_map_style_datasets_skip_unreadable_samples_also_from_workers(workers):
+    """clip_benchmark's own datasets (not wds): a sample that fails to read is recorded and left out, also when
+    read by a DataLoader worker (the record travels in the batch); its class names stay reachable."""
+    from gaussianvision.eval.datasets import build_loader
+    ds = _Unreadable()
+    ds.classes = ["a", "b"]
+    guard = build_loader("cifar10", ds, batch_size=2, num_workers=workers)
+    batches = list(guard)
+    assert [b[1].tolist() for b in batches] == [[0, 1], [3]]
+    assert [str(u) for u in guard.skipped] == ["sample 2: OSError: cannot identify image file 'x.png'"]
+    assert guard.read == 3 and guard.dataset.classes == ["a", "b"]
+
+
 def test_read_errors_from_loader_workers_are_one_line_with_the_cause():
     """Regression (review): with --num-workers, torch re-raises the worker's error with its whole traceback as
-    the message; the error was six lines and the cause was cut off."""
+    the message; the error was six lines and the cause was cut off. (A read error outside any sample.)"""
+    from torch.utils.data import default_collate
     from gaussianvision.eval.datasets import ReadGuard
     from gaussianvision.eval.models import EvalError
+    from gaussianvision.eval.unreadable import Skipping
     for workers in (0, 1):
-        guard = ReadGuard(torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=workers), "wds/x")
+        guard = ReadGuard(torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=workers,
+                                                      collate_fn=Skipping(default_collate)), "wds/x")
         with pytest.raises(EvalError) as e:
             list(guard)
         msg = str(e.value)
         assert "\n" not in msg and "cannot identify image file 'x.png'" in msg and msg.startswith("wds/x: cannot read"), msg
+
+
+def test_cli_eval_says_what_it_left_out(tmp_path, capsys):
+    """gsv eval past a corrupt image: exit 0, its result, and one note naming the sample on stderr."""
+    pytest.importorskip("open_clip")
+    from gaussianvision.apps.cli.eval import main
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    _rewrite_member(root / "test" / "0.tar", ".png", b"garbage\n")
+    rc = main(["zeroshot", "--model", "rgb:gsv-tiny", "--dataset", "wds/colors", "--dataset-root", str(root),
+               "--out", str(tmp_path / "ev"), "--batch-size", "8", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    (note,) = [line for line in cap.err.splitlines() if line.startswith("gsv eval: note:")]
+    assert note.startswith("gsv eval: note: wds/colors (rgb:gsv-tiny:random): 1 unreadable sample(s) left out, "
+                           "the metrics are over the 15 read; first: ") and "sample s0000: UnidentifiedImageError" in note

@@ -236,3 +236,27 @@ def test_cli_probe_exits_2_when_nothing_could_be_probed(tasks, tmp_path, capsys)
     rc = gsv(["probe", "--model", "rgb:gsv-tiny", "--tasks", str(tasks), "--max-images", "1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "gsv probe: nothing was probed" in err, err
+
+
+def test_cli_probe_goes_on_past_a_corrupt_image(tasks, tmp_path, capsys):
+    """Regression: one corrupt image ended the probe (the batch-job rule: record the bad sample and go on).
+    The other 23 images of the attribute are probed, the bad one named in probe.json and in one note."""
+    pytest.importorskip("open_clip")
+    import shutil
+    from test_eval import _rewrite_member
+    from gaussianvision.apps.cli.main import main as gsv
+    root = tmp_path / "tasks"
+    shutil.copytree(tasks / "colour", root / "colour")
+    shard = root / "colour" / "test" / "0.tar"
+    _rewrite_member(shard, ".png", b"not a png")
+    out = tmp_path / "probe"
+    rc = gsv(["probe", "--model", "rgb:gsv-tiny", "--tasks", str(root), "--out", str(out), "--batch-size", "8",
+              "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    (row,) = json.loads(cap.out)["rows"]
+    assert row["n_images"] == 23 and row["n_train"] + row["n_test"] == 23
+    (bad,) = row["unreadable"]
+    assert bad.startswith(f"{shard}, sample ") and "UnidentifiedImageError" in bad, bad
+    assert json.loads((out / "probe.json").read_text())["rows"][0]["unreadable"] == [bad]
+    assert f"gsv probe: note: colour: 1 unreadable sample(s) left out (probe.json names them); first: {bad}" in cap.err

@@ -13,7 +13,6 @@ import hashlib
 import json
 import numbers
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -275,59 +274,66 @@ def build_dataset(dataset: str, root: str, transform, task: str, split: str = "t
                         "(e.g. the wds/ layout)") from None
 
 
-def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0):
-    """The dataset's batches; reading or decoding a sample fails with one EvalError (ReadGuard)."""
+def _shard_urls(ds) -> list[str]:
+    """The shards clip_benchmark's webdataset `ds` reads (its first stage lists them)."""
+    for stage in getattr(ds, "pipeline", []):
+        if getattr(stage, "urls", None) is not None:
+            return list(stage.urls)
+    raise EvalError("cannot find the shards of this webdataset (a webdataset release without SimpleShardList.urls?)")
+
+
+def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0, transform=None, task: str | None = None):
+    """The dataset's batches past any unreadable sample or shard (ReadGuard records them). A wds dataset is read
+    by our own pipeline over clip_benchmark's shards (`transform` and `task` as given to build_dataset:
+    its own pipeline stops at the first corrupt image); other datasets are clip_benchmark's, each sample's
+    read error caught."""
     from clip_benchmark.datasets.builder import get_dataset_collate_fn
+    from .unreadable import SkipUnreadable, Skipping, wds_batches
     if dataset_name.startswith("wds/"):
-        return ReadGuard(torch.utils.data.DataLoader(ds.batched(batch_size), batch_size=None, shuffle=False,
-                                                     num_workers=num_workers), dataset_name)
-    return ReadGuard(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                                 collate_fn=get_dataset_collate_fn(dataset_name)), dataset_name)
-
-
-def _is_read_error(e: Exception) -> bool:
-    """An error of reading the data: OSError (PIL's UnidentifiedImageError is one), EOFError, tarfile's
-    errors (by module: data/tar_members.py is the one place that imports tarfile), webdataset's DecodingError."""
-    return isinstance(e, (OSError, EOFError)) or type(e).__module__ == "tarfile" or type(e).__name__ == "DecodingError"
+        pipe = wds_batches(_shard_urls(ds), transform, batch_size, retrieval=task == "zeroshot_retrieval")
+        loader = torch.utils.data.DataLoader(pipe, batch_size=None, shuffle=False, num_workers=num_workers)
+    else:
+        loader = torch.utils.data.DataLoader(SkipUnreadable(ds), batch_size=batch_size, shuffle=False,
+                                             num_workers=num_workers,
+                                             collate_fn=Skipping(get_dataset_collate_fn(dataset_name)))
+    return ReadGuard(loader, dataset_name, ds)
 
 
 class ReadGuard:
-    """A loader whose errors of reading the data (a corrupt image, an empty or truncated shard) end the
-    dataset with one EvalError naming it and the file (regression: a traceback from webdataset or
-    tarfile); other errors (the model's) pass unchanged. An evaluation stops rather than skip a sample:
-    its metrics would silently be over a different test set."""
+    """The batches of an evaluation loader whose items are (batch or None, [Unreadable, ...]) (unreadable.py):
+    the unreadable samples are recorded in .skipped (where and why) and the batches go on, so one corrupt
+    image does not end a 50,000-image evaluation (regression: it ended the dataset, the rule being that
+    batch jobs record the bad sample and go on); the result names them (evaluate_one). A dataset with no
+    readable sample, or a read error outside any sample, ends with one EvalError naming the dataset and the
+    file (regression: a traceback from webdataset or tarfile); other errors (the model's) pass unchanged."""
 
-    def __init__(self, loader, dataset_name: str):
+    def __init__(self, loader, dataset_name: str, dataset=None):
         self.loader, self.name = loader, dataset_name
-        self.dataset = loader.dataset
+        self.dataset = dataset if dataset is not None else loader.dataset
+        self.skipped: list = []
+        self.read = 0  # samples read (in batches handed out)
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
+        from .unreadable import is_read_error, read_error
+        self.skipped, self.read = [], 0
         it = iter(self.loader)
         while True:
             try:
-                batch = next(it)
+                batch, bad = next(it)
             except StopIteration:
-                return
+                break
             except Exception as e:
-                if not _is_read_error(e):
+                if not is_read_error(e):
                     raise
-                raise EvalError(f"{self.name}: cannot read its data ({_read_error(e)}); "
+                raise EvalError(f"{self.name}: cannot read its data ({read_error(e)}); "
                                 f"replace or remove the bad file or sample") from None
-            yield batch
-
-
-def _read_error(e: Exception) -> str:
-    """Where and why reading failed: webdataset's DecodingError names the shard and sample, its tar
-    errors carry the shard's URL among their args; from a worker process, the cause its traceback ends with."""
-    if "Original Traceback" in str(e):  # a DataLoader worker's error: its whole traceback, which ends with the
-        return str(e).strip().splitlines()[-1].strip()[:400]  # cause (regression: six lines, the cause cut off)
-    if type(e).__name__ == "DecodingError":
-        cause = e.__cause__
-        why = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
-        return f"{getattr(e, 'url', None)}, sample {getattr(e, 'key', None)} member {getattr(e, 'k', None)}: {why}"
-    urls = [a for a in e.args[1:] if isinstance(a, str)]
-    first = e.args[0] if e.args else ""
-    return f"{urls[-1] + ': ' if urls else ''}{type(e).__name__}: {first}"[:400]
+            self.skipped += bad
+            if batch is not None:
+                self.read += len(batch[0])
+                yield batch
+        if self.skipped and not self.read:
+            raise EvalError(f"{self.name}: no readable sample: {len(self.skipped)} unreadable "
+                            f"(first: {self.skipped[0]}); replace or remove the bad files or samples")

@@ -112,6 +112,7 @@ class Features:
     classes: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     psnr: float | None = None  # GS: mean PSNR of the splats read
+    unreadable: list[str] = field(default_factory=list)  # samples left out: they could not be read
 
 
 def _limited(loader, max_images: int | None):
@@ -161,8 +162,9 @@ def extract_features(em: EvalModel, dataset: str, root: str, batch_size: int = 6
     if task != "zeroshot_classification":
         raise EvalError(f"{dataset}: a {task.split('_')[-1]} dataset has no class labels to probe")
     splats = splats or SplatSettings()
-    ds = build_dataset(dataset, root, transform_for(em, splats), task)
-    loader = build_loader(dataset, ds, batch_size)
+    transform = transform_for(em, splats)
+    ds = build_dataset(dataset, root, transform, task)
+    loader = build_loader(dataset, ds, batch_size, transform=transform, task=task)
     cache = None
     if em.kind == "gs":
         s = SplatSettings(**{**splats.__dict__, "size": splats.size or em.image_size})
@@ -186,7 +188,7 @@ def extract_features(em: EvalModel, dataset: str, root: str, batch_size: int = 6
     order = [layer.name for layer in LAYERS[em.kind]]
     feats = {n: torch.cat(parts[n]) for n in order if n in parts and n not in skipped}
     return Features(y, feats, list(getattr(ds, "classes", None) or []), skipped,
-                    cache.psnr_mean if cache is not None else None)
+                    cache.psnr_mean if cache is not None else None, [str(u) for u in loader.skipped])
 
 
 def task_folders(root: str | Path) -> dict[str, str]:
@@ -234,6 +236,7 @@ def probe_dataset(models: list[EvalModel], dataset: str, root: str, test_fractio
     return {"attribute": dataset[4:] if dataset.startswith("wds/") else dataset, "dataset": dataset,
             "classes": n_classes, "n_images": int(len(y)), "n_train": int(len(split.train)),
             "n_test": int(len(split.test)), "chance": chance, "layers": layers, "skipped": skipped,
+            "unreadable": first.unreadable,  # the same samples for every model (the labels matched)
             "psnr": {label: f.psnr for label, f in feats.items() if f.psnr is not None}}
 
 

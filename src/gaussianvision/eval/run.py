@@ -16,6 +16,7 @@ from gaussianvision.eval.zeroshot import zeroshot_classification
 __all__ = ["evaluate_one", "evaluate_all", "default_root", "check_reachable"]
 
 DEFAULT_ROOT = "data/eval/{dataset_cleaned}"
+UNREADABLE_LISTED = 20  # unreadable samples named in a result (all are counted)
 
 
 def default_root(dataset: str, root: str | None) -> str:
@@ -46,8 +47,9 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
     t0 = time.perf_counter()
     task = dataset_task(dataset, root)
     splats = splats or SplatSettings()
-    ds = build_dataset(dataset, root, transform_for(em, splats), task)
-    loader = build_loader(dataset, ds, batch_size, num_workers)
+    transform = transform_for(em, splats)
+    ds = build_dataset(dataset, root, transform, task)
+    loader = guard = build_loader(dataset, ds, batch_size, num_workers, transform, task)
     extra = {}
     cache = None
     if em.kind == "gs":
@@ -63,6 +65,9 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
     if cache is not None:
         extra["gsv"] = {"splats": {k: v for k, v in cache.settings.__dict__.items() if k != "fit_batch"},
                         "fitted": cache.fits, "cached": cache.hits, "psnr": cache.psnr_mean}
+    if guard.skipped:  # left out, named: the metrics are over the other samples
+        extra["unreadable"] = {"count": len(guard.skipped), "read": guard.read,
+                               "first": [str(u) for u in guard.skipped[:UNREADABLE_LISTED]]}
     rec = result_record(dataset, em.name, em.pretrained, task, metrics, label=em.label,
                         seconds=round(time.perf_counter() - t0, 3), **extra)
     return rec

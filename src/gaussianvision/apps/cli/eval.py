@@ -95,6 +95,13 @@ def _fit_options(args) -> dict:
     return options
 
 
+def unreadable_note(rec: dict) -> str:
+    """One line on the samples a result left out because they could not be read."""
+    u = rec["unreadable"]
+    return (f"{rec['dataset']} ({rec['label']}): {u['count']} unreadable sample(s) left out, the metrics are over "
+            f"the {u['read']} read; first: {u['first'][0]} (up to {len(u['first'])} named in {rec.get('file')})")
+
+
 def _run(args) -> int:
     from gaussianvision.eval import EvalError, evaluate_all, load_eval_model, suite_datasets
     datasets = list(args.dataset)
@@ -116,7 +123,7 @@ def _run(args) -> int:
     except EvalError as e:
         raise CliError(str(e)) from None
     summary = {"out": args.out, "models": [m.label for m in models], "datasets": datasets,
-               "results": [{k: r.get(k) for k in ("dataset", "label", "task", "metrics", "file", "error")}
+               "results": [{k: r.get(k) for k in ("dataset", "label", "task", "metrics", "file", "error", "unreadable")}
                            for r in res["records"]],
                "table": {"header": res["header"], "rows": res["rows"]},
                "markdown": res["markdown"], "csv": res["csv"], "errors": res["errors"]}
@@ -124,6 +131,9 @@ def _run(args) -> int:
     where = (f"no result: every evaluation failed (their records in {args.out}; the reasons follow)" if failed
              else f"results in {args.out} (results.md, results.csv)")  # regression: announced beside only failures
     emit(summary, args.json, human=(f"{where}" if failed else res["text"] + f"\n{where}"))
+    for r in res["records"]:
+        if r.get("unreadable"):
+            print(f"gsv eval: note: {unreadable_note(r)}", file=sys.stderr)
     if res["errors"]:
         for e in res["errors"]:
             print(f"gsv eval: {e}", file=sys.stderr)

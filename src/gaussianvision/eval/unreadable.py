@@ -1,0 +1,183 @@
+"""Evaluation data that goes on past what cannot be read: a corrupt image, a sample without its label,
+a damaged or missing shard is recorded (where and why) and left out, and every other sample is read.
+
+A batch of an evaluation loader is (batch or None, [Unreadable, ...]): the samples that were read,
+collated as clip_benchmark collates them (None when none was), and those that were not. ReadGuard
+(datasets.py) takes the records off and hands clip_benchmark's metrics the batches alone.
+
+  map-style datasets (clip_benchmark's torchvision ones)   SkipUnreadable(ds) + Skipping(collate)
+  webdataset folders (wds/NAME)                            wds_batches(urls, transform, batch_size)
+
+Both work with DataLoader workers: the records travel in the batches, not in a worker's memory.
+"""
+from __future__ import annotations
+
+import io
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Unreadable", "SkipUnreadable", "Skipping", "wds_batches", "is_read_error", "read_error", "IMAGE_KEYS"]
+
+IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")  # the image members clip_benchmark's wds datasets read, first found
+
+
+class Unreadable(NamedTuple):
+    """A sample (or a shard's remainder) that could not be read: where it is, and why."""
+    where: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.why}"
+
+
+def is_read_error(e: BaseException) -> bool:
+    """An error of reading the data: a shard's damage or an OSError (data/tar_members.SHARD_ERRORS; PIL's
+    UnidentifiedImageError is an OSError), EOFError, tarfile's errors (by module: data/tar_members.py is the
+    one place that imports tarfile), webdataset's DecodingError."""
+    from gaussianvision.data.tar_members import SHARD_ERRORS
+    return (isinstance(e, (*SHARD_ERRORS, EOFError)) or type(e).__module__ == "tarfile"
+            or type(e).__name__ == "DecodingError")
+
+
+def read_error(e: BaseException) -> str:
+    """Why (and where, when the error says) reading failed, one line: a DataLoader worker's error is its whole
+    traceback, which ends with the cause; webdataset's errors carry the shard's URL among their args."""
+    import re
+    if "Original Traceback" in str(e):  # regression: six lines, the cause cut off
+        return str(e).strip().splitlines()[-1].strip()[:400]
+    if type(e).__name__ == "DecodingError":
+        cause = e.__cause__
+        why = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
+        return f"{getattr(e, 'url', None)}, sample {getattr(e, 'key', None)} member {getattr(e, 'k', None)}: {why}"
+    if isinstance(e, OSError) and e.strerror:  # (errno, strerror): the file is named by the record's `where`
+        return f"{type(e).__name__}: {e.strerror}"
+    urls = [a for a in e.args[1:] if isinstance(a, str)]
+    first = e.args[0] if e.args else ""
+    return f"{urls[-1] + ': ' if urls else ''}{type(e).__name__}: {first}"[:400]
+
+
+def _sample_name(dataset, i: int) -> str:
+    """A map-style sample's file where the dataset lists them (torchvision's ImageFolder: .samples), else its index."""
+    try:
+        return str(dataset.samples[i][0])
+    except Exception:
+        return f"sample {i}"
+
+
+class SkipUnreadable(torch.utils.data.Dataset):
+    """`dataset` whose samples that fail to read come back as Unreadable (other errors pass unchanged);
+    its other attributes (classes, templates, ...) are the dataset's."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as e:
+            if not is_read_error(e):
+                raise
+            return Unreadable(_sample_name(self.dataset, i), read_error(e))
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling in a worker): no endless lookup
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class Skipping:
+    """A collate function over samples and Unreadables: (collate(samples) or None, [Unreadable, ...])."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        bad = [x for x in items if isinstance(x, Unreadable)]
+        good = [x for x in items if not isinstance(x, Unreadable)]
+        return (self.collate(good) if good else None), bad
+
+
+def _open_shard(url: str):
+    if "://" in url:  # a remote dataset's shard, streamed
+        import urllib.request
+        return urllib.request.urlopen(url, timeout=60)
+    return open(url, "rb")
+
+
+def _shard_samples(shards):
+    """The samples of each shard in turn, read by the project's one tar reader (data/shards.read_samples); a
+    shard that cannot be opened or read to its end adds one Unreadable (its samples before the damage are
+    kept: webdataset's reader ended a shard cut in a header without a word) and the next shard is read."""
+    from gaussianvision.data.shards import read_samples
+    for shard in shards:
+        url, n = str(shard["url"]), 0
+        try:
+            with _open_shard(url) as f:
+                for sample in read_samples(url, fileobj=f):
+                    n += 1
+                    yield sample
+        except Exception as e:
+            if not is_read_error(e):
+                raise
+            why = read_error(e)
+            if why.startswith(f"ShardDamage: {url}: "):  # the damage's message names the shard: once is enough
+                why = why[len(f"ShardDamage: {url}: "):]
+            after = f" (read up to the damage: {n} sample(s) before it kept)" if n else ""
+            yield Unreadable(url, f"{why}{after}")
+
+
+class _Decode:
+    """A webdataset sample -> (transformed image, label) as clip_benchmark's wds datasets give them (label: the
+    class index of `cls`, the caption lines of `txt` for retrieval, the `npy` array for multi-label), or an
+    Unreadable naming the shard and sample. Arrays are read without pickle (nothing read may run code)."""
+
+    def __init__(self, transform, retrieval: bool):
+        self.transform, self.retrieval = transform, retrieval
+
+    def __call__(self, sample):
+        if isinstance(sample, Unreadable):
+            return sample
+        where = f"{sample.get('__shard__')}, sample {sample.get('__key__')}"
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is None:
+            lost = "; ".join(sample.get("__skipped__", []))
+            return Unreadable(where, f"no image member ({', '.join(IMAGE_KEYS)})" + (f": {lost}" if lost else ""))
+        try:
+            image, label = self._image(sample[key]), self._label(sample)
+        except Exception as e:  # PIL and numpy parse untrusted bytes: any failure is this sample's
+            return Unreadable(where, f"{type(e).__name__}: {e}"[:400])
+        return (image if self.transform is None else self.transform(image)), label
+
+    @staticmethod
+    def _image(data: bytes):
+        from PIL import Image
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return im
+
+    def _label(self, sample):
+        if self.retrieval:
+            if "txt" not in sample:
+                raise ValueError("no txt member (its captions)")
+            return sample["txt"].decode("utf-8").splitlines()
+        if "cls" in sample:
+            return int(sample["cls"].decode("utf-8").strip())
+        if "npy" in sample:
+            import numpy as np
+            return np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        raise ValueError("no cls member (its class)")
+
+
+def wds_batches(urls, transform, batch_size: int, retrieval: bool):
+    """A webdataset pipeline over the shards `urls` (local paths or http(s) URLs) in order, split among
+    DataLoader workers, whose items are Skipping's (batch or None, [Unreadable, ...]) of `batch_size` samples
+    (webdataset's collation, as clip_benchmark's wds datasets batch)."""
+    import webdataset as wds
+    from webdataset.filters import default_collation_fn
+    return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_worker, _shard_samples,
+                            wds.map(_Decode(transform, retrieval)),
+                            wds.batched(batch_size, collation_fn=Skipping(default_collation_fn), partial=True))
