@@ -415,7 +415,7 @@ def test_a_corrupt_image_is_recorded_and_the_rest_evaluated(tmp_path):
         bad = rec["unreadable"]
         assert bad["count"] == 1 and bad["read"] == 15, bad
         (first,) = bad["first"]
-        assert first.startswith(f"{shard}, sample s0000: UnidentifiedImageError"), first
+        assert first == f"{shard}, sample s0000: UnidentifiedImageError: cannot identify image file", first
         assert json.loads(Path(rec["file"]).read_text())["unreadable"] == bad
 
 

@@ -43,18 +43,23 @@ def is_read_error(e: BaseException) -> bool:
 def read_error(e: BaseException) -> str:
     """Why (and where, when the error says) reading failed, one line: a DataLoader worker's error is its whole
     traceback, which ends with the cause; webdataset's errors carry the shard's URL among their args."""
-    import re
     if "Original Traceback" in str(e):  # regression: six lines, the cause cut off
         return str(e).strip().splitlines()[-1].strip()[:400]
     if type(e).__name__ == "DecodingError":
         cause = e.__cause__
-        why = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
+        why = _no_address(f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
         return f"{getattr(e, 'url', None)}, sample {getattr(e, 'key', None)} member {getattr(e, 'k', None)}: {why}"
     if isinstance(e, OSError) and e.strerror:  # (errno, strerror): the file is named by the record's `where`
         return f"{type(e).__name__}: {e.strerror}"
     urls = [a for a in e.args[1:] if isinstance(a, str)]
     first = e.args[0] if e.args else ""
     return f"{urls[-1] + ': ' if urls else ''}{type(e).__name__}: {first}"[:400]
+
+
+def _no_address(text: str) -> str:
+    """`text` without Python's object reprs (PIL: "cannot identify image file <_io.BytesIO object at 0x7f..>")."""
+    import re
+    return re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", text)
 
 
 def _sample_name(dataset, i: int) -> str:
@@ -149,7 +154,7 @@ class _Decode:
         try:
             image, label = self._image(sample[key]), self._label(sample)
         except Exception as e:  # PIL and numpy parse untrusted bytes: any failure is this sample's
-            return Unreadable(where, f"{type(e).__name__}: {e}"[:400])
+            return Unreadable(where, _no_address(f"{type(e).__name__}: {e}")[:400])
         return (image if self.transform is None else self.transform(image)), label
 
     @staticmethod
