@@ -11,7 +11,6 @@ once per repeat, interleaved. Writes benchmarks/results/fit_sizes.{json,md}.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from gaussianvision.fit import FitConfig, fit_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_decay import FRESH  # noqa: E402
+from fit_kinds import race  # noqa: E402
 
 SYNTHETIC = ("colorwheel", "shepp_logan_phantom", "logo", "text", "page")
 SIZES = ((64, 64), (96, 128), (128, 128), (192, 256), (384, 384), (384, 512))  # (height, width)
@@ -46,12 +46,6 @@ def photos(names, height: int, width: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _fit(x, n, options):
-    t = time.perf_counter()
-    r = fit_images(x, n, config=FitConfig.from_options(options))
-    return 1000 * (time.perf_counter() - t) / x.shape[0], [m["psnr"] for m in r.metrics]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1)
@@ -69,12 +63,9 @@ def main() -> None:
                 continue
             n = max(4, round(h * w / ppg))
             for rep in range(a.repeats):
-                ms, fast = _fit(x, n, {"preset": "fast"})
-                row = {"height": h, "width": w, "n": n, "repeat": rep, "budget_ms": ms, "psnr": {"fast": fast}}
-                for name, opts in (("adam", {"iters": 100000}), ("balanced", {"preset": "balanced"})):
-                    row["psnr"][name] = _fit(x, n, {**opts, "budget_ms": ms})[1]
+                row = {"height": h, "width": w, "n": n, "repeat": rep, **race(x, n)}
                 res["rows"].append(row)
-                print(f"{h}x{w} N={n}: budget {ms:.0f} ms; mean fast / adam / balanced "
+                print(f"{h}x{w} N={n}: budget {row['budget_ms']:.0f} ms; mean fast / adam / balanced "
                       + " / ".join(f"{np.mean(v):.2f}" for v in row["psnr"].values()), flush=True)
     machine["loadavg_end"] = loadavg()
     out = Path(a.out)
