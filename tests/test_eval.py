@@ -506,3 +506,25 @@ def test_cli_eval_says_what_it_left_out(tmp_path, capsys):
     (note,) = [line for line in cap.err.splitlines() if line.startswith("gsv eval: note:")]
     assert note.startswith("gsv eval: note: wds/colors (rgb:gsv-tiny:random): 1 unreadable sample(s) left out, "
                            "the metrics are over the 15 read; first: ") and "sample s0000: UnidentifiedImageError" in note
+
+
+def test_eval_pixels_are_the_pixels_every_other_command_sees():
+    """Regression (new-user trial): eval's preprocessing made images RGB with PIL's convert after the crop, so a
+    16-bit PNG came out near white, EXIF orientation was ignored and transparency was black: the GS side fitted
+    other pixels than `gsv fit` / `gsv convert` would, and the RGB side saw them too. A square image now gives
+    exactly load_image's pixels."""
+    from PIL import Image
+    from gaussianvision.data.images import load_image
+    from gaussianvision.eval.datasets import SplatSettings, transform_for
+    transform = transform_for(stub("gs"), SplatSettings(n_gaussians=4, size=16))
+    ramp = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    turned = Image.fromarray(np.kron(np.eye(2, dtype=np.uint8) * 255, np.ones((32, 32), np.uint8))).convert("RGB")
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    for img, kw in ((ramp, {}), (clear, {}), (turned, {"format": "JPEG", "exif": exif, "quality": 95})):
+        data = io.BytesIO()
+        img.save(data, **{"format": "PNG", **kw})
+        got = transform(Image.open(io.BytesIO(data.getvalue())))
+        assert torch.equal(got, load_image(data.getvalue(), size=16)), img.mode
+    assert abs(float(transform(ramp).mean()) - 0.5) < 0.01  # was 0.99

@@ -163,3 +163,54 @@ def test_jpeg_files_named_jfif_or_jpe_are_images(tmp_path):
     assert [p.name for p in list_images([tmp_path])] == ["a.jfif", "b.JPE", "c.jpg"]
     assert [os.path.basename(p) for p in plan_units(str(tmp_path), 10)[0].paths] == ["a.jfif", "b.JPE", "c.jpg"]
     assert torch.equal(load_image(tmp_path / "a.jfif", size=16), load_image(tmp_path / "c.jpg", size=16))
+
+
+def test_a_thin_strip_is_never_resized_to_gigabytes(monkeypatch):
+    """Regression (new-user trial): an 8 x 1,000,000 strip (a 25 KB PNG) was resized to 224 x 28,000,000 before
+    its centre crop, a MemoryError that ended the whole run. Its long side is now cut to MAX_ASPECT times the
+    short side first: the same 224 x 224 centre, from a resize of 1,792 x 224."""
+    from gaussianvision.data.images import MAX_ASPECT, bounded_aspect
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 256, (8, 100_000, 3), dtype=np.uint8))
+    t = load_image(png(strip), size=224)
+    assert t.shape == (3, 224, 224) and sizes == [(224 * MAX_ASPECT, 224)]
+    centre = strip.crop((50_000 - 4 * MAX_ASPECT, 0, 50_000 + 4 * MAX_ASPECT, 8))
+    assert torch.equal(t, load_image(png(centre), size=224))
+    photo = Image.new("RGB", (8 * MAX_ASPECT, 8))  # within the limit: the image itself, untouched
+    assert bounded_aspect(photo) is photo
+    assert bounded_aspect(Image.new("RGB", (8, 8 * MAX_ASPECT + 3))).size == (8, 8 * MAX_ASPECT)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_a_transparent_colour_is_white_in_every_mode(mode):
+    """Regression (new-user trial): a PNG's tRNS colour was honoured in palette images only, so an RGB, grey or
+    16-bit PNG that an optimizer saved with a transparent colour in place of an alpha channel came out black."""
+    arr = np.zeros((8, 16), np.uint16 if mode == "I;16" else np.uint8)
+    arr[:, 8:] = 40000 if mode == "I;16" else 200
+    img = Image.fromarray(np.stack([arr] * 3, -1)) if mode == "RGB" else Image.fromarray(arr)
+    t = load_image(png(img, transparency=(0, 0, 0) if mode == "RGB" else 0), size=None)
+    assert float(t[:, :, :8].min()) == 1.0  # the transparent half
+    want = 40000 / 65535 if mode == "I;16" else 200 / 255
+    assert abs(float(t[:, :, 8:].mean()) - want) < 0.003  # the rest as it was
+
+
+def test_a_jpeg_over_the_pixel_limit_is_read_at_a_smaller_scale_when_a_size_is_asked(tmp_path):
+    """Regression (new-user trial): a 108 MP phone photo was refused though a 224 px fit needs a 28th of its
+    pixels. A JPEG over max_pixels is decoded at 1/2, 1/4 or 1/8 (the least that fits) when its short side stays
+    at least `size`; at its own size (size=None), or a PNG, it is still refused."""
+    from gaussianvision.fit.metrics import psnr
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 600 x 800
+    data = png(Image.fromarray(smooth), "JPEG", quality=95)
+    t = load_image(data, size=64, max_pixels=100_000)  # 800 x 600 = 480,000: read at 1/4 (200 x 150)
+    full = load_image(data, size=64)
+    assert t.shape == (3, 64, 64) and float(psnr(t[None], full[None])) > 30
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(data, size=None, max_pixels=100_000)
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(data, size=200, max_pixels=100_000)  # 1/4 would leave 150 px: less than asked
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(png(Image.fromarray(smooth)), size=64, max_pixels=100_000)

@@ -9,7 +9,9 @@ their own range where they have none: _gray_range); the shorter side resized to
 
 Refused with ImageLoadError naming the input and the reason: missing, zero-byte,
 non-image, truncated or corrupt files, decompression bombs (more than `max_pixels`
-pixels), and images smaller than `min_side` pixels on a side.
+pixels; a JPEG is read at a smaller scale instead where one fits and keeps `size`), and
+images smaller than `min_side` pixels on a side. The long side is cut to MAX_ASPECT times
+the short side before the resize (bounded_aspect).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_images", "to_pil", "save_png", "IMAGE_EXTS", "IMAGE_EXTENSIONS",
+__all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb", "bounded_aspect", "to_pil", "save_png", "IMAGE_EXTS",
+           "IMAGE_EXTENSIONS",
            "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note", "empty_note"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
@@ -62,16 +65,18 @@ def _gray_range(arr: np.ndarray, mode: str) -> tuple[float, float]:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
+    key = img.info.get("transparency")  # a PNG's tRNS: the colour (or palette entries) that is transparent
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        finite = np.isfinite(arr)
-        lo, hi = _gray_range(arr[finite], mode)
-        if not finite.all():  # NaN and -inf: black; +inf: white
-            arr = np.where(finite, arr, np.where(arr == np.inf, hi, lo))
+        raw = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(raw)
+        lo, hi = _gray_range(raw[finite], mode)
+        arr = raw if finite.all() else np.where(finite, raw, np.where(raw == np.inf, hi, lo))  # NaN, -inf: black
         arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if isinstance(key, int):  # a transparent grey level: white, as every transparent pixel
+            arr[raw == key] = 255
         return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if key is not None and mode in ("P", "L", "RGB", "1"):  # regression: tRNS was honoured in palette images
+        img = img.convert("RGBA")                          # only (an optimizer's RGB + tRNS logo came out black)
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
@@ -82,7 +87,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def _open(src, name: str, max_pixels: int) -> Image.Image:
+def _drafted(fp, name: str, max_pixels: int, size: int | None) -> Image.Image | None:
+    """A JPEG over `max_pixels` read at 1/2, 1/4 or 1/8 of its size (the decoder's own scaling, the least
+    that fits), when its short side stays at least `size` (None: the image's own size is wanted: no);
+    None for other files or when no scale fits. Regression (new-user trial): a 108 MP phone photo was
+    refused, though a 224 px fit needs a 28th of its pixels."""
+    if size is None:
+        return None
+    if hasattr(fp, "seek"):
+        fp.seek(0)
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # the size is checked here, before anything is decoded
+        img = Image.open(fp)
+        w, h = img.size
+        r = next((r for r in (2, 4, 8) if -(-w // r) * -(-h // r) <= max_pixels), None)
+        if img.format != "JPEG" or r is None or min(w, h) // r < size:
+            return None
+        img.draft("RGB", (-(-w // r), -(-h // r)))
+        if img.size[0] * img.size[1] > max_pixels:
+            return None
+        img.load()
+        return img
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _open(src, name: str, max_pixels: int, size: int | None = None) -> Image.Image:
     if isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
             raise ImageLoadError(f"{name}: empty (zero bytes)")
@@ -111,13 +142,15 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
             img = Image.open(fp)
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageLoadError(f"{name}: decompression bomb refused ({w}x{h} = {w * h} pixels "
-                                     f"> limit {max_pixels})")
+                raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
             img.load()
-    except ImageLoadError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
+        try:
+            img = _drafted(fp, name, max_pixels, size)
+        except (OSError, SyntaxError, ValueError, EOFError) as bad:
+            raise ImageLoadError(f"{name}: truncated or corrupt image ({bad})") from None
+        if img is None:
+            raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image Pillow can read") from None
     except PermissionError as e:  # regression: said "truncated or corrupt"
@@ -129,25 +162,50 @@ def _open(src, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+MAX_ASPECT = 8  # bounded_aspect: the long side kept, at most, in units of the short side (panoramas are within)
+
+
+def bounded_aspect(img: Image.Image, limit: int = MAX_ASPECT) -> Image.Image:
+    """`img`, its long side centre-cropped to `limit` times its short side where longer: what a resize of
+    the short side to S and a centre crop of S x S keep lies well inside, and the resize no longer makes
+    a long side of S x aspect. Images within the limit are returned as they are (the same pixels as
+    before). Regression (new-user trial): an 8 x 1,000,000 strip, 25 KB as a PNG, was resized to
+    224 x 28,000,000 (about 19 GB) before its crop: a MemoryError ended the whole `gsv fit` / `convert`."""
+    w, h = img.size
+    short = min(w, h)
+    if max(w, h) <= limit * short:
+        return img
+    cw, ch = (limit * h, h) if w > h else (w, limit * w)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """A decoded image as the project sees it: EXIF orientation applied, then RGB (_to_rgb: any mode, 16-bit
+    and float by their range, transparency on white). ImageLoadError naming `name` when it cannot convert."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block should not cost the image
+        pass
+    try:
+        return _to_rgb(img)
+    except Exception as e:
+        raise ImageLoadError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
+
+
 def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> torch.Tensor:
     """Any image -> [3, H, W] float32 in [0, 1] (H = W = size unless size is None)."""
     name = name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview)) else "<bytes>")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE):
         raise ValueError(f"load_image: size must be a whole number of pixels from 1 to {MAX_SIZE} or None, got {size!r}")
-    img = _open(src, name, max_pixels)
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not cost the image
-        pass
-    try:
-        img = _to_rgb(img)
-    except Exception as e:
-        raise ImageLoadError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
+    img = to_rgb(_open(src, name, max_pixels, size), name)
     w, h = img.size
     if min(w, h) < min_side:
         raise ImageLoadError(f"{name}: too small ({w}x{h}; at least {min_side} pixels a side)")
     if size is not None:
+        img = bounded_aspect(img)
+        w, h = img.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
         if (nw, nh) != (w, h):

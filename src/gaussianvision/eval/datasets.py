@@ -204,9 +204,16 @@ def dataset_task(dataset: str, root: str) -> str:
 
 
 def _pixel_transform(size: int, mean=None, std=None):
+    """OpenCLIP's preprocessing (short side to `size`, bicubic; centre crop; [0, 1]; the model's normalization),
+    the image first made RGB as every project input is (data.images.to_rgb: EXIF orientation, 16-bit and float
+    by their range, transparency on white) and its long side bounded (bounded_aspect). Regressions (new-user
+    trial): PIL's convert("RGB") after the crop turned a 16-bit PNG near white, ignored EXIF and made
+    transparency black, so the GS side fitted other pixels than `gsv convert` would; a thin strip was resized
+    to gigabytes."""
     from torchvision import transforms as T
-    steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-             T.Lambda(lambda im: im.convert("RGB")), T.ToTensor()]
+    from gaussianvision.data.images import bounded_aspect, to_rgb
+    steps = [T.Lambda(to_rgb), T.Lambda(bounded_aspect), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+             T.CenterCrop(size), T.ToTensor()]
     if mean is not None:
         steps.append(T.Normalize(mean, std))
     return T.Compose(steps)

@@ -33,10 +33,11 @@ class Unreadable(NamedTuple):
 
 def is_read_error(e: BaseException) -> bool:
     """An error of reading the data: a shard's damage or an OSError (data/tar_members.SHARD_ERRORS; PIL's
-    UnidentifiedImageError is an OSError), EOFError, tarfile's errors (by module: data/tar_members.py is the
+    UnidentifiedImageError is an OSError), EOFError, an image that cannot be made RGB, tarfile's errors (by module: data/tar_members.py is the
     one place that imports tarfile), webdataset's DecodingError."""
+    from gaussianvision.data.images import ImageLoadError
     from gaussianvision.data.tar_members import SHARD_ERRORS
-    return (isinstance(e, (*SHARD_ERRORS, EOFError)) or type(e).__module__ == "tarfile"
+    return (isinstance(e, (*SHARD_ERRORS, EOFError, ImageLoadError)) or type(e).__module__ == "tarfile"
             or type(e).__name__ == "DecodingError")
 
 
@@ -155,7 +156,14 @@ class _Decode:
             image, label = self._image(sample[key]), self._label(sample)
         except Exception as e:  # PIL and numpy parse untrusted bytes: any failure is this sample's
             return Unreadable(where, _no_address(f"{type(e).__name__}: {e}")[:400])
-        return (image if self.transform is None else self.transform(image)), label
+        if self.transform is None:
+            return image, label
+        try:
+            return self.transform(image), label
+        except Exception as e:  # a mode the pixels cannot be made RGB from (the model's errors pass)
+            if not is_read_error(e):
+                raise
+            return Unreadable(where, str(e)[:400])
 
     @staticmethod
     def _image(data: bytes):
