@@ -809,3 +809,26 @@ def test_utf16_caption_with_bad_bytes_is_noted():
     text, note = decode_caption(b"\xff\xfe" + "hi".encode("utf-16-le") + b"\x00\xd8")
     assert text == "hi\ufffd" and "undecodable bytes replaced" in note
     assert decode_caption("thé".encode("utf-16")) == ("thé", None)
+
+
+def test_a_caption_path_that_is_no_file_is_a_missing_caption_and_the_run_goes_on(tmp_path):
+    """Regression (new-user trial): a folder named a.txt beside a.png stopped the whole image-folder conversion
+    ("Is a directory while writing the output"), a link loop likewise, and a fifo hung it. Such a caption is
+    missing, with a note naming it; every image is converted."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, name in enumerate(("a", "b", "c", "d")):
+        (src / f"{name}.png").write_bytes(img_bytes(seed=i))
+    (src / "a.txt").mkdir()
+    (src / "b.txt").symlink_to(src / "loop.txt")
+    (src / "loop.txt").symlink_to(src / "b.txt")
+    os.mkfifo(src / "c.txt")
+    (src / "d.txt").write_text("a dog")
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    assert (s["converted"], s["failed"], s["missing_captions"], s["repaired_captions"]) == (4, 0, 3, 0)
+    got = {json.loads(x["json"])["source"]: (x["txt"].decode(), json.loads(x["json"]))
+           for t in sorted((tmp_path / "out").glob("*.tar")) for x in read_samples(t)}
+    assert got["a.png"][1]["caption_note"] == "caption file a.txt not read (not a regular file)"
+    assert got["b.png"][1]["caption_note"] == "caption file b.txt not read (Too many levels of symbolic links)"
+    assert got["c.png"][1]["caption_note"] == "caption file c.txt not read (not a regular file)"
+    assert got["d.png"][0] == "a dog" and "caption_note" not in got["d.png"][1]

@@ -266,7 +266,7 @@ class _Converter:
             "shard": f"{sh.name}.tar", "unit": sh.unit.index, "source": _source_label(sh.unit),
             "inputs": sh.inputs, "converted": len(done), "failed": len(failures),
             "failed_by_stage": by_stage, "missing_captions": sum(d["caption_missing"] for d in done),
-            "repaired_captions": sum("caption_note" in d for d in done),
+            "repaired_captions": sum("caption_note" in d and not d["caption_missing"] for d in done),
             "shard_errors": sh.shard_errors, "psnr_mean": mean("psnr"), "ssim_mean": mean("ssim"),
             "n_gaussians_mean": mean("n_gaussians"), "gsv_bytes_mean": mean("gsv_bytes"),
             "tar_bytes": (out / f"{sh.name}.tar").stat().st_size,
@@ -296,7 +296,7 @@ class _Converter:
                         "psnr": round(float(m["psnr"]), 4), "ssim": round(float(m["ssim"]), 5),
                         "n_gaussians": int(m["n_gaussians"]), "iterations": m.get("iterations"),
                         "caption_missing": raw.caption is None}
-                if raw.caption_note:  # the caption was repaired (not UTF-8, NULs): said, and counted
+                if raw.caption_note:  # repaired (not UTF-8, NULs; counted), or a caption file not read (missing)
                     info["caption_note"] = raw.caption_note
                 if m.get("stopped"):  # why the fit ended early: target | plateau | budget
                     info["stopped"] = m["stopped"]

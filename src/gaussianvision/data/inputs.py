@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -184,10 +185,22 @@ def decode_caption(data: bytes) -> tuple[str | None, str | None]:
 
 
 def _read_caption(path: Path) -> tuple[str | None, str | None]:
+    """An image file's caption beside it (decode_caption), or (None, None) without one. A caption path that
+    is not a readable file (a folder, a link loop, a fifo, no permission) is a missing caption with a note
+    naming it: the image is still converted. Regression (new-user trial): a folder named a.txt stopped the
+    whole conversion, blaming the output folder, and a fifo hung it."""
     try:
-        return decode_caption(path.read_bytes())
+        st = os.stat(path)
     except FileNotFoundError:
         return None, None
+    except OSError as e:
+        return None, f"caption file {show(path.name)} not read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"caption file {show(path.name)} not read (not a regular file)"
+    try:
+        return decode_caption(path.read_bytes())
+    except OSError as e:
+        return None, f"caption file {show(path.name)} not read ({e.strerror or e})"
 
 
 def _iter_files(unit: Unit) -> Iterator[RawSample]:
