@@ -518,13 +518,33 @@ def test_a_broken_link_in_a_folder_is_said_by_fit_convert_and_send(tmp_path, cap
     assert gsv(["convert", "--input", str(d), "--output", str(tmp_path / "c"), "--json", "-n", "4", "--iters", "1",
                 "--size", "16", "--no-progress"]) == 0
     captured = capsys.readouterr()
-    assert f"gsv convert: {note}{d / 'gone.jpg'})" in captured.err
+    assert f"gsv convert: {note.replace('an image', 'an input')}{d / 'gone.jpg'})" in captured.err
     s = json.loads(captured.out)
     assert s["run"]["skipped_entries"] == [str(d / "gone.jpg")] and s["converted"] == 1 and s["failed"] == 0
     import types
     from gaussianvision.apps.cli import send  # its inputs, once the server has answered
     assert [p.name for p in send._paths(types.SimpleNamespace(inputs=[str(d)]))] == ["ok.png"]
     assert f"gsv send: {note}{d / 'gone.jpg'})" in capsys.readouterr().err
+
+
+def test_convert_of_a_glob_skips_what_is_no_file_as_a_folder_does(tmp_path, capsys):
+    """Regression (new-user trial): `--input 'g/*.png'` refused the whole run over one broken link ("no such
+    image file"), or a folder named y.png, where `--input g` converts the images and says what it skipped."""
+    d = tmp_path / "g"
+    d.mkdir()
+    for i in range(2):
+        save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)), d / f"ok{i}.png")
+    (d / "gone.png").symlink_to(tmp_path / "removed.png")
+    (d / "y.png").mkdir()
+    assert gsv(["convert", "--input", str(d / "*.png"), "--output", str(tmp_path / "c"), "--json", "-n", "4",
+                "--iters", "1", "--size", "16", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    s = json.loads(captured.out)
+    assert (s["converted"], s["failed"]) == (2, 0)
+    assert s["run"]["skipped_entries"] == [str(d / "gone.png"), str(d / "y.png")]
+    assert f"gsv convert: skipped 2 entries named like an input but not a file (a broken link, a fifo; e.g. {d / 'gone.png'})" in captured.err
+    assert gsv(["convert", "--input", str(d / "gone.png"), "--output", str(tmp_path / "c2"), "-n", "4"]) == 2  # named
+    assert "gone.png: no such image file" in capsys.readouterr().err
 
 
 def test_a_cut_progressive_file_is_read_by_render_info_and_show(tmp_path, capsys):

@@ -24,6 +24,7 @@ the samples of an uninterrupted run. Rank r of world w converts the units with k
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import multiprocessing
@@ -468,8 +469,9 @@ def _kept(done_shards: list[dict]) -> str:
 
 
 def _write_error(out: Path, e: OSError, writing: str, done_shards: list[dict]) -> str:
-    return (f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {_kept(done_shards)}; free space "
-            f"and rerun to resume")
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)  # review (new-user trial): "free space" whatever the error
+    return (f"{out}: {e.strerror or e} while writing {writing or 'the output'}; {_kept(done_shards)}; "
+            f"{'free space' if full else 'mend that'} and rerun to resume")
 
 
 def _pipeline(conv: _Converter, pending: list[Unit], pool, max_inflight: int, bar, done_shards: list) -> None:

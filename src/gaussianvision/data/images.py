@@ -282,13 +282,14 @@ def empty_note(empty: list) -> str:
     return f"no images in folder{'s' if len(empty) > 1 else ''} {', '.join(show(str(x), None) for x in empty)}"
 
 
-def skipped_note(skipped: list[Path]) -> str | None:
-    """One line saying what find_images left out (None if nothing): how many, and the first."""
+def skipped_note(skipped: list[Path], what: str = "an image") -> str | None:
+    """One line saying what find_images (or a glob: `what` "an input") left out (None if nothing): how many,
+    and the first."""
     from gaussianvision.data.shards import show
     if not skipped:
         return None
     n = len(skipped)
-    return (f"skipped {n} entr{'y' if n == 1 else 'ies'} named like an image but not a file (a broken link, a fifo; "
+    return (f"skipped {n} entr{'y' if n == 1 else 'ies'} named like {what} but not a file (a broken link, a fifo; "
             f"e.g. {show(str(skipped[0]), None)})")
 
 

@@ -81,19 +81,25 @@ def expand_braces(pattern: str) -> list[str]:
     return out
 
 
-def expand_urls(spec) -> list[str]:
-    """Tar shards from a directory, brace patterns, globs or lists of those; order kept."""
+def expand_urls(spec, skipped: list[Path] | None = None) -> list[str]:
+    """Tar shards from a directory, brace patterns, globs or lists of those; order kept. With `skipped`, what a
+    glob matches that is not a file (a broken link, a folder) goes there instead, as a folder's entries do
+    (find_images); a name given as such is always kept, for its reader to report."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     out: list[str] = []
     for item in items:
         item = str(item)
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(str(q) for q in p.glob("*.tar")))
+            out.extend(sorted(str(q) for q in p.iterdir() if named_as_shard(q.name) and q.is_file()))
             continue
         for one in expand_braces(item):
             if any(c in one for c in "*?["):
-                out.extend(sorted(glob.glob(one)))
+                found = sorted(glob.glob(one))
+                if skipped is not None:  # regression (new-user trial): one broken link refused the whole glob
+                    skipped.extend(Path(q) for q in found if not os.path.isfile(q))
+                    found = [q for q in found if os.path.isfile(q)]
+                out.extend(found)
             else:
                 out.append(one)
     return out
@@ -101,21 +107,22 @@ def expand_urls(spec) -> list[str]:
 
 def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -> list[Unit]:
     """The ordered list of units of a conversion input; a folder's entries named like images that are
-    not files (broken links) go to `skipped` (find_images)."""
+    not files (broken links) and what a glob matches that is not a file go to `skipped` (find_images,
+    expand_urls)."""
     if shard_size < 1:
         raise SourceError(f"shard size must be >= 1, got {shard_size}")
     p = Path(str(src))
     if p.is_dir():
         files = find_images(p, skipped)
-        tars = any(p.glob("*.tar"))
+        tars = any(named_as_shard(q.name) and q.is_file() for q in p.iterdir())
         if files and tars:  # regression: the images were dropped and only the shards read
             raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "
                               f"kind: a folder of images only, or the shards as '{p / '*.tar'}'")
         if not files and not tars:
-            raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no .tar shards")
+            raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no tar shards ({', '.join(SHARD_NAMES)})")
         if files:
             return _file_units(files, p, shard_size)
-    paths = expand_urls(src)
+    paths = expand_urls(src, skipped)
     if not paths:
         raise SourceError(f"{src}: matches no files")
     images = [t for t in paths if Path(t).suffix.lower() in IMAGE_EXTENSIONS]
@@ -137,6 +144,13 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
 
 
 TAR_SUFFIXES = {".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz"}  # names taken as shards
+SHARD_NAMES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tbz2", ".tar.xz", ".txz")  # a folder's shards
+
+
+def named_as_shard(name: str) -> bool:
+    """Whether a file in a folder of shards is one: a tar, plain or compressed, by its name in any case
+    (regression, new-user trial: a folder's .tar.gz, .tgz and .TAR shards were left out without a word)."""
+    return name.lower().endswith(SHARD_NAMES)
 
 
 def _readable_tar(path: str) -> bool:

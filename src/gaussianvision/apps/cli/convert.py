@@ -133,7 +133,7 @@ def _go(a) -> int:
     except (ConvertError, SourceError) as e:
         raise CliError(str(e)) from None
     emit(s, a.json, _report(s, a.output))
-    if (note := skipped_note(s["run"].get("skipped_entries", []))):
+    if (note := skipped_note(s["run"].get("skipped_entries", []), "an input")):
         print(f"gsv convert: {note}", file=sys.stderr)
     if s["run"]["unopened"]:  # left unfinished: a rerun retries them
         print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
