@@ -30,3 +30,15 @@ def test_a_folder_without_a_demo_is_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"bench progressive: {given}: no finished demo there") and err.count("\n") == 1
     assert not (tmp_path / "res").exists()
+
+
+def test_the_accuracy_section_reads_the_tasks_as_gsv_eval_does(tmp_path):
+    """Review finding: its loader was built without the transform, so the tasks came as lists of PIL images and
+    the splat source failed. The known answer of test_eval's colour task (a stub that sees colours: 50 %)."""
+    from test_eval import stub, write_wds_classification
+    from gaussianvision.apps.bench.progressive import _zeroshot
+    from gaussianvision.eval.datasets import SplatCache, SplatSettings
+    write_wds_classification(tmp_path / "colors")
+    source = SplatCache(None, SplatSettings(n_gaussians=4, iters=3, init="grid", size=16))
+    t = {"dataset": "wds/colors", "root": str(tmp_path / "colors")}
+    assert _zeroshot(stub("gs"), t, source, 5) == 0.5

@@ -528,3 +528,75 @@ def test_eval_pixels_are_the_pixels_every_other_command_sees():
         got = transform(Image.open(io.BytesIO(data.getvalue())))
         assert torch.equal(got, load_image(data.getvalue(), size=16)), img.mode
     assert abs(float(transform(ramp).mean()) - 0.5) < 0.01  # was 0.99
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    classes = ["a", "b"]
+
+    def __len__(self):
+        return 5
+
+    def __iter__(self):
+        return iter([(torch.zeros(3), i % 2) for i in range(5)])
+
+
+def test_iterable_datasets_are_read_as_before():
+    """Review finding: clip_benchmark's iterable datasets (vtab/, tfds/) have no ds[i]; the per-sample wrapper
+    raised NotImplementedError. They are batched as before (an error in one still ends the dataset)."""
+    from gaussianvision.eval.datasets import build_loader
+    guard = build_loader("vtab/x", _Stream(), batch_size=2)
+    assert [b[1].tolist() for b in guard] == [[0, 1], [0, 1], [0]] and guard.read == 5 and not guard.skipped
+
+
+def test_wds_labels_follow_the_dataset_type_and_remote_shards_stream(tmp_path):
+    """Review findings: a multi-label wds dataset read `cls` where both members were there (clip_benchmark
+    reads `npy` by dataset_type.txt); a shard read from a stream that cannot seek (an HTTP download) was
+    'cannot read the shard (seek)', so every remote dataset had no readable sample."""
+    from gaussianvision.data.shards import ShardWriter
+    from gaussianvision.eval.datasets import build_dataset, build_loader
+    from gaussianvision.eval import unreadable
+    root = tmp_path / "ml"
+    (root / "test").mkdir(parents=True)
+    labels = [np.array([1, 0, 1]), np.array([0, 1, 1])]
+    with ShardWriter(root / "test" / "0.tar") as w:
+        for i, y in enumerate(labels):
+            buf = io.BytesIO()
+            np.save(buf, y)
+            w.write(f"m{i}", {"png": png_bytes(np.full((8, 8, 3), 40 * i, np.uint8)), "cls": b"1", "npy": buf.getvalue()})
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "dataset_type.txt").write_text("multilabel\n")
+    (root / "classnames.txt").write_text("a\nb\nc\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a {c}.\n")
+
+    class NoSeek(io.RawIOBase):  # what urlopen gives: reads, no seek
+        def __init__(self, path):
+            self.f = open(path, "rb")
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def readinto(self, b):
+            data = self.f.read(len(b))
+            b[:len(data)] = data
+            return len(data)
+
+        def close(self):
+            self.f.close()
+            super().close()
+    opened = []
+    real = unreadable._open_shard
+
+    def remote(url):
+        opened.append(url)
+        return io.BufferedReader(NoSeek(url)) if url.endswith(".tar") else real(url)
+    import pytest as _pytest
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(unreadable, "_open_shard", remote)
+        ds = build_dataset("wds/ml", str(root), lambda im: 0, "zeroshot_classification")
+        guard = build_loader("wds/ml", ds, 2, transform=lambda im: 0, root=str(root))
+        (batch,) = list(guard)
+    assert opened == [str(root / "test" / "0.tar")] and not guard.skipped
+    assert torch.equal(torch.as_tensor(np.stack(batch[1])), torch.as_tensor(np.stack(labels)))

@@ -259,4 +259,4 @@ def test_cli_probe_goes_on_past_a_corrupt_image(tasks, tmp_path, capsys):
     (bad,) = row["unreadable"]
     assert bad.startswith(f"{shard}, sample ") and "UnidentifiedImageError" in bad, bad
     assert json.loads((out / "probe.json").read_text())["rows"][0]["unreadable"] == [bad]
-    assert f"gsv probe: note: colour: 1 unreadable sample(s) left out (probe.json names them); first: {bad}" in cap.err
+    assert f"gsv probe: note: colour: 1 unreadable sample(s) met and left out (probe.json names them); first: {bad}" in cap.err

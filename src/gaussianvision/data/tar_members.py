@@ -137,15 +137,36 @@ class _Counted:
         return data
 
 
+class _Headed:
+    """A stream that cannot seek (a download) with its first bytes, already read, put back in front."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.f.read(n)
+        if n is None or n < 0:
+            data, self.head = self.head + self.f.read(), b""
+            return data
+        data, self.head = self.head[:n], self.head[n:]
+        return data + (self.f.read(n - len(data)) if len(data) < n else b"")
+
+
 class _Stream:
     """Reads of a (possibly compressed) tar stream with its position; read errors of the
     stream (a cut or corrupt compressed stream, an I/O error) become ShardDamage, and so does
-    a compressed stream expanding more than _BOMB_RATIO times (past _BOMB_SLACK): a bomb."""
+    a compressed stream expanding more than _BOMB_RATIO times (past _BOMB_SLACK): a bomb.
+    A stream that cannot seek (an HTTP response) is read as well (review finding: every remote
+    shard was 'cannot read the shard (seek)')."""
 
     def __init__(self, f):
         try:
             head = f.read(6)
-            f.seek(0)
+            if getattr(f, "seekable", lambda: True)():
+                f.seek(0)
+            else:
+                f = _Headed(head, f)
         except (OSError, ValueError) as e:
             raise ShardDamage(f"cannot read the shard ({e})") from None
         self.kind, opener = next((c for magic, c in _COMPRESSED.items() if head.startswith(magic)), ("", None))
@@ -185,7 +206,7 @@ class _Stream:
 
 
 def iter_members(f, max_member: int = MAX_MEMBER_BYTES, room=None, notes: list | None = None) -> Iterator[Member]:
-    """The entries of the tar stream `f` (a binary file object, seekable; plain, gzip, bzip2 or
+    """The entries of the tar stream `f` (a binary file object, seekable or not; plain, gzip, bzip2 or
     xz), in order. Empty directory entries and pax/GNU metadata are consumed, not yielded.
     Damage raises ShardDamage after the members before it; time and memory stay bounded by
     the stream's length (member data is read in chunks, as far as it is there, and at most

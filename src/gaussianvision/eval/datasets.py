@@ -190,15 +190,19 @@ def _is_remote(root: str) -> bool:
     return "://" in root
 
 
+def wds_kind(dataset: str, root: str) -> str:
+    """A wds dataset's dataset_type.txt (classification, retrieval, multilabel; classification without one, as
+    clip_benchmark reads it); a remote one's is guessed from its name."""
+    if not _is_remote(root):
+        t = Path(root) / "dataset_type.txt"
+        return t.read_text().strip().lower() if t.is_file() else "classification"
+    return "retrieval" if "retrieval" in dataset else "classification"
+
+
 def dataset_task(dataset: str, root: str) -> str:
     """zeroshot_classification or zeroshot_retrieval (clip_benchmark's task names)."""
     if dataset.startswith("wds/"):
-        if not _is_remote(root):
-            t = Path(root) / "dataset_type.txt"
-            kind = t.read_text().strip().lower() if t.is_file() else "classification"
-        else:
-            kind = "retrieval" if "retrieval" in dataset else "classification"
-        return "zeroshot_retrieval" if kind == "retrieval" else "zeroshot_classification"
+        return "zeroshot_retrieval" if wds_kind(dataset, root) == "retrieval" else "zeroshot_classification"
     from clip_benchmark.datasets.builder import get_dataset_default_task
     return get_dataset_default_task(dataset)
 
@@ -289,20 +293,24 @@ def _shard_urls(ds) -> list[str]:
     raise EvalError("cannot find the shards of this webdataset (a webdataset release without SimpleShardList.urls?)")
 
 
-def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0, transform=None, task: str | None = None):
+def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0, transform=None, root: str | None = None):
     """The dataset's batches past any unreadable sample or shard (ReadGuard records them). A wds dataset is read
-    by our own pipeline over clip_benchmark's shards (`transform` and `task` as given to build_dataset:
-    its own pipeline stops at the first corrupt image); other datasets are clip_benchmark's, each sample's
-    read error caught."""
+    by our own pipeline over clip_benchmark's shards (its own stops at the first corrupt image), with the
+    `transform` given to build_dataset and the label of its kind at `root` (wds_kind); clip_benchmark's
+    other datasets have each sample's read error caught (its iterable ones, vtab/ and tfds/, stop at one)."""
     from clip_benchmark.datasets.builder import get_dataset_collate_fn
     from .unreadable import SkipUnreadable, Skipping, wds_batches
+    collate = Skipping(get_dataset_collate_fn(dataset_name))
     if dataset_name.startswith("wds/"):
-        pipe = wds_batches(_shard_urls(ds), transform, batch_size, retrieval=task == "zeroshot_retrieval")
+        if transform is None or root is None:  # review: a caller without them got lists of PIL images
+            raise ValueError("build_loader: a wds dataset needs the transform given to build_dataset and its root")
+        pipe = wds_batches(_shard_urls(ds), transform, batch_size, kind=wds_kind(dataset_name, root))
         loader = torch.utils.data.DataLoader(pipe, batch_size=None, shuffle=False, num_workers=num_workers)
+    elif isinstance(ds, torch.utils.data.IterableDataset):  # no ds[i] to catch each sample's error in
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     else:
         loader = torch.utils.data.DataLoader(SkipUnreadable(ds), batch_size=batch_size, shuffle=False,
-                                             num_workers=num_workers,
-                                             collate_fn=Skipping(get_dataset_collate_fn(dataset_name)))
+                                             num_workers=num_workers, collate_fn=collate)
     return ReadGuard(loader, dataset_name, ds)
 
 
@@ -344,3 +352,5 @@ class ReadGuard:
         if self.skipped and not self.read:
             raise EvalError(f"{self.name}: no readable sample: {len(self.skipped)} unreadable "
                             f"(first: {self.skipped[0]}); replace or remove the bad files or samples")
+        if not self.read:  # review: an empty shard ended in torch.cat's "expected a non-empty list"
+            raise EvalError(f"{self.name}: no samples in its data")

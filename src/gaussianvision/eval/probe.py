@@ -112,7 +112,7 @@ class Features:
     classes: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     psnr: float | None = None  # GS: mean PSNR of the splats read
-    unreadable: list[str] = field(default_factory=list)  # samples left out: they could not be read
+    unreadable: list[str] = field(default_factory=list)  # samples met and left out (with --max-images, up to a batch past the last used)
 
 
 def _limited(loader, max_images: int | None):
@@ -164,7 +164,7 @@ def extract_features(em: EvalModel, dataset: str, root: str, batch_size: int = 6
     splats = splats or SplatSettings()
     transform = transform_for(em, splats)
     ds = build_dataset(dataset, root, transform, task)
-    loader = build_loader(dataset, ds, batch_size, transform=transform, task=task)
+    loader = build_loader(dataset, ds, batch_size, transform=transform, root=root)
     cache = None
     if em.kind == "gs":
         s = SplatSettings(**{**splats.__dict__, "size": splats.size or em.image_size})

@@ -49,7 +49,7 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
     splats = splats or SplatSettings()
     transform = transform_for(em, splats)
     ds = build_dataset(dataset, root, transform, task)
-    loader = guard = build_loader(dataset, ds, batch_size, num_workers, transform, task)
+    loader = guard = build_loader(dataset, ds, batch_size, num_workers, transform, root)
     extra = {}
     cache = None
     if em.kind == "gs":

@@ -137,12 +137,15 @@ def _shard_samples(shards):
 
 
 class _Decode:
-    """A webdataset sample -> (transformed image, label) as clip_benchmark's wds datasets give them (label: the
-    class index of `cls`, the caption lines of `txt` for retrieval, the `npy` array for multi-label), or an
+    """A webdataset sample -> (transformed image, label) as clip_benchmark's wds datasets give them (the label
+    member by the dataset's kind: the class index of `cls`, the caption lines of `txt` for retrieval, the `npy`
+    array for multi-label), or an
     Unreadable naming the shard and sample. Arrays are read without pickle (nothing read may run code)."""
 
-    def __init__(self, transform, retrieval: bool):
-        self.transform, self.retrieval = transform, retrieval
+    LABELS = {"retrieval": "txt", "multilabel": "npy"}  # the label member by dataset_type.txt; else cls
+
+    def __init__(self, transform, kind: str):
+        self.transform, self.label = transform, self.LABELS.get(kind, "cls")
 
     def __call__(self, sample):
         if isinstance(sample, Unreadable):
@@ -173,24 +176,23 @@ class _Decode:
         return im
 
     def _label(self, sample):
-        if self.retrieval:
-            if "txt" not in sample:
-                raise ValueError("no txt member (its captions)")
-            return sample["txt"].decode("utf-8").splitlines()
-        if "cls" in sample:
-            return int(sample["cls"].decode("utf-8").strip())
-        if "npy" in sample:
+        if self.label not in sample:
+            raise ValueError(f"no {self.label} member (its {'captions' if self.label == 'txt' else 'label'})")
+        data = sample[self.label]
+        if self.label == "txt":
+            return data.decode("utf-8").splitlines()
+        if self.label == "npy":
             import numpy as np
-            return np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
-        raise ValueError("no cls member (its class)")
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        return int(data.decode("utf-8").strip())
 
 
-def wds_batches(urls, transform, batch_size: int, retrieval: bool):
+def wds_batches(urls, transform, batch_size: int, kind: str = "classification"):
     """A webdataset pipeline over the shards `urls` (local paths or http(s) URLs) in order, split among
     DataLoader workers, whose items are Skipping's (batch or None, [Unreadable, ...]) of `batch_size` samples
     (webdataset's collation, as clip_benchmark's wds datasets batch)."""
     import webdataset as wds
     from webdataset.filters import default_collation_fn
     return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_worker, _shard_samples,
-                            wds.map(_Decode(transform, retrieval)),
+                            wds.map(_Decode(transform, kind)),
                             wds.batched(batch_size, collation_fn=Skipping(default_collation_fn), partial=True))

@@ -133,8 +133,10 @@ def _demo_settings(demo: Path, n: int, **extra):
 def _zeroshot(em, t: dict, source, batch: int) -> float:
     from gaussianvision.eval.datasets import SplatBatches, build_dataset, build_loader, dataset_task, transform_for
     from gaussianvision.eval.zeroshot import zeroshot_classification
-    ds = build_dataset(t["dataset"], t["root"], transform_for(em), dataset_task(t["dataset"], t["root"]))
-    loader = SplatBatches(build_loader(t["dataset"], ds, batch), source, classes_from=ds)
+    transform = transform_for(em)
+    ds = build_dataset(t["dataset"], t["root"], transform, dataset_task(t["dataset"], t["root"]))
+    loader = SplatBatches(build_loader(t["dataset"], ds, batch, transform=transform, root=t["root"]), source,
+                          classes_from=ds)
     return zeroshot_classification(em, loader, "cpu")["acc1"]
 
 

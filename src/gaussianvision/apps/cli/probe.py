@@ -100,7 +100,7 @@ def _run(args) -> int:
         for s in r["skipped"]:
             print(f"gsv probe: {r['attribute']}: skipped {s}", file=sys.stderr)
         if r.get("unreadable"):
-            print(f"gsv probe: note: {r['attribute']}: {len(r['unreadable'])} unreadable sample(s) left out (probe.json "
+            print(f"gsv probe: note: {r['attribute']}: {len(r['unreadable'])} unreadable sample(s) met and left out (probe.json "
                   f"names them); first: {r['unreadable'][0]}", file=sys.stderr)
     if res["rows"] and not any(r["n_train"] and r["n_test"] for r in res["rows"]):  # regression: exit 0
         print("gsv probe: nothing was probed: no attribute has both training and held-out images (give more "
