@@ -569,3 +569,17 @@ def test_a_cut_progressive_file_is_read_by_render_info_and_show(tmp_path, capsys
     assert gsv(["render", str(tmp_path / "q.cut.gsv"), "--out", str(tmp_path / "r2" / "r2.png")]) == 2
     assert "it is not progressive" in capsys.readouterr().err and not (tmp_path / "r2").exists()  # nothing made
     assert gsv(["info", str(tmp_path / "p" / "a.gsv"), "--json"]) == 0 and "cut" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("value", ["5", "null", "abc", '[-5,"x"]'])
+def test_record_at_that_is_no_list_of_iterations_is_refused_before_any_fit(value, tmp_path, capsys):
+    """Regression (new-user trial): record_at=5 failed every image's fit ("'int' object is not iterable", exit 2
+    after the work), and "abc" or [-5, "x"] were taken silently."""
+    save_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)), tmp_path / "a.png")
+    argv = [str(tmp_path / "a.png"), "-n", "4", "--iters", "2", "--size", "16", "--fit-option", f"record_at={value}"]
+    assert gsv(["fit", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv fit: record_at must be a list of iterations") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+    assert gsv(["convert", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "c"), *argv[1:]]) == 2
+    assert "record_at must be a list of iterations" in capsys.readouterr().err

@@ -214,3 +214,28 @@ def test_a_jpeg_over_the_pixel_limit_is_read_at_a_smaller_scale_when_a_size_is_a
         load_image(data, size=200, max_pixels=100_000)  # 1/4 would leave 150 px: less than asked
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         load_image(png(Image.fromarray(smooth)), size=64, max_pixels=100_000)
+
+
+def test_folders_list_the_other_photo_formats_pillow_reads(tmp_path):
+    """Regression (new-user trial): a folder's .avif, .jp2, .tga, .pnm and .pbm files were left out without a word
+    (fit reported 'fitted 1' of six; without the png, 'no images found'). Each loads as the PNG does (lossless
+    ones exactly); PostScript stays out (Pillow reads it by running Ghostscript)."""
+    import torch
+    from PIL import features
+    from gaussianvision.data import load_image
+    from gaussianvision.data.images import list_images
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    img.save(tmp_path / "p.png")
+    names = ["p.png", "q.tga", "r.pnm", "s.qoi"]
+    for name in names[1:]:
+        img.save(tmp_path / name)
+    img.convert("1").save(tmp_path / "t.pbm")
+    lossy = [n for n, ok in (("u.jp2", features.check_codec("jpg_2000")), ("v.avif", features.check("avif"))) if ok]
+    for name in lossy:
+        img.save(tmp_path / name, quality=95) if name.endswith("avif") else img.save(tmp_path / name)
+    (tmp_path / "w.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")
+    assert [p.name for p in list_images([tmp_path])] == sorted(names + ["t.pbm"] + lossy)
+    ref = load_image(tmp_path / "p.png", size=16)
+    for name in names[1:]:
+        assert torch.equal(load_image(tmp_path / name, size=16), ref), name
+    assert load_image(tmp_path / "t.pbm", size=16).shape == (3, 16, 16)

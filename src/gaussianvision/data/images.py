@@ -36,7 +36,11 @@ MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes
 # sample's image is looked for (image_member), and as file suffixes (folders, `gsv fit` inputs).
 # jfif and jpe are JPEG files under the names some cameras, browsers and Windows save them with
 # (regression: a folder of .jfif photos was "no image files").
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "jfif", "jpe")
+# The later ones are other formats Pillow reads that hold photos or scans (regression, new-user trial: a folder's
+# .avif, .jp2, .tga, .pnm and .pbm files were left out without a word); PostScript (.eps, .ps: read by running
+# Ghostscript) and Pillow's stub formats are not among them.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "jfif", "jpe",
+              "avif", "jp2", "j2k", "jpx", "jpf", "tga", "pnm", "pbm", "pfm", "qoi", "apng", "sgi", "pcx", "dib", "psd")
 IMAGE_EXTENSIONS = {"." + e for e in IMAGE_EXTS}
 
 

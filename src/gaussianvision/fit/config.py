@@ -109,6 +109,7 @@ class FitConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (conjugate-gradient iterations), got {getattr(self, name)}")
         self._check_prefixes()
+        self._check_record_at()
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1) (Adam's moment decay), got {getattr(self, name)}")
@@ -137,6 +138,14 @@ class FitConfig:
             v = getattr(self, name)
             if v is not None and not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+
+    def _check_record_at(self) -> None:
+        """record_at: whole iterations >= 0 (regression, new-user trial: record_at=5 failed every image's fit
+        with "'int' object is not iterable", and "abc" or [-5, "x"] were taken and recorded nothing)."""
+        r = self.record_at
+        if not isinstance(r, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in r):
+            raise ValueError(f"record_at must be a list of iterations (whole numbers >= 0), e.g. [0,50,100], got {r!r}")
 
     def _check_prefixes(self) -> None:
         if not isinstance(self.prefix_fractions, (list, tuple)):  # regression: 0.25 gave "'float' object is not iterable"
