@@ -274,6 +274,12 @@ def test_fit_images_takes_a_preset_and_refuses_counts_that_are_not_whole(photos)
             fit_images(small, bad, iters=1)
 
 
+def test_a_device_torch_does_not_know_is_a_clear_error(photos):
+    """Regression (new-user trial): device='tpu' was torch's raw RuntimeError."""
+    with pytest.raises(ValueError, match=r"^fit_images: device 'tpu' is not a device torch knows \(Expected one of"):
+        fit_images(photos[:1], 4, iters=1, device="tpu")
+
+
 def test_cuda_request_without_cuda_is_a_clear_error(photos):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         fit_images(photos, 4, iters=1, device="cuda")

@@ -239,3 +239,14 @@ def test_folders_list_the_other_photo_formats_pillow_reads(tmp_path):
     for name in names[1:]:
         assert torch.equal(load_image(tmp_path / name, size=16), ref), name
     assert load_image(tmp_path / "t.pbm", size=16).shape == (3, 16, 16)
+
+
+def test_load_image_takes_a_binary_file_and_names_an_empty_path():
+    """Regression (new-user trial): a BytesIO gave pathlib's TypeError, '' said ': is a directory'."""
+    import torch
+    data = png(Image.new("RGB", (12, 12), (10, 20, 30)))
+    assert torch.equal(load_image(io.BytesIO(data), size=8), load_image(data, size=8))
+    with pytest.raises(ImageLoadError, match="^load_image: the path is empty$"):
+        load_image("")
+    with pytest.raises(ValueError, match="text stream; open the file in binary mode"):
+        load_image(io.StringIO("x"))

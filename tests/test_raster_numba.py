@@ -290,6 +290,9 @@ def test_render_size_must_be_whole_pixels():
         with pytest.raises(SplatsError, match="must be a whole number of pixels"):
             render(s, h, w, backend="reference")
     assert render(s, 3, 5, backend="reference").shape == (1, 3, 3, 5)
+    # regression (new-user trial): 100000 x 100000 was the allocator's raw error asking for 120 GB
+    with pytest.raises(SplatsError, match=r"render: 100000x100000 is 10,000,000,000 pixels, more than"):
+        render(s, 100_000, 100_000)
 
 
 def test_subpixel_gaussians_without_the_row_carry():

@@ -199,7 +199,15 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
 
 def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> torch.Tensor:
-    """Any image -> [3, H, W] float32 in [0, 1] (H = W = size unless size is None)."""
+    """Any image (a path, its bytes, or a binary file object) -> [3, H, W] float32 in [0, 1] (H = W = size unless
+    size is None)."""
+    if hasattr(src, "read"):  # regression (new-user trial): a BytesIO gave pathlib's TypeError
+        name = name or str(getattr(src, "name", "<stream>"))
+        src = src.read()
+        if not isinstance(src, (bytes, bytearray)):
+            raise ValueError(f"load_image: {name} is a text stream; open the file in binary mode ('rb')")
+    if isinstance(src, (str, os.PathLike)) and not os.fspath(src):  # regression: said ": is a directory"
+        raise ImageLoadError("load_image: the path is empty")
     name = name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview)) else "<bytes>")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE):
         raise ValueError(f"load_image: size must be a whole number of pixels from 1 to {MAX_SIZE} or None, got {size!r}")

@@ -94,7 +94,10 @@ def _check_images(images) -> torch.Tensor:
 
 
 def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
-    dev = torch.device(cfg.device) if cfg.device else images.device
+    try:
+        dev = torch.device(cfg.device) if cfg.device else images.device
+    except (RuntimeError, TypeError) as e:  # regression (new-user trial): torch's own error, raw
+        raise ValueError(f"fit_images: device {cfg.device!r} is not a device torch knows ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("fit_images: device 'cuda' was requested but CUDA is not available here")
     return dev

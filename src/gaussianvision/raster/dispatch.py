@@ -89,6 +89,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "reference"
 
 
+MAX_RENDER_PIXELS = 1 << 30  # per image: 12 GiB of float32 RGB
+
+
 def render(splats: Splats, height: int | None = None, width: int | None = None,
            backend: str = "auto") -> torch.Tensor:
     """Render splats to a [B, 3, H, W] float image (unclamped).
@@ -106,6 +109,9 @@ def render(splats: Splats, height: int | None = None, width: int | None = None,
     h, w = int(h), int(w)
     if h <= 0 or w <= 0:
         raise SplatsError(f"render: output size must be positive, got {h}x{w}")
+    if h * w > MAX_RENDER_PIXELS:  # regression (new-user trial): the allocator's own error, asking for 120 GB
+        raise SplatsError(f"render: {h}x{w} is {h * w:,} pixels, more than {MAX_RENDER_PIXELS:,} per image "
+                          f"({12 * h * w / 2**30:.0f} GiB of float32 RGB); render a smaller size or in tiles")
     s = splats.scaled(h, w)
     fn = _load(resolve_backend(backend, s.device))
     return fn(s)
