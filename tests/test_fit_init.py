@@ -48,6 +48,19 @@ def test_hilbert_index_is_a_path_of_neighbours():
     assert (steps == 1).all()
 
 
+def test_hilbert_index_in_int32_matches_the_int64_reference_and_the_curve_is_kept_per_size():
+    """The int32 computation (every size load_image makes) against the int64 reference, on a 5000 x 3 grid
+    of random points up to order 13 (8192 px); the curve of a size is made once and shared."""
+    from gaussianvision.fit.init import hilbert_curve
+    g = torch.Generator().manual_seed(0)
+    for order in (1, 5, 13):
+        x, y = (torch.randint(0, 1 << order, (5000,), generator=g) for _ in range(2))
+        assert torch.equal(hilbert_index(x, y, order), hilbert_index(x, y, order, wide=True))
+    ys, xs = torch.meshgrid(torch.arange(20), torch.arange(28), indexing="ij")
+    want = torch.argsort(hilbert_index(xs.reshape(-1), ys.reshape(-1), 5, wide=True))
+    assert torch.equal(hilbert_curve(20, 28), want) and hilbert_curve(20, 28) is hilbert_curve(20, 28)
+
+
 @pytest.mark.parametrize("name", ["grid", "content"])
 def test_first_render_approximates_the_image(photo, name):
     s = initialize(name, photo, 64, generator=torch.Generator().manual_seed(0), backend="reference")
