@@ -583,3 +583,11 @@ def test_record_at_that_is_no_list_of_iterations_is_refused_before_any_fit(value
     assert not (tmp_path / "o").exists()
     assert gsv(["convert", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "c"), *argv[1:]]) == 2
     assert "record_at must be a list of iterations" in capsys.readouterr().err
+
+
+def test_record_at_takes_any_list_of_whole_iterations():
+    """Review finding: the check refused a range, numpy integers and arrays, which worked before."""
+    import numpy as np
+    from gaussianvision.fit import FitConfig
+    for value in (range(0, 6, 2), [np.int64(0), np.int64(2), np.int64(4)], np.array([0, 2, 4])):
+        assert FitConfig.from_options({"record_at": value}).record_at == (0, 2, 4)

@@ -845,6 +845,9 @@ def test_a_folder_of_shards_takes_compressed_and_upper_case_tars(tmp_path):
         data = plain.read_bytes()
         (src / name).write_bytes(gzip.compress(data) if name.endswith(("gz", "tgz")) else data)
     (src / "notes.json").write_text("{}")  # not a shard
-    assert [Path(u.paths[0]).name for u in plan_units(str(src))] == ["S.TAR", "p.tar", "q.tar.gz", "r.tgz"]
+    (src / "t.tar").symlink_to(tmp_path / "gone.tar")  # a broken link: skipped and said (review finding)
+    skipped = []
+    assert [Path(u.paths[0]).name for u in plan_units(str(src), 10, skipped)] == ["S.TAR", "p.tar", "q.tar.gz", "r.tgz"]
+    assert skipped == [src / "t.tar"]
     s = convert_dataset(str(src), tmp_path / "out", cfg())
     assert (s["inputs"], s["converted"], s["failed"]) == (8, 8, 0)

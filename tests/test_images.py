@@ -181,7 +181,9 @@ def test_a_thin_strip_is_never_resized_to_gigabytes(monkeypatch):
     assert torch.equal(t, load_image(png(centre), size=224))
     photo = Image.new("RGB", (8 * MAX_ASPECT, 8))  # within the limit: the image itself, untouched
     assert bounded_aspect(photo) is photo
-    assert bounded_aspect(Image.new("RGB", (8, 8 * MAX_ASPECT + 3))).size == (8, 8 * MAX_ASPECT)
+    tall = Image.fromarray(np.arange(8 * MAX_ASPECT + 3, dtype=np.uint8)[:, None].repeat(8, 1))
+    cut = bounded_aspect(tall)  # an odd surplus keeps one more row: even margins, the crop centred
+    assert cut.size == (8, 8 * MAX_ASPECT + 1) and np.asarray(cut)[0, 0] == 1 and np.asarray(cut)[-1, 0] == 8 * MAX_ASPECT + 1
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
@@ -250,3 +252,40 @@ def test_load_image_takes_a_binary_file_and_names_an_empty_path():
         load_image("")
     with pytest.raises(ValueError, match="text stream; open the file in binary mode"):
         load_image(io.StringIO("x"))
+
+
+def test_drafting_refuses_progressive_jpegs_takes_odd_sides_and_leaves_the_pixel_limit_alone():
+    """Review findings: a progressive JPEG over the limit was decoded (libjpeg keeps every coefficient of the
+    whole image whatever the scale: a 1 KB file claiming 60000 x 60000 took 10 GB); a JPEG with an odd side was
+    refused (Pillow's scale for ceil(w / 2) is 1); loads in threads left Image.MAX_IMAGE_PIXELS at None."""
+    import threading
+    import torch
+    rng = np.random.default_rng(2)
+    smooth = Image.fromarray(np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((40, 40, 1))).astype(np.uint8))
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        load_image(png(smooth, "JPEG", progressive=True), size=64, max_pixels=100_000)
+    odd = smooth.resize((801, 601))
+    assert load_image(png(odd, "JPEG", quality=95), size=64, max_pixels=100_000).shape == (3, 64, 64)
+    before = Image.MAX_IMAGE_PIXELS
+    data, errors = png(odd, "JPEG", quality=90), []
+
+    def loads():
+        try:
+            for k in range(4):
+                load_image(data, size=64, max_pixels=100_000 if k % 2 else 10_000_000)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=loads) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and Image.MAX_IMAGE_PIXELS == before
+
+
+def test_postscript_named_like_an_image_is_never_opened():
+    """Review finding: Pillow picks a decoder by content, so a PostScript file named .png was opened as EPS,
+    which runs Ghostscript. Only the formats of IMAGE_EXTS are opened."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageLoadError, match="x.png: not an image Pillow can read"):
+        load_image(eps, name="x.png")

@@ -314,8 +314,8 @@ class _Converter:
 def _original_size(data: bytes) -> tuple[int, int]:
     import io
 
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
+    from gaussianvision.data.images import open_image
+    with open_image(io.BytesIO(data)) as im:  # the project's formats only (no PostScript: Ghostscript)
         w, h = im.size
         try:
             turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: stored on its side

@@ -15,10 +15,12 @@ the short side before the resize (bounded_aspect).
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb", "bounded_aspect", "to_pil", "save_png", "IMAGE_EXTS",
+__all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb", "bounded_aspect", "open_image", "image_formats",
+           "to_pil", "save_png", "IMAGE_EXTS",
            "IMAGE_EXTENSIONS",
            "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note", "empty_note"]
 
@@ -38,7 +41,7 @@ MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes
 # (regression: a folder of .jfif photos was "no image files").
 # The later ones are other formats Pillow reads that hold photos or scans (regression, new-user trial: a folder's
 # .avif, .jp2, .tga, .pnm and .pbm files were left out without a word); PostScript (.eps, .ps: read by running
-# Ghostscript) and Pillow's stub formats are not among them.
+# Ghostscript) and Pillow's stub formats are not among them, and only these formats are opened (image_formats).
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "jfif", "jpe",
               "avif", "jp2", "j2k", "jpx", "jpf", "tga", "pnm", "pbm", "pfm", "qoi", "apng", "sgi", "pcx", "dib", "psd")
 IMAGE_EXTENSIONS = {"." + e for e in IMAGE_EXTS}
@@ -91,30 +94,65 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def _drafted(fp, name: str, max_pixels: int, size: int | None) -> Image.Image | None:
-    """A JPEG over `max_pixels` read at 1/2, 1/4 or 1/8 of its size (the decoder's own scaling, the least
-    that fits), when its short side stays at least `size` (None: the image's own size is wanted: no);
-    None for other files or when no scale fits. Regression (new-user trial): a 108 MP phone photo was
-    refused, though a 224 px fit needs a 28th of its pixels."""
+_OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS and the warnings filters are the process's: one opener at a time
+
+
+@functools.lru_cache(maxsize=1)
+def image_formats() -> tuple[str, ...]:
+    """Pillow's names of the formats of IMAGE_EXTS (JPEG's opener also gives camera JPEGs with a second frame,
+    MPO): the only formats opened. Pillow picks a decoder by the content, not the name: a PostScript file
+    named .png was opened as EPS, which runs Ghostscript (review finding)."""
+    ext = Image.registered_extensions()
+    return tuple(sorted({ext[f".{e}"] for e in IMAGE_EXTS if f".{e}" in ext and ext[f".{e}"] in Image.OPEN}))
+
+
+def open_image(fp, max_pixels: int | None = None) -> Image.Image:
+    """Image.open(fp) limited to image_formats(), its header only; with max_pixels, over that many pixels is
+    a DecompressionBombError (Pillow's check, set under a lock: a thread's limit never leaks into another's)."""
+    if max_pixels is None:
+        return Image.open(fp, formats=image_formats())
+    with _OPEN_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(fp, formats=image_formats())
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    w, h = img.size
+    if w * h > max_pixels:
+        raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+    return img
+
+
+def _drafted(fp, max_pixels: int, size: int | None) -> Image.Image | None:
+    """A baseline JPEG over `max_pixels` read at 1/2, 1/4 or 1/8 of its size (the decoder's own scaling, the
+    least that fits), when its short side stays at least `size` (None: the image's own size is wanted: no);
+    None for other files, progressive JPEGs (libjpeg keeps every coefficient of the whole image for them,
+    whatever the scale: a 1 KB file claiming 60000 x 60000 took 10 GB; review finding) or when no scale
+    fits. Regression (new-user trial): a 108 MP phone photo was refused, though a 224 px fit needs a 28th of
+    its pixels."""
+    from PIL import JpegImagePlugin
     if size is None:
         return None
     if hasattr(fp, "seek"):
         fp.seek(0)
-    old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # the size is checked here, before anything is decoded
-        img = Image.open(fp)
-        w, h = img.size
-        r = next((r for r in (2, 4, 8) if -(-w // r) * -(-h // r) <= max_pixels), None)
-        if img.format != "JPEG" or r is None or min(w, h) // r < size:
-            return None
-        img.draft("RGB", (-(-w // r), -(-h // r)))
-        if img.size[0] * img.size[1] > max_pixels:
-            return None
-        img.load()
-        return img
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+        img = JpegImagePlugin.JpegImageFile(fp)  # the header, without Pillow's pixel check: checked here
+    except SyntaxError:  # not a JPEG
+        return None
+    w, h = img.size
+    r = next((r for r in (2, 4, 8) if -(-w // r) * -(-h // r) <= max_pixels), None)
+    if img.info.get("progressive") or img.info.get("progression") or r is None or min(w, h) // r < size:
+        img.close()
+        return None
+    img.draft("RGB", (w // r, h // r))  # Pillow's scale is min(w // asked_w, h // asked_h): r (review: ceil gave 1)
+    if img.size[0] * img.size[1] > max_pixels:
+        img.close()
+        return None
+    img.load()
+    return img
 
 
 def _open(src, name: str, max_pixels: int, size: int | None = None) -> Image.Image:
@@ -138,31 +176,22 @@ def _open(src, name: str, max_pixels: int, size: int | None = None) -> Image.Ima
         if st.st_size == 0:
             raise ImageLoadError(f"{name}: empty file (zero bytes)")
         fp = path
-    old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         try:
-            img = _drafted(fp, name, max_pixels, size)
-        except (OSError, SyntaxError, ValueError, EOFError) as bad:
-            raise ImageLoadError(f"{name}: truncated or corrupt image ({bad})") from None
-        if img is None:
-            raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
+            img = open_image(fp, max_pixels)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            img = _drafted(fp, max_pixels, size)
+            if img is None:
+                raise ImageLoadError(f"{name}: decompression bomb refused ({e})") from None
+        img.load()
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image Pillow can read") from None
     except PermissionError as e:  # regression: said "truncated or corrupt"
         raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(f"{name}: truncated or corrupt image ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
     return img
 
 
@@ -179,8 +208,8 @@ def bounded_aspect(img: Image.Image, limit: int = MAX_ASPECT) -> Image.Image:
     short = min(w, h)
     if max(w, h) <= limit * short:
         return img
-    cw, ch = (limit * h, h) if w > h else (w, limit * w)
-    left, top = (w - cw) // 2, (h - ch) // 2
+    cw, ch = (limit * h + (w - limit * h) % 2, h) if w > h else (w, limit * w + (h - limit * w) % 2)  # centred:
+    left, top = (w - cw) // 2, (h - ch) // 2                                                          # even margins
     return img.crop((left, top, left + cw, top + ch))
 
 

@@ -91,7 +91,10 @@ def expand_urls(spec, skipped: list[Path] | None = None) -> list[str]:
         item = str(item)
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(str(q) for q in p.iterdir() if named_as_shard(q.name) and q.is_file()))
+            named = sorted(q for q in p.iterdir() if named_as_shard(q.name))
+            out.extend(str(q) for q in named if q.is_file())
+            if skipped is not None:  # a broken link among them: said, as in a glob (review finding)
+                skipped.extend(q for q in named if not q.is_file())
             continue
         for one in expand_braces(item):
             if any(c in one for c in "*?["):
@@ -117,7 +120,7 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
         tars = any(named_as_shard(q.name) and q.is_file() for q in p.iterdir())
         if files and tars:  # regression: the images were dropped and only the shards read
             raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "
-                              f"kind: a folder of images only, or the shards as '{p / '*.tar'}'")
+                              f"kind: a folder of images only, or the shards as '{p / '*.tar'}' (or their own suffix)")
         if not files and not tars:
             raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no tar shards ({', '.join(SHARD_NAMES)})")
         if files:

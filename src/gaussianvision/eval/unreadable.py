@@ -170,8 +170,8 @@ class _Decode:
 
     @staticmethod
     def _image(data: bytes):
-        from PIL import Image
-        im = Image.open(io.BytesIO(data))
+        from gaussianvision.data.images import open_image
+        im = open_image(io.BytesIO(data))  # the project's formats only (no PostScript: Ghostscript)
         im.load()
         return im
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from dataclasses import dataclass
 
 from gaussianvision.fit.init import INITIALIZERS
@@ -143,9 +144,13 @@ class FitConfig:
         """record_at: whole iterations >= 0 (regression, new-user trial: record_at=5 failed every image's fit
         with "'int' object is not iterable", and "abc" or [-5, "x"] were taken and recorded nothing)."""
         r = self.record_at
-        if not isinstance(r, (list, tuple)) or not all(
-                isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in r):
+        try:
+            ks = None if isinstance(r, (str, bytes)) else list(r)
+        except TypeError:
+            ks = None
+        if ks is None or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 0 for k in ks):
             raise ValueError(f"record_at must be a list of iterations (whole numbers >= 0), e.g. [0,50,100], got {r!r}")
+        self.record_at = tuple(int(k) for k in ks)  # a range, numpy integers, an array (review: refused)
 
     def _check_prefixes(self) -> None:
         if not isinstance(self.prefix_fractions, (list, tuple)):  # regression: 0.25 gave "'float' object is not iterable"

@@ -83,9 +83,9 @@ def is_render(path: Path) -> bool:
     """Whether `path` is a PNG that gsv wrote as a render of splats (write_png's mark)."""
     if path.suffix.lower() != ".png":
         return False
-    from PIL import Image
+    from gaussianvision.data.images import open_image
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.info.get("Software") == RENDER_MARK
     except Exception:  # unreadable: not ours to skip; loading it reports why
         return False
