@@ -408,6 +408,10 @@ def test_gsv_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "gsv serve: --max-batch must be >= 1, got 0"
+    # regression (new-user trial): an unknown device was a traceback, and 'meta' a server whose /embed failed
+    for device in ("bogus", "cuda:x", "meta"):
+        assert main(["serve", str(tmp_path), "--device", device]) == 2
+        assert capsys.readouterr().err.strip() == f"gsv serve: --device {device}: expected cpu, cuda or cuda:N"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

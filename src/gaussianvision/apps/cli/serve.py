@@ -5,7 +5,7 @@ import os
 import socket
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, parser, run
+from gaussianvision.apps.cli.command import CliError, check_device, parser, run
 
 DESCRIPTION = """Serve a trained GS encoder over HTTP (Starlette on uvicorn; docs/serve.md).
 
@@ -67,6 +67,8 @@ def settings_of(a):
     from gaussianvision.apps.serve.settings import TOKEN_ENV, ServeSettings
     if not 0 <= a.port <= 65535 or a.workers < 1:
         raise CliError(f"--port must lie in 0..65535 and --workers be >= 1, got {a.port}, {a.workers}")
+    if a.device != "auto":  # regression (new-user trial): 'bogus' was a traceback, 'meta' a server that cannot embed
+        check_device(a.device)
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
     try:
         return ServeSettings(model=a.model, device=a.device, max_body=a.max_body, max_images=a.max_images,
