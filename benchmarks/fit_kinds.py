@@ -115,14 +115,24 @@ def main() -> None:
         for rep in range(a.repeats):
             row = {"n": n, "repeat": rep, **race(x, n)}
             res["rows"].append(row)
-            print(f"N={n} repeat {rep}: budget {ms:.0f} ms; mean fast / adam / balanced "
-                  + " / ".join(f"{np.mean(v):.2f}" for v in row["psnr"].values()), flush=True)
+            say(f"N={n} repeat {rep}", row)
     machine["loadavg_end"] = loadavg()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_kinds.json").write_text(json.dumps(res, indent=1))
-    (out / "fit_kinds.md").write_text(to_markdown(res, a))
-    print(to_markdown(res, a))
+    write(a.out, "fit_kinds", res, to_markdown(res, a))
+
+
+def say(label: str, row: dict) -> None:
+    """One progress line of a race row: its budget and each method's mean PSNR."""
+    print(f"{label}: budget {row['budget_ms']:.0f} ms; mean fast / adam / balanced "
+          + " / ".join(f"{np.mean(v):.2f}" for v in row["psnr"].values()), flush=True)
+
+
+def write(out: str, name: str, res: dict, markdown: str) -> None:
+    """benchmarks/results/<name>.{json,md}, and the table printed."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)
 
 
 def to_markdown(res: dict, a) -> str:

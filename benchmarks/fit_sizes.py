@@ -9,7 +9,6 @@ once per repeat, interleaved. Writes benchmarks/results/fit_sizes.{json,md}.
     PYTHONPATH=src python benchmarks/fit_sizes.py [--repeats 1] [--images 8]
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from gaussianvision.fit import FitConfig, fit_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_decay import FRESH  # noqa: E402
-from fit_kinds import race  # noqa: E402
+from fit_kinds import race, say, write  # noqa: E402
 
 SYNTHETIC = ("colorwheel", "shepp_logan_phantom", "logo", "text", "page")
 SIZES = ((64, 64), (96, 128), (128, 128), (192, 256), (384, 384), (384, 512))  # (height, width)
@@ -65,14 +64,9 @@ def main() -> None:
             for rep in range(a.repeats):
                 row = {"height": h, "width": w, "n": n, "repeat": rep, **race(x, n)}
                 res["rows"].append(row)
-                print(f"{h}x{w} N={n}: budget {row['budget_ms']:.0f} ms; mean fast / adam / balanced "
-                      + " / ".join(f"{np.mean(v):.2f}" for v in row["psnr"].values()), flush=True)
+                say(f"{h}x{w} N={n}", row)
     machine["loadavg_end"] = loadavg()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_sizes.json").write_text(json.dumps(res, indent=1))
-    (out / "fit_sizes.md").write_text(to_markdown(res, a))
-    print(to_markdown(res, a))
+    write(a.out, "fit_sizes", res, to_markdown(res, a))
 
 
 def to_markdown(res: dict, a) -> str:
