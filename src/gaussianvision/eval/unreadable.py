@@ -33,23 +33,18 @@ class Unreadable(NamedTuple):
 
 def is_read_error(e: BaseException) -> bool:
     """An error of reading the data: a shard's damage or an OSError (data/tar_members.SHARD_ERRORS; PIL's
-    UnidentifiedImageError is an OSError), EOFError, an image that cannot be made RGB, tarfile's errors (by module: data/tar_members.py is the
-    one place that imports tarfile), webdataset's DecodingError."""
+    UnidentifiedImageError is an OSError), EOFError, an image that cannot be made RGB, tarfile's errors (by
+    module: data/tar_members.py is the one place that imports tarfile)."""
     from gaussianvision.data.images import ImageLoadError
     from gaussianvision.data.tar_members import SHARD_ERRORS
-    return (isinstance(e, (*SHARD_ERRORS, EOFError, ImageLoadError)) or type(e).__module__ == "tarfile"
-            or type(e).__name__ == "DecodingError")
+    return isinstance(e, (*SHARD_ERRORS, EOFError, ImageLoadError)) or type(e).__module__ == "tarfile"
 
 
 def read_error(e: BaseException) -> str:
     """Why (and where, when the error says) reading failed, one line: a DataLoader worker's error is its whole
-    traceback, which ends with the cause; webdataset's errors carry the shard's URL among their args."""
+    traceback, which ends with the cause; an error naming a file among its args names it."""
     if "Original Traceback" in str(e):  # regression: six lines, the cause cut off
         return str(e).strip().splitlines()[-1].strip()[:400]
-    if type(e).__name__ == "DecodingError":
-        cause = e.__cause__
-        why = _no_address(f"{type(cause).__name__}: {cause}") if cause else "cannot decode"
-        return f"{getattr(e, 'url', None)}, sample {getattr(e, 'key', None)} member {getattr(e, 'k', None)}: {why}"
     if isinstance(e, OSError) and e.strerror:  # (errno, strerror): the file is named by the record's `where`
         return f"{type(e).__name__}: {e.strerror}"
     urls = [a for a in e.args[1:] if isinstance(a, str)]
@@ -159,9 +154,7 @@ class _Decode:
             image, label = self._image(sample[key]), self._label(sample)
         except Exception as e:  # PIL and numpy parse untrusted bytes: any failure is this sample's
             return Unreadable(where, _no_address(f"{type(e).__name__}: {e}")[:400])
-        if self.transform is None:
-            return image, label
-        try:
+        try:  # (build_loader gives every wds pipeline its transform)
             return self.transform(image), label
         except Exception as e:  # a mode the pixels cannot be made RGB from (the model's errors pass)
             if not is_read_error(e):
