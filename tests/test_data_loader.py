@@ -213,3 +213,37 @@ def test_a_shard_removed_after_listing_is_said_missing(tmp_path):
     with pytest.warns(UserWarning, match=r"000001\.tar: shard missing \(removed since the shards were listed\)"):
         keys = [x["key"] for x in ds]
     assert keys == ["k0000", "k0001"]
+
+
+def test_batch_frame_is_the_largest_size():
+    from gaussianvision.data.loader import batch_frame
+    assert batch_frame([(32, 32), (48, 48), (40, 40)]) == (48, 48)
+    assert batch_frame([(10, 40), (20, 20), (40, 10)]) == (40, 10)  # equal areas: the taller, then the wider
+    assert batch_frame([(16, 16)]) == (16, 16)
+
+
+def test_samples_of_two_sizes_share_one_frame_with_their_features_kept(tmp_path):
+    # shards converted at two --size values in one --data: the batch had stopped with "Splats.stack:
+    # item 1 is 32x32, item 0 is 48x48"; now every sample is expressed in the largest frame, which the
+    # encoder's stem cannot tell apart (normalized coordinates), and its image is resized to that frame
+    from gaussianvision.data.loader import collate
+    from gaussianvision.models.stem import splat_features
+    items = []
+    for i, size in enumerate((48, 32, 48)):
+        sp = random_splats(1, 3 + i, size, size, seed=i)
+        image = torch.full((3, size, size), 0.25 * (i + 1))
+        items.append({"key": f"k{i}", "splats": sp, "image": image, "text": f"t{i}"})
+    batch = collate(items)
+    sp = batch["splats"]
+    assert (sp.height, sp.width) == (48, 48) and sp.counts.tolist() == [3, 4, 5]
+    for b, it in enumerate(items):
+        want, _ = splat_features(it["splats"])
+        got, mask = splat_features(sp[b])
+        n = it["splats"].max_gaussians
+        assert mask[0, :n].all() and torch.allclose(got[0, :n], want[0], atol=1e-5)
+    assert torch.equal(sp.means[0, :3], items[0]["splats"].means[0])  # the frame's own size: untouched
+    assert torch.allclose(sp.means[1, :4], items[1]["splats"].means[0] * 1.5)
+    img = batch["image"]
+    assert img.shape == (3, 3, 48, 48) and torch.equal(img[0], items[0]["image"])
+    assert torch.allclose(img[1], torch.full((3, 48, 48), 0.5), atol=1e-6)  # a flat image stays flat
+    assert batch["text"] == ["t0", "t1", "t2"]

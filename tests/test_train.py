@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,3 +402,18 @@ def test_fit_option_parses_key_value():
     assert fit_option(" iters =40") == ("iters", 40) and fit_option("backend=numba") == ("backend", "numba")
     with pytest.raises(CliError, match="--fit-option '=3': expected KEY=VALUE"):
         fit_option("=3")
+
+
+def test_both_stages_train_on_shards_of_two_sizes(tmp_path, write_splat_shards):
+    # a --data folder holding a 32 px and a 48 px conversion had stopped before the first step with
+    # "Splats.stack: item 2 is 32x32, item 0 is 48x48", naming neither the data nor a fix
+    data = tmp_path / "data"
+    for size in (32, 48):
+        (p,) = write_splat_shards(tmp_path / f"s{size}", n_samples=8, per_shard=8, size=size)
+        data.mkdir(exist_ok=True)
+        Path(p).rename(data / f"s{size}.tar")
+    o1, o2 = tmp_path / "o1", tmp_path / "o2"
+    assert _gsv_train(["--stage", "1", "--data", str(data), "--model-config", "gs-tiny", "--out", str(o1),
+                       "--steps", "2", "--batch-size", "8", "--lr", "1e-3"]) == 0
+    assert _gsv_train(["--stage", "2", "--data", str(data), "--init-from", str(o1), "--out", str(o2),
+                       "--steps", "2", "--batch-size", "8", "--lr", "1e-3"]) == 0

@@ -3,7 +3,8 @@
     loader = splat_loader("out/{000000..000127}.tar", batch_size=256, shuffle=True, num_workers=4)
     for batch in loader:
         batch["splats"]   # Splats: means [B, N, 2], chol [B, N, 3], colors [B, N, 3] (float32),
-                          #   padded to the batch's largest N; counts [B] (int64) = valid Gaussians
+                          #   padded to the batch's largest N; counts [B] (int64) = valid Gaussians;
+                          #   samples of other image sizes expressed in the batch's largest (collate)
         batch["text"]     # list[str] of B captions, stripped ("" when the source had none)
         batch["key"]      # list[str] of B sample keys
         batch["image"]    # only with with_images=True: [B, 3, H, W] float32 in [0, 1], the source
@@ -130,16 +131,39 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None = Non
 
 def collate(items: list[dict]) -> dict:
     """Decoded samples -> a batch: "key", and those of "splats" (Splats.stack: padded, counts),
-    "image" ([B, 3, S, S]), "text", "negative" (lists) the samples hold."""
+    "image" ([B, 3, S, S]), "text", "negative" (lists) the samples hold.
+
+    Samples of different image sizes (shards converted at two --size values) share one frame, the
+    batch's largest (by area, then height, then width): their splats are expressed in it with
+    Splats.scaled, which leaves the encoder's features unchanged (models.stem works in normalized
+    coordinates), and their images are resized to it (bicubic, antialiased, as train.stages'
+    pixel_input resizes them for the tower)."""
     batch: dict = {"key": [it["key"] for it in items]}
     if "splats" in items[0]:
-        batch["splats"] = Splats.stack([it["splats"] for it in items])
+        splats = [it["splats"] for it in items]
+        h, w = batch_frame([(s.height, s.width) for s in splats])
+        batch["splats"] = Splats.stack([s.scaled(h, w) for s in splats])
     if "image" in items[0]:
-        batch["image"] = torch.stack([it["image"] for it in items])
+        images = [it["image"] for it in items]
+        h, w = batch_frame([tuple(im.shape[-2:]) for im in images])
+        batch["image"] = torch.stack([_resized(im, h, w) for im in images])
     for field in ("text", "negative"):
         if field in items[0]:
             batch[field] = [it[field] for it in items]
     return batch
+
+
+def batch_frame(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) the batch's samples share: the largest by area, then height, then width."""
+    return max(sizes, key=lambda hw: (hw[0] * hw[1], hw[0], hw[1]))
+
+
+def _resized(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    out = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bicubic", antialias=True,
+                                          align_corners=False)[0]
+    return out.clamp_(0.0, 1.0).to(image.dtype)
 
 
 collate_splats = collate  # the name splat_loader's collate_fn had
