@@ -705,3 +705,19 @@ def test_ssim_loss_skips_coarse_to_fine_where_the_coarse_image_is_under_the_wind
     assert coarse_plan(16, 16, 2, FitConfig.from_options({"preset": "fast"})) == (8, 8, 90)  # MSE: from 8 px
     res = fit_images(torch.rand(1, 3, 16, 16), 2, config=replace(cfg, iters=4))
     assert math.isfinite(res.metrics[0]["psnr"])
+
+
+def test_a_large_images_ssim_is_timed_on_a_corner(monkeypatch):
+    # with a budget, the final SSIM's time is foreseen by timing it (Fitter._time_ssim); on a 24 Mpixel photo
+    # that timing was a whole SSIM (0.56 s), now a corner of SSIM_TIMED_SIDE, scaled by the image's pixels
+    import gaussianvision.fit.fitter as fitter_mod
+    from gaussianvision.fit.metrics import fast_ssim_applies
+    seen, real = [], fitter_mod.ssim
+    monkeypatch.setattr(fitter_mod, "ssim", lambda a, b, **kw: seen.append(tuple(a.shape)) or real(a, b, **kw))
+    monkeypatch.setattr(fitter_mod, "SSIM_TIMED_SIDE", 16)
+    img = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    if not fast_ssim_applies(img, img):
+        pytest.skip("the fused SSIM (numba) is not available")
+    fit_images(img, 20, iters=3, budget_ms=10_000, coarse_fraction=0)
+    assert seen[-2:] == [(1, 3, 16, 16), (2, 3, 48, 64)]  # the timing on one corner; the final SSIM whole
+    assert all(s == (1, 3, 11, 11) for s in seen[:-2])  # compile_kernels loads the kernel on the smallest image

@@ -128,3 +128,37 @@ def test_content_init_batched_sampling_equals_the_per_image_loop():
         assert torch.equal(s.means[i], torch.stack([x, y], -1).float())
         sigma = 0.6 * torch.sqrt(1.0 / (n * d[k])).clamp(0.5, 14)
         assert torch.allclose(s.chol[i, :, 0], sigma.float())
+
+
+def test_init_size_reduces_only_large_images():
+    from gaussianvision.fit.init import init_size
+    assert init_size(224, 224, 400) is None and init_size(768, 512, 9000) is None
+    assert init_size(1448, 1448, 400) is None  # 2,096,704 pixels: just under INIT_PIXELS (2^21)
+    assert init_size(4000, 6000, 9000) == (1182, 1774)  # 24 Mpixel -> about 2^21, the aspect kept
+    assert init_size(4000, 6000, 1_000_000) is None  # 64 pixels per Gaussian would need more than it has
+    assert init_size(4000, 6000, 100_000) == (2066, 3098)  # 6.4 Mpixel: 64 per Gaussian
+
+
+@pytest.mark.parametrize("name", ["content", "grid", "random", "learned"])
+def test_large_images_are_initialized_on_a_reduced_copy(name, monkeypatch):
+    # a 24 Mpixel photo's content init took 14 s (density, Hilbert curve, blurs at full size); now the
+    # initializers work on a copy of at most INIT_PIXELS (here lowered to 64 x 96) and the splats are scaled up
+    import gaussianvision.fit.init as init_mod
+    from gaussianvision.data.photos import bundled_photos
+    (_, img), = bundled_photos(192, names=("coffee",))
+    img = img[None, :, :128, :]  # 128 x 192
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    whole = initialize(name, img, 150, generator=gen())
+    assert torch.equal(whole.means, init_mod.INITIALIZERS[name](img, 150, generator=gen()).means)  # under the limit
+    monkeypatch.setattr(init_mod, "INIT_PIXELS", 64 * 96)
+    monkeypatch.setattr(init_mod, "INIT_PIXELS_PER_GAUSSIAN", 1)
+    reduced = initialize(name, img, 150, generator=gen())
+    assert (reduced.height, reduced.width, reduced.max_gaussians) == (128, 192, 150)
+    m = reduced.means[0]
+    assert (m[:, 0] >= 0).all() and (m[:, 0] <= 192).all() and (m[:, 1] >= 0).all() and (m[:, 1] <= 128).all()
+    if name == "random":  # reads no pixel: never reduced
+        assert torch.equal(reduced.means, whole.means)
+        return
+    assert not (torch.equal(reduced.means, whole.means) and torch.equal(reduced.colors, whole.colors))
+    # as good a start as the whole image's, within 1 dB
+    assert float(psnr(render(reduced), img)) > float(psnr(render(whole), img)) - 1.0

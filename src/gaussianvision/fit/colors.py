@@ -45,7 +45,9 @@ def _normal(s: Splats, colors: torch.Tensor, upstream, backend: str) -> torch.Te
     c = colors.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = _forward(s, c, backend)
-        (out * upstream(out.detach()).detach()).sum().backward()  # u is a constant (images may carry grad)
+        # u handed to the render's backward as its output's gradient: the numbers of <out, u>.backward()
+        # (whose gradient for out is u times 1) without its two temporaries the size of the images
+        out.backward(gradient=upstream(out.detach()).detach())  # u is a constant (images may carry grad)
     return c.grad
 
 
