@@ -155,9 +155,11 @@ def test_a_base_file_that_is_no_checkpoint_is_one_config_error(tmp_path):
         create_gsclip(config="gs-tiny", pretrained=str(junk))
 
 
-def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_path):
+def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_path, recwarn):
     """Regression: a .gsv file or a pickle refused by weights-only loading as --pretrained were UnpicklingError
-    tracebacks; a file with other keys listed every missing key (KBs on one line). No code runs."""
+    tracebacks; a file with other keys listed every missing key (KBs on one line). No code runs. Nor does torch's
+    warning about the pickle's protocol come first, nor its advice to load with weights_only=False (which would
+    run the file's code)."""
     import pickle
     from gaussianvision.models import ConfigError
 
@@ -175,7 +177,9 @@ def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_pat
             create_gsclip(config="gs-tiny", pretrained=str(path))
         msg = str(e.value)
         assert "not a usable checkpoint" in msg and "\n" not in msg and len(msg) < 600, msg
+        assert "weights_only` set to `False" not in msg, msg
     assert not (tmp_path / "ran").exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)], [str(w.message) for w in recwarn]
 
 
 def test_random_weights_asked_for_give_no_open_clip_warning(caplog):

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pickle
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -236,12 +237,21 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                 model = open_clip.create_model(name, pretrained=None, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
         else:
-            with hub_access(name, pretrained, cache_dir), _quiet_random_init(pretrained is None):
+            with hub_access(name, pretrained, cache_dir), _quiet_random_init(pretrained is None), \
+                    warnings.catch_warnings():
+                # torch's weights-only reader warns about a pickle's protocol before it refuses the file or
+                # reads its tensors: the refusal is said in one line below, the warning is noise either way
+                warnings.filterwarnings("ignore", module=r"torch\._weights_only_unpickler")
                 model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
     except ConfigError:
         raise  # ours (hub_access: offline), already one clear line
-    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+    except pickle.UnpicklingError:
+        # torch's message goes on to advise weights_only=False, which would run the file's code: not repeated
+        raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): not a usable checkpoint of it (torch's "
+                          "weights-only reader refused it: not a pickle of tensors, and nothing in it was run; "
+                          "give a .safetensors file or a state dict saved with torch.save)") from None
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
         # open_clip's loader: a file that is no checkpoint (a .gsv, a pickle refused by weights-only loading,
         # other keys): one line, its first sentence (regression: tracebacks, or every missing key, KBs long)
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
