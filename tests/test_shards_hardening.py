@@ -495,3 +495,19 @@ def test_a_compressed_stream_cut_inside_a_member_flags_that_sample_only(shard):
     got, _, error = read_all(packed)
     assert [(s["__key__"], "__skipped__" in s) for s in got] == [("k0", False), ("k1", False), ("k2", True)]
     assert "gzip stream is cut or corrupt" in error and "in member k2.gsv" in error and "after 'k2' are lost" in error
+
+
+def test_keys_starting_with_two_underscores_are_samples_as_webdataset_reads_them(tmp_path):
+    # webdataset skips only top-level "__...__" metadata members; "__a.jpg" had been left out with a warning
+    import webdataset as wds
+    from test_data_conversion import write_tar
+    members = [("__meta__", b"m"), ("__a.jpg", b"1"), ("__a.cls", b"2"), ("b.__x", b"3"), ("b.txt", b"4"),
+               ("__c.json__", b"5"), ("d/__e__.txt", b"6")]
+    p = write_tar(tmp_path / "u.tar", members)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in read_samples(p)]
+    assert got == [("__a", ["cls", "jpg"]), ("b", ["txt"]), ("d/__e__", ["txt"])]
+    theirs = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
+              for s in wds.WebDataset(str(p), shardshuffle=False, empty_check=False)]
+    assert [k for k, _ in theirs] == [k for k, _ in got]

@@ -222,7 +222,11 @@ class Group:
 
 
 def _ignored(key: str, ext: str) -> bool:
-    return not ext or key.startswith("__") or ext.startswith("__")
+    """A member that is no sample's field: no extension, an extension of our reserved "__" names, or, as
+    webdataset skips them, a top-level "__...__" metadata name. A key that only starts with "__" (say
+    __a.jpg) is a sample, as webdataset reads it (it had been left out with a warning)."""
+    name = f"{key}.{ext}" if ext else key
+    return not ext or ext.startswith("__") or ("/" not in name and name.startswith("__") and name.endswith("__"))
 
 
 class _Grouper:
@@ -242,7 +246,7 @@ class _Grouper:
         key, ext = split_member(m.name)
         ext = ext.lower()
         if _ignored(key, ext):
-            self.notes.append(f"member {show(repr(m.name))} ignored (no extension, or a reserved __ name)")
+            self.notes.append(f"member {show(repr(m.name))} ignored (no extension, a reserved __ extension or a __...__ metadata name)")
         else:
             if self.cur is None or self.cur.key != key:
                 yield from self.flush()
