@@ -222,20 +222,20 @@ def test_batch_frame_is_the_largest_size():
     assert batch_frame([(16, 16)]) == (16, 16)
 
 
-def test_samples_of_two_sizes_share_one_frame_with_their_features_kept(tmp_path):
+def test_samples_of_two_sizes_share_one_frame_with_their_features_kept():
     # shards converted at two --size values in one --data: the batch had stopped with "Splats.stack:
-    # item 1 is 32x32, item 0 is 48x48"; now every sample is expressed in the largest frame, which the
-    # encoder's stem cannot tell apart (normalized coordinates), and its image is resized to that frame
+    # item 1 is 32x32, item 0 is 48x48"; now every sample's splats are expressed in the largest frame, which
+    # the encoder's stem cannot tell apart (normalized coordinates), and the images stay as the fitter saw them
     from gaussianvision.data.loader import collate
     from gaussianvision.models.stem import splat_features
     items = []
-    for i, size in enumerate((48, 32, 48)):
-        sp = random_splats(1, 3 + i, size, size, seed=i)
-        image = torch.full((3, size, size), 0.25 * (i + 1))
+    for i, (h, w) in enumerate(((48, 48), (32, 32), (48, 48), (30, 40))):
+        sp = random_splats(1, 3 + i, h, w, seed=i)
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(i))
         items.append({"key": f"k{i}", "splats": sp, "image": image, "text": f"t{i}"})
     batch = collate(items)
     sp = batch["splats"]
-    assert (sp.height, sp.width) == (48, 48) and sp.counts.tolist() == [3, 4, 5]
+    assert (sp.height, sp.width) == (48, 48) and sp.counts.tolist() == [3, 4, 5, 6]
     for b, it in enumerate(items):
         want, _ = splat_features(it["splats"])
         got, mask = splat_features(sp[b])
@@ -243,7 +243,7 @@ def test_samples_of_two_sizes_share_one_frame_with_their_features_kept(tmp_path)
         assert mask[0, :n].all() and torch.allclose(got[0, :n], want[0], atol=1e-5)
     assert torch.equal(sp.means[0, :3], items[0]["splats"].means[0])  # the frame's own size: untouched
     assert torch.allclose(sp.means[1, :4], items[1]["splats"].means[0] * 1.5)
-    img = batch["image"]
-    assert img.shape == (3, 3, 48, 48) and torch.equal(img[0], items[0]["image"])
-    assert torch.allclose(img[1], torch.full((3, 48, 48), 0.5), atol=1e-6)  # a flat image stays flat
-    assert batch["text"] == ["t0", "t1", "t2"]
+    assert isinstance(batch["image"], list) and all(torch.equal(a, it["image"]) for a, it in zip(batch["image"], items))
+    assert batch["text"] == ["t0", "t1", "t2", "t3"]
+    one = collate([items[0], items[2]])  # one size: the usual [B, 3, H, W]
+    assert torch.equal(one["image"], torch.stack([items[0]["image"], items[2]["image"]]))

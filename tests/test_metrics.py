@@ -77,7 +77,8 @@ def test_ssim_names_images_under_the_window_and_takes_an_empty_batch():
 
 def test_large_images_error_is_summed_in_slabs_to_the_same_numbers(monkeypatch):
     # images of more than MSE_SLAB values are summed a slab of rows at a time (a 24 Mpixel PSNR took 1.7 s in
-    # three image-sized temporaries); the numbers are those of the whole-image formula, in float64 here
+    # three image-sized temporaries); the numbers are those of the whole-image formula (float32 inputs, a
+    # float64 reference; float64 inputs keep float64's precision)
     import gaussianvision.fit.metrics as m
     g = torch.Generator().manual_seed(0)
     target = torch.rand(2, 3, 37, 29, generator=g)
@@ -91,5 +92,7 @@ def test_large_images_error_is_summed_in_slabs_to_the_same_numbers(monkeypatch):
     assert torch.allclose(m.psnr(pred, target).double(), want_psnr, atol=1e-5)
     assert torch.allclose(m.psnr(pred, target, clamp=False).double(), -10 * torch.log10(want_mse), atol=1e-5)
     assert float(m.psnr(target, target)[0]) == m.PSNR_CAP
+    exact = m.mse(pred.double(), target.double())
+    assert exact.dtype == torch.float64 and torch.allclose(exact, want_mse, rtol=1e-12)
     monkeypatch.setattr(m, "MSE_SLAB", 1 << 22)
     assert not m._slabbed(pred, target)

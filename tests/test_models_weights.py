@@ -172,12 +172,16 @@ def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_pat
     gsv.write_bytes(b"GSVF" + bytes(60))
     wrong = tmp_path / "wrong.pt"
     torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(400)}, wrong)
-    for path in (evil, gsv, wrong):
+    framed = tmp_path / "framed.pt"  # tensors only, but a zip of protocol 4, which the weights-only reader refuses
+    torch.save({"w": torch.zeros(1)}, framed, pickle_protocol=4)
+    for path in (evil, gsv, wrong, framed):
         with pytest.raises(ConfigError) as e:
             create_gsclip(config="gs-tiny", pretrained=str(path))
         msg = str(e.value)
         assert "not a usable checkpoint" in msg and "\n" not in msg and len(msg) < 600, msg
         assert "weights_only` set to `False" not in msg, msg
+        if path in (evil, framed):
+            assert "refused it: Unsupported operand 149; nothing in it was run" in msg, msg
     assert not (tmp_path / "ran").exists()
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)], [str(w.message) for w in recwarn]
 

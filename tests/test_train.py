@@ -417,3 +417,25 @@ def test_both_stages_train_on_shards_of_two_sizes(tmp_path, write_splat_shards):
                        "--steps", "2", "--batch-size", "8", "--lr", "1e-3"]) == 0
     assert _gsv_train(["--stage", "2", "--data", str(data), "--init-from", str(o1), "--out", str(o2),
                        "--steps", "2", "--batch-size", "8", "--lr", "1e-3"]) == 0
+
+
+def test_stage1_on_a_batch_of_two_sizes_gives_each_sample_its_own_target():
+    # in a batch mixing sizes each image is resized straight to the teacher's input, as in a batch of its own
+    # size (a first version resized it to the batch's largest size first: targets hung on the batch's company)
+    from conftest import random_splats
+    from gaussianvision.data.loader import collate
+    from gaussianvision.train.build import build_stage
+    from gaussianvision.train.stages import pixel_input
+    g = torch.Generator().manual_seed(0)
+    items = [{"key": f"k{i}", "splats": random_splats(1, 6, s, s, seed=i), "image": torch.rand(3, s, s, generator=g)}
+             for i, s in enumerate((32, 48, 32, 48))]
+    mixed = collate(items)
+    stage = build_stage("1", model_config="gs-tiny", seed=3, hflip=1.0, cache_teacher=True)
+    visual = stage.model.base.visual
+    alone = torch.cat([pixel_input(collate([items[i], items[i + 2]])["image"], visual)[[0, 1]] for i in (0, 1)])
+    assert torch.equal(pixel_input(mixed["image"], visual), alone[[0, 2, 1, 3]])
+    got, logs = stage.loss(mixed)  # every sample mirrored (hflip 1): the list's images and the splats
+    want = build_stage("1", model_config="gs-tiny", seed=3).loss(
+        {**mixed, "image": [im.flip(-1) for im in mixed["image"]], "splats": mixed["splats"].hflip()})[0]
+    torch.testing.assert_close(got, want)
+    assert sorted(stage._teacher_cache) == [(f"k{i}", True) for i in range(4)]

@@ -9,7 +9,8 @@
         batch["key"]      # list[str] of B sample keys
         batch["image"]    # only with with_images=True: [B, 3, H, W] float32 in [0, 1], the source
                           #   image resized and center-cropped exactly as for fitting (H, W = the
-                          #   splats' size); needs shards converted with --keep-image
+                          #   splats' size; a list of B [3, H, W] where sizes differ, see collate);
+                          #   needs shards converted with --keep-image
 This dict is the contract with the training code; keep it stable.
 
 One decoding for every reader of tar samples, so that `splat_loader` and `gsv train` see the same
@@ -133,11 +134,11 @@ def collate(items: list[dict]) -> dict:
     """Decoded samples -> a batch: "key", and those of "splats" (Splats.stack: padded, counts),
     "image" ([B, 3, S, S]), "text", "negative" (lists) the samples hold.
 
-    Samples of different image sizes (shards converted at two --size values) share one frame, the
-    batch's largest (by area, then height, then width): their splats are expressed in it with
-    Splats.scaled, which leaves the encoder's features unchanged (models.stem works in normalized
-    coordinates), and their images are resized to it (bicubic, antialiased, as train.stages'
-    pixel_input resizes them for the tower)."""
+    Samples of different image sizes (shards converted at two --size values) are batched too: their
+    splats are expressed in the batch's largest frame (batch_frame) with Splats.scaled, which the
+    encoder cannot tell apart (models.stem reads positions and shapes in normalized coordinates, so
+    the features agree to float rounding), and "image" is then a list of B [3, H, W] images, each as
+    the fitter saw it (train.stages.pixel_input resizes each straight to the tower's input)."""
     batch: dict = {"key": [it["key"] for it in items]}
     if "splats" in items[0]:
         splats = [it["splats"] for it in items]
@@ -145,8 +146,7 @@ def collate(items: list[dict]) -> dict:
         batch["splats"] = Splats.stack([s.scaled(h, w) for s in splats])
     if "image" in items[0]:
         images = [it["image"] for it in items]
-        h, w = batch_frame([tuple(im.shape[-2:]) for im in images])
-        batch["image"] = torch.stack([_resized(im, h, w) for im in images])
+        batch["image"] = torch.stack(images) if all(im.shape == images[0].shape for im in images) else images
     for field in ("text", "negative"):
         if field in items[0]:
             batch[field] = [it[field] for it in items]
@@ -154,16 +154,8 @@ def collate(items: list[dict]) -> dict:
 
 
 def batch_frame(sizes: list[tuple[int, int]]) -> tuple[int, int]:
-    """(height, width) the batch's samples share: the largest by area, then height, then width."""
+    """(height, width) the batch's splats share: the largest by area, then height, then width."""
     return max(sizes, key=lambda hw: (hw[0] * hw[1], hw[0], hw[1]))
-
-
-def _resized(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    if tuple(image.shape[-2:]) == (h, w):
-        return image
-    out = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bicubic", antialias=True,
-                                          align_corners=False)[0]
-    return out.clamp_(0.0, 1.0).to(image.dtype)
 
 
 collate_splats = collate  # the name splat_loader's collate_fn had

@@ -502,7 +502,8 @@ class Fitter:
     def _time_ssim(self) -> None:
         """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
         once; the measurement's time counts in `seconds`, as the final SSIM's would. Where ssim() takes
-        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed, times the batch over the
+        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed (on at most a SSIM_TIMED_SIDE
+        corner, scaled by the pixels), times the batch over the
         threads the batch's SSIM will use. Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
         (so the measurement costs nothing), twice over for the rest (three more blurs, the arithmetic)."""
         if self.cfg.budget_ms is None or not self.evaluated or self._ssim_seconds is not None:

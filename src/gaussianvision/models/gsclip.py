@@ -241,24 +241,32 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                     warnings.catch_warnings():
                 # torch's weights-only reader warns about a pickle's protocol before it refuses the file or
                 # reads its tensors: the refusal is said in one line below, the warning is noise either way
-                warnings.filterwarnings("ignore", module=r"torch\._weights_only_unpickler")
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
                 model = open_clip.create_model(name, pretrained=pretrained, device=dev, precision=precision,
                                                output_dict=True, cache_dir=cache_dir)
     except ConfigError:
         raise  # ours (hub_access: offline), already one clear line
-    except pickle.UnpicklingError:
-        # torch's message goes on to advise weights_only=False, which would run the file's code: not repeated
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, which would run the file's code: only its reason is kept
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): not a usable checkpoint of it (torch's "
-                          "weights-only reader refused it: not a pickle of tensors, and nothing in it was run; "
-                          "give a .safetensors file or a state dict saved with torch.save)") from None
+                          f"weights-only reader refused it: {_unpickler_reason(e)}; nothing in it was run; give a "
+                          ".safetensors file, or a state dict saved by torch.save with its default protocol)") from None
     except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
-        # open_clip's loader: a file that is no checkpoint (a .gsv, a pickle refused by weights-only loading,
-        # other keys): one line, its first sentence (regression: tracebacks, or every missing key, KBs long)
+        # open_clip's loader: a file that is no checkpoint (other keys, a truncated zip, ...): one line, its
+        # first sentence (regression: tracebacks, or every missing key, KBs long)
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
         why = why if len(why) <= 300 else why[:300] + " ..."
         what = "not a usable checkpoint of it " if pretrained is not None and os.path.isfile(pretrained) else ""
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {what}({type(e).__name__}: {why})") from None
     return model.eval()
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """torch's reason for refusing a file in weights-only loading (e.g. "Unsupported operand 149": a pickle of
+    protocol 4 or later; "Unsupported global: GLOBAL builtins.exec"), without the advice around it."""
+    _, _, after = str(e).partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in after.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def _recorded(base: str, pretrained) -> str | None:

@@ -108,7 +108,10 @@ def _autocast(device: torch.device, precision: str):
 def _to_device(batch: dict, device: torch.device) -> dict:
     out = {}
     for k, v in batch.items():
-        out[k] = v.to(device) if hasattr(v, "to") and not isinstance(v, (str, list)) else v
+        if isinstance(v, list) and v and all(isinstance(t, torch.Tensor) for t in v):  # images of several sizes
+            out[k] = [t.to(device) for t in v]
+        else:
+            out[k] = v.to(device) if hasattr(v, "to") and not isinstance(v, (str, list)) else v
     return out
 
 

@@ -54,8 +54,12 @@ def freeze_for_stage(model: torch.nn.Module, stage: str, unfreeze: list[str] | t
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def pixel_input(images: torch.Tensor, visual) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> resized to the tower's input size and normalized with its mean/std."""
+def pixel_input(images, visual) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> resized to the tower's input size and normalized with its mean/std. Also a
+    list of [3, H, W] images of several sizes (data.loader.collate's batch of mixed sizes), each resized
+    straight to the input size, as it would be in a batch of its own size."""
+    if isinstance(images, (list, tuple)):
+        return torch.cat([pixel_input(im[None], visual) for im in images])
     cfg = getattr(visual, "preprocess_cfg", None) or {}
     mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
     std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
@@ -193,7 +197,7 @@ class Stage1(_Base):
         if "image" not in batch or "splats" not in batch:
             raise ValueError("stage 1 needs batches with 'splats' and their source 'image' (load with images)")
         if self.hflip > 0 and torch.is_grad_enabled():
-            batch = mirror_some(batch, torch.rand(batch["image"].shape[0]) < self.hflip)
+            batch = mirror_some(batch, torch.rand(len(batch["image"])) < self.hflip)
         pixels = pixel_input(batch["image"], getattr(self.model, "base", self.model).visual)
         if self.token_weight > 0:
             with torch.no_grad():
@@ -219,7 +223,9 @@ class Stage1(_Base):
             return self.model.encode_rgb(pixels)
         if self.hflip > 0:  # a mirrored image has its own target (and the same checksum)
             keys = [(k, bool(m)) for k, m in zip(keys, batch.get("mirrored", [False] * len(keys)))]
-        sums = batch["image"].detach().flatten(1).double().sum(1).tolist()
+        images = batch["image"]
+        sums = (images.detach().flatten(1).double().sum(1).tolist() if isinstance(images, torch.Tensor)
+                else [float(im.detach().double().sum()) for im in images])  # a list: images of several sizes
         todo = [i for i, (k, c) in enumerate(zip(keys, sums)) if k not in cache or cache[k][0] != c]
         if todo:
             fresh = self.model.encode_rgb(pixels[todo])
@@ -235,7 +241,10 @@ def mirror_some(batch: dict, which: torch.Tensor) -> dict:
     out = dict(batch)
     if bool(which.any()):
         img = batch["image"]
-        out["image"] = torch.where(which.to(img.device)[:, None, None, None], img.flip(-1), img)
+        if isinstance(img, torch.Tensor):
+            out["image"] = torch.where(which.to(img.device)[:, None, None, None], img.flip(-1), img)
+        else:  # a list: images of several sizes
+            out["image"] = [im.flip(-1) if m else im for im, m in zip(img, which.tolist())]
         out["splats"] = batch["splats"].hflip(which)
     out["mirrored"] = which.tolist()
     return out
