@@ -405,3 +405,20 @@ def test_the_reserves_hold_where_the_last_work_costs_more_than_a_step_suggests(m
         monkeypatch.undo()
     assert not any(over[False]), over
     assert any(over[True]), over  # the test's premise: the old reserves were too small on this clock
+
+
+def test_a_budget_foresees_the_first_step_from_the_initial_color_solve(monkeypatch, photos):
+    # new-user trial: `balanced` on a 24 Mpixel photo gave 18.6 dB under 3000 ms and 16.7 dB under 5000 ms: with
+    # no step timed yet the budget foresaw the first one as free, took it (Adam's first step moves everything by
+    # its full rate) and then had no room left for the final colors. The solve's CG iterations now foresee it.
+    clock = CostClock(monkeypatch)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    options = {"preset": "balanced", "coarse_fraction": 0.0}
+    # spent before the first step: the coverage render (0.5) and the solve (5); foreseen: a step (1), the
+    # final colors (3), the evaluation (0.5): 10 > 9.5, while without the step 9 fits
+    _, capped = _fit(photos, n, {**options, "budget_ms": 9.5 * per_iter_ms}, clock)
+    _, none = _fit(photos, n, {**options, "iters": 0}, clock)
+    assert [m["iterations"] for m in capped] == [0] * 4 and all(m["stopped"] == "budget" for m in capped)
+    assert [m["psnr"] for m in capped] == [m["psnr"] for m in none]  # the solved start, its colors polished
+    assert capped[0]["seconds"] * 1000 == pytest.approx(9 * per_iter_ms)

@@ -184,6 +184,7 @@ class Fitter:
         self.images = images.detach().to(self.device)  # targets, never differentiated (a caller's may require grad)
         b, _, self.h, self.w = self.images.shape
         init = self.cfg.init if init is None else init
+        solved = None  # the initial color solve's seconds, where one ran
         if isinstance(init, Splats):
             s = init.to(self.device)
             if (s.height, s.width, s.batch_size) != (self.h, self.w, b):
@@ -200,8 +201,10 @@ class Fitter:
             else:
                 s = initialize(init, self.images, int(n_gaussians), generator=gen, backend=self.cfg.backend)
             if self.cfg.color_solve and not self.cfg.prefix_fractions:  # the best colors for the initial geometry (never worse than the init's)
+                solve_t0 = self._clock()
                 s = Splats(s.means, s.chol, solve_colors(s, self.images, self.cfg.color_solve, backend=self.cfg.backend),
                            s.height, s.width, s.counts)
+                solved = self._clock() - solve_t0
         self.params = {k: getattr(s, k).detach().float().clone().contiguous() for k in _NAMES}
         self.counts = s.num_gaussians().to(self.device).clone()
         numba = self.device.type == "cpu" and resolve_backend(self.cfg.backend, self.device) == "numba"
@@ -219,6 +222,8 @@ class Fitter:
         # iteration); the rates ramp up over the first WARM_START iterations instead
         self.warm_start = WARM_START if isinstance(init, Splats) else 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
+        if solved is not None:  # until a step is timed, a budget foresees one from the solve's CG iterations
+            self.step_seconds = solved / (solve_cost(self.cfg.color_solve) * CG_STEPS)
         self.finished = False  # finish() has run
         self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
         self._target_stats, self._ssim_seconds = None, None  # SSIM's blurs of the targets, its time (_time_ssim)
