@@ -554,7 +554,7 @@ def cli_main(args):
 
 
 BAD_OPTIONS = [(["--init", "bogus"], "bogus"), (["--fit-option", "lr_means=abc"], "lr_means"),
-               (["--size", "0"], "size must be from 11 (the SSIM window"), (["--device", "gpu0"], "device 'gpu0'"),
+               (["--size", "0"], "got 0 (each image at its own size, gsv fit's --size 0, is not offered here"), (["--device", "gpu0"], "device 'gpu0'"),
                (["--size", "5"], "size must be from 11 (the SSIM window each fit reports with) to 8000 pixels"),
                (["--size", "20000"], "to 8000 pixels a side (max_pixels 64000000), got 20000"),
                (["--device", "tpu"], "device 'tpu': not a device; use cpu or cuda (cuda:N)"),

@@ -439,3 +439,33 @@ def test_stage1_on_a_batch_of_two_sizes_gives_each_sample_its_own_target():
         {**mixed, "image": [im.flip(-1) for im in mixed["image"]], "splats": mixed["splats"].hflip()})[0]
     torch.testing.assert_close(got, want)
     assert sorted(stage._teacher_cache) == [(f"k{i}", True) for i in range(4)]
+
+
+def test_a_data_folder_whose_subfolders_hold_the_shards_names_them(tmp_path, capsys, write_splat_shards):
+    # new-user trial: two conversions side by side under one folder (each writes 000000.tar) gave "--data ['both']:
+    # no .tar shards found", a Python list and no way forward
+    for size in (32, 48):
+        write_splat_shards(tmp_path / "both" / f"s{size}", n_samples=4, per_shard=4, size=size)
+    (tmp_path / "both" / "empty").mkdir()
+    rc = _gsv_train(["--stage", "2", "--data", str(tmp_path / "both"), "--out", str(tmp_path / "o"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--data {tmp_path / 'both'}: no .tar shards found in it; its subfolders hold shards" in err, err
+    assert f"give them, --data {tmp_path / 'both' / 's32'} --data {tmp_path / 'both' / 's48'}\n" in err, err
+    rc = _gsv_train(["--stage", "2", "--data", str(tmp_path / "both" / "empty"), "--data", str(tmp_path / "both" / "empty"),
+                     "--out", str(tmp_path / "o"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--data {tmp_path / 'both' / 'empty'} {tmp_path / 'both' / 'empty'}: no .tar shards found\n" in err, err
+
+
+def test_init_from_with_another_model_config_names_the_option(train_shards, tmp_path, capsys):
+    # new-user trial: stage 2 from a gs-tiny run with --model-config gs-196 said only "checkpoint tensor
+    # 'visual.positional_embedding': shape [33, 64] != [197, 64]"
+    o1 = tmp_path / "s1"
+    assert _gsv_train(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(o1),
+                       "--steps", "1", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    rc = _gsv_train(["--stage", "2", "--data", train_shards, "--init-from", str(o1), "--model-config", "gs-196",
+                     "--out", str(tmp_path / "s2"), "--steps", "1", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "its weights do not fit the model --model-config gs-196 asks for" in err, err
+    assert "that run used model config gs-tiny on base gsv-tiny: leave the option out" in err, err

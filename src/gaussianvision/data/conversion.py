@@ -359,8 +359,12 @@ def _check_settings(cfg: ConvertConfig) -> None:
     if cfg.n_gaussians < 1:
         raise ConvertError(f"n_gaussians must be >= 1, got {cfg.n_gaussians}")
     if not SSIM_WINDOW <= cfg.size <= math.isqrt(cfg.max_pixels):
+        # regression (new-user trial): 0 was refused without a word of why, though `gsv fit --size 0` takes it
+        own = (" (each image at its own size, gsv fit's --size 0, is not offered here: a dataset's samples are "
+               "square crops of one size, as the encoder's training and evaluation read them)") if cfg.size == 0 else ""
         raise ConvertError(f"size must be from {SSIM_WINDOW} (the SSIM window each fit reports with) to "
-                           f"{math.isqrt(cfg.max_pixels)} pixels a side (max_pixels {cfg.max_pixels}), got {cfg.size}")
+                           f"{math.isqrt(cfg.max_pixels)} pixels a side (max_pixels {cfg.max_pixels}), got {cfg.size}"
+                           + own)
     if cfg.batch_size < 1:
         raise ConvertError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.workers < 0:

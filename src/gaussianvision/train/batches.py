@@ -129,9 +129,23 @@ def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, ra
     urls = expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if not urls or missing:
-        raise DataError(f"--data {spec}: " + (f"shard not found: {missing[0]}" if missing else "no .tar shards found"))
+        given = " ".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec)  # not a Python list
+        raise DataError(f"--data {given}: " + (f"shard not found: {missing[0]}" if missing else
+                                               "no .tar shards found" + _subfolder_hint(spec)))
     return ShardSource(urls, SampleReader(need, image_size, on_damage=_say_damage), collate, batch_size,
                        seed=seed, rank=rank, world_size=world_size, buffer=buffer)
+
+
+def _subfolder_hint(spec) -> str:
+    """Where a --data folder holds no shards of its own but its subfolders do (two conversions side by side,
+    each writing 000000.tar): which, and how to give them (folders are not searched recursively)."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    subs = [q for item in items if Path(str(item)).is_dir() for q in sorted(Path(str(item)).iterdir())
+            if q.is_dir() and expand_urls(str(q))]
+    if not subs:
+        return ""
+    shown = " ".join(f"--data {q}" for q in subs[:4]) + (" ..." if len(subs) > 4 else "")
+    return f" in it; its subfolders hold shards (folders are not searched below their own level): give them, {shown}"
 
 
 def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,

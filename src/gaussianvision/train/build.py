@@ -85,6 +85,7 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
     from gaussianvision.models import create_gsclip
     from gaussianvision.models.weights import resolve_base
     init_state = init_weights = None
+    asked = [f"--{k} {v}" for k, v in (("model-config", model_config), ("base", base)) if v]  # over the run's own
     if init_from:
         init_state, init_weights, _ = load_checkpoint(init_from)
         t = init_state.get("task", {})  # the stage's describe(), saved under "task"
@@ -97,7 +98,17 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
     model = create_gsclip(base, pretrained, model_config or "gs-196")
     if init_weights is not None:
         # stage-1 weights: the GS tower (names match); anything else the checkpoint holds must fit too
-        load_trainable(model, init_weights, strict=True)
+        try:
+            load_trainable(model, init_weights, strict=True)
+        except CheckpointError as e:
+            if not asked:
+                raise
+            # regression (new-user trial): only the shapes were named, not the option that made them differ
+            run = t.get("model_config")
+            run = run.get("name", "its own") if isinstance(run, dict) else run
+            raise CheckpointError(f"--init-from {init_from}: its weights do not fit the model {' '.join(asked)} "
+                                  f"asks for ({e}); that run used model config {run} on base {t.get('base')}: leave "
+                                  "the option out to go on with the run's model") from None
     model.to(getattr(info, "device", torch.device("cpu")))
     model.train()
     freeze_for_stage(model, stage, list(unfreeze or ()))

@@ -39,7 +39,8 @@ def _parser():
                    help="every K iterations move the least important Gaussians to where the error is")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fit_images option (a JSON value, comma-separated numbers or a word), repeatable")
-    p.add_argument("--size", type=int, default=224, help="images are resized and center-cropped to this")
+    p.add_argument("--size", type=int, default=224, help="side in pixels of the square centre crop the images are resized to "
+                   "(default 224; unlike gsv fit, no 0: a dataset's samples are one size)")
     p.add_argument("--layout", choices=("interleaved", "quantized"), default="interleaved")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--zstd", action="store_true", help="zstd-compress quantized payloads")
