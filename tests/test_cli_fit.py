@@ -591,3 +591,24 @@ def test_record_at_takes_any_list_of_whole_iterations():
     from gaussianvision.fit import FitConfig
     for value in (range(0, 6, 2), [np.int64(0), np.int64(2), np.int64(4)], np.array([0, 2, 4])):
         assert FitConfig.from_options({"record_at": value}).record_at == (0, 2, 4)
+
+
+def test_photos_of_one_name_in_two_folders_are_told_apart_and_failures_name_no_api(tmp_path, capsys):
+    # new-user trial: a/cat.png and b/cat.png printed two lines "cat.png: ..." (written as cat.gsv and cat_1.gsv);
+    # a fit's failure read "fit failed: fit_images: 9000 Gaussians is more than ..."
+    g = torch.Generator().manual_seed(0)
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        save_png(torch.rand(3, 24, 24, generator=g), tmp_path / "in" / sub / "cat.png")
+    save_png(torch.rand(3, 24, 24, generator=g), tmp_path / "in" / "dog.png")
+    save_png(torch.rand(3, 12, 12, generator=g), tmp_path / "in" / "tiny.png")
+    rc = gsv(["fit", str(tmp_path / "in"), "-n", "200", "--iters", "2", "--size", "0", "--out", str(tmp_path / "o"),
+              "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = out.splitlines()
+    assert any(line.startswith(f"{tmp_path / 'in' / 'a' / 'cat.png'}: ") for line in lines), out
+    assert any(line.startswith(f"{tmp_path / 'in' / 'b' / 'cat.png'}: ") for line in lines), out
+    assert any(line.startswith("dog.png: ") for line in lines), out
+    failed = [line for line in lines if line.startswith("FAILED")]
+    assert len(failed) == 1 and "tiny.png: fit failed: 200 Gaussians is more than" in failed[0], out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from gaussianvision.atomic import write_atomic
@@ -247,7 +248,8 @@ def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple
         if item.ok:
             results.append(_write(a, item))
         elif item.exception is not None:
-            failures.append({"path": str(path), "error": f"{path}: fit failed: {item.exception}"})
+            why = str(item.exception).removeprefix("fit_images: ")  # the API's name is no news to a CLI user
+            failures.append({"path": str(path), "error": f"{path}: fit failed: {why}"})
         else:
             failures.append({"path": str(path), "error": f"{path}: {item.error}"})
         bar.update(1)
@@ -275,6 +277,13 @@ def _reached(results: list[dict], cfg: FitConfig) -> dict:
     return out
 
 
+def _label(path: str, names: Counter) -> str:
+    """A result's name in the printed lines: the file's name, or its path where another result has that name
+    (new-user trial: a/cat.png and b/cat.png printed two lines 'cat.png: ...', written as cat.gsv and cat_1.gsv)."""
+    name = Path(path).name
+    return path if names[name] > 1 else name
+
+
 def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures: list[dict]) -> int:
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda x: order[x["path"]])
@@ -288,7 +297,8 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
         write_json(a.out / "results.json", summary)
     except OSError as e:
         raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
-    lines = [f"{show(Path(x['path']).name, None)}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
+    names = Counter(Path(x["path"]).name for x in results)  # photos of one name in two folders: their paths
+    lines = [f"{show(_label(x['path'], names), None)}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
              f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {1000 * x['seconds']:.0f} ms, "
              f"{x['width']}x{x['height']}" + (f" (stopped: {x['stopped']})" if x["stopped"] else "")
              for x in results]
