@@ -289,3 +289,26 @@ def test_postscript_named_like_an_image_is_never_opened():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(ImageLoadError, match="x.png: not an image Pillow can read"):
         load_image(eps, name="x.png")
+
+
+def test_transparency_of_low_bit_grey_pngs_is_read_in_the_pixels_units():
+    # Pillow widens 1-, 2- and 4-bit grey pixels to 8 bits but keeps the tRNS key in the file's units: a 2-bit
+    # file's transparent level 1 (read as 85) stayed grey, and an 8-bit-looking level 1 (none) was "transparent"
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    def grey_png(bits, key, row):  # one row of 4 pixels, grey, no interlace, the key in tRNS
+        head = struct.pack(">IIBBBBB", 4, 1, bits, 0, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"tRNS", struct.pack(">H", key))
+                + chunk(b"IDAT", zlib.compress(b"\x00" + row)) + chunk(b"IEND", b""))
+
+    def levels(data):
+        return (load_image(data, size=None, min_side=1)[0, 0] * 255).round().tolist()
+
+    assert levels(grey_png(2, 1, bytes([0b00011011]))) == [0, 255, 170, 255]  # levels 0..3; 1 transparent
+    assert levels(grey_png(4, 5, bytes([0x05, 0xAF]))) == [0, 255, 170, 255]  # levels 0, 5, 10, 15; 5 transparent
+    assert levels(grey_png(1, 0, bytes([0b01010000]))) == [255, 255, 255, 255]  # 0 transparent, 1 white
+    assert levels(grey_png(8, 85, bytes([0, 85, 170, 255]))) == [0, 255, 170, 255]  # 8 bits: as before

@@ -110,7 +110,7 @@ def open_image(fp, max_pixels: int | None = None) -> Image.Image:
     """Image.open(fp) limited to image_formats(), its header only; with max_pixels, over that many pixels is
     a DecompressionBombError (Pillow's check, set under a lock: a thread's limit never leaks into another's)."""
     if max_pixels is None:
-        return Image.open(fp, formats=image_formats())
+        return _gray_key_in_8_bits(Image.open(fp, formats=image_formats()))
     with _OPEN_LOCK:
         old = Image.MAX_IMAGE_PIXELS
         try:
@@ -123,6 +123,22 @@ def open_image(fp, max_pixels: int | None = None) -> Image.Image:
     w, h = img.size
     if w * h > max_pixels:
         raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+    return _gray_key_in_8_bits(img)
+
+
+_GRAY_BITS = {"1": 1, "L;1": 1, "L;2": 2, "L;4": 4}  # PNG grey rawmodes Pillow widens to 8 bits ("1": mode 1)
+
+
+def _gray_key_in_8_bits(img: Image.Image) -> Image.Image:
+    """A 1-, 2- or 4-bit grey PNG's transparent level (tRNS) in the 8-bit units of the pixels Pillow gives: Pillow
+    widens the pixels (a 2-bit level 1 reads 85) but keeps the key in the file's units, so the transparent level
+    stayed grey and another became white (review finding). Before load(): the tile still names the raw mode."""
+    key = img.info.get("transparency")
+    if img.format == "PNG" and img.mode in ("L", "1") and isinstance(key, int) and img.tile:
+        raw = img.tile[0].args
+        bits = _GRAY_BITS.get(raw if isinstance(raw, str) else (raw[0] if raw else None))
+        if bits is not None:
+            img.info["transparency"] = key * 255 // ((1 << bits) - 1)
     return img
 
 
