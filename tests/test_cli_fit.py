@@ -601,6 +601,9 @@ def test_photos_of_one_name_in_two_folders_are_told_apart_and_failures_name_no_a
         (tmp_path / "in" / sub).mkdir(parents=True)
         save_png(torch.rand(3, 24, 24, generator=g), tmp_path / "in" / sub / "cat.png")
     save_png(torch.rand(3, 24, 24, generator=g), tmp_path / "in" / "dog.png")
+    save_png(torch.rand(3, 24, 24, generator=g), tmp_path / "in" / "fox.png")
+    (tmp_path / "in" / "c").mkdir()
+    save_png(torch.rand(3, 12, 12, generator=g), tmp_path / "in" / "c" / "fox.png")  # fails: its name still counts
     save_png(torch.rand(3, 12, 12, generator=g), tmp_path / "in" / "tiny.png")
     rc = gsv(["fit", str(tmp_path / "in"), "-n", "200", "--iters", "2", "--size", "0", "--out", str(tmp_path / "o"),
               "--no-progress"])
@@ -610,5 +613,6 @@ def test_photos_of_one_name_in_two_folders_are_told_apart_and_failures_name_no_a
     assert any(line.startswith(f"{tmp_path / 'in' / 'a' / 'cat.png'}: ") for line in lines), out
     assert any(line.startswith(f"{tmp_path / 'in' / 'b' / 'cat.png'}: ") for line in lines), out
     assert any(line.startswith("dog.png: ") for line in lines), out
+    assert any(line.startswith(f"{tmp_path / 'in' / 'fox.png'}: ") for line in lines), out
     failed = [line for line in lines if line.startswith("FAILED")]
-    assert len(failed) == 1 and "tiny.png: fit failed: 200 Gaussians is more than" in failed[0], out
+    assert len(failed) == 2 and "tiny.png: fit failed: 200 Gaussians is more than" in failed[-1], out

@@ -311,4 +311,7 @@ def test_transparency_of_low_bit_grey_pngs_is_read_in_the_pixels_units():
     assert levels(grey_png(2, 1, bytes([0b00011011]))) == [0, 255, 170, 255]  # levels 0..3; 1 transparent
     assert levels(grey_png(4, 5, bytes([0x05, 0xAF]))) == [0, 255, 170, 255]  # levels 0, 5, 10, 15; 5 transparent
     assert levels(grey_png(1, 0, bytes([0b01010000]))) == [255, 255, 255, 255]  # 0 transparent, 1 white
+    from gaussianvision.data.images import open_image
+    one_bit = open_image(io.BytesIO(grey_png(1, 1, bytes([0b01010000]))))
+    assert one_bit.mode == "1" and one_bit.info["transparency"] == 255  # Pillow's own 0 / 255: not scaled again
     assert levels(grey_png(8, 85, bytes([0, 85, 170, 255]))) == [0, 255, 170, 255]  # 8 bits: as before

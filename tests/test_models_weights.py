@@ -1,5 +1,6 @@
 """Trainable-only checkpoints: exact round trip, config in metadata, clear mismatch errors."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -174,14 +175,29 @@ def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_pat
     torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(400)}, wrong)
     framed = tmp_path / "framed.pt"  # tensors only, but a zip of protocol 4, which the weights-only reader refuses
     torch.save({"w": torch.zeros(1)}, framed, pickle_protocol=4)
-    for path in (evil, gsv, wrong, framed):
+
+    class Evaluated:
+        def __reduce__(self):
+            return (eval, ("open(%r, 'w').write('ran')" % str(tmp_path / "ran"),))
+
+    class Shelled:
+        def __reduce__(self):
+            return (os.system, ("touch %s" % (tmp_path / "ran"),))
+    allowed, blocked = tmp_path / "allowed.pt", tmp_path / "blocked.pt"
+    torch.save({"x": Evaluated()}, allowed)  # torch's reason advises allow-listing eval: not passed on
+    torch.save({"x": Shelled()}, blocked)  # torch's reason had no marker: only "UnpicklingError" came through
+    reasons = {framed: "Unsupported operand 149", evil: "Unsupported operand 149",
+               allowed: "Unsupported global: GLOBAL eval was not an allowed global by default",
+               blocked: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"}
+    for path in (evil, gsv, wrong, framed, allowed, blocked):
         with pytest.raises(ConfigError) as e:
             create_gsclip(config="gs-tiny", pretrained=str(path))
         msg = str(e.value)
         assert "not a usable checkpoint" in msg and "\n" not in msg and len(msg) < 600, msg
         assert "weights_only` set to `False" not in msg, msg
-        if path in (evil, framed):
-            assert "refused it: Unsupported operand 149; nothing in it was run" in msg, msg
+        if path in reasons:
+            assert f"refused it: {reasons[path]}; nothing in it was run" in msg, msg
+            assert "add_safe_globals" not in msg and "Please" not in msg, msg
     assert not (tmp_path / "ran").exists()
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)], [str(w.message) for w in recwarn]
 

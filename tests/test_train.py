@@ -469,3 +469,20 @@ def test_init_from_with_another_model_config_names_the_option(train_shards, tmp_
     err = capsys.readouterr().err
     assert rc == 2 and "its weights do not fit the model --model-config gs-196 asks for" in err, err
     assert "that run used model config gs-tiny on base gsv-tiny: leave the option out" in err, err
+
+
+def test_the_subfolder_hint_passes_over_folders_it_cannot_read(tmp_path, monkeypatch, write_splat_shards):
+    # review finding: an unreadable subfolder (lost+found at the root of a data disk) replaced "no .tar shards
+    # found" with its PermissionError
+    import gaussianvision.train.batches as batches
+    write_splat_shards(tmp_path / "both" / "s32", n_samples=4, per_shard=4, size=32)
+    (tmp_path / "both" / "lost+found").mkdir()
+    real = batches.expand_urls
+
+    def guarded(spec, *a, **kw):
+        if str(spec).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(spec))
+        return real(spec, *a, **kw)
+    monkeypatch.setattr(batches, "expand_urls", guarded)
+    with pytest.raises(batches.DataError, match=r"its subfolders hold shards .*give them, --data \S+s32$"):
+        batches.build_source(str(tmp_path / "both"), ("splats",), 2)

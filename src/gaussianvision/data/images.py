@@ -126,16 +126,17 @@ def open_image(fp, max_pixels: int | None = None) -> Image.Image:
     return _gray_key_in_8_bits(img)
 
 
-_GRAY_BITS = {"1": 1, "L;1": 1, "L;2": 2, "L;4": 4}  # PNG grey rawmodes Pillow widens to 8 bits ("1": mode 1)
+_GRAY_BITS = {"L;2": 2, "L;4": 4}  # PNG grey rawmodes Pillow widens to 8 bits keeping tRNS raw (1-bit: mode "1", its key already 0 / 255)
 
 
 def _gray_key_in_8_bits(img: Image.Image) -> Image.Image:
-    """A 1-, 2- or 4-bit grey PNG's transparent level (tRNS) in the 8-bit units of the pixels Pillow gives: Pillow
+    """A 2- or 4-bit grey PNG's transparent level (tRNS) in the 8-bit units of the pixels Pillow gives: Pillow
     widens the pixels (a 2-bit level 1 reads 85) but keeps the key in the file's units, so the transparent level
-    stayed grey and another became white (review finding). Before load(): the tile still names the raw mode."""
+    stayed grey and another became white (review finding). Before load(): the tile still names the raw mode
+    (tile[0][3]: a plain tuple in Pillow 10, a named one since)."""
     key = img.info.get("transparency")
-    if img.format == "PNG" and img.mode in ("L", "1") and isinstance(key, int) and img.tile:
-        raw = img.tile[0].args
+    if img.format == "PNG" and img.mode == "L" and isinstance(key, int) and img.tile:
+        raw = img.tile[0][3]
         bits = _GRAY_BITS.get(raw if isinstance(raw, str) else (raw[0] if raw else None))
         if bits is not None:
             img.info["transparency"] = key * 255 // ((1 << bits) - 1)

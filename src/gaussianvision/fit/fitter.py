@@ -763,7 +763,7 @@ def _coarse_to_fine(images, n_gaussians, cfg: FitConfig, init, progress: bool) -
 
 def _first_step_seconds(c: Fitter, f: Fitter) -> float:
     """What the first full-size step of f is expected to take after the coarse phase c (its last step's time
-    c.step_seconds): that step scaled by the area ratio, where a step's cost is its pixels' work (large images).
+    c.step_seconds, or, where it took none, its estimate from the initial color solve): that step scaled by the area ratio, where a step's cost is its pixels' work (large images).
     Where a tight budget has room for fewer than FIRST_STEP_CHECK such steps left, at most the coarse step
     plus STEP_PER_RENDER times the extra time of a full-size render over a coarse one, both timed here (their
     time counts in f.seconds): a step on a small image is mostly its fixed cost, which the area ratio scaled
@@ -772,7 +772,7 @@ def _first_step_seconds(c: Fitter, f: Fitter) -> float:
     by_area = c.step_seconds * (f.h * f.w) / (c.h * c.w)
     cfg = f.cfg
     left = None if cfg.budget_ms is None else cfg.budget_ms * f.batch_size / 1000 - f.seconds
-    # only where it can matter (a budget with room left, a coarse step timed) and the step is the render and its
+    # only where it can matter (a budget with room left, a coarse step timed or foreseen) and the step is the render and its
     # backward (not SSIM's passes or a nested fit's prefixes, which the renders would not foresee: review finding)
     if left is None or left <= 0 or by_area <= 0 or left > FIRST_STEP_CHECK * by_area or cfg.ssim_weight > 0 \
             or cfg.prefix_fractions:

@@ -261,12 +261,22 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
     return model.eval()
 
 
+_ADVICE = ("Weights only load failed", "Check the documentation", "Please file", "(1) ", "(2) ")
+
+
 def _unpickler_reason(e: Exception) -> str:
-    """torch's reason for refusing a file in weights-only loading (e.g. "Unsupported operand 149": a pickle of
-    protocol 4 or later; "Unsupported global: GLOBAL builtins.exec"), without the advice around it."""
-    _, _, after = str(e).partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in after.splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(e).__name__
+    """torch's reason for refusing a file in weights-only loading, without the advice around it (to load with
+    weights_only=False, or to allow-list the global: either would run the file's code). E.g. "Unsupported
+    operand 149" (a pickle of protocol 4 or later), "Unsupported global: GLOBAL eval was not an allowed global
+    by default", "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (review finding:
+    the allow-list advice came through, and a blocked module's reason was lost)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.partition("WeightsUnpickler error:")[2]
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not any(line.startswith(a) for a in _ADVICE)]
+    reason = lines[0].split(". Please use")[0].rstrip(". ") if lines else ""
+    return reason[:200] or type(e).__name__
 
 
 def _recorded(base: str, pretrained) -> str | None:

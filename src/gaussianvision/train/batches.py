@@ -140,12 +140,27 @@ def _subfolder_hint(spec) -> str:
     """Where a --data folder holds no shards of its own but its subfolders do (two conversions side by side,
     each writing 000000.tar): which, and how to give them (folders are not searched recursively)."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    subs = [q for item in items if Path(str(item)).is_dir() for q in sorted(Path(str(item)).iterdir())
-            if q.is_dir() and expand_urls(str(q))]
+    subs = [q for item in items if Path(str(item)).is_dir() for q in _listed(Path(str(item))) if _holds_shards(q)]
     if not subs:
         return ""
     shown = " ".join(f"--data {q}" for q in subs[:4]) + (" ..." if len(subs) > 4 else "")
     return f" in it; its subfolders hold shards (folders are not searched below their own level): give them, {shown}"
+
+
+def _listed(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError:  # unreadable: no hint, the error stays "no .tar shards found"
+        return []
+
+
+def _holds_shards(folder: Path) -> bool:
+    """Whether `folder` is a folder with shards of its own; False where it cannot be read (say lost+found at the
+    root of a data disk: its PermissionError had replaced the real error; review finding)."""
+    try:
+        return folder.is_dir() and bool(expand_urls(str(folder)))
+    except OSError:
+        return False
 
 
 def build_memory_source(samples: list[dict], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,

@@ -85,7 +85,7 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
     from gaussianvision.models import create_gsclip
     from gaussianvision.models.weights import resolve_base
     init_state = init_weights = None
-    asked = [f"--{k} {v}" for k, v in (("model-config", model_config), ("base", base)) if v]  # over the run's own
+    given = {"model-config": model_config, "base": base}  # options that may differ from the --init-from run's
     if init_from:
         init_state, init_weights, _ = load_checkpoint(init_from)
         t = init_state.get("task", {})  # the stage's describe(), saved under "task"
@@ -101,14 +101,7 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
         try:
             load_trainable(model, init_weights, strict=True)
         except CheckpointError as e:
-            if not asked:
-                raise
-            # regression (new-user trial): only the shapes were named, not the option that made them differ
-            run = t.get("model_config")
-            run = run.get("name", "its own") if isinstance(run, dict) else run
-            raise CheckpointError(f"--init-from {init_from}: its weights do not fit the model {' '.join(asked)} "
-                                  f"asks for ({e}); that run used model config {run} on base {t.get('base')}: leave "
-                                  "the option out to go on with the run's model") from None
+            raise _unfitting(init_from, e, given, t) from None
     model.to(getattr(info, "device", torch.device("cpu")))
     model.train()
     freeze_for_stage(model, stage, list(unfreeze or ()))
@@ -120,6 +113,21 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
         return GSStage1(model, distill, token_weight, info, meta={**meta, "distill": distill, "token_weight": token_weight},
                         **stage1)
     return GSStage2(model, model.tokenizer(), info, meta=meta)
+
+
+def _unfitting(init_from, e: Exception, given: dict, task: dict) -> Exception:
+    """--init-from's weights do not fit the model: name the options given that differ from the run's own
+    (regression, new-user trial: only the tensor shapes were named), or the error as it came where none do."""
+    run_config = task.get("model_config")
+    run = {"model-config": run_config.get("name") if isinstance(run_config, dict) else run_config,
+           "base": task.get("base")}
+    differ = [f"--{k} {v}" for k, v in given.items() if v and run[k] is not None and str(v) != str(run[k])]
+    if not differ:
+        return e
+    used = " on ".join(f"{what} {run[k]}" for k, what in (("model-config", "model config"), ("base", "base"))
+                       if run[k] is not None)
+    return CheckpointError(f"--init-from {init_from}: its weights do not fit the model {' '.join(differ)} asks for "
+                           f"({e}); that run used {used}: leave the option out to go on with the run's model")
 
 
 def _check_token_counts(model, token_weight: float) -> None:

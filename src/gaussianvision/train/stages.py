@@ -2,8 +2,8 @@
 stage 2 (Stage2: CLIP loss). A stage is what train.loop.train runs: the model, its loss and what it
 exports. Applications extend them by subclassing (the demo's teacher: apps/demo/teacher.py).
 
-Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1], "splats" (Splats with counts),
-"text" list[str].
+Batches are dicts from the loaders: "image" [B, 3, H, W] in [0, 1] (a list of B [3, H, W] where samples of
+several sizes meet: data.loader.collate), "splats" (Splats with counts), "text" list[str].
 """
 from __future__ import annotations
 

@@ -297,7 +297,7 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
         write_json(a.out / "results.json", summary)
     except OSError as e:
         raise CliError(f"cannot write {a.out / 'results.json'} ({e.strerror or e})") from None
-    names = Counter(Path(x["path"]).name for x in results)  # photos of one name in two folders: their paths
+    names = Counter(Path(p).name for p in paths)  # photos of one name in two folders (fitted or not): their paths
     lines = [f"{show(_label(x['path'], names), None)}: {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f}, N={x['n_gaussians']}, "
              f"{x['bytes']} bytes ({x['compression_ratio']:.2f}x), {x['iterations']} it, {1000 * x['seconds']:.0f} ms, "
              f"{x['width']}x{x['height']}" + (f" (stopped: {x['stopped']})" if x["stopped"] else "")
@@ -314,8 +314,8 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
         if reached.get("over_budget"):
             why = ("the initialization and the final metrics alone take longer at this size and N; raise --budget-ms "
                    "or lower --gaussians or --size" if reached["over_budget_at_start"] == reached["over_budget"] else
-                   "each iteration's time is foreseen from the one before, and the first one's is not known until it "
-                   "has run: a budget of a few iterations can be passed by one")
+                   "each iteration's time is foreseen from the one before (the first one's from the initial color "
+                   "solve, or not at all without one): a budget of a few iterations can be passed by one")
             lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: {why}")
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {show(str(a.out), None)}/")
     emit(summary, a.json, "\n".join(lines))
