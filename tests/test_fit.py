@@ -326,13 +326,16 @@ def test_content_init_on_cuda_samples_where_the_cpu_does(photos):
     torch.testing.assert_close(gpu.chol.cpu()[close], cpu.chol[close], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("preset", [None, "fast"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.requires_cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_a_budgeted_fit_in_a_fresh_process_spends_its_budget_on_iterations(device):
+def test_a_budgeted_fit_in_a_fresh_process_spends_its_budget_on_iterations(device, preset):
     """A process's first fit loads numba's kernels from their cache (0.3-0.5 s on CPU) or compiles the
     Triton kernels (seconds on a GPU): compile_kernels does that before the fit's clock starts, and on
     a GPU the clock waits for the GPU, so a budget buys iterations and is kept. Without it the first
-    budgeted fit stopped before its first iteration (on CPU: regression of 2026-12-06)."""
+    budgeted fit stopped before its first iteration (on CPU: regression of 2026-12-06). With `fast`, whose
+    color solve foresees the first step: the solve's backward given its gradient had torch import sympy
+    (0.3-0.4 s) inside the clock, and the first fit did no iteration (regression of 2026-12-07, docs trial)."""
     import json
     import os
     import subprocess
@@ -341,7 +344,7 @@ def test_a_budgeted_fit_in_a_fresh_process_spends_its_budget_on_iterations(devic
     budget_ms = 100.0 if device == "cuda" else 60.0  # 20 ms left a loaded machine too little slack
     code = ("import json, torch\nfrom gaussianvision.fit import fit_images\n"
             "x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))\n"
-            f"r = fit_images(x, 32, iters=100000, budget_ms={budget_ms}, device='{device}')\n"
+            f"r = fit_images(x, 32, iters=100000, budget_ms={budget_ms}, device='{device}', preset={preset!r})\n"
             "print(json.dumps([{k: m[k] for k in ('iterations', 'seconds', 'stopped')} for m in r.metrics]))\n")
     src = str(Path(__file__).resolve().parents[1] / "src")
     # compiled kernels, not the interpreter that conftest.py turns on for this pytest process
