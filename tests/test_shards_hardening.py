@@ -499,7 +499,6 @@ def test_a_compressed_stream_cut_inside_a_member_flags_that_sample_only(shard):
 
 def test_keys_starting_with_two_underscores_are_samples_as_webdataset_reads_them(tmp_path):
     # webdataset skips only top-level "__...__" metadata members; "__a.jpg" had been left out with a warning
-    import webdataset as wds
     from test_data_conversion import write_tar
     members = [("__meta__", b"m"), ("__a.jpg", b"1"), ("__a.cls", b"2"), ("b.__x", b"3"), ("b.txt", b"4"),
                ("__c.json__", b"5"), ("d/__e__.txt", b"6")]
@@ -508,6 +507,9 @@ def test_keys_starting_with_two_underscores_are_samples_as_webdataset_reads_them
         warnings.simplefilter("ignore")
         got = [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in read_samples(p)]
     assert got == [("__a", ["cls", "jpg"]), ("b", ["txt"]), ("d/__e__", ["txt"])]
+    wds = pytest.importorskip("webdataset")  # an optional extra (the GPU machine lacks it)
     theirs = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
               for s in wds.WebDataset(str(p), shardshuffle=False, empty_check=False)]
-    assert [k for k, _ in theirs] == [k for k, _ in got]
+    # the same samples and fields, but for b's "__x", which webdataset keeps as a field and we leave out (an
+    # extension of the reader's own "__" names: it could have been "__key__")
+    assert theirs == got

@@ -112,8 +112,6 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext
 
 
-
-
 def check_key(key: str) -> str | None:
     """Why `key` cannot name the members of an output shard, or None when it can: a key is one
     plain name (no '/' or '\\', hence no '..' and no absolute path), without dots, control
@@ -299,8 +297,8 @@ def iter_groups(f, shard: str = "", max_member: int = MAX_MEMBER_BYTES,
     The one grouping of the project (read_samples, conversion input), so both report alike:
     a member over the sample's room (at most `max_sample` bytes held per sample, default
     MAX_SAMPLE_BYTES), a non-file member, an extension twice, a key seen before, or the damage
-    are the sample's `problems`; members without extension (or named '__...') and data after
-    the end marker come as notes. Damage: the groups before it, then ShardDamage."""
+    are the sample's `problems`; members ignored (_ignored: no extension, a "__" extension, a
+    top-level "__...__" name) and data after the end marker come as notes. Damage: the groups before it, then ShardDamage."""
     g = _Grouper(MAX_SAMPLE_BYTES if max_sample is None else max_sample)
     try:
         for m in iter_members(f, max_member, g.room, g.notes):
