@@ -422,3 +422,17 @@ def test_a_budget_foresees_the_first_step_from_the_initial_color_solve(monkeypat
     assert [m["iterations"] for m in capped] == [0] * 4 and all(m["stopped"] == "budget" for m in capped)
     assert [m["psnr"] for m in capped] == [m["psnr"] for m in none]  # the solved start, its colors polished
     assert capped[0]["seconds"] * 1000 == pytest.approx(9 * per_iter_ms)
+
+
+def test_the_final_colors_reserve_at_least_what_the_initial_solve_cost(monkeypatch, photos):
+    # where a conjugate-gradient pass costs more than CG_STEPS steps (24 Mpixel photos: 2-3), the budget's reserve
+    # for the final colors came short and `balanced` under 8000 ms ended 7% over; the initial solve's own CG
+    # passes, timed, now floor it. Here a CG pass costs 2 steps (cg=2): 10.5 spent at the start (coverage 0.5,
+    # solve 5 x 2), then steps of 1 while spent + 1 + 3 x 2 (the colors) + 0.5 (the evaluation) fits in 30
+    clock = CostClock(monkeypatch, cg=2.0)
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    _, capped = _fit(photos, n, {"preset": "balanced", "coarse_fraction": 0.0, "budget_ms": 30 * per_iter_ms}, clock)
+    assert [m["iterations"] for m in capped] == [13] * 4 and all(m["stopped"] == "budget" for m in capped)
+    # 10.5 + 13 + 6 (the colors polished) + 0.5: the budget, to the unit (before: 16 steps, then 33 in all)
+    assert capped[0]["seconds"] * 1000 == pytest.approx(30 * per_iter_ms)

@@ -222,8 +222,13 @@ class Fitter:
         # iteration); the rates ramp up over the first WARM_START iterations instead
         self.warm_start = WARM_START if isinstance(init, Splats) else 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
-        if solved is not None:  # until a step is timed, a budget foresees one from the solve's CG iterations
-            self.step_seconds = solved / (solve_cost(self.cfg.color_solve) * CG_STEPS)
+        # one CG iteration of the initial color solve over the whole batch, where one ran: until a step is timed,
+        # a budget foresees one from it; and the final colors' CG iterations cost at least as much (at 24 Mpixel
+        # one cost 2-3 steps, not CG_STEPS, and `balanced` under 8000 ms ended 7% over)
+        self.cg_seconds = 0.0
+        if solved is not None:
+            self.cg_seconds = solved / solve_cost(self.cfg.color_solve)
+            self.step_seconds = self.cg_seconds / CG_STEPS
         self.finished = False  # finish() has run
         self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
         self._target_stats, self._ssim_seconds = None, None  # SSIM's blurs of the targets, its time (_time_ssim)
@@ -501,8 +506,10 @@ class Fitter:
 
     def _polish_seconds(self) -> float:
         """What finish()'s polish is expected to take: solve_cost iterations of the whole batch, each
-        CG_STEPS of the fit's steps."""
-        return solve_cost(self.cfg.final_colors) * CG_STEPS * self.step_seconds if self._polishes() else 0.0
+        CG_STEPS of the fit's steps, or what one of the initial solve's took where that was more (cg_seconds)."""
+        if not self._polishes():
+            return 0.0
+        return solve_cost(self.cfg.final_colors) * max(CG_STEPS * self.step_seconds, self.cg_seconds)
 
     def _time_ssim(self) -> None:
         """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
