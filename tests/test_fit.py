@@ -116,7 +116,7 @@ def test_the_whole_fit_runs_torch_on_one_thread_with_the_numba_kernels(monkeypat
 
     for name in ("initialize", "solve_colors", "psnr", "ssim"):
         monkeypatch.setattr(fitter_module, name, spy(name, getattr(fitter_module, name)))
-    monkeypatch.setattr(colors_module, "render", spy("render", colors_module.render))
+    monkeypatch.setattr(colors_module, "colors_adjoint", spy("colors_adjoint", colors_module.colors_adjoint))
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -124,7 +124,7 @@ def test_the_whole_fit_runs_torch_on_one_thread_with_the_numba_kernels(monkeypat
         assert torch.get_num_threads() == 2  # given back
     finally:
         torch.set_num_threads(prev)
-    assert set(seen) == {"initialize", "solve_colors", "psnr", "ssim", "render"}
+    assert set(seen) == {"initialize", "solve_colors", "psnr", "ssim", "colors_adjoint"}
     assert all(v == {serial} for v in seen.values()), seen
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from gaussianvision.raster import render
+from gaussianvision.raster import colors_adjoint, render
 from gaussianvision.splats.types import Splats
 
 __all__ = ["solve_colors", "color_objective", "solve_cost"]
@@ -39,17 +39,20 @@ def _forward(s: Splats, colors: torch.Tensor, backend: str) -> torch.Tensor:
 
 
 def _normal(s: Splats, colors: torch.Tensor, upstream, backend: str) -> torch.Tensor:
-    """W^T u with u = upstream(W c), c = colors: one render and its backward. The gradient of
-    <render(c), u> with respect to c is W^T u whatever c is (render is linear in c), so the render
-    that gives W c also carries the adjoint (no second render with zero colors)."""
-    c = colors.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = _forward(s, c, backend)
-        # <out, u>.backward(), a scalar's: out.backward(gradient=u) gives the same numbers without two temporaries
-        # the size of the images (a 24 Mpixel solve 6.3 -> 4.2 s), but torch imports sympy (0.3-0.4 s) the first
-        # time a gradient is given, inside a budget's clock: a lone photo's `fast` fit under 250 ms did no iteration
-        (out * upstream(out.detach()).detach()).sum().backward()  # u is a constant (images may carry grad)
-    return c.grad
+    """W^T u with u = upstream(W c), c = colors: one render and its backward (raster.colors_adjoint; the
+    gradient of <render(c), u> with respect to c is W^T u whatever c is, render being linear in c, so the
+    render that gives W c also carries the adjoint: no second render with zero colors)."""
+    return colors_adjoint(Splats(s.means, s.chol, colors.detach(), s.height, s.width, s.counts), upstream,
+                          backend=backend)
+
+
+def _residual(images: torch.Tensor):
+    """upstream for y - W x: in the render's own memory where it can be (a - b and -b + a round alike)."""
+    def residual(wx: torch.Tensor) -> torch.Tensor:
+        if wx.dtype == images.dtype and wx.shape == images.shape and wx.device == images.device:
+            return wx.neg_().add_(images)
+        return images - wx
+    return residual
 
 
 def _ridge(s: Splats, ridge: float) -> torch.Tensor:
@@ -79,7 +82,7 @@ def solve_colors(s: Splats, images: torch.Tensor, iters: int = 8, ridge: float =
         return (_normal(s, p, lambda wp: wp, backend) + lam * p) * mask
 
     x = c0.clone()
-    r = _normal(s, x, lambda wx: images - wx, backend) * mask  # b - A x0 (the ridge term is 0 at c0)
+    r = _normal(s, x, _residual(images), backend) * mask  # b - A x0 (the ridge term is 0 at c0)
     p = r.clone()
     rs = (r * r).sum(1, keepdim=True)  # [B, 1, 3]
     for _ in range(iters):

@@ -468,6 +468,19 @@ def squared_error_grads_numba(splats: Splats, target: torch.Tensor, grad_sse: to
     return sse.to(dtype).to(device), tuple(g.to(device) for g in grads)
 
 
+def colors_adjoint_numba(splats: Splats, upstream) -> torch.Tensor:
+    """W^T upstream(W c) [B, N, 3] (raster.dispatch.colors_adjoint): the forward kernels, then the backward's with
+    u as the image's gradient, as _RenderNumba's backward takes it from autograd (the same numbers), without the
+    engine and its image-sized temporaries; upstream gets the render to spend (in place is fine)."""
+    b, n = splats.means.shape[:2]
+    means, chol, colors, counts, dtype = _checked(splats, "colors_adjoint_numba")
+    if n == 0 or b == 0:
+        return torch.zeros_like(colors, dtype=dtype).to(splats.means.device)
+    image, _, state = _forward(means, chol, colors, counts, int(splats.height), int(splats.width))
+    u = upstream(image)
+    return torch.from_numpy(_backward(state, colors, u, (False, False, True))[2]).to(splats.means.device)
+
+
 def squared_error_numba(splats: Splats, target: torch.Tensor) -> torch.Tensor:
     """[B] sum of (render(splats) - target) ** 2 over channels and pixels; differentiable in the
     splats (target [B, 3, H, W] at the splats' size). The fit's loss in one fused pass

@@ -11,7 +11,7 @@ import torch
 from ..splats.types import Splats, SplatsError
 from .reference import render_reference
 
-__all__ = ["render", "squared_error", "squared_error_grads", "register_backend", "probe_backend", "available_backends",
+__all__ = ["render", "squared_error", "squared_error_grads", "colors_adjoint", "register_backend", "probe_backend", "available_backends",
            "resolve_backend"]
 
 # name -> "module:function" (imported lazily) or a callable
@@ -23,6 +23,7 @@ _BACKENDS: dict[str, str | Callable] = {
 # backends with a fused squared_error ("module:function"); the others render and subtract
 _SQUARED_ERROR = {"numba": "gaussianvision.raster.cpu_numba:squared_error_numba"}
 _SQUARED_ERROR_GRADS = {"numba": "gaussianvision.raster.cpu_numba:squared_error_grads_numba"}
+_COLORS_ADJOINT = {"numba": "gaussianvision.raster.cpu_numba:colors_adjoint_numba"}
 # preference order of "auto" per device type
 _AUTO = {"cpu": ("numba", "reference"), "cuda": ("triton", "reference")}
 _loaded: dict[str, Callable] = {}
@@ -142,6 +143,28 @@ def squared_error_grads(splats: Splats, target: torch.Tensor, grad_sse: torch.Te
         sse = squared_error(Splats(*leaves, splats.height, splats.width, splats.counts), target, name)
         (sse * grad_sse.to(sse.dtype)).sum().backward()
     return sse.detach(), tuple(t.grad for t in leaves)
+
+
+def colors_adjoint(splats: Splats, upstream: Callable[[torch.Tensor], torch.Tensor],
+                   backend: str = "auto") -> torch.Tensor:
+    """W^T u [B, N, 3], where render(splats) = W c is linear in the colors c and u = upstream(W c) [B, 3, H, W]:
+    the colors' gradient of <render(splats), u>, u a constant (fit/colors.py's conjugate gradients take one per
+    iteration). upstream may work in place on the render it is given (it is the caller's to spend). numba: the
+    render's own kernels without the autograd engine, bit for bit the numbers of autograd's
+    (<render, u>.backward()) without its image-sized temporaries (a 24 Mpixel solve took 6.3 s with them);
+    the other backends through autograd, the twin it is tested against."""
+    name = resolve_backend(backend, splats.device)
+    direct = _function(_COLORS_ADJOINT, name)
+    if direct is not None:
+        return direct(splats, upstream)
+    colors = splats.colors.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = _load(name)(Splats(splats.means.detach(), splats.chol.detach(), colors, splats.height, splats.width,
+                                 splats.counts))
+        # <out, u>, a scalar: out.backward(gradient=u) would give the same numbers, but torch imports sympy
+        # (0.3-0.4 s) the first time a gradient is given, inside a budget's clock (regression of 2026-12-07)
+        (out * upstream(out.detach().clone()).detach()).sum().backward()
+    return colors.grad
 
 
 def _check_target(splats: Splats, target: torch.Tensor, who: str) -> None:
