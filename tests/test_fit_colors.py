@@ -76,7 +76,7 @@ def test_fit_option_color_solve_starts_from_better_colors():
         FitConfig(color_solve=-1).check()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_colors_adjoint_on_numba_is_autograds_bit_for_bit(monkeypatch, dtype):
     """raster.colors_adjoint: W^T upstream(W c), each conjugate-gradient pass's render and backward. On numba the
     kernels run without the autograd engine and its image-sized temporaries (a 24 Mpixel solve 6.3 -> 3.6 s);
@@ -97,7 +97,11 @@ def test_colors_adjoint_on_numba_is_autograds_bit_for_bit(monkeypatch, dtype):
         ref = colors_adjoint(s, up, backend="reference")
         monkeypatch.undo()
         assert fast.dtype == twin.dtype == dtype and fast.shape == (3, 17, 3)
-        bits = torch.int32 if dtype == torch.float32 else torch.int64  # bit for bit, signed zeros too
-        assert torch.equal(fast.contiguous().view(bits), twin.contiguous().view(bits)), name
-        torch.testing.assert_close(fast, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4), name
+        bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16}[dtype]
+        assert torch.equal(fast.contiguous().view(bits), twin.contiguous().view(bits)), name  # signed zeros too
+        if dtype != torch.float16:  # (the reference renders float16 in float16)
+            torch.testing.assert_close(fast, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4), name
         assert not fast[2].any()  # an image without Gaussians
+    held = images.clone().requires_grad_(True)  # an upstream whose result requires grad is a constant, as in autograd
+    assert torch.equal(colors_adjoint(s, lambda w: held - w, backend="numba"),
+                       colors_adjoint(s, lambda w: images - w, backend="numba"))

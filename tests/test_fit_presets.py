@@ -46,7 +46,7 @@ class CostClock:
             return call
 
         monkeypatch.setattr(fitter_module, "render", charged(real, plain_factor=evaluation))
-        monkeypatch.setattr(colors_module, "render", charged(real, grad_factor=cg, plain_factor=cg))
+        monkeypatch.setattr(colors_module, "render", charged(real, grad_factor=cg, plain_factor=cg))  # color_objective
         # a conjugate-gradient pass: a render and its backward (raster.colors_adjoint), cg times a step's
         monkeypatch.setattr(colors_module, "colors_adjoint", charged(raster.colors_adjoint, passes=2, grad_factor=cg))
         monkeypatch.setattr(raster, "render", charged(real))

@@ -473,12 +473,16 @@ def colors_adjoint_numba(splats: Splats, upstream) -> torch.Tensor:
     u as the image's gradient, as _RenderNumba's backward takes it from autograd (the same numbers), without the
     engine and its image-sized temporaries; upstream gets the render to spend (in place is fine)."""
     b, n = splats.means.shape[:2]
+    device, out_dtype = splats.means.device, splats.colors.dtype  # autograd's gradient: the colors' own dtype
     means, chol, colors, counts, dtype = _checked(splats, "colors_adjoint_numba")
     if n == 0 or b == 0:
-        return torch.zeros_like(colors, dtype=dtype).to(splats.means.device)
+        return torch.zeros(colors.shape, dtype=out_dtype, device=device)
     image, _, state = _forward(means, chol, colors, counts, int(splats.height), int(splats.width))
-    u = upstream(image)
-    return torch.from_numpy(_backward(state, colors, u, (False, False, True))[2]).to(splats.means.device)
+    # upstream sees the render where the splats are (its other operands are there; no copy on the CPU, so it may
+    # spend the render in place), and a result that requires grad is a constant here, as in autograd's <out, u>
+    u = upstream(image.to(device)).detach().to("cpu")
+    g = torch.from_numpy(_backward(state, colors, u, (False, False, True))[2])
+    return g.to(device=device, dtype=out_dtype)
 
 
 def squared_error_numba(splats: Splats, target: torch.Tensor) -> torch.Tensor:

@@ -151,8 +151,8 @@ def colors_adjoint(splats: Splats, upstream: Callable[[torch.Tensor], torch.Tens
     the colors' gradient of <render(splats), u>, u a constant (fit/colors.py's conjugate gradients take one per
     iteration). upstream may work in place on the render it is given (it is the caller's to spend). numba: the
     render's own kernels without the autograd engine, bit for bit the numbers of autograd's
-    (<render, u>.backward()) without its image-sized temporaries (a 24 Mpixel solve took 6.3 s with them);
-    the other backends through autograd, the twin it is tested against."""
+    (<render, u>.backward(), in the colors' dtype) without its image-sized temporaries (a 24 Mpixel solve took
+    6.3 s with them); the other backends through autograd, the twin it is tested against."""
     name = resolve_backend(backend, splats.device)
     direct = _function(_COLORS_ADJOINT, name)
     if direct is not None:
@@ -162,8 +162,10 @@ def colors_adjoint(splats: Splats, upstream: Callable[[torch.Tensor], torch.Tens
         out = _load(name)(Splats(splats.means.detach(), splats.chol.detach(), colors, splats.height, splats.width,
                                  splats.counts))
         # <out, u>, a scalar: out.backward(gradient=u) would give the same numbers, but torch imports sympy
-        # (0.3-0.4 s) the first time a gradient is given, inside a budget's clock (regression of 2026-12-07)
-        (out * upstream(out.detach().clone()).detach()).sum().backward()
+        # (0.3-0.4 s) the first time a gradient is given, inside a budget's clock (regression of 2026-12-07).
+        # upstream may spend out's memory (no copy: an image-sized tensor at every pass): out's gradient in the
+        # product is u alone, and a backend that kept its output would fail autograd's version check, not err
+        (out * upstream(out.detach()).detach()).sum().backward()
     return colors.grad
 
 
