@@ -223,8 +223,9 @@ class Fitter:
         self.warm_start = WARM_START if isinstance(init, Splats) else 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
         # one CG iteration of the initial color solve over the whole batch, where one ran: until a step is timed,
-        # a budget foresees one from it; and the final colors' CG iterations cost at least as much (at 24 Mpixel
-        # one cost 2-3 steps, not CG_STEPS, and `balanced` under 8000 ms ended 7% over)
+        # a budget foresees one from it; and the final colors' CG iterations cost at least as much (a pass is
+        # CG_STEPS steps where measured at 224 px, but at 24 Mpixel, before raster.colors_adjoint, one cost 2-3
+        # steps and `balanced` under 8000 ms ended 7% over)
         self.cg_seconds = 0.0
         if solved is not None:
             self.cg_seconds = solved / solve_cost(self.cfg.color_solve)
