@@ -110,19 +110,20 @@ def open_image(fp, max_pixels: int | None = None) -> Image.Image:
     """Image.open(fp) limited to image_formats(), its header only; with max_pixels, over that many pixels is
     a DecompressionBombError (Pillow's check, set under a lock: a thread's limit never leaks into another's)."""
     if max_pixels is None:
-        return _gray_key_in_8_bits(Image.open(fp, formats=image_formats()))
-    with _OPEN_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        try:
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp, formats=image_formats())
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-    w, h = img.size
-    if w * h > max_pixels:
-        raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+        img = Image.open(fp, formats=image_formats())
+    else:
+        with _OPEN_LOCK:
+            old = Image.MAX_IMAGE_PIXELS
+            try:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    img = Image.open(fp, formats=image_formats())
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        w, h = img.size
+        if w * h > max_pixels:
+            raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
     return _gray_key_in_8_bits(img)
 
 

@@ -117,15 +117,19 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     p = Path(str(src))
     if p.is_dir():
         files = find_images(p, skipped)
-        tars = any(named_as_shard(q.name) and q.is_file() for q in p.iterdir())
-        if files and tars:  # regression: the images were dropped and only the shards read
+        broken: list[Path] = []
+        paths = expand_urls(p, broken)  # the folder's shards, listed once (its broken links said only if used)
+        if files and paths:  # regression: the images were dropped and only the shards read
             raise SourceError(f"{src}: holds image files and .tar shards (an earlier conversion's output?); give one "
                               f"kind: a folder of images only, or the shards as '{p / '*.tar'}' (or their own suffix)")
-        if not files and not tars:
+        if not files and not paths:
             raise SourceError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) and no tar shards ({', '.join(SHARD_NAMES)})")
         if files:
             return _file_units(files, p, shard_size)
-    paths = expand_urls(src, skipped)
+        if skipped is not None:
+            skipped.extend(broken)
+    else:
+        paths = expand_urls(src, skipped)
     if not paths:
         raise SourceError(f"{src}: matches no files")
     images = [t for t in paths if Path(t).suffix.lower() in IMAGE_EXTENSIONS]
