@@ -11,6 +11,7 @@ import torch
 
 from gaussianvision.fit import FitConfig, fit_images, fitter as fitter_module
 from gaussianvision.fit import colors as colors_module
+from gaussianvision.fit import progressive as progressive_module
 from gaussianvision.fit.fitter import start_coarse_to_fine
 from gaussianvision.fit.presets import PRESETS, preset_options
 from gaussianvision import raster
@@ -53,6 +54,7 @@ class CostClock:
         if exact_reserves:
             monkeypatch.setattr(fitter_module, "CG_STEPS", 1.0)
             monkeypatch.setattr(fitter_module, "EVAL_RENDER_STEPS", 0.5)
+            monkeypatch.setattr(fitter_module, "STEP_PER_RENDER", 2.0)  # a step foreseen from one render
         # and its gradients; step_overhead_ms: a fixed cost of each step (the work around the kernels, which on
         # small images is most of a step)
         monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2, fixed_ms=step_overhead_ms))
@@ -89,12 +91,13 @@ def test_the_budget_stops_every_image_and_says_so(monkeypatch, photos):
     _, full = _fit(photos, n, {"iters": 40}, clock)
     _, capped = _fit(photos, n, {"iters": 40, "budget_ms": 10.25 * per_iter_ms}, clock)
     assert all(m["iterations"] == 40 and m["stopped"] is None for m in full)
-    # the content initializer's coverage render (half an iteration's work) counts, and the budget
-    # is a ceiling: after 9 iterations 9.5 are spent and the 10th would end at 10.5 > 10.25, so it
-    # never starts (before the budget looked ahead, the fit ran a 10th and ended at 11)
-    assert [m["iterations"] for m in capped] == [9] * 4
+    # the content initializer's coverage render and the render that foresees the first step (half an
+    # iteration's work each) count, and the budget is a ceiling: after 8 iterations 9 are spent and the 9th
+    # would end at 10 + the evaluation's 0.5 > 10.25, so it never starts (before the budget looked ahead,
+    # the fit ran on and ended at 11)
+    assert [m["iterations"] for m in capped] == [8] * 4
     assert all(m["stopped"] == "budget" for m in capped)
-    assert capped[0]["seconds"] * 1000 == pytest.approx(10 * per_iter_ms)  # + the final evaluation's render
+    assert capped[0]["seconds"] * 1000 == pytest.approx(9.5 * per_iter_ms)  # + the final evaluation's render
     assert capped[0]["seconds"] * 1000 <= 10.25 * per_iter_ms
     assert clock.t > 0
 
@@ -126,20 +129,22 @@ def test_the_budget_keeps_room_for_the_final_evaluation(monkeypatch, photos, pat
             clock.t += x.shape[0] * 3 * per_iter_ms * 1e-3
             return real(x, *a, **k)
         monkeypatch.setattr(metrics, "ssim_fast", costly_ssim)
-    for budget in (10.25, 20.0, 6.0):
+    for budget in (10.25, 20.0, 6.5):
         _, capped = _fit(photos, n, {"iters": 100, "budget_ms": budget * per_iter_ms}, clock)
         assert capped[0]["seconds"] * 1000 <= budget * per_iter_ms, budget
         assert all(m["stopped"] == "budget" for m in capped)
     assert [m["iterations"] for m in capped] == [1] * 4
     if path == "reference":
-        # 6 iterations' budget: the init's render (0.5) and the targets' two blurs (1.2, timed: the rest of
-        # SSIM is foreseen as twice that, plus half an iteration for its render) leave room for 1 iteration;
-        # the final evaluation then costs 0.5 + 1.8, ending at 5 of the 6
-        assert capped[0]["seconds"] * 1000 == pytest.approx(5 * per_iter_ms)
+        # 6.5 iterations' budget: the init's render (0.5), the targets' two blurs (1.2, timed: the rest of
+        # SSIM is foreseen as twice that, plus half an iteration for its render) and the render that foresees
+        # the first step (0.5) leave room for 1 iteration (2.2 + 1 + 2.9 <= 6.5, a second would end at 7.1);
+        # the final evaluation then costs 0.5 + 1.8, ending at 5.5
+        assert capped[0]["seconds"] * 1000 == pytest.approx(5.5 * per_iter_ms)
     else:
         # the init's render (0.5), one image's SSIM timed (3 for the batch of 4: 0.75 each) and foreseen
-        # for all (3 each, plus half an iteration's render) leave room for 1 iteration: 0.5 + 0.75 + 1 + 3.5
-        assert capped[0]["seconds"] * 1000 == pytest.approx(5.75 * per_iter_ms)
+        # for all (3 each, plus half an iteration's render) and the first step's foresight (0.5) leave room
+        # for 1 iteration: 0.5 + 0.75 + 0.5 + 1 + 3.5
+        assert capped[0]["seconds"] * 1000 == pytest.approx(6.25 * per_iter_ms)
 
 
 def test_a_budget_keeps_the_fine_tune_after_a_prune_its_share_and_the_stop_is_recorded(monkeypatch, photos):
@@ -313,11 +318,11 @@ def test_the_budget_keeps_room_for_the_final_colors(monkeypatch, photos):
     n = 24
     per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
     _, m = _fit(photos, n, {"iters": 40, "budget_ms": 10.25 * per_iter_ms, "final_colors": 2}, clock)
-    # init 0.5 + 6 iterations + colors.solve_cost(2) = 3 passes of 1 each (a render and its backward)
-    # = 9.5 <= 10.25;
-    # a 7th iteration would have left 10.5 (without the reserve: 9 iterations, then the solve to 12.5)
-    assert [x["iterations"] for x in m] == [6] * 4 and all(x["stopped"] == "budget" for x in m)
-    assert m[0]["seconds"] * 1000 == pytest.approx(10.0 * per_iter_ms)  # + the final evaluation's render
+    # init 0.5 + the first step's foresight 0.5 + 5 iterations + colors.solve_cost(2) = 3 passes of 1 each (a
+    # render and its backward) = 9 <= 10.25, with the evaluation's 0.5;
+    # a 6th iteration would have left 10.5 (without the reserve: 8 iterations, then the solve to 12)
+    assert [x["iterations"] for x in m] == [5] * 4 and all(x["stopped"] == "budget" for x in m)
+    assert m[0]["seconds"] * 1000 == pytest.approx(9.5 * per_iter_ms)  # + the final evaluation's render
 
 
 @pytest.mark.parametrize("options", [
@@ -438,3 +443,27 @@ def test_the_final_colors_reserve_at_least_what_the_initial_solve_cost(monkeypat
     assert [m["iterations"] for m in capped] == [13] * 4 and all(m["stopped"] == "budget" for m in capped)
     # 10.5 + 13 + 6 (the colors polished) + 0.5: the budget, to the unit (before: 16 steps, then 33 in all)
     assert capped[0]["seconds"] * 1000 == pytest.approx(30 * per_iter_ms)
+
+
+@pytest.mark.parametrize("kind", ["warm start", "nested"])
+def test_a_budget_foresees_the_first_step_where_no_solve_timed_one(monkeypatch, photos, kind):
+    # a fit going on from given splats (or a nested fit, whose start times no color solve) took its first step
+    # as free: under a budget shorter than a step it took one anyway and ended over. One render of the start,
+    # timed (a step is STEP_PER_RENDER renders: 2 on the cost clock), now foresees it.
+    clock = CostClock(monkeypatch)
+    monkeypatch.setattr(progressive_module, "render", raster.render)  # the prefixes' renders, charged
+    n = 24
+    per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
+    init = fit_images(photos, n, iters=3).splats
+    # the nested start costs 0.5 on this clock; a nested step 1.5 (its prefixes of 12 and 24), foreseen as 2
+    options, args, tight = ({"iters": 10}, {"init": init}, 1.2) if kind == "warm start" else \
+        ({"iters": 10, "prefix_fractions": (0.5, 1.0), "init": "grid"}, {}, 2.0)
+    ran = {}
+    for budget_iters in (tight, 40.0):
+        clock.t = 0.0
+        cfg = FitConfig.from_options({**options, "budget_ms": budget_iters * per_iter_ms})
+        m = fit_images(photos, None if args else n, config=cfg, **args).metrics
+        assert m[0]["seconds"] * 1000 <= budget_iters * per_iter_ms + 1e-9  # before: 1.5 (warm start), 2.5 (nested)
+        ran[budget_iters] = [(x["iterations"], x["stopped"]) for x in m]
+    # spent before a step: the foresight's render (0.5); foreseen: a step (1 warm, 2 nested), the evaluation
+    assert ran == {tight: [(0, "budget")] * 4, 40.0: [(10, None)] * 4}

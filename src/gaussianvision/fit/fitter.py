@@ -53,7 +53,7 @@ from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig, too_many_gaussians
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim, target_blurs
-from gaussianvision.fit.progressive import nested_init, prefix_loss
+from gaussianvision.fit.progressive import nested_init, prefix_loss, prefix_sizes
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
@@ -459,6 +459,9 @@ class Fitter:
 
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
         self._time_ssim()
+        if self.cfg.budget_ms is not None and self.step_seconds == 0.0 and iters > 0 \
+                and self._within_budget_share(1.0, 0.0) and bool(self.active.any()):
+            self.step_seconds = self._foresee_step()
         t0 = time.perf_counter()
         cfg = self.cfg
         record = set(cfg.record_at)
@@ -496,6 +499,21 @@ class Fitter:
         if self.steps_done in record and not any(h["iteration"] == self.steps_done for h in self.history):
             self._record()
         return self
+
+    def _foresee_step(self) -> float:
+        """What the first step will take where nothing timed foresees it (splats given to go on from, a
+        nested fit, no initial color solve): one render of the batch, timed (its time counts in `seconds`),
+        times STEP_PER_RENDER, times the renders of a step (a nested fit's prefixes), plus SSIM's measured
+        share where the loss has it. Regression: the first step was taken as free, so a fit going on from
+        given splats under a budget shorter than a step took one anyway (and kept no room for its reserves)."""
+        t0 = self._clock(True)
+        with torch.no_grad():
+            render(self.splats(), backend=self.cfg.backend)
+        spent = self._clock(True) - t0
+        self.seconds += spent
+        renders = len(prefix_sizes(self.params["means"].shape[1], self.cfg.prefix_fractions)) if self.cfg.prefix_fractions else 1
+        extra = (self._ssim_seconds or 0.0) if self.cfg.ssim_weight > 0 else 0.0
+        return STEP_PER_RENDER * (renders * spent + extra)
 
     # ---------------------------------------------------------- final colors
     def _polishes(self) -> bool:
