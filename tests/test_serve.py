@@ -129,6 +129,23 @@ def _bad_bodies() -> dict[str, tuple[bytes, int, str, dict]]:
     }
 
 
+def test_images_of_different_sizes_share_one_forward(engine, reference, monkeypatch):
+    """Each size had a forward of its own (a request mixing 5 sizes made 5); now they are stacked in one
+    frame (data.loader.stack_in_frame), and each image's embedding is still its own alone."""
+    sizes = [(32, 32), (48, 40), (24, 36), (32, 32), (64, 16)]
+    images = [random_splats(1, 10 + 7 * i, h, w, seed=20 + i) for i, (h, w) in enumerate(sizes)]
+    calls = []
+    real = engine.model.encode_image
+    monkeypatch.setattr(engine.model, "encode_image", lambda s, **k: calls.append(s.batch_size) or real(s, **k))
+    got = engine.embed(images, max_batch=32)
+    assert calls == [5]
+    want = torch.stack([reference.encode_image(s, normalize=True)[0] for s in images]).detach()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    torch.testing.assert_close(engine.embed(images, max_batch=2), got, rtol=1e-5, atol=1e-5)
+    assert calls == [2, 2, 1]
+
+
 def test_good_and_bad_requests_together(live, reference):
     """Good requests answer exactly what the library computes, in one shared forward; each bad one
     beside them gets its own 4xx, and the server goes on serving."""

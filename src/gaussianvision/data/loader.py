@@ -56,7 +56,7 @@ from gaussianvision.splats.format import FormatError
 from gaussianvision.splats.types import Splats
 
 __all__ = ["DataError", "MissingMember", "BadSample", "require_members", "decode_sample", "collate", "SampleReader",
-           "SplatShards", "collate_splats", "splat_loader"]
+           "SplatShards", "collate_splats", "splat_loader", "batch_frame", "stack_in_frame"]
 
 
 class DataError(ValueError):
@@ -141,9 +141,7 @@ def collate(items: list[dict]) -> dict:
     the fitter saw it (train.stages.pixel_input resizes each straight to the tower's input)."""
     batch: dict = {"key": [it["key"] for it in items]}
     if "splats" in items[0]:
-        splats = [it["splats"] for it in items]
-        h, w = batch_frame([(s.height, s.width) for s in splats])
-        batch["splats"] = Splats.stack([s.scaled(h, w) for s in splats])
+        batch["splats"] = stack_in_frame([it["splats"] for it in items])
     if "image" in items[0]:
         images = [it["image"] for it in items]
         batch["image"] = torch.stack(images) if all(im.shape == images[0].shape for im in images) else images
@@ -156,6 +154,13 @@ def collate(items: list[dict]) -> dict:
 def batch_frame(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     """(height, width) the batch's splats share: the largest by area, then height, then width."""
     return max(sizes, key=lambda hw: (hw[0] * hw[1], hw[0], hw[1]))
+
+
+def stack_in_frame(splats: list[Splats]) -> Splats:
+    """Splats of any sizes as one padded batch (Splats.stack) in their batch_frame (Splats.scaled: the
+    same image in another frame, which the encoder reads in normalized coordinates)."""
+    h, w = batch_frame([(s.height, s.width) for s in splats])
+    return Splats.stack([s.scaled(h, w) for s in splats])
 
 
 collate_splats = collate  # the name splat_loader's collate_fn had

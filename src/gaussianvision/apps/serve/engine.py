@@ -1,9 +1,10 @@
 """The model on its device: embeddings of any mix of images, and zero-shot classifiers.
 
-`embed` is what one batched forward does: images of one size (height, width) are padded to one
-Splats batch (Splats.stack: counts, the encoder masks the padding) and encoded together, at most
-`max_batch` at a time; images of other sizes go in their own forward (the stem normalizes by the
-image size, one per batch). It runs on the batcher's worker thread, never on the event loop."""
+`embed` is what one batched forward does: images of any sizes are padded to one Splats batch
+(data.loader.stack_in_frame: each expressed in the batch's largest frame, which the stem, reading
+normalized coordinates, cannot tell apart; counts, which the encoder masks) and encoded together, at
+most `max_batch` at a time (before 2026-12-07 each size had a forward of its own). It runs on the
+batcher's worker thread, never on the event loop."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from gaussianvision.data.loader import stack_in_frame
 from gaussianvision.splats.types import Splats
 
 from .labels import LabelSet
@@ -38,19 +40,12 @@ class Engine:
 
     def embed(self, images: list[Splats], max_batch: int) -> torch.Tensor:
         """[len(images), D] float32 on the CPU, L2-normalized, in the order given."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, s in enumerate(images):
-            groups.setdefault((s.height, s.width), []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(images)
+        out = []
         with torch.inference_mode():
-            for members in groups.values():
-                for at in range(0, len(members), max_batch):
-                    chunk = members[at: at + max_batch]
-                    batch = Splats.stack([images[i] for i in chunk]).to(self.device)
-                    emb = self.model.encode_image(batch, normalize=True).float().cpu()
-                    for row, i in enumerate(chunk):
-                        out[i] = emb[row]
-        return torch.stack(out)
+            for at in range(0, len(images), max_batch):
+                batch = stack_in_frame(images[at: at + max_batch]).to(self.device)
+                out.append(self.model.encode_image(batch, normalize=True).float().cpu())
+        return torch.cat(out)
 
     def classifier(self, labels: LabelSet) -> torch.Tensor:
         """[D, C] zero-shot weights of a label set (clip_benchmark's own classifier: each class's
