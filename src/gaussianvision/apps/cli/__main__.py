@@ -1,4 +1,4 @@
 """`python -m gaussianvision.apps.cli COMMAND ...`: the gsv command (apps/cli/main.py)."""
-from gaussianvision.apps.cli.main import main
+from gaussianvision.apps.cli.main import run
 
-raise SystemExit(main())
+run()
