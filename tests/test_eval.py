@@ -504,8 +504,53 @@ def test_cli_eval_says_what_it_left_out(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     (note,) = [line for line in cap.err.splitlines() if line.startswith("gsv eval: note:")]
-    assert note.startswith("gsv eval: note: wds/colors (rgb:gsv-tiny:random): 1 unreadable sample(s) left out, "
-                           "the metrics are over the 15 read; first: ") and "sample s0000: UnidentifiedImageError" in note
+    assert note.startswith("gsv eval: note: wds/colors (rgb:gsv-tiny:random): unreadable, left out: 1 sample; "
+                           "the metrics are over the 15 samples read; first: ") and "sample s0000: UnidentifiedImageError" in note
+    # the table people quote says it too (regression: results.md / .csv showed the metric as over every sample)
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert md.splitlines()[0].endswith("| left out |") and md.splitlines()[2].endswith("| 1 sample |"), md
+    with open(tmp_path / "ev" / "results.csv") as f:
+        assert next(csv.DictReader(f))["left out"] == "1 sample"
+
+
+def test_labels_outside_the_classes_and_images_too_small_to_fit_are_left_out(tmp_path):
+    """Regressions (new-user trial): a `cls` of 7 (or -1) among the dataset's classes was scored as a miss without
+    a word, and a 1 x 4000 image, which gsv fit and convert refuse, was evaluated. Both are now unreadable samples,
+    named, on the RGB and GS sides alike: of the first half's 8 correct samples s0000-s0002 are gone (5 of 13)."""
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    shard = root / "test" / "0.tar"
+    _rewrite_member(shard, ".cls", str(len(NAMES)).encode())
+    strip = io.BytesIO()
+    from PIL import Image
+    Image.new("RGB", (4000, 1), (255, 0, 0)).save(strip, format="PNG")
+    _rewrite_member(shard, "s0001.png", strip.getvalue())
+    _rewrite_member(shard, "s0002.cls", b"-1")
+    for res in _eval_colors(root, tmp_path):
+        assert not res["errors"], res["errors"]
+        (rec,) = res["records"]
+        bad = rec["unreadable"]
+        assert (bad["count"], bad["shards"], bad["read"]) == (3, 0, 13), bad
+        assert rec["metrics"]["acc1"] == pytest.approx(5 / 13)
+        out_of, small, negative = bad["first"]
+        assert out_of == f"{shard}, sample s0000: ValueError: cls {len(NAMES)} is outside the {len(NAMES)} classes " \
+                         f"(0..{len(NAMES) - 1})", out_of
+        assert small == f"{shard}, sample s0001: image: too small (4000x1; at least 8 pixels a side)", small
+        assert negative.startswith(f"{shard}, sample s0002: ValueError: cls -1 is outside"), negative
+
+
+def test_a_missing_shard_is_counted_as_a_shard_not_a_sample(tmp_path):
+    """Regression (new-user trial): nshards.txt naming a shard that is not there said "1 unreadable sample(s)";
+    a shard's samples are unknown, so the note and the table count it as a shard."""
+    from gaussianvision.eval.report import left_out
+    root = tmp_path / "colors"
+    write_wds_classification(root)
+    (root / "test" / "nshards.txt").write_text("2\n")
+    rgb, _ = _eval_colors(root, tmp_path)
+    (rec,) = rgb["records"]
+    assert (rec["unreadable"]["count"], rec["unreadable"]["shards"], rec["unreadable"]["read"]) == (1, 1, 16)
+    assert rgb["header"][-1] == "left out" and rgb["rows"][0][-1] == "1 shard"
+    assert left_out({"count": 3, "shards": 1}) == "1 shard, 2 samples" and left_out(None) is None
 
 
 def test_eval_pixels_are_the_pixels_every_other_command_sees():

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaussianvision.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from gaussianvision.data.images import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from gaussianvision.data.shards import ShardWriter
 from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
@@ -74,7 +74,7 @@ class ConvertConfig:
     keep_image: bool = False
     require_caption: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    min_side: int = 8
+    min_side: int = MIN_SIDE
     workers: int = 0  # 0: fit in this process
     rank: int = 0
     world_size: int = 1

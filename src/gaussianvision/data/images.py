@@ -31,9 +31,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb", "bounded_aspect", "open_image", "image_formats",
            "to_pil", "save_png", "IMAGE_EXTS",
            "IMAGE_EXTENSIONS",
-           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "list_images", "find_images", "skipped_note", "empty_note"]
+           "image_member", "DEFAULT_MAX_PIXELS", "MAX_SIZE", "MIN_SIDE", "at_least_min_side", "list_images", "find_images", "skipped_note", "empty_note"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
+MIN_SIDE = 8  # pixels a side an image needs (at_least_min_side): gsv fit, convert and eval refuse smaller ones
 MAX_SIZE = math.isqrt(DEFAULT_MAX_PIXELS)  # the largest side load_image resizes to (8000)
 # The image kinds the project reads, the one list: as tar member extensions, in the order a
 # sample's image is looked for (image_member), and as file suffixes (folders, `gsv fit` inputs).
@@ -244,8 +245,17 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
         raise ImageLoadError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
 
 
+def at_least_min_side(img: Image.Image, name: str = "image", min_side: int | None = None) -> Image.Image:
+    """`img` as it is, or ImageLoadError where a side is under min_side (MIN_SIDE) pixels: too small to fit."""
+    min_side = MIN_SIDE if min_side is None else min_side
+    w, h = img.size
+    if min(w, h) < min_side:
+        raise ImageLoadError(f"{name}: too small ({w}x{h}; at least {min_side} pixels a side)")
+    return img
+
+
 def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> torch.Tensor:
+               max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> torch.Tensor:
     """Any image (a path, its bytes, or a binary file object) -> [3, H, W] float32 in [0, 1] (H = W = size unless
     size is None)."""
     if hasattr(src, "read"):  # regression (new-user trial): a BytesIO gave pathlib's TypeError
@@ -258,10 +268,7 @@ def load_image(src: str | os.PathLike | bytes, size: int | None = 224, name: str
     name = name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview)) else "<bytes>")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE):
         raise ValueError(f"load_image: size must be a whole number of pixels from 1 to {MAX_SIZE} or None, got {size!r}")
-    img = to_rgb(_open(src, name, max_pixels, size), name)
-    w, h = img.size
-    if min(w, h) < min_side:
-        raise ImageLoadError(f"{name}: too small ({w}x{h}; at least {min_side} pixels a side)")
+    img = at_least_min_side(to_rgb(_open(src, name, max_pixels, size), name), name, min_side)
     if size is not None:
         img = bounded_aspect(img)
         w, h = img.size

@@ -213,10 +213,12 @@ def _pixel_transform(size: int, mean=None, std=None):
     by their range, transparency on white) and its long side bounded (bounded_aspect). Regressions (new-user
     trial): PIL's convert("RGB") after the crop turned a 16-bit PNG near white, ignored EXIF and made
     transparency black, so the GS side fitted other pixels than `gsv convert` would; a thin strip was resized
-    to gigabytes."""
+    to gigabytes; an image under MIN_SIDE pixels a side, which `gsv fit` and `convert` refuse, was evaluated
+    (now an unreadable sample, on both sides)."""
     from torchvision import transforms as T
-    from gaussianvision.data.images import bounded_aspect, to_rgb
-    steps = [T.Lambda(to_rgb), T.Lambda(bounded_aspect), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+    from gaussianvision.data.images import at_least_min_side, bounded_aspect, to_rgb
+    steps = [T.Lambda(to_rgb), T.Lambda(at_least_min_side), T.Lambda(bounded_aspect),
+             T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
              T.CenterCrop(size), T.ToTensor()]
     if mean is not None:
         steps.append(T.Normalize(mean, std))
@@ -304,7 +306,9 @@ def build_loader(dataset_name: str, ds, batch_size: int, num_workers: int = 0, t
     if dataset_name.startswith("wds/"):
         if transform is None or root is None:  # review: a caller without them got lists of PIL images
             raise ValueError("build_loader: a wds dataset needs the transform given to build_dataset and its root")
-        pipe = wds_batches(_shard_urls(ds), transform, batch_size, kind=wds_kind(dataset_name, root))
+        classes = getattr(ds, "classes", None)
+        pipe = wds_batches(_shard_urls(ds), transform, batch_size, kind=wds_kind(dataset_name, root),
+                           n_classes=len(classes) if classes else None)
         loader = torch.utils.data.DataLoader(pipe, batch_size=None, shuffle=False, num_workers=num_workers)
     elif isinstance(ds, torch.utils.data.IterableDataset):  # no ds[i] to catch each sample's error in
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

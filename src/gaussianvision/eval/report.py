@@ -58,13 +58,27 @@ def pick_metric(dataset: str, metrics: dict) -> tuple[str | None, float | None]:
     return None, None
 
 
+def left_out(unreadable: dict | None) -> str | None:
+    """What a result's metrics leave out, in words ("2 samples", "1 shard, 2 samples"), or None."""
+    if not unreadable:
+        return None
+    shards = unreadable.get("shards", 0)
+    samples = unreadable["count"] - shards
+    parts = ([f"{shards} shard{'s' * (shards != 1)}"] if shards else []) + \
+        ([f"{samples} sample{'s' * (samples != 1)}"] if samples or not shards else [])
+    return ", ".join(parts)
+
+
 def comparison_table(records: list[dict], labels: list[str], kinds: dict[str, str]) -> tuple[list[str], list[list]]:
     """records carry "label" (model column) besides the schema. -> (header, rows): one row per
     dataset with each model's main metric, then GS/RGB ratios against the first RGB model, and a
-    final mean row over the datasets every model has."""
+    final mean row over the datasets every model has. Where a result left unreadable samples or shards
+    out (its "unreadable"), a last column "left out" says so per dataset and model (regression: the table
+    people quote showed such metrics as if over the whole dataset)."""
     rgb = next((l for l in labels if kinds[l] == "rgb"), None)
     gs = [l for l in labels if kinds[l] == "gs"]
     header = ["dataset", "metric", *labels] + ([f"{l} / {rgb}" for l in gs] if rgb else [])
+    lossy = any(r.get("unreadable") for r in records)
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     by = {(r["dataset"], r["label"]): r for r in records}
     rows, complete = [], []
@@ -79,14 +93,22 @@ def comparison_table(records: list[dict], labels: list[str], kinds: dict[str, st
             metric = metric or m
             vals[l] = v
         ratios = [(vals[l] / vals[rgb]) if rgb and vals[l] is not None and vals[rgb] else None for l in gs] if rgb else []
-        rows.append([ds, metric, *[vals[l] for l in labels], *ratios])
+        rows.append([ds, metric, *[vals[l] for l in labels], *ratios] + ([_left_out_of(by, ds, labels)] if lossy else []))
         if all(vals[l] is not None for l in labels):
             complete.append(vals)
     if complete and len(datasets) > 1:
         mean = {l: sum(v[l] for v in complete) / len(complete) for l in labels}
         ratios = [(mean[l] / mean[rgb]) if mean[rgb] else None for l in gs] if rgb else []
-        rows.append([f"mean ({len(complete)} datasets)", "", *[mean[l] for l in labels], *ratios])
-    return header, rows
+        rows.append([f"mean ({len(complete)} datasets)", "", *[mean[l] for l in labels], *ratios] + ([None] if lossy else []))
+    return header + (["left out"] if lossy else []), rows
+
+
+def _left_out_of(by: dict, ds: str, labels: list[str]) -> str | None:
+    """The "left out" cell of a dataset: one text where every model left out the same, else per model."""
+    texts = {l: left_out((by.get((ds, l)) or {}).get("unreadable")) for l in labels}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "; ".join(f"{l}: {t or 'none'}" for l, t in texts.items())
 
 
 def _fmt(v) -> str:

@@ -23,9 +23,11 @@ IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")  # the image members clip_benchmark'
 
 
 class Unreadable(NamedTuple):
-    """A sample (or a shard's remainder) that could not be read: where it is, and why."""
+    """A sample (or, with shard, a shard or its remainder: samples not counted) that could not be read: where
+    it is, and why."""
     where: str
     why: str
+    shard: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.why}"
@@ -128,19 +130,21 @@ def _shard_samples(shards):
             if why.startswith(f"ShardDamage: {url}: "):  # the damage's message names the shard: once is enough
                 why = why[len(f"ShardDamage: {url}: "):]
             after = f" (read up to the damage: {n} sample(s) before it kept)" if n else ""
-            yield Unreadable(url, f"{why}{after}")
+            yield Unreadable(url, f"{why}{after}", shard=True)
 
 
 class _Decode:
     """A webdataset sample -> (transformed image, label) as clip_benchmark's wds datasets give them (the label
     member by the dataset's kind: the class index of `cls`, the caption lines of `txt` for retrieval, the `npy`
     array for multi-label), or an
-    Unreadable naming the shard and sample. Arrays are read without pickle (nothing read may run code)."""
+    Unreadable naming the shard and sample. Arrays are read without pickle (nothing read may run code). With
+    n_classes (classnames.txt's), a class index outside 0..n_classes-1, or a multi-label array of another
+    length, is the sample's error too (regression: a `cls` of 7 among 3 classes was scored as a miss)."""
 
     LABELS = {"retrieval": "txt", "multilabel": "npy"}  # the label member by dataset_type.txt; else cls
 
-    def __init__(self, transform, kind: str):
-        self.transform, self.label = transform, self.LABELS.get(kind, "cls")
+    def __init__(self, transform, kind: str, n_classes: int | None = None):
+        self.transform, self.label, self.n_classes = transform, self.LABELS.get(kind, "cls"), n_classes
 
     def __call__(self, sample):
         if isinstance(sample, Unreadable):
@@ -176,16 +180,22 @@ class _Decode:
             return data.decode("utf-8").splitlines()
         if self.label == "npy":
             import numpy as np
-            return np.load(io.BytesIO(data), allow_pickle=False)
-        return int(data.decode("utf-8").strip())
+            labels = np.load(io.BytesIO(data), allow_pickle=False)
+            if self.n_classes is not None and labels.shape != (self.n_classes,):
+                raise ValueError(f"npy label of shape {labels.shape}: one entry per class ({self.n_classes})")
+            return labels
+        label = int(data.decode("utf-8").strip())
+        if self.n_classes is not None and not 0 <= label < self.n_classes:
+            raise ValueError(f"cls {label} is outside the {self.n_classes} classes (0..{self.n_classes - 1})")
+        return label
 
 
-def wds_batches(urls, transform, batch_size: int, kind: str = "classification"):
+def wds_batches(urls, transform, batch_size: int, kind: str = "classification", n_classes: int | None = None):
     """A webdataset pipeline over the shards `urls` (local paths or http(s) URLs) in order, split among
     DataLoader workers, whose items are Skipping's (batch or None, [Unreadable, ...]) of `batch_size` samples
-    (webdataset's collation, as clip_benchmark's wds datasets batch)."""
+    (webdataset's collation, as clip_benchmark's wds datasets batch); labels checked against n_classes."""
     import webdataset as wds
     from webdataset.filters import default_collation_fn
     return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_worker, _shard_samples,
-                            wds.map(_Decode(transform, kind)),
+                            wds.map(_Decode(transform, kind, n_classes)),
                             wds.batched(batch_size, collation_fn=Skipping(default_collation_fn), partial=True))

@@ -97,9 +97,10 @@ def _fit_options(args) -> dict:
 
 def unreadable_note(rec: dict) -> str:
     """One line on the samples a result left out because they could not be read."""
+    from gaussianvision.eval.report import left_out
     u = rec["unreadable"]
-    return (f"{rec['dataset']} ({rec['label']}): {u['count']} unreadable sample(s) left out, the metrics are over "
-            f"the {u['read']} read; first: {u['first'][0]} (up to {len(u['first'])} named in {rec.get('file')})")
+    return (f"{rec['dataset']} ({rec['label']}): unreadable, left out: {left_out(u)}; the metrics are over "
+            f"the {u['read']} samples read; first: {u['first'][0]} (up to {len(u['first'])} named in {rec.get('file')})")
 
 
 def _run(args) -> int:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from gaussianvision.atomic import write_atomic
-from gaussianvision.data.images import MAX_SIZE, ImageLoadError, empty_note, list_images, load_image, skipped_note
+from gaussianvision.data.images import MAX_SIZE, MIN_SIDE, ImageLoadError, empty_note, list_images, load_image, skipped_note
 from gaussianvision.data.shards import show
 from gaussianvision.fit.config import SCHEDULES
 from gaussianvision.fit.metrics import PSNR_CAP, SSIM_WINDOW
@@ -207,7 +207,7 @@ def _images(a, paths: list[Path], failures: list[dict], bar):
     """(path, name), image for each input that loads, in order; the others go to `failures`."""
     for path, name in zip(paths, _names(paths, a.out, (".gsv", ".png") if a.save_png else (".gsv",))):
         try:
-            img = load_image(path, size=a.size or None, min_side=8 if a.size else MIN_SIZE)
+            img = load_image(path, size=a.size or None, min_side=MIN_SIDE if a.size else MIN_SIZE)
         except ImageLoadError as e:
             failures.append({"path": str(path), "error": str(e)})
             bar.update(1)
