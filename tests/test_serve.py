@@ -223,6 +223,87 @@ def test_unknown_routes_and_parameters_are_json_errors(live):
         assert (status, ans["reason"]) == (400, "bad_template"), t
 
 
+def test_query_parameters_a_route_does_not_take_or_takes_once_are_refused(live):
+    """Regression (new-user trial): `?topk=1` was ignored (the default top_k answered) and `top_k=1&top_k=2`
+    took the last, both without a word."""
+    body = fmt.encode(random_splats(1, 8, 32, 32))
+    for query, says in (("/classify?labels=cat,dog&topk=1", "takes no query parameter 'topk'"),
+                        ("/classify?labels=cat,dog&top_k=1&top_k=2", "top_k given 2 times"),
+                        ("/classify?label_set=cifar10&label_set=world/color", "label_set given 2 times"),
+                        ("/embed?top_k=1", "/embed takes no query parameter 'top_k' (it takes: none)")):
+        status, ans = _post(live.url + query, body)
+        assert (status, ans["reason"]) == (400, "bad_parameter") and says in ans["error"], (query, ans)
+    status, ans = _post(live.url + "/classify?label=cat&label=dog&labels=a,b&template=x+{c}&template=y+{c}", body)
+    assert status == 200 and ans["classes"] == 4  # the repeatable ones
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(live):
+    """Regression (new-user trial): Content-Length 5000, part of the body, then the connection closed: /metrics
+    counted an "/embed 500" and rejects.internal. Now its own reason, client_disconnected (status 499)."""
+    before = _get(live.url + "/metrics")[1]
+    host, port = urllib.parse.urlsplit(live.url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as c:
+        c.sendall(f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Length: 5000\r\n\r\n".encode() + b"G" * 1000)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        after = _get(live.url + "/metrics")[1]
+        if after["rejects"].get("client_disconnected", 0) > before["rejects"].get("client_disconnected", 0):
+            break
+        time.sleep(0.05)
+    assert after["rejects"].get("client_disconnected", 0) == before["rejects"].get("client_disconnected", 0) + 1
+    assert after["rejects"].get("internal", 0) == before["rejects"].get("internal", 0)
+    assert after["statuses"].get("/embed 500", 0) == before["statuses"].get("/embed 500", 0)
+
+
+def test_building_a_classifier_does_not_hold_up_the_image_batches(engine, weights, monkeypatch):
+    """Regression (new-user trial): a label set's first use (imagenet1k: 24 s) ran on the model's thread, and
+    every /embed sent meanwhile waited for it. The text tower now has a thread of its own: here a classifier
+    that cannot finish until an /embed has been answered."""
+    settings = ServeSettings(model=str(weights), device="cpu", batch_window_ms=1.0, token=TOKEN)
+    release = threading.Event()
+    real = engine.classifier
+
+    def slow(labels):
+        assert release.wait(30), "the /embed was held up behind the classifier"
+        return real(labels)
+    monkeypatch.setattr(engine, "classifier", slow)
+    server = serve_in_thread(create_app(engine, settings))
+    try:
+        body = fmt.encode(random_splats(1, 8, 32, 32, seed=3))
+        with ThreadPoolExecutor(1) as pool:
+            classify = pool.submit(_post, server.url + "/classify?labels=cat,dog", body)
+            time.sleep(0.2)  # the classifier is being built
+            assert _post(server.url + "/embed", body)[0] == 200 and not classify.done()
+            release.set()
+            assert classify.result(timeout=60)[0] == 200
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_class_weights_are_clip_benchmarks_classifier_in_batches_of_prompts(reference):
+    """The server's classifier embeds its prompts a batch at a time over all classes (clip_benchmark's makes one
+    forward per class: imagenet1k's 1000 x 80 prompts took 24 s, with a progress bar in the server's log)."""
+    from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
+    from gaussianvision.apps.serve.engine import class_weights
+    classes, templates = ["cat", "dog", "red square", "a, b"], ["a photo of a {c}.", "{c}!"]
+    want = zero_shot_classifier(reference, reference.tokenizer(), classes, templates, "cpu", amp=False)
+    calls = []
+    real = reference.encode_text
+
+    def counted(texts):
+        calls.append(len(texts))
+        return real(texts)
+    reference.encode_text = counted
+    try:
+        got = class_weights(reference, reference.tokenizer(), classes, templates, torch.device("cpu"), batch=3)
+    finally:
+        del reference.encode_text
+    assert calls == [3, 3, 2] and got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_custom_templates_are_checked_and_limited():
     """Only {c} in braces (a format spec like {c:>9999999} built a 10 MB prompt), at most max_templates of
     them (regression: 300 templates x 1000 labels blocked the model for 42 s), duplicates counted once."""

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -35,12 +35,32 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ServeError(413, "body_too_large", f"request body of {declared} bytes, over the limit of {limit}",
                          limit=limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, "body_too_large", f"request body over the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServeError(413, "body_too_large", f"request body over the limit of {limit} bytes", limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # regression (new-user trial): counted as the server's own failure (500, internal)
+        raise ServeError(499, "client_disconnected", f"the client left after {size} bytes of its body") from None
     return b"".join(chunks)
+
+
+# the query parameters of each route: name -> whether it may be given more than once
+PARAMS = {"/embed": {}, "/classify": {"labels": True, "label": True, "template": True, "label_set": False, "top_k": False}}
+
+
+def _check_params(request: Request, route: str) -> None:
+    """One 400 naming a query parameter the route does not take, or a single one given twice (regression:
+    `?topk=1` was ignored and `top_k=1&top_k=2` took the last, both without a word)."""
+    allowed = PARAMS.get(route, {})
+    for name in dict.fromkeys(request.query_params.keys()):
+        if name not in allowed:
+            takes = ", ".join(allowed) or "none"
+            raise ServeError(400, "bad_parameter", f"{route} takes no query parameter {name!r} (it takes: {takes})")
+        if not allowed[name] and len(request.query_params.getlist(name)) > 1:
+            raise ServeError(400, "bad_parameter", f"{name} given {len(request.query_params.getlist(name))} times; "
+                                                   f"give it once")
 
 
 def _check_token(request: Request, token: str | None) -> None:
@@ -98,7 +118,7 @@ class _Service:
         labels = self._labels(request)
         k = _int_param(request, "top_k", self.settings.top_k, 1, self.settings.max_labels)
         emb, described, nbytes = await self._embedded(request)
-        weights = await self.batcher.run(self.engine.classifier, labels)
+        weights = await self.batcher.run_text(self.engine.classifier, labels)
         results = top_k(emb, weights, labels, k, self.engine.logit_scale())
         return {"model": self.engine.name, "label_set": labels.name, "classes": len(labels.classes),
                 "count": len(described), "bytes": nbytes,
@@ -119,6 +139,8 @@ class _Service:
             try:
                 if guarded:
                     _check_token(request, self.settings.token)
+                if path in PARAMS:
+                    _check_params(request, path)
                 response = JSONResponse(await handler(request))
             except ServeError as e:
                 self.metrics.rejected(e.reason)

@@ -33,6 +33,9 @@ class Batcher:
         self.engine, self.metrics = engine, metrics
         self.window_s, self.max_batch = window_s, max_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gsv-model")
+        # the text tower's work (a new label set's classifier: seconds) on a thread of its own, so that it never
+        # holds up the image batches (regression: one first use of imagenet1k kept every /embed waiting 23 s)
+        self._text = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gsv-text")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._held: _Job | None = None  # a job that did not fit the last batch: it opens the next
@@ -46,10 +49,16 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._pool.shutdown(wait=True)
+        self._text.shutdown(wait=True)
 
     async def run(self, fn: Callable, *args):
-        """fn(*args) on the model's worker thread (the text tower for a new label set)."""
+        """fn(*args) on the model's worker thread (the image batches)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run_text(self, fn: Callable, *args):
+        """fn(*args) on the text tower's thread: one at a time (a label set asked twice at once is built once and
+        then found in the engine's cache), beside the image batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._text, fn, *args)
 
     async def embed(self, images: list[Splats]) -> torch.Tensor:
         """[len(images), D] embeddings, computed in a batch with whatever arrives together."""
