@@ -237,6 +237,18 @@ def test_progressive_options_that_do_not_combine_are_one_line_before_any_work(tm
                 "--fit-option", "ssim_weight=0.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gsv convert: --progressive: a nested fit") and len(err.splitlines()) == 1
+    # regression (new-user trial): prefix_fractions without --progressive ran the nested fit and wrote a plain file,
+    # whose prefixes the reader refused; with another order the nested fit's blocks were reordered away
+    plain = [a for a in base if a != "--progressive"] + ["--fit-option", "prefix_fractions=0.5,1"]
+    for extra, tail in (([], "add --progressive"), (["--progressive", "--progressive-order", "greedy"],
+                                                     "add --progressive (and leave --progressive-order nested)")):
+        assert gsv(plain + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"gsv fit: --fit-option prefix_fractions=0.5,1: a nested fit, whose prefixes only a progressive " \
+                      f"file in nested order keeps; {tail}", err
+    assert gsv(["convert", "--input", str(tmp_path), "--output", str(tmp_path / "c"), "-n", "8",
+                "--fit-option", "prefix_fractions=0.5,1"]) == 2
+    assert capsys.readouterr().err.startswith("gsv convert: --fit-option prefix_fractions=0.5,1: a nested fit")
 
 
 def test_an_out_folder_that_refuses_files_is_refused_before_any_fit(tmp_path, capsys, monkeypatch):

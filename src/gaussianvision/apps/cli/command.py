@@ -152,6 +152,12 @@ def check_encoding(encoding, config, flags: dict[str, str]) -> None:
         encoding.fit_config(config)
     except ValueError as e:
         raise CliError(f"--progressive: {flag_message(str(e), flags)}") from None
+    if config.prefix_fractions and not (encoding.progressive and encoding.order == "nested"):
+        # regression (new-user trial): the nested fit ran (slower, and its full set 1 dB below a plain fit's), and a
+        # plain file was written, whose prefixes the reader then refused
+        given = ",".join(f"{f:g}" for f in config.prefix_fractions)
+        raise CliError(f"--fit-option prefix_fractions={given}: a nested fit, whose prefixes only a progressive file in "
+                       f"nested order keeps; add --progressive{' (and leave --progressive-order nested)' if encoding.progressive else ''}")
 
 
 def check_progressive_order(a) -> None:
