@@ -223,6 +223,28 @@ def test_unknown_routes_and_parameters_are_json_errors(live):
         assert (status, ans["reason"]) == (400, "bad_template"), t
 
 
+def test_the_last_file_of_a_body_may_be_a_prefix_of_a_progressive_file(live, reference):
+    """Regression (new-user trial): `head -c 32+16k` of a progressive file (its first k Gaussians, the coarser
+    image gsv render / show / info read) was refused as truncated. The last file of a body is now read as the
+    format reads a cut (allow_truncated); a cut the format cannot read is refused with its reason."""
+    s = random_splats(1, 40, 32, 32, seed=13)
+    full = fmt.encode(s, progressive=True)
+    head = fmt.encode(random_splats(1, 16, 32, 32, seed=14))
+    body = head + full[:fmt.HEADER_SIZE + 16 * 10 + 7]  # 10 whole Gaussians and part of one
+    status, ans = _post(live.url + "/embed", body)
+    assert status == 200, ans
+    assert [(d["gaussians"], d.get("prefix_of")) for d in ans["images"]] == [(16, None), (10, 40)]
+    want = torch.stack([reference.encode_image(fmt.decode(head), normalize=True)[0],
+                        reference.encode_image(fmt.decode(full, max_gaussians=10), normalize=True)[0]]).detach()
+    torch.testing.assert_close(torch.tensor(ans["embeddings"]), want, rtol=1e-5, atol=1e-5)
+    for cut, why in ((fmt.encode(s)[:fmt.HEADER_SIZE + 160], "it is not progressive"),
+                     (full[:fmt.HEADER_SIZE + 10] + b"", "hold no whole Gaussian")):
+        status, ans = _post(live.url + "/embed", cut)
+        assert (status, ans["reason"]) == (400, "bad_payload") and why in ans["error"], ans
+    status, ans = _post(live.url + "/embed", full[:-16] + head)  # a cut file not last: the next one's bytes are its
+    assert (status, ans["reason"]) == (400, "bad_payload"), ans
+
+
 def test_query_parameters_a_route_does_not_take_or_takes_once_are_refused(live):
     """Regression (new-user trial): `?topk=1` was ignored (the default top_k answered) and `top_k=1&top_k=2`
     took the last, both without a word."""
@@ -410,6 +432,18 @@ def test_gsv_send_end_to_end(live, tmp_path, capsys):
     assert err.startswith("gsv send: no images in ") and err.count("\n") == 1
     assert main(["send", str(tmp_path / "empty"), str(a), "--url", live.url, *fit]) == 0  # beside an image: said
     assert f"gsv send: no images in folder {tmp_path / 'empty'}\n" in capsys.readouterr().err
+    # --prefix K (new-user trial: no way to send the coarser image a progressive file's prefix is): each image's
+    # first K Gaussians as a file of their own, still progressive; the server embeds those
+    assert main(["send", str(a), "--url", live.url, *fit, "--progressive", "--prefix", "4", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert (r["bytes"], r["gaussians"], r["fitted"]) == (32 + 16 * 4, 4, 16)
+    assert [(d["gaussians"], d.get("prefix_of")) for d in r["answer"]["images"]] == [(4, None)]
+    assert main(["send", str(a), "--url", live.url, *fit, "--progressive", "--prefix", "4", "--layout", "quantized"]) == 0
+    assert "bytes sent (first 4 of 16 Gaussians; the fit " in capsys.readouterr().out
+    for extra, says in ((["--prefix", "4"], "--prefix 4: goes with --progressive"),
+                        (["--progressive", "--prefix", "17"], "--prefix 17: more than the 16 Gaussians fitted")):
+        assert main(["send", str(a), "--url", live.url, *fit, *extra]) == 2
+        assert says in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [

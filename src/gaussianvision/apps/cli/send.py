@@ -41,6 +41,9 @@ def _parser():
     p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
     p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
     add_progressive_options(p, "Gaussians sent")
+    p.add_argument("--prefix", type=whole(1), default=None, metavar="K",
+                   help="with --progressive: send each image's first K Gaussians only (the coarser image a "
+                        "progressive file's prefix is; a file of its own, in --layout)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images fitted together (default 16, fewer above 512 px)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the fit runs")
@@ -61,6 +64,11 @@ def _fit_stream(a):
     check_at_least(("--gaussians", a.gaussians, 1), ("--batch-size", a.batch_size, 1), ("--iters", a.iters, 0))
     check_gaussians(a.gaussians, a.size)
     check_progressive_order(a)
+    if a.prefix is not None and not a.progressive:
+        raise CliError(f"--prefix {a.prefix}: goes with --progressive (only a progressive file's first Gaussians "
+                       "are a coarser image)")
+    if a.prefix is not None and a.prefix > a.gaussians:
+        raise CliError(f"--prefix {a.prefix}: more than the {a.gaussians} Gaussians fitted (--gaussians)")
     check_device(a.device)
     given = {"iters": a.iters, "budget_ms": a.budget_ms}
     options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
@@ -102,8 +110,21 @@ def _images(paths: list[Path], size: int, failures: list[dict]):
             print(f"gsv send: {e}", file=sys.stderr)
 
 
+def _sent(data: bytes, a) -> tuple[bytes, int]:
+    """What is sent of an image's encoded splats, and its Gaussians: the whole file, or with --prefix K its first
+    K Gaussians as a file of their own (same layout, still progressive)."""
+    from gaussianvision.splats import format as fmt
+    if a.prefix is None:
+        return data, int(fmt.read_header(data).n_total)
+    first = fmt.decode(data, max_gaussians=a.prefix)
+    layout, dtype, zstd = LAYOUTS[a.layout]
+    kw = {"zstd": zstd} if layout == "quantized" else {"dtype": dtype}
+    return fmt.encode(first, layout=layout, progressive=True, **kw), int(first.max_gaussians)
+
+
 def _human(r: dict) -> str:
-    head = f"{r['path']}: {r['bytes']:,} bytes sent ({r['gaussians']} Gaussians, {r['psnr']:.1f} dB)"
+    n = f"first {r['gaussians']} of {r['fitted']}" if "fitted" in r else str(r["gaussians"])
+    head = f"{r['path']}: {r['bytes']:,} bytes sent ({n} Gaussians; the fit {r['psnr']:.1f} dB)"
     answer = r["answer"]
     if "embeddings" in answer:
         e = answer["embeddings"][0]
@@ -141,10 +162,13 @@ def _send(a) -> int:
                 failures.append({"path": str(item.key), "error": item.error})
                 print(f"gsv send: {item.key}: {item.error}", file=sys.stderr)
                 continue
-            answer = send(item.data, a.url, labels=labels, label_set=a.label_set, top_k=a.top_k,
+            data, n = _sent(item.data, a)
+            answer = send(data, a.url, labels=labels, label_set=a.label_set, top_k=a.top_k,
                           token=token, timeout=a.timeout)
-            r = {"path": str(item.key), "bytes": len(item.data), "gaussians": int(item.splats.max_gaussians),
-                 "psnr": float(item.metrics["psnr"]), "answer": answer}
+            r = {"path": str(item.key), "bytes": len(data), "gaussians": n, "psnr": float(item.metrics["psnr"]),
+                 "answer": answer}
+            if a.prefix is not None:
+                r["fitted"] = int(item.splats.max_gaussians)
             results.append(r)
             if not a.json:
                 print(_human(r))

@@ -92,7 +92,8 @@ class _Service:
         images = read_images(body, self.settings.max_images, self.settings.max_gaussians)
         emb = await self.batcher.embed([im.splats for im in images])
         described = [{"payload": im.payload, "image": im.index, "gaussians": im.splats.max_gaussians,
-                      "height": im.splats.height, "width": im.splats.width} for im in images]
+                      "height": im.splats.height, "width": im.splats.width,
+                      **({"prefix_of": im.declared} if im.declared is not None else {})} for im in images]
         return emb, described, len(body)
 
     async def embed(self, request: Request) -> dict:

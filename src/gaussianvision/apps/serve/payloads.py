@@ -4,7 +4,12 @@ A .gsv header declares the file's whole length, so concatenated files split with
 framing: a file is header + count table + payload, then the next file starts. Each piece goes
 through the library's reader (splats/format.py, every check it makes); what it refuses is a
 400 with its message. The limits (images per request, Gaussians per image) are checked on the
-headers before any payload is decoded."""
+headers before any payload is decoded.
+
+The last file of a body may be cut short where the reader reads a cut (allow_truncated: a progressive
+single-image float file, `head -c 32+16k` of it holds its first k Gaussians): its whole Gaussians are
+embedded, the coarser image the edge sent first (regression, new-user trial: refused as truncated, so the
+progressive files' prefixes, which gsv render / show / info read, could not be served)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ class Image:
     splats: Splats   # one image, B = 1, float32, no padding
     payload: int     # which .gsv of the body it came from
     index: int       # its place in that file
+    declared: int | None = None  # the Gaussians its header declares, where the body held a prefix of them
 
 
 def split_payloads(body: bytes) -> list[memoryview]:
@@ -45,7 +51,7 @@ def _header(piece: memoryview, index: int) -> fmt.Header:
     `payload` is the index, as for every other refusal of a payload (regression: here it was the text
     "payload 0", elsewhere the number 0)."""
     try:
-        return fmt.read_header(piece, f"payload {index}")
+        return fmt.read_header(piece, f"payload {index}", truncated_ok=True)  # a cut file: its read decides
     except FormatError as e:
         raise ServeError(400, "bad_payload", str(e), payload=index) from None
 
@@ -60,12 +66,13 @@ def read_images(body: bytes, max_images: int, max_gaussians: int) -> list[Image]
                          limit=max_images, images=total)
     out = []
     for i, piece in enumerate(pieces):
-        if headers[i].n_images == 1:  # before decoding; a batch file's images are checked one by one below
-            _check_gaussians(headers[i].n_total, max_gaussians, i)
+        cut = len(piece) < headers[i].total_len  # only the last piece can be (split_payloads)
+        if headers[i].n_images == 1 and not cut:  # before decoding; a batch file's (and a cut file's) images
+            _check_gaussians(headers[i].n_total, max_gaussians, i)  # are checked one by one below
         try:
-            for k, s in enumerate(fmt.iter_images(piece, f"payload {i}")):
+            for k, s in enumerate(fmt.iter_images(piece, f"payload {i}", allow_truncated=cut)):
                 _check_gaussians(s.max_gaussians, max_gaussians, i, k)
-                out.append(Image(s, i, k))
+                out.append(Image(s, i, k, headers[i].n_total if cut else None))
         except FormatError as e:
             raise ServeError(400, "bad_payload", str(e), payload=i) from None
     return out
