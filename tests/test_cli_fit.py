@@ -241,7 +241,7 @@ def test_progressive_options_that_do_not_combine_are_one_line_before_any_work(tm
     # whose prefixes the reader refused; with another order the nested fit's blocks were reordered away
     plain = [a for a in base if a != "--progressive"] + ["--fit-option", "prefix_fractions=0.5,1"]
     for extra, tail in (([], "add --progressive"), (["--progressive", "--progressive-order", "greedy"],
-                                                     "add --progressive (and leave --progressive-order nested)")):
+                                                     "use --progressive-order nested (the default) or drop prefix_fractions")):
         assert gsv(plain + extra) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"gsv fit: --fit-option prefix_fractions=0.5,1: a nested fit, whose prefixes only a progressive " \

@@ -448,7 +448,7 @@ def test_a_dataset_with_no_readable_sample_is_one_error_naming_the_file(tmp_path
     shard.write_bytes(b"")
     for res in _eval_colors(root, tmp_path):
         (err,) = res["errors"]
-        assert err.startswith(f"wds/colors: no readable sample: 1 unreadable (first: {shard}: tar "), err
+        assert err.startswith(f"wds/colors: no readable sample: unreadable 1 shard (first: {shard}: tar "), err
         assert "at byte 0" in err and "\n" not in err, err
 
 

@@ -445,7 +445,7 @@ def test_the_final_colors_reserve_at_least_what_the_initial_solve_cost(monkeypat
     assert capped[0]["seconds"] * 1000 == pytest.approx(30 * per_iter_ms)
 
 
-@pytest.mark.parametrize("kind", ["warm start", "nested"])
+@pytest.mark.parametrize("kind", ["warm start", "nested", "nested without the whole set"])
 def test_a_budget_foresees_the_first_step_where_no_solve_timed_one(monkeypatch, photos, kind):
     # a fit going on from given splats (or a nested fit, whose start times no color solve) took its first step
     # as free: under a budget shorter than a step it took one anyway and ended over. One render of the start,
@@ -455,9 +455,10 @@ def test_a_budget_foresees_the_first_step_where_no_solve_timed_one(monkeypatch, 
     n = 24
     per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
     init = fit_images(photos, n, iters=3).splats
-    # the nested start costs 0.5 on this clock; a nested step 1.5 (its prefixes of 12 and 24), foreseen as 2
+    # the nested start costs 0.5 on this clock; a nested step 1.5 (its prefixes of 12 and 24, each at its share of the
+    # Gaussians: review finding, every prefix was taken as a full render), and (0.5,) renders the same two
     options, args, tight = ({"iters": 10}, {"init": init}, 1.2) if kind == "warm start" else \
-        ({"iters": 10, "prefix_fractions": (0.5, 1.0), "init": "grid"}, {}, 2.0)
+        ({"iters": 10, "prefix_fractions": (0.5, 1.0) if kind == "nested" else (0.5,), "init": "grid"}, {}, 2.0)
     ran = {}
     for budget_iters in (tight, 40.0):
         clock.t = 0.0
@@ -465,5 +466,9 @@ def test_a_budget_foresees_the_first_step_where_no_solve_timed_one(monkeypatch, 
         m = fit_images(photos, None if args else n, config=cfg, **args).metrics
         assert m[0]["seconds"] * 1000 <= budget_iters * per_iter_ms + 1e-9  # before: 1.5 (warm start), 2.5 (nested)
         ran[budget_iters] = [(x["iterations"], x["stopped"]) for x in m]
-    # spent before a step: the foresight's render (0.5); foreseen: a step (1 warm, 2 nested), the evaluation
+    # spent before a step: the foresight's render (0.5); foreseen: a step (1 warm, 1.5 nested), the evaluation
     assert ran == {tight: [(0, "budget")] * 4, 40.0: [(10, None)] * 4}
+    if kind != "warm start":  # the foresight is the step, to the unit: start 0.5 + 0.5 + 1.5 + the evaluation's 0.75
+        clock.t = 0.0
+        cfg = FitConfig.from_options({**options, "budget_ms": 3.3 * per_iter_ms})  # 3.25 and rounding
+        assert [m["iterations"] for m in fit_images(photos, n, config=cfg).metrics] == [1] * 4

@@ -56,6 +56,28 @@ def test_encoded_bytes_are_the_format_of_the_fitted_splats(encoding):
     assert [it.data for it in items] == [encode(ref.splats[b], layout=encoding.layout, **opts) for b in range(3)]
 
 
+@pytest.mark.parametrize("layout", ["interleaved", "quantized"])
+def test_a_progressive_encodings_prefix_is_the_file_of_its_first_gaussians(layout):
+    """Encoding(..., progressive)(splats, first=k): each image's first k Gaussians in the progressive order, encoded
+    from the fitted values (gsv send --prefix). Float16: the same bytes as decoding the whole file's first k and
+    encoding them; quantized: within the format's quantization of the values themselves (a decoded quantized file
+    quantized again, on the prefix's own ranges, was the review finding)."""
+    from gaussianvision.fit.progressive import prefix_splats, progressive
+    from gaussianvision.splats import decode
+    s = fit_images(torch.stack(images([(16, 16)])), 12, config=CFG).splats
+    enc = Encoding(layout=layout, progressive=True, order="eliminate")
+    whole, first = enc(s), enc(s, first=5)
+    got = decode(first)
+    assert got.max_gaussians == 5 and decode(whole, max_gaussians=5).max_gaussians == 5
+    want = prefix_splats(progressive(s, method="eliminate"), 5)
+    if layout == "interleaved":
+        assert first == encode(decode(whole, max_gaussians=5), progressive=True)
+    direct = encode(want, layout=layout, progressive=True)
+    assert first == direct  # one quantization, of the fitted values
+    with pytest.raises(ValueError, match="first= needs a progressive encoding"):
+        Encoding()(s, first=5)
+
+
 def _failing_on_white(monkeypatch, calls):
     real = stream_mod.fit_images
 

@@ -146,6 +146,23 @@ def test_images_of_different_sizes_share_one_forward(engine, reference, monkeypa
     assert calls == [2, 2, 1]
 
 
+def test_forwards_group_images_of_similar_gaussian_counts(live):
+    """Review finding: one image near --max-gaussians beside 63 of N=400 padded all 64 to it. A forward now pads its
+    images to at most PAD_FACTOR (2) times the Gaussians they hold; /metrics counts each forward."""
+    from gaussianvision.apps.serve.engine import forward_groups
+    assert forward_groups([400] * 63 + [16384], 64) == [list(range(63)), [63]]
+    assert forward_groups([30, 10, 20, 10], 64) == [[1, 3, 2, 0]]  # 4 x 30 <= 2 x 70
+    assert forward_groups([5, 5, 5, 5, 5], 2) == [[0, 1], [2, 3], [4]]
+    assert forward_groups([], 8) == []
+    before = _get(live.url + "/metrics")[1]["batches"]
+    body = b"".join(fmt.encode(random_splats(1, n, 32, 32, seed=30 + n)) for n in (4, 4, 4, 100))
+    status, ans = _post(live.url + "/embed", body)
+    assert status == 200 and [d["gaussians"] for d in ans["images"]] == [4, 4, 4, 100]
+    after = _get(live.url + "/metrics")[1]["batches"]
+    assert after["forwards"] == before["forwards"] + 2  # 4 x 100 > 2 x 112: the 100 goes alone
+    assert after["sizes"].get("3", 0) == before["sizes"].get("3", 0) + 1
+
+
 def test_good_and_bad_requests_together(live, reference):
     """Good requests answer exactly what the library computes, in one shared forward; each bad one
     beside them gets its own 4xx, and the server goes on serving."""
@@ -241,8 +258,10 @@ def test_the_last_file_of_a_body_may_be_a_prefix_of_a_progressive_file(live, ref
                      (full[:fmt.HEADER_SIZE + 10] + b"", "hold no whole Gaussian")):
         status, ans = _post(live.url + "/embed", cut)
         assert (status, ans["reason"]) == (400, "bad_payload") and why in ans["error"], ans
-    status, ans = _post(live.url + "/embed", full[:-16] + head)  # a cut file not last: the next one's bytes are its
-    assert (status, ans["reason"]) == (400, "bad_payload"), ans
+    # a cut file before another cannot be told apart (the framing is the header's length): its piece takes 16 bytes
+    # of the next file, whose rest is then no .gsv
+    status, ans = _post(live.url + "/embed", full[:-16] + head)
+    assert (status, ans["reason"], ans["payload"]) == (400, "bad_payload", 1) and "not a .gsv file" in ans["error"], ans
 
 
 def test_query_parameters_a_route_does_not_take_or_takes_once_are_refused(live):

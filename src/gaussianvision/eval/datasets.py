@@ -354,7 +354,9 @@ class ReadGuard:
                 self.read += len(batch[0])
                 yield batch
         if self.skipped and not self.read:
-            raise EvalError(f"{self.name}: no readable sample: {len(self.skipped)} unreadable "
+            from .report import left_out
+            shards = sum(u.shard for u in self.skipped)
+            raise EvalError(f"{self.name}: no readable sample: unreadable {left_out({'count': len(self.skipped), 'shards': shards})} "
                             f"(first: {self.skipped[0]}); replace or remove the bad files or samples")
         if not self.read:  # review: an empty shard ended in torch.cat's "expected a non-empty list"
             raise EvalError(f"{self.name}: no samples in its data")

@@ -53,7 +53,7 @@ from gaussianvision.fit.colors import solve_colors, solve_cost
 from gaussianvision.fit.config import SCHEDULES, FitConfig, too_many_gaussians
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim, target_blurs
-from gaussianvision.fit.progressive import nested_init, prefix_loss, prefix_sizes
+from gaussianvision.fit.progressive import nested_init, prefix_loss, prefix_renders
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
@@ -506,14 +506,23 @@ class Fitter:
         times STEP_PER_RENDER, times the renders of a step (a nested fit's prefixes), plus SSIM's measured
         share where the loss has it. Regression: the first step was taken as free, so a fit going on from
         given splats under a budget shorter than a step took one anyway (and kept no room for its reserves)."""
+        spent = self._timed_render()
+        self.seconds += spent
+        n = self.params["means"].shape[1]
+        # a nested fit's prefixes, each at its share of the Gaussians (a render's work is its Gaussian-pixel pairs)
+        renders = sum(k / n for k in prefix_renders(n, self.cfg.prefix_fractions)) if self.cfg.prefix_fractions else 1.0
+        extra = 0.0
+        if self.cfg.ssim_weight > 0:  # also where no evaluation follows (a coarse phase): timed here if not yet
+            self._time_ssim(force=True)
+            extra = self._ssim_seconds
+        return STEP_PER_RENDER * (renders * spent + extra)
+
+    def _timed_render(self, splats: Splats | None = None) -> float:
+        """Wall seconds of one render (no gradient) of `splats` (default: the fit's own), the device waited for."""
         t0 = self._clock(True)
         with torch.no_grad():
-            render(self.splats(), backend=self.cfg.backend)
-        spent = self._clock(True) - t0
-        self.seconds += spent
-        renders = len(prefix_sizes(self.params["means"].shape[1], self.cfg.prefix_fractions)) if self.cfg.prefix_fractions else 1
-        extra = (self._ssim_seconds or 0.0) if self.cfg.ssim_weight > 0 else 0.0
-        return STEP_PER_RENDER * (renders * spent + extra)
+            render(self.splats() if splats is None else splats, backend=self.cfg.backend)
+        return self._clock(True) - t0
 
     # ---------------------------------------------------------- final colors
     def _polishes(self) -> bool:
@@ -530,14 +539,14 @@ class Fitter:
             return 0.0
         return solve_cost(self.cfg.final_colors) * max(CG_STEPS * self.step_seconds, self.cg_seconds)
 
-    def _time_ssim(self) -> None:
-        """With a budget (and result() to come), what result()'s SSIM will take (_ssim_seconds), measured
+    def _time_ssim(self, force: bool = False) -> None:
+        """With a budget (and result() to come, or force: a step whose loss has SSIM foreseen), what result()'s SSIM will take (_ssim_seconds), measured
         once; the measurement's time counts in `seconds`, as the final SSIM's would. Where ssim() takes
         the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed (on at most a SSIM_TIMED_SIDE
         corner, scaled by the pixels), times the batch over the
         threads the batch's SSIM will use. Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
         (so the measurement costs nothing), twice over for the rest (three more blurs, the arithmetic)."""
-        if self.cfg.budget_ms is None or not self.evaluated or self._ssim_seconds is not None:
+        if self.cfg.budget_ms is None or not (self.evaluated or force) or self._ssim_seconds is not None:
             return
         fused = fast_ssim_applies(self.images, self.images)
         t0 = self._clock(True)
@@ -803,12 +812,7 @@ def _first_step_seconds(c: Fitter, f: Fitter) -> float:
     if left is None or left <= 0 or by_area <= 0 or left > FIRST_STEP_CHECK * by_area or cfg.ssim_weight > 0 \
             or cfg.prefix_fractions:
         return by_area
-    times = []
-    for fitter in (c, f):
-        t0 = f._clock(True)
-        with torch.no_grad():
-            render(fitter.splats(), backend=f.cfg.backend)
-        times.append(f._clock(True) - t0)
+    times = [f._timed_render(fitter.splats()) for fitter in (c, f)]
     f.seconds += sum(times)
     return min(by_area, c.step_seconds + STEP_PER_RENDER * max(times[1] - times[0], 0.0))
 

@@ -39,7 +39,7 @@ from gaussianvision.fit.prune import importance
 from gaussianvision.raster import render
 from gaussianvision.splats.types import Splats
 
-__all__ = ["ENCODING_ORDERS", "METHODS", "PREFIX_FRACTIONS", "nested_init", "prefix_loss", "prefix_sizes", "prefix_splats",
+__all__ = ["ENCODING_ORDERS", "METHODS", "PREFIX_FRACTIONS", "nested_init", "prefix_loss", "prefix_renders", "prefix_sizes", "prefix_splats",
            "progressive", "progressive_order", "reorder"]
 
 METHODS = ("eliminate", "greedy", "fit", "nested")
@@ -52,6 +52,13 @@ def prefix_sizes(n: int, fractions) -> list[int]:
     return sorted({max(1, min(n, round(f * n))) for f in fractions})
 
 
+def prefix_renders(n: int, fractions) -> list[int]:
+    """The prefix lengths prefix_loss renders, one render each, in its order: round(f n) (at least 1, at most n)
+    for every fraction given, repeats kept, and n once more where no fraction reaches it (its full MSE)."""
+    ks = [max(1, min(n, round(f * n))) for f in fractions]
+    return ks if n in ks else ks + [n]
+
+
 def prefix_splats(s: Splats, k: int) -> Splats:
     """Each image's first k Gaussians (counts min(count, k))."""
     return Splats(s.means[:, :k], s.chol[:, :k], s.colors[:, :k], s.height, s.width, s.num_gaussians().clamp(max=k))
@@ -62,7 +69,7 @@ def prefix_loss(s: Splats, target: torch.Tensor, fractions, weights=None,
     """(loss [B], full MSE [B]): loss = sum_j w_j MSE(render(first k_j Gaussians), target), the
     weights (default equal) normalized to sum 1; differentiable through the renderer."""
     n = s.means.shape[1]
-    ks = [max(1, min(n, round(f * n))) for f in fractions]
+    ks = prefix_renders(n, fractions)[:len(fractions)]  # the weighted ones (then the full MSE's, where none is n)
     w = torch.tensor([1.0] * len(ks) if weights is None else [float(x) for x in weights], dtype=torch.float64)
     if len(w) != len(ks) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
         raise ValueError(f"prefix weights {weights}: one non-negative weight per prefix fraction, not all zero")

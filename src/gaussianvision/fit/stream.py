@@ -36,7 +36,7 @@ import torch
 
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.fitter import fit_images
-from gaussianvision.fit.progressive import ENCODING_ORDERS, PREFIX_FRACTIONS, progressive
+from gaussianvision.fit.progressive import ENCODING_ORDERS, PREFIX_FRACTIONS, prefix_splats, progressive
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats
 
@@ -101,9 +101,16 @@ class Encoding:
             return replace(config, prefix_fractions=PREFIX_FRACTIONS).check()
         return config.check()
 
-    def __call__(self, splats: Splats) -> bytes:
+    def __call__(self, splats: Splats, first: int | None = None) -> bytes:
+        """The bytes of `splats`; with `first` (progressive only), of each image's first `first` Gaussians in the
+        progressive order: the file a prefix of the whole one is, encoded from the fitted values (a quantized
+        layout's ranges are the prefix's own, not a decoded file quantized again: review finding)."""
+        if first is not None and not self.progressive:
+            raise ValueError("Encoding: first= needs a progressive encoding (a prefix of another is no coarser image)")
         if self.progressive:
             splats = progressive(splats, method=self.order, fractions=tuple(self.fractions))
+            if first is not None:
+                splats = prefix_splats(splats, first)
         if self.layout == "quantized":
             return encode(splats, layout="quantized", zstd=self.zstd, progressive=self.progressive)
         return encode(splats, layout=self.layout, dtype=self.dtype, progressive=self.progressive)

@@ -156,8 +156,10 @@ def check_encoding(encoding, config, flags: dict[str, str]) -> None:
         # regression (new-user trial): the nested fit ran (slower, and its full set 1 dB below a plain fit's), and a
         # plain file was written, whose prefixes the reader then refused
         given = ",".join(f"{f:g}" for f in config.prefix_fractions)
+        fix = ("use --progressive-order nested (the default) or drop prefix_fractions" if encoding.progressive
+               else "add --progressive")
         raise CliError(f"--fit-option prefix_fractions={given}: a nested fit, whose prefixes only a progressive file in "
-                       f"nested order keeps; add --progressive{' (and leave --progressive-order nested)' if encoding.progressive else ''}")
+                       f"nested order keeps; {fix}")
 
 
 def check_progressive_order(a) -> None:

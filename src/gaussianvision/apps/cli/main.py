@@ -32,8 +32,10 @@ def run() -> None:
 
     The interpreter's exit runs full garbage collections over every object the process still holds (torch's
     and numba's: about 270,000 after a `gsv fit`), 0.6-0.9 s of a one-photo `gsv fit` that took 3.3-3.7 s in
-    all. Here the garbage is collected once (0.14 s: what is unreachable is finalized as it would have been)
-    and what is left is frozen (gc.freeze), which the exit's collections pass over. Only here, never in
+    all. Here the garbage is collected once (0.14 s: what is unreachable now is finalized as it would have
+    been) and what is left is frozen (gc.freeze), which the exit's collections pass over: a cycle that only
+    becomes garbage during the exit is then not finalized (atexit handlers and weakref.finalize still run;
+    the commands close their files and write them atomically before main returns). Only here, never in
     main(): a process that goes on (tests, a caller's script) keeps its collector as it was."""
     rc = main()
     import gc

@@ -110,16 +110,12 @@ def _images(paths: list[Path], size: int, failures: list[dict]):
             print(f"gsv send: {e}", file=sys.stderr)
 
 
-def _sent(data: bytes, a) -> tuple[bytes, int]:
-    """What is sent of an image's encoded splats, and its Gaussians: the whole file, or with --prefix K its first
-    K Gaussians as a file of their own (same layout, still progressive)."""
-    from gaussianvision.splats import format as fmt
-    if a.prefix is None:
-        return data, int(fmt.read_header(data).n_total)
-    first = fmt.decode(data, max_gaussians=a.prefix)
-    layout, dtype, zstd = LAYOUTS[a.layout]
-    kw = {"zstd": zstd} if layout == "quantized" else {"dtype": dtype}
-    return fmt.encode(first, layout=layout, progressive=True, **kw), int(first.max_gaussians)
+def _sent(item, encoding, prefix: int | None) -> tuple[bytes, int]:
+    """What is sent of a fitted image, and its Gaussians: its encoded file, or with --prefix K the file of its
+    first K Gaussians in the progressive order (same encoding, still progressive)."""
+    if prefix is None:
+        return item.data, int(item.splats.max_gaussians)
+    return encoding(item.splats, first=prefix), min(prefix, int(item.splats.max_gaussians))
 
 
 def _human(r: dict) -> str:
@@ -162,7 +158,7 @@ def _send(a) -> int:
                 failures.append({"path": str(item.key), "error": item.error})
                 print(f"gsv send: {item.key}: {item.error}", file=sys.stderr)
                 continue
-            data, n = _sent(item.data, a)
+            data, n = _sent(item, stream.encoding, a.prefix)
             answer = send(data, a.url, labels=labels, label_set=a.label_set, top_k=a.top_k,
                           token=token, timeout=a.timeout)
             r = {"path": str(item.key), "bytes": len(data), "gaussians": n, "psnr": float(item.metrics["psnr"]),

@@ -88,14 +88,17 @@ class Batcher:
         while True:
             jobs = await self._gather()
             images = [s for job in jobs for s in job.images]
+            forwards: list[list[int]] = []  # each forward's images, as the engine grouped them
             try:
-                emb = await self.run(self.engine.embed, images, self.max_batch)
+                emb = await self.run(self.engine.embed, images, self.max_batch, forwards)
             except Exception as e:  # the model failed: every request of the batch hears it
                 for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(e)
                 continue
-            self.metrics.batch(len(images), len(jobs))
+            owner = [j for j, job in enumerate(jobs) for _ in job.images]
+            for group in forwards:  # per forward: its images and the requests they came from
+                self.metrics.batch(len(group), len({owner[i] for i in group}))
             at = 0
             for job in jobs:
                 if not job.done.done():  # a client that went away cancelled its future

@@ -2,9 +2,9 @@
 
 `embed` is what one batched forward does: images of any sizes are padded to one Splats batch
 (data.loader.stack_in_frame: each expressed in the batch's largest frame, which the stem, reading
-normalized coordinates, cannot tell apart; counts, which the encoder masks) and encoded together, at
-most `max_batch` at a time (before 2026-12-07 each size had a forward of its own). It runs on the
-batcher's worker thread, never on the event loop."""
+normalized coordinates, cannot tell apart; counts, which the encoder masks) and encoded together, in
+forwards of at most `max_batch` images of similar Gaussian counts (forward_groups; before 2026-12-07
+each size had a forward of its own). It runs on the batcher's worker thread, never on the event loop."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -17,7 +17,7 @@ from gaussianvision.splats.types import Splats
 
 from .labels import LabelSet
 
-__all__ = ["Engine", "class_weights", "pick_device", "top_k"]
+__all__ = ["Engine", "class_weights", "forward_groups", "pick_device", "top_k"]
 
 _CLASSIFIERS_KEPT = 64  # zero-shot classifiers cached (custom label lists come and go)
 
@@ -38,14 +38,18 @@ class Engine:
         self.tokenizer, self.device, self.name = tokenizer, device, name
         self._classifiers: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
-    def embed(self, images: list[Splats], max_batch: int) -> torch.Tensor:
-        """[len(images), D] float32 on the CPU, L2-normalized, in the order given."""
-        out = []
+    def embed(self, images: list[Splats], max_batch: int, forwards: list | None = None) -> torch.Tensor:
+        """[len(images), D] float32 on the CPU, L2-normalized, in the order given, in the forwards that
+        forward_groups makes (each group's indices appended to `forwards` when given)."""
+        out: list[torch.Tensor | None] = [None] * len(images)
         with torch.inference_mode():
-            for at in range(0, len(images), max_batch):
-                batch = stack_in_frame(images[at: at + max_batch]).to(self.device)
-                out.append(self.model.encode_image(batch, normalize=True).float().cpu())
-        return torch.cat(out)
+            for group in forward_groups([s.max_gaussians for s in images], max_batch):
+                batch = stack_in_frame([images[i] for i in group]).to(self.device)
+                for i, e in zip(group, self.model.encode_image(batch, normalize=True).float().cpu()):
+                    out[i] = e
+                if forwards is not None:
+                    forwards.append(group)
+        return torch.stack(out)
 
     def classifier(self, labels: LabelSet) -> torch.Tensor:
         """[D, C] zero-shot weights of a label set (class_weights), computed once per set (LRU)."""
@@ -64,6 +68,24 @@ class Engine:
 
 
 TEXT_BATCH = 256  # prompts per forward of the text tower (class_weights)
+PAD_FACTOR = 2  # a forward's padding: at most this many times the Gaussians its images hold (forward_groups)
+
+
+def forward_groups(counts: list[int], max_batch: int) -> list[list[int]]:
+    """The images (by index) of each forward: in order of their Gaussian counts, at most max_batch a forward, a
+    new one begun where padding every image to the next one's count would pass PAD_FACTOR times the Gaussians
+    the forward holds (review finding: one image near --max-gaussians beside 63 of N=400 padded all 64 to it)."""
+    groups: list[list[int]] = []
+    held = 0
+    for i in sorted(range(len(counts)), key=lambda i: (counts[i], i)):
+        n = max(int(counts[i]), 1)
+        if groups and len(groups[-1]) < max_batch and (len(groups[-1]) + 1) * n <= PAD_FACTOR * (held + n):
+            groups[-1].append(i)
+            held += n
+        else:
+            groups.append([i])
+            held = n
+    return groups
 
 
 def class_weights(model, tokenizer, classes, templates, device: torch.device, batch: int = TEXT_BATCH) -> torch.Tensor:
