@@ -225,3 +225,18 @@ def test_reloading_a_random_base_checkpoint_says_the_base_differs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_gsclip_from_weights(path, pretrained=None)  # asked for a random base: nothing to say
+
+
+def test_a_base_file_of_another_width_is_one_config_error(tmp_path):
+    """Regression (new-user trial): a checkpoint of another architecture (open_clip's check: "text pos_embed width
+    changed!") was an AssertionError traceback from gsv train; now the one line of every unusable checkpoint."""
+    from safetensors.torch import save_file
+    from gaussianvision.models import ConfigError
+    from gaussianvision.models.gsclip import create_base
+    sd = {k: v.clone() for k, v in create_base("gsv-tiny").state_dict().items()}
+    rows, width = sd["positional_embedding"].shape
+    sd["positional_embedding"] = torch.zeros(rows, 2 * width)
+    save_file(sd, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(ConfigError) as e:
+        create_base("gsv-tiny", pretrained=tmp_path / "wide.safetensors")
+    assert str(e.value).endswith("not a usable checkpoint of it (AssertionError: text pos_embed width changed!)"), e.value

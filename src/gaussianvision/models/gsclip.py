@@ -251,9 +251,10 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): not a usable checkpoint of it (torch's "
                           f"weights-only reader refused it: {_unpickler_reason(e)}; nothing in it was run; give a "
                           ".safetensors file, or a state dict saved by torch.save with its default protocol)") from None
-    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, AssertionError) as e:
         # open_clip's loader: a file that is no checkpoint (other keys, a truncated zip, ...): one line, its
-        # first sentence (regression: tracebacks, or every missing key, KBs long)
+        # first sentence (regression: tracebacks, or every missing key, KBs long); AssertionError: its check of a
+        # checkpoint of another width ("text pos_embed width changed!", new-user trial: a traceback)
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
         why = why if len(why) <= 300 else why[:300] + " ..."
         what = "not a usable checkpoint of it " if pretrained is not None and os.path.isfile(pretrained) else ""
