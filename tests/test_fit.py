@@ -497,7 +497,7 @@ def test_fit_options_of_the_wrong_type_or_name_are_refused_up_front(options, mes
     ({"lr_colors": -1}, "lr_colors must be a finite number >= 0"),
     ({"lr_means": math.inf}, "lr_means must be a finite number >= 0"),
     ({"prune_tau": math.nan}, "prune_tau must be a finite number >= 0"),
-    ({"budget_ms": math.inf}, "budget_ms must be positive"),
+    ({"budget_ms": math.inf}, "budget_ms must be a finite number above 0"),
     ({"min_scale": math.nan}, "min_scale must be positive"),
 ])
 def test_fit_options_out_of_range_are_refused_up_front(options, message):

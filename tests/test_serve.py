@@ -592,7 +592,7 @@ def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):
     """Regression: --budget-ms 0 was blamed on --fit-option."""
     from gaussianvision.apps.cli.main import main
     png = str(_png(tmp_path / "a.png"))
-    for flags, message in ((["--budget-ms", "0"], "gsv send: --budget-ms must be positive"),
+    for flags, message in ((["--budget-ms", "0"], "gsv send: --budget-ms must be a finite number above 0"),
                            (["--fit-option", "lr_means=-1"], "gsv send: --fit-option: lr_means must be")):
         assert main(["send", png, "--url", "http://127.0.0.1:9", *flags]) == 2
         err = capsys.readouterr().err.strip()

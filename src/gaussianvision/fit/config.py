@@ -126,7 +126,8 @@ class FitConfig:
         """The stop criteria, rates and pruning options: finite and where they mean something (a NaN,
         a negative penalty or a patience of 0 was taken silently and did nothing or nonsense)."""
         if self.budget_ms is not None and not (self.budget_ms > 0 and math.isfinite(self.budget_ms)):
-            raise ValueError(f"budget_ms must be positive (wall milliseconds per image), got {self.budget_ms}")
+            raise ValueError(f"budget_ms must be a finite number above 0 (wall milliseconds per image; leave it out for "
+                             f"no budget), got {self.budget_ms}")
         if self.target_psnr is not None and not (self.target_psnr > 0 and math.isfinite(self.target_psnr)):
             raise ValueError(f"target_psnr must be a number of dB above 0 or None, got {self.target_psnr}")
         for name in ("plateau_patience", "decay_patience"):
