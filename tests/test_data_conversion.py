@@ -693,6 +693,12 @@ def test_read_only_output_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(conversion_output, "write_durable", refuse)
     rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
     assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'out'}: cannot write the output (Read-only file system)"
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("x")  # regression (new-user trial): "cannot write the output (File exists)"
+    rc, _, err = cli_main(["--input", str(src), "--output", str(tmp_path / "afile"), *CLI_ARGS])
+    assert rc == 2 and err.strip() == f"gsv convert: {tmp_path / 'afile'}: is not a folder (the output is a folder " \
+                                      f"of shards; give a new or existing folder)", err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_non_utf8_member_names_and_sources_fail_one_sample_not_the_run(tmp_path):
