@@ -349,3 +349,31 @@ def test_the_entry_point_exits_with_mains_code_after_freezing_what_is_left():
     import gc
     frozen = gc.get_freeze_count()
     assert gsv(["--version"]) == 0 and gc.get_freeze_count() == frozen
+
+
+def test_a_shard_given_as_a_gsv_file_says_what_it_is(tmp_path, capsys):
+    """Regression (new-user trial): gsv info / render / show on a convert shard said "not a .gsv file (magic
+    b's3_0')"; a tar is now named as one, with how to take a sample's .gsv out of it."""
+    import io
+    import tarfile
+    data = fmt_encode_one()
+    shard = tmp_path / "000000.tar"
+    with tarfile.open(shard, "w") as t:
+        info = tarfile.TarInfo("s3_0.gsv")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    for cmd in (["info", str(shard)], ["render", str(shard), "--out", str(tmp_path / "r.png")],
+                ["show", str(shard), "--out", str(tmp_path / "s.png")]):
+        assert gsv(cmd) == 2, cmd
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{shard}: a tar archive (a dataset shard: gsv convert writes a KEY.gsv member per sample), "
+                            f"not a .gsv file; list its samples with `tar -tf {shard}` and take one out with "
+                            f"`tar -xf {shard} KEY.gsv`") and len(err.splitlines()) == 1, err
+    junk = tmp_path / "junk.gsv"
+    junk.write_bytes(b"x" * 600)
+    assert gsv(["info", str(junk)]) == 2 and "not a .gsv file (magic b'xxxx'" in capsys.readouterr().err
+
+
+def fmt_encode_one() -> bytes:
+    from gaussianvision.splats import format as fmt
+    return fmt.encode(random_splats(1, 4, 16, 16))
