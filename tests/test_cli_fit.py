@@ -628,3 +628,19 @@ def test_photos_of_one_name_in_two_folders_are_told_apart_and_failures_name_no_a
     assert any(line.startswith(f"{tmp_path / 'in' / 'fox.png'}: ") for line in lines), out
     failed = [line for line in lines if line.startswith("FAILED")]
     assert len(failed) == 2 and "tiny.png: fit failed: 200 Gaussians is more than" in failed[-1], out
+
+
+def test_an_output_that_cannot_be_written_fails_its_image_not_the_run(tmp_path, capsys):
+    """Regression (new-user trial): a folder named like one image's output (o/a.gsv) ended gsv fit with exit 2, the
+    other images' files and results.json unwritten. That image is now a failure; the rest is written."""
+    for name, seed in (("a", 1), ("b", 2)):
+        save_png(torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(seed)), tmp_path / f"{name}.png")
+    out = tmp_path / "o"
+    (out / "a.gsv").mkdir(parents=True)
+    assert gsv(["fit", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-n", "8", "--iters", "2", "--size", "16",
+                "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in res["results"]] == [str(tmp_path / "b.png")] and (out / "b.gsv").is_file()
+    (fail,) = res["failures"]
+    assert fail["error"] == f"{tmp_path / 'a.png'}: fitted, but cannot write {out / 'a.gsv'} (Is a directory)", fail
+    assert json.loads((out / "results.json").read_text())["failed"] == 1

@@ -216,13 +216,15 @@ def _images(a, paths: list[Path], failures: list[dict], bar):
 
 
 def _write(a, item: FitItem) -> dict:
-    """NAME.gsv (and NAME.png) of a fitted image; its record for results.json."""
+    """NAME.gsv (and NAME.png) of a fitted image; its record for results.json. OSError naming the file where
+    one cannot be written: that image's failure (regression, new-user trial: a folder named like one output
+    ended the run, the other images' files and results.json unwritten)."""
     (path, name), s, m = item.key, item.splats, item.metrics
     gsv_path = a.out / f"{name}.gsv"
     try:
         write_atomic(gsv_path, lambda tmp: tmp.write_bytes(item.data))
     except OSError as e:
-        raise CliError(f"cannot write {gsv_path} ({e.strerror or e})") from None
+        raise OSError(f"cannot write {gsv_path} ({e.strerror or e})") from None
     nbytes = len(item.data)
     rec = {"path": str(path), "output": str(gsv_path), "psnr": m["psnr"], "ssim": m["ssim"],
            "n_gaussians": m["n_gaussians"], "bytes": nbytes, "compression_ratio": s.pixel_bytes() / nbytes,
@@ -231,7 +233,10 @@ def _write(a, item: FitItem) -> dict:
            "stopped": m["stopped"]}
     if a.save_png:
         rec["png"] = str(a.out / f"{name}.png")
-        write_png(render(s, backend=a.backend)[0], Path(rec["png"]))
+        try:
+            write_png(render(s, backend=a.backend)[0], Path(rec["png"]))
+        except OSError as e:
+            raise OSError(f"cannot write {rec['png']} ({e.strerror or e})") from None
     return rec
 
 
@@ -246,7 +251,10 @@ def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple
     for item in stream(_images(a, paths, failures, bar)):
         path = item.key[0]
         if item.ok:
-            results.append(_write(a, item))
+            try:
+                results.append(_write(a, item))
+            except OSError as e:
+                failures.append({"path": str(path), "error": f"{path}: fitted, but {e}"})
         elif item.exception is not None:
             why = str(item.exception).removeprefix("fit_images: ")  # the API's name is no news to a CLI user
             failures.append({"path": str(path), "error": f"{path}: fit failed: {why}"})
@@ -315,7 +323,7 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
             why = ("the initialization and the final metrics alone take longer at this size and N; raise --budget-ms "
                    "or lower --gaussians or --size" if reached["over_budget_at_start"] == reached["over_budget"] else
                    "each iteration's time is foreseen from the one before (the first one's from the initial color "
-                   "solve, or not at all without one): a budget of a few iterations can be passed by one")
+                   "solve, or from a timed render): a budget of a few iterations can be passed by one")
             lines.append(f"note: {reached['over_budget']} of {len(results)} took over --budget-ms {cfg.budget_ms:g}: {why}")
     lines.append(f"fitted {len(results)}, failed {len(failures)}; wrote {show(str(a.out), None)}/")
     emit(summary, a.json, "\n".join(lines))
