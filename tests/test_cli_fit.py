@@ -436,6 +436,13 @@ def test_a_name_like_an_option_after_dashes_and_an_input_named_twice(tmp_path, c
     out = capsys.readouterr()
     assert [r["path"] for r in json.loads(out.out)["results"]] == ["d/a.png", "d/b.png"]
     assert "skipped 3 repeats of inputs named before" in out.err
+    # a folder given by a symlink too, and a link to an image beside it (new-user trial: fitted twice)
+    (tmp_path / "link").symlink_to(tmp_path / "d", target_is_directory=True)
+    (tmp_path / "d" / "c.png").symlink_to(tmp_path / "d" / "a.png")
+    assert gsv(["fit", "d", "link", *args]) == 0
+    out = capsys.readouterr()
+    assert [r["path"] for r in json.loads(out.out)["results"]] == ["d/a.png", "d/b.png"]
+    assert "skipped 4 repeats of inputs named before" in out.err
 
 
 def test_the_report_says_how_many_fits_are_exact_at_the_psnr_cap(tmp_path, capsys):

@@ -180,7 +180,7 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
         print(f"gsv fit: {empty_note(empty)}", file=sys.stderr)
     for p in found:
-        where = os.path.normpath(os.path.abspath(p))  # a/x.png, ./a/x.png and a folder's a/x.png: one input
+        where = _identity(p)  # a/x.png, ./a/x.png, a folder's a/x.png, a link to it: one input
         if where in seen:  # regression: fitted once per naming, its lines out of order
             again += 1
             continue
@@ -195,6 +195,17 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
         print(f"gsv fit: skipped {len(renders)} render{'s' if len(renders) != 1 else ''} of splats that gsv wrote "
               f"(e.g. {show(str(renders[0]), None)}); name a file to fit it anyway", file=sys.stderr)
     return paths, len(renders)
+
+
+def _identity(p: Path):
+    """What makes two inputs one image: the file itself (device and inode, links followed: a folder given
+    by a symlink and by its own path, or a link to an image beside it, was fitted twice (new-user trial)),
+    or where it cannot be read, its normalized path (its load then says why)."""
+    try:
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return os.path.normpath(os.path.abspath(p))
 
 
 def _out_folder(out: Path) -> None:
