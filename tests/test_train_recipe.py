@@ -56,6 +56,18 @@ def test_cli_takes_what_is_not_given_from_the_recipe(train_shards, tmp_path, cap
     assert cfg["lr"] == pytest.approx(1e-4) and cfg["warmup"] == 0 and cfg["steps"] == 8
 
 
+def test_the_recipe_line_names_what_the_recipe_chose_and_then_the_run(train_shards, tmp_path, capsys):
+    """Regression (new-user trial): "warmup from the stage-1 recipe: 4 steps, batch 4, lr 0.003, warmup 2" read as if
+    the steps, batch and lr came from the recipe too, and in memory it left out the samples."""
+    from gaussianvision.apps.cli.train import main
+    assert main(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "r"),
+                 "--steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup-fraction", "0.5", "--in-memory",
+                 "--no-progress"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "the stage-1 recipe" in x]
+    assert line == "gsv train: from the stage-1 recipe: warmup 2 (50% of 4 steps); the run: 4 steps over 16 samples, " \
+                   "batch 4, lr 0.003, warmup 2", line
+
+
 def test_cli_keeps_explicit_settings(train_shards, tmp_path, capsys):
     res = _train(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "b"),
                   "--steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup-fraction", "0.5"], capsys)

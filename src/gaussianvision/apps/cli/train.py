@@ -242,6 +242,7 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         else:
             n = _count(source) if n is None else n
             steps = max(1, math.ceil(args.epochs * n / (args.batch_size * info.world_size * args.accum)))
+    fraction = None
     if args.warmup is None:
         fraction = rc.recipe_for(args.stage).warmup_fraction if args.warmup_fraction is None else args.warmup_fraction
         args.warmup = rc.warmup_steps(steps, fraction)
@@ -252,8 +253,14 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         print(f"gsv train: note: --lock-text-steps {args.lock_text_steps} >= this run's {steps} steps: the text "
               f"tower stays as initialized for the whole run", file=sys.stderr)
     if info.is_main and defaults and not args.json:
-        print(f"gsv train: {', '.join(defaults)} from the stage-{args.stage} recipe: {steps} steps"
-              f"{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
+        # each setting the recipe chose, by name and value; then the run's (regression, new-user trial: "warmup from
+        # the stage-1 recipe: 6 steps, batch 64, lr 0.002, warmup 0" read as if all of them came from the recipe)
+        said = {"epochs": lambda: f"epochs {args.epochs:g}", "lr": lambda: f"lr {args.lr:.3g}",
+                "warmup": lambda: f"warmup {args.warmup} ({fraction:.0%} of {steps} steps)"}
+        if n is None and hasattr(source, "dataset"):
+            n = len(source.dataset)
+        print(f"gsv train: from the stage-{args.stage} recipe: {', '.join(said[d]() for d in defaults)}; the run: {steps} "
+              f"steps{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
               f"warmup {args.warmup}")
     return steps, chosen
 
