@@ -443,6 +443,12 @@ def test_a_name_like_an_option_after_dashes_and_an_input_named_twice(tmp_path, c
     out = capsys.readouterr()
     assert [r["path"] for r in json.loads(out.out)["results"]] == ["d/a.png", "d/b.png"]
     assert "skipped 4 repeats of inputs named before" in out.err
+    # a render gsv wrote, met in a folder and set aside, then named through a link: fitted (review finding)
+    from gaussianvision.apps.cli.render import write_png
+    write_png(torch.rand(3, 16, 16, generator=g), tmp_path / "d" / "r.png")
+    (tmp_path / "r_link.png").symlink_to(tmp_path / "d" / "r.png")
+    assert gsv(["fit", "d", "r_link.png", *args]) == 0
+    assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == ["d/a.png", "d/b.png", "d/r.png"]
 
 
 def test_the_report_says_how_many_fits_are_exact_at_the_psnr_cap(tmp_path, capsys):
@@ -651,3 +657,16 @@ def test_an_output_that_cannot_be_written_fails_its_image_not_the_run(tmp_path, 
     (fail,) = res["failures"]
     assert fail["error"] == f"{tmp_path / 'a.png'}: fitted, but cannot write {out / 'a.gsv'} (Is a directory)", fail
     assert json.loads((out / "results.json").read_text())["failed"] == 1
+    # --save-png: write_png's own error was a CliError that still ended the run (review finding); the .gsv goes too
+    png_out = tmp_path / "p"
+    (png_out / "a.png").mkdir(parents=True)
+    assert gsv(["fit", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-n", "8", "--iters", "2", "--size", "16",
+                "--out", str(png_out), "--save-png", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in res["results"]] == [str(tmp_path / "b.png")] and (png_out / "b.png").is_file()
+    assert res["failures"][0]["error"].startswith(f"{tmp_path / 'a.png'}: fitted, but cannot write {png_out / 'a.png'}")
+    assert not (png_out / "a.gsv").exists()
+    # every image unwritten: exit 2, and the summary says they were fitted but not written
+    assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--iters", "2", "--size", "16", "--out", str(out), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "every input failed (1 of 1; 1 fitted but not written); " \
+                                                             "nothing was written"

@@ -366,9 +366,9 @@ def test_a_shard_given_as_a_gsv_file_says_what_it_is(tmp_path, capsys):
                 ["show", str(shard), "--out", str(tmp_path / "s.png")]):
         assert gsv(cmd) == 2, cmd
         err = capsys.readouterr().err.strip()
-        assert err.endswith(f"{shard}: a tar archive (a dataset shard: gsv convert writes a KEY.gsv member per sample), "
-                            f"not a .gsv file; list its samples with `tar -tf {shard}` and take one out with "
-                            f"`tar -xf {shard} KEY.gsv`") and len(err.splitlines()) == 1, err
+        assert err.endswith(f"{shard}: a tar archive, not a .gsv file (gsv convert's shards are tar archives with a "
+                            f"KEY.gsv member per sample); list its members with `tar -tf {shard}` and take one out "
+                            f"with `tar -xf {shard} KEY.gsv`") and len(err.splitlines()) == 1, err
     junk = tmp_path / "junk.gsv"
     junk.write_bytes(b"x" * 600)
     assert gsv(["info", str(junk)]) == 2 and "not a .gsv file (magic b'xxxx'" in capsys.readouterr().err

@@ -61,17 +61,17 @@ def test_the_recipe_line_names_what_the_recipe_chose_and_then_the_run(train_shar
     the steps, batch and lr came from the recipe too, and in memory it left out the samples."""
     from gaussianvision.apps.cli.train import main
     assert main(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "r"),
-                 "--steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup-fraction", "0.5", "--in-memory",
-                 "--no-progress"]) == 0
+                 "--steps", "40", "--batch-size", "4", "--lr", "3e-3", "--in-memory", "--no-progress",
+                 "--stop-after", "1"]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "the stage-1 recipe" in x]
-    assert line == "gsv train: from the stage-1 recipe: warmup 2 (50% of 4 steps); the run: 4 steps over 16 samples, " \
+    assert line == "gsv train: from the stage-1 recipe: warmup 2 (5% of 40 steps); the run: 40 steps over 16 samples, " \
                    "batch 4, lr 0.003, warmup 2", line
 
 
 def test_cli_keeps_explicit_settings(train_shards, tmp_path, capsys):
     res = _train(["--stage", "1", "--data", train_shards, "--model-config", "gs-tiny", "--out", str(tmp_path / "b"),
                   "--steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup-fraction", "0.5"], capsys)
-    assert res["settings"]["from_recipe"] == ["warmup"] and res["settings"]["warmup"] == 2
+    assert res["settings"]["from_recipe"] == [] and res["settings"]["warmup"] == 2  # --warmup-fraction: the user's
     assert res["settings"]["lr"] == 3e-3 and res["settings"]["samples"] is None  # nothing needed the count
     cfg = json.loads((tmp_path / "b" / "train_config.json").read_text())["train"]
     assert (cfg["steps"], cfg["lr"], cfg["warmup"], cfg["batch_size"]) == (4, 3e-3, 2, 4)

@@ -424,7 +424,7 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     _probe_fit(cfg)  # every option checked before anything is written
     out = Path(out)
     _check_apart(units, out)
-    if out.exists() and not out.is_dir():  # regression (new-user trial): "cannot write the output (File exists)"
+    if os.path.lexists(out) and not out.is_dir():  # regression (new-user trial): "cannot write the output (File exists)"
         raise ConvertError(f"{out}: is not a folder (the output is a folder of shards; give a new or existing folder)")
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -255,7 +255,8 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
         # open_clip's loader: a file that is no checkpoint (other keys, a truncated zip, ...): one line, its
         # first sentence (regression: tracebacks, or every missing key, KBs long); AssertionError: its check of a
         # checkpoint of another width ("text pos_embed width changed!", new-user trial: a traceback)
-        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ("a check in open_clip failed"
+                                                                      if isinstance(e, AssertionError) else "")
         why = why if len(why) <= 300 else why[:300] + " ..."
         what = "not a usable checkpoint of it " if pretrained is not None and os.path.isfile(pretrained) else ""
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {what}({type(e).__name__}: {why})") from None

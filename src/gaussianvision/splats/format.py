@@ -47,6 +47,7 @@ image at a time and `decode_rows` gives the checked rows without padding (what `
 from __future__ import annotations
 
 import os
+import shlex
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -377,9 +378,10 @@ def read_file(path: str | os.PathLike) -> bytes:
             if head[:4] != MAGIC and len(head) == HEADER_SIZE and read_bounded(f, 230)[225:] == b"ustar":
                 # a tar's magic at byte 257 (regression, new-user trial: a shard given to gsv info / render / show
                 # was "not a .gsv file (magic b's3_0')", which said nothing of what it is or how to look inside)
-                raise FormatError(f"{path}: a tar archive (a dataset shard: gsv convert writes a KEY.gsv member per "
-                                  f"sample), not a .gsv file; list its samples with `tar -tf {path}` and take one out "
-                                  f"with `tar -xf {path} KEY.gsv`")
+                q = shlex.quote(str(path))
+                raise FormatError(f"{path}: a tar archive, not a .gsv file (gsv convert's shards are tar archives with "
+                                  f"a KEY.gsv member per sample); list its members with `tar -tf {q}` and take one out "
+                                  f"with `tar -xf {q} KEY.gsv`")
             need = declared_len(head)
             data = head + read_bounded(f, need - len(head) + 1)
             if len(data) > need >= HEADER_SIZE and os.path.isfile(path):

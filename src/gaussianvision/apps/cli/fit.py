@@ -1,8 +1,8 @@
 """gsv fit INPUT... --gaussians N: fit image files or folders to splats, one .gsv per image.
 
 Bad options and output folders are refused before any work (one line, exit code 2). Bad
-inputs (missing, empty, corrupt, not images) are reported with their reason and skipped; the
-rest are fitted in batches. Writes OUT/NAME.gsv (and OUT/NAME.png with --save-png) plus
+inputs (missing, empty, corrupt, not images), and images whose files cannot be written, are reported
+with their reason and skipped; the rest are fitted in batches. Writes OUT/NAME.gsv (and OUT/NAME.png with --save-png) plus
 OUT/results.json: {"results": [per image], "failures": [...], "config": {...}}; per image,
 `seconds` is its share of its batch (`batch_seconds` / `batch_size`). Exit code 0 when at least
 one image was fitted, 2 when every input failed (after the report) or on a bad option.
@@ -179,13 +179,22 @@ def _inputs(inputs: list[str]) -> tuple[list[Path], int]:
     found = list_images(inputs, skipped, empty)
     if empty and len(empty) < len(inputs):  # regression: an empty folder beside other inputs went unsaid
         print(f"gsv fit: {empty_note(empty)}", file=sys.stderr)
+    set_aside: dict = {}  # identity -> the render met first, while no naming of it was named
     for p in found:
         where = _identity(p)  # a/x.png, ./a/x.png, a folder's a/x.png, a link to it: one input
         if where in seen:  # regression: fitted once per naming, its lines out of order
             again += 1
+            if p in named and where in set_aside:  # a render named explicitly is fitted (review finding)
+                first = set_aside.pop(where)
+                renders.remove(first)
+                paths.append(first)
             continue
         seen.add(where)
-        (renders if p not in named and is_render(p) else paths).append(p)
+        if p not in named and is_render(p):
+            renders.append(p)
+            set_aside[where] = p
+        else:
+            paths.append(p)
     if (note := skipped_note(skipped)):
         print(f"gsv fit: {note}", file=sys.stderr)
     if again:
@@ -203,9 +212,11 @@ def _identity(p: Path):
     or where it cannot be read, its normalized path (its load then says why)."""
     try:
         st = os.stat(p)
-        return st.st_dev, st.st_ino
     except OSError:
-        return os.path.normpath(os.path.abspath(p))
+        st = None
+    if st is not None and st.st_ino:  # (a file system without inode numbers gives 0: by path there)
+        return st.st_dev, st.st_ino
+    return os.path.normpath(os.path.abspath(p))
 
 
 def _out_folder(out: Path) -> None:
@@ -246,8 +257,9 @@ def _write(a, item: FitItem) -> dict:
         rec["png"] = str(a.out / f"{name}.png")
         try:
             write_png(render(s, backend=a.backend)[0], Path(rec["png"]))
-        except OSError as e:
-            raise OSError(f"cannot write {rec['png']} ({e.strerror or e})") from None
+        except CliError as e:  # write_png's one line ("cannot write ..."): the .gsv goes too, no file without a record
+            gsv_path.unlink(missing_ok=True)
+            raise OSError(str(e)) from None
     return rec
 
 
@@ -309,7 +321,10 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
     summary = {"results": results, "failures": failures, "fitted": len(results), "failed": len(failures),
                "config": {**vars(cfg), "preset": a.preset, "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
     if not results:  # still one JSON document on stdout, the reason in it and on stderr
-        summary["error"] = f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted"
+        unwritten = sum(": fitted, but cannot write " in f["error"] for f in failures)
+        summary["error"] = (f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted" if not unwritten
+                            else f"every input failed ({len(failures)} of {len(paths)}; {unwritten} fitted but not "
+                                 f"written); nothing was written")
     else:
         summary["reached"] = _reached(results, cfg)
     try:

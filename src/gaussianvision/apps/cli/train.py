@@ -246,7 +246,10 @@ def _schedule(args, source, info) -> tuple[int, dict]:
     if args.warmup is None:
         fraction = rc.recipe_for(args.stage).warmup_fraction if args.warmup_fraction is None else args.warmup_fraction
         args.warmup = rc.warmup_steps(steps, fraction)
-        defaults.append("warmup")
+        if args.warmup_fraction is None:  # a given --warmup-fraction is the user's, not the recipe's (review finding)
+            defaults.append("warmup")
+    if n is None and hasattr(source, "dataset"):  # in memory: the samples are known without counting
+        n = len(source.dataset)
     chosen = {"samples": n, "steps": steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "from_recipe": defaults}
     if info.is_main and args.lock_text_steps and args.lock_text_steps >= steps:
@@ -256,9 +259,7 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         # each setting the recipe chose, by name and value; then the run's (regression, new-user trial: "warmup from
         # the stage-1 recipe: 6 steps, batch 64, lr 0.002, warmup 0" read as if all of them came from the recipe)
         said = {"epochs": lambda: f"epochs {args.epochs:g}", "lr": lambda: f"lr {args.lr:.3g}",
-                "warmup": lambda: f"warmup {args.warmup} ({fraction:.0%} of {steps} steps)"}
-        if n is None and hasattr(source, "dataset"):
-            n = len(source.dataset)
+                "warmup": lambda: f"warmup {args.warmup} ({100 * fraction:g}% of {steps} steps)"}
         print(f"gsv train: from the stage-{args.stage} recipe: {', '.join(said[d]() for d in defaults)}; the run: {steps} "
               f"steps{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
               f"warmup {args.warmup}")
