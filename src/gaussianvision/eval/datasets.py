@@ -335,6 +335,10 @@ class ReadGuard:
     def __len__(self):
         return len(self.loader)
 
+    def counts(self) -> dict:
+        """What was left out: {"count": records, "shards": those of whole shards or their rest} (report.left_out)."""
+        return {"count": len(self.skipped), "shards": sum(u.shard for u in self.skipped)}
+
     def __iter__(self):
         from .unreadable import is_read_error, read_error
         self.skipped, self.read = [], 0
@@ -355,8 +359,7 @@ class ReadGuard:
                 yield batch
         if self.skipped and not self.read:
             from .report import left_out
-            shards = sum(u.shard for u in self.skipped)
-            raise EvalError(f"{self.name}: no readable sample: unreadable {left_out({'count': len(self.skipped), 'shards': shards})} "
+            raise EvalError(f"{self.name}: no readable sample: unreadable {left_out(self.counts())} "
                             f"(first: {self.skipped[0]}); replace or remove the bad files or samples")
         if not self.read:  # review: an empty shard ended in torch.cat's "expected a non-empty list"
             raise EvalError(f"{self.name}: no samples in its data")

@@ -66,8 +66,8 @@ def evaluate_one(em: EvalModel, dataset: str, root: str, batch_size: int = 64, d
         extra["gsv"] = {"splats": {k: v for k, v in cache.settings.__dict__.items() if k != "fit_batch"},
                         "fitted": cache.fits, "cached": cache.hits, "psnr": cache.psnr_mean}
     if guard.skipped:  # left out, named: the metrics are over the other samples (shards: whole or the rest of one)
-        extra["unreadable"] = {"count": len(guard.skipped), "shards": sum(u.shard for u in guard.skipped),
-                               "read": guard.read, "first": [str(u) for u in guard.skipped[:UNREADABLE_LISTED]]}
+        extra["unreadable"] = {**guard.counts(), "read": guard.read,
+                               "first": [str(u) for u in guard.skipped[:UNREADABLE_LISTED]]}
     rec = result_record(dataset, em.name, em.pretrained, task, metrics, label=em.label,
                         seconds=round(time.perf_counter() - t0, 3), **extra)
     return rec

@@ -375,9 +375,11 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
             head = read_bounded(f, HEADER_SIZE)
-            if head[:4] != MAGIC and len(head) == HEADER_SIZE and read_bounded(f, 230)[225:] == b"ustar":
-                # a tar's magic at byte 257 (regression, new-user trial: a shard given to gsv info / render / show
-                # was "not a .gsv file (magic b's3_0')", which said nothing of what it is or how to look inside)
+            if head[:4] != MAGIC and len(head) == HEADER_SIZE:
+                head += read_bounded(f, 262 - HEADER_SIZE)  # no .gsv: as far as a tar's magic (bytes 257-261)
+            if head[257:262] == b"ustar":
+                # regression (new-user trial): a shard given to gsv info / render / show was "not a .gsv file
+                # (magic b's3_0')", which said nothing of what it is or how to look inside
                 q = shlex.quote(str(path))
                 raise FormatError(f"{path}: a tar archive, not a .gsv file (gsv convert's shards are tar archives with "
                                   f"a KEY.gsv member per sample); list its members with `tar -tf {q}` and take one out "

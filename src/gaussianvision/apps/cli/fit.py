@@ -237,6 +237,9 @@ def _images(a, paths: list[Path], failures: list[dict], bar):
         yield (path, name), img
 
 
+UNWRITTEN = "fitted, but "  # a failure's reason where the image was fitted and its file could not be written
+
+
 def _write(a, item: FitItem) -> dict:
     """NAME.gsv (and NAME.png) of a fitted image; its record for results.json. OSError naming the file where
     one cannot be written: that image's failure (regression, new-user trial: a folder named like one output
@@ -277,7 +280,7 @@ def _fit_all(a, cfg: FitConfig, paths: list[Path], bar, progress: bool) -> tuple
             try:
                 results.append(_write(a, item))
             except OSError as e:
-                failures.append({"path": str(path), "error": f"{path}: fitted, but {e}"})
+                failures.append({"path": str(path), "error": f"{path}: {UNWRITTEN}{e}"})
         elif item.exception is not None:
             why = str(item.exception).removeprefix("fit_images: ")  # the API's name is no news to a CLI user
             failures.append({"path": str(path), "error": f"{path}: fit failed: {why}"})
@@ -321,7 +324,7 @@ def _report(a, cfg: FitConfig, paths: list[Path], results: list[dict], failures:
     summary = {"results": results, "failures": failures, "fitted": len(results), "failed": len(failures),
                "config": {**vars(cfg), "preset": a.preset, "size": a.size, "dtype": a.dtype, "gaussians": a.gaussians}}
     if not results:  # still one JSON document on stdout, the reason in it and on stderr
-        unwritten = sum(": fitted, but cannot write " in f["error"] for f in failures)
+        unwritten = sum(f["error"].startswith(f"{f['path']}: {UNWRITTEN}") for f in failures)
         summary["error"] = (f"every input failed ({len(failures)} of {len(paths)}); nothing was fitted" if not unwritten
                             else f"every input failed ({len(failures)} of {len(paths)}; {unwritten} fitted but not "
                                  f"written); nothing was written")
