@@ -513,7 +513,7 @@ def test_coarse_to_fine_is_the_coarse_fit_scaled_up_then_refined():
     the rest at full size from those splats scaled up, Adam going on; the same as doing it by hand."""
     import torch.nn.functional as F
     from gaussianvision.fit import FitConfig, Fitter
-    from gaussianvision.fit.fitter import upscaled_gradients
+    from gaussianvision.fit.coarse import upscaled_gradients
     images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(4))
     res = fit_images(images, 12, iters=10, coarse_fraction=0.6, backend="reference")
     c = Fitter(F.interpolate(images, size=(16, 12), mode="area"), 12, FitConfig(iters=10, backend="reference"))
@@ -561,7 +561,7 @@ def test_upscaled_gradients_are_how_the_error_gradients_scale():
     """The squared error of splats scaled by (sx, sy) against the image scaled alike: its gradients are
     upscaled_gradients' factors times the small fit's (smooth splats and images, so the pixel grid
     hardly matters)."""
-    from gaussianvision.fit.fitter import upscaled_gradients
+    from gaussianvision.fit.coarse import upscaled_gradients
     g = torch.Generator().manual_seed(3)
     def smooth(n):
         means = torch.rand(1, n, 2, generator=g, dtype=torch.float64) * torch.tensor([24.0, 16.0], dtype=torch.float64)
@@ -587,7 +587,8 @@ def test_coarse_to_fine_has_no_dip_where_it_switches_to_full_size(photos):
     Adam, whose first step moves every parameter by its full rate; on these photos the PSNR fell 3-9 dB
     at the switch and took most of the full-size iterations to come back."""
     from gaussianvision.data.photos import bundled_photos
-    from gaussianvision.fit.fitter import coarse_plan, run_fit
+    from gaussianvision.fit.coarse import coarse_plan
+    from gaussianvision.fit.run import run_fit
     images = torch.stack([t for _, t in bundled_photos(64, names=("astronaut", "chelsea", "coffee"))])
     cfg = FitConfig.from_options({"preset": "fast", "iters": 40})
     done = coarse_plan(64, 64, 40, cfg)[2]
@@ -604,7 +605,8 @@ def test_coarse_to_fine_records_at_whole_fit_iterations():
     whole fit on a Fitter. Regression: the full-size phase counted from 0, so record_at=(0, 3, 6, 8, 10)
     gave a history at "0" and "3" (really iterations 6 and 9) and nothing after."""
     from gaussianvision.fit import FitConfig
-    from gaussianvision.fit.fitter import coarse_plan, run_fit
+    from gaussianvision.fit.coarse import coarse_plan
+    from gaussianvision.fit.run import run_fit
     images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(4))
     cfg = FitConfig(iters=10, coarse_fraction=0.6, backend="reference", record_at=(0, 3, 6, 8, 10))
     assert coarse_plan(32, 24, 12, cfg) == (16, 12, 6)
@@ -702,7 +704,7 @@ def test_images_that_require_grad_are_fitted_as_targets(options):
 def test_ssim_loss_skips_coarse_to_fine_where_the_coarse_image_is_under_the_window():
     """Regression (new-user trial): with ssim_weight, coarse to fine fitted 8-10 px coarse images and the
     loss's SSIM failed on them (16 px photos with the fast preset); it is skipped there instead."""
-    from gaussianvision.fit.fitter import coarse_plan
+    from gaussianvision.fit.coarse import coarse_plan
     cfg = FitConfig.from_options({"preset": "fast", "ssim_weight": 0.5})
     assert coarse_plan(16, 16, 2, cfg) is None and coarse_plan(22, 22, 2, cfg) == (11, 11, 90)
     assert coarse_plan(16, 16, 2, FitConfig.from_options({"preset": "fast"})) == (8, 8, 90)  # MSE: from 8 px

@@ -12,7 +12,8 @@ import torch
 from gaussianvision.fit import FitConfig, fit_images, fitter as fitter_module
 from gaussianvision.fit import colors as colors_module
 from gaussianvision.fit import progressive as progressive_module
-from gaussianvision.fit.fitter import start_coarse_to_fine
+from gaussianvision.fit import coarse as coarse_module
+from gaussianvision.fit.coarse import start_coarse_to_fine
 from gaussianvision.fit.presets import PRESETS, preset_options
 from gaussianvision import raster
 
@@ -171,7 +172,7 @@ def test_a_budget_keeps_the_fine_tune_after_a_prune_its_share_and_the_stop_is_re
 
 def test_coarse_to_fine_gives_its_coarse_phase_its_share_of_the_budget(monkeypatch, photos):
     CostClock(monkeypatch)
-    monkeypatch.setattr(fitter_module, "FIRST_STEP_CHECK", 0)  # no renders timed for the first full-size step
+    monkeypatch.setattr(coarse_module, "FIRST_STEP_CHECK", 0)  # no renders timed for the first full-size step
     n = 24
     cfg = FitConfig(iters=10_000, coarse_fraction=0.5, budget_ms=5.0)
     f = start_coarse_to_fine(photos, n, cfg)
@@ -403,7 +404,7 @@ def test_the_reserves_hold_where_the_last_work_costs_more_than_a_step_suggests(m
     over = {}
     for exact in (False, True):  # the shipped reserves, then the old ones (those of the exact clock)
         clock = CostClock(monkeypatch, cg=1.15, evaluation=1.5, exact_reserves=exact)
-        monkeypatch.setattr(fitter_module, "FIRST_STEP_CHECK", 0)  # the reserves alone (coarse to fine's first
+        monkeypatch.setattr(coarse_module, "FIRST_STEP_CHECK", 0)  # the reserves alone (coarse to fine's first
         # full-size step is foreseen by the area ratio, exact on this clock, as before its timed renders)
         over[exact] = []
         for budget_iters in (6.0, 9.0, 12.5, 20.0):

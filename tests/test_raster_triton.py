@@ -262,7 +262,7 @@ def test_render_backend_triton_through_dispatch(interp, fresh_dispatch):
 
 @needs_triton
 def test_fitting_through_the_triton_backend_matches_the_reference(interp, fresh_dispatch):
-    from gaussianvision.fit.fitter import fit_images
+    from gaussianvision.fit.run import fit_images
 
     # no symmetry in the images: a gradient that is exactly zero by symmetry is rounding noise in
     # either backend, and Adam would turn the noise's sign into a full step

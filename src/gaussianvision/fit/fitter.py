@@ -30,7 +30,7 @@ iterations repair the damage. With `relocate_every` > 0 the least important Gaus
 to where the error is largest during the first `relocate_until` of the iterations (and of the budget)
 (fit/relocate.py).
 
-`run_fit` is fit_images' whole fit returning the finished Fitter (its history, its timings).
+fit_images and run_fit (fit/run.py) run the whole fit; coarse to fine is fit/coarse.py.
 For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
 run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where configured), result().
 """
@@ -40,7 +40,7 @@ import contextlib
 import math
 import numbers
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -50,14 +50,14 @@ from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
 from gaussianvision.fit.colors import solve_colors, solve_cost
-from gaussianvision.fit.config import SCHEDULES, FitConfig, too_many_gaussians
+from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
 from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim, target_blurs
 from gaussianvision.fit.progressive import nested_init, prefix_loss, prefix_renders
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
-__all__ = ["FitConfig", "FitResult", "Fitter", "fit_images", "run_fit", "coarse_plan", "start_coarse_to_fine", "SCHEDULES"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "SCHEDULES", "check_images", "fit_device", "torch_serial", "step_from_render"]
 
 _NAMES = ("means", "chol", "colors")
 
@@ -73,7 +73,7 @@ class FitResult:
 RANGE_SLACK = 1e-3  # how far outside [0, 1] an image may stray (rounding, a resize's overshoot clamped by the caller)
 
 
-def _check_images(images) -> torch.Tensor:
+def check_images(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"fit_images: images must be a tensor [B, 3, H, W], got {type(images).__name__}")
     if images.dim() == 3:
@@ -93,7 +93,7 @@ def _check_images(images) -> torch.Tensor:
     return images.float()
 
 
-def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
+def fit_device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
     try:
         dev = torch.device(cfg.device) if cfg.device else images.device
     except (RuntimeError, TypeError) as e:  # regression (new-user trial): torch's own error, raw
@@ -103,7 +103,7 @@ def _device(cfg: FitConfig, images: torch.Tensor) -> torch.device:
     return dev
 
 
-def _torch_serial(cfg: FitConfig, device: torch.device):
+def torch_serial(cfg: FitConfig, device: torch.device):
     """serial_torch() where the fit renders with the numba kernels, else no change: torch's own operations on one
     thread, the kernels on all, over the whole fit (initialization, steps, final colors, metrics). Regression:
     the initialization ran outside it, torch's small operations on 2 OpenMP threads, which on a machine with
@@ -122,12 +122,15 @@ _COMPILED: set = set()
 CG_STEPS = 1.2
 EVAL_RENDER_STEPS = 0.8
 WARM_START = 10  # iterations over which the rates ramp up in a fit that goes on from given splats
-# Coarse to fine under a tight budget (_first_step_seconds): the first full-size step is estimated from timed renders
-# where the area ratio's estimate leaves room for fewer than FIRST_STEP_CHECK steps; a step's extra work at full size is
-# at most STEP_PER_RENDER times its render's (the render and a backward of at most twice its cost).
-FIRST_STEP_CHECK = 20
+# A step foreseen from a timed render (step_from_render: Fitter._foresee_step, coarse to fine's first full-size step)
+# is at most STEP_PER_RENDER times the render (the render and a backward of at most twice its cost).
 STEP_PER_RENDER = 3.0
 SSIM_TIMED_SIDE = 1024  # _time_ssim times the final SSIM on at most this corner of an image, scaled by its pixels
+
+
+def step_from_render(seconds: float) -> float:
+    """The most a fit's step (its render and the backward) takes where one render of it took `seconds`."""
+    return STEP_PER_RENDER * seconds
 
 
 def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
@@ -173,9 +176,9 @@ class Fitter:
     def __init__(self, images: torch.Tensor, n_gaussians: int | None, config: FitConfig | None = None,
                  init: str | Splats | None = None):
         self.cfg = (config or FitConfig()).check()
-        images = _check_images(images)
-        self.device = _device(self.cfg, images)
-        with _torch_serial(self.cfg, self.device):
+        images = check_images(images)
+        self.device = fit_device(self.cfg, images)
+        with torch_serial(self.cfg, self.device):
             self._start(images, n_gaussians, init)
 
     def _start(self, images: torch.Tensor, n_gaussians: int | None, init: str | Splats | None) -> None:
@@ -454,7 +457,7 @@ class Fitter:
         call while within its first relocate_until share, never after its last iteration. With the
         numba kernels torch's own operations run on one thread meanwhile, the kernels on all
         (serial_torch); the reference renderer, torch operations itself, keeps torch's threads."""
-        with _torch_serial(self.cfg, self.device):
+        with torch_serial(self.cfg, self.device):
             return self._run(iters, progress, desc, relocate)
 
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
@@ -506,7 +509,7 @@ class Fitter:
         times STEP_PER_RENDER, times the renders of a step (a nested fit's prefixes), plus SSIM's measured
         share where the loss has it. Regression: the first step was taken as free, so a fit going on from
         given splats under a budget shorter than a step took one anyway (and kept no room for its reserves)."""
-        spent = self._timed_render()
+        spent = self.timed_render()
         self.seconds += spent
         n = self.params["means"].shape[1]
         # a nested fit's prefixes, each at its share of the Gaussians (a render's work is its Gaussian-pixel pairs)
@@ -515,9 +518,9 @@ class Fitter:
         if self.cfg.ssim_weight > 0:  # also where no evaluation follows (a coarse phase): timed here if not yet
             self._time_ssim(force=True)
             extra = self._ssim_seconds
-        return STEP_PER_RENDER * (renders * spent + extra)
+        return step_from_render(renders * spent + extra)
 
-    def _timed_render(self, splats: Splats | None = None) -> float:
+    def timed_render(self, splats: Splats | None = None) -> float:
         """Wall seconds of one render (no gradient) of `splats` (default: the fit's own), the device waited for."""
         t0 = self._clock(True)
         with torch.no_grad():
@@ -580,7 +583,7 @@ class Fitter:
         Fitter by hand): polish_colors(cfg.final_colors) where _polishes() and the budget has room
         for it; with record_at set, the history records the polished splats too (at the same
         iteration count, later seconds)."""
-        with _torch_serial(self.cfg, self.device):
+        with torch_serial(self.cfg, self.device):
             return self._finish()
 
     def _finish(self) -> "Fitter":
@@ -664,7 +667,7 @@ class Fitter:
     # ----------------------------------------------------------------- result
     def result(self) -> FitResult:
         t0 = time.perf_counter()
-        with _torch_serial(self.cfg, self.device):
+        with torch_serial(self.cfg, self.device):
             p, q = self.evaluate()
         self.seconds += self._clock(True) - t0
         per_image = self.seconds / self.batch_size
@@ -675,144 +678,3 @@ class Fitter:
                     "seconds": per_image, "batch_seconds": self.seconds, "pruned": int(rb), "stopped": sb}
                    for pb, qb, nb, ib, rb, sb in cols]
         return FitResult(self.splats(), metrics, list(self.history), asdict(self.cfg))
-
-
-def fit_images(images: torch.Tensor, n_gaussians: int | None, iters: int | None = None,
-               init: str | Splats | None = None, config: FitConfig | None = None, progress: bool = False,
-               **overrides) -> FitResult:
-    """Fit `n_gaussians` Gaussians to each of the B images [B, 3, H, W] in [0, 1].
-
-    init: an initializer name (grid | content | random) or Splats [B, N] to continue from.
-    overrides: any FitConfig field (e.g. lr_means=0.5, target_psnr=30, device="cuda"), or preset="fast"
-    (fit/presets.py: its settings, the other overrides over them).
-    Metrics per image: psnr, ssim, n_gaussians, iterations, seconds (the image's share: the
-    batch's wall time divided by B), batch_seconds (the whole batch's wall time), pruned, stopped."""
-    if "preset" in overrides:  # a preset's settings under the other options, as FitConfig.from_options gives them
-        if config is not None:
-            raise TypeError("fit_images: give preset= or config=, not both (FitConfig.from_options({'preset': ...}) "
-                            "makes a config of a preset)")
-        config = FitConfig.from_options({"preset": overrides.pop("preset")})
-    cfg = replace(config) if config is not None else FitConfig()
-    for k, v in dict(overrides, **({"iters": iters} if iters is not None else {})).items():
-        if k not in FitConfig.__dataclass_fields__:
-            raise TypeError(f"fit_images: unknown option {k!r}")
-        setattr(cfg, k, v)
-    if isinstance(init, str):
-        cfg.init = init
-    return run_fit(images, n_gaussians, cfg, init, progress).result()
-
-
-def run_fit(images: torch.Tensor, n_gaussians: int | None, cfg: FitConfig, init: str | Splats | None = None,
-            progress: bool = False) -> Fitter:
-    """fit_images' whole fit, on the Fitter it returns (finished): coarse to fine where cfg asks for it and
-    coarse_plan allows it, the iterations, the prune and its fine-tune, the final colors. For callers
-    that want more than the result, e.g. the PSNR history at cfg.record_at (whole-fit iterations)."""
-    h, w = _check_images(images).shape[-2:]
-    if min(h, w) < SSIM_WINDOW:
-        raise ValueError(f"fit_images: images are {h}x{w}; at least {SSIM_WINDOW} pixels a side (the SSIM window "
-                         "each fit reports with)")
-    if isinstance(n_gaussians, numbers.Integral) and not isinstance(n_gaussians, bool) and \
-            (reason := too_many_gaussians(n_gaussians, h, w, f"{n_gaussians} Gaussians", "image's")):
-        raise ValueError(f"fit_images: {reason}")
-    with _torch_serial(cfg, _device(cfg, images)):
-        return _run_fit(images, n_gaussians, cfg, init, progress)
-
-
-def _run_fit(images, n_gaussians, cfg: FitConfig, init, progress: bool) -> Fitter:
-    main = cfg
-    if cfg.budget_ms is not None and cfg.prunes and cfg.finetune_iters and cfg.iters:  # the fine-tune's share of the budget
-        main = replace(cfg, budget_ms=cfg.budget_ms * cfg.iters / (cfg.iters + cfg.finetune_iters))
-    f = start_coarse_to_fine(images, n_gaussians, main, init, progress) if cfg.coarse_fraction > 0 else None
-    f = f or Fitter(images, n_gaussians, main, init=init)
-    f.run(cfg.iters - int(f.iterations.max()), progress=progress)
-    if main is not cfg:  # the main phase spent its share; the fine-tune has the rest
-        f.cfg = replace(f.cfg, budget_ms=cfg.budget_ms)
-        f.stopped = [None if why == "budget" else why for why in f.stopped]
-    if cfg.prunes:
-        f.prune(cfg.prune_measure, cfg.prune_tau, cfg.prune_fraction)
-        if cfg.finetune_iters:
-            f.run(cfg.finetune_iters, progress=progress, desc="fine-tune after pruning", relocate=False)
-    return f.finish()
-
-
-def coarse_plan(height: int, width: int, n_gaussians: int | None, cfg: FitConfig,
-                init: str | Splats | None = None) -> tuple[int, int, int] | None:
-    """(coarse height, coarse width, coarse iterations) of a coarse-to-fine fit of `height` x `width`
-    images, or None where it does not apply: coarse_fraction 0, init given as Splats, coarse images
-    under 8 px a side (with ssim_weight, under the SSIM window: the loss takes SSIM of them) or under
-    coarse_min_pixels pixels per Gaussian, or no coarse iteration."""
-    ch, cw = round(height * cfg.coarse_scale), round(width * cfg.coarse_scale)
-    coarse_iters = int(cfg.coarse_fraction * cfg.iters)
-    smallest = SSIM_WINDOW if cfg.ssim_weight > 0 else 8
-    if (cfg.coarse_fraction <= 0 or isinstance(init, Splats) or min(ch, cw) < smallest or coarse_iters < 1
-            or ch * cw < cfg.coarse_min_pixels * int(n_gaussians or 0)):
-        return None
-    return ch, cw, coarse_iters
-
-
-def upscaled_gradients(sx: float, sy: float) -> dict[str, torch.Tensor]:
-    """How the squared error's gradients change when splats and image are scaled by (sx, sy) (more
-    pixels: area = sx sy times the error; parameters in scaled units: each divides by its own scale,
-    means (sx, sy), chol (sx, sy, sy) as in Splats.scaled): the factors Adam's moments carry over by."""
-    area = sx * sy
-    return {"means": torch.tensor([area / sx, area / sy]), "chol": torch.tensor([area / sx, area / sy, area / sy]),
-            "colors": torch.tensor([area])}
-
-
-def start_coarse_to_fine(images, n_gaussians, cfg: FitConfig, init=None, progress: bool = False) -> Fitter | None:
-    """Coarse to fine: the first coarse_fraction of the iterations on the images downsampled by
-    coarse_scale (area), then a Fitter at full resolution starting from those splats scaled back up,
-    its Adam going on from the coarse phase's moments in full-size units (upscaled_gradients), its
-    iteration counts, steps_done and seconds including the coarse phase's. With budget_ms the coarse
-    phase has coarse_fraction of it. None when the coarse images would be too
-    small (under 8 px a side, or under coarse_min_pixels pixels per Gaussian) or init is given as Splats."""
-    images = _check_images(images)
-    with _torch_serial(cfg, _device(cfg, images)):  # also when called on its own (review finding)
-        return _coarse_to_fine(images, n_gaussians, cfg, init, progress)
-
-
-def _coarse_to_fine(images, n_gaussians, cfg: FitConfig, init, progress: bool) -> Fitter | None:
-    h, w = images.shape[-2:]
-    plan = coarse_plan(h, w, n_gaussians, cfg, init)
-    if plan is None:
-        return None
-    ch, cw, coarse_iters = plan
-    small = torch.nn.functional.interpolate(images.to(_device(cfg, images)), size=(ch, cw), mode="area")
-    budget = None if cfg.budget_ms is None else cfg.budget_ms * cfg.coarse_fraction
-    # with lr_spacing, the coarse phase takes the full-size fit's steps in its own (coarse) pixels: the long moves
-    spacing = None if cfg.lr_spacing is None else cfg.lr_spacing * math.sqrt(ch * cw / (h * w))
-    c = Fitter(small, n_gaussians, replace(cfg, target_psnr=None, plateau_patience=None, record_at=(), budget_ms=budget,
-                                           lr_spacing=spacing, final_colors=0))
-    c.evaluated = False  # its splats are scaled up, never evaluated: its budget share keeps no room for that
-    c.run(coarse_iters, progress=progress, desc="coarse phase")
-    c.stopped = [None] * c.batch_size  # the coarse phase's budget share ends it, not the fit
-    s = c.splats().scaled(h, w)
-    f = Fitter(images, None, replace(cfg, color_solve=0), init=s)
-    f.opt.carry(c.opt, upscaled_gradients(w / cw, h / ch))
-    f.iterations += c.iterations
-    f.seconds += c.seconds
-    f.steps_done = c.steps_done  # record_at counts the whole fit's iterations
-    f.step_seconds = _first_step_seconds(c, f)  # the budget's estimate until a full-size step is timed
-    return f
-
-
-def _first_step_seconds(c: Fitter, f: Fitter) -> float:
-    """What the first full-size step of f is expected to take after the coarse phase c (its last step's time
-    c.step_seconds, or, where it took none, its estimate from the initial color solve): that step scaled by the area ratio, where a step's cost is its pixels' work (large images).
-    Where a tight budget has room for fewer than FIRST_STEP_CHECK such steps left, at most the coarse step
-    plus STEP_PER_RENDER times the extra time of a full-size render over a coarse one, both timed here (their
-    time counts in f.seconds): a step on a small image is mostly its fixed cost, which the area ratio scaled
-    too. Regression: the area's estimate, about 4x a 128 px step of N=200, kept a 40 ms budget from any
-    full-size step (and its reserves for the final colors and evaluation, in steps, were 4x too large)."""
-    by_area = c.step_seconds * (f.h * f.w) / (c.h * c.w)
-    cfg = f.cfg
-    left = None if cfg.budget_ms is None else cfg.budget_ms * f.batch_size / 1000 - f.seconds
-    # only where it can matter (a budget with room left, a coarse step timed or foreseen) and the step is the render and its
-    # backward (not SSIM's passes or a nested fit's prefixes, which the renders would not foresee: review finding)
-    if left is None or left <= 0 or by_area <= 0 or left > FIRST_STEP_CHECK * by_area or cfg.ssim_weight > 0 \
-            or cfg.prefix_fractions:
-        return by_area
-    times = [f._timed_render(fitter.splats()) for fitter in (c, f)]
-    f.seconds += sum(times)
-    return min(by_area, c.step_seconds + STEP_PER_RENDER * max(times[1] - times[0], 0.0))
-

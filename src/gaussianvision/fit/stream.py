@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gaussianvision.fit.config import FitConfig
-from gaussianvision.fit.fitter import fit_images
+from gaussianvision.fit.run import fit_images
 from gaussianvision.fit.progressive import ENCODING_ORDERS, PREFIX_FRACTIONS, prefix_splats, progressive
 from gaussianvision.splats.format import encode
 from gaussianvision.splats.types import Splats

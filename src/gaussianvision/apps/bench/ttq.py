@@ -31,7 +31,8 @@ from dataclasses import replace
 import torch
 
 from gaussianvision.fit import FitConfig, Fitter
-from gaussianvision.fit.fitter import coarse_plan, run_fit
+from gaussianvision.fit.coarse import coarse_plan
+from gaussianvision.fit.run import run_fit
 
 __all__ = ["METHODS", "TARGETS", "BUDGETS_MS", "STARTUP_IMAGES", "time_to_quality", "read_curve", "startup_seconds"]
 
