@@ -148,32 +148,83 @@ def test_cpu_tensors_without_interpreter_are_refused(no_interp):
 
 # ----------------------------------------------------------------- tile binning
 @needs_triton
-def test_bins_hold_every_contributing_pair_and_cull_the_rest():
-    s = many_per_tile()
-    s.means[0, 5] = torch.tensor([-60.0, 10.0])  # footprint entirely left of the image
-    ids, offsets, ntx, t = _bin(s.means, s.chol, s.mask(), s.height, s.width)
+def _listed_and_needed(s: Splats, cull: str, tile: int = TILE):
+    """[B, T, N] bool: the pairs _bin lists, and the pairs some pixel needs (q <= CUTOFF_Q at a pixel centre of
+    the tile, computed as the reference computes it, in float32, and in float64)."""
+    ids, offsets, ntx, t = _bin(s.means, s.chol, s.mask(), s.height, s.width, tile, cull)
     b, n = s.batch_size, s.max_gaussians
     listed = torch.zeros(b, t, n, dtype=torch.bool)
     for bt in range(b * t):
         listed[bt // t, bt % t, ids[offsets[bt]:offsets[bt + 1]] - (bt // t) * n] = True
-    # brute force: every (pixel, Gaussian) with q <= CUTOFF_Q must be in that pixel's tile
-    p = pixel_centers(s.height, s.width).double()
-    d = p[None, None] - s.means.double()[:, :, None]
-    l11, l21, l22 = (s.chol.double()[..., k, None] for k in range(3))
-    y1 = d[..., 0] / l11
-    y2 = (d[..., 1] - l21 * y1) / l22
-    hits = (y1 * y1 + y2 * y2 <= CUTOFF_Q) & s.mask()[..., None]  # [B, N, P]
+    hits = torch.zeros(b, n, s.height * s.width, dtype=torch.bool)
+    for dtype in (torch.float32, torch.float64):
+        d = pixel_centers(s.height, s.width).to(dtype)[None, None] - s.means.to(dtype)[:, :, None]
+        l11, l21, l22 = (s.chol.to(dtype)[..., k, None] for k in range(3))
+        y1 = d[..., 0] / l11
+        y2 = (d[..., 1] - l21 * y1) / l22
+        hits |= (y1 * y1 + y2 * y2 <= CUTOFF_Q) & s.mask()[..., None]  # [B, N, P]
     rows, cols = torch.arange(s.height).repeat_interleave(s.width), torch.arange(s.width).repeat(s.height)
-    tile_of_pixel = (rows // TILE) * ntx + cols // TILE
+    tile_of_pixel = (rows // tile) * ntx + cols // tile
     needed = torch.zeros(b, t, n, dtype=torch.bool)
     for k in range(t):
         needed[:, k] = hits[..., tile_of_pixel == k].any(-1)
+    return listed, needed
+
+
+@pytest.mark.parametrize("cull,slack", [("box", 1.25), ("ellipse", 1.04)])
+def test_bins_hold_every_contributing_pair_and_cull_the_rest(cull, slack):
+    s = many_per_tile()
+    s.means[0, 5] = torch.tensor([-60.0, 10.0])  # footprint entirely left of the image
+    listed, needed = _listed_and_needed(s, cull)
+    b, t, n = listed.shape
     assert bool((listed | ~needed).all()), "a contributing Gaussian is missing from a tile"
     assert not bool(listed[1, :, 37:].any()), "padding was binned"
     assert not bool(listed[0, :, 5].any()), "an off-image Gaussian was binned"
     assert int(listed.sum()) < b * t * n  # the culling removes something
-    # ... and lists little beyond what is needed (the box around the ellipse reaches a few more tiles)
-    assert int(listed.sum()) <= 1.25 * int(needed.sum())
+    # ... and lists little beyond what is needed (the box around the ellipse reaches a few more tiles; the
+    # ellipse's test, only tiles within CULL_MARGIN of a pixel centre the cut keeps)
+    assert int(listed.sum()) <= slack * int(needed.sum())
+
+
+@pytest.mark.parametrize("tile", [16, 8, 4])
+def test_ellipse_cull_keeps_every_pixel_of_thin_tilted_gaussians(tile):
+    """Needles (one factor 0.02-0.3 px, the other up to 60 px, any angle) and Gaussians whose cut passes just by a
+    pixel centre: the ellipse's tiles hold every pair a pixel needs, in float32 as in float64, and fewer than the
+    box's."""
+    g = torch.Generator().manual_seed(11)
+    b, n, h, w = 2, 60, 48, 56
+    ang = torch.rand(b, n, generator=g) * torch.pi
+    long_, short = 1 + 19 * torch.rand(b, n, generator=g), 0.02 + 0.28 * torch.rand(b, n, generator=g)
+    c, s_ = torch.cos(ang), torch.sin(ang)
+    sxx = (long_ * c) ** 2 + (short * s_) ** 2
+    sxy = (long_ ** 2 - short ** 2) * c * s_
+    syy = (long_ * s_) ** 2 + (short * c) ** 2
+    l11 = sxx.sqrt()
+    l21 = sxy / l11
+    l22 = (syy - l21 ** 2).clamp_min(1e-8).sqrt()
+    means = torch.rand(b, n, 2, generator=g) * torch.tensor([w + 10.0, h + 10.0]) - 5.0
+    means[:, ::3] = means[:, ::3].round() + 0.5 + 3.0 * l11[:, ::3, None].clamp(max=2)  # cuts near pixel centres
+    s = Splats(means, torch.stack([l11, l21, l22], -1), torch.rand(b, n, 3, generator=g), h, w)
+    listed, needed = _listed_and_needed(s, "ellipse", tile)
+    assert int(needed.sum()) > 0 and bool((listed | ~needed).all()), "a contributing needle is missing from a tile"
+    box, _ = _listed_and_needed(s, "box", tile)
+    assert bool((box | ~listed).all()) and int(listed.sum()) < int(box.sum())
+
+
+def test_cull_setting_is_checked(monkeypatch):
+    s = many_per_tile()
+    with pytest.raises(ValueError, match="CULL='disc'"):
+        _bin(s.means, s.chol, s.mask(), s.height, s.width, cull="disc")
+
+
+@needs_triton
+@pytest.mark.parametrize("name,splats", CASES + [("many_per_tile", many_per_tile())],
+                         ids=[c[0] for c in CASES] + ["many_per_tile"])
+def test_interpreter_parity_ellipse_tiles(interp, monkeypatch, name, splats):
+    """With the ellipse's tiles the kernels give the reference's image and gradients (every case: padding, tile
+    borders, off-image, needles)."""
+    monkeypatch.setattr(gpu_triton, "CULL", "ellipse")
+    _parity(splats, name + "_ellipse", RTOL_INTERP, ATOL_INTERP)
 
 
 @needs_triton
