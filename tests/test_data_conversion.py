@@ -857,3 +857,62 @@ def test_a_folder_of_shards_takes_compressed_and_upper_case_tars(tmp_path):
     assert skipped == [src / "t.tar"]
     s = convert_dataset(str(src), tmp_path / "out", cfg())
     assert (s["inputs"], s["converted"], s["failed"]) == (8, 8, 0)
+
+
+def test_two_starts_with_different_settings_cannot_both_claim_a_new_folder(folder_and_reference, tmp_path, monkeypatch):
+    """Regression (new-user trial): two runs started on a new folder at once both found no config.json, both
+    wrote theirs (the last rename won) and both converted: shards of two settings, reported complete. Here the
+    other run's config.json appears while this one is writing its own: this run is refused, theirs is kept."""
+    src, _, _ = folder_and_reference
+    out = tmp_path / "out"
+    theirs = cfg(fit_options={**FIT, "iters": 3})
+    real = output.write_durable
+
+    def other_run_first(path, data):
+        if path.name.startswith(".config.json"):  # this run is staging its config.json
+            out.mkdir(exist_ok=True)
+            (out / "config.json").write_text(json.dumps(theirs.fingerprint(str(src)), indent=2, sort_keys=True))
+        real(path, data)
+    monkeypatch.setattr(output, "write_durable", other_run_first)
+    with pytest.raises(ConvertError, match=r"made with different settings \(fit_options: was .*\"iters\": 3}, now .*\"iters\": 2}\)"):
+        convert_dataset(str(src), out, cfg())
+    assert json.loads((out / "config.json").read_text()) == theirs.fingerprint(str(src))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # nothing converted, nothing staged left
+    monkeypatch.undo()
+    assert convert_dataset(str(src), out, theirs)["complete"]
+
+
+def test_an_older_total_never_replaces_a_newer_summary(folder_and_reference, tmp_path, monkeypatch):
+    """Regression (new-user trial): each rank totals the folder and renames summary.json into place, so a rank
+    whose totals were older (here: made before the last shard finished) could rename its summary over the
+    complete one. Totals and write now happen under one lock: the later total waits and writes last."""
+    import shutil
+    import threading
+    src, ref, _ = folder_and_reference
+    units = plan_units(str(src), 3)
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    last = out / "000002.stats.json"
+    kept = last.read_bytes()
+    last.unlink()  # the slow rank totals before the last shard is finished
+    real = output.write_durable
+    slow_totalled, go_on = threading.Event(), threading.Event()
+
+    def write(path, data):
+        if path.name == "summary.json" and threading.current_thread().name == "slow":
+            slow_totalled.set()
+            go_on.wait(10)
+        real(path, data)
+    monkeypatch.setattr(output, "write_durable", write)
+    slow = threading.Thread(target=summarize, args=(out, units), name="slow")
+    slow.start()
+    assert slow_totalled.wait(10)
+    last.write_bytes(kept)  # the last shard finishes; its rank totals the folder
+    fast = threading.Thread(target=summarize, args=(out, units), name="fast")
+    fast.start()
+    fast.join(2)  # without the lock it finishes here, before the slow rank's write
+    go_on.set()
+    slow.join(10)
+    fast.join(10)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["complete"] and s["converted"] == json.loads((ref / "summary.json").read_text())["converted"]

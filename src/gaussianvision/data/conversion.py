@@ -337,15 +337,14 @@ def stored_settings(out: str | os.PathLike) -> dict | None:
 
 def _check_config(out: Path, fp: dict) -> None:
     path = out / "config.json"
-    if path.is_file():
-        old = stored_settings(out)
-        if old != fp:
-            diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
-            shown = "; ".join(f"{k}: was {_short((old or {}).get(k))}, now {_short(fp.get(k))}" for k in diff[:3])
-            raise ConvertError(f"{out}: made with different settings ({shown}); rerun with the same settings "
-                               "(every rank and machine spells --input the same way) to resume, or use a new --output")
-    else:
-        output.write_durable(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
+    if not path.is_file() and output.create_durable(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode()):
+        return  # this process made the folder's settings
+    old = stored_settings(out)
+    if old != fp:
+        diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
+        shown = "; ".join(f"{k}: was {_short((old or {}).get(k))}, now {_short(fp.get(k))}" for k in diff[:3])
+        raise ConvertError(f"{out}: made with different settings ({shown}); rerun with the same settings "
+                           "(every rank and machine spells --input the same way) to resume, or use a new --output")
 
 
 def _short(value) -> str:

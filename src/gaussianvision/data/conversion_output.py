@@ -7,6 +7,7 @@ disk fail); summarize can also be called on its own to re-total a folder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ except ImportError:  # not POSIX: no claims (keep to one process per rank there)
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.inputs import Unit
 
-__all__ = ["shard_name", "json_line", "write_durable", "read_stats", "shard_state", "is_done", "claim", "release", "clear_lock", "unit_digest",
+__all__ = ["shard_name", "json_line", "write_durable", "create_durable", "read_stats", "shard_state", "is_done", "claim", "release", "clear_lock", "unit_digest",
            "changed_shard", "summarize"]
 
 _MAX_LISTED = 20  # duplicate keys listed by name in summary.json
@@ -46,6 +47,42 @@ def _write_synced(tmp: Path, data: bytes) -> None:
 def write_durable(path: Path, data: bytes) -> None:
     """The project's one atomic write (a full disk leaves no half file behind), synced to disk."""
     write_atomic(path, lambda tmp: _write_synced(tmp, data))
+
+
+def create_durable(path: Path, data: bytes) -> bool:
+    """Write `path` only where it does not exist yet: of several processes that try at once, exactly one
+    creates it, whole (staged by write_durable, then hard-linked to the name, which fails if it exists).
+    True where this call created it. Where the file system has no hard links, as before: the file is
+    written unless it exists (a race between two processes remains there). Regression (new-user trial): two
+    runs started on a new folder with different settings both found no config.json and both converted."""
+    staged = path.with_name(f".{path.name}.new{os.getpid()}")
+    write_durable(staged, data)
+    try:
+        os.link(staged, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # EPERM, ENOTSUP: no hard links here
+        if path.exists():
+            return False
+        os.replace(staged, path)
+        return True
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _summary_lock(out: Path):
+    """Held while one process totals the folder and writes the summary: a rank that totals later in lock
+    order sees every shard finished before it, so the last summary.json written is the most complete one.
+    Regression (new-user trial): a rank whose totals were older renamed its summary over a complete one
+    (complete: false, 28 of 40 converted, though every shard was done). .summary.lock exists only while held."""
+    path = out / ".summary.lock"
+    fd = _lock(path, wait=True)
+    try:
+        yield
+    finally:
+        _unlock(path, fd)
 
 
 def read_stats(path: Path) -> dict | None:
@@ -109,13 +146,19 @@ def claim(out: Path, unit: Unit) -> int | None:
     release() removes the lock file, so a lock won on a file that is no longer the one the path
     names (removed, or removed and made again, between this open and this flock) is no claim: the
     path is opened again (regression of the review: two processes converted one shard)."""
+    return _lock(_lock_path(out, unit), wait=False)
+
+
+def _lock(path: Path, wait: bool) -> int | None:
+    """An open descriptor of `path` (made if missing) holding an exclusive flock on the file the path still
+    names; None where another process holds it and not `wait`; -1 where there are no locks (not POSIX, or a
+    file system without flock: the caller goes on unlocked). Let go by _unlock, which removes the file."""
     if fcntl is None:
         return -1
-    path = _lock_path(out, unit)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return None
@@ -126,6 +169,18 @@ def claim(out: Path, unit: Unit) -> int | None:
         if _same_file(fd, path):
             return fd
         os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Let go of _lock's `fd`, its file removed while still held (a process that opened it before sees, once
+    its flock comes through, that the path names another file or none, and opens it again)."""
+    if fd < 0:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # the output's file system failing: the lock still goes with the descriptor
+        pass
+    os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -141,13 +196,7 @@ def release(out: Path, unit: Unit, fd: int) -> None:
     """Give up claim `fd` on shard `unit`, its lock file removed while still held (a process that
     opened it before sees, once its flock comes through, that the path names another file or none,
     and opens it again: claim)."""
-    if fd < 0:
-        return
-    try:
-        _lock_path(out, unit).unlink(missing_ok=True)
-    except OSError:  # the output's file system failing: the claim still goes with the descriptor
-        pass
-    os.close(fd)
+    _unlock(_lock_path(out, unit), fd)
 
 
 def clear_lock(out: Path, unit: Unit) -> None:
@@ -184,8 +233,14 @@ def changed_shard(out: Path, units: list[Unit]) -> str | None:
 
 
 def summarize(out: str | os.PathLike, units: list[Unit] | None = None) -> dict:
-    """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json."""
+    """Totals over the finished shards of `out`; rewrites failures.jsonl and summary.json (one process at a
+    time: _summary_lock)."""
     out = Path(out)
+    with _summary_lock(out):
+        return _summarize(out, units)
+
+
+def _summarize(out: Path, units: list[Unit] | None) -> dict:
     stats, damaged = [], []  # (path, stats) of the finished shards; the damaged stats files
     for p in sorted(out.glob("[0-9]*.stats.json")):
         st = read_stats(p)
