@@ -377,3 +377,23 @@ def test_a_shard_given_as_a_gsv_file_says_what_it_is(tmp_path, capsys):
 def fmt_encode_one() -> bytes:
     from gaussianvision.splats import format as fmt
     return fmt.encode(random_splats(1, 4, 16, 16))
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "the environment variable RANK='x': not a whole number"),
+    ({"LOCAL_RANK": "x"}, "the environment variable LOCAL_RANK='x': not a whole number >= 0"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "rank 2 must lie in [0, world size 2)"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "WORLD_SIZE=2 (rank 0): MASTER_ADDR and MASTER_PORT not set; start every "
+                                        "process with torchrun"),
+])
+def test_train_bad_launch_variables_are_one_line(env, says, tmp_path, capsys, monkeypatch):
+    """Regression (new-user trial): RANK=x / LOCAL_RANK=x were int() tracebacks from gsv train, and RANK=0
+    WORLD_SIZE=2 without torchrun a traceback from torch about MASTER_ADDR (gsv convert said each in a line)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert gsv(["train", "--stage", "2", "--data", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "run"),
+                "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv train: ") and says in err and "\n" not in err, err

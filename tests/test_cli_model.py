@@ -45,6 +45,11 @@ def test_model_info_base_override_json_file_and_checkpoint(tmp_path, capsys):
     ck = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
     d = _info(capsys, str(ck))
     assert d["base"] == "gsv-tiny" and d["config"]["name"] == "gs-tiny"
+    # regression (new-user trial): a checkpoint described on a base its weights cannot load into, silently
+    assert gsv(["model", "info", str(ck), "--base", "ViT-B-16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gsv model: {ck}: its weights were trained on gsv-tiny (width 64, embedding 64); --base ViT-B-16 "
+                   "has width 768, embedding 512: they cannot load into it"), err
 
 
 def test_model_info_reads_a_train_output_folder(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Trainable-only checkpoints: exact round trip, config in metadata, clear mismatch errors."""
 import json
+import re
 import os
 from pathlib import Path
 
@@ -240,3 +241,28 @@ def test_a_base_file_of_another_width_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         create_base("gsv-tiny", pretrained=tmp_path / "wide.safetensors")
     assert str(e.value).endswith("not a usable checkpoint of it (AssertionError: text pos_embed width changed!)"), e.value
+
+
+@pytest.mark.parametrize("config, says", [
+    (None, "no model config (gsv.config missing"),
+    ("{bad", "its model config (gsv.config) is not JSON"),
+    ("[1]", "is not a GS-CLIP config"),
+    ("{}", "is not a GS-CLIP config"),
+    ('{"gs": 3, "base": "ViT-B-16", "width": 768, "embed_dim": 512}', "is not a GS-CLIP config"),
+])
+def test_a_checkpoint_whose_stored_config_is_missing_or_wrong_is_one_weights_error(tmp_path, capsys, config, says):
+    """Regression (new-user trial): gsv.format set but gsv.config missing, cut or not a config was a KeyError,
+    JSONDecodeError or TypeError traceback (gsv model info, gsv probe, create_gsclip_from_weights)."""
+    from safetensors.torch import save_file
+    from gaussianvision.apps.cli.main import main as gsv
+    path = tmp_path / "odd.safetensors"
+    meta = {"gsv.format": "gsclip-trainable", "gsv.version": "1", **({} if config is None else {"gsv.config": config})}
+    save_file({"x": torch.zeros(1)}, str(path), metadata=meta)
+    for call in (read_weights_config, create_gsclip_from_weights):
+        with pytest.raises(WeightsError, match=f"checkpoint {re.escape(str(path))}: .*{re.escape(says)}"):
+            call(path)
+    with pytest.raises(WeightsError, match=re.escape(says)):
+        load_weights(create_gsclip(config="gs-tiny"), path)
+    assert gsv(["model", "info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gsv model: checkpoint") and says in err and "\n" not in err

@@ -68,10 +68,31 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
     return meta, f
 
 
+_CONFIG_KEYS = ("gs", "base", "width", "embed_dim")
+
+
+def _stored_config(meta: dict[str, str], path) -> dict[str, Any]:
+    """The model config a checkpoint's metadata holds (GSCLIP.config), checked; WeightsError where it is missing
+    or not that. Regression (new-user trial): a missing, cut or wrong gsv.config was a KeyError, a
+    JSONDecodeError or a TypeError traceback from `gsv model info`, `gsv probe` and create_gsclip_from_weights."""
+    text = meta.get("gsv.config")
+    if text is None:
+        raise WeightsError(f"checkpoint {path}: no model config (gsv.config missing from its metadata)")
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise WeightsError(f"checkpoint {path}: its model config (gsv.config) is not JSON ({e})") from None
+    if not isinstance(cfg, dict) or any(k not in cfg for k in _CONFIG_KEYS) or \
+            not isinstance(cfg["gs"], (dict, str)) or not isinstance(cfg["base"], str):
+        raise WeightsError(f"checkpoint {path}: its model config (gsv.config) is not a GS-CLIP config (a JSON object "
+                           f"with {', '.join(_CONFIG_KEYS)}; gs a config, base a model name)")
+    return cfg
+
+
 def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
     """The model config and metadata stored in a checkpoint (no tensors loaded)."""
     meta, _ = _read(path)
-    return {"config": json.loads(meta["gsv.config"]), "pretrained": _pretrained(meta, Path(path)),
+    return {"config": _stored_config(meta, path), "pretrained": _pretrained(meta, Path(path)),
             "metadata": {k: v for k, v in meta.items() if not k.startswith("gsv.")}}
 
 
@@ -115,7 +136,7 @@ def load_weights(model, path: str | os.PathLike, strict_config: bool = True) -> 
     still checked).  Only the "name" key of the GS config may differ.
     """
     meta, f = _read(path)
-    saved = json.loads(meta["gsv.config"])
+    saved = _stored_config(meta, path)
     if strict_config:
         mine = model.config
         diffs = [d for d in _diff(saved, mine) if not d.startswith("gs.name:")]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gaussianvision.data.inputs import rank_world
+
 __all__ = ["DistInfo", "init_distributed", "all_reduce_grads", "all_reduce_mean", "barrier", "cleanup",
            "broadcast_object", "gather_object"]
 
@@ -39,9 +41,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     device: "cpu", "cuda" or None (auto: CUDA when available). Under torchrun each process uses
     cuda:LOCAL_RANK.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local = _launch_env()
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
@@ -56,6 +56,27 @@ def init_distributed(device: str | None = None) -> DistInfo:
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
     return DistInfo(rank, world, local, dev, backend)
+
+
+def _launch_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, checked: ValueError naming the variable.
+    Regression (new-user trial): RANK=x or LOCAL_RANK=x was an int() traceback from gsv train, and RANK=0
+    WORLD_SIZE=2 without torchrun one from torch about MASTER_ADDR."""
+    rank, world = rank_world()
+    text = os.environ.get("LOCAL_RANK", "").strip() or "0"
+    try:
+        local = int(text)
+    except ValueError:
+        local = -1
+    if local < 0:
+        raise ValueError(f"the environment variable LOCAL_RANK={text!r}: not a whole number >= 0")
+    if world > 1:
+        unset = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+        if unset:
+            raise ValueError(f"WORLD_SIZE={world} (rank {rank}): {' and '.join(unset)} not set; start every process "
+                             "with torchrun, which sets them, or set MASTER_ADDR and MASTER_PORT to rank 0's address "
+                             "and a free port on every process")
+    return rank, world, local
 
 
 def all_reduce_grads(params, world_size: int) -> None:

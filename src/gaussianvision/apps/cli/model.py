@@ -9,6 +9,7 @@ from gaussianvision.apps.cli.command import ArgumentParser, CliError, HelpFormat
 def describe(config: str, base: str | None) -> dict:
     from gaussianvision.models import (WeightsError, ConfigError, create_gsclip, parameter_report,
                                        read_weights_config)
+    stored = None
     try:
         if config.endswith(".safetensors"):
             stored = read_weights_config(config)["config"]
@@ -22,6 +23,11 @@ def describe(config: str, base: str | None) -> dict:
         model = create_gsclip(base, None, cfg, device="meta")
     except (ConfigError, WeightsError) as e:
         raise CliError(str(e)) from None
+    shape = {k: model.config[k] for k in ("width", "embed_dim")}
+    if stored is not None and shape != {k: stored[k] for k in shape}:  # regression (new-user trial): described silently
+        raise CliError(f"{config}: its weights were trained on {stored['base']} (width {stored['width']}, embedding "
+                       f"{stored['embed_dim']}); --base {base} has width {shape['width']}, embedding "
+                       f"{shape['embed_dim']}: they cannot load into it")
     rep = parameter_report(model)
     rep["config"] = model.gs_config
     rep["base"] = model.base_name

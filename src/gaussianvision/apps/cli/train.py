@@ -148,7 +148,10 @@ def _run(args) -> int:
         args.batch_size = recipe.batch_size
     if args.stage != "2" and (args.init_from or args.unfreeze):
         raise CliError("--init-from and --unfreeze apply to --stage 2")
-    info = init_distributed(args.device)
+    try:
+        info = init_distributed(args.device)
+    except ValueError as e:  # torchrun's variables, checked (train/distributed._launch_env)
+        raise CliError(str(e)) from None
     done = False
     try:
         need = {"1": ("splats", "image"), "2": ("splats", "text"), "rgb": ("image", "text")}[args.stage]
