@@ -266,3 +266,24 @@ def test_a_checkpoint_whose_stored_config_is_missing_or_wrong_is_one_weights_err
     assert gsv(["model", "info", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gsv model: checkpoint") and says in err and "\n" not in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_safetensors_outputs_get_the_umask_mode_like_every_other_output(tmp_path, umask):
+    """Regression (new-user trial): safetensors 0.8 writes 0600 files, so a shared runs folder's models and
+    checkpoints were the only outputs others could not read. Now 0666 less the umask, as a plain file."""
+    from gaussianvision.train.checkpoint import save_checkpoint
+    old = os.umask(umask)
+    try:
+        model = create_gsclip(config="gs-tiny")
+        written = [save_weights(model, tmp_path / "m.safetensors")]
+        step = save_checkpoint(tmp_path / "run", 1, model, {"optimizer": {"state": {0: {"m": torch.ones(2)}},
+                                                                         "param_groups": []}},
+                               {"task": {}, "data_positions": []})
+        written += sorted(Path(step).glob("*.safetensors"))
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask and len(written) == 3
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: want for p in written}

@@ -22,7 +22,7 @@ from ..atomic import write_atomic
 from .config import ConfigError
 
 __all__ = ["WeightsError", "save_weights", "load_weights", "read_weights_config",
-           "create_gsclip_from_weights"]
+           "create_gsclip_from_weights", "save_safetensors"]
 
 FORMAT = "gsclip-trainable"
 VERSION = "1"
@@ -32,9 +32,28 @@ class WeightsError(ValueError):
     """A trainable-parameter checkpoint is unreadable or does not fit the model."""
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file (every .safetensors the project writes), the file then given the mode any other
+    output file gets: 0666 less the umask. Regression (new-user trial): safetensors 0.8 makes its files 0600,
+    so the models and checkpoints of a shared runs folder were the only outputs others could not read."""
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux: read, not set (setting it would race with other threads creating files)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write model's trainable parameters to `path` atomically (temp name + rename)."""
-    from safetensors.torch import save_file
     path = Path(path)
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.trainable_named_parameters()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -47,7 +66,7 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
     if rel:  # also relative to this checkpoint's folder: found again after both move together
         meta["gsv.pretrained_rel"] = rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_atomic(path, lambda tmp: save_safetensors(tensors, tmp, metadata=meta))
     return path
 
 

@@ -106,7 +106,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
                     state: dict, keep: int = 2) -> Path:
     """Write OUT/checkpoints/step-XXXXXXXX atomically and point `latest` at it; keep `keep` newest
     (0: all). Only older steps are removed: a newer directory is never touched."""
-    from safetensors.torch import save_file
+    from gaussianvision.models.weights import save_safetensors
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -115,7 +115,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+    save_safetensors(trainable_state(model), tmp / "weights.safetensors")
     write_optimizer(tmp, optimizer_state)
     task = state.get("task")
     rel = base_relative(task.get("pretrained"), final) if isinstance(task, dict) else None

@@ -82,9 +82,9 @@ def _split(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 def write_optimizer(d: Path, opt_state: dict) -> None:
     """{"optimizer": optimizer.state_dict(), "scaler": scaler state or None} -> d/optimizer.{safetensors,json}."""
-    from safetensors.torch import save_file
+    from gaussianvision.models.weights import save_safetensors
     tensors, doc = _split(opt_state)
-    save_file(tensors, str(d / OPT_TENSORS))
+    save_safetensors(tensors, d / OPT_TENSORS)
     (d / OPT_JSON).write_text(json.dumps(doc, indent=1) + "\n")
 
 

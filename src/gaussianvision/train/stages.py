@@ -153,9 +153,9 @@ class RGBClipStage(_Base):
         return self.model.state_dict()
 
     def export(self, out_dir):
-        from safetensors.torch import save_file
+        from gaussianvision.models.weights import save_safetensors
         sd = {k: v.detach().cpu().contiguous() for k, v in self.exported_state().items()}
-        write_atomic(Path(out_dir) / OPEN_CLIP_EXPORT, lambda tmp: save_file(sd, str(tmp)))
+        write_atomic(Path(out_dir) / OPEN_CLIP_EXPORT, lambda tmp: save_safetensors(sd, tmp))
 
 
 class Stage1(_Base):
