@@ -645,3 +645,35 @@ def test_wds_labels_follow_the_dataset_type_and_remote_shards_stream(tmp_path):
         (batch,) = list(guard)
     assert opened == [str(root / "test" / "0.tar")] and not guard.skipped
     assert torch.equal(torch.as_tensor(np.stack(batch[1])), torch.as_tensor(np.stack(labels)))
+
+
+def test_models_of_the_same_folder_or_file_name_get_labels_that_tell_them_apart(tmp_path):
+    """Regression (new-user trial): runs/a/s2 and runs/b/s2 (or two runs' gsclip.safetensors) could not be
+    compared: 'two models resolve to the same name'. Now named by the fewest path parts that differ; the same
+    model twice is still refused, by name."""
+    from gaussianvision.eval.models import EvalError, distinct_labels
+
+    def gs(path, label=None):
+        em = stub("gs")
+        em.source, em.label = str(path), label or f"gs:{Path(path).name}"
+        return em
+    ms = [gs(tmp_path / "runs/a/s2"), gs(tmp_path / "runs/b/s2"), gs(tmp_path / "x/gsclip.safetensors"),
+          gs(tmp_path / "y/z/gsclip.safetensors"), gs(tmp_path / "solo")]
+    distinct_labels(ms)
+    assert [m.label for m in ms] == ["gs:a/s2", "gs:b/s2", "gs:x/gsclip.safetensors", "gs:z/gsclip.safetensors",
+                                     "gs:solo"]
+    twice = [gs(tmp_path / "runs/a/s2"), gs(tmp_path / "runs/../runs/a/s2")]
+    with pytest.raises(EvalError, match="gs:s2: the same model given twice"):
+        distinct_labels(twice)
+    with pytest.raises(EvalError, match="rgb:stub-rgb:none: the same model given twice"):
+        distinct_labels([stub("rgb"), stub("rgb")])
+
+
+def test_the_same_model_given_twice_is_refused_before_loading(tmp_path, capsys):
+    from gaussianvision.apps.cli.main import main as gsv
+    for cmd in (["eval", "zeroshot"], ["probe"]):
+        args = [*cmd, "--model", "rgb:gsv-tiny", "--model", "gs:run", "--model", "rgb:gsv-tiny", "--out", str(tmp_path)]
+        assert gsv([*args, "--dataset", "wds/x", "--dataset-root", str(tmp_path)] if cmd[0] == "eval" else
+                   [*args, "--tasks", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("--model rgb:gsv-tiny: given twice") and "\n" not in err, err

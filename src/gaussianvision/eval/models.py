@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["EvalModel", "load_eval_model", "EvalError"]
+__all__ = ["EvalModel", "load_eval_model", "EvalError", "distinct_labels"]
 
 
 class EvalError(ValueError):
@@ -37,6 +37,7 @@ class EvalModel:
     std: tuple = (0.26862954, 0.26130258, 0.27577711)
     label: str = ""  # column name in the tables
     info: dict = field(default_factory=dict)
+    source: str = ""  # the file or folder the label names by its last part ("" for a tag or random weights)
 
     def __post_init__(self):
         if self.kind not in ("rgb", "gs"):
@@ -71,13 +72,45 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
         size, mean, std = _visual_facts(model.visual)
         slug = os.path.basename(pretrained) if pretrained and os.path.isfile(pretrained) else (pretrained or "random")
         return EvalModel("rgb", model.eval(), open_clip.get_tokenizer(base), base, slug, size, mean, std,
-                         label=f"rgb:{base}:{slug}")
+                         label=f"rgb:{base}:{slug}", source=pretrained if slug != (pretrained or "random") else "")
     path, _, override = rest.partition("@")
     model, meta = _load_gs(path, override or None, device)
     size, mean, std = _visual_facts(model.base.visual)
     name = f"gs-{model.gs_config.get('name', 'custom')}-{model.base_name}"
     return EvalModel("gs", model.eval(), model.tokenizer(), name, str(path), size, mean, std,
-                     label=f"gs:{Path(path).name or path}", info=meta)
+                     label=f"gs:{Path(path).name or path}", info=meta, source=str(path))
+
+
+def _label(em: EvalModel, parts: int) -> str:
+    """em's label naming the last `parts` parts of its source's absolute path."""
+    tail = "/".join(Path(os.path.abspath(em.source)).parts[-parts:])
+    return f"gs:{tail}" if em.kind == "gs" else f"rgb:{em.name}:{tail}"
+
+
+def distinct_labels(models: list[EvalModel]) -> None:
+    """Models whose labels (the tables' columns) coincide are named by more of their paths, the fewest parts
+    that tell them apart: runs/a/s2 and runs/b/s2 read gs:a/s2 and gs:b/s2. EvalError where two are the same
+    model (one path, or one tag, given twice). Regression (new-user trial): two models with the same folder or
+    file name (two runs' gsclip.safetensors) could not be compared: 'two models resolve to the same name'."""
+    groups: dict[str, list[EvalModel]] = {}
+    for em in models:
+        groups.setdefault(em.label, []).append(em)
+    for label, group in groups.items():
+        if len(group) < 2:
+            continue
+        paths = [os.path.abspath(em.source) if em.source else None for em in group]
+        if None in paths or len(set(paths)) < len(paths):
+            raise EvalError(f"{label}: the same model given twice")
+        depth = max(len(Path(p).parts) for p in paths)
+        parts = next(k for k in range(2, depth + 1) if len({_label(em, k) for em in group}) == len(group))
+        for em in group:
+            em.label = _label(em, parts)
+    if len({em.label for em in models}) < len(models):  # a longer label met another model's: name them whole
+        for em in models:
+            if em.source:
+                em.label = _label(em, len(Path(os.path.abspath(em.source)).parts))
+    if len({em.label for em in models}) < len(models):
+        raise EvalError(f"two models share the name {next(em.label for em in models if [m.label for m in models].count(em.label) > 1)}")
 
 
 def _load_gs(path: str, pretrained: str | None, device):

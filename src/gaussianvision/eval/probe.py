@@ -25,7 +25,7 @@ import torch
 
 from .datasets import SplatCache, SplatSettings, build_dataset, build_loader, dataset_task, transform_for
 from .linear_probe import probe, stratified_split
-from .models import EvalError, EvalModel
+from .models import EvalError, EvalModel, distinct_labels
 
 __all__ = ["Layer", "LAYERS", "Features", "layer_features", "extract_features", "run_probe", "task_folders"]
 
@@ -249,8 +249,7 @@ def run_probe(models: list[EvalModel], datasets: dict[str, str], test_fraction: 
     to linear_probe.probe's result."""
     if not models:
         raise EvalError("give at least one model")
-    if len({m.label for m in models}) != len(models):
-        raise EvalError("two models resolve to the same name")
+    distinct_labels(models)
     for dataset, root in datasets.items():
         _check(dataset, root)
     rows = [probe_dataset(models, d, r, test_fraction, seed, l2, batch_size=batch_size, device=device,

@@ -7,7 +7,7 @@ from pathlib import Path
 from gaussianvision.net import unreachable
 from gaussianvision.eval.datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
                        resolve_root, transform_for)
-from gaussianvision.eval.models import EvalError, EvalModel
+from gaussianvision.eval.models import EvalError, EvalModel, distinct_labels
 from gaussianvision.eval.report import comparison_table, result_record, write_result, write_tables
 from gaussianvision.eval.retrieval import zeroshot_retrieval
 from gaussianvision.eval.suites import DATACOMP38, UNSUPPORTED, suite_root
@@ -82,9 +82,8 @@ def evaluate_all(models: list[EvalModel], datasets: list[str], out_dir: str, roo
     """
     out = Path(out_dir)
     records, errors = [], []
-    labels = list(dict.fromkeys(m.label for m in models))
-    if len(labels) != len(models):
-        raise EvalError("two --model arguments resolve to the same name")
+    distinct_labels(models)
+    labels = [m.label for m in models]
     cache_dir = cache_dir if cache_dir is not None else str(out / "splat_cache")
     for dataset in datasets:
         ds_root = default_root(dataset, root)

@@ -134,6 +134,13 @@ def check_at_least(*checks: tuple[str, int | None, int]) -> None:
             raise CliError(f"{flag} must be >= {lo}, got {value}")
 
 
+def check_distinct(values: list[str], flag: str) -> None:
+    """One CliError line naming a value given twice to a repeatable `flag` (before any slow work uses them)."""
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise CliError(f"{flag} {twice}: given twice")
+
+
 def check_gaussians(n: int | None, size: int | None) -> None:
     """--gaussians against --size (square images of size x size; None or 0: each image's own size, checked
     per image by the fit): at most one Gaussian per pixel, one CliError line otherwise."""

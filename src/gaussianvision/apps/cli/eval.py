@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import (CliError, add_speed_options, check_device, emit, fail, fit_option,
-                                              fit_option_message, parser, run)
+from gaussianvision.apps.cli.command import (CliError, add_speed_options, check_device, check_distinct, emit, fail,
+                                              fit_option, fit_option_message, parser, run)
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -113,6 +113,7 @@ def _run(args) -> int:
         raise CliError("give --dataset NAME (repeatable) or --suite datacomp38")
     device = pick_device(args)
     settings = splat_settings(args)
+    check_distinct(args.model, "--model")
     try:
         models = [load_eval_model(spec, device) for spec in args.model]
     except EvalError as e:

@@ -7,7 +7,7 @@ import math
 import shlex
 import sys
 
-from gaussianvision.apps.cli.command import CliError, emit, parser, run, whole
+from gaussianvision.apps.cli.command import CliError, check_distinct, emit, parser, run, whole
 from gaussianvision.apps.cli.eval import add_splat_options, pick_device, splat_settings
 
 EXAMPLE = ("gsv probe --model gs:out/demo/stage2_n76 --model rgb:gsv-tiny:out/demo/teacher/open_clip_model.safetensors "
@@ -80,6 +80,7 @@ def _run(args) -> int:
     from gaussianvision.eval.probe import run_probe
     from gaussianvision.eval.probe_table import write_probe
     _check_numbers(args)
+    check_distinct(args.model, "--model")
     device = pick_device(args)
     settings = splat_settings(args)
     try:
