@@ -45,6 +45,9 @@ def test_model_info_base_override_json_file_and_checkpoint(tmp_path, capsys):
     ck = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
     d = _info(capsys, str(ck))
     assert d["base"] == "gsv-tiny" and d["config"]["name"] == "gs-tiny"
+    assert gsv(["model", "info", " "]) == 2  # regression (new-user trial): ': a folder, but not a gsv train ...'
+    assert capsys.readouterr().err.strip() == ("gsv model: give a config name, a JSON file, a .safetensors checkpoint "
+                                               "or a `gsv train` output folder (empty)")
     # regression (new-user trial): a checkpoint described on a base its weights cannot load into, silently
     assert gsv(["model", "info", str(ck), "--base", "ViT-B-16"]) == 2
     err = capsys.readouterr().err.strip()

@@ -229,6 +229,22 @@ def test_the_reading_of_a_split_without_held_out_images_says_so():
         "of them with --max-images)"]
 
 
+@pytest.mark.parametrize("n_test, says", [
+    (1, "Too few held-out images (1) to tell a drop (only one over 200 points would count)"),
+    (4, "Too few held-out images (4) to tell a drop (only one over 50 points would count)"),
+    (40, "No significant drop inside the tower"),
+])
+def test_the_reading_says_when_too_few_held_out_images_can_tell_no_drop(n_test, says):
+    """Regression (new-user trial): with one held-out image every layer read 100% or 0%, and the line said
+    'No significant drop inside the tower', which no drop could have been with that one image."""
+    from gaussianvision.eval.probe_table import diagnose
+    acc = lambda a: {"acc": a, "stderr": 0.0, "n_test": n_test}  # noqa: E731
+    row = {"attribute": "shape", "n_train": 2, "n_test": n_test,
+           "layers": {"gs:m stem": acc(1.0), "gs:m resampler": acc(1.0), "gs:m pooled": acc(0.99)}}
+    (line,) = diagnose({"models": {"gs:m": "gs"}, "rows": [row]})
+    assert line.startswith("shape: gs:m: stem 100.0% -> resampler 100.0% -> pooled 99.0%. " + says), line
+
+
 def test_cli_probe_exits_2_when_nothing_could_be_probed(tasks, tmp_path, capsys):
     """Regression (trial 7): with too few images for any held-out split the table was all '-' and the exit 0."""
     pytest.importorskip("open_clip")

@@ -37,6 +37,9 @@ def probe_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+TOO_FEW = 0.5  # a drop must pass 2 / n_test (the significance rule's floor): from 50 points, nothing is told apart
+
+
 def _significant(a: dict, b: dict) -> bool:
     """Whether two held-out accuracies differ by more than two standard errors of the difference."""
     se = math.sqrt(a["stderr"] ** 2 + b["stderr"] ** 2)
@@ -52,8 +55,12 @@ def _gs_line(attr: str, label: str, layers: dict, rgb: dict | None) -> str:
     steps = [(layers[a]["acc"] - layers[b]["acc"], a, b) for a, b in zip(names, names[1:])]
     if steps:
         drop, a, b = max(steps)
+        n_test = layers[names[0]]["n_test"]
         if drop > 0 and _significant(layers[a], layers[b]):
             text += f". Lost between {a[len(label) + 1:]} and {b[len(label) + 1:]} ({100 * drop:.0f} points)"
+        elif 2.0 / max(n_test, 1) >= TOO_FEW:  # regression (new-user trial): 1 held-out image read as no drop
+            text += (f". Too few held-out images ({n_test}) to tell a drop (only one over {200 / max(n_test, 1):.0f} "
+                     "points would count); give more images, or more of them with --max-images")
         else:
             text += ". No significant drop inside the tower"
     if rgb is not None and names:

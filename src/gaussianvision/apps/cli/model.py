@@ -9,6 +9,9 @@ from gaussianvision.apps.cli.command import ArgumentParser, CliError, HelpFormat
 def describe(config: str, base: str | None) -> dict:
     from gaussianvision.models import (WeightsError, ConfigError, create_gsclip, parameter_report,
                                        read_weights_config)
+    if not config.strip():  # regression (new-user trial): '' read as the current folder, ': a folder, but not ...'
+        raise CliError("give a config name, a JSON file, a .safetensors checkpoint or a `gsv train` output folder "
+                       "(empty)")
     stored = None
     try:
         if config.endswith(".safetensors"):
