@@ -916,3 +916,15 @@ def test_an_older_total_never_replaces_a_newer_summary(folder_and_reference, tmp
     fast.join(10)
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] and s["converted"] == json.loads((ref / "summary.json").read_text())["converted"]
+
+
+def test_config_without_hard_links_is_still_written_once(tmp_path, monkeypatch):
+    """create_durable on a file system without hard links: written where missing, kept where present."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    monkeypatch.setattr(output.os, "link", no_links)
+    assert output.create_durable(tmp_path / "c.json", b"first") and (tmp_path / "c.json").read_bytes() == b"first"
+    assert not output.create_durable(tmp_path / "c.json", b"second")
+    assert (tmp_path / "c.json").read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]

@@ -65,7 +65,7 @@ def create_durable(path: Path, data: bytes) -> bool:
     except OSError:  # EPERM, ENOTSUP: no hard links here
         if path.exists():
             return False
-        os.replace(staged, path)
+        write_durable(path, data)
         return True
     finally:
         staged.unlink(missing_ok=True)
