@@ -47,13 +47,37 @@ def test_missing_model_is_one_line(tmp_path, capsys):
     assert "\n" not in err and "run gsv demo first" in err
 
 
-@pytest.mark.parametrize("flag", ["--clients", "--seconds"])
-def test_zero_clients_or_seconds_is_refused_not_the_default(tiny_model, tmp_path, capsys, flag):
-    """Regression (trial 7): 0 was taken as not given, and the default (8 clients, 10 s) ran."""
+def _rc(argv) -> int:
     from gaussianvision.apps.cli.main import main
-    assert main(["bench", "serve", "--model", str(tiny_model), "--out", str(tmp_path), flag, "0"]) == 2
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's errors
+        return e.code
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--clients", "0"], "argument --clients: must be >= 1, got 0"),  # trial 7: 0 was taken as not given
+    (["--seconds", "0"], "argument --seconds: must be a positive number, got 0"),
+    (["--seconds", "inf"], "argument --seconds: must be a positive number, got inf"),  # accepted, never ended
+    (["--seconds", "nan"], "argument --seconds: must be a positive number, got nan"),
+    (["--seconds", "1", "--device", "foo"], "--device foo: expected cpu, cuda or cuda:N"),  # a traceback
+    (["--seconds", "1", "--windows", "100000"], "--windows must be milliseconds from 0 to 10000, got '100000'"),
+    (["--seconds", "1", "--windows", "0,nan"], "--windows must be milliseconds from 0 to 10000, got '0,nan'"),
+    (["--seconds", "1", "--gaussians", "1025"], "--gaussians 1025 is more than the 32x32 images' 1024 pixels"),
+    (["--seconds", "1", "--size", "8"], "argument --size: must be from 11 to 2048, got 8"),
+    (["--seconds", "1", "--max-batch", "0"], "argument --max-batch: must be >= 1, got 0"),
+])
+def test_bad_options_are_one_line_before_any_work(tiny_model, tmp_path, capsys, monkeypatch, argv, message):
+    """Regression (new-user trial): --seconds inf ran for ever; a bad --device or --windows was a traceback."""
+    from gaussianvision.apps.bench import serve
+
+    def never(*a, **k):
+        raise AssertionError("the load test ran")
+    monkeypatch.setattr(serve, "fit_payloads", never)
+    out = tmp_path / "out"
+    assert _rc(["bench", "serve", "--model", str(tiny_model), "--out", str(out), "--size", "32", *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert "must be positive" in err and "\n" not in err and not list(tmp_path.iterdir())
+    assert message in err and "\n" not in err and not out.exists()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -129,6 +129,12 @@ def _fp16_loss(s: Splats, images: torch.Tensor, backend: str) -> float:
     return float((p32 - p16).mean())
 
 
+def signed(v: float, digits: int = 3) -> str:
+    """v with its sign, as rounded to `digits` (regression: "fp16 --0.000 dB"): "+0.012", "-0.004", "0.000"."""
+    r = round(v, digits)
+    return f"{0.0:.{digits}f}" if r == 0 else f"{r:+.{digits}f}"
+
+
 def _cfg(b: FitBenchConfig, **kw) -> FitConfig:
     return FitConfig(backend=b.backend, device=b.device, **kw)
 
@@ -155,7 +161,7 @@ def _curves(b: FitBenchConfig, images: torch.Tensor, log) -> list[dict]:
                    "ms_per_image_iter": 1000 * f.seconds / img_its, "pairs_per_image_iter": pairs,
                    "pairs_per_s": pairs * img_its / f.seconds, "fp16_loss_db": _fp16_loss(s, f.images, b.backend)}
             log(f"N={n} {init}: " + ", ".join(f"{k}:{v:.2f}" for k, v in row["psnr"].items())
-                + f" | {row['ms_per_image_iter']:.2f} ms/img-it, fp16 -{row['fp16_loss_db']:.3f} dB")
+                + f" | {row['ms_per_image_iter']:.2f} ms/img-it, fp16 {signed(-row['fp16_loss_db'])} dB")
             rows.append(row)
     return rows
 
@@ -365,7 +371,7 @@ def to_markdown(res: dict) -> str:
         for r in res["curves"]:
             lines.append(f"| {r['n']} {r['init']} | " + " | ".join(
                 f"{r['psnr'][c]:.2f}" if c in r["psnr"] else "-" for c in cps)
-                + f" | {r['ms_per_image_iter']:.2f} | {r['pairs_per_s']:.2e} | {r['fp16_loss_db']:.3f} |")
+                + f" | {r['ms_per_image_iter']:.2f} | {r['pairs_per_s']:.2e} | {signed(r['fp16_loss_db']).lstrip('+')} |")
         lines.append("")
     if res.get("speed"):
         s = res["speed"]

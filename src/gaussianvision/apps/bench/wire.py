@@ -23,6 +23,7 @@ fit's cache cut the same way). Each column is a function `(ctx, budget) -> row` 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -75,6 +76,22 @@ class DemoRun:
     size: int = 64
     work: Path | None = None
     top_n: int | None = None  # the largest budget's N (the progressive file's; set by run_wire_bench)
+
+    @property
+    def run_dir(self) -> Path:
+        """This demo's own folder in `work`: its world and fit settings name it, so a --work folder
+        reused for another demo never mixes their caches (regression: the splat counts took the other
+        demo's cached files, 288/288 instead of 240/240, and a cached nested fit of the other world was cut)."""
+        return Path(self.work) / f"demo-{demo_key(self)}"
+
+
+def demo_key(ctx: DemoRun) -> str:
+    """A short hash of what the cached files depend on: the world (its param_hash, else its shards'
+    names and sizes), the image size and the demo's fit settings."""
+    world = ctx.world.get("param_hash") or sorted(
+        (str(f), f.stat().st_size) for v in ctx.world["tasks"].values() for f in Path(v["root"]).rglob("*.tar"))
+    key = json.dumps({"world": world, "size": ctx.size, "fit": ctx.fit}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def load_demo(path) -> DemoRun:
@@ -148,7 +165,7 @@ def _compress_task(src: Path, dest: Path, fmt: str, budget: int) -> dict:
 
 def _world_copy(ctx: DemoRun, fmt: str, budget: int) -> tuple[dict, dict]:
     """(a world dict whose tasks point at codec copies, pooled stats); reused from ctx.work."""
-    root = ctx.work / f"{fmt.lower()}_{budget}"
+    root = ctx.run_dir / f"{fmt.lower()}_{budget}"
     key = {"world": ctx.world.get("param_hash"), "fmt": fmt, "budget": budget}
     marker = root / "stats.json"
     tasks = {t: {**v, "root": str(root / t)} for t, v in ctx.world["tasks"].items()}
@@ -166,7 +183,7 @@ def _world_copy(ctx: DemoRun, fmt: str, budget: int) -> tuple[dict, dict]:
 
 def _eval(spec: str, world: dict, ctx: DemoRun, name: str, splats=None) -> dict:
     from gaussianvision.apps.demo.pipeline import step_eval
-    return step_eval(spec, world, ctx.work / name / "eval", ctx.batch, splats=splats)
+    return step_eval(spec, world, ctx.run_dir / name / "eval", ctx.batch, splats=splats)
 
 
 def _world_row(ev: dict, sizes: list, psnr: float, fits: int | None = None) -> dict:
@@ -197,13 +214,13 @@ def _settings(ctx: DemoRun, n: int, preset: str | None = None):
 
 
 def _cache_sizes(ctx: DemoRun, name: str) -> list[int]:
-    return [p.stat().st_size for p in sorted((ctx.work / name / "eval" / "splat_cache").rglob("*.gsv"))]
+    return [p.stat().st_size for p in sorted((ctx.run_dir / name / "eval" / "splat_cache").rglob("*.gsv"))]
 
 
 def _transcode(ctx: DemoRun, src: str, dest: str, encode) -> None:
     """Copy the splat cache of run `src` into run `dest`, each file re-encoded by encode(Splats)."""
     from gaussianvision.splats.format import decode
-    a, b = ctx.work / src / "eval" / "splat_cache", ctx.work / dest / "eval" / "splat_cache"
+    a, b = ctx.run_dir / src / "eval" / "splat_cache", ctx.run_dir / dest / "eval" / "splat_cache"
     if b.exists():
         shutil.rmtree(b)
     for p in sorted(a.rglob("*.gsv")):
@@ -331,11 +348,29 @@ def _best(rows: list[dict], key) -> dict | None:
     return max(ok, key=key) if ok else None
 
 
-def _budget_line(b: int, rows: list[dict]) -> tuple[str, str]:
-    """One sentence on budget b, and 'win' / 'lose' / 'tie' for accuracy."""
+def _missing_side(rows: list[dict]) -> str | None:
+    """What the rows of one budget lack for a comparison (no pixel-codec or no splats column), else None."""
+    if not any(r["codec"] in PIXEL_CODECS for r in rows):
+        return "no JPEG or WebP column was run"
+    if not any(r["codec"].startswith("splats") for r in rows):
+        return "no splats column was run"
+    return None
+
+
+def _figures(s: dict, p: dict) -> str:
+    """The PSNRs of the two compared rows (each figure that row's own); the photos' when both have them."""
+    text = f"; world PSNR {s['world']['psnr']:.1f} vs {p['world']['psnr']:.1f} dB"
+    fs, fp = (s.get("photos") or {}).get("psnr"), (p.get("photos") or {}).get("psnr")
+    return text + (f", photos {fs:.1f} vs {fp:.1f} dB" if fs is not None and fp is not None else "")
+
+
+def _budget_line(b: int, rows: list[dict]) -> tuple[str, str | None]:
+    """One sentence on budget b, and 'win' / 'lose' / 'tie' for accuracy (None: no comparison made)."""
+    missing = _missing_side(rows)
+    if missing:  # regression: a run without one side crashed here, or said splats win against nothing
+        return f"{b:,} B: {missing}, so the comparison is not made.", None
     pix = [r for r in rows if r["codec"] in PIXEL_CODECS and r["world"]["fits"] > 0]
-    spl = [r for r in rows if r["codec"].startswith("splats")]
-    s = _best(spl, lambda r: r["world"]["acc"])
+    s = _best([r for r in rows if r["codec"].startswith("splats")], lambda r: r["world"]["acc"])
     p = _best(pix, lambda r: r["world"]["acc"])
     if p is None:
         return f"{b:,} B: no JPEG or WebP file fits; splats ({s['codec']}) {s['world']['acc']:.1%}.", "win"
@@ -343,18 +378,23 @@ def _budget_line(b: int, rows: list[dict]) -> tuple[str, str]:
     se = np.sqrt(2 * max(s["world"]["acc"] * (1 - s["world"]["acc"]), 1e-3) / n)
     diff = s["world"]["acc"] - p["world"]["acc"]
     call = "tie" if abs(diff) < 2 * se else ("win" if diff > 0 else "lose")
-    text = (f"{b:,} B: splats {dict(win='win', lose='lose', tie='tie')[call]} on accuracy, {s['codec']} "
-            f"{s['world']['acc']:.1%} vs {p['codec']} {p['world']['acc']:.1%} ({100 * diff:+.1f} points, "
-            f"noise +/-{200 * se:.1f})")
-    ps, pp = _best(spl, lambda r: r["world"]["psnr"]), _best(pix, lambda r: r["world"]["psnr"])
-    text += f"; world PSNR {ps['world']['psnr']:.1f} vs {pp['world']['psnr']:.1f} dB"
-    fs = _best(spl, lambda r: (r.get("photos") or {}).get("psnr"))
-    fp = _best(pix, lambda r: (r.get("photos") or {}).get("psnr"))
-    if fs and fp:
-        text += f", photos {fs['photos']['psnr']:.1f} vs {fp['photos']['psnr']:.1f} dB"
+    text = (f"{b:,} B: splats {call} on accuracy, {s['codec']} {s['world']['acc']:.1%} vs {p['codec']} "
+            f"{p['world']['acc']:.1%} ({100 * diff:+.1f} points, noise +/-{200 * se:.1f})") + _figures(s, p)
     short = [f"{r['codec']} fits {r['world']['fits']}/{r['world']['images']}" for r in rows
              if r["codec"] in PIXEL_CODECS and r["world"]["fits"] < r["world"]["images"]]
     return text + (f" ({', '.join(short)})" if short else "") + ".", call
+
+
+_CALLS = (("win", "win"), ("lose", "lose"), ("tie", "tie (within two standard errors)"))
+
+
+def _head(calls: dict) -> str:
+    """'Splats win on accuracy at X, lose at Y, tie ... at Z.' with only the calls that were made."""
+    parts = [f"{words} at {', '.join(calls[c])}" for c, words in _CALLS if calls.get(c)]
+    if not parts:
+        return "No accuracy comparison is made: it needs a JPEG or WebP column and a splats column."
+    verb, _, rest = parts[0].partition(" ")
+    return f"Splats {verb} on accuracy {rest}" + "".join(f", {x}" for x in parts[1:]) + "."
 
 
 def verdict(res: dict) -> str:
@@ -362,13 +402,12 @@ def verdict(res: dict) -> str:
     calls, lines = {}, []
     for b in res["budgets"]:
         text, call = _budget_line(b["bytes"], [r for r in res["rows"] if r["budget"] == b["bytes"]])
-        calls.setdefault(call, []).append(f"{b['bytes']:,} B")
+        if call:
+            calls.setdefault(call, []).append(f"{b['bytes']:,} B")
         lines.append(f"- {text}")
     ref = res["reference"]["world"]
-    head = (f"Splats win on accuracy at {', '.join(calls.get('win', [])) or 'no budget'}, lose at "
-            f"{', '.join(calls.get('lose', [])) or 'no budget'}, tie (within two standard errors) at "
-            f"{', '.join(calls.get('tie', [])) or 'no budget'}. The world's own lossless PNGs take "
-            f"{ref['bytes_mean']:,.0f} B on average, where the teacher scores {ref['acc']:.1%}.")
+    head = (f"{_head(calls)} The world's own lossless PNGs take {ref['bytes_mean']:,.0f} B on average, where the "
+            f"teacher scores {ref['acc']:.1%}.")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gaussianvision.apps.cli.bench_args import check_pixels
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
 from gaussianvision.apps.cli.command import check_out_folder, emit, parser, path_arg, run, whole, whole_list, write_json
 from gaussianvision.apps.cli.render import check_backend
@@ -22,11 +23,14 @@ def main(argv=None) -> int:
     def go(a):
         from gaussianvision.apps.bench.codec import markdown, plot, run_codec_bench
         check_backend(a.backend)
-        check_out_folder(a.out)
         n_list = a.n if a.n is not None else ([200] if a.quick else [400, 900])
+        size = a.size if a.size is not None else (96 if a.quick else 224)
+        where = f" (--size {size})" if a.size is not None else f" (the default size, {size})"
+        check_pixels([(n, f"--n {n}") for n in n_list], size, size, where)  # regression: a traceback from the fit
+        check_out_folder(a.out)
         names = ("astronaut", "chelsea", "coffee", "rocket") if a.quick else None
         log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
-        res = run_codec_bench(size=a.size if a.size is not None else (96 if a.quick else 224), n_list=n_list,
+        res = run_codec_bench(size=size, n_list=n_list,
                               iters=a.iters if a.iters is not None else (100 if a.quick else 300), names=names, backend=a.backend, log=log)
         res["env"] = machine()
         res["quick"] = bool(a.quick)

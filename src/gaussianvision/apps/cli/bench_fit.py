@@ -4,7 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, whole_list, write_json, write_text
+from gaussianvision.apps.cli.bench_args import check_pixels, file_name
+from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole, whole_list,
+                                             write_json, write_text)
+
+
+def _check_counts(a, size: int) -> None:
+    """What the numbers cannot tell argparse: photos available, Gaussians within the photos' pixels."""
+    from gaussianvision.data.photos import PHOTO_NAMES
+    if a.photos is not None and a.photos > len(PHOTO_NAMES):  # regression: 100 ran the 8 there are, silently
+        raise CliError(f"--photos {a.photos}: there are {len(PHOTO_NAMES)} bundled photos")
+    if a.checkpoints and max(a.checkpoints) < 1:  # regression: a ZeroDivisionError traceback from the curves
+        raise CliError(f"--checkpoints {','.join(map(str, a.checkpoints))}: the last must be >= 1 (the curves are "
+                       "timed per iteration)")
+    where = f" (the bench fits the photos at {size}x{size})"  # regression: --ns 60000 at 224x224 ran
+    check_pixels([(n, f"--ns {n}") for n in a.ns or ()], size, size, where)
+    check_pixels([(n, f"--prune-n {n}") for n in ([a.prune_n] if a.prune_n else [])], size, size, where)
 
 
 def main(argv=None) -> int:
@@ -18,21 +33,22 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", type=whole_list(0), default=None, help="comma-separated iterations (default 0,...,2000)")
     p.add_argument("--inits", default=None, help="comma-separated initializers (default grid,content,random)")
     p.add_argument("--prune-fractions", default=None, help="comma-separated fractions for the pruning sweep")
-    p.add_argument("--prune-finetune", type=int, default=None)
-    p.add_argument("--naive-iters", type=int, default=None)
-    p.add_argument("--photos", type=int, default=None, help="how many bundled photos (default 8)")
-    p.add_argument("--speed-images", type=int, default=None)
-    p.add_argument("--speed-iters", type=int, default=None)
-    p.add_argument("--prune-n", type=int, default=None)
-    p.add_argument("--prune-iters", type=int, default=None)
+    p.add_argument("--prune-finetune", type=whole(0), default=None)
+    p.add_argument("--naive-iters", type=whole(1), default=None)
+    p.add_argument("--photos", type=whole(1), default=None, help="how many bundled photos (default 8)")
+    p.add_argument("--speed-images", type=whole(1), default=None)
+    p.add_argument("--speed-iters", type=whole(0), default=None)
+    p.add_argument("--prune-n", type=whole(1), default=None)
+    p.add_argument("--prune-iters", type=whole(0), default=None)
     p.add_argument("--kodak-dir", default=str(KODAK_DIR))
-    p.add_argument("--kodak-limit", type=int, default=None)
-    p.add_argument("--kodak-iters", type=int, default=None)
+    p.add_argument("--kodak-limit", type=whole(1), default=None)
+    p.add_argument("--kodak-iters", type=whole(0), default=None)
     p.add_argument("--sections", default=None, help="subset of ttq,curves,speed,naive,pruning,kodak; ttq_kodak (time "
                                                     "to 32.05 dB on full-size Kodak, 9000 Gaussians) is not in the default set")
     p.add_argument("--methods", default=None, help="comma-separated time-to-quality methods (bench/ttq.py METHODS; "
                                                    "default adam,adam+colors,c2f+colors,random,fast,balanced,fast+learned,balanced+learned)")
-    p.add_argument("--name", default=None, help="output file stem (default fit or fit_quick)")
+    p.add_argument("--name", type=file_name, default=None,
+                   help="output file stem, a plain file name written in --out (default fit or fit_quick)")
     args = p.parse_args(argv)
 
     def go(a):
@@ -40,6 +56,9 @@ def main(argv=None) -> int:
             import torch
             if not torch.cuda.is_available():
                 raise CliError("--device cuda: CUDA is not available on this machine")
+        from gaussianvision.apps.cli.render import check_backend
+        check_backend(a.backend)  # regression: an unknown backend was a traceback at the first fit
+        _check_counts(a, FitBenchConfig.size)
         kw = {"device": a.device, "backend": a.backend, "kodak_dir": a.kodak_dir}
         if a.inits:  # checked up front (regression: a traceback at the curves, after minutes of ttq)
             from gaussianvision.fit import INITIALIZERS
@@ -60,7 +79,7 @@ def main(argv=None) -> int:
         if a.ns:
             kw["ns"] = tuple(a.ns)
         if a.checkpoints:
-            kw["checkpoints"] = tuple(a.checkpoints)
+            kw["checkpoints"] = tuple(sorted(set(a.checkpoints)))  # regression: 5,2 made unsorted columns
         if a.methods:
             from gaussianvision.apps.bench.ttq import METHODS
             kw["ttq_methods"] = tuple(s.strip() for s in a.methods.split(","))
@@ -74,9 +93,9 @@ def main(argv=None) -> int:
             if unknown:  # regression: --sections bogus ran nothing and said it wrote the results
                 raise CliError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
         cfg = FitBenchConfig.quick_preset(**kw) if a.quick else FitBenchConfig(**kw)
+        check_out_folder(a.out)
         res = run_fit_bench(cfg, log=(lambda *_: None) if a.json else print)
         stem = a.name or ("fit_quick" if a.quick else "fit")
-        a.out.mkdir(parents=True, exist_ok=True)
         write_json(a.out / f"{stem}.json", res)
         md = to_markdown(res)
         write_text(a.out / f"{stem}.md", md + "\n")

@@ -1,12 +1,15 @@
 """gsv bench serve: a bounded load test of gsv serve on 127.0.0.1 (requests/s, latency, batch sizes)."""
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
 
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, write_json
+from gaussianvision.apps.cli.bench_args import check_pixels
+from gaussianvision.apps.cli.command import (CliError, check_device, check_out_folder, emit, parser, path_arg, positive,
+                                             run, whole, write_json)
 
 
 def _trained_n(folder: str | Path) -> int | None:
@@ -39,8 +42,9 @@ def _windows(text: str) -> list[float]:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise CliError(f"--windows must be comma-separated milliseconds, got {text!r}") from None
-    if not vals or min(vals) < 0:
-        raise CliError(f"--windows must be milliseconds >= 0, got {text!r}")
+    # the server's own limits (ServeSettings.check; regression: 100000 was its ValueError traceback)
+    if not vals or not all(math.isfinite(v) and 0 <= v <= 10_000 for v in vals):
+        raise CliError(f"--windows must be milliseconds from 0 to 10000, got {text!r}")
     return vals
 
 
@@ -51,30 +55,29 @@ def main(argv=None) -> int:
     p.add_argument("--demo", type=path_arg, default=Path("out/demo"), help="where the default model comes from")
     p.add_argument("--out", type=path_arg, default=Path("benchmarks/results"))
     p.add_argument("--quick", action="store_true", help="2 clients, 2 s per window")
-    p.add_argument("--clients", type=int, default=None, help="client threads (default 8)")
-    p.add_argument("--seconds", type=float, default=None, help="seconds per window (default 10)")
+    p.add_argument("--clients", type=whole(1), default=None, help="client threads (default 8)")
+    p.add_argument("--seconds", type=positive, default=None,  # finite: regression: inf was accepted and never ended
+                   help="seconds per window, a positive finite number (default 10)")
     p.add_argument("--windows", default="0,5", help="batching windows to compare, ms")
-    p.add_argument("--size", type=int, default=64, help="payload image size (the demo's model: 64)")
-    p.add_argument("--gaussians", type=int, default=None,
+    p.add_argument("--size", type=whole(11, 2048), default=64, help="payload image size (the demo's model: 64)")
+    p.add_argument("--gaussians", type=whole(1), default=None,
                    help="Gaussians per payload (default: the N a demo model was trained at, else 76)")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=whole(1), default=64)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
     def go(a):
         from gaussianvision.apps.bench.serve import fit_payloads, markdown, run_serve_bench
         from gaussianvision.apps.serve.server import load_engine
+        windows = _windows(a.windows)
+        check_device(None if a.device == "auto" else a.device)  # regression: --device foo was a traceback
         model = _model(a.model, a.demo)
         a.gaussians = _gaussians(a.gaussians, model)
-        # None is "not given" (regression: 0 was taken as not given and replaced by the default)
+        # None is "not given" (regression: 0 was taken as not given and replaced by the default; argparse refuses 0)
         clients = (2 if a.quick else 8) if a.clients is None else a.clients
         seconds = (2.0 if a.quick else 10.0) if a.seconds is None else a.seconds
-        if not (clients >= 1 and seconds > 0 and a.size >= 8 and a.gaussians >= 1 and a.max_batch >= 1):
-            raise CliError(f"--clients, --seconds, --gaussians and --max-batch must be positive, --size >= 8; got "
-                           f"{clients}, {seconds:g}, {a.gaussians}, {a.max_batch}, {a.size}")
-        if a.gaussians > a.size * a.size:
-            raise CliError(f"--gaussians {a.gaussians} is more than the {a.size}x{a.size} payloads' pixels")
-        windows = _windows(a.windows)
+        check_pixels([(a.gaussians, f"--gaussians {a.gaussians}")], a.size, a.size, where=f" (--size {a.size})")
+        check_out_folder(a.out)
         try:
             engine = load_engine(model, a.device)
         except ValueError as e:

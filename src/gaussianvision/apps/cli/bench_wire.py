@@ -5,8 +5,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gaussianvision.apps.cli.bench_args import check_pixels
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
-from gaussianvision.apps.cli.command import CliError, emit, parser, path_arg, run, whole_list, write_json
+from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole_list,
+                                             write_json)
 
 
 def _columns(text: str | None, quick: bool) -> dict:
@@ -16,6 +18,29 @@ def _columns(text: str | None, quick: bool) -> dict:
     if bad:
         raise CliError(f"--columns: unknown {bad}; choose from {', '.join(COLUMNS)}")
     return {c: COLUMNS[c] for c in names}
+
+
+def _check_budgets(n_list: list[int], columns: dict, photos: bool, size: int) -> None:
+    """Every budget's Gaussians within the size x size images' pixels, before any work (regression: a
+    ValueError traceback from the fit). The quantized column and the photos fit the budget's quantized N too."""
+    from gaussianvision.apps.bench.wire import budgets
+    for b in budgets(n_list):
+        asked = [(b["n"], f"--n {b['n']}")]
+        if photos or "splats quantized" in columns:
+            asked.append((b["n_quantized"], f"--n {b['n']} (its {b['bytes']:,} B quantized file: {b['n_quantized']} "
+                                            "Gaussians)"))
+        check_pixels(asked, size, size)
+
+
+def _save(a, res: dict, stem: str) -> None:
+    """The numbers first (nothing after can lose them), then the reading, the plot and the table."""
+    from gaussianvision.apps.bench.wire import markdown, plot, verdict
+    write_json(a.out / f"{stem}.json", res)
+    res["verdict"] = verdict(res)
+    write_json(a.out / f"{stem}.json", res)
+    plot(res, a.out / f"{stem}.png")
+    body = markdown(res) + "\n" + res["verdict"] + f"\n![accuracy and PSNR against bytes]({stem}.png)\n"
+    write_markdown(a.out / f"{stem}.md", "gsv bench wire", res["env"], body)
 
 
 def main(argv=None) -> int:
@@ -35,13 +60,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go(a):
-        from gaussianvision.apps.bench.wire import (BUDGET_N, WireError, load_demo, markdown, plot, run_wire_bench,
-                                                     verdict)
+        from gaussianvision.apps.bench.wire import BUDGET_N, WireError, load_demo, markdown, run_wire_bench
         n_list = a.n if a.n else ([19, 76] if a.quick else list(BUDGET_N))
         columns = _columns(a.columns, a.quick)
         log = (lambda m: None) if a.json else (lambda m: print(f"  {m}", file=sys.stderr))
         try:
             ctx = load_demo(a.demo)
+            _check_budgets(n_list, columns, not a.no_photos, ctx.size)
+            check_out_folder(a.out)
             with tempfile.TemporaryDirectory(prefix="gsv-bench-wire-") as tmp:
                 ctx.work = a.work or Path(tmp)
                 res = run_wire_bench(ctx, n_list, columns, photos=not a.no_photos,
@@ -49,11 +75,7 @@ def main(argv=None) -> int:
                                      log=log)
         except WireError as e:
             raise CliError(str(e)) from None
-        res["env"], res["quick"], res["verdict"] = machine(), bool(a.quick), verdict(res)
-        stem = "wire_quick" if a.quick else "wire"
-        write_json(a.out / f"{stem}.json", res)
-        plot(res, a.out / f"{stem}.png")
-        body = markdown(res) + "\n" + res["verdict"] + f"\n![accuracy and PSNR against bytes]({stem}.png)\n"
-        write_markdown(a.out / f"{stem}.md", "gsv bench wire", res["env"], body)
+        res["env"], res["quick"] = machine(), bool(a.quick)
+        _save(a, res, "wire_quick" if a.quick else "wire")
         emit(res, a.json, markdown(res) + "\n" + res["verdict"])
     return run("bench wire", go, args)
