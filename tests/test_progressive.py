@@ -81,10 +81,14 @@ def test_a_cut_progressive_file_reads_its_whole_gaussians_when_allowed():
         decode(cut, "cut.gsv")
     with pytest.raises(FormatError, match="no whole Gaussian"):
         decode(data[:32 + 9], allow_truncated=True)
+    # regression (new-user trial): the header alone said only "truncated", one byte more said why
+    with pytest.raises(FormatError, match=r"got 32, and a cut file cannot be read: 0 payload bytes hold no whole"):
+        decode(data[:32], allow_truncated=True)
 
 
 @pytest.mark.parametrize("data,why", [
-    (encode(random_splats(1, 12, 16, 16)), "it is not progressive"),
+    (encode(random_splats(1, 12, 16, 16)), r"it is not progressive \(write it so: --progressive, or progressive=True "
+                                           r"in Python\)"),
     (encode(random_splats(2, 12, 16, 16), progressive=True), "it holds 2 images"),
     (encode(random_splats(1, 12, 16, 16), layout="quantized", progressive=True), "layout 'quantized'"),
 ])

@@ -197,7 +197,8 @@ def read_header(data: bytes | memoryview, name: str = "<bytes>", truncated_ok: b
     if expect is not None and expect != plen:
         raise FormatError(f"{name}: header says {n} Gaussians ({expect} payload bytes) "
                           f"but a payload of {plen} bytes")
-    cut = HEADER_SIZE + hdr.table_len < len(data) < hdr.total_len
+    # regression (new-user trial): the header alone read as plainly "truncated", one byte more said why
+    cut = HEADER_SIZE + hdr.table_len <= len(data) < hdr.total_len
     if hdr.total_len != len(data) and not (truncated_ok and cut):
         what = "truncated" if hdr.total_len > len(data) else "oversized"
         raise FormatError(f"{name}: {what}: header and payload need {hdr.total_len} bytes, got {len(data)}")
@@ -280,7 +281,7 @@ def _arrived(view: memoryview, hdr: Header, name: str) -> tuple[memoryview, Head
 def _uncuttable(hdr: Header) -> str | None:
     """Why a byte prefix of this file is no image (None: it is one)."""
     if not hdr.progressive:
-        return "it is not progressive (write it with progressive=True)"
+        return "it is not progressive (write it so: --progressive, or progressive=True in Python)"
     if hdr.n_images > 1:
         return f"it holds {hdr.n_images} images (only a single-image file reads from a byte prefix)"
     if hdr.layout != 1:
@@ -297,7 +298,7 @@ def _prefix(r: Rows, k: int, name: str) -> Rows:
         return r
     if not r.header.progressive:
         raise FormatError(f"{name}: not a progressive file: its first {k} Gaussians are no coarser image "
-                          f"(write it with progressive=True / --progressive, or read it whole)")
+                          f"(write it so: --progressive, or progressive=True in Python; or read it whole)")
     starts = np.cumsum(r.counts) - r.counts
     img = np.repeat(np.arange(len(keep)), keep)
     within = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
