@@ -9,22 +9,32 @@ DIR/results.json. Each step is cached in DIR and reused when its settings and in
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import emit, parser, run, write_json
+from gaussianvision.apps.cli.command import CliError, check_out_folder, emit, parser, path_arg, run, whole, write_json
 
 __all__ = ["main", "run_demo"]
 
 
+def _cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system says it, else os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _threads(n: int) -> int:
     """0 = auto: all cores, but one thread when the machine is already busy (torch's thread pool
-    spins and thrashes against other jobs: 4x slower training measured at load 8 on 2 cores)."""
+    spins and thrashes against other jobs: 4x slower training measured at load 8 on 2 cores);
+    1 to the cores: that many; else ValueError (regression: -1 meant auto and 1000 was taken)."""
+    cores = _cores()
+    if not 0 <= n <= cores:
+        raise ValueError(f"threads must be from 0 (auto) to the {cores} CPU cores here, got {n}")
     if n > 0:
         return n
-    cores = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -234,19 +244,34 @@ def _human(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_out(out: Path) -> None:
+    """--out: a folder (made when missing) that takes files, before any step; one CliError line otherwise
+    (regression: a file given as --out said only 'File exists')."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: is not a folder (the demo writes its steps, report/ and results.json into it; "
+                       "give a new or existing folder)")
+    check_out_folder(out)
+
+
 def main(argv=None) -> int:
     p = parser("demo", "The whole pipeline on one CPU (world, photos, conversion, teacher, stages 1 and 2, "
                        "zero-shot RGB vs GS) with an HTML report.")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--quick", action="store_true", help="a smaller world and shorter training (<= 2 minutes)")
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: seconds, meaningless numbers
+    p.add_argument("--out", type=path_arg, default=Path("out/demo"), help="folder for every step, the report and "
+                   "results.json (made when missing)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smaller world and shorter training (<= 2 minutes)")
+    size.add_argument("--tiny", action="store_true", help="the tests' size: tens of images and a few steps, seconds; "
+                      "checks that the pipeline runs, its accuracies mean nothing")
     p.add_argument("--force", action="store_true", help="redo every step (ignore the cache in --out)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (0: all cores, or 1 when the machine is already busy)")
-    p.add_argument("--no-progress", action="store_true")
+    cores = _cores()
+    p.add_argument("--threads", type=whole(0, cores), default=0,
+                   help=f"torch threads, 0 to the CPU cores here ({cores}); 0 (default): all cores, or 1 when the "
+                        "machine is already busy. The results are reproducible for one machine and thread count")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (each step's line is still printed)")
     args = p.parse_args(argv)
 
     def go(a):
+        _check_out(a.out)
         mode = "tiny" if a.tiny else ("quick" if a.quick else "full")
         r = run_demo(a.out, mode=mode, force=a.force, progress=not a.no_progress and not a.json, threads=a.threads)
         emit(r, a.json, _human(r))

@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 
 from gaussianvision.apps.demo.world.captions import BACKGROUND_WORDS
-from gaussianvision.apps.demo.world.scenes import (BACKGROUNDS, COLORS, RELATIONS, SHAPES, SIZES, make_group, place_objects,
-                     relation_of, relation_regions, sample_background)
+from gaussianvision.apps.demo.world.scenes import (BACKGROUNDS, COLORS, MAX_DRAWS, RELATIONS, SHAPES, SIZES, make_group,
+                                                   place_objects, relation_of, relation_regions, sample_background)
 
 __all__ = ["Task", "TASKS", "TASK_NAMES", "RELATION_PAIR", "COUNT_GROUP"]
 
@@ -53,11 +53,14 @@ class Task:
 
     def sample(self, rng: np.random.Generator, size: int, label: int, cells: int = 0) -> dict:
         """A test-distribution scene whose class is `label` (index into classes); `cells` as in
-        scenes.place_objects."""
-        while True:
+        scenes.place_objects. ValueError when no scene of the class came out in MAX_DRAWS draws."""
+        for _ in range(MAX_DRAWS):
             scene = self.sampler(rng, size, label, cells)
             if scene is not None:
                 return scene
+        raise ValueError(f"the {self.name} task's class {self.classes[label]!r} does not fit {size}-pixel images with "
+                         f"cells={cells}: no layout in {MAX_DRAWS} draws; choose other cells (0: free placement) or "
+                         "another size")
 
 
 def _bg(rng, size):

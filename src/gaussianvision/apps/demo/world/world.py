@@ -35,14 +35,20 @@ from gaussianvision.apps.demo.world.scenes import render_scene, sample_scene
 from gaussianvision.apps.demo.world.tasks import TASK_NAMES, TASKS
 from gaussianvision.apps.demo.world.writer import TarShardWriter, dumps_json, file_sha256, write_text_atomic
 
-__all__ = ["GENERATOR_VERSION", "CELLS", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world", "load_world",
-           "resolve_params", "param_hash", "train_sample", "task_sample", "STREAMS"]
+__all__ = ["GENERATOR_VERSION", "CELLS", "MIN_SIZE", "MAX_SIZE", "DEFAULT_HOLDOUT", "DEFAULTS", "QUICK", "make_world",
+           "load_world", "resolve_params", "check_layouts", "param_hash", "train_sample", "task_sample", "STREAMS"]
 
 GENERATOR_VERSION = 5  # bump when drawing or wording changes: invalidates cached worlds
 
 # Objects sit on a layout grid of CELLS x CELLS cells (scenes.place_objects): at 64 px, one cell is
 # one 8-px patch of the demo teacher (gsv-tiny). 0 places objects anywhere.
 CELLS = 8
+
+# Image side in pixels. At the largest a striped background (drawn 4x supersampled) takes about 0.7 s and 0.2 GB
+# per image and worker process; 100,000 px asked numpy for 37 GiB (new-user trial).
+MIN_SIZE, MAX_SIZE = 16, 1024
+# Redraws of one sample whose pixels repeat an earlier split's (_produce) before giving up.
+MAX_REDRAWS = 100
 
 # (color, shape) pairs never drawn in the train split; test split and tasks draw all pairs.
 DEFAULT_HOLDOUT = (("green", "star"), ("purple", "triangle"))
@@ -65,8 +71,11 @@ def resolve_params(n_train=None, n_test=None, n_task=None, size=64, seed=0, quic
         "holdout": sorted([list(h) for h in holdout]),
         "tasks": list(tasks), "image_ext": "png", "version": GENERATOR_VERSION, "cells": int(cells),
     }
-    if p["size"] < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not MIN_SIZE <= p["size"] <= MAX_SIZE:
+        raise ValueError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
+    if p["cells"] == 1:  # regression: the relation task's pair never fitted one cell, and the generator hung
+        raise ValueError("cells must be 0 (free placement) or at least 2 cells (the relation task puts its two objects "
+                         "in different cells), got 1")
     if p["cells"] < 0 or (p["cells"] and p["size"] / p["cells"] < 4):
         raise ValueError(f"cells must be 0 (free placement) or leave cells of at least 4 pixels, got {cells} at size {size}")
     if p["shard_size"] < 1 or min(p["n_train"], p["n_test"], p["n_task"]) < 0:
@@ -75,6 +84,19 @@ def resolve_params(n_train=None, n_test=None, n_task=None, size=64, seed=0, quic
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {list(TASKS)}")
     return p
+
+
+def check_layouts(p: dict) -> None:
+    """ValueError now, before any image is drawn, when a scene the world needs (each task's every class, a
+    training scene) has no layout at p's size and cells: one draw of each, bounded by scenes.MAX_DRAWS (the
+    same bound then holds every sample's draws)."""
+    rng = np.random.default_rng([p["seed"], 0])  # its own generator: every sample's stays as it was
+    if p["n_task"]:
+        for name in p["tasks"]:
+            for label in range(len(TASKS[name].classes)):
+                TASKS[name].sample(rng, p["size"], label, p["cells"])
+    if p["n_train"] or p["n_test"]:
+        sample_scene(rng, p["size"], holdout=tuple(tuple(h) for h in p["holdout"]), cells=p["cells"])
 
 
 def param_hash(params: dict) -> str:
@@ -150,6 +172,10 @@ def _produce(jobs: list[tuple], mapper, seen: set, dedupe: bool):
     for k, res in enumerate(mapper(_render_job, jobs)):
         attempt = 0
         while dedupe and res[3] in seen:
+            if attempt == MAX_REDRAWS:
+                kind, _, name, i = jobs[k][:4]
+                raise ValueError(f"{kind} {name} sample {i}: its pixels repeat an earlier image's in {MAX_REDRAWS} "
+                                 "redraws; choose a larger size or other cells")
             attempt += 1
             job = jobs[k][:-1] + (attempt,)
             res = _render_job(job)
@@ -286,6 +312,7 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
         m = _manifest_ok(out, p, verify)
         if m is not None:
             return _result(out, m, cached=True)
+    check_layouts(p)
 
     out.mkdir(parents=True, exist_ok=True)
     stage = out / f".staging-{os.getpid()}"
