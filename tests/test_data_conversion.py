@@ -928,3 +928,37 @@ def test_config_without_hard_links_is_still_written_once(tmp_path, monkeypatch):
     assert output.create_durable(tmp_path / "c.json", b"first") and (tmp_path / "c.json").read_bytes() == b"first"
     assert not output.create_durable(tmp_path / "c.json", b"second")
     assert (tmp_path / "c.json").read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "folder"])
+def test_a_damaged_config_json_is_named_as_such(folder_and_reference, tmp_path, damage):
+    """Review finding: a cut config.json (or a folder of that name) read 'made with different settings (a: was
+    null, now 1; ...)', as if the settings differed."""
+    src, _, _ = folder_and_reference
+    out = tmp_path / "out"
+    out.mkdir()
+    if damage == "cut":
+        (out / "config.json").write_text('{"fit_opt')
+    else:
+        (out / "config.json").mkdir()
+    with pytest.raises(ConvertError, match=re.escape(f"{out / 'config.json'}: unreadable or not the settings of a "
+                                                     "conversion; restore it")):
+        convert_dataset(str(src), out, cfg())
+
+
+def test_two_processes_of_one_pid_stage_the_config_apart(tmp_path, monkeypatch):
+    """Review finding: the staged name carried the PID only, so two ranks of one PID (containers on two hosts of a
+    shared folder) staged over each other and both went on. Here the other process's staging, same PID, lands
+    between this one's staging and its link: each links its own bytes, and the second is told it exists."""
+    real = output.write_durable
+    staged = []
+
+    def write(path, data):
+        staged.append(path.name)
+        real(path, data)
+        if len(staged) == 1:  # the other process stages now (same PID), and links first
+            assert output.create_durable(tmp_path / "config.json", b"theirs")
+    monkeypatch.setattr(output, "write_durable", write)
+    assert not output.create_durable(tmp_path / "config.json", b"mine")
+    assert (tmp_path / "config.json").read_bytes() == b"theirs" and staged[0] != staged[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -667,6 +667,15 @@ def test_models_of_the_same_folder_or_file_name_get_labels_that_tell_them_apart(
         distinct_labels(twice)
     with pytest.raises(EvalError, match="rgb:stub-rgb:none: the same model given twice"):
         distinct_labels([stub("rgb"), stub("rgb")])
+    # review findings: one run on two bases is two models; their result files never share a name
+    on_a, on_b = gs(tmp_path / "runs/s2", "gs:s2@openai"), gs(tmp_path / "runs/s2", "gs:s2@laion")
+    on_a.variant, on_b.variant = "@openai", "@laion"
+    distinct_labels([on_a, on_b])
+    assert (on_a.label, on_b.label) == ("gs:s2@openai", "gs:s2@laion")
+    from gaussianvision.eval.report import result_filename, result_record
+    names = {result_filename(result_record("wds/x", em.name, em.pretrained, "zeroshot_classification", {}, label=em.label))
+             for em in ms + [on_a, on_b]}
+    assert len(names) == len(ms) + 2
 
 
 def test_the_same_model_given_twice_is_refused_before_loading(tmp_path, capsys):
@@ -677,3 +686,23 @@ def test_the_same_model_given_twice_is_refused_before_loading(tmp_path, capsys):
                    [*args, "--tasks", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith("--model rgb:gsv-tiny: given twice") and "\n" not in err, err
+
+
+def test_an_rgb_checkpoint_named_by_a_bare_file_name_is_a_file_not_a_tag(tmp_path, monkeypatch):
+    """Review finding: rgb:BASE:model.safetensors (a file in the working folder) was taken for a tag, so beside
+    another model.safetensors the two were refused as the same model."""
+    import gaussianvision.models as models_module
+    from gaussianvision.eval.models import distinct_labels, load_eval_model
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = torch.nn.Identity()
+    monkeypatch.setattr(models_module, "create_rgb_clip", lambda base, pretrained, device="cpu": Stub())
+    (tmp_path / "runs/a").mkdir(parents=True)
+    for f in (tmp_path / "model.safetensors", tmp_path / "runs/a/model.safetensors"):
+        f.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    here, there = load_eval_model("rgb:ViT-B-32:model.safetensors"), load_eval_model("rgb:ViT-B-32:runs/a/model.safetensors")
+    distinct_labels([here, there])
+    assert here.label != there.label and there.label == "rgb:ViT-B-32:a/model.safetensors"

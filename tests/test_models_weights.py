@@ -287,3 +287,12 @@ def test_safetensors_outputs_get_the_umask_mode_like_every_other_output(tmp_path
     want = (tmp_path / "plain").stat().st_mode & 0o777
     assert want == 0o666 & ~umask and len(written) == 3
     assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: want for p in written}
+
+
+def test_saving_on_a_file_system_without_modes_keeps_the_file(tmp_path, monkeypatch):
+    """Review finding: on vfat or some FUSE mounts chmod fails; a model saved there must not fail for it."""
+    def refuse(path, mode):
+        raise PermissionError(1, "Operation not permitted", str(path))
+    monkeypatch.setattr(os, "chmod", refuse)
+    path = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
+    assert read_weights_config(path)["config"]["base"] == "gsv-tiny"

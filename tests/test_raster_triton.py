@@ -146,8 +146,7 @@ def test_cpu_tensors_without_interpreter_are_refused(no_interp):
         render_triton(CASES[1][1])
 
 
-# ----------------------------------------------------------------- tile binning
-@needs_triton
+# ----------------------------------------------------------------- tile binning (torch only: no triton needed)
 def _listed_and_needed(s: Splats, cull: str, tile: int = TILE):
     """[B, T, N] bool: the pairs _bin lists, and the pairs some pixel needs (q <= CUTOFF_Q at a pixel centre of
     the tile, computed as the reference computes it, in float32, and in float64)."""
@@ -371,3 +370,19 @@ def test_cuda_parity_paper_size(no_interp):
 @requires_cuda
 def test_cuda_auto_picks_triton(no_interp, fresh_dispatch):
     assert dispatch.resolve_backend("auto", torch.device("cuda")) == "triton"
+
+
+def test_ellipse_cull_keeps_a_pixel_of_a_huge_gaussian_whose_q_rounds_to_the_cut():
+    """Review finding: sigma 2e5 px, its mean 6e5 px off the image: at pixel (0, 0) the kernels' float32 q is 9.0
+    (drawn), while 0.01 px of margin moves q by less than its rounding; the relative slack keeps the pair."""
+    means = torch.tensor([[[-599999.5625, 0.5]]])
+    chol = torch.tensor([[[200000.015625, 0.0, 1.0]]])
+    s = Splats(means, chol, torch.ones(1, 1, 3), 16, 16)
+    d = pixel_centers(16, 16)[0] - means[0, 0]
+    y1 = d[0] / chol[0, 0, 0]
+    y2 = (d[1] - chol[0, 0, 1] * y1) / chol[0, 0, 2]
+    assert float(y1 * y1 + y2 * y2) <= CUTOFF_Q  # drawn at (0, 0), in float32
+    for cull in ("box", "ellipse"):
+        ids, offsets, _, _ = _bin(s.means, s.chol, s.mask(), 16, 16, cull=cull)
+        assert int(offsets[-1]) == 1, cull
+

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 try:
@@ -55,7 +56,9 @@ def create_durable(path: Path, data: bytes) -> bool:
     True where this call created it. Where the file system has no hard links, as before: the file is
     written unless it exists (a race between two processes remains there). Regression (new-user trial): two
     runs started on a new folder with different settings both found no config.json and both converted."""
-    staged = path.with_name(f".{path.name}.new{os.getpid()}")
+    # a name no other process uses, also on another host of a shared folder (review finding: two ranks with one
+    # PID in two containers staged over each other, and both went on)
+    staged = path.with_name(f".{path.name}.new{uuid.uuid4().hex}")
     write_durable(staged, data)
     try:
         os.link(staged, path)

@@ -38,6 +38,7 @@ class EvalModel:
     label: str = ""  # column name in the tables
     info: dict = field(default_factory=dict)
     source: str = ""  # the file or folder the label names by its last part ("" for a tag or random weights)
+    variant: str = ""  # what the label adds after the path (a GS model's "@PRETRAINED" override)
 
     def __post_init__(self):
         if self.kind not in ("rgb", "gs"):
@@ -72,19 +73,20 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
         size, mean, std = _visual_facts(model.visual)
         slug = os.path.basename(pretrained) if pretrained and os.path.isfile(pretrained) else (pretrained or "random")
         return EvalModel("rgb", model.eval(), open_clip.get_tokenizer(base), base, slug, size, mean, std,
-                         label=f"rgb:{base}:{slug}", source=pretrained if slug != (pretrained or "random") else "")
+                         label=f"rgb:{base}:{slug}", source=pretrained if pretrained and os.path.isfile(pretrained) else "")
     path, _, override = rest.partition("@")
     model, meta = _load_gs(path, override or None, device)
     size, mean, std = _visual_facts(model.base.visual)
     name = f"gs-{model.gs_config.get('name', 'custom')}-{model.base_name}"
+    variant = f"@{override}" if override else ""  # one run on two bases: two models (review finding)
     return EvalModel("gs", model.eval(), model.tokenizer(), name, str(path), size, mean, std,
-                     label=f"gs:{Path(path).name or path}", info=meta, source=str(path))
+                     label=f"gs:{Path(path).name or path}{variant}", info=meta, source=str(path), variant=variant)
 
 
 def _label(em: EvalModel, parts: int) -> str:
     """em's label naming the last `parts` parts of its source's absolute path."""
     tail = "/".join(Path(os.path.abspath(em.source)).parts[-parts:])
-    return f"gs:{tail}" if em.kind == "gs" else f"rgb:{em.name}:{tail}"
+    return f"gs:{tail}{em.variant}" if em.kind == "gs" else f"rgb:{em.name}:{tail}"
 
 
 def distinct_labels(models: list[EvalModel]) -> None:
@@ -98,19 +100,21 @@ def distinct_labels(models: list[EvalModel]) -> None:
     for label, group in groups.items():
         if len(group) < 2:
             continue
-        paths = [os.path.abspath(em.source) if em.source else None for em in group]
+        paths = [os.path.abspath(em.source) + em.variant if em.source else None for em in group]
         if None in paths or len(set(paths)) < len(paths):
             raise EvalError(f"{label}: the same model given twice")
-        depth = max(len(Path(p).parts) for p in paths)
-        parts = next(k for k in range(2, depth + 1) if len({_label(em, k) for em in group}) == len(group))
+        depth = max(len(Path(os.path.abspath(em.source)).parts) for em in group)
+        parts = next((k for k in range(2, depth + 1) if len({_label(em, k) for em in group}) == len(group)), depth)
         for em in group:
             em.label = _label(em, parts)
     if len({em.label for em in models}) < len(models):  # a longer label met another model's: name them whole
         for em in models:
             if em.source:
                 em.label = _label(em, len(Path(os.path.abspath(em.source)).parts))
-    if len({em.label for em in models}) < len(models):
-        raise EvalError(f"two models share the name {next(em.label for em in models if [m.label for m in models].count(em.label) > 1)}")
+    labels = [em.label for em in models]
+    shared = next((label for label in labels if labels.count(label) > 1), None)
+    if shared is not None:
+        raise EvalError(f"two models share the name {shared}")
 
 
 def _load_gs(path: str, pretrained: str | None, device):

@@ -33,9 +33,13 @@ def result_record(dataset: str, model: str, pretrained: str, task: str, metrics:
 
 
 def result_filename(rec: dict) -> str:
-    slug = lambda s: str(s).replace("/", "_").replace(":", "_")  # noqa: E731
+    """clip_benchmark's DATASET_PRETRAINED_MODEL_en_TASK.json, PRETRAINED named by the model's label where the record
+    has one (the tables' column: distinct for every model of a run; regression of the review: runs/a/s2 and
+    runs/b/s2 both wrote DATASET_s2_..., the second file replacing the first)."""
+    slug = lambda s: str(s).replace("/", "_").replace(":", "_").replace("@", "_")  # noqa: E731
     ds = rec["dataset"][4:] if rec["dataset"].startswith("wds/") else rec["dataset"]
-    return f"{slug(ds)}_{slug(os.path.basename(str(rec['pretrained'])))}_{slug(rec['model'])}_en_{rec['task']}.json"
+    who = rec.get("label") or os.path.basename(str(rec["pretrained"]))
+    return f"{slug(ds)}_{slug(who)}_{slug(rec['model'])}_en_{rec['task']}.json"
 
 
 def _atomic_json(path: Path, obj) -> None:

@@ -39,7 +39,10 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     so the models and checkpoints of a shared runs folder were the only outputs others could not read."""
     from safetensors.torch import save_file
     save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, 0o666 & ~_umask())
+    try:
+        os.chmod(path, 0o666 & ~_umask())
+    except OSError:  # a file system without modes (vfat, some FUSE mounts): the file as written (review finding)
+        pass
 
 
 def _umask() -> int:

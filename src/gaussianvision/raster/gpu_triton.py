@@ -55,6 +55,7 @@ _BWD_KERNELS = {"chunked": "splat_bwd_kernel", "tile": "splat_bwd_tile_kernel"}
 # kernels step).
 CULL = "box"
 CULL_MARGIN = 0.01  # px; the kernels' float32 rounding moves a pixel's q as a shift of about 1e-5 px would
+CULL_REL = 1e-5  # relative slack on q: the kernels' float32 q may lie a few roundings (6e-8 each) below the exact q
 _CULLS = ("box", "ellipse")
 # the 3-sigma box is widened by this much so that float rounding in q can never make the
 # box cull a pair that the kernel's own (exact) cut would keep
@@ -203,7 +204,9 @@ def _meets_ellipse(means, chol, gid, tx, ty, tile: int, h: int, w: int) -> torch
         torch.minimum(q(x0, torch.clamp(l21 * x0 / l11, y0, y1)), q(x1, torch.clamp(l21 * x1 / l11, y0, y1))),
         torch.minimum(q(torch.clamp(xc * y0, x0, x1), y0), q(torch.clamp(xc * y1, x0, x1), y1)))
     inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
-    return inside | ~(least > CUTOFF_Q)  # NaN compares False: kept
+    # the relative slack: a Gaussian so wide (sigma over ~2e4 px) that 0.01 px moves q by less than the kernels'
+    # float32 rounding of it (review finding); NaN compares False: kept
+    return inside | ~(least > CUTOFF_Q * (1 + CULL_REL))
 
 
 def bwd_launch(tile: int) -> tuple[str, dict]:
