@@ -321,6 +321,9 @@ def test_bench_out_that_cannot_be_written_is_said_before_the_run(tmp_path, capsy
     (tmp_path / "file").write_text("x")
     assert gsv(["bench", "model", "--quick", "--out", str(tmp_path / "file" / "sub")]) == 2
     _one_line(capsys, "cannot create the folder")
+    assert gsv(["bench", "model", "--quick", "--out", str(tmp_path / "file")]) == 2  # regression: "(File exists)"
+    _one_line(capsys, f"--out {tmp_path / 'file'}: is not a folder (a file of that name exists")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 @pytest.mark.parametrize("cmd", ["render", "show"])

@@ -64,6 +64,8 @@ def test_model_info_reads_a_train_output_folder(tmp_path, capsys):
     save_checkpoint(tmp_path / "run", 1, model, {"optimizer": {}}, {"task": task, "data_positions": [[0, 1]]})
     d = _info(capsys, str(tmp_path / "run"))
     assert d["base"] == "gsv-tiny" and d["config"]["resampler"]["num_latents"] == 7
+    assert gsv(["model", "info", str(tmp_path / "run"), "--base", "ViT-B-16"]) == 2  # review: a folder went unchecked
+    assert "its weights were trained on gsv-tiny (width 64" in capsys.readouterr().err
     assert d["trainable"] == parameter_report(model)["trainable"]
     (tmp_path / "empty").mkdir()
     assert gsv(["model", "info", str(tmp_path / "empty")]) == 2

@@ -114,6 +114,8 @@ def whole_list(lo: int):
 def check_out_folder(out: Path, option: str = "--out") -> None:
     """CliError now, before a long run, when results cannot be written into `out` (created when missing);
     regression: a benchmark ran for minutes and then failed to write."""
+    if os.path.lexists(out) and not out.is_dir():  # regression (new-user trial): it said "(File exists)"
+        raise CliError(f"{option} {out}: is not a folder (a file of that name exists; give a new or existing folder)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

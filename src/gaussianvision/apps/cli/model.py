@@ -19,6 +19,8 @@ def describe(config: str, base: str | None) -> dict:
             cfg, base = stored["gs"], base or stored["base"]
         elif Path(config).is_dir():  # a `gsv train` output folder, as eval / serve / probe take it
             cfg, stored_base = _trained_config(config)
+            if base and base != stored_base:  # the shape its weights have, for the check below (review finding)
+                stored = create_gsclip(stored_base, None, cfg, device="meta").config
             base = base or stored_base
         else:
             cfg = config
