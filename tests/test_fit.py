@@ -726,3 +726,18 @@ def test_a_large_images_ssim_is_timed_on_a_corner(monkeypatch):
     fit_images(img, 20, iters=3, budget_ms=10_000, coarse_fraction=0)
     assert seen[-2:] == [(1, 3, 16, 16), (2, 3, 48, 64)]  # the timing on one corner; the final SSIM whole
     assert all(s == (1, 3, 11, 11) for s in seen[:-2])  # compile_kernels loads the kernel on the smallest image
+
+
+def test_a_fit_where_no_image_can_stop_never_reads_the_active_mask(photos):
+    """On a GPU each read of the active mask waits for the device: once per iteration before (the count of
+    active images). Without a target, a plateau or a budget no image stops, so the loop reads it no more;
+    where one can stop, it still does (the target test above)."""
+    class Unread:
+        def __getattr__(self, name):
+            raise AssertionError(f"the active mask was read ({name})")
+    f = Fitter(photos[:2], 16, FitConfig(iters=4, **REF))
+    f.active = Unread()
+    f.run(4)
+    assert f.iterations.tolist() == [4, 4] and f.active_count() == 2
+    g = Fitter(photos[:2], 16, FitConfig(iters=4, target_psnr=1.0, **REF)).run(2)  # both stop at once
+    assert not g.all_active and g.active_count() == 0 and g.stopped == ["target", "target"]

@@ -213,6 +213,7 @@ class Fitter:
         numba = self.device.type == "cpu" and resolve_backend(self.cfg.backend, self.device) == "numba"
         self.opt = BatchAdam(self.params, self.rates(), betas=(self.cfg.beta1, self.cfg.beta2), fused=numba)
         self.active = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.all_active = True  # no image stopped yet: active_count() needs no GPU read
         self.iterations = torch.zeros(b, dtype=torch.long, device=self.device)
         self.stopped = [None] * b  # why each image stopped early: "target" | "plateau"
         self.pruned = torch.zeros(b, dtype=torch.long, device=self.device)
@@ -306,6 +307,11 @@ class Fitter:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def active_count(self) -> int:
+        """How many images are still fitting. While none has stopped, the batch size, without reading `active`:
+        on a GPU that read waited for the device once per iteration."""
+        return self.batch_size if self.all_active else int(self.active.sum())
+
     def _mask(self, counts: torch.Tensor, n: int) -> torch.Tensor:
         return torch.arange(n, device=self.device)[None, :] < counts[:, None]
 
@@ -313,7 +319,7 @@ class Fitter:
         """One Adam step on the active images (n_active: their number, when the caller knows it).
         Returns their training PSNR [A] (before the step)."""
         cfg = self.cfg
-        full = (int(self.active.sum()) if n_active is None else n_active) == self.batch_size
+        full = (self.active_count() if n_active is None else n_active) == self.batch_size
         # all active (the usual case): no nonzero(), which waits for the GPU
         idx = torch.arange(self.batch_size, device=self.device) if full else self.active.nonzero()[:, 0]
         leaves = {k: (p.detach() if full else p[idx]).requires_grad_(True) for k, p in self.params.items()}
@@ -411,6 +417,7 @@ class Fitter:
         for i in self.active.nonzero()[:, 0].tolist():
             self.stopped[i] = "budget"
         self.active[:] = False
+        self.all_active = False
         return True
 
     def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> torch.Tensor | None:
@@ -438,6 +445,7 @@ class Fitter:
         if not stop.any():
             return None
         self.active[idx[stop]] = False
+        self.all_active = False
         return stop
 
     @torch.no_grad()
@@ -463,7 +471,7 @@ class Fitter:
     def _run(self, iters: int, progress: bool, desc: str | None, relocate: bool) -> "Fitter":
         self._time_ssim()
         if self.cfg.budget_ms is not None and self.step_seconds == 0.0 and iters > 0 \
-                and self._within_budget_share(1.0, 0.0) and bool(self.active.any()):
+                and self._within_budget_share(1.0, 0.0) and self.active_count() > 0:
             self.step_seconds = self._foresee_step()
         t0 = time.perf_counter()
         cfg = self.cfg
@@ -481,7 +489,7 @@ class Fitter:
                 self._record()
             reserve = self._polish_seconds() + self._eval_seconds()
             started = self._clock()
-            active = int(self.active.sum())
+            active = self.active_count()
             if self._over_budget(started - t0, last + reserve) or not active:
                 break
             p = self.step(_lr_scale(cfg.schedule, t, iters, cfg.lr_final), active)
@@ -495,7 +503,7 @@ class Fitter:
             if bar is not None:
                 bar.update(1)
                 if t % 10 == 0:
-                    bar.set_postfix(psnr=f"{float(p.mean()):.2f}", active=int(self.active.sum()))
+                    bar.set_postfix(psnr=f"{float(p.mean()):.2f}", active=self.active_count())
         if bar is not None:
             bar.close()
         self.seconds += self._clock(True) - t0
@@ -659,6 +667,7 @@ class Fitter:
         # budget stop erased its record, results said stopped: None)
         spent = [why == "budget" for why in self.stopped]
         self.active = torch.tensor([not x for x in spent], dtype=torch.bool, device=self.device)
+        self.all_active = not any(spent)
         self.stopped = ["budget" if x else None for x in spent]
         self._reset_progress()
         self.seconds += self._clock(True) - t0
