@@ -400,3 +400,19 @@ def test_train_bad_launch_variables_are_one_line(env, says, tmp_path, capsys, mo
                 "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gsv train: ") and says in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["bench", "fit", "--sections", ""], "--sections ''"),
+    (["bench", "fit", "--sections", ","], "--sections ','"),
+    (["bench", "fit", "--inits", ""], "--inits ''"),
+    (["bench", "fit", "--methods", " "], "--methods ' '"),
+    (["bench", "model", "--quick", "--configs", ""], "--configs ''"),
+    (["bench", "wire", "--columns", ""], "--columns ''"),
+])
+def test_an_empty_name_list_is_refused_not_taken_as_the_default(argv, flag, tmp_path, capsys):
+    """Regression (new-user trial): --sections '' ran every section (minutes), --columns '' every column,
+    --configs '' was a traceback; now one line, exit 2, nothing written."""
+    assert gsv([*argv, "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, f"{flag}: give at least one name")
+    assert not (tmp_path / "o").exists()

@@ -962,3 +962,25 @@ def test_two_processes_of_one_pid_stage_the_config_apart(tmp_path, monkeypatch):
     assert not output.create_durable(tmp_path / "config.json", b"mine")
     assert (tmp_path / "config.json").read_bytes() == b"theirs" and staged[0] != staged[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_sigterm_ends_convert_as_ctrl_c_does(tmp_path):
+    """Regression (new-user trial): SIGTERM (timeout, a scheduler's preemption) ended gsv convert with no word,
+    exit 143, and left .NNNNNN.lock files behind; it now ends as Ctrl-C does: one line, exit 130, nothing left."""
+    import signal
+    import time
+    src = make_folder(tmp_path / "photos")
+    out = tmp_path / "out"
+    slow = ["--gaussians", "8", "--size", "16", "--iters", "100000", "--init", "grid", "--fit-option",
+            "backend=reference", "--batch-size", "1", "--shard-size", "1", "--no-progress"]
+    proc = run_cli(["--input", str(src), "--output", str(out), *slow])
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".*.lock")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(out.glob(".*.lock")), "the run never claimed a shard"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode().strip()
+    assert proc.returncode == 130 and err == ("gsv convert: interrupted (finished shards are kept; rerun the same "
+                                              "command to convert the rest)"), err
+    assert not list(out.glob(".*.lock")) and not list(out.glob(".*tmp*"))

@@ -6,7 +6,7 @@ import os
 
 from gaussianvision.apps.cli.command import CliError
 
-__all__ = ["file_name", "check_pixels"]
+__all__ = ["file_name", "check_pixels", "name_list"]
 
 
 def file_name(text: str) -> str:
@@ -16,6 +16,18 @@ def file_name(text: str) -> str:
     if not text.strip() or text in (".", "..") or any(s in text for s in seps) or "\0" in text:
         raise argparse.ArgumentTypeError(f"expected a plain file name (no folder, not '.' or '..'), got {text!r}")
     return text
+
+
+def name_list(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated option's names (stripped, empty ones dropped); None where the option was not given;
+    one CliError line where it was given with no name (regression (new-user trial): --sections '' ran every
+    section for minutes, --columns '' every column, --configs '' a traceback)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise CliError(f"{flag} {text!r}: give at least one name (comma-separated)")
+    return names
 
 
 def check_pixels(asked, height: int, width: int, where: str = "") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaussianvision.apps.bench.fit import KODAK_DIR, FitBenchConfig, run_fit_bench, to_markdown
-from gaussianvision.apps.cli.bench_args import check_pixels, file_name
+from gaussianvision.apps.cli.bench_args import check_pixels, file_name, name_list
 from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole, whole_list,
                                              write_json, write_text)
 
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
         check_backend(a.backend)  # regression: an unknown backend was a traceback at the first fit
         _check_counts(a, FitBenchConfig.size)
         kw = {"device": a.device, "backend": a.backend, "kodak_dir": a.kodak_dir}
-        if a.inits:  # checked up front (regression: a traceback at the curves, after minutes of ttq)
+        if a.inits is not None:  # checked up front (regression: a traceback at the curves, after minutes of ttq)
             from gaussianvision.fit import INITIALIZERS
-            kw["inits"] = tuple(s.strip() for s in a.inits.split(","))
+            kw["inits"] = tuple(name_list(a.inits, "--inits"))
             unknown = sorted(set(kw["inits"]) - set(INITIALIZERS))
             if unknown:
                 raise CliError(f"--inits: unknown {', '.join(unknown)}; choose from {', '.join(INITIALIZERS)}")
@@ -80,14 +80,14 @@ def main(argv=None) -> int:
             kw["ns"] = tuple(a.ns)
         if a.checkpoints:
             kw["checkpoints"] = tuple(sorted(set(a.checkpoints)))  # regression: 5,2 made unsorted columns
-        if a.methods:
+        if a.methods is not None:
             from gaussianvision.apps.bench.ttq import METHODS
-            kw["ttq_methods"] = tuple(s.strip() for s in a.methods.split(","))
+            kw["ttq_methods"] = tuple(name_list(a.methods, "--methods"))
             unknown = sorted(set(kw["ttq_methods"]) - set(METHODS))
             if unknown:
                 raise CliError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        if a.sections:
-            kw["sections"] = tuple(s.strip() for s in a.sections.split(","))
+        if a.sections is not None:
+            kw["sections"] = tuple(name_list(a.sections, "--sections"))
             from gaussianvision.apps.bench.fit import SECTIONS
             unknown = [x for x in kw["sections"] if x not in SECTIONS]
             if unknown:  # regression: --sections bogus ran nothing and said it wrote the results

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gaussianvision.apps.cli.bench_args import name_list
 from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole, whole_list,
                                              write_json, write_text)
 
@@ -25,11 +26,11 @@ def main(argv=None) -> int:
     def go(a):
         from gaussianvision.apps.bench.model import DEFAULT_N, markdown_table, run_model_bench
         from gaussianvision.models import ConfigError
+        configs = name_list(a.configs, "--configs")  # before --out is made
         check_out_folder(a.out)
         n = a.n if a.n is not None else ([400] if a.quick else list(DEFAULT_N))
         batches = a.batch if a.batch is not None else ([1, 4] if a.quick else [1, 8])
         repeats = a.repeats if a.repeats is not None else (2 if a.quick else 3)
-        configs = [c for c in a.configs.split(",") if c]
         stem = "model_quick" if a.quick else "model"
         md = a.out / f"{stem}.md"
 

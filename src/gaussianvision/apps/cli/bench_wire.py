@@ -5,7 +5,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gaussianvision.apps.cli.bench_args import check_pixels
+from gaussianvision.apps.cli.bench_args import check_pixels, name_list
 from gaussianvision.apps.cli.bench_load import machine, write_markdown
 from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, parser, path_arg, run, whole_list,
                                              write_json)
@@ -13,7 +13,7 @@ from gaussianvision.apps.cli.command import (CliError, check_out_folder, emit, p
 
 def _columns(text: str | None, quick: bool) -> dict:
     from gaussianvision.apps.bench.wire import COLUMNS
-    names = [c.strip() for c in text.split(",")] if text else [c for c in COLUMNS if not (quick and c == "splats fast")]
+    names = name_list(text, "--columns") or [c for c in COLUMNS if not (quick and c == "splats fast")]
     bad = [c for c in names if c not in COLUMNS]
     if bad:
         raise CliError(f"--columns: unknown {bad}; choose from {', '.join(COLUMNS)}")

@@ -37,11 +37,26 @@ def run() -> None:
     becomes garbage during the exit is then not finalized (atexit handlers and weakref.finalize still run;
     the commands close their files and write them atomically before main returns). Only here, never in
     main(): a process that goes on (tests, a caller's script) keeps its collector as it was."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     rc = main()
     import gc
     gc.collect()
     gc.freeze()
     sys.exit(rc)
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (`timeout`, `kill`, a scheduler's preemption) taken as Ctrl-C: whatever SIGINT does now (Python's
+    KeyboardInterrupt, or `gsv train`'s stop at the end of the step), so that the command ends as an interrupted
+    one (its one line, its claims and temporary files let go). Regression (new-user trial): SIGTERM ended gsv
+    convert with no word and left its shards' lock files behind."""
+    import signal
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored or default (a background job): as Ctrl-C in a terminal
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
