@@ -70,6 +70,10 @@ def test_model_info_reads_a_train_output_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert gsv(["model", "info", str(tmp_path / "empty")]) == 2
     assert "not a `gsv train` output folder (no checkpoint in it)" in capsys.readouterr().err
+    from gaussianvision.models import save_weights  # regression (new-user trial): the file inside went unnamed
+    ck = save_weights(model, tmp_path / "empty" / "gsclip.safetensors")
+    assert gsv(["model", "info", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"(no checkpoint in it); give the weights file inside it ({ck})")
     state = next((tmp_path / "run").rglob("state.json"))  # damaged: the checkpoint's own reader names it
     state.write_text("{not json")
     assert gsv(["model", "info", str(tmp_path / "run")]) == 2

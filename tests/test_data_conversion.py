@@ -930,7 +930,7 @@ def test_config_without_hard_links_is_still_written_once(tmp_path, monkeypatch):
     assert (tmp_path / "c.json").read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
 
 
-@pytest.mark.parametrize("damage", ["cut", "folder"])
+@pytest.mark.parametrize("damage", ["cut", "folder", "empty object"])
 def test_a_damaged_config_json_is_named_as_such(folder_and_reference, tmp_path, damage):
     """Review finding: a cut config.json (or a folder of that name) read 'made with different settings (a: was
     null, now 1; ...)', as if the settings differed."""
@@ -939,6 +939,8 @@ def test_a_damaged_config_json_is_named_as_such(folder_and_reference, tmp_path, 
     out.mkdir()
     if damage == "cut":
         (out / "config.json").write_text('{"fit_opt')
+    elif damage == "empty object":  # trial: {} read as "made with different settings (a: was null, ...)"
+        (out / "config.json").write_text("{}")
     else:
         (out / "config.json").mkdir()
     with pytest.raises(ConvertError, match=re.escape(f"{out / 'config.json'}: unreadable or not the settings of a "

@@ -678,6 +678,18 @@ def test_models_of_the_same_folder_or_file_name_get_labels_that_tell_them_apart(
     assert len(names) == len(ms) + 2
 
 
+def test_an_out_naming_a_file_is_refused_before_loading(tmp_path, capsys):
+    """Regression (new-user trial): gsv eval / probe --out FILE said only 'FILE: File exists'."""
+    from gaussianvision.apps.cli.main import main as gsv
+    (tmp_path / "f").write_text("x")
+    for cmd in (["eval", "zeroshot", "--dataset", "wds/x"], ["probe", "--tasks", str(tmp_path)]):
+        assert gsv([*cmd, "--model", "rgb:gsv-tiny", "--out", str(tmp_path / "f")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"--out {tmp_path / 'f'}: is not a folder (a file of that name exists; give a new or "
+                            "existing folder)") and "\n" not in err, err
+    assert (tmp_path / "f").read_text() == "x"
+
+
 def test_the_same_model_given_twice_is_refused_before_loading(tmp_path, capsys):
     from gaussianvision.apps.cli.main import main as gsv
     for cmd in (["eval", "zeroshot"], ["probe"]):

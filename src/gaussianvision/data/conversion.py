@@ -340,7 +340,7 @@ def _check_config(out: Path, fp: dict) -> None:
     if not path.is_file() and output.create_durable(path, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode()):
         return  # this process made the folder's settings
     old = stored_settings(out)
-    if old is None:  # review finding: a damaged config.json (or a folder of that name) read as other settings
+    if not old:  # review finding: a damaged config.json (or a folder of that name, or {}) read as other settings
         raise ConvertError(f"{path}: unreadable or not the settings of a conversion; restore it (a rerun must give "
                            "the settings it holds), or convert into a new --output")
     if old != fp:

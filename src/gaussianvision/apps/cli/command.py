@@ -111,11 +111,17 @@ def whole_list(lo: int):
     return parse
 
 
+def check_not_a_file(out: str | os.PathLike, option: str = "--out") -> None:
+    """One CliError line where the output folder `out` names a file (nothing is made here: commands that make
+    their folder later check this first). Regression (new-user trial): "(File exists)" or "File exists"."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CliError(f"{option} {out}: is not a folder (a file of that name exists; give a new or existing folder)")
+
+
 def check_out_folder(out: Path, option: str = "--out") -> None:
     """CliError now, before a long run, when results cannot be written into `out` (created when missing);
     regression: a benchmark ran for minutes and then failed to write."""
-    if os.path.lexists(out) and not out.is_dir():  # regression (new-user trial): it said "(File exists)"
-        raise CliError(f"{option} {out}: is not a folder (a file of that name exists; give a new or existing folder)")
+    check_not_a_file(out, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

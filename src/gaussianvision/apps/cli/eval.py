@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from gaussianvision.apps.cli.command import (CliError, add_speed_options, check_device, check_distinct, emit, fail,
-                                              fit_option, fit_option_message, parser, run)
+from gaussianvision.apps.cli.command import (CliError, add_speed_options, check_device, check_distinct, check_not_a_file,
+                                              emit, fail, fit_option, fit_option_message, parser, run)
 
 EXAMPLE = "gsv eval zeroshot --model rgb:ViT-B-16:openai --model gs:runs/stage2 --dataset cifar10 --out out/eval"
 
@@ -114,6 +114,7 @@ def _run(args) -> int:
     device = pick_device(args)
     settings = splat_settings(args)
     check_distinct(args.model, "--model")
+    check_not_a_file(args.out)
     try:
         models = [load_eval_model(spec, device) for spec in args.model]
     except EvalError as e:

@@ -44,8 +44,11 @@ def _trained_config(folder: str) -> tuple[dict, str]:
     from its state.json: no weights are read."""
     from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, read_state
     step = latest_checkpoint(folder)
-    if step is None:
-        raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)")
+    if step is None:  # a folder holding a weights file: name it (regression (new-user trial): only 'no checkpoint')
+        inside = sorted(Path(folder).glob("*.safetensors"))
+        hint = f"; give the weights file inside it ({inside[0]})" if len(inside) == 1 else (
+            f"; give one of its {len(inside)} .safetensors files" if inside else "")
+        raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it){hint}")
     try:
         task = read_state(step).get("task", {})
     except CheckpointError as e:

@@ -7,7 +7,7 @@ import math
 import shlex
 import sys
 
-from gaussianvision.apps.cli.command import CliError, check_distinct, emit, parser, run, whole
+from gaussianvision.apps.cli.command import CliError, check_distinct, check_not_a_file, emit, parser, run, whole
 from gaussianvision.apps.cli.eval import add_splat_options, pick_device, splat_settings
 
 EXAMPLE = ("gsv probe --model gs:out/demo/stage2_n76 --model rgb:gsv-tiny:out/demo/teacher/open_clip_model.safetensors "
@@ -81,6 +81,7 @@ def _run(args) -> int:
     from gaussianvision.eval.probe_table import write_probe
     _check_numbers(args)
     check_distinct(args.model, "--model")
+    check_not_a_file(args.out)
     device = pick_device(args)
     settings = splat_settings(args)
     try:
