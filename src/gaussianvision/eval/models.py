@@ -120,7 +120,7 @@ def distinct_labels(models: list[EvalModel]) -> None:
 def _load_gs(path: str, pretrained: str | None, device):
     from gaussianvision.models import WeightsError, create_gsclip, create_gsclip_from_weights
     from gaussianvision.models import ConfigError
-    from gaussianvision.models.weights import resolve_base
+    from gaussianvision.models.weights import resolve_base, weights_file_hint
     from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_trainable
     p = Path(path)
     try:
@@ -128,10 +128,8 @@ def _load_gs(path: str, pretrained: str | None, device):
             model = create_gsclip_from_weights(p, pretrained=pretrained or "stored", device=device)
             return model, {"checkpoint": str(p)}
         if latest_checkpoint(p) is None:
-            inside = sorted(p.glob("*.safetensors")) if p.is_dir() else []
-            hint = f"; give the weights file inside it ({inside[0]})" if len(inside) == 1 else (
-                f"; give one of its {len(inside)} .safetensors files" if inside else "")
-            raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder{hint}")
+            raise EvalError(f"gs:{path}: neither a checkpoint file nor a `gsv train` output folder"
+                            f"{weights_file_hint(p)}")
         state, weights, _ = load_checkpoint(p)
         trained = state.get("task", {})  # the training stage's describe() (state.json names it "task")
         if trained.get("stage") not in ("1", "2"):

@@ -22,7 +22,7 @@ from ..atomic import write_atomic
 from .config import ConfigError
 
 __all__ = ["WeightsError", "save_weights", "load_weights", "read_weights_config",
-           "create_gsclip_from_weights", "save_safetensors"]
+           "create_gsclip_from_weights", "save_safetensors", "weights_file_hint"]
 
 FORMAT = "gsclip-trainable"
 VERSION = "1"
@@ -53,6 +53,15 @@ def _umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
         return mask
+
+
+def weights_file_hint(folder: str | os.PathLike) -> str:
+    """For a message about a folder that holds no checkpoint: '; give the weights file inside it (PATH)' where it
+    holds one .safetensors file, the count where several, '' where none (or it is no folder)."""
+    inside = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if len(inside) == 1:
+        return f"; give the weights file inside it ({inside[0]})"
+    return f"; give one of its {len(inside)} .safetensors files" if inside else ""
 
 
 def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:

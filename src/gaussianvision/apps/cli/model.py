@@ -45,10 +45,9 @@ def _trained_config(folder: str) -> tuple[dict, str]:
     from gaussianvision.train.checkpoint import CheckpointError, latest_checkpoint, read_state
     step = latest_checkpoint(folder)
     if step is None:  # a folder holding a weights file: name it (regression (new-user trial): only 'no checkpoint')
-        inside = sorted(Path(folder).glob("*.safetensors"))
-        hint = f"; give the weights file inside it ({inside[0]})" if len(inside) == 1 else (
-            f"; give one of its {len(inside)} .safetensors files" if inside else "")
-        raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it){hint}")
+        from gaussianvision.models.weights import weights_file_hint
+        raise CliError(f"{folder}: a folder, but not a `gsv train` output folder (no checkpoint in it)"
+                       f"{weights_file_hint(folder)}")
     try:
         task = read_state(step).get("task", {})
     except CheckpointError as e:

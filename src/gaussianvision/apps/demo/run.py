@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import CliError, check_out_folder, emit, parser, path_arg, run, whole, write_json
+from gaussianvision.apps.cli.command import check_out_folder, emit, parser, path_arg, run, whole, write_json
 
 __all__ = ["main", "run_demo"]
 
@@ -244,15 +244,6 @@ def _human(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out: Path) -> None:
-    """--out: a folder (made when missing) that takes files, before any step; one CliError line otherwise
-    (regression: a file given as --out said only 'File exists')."""
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out}: is not a folder (the demo writes its steps, report/ and results.json into it; "
-                       "give a new or existing folder)")
-    check_out_folder(out)
-
-
 def main(argv=None) -> int:
     p = parser("demo", "The whole pipeline on one CPU (world, photos, conversion, teacher, stages 1 and 2, "
                        "zero-shot RGB vs GS) with an HTML report.")
@@ -271,7 +262,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go(a):
-        _check_out(a.out)
+        check_out_folder(a.out)  # a file of that name, or a folder that takes no files: one line, before any step
         mode = "tiny" if a.tiny else ("quick" if a.quick else "full")
         r = run_demo(a.out, mode=mode, force=a.force, progress=not a.no_progress and not a.json, threads=a.threads)
         emit(r, a.json, _human(r))

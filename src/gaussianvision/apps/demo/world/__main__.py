@@ -3,10 +3,9 @@ and print the make_world result as JSON."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-from gaussianvision.apps.cli.command import ArgumentParser, HelpFormatter, path_text, whole
+from gaussianvision.apps.cli.command import ArgumentParser, CliError, HelpFormatter, check_not_a_file, path_text, whole
 from gaussianvision.apps.demo.world.world import MAX_SIZE, MIN_SIZE, make_world
 
 
@@ -38,13 +37,11 @@ def main(argv=None) -> int:
     p.add_argument("--verify", action="store_true", help="check every file's sha256 before reusing")
     a = p.parse_args(argv)
     try:
-        if os.path.exists(a.out) and not os.path.isdir(a.out):
-            raise ValueError(f"--out {a.out}: is not a folder (the world is written into one; give a new or existing "
-                             "folder)")
+        check_not_a_file(a.out)
         res = make_world(a.out, n_train=a.n_train, n_test=a.n_test, n_task=a.n_task, size=a.size, seed=a.seed,
                          quick=a.quick, shard_size=a.shard_size, workers=a.workers, force=a.force,
                          verify=a.verify, cells=a.cells, progress=sys.stderr.isatty())
-    except (ValueError, OSError) as e:  # bad parameters, an --out that takes no world: one line, no traceback
+    except (ValueError, OSError, CliError) as e:  # bad parameters, an --out that takes no world: one line, no traceback
         print(f"{p.prog}: error: {_reason(e)}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=1))
