@@ -34,6 +34,7 @@ BAD = [  # regressions (new-user trial): tracebacks, or runs that printed mislea
     (["--name", "../esc/rel"], "argument --name: expected a plain file name"),
     (["--name", ".."], "argument --name: expected a plain file name"),
     (["--name", "."], "argument --name: expected a plain file name"),
+    (["--name", ".json"], "argument --name: expected a plain file name"),
 ]
 
 
@@ -52,10 +53,11 @@ def test_nonsense_is_one_line_and_nothing_runs(tmp_path, capsys, monkeypatch, ar
 
 
 def test_checkpoints_are_sorted_and_results_stay_in_out(tmp_path, capsys):
-    """Regression (new-user trial): --checkpoints 5,2 printed the columns unsorted."""
+    """Regression (new-user trial): --checkpoints 5,2 printed the columns unsorted; --name cp.json wrote
+    cp.json.json."""
     out = tmp_path / "o"
     assert main(["bench", "fit", "--out", str(out), "--sections", "curves", "--ns", "16", "--photos", "1",
-                 "--inits", "grid", "--checkpoints", "5,2,5", "--backend", "reference", "--name", "cp"]) == 0
+                 "--inits", "grid", "--checkpoints", "5,2,5", "--backend", "reference", "--name", "cp.json"]) == 0
     said = capsys.readouterr().out
     res = json.loads((out / "cp.json").read_text())
     assert res["config"]["checkpoints"] == [2, 5] and list(res["curves"][0]["psnr"]) == ["2", "5"]

@@ -169,7 +169,9 @@ def test_a_pixel_codec_alone_writes_its_table(tiny_demo, tmp_path, capsys):
     assert _wire(tiny_demo, tmp_path / "res", "--n", "8", "--columns", "JPEG", "--json") == 0
     res = json.loads(capsys.readouterr().out)
     assert [r["codec"] for r in res["rows"]] == ["JPEG"] and "comparison is not made" in res["verdict"]
-    assert "| JPEG |" in (tmp_path / "res" / "wire_quick.md").read_text()
+    md = (tmp_path / "res" / "wire_quick.md").read_text()
+    assert "| JPEG |" in md and "fits |\n|---|---|---|---|---|---|---|\n|" in md
+    assert "photo" not in md.lower(), md  # regression (trial): --no-photos' heading and columns named the photos
 
 
 def test_the_numbers_are_written_before_the_reading(tiny_demo, tmp_path, monkeypatch):

@@ -87,6 +87,9 @@ def test_model_info_errors_are_one_line(capsys):
     assert "gs-nope" in err and "not a shipped config" in err and "Traceback" not in err
     assert gsv(["model", "info", "gs-tiny", "--base", "ViT-Q-99"]) == 2
     assert "unknown OpenCLIP architecture" in capsys.readouterr().err
+    assert gsv(["model", "info", "gs-tiny", "--base", "gsv-tiny:openai"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pretrained tag 'openai'" in err and "Available" not in err, err
 
 
 def test_bench_model_quick_on_tiny_base(tmp_path, capsys):

@@ -221,6 +221,11 @@ def test_config_errors_are_clear(tmp_path):
     assert load_config(str(tmp_path / "d.json"))["resampler"]["num_latents"] == 3
     with pytest.raises(ConfigError, match="unknown OpenCLIP architecture"):
         create_gsclip(base="ViT-Q-99", config=TINY)
+    # regression (new-user trial): a tag after the architecture reached open_clip, whose message lists every model
+    with pytest.raises(ConfigError, match="an architecture name is 'gsv-tiny' alone; its pretrained tag 'openai'"):
+        create_gsclip(base="gsv-tiny:openai", config=TINY)
+    with pytest.raises(ConfigError, match="unknown OpenCLIP architecture"):
+        create_gsclip(base="ViT-Q-99:openai", config=TINY)
     with pytest.raises(ConfigError, match="neither a checkpoint file nor a tag"):
         create_gsclip(config=TINY, pretrained=str(tmp_path / "missing.pt"))
 

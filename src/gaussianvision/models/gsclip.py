@@ -203,6 +203,9 @@ def _quiet_random_init(asked: bool):
         root.removeFilter(f)
 
 
+_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's model-name schemas: a config read from the hub or a folder
+
+
 def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = None,
                 device: str | torch.device = "cpu", precision: str = "fp32",
                 cache_dir: str | None = None) -> nn.Module:
@@ -216,7 +219,12 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
     if precision not in PRECISIONS:
         raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     name = str(base)
-    if open_clip.get_model_config(name.replace("/", "-")) is None and ":" not in name:
+    if open_clip.get_model_config(name.replace("/", "-")) is None and not name.startswith(_SCHEMAS):
+        arch, _, tag = name.partition(":")
+        if tag and open_clip.get_model_config(arch.replace("/", "-")) is not None:
+            # regression (new-user trial): 'ViT-B-16:openai' reached open_clip, whose message lists every model
+            raise ConfigError(f"base {name!r}: an architecture name is {arch!r} alone; its pretrained tag "
+                              f"{tag!r} is given apart (pretrained=)")
         known = open_clip.list_models()
         hint = [m for m in known if name.lower()[:4] in m.lower()][:8] or known[:8]
         raise ConfigError(f"base {name!r}: unknown OpenCLIP architecture (e.g. {', '.join(hint)})")

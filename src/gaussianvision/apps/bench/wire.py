@@ -327,19 +327,22 @@ def _f(v, fmt: str) -> str:
 
 def markdown(res: dict) -> str:
     ref = res["reference"]
-    lines = [f"The demo's world ({ref['world']['images']} task images at {res['size']} px, 4 zero-shot tasks) and "
-             f"the bundled photos at {res['size']} px. Budget = the float16 file of N Gaussians; every codec's "
+    photos = any(r.get("photos") for r in res["rows"])  # regression (trial): --no-photos' heading named them
+    lines = [f"The demo's world ({ref['world']['images']} task images at {res['size']} px, 4 zero-shot tasks)"
+             + (f" and the bundled photos at {res['size']} px" if photos else "")
+             + ". Budget = the float16 file of N Gaussians; every codec's "
              "bytes are whole files. World acc = mean top-1 over the tasks (teacher on pixels, GS encoder on "
              "splats); fits = images some quality fits in the budget (the others are sent as nothing: grey).", "",
              f"Reference: the teacher on the world's lossless PNGs ({ref['world']['bytes_mean']:,.0f} B mean): "
              f"{ref['world']['acc']:.1%}; chance {ref['chance']:.1%}.", "",
-             "| budget B (N) | codec | N | world acc | world PSNR dB | world bytes mean / max | fits | "
-             "photos PSNR dB | photos bytes |", "|---|---|---|---|---|---|---|---|---|"]
+             "| budget B (N) | codec | N | world acc | world PSNR dB | world bytes mean / max | fits |"
+             + (" photos PSNR dB | photos bytes |" if photos else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if photos else "")]
     for r in res["rows"]:
         w, p = r["world"], r.get("photos") or {}
         lines.append(f"| {r['budget']:,} ({r['n']}) | {r['codec']} | {_f(r['n_gaussians'], 'd')} | {w['acc']:.1%} | "
-                     f"{w['psnr']:.2f} | {w['bytes_mean']:,.0f} / {w['bytes_max']:,} | {w['fits']}/{w['images']} | "
-                     f"{_f(p.get('psnr'), '.2f')} | {_f(p.get('bytes'), ',.0f')} |")
+                     f"{w['psnr']:.2f} | {w['bytes_mean']:,.0f} / {w['bytes_max']:,} | {w['fits']}/{w['images']} |"
+                     + (f" {_f(p.get('psnr'), '.2f')} | {_f(p.get('bytes'), ',.0f')} |" if photos else ""))
     return "\n".join(lines) + "\n"
 
 
