@@ -7,7 +7,7 @@ step is foreseen by the area ratio alone (FIRST_STEP_CHECK = 0), as before 2026-
 import time, torch, sys
 from gaussianvision.data.photos import bundled_photos
 from gaussianvision.fit import FitConfig, fit_images
-import os, gaussianvision.fit.fitter as FF
+import os, gaussianvision.fit.coarse as FF
 if os.environ.get("NOCHECK"): FF.FIRST_STEP_CHECK = 0
 size, n, budget, b = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 x = torch.stack([t for _, t in bundled_photos(size)])[:b]

@@ -715,11 +715,13 @@ def test_ssim_loss_skips_coarse_to_fine_where_the_coarse_image_is_under_the_wind
 def test_a_large_images_ssim_is_timed_on_a_corner(monkeypatch):
     # with a budget, the final SSIM's time is foreseen by timing it (Fitter._time_ssim); on a 24 Mpixel photo
     # that timing was a whole SSIM (0.56 s), now a corner of SSIM_TIMED_SIDE, scaled by the image's pixels
+    import gaussianvision.fit.budget as budget_mod
     import gaussianvision.fit.fitter as fitter_mod
     from gaussianvision.fit.metrics import fast_ssim_applies
     seen, real = [], fitter_mod.ssim
-    monkeypatch.setattr(fitter_mod, "ssim", lambda a, b, **kw: seen.append(tuple(a.shape)) or real(a, b, **kw))
-    monkeypatch.setattr(fitter_mod, "SSIM_TIMED_SIDE", 16)
+    for module in (fitter_mod, budget_mod):  # the final SSIM (Fitter.evaluate) and its timing (_time_ssim)
+        monkeypatch.setattr(module, "ssim", lambda a, b, **kw: seen.append(tuple(a.shape)) or real(a, b, **kw))
+    monkeypatch.setattr(budget_mod, "SSIM_TIMED_SIDE", 16)
     img = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     if not fast_ssim_applies(img, img):
         pytest.skip("the fused SSIM (numba) is not available")

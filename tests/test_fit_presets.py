@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gaussianvision.fit import FitConfig, fit_images, fitter as fitter_module
+from gaussianvision.fit import budget as budget_module
 from gaussianvision.fit import colors as colors_module
 from gaussianvision.fit import progressive as progressive_module
 from gaussianvision.fit import coarse as coarse_module
@@ -47,19 +48,21 @@ class CostClock:
                 return out
             return call
 
-        monkeypatch.setattr(fitter_module, "render", charged(real, plain_factor=evaluation))
+        for module in (fitter_module, budget_module):  # the fit's renders without gradient (its evaluation)
+            monkeypatch.setattr(module, "render", charged(real, plain_factor=evaluation))
         monkeypatch.setattr(colors_module, "render", charged(real, grad_factor=cg, plain_factor=cg))  # color_objective
         # a conjugate-gradient pass: a render and its backward (raster.colors_adjoint), cg times a step's
         monkeypatch.setattr(colors_module, "colors_adjoint", charged(raster.colors_adjoint, passes=2, grad_factor=cg))
         monkeypatch.setattr(raster, "render", charged(real))
         if exact_reserves:
-            monkeypatch.setattr(fitter_module, "CG_STEPS", 1.0)
-            monkeypatch.setattr(fitter_module, "EVAL_RENDER_STEPS", 0.5)
-            monkeypatch.setattr(fitter_module, "STEP_PER_RENDER", 2.0)  # a step foreseen from one render
+            monkeypatch.setattr(budget_module, "CG_STEPS", 1.0)
+            monkeypatch.setattr(budget_module, "EVAL_RENDER_STEPS", 0.5)
+            monkeypatch.setattr(budget_module, "STEP_PER_RENDER", 2.0)  # a step foreseen from one render
         # and its gradients; step_overhead_ms: a fixed cost of each step (the work around the kernels, which on
         # small images is most of a step)
         monkeypatch.setattr(fitter_module, "squared_error_grads", charged(real_grads, passes=2, fixed_ms=step_overhead_ms))
-        monkeypatch.setattr(fitter_module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
+        for module in (fitter_module, budget_module):
+            monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: self.t))
 
 
 def _fit(photos, n, options, clock=None):
@@ -115,7 +118,7 @@ def test_the_budget_keeps_room_for_the_final_evaluation(monkeypatch, photos, pat
     per_iter_ms = 2 * 64 * 64 * n * NS_PER_UNIT * 1e-6
     if path == "reference":
         monkeypatch.setattr(metrics, "fast_ssim_applies", lambda *a: False)
-        monkeypatch.setattr(fitter_module, "fast_ssim_applies", lambda *a: False)
+        monkeypatch.setattr(budget_module, "fast_ssim_applies", lambda *a: False)
         real = metrics.blur_valid
 
         def costly_blur(x, g):
@@ -123,7 +126,7 @@ def test_the_budget_keeps_room_for_the_final_evaluation(monkeypatch, photos, pat
             return real(x, g)
         monkeypatch.setattr(metrics, "blur_valid", costly_blur)
     else:
-        assert fitter_module.fast_ssim_applies(photos, photos)
+        assert budget_module.fast_ssim_applies(photos, photos)
         real = metrics.ssim_fast
 
         def costly_ssim(x, *a, **k):

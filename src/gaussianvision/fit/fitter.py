@@ -30,7 +30,8 @@ iterations repair the damage. With `relocate_every` > 0 the least important Gaus
 to where the error is largest during the first `relocate_until` of the iterations (and of the budget)
 (fit/relocate.py).
 
-fit_images and run_fit (fit/run.py) run the whole fit; coarse to fine is fit/coarse.py.
+fit_images and run_fit (fit/run.py) run the whole fit; coarse to fine is fit/coarse.py; the budget's clock and
+reserves are fit/budget.py (BudgetClock, a base of Fitter).
 For finer control (the pruning sweep of the benchmark) use `Fitter` directly:
 run(iters), prune(...), clone(), evaluate(), finish() (the final colors, where configured), result().
 """
@@ -45,19 +46,20 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from gaussianvision.raster import render, resolve_backend, squared_error_grads
-from gaussianvision.raster.cpu_numba import serial_torch, threads_for
+from gaussianvision.raster.cpu_numba import serial_torch
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam
-from gaussianvision.fit.colors import solve_colors, solve_cost
+from gaussianvision.fit.budget import BudgetClock
+from gaussianvision.fit.colors import solve_colors
 from gaussianvision.fit.config import SCHEDULES, FitConfig
 from gaussianvision.fit.init import initialize
-from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim, target_blurs
-from gaussianvision.fit.progressive import nested_init, prefix_loss, prefix_renders
+from gaussianvision.fit.metrics import SSIM_WINDOW, fast_ssim_applies, psnr, ssim
+from gaussianvision.fit.progressive import nested_init, prefix_loss
 from gaussianvision.fit.prune import PAD_FILL, compact, importance, select_prune
 from gaussianvision.fit.relocate import relocation_plan
 
-__all__ = ["FitConfig", "FitResult", "Fitter", "SCHEDULES", "check_images", "fit_device", "torch_serial", "step_from_render"]
+__all__ = ["FitConfig", "FitResult", "Fitter", "SCHEDULES", "check_images", "fit_device", "torch_serial"]
 
 _NAMES = ("means", "chol", "colors")
 
@@ -113,24 +115,7 @@ def torch_serial(cfg: FitConfig, device: torch.device):
 
 
 _COMPILED: set = set()
-# A budget's reserves for the fit's last work, in units of its last step (whose time is measured). On numba the
-# step is the fused loss without autograd (raster.squared_error_grads), while the final colors' conjugate-gradient
-# iterations still take a render and its backward through autograd with two passes over the images, and the
-# evaluation a render and PSNR's passes. Measured on the 2-core machine (224 px N=400 B=1 and 8, 128 px N=50 B=4,
-# 96 px N=20): a CG iteration 0.83-1.16 steps, the evaluation 0.42-0.76; with 1 and 0.5, as before the fused
-# step, `fast` under --budget-ms 40 at 128 px ended 41-42 ms per image (new-user trial: up to 45).
-CG_STEPS = 1.2
-EVAL_RENDER_STEPS = 0.8
 WARM_START = 10  # iterations over which the rates ramp up in a fit that goes on from given splats
-# A step foreseen from a timed render (step_from_render: Fitter._foresee_step, coarse to fine's first full-size step)
-# is at most STEP_PER_RENDER times the render (the render and a backward of at most twice its cost).
-STEP_PER_RENDER = 3.0
-SSIM_TIMED_SIDE = 1024  # _time_ssim times the final SSIM on at most this corner of an image, scaled by its pixels
-
-
-def step_from_render(seconds: float) -> float:
-    """The most a fit's step (its render and the backward) takes where one render of it took `seconds`."""
-    return STEP_PER_RENDER * seconds
 
 
 def compile_kernels(device: torch.device, height: int, width: int, backend: str = "auto") -> None:
@@ -170,7 +155,7 @@ def _lr_scale(schedule: str, t: int, total: int, final: float) -> float:
     return final ** x  # exp
 
 
-class Fitter:
+class Fitter(BudgetClock):
     """The state of a batched fit: parameters, Adam moments, per-image progress."""
 
     def __init__(self, images: torch.Tensor, n_gaussians: int | None, config: FitConfig | None = None,
@@ -226,14 +211,9 @@ class Fitter:
         # iteration); the rates ramp up over the first WARM_START iterations instead
         self.warm_start = WARM_START if isinstance(init, Splats) else 0
         self.step_seconds = 0.0  # the last iteration's wall time over the whole batch (its step only; for budgets)
-        # one CG iteration of the initial color solve over the whole batch, where one ran: until a step is timed,
-        # a budget foresees one from it; and the final colors' CG iterations cost at least as much (a pass is
-        # CG_STEPS steps where measured at 224 px, but at 24 Mpixel, before raster.colors_adjoint, one cost 2-3
-        # steps and `balanced` under 8000 ms ended 7% over)
-        self.cg_seconds = 0.0
+        self.cg_seconds = 0.0  # one CG iteration of the initial color solve over the whole batch, where one ran
         if solved is not None:
-            self.cg_seconds = solved / solve_cost(self.cfg.color_solve)
-            self.step_seconds = self.cg_seconds / CG_STEPS
+            self._foresee_from_solve(solved)
         self.finished = False  # finish() has run
         self.evaluated = True  # result() will be called: a budget keeps room for its evaluation
         self._target_stats, self._ssim_seconds = None, None  # SSIM's blurs of the targets, its time (_time_ssim)
@@ -300,13 +280,6 @@ class Fitter:
         return self.lr_image[sel]
 
     # ------------------------------------------------------------------- loop
-    def _clock(self, always: bool = False) -> float:
-        """time.perf_counter() once the GPU has done the work queued so far (CUDA runs asynchronously),
-        always or where a budget is timed; on CPU, or on a GPU fit without budget_ms, the plain clock."""
-        if self.device.type == "cuda" and (always or self.cfg.budget_ms is not None):
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def active_count(self) -> int:
         """How many images are still fitting. While none has stopped, the batch size, without reading `active`:
         on a GPU that read waited for the device once per iteration."""
@@ -400,26 +373,6 @@ class Fitter:
         (loss.sum() * float(self.h * self.w)).backward()
         return err.detach()
 
-    def _within_budget_share(self, share: float, running: float) -> bool:
-        """Whether the batch has spent at most `share` of its budget (`seconds` plus the `running` seconds not
-        yet added); True without a budget. Relocation keeps to the first relocate_until of the budget as of
-        the iterations: with iterations raised past what the budget allows, it went on to the end, each
-        relocation restarting the step decay's stall count (near-flat images lost 0.2-0.4 dB to plain Adam)."""
-        return self.cfg.budget_ms is None or (self.seconds + running) * 1000 <= share * self.cfg.budget_ms * self.batch_size
-
-    def _over_budget(self, running: float, ahead: float = 0.0) -> bool:
-        """True (and every active image stopped, reason "budget") once the batch's wall time,
-        `seconds` plus the `running` seconds not yet added, plus `ahead` (what the next iteration
-        is expected to take, the last one's time, and the final colors' share) would pass
-        cfg.budget_ms per image: the budget is a ceiling, not a point to overshoot by one iteration."""
-        if self.cfg.budget_ms is None or (self.seconds + running + ahead) * 1000 <= self.cfg.budget_ms * self.batch_size:
-            return False
-        for i in self.active.nonzero()[:, 0].tolist():
-            self.stopped[i] = "budget"
-        self.active[:] = False
-        self.all_active = False
-        return True
-
     def _update_stops(self, idx: torch.Tensor, p: torch.Tensor) -> torch.Tensor | None:
         """Stop the images idx whose PSNR p (of their parameters before this step, after `iterations`
         updates) reached cfg.target_psnr or has not improved for cfg.plateau_patience updates. Returns
@@ -511,30 +464,6 @@ class Fitter:
             self._record()
         return self
 
-    def _foresee_step(self) -> float:
-        """What the first step will take where nothing timed foresees it (splats given to go on from, a
-        nested fit, no initial color solve): one render of the batch, timed (its time counts in `seconds`),
-        times STEP_PER_RENDER, times the renders of a step (a nested fit's prefixes), plus SSIM's measured
-        share where the loss has it. Regression: the first step was taken as free, so a fit going on from
-        given splats under a budget shorter than a step took one anyway (and kept no room for its reserves)."""
-        spent = self.timed_render()
-        self.seconds += spent
-        n = self.params["means"].shape[1]
-        # a nested fit's prefixes, each at its share of the Gaussians (a render's work is its Gaussian-pixel pairs)
-        renders = sum(k / n for k in prefix_renders(n, self.cfg.prefix_fractions)) if self.cfg.prefix_fractions else 1.0
-        extra = 0.0
-        if self.cfg.ssim_weight > 0:  # also where no evaluation follows (a coarse phase): timed here if not yet
-            self._time_ssim(force=True)
-            extra = self._ssim_seconds
-        return step_from_render(renders * spent + extra)
-
-    def timed_render(self, splats: Splats | None = None) -> float:
-        """Wall seconds of one render (no gradient) of `splats` (default: the fit's own), the device waited for."""
-        t0 = self._clock(True)
-        with torch.no_grad():
-            render(self.splats() if splats is None else splats, backend=self.cfg.backend)
-        return self._clock(True) - t0
-
     # ---------------------------------------------------------- final colors
     def _polishes(self) -> bool:
         """Whether the fit ends with polish_colors: cfg.final_colors > 0 where the loss is the plain
@@ -542,49 +471,6 @@ class Fitter:
         set, nor with ssim_weight or prune_lambda)."""
         c = self.cfg
         return c.final_colors > 0 and not c.prefix_fractions and c.ssim_weight == 0 and c.prune_lambda == 0
-
-    def _polish_seconds(self) -> float:
-        """What finish()'s polish is expected to take: solve_cost iterations of the whole batch, each
-        CG_STEPS of the fit's steps, or what one of the initial solve's took where that was more (cg_seconds)."""
-        if not self._polishes():
-            return 0.0
-        return solve_cost(self.cfg.final_colors) * max(CG_STEPS * self.step_seconds, self.cg_seconds)
-
-    def _time_ssim(self, force: bool = False) -> None:
-        """With a budget (and result() to come, or force: a step whose loss has SSIM foreseen), what result()'s SSIM will take (_ssim_seconds), measured
-        once; the measurement's time counts in `seconds`, as the final SSIM's would. Where ssim() takes
-        the fused kernel (metrics.fast_ssim_applies): one image's SSIM timed (on at most a SSIM_TIMED_SIDE
-        corner, scaled by the pixels), times the batch over the
-        threads the batch's SSIM will use. Else SSIM's two blurs of the targets, which result()'s SSIM then reuses
-        (so the measurement costs nothing), twice over for the rest (three more blurs, the arithmetic)."""
-        if self.cfg.budget_ms is None or not (self.evaluated or force) or self._ssim_seconds is not None:
-            return
-        fused = fast_ssim_applies(self.images, self.images)
-        t0 = self._clock(True)
-        if fused:
-            # a large image's SSIM is timed on a corner of SSIM_TIMED_SIDE a side and scaled by its pixels
-            # (the fused pass costs the same per pixel; a 24 Mpixel photo's timing took 0.56 s itself)
-            crop = self.images[:1, :, :SSIM_TIMED_SIDE, :SSIM_TIMED_SIDE]
-            ssim(crop, crop)
-            spent = self._clock(True) - t0
-            pixels = self.h * self.w  # the batch's planes spread over the threads one image's did not use
-            per_image = spent * pixels / (crop.shape[-2] * crop.shape[-1])
-            self._ssim_seconds = per_image * self.batch_size * threads_for(pixels) / threads_for(self.batch_size * pixels)
-        else:
-            self._target_stats = target_blurs(self.images)
-            spent = self._clock(True) - t0
-            self._ssim_seconds = 2.0 * spent
-        self.seconds += spent
-
-    def _eval_seconds(self) -> float:
-        """What result()'s evaluation is expected to take, so that a budget keeps room for it:
-        EVAL_RENDER_STEPS of the fit's steps for its render and PSNR, and SSIM's measured share (_time_ssim). Regression: on a CPU SSIM
-        cost 4-8 iterations (before its fused kernel), and budgeted fits of large images ended up to
-        30% over their budget."""
-        if self.cfg.budget_ms is None or not self.evaluated:
-            return 0.0
-        self._time_ssim()
-        return EVAL_RENDER_STEPS * self.step_seconds + self._ssim_seconds
 
     def finish(self) -> "Fitter":
         """The fit's last step, once (fit_images calls it before result(); call it too when driving a
