@@ -8,7 +8,7 @@ import torch
 
 from raster_parity import check_parity, parity_cases
 
-from gaussianvision.raster import dispatch, render, render_reference, squared_error
+from gaussianvision.raster import cpu_threads, dispatch, render, render_reference, squared_error
 from gaussianvision.splats import Splats
 
 numba_backend = pytest.importorskip("gaussianvision.raster.cpu_numba")
@@ -136,9 +136,9 @@ def test_bands_and_threads_give_the_same_image(monkeypatch):
         return out.detach(), m.grad
 
     serial = run(single)
-    assert numba_backend.threads_for(s.height * s.width) == 1  # the premise: a small render stays on one thread
-    monkeypatch.setattr(numba_backend, "PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(numba_backend, "_num_threads", lambda: 2)
+    assert cpu_threads.threads_for(s.height * s.width) == 1  # the premise: a small render stays on one thread
+    monkeypatch.setattr(cpu_threads, "PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(cpu_threads, "_num_threads", lambda: 2)
     assert numba_backend._bands(1, s.height, 2) > 1 and numba_backend._bands(9, s.height, 2) == 1
     banded, batched = run(single), run(many)
     assert torch.equal(banded[0], serial[0]) and torch.equal(banded[1], serial[1])
@@ -146,93 +146,10 @@ def test_bands_and_threads_give_the_same_image(monkeypatch):
     assert torch.equal(batched[1], serial[1].expand_as(batched[1]))
 
 
-def test_run_covers_every_item_once_and_stops_on_a_failure():
-    """_run's chunks cover [0, n) exactly once over the calling thread and the pool; a chunk that
-    raises stops the others taking new chunks, and the exception comes out after every thread stopped."""
-    import threading
-    import time
-    seen, lock = [], threading.Lock()
-
-    def record(i0, i1):
-        with lock:
-            seen.extend(range(i0, i1))
-
-    numba_backend._run(record, 103, lambda i0, i1: (i0, i1), threads=2)
-    assert sorted(seen) == list(range(103))
-    calls = []
-
-    def failing(i0, i1):
-        with lock:
-            calls.append(i0)
-        time.sleep(0.01)
-        if i0 == 0:
-            raise ValueError("chunk 0 failed")
-
-    with pytest.raises(ValueError, match="chunk 0 failed"):
-        numba_backend._run(failing, 64, lambda i0, i1: (i0, i1), threads=2)
-    n = len(calls)
-    time.sleep(0.1)
-    assert len(calls) == n < 8  # nothing ran on after the raise, and the failure stopped the rest early
 
 
-def test_run_called_from_a_pool_thread_runs_serially():
-    """A chunk that itself calls _run (from the pool's thread) must not wait on its own pool:
-    the inner call runs on that thread (regression guard: it deadlocked)."""
-    import threading
-    seen, lock = [], threading.Lock()
-
-    def inner(i0, i1):
-        with lock:
-            seen.extend(range(i0, i1))
-
-    def outer(i0, i1):
-        for _ in range(i0, i1):
-            numba_backend._run(inner, 10, lambda a, b: (a, b), threads=2)
-
-    t = threading.Thread(target=numba_backend._run, args=(outer, 8, lambda a, b: (a, b)), kwargs={"threads": 2},
-                         daemon=True)
-    t.start()
-    t.join(20)
-    assert not t.is_alive() and sorted(seen) == sorted(list(range(10)) * 8)
 
 
-def test_serial_torch_restores_threads_nested_across_threads_and_on_error():
-    """Inside serial_torch torch runs on one thread and the kernels on the count torch had; a thread
-    started inside another's use (torch's count 1 there) still gets that count for its kernels and
-    restores it, whichever leaves last; nesting and an exception change nothing."""
-    import threading
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        seen = []
-
-        def other():  # started while the main thread is inside: begins with torch's count at 1
-            seen.append(torch.get_num_threads())
-            with numba_backend.serial_torch():
-                seen.append((torch.get_num_threads(), numba_backend._num_threads()))
-            seen.append(torch.get_num_threads())
-
-        with numba_backend.serial_torch():
-            assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
-            with numba_backend.serial_torch():  # nested: the outer count stays
-                assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
-            t = threading.Thread(target=other)
-            t.start()
-            t.join(10)
-            assert torch.get_num_threads() == 1 and numba_backend._num_threads() == 2
-        assert seen[1] == (1, 2) and seen[2] == 2, seen
-        assert torch.get_num_threads() == 2 and numba_backend._num_threads() == 2
-        later = []
-        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
-        t.start()
-        t.join(10)
-        assert later == [2]  # threads started afterwards get torch's count back
-        with pytest.raises(RuntimeError):
-            with numba_backend.serial_torch():
-                raise RuntimeError("left by an exception")
-        assert torch.get_num_threads() == 2 and numba_backend._SERIAL == {"users": 0, "threads": None}
-    finally:
-        torch.set_num_threads(prev)
 
 
 def test_rescaled_render_through_dispatch():
@@ -428,8 +345,8 @@ def test_fused_squared_error_is_the_same_in_bands_and_through_dispatch(monkeypat
     s = parity_cases(torch.float64)[2][1]
     target = torch.rand(s.batch_size, 3, s.height, s.width, dtype=torch.float64)
     serial = _sse_and_grads(numba_backend.squared_error_numba, s, target)
-    monkeypatch.setattr(numba_backend, "PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(numba_backend, "_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu_threads, "PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(cpu_threads, "_num_threads", lambda: 2)
     assert numba_backend._bands(s.batch_size, s.height, 2) > 1
     banded = _sse_and_grads(numba_backend.squared_error_numba, s, target)
     torch.testing.assert_close(banded[0], serial[0], rtol=1e-13, atol=0)

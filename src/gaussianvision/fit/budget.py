@@ -15,7 +15,7 @@ import time
 import torch
 
 from gaussianvision.raster import render
-from gaussianvision.raster.cpu_numba import threads_for
+from gaussianvision.raster.cpu_threads import threads_for
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.colors import solve_cost
 from gaussianvision.fit.metrics import fast_ssim_applies, ssim, target_blurs

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from gaussianvision.raster import render, resolve_backend, squared_error_grads
-from gaussianvision.raster.cpu_numba import serial_torch
+from gaussianvision.raster.cpu_threads import serial_torch
 from gaussianvision.splats.params import luminance
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.adam import BatchAdam

@@ -109,7 +109,8 @@ def ssim_fast(pred: torch.Tensor, target: torch.Tensor, window: int = SSIM_WINDO
     """ssim_reference's numbers from fit/_ssim_kernels.py (CPU, no gradient): each plane's five blurs
     along its rows, then down its columns a row at a time into SSIM, in the planes' dtype (float32 or
     float64, as ssim_reference promotes), planes spread over the render's threads. [B] float of that dtype."""
-    from gaussianvision.raster.cpu_numba import numba_module, run_items
+    from gaussianvision.raster.cpu_numba import numba_module
+    from gaussianvision.raster.cpu_threads import run_items
     kern = numba_module("gaussianvision.fit._ssim_kernels")
     dtype = torch.promote_types(pred.dtype, torch.float32)
     b, c, h, w = pred.shape

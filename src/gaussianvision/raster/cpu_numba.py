@@ -40,7 +40,7 @@ How it is fast
     the image's gradient, scaling each image's parameter gradients by 2 dL/dsse afterwards:
     the fit's separate passes over the batch (subtract, sum of squares, 2 r) are gone (`fast`,
     40 photos at N=400: 1.06-1.15x the whole fit; rev_ab_sse_*.md).
-  * Threads: the kernels are serial, GIL-free (nogil) loops over a range of work items;
+  * Threads (raster/cpu_threads.py): the kernels are serial, GIL-free (nogil) loops over a range of work items;
     the calling thread and a small thread pool (torch.get_num_threads() threads in all)
     take chunks of them from a shared counter until none is left (a thread that finishes
     early takes more; handing the caller one fixed chunk made 40-image fits 25% slower).
@@ -79,7 +79,6 @@ Double backward is not supported.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import importlib.util
@@ -87,8 +86,6 @@ import os
 import stat
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 
 import numpy as np
 import torch
@@ -98,8 +95,9 @@ from gaussianvision.atomic import check_writable
 from gaussianvision.splats.types import Splats, SplatsError
 from gaussianvision.raster.reference import CUTOFF_Q
 from gaussianvision.raster.dispatch import take_residual
+from gaussianvision.raster.cpu_threads import run_chunks, threads_for
 
-__all__ = ["render_numba", "squared_error_numba", "squared_error_grads_numba", "probe", "numba_module", "run_items", "threads_for"]
+__all__ = ["render_numba", "squared_error_numba", "squared_error_grads_numba", "probe", "numba_module"]
 
 _INSTALL_HINT = "install it with `pip install 'gaussianvision[fast]'` (numba)"
 
@@ -189,111 +187,6 @@ def probe() -> None:
         raise ImportError("numba compiled a wrong result in its self-test")
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool (the calling thread is one more)
-_POOL_PREFIX = "gsv-raster"
-# A render of fewer pixels (batch x height x width) runs on the calling thread: one 224 px image's
-# forward or backward takes about 1 ms, and splitting it (bands, chunks of Gaussians) over 2 threads
-# made it slower (0.88-0.93x on the 2-core machine), while 8 images gained 1.2-1.4x.
-PARALLEL_PIXELS = 65_536
-_LOCK = threading.Lock()
-_LOCAL = threading.local()  # serial_torch() on this thread: .depth
-_SERIAL = {"users": 0, "threads": None}  # serial_torch() in the process: threads inside, the count saved
-
-
-def _num_threads() -> int:
-    """Worker threads: torch.get_num_threads() (so torch.set_num_threads governs both), or while any
-    thread is inside serial_torch() the count torch had when the first entered."""
-    return max(1, int(_SERIAL["threads"] or torch.get_num_threads()))
-
-
-@contextlib.contextmanager
-def serial_torch():
-    """Torch's own CPU operations on one thread while inside, the kernels still on the threads torch
-    had. The count is saved by the first thread to enter (a thread started meanwhile begins with
-    torch's count at 1, so its own would be wrong) and each thread leaving its outermost use sets it
-    back (torch's count is per thread under OpenMP, and also the default new threads start with);
-    nested uses change nothing more.
-    A fit's loop runs many small torch operations between the kernels; torch's workers spin after
-    each operation, taking the cores the kernels run on (2-core machine, `fast` at N=400, 224 px:
-    torch on 1 thread instead of 2 cut one image's fit from 500 to 392 ms, kernels serial in both,
-    and 8 images' from 281 to 238 ms per image, kernels on 2 threads)."""
-    with _LOCK:
-        if _SERIAL["users"] == 0:
-            _SERIAL["threads"] = max(1, int(torch.get_num_threads()))
-        _SERIAL["users"] += 1
-        saved = _SERIAL["threads"]
-    depth = getattr(_LOCAL, "depth", 0)
-    if depth == 0:
-        torch.set_num_threads(1)
-    _LOCAL.depth = depth + 1
-    try:
-        yield
-    finally:
-        _LOCAL.depth = depth
-        if depth == 0:
-            torch.set_num_threads(saved)
-        with _LOCK:
-            _SERIAL["users"] -= 1
-            if _SERIAL["users"] == 0:
-                _SERIAL["threads"] = None
-
-
-def threads_for(pixels: int) -> int:
-    """Threads for a render of `pixels` pixels: 1 below PARALLEL_PIXELS, else _num_threads()."""
-    return 1 if pixels < PARALLEL_PIXELS else _num_threads()
-
-
-def _run(fn, n_items: int, make_args, threads: int, per_thread: int = 4) -> None:
-    """Call fn(*make_args(i0, i1)) over [0, n_items) in chunks on `threads` threads, the calling
-    thread one of them; each takes the next chunk until none is left (or one has failed: then the
-    first failure is raised once every thread has stopped).
-
-    The kernels release the GIL (nogil), so chunks run truly in parallel; waiting is
-    blocking, which matters on a machine with more runnable threads than cores.
-    """
-    threads = min(threads, n_items)
-    if threads <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):  # no waiting on its own pool
-        fn(*make_args(0, n_items))
-        return
-    with _LOCK:  # one pool per size, kept: a pool in use by another caller is never shut down
-        pool = _POOLS.get(threads - 1)
-        if pool is None:
-            pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix=_POOL_PREFIX)
-    chunks = min(n_items, per_thread * threads)
-    bounds = [n_items * c // chunks for c in range(chunks + 1)]
-    taken = [0]  # chunks handed out; every participant takes the next one until none is left
-    lock = threading.Lock()
-
-    def work() -> None:
-        try:
-            while True:
-                with lock:
-                    c = taken[0]
-                    taken[0] += 1
-                if c >= chunks:
-                    return
-                fn(*make_args(bounds[c], bounds[c + 1]))
-        except BaseException:
-            with lock:
-                taken[0] = chunks  # a failure: nobody takes a new chunk
-            raise
-
-    futures = [pool.submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        futures_wait(futures)  # no chunk runs on after _run returns or raises
-    for f in futures:
-        f.result()  # a worker's exception is raised here
-
-
-def run_items(fn, n_items: int, make_args, pixels: int) -> None:
-    """fn(*make_args(i0, i1)) over work items [0, n_items) on the render's threads (the calling thread and
-    the pool; one thread for work under PARALLEL_PIXELS `pixels`): for other numba kernels of the same
-    shape, e.g. fit/_ssim_kernels.py."""
-    _run(fn, n_items, make_args, threads_for(pixels))
-
-
 def _bands(batch: int, height: int, threads: int) -> int:
     # Enough (image, band) work items to keep every thread busy; bands cost a little
     # (each band scans all of its image's Gaussians), so use them only for small batches.
@@ -342,7 +235,7 @@ def _forward(means, chol, colors, counts, height, width, target=None):
     b, n = m.shape[0], m.shape[1]
     params = np.empty((b, n, k.NPARAM), np.float64)
     threads = threads_for(b * height * width)
-    _run(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
+    run_chunks(k.setup, b * n, lambda i0, i1: (m, c, cnt, height, params, i0, i1), threads, per_thread=1)
     # one slot per (Gaussian, row of its 3-sigma box): the forward records each row's
     # span and first weights there, so the backward needs neither the conic nor exp
     rows = (params[:, :, k.ROW1] - params[:, :, k.ROW0] + 1).clip(min=0).astype(np.int64).ravel()
@@ -354,7 +247,7 @@ def _forward(means, chol, colors, counts, height, width, target=None):
     bands = _bands(b, height, threads)
     tg = _NO_TARGET[xs.dtype] if target is None else target.detach().to(dtype).contiguous().numpy()
     sse = np.zeros(b * bands, np.float64)
-    _run(k.forward, b * bands,
+    run_chunks(k.forward, b * bands,
          lambda i0, i1: (m, c, col, cnt, xs, ys, nine, params, bands, i0, i1, im,
                          _scratch(width, xs.dtype), offsets, spans, _span_scratch(height), tg, sse), threads)
     state = (params, offsets, spans, xs.dtype, means.shape, chol.shape)
@@ -374,7 +267,7 @@ def _backward(state, colors: torch.Tensor, grad_image: torch.Tensor, need=(True,
     width = g.shape[3]
     tb = np.arange(width + 8, dtype=np_dtype)
     b, n = m_shape[0], m_shape[1]
-    _run(k.backward, b * n,
+    run_chunks(k.backward, b * n,
          lambda i0, i1: (params, col, g, i0, i1, offsets, spans, g_means, g_chol, g_colors,
                          _scratch(width, np_dtype), tb), threads_for(b * g.shape[2] * width))
     return tuple(x if need[i] else None for i, x in enumerate((g_means, g_chol, g_colors)))
