@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from gaussianvision.data.images import skipped_note
-from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank, stored_settings
+from gaussianvision.data.conversion import ConvertConfig, ConvertError, convert_dataset, resolve_rank
+from gaussianvision.data.conversion_config import stored_settings
 from gaussianvision.data.inputs import SourceError
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.stream import Encoding, default_batch_size
