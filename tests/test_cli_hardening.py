@@ -354,6 +354,22 @@ def test_the_entry_point_exits_with_mains_code_after_freezing_what_is_left():
     assert gsv(["--version"]) == 0 and gc.get_freeze_count() == frozen
 
 
+def test_a_ctrl_c_after_the_command_finished_changes_nothing():
+    """Regression (new-user trial): a Ctrl-C (or SIGTERM) arriving while main.run collected the garbage of a
+    finished command gave a KeyboardInterrupt traceback and exit 130; the command's result stands."""
+    import subprocess
+    import sys
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = ("import gc, os, signal, time; from gaussianvision.apps.cli import main as m; real = gc.collect\n"
+            "def collect(*a):\n"
+            "    os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+            "    return real(*a)\n"
+            "gc.collect = collect; m.main = lambda: 3; m.run()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def test_a_shard_given_as_a_gsv_file_says_what_it_is(tmp_path, capsys):
     """Regression (new-user trial): gsv info / render / show on a convert shard said "not a .gsv file (magic
     b's3_0')"; a tar is now named as one, with how to take a sample's .gsv out of it."""

@@ -986,3 +986,46 @@ def test_sigterm_ends_convert_as_ctrl_c_does(tmp_path):
     assert proc.returncode == 130 and err == ("gsv convert: interrupted (finished shards are kept; rerun the same "
                                               "command to convert the rest)"), err
     assert not list(out.glob(".*.lock")) and not list(out.glob(".*tmp*"))
+
+
+def test_absolute_member_names_fail_and_a_sources_nan_is_written_as_null(tmp_path):
+    """Regressions (new-user trial): a member /abs.jpg was converted as key 'abs' (the docs say a key holding
+    '/' fails at the read stage), and a source's {"a": NaN} was written into the sample's .json as NaN, which
+    strict JSON readers refuse."""
+    members = [("/abs.jpg", img_bytes(fmt="JPEG", seed=1)), ("/abs.txt", b"absolute")]
+    members += [("nan.png", img_bytes(seed=2)), ("nan.txt", b"meta"),
+                ("nan.json", b'{"a": NaN, "b": [Infinity, 1.5], "c": {"d": -Infinity}}')]
+    src = write_tar(tmp_path / "odd.tar", members)
+    s = convert_dataset(str(src), tmp_path / "out", cfg())
+    assert (s["converted"], s["failed"]) == (1, 1)
+    fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert fail["stage"] == "read" and "sample key '/abs' holds a path separator" in fail["reason"], fail
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    (sample,) = read_samples(tmp_path / "out" / "000000.tar")
+    assert strict(sample["json"])["meta"] == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    assert output.json_line({"x": float("nan"), "y": (1.0, float("inf"))}) == b'{"x": null, "y": [1.0, null]}\n'
+
+
+def test_a_required_caption_that_cannot_be_read_says_why(tmp_path):
+    """Regression (new-user trial): with --require-caption a caption file that is a folder was failed as
+    'missing caption (no .txt, or nothing but white space in it)', its reason lost."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    (src / "a.png").write_bytes(img_bytes(seed=1))
+    (src / "a.txt").mkdir()
+    s = convert_dataset(str(src), tmp_path / "out", cfg(require_caption=True))
+    assert (s["converted"], s["failed"]) == (0, 1)
+    fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert fail["reason"] == "missing caption (caption file a.txt not read (not a regular file))", fail
+
+
+def test_an_input_named_that_is_a_link_loop_says_so(tmp_path):
+    """Regression (new-user trial): --input loop.png, a symbolic link loop, was 'no such image file'."""
+    (tmp_path / "loop.png").symlink_to(tmp_path / "other.png")
+    (tmp_path / "other.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(SourceError, match=r"loop\.png: cannot read \(Too many levels of symbolic links\)$"):
+        plan_units(str(tmp_path / "loop.png"))
+    with pytest.raises(SourceError, match=r"gone\.png: no such image file$"):
+        plan_units(str(tmp_path / "gone.png"))

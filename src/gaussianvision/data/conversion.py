@@ -25,13 +25,9 @@ the samples of an uninterrupted run. Rank r of world w converts the units with k
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +37,7 @@ from gaussianvision.data.images import ImageLoadError, load_image
 from gaussianvision.data.shards import ShardWriter
 from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
+from gaussianvision.data.conversion_workers import start_workers, stop_workers
 from gaussianvision.data.conversion_config import (ConvertConfig, ConvertError, check_apart, check_config, check_settings,
                                                    resolve_rank)
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
@@ -49,20 +46,6 @@ from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
 __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
 
 # ------------------------------------------------------------------------- fitting
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # W worker processes share the cores; oversubscription only slows them
-    threading.Thread(target=_exit_with_parent, name="gsv-parent-watch", daemon=True).start()
-
-
-def _exit_with_parent() -> None:
-    """A fitting process ends when the converting process does, however it ended (regression: after a
-    kill -9 of gsv convert its workers waited on their queue for ever)."""
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        parent.join()
-        os._exit(1)
-
-
 def _stream(cfg: "ConvertConfig", fit_options: dict | None = None) -> FitStream:
     """The fit of a conversion: fit_images' options, on cfg.device, encoded as the shards store it."""
     options = cfg.fit_options if fit_options is None else fit_options
@@ -120,7 +103,9 @@ class _Converter:
                     sh.fail(pos, raw, "read", raw.error)
                     continue
                 if raw.caption is None and cfg.require_caption:
-                    sh.fail(pos, raw, "caption", "missing caption (no .txt, or nothing but white space in it)")
+                    # regression (new-user trial): a caption file not read (a folder, a link loop) lost its reason
+                    why = raw.caption_note or "no .txt, or nothing but white space in it"
+                    sh.fail(pos, raw, "caption", f"missing caption ({why})")
                     continue
                 try:
                     img = load_image(raw.image, size=cfg.size, name=raw.source, max_pixels=cfg.max_pixels,
@@ -309,22 +294,22 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
 
     conv = _Converter(out, cfg)
     bar = _Progress(cfg, pending)
-    pool = None
-    if cfg.workers > 0:
-        pool = ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    pool = start_workers(cfg.workers) if cfg.workers > 0 else None
     done_shards: list[dict] = []
+    finished = False
     try:
         _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
         conv.writing = "the summary (failures.jsonl, summary.json)"
         summary = summarize(out, units)
+        finished = True
     except BrokenProcessPool:  # a fitting process killed (the OOM killer, kill -9): a traceback before
         raise ConvertError(f"{out}: a fitting process (--workers) died: killed, or out of memory (try fewer "
                            f"--workers or a smaller --batch-size); {_kept(done_shards)}; rerun to resume") from None
     except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
         raise ConvertError(_write_error(out, e, conv.writing, done_shards)) from None
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:  # interrupted or failed: the workers' batches in flight are not waited for
+            stop_workers(pool, wait_for_them=finished)
         conv.release_all()
         bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),

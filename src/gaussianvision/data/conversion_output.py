@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -33,9 +34,23 @@ def shard_name(index: int) -> str:
 
 
 def json_line(obj) -> bytes:
-    """One JSON line; any string can be written: a lone surrogate (a tar name's byte that is
-    not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX."""
-    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+    """One line of strict JSON; any string can be written: a lone surrogate (a tar name's byte that is
+    not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX, and a number that is not
+    finite (NaN, Infinity: Python's JSON reader takes them from a source's .json) becomes null.
+    Regression (new-user trial): a source's {"a": NaN} was written as NaN, which strict readers refuse."""
+    return (json.dumps(_finite(obj), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode(
+        "utf-8", "backslashreplace")
+
+
+def _finite(obj):
+    """obj with every float that is not finite replaced by None (in dicts, lists and tuples)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _write_synced(tmp: Path, data: bytes) -> None:

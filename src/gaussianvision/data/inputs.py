@@ -108,6 +108,17 @@ def expand_urls(spec, skipped: list[Path] | None = None) -> list[str]:
     return out
 
 
+def _not_a_file(path: str, what: str) -> str:
+    """Why an input named by the user is not a file it can read: "no such ..." only where nothing is there
+    (regression (new-user trial): a link loop was "no such image file", where gsv fit says why)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"no such {what}" if not os.path.lexists(path) else f"cannot read ({e.strerror or e})"
+    return "a folder: give its images or shards by name or pattern" if stat.S_ISDIR(st.st_mode) else \
+        "not a regular file"
+
+
 def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -> list[Unit]:
     """The ordered list of units of a conversion input; a folder's entries named like images that are
     not files (broken links) and what a glob matches that is not a file go to `skipped` (find_images,
@@ -139,7 +150,8 @@ def plan_units(src, shard_size: int = 1000, skipped: list[Path] | None = None) -
     missing = [t for t in paths if not Path(t).is_file()]
     if missing:
         what = kind if Path(missing[0]).suffix else "file or folder"  # a bare name: not necessarily a shard
-        raise SourceError(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise SourceError(f"{missing[0]}: {_not_a_file(missing[0], what)}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     odd = [] if images else [t for t in paths if not _readable_tar(t)]
     if odd:  # regression: any other file was read as a tar shard, "truncated or corrupt", and written as one
         raise SourceError(f"{odd[0]}: not an image file ({', '.join(IMAGE_EXTS)}) or a .tar shard")

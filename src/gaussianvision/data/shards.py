@@ -107,9 +107,9 @@ class ShardWriter:
 def split_member(name: str) -> tuple[str, str]:
     """Tar member name -> (sample key, extension): the key is everything before the first dot
     of the base name, with its folder kept, as webdataset groups members."""
-    d, _, base = name.rpartition("/")
+    d, sep, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
-    return (f"{d}/{stem}" if d else stem), ext
+    return d + sep + stem, ext  # '/a.jpg' keeps its '/' (check_key refuses it; regression: it read as key 'a')
 
 
 def check_key(key: str) -> str | None:

@@ -17,7 +17,7 @@ import re
 import tarfile
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 __all__ = ["ShardDamage", "SHARD_ERRORS", "ShardWarning", "Member", "iter_members", "show", "MAX_MEMBER_BYTES"]

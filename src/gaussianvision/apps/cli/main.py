@@ -40,6 +40,10 @@ def run() -> None:
     import signal
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     rc = main()
+    # the command has finished (its output written, its line said): a Ctrl-C or SIGTERM from now on changes
+    # nothing. Regression (new-user trial): one arriving during the collection below was a traceback, exit 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import gc
     gc.collect()
     gc.freeze()

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from gaussianvision.apps.demo.world.scenes import RELATIONS  # the world's direction phrases
 from gaussianvision.train import recipe
