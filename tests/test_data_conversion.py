@@ -541,6 +541,7 @@ def test_brace_expansion():
     assert expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
     assert expand_braces("plain.tar") == ["plain.tar"]
+    assert expand_braces("s{011..009}") == ["s011", "s010", "s009"]  # regression (new-user trial): nothing
 
 
 def cli_main(args):
@@ -584,8 +585,12 @@ def test_a_run_that_converts_nothing_exits_nonzero(tmp_path):
     rc, out, err = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS])
     assert rc == 1, err
     assert "inputs 3 = converted 0 + failed 3" in out
-    assert err.strip() == "gsv convert: no sample converted: all 3 failed (decode 2, read 1); see " \
+    # the first failure's reason (regression (new-user trial): one bad image read 'all 1 failed (decode 1)')
+    assert err.strip() == "gsv convert: no sample converted: all 3 failed (decode 2, read 1; first: " \
+                          f"{src}:a: not an image Pillow can read); see " \
                           f"{tmp_path / 'out' / 'failures.jsonl'}"
+    rc, out, _ = cli_main(["--input", str(src), "--output", str(tmp_path / "out"), *CLI_ARGS, "--json"])
+    assert rc == 1 and json.loads(out)["error"] == err.strip().removeprefix("gsv convert: ")
 
 
 def test_a_single_image_file_converts_and_an_unreadable_shard_converts_nothing(tmp_path):

@@ -93,6 +93,10 @@ def test_truncated_and_bomb_and_tiny(tmp_path):
         load_image(good[: len(good) // 2], name="cut.jpg")
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         load_image(png(Image.new("L", (200, 200))), max_pixels=100 * 100)
+    # past twice the limit Pillow's own error named twice the limit (regression (new-user trial): 128000000 for 64M)
+    for side, pixels in ((300, 90000), (120, 14400)):
+        with pytest.raises(ImageLoadError, match=rf"big\.png: decompression bomb refused \({pixels} pixels > limit 10000\)$"):
+            load_image(png(Image.new("L", (side, side))), max_pixels=100 * 100, name="big.png")
     with pytest.raises(ImageLoadError, match="too small"):
         load_image(png(Image.new("RGB", (3, 3))))
     (tmp_path / "zero.png").write_bytes(b"")

@@ -69,14 +69,16 @@ _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (zero padding kept)."""
+    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (zero padding kept); a range that runs
+    down counts down, as the shell's does (regression (new-user trial): '{009..000}' matched nothing)."""
     m = _BRACE.search(pattern)
     if not m:
         return [pattern]
     lo, hi = m.group(1), m.group(2)
     width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+    step = 1 if int(hi) >= int(lo) else -1
     out = []
-    for i in range(int(lo), int(hi) + 1):
+    for i in range(int(lo), int(hi) + step, step):
         out.extend(expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():]))
     return out
 
@@ -113,8 +115,10 @@ def _not_a_file(path: str, what: str) -> str:
     (regression (new-user trial): a link loop was "no such image file", where gsv fit says why)."""
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        return f"a broken link (to {os.readlink(path)}): no such {what}" if os.path.islink(path) else f"no such {what}"
     except OSError as e:
-        return f"no such {what}" if not os.path.lexists(path) else f"cannot read ({e.strerror or e})"
+        return f"cannot read ({e.strerror or e})"
     return "a folder: give its images or shards by name or pattern" if stat.S_ISDIR(st.st_mode) else \
         "not a regular file"
 

@@ -7,6 +7,7 @@ torchrun (RANK and WORLD_SIZE pick the shards; --device cuda uses LOCAL_RANK).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -134,27 +135,48 @@ def _go(a) -> int:
         s = convert_dataset(a.input, a.output, _config(a))
     except (ConvertError, SourceError) as e:
         raise CliError(str(e)) from None
+    error = _failure(s, a)
+    if error:  # regression (new-user trial): --json's output had no "error" where the run converted nothing
+        s["error"] = error
     emit(s, a.json, _report(s, a.output))
     if (note := skipped_note(s["run"].get("skipped_entries", []), "an input")):
         print(f"gsv convert: {note}", file=sys.stderr)
-    if s["run"]["unopened"]:  # left unfinished: a rerun retries them
-        print(f"gsv convert: could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
-              f"their output shards are left unfinished: rerun once they can be read", file=sys.stderr)
+    if error:
+        print(f"gsv convert: {error}", file=sys.stderr)
         return 1
     if s["run"]["shards_busy"] and not s["inputs"] and not s["shard_errors"]:  # nothing finished yet: nothing to judge
         return 0
-    if s["inputs"] and not s["converted"]:  # every sample failed: the run did not do its job
-        print(f"gsv convert: no sample converted: all {s['failed']} failed ({_by_stage(s)}); see "
-              f"{a.output / 'failures.jsonl'}", file=sys.stderr)
-        return 1
-    if s["shard_errors"] and not s["converted"]:  # no sample read at all: every shard unreadable
-        print(f"gsv convert: no sample converted: {len(s['shard_errors'])} shard(s) unreadable (first: "
-              f"{s['shard_errors'][0]}); see {a.output / 'summary.json'}", file=sys.stderr)
-        return 1
-    if not s["converted"]:  # e.g. empty shards: nothing to convert is not a conversion
-        print(f"gsv convert: no sample converted: the input holds no samples ({a.input})", file=sys.stderr)
-        return 1
     return 0 if s["reconciled"] else 1
+
+
+def _failure(s: dict, a) -> str | None:
+    """Why the run did not do its job (exit code 1), None where it did."""
+    if s["run"]["unopened"]:  # left unfinished: a rerun retries them
+        return (f"could not open {len(s['run']['unopened'])} input shard(s) (first: {s['run']['unopened'][0]}); "
+                f"their output shards are left unfinished: rerun once they can be read")
+    if s["run"]["shards_busy"] and not s["inputs"] and not s["shard_errors"]:
+        return None
+    if s["inputs"] and not s["converted"]:  # every sample failed
+        # regression (new-user trial): the line gave no reason (one bad image: 'all 1 failed (decode 1)')
+        return (f"no sample converted: all {s['failed']} failed ({_by_stage(s)}{_first_failure(a.output)}); see "
+                f"{a.output / 'failures.jsonl'}")
+    if s["shard_errors"] and not s["converted"]:  # no sample read at all: every shard unreadable
+        return (f"no sample converted: {len(s['shard_errors'])} shard(s) unreadable (first: "
+                f"{s['shard_errors'][0]}); see {a.output / 'summary.json'}")
+    if not s["converted"]:  # e.g. empty shards: nothing to convert is not a conversion
+        return f"no sample converted: the input holds no samples ({a.input})"
+    return None
+
+
+def _first_failure(output: Path) -> str:
+    """'; first: SOURCE: REASON' from the run's failures.jsonl, '' where it cannot be read."""
+    try:
+        with open(output / "failures.jsonl", encoding="utf-8", errors="replace") as f:
+            first = json.loads(f.readline())
+        source, reason = str(first["source"]), str(first["reason"])
+        return f"; first: {reason if source in reason else f'{source}: {reason}'}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def main(argv=None) -> int:
