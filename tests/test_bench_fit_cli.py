@@ -72,3 +72,8 @@ def test_signed_numbers_carry_one_sign():
     assert [signed(v) for v in (-0.0001, 0.0001, 0.0123, -0.004, 0.0)] == ["0.000", "0.000", "+0.012", "-0.004",
                                                                            "0.000"]
     assert signed(-1.26, 1) == "-1.3"
+
+
+def test_a_result_file_suffix_given_with_name_is_dropped():
+    from gaussianvision.apps.cli.bench_args import file_name
+    assert [file_name(t) for t in ("x.json", "x.json.md", "x.MD", "run.v2")] == ["x", "x", "x", "run.v2"]

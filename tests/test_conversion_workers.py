@@ -59,3 +59,70 @@ def test_convert_waits_for_its_workers_only_when_it_finished(tmp_path, monkeypat
     else:
         conversion.convert_dataset(tmp_path, tmp_path / "out", cfg)
     assert seen == [("start", 2), ("pool", not interrupted)]
+
+
+def _report_sigint(queue):
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="an ignored SIGINT passes to a spawned process on POSIX only")
+def test_a_process_started_under_sigint_ignored_ignores_it_before_any_initializer():
+    """Review finding: the first test sends its SIGINT after _init_worker has run, so it held without
+    _sigint_ignored; the tracebacks of the trial came while the workers were still importing."""
+    import multiprocessing
+    from gaussianvision.data.conversion_workers import _sigint_ignored
+    ctx = multiprocessing.get_context("spawn")
+    seen = []
+    for ignored in (True, False):
+        q = ctx.Queue()
+        p = ctx.Process(target=_report_sigint, args=(q,))
+        if ignored:
+            with _sigint_ignored():
+                p.start()
+        else:
+            p.start()
+        seen.append(q.get(timeout=120))
+        p.join(60)
+    assert seen == [True, False]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_workers_that_cannot_start_are_one_convert_error(tmp_path, monkeypatch):
+    """Review finding: a system refusing the processes (EAGAIN, ENOMEM) was a raw traceback."""
+    from gaussianvision.data import conversion_workers
+
+    class Refusing:
+        def __init__(self, *a, **k):
+            pass
+
+        def submit(self, *a, **k):
+            raise OSError(11, "Resource temporarily unavailable")
+
+        def shutdown(self, **k):
+            pass
+    monkeypatch.setattr(conversion_workers, "ProcessPoolExecutor", Refusing)
+    from PIL import Image
+    Image.new("RGB", (24, 24)).save(tmp_path / "a.png")
+    cfg = conversion.ConvertConfig(n_gaussians=4, size=16, fit_options={"iters": 1}, workers=2, progress=False)
+    with pytest.raises(conversion.ConvertError, match=r"cannot start 2 fitting processes \(--workers\): "
+                                                       r"Resource temporarily unavailable$"):
+        conversion.convert_dataset(tmp_path, tmp_path / "out", cfg)
+
+
+def test_ending_workers_never_hangs_on_a_result_cut_off_mid_message():
+    """Review finding: a worker ended while it sent a result (a big batch) left the pool's reader thread
+    waiting for the rest of the message, kept open by the parent's own end of the pipe: shutdown waited for
+    ever. The cut-off message is made here directly: a header promising 1000 bytes, then 10 of them."""
+    import struct
+    import threading
+    pool = start_workers(1)
+    writer = pool._result_queue._writer
+    os.write(writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
+    time.sleep(0.5)  # the reader thread has the header and waits for the rest
+    t = threading.Thread(target=stop_workers, args=(pool,), kwargs={"wait_for_them": False}, daemon=True)
+    t.start()
+    t.join(60)
+    hung = t.is_alive()
+    if hung:  # unstick it, so that the test fails instead of hanging the run at exit
+        writer.close()
+    assert not hung

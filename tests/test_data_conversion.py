@@ -542,6 +542,10 @@ def test_brace_expansion():
     assert expand_braces("x{1..2}-{0..1}") == ["x1-0", "x1-1", "x2-0", "x2-1"]
     assert expand_braces("plain.tar") == ["plain.tar"]
     assert expand_braces("s{011..009}") == ["s011", "s010", "s009"]  # regression (new-user trial): nothing
+    assert expand_braces("s{1..010}")[:2] == ["s001", "s002"] and expand_braces("s{0..10}")[-1] == "s10"  # as bash
+    assert expand_braces("s{5..5}") == ["s5"]
+    with pytest.raises(SourceError, match=r"s\{0\.\.99999999\}: expands to 100,000,000 names \(at most 1,000,000\)"):
+        expand_braces("s{0..99999999}")  # review finding: counting down it built 10^8 names
 
 
 def cli_main(args):
@@ -1011,6 +1015,22 @@ def test_absolute_member_names_fail_and_a_sources_nan_is_written_as_null(tmp_pat
     (sample,) = read_samples(tmp_path / "out" / "000000.tar")
     assert strict(sample["json"])["meta"] == {"a": None, "b": [None, 1.5], "c": {"d": None}}
     assert output.json_line({"x": float("nan"), "y": (1.0, float("inf"))}) == b'{"x": null, "y": [1.0, null]}\n'
+
+
+def test_a_sources_json_nested_deep_is_kept_or_refused_never_the_end_of_the_run(tmp_path):
+    """Review finding: walking a source's .json nested 700 deep to clean its numbers was a RecursionError
+    that stopped the whole conversion; 2000 deep stopped it in json.loads (before this session too)."""
+    members = []
+    for key, depth in (("d700", 700), ("d2000", 2000)):
+        members += [(f"{key}.png", img_bytes(seed=depth)), (f"{key}.json", ("[" * depth + "1e400" + "]" * depth).encode())]
+    s = convert_dataset(str(write_tar(tmp_path / "deep.tar", members)), tmp_path / "out", cfg())
+    assert (s["converted"], s["failed"]) == (2, 0)
+    metas = {x["__key__"]: json.loads(x["json"])["meta"] for x in read_samples(tmp_path / "out" / "000000.tar")}
+    assert metas["d2000"] == {"invalid_json": True}
+    inner = metas["d700"]["value"]
+    for _ in range(699):
+        (inner,) = inner
+    assert inner == [None]  # 1e400 overflows to inf: null
 
 
 def test_a_required_caption_that_cannot_be_read_says_why(tmp_path):

@@ -37,7 +37,7 @@ from gaussianvision.data.images import ImageLoadError, load_image
 from gaussianvision.data.shards import ShardWriter
 from gaussianvision.data import conversion_output as output
 from gaussianvision.data.conversion_output import shard_name, summarize  # noqa: F401 (public here too)
-from gaussianvision.data.conversion_workers import start_workers, stop_workers
+from gaussianvision.data.conversion_workers import WorkerStartError, start_workers, stop_workers
 from gaussianvision.data.conversion_config import (ConvertConfig, ConvertError, check_apart, check_config, check_settings,
                                                    resolve_rank)
 from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
@@ -294,10 +294,15 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
 
     conv = _Converter(out, cfg)
     bar = _Progress(cfg, pending)
-    pool = start_workers(cfg.workers) if cfg.workers > 0 else None
+    pool = None
     done_shards: list[dict] = []
     finished = False
     try:
+        if cfg.workers > 0:  # in the try: a Ctrl-C while they start closes the bar (review finding)
+            try:
+                pool = start_workers(cfg.workers)
+            except WorkerStartError as e:
+                raise ConvertError(f"cannot start {cfg.workers} fitting processes (--workers): {e}") from None
         _pipeline(conv, pending, pool, max(2, 2 * cfg.workers), bar, done_shards)
         conv.writing = "the summary (failures.jsonl, summary.json)"
         summary = summarize(out, units)

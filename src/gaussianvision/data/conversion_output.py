@@ -36,10 +36,17 @@ def shard_name(index: int) -> str:
 def json_line(obj) -> bytes:
     """One line of strict JSON; any string can be written: a lone surrogate (a tar name's byte that is
     not UTF-8, or one from a source's JSON) becomes its JSON escape \\udcXX, and a number that is not
-    finite (NaN, Infinity: Python's JSON reader takes them from a source's .json) becomes null.
-    Regression (new-user trial): a source's {"a": NaN} was written as NaN, which strict readers refuse."""
-    return (json.dumps(_finite(obj), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode(
-        "utf-8", "backslashreplace")
+    finite becomes null (a source's .json is read so already: data/inputs.py). Regression (new-user trial):
+    a source's {"a": NaN} was written as NaN, which strict readers refuse."""
+    return (strict_json(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps(obj, **kwargs) with every float that is not finite written as null."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:  # only then walked (a source's metadata may be nested ~1000 deep: review finding)
+        return json.dumps(_finite(obj), allow_nan=False, **kwargs)
 
 
 def _finite(obj):
@@ -298,5 +305,5 @@ def _summarize(out: Path, units: list[Unit] | None) -> dict:
     tot["reconciled"] = tot["inputs"] == tot["converted"] + tot["failed"]
     tot["duplicate_keys"] = len(dups)  # keys converted in more than one shard
     tot["duplicates"] = [f"{k}: {', '.join(v)}" for k, v in sorted(dups.items())[:_MAX_LISTED]]
-    write_durable(out / "summary.json", (json.dumps(tot, indent=2, sort_keys=True) + "\n").encode())
+    write_durable(out / "summary.json", (strict_json(tot, indent=2, sort_keys=True) + "\n").encode())
     return tot

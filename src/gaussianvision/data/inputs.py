@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import stat
@@ -66,20 +67,32 @@ class RawSample:
 
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+MAX_EXPANDED = 1_000_000  # names a brace pattern may expand to
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (zero padding kept); a range that runs
-    down counts down, as the shell's does (regression (new-user trial): '{009..000}' matched nothing)."""
+    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'], as the shell expands it: padded to the
+    wider bound where a bound has a leading zero ('{1..010}' -> 001 ... 010), counting down where the range
+    runs down (regression (new-user trial): '{009..000}' matched nothing). At most MAX_EXPANDED names
+    (SourceError): '{0..99999999}' is a typo, not 10^8 shards."""
+    ranges = _BRACE.findall(pattern)
+    total = math.prod(abs(int(hi) - int(lo)) + 1 for lo, hi in ranges)
+    if total > MAX_EXPANDED:
+        raise SourceError(f"{pattern}: expands to {total:,} names (at most {MAX_EXPANDED:,})")
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
     m = _BRACE.search(pattern)
     if not m:
         return [pattern]
     lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+    padded = any(len(x) > 1 and x.startswith("0") for x in (lo, hi))
+    width = max(len(lo), len(hi)) if padded else 0
     step = 1 if int(hi) >= int(lo) else -1
     out = []
     for i in range(int(lo), int(hi) + step, step):
-        out.extend(expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():]))
+        out.extend(_expand(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():]))
     return out
 
 
@@ -108,6 +121,11 @@ def expand_urls(spec, skipped: list[Path] | None = None) -> list[str]:
             else:
                 out.append(one)
     return out
+
+
+def _finite_float(text: str) -> float | None:
+    v = float(text)
+    return v if math.isfinite(v) else None
 
 
 def _not_a_file(path: str, what: str) -> str:
@@ -267,10 +285,10 @@ def _finish(g: Group, shard: str) -> RawSample:
     if "txt" in group:
         s.caption, s.caption_note = decode_caption(group.pop("txt"))
     if "json" in group:
-        try:
-            meta = json.loads(group.pop("json"))
+        try:  # a number that is not finite (NaN, Infinity, 1e400) is null: what is written is strict JSON
+            meta = json.loads(group.pop("json"), parse_constant=lambda _: None, parse_float=_finite_float)
             s.meta = meta if isinstance(meta, dict) else {"value": meta}
-        except ValueError:
+        except (ValueError, RecursionError):  # review finding: JSON nested ~1000 deep stopped the whole run
             s.meta = {"invalid_json": True}
     s.extras = sorted(group)
     if errors:

@@ -13,8 +13,8 @@ def file_name(text: str) -> str:
     """argparse type: a plain file name (a result file's stem), so that what is written stays in --out;
     regression (new-user trial): --name /tmp/x/abs or ../esc/rel wrote the results outside --out. A result
     file's suffix is dropped (regression (new-user trial): --name x.json wrote x.json.json and x.json.md)."""
-    for suffix in (".json", ".md"):
-        text = text[:-len(suffix)] if text.lower().endswith(suffix) else text
+    while text.lower().endswith((".json", ".md")):  # x.json.md too (review finding: it wrote x.json.json)
+        text = text[:text.rindex(".")]
     seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
     if not text.strip() or text in (".", "..") or any(s in text for s in seps) or "\0" in text:
         raise argparse.ArgumentTypeError(f"expected a plain file name (no folder, not '.' or '..'), got {text!r}")

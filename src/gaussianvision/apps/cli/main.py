@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -40,10 +41,12 @@ def run() -> None:
     import signal
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     rc = main()
-    # the command has finished (its output written, its line said): a Ctrl-C or SIGTERM from now on changes
-    # nothing. Regression (new-user trial): one arriving during the collection below was a traceback, exit 130.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the command has finished (its output written and closed, stdout flushed by main): a Ctrl-C or SIGTERM from
+    # now on ends the process at once with the command's code. Regression (new-user trial): one arriving during
+    # the collection below was a traceback and exit 130 (and ignoring them left an exit that hangs unkillable).
+    code = int(rc or 0)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(code))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
     import gc
     gc.collect()
     gc.freeze()
