@@ -126,3 +126,26 @@ def test_ending_workers_never_hangs_on_a_result_cut_off_mid_message():
     if hung:  # unstick it, so that the test fails instead of hanging the run at exit
         writer.close()
     assert not hung
+
+
+def test_a_second_ctrl_c_while_the_workers_end_still_lets_the_claims_go(tmp_path, monkeypatch):
+    """Review finding: a Ctrl-C during stop_workers skipped the release of the run's shard claims (lock files)."""
+    from PIL import Image
+    Image.new("RGB", (24, 24)).save(tmp_path / "a.png")
+    released = []
+    monkeypatch.setattr(conversion, "start_workers", lambda n: "pool")
+
+    def stop(pool, wait_for_them):
+        raise KeyboardInterrupt  # the second Ctrl-C
+    monkeypatch.setattr(conversion, "stop_workers", stop)
+
+    def pipeline(conv, pending, *rest):
+        assert conv._claim(pending[0])  # a shard claimed, as the run claims the one it converts
+        real = conv.release_all
+        monkeypatch.setattr(conv, "release_all", lambda: released.append(1) or real())
+        raise KeyboardInterrupt  # the first
+    monkeypatch.setattr(conversion, "_pipeline", pipeline)
+    cfg = conversion.ConvertConfig(n_gaussians=4, size=16, fit_options={"iters": 1}, workers=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        conversion.convert_dataset(tmp_path, tmp_path / "out", cfg)
+    assert released == [1] and not list((tmp_path / "out").glob("*.lock"))

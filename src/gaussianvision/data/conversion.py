@@ -313,10 +313,12 @@ def convert_dataset(src, out: str | os.PathLike, cfg: ConvertConfig) -> dict:
     except OSError as e:  # the output's disk is full, read-only, gone: finished shards stay
         raise ConvertError(_write_error(out, e, conv.writing, done_shards)) from None
     finally:
-        if pool is not None:  # interrupted or failed: the workers' batches in flight are not waited for
-            stop_workers(pool, wait_for_them=finished)
-        conv.release_all()
-        bar.close()
+        try:
+            if pool is not None:  # interrupted or failed: the workers' batches in flight are not waited for
+                stop_workers(pool, wait_for_them=finished)
+        finally:  # a second Ctrl-C during that wait still lets the claims go (review finding)
+            conv.release_all()
+            bar.close()
     summary["run"] = {"rank": cfg.rank, "world_size": cfg.world_size, "shards_converted": len(done_shards),
                       "shards_skipped": len(mine) - len(pending) + conv.finished_elsewhere,
                       "shards_busy": conv.busy, "shards_of_this_rank": len(mine), "unopened": conv.unopened,
