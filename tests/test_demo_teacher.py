@@ -36,7 +36,8 @@ def test_library_rgb_stage_has_none_of_the_demo_options():
             build_stage("rgb", base="gsv-tiny", **{option: 1})
     plain = build_stage("rgb", base="gsv-tiny")
     assert type(plain) is RGBClipStage and not hasattr(plain, "begin_step")
-    assert plain.describe() == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain.resume_keys() == {}
+    assert plain.describe() == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None}
+    assert plain.resume_keys() == {"base": None, "pretrained": None}  # the model, as every stage
     assert issubclass(TeacherStage, RGBClipStage)
     root = Path(__file__).parents[1] / "src" / "gaussianvision" / "train"
     for path in root.glob("*.py"):
@@ -148,10 +149,12 @@ def test_gsv_train_builds_the_teacher_only_for_its_flags(tmp_path, read_log, wri
     assert "note: --lock-text-steps 1 >= this run's 1 steps: the text tower stays as initialized" in capsys.readouterr().err
     plain, lock = (json.loads((tmp_path / o / "checkpoints" / "step-00000001" / "state.json").read_text())
                    for o in ("plain", "lock"))
-    assert plain["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None} and plain["resume_keys"] == {}
+    assert plain["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None}
+    assert plain["resume_keys"] == {"base": None, "pretrained": None}
     assert lock["task"] == {"stage": "rgb", "base": "gsv-tiny", "pretrained": None, "lock_text_steps": 1,
                             "hard_negatives": False, "mirror_pairs": 0.0, "word_loss": 0.0, "word_boost": {}}
-    assert lock["resume_keys"] == {"word_loss": 0.0, "word_boost": {}}
+    assert lock["resume_keys"] == {"base": None, "pretrained": None, "word_loss": 0.0, "word_boost": {},
+                                   "lock_text_steps": 0, "hard_negatives": False, "mirror_pairs": 0.0}
     assert "text_locked" not in read_log(tmp_path / "plain")[0] and read_log(tmp_path / "lock")[0]["text_locked"] == 1.0
 
 
@@ -337,3 +340,22 @@ def test_rgb_word_loss_resume_refuses_other_word_settings_and_bad_boosts(tmp_pat
     assert _gsv_train(["--stage", "rgb", "--data", str(root), "--out", str(tmp_path / "z"), "--steps", "1",
                        "--word-loss", "1", "--word-boost", "left=0"]) == 2
     assert "--word-boost left=0.0: the factor must be a positive number" in capsys.readouterr().err
+
+
+def test_rgb_resume_refuses_other_teacher_options(tmp_path, capsys, write_splat_shards):
+    """Regression (new-user trial): a run stopped with --hard-negatives --lock-text-steps 10 resumed without
+    them went on with neither (only --word-loss was compared). (--hard-negatives needs shards with negative
+    captions: its resume key is declared beside these, TeacherStage.resume_keys.)"""
+    root = tmp_path / "img"
+    write_splat_shards(root, n_samples=8, per_shard=8)
+    out = tmp_path / "rgb"
+    common = ["--stage", "rgb", "--base", "gsv-tiny", "--data", str(root), "--in-memory", "--out", str(out),
+              "--batch-size", "4", "--lr", "1e-3", "--save-every", "1", "--steps", "2"]
+    options = ["--lock-text-steps", "10", "--mirror-pairs", "0.5"]
+    assert _gsv_train(common + options + ["--stop-after", "1"]) == 0
+    capsys.readouterr()
+    for given, named in (([], "lock-text-steps was 10"), (options[:2], "mirror-pairs was 0.5")):
+        assert _gsv_train(common + given + ["--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--resume: {named} in " in err, err
+    assert _gsv_train(common + options + ["--resume"]) == 0

@@ -563,3 +563,41 @@ def test_ctrl_c_keeps_the_finished_step_and_resume_goes_on(train_shards, tmp_pat
     assert gsv(argv + ["--out", str(out), "--resume"]) == 0
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert resumed["steps"] == 4 and resumed["final_loss"] == whole["final_loss"]
+
+
+def test_resume_refuses_another_teacher_model_or_starting_run(train_shards, tmp_path, capsys):
+    """Regressions (new-user trial): a stage-1 run resumed without its --pretrained teacher (or with another
+    one) went on distilling towards a random (or other) teacher, with only a note; a stage-2 run resumed without
+    its --init-from, or with another --model-config, failed on a tensor's shape ('shape [64] != [768]')."""
+    from safetensors.torch import save_file
+    from gaussianvision.models.gsclip import create_base
+    torch.manual_seed(0)
+    teachers = []
+    for i in range(2):
+        teachers.append(tmp_path / f"teacher{i}.safetensors")
+        save_file(create_base("gsv-tiny").state_dict(), str(teachers[-1]))
+    s1 = ["--stage", "1", "--data", train_shards, "--base", "gsv-tiny", "--model-config", "gs-tiny", "--steps", "4",
+          "--batch-size", "4", "--lr", "1e-3", "--save-every", "1", "--out", str(tmp_path / "s1")]
+    assert _gsv_train(s1 + ["--pretrained", str(teachers[0]), "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    for other, now in (([], "None"), (["--pretrained", str(teachers[1])], repr(str(teachers[1])))):
+        assert _gsv_train(s1 + other + ["--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--resume: pretrained was {str(teachers[0])!r} in " in err and f"now {now}; resume with" in err, err
+    (tmp_path / "link.safetensors").symlink_to(teachers[0])  # the same file by another name resumes
+    assert _gsv_train(s1 + ["--pretrained", str(tmp_path / "link.safetensors"), "--resume", "--stop-after", "3"]) == 0
+    capsys.readouterr()
+    s2 = ["--stage", "2", "--data", train_shards, "--steps", "4", "--batch-size", "4", "--lr", "1e-3",
+          "--save-every", "1", "--out", str(tmp_path / "s2")]
+    assert _gsv_train(s2 + ["--init-from", str(tmp_path / "s1"), "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert _gsv_train(s2 + ["--base", "gsv-tiny", "--pretrained", str(teachers[0]), "--model-config", "gs-tiny",
+                            "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--resume: init-from was {str(tmp_path / 's1')!r} in " in err and "now None" in err, err
+    assert _gsv_train(s2 + ["--init-from", str(tmp_path / "s1"), "--resume"]) == 0
+    capsys.readouterr()
+    other = [a if a != "gs-tiny" else "gs-98-shared" for a in s1]
+    assert _gsv_train(other + ["--pretrained", str(teachers[0]), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model-config was config 'gs-tiny' in " in err and "now config 'gs-98-shared'" in err, err

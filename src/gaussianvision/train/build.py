@@ -15,7 +15,12 @@ GS_EXPORT = "gsclip.safetensors"
 
 
 class _GSExport:
-    """At the end of a GS stage, also write models' trainable checkpoint (create_gsclip_from_weights)."""
+    """At the end of a GS stage, also write models' trainable checkpoint (create_gsclip_from_weights). A resumed GS
+    stage must have the run's model: its config, the run it started from and what it unfroze (regression (new-user
+    trial): another --model-config or no --init-from failed on a tensor's shape)."""
+
+    def resume_keys(self) -> dict:
+        return {**super().resume_keys(), "model_config": None, "init_from": None, "unfreeze": []}
 
     def export(self, out_dir):
         from gaussianvision.models import save_weights

@@ -10,6 +10,7 @@ the keys the current stage declares and the checkpoint's describe() holds.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,9 +51,28 @@ def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
         if recorded is None and (k not in old_desc or k not in now_desc):
             continue  # a checkpoint from before the declarations: compared where both sides say
         was, now = old_desc.get(k, unused), now_desc.get(k, unused)
-        if was != now:
-            raise CheckpointError(f"--resume: {k.replace('_', '-')} was {was!r} in {state['path']}, "
-                                  f"now {now!r}; resume with the run's settings")
+        if not _same(was, now):
+            shown = (_shown(was), _shown(now))
+            if shown[0] == shown[1]:  # one config name, other settings inside
+                shown = (f"{shown[0]} with other settings", shown[1])
+            raise CheckpointError(f"--resume: {k.replace('_', '-')} was {shown[0]} in {state['path']}, "
+                                  f"now {shown[1]}; resume with the run's settings")
+
+
+def _same(was, now) -> bool:
+    """Equal settings; two paths of one file or folder are equal (the run given from another folder)."""
+    if was == now:
+        return True
+    if isinstance(was, str) and isinstance(now, str) and os.path.exists(was) and os.path.exists(now):
+        return os.path.samefile(was, now)
+    return False
+
+
+def _shown(value) -> str:
+    """A setting in a message: a model config by its name (the whole dict is pages), the rest as repr."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return f"config {value['name']!r}"
+    return repr(value)
 
 
 def restore(out, config_json, stage, info, model, optimizer, scaler) -> tuple[int, int, int]:

@@ -88,9 +88,10 @@ class _Base:
     def resume_keys(self) -> dict:
         """The describe() keys a resumed run must share with the original one, each with the value
         that means "not used" (compared when one side lacks the key). The loop saves them in
-        state.json and compares them on --resume; none by default (the stage itself is compared
-        first, by resume.check_resume)."""
-        return {}
+        state.json and compares them on --resume (the stage itself is compared first, by
+        resume.check_resume). Every stage: the model's base and its pretrained weights, the teacher
+        of stage 1 (regression (new-user trial): a resume without --pretrained went on from a random one)."""
+        return {"base": None, "pretrained": None}
 
     def after_step(self):
         ls = getattr(self.model, "logit_scale", None)
@@ -191,7 +192,7 @@ class Stage1(_Base):
     def resume_keys(self) -> dict:
         # a mirrored run has other targets and teacher-cache entries; the loss is the run's (regression:
         # --distill mse resumed a cosine run)
-        return {"hflip": 0.0, "distill": "cosine", "token_weight": 0.0}
+        return {**super().resume_keys(), "hflip": 0.0, "distill": "cosine", "token_weight": 0.0}
 
     def loss(self, batch):
         if "image" not in batch or "splats" not in batch:

@@ -64,8 +64,8 @@ def _check_settings(lock_text_steps, mirror_pairs, word_loss, word_boost) -> Non
 class TeacherStage(RGBClipStage):
     """The library's RGB CLIP stage with the demo's tricks (see the module docstring). describe()
     holds the five settings under the names earlier runs used, so their checkpoints and the
-    demo's step cache agree; word_loss and word_boost must match on --resume (the head's
-    parameters exist only with the loss)."""
+    demo's step cache agree; all five must match on --resume (word_loss's head has parameters
+    of its own; the others change the steps)."""
 
     def __init__(self, model, tokenizer, info=None, meta=None, lock_text_steps: int = 0,
                  hard_negatives: bool = False, mirror_pairs: float = 0.0, word_loss: float = 0.0,
@@ -86,7 +86,10 @@ class TeacherStage(RGBClipStage):
         self._text_locked = False
 
     def resume_keys(self) -> dict:
-        return {"word_loss": 0.0, "word_boost": {}}
+        # every teacher option changes the training (regression (new-user trial): a resume without
+        # --hard-negatives / --lock-text-steps went on without them)
+        return {**super().resume_keys(), "word_loss": 0.0, "word_boost": {}, "lock_text_steps": 0,
+                "hard_negatives": False, "mirror_pairs": 0.0}
 
     def begin_step(self, step: int) -> list:
         """Called by the loop before each optimizer step: the parameters to hold fixed in it."""
