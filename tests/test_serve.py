@@ -559,6 +559,12 @@ def test_gsv_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "gsv serve: --max-batch must be >= 1, got 0"
+    # regression (new-user trial): "--port must lie in 0..65535 and --workers be >= 1, got 70000, 1"
+    for argv, said in ((["--port", "70000"], "--port must lie in 0..65535, got 70000"),
+                       (["--workers", "0"], "--workers must be >= 1, got 0"),
+                       (["--body-timeout", "0"], "--body-timeout must lie in (0, 3600] seconds, got 0.0")):
+        assert main(["serve", str(tmp_path), *argv]) == 2
+        assert capsys.readouterr().err.strip() == f"gsv serve: {said}"
     # regression (new-user trial): an unknown device was a traceback, and 'meta' a server whose /embed failed
     for device in ("bogus", "cuda:x", "meta"):
         assert main(["serve", str(tmp_path), "--device", device]) == 2
@@ -606,3 +612,37 @@ def test_gsv_send_default_batch_shrinks_with_the_size():
         return send_cli._fit_stream(send_cli._parser().parse_args(["a.png", "--url", "http://h:1", *extra])).batch_size
     assert (batch(), batch("--size", "1024"), batch("--size", "2048"), batch("--size", "1024", "--batch-size", "9")) == \
         (16, 4, 1, 9)
+
+
+def _stall(url: str) -> "socket.socket":
+    """A client that sends 4 of the 1000 bytes it declares, then waits."""
+    import socket
+    host, port = url.removeprefix("http://").split(":")
+    c = socket.create_connection((host, int(port)), timeout=20)
+    c.sendall(f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+              f"Content-Length: 1000\r\n\r\nabcd".encode())
+    return c
+
+
+@pytest.mark.parametrize("body_timeout", [0.5, 60.0])
+def test_a_body_that_stops_coming_is_refused_and_shutdown_does_not_wait_for_it(engine, weights, monkeypatch,
+                                                                              body_timeout):
+    """Regression (new-user trial): a client that sent 4 of its 1000 declared bytes and waited held its
+    connection for ever (no answer after 8 s), and `gsv serve` never ended on SIGTERM while it did. Now the
+    body's next piece has body_timeout_s to come (then 408), and a shutdown waits SHUTDOWN_SECONDS at most."""
+    from gaussianvision.apps.serve import server as server_module
+    monkeypatch.setattr(server_module, "SHUTDOWN_SECONDS", 1)
+    settings = ServeSettings(model=str(weights), device="cpu", body_timeout_s=body_timeout, token=TOKEN)
+    live = serve_in_thread(create_app(engine, settings))
+    stalled = _stall(live.url)
+    try:
+        if body_timeout < 1:
+            answer = stalled.recv(65536).decode()  # within the timeout, not when the client gives up
+            assert answer.startswith("HTTP/1.1 408") and '"reason":"body_timeout"' in answer, answer
+            assert "no more of the request body came for 0.5 s (after 4 bytes)" in answer
+    finally:
+        live.server.should_exit = True  # as SIGTERM: with the client still waiting (the second case)
+        live.thread.join(30)
+        alive = live.thread.is_alive()
+        stalled.close()
+    assert not alive

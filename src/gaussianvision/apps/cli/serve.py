@@ -19,7 +19,9 @@ gsclip.safetensors file (what gsv eval reads as gs:PATH).
   GET  /metrics    requests, rejects, batch sizes, latency percentiles
 Refusals are 4xx JSON {"error", "reason"}: a body over --max-body (413), a
 payload the .gsv reader refuses (400), over --max-images or --max-gaussians
-(422), an unknown label set (404), a missing or wrong token (401)."""
+(422), an unknown label set (404), a missing or wrong token (401), a body whose
+next piece takes over --body-timeout seconds (408). After SIGTERM or Ctrl-C the
+requests in flight get 60 s to finish."""
 
 EPILOG = """deployment:
   One process holds one model copy and batches what it receives
@@ -58,6 +60,8 @@ def _parser():
                    help="how long a request waits for others to share its forward")
     p.add_argument("--max-batch", type=int, default=64, help="images in one forward")
     p.add_argument("--top-k", type=int, default=5, help="top_k of a /classify request that gives none")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds to wait for the next piece of a request body (then 408)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -65,8 +69,10 @@ def _parser():
 def settings_of(a):
     """The checked ServeSettings of the options (a CliError naming the bad one)."""
     from gaussianvision.apps.serve.settings import TOKEN_ENV, ServeSettings
-    if not 0 <= a.port <= 65535 or a.workers < 1:
-        raise CliError(f"--port must lie in 0..65535 and --workers be >= 1, got {a.port}, {a.workers}")
+    if not 0 <= a.port <= 65535:  # regression (new-user trial): one line for both, "got 70000, 1"
+        raise CliError(f"--port must lie in 0..65535, got {a.port}")
+    if a.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {a.workers}")
     if a.device != "auto":  # regression (new-user trial): 'bogus' was a traceback, 'meta' a server that cannot embed
         check_device(a.device)
     token = a.token if a.token is not None else (os.environ.get(TOKEN_ENV) or None)
@@ -75,10 +81,11 @@ def settings_of(a):
                              max_gaussians=a.max_gaussians, max_labels=a.max_labels,
                              max_templates=a.max_templates,
                              batch_window_ms=a.batch_window_ms, max_batch=a.max_batch, top_k=a.top_k,
-                             token=token).check()
+                             body_timeout_s=a.body_timeout, token=token).check()
     except ValueError as e:  # "max_body must be ..." -> "--max-body must be ..."
         name, _, rest = str(e).partition(" ")
-        raise CliError(f"--{name.replace('_', '-')} {rest}") from None
+        flag = {"body_timeout_s": "body-timeout"}.get(name, name.replace("_", "-"))
+        raise CliError(f"--{flag} {rest}") from None
 
 
 def _check_address(host: str, port: int) -> None:

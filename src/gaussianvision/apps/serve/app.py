@@ -6,6 +6,7 @@ Every answer is JSON. A refused request is a 4xx {"error", "reason", ...} (count
 by reason) and nothing else changes; an unexpected failure is a 500 of the same shape."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -28,15 +29,25 @@ from .settings import ServeSettings
 __all__ = ["create_app"]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is over `limit` bytes, declared or streamed."""
+async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
+    """The body, refused (413) as soon as it is over `limit` bytes, declared or streamed, and (408) when its next
+    piece takes over `timeout` seconds to come. Regression (new-user trial): a client that sent part of its body
+    and waited held its connection for ever, and `gsv serve` never ended on SIGTERM while it did."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServeError(413, "body_too_large", f"request body of {declared} bytes, over the limit of {limit}",
                          limit=limit)
     chunks, size = [], 0
+    stream = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ServeError(408, "body_timeout", f"no more of the request body came for {timeout:g} s (after "
+                                 f"{size} bytes)") from None
             size += len(chunk)
             if size > limit:
                 raise ServeError(413, "body_too_large", f"request body over the limit of {limit} bytes", limit=limit)
@@ -88,7 +99,7 @@ class _Service:
         self.batcher = Batcher(engine, self.metrics, settings.batch_window_ms / 1e3, settings.max_batch)
 
     async def _embedded(self, request: Request):
-        body = await read_body(request, self.settings.max_body)
+        body = await read_body(request, self.settings.max_body, self.settings.body_timeout_s)
         images = read_images(body, self.settings.max_images, self.settings.max_gaussians)
         emb = await self.batcher.embed([im.splats for im in images])
         described = [{"payload": im.payload, "image": im.index, "gaussians": im.splats.max_gaussians,

@@ -36,16 +36,21 @@ def app_from_env():
     return create_app(load_engine(settings.model, settings.device), settings)
 
 
+# After SIGTERM (or Ctrl-C) the requests in flight get this long to finish; then their connections are closed and
+# the server ends. Regression (new-user trial): a client holding a half-sent body kept `gsv serve` alive for ever.
+SHUTDOWN_SECONDS = 60
+
+
 def run(settings: ServeSettings, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
     import uvicorn
     settings.check()
     if workers > 1:
         os.environ.update(settings.to_env())
         uvicorn.run(f"{__name__}:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level)
+                    log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
         return
     app = create_app(load_engine(settings.model, settings.device), settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_SECONDS)
 
 
 @dataclass
@@ -67,7 +72,8 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                           timeout_graceful_shutdown=SHUTDOWN_SECONDS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="gsv-serve")
     thread.start()
     deadline = time.monotonic() + timeout

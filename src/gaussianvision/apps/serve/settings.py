@@ -26,6 +26,7 @@ class ServeSettings:
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for others
     max_batch: int = 64              # images in one forward
     top_k: int = 5                   # /classify's default top-k
+    body_timeout_s: float = 30.0     # the longest wait for the next piece of a request body (408 after it)
     token: str | None = None         # Bearer token for every route but /health (None: open)
 
     def check(self) -> "ServeSettings":
@@ -34,6 +35,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.batch_window_ms <= 10_000:
             raise ValueError(f"batch_window_ms must lie in [0, 10000], got {self.batch_window_ms}")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise ValueError(f"body_timeout_s must lie in (0, 3600] seconds, got {self.body_timeout_s}")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
         return self
