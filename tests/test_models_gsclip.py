@@ -226,8 +226,13 @@ def test_config_errors_are_clear(tmp_path):
         create_gsclip(base="gsv-tiny:openai", config=TINY)
     with pytest.raises(ConfigError, match="unknown OpenCLIP architecture"):
         create_gsclip(base="ViT-Q-99:openai", config=TINY)
-    with pytest.raises(ConfigError, match="neither a checkpoint file nor a tag"):
+    # regression (new-user trial): a missing file was "neither a checkpoint file nor a tag of gsv-tiny"
+    with pytest.raises(ConfigError, match=r"missing\.pt': no such file \(a checkpoint file of gsv-tiny, or a tag: none\)"):
         create_gsclip(config=TINY, pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match=r"': not a file \(a checkpoint file of gsv-tiny"):
+        create_gsclip(config=TINY, pretrained=str(tmp_path))
+    with pytest.raises(ConfigError, match="'laion9': neither a checkpoint file nor a tag of gsv-tiny"):
+        create_gsclip(config=TINY, pretrained="laion9")
 
 
 def test_local_pretrained_checkpoint_works_offline(tmp_path):

@@ -262,6 +262,9 @@ def test_the_last_file_of_a_body_may_be_a_prefix_of_a_progressive_file(live, ref
     # of the next file, whose rest is then no .gsv
     status, ans = _post(live.url + "/embed", full[:-16] + head)
     assert (status, ans["reason"], ans["payload"]) == (400, "bad_payload", 1) and "not a .gsv file" in ans["error"], ans
+    # ... and the refusal says so (regression (new-user trial): only "payload 1: not a .gsv file (magic ...)")
+    assert ans["error"].endswith("(payload 1 starts where payload 0's header says it ends: if payload 0 was cut "
+                                 "short, only the last file of a body may be)"), ans
 
 
 def test_query_parameters_a_route_does_not_take_or_takes_once_are_refused(live):
@@ -638,6 +641,11 @@ def test_a_body_that_stops_coming_is_refused_and_shutdown_does_not_wait_for_it(e
     try:
         if body_timeout < 1:
             answer = stalled.recv(65536).decode()  # within the timeout, not when the client gives up
+            while "\r\n\r\n" not in answer or not answer.rstrip().endswith("}"):  # the body may come apart
+                more = stalled.recv(65536).decode()
+                if not more:
+                    break
+                answer += more
             assert answer.startswith("HTTP/1.1 408") and '"reason":"body_timeout"' in answer, answer
             assert "no more of the request body came for 0.5 s (after 4 bytes)" in answer
     finally:
@@ -646,3 +654,13 @@ def test_a_body_that_stops_coming_is_refused_and_shutdown_does_not_wait_for_it(e
         alive = live.thread.is_alive()
         stalled.close()
     assert not alive
+
+
+def test_a_form_body_is_refused_with_what_to_send(live):
+    """Regression (new-user trial): `curl -F file=@a.gsv` was refused as "not a .gsv file (magic b'----')"."""
+    body = b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\n" + fmt.encode(random_splats(1, 8, 32, 32))
+    status, ans = _post(live.url + "/embed", body, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert (status, ans["reason"]) == (415, "form_body") and "curl --data-binary @a.gsv" in ans["error"], ans
+    for kind in ("application/octet-stream", "application/x-www-form-urlencoded"):  # curl --data-binary's default
+        assert _post(live.url + "/embed", fmt.encode(random_splats(1, 8, 32, 32)), headers={"Content-Type": kind})[0] == 200
+

@@ -203,6 +203,7 @@ def _quiet_random_init(asked: bool):
         root.removeFilter(f)
 
 
+_WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")  # what names a checkpoint file, not a tag
 _SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's model-name schemas: a config read from the hub or a folder
 
 
@@ -232,11 +233,12 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
         pretrained = str(pretrained)
         tag = open_clip.get_pretrained_cfg(name, pretrained)
         if not tag and not os.path.isfile(pretrained):
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ConfigError(
-                f"pretrained {pretrained!r}: neither a checkpoint file nor a tag of {name} "
-                f"(tags: {', '.join(tags) or 'none'})"
-            )
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+            if "/" in pretrained or os.sep in pretrained or pretrained.endswith(_WEIGHT_FILES):
+                # a path: said as one (regression (new-user trial): a missing file was "neither a checkpoint ...")
+                why = "not a file" if os.path.exists(pretrained) else "no such file"
+                raise ConfigError(f"pretrained {pretrained!r}: {why} (a checkpoint file of {name}, or a tag: {tags})")
+            raise ConfigError(f"pretrained {pretrained!r}: neither a checkpoint file nor a tag of {name} (tags: {tags})")
     dev = torch.device(device)
     try:
         if dev.type == "meta":

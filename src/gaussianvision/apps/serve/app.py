@@ -99,6 +99,11 @@ class _Service:
         self.batcher = Batcher(engine, self.metrics, settings.batch_window_ms / 1e3, settings.max_batch)
 
     async def _embedded(self, request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind.startswith("multipart/"):  # (curl --data-binary says x-www-form-urlencoded: the body is read)
+            # regression (new-user trial): curl -F file=@a.gsv was "not a .gsv file (magic b'----')"
+            raise ServeError(415, "form_body", f"a form ({kind}) is not read: send the .gsv bytes themselves as the "
+                             "body (curl --data-binary @a.gsv, Content-Type application/octet-stream)")
         body = await read_body(request, self.settings.max_body, self.settings.body_timeout_s)
         images = read_images(body, self.settings.max_images, self.settings.max_gaussians)
         emb = await self.batcher.embed([im.splats for im in images])

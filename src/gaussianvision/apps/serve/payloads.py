@@ -53,7 +53,11 @@ def _header(piece: memoryview, index: int) -> fmt.Header:
     try:
         return fmt.read_header(piece, f"payload {index}", truncated_ok=True)  # a cut file: its read decides
     except FormatError as e:
-        raise ServeError(400, "bad_payload", str(e), payload=index) from None
+        why = str(e)
+        if index > 0 and bytes(piece[:4]) != fmt.MAGIC:  # regression (new-user trial): a cut file before the last
+            why += (f" (payload {index} starts where payload {index - 1}'s header says it ends: if payload "
+                    f"{index - 1} was cut short, only the last file of a body may be)")
+        raise ServeError(400, "bad_payload", why, payload=index) from None
 
 
 def read_images(body: bytes, max_images: int, max_gaussians: int) -> list[Image]:
