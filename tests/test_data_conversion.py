@@ -1021,14 +1021,16 @@ def test_a_sources_json_nested_deep_is_kept_or_refused_never_the_end_of_the_run(
     """Review finding: walking a source's .json nested 700 deep to clean its numbers was a RecursionError
     that stopped the whole conversion; 2000 deep stopped it in json.loads (before this session too)."""
     members = []
-    for key, depth in (("d700", 700), ("d2000", 2000)):
+    for key, depth in (("d150", 150), ("d700", 700), ("d988", 988), ("d2000", 2000)):
         members += [(f"{key}.png", img_bytes(seed=depth)), (f"{key}.json", ("[" * depth + "1e400" + "]" * depth).encode())]
     s = convert_dataset(str(write_tar(tmp_path / "deep.tar", members)), tmp_path / "out", cfg())
-    assert (s["converted"], s["failed"]) == (2, 0)
+    assert (s["converted"], s["failed"]) == (4, 0)
     metas = {x["__key__"]: json.loads(x["json"])["meta"] for x in read_samples(tmp_path / "out" / "000000.tar")}
-    assert metas["d2000"] == {"invalid_json": True}
-    inner = metas["d700"]["value"]
-    for _ in range(699):
+    assert metas["d2000"]["invalid_json"] is True  # too deep for the reader, or read and too deep to keep
+    # read, but deeper than MAX_META_DEPTH: at 988 deep the record's writer, two levels deeper, failed (review)
+    assert metas["d700"] == {"invalid_json": True, "too_deep": True} and metas["d988"]["invalid_json"] is True
+    inner = metas["d150"]["value"]
+    for _ in range(149):
         (inner,) = inner
     assert inner == [None]  # 1e400 overflows to inf: null
 

@@ -601,3 +601,31 @@ def test_resume_refuses_another_teacher_model_or_starting_run(train_shards, tmp_
     assert _gsv_train(other + ["--pretrained", str(teachers[0]), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "model-config was config 'gs-tiny' in " in err and "now config 'gs-98-shared'" in err, err
+
+
+def test_a_moved_run_or_a_copy_of_its_teacher_still_resumes(train_shards, tmp_path, capsys):
+    """Review finding: the resume compared the recorded teacher path and --init-from as given, so a run folder
+    moved with its teacher (which the checkpoint's pretrained_rel is for), a copy of the teacher, or a stage-2
+    run's --init-from under its new name were refused with no way through."""
+    import shutil
+    from safetensors.torch import save_file
+    from gaussianvision.models.gsclip import create_base
+    a = tmp_path / "A"
+    a.mkdir()
+    torch.manual_seed(0)
+    save_file(create_base("gsv-tiny").state_dict(), str(a / "teacher.safetensors"))
+    common = ["--data", train_shards, "--base", "gsv-tiny", "--model-config", "gs-tiny", "--steps", "4",
+              "--batch-size", "4", "--lr", "1e-3", "--save-every", "1"]
+    assert _gsv_train(["--stage", "1", *common, "--pretrained", str(a / "teacher.safetensors"), "--out", str(a / "s1"),
+                       "--stop-after", "2"]) == 0
+    assert _gsv_train(["--stage", "2", *common, "--init-from", str(a / "s1"), "--out", str(a / "s2"),
+                       "--stop-after", "1"]) == 0
+    b = tmp_path / "B"
+    a.rename(b)
+    capsys.readouterr()
+    shutil.copy(b / "teacher.safetensors", tmp_path / "copy.safetensors")
+    for teacher in (b / "teacher.safetensors", tmp_path / "copy.safetensors"):
+        assert _gsv_train(["--stage", "1", *common, "--pretrained", str(teacher), "--out", str(b / "s1"), "--resume",
+                           "--stop-after", "3" if teacher.name == "teacher.safetensors" else "4"]) == 0, capsys.readouterr().err
+    assert _gsv_train(["--stage", "2", *common, "--init-from", str(b / "s1"), "--out", str(b / "s2"), "--resume"]) == 0, \
+        capsys.readouterr().err

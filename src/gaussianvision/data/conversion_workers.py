@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -60,9 +61,10 @@ def stop_workers(pool: ProcessPoolExecutor, wait_for_them: bool) -> None:
         for p in processes:
             with contextlib.suppress(Exception):  # already gone
                 p.terminate()
+        deadline = time.monotonic() + JOIN_SECONDS  # one wait for them all (review finding: 5 s each)
         for p in processes:
             with contextlib.suppress(Exception):
-                p.join(JOIN_SECONDS)
+                p.join(max(0.0, deadline - time.monotonic()))
         # A worker ended while it sent a result leaves the pool's reader thread waiting for the rest of the
         # message, which the parent's own copy of the pipe's write end keeps from ever ending: closed, the read
         # ends (EOF) and the pool shuts down as broken. Review finding: shutdown then waited for ever.

@@ -123,6 +123,20 @@ def expand_urls(spec, skipped: list[Path] | None = None) -> list[str]:
     return out
 
 
+MAX_META_DEPTH = 200  # nesting of a source's .json kept (deeper: no metadata, said; JSON's writer recurses)
+
+
+def _depth(obj) -> int:
+    """How deep lists and dicts nest in obj (without recursion)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
 def _finite_float(text: str) -> float | None:
     v = float(text)
     return v if math.isfinite(v) else None
@@ -288,6 +302,8 @@ def _finish(g: Group, shard: str) -> RawSample:
         try:  # a number that is not finite (NaN, Infinity, 1e400) is null: what is written is strict JSON
             meta = json.loads(group.pop("json"), parse_constant=lambda _: None, parse_float=_finite_float)
             s.meta = meta if isinstance(meta, dict) else {"value": meta}
+            if _depth(meta) > MAX_META_DEPTH:  # review finding: read at 988 deep, then too deep to write
+                s.meta = {"invalid_json": True, "too_deep": True}
         except (ValueError, RecursionError):  # review finding: JSON nested ~1000 deep stopped the whole run
             s.meta = {"invalid_json": True}
     s.extras = sorted(group)

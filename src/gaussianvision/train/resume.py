@@ -51,7 +51,7 @@ def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
         if recorded is None and (k not in old_desc or k not in now_desc):
             continue  # a checkpoint from before the declarations: compared where both sides say
         was, now = old_desc.get(k, unused), now_desc.get(k, unused)
-        if not _same(was, now):
+        if not _COMPARE.get(k, _equal)(was, now, state):
             shown = (_shown(was), _shown(now))
             if shown[0] == shown[1]:  # one config name, other settings inside
                 shown = (f"{shown[0]} with other settings", shown[1])
@@ -59,13 +59,59 @@ def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
                                   f"now {shown[1]}; resume with the run's settings")
 
 
-def _same(was, now) -> bool:
-    """Equal settings; two paths of one file or folder are equal (the run given from another folder)."""
-    if was == now:
-        return True
-    if isinstance(was, str) and isinstance(now, str) and os.path.exists(was) and os.path.exists(now):
-        return os.path.samefile(was, now)
-    return False
+def _equal(was, now, state) -> bool:
+    return was == now
+
+
+def _same_weights(was, now, state) -> bool:
+    """Whether `now` names the weights the run was given (`was`): None against any is another model (a random
+    base, a random teacher); a file is the same when it is that file or holds the same bytes, found where the run
+    recorded it or, moved with the run, beside it (pretrained_rel). Where that cannot be told (a tag against a
+    file, a recorded file gone), a warning and the resume goes on (review finding: a moved run, or a tag's run
+    resumed offline with the tag's file, was refused with no way through)."""
+    if was == now or (was is None) != (now is None):
+        return was == now
+    from gaussianvision.models.weights import resolve_base
+    was = resolve_base(was, state.get("task", {}).get("pretrained_rel"), state["path"])
+    if os.path.isfile(was) and os.path.isfile(now):
+        return os.path.samefile(was, now) or _same_bytes(was, now)
+    if not os.path.exists(was) and not os.path.exists(now) and "/" not in was + now and os.sep not in was + now:
+        return False  # two tags
+    print(f"warning: --resume: cannot tell whether {now!r} holds the run's weights ({was!r}); going on with it",
+          file=sys.stderr)
+    return True
+
+
+def _same_bytes(a: str, b: str, chunk: int = 1 << 22) -> bool:
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _both_or_neither(was, now, state) -> bool:
+    """--init-from: given or not as the run was (the model's config and base, compared apart, come from it);
+    its path may differ (a moved run: review finding)."""
+    return (was is None) == (now is None)
+
+
+def _same_config(was, now, state) -> bool:
+    """Model configs compared complete (defaults filled in), so that a default added later is no difference."""
+    if was == now or not (isinstance(was, dict) and isinstance(now, dict)):
+        return was == now
+    from gaussianvision.models.config import ConfigError, load_config
+    try:
+        return load_config(was) == load_config(now)
+    except ConfigError:
+        return False
+
+
+_COMPARE = {"pretrained": _same_weights, "init_from": _both_or_neither, "model_config": _same_config}
 
 
 def _shown(value) -> str:
