@@ -141,6 +141,26 @@ def test_known_answer_classification_rgb_and_gs(wds, tmp_path):
     assert r2["metrics"] == gs["metrics"]
 
 
+def test_a_pair_that_fails_on_a_rerun_leaves_no_stale_result_file(wds, tmp_path):
+    """Regression (new-user trial): a rerun into the same --out where a (model, dataset) failed kept the earlier
+    run's result file, whose metrics then read as this run's. Now that file holds this run's error."""
+    import shutil
+    from gaussianvision.eval.run import evaluate_all
+    root = tmp_path / "data"
+    shutil.copytree(wds / "colors", root / "colors")
+    first = evaluate_all([stub("rgb")], ["wds/colors"], str(tmp_path / "out"), root=str(root / "{dataset}"),
+                         batch_size=5, progress=False)
+    path = Path(first["records"][0]["file"])
+    assert json.loads(path.read_text())["metrics"]["acc1"] == pytest.approx(0.5)
+    shutil.rmtree(root / "colors")
+    again = evaluate_all([stub("rgb")], ["wds/colors"], str(tmp_path / "out"), root=str(root / "{dataset}"),
+                         batch_size=5, progress=False)
+    (err,) = again["errors"]
+    saved = json.loads(path.read_text())
+    assert saved["error"] == err and saved["metrics"] == {} and saved["label"] == "rgb:stub-rgb:none"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [path.name]
+
+
 def test_known_answer_label_noise_is_measured():
     """Sanity of the stub itself: with the labels of every image correct it scores 100 %."""
     from clip_benchmark.metrics.zeroshot_classification import accuracy
@@ -667,6 +687,21 @@ def test_models_of_the_same_folder_or_file_name_get_labels_that_tell_them_apart(
         distinct_labels(twice)
     with pytest.raises(EvalError, match="rgb:stub-rgb:none: the same model given twice"):
         distinct_labels([stub("rgb"), stub("rgb")])
+    # regression (new-user trial): one model spelled two ways (a run folder and the checkpoint it loads, a link
+    # to a weights file) was evaluated twice under two labels
+    step = tmp_path / "runs/a/s2/checkpoints/step-9"
+    step.mkdir(parents=True)
+    folder, ckpt = gs(tmp_path / "runs/a/s2"), gs(step)
+    folder.info = ckpt.info = {"checkpoint": str(step)}
+    with pytest.raises(EvalError, match=f"gs:s2 and gs:step-9: the same model given twice \\(both load {step}\\)"):
+        distinct_labels([folder, ckpt])
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "w.safetensors")
+    with pytest.raises(EvalError, match="gs:w.safetensors and gs:link.safetensors: the same model given twice"):
+        distinct_labels([gs(tmp_path / "w.safetensors"), gs(tmp_path / "link.safetensors")])
+    other = gs(tmp_path / "runs/b/s2")
+    other.info = {"checkpoint": str(tmp_path / "runs/b/s2/checkpoints/step-9")}
+    distinct_labels([gs(tmp_path / "runs/a/s2"), other])  # two runs: two models
     # review findings: one run on two bases is two models; their result files never share a name
     on_a, on_b = gs(tmp_path / "runs/s2", "gs:s2@openai"), gs(tmp_path / "runs/s2", "gs:s2@laion")
     on_a.variant, on_b.variant = "@openai", "@laion"

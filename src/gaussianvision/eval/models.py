@@ -83,6 +83,15 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
                      label=f"gs:{Path(path).name or path}{variant}", info=meta, source=str(path), variant=variant)
 
 
+def _weights_of(em: EvalModel) -> tuple:
+    """What a model loads: its kind and base, the real path of the file or checkpoint read (a GS model's folder
+    resolves to the checkpoint it loads) or else its tag, and its @PRETRAINED override. Regression (new-user
+    trial): one model spelled two ways (a run folder and its latest checkpoint, a link to a file) was evaluated
+    twice under two labels, side by side in the table as if two models."""
+    loaded = em.info.get("checkpoint") or em.source
+    return (em.kind, em.name, os.path.realpath(loaded) if loaded else em.pretrained, em.variant)
+
+
 def _label(em: EvalModel, parts: int) -> str:
     """em's label naming the last `parts` parts of its source's absolute path."""
     tail = "/".join(Path(os.path.abspath(em.source)).parts[-parts:])
@@ -94,6 +103,13 @@ def distinct_labels(models: list[EvalModel]) -> None:
     that tell them apart: runs/a/s2 and runs/b/s2 read gs:a/s2 and gs:b/s2. EvalError where two are the same
     model (one path, or one tag, given twice). Regression (new-user trial): two models with the same folder or
     file name (two runs' gsclip.safetensors) could not be compared: 'two models resolve to the same name'."""
+    seen: dict[tuple, EvalModel] = {}
+    for em in models:
+        first = seen.setdefault(_weights_of(em), em)
+        if first is not em:
+            both = em.label if first.label == em.label else f"{first.label} and {em.label}"
+            raise EvalError(f"{both}: the same model given twice" + ("" if first.label == em.label else
+                            f" (both load {first.info.get('checkpoint') or first.source or first.pretrained})"))
     groups: dict[str, list[EvalModel]] = {}
     for em in models:
         groups.setdefault(em.label, []).append(em)

@@ -13,7 +13,7 @@ from ..atomic import write_text_atomic
 from .suites import main_metric
 
 __all__ = ["result_record", "write_result", "result_filename", "pick_metric", "comparison_table",
-           "write_tables"]
+           "write_tables", "replace_stale"]
 
 _FALLBACK = ("acc1", "mean_average_precision", "mean_recall@1")
 
@@ -50,6 +50,22 @@ def write_result(out_dir: str | os.PathLike, rec: dict) -> Path:
     path = Path(out_dir) / result_filename(rec)
     _atomic_json(path, rec)
     return path
+
+
+def replace_stale(out_dir: str | os.PathLike, dataset: str, model: str, pretrained: str, label: str,
+                  error: str) -> list[Path]:
+    """A (model, dataset) that failed in this run: an earlier run's result file of that pair in OUT (either task's
+    name) is rewritten as this run's error record, metrics empty, so no stale metrics read as this run's; returns
+    the files rewritten. Regression (new-user trial): a pair that failed on a rerun into the same --out kept the
+    earlier run's file, read as a result of the run whose table said the pair failed."""
+    rewritten = []
+    for task in ("zeroshot_classification", "zeroshot_retrieval"):
+        rec = result_record(dataset, model, pretrained, task, {}, label=label, error=error)
+        path = Path(out_dir) / result_filename(rec)
+        if path.is_file():
+            _atomic_json(path, rec)
+            rewritten.append(path)
+    return rewritten
 
 
 def pick_metric(dataset: str, metrics: dict) -> tuple[str | None, float | None]:

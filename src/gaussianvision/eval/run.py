@@ -8,7 +8,7 @@ from gaussianvision.net import unreachable
 from gaussianvision.eval.datasets import (SplatBatches, SplatCache, SplatSettings, build_dataset, build_loader, dataset_task,
                        resolve_root, transform_for)
 from gaussianvision.eval.models import EvalError, EvalModel, distinct_labels
-from gaussianvision.eval.report import comparison_table, result_record, write_result, write_tables
+from gaussianvision.eval.report import comparison_table, replace_stale, result_record, write_result, write_tables
 from gaussianvision.eval.retrieval import zeroshot_retrieval
 from gaussianvision.eval.suites import DATACOMP38, UNSUPPORTED, suite_root
 from gaussianvision.eval.zeroshot import zeroshot_classification
@@ -93,6 +93,7 @@ def evaluate_all(models: list[EvalModel], datasets: list[str], out_dir: str, roo
             except EvalError as e:
                 errors.append(str(e))
                 records.append({"dataset": dataset, "label": em.label, "error": str(e)})
+                replace_stale(out, dataset, em.name, em.pretrained, em.label, str(e))
                 continue
             rec["file"] = str(write_result(out, rec))
             records.append(rec)
