@@ -145,7 +145,18 @@ def test_show_writes_a_png(mixed_folder, tmp_path, capsys):
     from PIL import Image
     im = Image.open(png)
     assert im.format == "PNG" and im.size[0] > 2 * im.size[1]  # three panels side by side
-    assert json.loads(capsys.readouterr().out)["n_gaussians"] == 12
+    shown = capsys.readouterr()
+    assert json.loads(shown.out)["n_gaussians"] == 12 and json.loads(shown.out)["psnr_vs_image"] > 15
+    assert "warning" not in shown.err
+    # regression (new-user trial): an unrelated original was cropped and drawn beside the render without a word
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 24), indexing="ij")
+    save_png(1 - torch.stack([xx, yy, xx * yy]), tmp_path / "other.png")
+    assert gsv(["show", str(out / "ramp.gsv"), "--image", str(tmp_path / "other.png"), "--out", str(png),
+                "--backend", "reference", "--json"]) == 0
+    shown = capsys.readouterr()
+    agree = json.loads(shown.out)["psnr_vs_image"]
+    assert agree < 12 and shown.err.startswith(f"gsv show: warning: {tmp_path / 'other.png'} is not like the render "
+                                               f"of {out / 'ramp.gsv'} (PSNR {agree:.1f} dB, under 12)")
     (tmp_path / "bad.gsv").write_bytes(b"nope")
     assert gsv(["show", str(tmp_path / "bad.gsv"), "--out", str(png)]) == 2
     assert "bad.gsv" in capsys.readouterr().err

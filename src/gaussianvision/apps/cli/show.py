@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import torch
 
 from gaussianvision.atomic import write_atomic
 from gaussianvision.data.images import load_image
+from gaussianvision.data.tar_members import show as named
+from gaussianvision.fit.metrics import psnr
 from gaussianvision.raster import render
 from gaussianvision.splats import format as fmt
 from gaussianvision.splats.params import chol_to_scale_rot
@@ -33,6 +36,7 @@ def _import_mpl():
 
 SHOW_MAX_SIDE = 2048  # the render and original drawn at most this many pixels a side (aspect kept)
 MAX_SIGMA = 10.0  # ellipse radius: the render's cut is 3 sigma; matplotlib hung on --sigma 1e20
+UNLIKE_DB = 12.0  # a render this far from --image (PSNR below) was fitted to another image: said, not refused
 
 
 def _display_size(h: int, w: int) -> tuple[int, int]:
@@ -43,8 +47,9 @@ def _display_size(h: int, w: int) -> tuple[int, int]:
 
 
 def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0, backend: str = "auto",
-         title: str | None = None) -> None:
-    """Write the figure for one image's splats (batch of one) to `out` (PNG, atomically)."""
+         title: str | None = None) -> float | None:
+    """Write the figure for one image's splats (batch of one) to `out` (PNG, atomically); returns the render's
+    PSNR against the original panel as drawn (None without an original)."""
     plt, EllipseCollection = _import_mpl()
     h, w = splats.height, splats.width
     shown = _display_size(h, w)  # the panels are 4 inches at 150 dpi: a larger render shows nothing more
@@ -52,6 +57,8 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
     img = img.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     if original is not None and tuple(original.shape[-2:]) != shown:
         original = torch.nn.functional.interpolate(original[None].float(), size=shown, mode="area")[0]
+    agree = None if original is None else float(psnr(torch.from_numpy(img).permute(2, 0, 1)[None],
+                                                      original[None].clamp(0, 1).cpu())[0])
     panels = ([("original", original.clamp(0, 1).permute(1, 2, 0).cpu().numpy())] if original is not None else [])
     panels += [("render", img), (f"Gaussians ({n_sigma:g}-sigma ellipses)", None)]
     scale = 4.0 / max(h, w)
@@ -86,6 +93,7 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
         raise CliError(f"cannot write {out} ({e.strerror or e})") from None
     finally:
         plt.close(fig)
+    return agree
 
 
 def _like_splats(orig: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -136,8 +144,13 @@ def main(argv=None) -> int:
         orig = None
         if a.image is not None:
             orig = _like_splats(load_image(a.image, size=None), one.height, one.width)
-        draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
-             title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
-        emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians}, a.json,
-             f"wrote {a.out}")
+        agree = draw(one, orig, a.out, n_sigma=a.sigma, backend=a.backend,
+                     title=f"{a.file.name}: {one.max_gaussians} Gaussians, {one.width}x{one.height} px")
+        if agree is not None and agree < UNLIKE_DB:
+            print(f"gsv show: warning: {named(str(a.image), None)} is not like the render of "
+                  f"{named(str(a.file), None)} (PSNR {agree:.1f} dB, under "
+                  f"{UNLIKE_DB:g}): is it the image these splats were fitted to?", file=sys.stderr)
+        emit({"input": str(a.file), "output": str(a.out), "n_gaussians": one.max_gaussians,
+              **({} if agree is None else {"psnr_vs_image": round(agree, 2)})}, a.json,
+             f"wrote {a.out}" + ("" if agree is None else f" (render vs --image: {agree:.2f} dB)"))
     return run("show", go, args)
