@@ -656,6 +656,29 @@ def test_a_body_that_stops_coming_is_refused_and_shutdown_does_not_wait_for_it(e
     assert not alive
 
 
+def test_a_body_that_trickles_in_is_refused_at_the_whole_body_deadline():
+    """Regression (review): the deadline was per piece, so a client that sent a byte every 29 s held its
+    connection for as long as it liked. Now the whole body has BODY_TOTAL_FACTOR x --body-timeout."""
+    import asyncio
+    from gaussianvision.apps.serve.app import BODY_TOTAL_FACTOR, read_body
+    from gaussianvision.apps.serve.errors import ServeError
+
+    class Trickle:
+        headers = {}
+
+        async def stream(self):
+            while True:
+                await asyncio.sleep(0.01)  # a piece every 10 ms: never late for the per-piece timeout
+                yield b"x"
+    start = time.perf_counter()
+    with pytest.raises(ServeError) as caught:
+        asyncio.run(read_body(Trickle(), 1 << 20, timeout=0.05))
+    took = time.perf_counter() - start
+    total = BODY_TOTAL_FACTOR * 0.05
+    assert (caught.value.status, caught.value.reason) == (408, "body_timeout")
+    assert str(caught.value).startswith(f"the request body did not all come within {total:g} s (") and total <= took
+
+
 def test_a_form_body_is_refused_with_what_to_send(live):
     """Regression (new-user trial): `curl -F file=@a.gsv` was refused as "not a .gsv file (magic b'----')"."""
     body = b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\n" + fmt.encode(random_splats(1, 8, 32, 32))

@@ -29,25 +29,34 @@ from .settings import ServeSettings
 __all__ = ["create_app"]
 
 
+BODY_TOTAL_FACTOR = 10  # the whole body must come within this many --body-timeout (5 min by default)
+
+
 async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
     """The body, refused (413) as soon as it is over `limit` bytes, declared or streamed, and (408) when its next
-    piece takes over `timeout` seconds to come. Regression (new-user trial): a client that sent part of its body
-    and waited held its connection for ever, and `gsv serve` never ended on SIGTERM while it did."""
+    piece takes over `timeout` seconds to come or the whole of it over BODY_TOTAL_FACTOR x `timeout`.
+    Regressions (new-user trial, review): a client that sent part of its body and waited held its connection for
+    ever, and `gsv serve` never ended on SIGTERM while it did; one that sent a byte every 29 s held it as long."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServeError(413, "body_too_large", f"request body of {declared} bytes, over the limit of {limit}",
                          limit=limit)
     chunks, size = [], 0
     stream = request.stream().__aiter__()
+    loop = asyncio.get_running_loop()
+    total = BODY_TOTAL_FACTOR * timeout
+    deadline = loop.time() + total
     try:
         while True:
+            left = deadline - loop.time()
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+                chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, min(timeout, left)))
             except StopAsyncIteration:
                 break
             except asyncio.TimeoutError:
                 raise ServeError(408, "body_timeout", f"no more of the request body came for {timeout:g} s (after "
-                                 f"{size} bytes)") from None
+                                 f"{size} bytes)" if left > timeout else f"the request body did not all come "
+                                 f"within {total:g} s ({size} bytes came)") from None
             size += len(chunk)
             if size > limit:
                 raise ServeError(413, "body_too_large", f"request body over the limit of {limit} bytes", limit=limit)

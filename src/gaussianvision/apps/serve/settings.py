@@ -26,7 +26,7 @@ class ServeSettings:
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for others
     max_batch: int = 64              # images in one forward
     top_k: int = 5                   # /classify's default top-k
-    body_timeout_s: float = 30.0     # the longest wait for the next piece of a request body (408 after it)
+    body_timeout_s: float = 30.0     # the longest wait for the next piece of a request body, x10 for all of it (408)
     token: str | None = None         # Bearer token for every route but /health (None: open)
 
     def check(self) -> "ServeSettings":
