@@ -85,7 +85,7 @@ def test_the_loop_runs_torch_on_one_thread_only_with_the_numba_kernels(monkeypat
     """Fitter.run enters serial_torch with the numba kernels only: the reference renderer is torch
     operations itself and keeps torch's threads (review finding)."""
     import contextlib
-    import gaussianvision.fit.fitter as fitter_module
+    import gaussianvision.fit.prepare as prepare_module
     entered = []
 
     @contextlib.contextmanager
@@ -93,7 +93,7 @@ def test_the_loop_runs_torch_on_one_thread_only_with_the_numba_kernels(monkeypat
         entered.append(True)
         yield
 
-    monkeypatch.setattr(fitter_module, "serial_torch", spy)
+    monkeypatch.setattr(prepare_module, "serial_torch", spy)
     fit_images(torch.rand(1, 3, 16, 16), 4, iters=2, backend=backend)
     assert bool(entered) == serial
 
@@ -651,14 +651,14 @@ def test_the_ssim_kernel_is_loaded_before_a_budget_times_it_whatever_renders(mon
     """Regression: compile_kernels loaded SSIM's numba kernel only for the numba render backend, so a
     budgeted fit on the reference renderer timed numba's first load as one image's SSIM, multiplied it
     by the batch and stopped before its first iteration (0 iterations where 3 fitted before)."""
-    from gaussianvision.fit import fitter as fitter_module
     from gaussianvision.fit import metrics
+    from gaussianvision.fit import prepare as prepare_module
     pytest.importorskip("numba")
     calls = []
     real = metrics.ssim_fast
     monkeypatch.setattr(metrics, "ssim_fast", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    monkeypatch.setattr(fitter_module, "_COMPILED", set())
-    fitter_module.compile_kernels(torch.device("cpu"), 24, 24, "reference")
+    monkeypatch.setattr(prepare_module, "_COMPILED", set())
+    prepare_module.compile_kernels(torch.device("cpu"), 24, 24, "reference")
     assert calls == [(1, 3, 11, 11)]
 
 
@@ -717,9 +717,10 @@ def test_a_large_images_ssim_is_timed_on_a_corner(monkeypatch):
     # that timing was a whole SSIM (0.56 s), now a corner of SSIM_TIMED_SIDE, scaled by the image's pixels
     import gaussianvision.fit.budget as budget_mod
     import gaussianvision.fit.fitter as fitter_mod
+    import gaussianvision.fit.prepare as prepare_mod
     from gaussianvision.fit.metrics import fast_ssim_applies
     seen, real = [], fitter_mod.ssim
-    for module in (fitter_mod, budget_mod):  # the final SSIM (Fitter.evaluate) and its timing (_time_ssim)
+    for module in (fitter_mod, budget_mod, prepare_mod):  # the final SSIM (Fitter.evaluate), its timing (_time_ssim)
         monkeypatch.setattr(module, "ssim", lambda a, b, **kw: seen.append(tuple(a.shape)) or real(a, b, **kw))
     monkeypatch.setattr(budget_mod, "SSIM_TIMED_SIDE", 16)
     img = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))

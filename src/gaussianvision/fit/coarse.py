@@ -16,7 +16,8 @@ import torch
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.config import FitConfig
 from gaussianvision.fit.budget import step_from_render
-from gaussianvision.fit.fitter import Fitter, check_images, fit_device, torch_serial
+from gaussianvision.fit.fitter import Fitter
+from gaussianvision.fit.prepare import check_images, fit_device, torch_serial
 from gaussianvision.fit.metrics import SSIM_WINDOW
 
 __all__ = ["coarse_plan", "upscaled_gradients", "start_coarse_to_fine", "first_step_seconds"]

@@ -12,7 +12,8 @@ import torch
 from gaussianvision.splats.types import Splats
 from gaussianvision.fit.coarse import start_coarse_to_fine
 from gaussianvision.fit.config import FitConfig, too_many_gaussians
-from gaussianvision.fit.fitter import FitResult, Fitter, check_images, fit_device, torch_serial
+from gaussianvision.fit.fitter import FitResult, Fitter
+from gaussianvision.fit.prepare import check_images, fit_device, torch_serial
 from gaussianvision.fit.metrics import SSIM_WINDOW
 
 __all__ = ["fit_images", "run_fit"]
