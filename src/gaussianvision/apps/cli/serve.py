@@ -20,7 +20,8 @@ gsclip.safetensors file (what gsv eval reads as gs:PATH).
 Refusals are 4xx JSON {"error", "reason"}: a body over --max-body (413), a
 payload the .gsv reader refuses (400), over --max-images or --max-gaussians
 (422), an unknown label set (404), a missing or wrong token (401), a body whose
-next piece takes over --body-timeout seconds, or all of it over 10 times that (408). After SIGTERM or Ctrl-C the
+next piece takes over --body-timeout seconds, or all of it over 10 times that
+(or the time --max-body takes at 32 KiB/s, if longer) (408). After SIGTERM or Ctrl-C the
 requests in flight get 60 s to finish."""
 
 EPILOG = """deployment:
@@ -61,8 +62,8 @@ def _parser():
     p.add_argument("--max-batch", type=int, default=64, help="images in one forward")
     p.add_argument("--top-k", type=int, default=5, help="top_k of a /classify request that gives none")
     p.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds to wait for the next piece of a request body; the whole body gets 10 times that "
-                        "(then 408)")
+                   help="seconds to wait for the next piece of a request body; the whole body gets 10 times that, or "
+                        "--max-body at 32 KiB/s if longer (then 408)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 

@@ -29,12 +29,14 @@ from .settings import ServeSettings
 __all__ = ["create_app"]
 
 
-BODY_TOTAL_FACTOR = 10  # the whole body must come within this many --body-timeout (5 min by default)
+BODY_TOTAL_FACTOR = 10  # the whole body must come within this many --body-timeout (5 min by default),
+SLOW_LINK = 32 << 10  # or within the time --max-body takes at this many bytes/s, whichever is longer
 
 
 async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
     """The body, refused (413) as soon as it is over `limit` bytes, declared or streamed, and (408) when its next
-    piece takes over `timeout` seconds to come or the whole of it over BODY_TOTAL_FACTOR x `timeout`.
+    piece takes over `timeout` seconds to come or the whole of it over BODY_TOTAL_FACTOR x `timeout` (or over
+    `limit` / SLOW_LINK seconds where that is longer: a larger --max-body on a slow link still comes).
     Regressions (new-user trial, review): a client that sent part of its body and waited held its connection for
     ever, and `gsv serve` never ended on SIGTERM while it did; one that sent a byte every 29 s held it as long."""
     declared = request.headers.get("content-length")
@@ -44,7 +46,7 @@ async def read_body(request: Request, limit: int, timeout: float = 30.0) -> byte
     chunks, size = [], 0
     stream = request.stream().__aiter__()
     loop = asyncio.get_running_loop()
-    total = BODY_TOTAL_FACTOR * timeout
+    total = max(BODY_TOTAL_FACTOR * timeout, limit / SLOW_LINK)
     deadline = loop.time() + total
     try:
         while True:
