@@ -735,6 +735,23 @@ def test_the_same_model_given_twice_is_refused_before_loading(tmp_path, capsys):
         assert err.endswith("--model rgb:gsv-tiny: given twice") and "\n" not in err, err
 
 
+def test_one_root_without_a_dataset_field_for_several_datasets_is_refused_before_loading(tmp_path, capsys):
+    """Regression (new-user trial): --dataset wds/color --dataset wds/shape --dataset-root tasks/color read the
+    colour folder twice and reported it as the shape task too (exit 0)."""
+    from gaussianvision.apps.cli.main import main as gsv
+    from gaussianvision.eval.models import EvalError
+    from gaussianvision.eval.run import evaluate_all
+    argv = ["eval", "zeroshot", "--model", "gs:no/such/run", "--dataset", "wds/a", "--dataset", "wds/b",
+            "--dataset-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert gsv(argv) == 2  # the model is never loaded: its error would name it
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gsv eval: --dataset-root {tmp_path}: names no {{dataset}} or {{dataset_cleaned}}, so all 2 "
+                   "datasets (wds/a, wds/b) would read this one folder; give one --dataset with it, or put "
+                   "{dataset} in it"), err
+    with pytest.raises(EvalError, match="would read this one folder"):
+        evaluate_all([stub("rgb")], ["wds/a", "wds/b"], str(tmp_path / "o"), root=str(tmp_path), progress=False)
+
+
 def test_an_rgb_checkpoint_named_by_a_bare_file_name_is_a_file_not_a_tag(tmp_path, monkeypatch):
     """Review finding: rgb:BASE:model.safetensors (a file in the working folder) was taken for a tag, so beside
     another model.safetensors the two were refused as the same model."""

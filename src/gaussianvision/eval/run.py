@@ -28,6 +28,16 @@ def default_root(dataset: str, root: str | None) -> str:
     return resolve_root(DEFAULT_ROOT, dataset)
 
 
+def check_root(datasets: list[str], root: str | None) -> None:
+    """EvalError where one root names no {dataset} / {dataset_cleaned} yet serves several datasets: each would
+    read the same folder under its own name. Regression (new-user trial): --dataset wds/color --dataset
+    wds/shape --dataset-root tasks/color reported the colour task's numbers as the shape task's too."""
+    if root and len(datasets) > 1 and "{dataset" not in root:
+        raise EvalError(f"--dataset-root {root}: names no {{dataset}} or {{dataset_cleaned}}, so all {len(datasets)} "
+                        f"datasets ({', '.join(datasets[:3])}{', ...' if len(datasets) > 3 else ''}) would read this one "
+                        "folder; give one --dataset with it, or put {dataset} in it")
+
+
 def check_reachable(url: str, timeout: float = 5.0) -> None:
     """Fail fast (and clearly) when a remote dataset's host cannot be reached."""
     host, why = unreachable(url, timeout)
@@ -82,6 +92,7 @@ def evaluate_all(models: list[EvalModel], datasets: list[str], out_dir: str, roo
     """
     out = Path(out_dir)
     records, errors = [], []
+    check_root(datasets, root)
     distinct_labels(models)
     labels = [m.label for m in models]
     cache_dir = cache_dir if cache_dir is not None else str(out / "splat_cache")

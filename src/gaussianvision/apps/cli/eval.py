@@ -111,6 +111,11 @@ def _run(args) -> int:
     datasets = list(dict.fromkeys(datasets))
     if not datasets:
         raise CliError("give --dataset NAME (repeatable) or --suite datacomp38")
+    from gaussianvision.eval.run import check_root
+    try:
+        check_root(datasets, args.dataset_root)  # before any model loads
+    except EvalError as e:
+        raise CliError(str(e)) from None
     device = pick_device(args)
     settings = splat_settings(args)
     check_distinct(args.model, "--model")

@@ -52,7 +52,12 @@ def build_parser():
 
 def _datasets(args) -> dict[str, str]:
     from gaussianvision.eval.probe import task_folders
-    from gaussianvision.eval.run import default_root
+    from gaussianvision.eval.models import EvalError
+    from gaussianvision.eval.run import check_root, default_root
+    try:
+        check_root(list(dict.fromkeys(args.dataset)), args.dataset_root)
+    except EvalError as e:
+        raise CliError(str(e)) from None
     found: dict[str, str] = {}
     for folder in args.tasks:
         found.update(task_folders(folder))
