@@ -150,6 +150,19 @@ def test_resume_refuses_changed_settings(train_shards, tmp_path, capsys):
     capsys.readouterr()
     assert _gsv_train(base + ["--batch-size", "2", "--resume"]) == 2
     assert "batch_size" in capsys.readouterr().err
+    # regression (new-user trial): other data, or the same held in memory, resumed without a word
+    ckpt = out / "checkpoints" / "step-00000001"
+    others = {"--in-memory": f"--resume: --in-memory was not given in {ckpt}; the batch order depends on it",
+              "--shuffle-buffer": f"--resume: shuffle-buffer was 1000 in {ckpt}, now 5; the batch order depends on it",
+              "--data": f"--resume: the --data shards differ from the run's in {ckpt} (2 shards then, 1 now"}
+    for flag, message in others.items():
+        argv = {"--in-memory": base + ["--in-memory"], "--shuffle-buffer": base + ["--shuffle-buffer", "5"],
+                "--data": [a if a != train_shards else str(Path(train_shards) / "shard-0000.tar") for a in base]}[flag]
+        assert _gsv_train(argv + ["--batch-size", "4", "--resume"]) == 2, flag
+        assert capsys.readouterr().err.strip().startswith(f"gsv train: {message}"), flag
+    import shutil
+    moved = shutil.copytree(train_shards, tmp_path / "moved")  # the same shards elsewhere: the same data
+    assert _gsv_train([a if a != train_shards else str(moved) for a in base] + ["--batch-size", "4", "--resume"]) == 0
 
 
 class _ExplodingStage:

@@ -20,6 +20,9 @@ user's DataLoader loop's, not a resumable one.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ from gaussianvision.data.loader import DataError, SampleReader, collate, require
 from gaussianvision.data.shards import SHARD_ERRORS, samples_until_damage, shuffle_buffer  # noqa: F401 (SHARD_ERRORS)
 
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
-           "DataError"]
+           "DataError", "data_identity"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -134,6 +137,21 @@ def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, ra
                                                "no .tar shards found" + _subfolder_hint(spec)))
     return ShardSource(urls, SampleReader(need, image_size, on_damage=_say_damage), collate, batch_size,
                        seed=seed, rank=rank, world_size=world_size, buffer=buffer)
+
+
+def data_identity(urls: Sequence[str], in_memory: bool, buffer: int) -> dict:
+    """What a run's batch order depends on besides the seed: its shards, named by file name and size (a data
+    folder moved or copied is the same data), whether they are held in memory (another order) and the shuffle
+    buffer of a stream. Saved with the run; `--resume` refuses another (train/resume.py)."""
+    def size(u):
+        try:
+            return os.path.getsize(u) if "://" not in u else None
+        except OSError:
+            return None
+    named = [[os.path.basename(str(u)), size(str(u))] for u in urls]
+    digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
+    return {"shards": len(named), "digest": digest, "in_memory": bool(in_memory),
+            "shuffle_buffer": None if in_memory else int(buffer)}
 
 
 def _subfolder_hint(spec) -> str:

@@ -41,6 +41,7 @@ def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
         if k in old and old[k] != config_json[k] and not (isinstance(old[k], list) and list(config_json[k]) == old[k]):
             why = "; the learning-rate schedule depends on it" if k in _SCHEDULE else ""
             raise CheckpointError(f"--resume: {k} was {old[k]!r} in {state['path']}, now {config_json[k]!r}{why}")
+    _check_data(old.get("extra", {}).get("data_identity"), config_json.get("extra", {}).get("data_identity"), state)
     if state.get("world_size", 1) != info.world_size:
         raise CheckpointError(f"--resume: the run used {state.get('world_size')} process(es), now {info.world_size}; "
                               "the data order depends on it")
@@ -57,6 +58,25 @@ def check_resume(state: dict, config_json: dict, stage, info: DistInfo) -> None:
                 shown = (f"{shown[0]} with other settings", shown[1])
             raise CheckpointError(f"--resume: {k.replace('_', '-')} was {shown[0]} in {state['path']}, "
                                   f"now {shown[1]}; resume with the run's settings")
+
+
+def _check_data(was: dict | None, now: dict | None, state: dict) -> None:
+    """CheckpointError where the run's data (batches.data_identity) differ from this one's: other shards, or held
+    in memory where they were streamed (or the reverse), or another shuffle buffer: each is another batch order.
+    Regression (new-user trial): a stage-2 run resumed with another --data, or without --in-memory, went on
+    without a word."""
+    if not (isinstance(was, dict) and isinstance(now, dict)) or was == now:
+        return
+    where = state["path"]
+    if was.get("in_memory") != now.get("in_memory"):
+        given = "given" if was.get("in_memory") else "not given"
+        raise CheckpointError(f"--resume: --in-memory was {given} in {where}; the batch order depends on it")
+    if was.get("shuffle_buffer") != now.get("shuffle_buffer"):
+        raise CheckpointError(f"--resume: shuffle-buffer was {was.get('shuffle_buffer')} in {where}, now "
+                              f"{now.get('shuffle_buffer')}; the batch order depends on it")
+    raise CheckpointError(f"--resume: the --data shards differ from the run's in {where} ({was.get('shards')} shards "
+                          f"then, {now.get('shards')} now, or other files: names and sizes are compared); resume "
+                          "with the run's --data")
 
 
 def _equal(was, now, state) -> bool:

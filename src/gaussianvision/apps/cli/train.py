@@ -138,7 +138,7 @@ def _check_options(args) -> None:
 
 def _run(args) -> int:
     from gaussianvision.train.checkpoint import CheckpointError
-    from gaussianvision.train.batches import DataError, build_source
+    from gaussianvision.train.batches import DataError, build_source, data_identity
     from gaussianvision.train.distributed import cleanup, init_distributed
     from gaussianvision.train.loop import TrainConfig, TrainingDiverged, train
     _check_options(args)
@@ -170,6 +170,7 @@ def _run(args) -> int:
                                   world_size=info.world_size, image_size=image_size, buffer=args.shuffle_buffer)
         except (DataError, ValueError) as e:
             raise CliError(str(e)) from None
+        source_urls = list(source.shards)
         if args.in_memory:
             from gaussianvision.train.batches import build_memory_source
             try:
@@ -185,7 +186,8 @@ def _run(args) -> int:
                           log_every=args.log_every, save_every=args.save_every, keep=args.keep, resume=args.resume,
                           stop_after=args.stop_after, tensorboard=args.tensorboard,
                           progress=not args.no_progress and not args.json,
-                          extra={"data": args.data, "stage": args.stage})
+                          extra={"data": args.data, "stage": args.stage,
+                                 "data_identity": data_identity(source_urls, args.in_memory, args.shuffle_buffer)})
         try:
             summary = train(stage, source, cfg, info)
         except TrainingDiverged as e:
