@@ -380,6 +380,7 @@ def test_cli_eval_offline_dataset_leaves_no_data_folder(tmp_path, capsys, monkey
     (["--fit-size", "-1"], "--fit-size: must be from 11"),
     (["--fit-batch", "0"], "--fit-batch: must be a whole number >= 1, got 0"),
     (["--fit-budget-ms", "-1"], "--fit-budget-ms must be a finite number above 0"),
+    (["--fit-target-psnr", "0"], "--fit-target-psnr must be a number of dB above 0"),
 ])
 def test_cli_eval_bad_splat_settings_are_one_line_naming_the_flag(flags, message, capsys):
     """Regression: these values failed in the first fit with a traceback (exit 1)."""

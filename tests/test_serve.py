@@ -602,10 +602,26 @@ def test_gsv_send_names_the_flag_of_a_bad_fit_value(tmp_path, capsys):
     from gaussianvision.apps.cli.main import main
     png = str(_png(tmp_path / "a.png"))
     for flags, message in ((["--budget-ms", "0"], "gsv send: --budget-ms must be a finite number above 0"),
+                           (["--target-psnr", "0"], "gsv send: --target-psnr must be a number of dB above 0"),
                            (["--fit-option", "lr_means=-1"], "gsv send: --fit-option: lr_means must be")):
         assert main(["send", png, "--url", "http://127.0.0.1:9", *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(message) and len(err.splitlines()) == 1, err
+
+
+def test_every_command_that_fits_takes_the_same_speed_knobs():
+    """Regression (new-user trial): the README promised --budget-ms / --target-psnr in gsv fit, convert, eval
+    (--fit-...) and send; send had no --target-psnr ('unrecognized arguments') and eval only --fit-option."""
+    import gaussianvision.apps.cli.send as send_cli
+    from gaussianvision.apps.cli import convert, eval as eval_cli, fit as fit_cli
+    a = send_cli._parser().parse_args(["a.png", "--url", "http://h:1", "--target-psnr", "31", "--budget-ms", "90"])
+    cfg = send_cli._fit_stream(a).config
+    assert (cfg.target_psnr, cfg.budget_ms, cfg.iters) == (31.0, 90.0, 150)  # the fast preset's iterations
+    e = eval_cli.build_parser().parse_args(["--model", "rgb:x", "--dataset", "d", "--fit-target-psnr", "31",
+                                            "--fit-budget-ms", "90", "--fit-preset", "fast"])
+    assert eval_cli.splat_settings(e).fit_options == {"preset": "fast", "budget_ms": 90.0, "target_psnr": 31.0}
+    for p in (fit_cli._parser(), convert._parser()):
+        assert {"--preset", "--budget-ms", "--target-psnr"} <= set(p._option_string_actions)
 
 
 def test_gsv_send_default_batch_shrinks_with_the_size():

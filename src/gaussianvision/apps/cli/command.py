@@ -333,14 +333,21 @@ def run(cmd: str, fn, args) -> int:
 
 
 def add_speed_options(p, prefix: str = "") -> None:
-    """--preset and --budget-ms (as --{prefix}preset, --{prefix}budget-ms): fit/presets.py's presets
-    and FitConfig.budget_ms, for every command that fits (fit, convert, eval with prefix "fit-")."""
+    """--preset, --budget-ms and --target-psnr (as --{prefix}preset, ...): fit/presets.py's presets,
+    FitConfig.budget_ms and target_psnr, for every command that fits (fit, convert, eval and probe with prefix
+    "fit-"; send has its own --preset, default fast, and these two)."""
     from gaussianvision.fit.presets import PRESETS
     p.add_argument(f"--{prefix}preset", choices=list(PRESETS), default=None,
                    help="speed preset (fast: 150 iterations, colors solved, coarse to fine, relocation; balanced: "
                         "500; best: 2000); options given beside it win (docs/fitting.md). Default: plain Adam, 500")
     p.add_argument(f"--{prefix}budget-ms", type=float, default=None,
                    help="stop each fitted batch once it has spent this many wall ms per image (initialization included)")
+    add_target_option(p, prefix)
+
+
+def add_target_option(p, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}target-psnr", type=float, default=None,
+                   help="stop fitting an image once it reaches this PSNR (dB)")
 
 
 def add_progressive_options(p, what: str = "Gaussians") -> None:

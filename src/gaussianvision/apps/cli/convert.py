@@ -36,7 +36,6 @@ def _parser():
     p.add_argument("--init", default=None, help="initializer (grid, random, ...)")
     p.add_argument("--prune-lambda", type=float, default=None, help="luminance L1 penalty (pruning)")
     p.add_argument("--prune-tau", type=float, default=None, help="pruning threshold")
-    p.add_argument("--target-psnr", type=float, default=None, help="stop fitting an image at this PSNR")
     p.add_argument("--relocate-every", type=int, default=None,
                    help="every K iterations move the least important Gaussians to where the error is")
     p.add_argument("--fit-option", action="append", default=[], metavar="KEY=VALUE",

@@ -73,21 +73,22 @@ def splat_settings(args):
         own = next((f for name, f in _SETTING_FLAGS.items() if str(e).startswith(name + " ")), None)
         if own:  # regression: these were tracebacks from the first fit
             raise CliError(f"{own}: {str(e).split(' ', 1)[1]}") from None
-        flags = {k: f"--fit-{k.replace('_', '-')}" for k in ("preset", "budget_ms") if getattr(args, f"fit_{k}") is not None}
+        flags = {k: f"--fit-{k.replace('_', '-')}" for k in _SPEED if getattr(args, f"fit_{k}") is not None}
         raise CliError(fit_option_message(str(e), flags)) from None
 
 
+_SPEED = ("preset", "budget_ms", "target_psnr")  # add_speed_options' flags, as --fit-...
 _SETTING_FLAGS = {"n_gaussians": "--n-gaussians", "iters": "--fit-iters", "size": "--fit-size", "fit_batch": "--fit-batch"}
 
 
 def _fit_options(args) -> dict:
-    """--fit-option KEY=VALUE, with --fit-preset and --fit-budget-ms (only when given: the cache
+    """--fit-option KEY=VALUE, with --fit-preset, --fit-budget-ms and --fit-target-psnr (only when given: the cache
     keys of runs without them stay as they were)."""
     options = dict(fit_option(t) for t in args.fit_option)
     own = next((k for k in ("iters", "init") if k in options), None)
     if own:  # one way to set each: its flag
         raise CliError(f"--fit-option {own}=...: give it as --fit-{own}")
-    for key, value in (("preset", args.fit_preset), ("budget_ms", args.fit_budget_ms)):
+    for key, value in ((k, getattr(args, f"fit_{k}")) for k in _SPEED):
         if value is not None:
             if key in options:
                 raise CliError(f"--fit-option {key}=...: use --fit-{key.replace('_', '-')}")

@@ -71,7 +71,6 @@ def _parser():
     p.add_argument("--batch-size", type=int, default=None,
                    help="images fitted together (default 16, fewer above 512 px; with --device cuda 512 at 224 px, "
                         "fewer for larger sizes)")
-    p.add_argument("--target-psnr", type=float, default=None, help="stop an image once it reaches this PSNR")
     p.add_argument("--plateau", type=int, default=None, help="stop an image after this many iterations without gain")
     p.add_argument("--prune-lambda", type=float, default=0.0, help="L1 luminance penalty (times the mean over N)")
     p.add_argument("--prune-tau", type=float, default=None, help="prune Gaussians whose importance is under TAU")

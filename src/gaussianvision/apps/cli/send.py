@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gaussianvision.apps.cli.command import (CliError, add_progressive_options, check_at_least, check_device,
-                                             check_encoding, check_gaussians, check_progressive_order, emit, fit_option,
-                                             fit_option_message, parser, path_text, positive, run, whole)
+from gaussianvision.apps.cli.command import (CliError, add_progressive_options, add_target_option, check_at_least,
+                                             check_device, check_encoding, check_gaussians, check_progressive_order,
+                                             emit, fit_option, fit_option_message, parser, path_text, positive, run,
+                                             whole)
 from gaussianvision.fit.presets import PRESETS
 from gaussianvision.fit.metrics import SSIM_WINDOW
 from gaussianvision.fit.stream import default_batch_size
@@ -38,6 +39,7 @@ def _parser():
     p.add_argument("--preset", default="fast", choices=list(PRESETS), help="the fit's speed preset (docs/fitting.md)")
     p.add_argument("--iters", type=int, default=None, help="fit iterations (the preset's unless given)")
     p.add_argument("--budget-ms", type=float, default=None, help="stop each fit after this many wall ms per image")
+    add_target_option(p)
     p.add_argument("--size", type=int, default=224, help="side of the square centre crop the images are resized to")
     p.add_argument("--layout", default="float16", choices=list(LAYOUTS), help="the .gsv layout sent")
     add_progressive_options(p, "Gaussians sent")
@@ -70,7 +72,7 @@ def _fit_stream(a):
     if a.prefix is not None and a.prefix > a.gaussians:
         raise CliError(f"--prefix {a.prefix}: more than the {a.gaussians} Gaussians fitted (--gaussians)")
     check_device(a.device)
-    given = {"iters": a.iters, "budget_ms": a.budget_ms}
+    given = {"iters": a.iters, "budget_ms": a.budget_ms, "target_psnr": a.target_psnr}
     options = {"preset": a.preset, "device": a.device, **{k: v for k, v in given.items() if v is not None},
                **dict(fit_option(t) for t in a.fit_option)}
     try:
