@@ -258,6 +258,39 @@ def test_load_image_takes_a_binary_file_and_names_an_empty_path():
         load_image(io.StringIO("x"))
 
 
+def _fifo_fed(path, data: bytes):
+    """A named pipe at `path` that a thread fills with `data`, then closes (as `<(cat a.png)` does)."""
+    import threading
+    os.mkfifo(path)
+
+    def feed():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:  # the reader stopped at its bound
+            pass
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_an_image_from_a_pipe_is_read_within_a_bound(tmp_path, monkeypatch):
+    """Regression (new-user trial): `gsv fit <(cat a.png)` was refused as "empty file (zero bytes)", the size
+    a pipe reports. Now its bytes are read (at most MAX_STREAM_BYTES); nothing from it is "empty"."""
+    import gaussianvision.data.images as images
+    data = png(Image.new("RGB", (12, 12), (10, 20, 30)))
+    _fifo_fed(tmp_path / "p", data)
+    assert torch.equal(load_image(tmp_path / "p", size=8), load_image(data, size=8))
+    _fifo_fed(tmp_path / "none", b"")
+    with pytest.raises(ImageLoadError, match="none: empty \\(nothing came from it: not a regular file\\)$"):
+        load_image(tmp_path / "none")
+    monkeypatch.setattr(images, "MAX_STREAM_BYTES", 16)
+    _fifo_fed(tmp_path / "big", data)
+    with pytest.raises(ImageLoadError, match="big: not a regular file, and more than 0 MiB came from it"):
+        load_image(tmp_path / "big")
+
+
 def test_drafting_refuses_progressive_jpegs_takes_odd_sides_and_leaves_the_pixel_limit_alone():
     """Review findings: a progressive JPEG over the limit was decoded (libjpeg keeps every coefficient of the
     whole image whatever the scale: a 1 KB file claiming 60000 x 60000 took 10 GB); a JPEG with an odd side was

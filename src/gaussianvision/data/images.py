@@ -182,6 +182,25 @@ def _drafted(fp, max_pixels: int, size: int | None) -> Image.Image | None:
     return img
 
 
+MAX_STREAM_BYTES = 256 << 20  # an image read from a pipe or device is held in memory: at most this much
+
+
+def _read_stream(path: Path, name: str) -> bytes:
+    """The bytes of a pipe or device, at most MAX_STREAM_BYTES. Regression (new-user trial): `gsv fit
+    <(cat a.png)` was refused as "empty file (zero bytes)", the size a pipe reports."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STREAM_BYTES + 1)
+    except OSError as e:
+        raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise ImageLoadError(f"{name}: empty (nothing came from it: not a regular file)")
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageLoadError(f"{name}: not a regular file, and more than {MAX_STREAM_BYTES >> 20} MiB came from it; "
+                             "save the image to a file")
+    return data
+
+
 def _open(src, name: str, max_pixels: int, size: int | None = None) -> Image.Image:
     if isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
@@ -200,9 +219,12 @@ def _open(src, name: str, max_pixels: int, size: int | None = None) -> Image.Ima
             raise ImageLoadError(f"{name}: no such file (the name holds a NUL byte)") from None
         if stat.S_ISDIR(st.st_mode):
             raise ImageLoadError(f"{name}: is a directory, expected an image file")
-        if st.st_size == 0:
+        if not stat.S_ISREG(st.st_mode):  # a pipe (`gsv fit <(curl ...)`) or a device: read, within a bound
+            fp = io.BytesIO(_read_stream(path, name))
+        elif st.st_size == 0:
             raise ImageLoadError(f"{name}: empty file (zero bytes)")
-        fp = path
+        else:
+            fp = path
     try:
         try:
             img = open_image(fp, max_pixels)
