@@ -399,6 +399,20 @@ def test_classify_matches_a_direct_zero_shot_computation(live, reference):
         send(body, live.url, top_k=3, token=TOKEN)
 
 
+def test_the_client_sends_a_gsv_files_path_and_names_what_it_cannot_send(live, tmp_path):
+    """Regression (new-user trial): send("a.gsv", url) said AttributeError: 'str' object has no attribute
+    'validate'. A path is read and sent; what is neither bytes, Splats nor a path is a TypeError saying so."""
+    splats = random_splats(1, 16, 32, 32, seed=11)
+    (tmp_path / "a.gsv").write_bytes(fmt.encode(splats))
+    by_path = send(str(tmp_path / "a.gsv"), live.url, token=TOKEN)
+    assert by_path["embeddings"] == send(tmp_path / "a.gsv", live.url, token=TOKEN)["embeddings"] == \
+        send(fmt.encode(splats), live.url, token=TOKEN)["embeddings"]
+    with pytest.raises(ClientError, match=f"^{tmp_path / 'none.gsv'}: cannot read \\(No such file or directory\\)$"):
+        send(tmp_path / "none.gsv", live.url, token=TOKEN)
+    with pytest.raises(TypeError, match="^send: data must be .gsv bytes, a Splats or a .gsv file's path, got list$"):
+        send([1, 2], live.url, token=TOKEN)
+
+
 def test_a_wrong_token_is_found_before_anything_is_fitted(live, tmp_path, capsys, monkeypatch):
     """Regression (trial): /health needs no token, so gsv send found a wrong one only after fitting
     its first batch; check_server now asks /metrics with the token send will use."""

@@ -5,15 +5,17 @@
     answer = send(data, url, labels=["cat", "dog"], token="...")                 # /classify (a name may hold commas)
     answer = send(data, url, label_set="cifar10", top_k=3)
 
-`data`: .gsv bytes (one file or several concatenated) or a Splats (encoded as float16). Returns
+`data`: .gsv bytes (one file or several concatenated), a Splats (encoded as float16) or a .gsv file's path. Returns
 the server's JSON answer as a dict; raises ClientError with one clear line (the server's own
 message for a refusal, the reason for an unreachable server)."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 __all__ = ["send", "check_server", "check_request", "ClientError"]
 
@@ -63,11 +65,10 @@ def _query(labels, label_set, top_k) -> tuple[str, str]:
 
 def send(data, url: str, labels: list[str] | None = None, label_set: str | None = None,
          top_k: int | None = None, token: str | None = None, timeout: float = 60.0) -> dict:
-    """POST .gsv bytes (or Splats) to URL's /embed, or /classify with labels or a label set."""
+    """POST .gsv bytes (or Splats, or a .gsv file's path) to URL's /embed, or /classify with labels or a
+    label set."""
     check_request(url, timeout)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        from gaussianvision.splats.format import encode
-        data = encode(data)
+    data = _body(data)
     route, query = _query(labels, label_set, top_k)
     req = urllib.request.Request(url.rstrip("/") + route + query, data=bytes(data), method="POST",
                                  headers={"Content-Type": "application/octet-stream"})
@@ -87,6 +88,23 @@ def send(data, url: str, labels: list[str] | None = None, label_set: str | None 
         raise ClientError(f"{url}: cannot reach the server ({reason})") from None
     except ValueError as e:
         raise ClientError(f"{url}{route}: the answer is not JSON ({e})") from None
+
+
+def _body(data) -> bytes | bytearray | memoryview:
+    """The bytes to send: as given, a Splats encoded, or a .gsv file's path read. Regression (new-user trial):
+    a path gave AttributeError: 'str' object has no attribute 'validate'."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            return Path(data).read_bytes()
+        except OSError as e:
+            raise ClientError(f"{data}: cannot read ({e.strerror or e})") from None
+    from gaussianvision.splats.format import encode
+    from gaussianvision.splats.types import Splats
+    if not isinstance(data, Splats):
+        raise TypeError(f"send: data must be .gsv bytes, a Splats or a .gsv file's path, got {type(data).__name__}")
+    return encode(data)
 
 
 def check_server(url: str, timeout: float = 10.0, token: str | None = None) -> dict:
