@@ -1056,3 +1056,32 @@ def test_an_input_named_that_is_a_link_loop_says_so(tmp_path):
         plan_units(str(tmp_path / "loop.png"))
     with pytest.raises(SourceError, match=r"gone\.png: no such image file$"):
         plan_units(str(tmp_path / "gone.png"))
+
+
+def test_the_progress_total_of_tar_inputs_is_foreseen_by_their_bytes(tmp_path):
+    """Regression (new-user trial): two tars of 24 and 8 inputs showed 16/48 after the first (the mean per shard
+    times the shards); now the inputs per byte of the tars done times the bytes of all: 32."""
+    from gaussianvision.data.conversion import _Progress
+    from gaussianvision.data.inputs import Unit
+    (tmp_path / "a.tar").write_bytes(b"x" * 300)
+    (tmp_path / "b.tar").write_bytes(b"x" * 100)
+    units = [Unit(0, "tar", (str(tmp_path / "a.tar"),)), Unit(1, "tar", (str(tmp_path / "b.tar"),)),
+             Unit(2, "files", ("c.png", "d.png"))]
+    progress = _Progress(cfg(), units)
+    assert progress.known == 2 and progress._tar_inputs([{"unit": 0, "inputs": 24}]) == 32
+    assert progress._tar_inputs([{"unit": 0, "inputs": 24}, {"unit": 1, "inputs": 8}]) == 32
+    remote = _Progress(cfg(), [Unit(0, "tar", ("http://h/a.tar",)),
+                                  Unit(1, "tar", ("http://h/b.tar",))])
+    assert remote._tar_inputs([{"unit": 0, "inputs": 24}]) == 48  # sizes unknown: per shard
+
+
+def test_a_sample_with_two_images_names_the_one_not_converted(tmp_path):
+    """Regression (new-user trial): a sample holding e.jpg and e.png was converted from the .jpg and the .png
+    dropped without a word; now its .json names it (other_images), and one image alone says nothing."""
+    members = [("e.png", img_bytes(seed=3)), ("e.jpg", img_bytes(fmt="JPEG", seed=1)), ("e.txt", b"two"),
+               *good_sample("f", 2)]
+    s = convert_dataset(str(write_tar(tmp_path / "two.tar", members)), tmp_path / "out", cfg(keep_image=True))
+    assert (s["converted"], s["failed"]) == (2, 0)
+    by_key = {x["__key__"]: x for x in read_samples(tmp_path / "out" / "000000.tar")}
+    assert json.loads(by_key["e"]["json"])["other_images"] == ["png"] and "jpg" in by_key["e"] and "png" not in by_key["e"]
+    assert "other_images" not in json.loads(by_key["f"]["json"])

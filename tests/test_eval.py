@@ -771,3 +771,14 @@ def test_an_rgb_checkpoint_named_by_a_bare_file_name_is_a_file_not_a_tag(tmp_pat
     here, there = load_eval_model("rgb:ViT-B-32:model.safetensors"), load_eval_model("rgb:ViT-B-32:runs/a/model.safetensors")
     distinct_labels([here, there])
     assert here.label != there.label and there.label == "rgb:ViT-B-32:a/model.safetensors"
+
+
+def test_eval_and_probe_take_every_initializer_and_probe_takes_no_progress():
+    """Regression (new-user trial): --fit-init offered grid / content / random only (gsv fit and convert also
+    take learned), and gsv probe had no --no-progress (gsv eval has)."""
+    from gaussianvision.apps.cli import eval as eval_cli, probe as probe_cli
+    from gaussianvision.fit import INITIALIZERS
+    for build in (eval_cli.build_parser, probe_cli.build_parser):
+        p = build()
+        assert set(p._option_string_actions["--fit-init"].choices) == set(INITIALIZERS) >= {"learned"}
+        assert p.parse_args(["--model", "rgb:x", "--no-progress"]).no_progress

@@ -165,6 +165,20 @@ def test_resume_refuses_changed_settings(train_shards, tmp_path, capsys):
     assert _gsv_train([a if a != train_shards else str(moved) for a in base] + ["--batch-size", "4", "--resume"]) == 0
 
 
+def test_a_schedule_that_cannot_be_is_refused_or_said(train_shards, tmp_path, capsys):
+    """Regression (new-user trial): --min-lr above the peak --lr (the schedule then rose to it) and a warmup longer
+    than the run ran without a word."""
+    base = ["--stage", "2", "--data", train_shards, "--model-config", "gs-tiny", "--steps", "2", "--batch-size", "4"]
+    assert _gsv_train(base + ["--lr", "1e-4", "--min-lr", "1", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("gsv train: --min-lr 1: above the peak rate --lr 0.0001; the schedule decays from --lr to "
+                   "--min-lr"), err
+    assert not (tmp_path / "a").exists()
+    assert _gsv_train(base + ["--lr", "1e-4", "--warmup", "100", "--out", str(tmp_path / "b")]) == 0
+    assert ("gsv train: note: --warmup 100 >= this run's 2 steps: the learning rate rises through the whole run "
+            "(to --lr 0.0001 at most at its last step) and never decays") in capsys.readouterr().err
+
+
 class _ExplodingStage:
     """A linear regression whose loss turns NaN at a chosen step."""
 

@@ -52,7 +52,8 @@ def add_splat_options(p) -> None:
                    help="Gaussians per image (--gaussians, as gsv fit / convert / send spell it, also works)")
     add_speed_options(g, prefix="fit-")
     g.add_argument("--fit-iters", type=int, default=None, help="fitting iterations per image (default 500, or the preset's)")
-    g.add_argument("--fit-init", default="content", choices=["grid", "content", "random"],
+    from gaussianvision.fit import INITIALIZERS
+    g.add_argument("--fit-init", default="content", choices=sorted(INITIALIZERS),
                    help="initialization of the fit")
     g.add_argument("--fit-size", type=int, default=None, help="fitting resolution (default, or 0: the model's input size)")
     g.add_argument("--fit-batch", type=int, default=32, help="images fitted together")

@@ -46,6 +46,7 @@ def build_parser():
                         "training split)")
     p.add_argument("--max-images", type=int, default=2000, help="images read per dataset (the first ones)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (as gsv eval)")
     add_splat_options(p)
     return p
 
@@ -94,7 +95,7 @@ def _run(args) -> int:
         models = [load_eval_model(spec, device) for spec in args.model]
         res = run_probe(models, datasets, args.test_fraction, args.seed, args.l2, args.batch_size, device, settings,
                         args.splat_cache or os.path.join(args.out, "splat_cache"), args.max_images,
-                        progress=not args.json and sys.stderr.isatty())
+                        progress=not (args.json or args.no_progress) and sys.stderr.isatty())
     except EvalError as e:
         raise CliError(str(e)) from None
     command = "gsv probe " + " ".join(shlex.quote(a) for a in args.argv)

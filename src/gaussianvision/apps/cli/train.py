@@ -257,6 +257,13 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         n = len(source.dataset)
     chosen = {"samples": n, "steps": steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "from_recipe": defaults}
+    if args.min_lr > args.lr:  # regression (new-user trial): the schedule then rose from --lr to it, without a word
+        raise CliError(f"--min-lr {args.min_lr:g}: above the peak rate --lr {args.lr:g}"
+                       f"{' (the recipe' + chr(39) + 's)' if 'lr' in defaults else ''}; the schedule decays from "
+                       "--lr to --min-lr")
+    if info.is_main and args.warmup >= steps:
+        print(f"gsv train: note: --warmup {args.warmup} >= this run's {steps} steps: the learning rate rises through "
+              f"the whole run (to --lr {args.lr:g} at most at its last step) and never decays", file=sys.stderr)
     if info.is_main and args.lock_text_steps and args.lock_text_steps >= steps:
         print(f"gsv train: note: --lock-text-steps {args.lock_text_steps} >= this run's {steps} steps: the text "
               f"tower stays as initialized for the whole run", file=sys.stderr)
