@@ -681,3 +681,21 @@ def test_an_output_that_cannot_be_written_fails_its_image_not_the_run(tmp_path, 
     assert gsv(["fit", str(tmp_path / "a.png"), "-n", "8", "--iters", "2", "--size", "16", "--out", str(out), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"] == "every input failed (1 of 1; 1 fitted but not written); " \
                                                              "nothing was written"
+
+
+def test_show_draws_a_thin_strip_in_panels_one_can_see(tmp_path, capsys):
+    """Regression (new-user trial): a 15 x 3000 strip drew three panels about 3 px wide, titles overlapping. Now
+    a panel's long side is at most MAX_PANEL_ASPECT times its short side, said in the title."""
+    from PIL import Image
+    from gaussianvision.apps.cli.show import MAX_PANEL_ASPECT, _panel_box
+    assert _panel_box(3000, 15) == (4.0, 4.0 / MAX_PANEL_ASPECT) and _panel_box(20, 2000) == (1.0, 4.0)
+    assert _panel_box(100, 200) == (2.0, 4.0) and _panel_box(224, 224) == (4.0, 4.0)
+    yy = torch.linspace(0, 1, 600).view(600, 1).expand(600, 12)
+    save_png(torch.stack([yy, 1 - yy, yy * 0.5]), tmp_path / "tall.png")
+    out = tmp_path / "f"
+    assert gsv(["fit", str(tmp_path / "tall.png"), "-n", "12", "--iters", "2", "--size", "0", "--out", str(out),
+                "--backend", "reference", "--json"]) == 0
+    capsys.readouterr()
+    assert gsv(["show", str(out / "tall.gsv"), "--out", str(tmp_path / "s.png"), "--backend", "reference"]) == 0
+    w, h = Image.open(tmp_path / "s.png").size
+    assert w >= 2 * 150 and h <= 5 * 150  # two panels at least an inch wide each (150 dpi); was about 0.1 inch

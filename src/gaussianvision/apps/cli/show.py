@@ -46,6 +46,18 @@ def _display_size(h: int, w: int) -> tuple[int, int]:
     return (h, w) if f == 1.0 else (max(1, round(h * f)), max(1, round(w * f)))
 
 
+MAX_PANEL_ASPECT = 4  # a panel's long side at most this many times its short side (the image is stretched to it)
+
+
+def _panel_box(h: int, w: int) -> tuple[float, float]:
+    """(height, width) in inches of one panel: the long side 4 inches, the short side the image's share of it,
+    but at least a quarter of it. Regression (new-user trial): a 15 x 3000 strip drew three panels 3 px wide."""
+    long, short = max(h, w), min(h, w)
+    ratio = min(long / short, MAX_PANEL_ASPECT)
+    side = 4.0 / ratio
+    return (4.0, side) if h >= w else (side, 4.0)
+
+
 def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0, backend: str = "auto",
          title: str | None = None) -> float | None:
     """Write the figure for one image's splats (batch of one) to `out` (PNG, atomically); returns the render's
@@ -61,13 +73,14 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
                                                       original[None].clamp(0, 1).cpu())[0])
     panels = ([("original", original.clamp(0, 1).permute(1, 2, 0).cpu().numpy())] if original is not None else [])
     panels += [("render", img), (f"Gaussians ({n_sigma:g}-sigma ellipses)", None)]
-    scale = 4.0 / max(h, w)
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale + 0.5, h * scale + 0.6), dpi=150)
+    box_h, box_w = _panel_box(h, w)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * box_w + 0.5, box_h + 0.6), dpi=150)
+    stretched = max(h, w) > MAX_PANEL_ASPECT * min(h, w)
     for ax, (name, arr) in zip(axes, panels):
         ax.set_title(name, fontsize=8)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
-        ax.set_aspect("equal")
+        ax.set_aspect("auto" if stretched else "equal")
         ax.set_xticks([])
         ax.set_yticks([])
         if arr is not None:
@@ -84,8 +97,8 @@ def draw(splats, original: torch.Tensor | None, out: Path, n_sigma: float = 1.0,
                                offsets=splats.means[0].cpu()[order].numpy(), offset_transform=ax.transData,
                                facecolors=cols[order.numpy()], edgecolors="none", alpha=0.75)
         ax.add_collection(ec)
-    if title:
-        fig.suptitle(title, fontsize=8)
+    if title or stretched:
+        fig.suptitle((title or "") + (f" (drawn stretched to {MAX_PANEL_ASPECT}:1)" if stretched else ""), fontsize=8)
     fig.tight_layout()
     try:
         write_atomic(out, lambda tmp: fig.savefig(tmp, format="png"))
