@@ -1073,6 +1073,10 @@ def test_the_progress_total_of_tar_inputs_is_foreseen_by_their_bytes(tmp_path):
     remote = _Progress(cfg(), [Unit(0, "tar", ("http://h/a.tar",)),
                                   Unit(1, "tar", ("http://h/b.tar",))])
     assert remote._tar_inputs([{"unit": 0, "inputs": 24}]) == 48  # sizes unknown: per shard
+    # review finding: one remote or empty tar among local ones brought back the per-shard mean for all
+    (tmp_path / "z.tar").write_bytes(b"")
+    mixed = _Progress(cfg(), units[:2] + [Unit(3, "tar", ("http://h/c.tar",)), Unit(4, "tar", (str(tmp_path / "z.tar"),))])
+    assert mixed._tar_inputs([{"unit": 0, "inputs": 24}]) == 24 + 8 + 24 + 0
 
 
 def test_a_sample_with_two_images_names_the_one_not_converted(tmp_path):

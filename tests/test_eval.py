@@ -746,11 +746,16 @@ def test_one_root_without_a_dataset_field_for_several_datasets_is_refused_before
             "--dataset-root", str(tmp_path), "--out", str(tmp_path / "o")]
     assert gsv(argv) == 2  # the model is never loaded: its error would name it
     err = capsys.readouterr().err.strip()
-    assert err == (f"gsv eval: --dataset-root {tmp_path}: names no {{dataset}} or {{dataset_cleaned}}, so all 2 "
-                   "datasets (wds/a, wds/b) would read this one folder; give one --dataset with it, or put "
-                   "{dataset} in it"), err
-    with pytest.raises(EvalError, match="would read this one folder"):
+    assert err == (f"gsv eval: --dataset-root {tmp_path}: wds/a and wds/b would both read {tmp_path}; put "
+                   "{dataset} in it, or give one of them"), err
+    with pytest.raises(EvalError, match="wds/a and wds/b would both read"):
         evaluate_all([stub("rgb")], ["wds/a", "wds/b"], str(tmp_path / "o"), root=str(tmp_path), progress=False)
+    # review finding: clip_benchmark's own datasets each keep a subfolder of a shared root: not refused
+    from gaussianvision.eval.run import check_root
+    check_root(["cifar10", "cifar100", "wds/a"], str(tmp_path))
+    check_root(["wds/a", "wds/b"], str(tmp_path / "{dataset}"))
+    with pytest.raises(EvalError, match="wds/x/a and wds/x-a would both read"):  # one folder by its cleaned name
+        check_root(["wds/x/a", "wds/x-a"], str(tmp_path / "{dataset_cleaned}"))
 
 
 def test_an_rgb_checkpoint_named_by_a_bare_file_name_is_a_file_not_a_tag(tmp_path, monkeypatch):

@@ -202,7 +202,7 @@ def test_cli_probe_end_to_end_writes_the_table(tasks, tmp_path, capsys):
     (["--model", "rgb:gsv-tiny"], "give --tasks FOLDER or --dataset NAME"),
     # regression (new-user trial): two datasets read one folder, the second reported under its own name
     (["--model", "rgb:gsv-tiny", "--dataset", "wds/a", "--dataset", "wds/b", "--dataset-root", "{tmp}"],
-     "names no {dataset} or {dataset_cleaned}, so all 2 datasets (wds/a, wds/b) would read this one folder"),
+     "wds/a and wds/b would both read"),
     (["--model", "nonsense", "--tasks", "{tasks}"], "expected rgb:BASE"),
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--test-fraction", "1.5"], "--test-fraction 1.5"),
     (["--model", "rgb:gsv-tiny", "--tasks", "{tasks}", "--l2", "nan"], "--l2 nan: must be a finite number >= 0"),

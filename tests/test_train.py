@@ -160,6 +160,9 @@ def test_resume_refuses_changed_settings(train_shards, tmp_path, capsys):
                 "--data": [a if a != train_shards else str(Path(train_shards) / "shard-0000.tar") for a in base]}[flag]
         assert _gsv_train(argv + ["--batch-size", "4", "--resume"]) == 2, flag
         assert capsys.readouterr().err.strip().startswith(f"gsv train: {message}"), flag
+    from gaussianvision.train.batches import data_identity  # review: a refreshed signed URL is the same shard
+    assert data_identity(["https://h/a/0.tar?sig=1"], False, 9) == data_identity(["https://h/a/0.tar?sig=2"], False, 9)
+    assert data_identity(["https://h/a/0.tar"], False, 9) != data_identity(["https://h/a/1.tar"], False, 9)
     import shutil
     moved = shutil.copytree(train_shards, tmp_path / "moved")  # the same shards elsewhere: the same data
     assert _gsv_train([a if a != train_shards else str(moved) for a in base] + ["--batch-size", "4", "--resume"]) == 0
@@ -174,8 +177,10 @@ def test_a_schedule_that_cannot_be_is_refused_or_said(train_shards, tmp_path, ca
     assert err == ("gsv train: --min-lr 1: above the peak rate --lr 0.0001; the schedule decays from --lr to "
                    "--min-lr"), err
     assert not (tmp_path / "a").exists()
+    assert _gsv_train(base + ["--warmup-fraction", "1", "--out", str(tmp_path / "c")]) == 2  # review: a traceback
+    assert capsys.readouterr().err.strip() == "gsv train: --warmup-fraction 1.0: must be a number >= 0 and < 1"
     assert _gsv_train(base + ["--lr", "1e-4", "--warmup", "100", "--out", str(tmp_path / "b")]) == 0
-    assert ("gsv train: note: --warmup 100 >= this run's 2 steps: the learning rate rises through the whole run "
+    assert ("gsv train: note: a warmup of 100 steps >= this run's 2: the learning rate rises through the whole run "
             "(to --lr 0.0001 at most at its last step) and never decays") in capsys.readouterr().err
 
 

@@ -389,12 +389,15 @@ class _Progress:
         tars = [s for s in done if s["unit"] in self.tar_sizes]
         if not tars:
             return 0
-        counted = sum(s["inputs"] for s in tars)
         sizes, seen = self.tar_sizes, {s["unit"] for s in tars}
-        if all(sizes.values()) and sum(sizes[u] for u in seen):
-            rest = sum(v for u, v in sizes.items() if u not in seen)
-            return counted + round(counted / sum(sizes[u] for u in seen) * rest)
-        return counted + round(counted / len(tars) * (len(sizes) - len(seen)))
+        counted = sum(s["inputs"] for s in tars)
+        sized = [s for s in tars if sizes[s["unit"]]]  # a remote or empty tar has no bytes to scale by
+        per_byte = sum(s["inputs"] for s in sized) / sum(sizes[s["unit"]] for s in sized) if sized else None
+        per_tar = counted / len(tars)
+        rest = [u for u in sizes if u not in seen]
+        def foreseen(size):  # an empty file holds nothing; a size unknown (remote) or no rate yet: per tar
+            return 0 if size == 0 else per_byte * size if size is not None and per_byte is not None else per_tar
+        return counted + round(sum(foreseen(sizes[u]) for u in rest))
 
     def close(self) -> None:
         if self.bar is not None:

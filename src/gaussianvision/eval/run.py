@@ -1,6 +1,7 @@
 """Run zero-shot evaluations of several models on several datasets and write the results."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -29,13 +30,19 @@ def default_root(dataset: str, root: str | None) -> str:
 
 
 def check_root(datasets: list[str], root: str | None) -> None:
-    """EvalError where one root names no {dataset} / {dataset_cleaned} yet serves several datasets: each would
-    read the same folder under its own name. Regression (new-user trial): --dataset wds/color --dataset
-    wds/shape --dataset-root tasks/color reported the colour task's numbers as the shape task's too."""
-    if root and len(datasets) > 1 and "{dataset" not in root:
-        raise EvalError(f"--dataset-root {root}: names no {{dataset}} or {{dataset_cleaned}}, so all {len(datasets)} "
-                        f"datasets ({', '.join(datasets[:3])}{', ...' if len(datasets) > 3 else ''}) would read this one "
-                        "folder; give one --dataset with it, or put {dataset} in it")
+    """EvalError where two webdataset (wds/) datasets would read one folder: a --dataset-root without {dataset}
+    (or its cleaned form) names the same folder for each. Regression (new-user trial): --dataset wds/color
+    --dataset wds/shape --dataset-root tasks/color reported the colour task's numbers as the shape task's too.
+    clip_benchmark's own datasets (cifar10, ...) each keep a subfolder of a shared root, as it has them."""
+    seen: dict[str, str] = {}
+    for ds in datasets:
+        if not ds.startswith("wds/"):
+            continue
+        where = default_root(ds, root)
+        first = seen.setdefault(where if "://" in where else os.path.realpath(where), ds)
+        if first != ds:
+            raise EvalError(f"--dataset-root {root}: {first} and {ds} would both read {where}; put {{dataset}} in "
+                            "it, or give one of them")
 
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -141,14 +142,17 @@ def build_source(spec, need: tuple[str, ...], batch_size: int, seed: int = 0, ra
 
 def data_identity(urls: Sequence[str], in_memory: bool, buffer: int) -> dict:
     """What a run's batch order depends on besides the seed: its shards, named by file name and size (a data
-    folder moved or copied is the same data), whether they are held in memory (another order) and the shuffle
-    buffer of a stream. Saved with the run; `--resume` refuses another (train/resume.py)."""
-    def size(u):
+    folder moved or copied is the same data; a remote shard by the name in its URL's path alone, so a refreshed
+    signed URL is the same shard), whether they are held in memory (another order) and the shuffle buffer of a
+    stream. Saved with the run; `--resume` refuses another (train/resume.py)."""
+    def named(u: str) -> list:
+        if "://" in u:
+            return [os.path.basename(urllib.parse.urlsplit(u).path), None]
         try:
-            return os.path.getsize(u) if "://" not in u else None
+            return [os.path.basename(u), os.path.getsize(u)]
         except OSError:
-            return None
-    named = [[os.path.basename(str(u)), size(str(u))] for u in urls]
+            return [os.path.basename(u), None]
+    named = [named(str(u)) for u in urls]
     digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
     return {"shards": len(named), "digest": digest, "in_memory": bool(in_memory),
             "shuffle_buffer": None if in_memory else int(buffer)}

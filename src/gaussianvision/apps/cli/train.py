@@ -116,6 +116,7 @@ _LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "l
            "stop_after": (1, True), "shuffle_buffer": (1, True), "token_weight": (0, True),
            "lock_text_steps": (0, True), "word_loss": (0, True), "hflip": (0, True), "mirror_pairs": (0, True)}
 _AT_MOST_ONE = ("hflip", "mirror_pairs", "warmup_fraction")
+_UNDER_ONE = ("warmup_fraction",)  # a warmup of the whole run never decays (review: 1 was a traceback)
 
 
 def _check_options(args) -> None:
@@ -124,11 +125,15 @@ def _check_options(args) -> None:
         v = getattr(args, name)
         if v is None:
             continue
-        ok = math.isfinite(v) and (v >= low if closed else v > low) and (name not in _AT_MOST_ONE or v <= 1)
+        top = 1 if name in _AT_MOST_ONE else None
+        ok = math.isfinite(v) and (v >= low if closed else v > low) and (top is None or v < top or
+                                                                         (v == top and name not in _UNDER_ONE))
         if not ok:
             rng = f">= {low}" if closed else f"> {low}"
-            rng += " and <= 1" if name in _AT_MOST_ONE else ""
+            rng += "" if top is None else " and < 1" if name in _UNDER_ONE else " and <= 1"
             raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
+    if args.lr is not None and args.min_lr > args.lr:  # before any model or data (the recipe's lr: in _schedule)
+        _min_lr_above(args, from_recipe=False)
     check_device(args.device)
     if not str(args.out).strip():  # regression: --out "" wrote the run into the current folder
         raise CliError("--out: give the run's folder (empty)")
@@ -257,12 +262,10 @@ def _schedule(args, source, info) -> tuple[int, dict]:
         n = len(source.dataset)
     chosen = {"samples": n, "steps": steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "from_recipe": defaults}
-    if args.min_lr > args.lr:  # regression (new-user trial): the schedule then rose from --lr to it, without a word
-        raise CliError(f"--min-lr {args.min_lr:g}: above the peak rate --lr {args.lr:g}"
-                       f"{' (the recipe' + chr(39) + 's)' if 'lr' in defaults else ''}; the schedule decays from "
-                       "--lr to --min-lr")
+    if args.min_lr > args.lr:
+        _min_lr_above(args, from_recipe="lr" in defaults)
     if info.is_main and args.warmup >= steps:
-        print(f"gsv train: note: --warmup {args.warmup} >= this run's {steps} steps: the learning rate rises through "
+        print(f"gsv train: note: a warmup of {args.warmup} steps >= this run's {steps}: the learning rate rises through "
               f"the whole run (to --lr {args.lr:g} at most at its last step) and never decays", file=sys.stderr)
     if info.is_main and args.lock_text_steps and args.lock_text_steps >= steps:
         print(f"gsv train: note: --lock-text-steps {args.lock_text_steps} >= this run's {steps} steps: the text "
@@ -276,6 +279,13 @@ def _schedule(args, source, info) -> tuple[int, dict]:
               f"steps{'' if n is None else f' over {n} samples'}, batch {args.batch_size}, lr {args.lr:.3g}, "
               f"warmup {args.warmup}")
     return steps, chosen
+
+
+def _min_lr_above(args, from_recipe: bool) -> None:
+    """Regression (new-user trial): a --min-lr above the peak rate made the schedule rise to it, without a word."""
+    whose = " (the recipe's)" if from_recipe else ""
+    raise CliError(f"--min-lr {args.min_lr:g}: above the peak rate --lr {args.lr:g}{whose}; the schedule decays "
+                   "from --lr to --min-lr")
 
 
 def _count(source) -> int:
