@@ -418,6 +418,27 @@ def test_train_bad_launch_variables_are_one_line(env, says, tmp_path, capsys, mo
     assert err.startswith("gsv train: ") and says in err and "\n" not in err, err
 
 
+def test_a_process_kept_waiting_for_the_others_says_so(capsys, monkeypatch):
+    """Regression (new-user trial): WORLD_SIZE=2 on one process without torchrun waited in the rendezvous without a
+    word (torch gives up after 30 minutes). Now a note after RENDEZVOUS_NOTE_S; a quick rendezvous says nothing."""
+    import time
+    from gaussianvision.train import distributed
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    monkeypatch.setattr(distributed, "RENDEZVOUS_NOTE_S", 0.05)
+    for wait in (0.0, 0.5):
+        monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: time.sleep(wait))
+        distributed._rendezvous("gloo", 0, 2)
+        time.sleep(0.1)  # a note, had it been due, would be out by now
+        err = capsys.readouterr().err
+        if wait:
+            assert err == ("gsv: rank 0 of 2: still waiting for the other processes at 127.0.0.1:29555 after 0.05 s "
+                           "(torchrun starts all of them, or start each with its RANK; torch gives up after 30 "
+                           "minutes)\n"), err
+        else:
+            assert err == ""
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["bench", "fit", "--sections", ""], "--sections ''"),
     (["bench", "fit", "--sections", ","], "--sections ','"),

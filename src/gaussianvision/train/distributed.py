@@ -7,6 +7,8 @@ than forward(), which DDP's reducer does not see. The result is the same average
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +56,27 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if world > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+            _rendezvous(backend, rank, world)
     return DistInfo(rank, world, local, dev, backend)
+
+
+RENDEZVOUS_NOTE_S = 10.0  # after this long waiting for the other processes, say so (once)
+
+
+def _rendezvous(backend: str, rank: int, world: int) -> None:
+    """init_process_group, saying on stderr when the other processes keep it waiting. Regression (new-user trial):
+    WORLD_SIZE=2 set on one process without torchrun waited silently (torch gives up after 30 minutes)."""
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    note = threading.Timer(RENDEZVOUS_NOTE_S, lambda: print(
+        f"gsv: rank {rank} of {world}: still waiting for the other processes at {where} after "
+        f"{RENDEZVOUS_NOTE_S:g} s (torchrun starts all of them, or start each with its RANK; torch gives up after "
+        "30 minutes)", file=sys.stderr, flush=True))
+    note.daemon = True
+    note.start()
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    finally:
+        note.cancel()
 
 
 def _launch_env() -> tuple[int, int, int]:
