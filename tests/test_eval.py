@@ -161,6 +161,25 @@ def test_a_pair_that_fails_on_a_rerun_leaves_no_stale_result_file(wds, tmp_path)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [path.name]
 
 
+def test_a_fit_that_fails_ends_its_pair_only(wds, tmp_path, monkeypatch):
+    """Review finding: a failed fit (--fit-init learned without its weights) raised out of evaluate_all, so the
+    other pairs, the error records and the tables were lost. Now that pair's error, the rest as before."""
+    from gaussianvision.eval.datasets import SplatSettings
+    from gaussianvision.eval.run import evaluate_all
+    from gaussianvision.fit import init as init_module
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("learned initializer: no weights at /nowhere")
+    monkeypatch.setitem(init_module.INITIALIZERS, "grid", broken)
+    res = evaluate_all([stub("rgb"), stub("gs")], ["wds/colors"], str(tmp_path / "out"), root=str(wds / "{dataset}"),
+                       batch_size=5, splats=SplatSettings(n_gaussians=4, iters=3, init="grid", size=12), progress=False)
+    (err,) = res["errors"]
+    assert err == ("wds/colors (gs:stub-gs:none): fitting the splats of an image failed (FileNotFoundError: "
+                   "learned initializer: no weights at /nowhere)"), err
+    rgb = next(r for r in res["records"] if r["label"] == "rgb:stub-rgb:none")
+    assert rgb["metrics"]["acc1"] == pytest.approx(0.5) and Path(res["markdown"]).is_file()
+
+
 def test_known_answer_label_noise_is_measured():
     """Sanity of the stub itself: with the labels of every image correct it scores 100 %."""
     from clip_benchmark.metrics.zeroshot_classification import accuracy
@@ -278,7 +297,7 @@ def test_splat_settings_fit_options_reach_the_fitter(capsys):
 
 def test_splat_cache_files_are_the_bytes_of_fit_images_in_fit_batch_chunks(tmp_path, monkeypatch):
     """SplatCache fits its misses through FitStream in chunks of fit_batch (a repeated image once):
-    each cache file is the encoding of fit_images on that chunk; a failed fit is raised as it was."""
+    each cache file is the encoding of fit_images on that chunk; a failed fit is the pair's EvalError, its cause named."""
     from gaussianvision.eval.datasets import SplatCache, SplatSettings
     from gaussianvision.fit import fit_images
     from gaussianvision.splats import encode
@@ -301,8 +320,9 @@ def test_splat_cache_files_are_the_bytes_of_fit_images_in_fit_batch_chunks(tmp_p
     def boom(*a, **k):
         raise RuntimeError("out of memory")
     monkeypatch.setattr(stream_mod, "fit_images", boom)
-    with pytest.raises(RuntimeError, match="out of memory"):
-        SplatCache(None, settings)(imgs)
+    from gaussianvision.eval.models import EvalError
+    with pytest.raises(EvalError, match=r"fitting the splats of an image failed \(RuntimeError: out of memory\)"):
+        SplatCache(None, settings)(imgs)  # the pair's error: the evaluation goes on with the others
 
 
 def test_cli_eval_offline_hub_model_is_one_line_without_retries(tmp_path, capsys, monkeypatch):

@@ -127,8 +127,11 @@ class SplatCache:
             else:
                 todo[h] = [b]
         for item in self._fit(u8, todo):
-            if not item.ok:  # the evaluation cannot go on without this image's splats
-                raise item.exception
+            if not item.ok:  # this (model, dataset) cannot go on without the image's splats; the others can
+                e = item.exception  # (review finding: --fit-init learned without its weights ended the whole eval)
+                if isinstance(e, EvalError):
+                    raise e
+                raise EvalError(f"fitting the splats of an image failed ({type(e).__name__}: {e})") from e
             for b in todo[item.key]:
                 out[b] = decode(item.data)
             self._store(item.key, item.data)

@@ -108,10 +108,11 @@ def evaluate_all(models: list[EvalModel], datasets: list[str], out_dir: str, roo
         for em in models:
             try:
                 rec = evaluate_one(em, dataset, ds_root, batch_size, device, splats, cache_dir, num_workers, progress)
-            except EvalError as e:
-                errors.append(str(e))
-                records.append({"dataset": dataset, "label": em.label, "error": str(e)})
-                replace_stale(out, dataset, em.name, em.pretrained, em.label, str(e))
+            except EvalError as e:  # named by its dataset and model where the message does not say them
+                why = str(e) if str(e).startswith(dataset) else f"{dataset} ({em.label}): {e}"
+                errors.append(why)
+                records.append({"dataset": dataset, "label": em.label, "error": why})
+                replace_stale(out, dataset, em.name, em.pretrained, em.label, why)
                 continue
             rec["file"] = str(write_result(out, rec))
             records.append(rec)
