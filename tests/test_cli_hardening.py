@@ -4,6 +4,7 @@ bar and per-image seconds."""
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -433,10 +434,46 @@ def test_a_process_kept_waiting_for_the_others_says_so(capsys, monkeypatch):
         err = capsys.readouterr().err
         if wait:
             assert err == ("gsv: rank 0 of 2: still waiting for the other processes at 127.0.0.1:29555 after 0.05 s "
-                           "(torchrun starts all of them, or start each with its RANK; torch gives up after 30 "
-                           "minutes)\n"), err
+                           "(torchrun starts all of them, or start each with its RANK; Ctrl-C stops this one; torch "
+                           "gives up after 30 minutes)\n"), err
         else:
             assert err == ""
+
+
+def test_sigterm_stops_a_process_waiting_for_the_others(tmp_path):
+    """Regression (new-user trial): a gsv train started alone with WORLD_SIZE=2 ignored SIGTERM and Ctrl-C while
+    it waited for the other process (torch blocks in C++, where Python's handlers cannot run); only SIGKILL
+    ended it. Now it stops as an interrupted command, exit 130."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gaussianvision.apps.cli", "train", "--stage", "2", "--data",
+                             str(tmp_path), "--model-config", "gs-tiny", "--steps", "1", "--out", str(tmp_path / "run"),
+                             "--device", "cpu"], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _listening(port):  # rank 0 is in the rendezvous
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.decode().strip().startswith("gsv train: interrupted"), err
+
+
+def _listening(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -64,19 +65,30 @@ RENDEZVOUS_NOTE_S = 10.0  # after this long waiting for the other processes, say
 
 
 def _rendezvous(backend: str, rank: int, world: int) -> None:
-    """init_process_group, saying on stderr when the other processes keep it waiting. Regression (new-user trial):
-    WORLD_SIZE=2 set on one process without torchrun waited silently (torch gives up after 30 minutes)."""
+    """init_process_group in a helper thread while this one waits on it in short joins, so that Ctrl-C and SIGTERM
+    still stop the process (their Python handlers run here, between joins), saying on stderr when the other
+    processes keep it waiting. Regression (new-user trial): WORLD_SIZE=2 set on one process without torchrun
+    waited silently, and neither SIGTERM nor Ctrl-C stopped it (torch gives up after 30 minutes)."""
     where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-    note = threading.Timer(RENDEZVOUS_NOTE_S, lambda: print(
-        f"gsv: rank {rank} of {world}: still waiting for the other processes at {where} after "
-        f"{RENDEZVOUS_NOTE_S:g} s (torchrun starts all of them, or start each with its RANK; torch gives up after "
-        "30 minutes)", file=sys.stderr, flush=True))
-    note.daemon = True
-    note.start()
-    try:
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-    finally:
-        note.cancel()
+    failed: list[BaseException] = []
+
+    def join():
+        try:
+            dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        except BaseException as e:  # handed to the waiting thread
+            failed.append(e)
+    helper = threading.Thread(target=join, name="gsv-rendezvous", daemon=True)
+    helper.start()
+    start, said = time.monotonic(), False
+    while helper.is_alive():
+        helper.join(0.2)
+        if not said and helper.is_alive() and time.monotonic() - start >= RENDEZVOUS_NOTE_S:
+            said = True
+            print(f"gsv: rank {rank} of {world}: still waiting for the other processes at {where} after "
+                  f"{RENDEZVOUS_NOTE_S:g} s (torchrun starts all of them, or start each with its RANK; Ctrl-C stops "
+                  "this one; torch gives up after 30 minutes)", file=sys.stderr, flush=True)
+    if failed:
+        raise failed[0]
 
 
 def _launch_env() -> tuple[int, int, int]:
