@@ -184,6 +184,33 @@ def test_a_schedule_that_cannot_be_is_refused_or_said(train_shards, tmp_path, ca
             "(to --lr 0.0001 at most at its last step) and never decays") in capsys.readouterr().err
 
 
+def _without_captions(src: str, dst: Path, keep=lambda key: False) -> str:
+    """A copy of the shards in `src` whose samples keep their .txt only where keep(key)."""
+    import tarfile
+    dst.mkdir()
+    for shard in sorted(Path(src).glob("*.tar")):
+        with tarfile.open(shard) as tin, tarfile.open(dst / shard.name, "w") as tout:
+            for m in tin.getmembers():
+                if not m.name.endswith(".txt") or keep(m.name.split(".")[0]):
+                    tout.addfile(m, tin.extractfile(m))
+    return str(dst)
+
+
+def test_a_stage_that_learns_from_captions_refuses_data_without_any(train_shards, tmp_path, capsys):
+    """Regression (new-user trial): stage 2 (and rgb) trained on shards without a single caption, contrasting the
+    splats with empty strings, without a word. Now refused where none has one, noted where over a tenth lack one."""
+    none = _without_captions(train_shards, tmp_path / "none")
+    base = ["--stage", "2", "--model-config", "gs-tiny", "--steps", "1", "--batch-size", "4"]
+    assert _gsv_train(base + ["--data", none, "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip() == (f"gsv train: --data {none}: none of its first 16 samples has a caption "
+                                               "(a .txt member), and stage 2 learns from captions; convert images "
+                                               "with their captions")
+    some = _without_captions(train_shards, tmp_path / "some", keep=lambda key: not key.endswith(("1", "2", "3")))
+    assert _gsv_train(base + ["--data", some, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert f"gsv train: note: 6 of the first 16 samples of --data {some} have no caption" in err, err
+
+
 class _ExplodingStage:
     """A linear regression whose loss turns NaN at a chosen step."""
 

@@ -36,7 +36,7 @@ from gaussianvision.data.loader import DataError, SampleReader, collate, require
 from gaussianvision.data.shards import SHARD_ERRORS, samples_until_damage, shuffle_buffer  # noqa: F401 (SHARD_ERRORS)
 
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
-           "DataError", "data_identity"]
+           "DataError", "data_identity", "empty_captions"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -156,6 +156,24 @@ def data_identity(urls: Sequence[str], in_memory: bool, buffer: int) -> dict:
     digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
     return {"shards": len(named), "digest": digest, "in_memory": bool(in_memory),
             "shuffle_buffer": None if in_memory else int(buffer)}
+
+
+def empty_captions(source, limit: int = 256) -> tuple[int, int]:
+    """(samples without a caption, samples looked at) over the first `limit` samples of the data in shard order
+    (a sample in memory, or read from its shard as the trainer reads it): what `gsv train` checks before a stage
+    that learns from captions."""
+    if hasattr(source, "dataset"):
+        items = [source.dataset[i] for i in range(min(limit, len(source.dataset)))]
+    else:
+        items = []
+        for url in source.shards:
+            for x in source.read_shard(url):
+                items.append(x)
+                if len(items) >= limit:
+                    break
+            if len(items) >= limit:
+                break
+    return sum(not x.get("text") for x in items), len(items)
 
 
 def _subfolder_hint(spec) -> str:
