@@ -296,3 +296,38 @@ def test_saving_on_a_file_system_without_modes_keeps_the_file(tmp_path, monkeypa
     monkeypatch.setattr(os, "chmod", refuse)
     path = save_weights(create_gsclip(config="gs-tiny"), tmp_path / "m.safetensors")
     assert read_weights_config(path)["config"]["base"] == "gsv-tiny"
+
+
+def test_a_model_trained_with_unfrozen_base_blocks_is_rebuilt_whole_from_its_file(tmp_path):
+    """Regression (new-user trial): after `gsv train --unfreeze base.visual.transformer.resblocks.0`, the exported
+    gsclip.safetensors left the block out, so the model rebuilt from it was another one (embeddings at cosine
+    0.85 to the trained model's). Now the block is stored beside the trainable parameters (gsv.unfrozen)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from gaussianvision.train.build import GS_EXPORT, build_stage
+    torch.manual_seed(1)
+    base = create_gsclip(config="gs-tiny").base
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    block = "base.visual.transformer.resblocks.0"
+    stage = build_stage("2", pretrained=str(tmp_path / "base.safetensors"), model_config="gs-tiny", unfreeze=[block])
+    model = stage.model
+    with torch.no_grad():  # as training moves them: the GS tower and the unfrozen block
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    unfrozen = sorted(n for n, p in model.named_parameters() if p.requires_grad and n.startswith(block))
+    assert unfrozen
+    s = random_splats(2, 30, 32, 32)
+    with torch.no_grad():
+        want = model.encode_image(s)
+    stage.export(tmp_path / "run")
+    path = tmp_path / "run" / GS_EXPORT
+    with safe_open(str(path), "pt") as f:
+        assert set(unfrozen) <= set(f.keys()) and json.loads(f.metadata()["gsv.unfrozen"]) == unfrozen
+    with torch.no_grad():
+        assert torch.equal(create_gsclip_from_weights(path).encode_image(s), want)
+    with safe_open(str(path), "pt") as f:  # a list naming what the model lacks: one WeightsError
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "gsv.unfrozen": '["base.nothing"]'})
+    with pytest.raises(WeightsError, match="unfrozen base parameters the model does not have: \\['base.nothing'\\]"):
+        create_gsclip_from_weights(tmp_path / "bad.safetensors")

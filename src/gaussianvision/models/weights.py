@@ -5,7 +5,9 @@ File: a safetensors file whose tensors are GSCLIP's trainable parameters by name
   gsv.format = "gsclip-trainable", gsv.version = "1",
   gsv.config = JSON of GSCLIP.config (GS config, base name, width, embed_dim),
   gsv.pretrained = the base's pretrained tag/path ("" when random), and any extra
-  string metadata the caller passes (e.g. the training step).
+  string metadata the caller passes (e.g. the training step);
+  gsv.unfrozen = JSON list of the base parameters trained too (`gsv train --unfreeze`), stored beside the
+  trainable ones, where there are any.
 The frozen base is not stored: it is rebuilt from its name and pretrained weights.
 """
 from __future__ import annotations
@@ -64,11 +66,17 @@ def weights_file_hint(folder: str | os.PathLike) -> str:
     return f"; give one of its {len(inside)} .safetensors files" if inside else ""
 
 
-def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write model's trainable parameters to `path` atomically (temp name + rename)."""
+def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                 unfrozen: list[str] | tuple = ()) -> Path:
+    """Write model's trainable parameters to `path` atomically (temp name + rename), and the base parameters named
+    in `unfrozen` (trained by --unfreeze) beside them, listed in gsv.unfrozen."""
     path = Path(path)
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.trainable_named_parameters()}
+    every = dict(model.named_parameters())
+    tensors.update({n: every[n].detach().to("cpu").contiguous() for n in unfrozen if n not in tensors})
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    if unfrozen:
+        meta["gsv.unfrozen"] = json.dumps(sorted(set(unfrozen) - {n for n, _ in model.trainable_named_parameters()}))
     meta.update({
         "gsv.format": FORMAT, "gsv.version": VERSION,
         "gsv.config": json.dumps(model.config, sort_keys=True),
@@ -174,6 +182,7 @@ def load_weights(model, path: str | os.PathLike, strict_config: bool = True) -> 
         if diffs:
             raise WeightsError(f"checkpoint {path}: config does not match the model: " + "; ".join(diffs))
     params = dict(model.trainable_named_parameters())
+    params.update(_unfrozen(model, meta, path))
     names = set(f.keys())
     missing, extra = sorted(set(params) - names), sorted(names - set(params))
     if missing or extra:
@@ -188,6 +197,23 @@ def load_weights(model, path: str | os.PathLike, strict_config: bool = True) -> 
         for n, t in tensors.items():
             params[n].copy_(t.to(device=params[n].device, dtype=params[n].dtype))
     return {k: v for k, v in meta.items() if not k.startswith("gsv.")}
+
+
+def _unfrozen(model, meta: dict[str, str], path) -> dict[str, torch.nn.Parameter]:
+    """The base parameters a checkpoint stores beside the trainable ones (gsv.unfrozen), by name. Regression
+    (new-user trial): after --unfreeze the exported file left them out, so the model rebuilt from it was
+    another (embeddings at cosine 0.85 to the trained model's)."""
+    try:
+        names = json.loads(meta.get("gsv.unfrozen", "[]"))
+    except ValueError as e:
+        raise WeightsError(f"checkpoint {path}: gsv.unfrozen is not JSON ({e})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"checkpoint {path}: gsv.unfrozen is not a list of parameter names")
+    every = dict(model.named_parameters())
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise WeightsError(f"checkpoint {path}: unfrozen base parameters the model does not have: {unknown[:5]}")
+    return {n: every[n] for n in names}
 
 
 def create_gsclip_from_weights(path: str | os.PathLike, pretrained: str | None = "stored",
@@ -205,7 +231,8 @@ def create_gsclip_from_weights(path: str | os.PathLike, pretrained: str | None =
         if not pretrained:  # regression (trial 6): a silently different model
             warnings.warn(f"checkpoint {path}: its model's frozen base had random weights (no pretrained base) and is "
                           "not stored, so the base rebuilt here is another random one and the embeddings differ from "
-                          "the saved model's; train on a pretrained base, or give pretrained=", UserWarning, stacklevel=2)
+                          "the saved model's; train on a pretrained base, or give the base's weights (pretrained=TAG "
+                          "or FILE; gs:PATH@PRETRAINED in gsv eval)", UserWarning, stacklevel=2)
     try:
         model = create_gsclip(cfg["base"], pretrained, cfg["gs"], device=device, precision=precision)
     except ConfigError as e:

@@ -26,12 +26,10 @@ class _GSExport:
         from gaussianvision.models import save_weights
         model = self.model
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
-        model.lock_frozen()  # the model's default trainable set is what its checkpoint format holds
+        model.lock_frozen()  # the model's default trainable set, and what --unfreeze trained beside it
         default = {n for n, p in model.named_parameters() if p.requires_grad}
-        if trained - default:
-            print(f"gsv train: note: {len(trained - default)} unfrozen base parameter(s) are in the training "
-                  f"checkpoint (evaluate with gs:{out_dir}) but not in {GS_EXPORT}")
-        save_weights(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage})
+        save_weights(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage},
+                     unfrozen=sorted(trained - default))
 
 
 class GSStage1(_GSExport, Stage1):
