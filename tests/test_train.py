@@ -410,6 +410,29 @@ def test_stage1_hflip_mirrors_image_and_splats_together(train_shards, capsys):
         build_stage("1", model_config="gs-tiny", hflip=2.0)
     assert _gsv_train(["--stage", "rgb", "--data", "x", "--out", "y", "--steps", "1", "--hflip", "0.5"]) == 2
     assert "--hflip applies to --stage 1" in capsys.readouterr().err
+    # regression (new-user trial): stage 1's loss options were ignored by stage 2 without a word
+    for flags, says in ((["--distill", "mse"], "--distill mse applies to --stage 1"),
+                        (["--token-weight", "1"], "--token-weight applies to --stage 1")):
+        assert _gsv_train(["--stage", "2", "--data", "x", "--out", "y", "--steps", "1", *flags]) == 2
+        assert capsys.readouterr().err.strip() == f"gsv train: {says} (the " + \
+            ("distillation loss)" if flags[0] == "--distill" else "token-level distillation loss)")
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Regression (new-user trial): --tensorboard without the package was a 30-line traceback after the data was
+    counted and the model built, leaving train_config.json and log.jsonl behind."""
+    import builtins
+    real = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert _gsv_train(["--stage", "2", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
+                       "--tensorboard"]) == 2
+    assert capsys.readouterr().err.strip() == "gsv train: --tensorboard needs the tensorboard package: pip install tensorboard"
+    assert not (tmp_path / "r").exists()
 
 
 def test_cached_tokenizer_tokenizes_each_caption_once():

@@ -46,7 +46,7 @@ def build_stage(stage: str, base: str | None = None, pretrained: str | None = No
     """-> the stage object of `stage` (model on info.device): "rgb" a plain CLIP (rgb_stage(model,
     tokenizer, info, meta=...): RGBClipStage or an application's subclass, e.g. apps.demo.teacher's),
     "1" / "2" the GS stages. Seeds torch before building so every rank starts identical."""
-    stage = check_stage(stage, cache_teacher, hflip)
+    stage = check_stage(stage, cache_teacher, hflip, distill, token_weight)
     torch.manual_seed(seed)
     if stage == "rgb":
         model, tokenizer, meta = rgb_model(base, pretrained, unfreeze, info)
@@ -55,8 +55,10 @@ def build_stage(stage: str, base: str | None = None, pretrained: str | None = No
                      cache_teacher=cache_teacher, hflip=hflip)
 
 
-def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0) -> str:
-    """The stage as a string; ValueError for an unknown one or a stage-1 option given to another."""
+def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0, distill: str = "cosine",
+                token_weight: float = 0.0) -> str:
+    """The stage as a string; ValueError for an unknown one or a stage-1 option given to another (regression,
+    new-user trial: --distill mse and --token-weight 1 were ignored by stage 2 without a word)."""
     stage = str(stage)
     if stage not in STAGES:
         raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -64,6 +66,10 @@ def check_stage(stage, cache_teacher: bool = False, hflip: float = 0.0) -> str:
         raise ValueError("--cache-teacher applies to --stage 1")
     if hflip and stage != "1":
         raise ValueError("--hflip applies to --stage 1 (stage rgb mirrors with --mirror-pairs)")
+    if distill != "cosine" and stage != "1":
+        raise ValueError(f"--distill {distill} applies to --stage 1 (the distillation loss)")
+    if token_weight and stage != "1":
+        raise ValueError("--token-weight applies to --stage 1 (the token-level distillation loss)")
     return stage
 
 

@@ -81,7 +81,8 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--keep", type=int, default=2,
                    help="checkpoints kept (0: all); only steps older than the one just saved are removed")
-    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write OUT/tensorboard/ (needs the tensorboard package: pip install tensorboard)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -135,6 +136,11 @@ def _check_options(args) -> None:
     if args.lr is not None and args.min_lr > args.lr:  # before any model or data (the recipe's lr: in _schedule)
         _min_lr_above(args, from_recipe=False)
     check_device(args.device)
+    if args.tensorboard:  # before any work (regression, new-user trial: a traceback after the model was built)
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise CliError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     if not str(args.out).strip():  # regression: --out "" wrote the run into the current folder
         raise CliError("--out: give the run's folder (empty)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
