@@ -142,6 +142,15 @@ def test_encode_rgb_is_the_frozen_base_and_inputs_are_checked(model):
         model.encode_image(img)
     with pytest.raises(ValueError, match=r"expected images \[B, 3, H, W\]"):
         model.encode_rgb(torch.randn(3, 64, 64))
+    # regression (new-user trial): open_clip's "size of tensor a (785) must match ... (65)", torch's embedding()
+    with pytest.raises(ValueError, match=r"^GSCLIP.encode_rgb: the base takes 64x64 images \(model.image_size\), got 224x224$"):
+        model.encode_rgb(torch.randn(1, 3, 224, 224))
+    for text, got in (("a cat", "str"), (torch.zeros(2, 3), "a tensor \\[2, 3\\] of torch.float32"),
+                      (torch.zeros(77, dtype=torch.long), "a tensor \\[77\\] of torch.int64")):
+        with pytest.raises(TypeError, match=f"expected token ids \\[B, L\\] \\(model.tokenizer\\(\\)\\(captions\\)\\), got {got}$"):
+            model.encode_text(text)
+    with torch.no_grad():
+        assert model.encode_text(model.tokenizer()(["a cat"])).shape == (1, model.config["embed_dim"])
 
 
 def test_zero_shot_builders_from_open_clip_and_clip_benchmark(model):

@@ -91,3 +91,24 @@ def test_hflip_of_some_images_only():
         assert torch.equal(f.means[b], want.means[b]) and torch.equal(f.chol[b], want.chol[b])
     with pytest.raises(SplatsError, match="hflip: `which` has 2 entries for a batch of 3"):
         s.hflip(torch.tensor([True, False]))
+
+
+def test_images_by_number_or_slice_and_clear_errors_for_anything_else():
+    """Regression (new-user trial): splats[0:1] was a TypeError from inside (slice + int), splats[-1] an empty
+    batch, splats[5] torch's IndexError, and save(path, tensor) "'Tensor' object has no attribute 'validate'"."""
+    from gaussianvision.splats import format as fmt
+    s = random_splats(3, 10, 16, 16)
+    s = replace(s, counts=torch.tensor([10, 4, 7]))
+    part = s[1:3]
+    assert part.batch_size == 2 and part.counts.tolist() == [4, 7] and torch.equal(part.means, s.means[1:3])
+    assert torch.equal(s[-1].means, s[2].means) and s[-1].max_gaussians == 7
+    assert torch.equal(s[::2].colors, s.colors[[0, 2]])
+    assert fmt.decode(fmt.encode(s[0:2])).max_gaussians == 10  # a slice is a batch like any other
+    for bad, error, says in ((5, IndexError, "image 5 of a batch of 3"), (-4, IndexError, "image -4 of a batch of 3"),
+                             (slice(3, 5), IndexError, "the slice selects no image of a batch of 3"),
+                             ("0", TypeError, "Splats indices are an image number or a slice, got str"),
+                             (True, TypeError, "got bool")):
+        with pytest.raises(error, match=says):
+            s[bad]
+    with pytest.raises(TypeError, match="^encode / save: expected a Splats .*got Tensor$"):
+        fmt.encode(torch.zeros(1, 4, 8))

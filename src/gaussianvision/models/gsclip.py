@@ -155,6 +155,10 @@ class GSCLIP(nn.Module):
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids [B, L] (model.tokenizer()(["a cat", ...])) -> [B, D]."""
+        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point():
+            got = f"a tensor {list(text.shape)} of {text.dtype}" if isinstance(text, torch.Tensor) else type(text).__name__
+            raise TypeError(f"GSCLIP.encode_text: expected token ids [B, L] (model.tokenizer()(captions)), got {got}")
         return self.base.encode_text(text, normalize=normalize)
 
     def encode_rgb_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +173,10 @@ class GSCLIP(nn.Module):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"GSCLIP.encode_rgb: expected images [B, 3, H, W], got {got}")
+        if tuple(images.shape[-2:]) != tuple(self.image_size):  # regression (new-user trial): open_clip's own
+            h, w = self.image_size                             # "size of tensor a (785) must match ... (65)"
+            raise ValueError(f"GSCLIP.encode_rgb: the base takes {h}x{w} images (model.image_size), got "
+                             f"{images.shape[-2]}x{images.shape[-1]}")
         feats = self.base.encode_image(images.to(self.base.visual.conv1.weight.dtype))
         return F.normalize(feats, dim=-1) if normalize else feats
 

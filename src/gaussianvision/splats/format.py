@@ -126,6 +126,9 @@ def encode(splats: Splats, layout: str = "interleaved", dtype: str = "float16", 
     """Splats (any batch size; counts respected) -> bytes. options: the layout's own (quantized:
     bits=8 widths, zstd=bool). progressive=True sets the header flag: the caller promises each
     image's Gaussians are in progressive order (fit.progressive.progressive)."""
+    if not isinstance(splats, Splats):  # regression (new-user trial): save("x.gsv", tensor) said 'validate'
+        raise TypeError(f"encode / save: expected a Splats (fit_images(...).splats, load(...)), got "
+                        f"{type(splats).__name__}")
     if layout not in LAYOUT_IDS:
         raise FormatError(f"unknown layout {layout!r}; known: {sorted(LAYOUT_IDS)}")
     if dtype not in DTYPE_IDS:

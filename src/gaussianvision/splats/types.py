@@ -17,6 +17,7 @@ ignored by every renderer, encoder and writer.  `counts=None` means all N.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -124,13 +125,30 @@ class Splats:
     def detach(self) -> "Splats":
         return replace(self, means=self.means.detach(), chol=self.chol.detach(), colors=self.colors.detach())
 
-    def __getitem__(self, b: int) -> "Splats":
-        """Image b alone, trimmed to its valid Gaussians (batch of one)."""
+    def __getitem__(self, b: int | slice) -> "Splats":
+        """Image b alone, trimmed to its valid Gaussians (batch of one); a slice: those images, as a batch with
+        their counts (regression, new-user trial: splats[0:1] was a TypeError deep inside)."""
+        if isinstance(b, slice):
+            return self._images(range(*b.indices(self.batch_size)))
+        if isinstance(b, bool) or not (isinstance(b, numbers.Integral) or (torch.is_tensor(b) and b.dim() == 0)):
+            raise TypeError(f"Splats indices are an image number or a slice, got {type(b).__name__}")
+        b = int(b)
+        if not -self.batch_size <= b < self.batch_size:
+            raise IndexError(f"image {b} of a batch of {self.batch_size}")
+        b %= self.batch_size
         n = int(self.num_gaussians()[b])
         return Splats(
             self.means[b : b + 1, :n], self.chol[b : b + 1, :n], self.colors[b : b + 1, :n],
             self.height, self.width, None,
         )
+
+    def _images(self, picked: range) -> "Splats":
+        """The images `picked` (a slice's range) as a batch, padding and counts kept."""
+        if len(picked) == 0:
+            raise IndexError(f"the slice selects no image of a batch of {self.batch_size}")
+        idx = list(picked)
+        return Splats(self.means[idx], self.chol[idx], self.colors[idx], self.height, self.width,
+                      None if self.counts is None else self.counts[idx])
 
     def __iter__(self) -> Iterator["Splats"]:
         for b in range(self.batch_size):
