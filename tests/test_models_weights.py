@@ -157,6 +157,16 @@ def test_a_base_file_that_is_no_checkpoint_is_one_config_error(tmp_path):
         create_gsclip(config="gs-tiny", pretrained=str(junk))
 
 
+def test_a_gs_models_weights_given_as_the_base_say_what_they_are(trained, tmp_path):
+    """Regression (new-user trial): --pretrained runs/s1/gsclip.safetensors was "not a usable checkpoint of it
+    (RuntimeError: shape '[1, 5, 5, -1]' is invalid ...)"."""
+    from gaussianvision.models import ConfigError
+    path = save_weights(trained, tmp_path / "gsclip.safetensors")
+    with pytest.raises(ConfigError, match=r"^pretrained '.*gsclip.safetensors': a GS model's weights \(gsv train's "
+                                          r"gsclip.safetensors\), not weights of the open_clip base gsv-tiny; give"):
+        create_gsclip(config="gs-tiny", pretrained=str(path))
+
+
 def test_a_base_file_that_is_a_pickle_or_a_gsv_is_one_short_config_error(tmp_path, recwarn):
     """Regression: a .gsv file or a pickle refused by weights-only loading as --pretrained were UnpicklingError
     tracebacks; a file with other keys listed every missing key (KBs on one line). No code runs. Nor does torch's

@@ -247,6 +247,8 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
                 why = "not a file" if os.path.exists(pretrained) else "no such file"
                 raise ConfigError(f"pretrained {pretrained!r}: {why} (a checkpoint file of {name}, or a tag: {tags})")
             raise ConfigError(f"pretrained {pretrained!r}: neither a checkpoint file nor a tag of {name} (tags: {tags})")
+    if pretrained is not None and os.path.isfile(pretrained):
+        _not_a_gs_model(name, pretrained)
     dev = torch.device(device)
     try:
         if dev.type == "meta":
@@ -279,6 +281,24 @@ def create_base(base: str = "ViT-B-16", pretrained: str | os.PathLike | None = N
         what = "not a usable checkpoint of it " if pretrained is not None and os.path.isfile(pretrained) else ""
         raise ConfigError(f"base {name!r} (pretrained={pretrained!r}): {what}({type(e).__name__}: {why})") from None
     return model.eval()
+
+
+def _not_a_gs_model(name: str, path: str) -> None:
+    """ConfigError where a base's weights file is a GS model's (gsv train's gsclip.safetensors). Regression (new-user
+    trial): given as --pretrained it was "not a usable checkpoint of it (RuntimeError: shape '[1, 5, 5, -1]' ...)"."""
+    if not path.endswith(".safetensors"):
+        return
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            fmt = (f.metadata() or {}).get("gsv.format")
+    except Exception:  # not readable as safetensors: open_clip's loader says why below
+        return
+    if fmt == "gsclip-trainable":
+        raise ConfigError(f"pretrained {path!r}: a GS model's weights (gsv train's gsclip.safetensors), not weights of "
+                          f"the open_clip base {name}; give the base the GS model was trained on (its teacher, e.g. "
+                          "TEACHER_RUN/open_clip_model.safetensors), or read the GS model with gs:PATH / "
+                          "create_gsclip_from_weights")
 
 
 _ADVICE = ("Weights only load failed", "Check the documentation", "Please file", "(1) ", "(2) ")
