@@ -429,11 +429,18 @@ def test_rank_variables_set_but_empty_are_unset(monkeypatch):
     ({"RANK": "x"}, "the environment variable RANK='x': not a whole number"),
     ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE='two': not a whole number"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, "rank 2 must lie in [0, world size 2)"),
+    # regression (new-user trial): WORLD_SIZE=2 alone ran as rank 0 and did half the work without a word; RANK=1
+    # alone said "rank 1 must lie in [0, world size 1)"
+    ({"WORLD_SIZE": "2"}, "the environment variable WORLD_SIZE=2 is set but RANK is not: give each process its "
+                          "RANK (0 to 1), or start them with torchrun"),
+    ({"RANK": "1"}, "the environment variable RANK=1 is set but WORLD_SIZE is not"),
 ])
 def test_bad_rank_variables_are_one_error(env, message, monkeypatch):
     """Regression: RANK=x was a ValueError traceback in gsv convert and in the loader."""
     from gaussianvision.data.conversion import resolve_rank
     from gaussianvision.data.inputs import rank_world
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConvertError) as e:

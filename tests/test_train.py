@@ -418,6 +418,18 @@ def test_stage1_hflip_mirrors_image_and_splats_together(train_shards, capsys):
             ("distillation loss)" if flags[0] == "--distill" else "token-level distillation loss)")
 
 
+def test_a_run_into_its_data_folder_is_refused(train_shards, capsys):
+    """Regression (new-user trial): gsv train --out DATA --data DATA wrote checkpoints among the shards."""
+    assert _gsv_train(["--stage", "2", "--data", train_shards, "--out", train_shards + "/", "--steps", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"gsv train: --out {train_shards}/: is the --data folder "
+                                               f"{train_shards}; give the run a folder of its own")
+    assert not any(p.is_dir() for p in Path(train_shards).iterdir())
+    # and a stream's shuffle buffer given with --in-memory, which shuffles the whole data (it was ignored)
+    assert _gsv_train(["--stage", "2", "--data", train_shards, "--out", "x", "--in-memory", "--shuffle-buffer", "9"]) == 2
+    assert capsys.readouterr().err.strip() == ("gsv train: --shuffle-buffer goes with streamed data; --in-memory "
+                                               "shuffles the whole data each epoch")
+
+
 def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     """Regression (new-user trial): --tensorboard without the package was a 30-line traceback after the data was
     counted and the model built, leaving train_config.json and log.jsonl behind."""

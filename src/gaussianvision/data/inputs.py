@@ -356,6 +356,13 @@ def rank_world(rank=None, world_size=None) -> tuple[int, int]:
         label = f"the environment variable {name}" if value is None else name.lower()
         raise ValueError(f"{label}={given!r}: not a whole number")
     r, w = read(rank, "RANK", 0), read(world_size, "WORLD_SIZE", 1)
+    env = {k: os.environ.get(k, "").strip() for k in ("RANK", "WORLD_SIZE")}
+    if rank is None and world_size is None and w > 1 and not env["RANK"]:  # regression (new-user trial): rank 0
+        raise ValueError(f"the environment variable WORLD_SIZE={w} is set but RANK is not: give each process its "
+                         f"RANK (0 to {w - 1}), or start them with torchrun")     # silently, half the work done
+    if rank is None and world_size is None and r > 0 and not env["WORLD_SIZE"]:
+        raise ValueError(f"the environment variable RANK={r} is set but WORLD_SIZE is not: set both (or start "
+                         "the processes with torchrun)")
     if w < 1 or not 0 <= r < w:
         raise ValueError(f"rank {r} must lie in [0, world size {w}) (world size >= 1)")
     return r, w

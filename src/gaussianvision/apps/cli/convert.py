@@ -33,7 +33,9 @@ def _parser():
     p.add_argument("--gaussians", "-n", type=int, required=True, help="Gaussians per image (N)")
     add_speed_options(p)
     p.add_argument("--iters", type=int, default=None, help="fitting iterations (default 500, or the preset's)")
-    p.add_argument("--init", default=None, help="initializer (grid, random, ...)")
+    from gaussianvision.fit import INITIALIZERS
+    p.add_argument("--init", default=None,
+                   help=f"initializer: {', '.join(sorted(INITIALIZERS))} (default content, or the preset's)")
     p.add_argument("--prune-lambda", type=float, default=None, help="luminance L1 penalty (pruning)")
     p.add_argument("--prune-tau", type=float, default=None, help="pruning threshold")
     p.add_argument("--relocate-every", type=int, default=None,

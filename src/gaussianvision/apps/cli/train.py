@@ -23,7 +23,9 @@ def build_parser():
                         "splat shards from `gsv convert` (stage 1 needs the source images kept in them); "
                         "rgb: image-text shards (img2dataset layout)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, log.jsonl, exports)")
-    p.add_argument("--model-config", default=None, help="GS config: gs-196 (default), gs-98, gs-tiny or a JSON path")
+    from gaussianvision.models.config import list_configs
+    p.add_argument("--model-config", default=None,
+                   help=f"GS config: {', '.join(list_configs())} (default gs-196) or a JSON path")
     p.add_argument("--base", default=None, help="OpenCLIP architecture (default: the config's; rgb: gsv-tiny)")
     p.add_argument("--pretrained", default=None, help="OpenCLIP pretrained tag or local checkpoint file of the base")
     p.add_argument("--init-from", default=None, help="stage 2: the stage-1 output folder or checkpoint directory")
@@ -74,7 +76,9 @@ def build_parser():
     p.add_argument("--in-memory", action="store_true",
                    help="decode all samples into memory: exact epochs and a global order shared by all ranks "
                         "(small data: tests, the demo)")
-    p.add_argument("--shuffle-buffer", type=int, default=1000, help="samples mixed across shards")
+    p.add_argument("--shuffle-buffer", type=int, default=None,
+                   help=f"samples mixed across shards as they stream (default {SHUFFLE_BUFFER}; --in-memory "
+                        "shuffles the whole data each epoch instead)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps in this run")
     p.add_argument("--log-every", type=int, default=10)
@@ -110,6 +114,7 @@ DataComp small (12.8M pairs, 8 GPUs; the defaults give 2 epochs at 5e-4):
 """
 
 
+SHUFFLE_BUFFER = 1000  # --shuffle-buffer's default
 # option: (smallest allowed value, whether the smallest is allowed); NaN and infinities never are
 _LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "lr": (0, False),
            "min_lr": (0, True), "warmup": (0, True), "warmup_fraction": (0, True), "weight_decay": (0, True), "accum": (1, True),
@@ -145,6 +150,13 @@ def _check_options(args) -> None:
         raise CliError("--out: give the run's folder (empty)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CliError(f"--out {args.out}: is a file, not a folder (the run writes checkpoints/ and log.jsonl into it)")
+    if args.in_memory and args.shuffle_buffer is not None:  # regression (new-user trial): ignored without a word
+        raise CliError("--shuffle-buffer goes with streamed data; --in-memory shuffles the whole data each epoch")
+    args.shuffle_buffer = SHUFFLE_BUFFER if args.shuffle_buffer is None else args.shuffle_buffer
+    folders = [d for d in map(str, args.data) if os.path.isdir(d)]
+    same = next((d for d in folders if os.path.realpath(d) == os.path.realpath(args.out)), None)
+    if same is not None:  # regression (new-user trial): the run's checkpoints went in among its shards
+        raise CliError(f"--out {args.out}: is the --data folder {same}; give the run a folder of its own")
 
 
 def _run(args) -> int:
