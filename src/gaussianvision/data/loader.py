@@ -79,8 +79,9 @@ def require_members(raw: dict, need: tuple[str, ...], where: str | None = None) 
     if "splats" in need and "gsv" not in raw:
         raise MissingMember(f"{where}: sample has no .gsv member (give splat shards written by `gsv convert`)")
     if "image" in need and image_member(raw) is None:
-        raise MissingMember(f"{where}: no source image; the reading needs the images (convert with "
-                            "--keep-image, or give the image shards)")
+        raise MissingMember(f"{where}: no source image in this sample, and the reading needs every sample's image "
+                            "(shards converted with --keep-image hold one in each; mend or leave out this sample's "
+                            "shard, or give the image shards)")
     if "negative" in need and "neg.txt" not in raw:
         raise MissingMember(f"{where}: no .neg.txt member (hard negatives need one false caption per "
                             "sample, as the synthetic world writes them)")
