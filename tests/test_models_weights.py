@@ -341,3 +341,38 @@ def test_a_model_trained_with_unfrozen_base_blocks_is_rebuilt_whole_from_its_fil
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "gsv.unfrozen": '["base.nothing"]'})
     with pytest.raises(WeightsError, match="unfrozen base parameters the model does not have: \\['base.nothing'\\]"):
         create_gsclip_from_weights(tmp_path / "bad.safetensors")
+
+
+def test_base_blocks_an_earlier_run_unfroze_stay_stored_in_the_run_that_goes_on_from_it(tmp_path, monkeypatch):
+    """Review finding: run A trained base.ln_final (--unfreeze); run B went on from A (--init-from) without
+    --unfreeze, so the block, A's and frozen in B, was left out of B's checkpoints and gsclip.safetensors: the
+    model rebuilt from them was not the one B ended with. Now a model keeps such blocks (kept_base) and stores them."""
+    from safetensors.torch import save_file
+    from gaussianvision.train.build import GS_EXPORT, build_stage
+    from gaussianvision.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+    from gaussianvision.train.stages import freeze_for_stage
+    torch.manual_seed(2)
+    base = create_gsclip(config="gs-tiny").base
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    a = create_gsclip(config="gs-tiny", pretrained=str(tmp_path / "base.safetensors"))
+    freeze_for_stage(a, "2", ["base.ln_final"])
+    with torch.no_grad():
+        a.base.ln_final.weight.add_(0.5)  # what run A's --unfreeze trained
+    task = {"stage": "2", "base": a.base_name, "pretrained": a.pretrained, "model_config": a.gs_config,
+            "unfreeze": ["base.ln_final"]}
+    save_checkpoint("runA", 1, a, {"optimizer": {"state": {}, "param_groups": []}, "scaler": None},
+                    {"train_config": {}, "task": task, "resume_keys": {}, "epoch": 0, "data_positions": [[0, 0]],
+                     "rng": [], "world_size": 1, "samples_seen": 0})
+    b = build_stage("2", init_from="runA")  # no --unfreeze: the block is frozen in run B
+    assert not b.model.base.ln_final.weight.requires_grad and "base.ln_final.weight" in b.model.kept_base
+    assert "base.ln_final.weight" in trainable_state(b.model)  # in run B's training checkpoints
+    b.export("runB")
+    s = random_splats(2, 30, 32, 32)
+    text = b.model.tokenizer()(["a cat", "a dog"])
+    with torch.no_grad():
+        rebuilt = create_gsclip_from_weights("runB/" + GS_EXPORT)
+        assert torch.equal(rebuilt.encode_text(text), b.model.encode_text(text))
+        assert torch.equal(rebuilt.encode_image(s), b.model.encode_image(s))
+    assert "base.ln_final.weight" in rebuilt.kept_base  # and saved again when that model is saved
+    assert load_checkpoint("runA")[1]["base.ln_final.weight"].equal(a.base.ln_final.weight.detach())

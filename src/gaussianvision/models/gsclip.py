@@ -62,6 +62,7 @@ class GSCLIP(nn.Module):
         self.gs_config = cfg
         self.base_name = base_name
         self.pretrained = pretrained
+        self.kept_base: set[str] = set()  # frozen base parameters trained before (--unfreeze): stored with the model
         self.lock_frozen()
 
     # ---------------------------------------------------------------- freezing

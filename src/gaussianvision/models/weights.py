@@ -238,4 +238,5 @@ def create_gsclip_from_weights(path: str | os.PathLike, pretrained: str | None =
     except ConfigError as e:
         raise WeightsError(f"checkpoint {path}: cannot rebuild its model: {e}") from None
     load_weights(model, path)
+    model.kept_base = set(_unfrozen(model, _read(path)[0], path))  # saved again with the model, as trained
     return model

@@ -29,7 +29,7 @@ class _GSExport:
         model.lock_frozen()  # the model's default trainable set, and what --unfreeze trained beside it
         default = {n for n, p in model.named_parameters() if p.requires_grad}
         save_weights(model, Path(out_dir) / GS_EXPORT, metadata={"stage": self.stage},
-                     unfrozen=sorted(trained - default))
+                     unfrozen=sorted((trained - default) | getattr(model, "kept_base", set())))
 
 
 class GSStage1(_GSExport, Stage1):
@@ -108,9 +108,13 @@ def _gs_stage(stage, base, pretrained, model_config, init_from, unfreeze, distil
     if init_weights is not None:
         # stage-1 weights: the GS tower (names match); anything else the checkpoint holds must fit too
         try:
-            load_trainable(model, init_weights, strict=True)
+            loaded = load_trainable(model, init_weights, strict=True)
         except CheckpointError as e:
             raise _unfitting(init_from, e, given, t) from None
+        # base parameters the earlier run trained (its --unfreeze): stored with this run too, trained or not
+        # (review finding: frozen here, they were left out of this run's checkpoints and gsclip.safetensors)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        model.kept_base |= {n for n in loaded if n.startswith("base.") and n in frozen}
     model.to(getattr(info, "device", torch.device("cpu")))
     model.train()
     freeze_for_stage(model, stage, list(unfreeze or ()))

@@ -76,8 +76,11 @@ def set_rng_state(st: dict) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (requires_grad), detached, contiguous, on CPU."""
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters that train (requires_grad), and those a model keeps from an earlier run's training (a GS
+    model's kept_base: base blocks unfrozen there, frozen here), detached, contiguous, on CPU."""
+    kept = getattr(model, "kept_base", ())
+    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters()
+            if p.requires_grad or n in kept}
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
