@@ -72,6 +72,19 @@ def test_ranks_and_workers_partition_the_samples(tmp_path):
     assert sorted(seen) == ALL  # 2 ranks x 2 workers = 4 slots, one shard each
 
 
+def test_a_callers_own_rank_wins_over_an_unpaired_environment(tmp_path, monkeypatch):
+    """Review finding: with WORLD_SIZE set alone in the environment (refused there: RANK missing), a loader given
+    rank=1, world_size=2 raised instead of reading its share."""
+    from gaussianvision.data.loader import SplatShards
+    paths = make_shards(tmp_path / "s", n_shards=2)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert SplatShards(paths, rank=1, world_size=2).my_shards() == [paths[1]]
+    assert [k for b in splat_loader(paths, batch_size=5, rank=1, world_size=2, shuffle=True) for k in b["key"]]
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 is set but RANK is not"):
+        SplatShards(paths).my_shards()  # the environment's own pairing is still checked
+
+
 def test_with_images_returns_the_fitting_view(tmp_path):
     make_shards(tmp_path / "s", n_shards=1, per_shard=3, images=True)
     b = next(iter(splat_loader(tmp_path / "s", batch_size=3, with_images=True)))

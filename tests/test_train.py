@@ -211,6 +211,23 @@ def test_a_stage_that_learns_from_captions_refuses_data_without_any(train_shards
     assert f"gsv train: note: 6 of the first 16 samples of --data {some} have no caption" in err, err
 
 
+def test_the_caption_look_decodes_nothing_and_reports_no_damage(train_shards, tmp_path, capsys):
+    """Review finding: empty_captions went through the trainer's reader: it decoded every sample (every image in
+    stage rgb) and put a damaged first shard into the run's skipped.json though the run never read it."""
+    import shutil
+    from gaussianvision.train.batches import build_source, empty_captions
+    data = Path(shutil.copytree(train_shards, tmp_path / "data"))
+    first = sorted(data.glob("*.tar"))[0]
+    first.write_bytes(first.read_bytes()[:3000])  # cut inside its samples
+    source = build_source(str(data), ("splats", "text"), 4)
+    empty, seen = empty_captions(source)
+    assert empty == 0 and 0 < seen < 16  # the samples before the cut, then the second shard's
+    assert source.left_out() == {"skipped_samples": set(), "damaged_shards": set()}
+    assert capsys.readouterr().err == ""  # the trainer names the damage where it reads it, once
+    remote = build_source(["http://127.0.0.1:9/000000.tar"], ("splats", "text"), 4)
+    assert empty_captions(remote) == (0, 0)  # a remote shard is not fetched for a look
+
+
 class _ExplodingStage:
     """A linear regression whose loss turns NaN at a chosen step."""
 

@@ -276,11 +276,18 @@ class SplatShards(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def my_shards(self) -> list[str]:
+    def _rank_world(self) -> tuple[int, int]:
+        """(rank, world): as given, else the process group's or the environment's. Both given: the environment is
+        not read (review finding: WORLD_SIZE set alone refused a caller's own rank=1, world_size=2)."""
+        if self.rank is not None and self.world_size is not None:
+            return rank_world(self.rank, self.world_size)
         rank, world = _dist_rank_world()
         rank = rank if self.rank is None else self.rank
         world = world if self.world_size is None else self.world_size
-        rank, world = rank_world(rank, world)  # a rank out of the world (given, or from the environment) is said
+        return rank_world(rank, world)  # a rank out of the world (given, or from the environment) is said
+
+    def my_shards(self) -> list[str]:
+        rank, world = self._rank_world()
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         order = list(self.urls)
@@ -297,7 +304,7 @@ class SplatShards(IterableDataset):
             yield from samples
             return
         info = get_worker_info()
-        rank, _ = _dist_rank_world()
+        rank, _ = self._rank_world()
         rng = random.Random(hash((self.seed, self.epoch, rank, info.id if info else 0)))
         yield from shuffle_buffer(samples, self.buffer, rng)
 

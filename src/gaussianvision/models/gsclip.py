@@ -157,7 +157,7 @@ class GSCLIP(nn.Module):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids [B, L] (model.tokenizer()(["a cat", ...])) -> [B, D]."""
-        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point():
+        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.dtype not in (torch.int64, torch.int32):
             got = f"a tensor {list(text.shape)} of {text.dtype}" if isinstance(text, torch.Tensor) else type(text).__name__
             raise TypeError(f"GSCLIP.encode_text: expected token ids [B, L] (model.tokenizer()(captions)), got {got}")
         return self.base.encode_text(text, normalize=normalize)

@@ -17,7 +17,7 @@ ignored by every renderer, encoder and writer.  `counts=None` means all N.
 """
 from __future__ import annotations
 
-import numbers
+import operator
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -130,9 +130,12 @@ class Splats:
         their counts (regression, new-user trial: splats[0:1] was a TypeError deep inside)."""
         if isinstance(b, slice):
             return self._images(range(*b.indices(self.batch_size)))
-        if isinstance(b, bool) or not (isinstance(b, numbers.Integral) or (torch.is_tensor(b) and b.dim() == 0)):
-            raise TypeError(f"Splats indices are an image number or a slice, got {type(b).__name__}")
-        b = int(b)
+        try:
+            if isinstance(b, bool):
+                raise TypeError
+            b = operator.index(b.reshape(()) if torch.is_tensor(b) and b.numel() == 1 else b)
+        except (TypeError, RuntimeError):
+            raise TypeError(f"Splats indices are an image number or a slice, got {type(b).__name__}") from None
         if not -self.batch_size <= b < self.batch_size:
             raise IndexError(f"image {b} of a batch of {self.batch_size}")
         b %= self.batch_size

@@ -159,21 +159,25 @@ def data_identity(urls: Sequence[str], in_memory: bool, buffer: int) -> dict:
 
 
 def empty_captions(source, limit: int = 256) -> tuple[int, int]:
-    """(samples without a caption, samples looked at) over the first `limit` samples of the data in shard order
-    (a sample in memory, or read from its shard as the trainer reads it): what `gsv train` checks before a stage
-    that learns from captions."""
+    """(samples without a caption, samples looked at) over the first `limit` samples of the data in shard order:
+    what `gsv train` checks before a stage that learns from captions. Samples in memory are looked at as they
+    are; shards are read for their .txt members alone, nothing decoded and nothing reported (the trainer
+    reports damage where it reads), and a remote shard is not fetched for it (review finding: the look went
+    through the trainer's reader, decoding every image and listing shard 0's damage as the run's)."""
     if hasattr(source, "dataset"):
-        items = [source.dataset[i] for i in range(min(limit, len(source.dataset)))]
-    else:
-        items = []
-        for url in source.shards:
-            for x in source.read_shard(url):
-                items.append(x)
-                if len(items) >= limit:
-                    break
-            if len(items) >= limit:
+        texts = [source.dataset[i].get("text") for i in range(min(limit, len(source.dataset)))]
+        return sum(not t for t in texts), len(texts)
+    texts = []
+    for url in source.shards:
+        if "://" in str(url) or len(texts) >= limit:
+            break
+        for raw in samples_until_damage(url):
+            if raw.get("__skipped__"):  # a sample the damage cut: the trainer leaves it out
+                continue
+            texts.append(raw.get("txt", b"").decode("utf-8", "replace").strip())
+            if len(texts) >= limit:
                 break
-    return sum(not x.get("text") for x in items), len(items)
+    return sum(not t for t in texts), len(texts)
 
 
 def _subfolder_hint(spec) -> str:

@@ -86,7 +86,8 @@ def _rendezvous(backend: str, rank: int, world: int) -> None:
             said = True
             print(f"gsv: rank {rank} of {world}: still waiting for the other processes at {where} after "
                   f"{RENDEZVOUS_NOTE_S:g} s (torchrun starts all of them, or start each with its RANK; Ctrl-C stops "
-                  "this one; torch gives up after 30 minutes)", file=sys.stderr, flush=True)
+                  f"this one; torch gives up after {10 if backend == 'nccl' else 30} minutes)", file=sys.stderr,
+                  flush=True)
     if failed:
         raise failed[0]
 
