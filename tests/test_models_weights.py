@@ -334,6 +334,7 @@ def test_a_model_trained_with_unfrozen_base_blocks_is_rebuilt_whole_from_its_fil
     path = tmp_path / "run" / GS_EXPORT
     with safe_open(str(path), "pt") as f:
         assert set(unfrozen) <= set(f.keys()) and json.loads(f.metadata()["gsv.unfrozen"]) == unfrozen
+        assert f.metadata()["gsv.version"] == "2"  # a reader of version 1 refuses it by its version (review nit)
     with torch.no_grad():
         assert torch.equal(create_gsclip_from_weights(path).encode_image(s), want)
     with safe_open(str(path), "pt") as f:  # a list naming what the model lacks: one WeightsError

@@ -7,7 +7,8 @@ File: a safetensors file whose tensors are GSCLIP's trainable parameters by name
   gsv.pretrained = the base's pretrained tag/path ("" when random), and any extra
   string metadata the caller passes (e.g. the training step);
   gsv.unfrozen = JSON list of the base parameters trained too (`gsv train --unfreeze`), stored beside the
-  trainable ones, where there are any.
+  trainable ones, where there are any (such a file is gsv.version "2", so a reader of "1" refuses it by its
+  version rather than load it without them).
 The frozen base is not stored: it is rebuilt from its name and pretrained weights.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = ["WeightsError", "save_weights", "load_weights", "read_weights_config"
 
 FORMAT = "gsclip-trainable"
 VERSION = "1"
+UNFROZEN_VERSION = "2"  # a file with gsv.unfrozen: readers of version 1 would load it without those tensors
+READS = (VERSION, UNFROZEN_VERSION)
 
 
 class WeightsError(ValueError):
@@ -75,10 +78,11 @@ def save_weights(model, path: str | os.PathLike, metadata: dict[str, str] | None
     every = dict(model.named_parameters())
     tensors.update({n: every[n].detach().to("cpu").contiguous() for n in unfrozen if n not in tensors})
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    if unfrozen:
-        meta["gsv.unfrozen"] = json.dumps(sorted(set(unfrozen) - {n for n, _ in model.trainable_named_parameters()}))
+    kept = sorted(set(unfrozen) - {n for n, _ in model.trainable_named_parameters()})
+    if kept:
+        meta["gsv.unfrozen"] = json.dumps(kept)
     meta.update({
-        "gsv.format": FORMAT, "gsv.version": VERSION,
+        "gsv.format": FORMAT, "gsv.version": UNFROZEN_VERSION if kept else VERSION,
         "gsv.config": json.dumps(model.config, sort_keys=True),
         "gsv.pretrained": model.pretrained or "",
     })
@@ -102,8 +106,9 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
     meta = f.metadata() or {}
     if meta.get("gsv.format") != FORMAT:
         raise WeightsError(f"checkpoint {path}: not a GS-CLIP trainable checkpoint (gsv.format missing)")
-    if meta.get("gsv.version") != VERSION:
-        raise WeightsError(f"checkpoint {path}: version {meta.get('gsv.version')!r}, this code reads {VERSION}")
+    if meta.get("gsv.version") not in READS:
+        raise WeightsError(f"checkpoint {path}: version {meta.get('gsv.version')!r}, this code reads "
+                           f"{' and '.join(READS)}")
     return meta, f
 
 
