@@ -71,6 +71,37 @@ def test_worker_processes_write_the_same_bytes(world, tmp_path):
     assert _digests(world["out_dir"]) == _digests(two["out_dir"])
 
 
+def test_pool_workers_take_the_operating_systems_signals(tmp_path, monkeypatch):
+    """Regression (make demo hung at its first step): forked from `gsv`, the world's pool workers inherited its
+    Python-level SIGTERM handler; a SIGTERM from pool.terminate() that the kernel gave to a torch thread never
+    reached the worker's main thread, blocked on the task queue, and pool.join() waited for ever. Now each worker
+    resets SIGTERM to the default (ends at once, whatever thread takes it) and leaves Ctrl-C to the parent."""
+    import multiprocessing as mp
+    import signal
+    import subprocess
+    import sys
+    from gaussianvision.apps.demo.world import world as world_module
+    made = []
+    real = mp.get_context
+
+    def context(method=None):
+        ctx = real(method)
+
+        class Spy:
+            def Pool(self, n, **kw):  # noqa: N802 (multiprocessing's name)
+                made.append(kw.get("initializer"))
+                return ctx.Pool(n, **kw)
+        return Spy()
+    monkeypatch.setattr(mp, "get_context", context)
+    make_world(tmp_path / "w", seed=0, workers=2, **TINY)
+    assert made == [world_module._worker_signals]
+    code = ("import signal; signal.signal(signal.SIGTERM, lambda *a: None); "
+            "from gaussianvision.apps.demo.world.world import _worker_signals; _worker_signals(); "
+            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+
+
 def test_samples_do_not_depend_on_sharding(world, tmp_path):
     one = make_world(tmp_path / "one", seed=0, **dict(TINY, shard_size=100))
     assert len(one["splits"]["train"]["shards"]) == 1

@@ -292,6 +292,16 @@ def load_world(out_dir: str | os.PathLike) -> dict:
     return _result(out, json.loads(mpath.read_text()), cached=True)
 
 
+def _worker_signals() -> None:
+    """A pool worker's signals as the operating system's: SIGTERM (pool.terminate) ends it at once, Ctrl-C is the
+    parent's. Regression (make demo hung for good at its first step): forked from `gsv`, a worker inherited its
+    Python-level SIGTERM handler; where the kernel gave the signal to a thread of torch's, the main thread stayed
+    in its wait on the task queue, the handler never ran, and pool.join() waited for ever."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: int | None = None,
                size: int = 64, seed: int = 0, quick: bool = False, shard_size: int = 1000,
                n_task: int | None = None, holdout=DEFAULT_HOLDOUT, tasks=TASK_NAMES,
@@ -328,7 +338,7 @@ def make_world(out_dir: str | os.PathLike, n_train: int | None = None, n_test: i
         n_proc = (os.cpu_count() or 1) if workers <= 0 else workers
         # fork starts in milliseconds; workers only use numpy and PIL, never the parent's torch.
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(n_proc) if n_proc > 1 else None
+        pool = mp.get_context(method).Pool(n_proc, initializer=_worker_signals) if n_proc > 1 else None
 
     def mapper(fn, jobs):
         return pool.imap(fn, jobs, chunksize=16) if pool is not None else map(fn, jobs)
