@@ -40,7 +40,7 @@ from gaussianvision.data.conversion_output import shard_name, summarize  # noqa:
 from gaussianvision.data.conversion_workers import WorkerStartError, start_workers, stop_workers
 from gaussianvision.data.conversion_config import (ConvertConfig, ConvertError, check_apart, check_config, check_settings,
                                                    resolve_rank)
-from gaussianvision.data.inputs import RawSample, Unit, iter_unit, plan_units
+from gaussianvision.data.inputs import RawSample, Unit, iter_unit, local_size, plan_units
 from gaussianvision.fit import Encoding, FitConfig, FitItem, FitStream
 
 __all__ = ["ConvertConfig", "ConvertError", "convert_dataset", "summarize", "shard_name", "resolve_rank"]
@@ -363,7 +363,7 @@ class _Progress:
 
     def __init__(self, cfg: ConvertConfig, pending: list[Unit]):
         self.known = sum(len(u.paths) for u in pending if u.kind == "files")
-        self.tar_sizes = {u.index: _size(u.paths[0]) for u in pending if u.kind == "tar"}
+        self.tar_sizes = {u.index: local_size(u.paths[0]) for u in pending if u.kind == "tar"}
         self.n_pending, self.bar = len(pending), None
         if cfg.progress:
             from tqdm import tqdm
@@ -395,17 +395,15 @@ class _Progress:
         per_byte = sum(s["inputs"] for s in sized) / sum(sizes[s["unit"]] for s in sized) if sized else None
         per_tar = counted / len(tars)
         rest = [u for u in sizes if u not in seen]
-        def foreseen(size):  # an empty file holds nothing; a size unknown (remote) or no rate yet: per tar
-            return 0 if size == 0 else per_byte * size if size is not None and per_byte is not None else per_tar
+        def foreseen(size):
+            if size == 0:  # an empty file holds nothing
+                return 0
+            if size is None or per_byte is None:  # a size unknown (remote), or no rate yet: as the tars so far
+                return per_tar
+            return per_byte * size
         return counted + round(sum(foreseen(sizes[u]) for u in rest))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
-
-def _size(path: str) -> int | None:
-    try:
-        return None if "://" in path else os.path.getsize(path)
-    except OSError:
-        return None

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gaussianvision.splats.layouts import read_bounded
+
 __all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb", "bounded_aspect", "open_image", "image_formats",
            "to_pil", "save_png", "IMAGE_EXTS",
            "IMAGE_EXTENSIONS",
@@ -190,7 +192,7 @@ def _read_stream(path: Path, name: str) -> bytes:
     <(cat a.png)` was refused as "empty file (zero bytes)", the size a pipe reports."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_STREAM_BYTES + 1)
+            data = read_bounded(f, MAX_STREAM_BYTES + 1)  # in 1 MiB pieces: memory follows what comes
     except OSError as e:
         raise ImageLoadError(f"{name}: cannot read ({e.strerror or e})") from None
     if not data:

@@ -339,6 +339,16 @@ def iter_unit(unit: Unit) -> Iterator[RawSample]:
     return _iter_files(unit) if unit.kind == "files" else _iter_tar(unit)
 
 
+def local_size(path: str) -> int | None:
+    """The bytes of a local file; None for a URL (nothing fetched to tell) or a file that cannot be read."""
+    if "://" in str(path):
+        return None
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
 def rank_world(rank=None, world_size=None) -> tuple[int, int]:
     """(rank, world size): the arguments, else torchrun's RANK / WORLD_SIZE (0 and 1 when unset), checked:
     whole numbers with 0 <= rank < world size, else a ValueError naming the variable or argument

@@ -55,8 +55,8 @@ from gaussianvision.splats import format as fmt
 from gaussianvision.splats.format import FormatError
 from gaussianvision.splats.types import Splats
 
-__all__ = ["DataError", "MissingMember", "BadSample", "require_members", "decode_sample", "collate", "SampleReader",
-           "SplatShards", "collate_splats", "splat_loader", "batch_frame", "stack_in_frame"]
+__all__ = ["DataError", "MissingMember", "BadSample", "require_members", "caption_text", "decode_sample", "collate",
+           "SampleReader", "SplatShards", "collate_splats", "splat_loader", "batch_frame", "stack_in_frame"]
 
 
 class DataError(ValueError):
@@ -70,6 +70,12 @@ class MissingMember(DataError, FileNotFoundError):
 
 class BadSample(ValueError):
     """One sample cannot be used (does not decode); readers leave it out. The message says which and why."""
+
+
+def caption_text(raw: dict) -> str:
+    """A raw sample's caption as the readers take it: its .txt member decoded (bad bytes replaced) and stripped,
+    "" where it has none."""
+    return raw.get("txt", b"").decode("utf-8", "replace").strip()
 
 
 def require_members(raw: dict, need: tuple[str, ...], where: str | None = None) -> None:
@@ -125,7 +131,7 @@ def decode_sample(raw: dict, need: tuple[str, ...], image_size: int | None = Non
     if "image" in need:
         out["image"] = _image(raw, where, image_size, out.get("splats"))
     if "text" in need:
-        out["text"] = raw.get("txt", b"").decode("utf-8", "replace").strip()
+        out["text"] = caption_text(raw)
     if "negative" in need:
         out["negative"] = raw["neg.txt"].decode("utf-8", "replace").strip()
     return out

@@ -31,8 +31,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from gaussianvision.data.inputs import expand_urls
-from gaussianvision.data.loader import DataError, SampleReader, collate, require_members
+from gaussianvision.data.inputs import expand_urls, local_size
+from gaussianvision.data.loader import DataError, SampleReader, caption_text, collate, require_members
 from gaussianvision.data.shards import SHARD_ERRORS, samples_until_damage, shuffle_buffer  # noqa: F401 (SHARD_ERRORS)
 
 __all__ = ["IndexedSource", "ShardSource", "epoch_seed", "build_source", "build_memory_source", "count_samples",
@@ -145,16 +145,11 @@ def data_identity(urls: Sequence[str], in_memory: bool, buffer: int) -> dict:
     folder moved or copied is the same data; a remote shard by the name in its URL's path alone, so a refreshed
     signed URL is the same shard), whether they are held in memory (another order) and the shuffle buffer of a
     stream. Saved with the run; `--resume` refuses another (train/resume.py)."""
-    def named(u: str) -> list:
-        if "://" in u:
-            return [os.path.basename(urllib.parse.urlsplit(u).path), None]
-        try:
-            return [os.path.basename(u), os.path.getsize(u)]
-        except OSError:
-            return [os.path.basename(u), None]
-    named = [named(str(u)) for u in urls]
-    digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
-    return {"shards": len(named), "digest": digest, "in_memory": bool(in_memory),
+    def name(u: str) -> str:  # a URL's query (a signature) is no part of the shard
+        return os.path.basename(urllib.parse.urlsplit(u).path if "://" in u else u)
+    shards = [[name(str(u)), local_size(str(u))] for u in urls]
+    digest = hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
+    return {"shards": len(shards), "digest": digest, "in_memory": bool(in_memory),
             "shuffle_buffer": None if in_memory else int(buffer)}
 
 
@@ -174,7 +169,7 @@ def empty_captions(source, limit: int = 256) -> tuple[int, int]:
         for raw in samples_until_damage(url):
             if raw.get("__skipped__"):  # a sample the damage cut: the trainer leaves it out
                 continue
-            texts.append(raw.get("txt", b"").decode("utf-8", "replace").strip())
+            texts.append(caption_text(raw))
             if len(texts) >= limit:
                 break
     return sum(not t for t in texts), len(texts)

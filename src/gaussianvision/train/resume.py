@@ -10,6 +10,7 @@ the keys the current stage declares and the checkpoint's describe() holds.
 """
 from __future__ import annotations
 
+import filecmp
 import os
 import sys
 from pathlib import Path
@@ -94,24 +95,12 @@ def _same_weights(was, now, state) -> bool:
     from gaussianvision.models.weights import resolve_base
     was = resolve_base(was, state.get("task", {}).get("pretrained_rel"), state["path"])
     if os.path.isfile(was) and os.path.isfile(now):
-        return os.path.samefile(was, now) or _same_bytes(was, now)
+        return os.path.samefile(was, now) or filecmp.cmp(was, now, shallow=False)
     if not os.path.exists(was) and not os.path.exists(now) and "/" not in was + now and os.sep not in was + now:
         return False  # two tags
     print(f"warning: --resume: cannot tell whether {now!r} holds the run's weights ({was!r}); going on with it",
           file=sys.stderr)
     return True
-
-
-def _same_bytes(a: str, b: str, chunk: int = 1 << 22) -> bool:
-    if os.path.getsize(a) != os.path.getsize(b):
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(chunk), fb.read(chunk)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def _both_or_neither(was, now, state) -> bool:

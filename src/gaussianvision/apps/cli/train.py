@@ -121,8 +121,9 @@ _LIMITS = {"steps": (1, True), "epochs": (0, False), "batch_size": (1, True), "l
            "grad_clip": (0, True), "keep": (0, True), "log_every": (1, True), "save_every": (0, True),
            "stop_after": (1, True), "shuffle_buffer": (1, True), "token_weight": (0, True),
            "lock_text_steps": (0, True), "word_loss": (0, True), "hflip": (0, True), "mirror_pairs": (0, True)}
-_AT_MOST_ONE = ("hflip", "mirror_pairs", "warmup_fraction")
-_UNDER_ONE = ("warmup_fraction",)  # a warmup of the whole run never decays (review: 1 was a traceback)
+# option: (largest allowed value, whether the largest is allowed), for those bounded above
+_TOPS = {"hflip": (1, True), "mirror_pairs": (1, True),
+         "warmup_fraction": (1, False)}  # a warmup of the whole run never decays (review: 1 was a traceback)
 
 
 def _check_options(args) -> None:
@@ -131,12 +132,11 @@ def _check_options(args) -> None:
         v = getattr(args, name)
         if v is None:
             continue
-        top = 1 if name in _AT_MOST_ONE else None
-        ok = math.isfinite(v) and (v >= low if closed else v > low) and (top is None or v < top or
-                                                                         (v == top and name not in _UNDER_ONE))
+        top, top_closed = _TOPS.get(name, (math.inf, True))
+        ok = math.isfinite(v) and (v >= low if closed else v > low) and (v <= top if top_closed else v < top)
         if not ok:
             rng = f">= {low}" if closed else f"> {low}"
-            rng += "" if top is None else " and < 1" if name in _UNDER_ONE else " and <= 1"
+            rng += "" if name not in _TOPS else f" and <= {top}" if top_closed else f" and < {top}"
             raise CliError(f"--{name.replace('_', '-')} {v}: must be a number {rng}")
     if args.lr is not None and args.min_lr > args.lr:  # before any model or data (the recipe's lr: in _schedule)
         _min_lr_above(args, from_recipe=False)
@@ -250,7 +250,7 @@ def _schedule(args, source, info) -> tuple[int, dict]:
     n = None
     if (args.steps is None and args.epochs is None) or args.lr is None:
         n = _count(source)
-    data = " ".join(map(str, args.data)) if isinstance(args.data, (list, tuple)) else args.data
+    data = _data_text(args)
     if n == 0:
         raise CliError(f"--data {data}: no usable samples (the shards are empty or unreadable)")
     if n is not None and n < args.batch_size * info.world_size:  # regression: the loop's traceback later
@@ -311,13 +311,18 @@ def _check_captions(args, source, need, info) -> None:
         empty, seen = empty_captions(source)
     except (DataError, ValueError):  # the reading's own error comes where the trainer reads
         return
-    data = " ".join(map(str, args.data)) if isinstance(args.data, (list, tuple)) else args.data
+    data = _data_text(args)
     if seen and empty == seen:
         raise CliError(f"--data {data}: none of its first {seen} samples has a caption (a .txt member), and stage "
                        f"{args.stage} learns from captions; convert images with their captions")
     if info.is_main and seen and empty * 10 > seen:
         print(f"gsv train: note: {empty} of the first {seen} samples of --data {data} have no caption (trained on "
               "as empty text)", file=sys.stderr)
+
+
+def _data_text(args) -> str:
+    """--data as given, for a message (several given: joined by spaces, not shown as a Python list)."""
+    return " ".join(map(str, args.data)) if isinstance(args.data, (list, tuple)) else args.data
 
 
 def _min_lr_above(args, from_recipe: bool) -> None:
